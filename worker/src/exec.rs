@@ -1,0 +1,287 @@
+//! Running one task: materialise its inputs in a scratch directory, run the kind, store the
+//! declared outputs and captured logs as blobs, and report the result.
+
+use crate::placeholders::{expand, shell_quote};
+use plateflow_proto::v1::{OutputBlob, TaskResult, TaskSpec};
+use plateflow_store::{BlobStore, Digest};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where a worker gets blobs it lacks (from the coordinator over gRPC, in practice).
+pub trait BlobFetcher: Send + Sync {
+    /// Ensures `digest` is present and intact in `store`.
+    fn fetch(
+        &self,
+        store: &BlobStore,
+        digest: &Digest,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Everything a task execution needs from its worker.
+#[derive(Debug, Clone)]
+pub struct ExecEnv {
+    /// The worker's blob store: its own cache, or the coordinator's in shared-store mode.
+    pub store: BlobStore,
+    pub scratch_root: PathBuf,
+    /// Input images may be read at their coordinator-side absolute path.
+    pub shared_fs: bool,
+}
+
+/// Runs a task to completion. Never panics on bad input: every problem becomes a failed
+/// [`TaskResult`] with a message naming the file or the cause.
+pub async fn execute<F: BlobFetcher>(spec: &TaskSpec, env: &ExecEnv, fetcher: &F) -> TaskResult {
+    let started = Instant::now();
+    let mut result = TaskResult {
+        task_id: spec.task_id,
+        attempt: spec.attempt,
+        ..Default::default()
+    };
+    let outcome = match spec.kind.as_str() {
+        "noop" => Ok(CommandOutcome::default()),
+        "command" => run_command(spec, env, fetcher).await,
+        other => Err(anyhow::anyhow!(
+            "this worker does not implement step kind `{other}` (plateflow {})",
+            env!("CARGO_PKG_VERSION")
+        )),
+    };
+    match outcome {
+        Ok(o) => {
+            result.ok = o.error.is_none();
+            result.error = o.error.unwrap_or_default();
+            result.outputs = o.outputs;
+            result.stdout = o.stdout.as_ref().map(Into::into);
+            result.stderr = o.stderr.as_ref().map(Into::into);
+            result.stderr_tail = o.stderr_tail;
+        }
+        Err(e) => {
+            result.ok = false;
+            result.error = format!("{e:#}");
+        }
+    }
+    result.seconds = started.elapsed().as_secs_f64();
+    result
+}
+
+#[derive(Default)]
+struct CommandOutcome {
+    outputs: Vec<OutputBlob>,
+    stdout: Option<Digest>,
+    stderr: Option<Digest>,
+    stderr_tail: String,
+    /// Set when the command ran but failed (logs are still kept).
+    error: Option<String>,
+}
+
+fn params(spec: &TaskSpec) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    match serde_json::from_str(&spec.params_json)? {
+        serde_json::Value::Object(m) => Ok(m),
+        _ => anyhow::bail!("task parameters are not an object"),
+    }
+}
+
+fn string_list(p: &serde_json::Map<String, serde_json::Value>, key: &str) -> Vec<String> {
+    p.get(key)
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A path component that is safe on any filesystem: `seg[plate=P1]` -> `seg/plate=P1`.
+pub fn label_path(label: &str) -> PathBuf {
+    let mut p = PathBuf::new();
+    let (step, rest) = label.split_once('[').unwrap_or((label, ""));
+    p.push(step);
+    for part in rest.trim_end_matches(']').split(',').filter(|s| !s.is_empty()) {
+        p.push(part.replace(['/', '\\'], "_"));
+    }
+    p
+}
+
+async fn place_blob<F: BlobFetcher>(
+    env: &ExecEnv,
+    fetcher: &F,
+    digest: &Digest,
+    dest: &Path,
+) -> anyhow::Result<()> {
+    if !env.store.has_intact(digest)? {
+        fetcher.fetch(&env.store, digest).await?;
+    }
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let src = env.store.path_of(digest);
+    if std::fs::hard_link(&src, dest).is_err() {
+        std::fs::copy(&src, dest)?;
+    }
+    Ok(())
+}
+
+async fn run_command<F: BlobFetcher>(
+    spec: &TaskSpec,
+    env: &ExecEnv,
+    fetcher: &F,
+) -> anyhow::Result<CommandOutcome> {
+    let p = params(spec)?;
+    let template = p
+        .get("run")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| anyhow::anyhow!("command step without `run`"))?;
+    let outputs = string_list(&p, "outputs");
+
+    let task_dir = tempfile::Builder::new()
+        .prefix(&format!("task{}-a{}-", spec.task_id, spec.attempt))
+        .tempdir_in(&env.scratch_root)?;
+    let work = task_dir.path().join("work");
+    std::fs::create_dir_all(work.join("inputs"))?;
+
+    // Inputs: images under inputs/, upstream outputs under upstream/<task>/, files at the top.
+    let mut input_paths = Vec::new();
+    for input in &spec.inputs {
+        let digest = plateflow_proto::digest_of(input.digest.as_ref(), &input.rel_path)?;
+        let is_file = input.fields.get("_role").map(String::as_str) == Some("file");
+        let rel = if is_file {
+            PathBuf::from(&input.rel_path)
+        } else {
+            Path::new("inputs").join(&input.rel_path)
+        };
+        let dest = work.join(&rel);
+        let shared = env.shared_fs && !input.abs_path.is_empty() && Path::new(&input.abs_path).is_file();
+        if shared {
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::os::unix::fs::symlink(&input.abs_path, &dest)?;
+        } else {
+            place_blob(env, fetcher, &digest, &dest).await.map_err(|e| {
+                anyhow::anyhow!("input {} ({}) unavailable: {e:#}", input.rel_path, digest)
+            })?;
+        }
+        if !is_file {
+            input_paths.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    let mut upstream_all = Vec::new();
+    let mut upstream_by_step: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for up in &spec.upstream {
+        let digest = plateflow_proto::digest_of(up.digest.as_ref(), &up.name)?;
+        let rel = Path::new("upstream")
+            .join(label_path(&up.task_label))
+            .join(&up.name);
+        place_blob(env, fetcher, &digest, &work.join(&rel))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("output {} of {} unavailable: {e:#}", up.name, up.task_label)
+            })?;
+        let rel = rel.to_string_lossy().into_owned();
+        let step = up.task_label.split('[').next().unwrap_or("").to_string();
+        upstream_by_step.entry(step).or_default().push(rel.clone());
+        upstream_all.push(rel);
+    }
+
+    let join = |v: &[String]| v.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" ");
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    vars.insert("inputs".into(), join(&input_paths));
+    vars.insert("upstream".into(), join(&upstream_all));
+    for (step, files) in &upstream_by_step {
+        vars.insert(format!("upstream.{step}"), join(files));
+    }
+    vars.insert("outputs".into(), join(&outputs));
+    vars.insert("task".into(), shell_quote(&spec.label));
+    for (k, v) in &spec.fields {
+        vars.insert(k.clone(), shell_quote(v));
+    }
+    let script = expand(template, &vars).map_err(|e| anyhow::anyhow!("in `run`: {e}"))?;
+
+    let stdout_path = task_dir.path().join("stdout");
+    let stderr_path = task_dir.path().join("stderr");
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg(&script)
+        .current_dir(&work)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path)?)
+        .stderr(std::fs::File::create(&stderr_path)?)
+        .env("PLATEFLOW_TASK", &spec.label)
+        .kill_on_drop(true);
+    for (k, v) in &spec.fields {
+        cmd.env(format!("PLATEFLOW_{}", k.to_uppercase()), v);
+    }
+    if !spec.gpu_ids.is_empty() {
+        let ids: Vec<String> = spec.gpu_ids.iter().map(u32::to_string).collect();
+        cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+    }
+    // The command dies with its worker: a killed worker must not leave orphans writing files.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let status = cmd
+        .status()
+        .await
+        .map_err(|e| anyhow::anyhow!("could not start `sh`: {e}"))?;
+
+    let mut out = CommandOutcome {
+        stdout: Some(env.store.put_file(&stdout_path)?),
+        stderr: Some(env.store.put_file(&stderr_path)?),
+        stderr_tail: tail_of(&stderr_path, 20, 4000),
+        ..Default::default()
+    };
+    if !status.success() {
+        let how = match status.code() {
+            Some(c) => format!("exit status {c}"),
+            None => "killed by a signal".to_string(),
+        };
+        out.error = Some(format!("command failed ({how}): {script}"));
+        return Ok(out);
+    }
+    for name in &outputs {
+        let path = work.join(name);
+        if !path.is_file() {
+            out.error = Some(format!(
+                "command succeeded but did not write its declared output `{name}` \
+                 (expected at {} relative to its scratch directory)",
+                name
+            ));
+            return Ok(out);
+        }
+        let digest = env.store.put_file(&path)?;
+        out.outputs.push(OutputBlob {
+            name: name.clone(),
+            digest: Some((&digest).into()),
+        });
+    }
+    Ok(out)
+}
+
+/// The last `lines` lines of a log, at most `max_bytes`, for error messages.
+fn tail_of(path: &Path, lines: usize, max_bytes: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(max_bytes);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_paths_are_nested_directories() {
+        assert_eq!(label_path("qc"), PathBuf::from("qc"));
+        assert_eq!(
+            label_path("seg[plate=P1,well=A01]"),
+            PathBuf::from("seg/plate=P1/well=A01")
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! The worker's life on the wire: connect, say hello with its resources, run what it is given,
+//! send results back in batches, heartbeat, and reconnect when the coordinator goes away.
+
+use crate::blobs::{upload_missing, GrpcFetcher};
+use crate::exec::{execute, ExecEnv};
+use plateflow_proto::v1::{
+    coordinator_client::CoordinatorClient, coordinator_message, worker_message, Heartbeat,
+    Resources, TaskResult, TaskResults, WorkerHello, WorkerMessage,
+};
+use plateflow_store::{BlobStore, Digest};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// Largest gRPC message either side accepts (assignments of big plates list many files).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `http://host:port` of the coordinator.
+    pub coordinator: String,
+    pub name: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub gpu_ids: Vec<u32>,
+    /// The worker's blob cache, or the coordinator's own store when `shared_store` is set.
+    pub store_dir: PathBuf,
+    pub shared_store: bool,
+    /// Input images can be read where the coordinator found them.
+    pub shared_fs: bool,
+    pub scratch_dir: PathBuf,
+    /// Give up after this long without a coordinator (a batch job must not wait forever).
+    pub reconnect_timeout: Duration,
+}
+
+/// Runs the worker until `shutdown` resolves or the coordinator stays unreachable too long.
+pub async fn run_worker(
+    cfg: WorkerConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = BlobStore::open(&cfg.store_dir)?;
+    std::fs::create_dir_all(&cfg.scratch_dir)?;
+    let env = ExecEnv {
+        store,
+        scratch_root: cfg.scratch_dir.clone(),
+        shared_fs: cfg.shared_fs,
+    };
+    tokio::pin!(shutdown);
+    let mut unreachable_since = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let attempt = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = connect(&cfg.coordinator) => r,
+        };
+        let client = match attempt {
+            Ok(c) => c,
+            Err(e) => {
+                if unreachable_since.elapsed() > cfg.reconnect_timeout {
+                    anyhow::bail!(
+                        "coordinator {} unreachable for {:?}: {e}",
+                        cfg.coordinator,
+                        cfg.reconnect_timeout
+                    );
+                }
+                tracing::debug!("coordinator not reachable yet: {e}");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let ended = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            r = session(&cfg, &env, client) => r,
+        };
+        match ended {
+            Ok(()) => tracing::info!("coordinator closed the session; reconnecting"),
+            Err(e) => tracing::warn!("session with coordinator lost: {e:#}; reconnecting"),
+        }
+        unreachable_since = tokio::time::Instant::now();
+    }
+}
+
+async fn connect(addr: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    Ok(CoordinatorClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// One session. Running tasks belong to it: when it ends they are aborted (their processes
+/// killed), since the coordinator re-queues them as soon as it notices the loss.
+async fn session(
+    cfg: &WorkerConfig,
+    env: &ExecEnv,
+    mut client: CoordinatorClient<Channel>,
+) -> anyhow::Result<()> {
+    let (out_tx, out_rx) = mpsc::channel::<WorkerMessage>(1024);
+    out_tx
+        .send(WorkerMessage {
+            body: Some(worker_message::Body::Hello(WorkerHello {
+                name: cfg.name.clone(),
+                hostname: hostname(),
+                resources: Some(Resources {
+                    cpus: cfg.cpus,
+                    gpus: cfg.gpu_ids.len() as u32,
+                    memory_bytes: cfg.memory_bytes,
+                }),
+                gpu_ids: cfg.gpu_ids.clone(),
+                shared_store: cfg.shared_store,
+                running: vec![],
+            })),
+        })
+        .await?;
+    let mut inbound = client
+        .worker_session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    let welcome = match inbound.message().await? {
+        Some(m) => match m.body {
+            Some(coordinator_message::Body::Welcome(w)) => w,
+            _ => anyhow::bail!("coordinator did not welcome this worker"),
+        },
+        None => anyhow::bail!("coordinator closed the session at once"),
+    };
+    tracing::info!(worker_id = welcome.worker_id, "registered with coordinator");
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_millis(welcome.heartbeat_ms.max(50) as u64));
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let (res_tx, mut res_rx) = mpsc::unbounded_channel::<TaskResult>();
+    let mut running: HashMap<(u64, u32), JoinHandle<()>> = HashMap::new();
+    let fetcher = GrpcFetcher {
+        client: client.clone(),
+    };
+
+    let outcome: anyhow::Result<()> = loop {
+        tokio::select! {
+            msg = inbound.message() => {
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break Ok(()),
+                    Err(e) => break Err(e.into()),
+                };
+                match msg.body {
+                    Some(coordinator_message::Body::Assign(a)) => {
+                        for spec in a.tasks {
+                            let key = (spec.task_id, spec.attempt);
+                            let (env, fetcher, res_tx) = (env.clone(), fetcher.clone(), res_tx.clone());
+                            let mut client = client.clone();
+                            let shared_store = cfg.shared_store;
+                            let handle = tokio::spawn(async move {
+                                let mut result = execute(&spec, &env, &fetcher).await;
+                                if !shared_store {
+                                    if let Err(e) = upload_result_blobs(&mut client, &env.store, &result).await {
+                                        result.ok = false;
+                                        result.error = format!("uploading outputs to the coordinator failed: {e:#}");
+                                    }
+                                }
+                                let _ = res_tx.send(result);
+                            });
+                            running.insert(key, handle);
+                        }
+                    }
+                    Some(coordinator_message::Body::Cancel(c)) => {
+                        for t in c.tasks {
+                            if let Some(h) = running.remove(&(t.task_id, t.attempt)) {
+                                h.abort();
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Some(first) = res_rx.recv() => {
+                // Batch whatever else is ready: one message for many fast tasks.
+                let mut results = vec![first];
+                while results.len() < 4096 {
+                    match res_rx.try_recv() {
+                        Ok(r) => results.push(r),
+                        Err(_) => break,
+                    }
+                }
+                for r in &results {
+                    running.remove(&(r.task_id, r.attempt));
+                }
+                let msg = WorkerMessage { body: Some(worker_message::Body::Results(TaskResults { results })) };
+                if out_tx.send(msg).await.is_err() {
+                    break Err(anyhow::anyhow!("session closed while sending results"));
+                }
+            }
+            _ = heartbeat.tick() => {
+                let running_refs = running.keys().map(|&(task_id, attempt)| plateflow_proto::v1::TaskRef { task_id, attempt }).collect();
+                let msg = WorkerMessage { body: Some(worker_message::Body::Heartbeat(Heartbeat { running: running_refs })) };
+                if out_tx.send(msg).await.is_err() {
+                    break Err(anyhow::anyhow!("session closed while sending a heartbeat"));
+                }
+            }
+        }
+    };
+    for (_, h) in running {
+        h.abort();
+    }
+    outcome
+}
+
+async fn upload_result_blobs(
+    client: &mut CoordinatorClient<Channel>,
+    store: &BlobStore,
+    result: &TaskResult,
+) -> anyhow::Result<()> {
+    let mut digests: Vec<Digest> = Vec::new();
+    for d in result
+        .outputs
+        .iter()
+        .filter_map(|o| o.digest.as_ref())
+        .chain(result.stdout.as_ref())
+        .chain(result.stderr.as_ref())
+    {
+        digests.push(Digest::try_from(d)?);
+    }
+    if digests.is_empty() {
+        return Ok(());
+    }
+    upload_missing(client, store, &digests).await
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
