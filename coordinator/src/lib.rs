@@ -1,4 +1,18 @@
 //! plateflow's coordinator: pipeline files, planning, content-addressed caching, the run
 //! journal, scheduling, the gRPC server and the `plateflow` command line.
 
+pub mod cli;
+pub mod dataset;
+pub mod db;
+pub mod demo;
+pub mod dryrun;
+pub mod engine;
+pub mod key;
+pub mod lineage;
+pub mod lockfile;
+pub mod plan;
+pub mod progress;
+pub mod run;
+pub mod scheduler;
+pub mod server;
 pub mod spec;

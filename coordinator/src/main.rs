@@ -1,7 +1,23 @@
+use clap::Parser;
+
 fn main() {
-    let path = std::path::PathBuf::from(std::env::args().nth(1).unwrap());
-    match plateflow::spec::load(&path) {
-        Ok(p) => println!("{p:#?}"),
-        Err(e) => println!("{e}"),
-    }
+    let cli = plateflow::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PLATEFLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let code = match rt.block_on(plateflow::cli::main(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    // Do not wait for blocking tasks (hashing threads) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(code);
 }

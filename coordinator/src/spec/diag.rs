@@ -87,6 +87,11 @@ impl<'a> Reporter<'a> {
         }
     }
 
+    /// Line `n` (1-based) of the source text.
+    pub fn line(&self, n: usize) -> Option<&'a str> {
+        self.lines.get(n.wrapping_sub(1)).copied()
+    }
+
     pub fn error(&mut self, mark: Mark, width: usize, message: impl Into<String>) -> &mut Diagnostic {
         let source_line = self
             .lines
@@ -126,6 +131,11 @@ impl<'a> Reporter<'a> {
 
 /// "did you mean `x`?" for the closest known word, when it is close enough to be a typo.
 pub fn did_you_mean<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    closest(word, known).map(|k| format!("did you mean `{k}`?"))
+}
+
+/// The known word closest to `word`, when it is close enough to be a typo.
+pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for k in known {
         let d = edit_distance(&word.to_lowercase(), &k.to_lowercase());
@@ -135,7 +145,7 @@ pub fn did_you_mean<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) ->
     }
     let (d, k) = best?;
     let limit = (word.chars().count().max(k.chars().count()) / 3).max(1);
-    (d <= limit).then(|| format!("did you mean `{k}`?"))
+    (d <= limit).then_some(k)
 }
 
 /// Optimal-string-alignment distance: insertions, deletions, substitutions and adjacent

@@ -7,7 +7,7 @@ pub mod diag;
 pub mod pattern;
 pub mod yaml;
 
-use diag::{did_you_mean, Diagnostics, Mark, Reporter};
+use diag::{closest, did_you_mean, Diagnostics, Mark, Reporter};
 use pattern::FilePattern;
 use plateflow_worker::kinds::{self, KindInfo, ParamType};
 use plateflow_worker::placeholders::placeholders;
@@ -101,12 +101,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Pipeline, Diagnostics> {
             return Err(r.finish().unwrap_err());
         }
         Err(e) => {
-            r.error_hint(
-                e.mark,
-                1,
-                format!("YAML syntax error: {}", e.message),
-                Some("check indentation (spaces, not tabs) and that brackets and quotes are closed".into()),
-            );
+            r.error_hint(e.mark, 1, e.message, e.hint);
             return Err(r.finish().unwrap_err());
         }
     };
@@ -116,7 +111,11 @@ pub fn parse(path: &Path, source: &str) -> Result<Pipeline, Diagnostics> {
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let mut v = Validator { r, dir };
+    let mut v = Validator {
+        r,
+        dir,
+        pattern_fields: Vec::new(),
+    };
     let pipeline = v.pipeline(path, &root);
     v.r.finish()?;
     Ok(pipeline.expect("no errors means a pipeline"))
@@ -125,6 +124,8 @@ pub fn parse(path: &Path, source: &str) -> Result<Pipeline, Diagnostics> {
 struct Validator<'a> {
     r: Reporter<'a>,
     dir: PathBuf,
+    /// The filename pattern's fields, for hints about placeholders.
+    pattern_fields: Vec<String>,
 }
 
 fn entries(node: &Node) -> &[(Node, Node)] {
@@ -135,14 +136,15 @@ fn entries(node: &Node) -> &[(Node, Node)] {
 }
 
 impl Validator<'_> {
-    fn expect_map(&mut self, node: &Node, what: &str) -> bool {
+    fn expect_map(&mut self, node: &Node, what: &str, hint: Option<&str>) -> bool {
         if matches!(node.value, Value::Map(_)) {
             return true;
         }
-        self.r.error(
+        self.r.error_hint(
             node.mark,
             node.width(),
             format!("{what} must be a mapping of `key: value` lines, found {}", node.describe()),
+            hint.map(Into::into),
         );
         false
     }
@@ -161,9 +163,20 @@ impl Validator<'_> {
                 continue;
             };
             if !known.contains(&name) {
-                let hint = did_you_mean(name, known.iter().copied())
-                    .or_else(|| Some(format!("known keys: {}", known.join(", "))));
-                self.r.error_hint(k.mark, k.width(), format!("unknown key `{name}` in {context}"), hint);
+                let guess = closest(name, known.iter().copied());
+                let hint = match guess {
+                    Some(g) => format!("did you mean `{g}`?"),
+                    None => format!("known keys: {}", known.join(", ")),
+                };
+                self.r.error_hint(k.mark, k.width(), format!("unknown key `{name}` in {context}"), Some(hint));
+                // Read a likely typo as the key it was meant to be: a misspelled `steps:` is
+                // then not also reported missing, and what it holds is still checked.
+                if let Some(g) = guess {
+                    let written = entries(node).iter().any(|(other, _)| other.as_str() == Some(g));
+                    if !written && !seen.contains_key(g) {
+                        seen.insert(g.to_string(), (k, val));
+                    }
+                }
                 continue;
             }
             if let Some((first, _)) = seen.get(name) {
@@ -179,6 +192,29 @@ impl Validator<'_> {
             seen.insert(name.to_string(), (k, val));
         }
         seen
+    }
+
+    /// Where byte `offset` of a scalar's text is in the file. Exact when that line of the text
+    /// appears verbatim in the file (one-line plain or quoted scalars, `|` blocks line by
+    /// line); otherwise (escapes, folded lines) the scalar's start.
+    fn locate_in_scalar(&self, node: &Node, text: &str, offset: usize) -> Mark {
+        let before = &text[..offset];
+        let line_in_text = before.matches('\n').count();
+        let line_start = before.rfind('\n').map_or(0, |p| p + 1);
+        let text_line = text[line_start..].split('\n').next().unwrap_or("");
+        let col_in_line = text[line_start..offset].chars().count();
+        let line = node.mark.line + line_in_text;
+        let Some(src) = self.r.line(line) else { return node.mark };
+        // A quoted scalar's text starts one column after its mark; a `|` block's lines all
+        // start at the block's indentation, which is where its mark is.
+        let quote = line_in_text == 0 && matches!(src.chars().nth(node.mark.col - 1), Some('"' | '\''));
+        let start = node.mark.col + usize::from(quote);
+        let rest: String = src.chars().skip(start - 1).collect();
+        if rest.starts_with(text_line) {
+            Mark { line, col: start + col_in_line }
+        } else {
+            node.mark
+        }
     }
 
     fn string(&mut self, node: &Node, what: &str) -> Option<String> {
@@ -217,11 +253,16 @@ impl Validator<'_> {
             let ok = if is_dir { p.is_dir() } else { p.is_file() };
             if !ok {
                 let kind = if is_dir { "directory" } else { "file" };
+                let (looked, hint) = if Path::new(&text).is_absolute() {
+                    (String::new(), "check the spelling, and that the disk holding it is mounted")
+                } else {
+                    (format!(" (looked at {})", p.display()), "paths are relative to the pipeline file's directory")
+                };
                 self.r.error_hint(
                     node.mark,
                     node.width(),
-                    format!("{what}: {kind} `{text}` not found (looked at {})", p.display()),
-                    Some("paths are relative to the pipeline file's directory".into()),
+                    format!("{what}: {kind} `{text}` not found{looked}"),
+                    Some(hint.into()),
                 );
                 return None;
             }
@@ -230,7 +271,11 @@ impl Validator<'_> {
     }
 
     fn pipeline(&mut self, path: &Path, root: &Node) -> Option<Pipeline> {
-        if !self.expect_map(root, "a pipeline file") {
+        if !self.expect_map(
+            root,
+            "a pipeline file",
+            Some("a pipeline holds `pipeline:`, `data:` and `steps:` at the left margin; see pipelines/demo.yaml"),
+        ) {
             return None;
         }
         let top = self.keys(root, TOP_KEYS, "the pipeline");
@@ -247,10 +292,14 @@ impl Validator<'_> {
             Some((_, n)) => self.rel_path(n, "`results`", false, true),
             None => Some(self.dir.join("results")),
         };
-        let data = top.get("data").and_then(|(_, n)| self.data(n));
+        let (data, fields) = match top.get("data") {
+            Some((k, n)) => self.data(k, n),
+            None => (None, None),
+        };
         let had_data_key = top.contains_key("data");
+        self.pattern_fields = fields.clone().unwrap_or_default();
         let steps = match top.get("steps") {
-            Some((_, n)) => self.steps(n, data.as_ref(), had_data_key),
+            Some((_, n)) => self.steps(n, fields.as_deref(), had_data_key),
             None => {
                 self.r.error_hint(
                     root.mark,
@@ -272,17 +321,23 @@ impl Validator<'_> {
         })
     }
 
-    fn data(&mut self, node: &Node) -> Option<DataSpec> {
-        if !self.expect_map(node, "`data`") {
-            return None;
+    /// The data section, and the pattern's fields whenever the pattern itself is valid (so that
+    /// steps can still be checked against them when another part of `data` is wrong).
+    fn data(&mut self, key: &Node, node: &Node) -> (Option<DataSpec>, Option<Vec<String>>) {
+        if !self.expect_map(
+            node,
+            "`data`",
+            Some("give `images:` and `pattern:` indented under `data:`, or remove `data:`"),
+        ) {
+            return (None, None);
         }
         let k = self.keys(node, DATA_KEYS, "`data`");
         let images_root = match k.get("images") {
             Some((_, n)) => self.rel_path(n, "`images`", true, true),
             None => {
                 self.r.error_hint(
-                    node.mark,
-                    1,
+                    key.mark,
+                    key.width(),
                     "`data` needs `images:`, the directory that holds the images",
                     None,
                 );
@@ -295,12 +350,7 @@ impl Validator<'_> {
                 text.and_then(|t| match FilePattern::compile(&t) {
                     Ok(p) => Some(p),
                     Err((offset, msg)) => {
-                        // Point at the character inside the pattern when it is on one line.
-                        let quote = usize::from(!matches!(n.value, Value::Scalar { plain: true, .. }));
-                        let mark = Mark {
-                            line: n.mark.line,
-                            col: n.mark.col + quote + t[..offset].chars().count(),
-                        };
+                        let mark = self.locate_in_scalar(n, &t, offset);
                         self.r.error(mark, 1, format!("bad filename pattern: {msg}"));
                         None
                     }
@@ -308,8 +358,8 @@ impl Validator<'_> {
             }
             None => {
                 self.r.error_hint(
-                    node.mark,
-                    1,
+                    key.mark,
+                    key.width(),
                     "`data` needs `pattern:`, the filename pattern that names plate, well and channel",
                     Some("for example `pattern: \"{plate}/{well}_s{site}_w{channel}.tif\"`".into()),
                 );
@@ -317,12 +367,12 @@ impl Validator<'_> {
             }
         };
         let plate_map = match k.get("plate_map") {
-            Some((_, n)) => Some(self.rel_path(n, "`plate_map`", true, false)?),
-            None => None,
+            Some((_, n)) => self.rel_path(n, "`plate_map`", true, false).map(Some),
+            None => Some(None),
         };
         let mut channels = BTreeMap::new();
         if let Some((_, n)) = k.get("channels") {
-            if self.expect_map(n, "`channels`") {
+            if self.expect_map(n, "`channels`", Some("write one `w1: DNA` line per channel, indented under `channels:`")) {
                 for (ck, cv) in entries(n) {
                     if let (Some(a), Some(b)) = (self.string(ck, "a channel"), self.string(cv, "a channel name")) {
                         channels.insert(a, b);
@@ -330,16 +380,35 @@ impl Validator<'_> {
                 }
             }
         }
-        Some(DataSpec {
-            images_root: images_root?,
-            pattern: pattern?,
-            plate_map,
-            channels,
-        })
+        let fields = pattern.as_ref().map(|p| p.fields.clone());
+        let spec = (|| {
+            Some(DataSpec {
+                images_root: images_root?,
+                pattern: pattern?,
+                plate_map: plate_map?,
+                channels,
+            })
+        })();
+        (spec, fields)
     }
 
-    fn steps(&mut self, node: &Node, data: Option<&DataSpec>, had_data_key: bool) -> Option<Vec<StepSpec>> {
-        if !self.expect_map(node, "`steps`") {
+    /// `fields`: what the filename pattern defines; `None` when there is no `data:` or when
+    /// it has errors of its own (then fan-out is not checked, to avoid repeating them).
+    fn steps(&mut self, node: &Node, fields: Option<&[String]>, had_data_key: bool) -> Option<Vec<StepSpec>> {
+        if let Value::Null = node.value {
+            self.r.error_hint(
+                node.mark,
+                node.width(),
+                "`steps` is empty: a pipeline needs at least one step",
+                Some("add steps indented under `steps:`, each a name followed by `uses:` and `with:`".into()),
+            );
+            return None;
+        }
+        if !self.expect_map(
+            node,
+            "`steps`",
+            Some("write each step as `name:` with its settings indented below, not as a `- ` list item"),
+        ) {
             return None;
         }
         let list = entries(node);
@@ -348,21 +417,28 @@ impl Validator<'_> {
             return None;
         }
         // First pass: names, so that `after:` can refer to steps defined later in the file.
+        // Every entry gets a slot (unnamed ones an empty name) so indices match `list`.
         let mut names: Vec<(String, Mark)> = Vec::new();
         for (k, _) in list {
             let Some(name) = k.as_str() else {
                 self.r.error(k.mark, k.width(), "step names must be plain words");
+                names.push((String::new(), k.mark));
                 continue;
             };
             if !name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             {
+                let fixed: String = name
+                    .trim()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                    .collect();
                 self.r.error_hint(
                     k.mark,
                     k.width(),
                     format!("step name `{name}` may hold only letters, digits, `_` and `-`"),
-                    None,
+                    Some(format!("rename it, e.g. to `{fixed}`")),
                 );
             }
             if let Some((_, first)) = names.iter().find(|(n, _)| n == name) {
@@ -379,18 +455,17 @@ impl Validator<'_> {
         let index: HashMap<&str, usize> = names
             .iter()
             .enumerate()
+            .filter(|(_, (n, _))| !n.is_empty())
             .map(|(i, (n, _))| (n.as_str(), i))
             .collect();
-        let fields: Vec<String> = data.map(|d| d.pattern.fields.clone()).unwrap_or_default();
 
         let mut steps: Vec<Option<StepSpec>> = Vec::new();
         let mut after_marks: Vec<Vec<(usize, Mark, usize)>> = Vec::new();
-        for (i, (k, body)) in list.iter().enumerate() {
+        for (k, body) in list {
             let name = k.as_str().unwrap_or("?").to_string();
-            let (step, marks) = self.step(&name, body, &index, &fields, had_data_key);
+            let (step, marks) = self.step(&name, k, body, &index, fields, had_data_key);
             steps.push(step);
             after_marks.push(marks);
-            let _ = i;
         }
         // Dependency cycles, reported at the `after:` entry that closes them.
         let mut graph = petgraph::graph::DiGraph::<usize, ()>::new();
@@ -406,10 +481,12 @@ impl Validator<'_> {
                 let start = graph[cycle.node_id()];
                 let path = find_cycle(&after_marks, start);
                 let text: Vec<&str> = path.iter().map(|&i| names[i].0.as_str()).collect();
-                // The edge text[last] -> text[0] is written in step text[0]'s `after:`.
-                let (mark, width) = after_marks[path[0]]
+                // `path[i]` comes after `path[i + 1]`, and the last step comes after the first:
+                // that `after:` entry, in the last step, closes the cycle (the chain's last arrow).
+                let last = *path.last().expect("the cycle holds its start");
+                let (mark, width) = after_marks[last]
                     .iter()
-                    .find(|(d, _, _)| Some(d) == path.last())
+                    .find(|(d, _, _)| *d == path[0])
                     .map(|(_, m, w)| (*m, *w))
                     .unwrap_or((names[start].1, 1));
                 let mut chain: Vec<&str> = text.iter().rev().copied().collect();
@@ -438,22 +515,32 @@ impl Validator<'_> {
     fn step(
         &mut self,
         name: &str,
+        key: &Node,
         body: &Node,
         index: &HashMap<&str, usize>,
-        fields: &[String],
+        fields: Option<&[String]>,
         had_data_key: bool,
     ) -> (Option<StepSpec>, Vec<(usize, Mark, usize)>) {
         let mut after_marks = Vec::new();
-        if !self.expect_map(body, &format!("step `{name}`")) {
+        if !self.expect_map(
+            body,
+            &format!("step `{name}`"),
+            Some("indent the step's settings under its name: `uses: command`, then `with:` holding `run: ...`"),
+        ) {
             return (None, after_marks);
         }
         let ctx = format!("step `{name}`");
         let k = self.keys(body, STEP_KEYS, &ctx);
+        // Placeholders not to report in `run`: they follow from an error already reported
+        // (a misspelled `after:` or `for_each` entry, or a `data:` section with errors).
+        let mut excused: Vec<String> = Vec::new();
+        // A misspelled kind is reported, then its parameters are checked as the likely kind's.
+        let mut guessed_kind = None;
         let kind = match k.get("uses") {
             None => {
                 self.r.error_hint(
-                    body.mark,
-                    1,
+                    key.mark,
+                    key.width(),
                     format!("{ctx} has no `uses:` (which kind of step it is)"),
                     Some(format!(
                         "available kinds: {}",
@@ -477,10 +564,13 @@ impl Validator<'_> {
                     }
                     None => {
                         let known = kinds::all_kinds().iter().map(|k| k.name);
-                        let hint = did_you_mean(&kname, known.clone()).or_else(|| {
-                            Some(format!("available kinds: {}", known.collect::<Vec<_>>().join(", ")))
-                        });
-                        self.r.error_hint(n.mark, n.width(), format!("unknown step kind `{kname}`"), hint);
+                        let guess = closest(&kname, known.clone());
+                        guessed_kind = guess.and_then(kinds::lookup);
+                        let hint = match guess {
+                            Some(g) => format!("did you mean `{g}`?"),
+                            None => format!("available kinds: {}", known.collect::<Vec<_>>().join(", ")),
+                        };
+                        self.r.error_hint(n.mark, n.width(), format!("unknown step kind `{kname}`"), Some(hint));
                         None
                     }
                 },
@@ -507,9 +597,14 @@ impl Validator<'_> {
             for item in items {
                 let Some(dep) = self.string(item, "an `after` entry") else { continue };
                 match index.get(dep.as_str()) {
-                    Some(&d) if dep == name => {
-                        let _ = d;
-                        self.r.error(item.mark, item.width(), format!("step `{name}` cannot come after itself"));
+                    Some(_) if dep == name => {
+                        self.r.error_hint(
+                            item.mark,
+                            item.width(),
+                            format!("step `{name}` cannot come after itself"),
+                            Some(format!("remove `{name}` from its own `after:` list")),
+                        );
+                        excused.push(format!("upstream.{dep}"));
                     }
                     Some(&d) => {
                         if after.contains(&d) {
@@ -520,12 +615,22 @@ impl Validator<'_> {
                         }
                     }
                     None => {
-                        let hint = did_you_mean(&dep, index.keys().copied()).or_else(|| {
-                            let mut known: Vec<&str> = index.keys().copied().collect();
-                            known.sort();
-                            Some(format!("steps in this pipeline: {}", known.join(", ")))
-                        });
-                        self.r.error_hint(item.mark, item.width(), format!("{ctx} comes after `{dep}`, which is not a step"), hint);
+                        let guess = closest(&dep, index.keys().copied());
+                        let hint = match guess {
+                            Some(g) => format!("did you mean `{g}`?"),
+                            None => {
+                                let mut known: Vec<&str> = index.keys().copied().collect();
+                                known.sort();
+                                format!("steps in this pipeline: {}", known.join(", "))
+                            }
+                        };
+                        self.r.error_hint(
+                            item.mark,
+                            item.width(),
+                            format!("{ctx} comes after `{dep}`, which is not a step"),
+                            Some(hint),
+                        );
+                        excused.extend(std::iter::once(dep.as_str()).chain(guess).map(|d| format!("upstream.{d}")));
                     }
                 }
             }
@@ -540,24 +645,33 @@ impl Validator<'_> {
             };
             for item in items {
                 let Some(f) = self.string(item, "`for_each`") else { continue };
-                if fields.is_empty() {
-                    let msg = if had_data_key {
-                        format!("{ctx} fans out over `{f}`, but the image data has errors (see above)")
-                    } else {
-                        format!("{ctx} fans out over `{f}`, but the pipeline has no `data:` with a filename pattern")
-                    };
-                    self.r.error_hint(item.mark, item.width(), msg, Some("add `data: {images: DIR, pattern: ...}` or remove `for_each`".into()));
+                let Some(fields) = fields else {
+                    // With a broken `data:` its own errors say what to fix; don't repeat them.
+                    if !had_data_key {
+                        self.r.error_hint(
+                            item.mark,
+                            item.width(),
+                            format!("{ctx} fans out over `{f}`, but the pipeline has no `data:` with a filename pattern"),
+                            Some("add `data: {images: DIR, pattern: ...}` or remove `for_each`".into()),
+                        );
+                    }
+                    excused.push(f);
                     continue;
-                }
+                };
                 if !fields.contains(&f) {
-                    let hint = did_you_mean(&f, fields.iter().map(String::as_str))
-                        .unwrap_or_else(|| format!("the pattern defines: {}", fields.join(", ")));
+                    let guess = closest(&f, fields.iter().map(String::as_str));
+                    let hint = match guess {
+                        Some(g) => format!("did you mean `{g}`?"),
+                        None => format!("the pattern defines: {}", fields.join(", ")),
+                    };
                     self.r.error_hint(
                         item.mark,
                         item.width(),
                         format!("{ctx} fans out over `{f}`, which the filename pattern does not define"),
                         Some(hint),
                     );
+                    excused.extend(guess.map(String::from));
+                    excused.push(f);
                     continue;
                 }
                 // A well lives in a plate: fanning out by well means by (plate, well).
@@ -571,7 +685,7 @@ impl Validator<'_> {
         }
 
         // inputs
-        let (mut reads_images, mut reads_plate_map) = (after.is_empty() && !fields.is_empty(), false);
+        let (mut reads_images, mut reads_plate_map) = (after.is_empty() && fields.is_some(), false);
         if let Some((_, n)) = k.get("inputs") {
             reads_images = false;
             let items: Vec<&Node> = match &n.value {
@@ -582,8 +696,15 @@ impl Validator<'_> {
             for item in items {
                 let Some(src) = self.string(item, "an `inputs` entry") else { continue };
                 match src.as_str() {
-                    "images" if fields.is_empty() => {
-                        self.r.error_hint(item.mark, item.width(), "`inputs: images` needs a `data:` section with images and a pattern", None);
+                    "images" if fields.is_none() => {
+                        if !had_data_key {
+                            self.r.error_hint(
+                                item.mark,
+                                item.width(),
+                                "`inputs: images` needs a `data:` section with images and a pattern",
+                                Some("add `data: {images: DIR, pattern: ...}`".into()),
+                            );
+                        }
                     }
                     "images" => reads_images = true,
                     "plate_map" => reads_plate_map = true,
@@ -605,15 +726,16 @@ impl Validator<'_> {
             None => Some(1),
         };
 
-        let (params, files) = match (kind, k.get("with")) {
-            (Some(kind), w) => {
-                let dep_names: Vec<&str> = after_marks
+        let (params, files) = match kind.or(guessed_kind) {
+            Some(check_as) => {
+                let deps: Vec<String> = after_marks
                     .iter()
-                    .filter_map(|(d, _, _)| index.iter().find(|(_, &i)| i == *d).map(|(n, _)| *n))
+                    .filter_map(|(d, _, _)| index.iter().find(|(_, &i)| i == *d).map(|(n, _)| n.to_string()))
                     .collect();
-                self.params(&ctx, kind, w.map(|(_, n)| *n), body, &for_each, &dep_names)
+                let with = k.get("with").copied();
+                self.params(&ctx, check_as, with, key, &for_each, &deps, &excused)
             }
-            (None, _) => (None, vec![]),
+            None => (None, vec![]),
         };
         let step = (|| {
             Some(StepSpec {
@@ -633,7 +755,7 @@ impl Validator<'_> {
     }
 
     fn resources(&mut self, n: &Node) -> Option<ResourceSpec> {
-        if !self.expect_map(n, "`resources`") {
+        if !self.expect_map(n, "`resources`", Some("write `cpus: 2` and `memory: 4G` indented under `resources:`")) {
             return None;
         }
         let k = self.keys(n, RESOURCE_KEYS, "`resources`");
@@ -670,22 +792,27 @@ impl Validator<'_> {
         })
     }
 
-    #[allow(clippy::type_complexity)]
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn params(
         &mut self,
         ctx: &str,
         kind: &KindInfo,
-        with: Option<&Node>,
-        step_node: &Node,
+        with: Option<(&Node, &Node)>,
+        step_key: &Node,
         for_each: &[String],
-        deps: &[&str],
+        deps: &[String],
+        excused: &[String],
     ) -> (Option<serde_json::Map<String, serde_json::Value>>, Vec<(String, PathBuf)>) {
         let mut out = serde_json::Map::new();
         let mut ok = true;
         let mut files = Vec::new();
         let mut given: HashMap<String, (&Node, &Node)> = HashMap::new();
-        if let Some(w) = with {
-            if !self.expect_map(w, &format!("`with` of {ctx}")) {
+        if let Some((_, w)) = with {
+            let example = match kind.params.iter().find(|p| p.required) {
+                Some(p) => format!("write `{}: ...` indented under `with:`", p.name),
+                None => "write `name: value` lines indented under `with:`".to_string(),
+            };
+            if !self.expect_map(w, &format!("`with` of {ctx}"), Some(&example)) {
                 return (None, files);
             }
             let known: Vec<&str> = kind.params.iter().map(|p| p.name).collect();
@@ -694,10 +821,11 @@ impl Validator<'_> {
         for spec in kind.params {
             let Some((_, v)) = given.get(spec.name) else {
                 if spec.required {
-                    let at = with.unwrap_or(step_node);
+                    // Point at the `with:` key, or at the step's name when there is none.
+                    let at = with.map_or(step_key, |(wk, _)| wk);
                     self.r.error_hint(
                         at.mark,
-                        1,
+                        at.width(),
                         format!("{ctx} is missing the `{}` parameter required by kind `{}`", spec.name, kind.name),
                         Some(format!("`{}`: {}", spec.name, spec.help)),
                     );
@@ -710,11 +838,20 @@ impl Validator<'_> {
                     out.insert(spec.name.to_string(), j);
                 }
                 Err(found) => {
+                    let n = spec.name;
+                    let hint = match (spec.ty, &v.value) {
+                        (ParamType::StringList, Value::Scalar { text, .. }) => Some(format!("write `{n}: [{text}]`")),
+                        (ParamType::StringList, _) => Some(format!("write `{n}: [a, b]`")),
+                        (ParamType::String, Value::Seq(_)) => Some(format!(
+                            "write one value; for several lines, write `{n}: |` and indent the lines below it"
+                        )),
+                        _ => None,
+                    };
                     self.r.error_hint(
                         v.mark,
                         v.width(),
-                        format!("`{}` must be {}, found {found}", spec.name, spec.ty.describe()),
-                        (spec.ty == ParamType::StringList).then(|| format!("write `{}: [a, b]`", spec.name)),
+                        format!("`{n}` must be {}, found {found}", spec.ty.describe()),
+                        hint,
                     );
                     ok = false;
                 }
@@ -737,7 +874,12 @@ impl Validator<'_> {
                             ok = false;
                         }
                         if seen.contains(&o) {
-                            self.r.error(item.mark, item.width(), format!("output `{o}` is declared twice"));
+                            self.r.error_hint(
+                                item.mark,
+                                item.width(),
+                                format!("output `{o}` is declared twice"),
+                                Some("list each output once".into()),
+                            );
                             ok = false;
                         }
                         seen.push(o);
@@ -749,7 +891,12 @@ impl Validator<'_> {
                     for item in items {
                         let Some(f) = item.as_str() else { continue };
                         if let Err(why) = check_inside(f) {
-                            self.r.error(item.mark, item.width(), format!("file `{f}` must be beside the pipeline: {why}"));
+                            self.r.error_hint(
+                                item.mark,
+                                item.width(),
+                                format!("file `{f}` must be beside the pipeline: {why}"),
+                                Some("copy it next to the pipeline file and name it relative to it, like `scripts/count.py`".into()),
+                            );
                             ok = false;
                             continue;
                         }
@@ -762,35 +909,36 @@ impl Validator<'_> {
             }
             if let Some((_, v)) = given.get("run") {
                 if let Some(text) = v.as_str() {
-                    ok &= self.check_placeholders(v, text, for_each, deps);
+                    ok &= self.check_placeholders(v, text, for_each, deps, excused);
                 }
             }
         }
         (ok.then_some(out), files)
     }
 
-    fn check_placeholders(&mut self, node: &Node, text: &str, for_each: &[String], deps: &[&str]) -> bool {
+    /// `deps`: the steps in `after:`; `excused`: placeholders not to report because an error
+    /// about their cause is already reported.
+    fn check_placeholders(
+        &mut self,
+        node: &Node,
+        text: &str,
+        for_each: &[String],
+        deps: &[String],
+        excused: &[String],
+    ) -> bool {
         let mut allowed: Vec<String> = ["inputs", "upstream", "outputs", "task"].iter().map(|s| s.to_string()).collect();
         allowed.extend(for_each.iter().cloned());
         allowed.extend(deps.iter().map(|d| format!("upstream.{d}")));
-        // Point inside one-line plain or quoted scalars; block scalars start on the next line.
-        let locate = |offset: usize| -> Mark {
-            let quote = usize::from(!matches!(node.value, Value::Scalar { plain: true, .. }));
-            if text.contains('\n') {
-                node.mark
-            } else {
-                Mark { line: node.mark.line, col: node.mark.col + quote + text[..offset].chars().count() }
-            }
-        };
         match placeholders(text) {
             Err((offset, msg)) => {
-                self.r.error(locate(offset), 1, format!("in `run`: {msg}"));
+                let mark = self.locate_in_scalar(node, text, offset);
+                self.r.error(mark, 1, format!("in `run`: {msg}"));
                 false
             }
             Ok(list) => {
                 let mut ok = true;
                 for ph in list {
-                    if allowed.contains(&ph.name) {
+                    if allowed.contains(&ph.name) || excused.contains(&ph.name) {
                         continue;
                     }
                     let width = ph.name.chars().count() + 2;
@@ -800,14 +948,27 @@ impl Validator<'_> {
                             ph.name.trim_start_matches("upstream.")
                         ))
                     } else {
-                        did_you_mean(&ph.name, allowed.iter().map(String::as_str)).or_else(|| {
-                            Some(format!(
-                                "placeholders available here: {}; a field such as {{well}} is available only when the step fans out over it (`for_each`)",
+                        // A pattern field this step does not fan out over is the likely intent.
+                        let candidates = allowed.iter().chain(&self.pattern_fields).map(String::as_str);
+                        let guess = if self.pattern_fields.contains(&ph.name) {
+                            Some(ph.name.as_str())
+                        } else {
+                            closest(&ph.name, candidates)
+                        };
+                        Some(match guess {
+                            Some(g) if allowed.iter().any(|a| a == g) => format!("did you mean `{{{g}}}`?"),
+                            Some(g) => format!(
+                                "{}`{g}` is a field of the filename pattern, but this step does not fan out over it; add `{g}` to its `for_each`",
+                                if g == ph.name { String::new() } else { format!("did you mean `{{{g}}}`? ") }
+                            ),
+                            None => format!(
+                                "placeholders available here: {}",
                                 allowed.iter().map(|a| format!("{{{a}}}")).collect::<Vec<_>>().join(" ")
-                            ))
+                            ),
                         })
                     };
-                    self.r.error_hint(locate(ph.offset), width, format!("unknown placeholder `{{{}}}` in `run`", ph.name), hint);
+                    let mark = self.locate_in_scalar(node, text, ph.offset);
+                    self.r.error_hint(mark, width, format!("unknown placeholder `{{{}}}` in `run`", ph.name), hint);
                     ok = false;
                 }
                 ok

@@ -29,6 +29,10 @@ impl FilePattern {
                         Some((n, r)) => (n.trim(), Some(r)),
                         None => (inner.trim(), None),
                     };
+                    // `{well_s{site}`: this brace was left open and another field begins.
+                    if name.contains('{') {
+                        return Err((i, "`{` without a closing `}`".to_string()));
+                    }
                     if name.is_empty()
                         || !name
                             .chars()

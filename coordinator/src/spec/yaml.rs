@@ -3,7 +3,7 @@
 
 use super::diag::Mark;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::{Marker, TScalarStyle};
+use yaml_rust2::scanner::{Marker, ScanError, Scanner, TScalarStyle, TokenType};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -56,6 +56,7 @@ impl Node {
 pub struct SyntaxError {
     pub mark: Mark,
     pub message: String,
+    pub hint: Option<String>,
 }
 
 /// Parses one YAML document. Anchors and aliases are refused (pipelines should be explicit).
@@ -63,14 +64,7 @@ pub fn parse(source: &str) -> Result<Option<Node>, SyntaxError> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(source);
     if let Err(e) = parser.load(&mut builder, true) {
-        let m = e.marker();
-        return Err(SyntaxError {
-            mark: Mark {
-                line: m.line(),
-                col: m.col() + 1,
-            },
-            message: e.info().to_string(),
-        });
+        return Err(explain(source, &e));
     }
     if let Some(err) = builder.error {
         return Err(err);
@@ -78,10 +72,94 @@ pub fn parse(source: &str) -> Result<Option<Node>, SyntaxError> {
     if builder.documents > 1 {
         return Err(SyntaxError {
             mark: builder.second_doc_mark,
-            message: "a pipeline file holds one YAML document; remove the second `---`".into(),
+            message: "a pipeline file holds one YAML document".into(),
+            hint: Some("remove the second `---` and what follows, or put it in its own file".into()),
         });
     }
     Ok(builder.root)
+}
+
+/// Turns the parser's error into one that points at the token a person has to fix: the
+/// bracket left open, the tab, or the start of a wrongly indented key (the parser itself
+/// reports where it gave up, often a `:` or a later line).
+fn explain(source: &str, e: &ScanError) -> SyntaxError {
+    let chars: Vec<char> = source.chars().collect();
+    let m = e.marker();
+    let mut mark = mark_of(*m);
+    let info = e.info();
+    let generic = "check indentation (spaces, not tabs) and that brackets and quotes are closed";
+
+    // A `[` or `{` still open on an earlier line than the error was never closed.
+    let mut open: Vec<(Marker, char)> = Vec::new();
+    let mut scanner = Scanner::new(source.chars());
+    while let Ok(Some(tok)) = scanner.next_token() {
+        if tok.0.index() >= m.index() {
+            break;
+        }
+        let at = chars.get(tok.0.index()).copied();
+        match tok.1 {
+            TokenType::FlowSequenceStart | TokenType::FlowMappingStart if matches!(at, Some('[' | '{')) => {
+                open.push((tok.0, at.unwrap_or('[')));
+            }
+            TokenType::FlowSequenceEnd | TokenType::FlowMappingEnd if matches!(at, Some(']' | '}')) => {
+                open.pop();
+            }
+            _ => {}
+        }
+    }
+    if let Some(&(at, bracket)) = open.last() {
+        if at.line() < m.line() {
+            let close = if bracket == '[' { ']' } else { '}' };
+            return SyntaxError {
+                mark: mark_of(at),
+                message: format!("YAML syntax error: this `{bracket}` is never closed"),
+                hint: Some(format!("add the closing `{close}` at the end of the line")),
+            };
+        }
+    }
+
+    if info.contains("tab") {
+        // The parser names the token it was reading; the tab itself comes at or after it.
+        if let Some(i) = chars.iter().skip(m.index()).position(|&c| c == '\t') {
+            let before = &chars[..m.index() + i];
+            let line = 1 + before.iter().filter(|&&c| c == '\n').count();
+            let col = 1 + before.iter().rev().take_while(|&&c| c != '\n').count();
+            mark = Mark { line, col };
+        }
+        return SyntaxError {
+            mark,
+            message: "YAML syntax error: a tab where YAML expects spaces".into(),
+            hint: Some("indent with spaces; YAML does not allow tabs".into()),
+        };
+    }
+
+    // An error at the first `:` of a line is about that line's key: point at the key.
+    let line_text = source.lines().nth(m.line().wrapping_sub(1)).unwrap_or("");
+    let line_chars: Vec<char> = line_text.chars().collect();
+    if line_chars.get(m.col()) == Some(&':') && !line_chars[..m.col()].contains(&':') {
+        let start = line_chars
+            .iter()
+            .position(|&c| c != ' ' && c != '-')
+            .filter(|&p| p < m.col());
+        if let Some(p) = start {
+            mark.col = p + 1;
+            return SyntaxError {
+                mark,
+                message: format!("YAML syntax error: {info}"),
+                hint: Some(
+                    "this line is indented differently from the lines around it; \
+                     keys of one mapping must start in the same column"
+                        .into(),
+                ),
+            };
+        }
+    }
+
+    SyntaxError {
+        mark,
+        message: format!("YAML syntax error: {info}"),
+        hint: Some(generic.into()),
+    }
 }
 
 #[derive(Default)]
@@ -101,14 +179,28 @@ fn mark_of(m: Marker) -> Mark {
 }
 
 impl Builder {
-    fn push_value(&mut self, node: Node) {
+    fn push_value(&mut self, mut node: Node) {
         match self.stack.last_mut() {
             None => self.root = Some(node),
             Some((container, pending_key)) => match &mut container.value {
                 Value::Seq(items) => items.push(node),
                 Value::Map(entries) => match pending_key.take() {
-                    None => *pending_key = Some(node),
-                    Some(key) => entries.push((key, node)),
+                    None => {
+                        // A block mapping starts at its first key (the parser marks the `:`
+                        // after it); a flow mapping's `{` comes before its first key.
+                        if entries.is_empty() && node.mark < container.mark {
+                            container.mark = node.mark;
+                        }
+                        *pending_key = Some(node)
+                    }
+                    Some(key) => {
+                        // `key:` with nothing after it: the parser marks wherever the next
+                        // token is, often a later line; the key is what to point at.
+                        if node.value == Value::Null && node.mark.line > key.mark.line {
+                            node.mark = key.mark;
+                        }
+                        entries.push((key, node))
+                    }
                 },
                 _ => unreachable!("only containers are stacked"),
             },
@@ -132,7 +224,8 @@ impl MarkedEventReceiver for Builder {
             Event::Alias(_) => {
                 self.error = Some(SyntaxError {
                     mark,
-                    message: "YAML aliases (`*name`) are not supported in pipelines; write the value out".into(),
+                    message: "YAML aliases (`*name`) are not supported in pipelines".into(),
+                    hint: Some("write the value out in full here (and drop the `&name` anchor)".into()),
                 })
             }
             Event::Scalar(text, style, _, _) => {

@@ -1,0 +1,424 @@
+//! The `plateflow` command line: one binary for the laptop (`run`, `demo`) and the cluster
+//! (`coordinator`, `worker`, `submit`, `status`), plus `explain`, `lineage`, `validate`.
+
+use crate::engine::{Engine, EngineConfig, Event};
+use crate::progress::{self, Progress};
+use crate::{dryrun, lineage, server, spec};
+use clap::{Args, Parser, Subcommand};
+use plateflow_proto::v1::{coordinator_client::CoordinatorClient, RunStatus, StatusRequest, SubmitRequest, WatchRequest};
+use plateflow_worker::{run_worker, WorkerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+#[derive(Parser)]
+#[command(name = "plateflow", version, about = "Distributed, incremental pipelines for high-throughput microscopy")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a pipeline on this machine: embedded coordinator and local workers over loopback gRPC.
+    Run(RunArgs),
+    /// Generate a small synthetic multi-plate image set with a pipeline, and run it.
+    Demo {
+        /// Where to write the demo (data, pipeline, results).
+        #[arg(long, default_value = "plateflow-demo")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        plates: usize,
+        /// Only generate the files.
+        #[arg(long)]
+        no_run: bool,
+    },
+    /// Check a pipeline file and report every problem found.
+    Validate { pipeline: PathBuf },
+    /// Say why a task would run (or that it is cached).
+    Explain {
+        pipeline: PathBuf,
+        /// A task label such as `count[plate=P1]`, or a step name.
+        task: String,
+        /// Coordinator state directory (default: the pipeline's workspace).
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Trace an output back to the input files and parameters that made it.
+    Lineage {
+        pipeline: PathBuf,
+        /// A task label, a file under the results directory, or a digest.
+        target: String,
+    },
+    /// Serve the coordinator over gRPC for workers on other machines.
+    Coordinator(CoordinatorArgs),
+    /// Run tasks for a coordinator.
+    Worker(WorkerArgs),
+    /// Send a pipeline to a running coordinator.
+    Submit {
+        pipeline: PathBuf,
+        #[arg(long, env = "PLATEFLOW_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+        coordinator: String,
+        /// Step names or task labels to run even when cached (`all` for everything).
+        #[arg(long)]
+        force: Vec<String>,
+        /// Follow progress until the run ends; exit non-zero if it fails.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show runs and their tasks.
+    Status {
+        /// A run id (default: all runs).
+        run: Option<u64>,
+        #[arg(long, env = "PLATEFLOW_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+        coordinator: String,
+        /// List tasks that ran, failed or were skipped, with their reasons.
+        #[arg(long)]
+        tasks: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the step kinds this build provides, with their parameters.
+    Kinds,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    pub pipeline: PathBuf,
+    /// Local worker processes' worth of task slots.
+    #[arg(long, default_value_t = 2)]
+    pub workers: u32,
+    /// CPUs each local worker offers (default: this machine's CPUs shared among workers).
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// List what would run and why, without running.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Step names or task labels to run even when cached (`all` for everything).
+    #[arg(long)]
+    pub force: Vec<String>,
+    /// Print the final status as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+    /// Database and blob store.
+    #[arg(long, default_value = ".plateflow-coordinator")]
+    pub state: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    /// A worker silent this long is declared lost.
+    #[arg(long, default_value_t = 10_000)]
+    pub lease_ms: u64,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    #[arg(long, env = "PLATEFLOW_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+    pub coordinator: String,
+    #[arg(long)]
+    pub cpus: Option<u32>,
+    /// Memory offered, e.g. `16G` (default: not limited).
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// GPU ids offered, e.g. `0,1`.
+    #[arg(long, value_delimiter = ',')]
+    pub gpus: Vec<u32>,
+    /// Blob cache (or, with --shared-store, the coordinator's store).
+    #[arg(long, default_value = ".plateflow-worker/store")]
+    pub store: PathBuf,
+    /// The store directory is the coordinator's own (shared filesystem): no copies.
+    #[arg(long)]
+    pub shared_store: bool,
+    /// Input images are readable at the coordinator's paths.
+    #[arg(long)]
+    pub shared_fs: bool,
+    #[arg(long, default_value = ".plateflow-worker/scratch")]
+    pub scratch: PathBuf,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Exit after this many seconds without a coordinator.
+    #[arg(long, default_value_t = 300)]
+    pub reconnect_timeout_s: u64,
+}
+
+fn cpus_here() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+fn http(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Runs the command; the exit code says success (0), failure (1) or bad input (2).
+pub async fn main(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Run(args) => run_local(args).await,
+        Command::Demo { dir, plates, no_run } => {
+            let pipeline = crate::demo::generate(&dir, plates)?;
+            eprintln!("demo written to {} (pipeline {})", dir.display(), pipeline.display());
+            if no_run {
+                return Ok(0);
+            }
+            run_local(RunArgs {
+                pipeline,
+                workers: 2,
+                cpus: None,
+                dry_run: false,
+                force: vec![],
+                json: false,
+                quiet: false,
+            })
+            .await
+        }
+        Command::Validate { pipeline } => match spec::load(&pipeline) {
+            Ok(p) => {
+                println!("{}: valid ({} steps)", pipeline.display(), p.steps.len());
+                Ok(0)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(2)
+            }
+        },
+        Command::Explain { pipeline, task, state } => {
+            let sim = dryrun::simulate(&pipeline, state.as_deref(), vec![])?;
+            print!("{}", dryrun::render_explain(&sim, &task)?);
+            Ok(0)
+        }
+        Command::Lineage { pipeline, target } => {
+            print!("{}", lineage::trace(&pipeline, &target)?);
+            Ok(0)
+        }
+        Command::Coordinator(args) => {
+            let mut cfg = EngineConfig::new(args.state.clone());
+            cfg.heartbeat = Duration::from_millis(args.heartbeat_ms);
+            cfg.lease = Duration::from_millis(args.lease_ms);
+            let engine = Engine::start(cfg)?;
+            let listener = server::bind(args.listen).await?;
+            eprintln!("plateflow coordinator listening on {} (state in {})", listener.local_addr()?, args.state.display());
+            server::serve(engine, listener, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Worker(args) => {
+            let memory_bytes = match &args.memory {
+                Some(m) => spec::parse_bytes(m).ok_or_else(|| anyhow::anyhow!("--memory {m}: write it like 16G"))?,
+                None => 0,
+            };
+            let cfg = WorkerConfig {
+                coordinator: http(&args.coordinator),
+                name: args.name.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
+                cpus: args.cpus.unwrap_or_else(cpus_here),
+                memory_bytes,
+                gpu_ids: args.gpus,
+                store_dir: args.store,
+                shared_store: args.shared_store,
+                shared_fs: args.shared_fs,
+                scratch_dir: args.scratch,
+                reconnect_timeout: Duration::from_secs(args.reconnect_timeout_s),
+            };
+            run_worker(cfg, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(0)
+        }
+        Command::Submit { pipeline, coordinator, force, wait, json } => {
+            let path = std::fs::canonicalize(&pipeline).map_err(|e| anyhow::anyhow!("{}: {e}", pipeline.display()))?;
+            let yaml = std::fs::read_to_string(&path)?;
+            // Validate here too, so errors show with their source lines before anything is sent.
+            if let Err(d) = spec::parse(&path, &yaml) {
+                eprintln!("{d}");
+                return Ok(2);
+            }
+            let mut client = connect(&coordinator).await?;
+            let resp = match client
+                .submit(SubmitRequest {
+                    pipeline_path: path.display().to_string(),
+                    pipeline_yaml: yaml,
+                    force,
+                })
+                .await
+            {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    eprintln!("{}", s.message());
+                    return Ok(2);
+                }
+            };
+            eprintln!("submitted run {} ({} tasks)", resp.run_id, resp.tasks);
+            if !wait {
+                println!("{}", resp.run_id);
+                return Ok(0);
+            }
+            let mut stream = client.watch(WatchRequest { run_id: resp.run_id }).await?.into_inner();
+            let mut progress = Progress::new(json);
+            let mut last: Option<RunStatus> = None;
+            while let Some(st) = stream.message().await? {
+                progress.update(&st);
+                last = Some(st);
+            }
+            progress.finish();
+            finish_report(last, json)
+        }
+        Command::Status { run, coordinator, tasks, json } => {
+            let mut client = connect(&coordinator).await?;
+            let runs = client
+                .status(StatusRequest {
+                    run_id: run.unwrap_or(0),
+                    with_tasks: tasks,
+                })
+                .await?
+                .into_inner()
+                .runs;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&runs.iter().map(progress::to_json).collect::<Vec<_>>())?);
+                return Ok(0);
+            }
+            for st in &runs {
+                println!("run {:>4}  {:<10} {}", st.run_id, st.state, st.pipeline);
+                if run.is_some() || tasks {
+                    print!("{}", progress::summary(st));
+                    for t in st.tasks.iter().filter(|t| t.state != "failed") {
+                        println!("  {:<8} {} {}", t.state, t.label, if t.reason.is_empty() { String::new() } else { format!("({})", t.reason) });
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Command::Kinds => {
+            for k in plateflow_worker::kinds::all_kinds() {
+                println!("{}@{}: {}", k.name, k.version, k.summary);
+                for p in k.params {
+                    println!("    {}{}: {} — {}", p.name, if p.required { " (required)" } else { "" }, p.ty.describe(), p.help);
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+async fn connect(addr: &str) -> anyhow::Result<CoordinatorClient<tonic::transport::Channel>> {
+    let ch = tonic::transport::Endpoint::from_shared(http(addr))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the coordinator at {addr}: {e} (is `plateflow coordinator` running? set --coordinator)"))?;
+    Ok(CoordinatorClient::new(ch).max_decoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES))
+}
+
+fn finish_report(last: Option<RunStatus>, json: bool) -> anyhow::Result<i32> {
+    let st = last.ok_or_else(|| anyhow::anyhow!("the coordinator ended the run's progress stream without a final status"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&progress::to_json(&st))?);
+    }
+    eprint!("{}", progress::summary(&st));
+    Ok(if st.state == "succeeded" { 0 } else { 1 })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// `plateflow run`: the same gRPC path as a cluster, all on loopback.
+pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
+    let pipeline = match spec::load(&args.pipeline) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(2);
+        }
+    };
+    if args.dry_run {
+        let sim = dryrun::simulate(&args.pipeline, None, args.force.clone())?;
+        print!("{}", dryrun::render_dry_run(&sim));
+        return Ok(0);
+    }
+    let cfg = EngineConfig::new(pipeline.workspace.clone());
+    let engine = Engine::start(cfg.clone())?;
+    let listener = server::bind("127.0.0.1:0".parse().expect("valid address")).await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop = stop_rx.clone();
+    let server_task = tokio::spawn(server::serve(engine.clone(), listener, async move {
+        let _ = stop.changed().await;
+    }));
+    let cpus = args.cpus.unwrap_or_else(|| (cpus_here() / args.workers.max(1)).max(1));
+    let mut workers = Vec::new();
+    for i in 0..args.workers.max(1) {
+        let cfg = WorkerConfig {
+            coordinator: format!("http://{addr}"),
+            name: format!("local-{}", i + 1),
+            cpus,
+            memory_bytes: 0,
+            gpu_ids: vec![],
+            store_dir: cfg.store_dir(),
+            shared_store: true,
+            shared_fs: true,
+            scratch_dir: pipeline.workspace.join("scratch"),
+            reconnect_timeout: Duration::from_secs(30),
+        };
+        let mut stop = stop_rx.clone();
+        workers.push(tokio::spawn(run_worker(cfg, async move {
+            let _ = stop.changed().await;
+        })));
+    }
+    let path = std::fs::canonicalize(&args.pipeline)?;
+    let yaml = std::fs::read_to_string(&path)?;
+    let (reply, rx) = oneshot::channel();
+    engine.send(Event::Submit { path, yaml, force: args.force.clone(), reply });
+    let code = match rx.await? {
+        Err(msg) => {
+            eprintln!("{msg}");
+            2
+        }
+        Ok((run_id, _)) => {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            engine.send(Event::Watch { run_id, tx });
+            let mut progress = Progress::new(args.quiet || args.json);
+            let mut last = None;
+            while let Some(Ok(st)) = rx.recv().await {
+                progress.update(&st);
+                let ended = !matches!(st.state.as_str(), "running" | "waiting");
+                last = Some(st);
+                if ended {
+                    break;
+                }
+            }
+            progress.finish();
+            let code = finish_report(last, args.json)?;
+            if !args.quiet {
+                eprintln!(
+                    "lock file: {}\nresults:   {}",
+                    crate::lockfile::lock_path(&pipeline.file).display(),
+                    pipeline.results.display()
+                );
+            }
+            code
+        }
+    };
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = server_task.await;
+    Ok(code)
+}

@@ -1,0 +1,165 @@
+//! The image set of a pipeline: files found under the image root whose names match the
+//! pattern, their metadata fields, and their content digests (through the stat cache).
+
+use crate::db::{Db, StatKey};
+use crate::spec::DataSpec;
+use plateflow_store::{hash_files_parallel, Digest};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Interned field values: images and tasks hold small integers, not strings.
+#[derive(Debug, Default, Clone)]
+pub struct Interner {
+    values: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Interner {
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.index.get(s) {
+            return i;
+        }
+        let i = self.values.len() as u32;
+        self.values.push(s.to_string());
+        self.index.insert(s.to_string(), i);
+        i
+    }
+    pub fn get(&self, i: u32) -> &str {
+        &self.values[i as usize]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub rel_path: String,
+    /// One value id per pattern field, in the pattern's field order.
+    pub fields: Vec<u32>,
+    pub digest: Option<Digest>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Dataset {
+    pub root: PathBuf,
+    pub fields: Vec<String>,
+    pub values: Interner,
+    /// Sorted by relative path.
+    pub images: Vec<Image>,
+    /// Files under the root that the pattern did not match (shown to the user, not used).
+    pub unmatched: Vec<String>,
+}
+
+/// What hashing cost: files read versus taken from the stat cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HashStats {
+    pub files: usize,
+    pub hashed: usize,
+    pub bytes_hashed: u64,
+}
+
+impl Dataset {
+    /// Lists the image root. Hidden files and directories are skipped.
+    pub fn scan(data: &DataSpec) -> anyhow::Result<Self> {
+        let mut files = Vec::new();
+        walk(&data.images_root, &data.images_root, &mut files)
+            .map_err(|e| anyhow::anyhow!("cannot list images under {}: {e}", data.images_root.display()))?;
+        files.sort();
+        let mut ds = Dataset {
+            root: data.images_root.clone(),
+            fields: data.pattern.fields.clone(),
+            ..Default::default()
+        };
+        for rel in files {
+            match data.pattern.captures(&rel) {
+                Some(vals) => {
+                    let fields = vals.iter().map(|v| ds.values.intern(v)).collect();
+                    ds.images.push(Image {
+                        rel_path: rel,
+                        fields,
+                        digest: None,
+                    });
+                }
+                None => ds.unmatched.push(rel),
+            }
+        }
+        Ok(ds)
+    }
+
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f == name)
+    }
+
+    pub fn abs_path(&self, img: &Image) -> PathBuf {
+        self.root.join(&img.rel_path)
+    }
+
+    /// Gives every image its digest, reading only files whose (device, inode, size, mtime)
+    /// changed since they were last hashed.
+    pub fn hash(&mut self, db: &mut Db, threads: usize) -> anyhow::Result<HashStats> {
+        let paths: Vec<PathBuf> = self.images.iter().map(|i| self.root.join(&i.rel_path)).collect();
+        let (digests, stats) = hash_with_cache(&paths, db, threads)?;
+        for (img, d) in self.images.iter_mut().zip(digests) {
+            img.digest = Some(d);
+        }
+        Ok(stats)
+    }
+}
+
+/// Digests of `paths` in order, using and refreshing the stat cache.
+pub fn hash_with_cache(
+    paths: &[PathBuf],
+    db: &mut Db,
+    threads: usize,
+) -> anyhow::Result<(Vec<Digest>, HashStats)> {
+    let cache = db.load_stat_cache()?;
+    let mut out: Vec<Option<Digest>> = vec![None; paths.len()];
+    let mut todo: Vec<(usize, StatKey)> = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let meta = std::fs::metadata(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+        let key = StatKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        };
+        match cache.get(p.to_string_lossy().as_ref()) {
+            Some((k, d)) if *k == key => out[i] = Some(d.clone()),
+            _ => todo.push((i, key)),
+        }
+    }
+    let todo_paths: Vec<PathBuf> = todo.iter().map(|(i, _)| paths[*i].clone()).collect();
+    let hashed = hash_files_parallel(&todo_paths, threads);
+    let mut stats = HashStats {
+        files: paths.len(),
+        hashed: todo.len(),
+        bytes_hashed: 0,
+    };
+    let mut fresh = Vec::with_capacity(todo.len());
+    for ((i, key), res) in todo.into_iter().zip(hashed) {
+        let d = res.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", paths[i].display()))?;
+        stats.bytes_hashed += d.size();
+        fresh.push((paths[i].to_string_lossy().into_owned(), key, d.clone()));
+        out[i] = Some(d);
+    }
+    db.save_stat_cache(&fresh)?;
+    Ok((out.into_iter().map(|d| d.expect("every path hashed")).collect(), stats))
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let ft = entry.file_type()?;
+        let path = entry.path();
+        if ft.is_dir() {
+            walk(root, &path, out)?;
+        } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
+            let rel = path.strip_prefix(root).expect("under root");
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The embedded SQLite database: the stat cache of input files, the action cache (task key ->
+//! outputs), and the journal of runs. WAL mode: a killed coordinator loses nothing committed.
+
+use plateflow_store::Digest;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// What identifies an unchanged file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// A finished task's outputs, as remembered under its cache key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CachedAction {
+    pub outputs: Vec<(String, Digest)>,
+    pub stdout: Option<Digest>,
+    pub stderr: Option<Digest>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub id: u64,
+    pub pipeline: String,
+    pub yaml: String,
+    pub state: String,
+    pub force: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskRecord {
+    pub label: String,
+    pub state: String,
+    pub attempts: u32,
+    pub reason: String,
+    pub error: String,
+}
+
+pub struct Db {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS stat_cache (
+    path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
+    digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS action_cache (
+    key TEXT PRIMARY KEY, label TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, yaml TEXT NOT NULL, state TEXT NOT NULL,
+    force TEXT NOT NULL DEFAULT '[]', started REAL NOT NULL, finished REAL, summary TEXT);
+CREATE TABLE IF NOT EXISTS run_tasks (
+    run_id INTEGER NOT NULL, label TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
+    reason TEXT NOT NULL, error TEXT NOT NULL, PRIMARY KEY (run_id, label));
+";
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+impl Db {
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let conn = Connection::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", path.display()))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+        )?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    pub fn load_stat_cache(&self) -> anyhow::Result<HashMap<String, (StatKey, Digest)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT path, dev, ino, size, mtime_ns, digest FROM stat_cache")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                StatKey {
+                    dev: r.get::<_, i64>(1)? as u64,
+                    ino: r.get::<_, i64>(2)? as u64,
+                    size: r.get::<_, i64>(3)? as u64,
+                    mtime_ns: r.get(4)?,
+                },
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (path, key, digest) = row?;
+            if let Ok(d) = digest.parse() {
+                out.insert(path, (key, d));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn save_stat_cache(&mut self, rows: &[(String, StatKey, Digest)]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR REPLACE INTO stat_cache (path, dev, ino, size, mtime_ns, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (p, k, d) in rows {
+                stmt.execute(params![
+                    p,
+                    k.dev as i64,
+                    k.ino as i64,
+                    k.size as i64,
+                    k.mtime_ns,
+                    d.to_string()
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn load_action_cache(&self) -> anyhow::Result<HashMap<String, CachedAction>> {
+        let mut stmt = self.conn.prepare("SELECT key, result FROM action_cache")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (k, v) = row?;
+            if let Ok(a) = serde_json::from_str(&v) {
+                out.insert(k, a);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records finished tasks in one transaction (the engine batches them).
+    pub fn save_actions(&mut self, rows: &[(String, String, CachedAction)]) -> anyhow::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR REPLACE INTO action_cache (key, label, result, created) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let t = now();
+            for (key, label, action) in rows {
+                stmt.execute(params![key, label, serde_json::to_string(action)?, t])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn forget_action(&mut self, key: &str) -> anyhow::Result<()> {
+        self.conn
+            .execute("DELETE FROM action_cache WHERE key = ?1", params![key])?;
+        Ok(())
+    }
+
+    pub fn create_run(&mut self, pipeline: &str, yaml: &str, force: &[String]) -> anyhow::Result<u64> {
+        self.conn.execute(
+            "INSERT INTO runs (pipeline, yaml, state, force, started) VALUES (?1, ?2, 'running', ?3, ?4)",
+            params![pipeline, yaml, serde_json::to_string(force)?, now()],
+        )?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    pub fn finish_run(&mut self, id: u64, state: &str, summary: &str, tasks: &[TaskRecord]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE runs SET state = ?2, finished = ?3, summary = ?4 WHERE id = ?1",
+            params![id as i64, state, now(), summary],
+        )?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR REPLACE INTO run_tasks (run_id, label, state, attempts, reason, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for t in tasks {
+                stmt.execute(params![id as i64, t.label, t.state, t.attempts, t.reason, t.error])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Runs a killed coordinator left unfinished, oldest first: they are resumed at start.
+    pub fn unfinished_runs(&self) -> anyhow::Result<Vec<RunRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, pipeline, yaml, state, force FROM runs WHERE state = 'running' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RunRecord {
+                id: r.get::<_, i64>(0)? as u64,
+                pipeline: r.get(1)?,
+                yaml: r.get(2)?,
+                state: r.get(3)?,
+                force: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn runs(&self) -> anyhow::Result<Vec<(u64, String, String, Option<String>)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, pipeline, state, summary FROM runs ORDER BY id DESC")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn run_tasks(&self, run_id: u64) -> anyhow::Result<Vec<TaskRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT label, state, attempts, reason, error FROM run_tasks WHERE run_id = ?1 ORDER BY label",
+        )?;
+        let rows = stmt.query_map(params![run_id as i64], |r| {
+            Ok(TaskRecord {
+                label: r.get(0)?,
+                state: r.get(1)?,
+                attempts: r.get(2)?,
+                reason: r.get(3)?,
+                error: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn run_state(&self, id: u64) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT state FROM runs WHERE id = ?1", params![id as i64], |r| r.get(0))
+            .optional()?)
+    }
+}

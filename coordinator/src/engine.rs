@@ -1,0 +1,991 @@
+//! The coordinator's engine: one task that owns all run and worker state and reacts to events
+//! (a worker said hello, sent results, went silent; a pipeline was submitted; a timer ticked).
+//! gRPC handlers only translate messages into [`Event`]s; decisions live here and in
+//! [`crate::scheduler`]. Finished tasks are journaled in SQLite before they are acknowledged,
+//! so a killed coordinator resumes where it stopped.
+
+use crate::db::{CachedAction, Db, TaskRecord};
+use crate::key::{summarise, why_runs, CacheKey, KeyParts, Reason};
+use crate::lockfile::{self, LockEntry, LockFile};
+use crate::plan::TaskIdx;
+use crate::run::{prepare, PreparedRun};
+use crate::scheduler::{assign, Capacity, WorkerId};
+use plateflow_proto::v1::{
+    self as pb, coordinator_message, worker_message, CoordinatorMessage, RunStatus, StepProgress,
+    TaskAssignments, TaskSpec, TaskStatus, Welcome, WorkerHello,
+};
+use plateflow_store::{BlobState, BlobStore, Digest};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+pub type WorkerTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Holds `plateflow.db` and `store/`.
+    pub state_dir: PathBuf,
+    pub heartbeat: Duration,
+    /// A worker silent for this long is declared lost and its tasks re-queued.
+    pub lease: Duration,
+    pub hash_threads: usize,
+}
+
+impl EngineConfig {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            heartbeat: Duration::from_millis(1000),
+            lease: Duration::from_secs(10),
+            hash_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        }
+    }
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("plateflow.db")
+    }
+    pub fn store_dir(&self) -> PathBuf {
+        self.state_dir.join("store")
+    }
+}
+
+pub enum Event {
+    WorkerHello {
+        hello: WorkerHello,
+        tx: WorkerTx,
+        reply: oneshot::Sender<WorkerId>,
+    },
+    WorkerMsg {
+        worker: WorkerId,
+        body: worker_message::Body,
+    },
+    WorkerGone {
+        worker: WorkerId,
+        why: String,
+    },
+    Submit {
+        path: PathBuf,
+        yaml: String,
+        force: Vec<String>,
+        reply: oneshot::Sender<Result<(u64, u64), String>>,
+    },
+    Prepared {
+        run_id: u64,
+        result: Result<PreparedRun, String>,
+    },
+    Status {
+        run_id: u64,
+        with_tasks: bool,
+        reply: oneshot::Sender<Vec<RunStatus>>,
+    },
+    Watch {
+        run_id: u64,
+        tx: mpsc::Sender<Result<RunStatus, tonic::Status>>,
+    },
+    Tick,
+}
+
+/// What the rest of the coordinator holds: a way in, and the pieces blob transfer needs.
+#[derive(Clone)]
+pub struct EngineHandle {
+    pub events: mpsc::UnboundedSender<Event>,
+    pub store: BlobStore,
+    /// Input files the coordinator can serve by digest (images, step files, plate maps).
+    pub inputs: Arc<RwLock<HashMap<Digest, PathBuf>>>,
+    pub config: EngineConfig,
+}
+
+impl EngineHandle {
+    pub fn send(&self, ev: Event) {
+        let _ = self.events.send(ev);
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TaskState {
+    Waiting(u32),
+    Queued,
+    Running { worker: WorkerId },
+    Done { ran: bool },
+    Failed,
+    Skipped,
+}
+
+impl TaskState {
+    fn is_final(&self) -> bool {
+        matches!(self, TaskState::Done { .. } | TaskState::Failed | TaskState::Skipped)
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            TaskState::Waiting(_) => "waiting",
+            TaskState::Queued => "queued",
+            TaskState::Running { .. } => "running",
+            TaskState::Done { ran: true } => "done",
+            TaskState::Done { ran: false } => "cached",
+            TaskState::Failed => "failed",
+            TaskState::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct StepCounts {
+    total: u64,
+    done: u64,
+    cached: u64,
+    running: u64,
+    failed: u64,
+}
+
+struct TaskRt {
+    state: TaskState,
+    attempt: u32,
+    parts: Option<KeyParts>,
+    key: Option<CacheKey>,
+    outputs: Vec<(String, Digest)>,
+    reason: String,
+    error: String,
+    worker_name: String,
+    /// GPUs held while running, returned to the worker when it ends.
+    gpu_ids: Vec<u32>,
+}
+
+struct ActiveRun {
+    prep: PreparedRun,
+    tasks: Vec<TaskRt>,
+    queue: VecDeque<TaskIdx>,
+    counts: Vec<StepCounts>,
+    finished: usize,
+    started: Instant,
+    prev_lock: Option<Option<LockFile>>,
+}
+
+impl ActiveRun {
+    fn set_state(&mut self, t: TaskIdx, new: TaskState) {
+        let step = self.prep.plan.tasks[t as usize].step as usize;
+        let c = &mut self.counts[step];
+        let old = std::mem::replace(&mut self.tasks[t as usize].state, new.clone());
+        match old {
+            TaskState::Running { .. } => c.running -= 1,
+            TaskState::Done { ran: true } => c.done -= 1,
+            TaskState::Done { ran: false } => c.cached -= 1,
+            TaskState::Failed | TaskState::Skipped => c.failed -= 1,
+            _ => {}
+        }
+        if old.is_final() {
+            self.finished -= 1;
+        }
+        match new {
+            TaskState::Running { .. } => c.running += 1,
+            TaskState::Done { ran: true } => c.done += 1,
+            TaskState::Done { ran: false } => c.cached += 1,
+            TaskState::Failed | TaskState::Skipped => c.failed += 1,
+            _ => {}
+        }
+        if new.is_final() {
+            self.finished += 1;
+        }
+    }
+
+    fn prev_lock(&mut self) -> Option<&LockFile> {
+        if self.prev_lock.is_none() {
+            let path = lockfile::lock_path(&self.prep.pipeline.file);
+            let lock = lockfile::read(&path).unwrap_or_else(|e| {
+                tracing::warn!("{e:#}");
+                None
+            });
+            self.prev_lock = Some(lock);
+        }
+        self.prev_lock.as_ref().and_then(|l| l.as_ref())
+    }
+
+    fn status(&self, with_tasks: bool, workers: u32) -> RunStatus {
+        let failed = self.counts.iter().any(|c| c.failed > 0);
+        let state = if self.finished < self.tasks.len() {
+            "running"
+        } else if failed {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        RunStatus {
+            run_id: self.prep.id,
+            pipeline: self.prep.pipeline.file.display().to_string(),
+            state: state.into(),
+            elapsed_s: self.started.elapsed().as_secs_f64(),
+            steps: self
+                .prep
+                .pipeline
+                .steps
+                .iter()
+                .zip(&self.counts)
+                .map(|(s, c)| StepProgress {
+                    step: s.name.clone(),
+                    total: c.total,
+                    done: c.done,
+                    cached: c.cached,
+                    running: c.running,
+                    failed: c.failed,
+                })
+                .collect(),
+            tasks: if with_tasks {
+                (0..self.tasks.len() as TaskIdx)
+                    .filter(|&t| {
+                        !matches!(self.tasks[t as usize].state, TaskState::Done { ran: false })
+                    })
+                    .map(|t| self.task_status(t))
+                    .collect()
+            } else {
+                // Failures are always included: they are what a person needs to see.
+                (0..self.tasks.len() as TaskIdx)
+                    .filter(|&t| self.tasks[t as usize].state == TaskState::Failed)
+                    .map(|t| self.task_status(t))
+                    .collect()
+            },
+            workers,
+        }
+    }
+
+    fn task_status(&self, t: TaskIdx) -> TaskStatus {
+        let rt = &self.tasks[t as usize];
+        TaskStatus {
+            label: self.prep.label(t),
+            state: rt.state.name().into(),
+            attempts: rt.attempt,
+            worker: rt.worker_name.clone(),
+            error: rt.error.clone(),
+            reason: rt.reason.clone(),
+        }
+    }
+}
+
+struct WorkerRt {
+    name: String,
+    tx: WorkerTx,
+    capacity: Capacity,
+    last_seen: Instant,
+    running: HashSet<TaskIdx>,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    db: Db,
+    store: BlobStore,
+    inputs: Arc<RwLock<HashMap<Digest, PathBuf>>>,
+    actions: HashMap<String, CachedAction>,
+    journal: Vec<(String, String, CachedAction)>,
+    workers: BTreeMap<WorkerId, WorkerRt>,
+    next_worker: u64,
+    run: Option<ActiveRun>,
+    waiting_runs: VecDeque<PreparedRun>,
+    submit_replies: HashMap<u64, oneshot::Sender<Result<(u64, u64), String>>>,
+    watchers: Vec<(u64, mpsc::Sender<Result<RunStatus, tonic::Status>>)>,
+    finished_runs: BTreeMap<u64, RunStatus>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// Task ids on the wire carry the run, so results from an older run are never mistaken.
+fn wire_id(run: u64, t: TaskIdx) -> u64 {
+    (run << 32) | t as u64
+}
+
+impl Engine {
+    /// Opens the state directory, resumes unfinished runs, and starts the engine task.
+    pub fn start(cfg: EngineConfig) -> anyhow::Result<EngineHandle> {
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        let db = Db::open(&cfg.db_path())?;
+        let store = BlobStore::open(cfg.store_dir())?;
+        let actions = db.load_action_cache()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = EngineHandle {
+            events: tx.clone(),
+            store: store.clone(),
+            inputs: Arc::default(),
+            config: cfg.clone(),
+        };
+        let unfinished = db.unfinished_runs()?;
+        let engine = Engine {
+            cfg: cfg.clone(),
+            db,
+            store,
+            inputs: handle.inputs.clone(),
+            actions,
+            journal: Vec::new(),
+            workers: BTreeMap::new(),
+            next_worker: 1,
+            run: None,
+            waiting_runs: VecDeque::new(),
+            submit_replies: HashMap::new(),
+            watchers: Vec::new(),
+            finished_runs: BTreeMap::new(),
+            events: tx.clone(),
+        };
+        for r in unfinished {
+            tracing::info!(run = r.id, pipeline = %r.pipeline, "resuming run left unfinished");
+            engine.spawn_prepare(r.id, PathBuf::from(r.pipeline), r.yaml, r.force);
+        }
+        let ticker = tx.clone();
+        let period = (cfg.heartbeat / 4).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(period);
+            loop {
+                iv.tick().await;
+                if ticker.send(Event::Tick).is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(engine.event_loop(rx));
+        Ok(handle)
+    }
+
+    async fn event_loop(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        while let Some(ev) = rx.recv().await {
+            self.handle(ev);
+            // Drain what is already queued before scheduling once.
+            while let Ok(ev) = rx.try_recv() {
+                self.handle(ev);
+            }
+            self.flush_journal();
+            self.schedule();
+            self.maybe_finish_run();
+        }
+    }
+
+    fn spawn_prepare(&self, run_id: u64, path: PathBuf, yaml: String, force: Vec<String>) {
+        let db_path = self.cfg.db_path();
+        let threads = self.cfg.hash_threads;
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = Db::open(&db_path)
+                .and_then(|mut db| prepare(run_id, &path, &yaml, force, &mut db, threads))
+                .map_err(|e| format!("{e:#}"));
+            let _ = events.send(Event::Prepared { run_id, result });
+        });
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::WorkerHello { hello, tx, reply } => self.on_worker_hello(hello, tx, reply),
+            Event::WorkerMsg { worker, body } => self.on_worker_msg(worker, body),
+            Event::WorkerGone { worker, why } => self.on_worker_gone(worker, &why),
+            Event::Submit {
+                path,
+                yaml,
+                force,
+                reply,
+            } => match self.db.create_run(&path.display().to_string(), &yaml, &force) {
+                Ok(id) => {
+                    self.submit_replies.insert(id, reply);
+                    self.spawn_prepare(id, path, yaml, force);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(format!("cannot record the run: {e:#}")));
+                }
+            },
+            Event::Prepared { run_id, result } => self.on_prepared(run_id, result),
+            Event::Status {
+                run_id,
+                with_tasks,
+                reply,
+            } => {
+                let _ = reply.send(self.status(run_id, with_tasks));
+            }
+            Event::Watch { run_id, tx } => {
+                if let Some(done) = self.finished_runs.get(&run_id) {
+                    let _ = tx.try_send(Ok(done.clone()));
+                } else {
+                    self.watchers.push((run_id, tx));
+                }
+            }
+            Event::Tick => self.on_tick(),
+        }
+    }
+
+    fn on_prepared(&mut self, run_id: u64, result: Result<PreparedRun, String>) {
+        let reply = self.submit_replies.remove(&run_id);
+        match result {
+            Err(msg) => {
+                let _ = self.db.finish_run(run_id, "invalid", &msg, &[]);
+                if let Some(r) = reply {
+                    let _ = r.send(Err(msg.clone()));
+                }
+                let status = RunStatus {
+                    run_id,
+                    state: "invalid".into(),
+                    tasks: vec![TaskStatus {
+                        label: "(pipeline)".into(),
+                        state: "failed".into(),
+                        error: msg,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                self.finish_watchers(run_id, status);
+            }
+            Ok(prep) => {
+                if let Some(r) = reply {
+                    let _ = r.send(Ok((run_id, prep.plan.len() as u64)));
+                }
+                self.waiting_runs.push_back(prep);
+                if self.run.is_none() {
+                    self.start_next_run();
+                }
+            }
+        }
+    }
+
+    fn start_next_run(&mut self) {
+        let Some(prep) = self.waiting_runs.pop_front() else {
+            return;
+        };
+        {
+            let mut inputs = self.inputs.write().expect("inputs lock");
+            for img in &prep.dataset.images {
+                if let Some(d) = &img.digest {
+                    inputs.insert(d.clone(), prep.dataset.abs_path(img));
+                }
+            }
+            for (_, p, d) in prep.step_files.iter().flatten().chain(prep.plate_map.iter()) {
+                inputs.insert(d.clone(), p.clone());
+            }
+        }
+        let mut counts = vec![StepCounts::default(); prep.pipeline.steps.len()];
+        for (s, r) in prep.plan.steps.iter().enumerate() {
+            counts[s].total = r.len() as u64;
+        }
+        let tasks = prep
+            .plan
+            .tasks
+            .iter()
+            .map(|t| TaskRt {
+                state: TaskState::Waiting(t.deps.len() as u32),
+                attempt: 0,
+                parts: None,
+                key: None,
+                outputs: Vec::new(),
+                reason: String::new(),
+                error: String::new(),
+                worker_name: String::new(),
+                gpu_ids: Vec::new(),
+            })
+            .collect();
+        let roots: Vec<TaskIdx> = (0..prep.plan.len() as TaskIdx)
+            .rev()
+            .filter(|&t| prep.plan.tasks[t as usize].deps.is_empty())
+            .collect();
+        tracing::info!(run = prep.id, tasks = prep.plan.len(), "run started");
+        self.run = Some(ActiveRun {
+            prep,
+            tasks,
+            queue: VecDeque::new(),
+            counts,
+            finished: 0,
+            started: Instant::now(),
+            prev_lock: None,
+        });
+        self.make_ready(roots);
+    }
+
+    /// Tasks whose inputs are all known: a cache hit finishes them at once (and may make
+    /// their dependents ready in turn); a miss queues them with the reason why.
+    fn make_ready(&mut self, mut stack: Vec<TaskIdx>) {
+        let Some(run) = self.run.as_mut() else { return };
+        while let Some(t) = stack.pop() {
+            if run.tasks[t as usize].state != TaskState::Waiting(0) {
+                continue;
+            }
+            let parts = run.prep.key_parts(t, |d| run.tasks[d as usize].outputs.as_slice());
+            let key = parts.key();
+            let mut reasons = Vec::new();
+            if run.prep.is_forced(t) {
+                reasons.push(Reason::Forced);
+            } else if let Some(action) = self.actions.get(&key.0) {
+                match verify_outputs(&self.store, action) {
+                    Ok(()) => {
+                        let rt = &mut run.tasks[t as usize];
+                        rt.outputs = action.outputs.clone();
+                        rt.parts = Some(parts);
+                        rt.key = Some(key);
+                        run.set_state(t, TaskState::Done { ran: false });
+                        push_ready_dependents(run, t, &mut stack);
+                        continue;
+                    }
+                    Err(bad) => {
+                        tracing::warn!(task = %run.prep.label(t), "stored output {bad} is corrupt or missing; recomputing");
+                        reasons.push(Reason::CorruptOutput(bad));
+                        self.actions.remove(&key.0);
+                        let _ = self.db.forget_action(&key.0);
+                    }
+                }
+            }
+            if reasons.is_empty() {
+                let label = run.prep.label(t);
+                let prev = run.prev_lock().and_then(|l| l.tasks.get(&label)).map(|e| e.parts.clone());
+                reasons = why_runs(prev.as_ref(), &parts);
+            }
+            let rt = &mut run.tasks[t as usize];
+            rt.reason = summarise(&reasons);
+            rt.parts = Some(parts);
+            rt.key = Some(key);
+            run.set_state(t, TaskState::Queued);
+            run.queue.push_back(t);
+        }
+    }
+
+    fn schedule(&mut self) {
+        let Some(run) = self.run.as_mut() else { return };
+        if run.queue.is_empty() || self.workers.is_empty() {
+            return;
+        }
+        let mut caps: Vec<Capacity> = self.workers.values().map(|w| w.capacity.clone()).collect();
+        let prep = &run.prep;
+        let assignments = assign(&mut run.queue, |t| prep.step_of(t).resources.clone(), &mut caps);
+        for c in caps {
+            if let Some(w) = self.workers.get_mut(&c.worker) {
+                w.capacity = c;
+            }
+        }
+        let mut per_worker: BTreeMap<WorkerId, Vec<TaskSpec>> = BTreeMap::new();
+        for a in assignments {
+            let t = a.task;
+            let worker = self.workers.get_mut(&a.worker).expect("assigned to a live worker");
+            worker.running.insert(t);
+            let rt = &mut run.tasks[t as usize];
+            rt.attempt += 1;
+            rt.worker_name = worker.name.clone();
+            rt.gpu_ids = a.gpu_ids.clone();
+            run.set_state(t, TaskState::Running { worker: a.worker });
+            per_worker
+                .entry(a.worker)
+                .or_default()
+                .push(task_spec(run, t, a.gpu_ids));
+        }
+        for (w, tasks) in per_worker {
+            let msg = CoordinatorMessage {
+                body: Some(coordinator_message::Body::Assign(TaskAssignments { tasks })),
+            };
+            if let Some(worker) = self.workers.get(&w) {
+                if worker.tx.try_send(Ok(msg)).is_err() {
+                    let _ = self.events.send(Event::WorkerGone {
+                        worker: w,
+                        why: "its connection is not accepting messages".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn on_worker_hello(&mut self, hello: WorkerHello, tx: WorkerTx, reply: oneshot::Sender<WorkerId>) {
+        let id = WorkerId(self.next_worker);
+        self.next_worker += 1;
+        let res = hello.resources.unwrap_or_default();
+        let name = if hello.name.is_empty() { format!("{id}") } else { hello.name.clone() };
+        tracing::info!(worker = %id, name = %name, host = %hello.hostname, cpus = res.cpus, gpus = ?hello.gpu_ids, "worker connected");
+        let welcome = CoordinatorMessage {
+            body: Some(coordinator_message::Body::Welcome(Welcome {
+                worker_id: id.0,
+                heartbeat_ms: self.cfg.heartbeat.as_millis() as u32,
+                lease_ms: self.cfg.lease.as_millis() as u32,
+            })),
+        };
+        let _ = tx.try_send(Ok(welcome));
+        self.workers.insert(
+            id,
+            WorkerRt {
+                name,
+                tx,
+                capacity: Capacity {
+                    worker: id,
+                    cpus: res.cpus.max(1),
+                    memory_bytes: res.memory_bytes,
+                    gpus: hello.gpu_ids.clone(),
+                    total_cpus: res.cpus.max(1),
+                    total_memory_bytes: res.memory_bytes,
+                    total_gpus: hello.gpu_ids.len() as u32,
+                },
+                last_seen: Instant::now(),
+                running: HashSet::new(),
+            },
+        );
+        let _ = reply.send(id);
+    }
+
+    fn on_worker_msg(&mut self, worker: WorkerId, body: worker_message::Body) {
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        w.last_seen = Instant::now();
+        if let worker_message::Body::Results(results) = body {
+            for r in results.results {
+                self.on_result(worker, r);
+            }
+        }
+    }
+
+    fn release(&mut self, worker: WorkerId, t: TaskIdx, gpu_ids: &[u32]) {
+        let Some(run) = self.run.as_ref() else { return };
+        let r = run.prep.step_of(t).resources.clone();
+        if let Some(w) = self.workers.get_mut(&worker) {
+            if w.running.remove(&t) {
+                w.capacity.cpus += r.cpus;
+                if w.capacity.total_memory_bytes > 0 {
+                    w.capacity.memory_bytes += r.memory_bytes;
+                }
+                w.capacity.gpus.extend_from_slice(gpu_ids);
+            }
+        }
+    }
+
+    fn on_result(&mut self, worker: WorkerId, r: pb::TaskResult) {
+        let Some(run) = self.run.as_ref() else { return };
+        if r.task_id >> 32 != run.prep.id {
+            return; // from an earlier run
+        }
+        let t = (r.task_id & 0xffff_ffff) as TaskIdx;
+        let Some(rt) = run.tasks.get(t as usize) else { return };
+        if rt.state != (TaskState::Running { worker }) || rt.attempt != r.attempt {
+            return; // stale: the task was re-queued elsewhere meanwhile
+        }
+        let gpu_ids = std::mem::take(&mut self.run.as_mut().expect("checked").tasks[t as usize].gpu_ids);
+        self.release(worker, t, &gpu_ids);
+        let outputs: Result<Vec<(String, Digest)>, String> = r
+            .outputs
+            .iter()
+            .map(|o| {
+                let d = plateflow_proto::digest_of(o.digest.as_ref(), &o.name).map_err(|e| e.message().to_string())?;
+                match self.store.check(&d) {
+                    Ok(BlobState::Intact) => Ok((o.name.clone(), d)),
+                    _ => Err(format!("output `{}` ({d}) never reached the coordinator's store", o.name)),
+                }
+            })
+            .collect();
+        let run = self.run.as_mut().expect("checked above");
+        match (r.ok, outputs) {
+            (true, Ok(outputs)) => {
+                let key = run.tasks[t as usize].key.clone().expect("queued tasks have keys");
+                let action = CachedAction {
+                    outputs: outputs.clone(),
+                    stdout: r.stdout.as_ref().and_then(|d| Digest::try_from(d).ok()),
+                    stderr: r.stderr.as_ref().and_then(|d| Digest::try_from(d).ok()),
+                };
+                self.journal.push((key.0.clone(), run.prep.label(t), action.clone()));
+                self.actions.insert(key.0, action);
+                run.tasks[t as usize].outputs = outputs;
+                run.tasks[t as usize].error.clear();
+                run.set_state(t, TaskState::Done { ran: true });
+                let mut stack = Vec::new();
+                push_ready_dependents(run, t, &mut stack);
+                self.make_ready(stack);
+            }
+            (ok, outputs) => {
+                let mut error = if ok { outputs.err().unwrap_or_default() } else { r.error.clone() };
+                if !r.stderr_tail.is_empty() {
+                    error.push_str("\n--- stderr (last lines) ---\n");
+                    error.push_str(&r.stderr_tail);
+                }
+                self.retry_or_fail(t, error);
+            }
+        }
+    }
+
+    fn retry_or_fail(&mut self, t: TaskIdx, error: String) {
+        let Some(run) = self.run.as_mut() else { return };
+        let allowed = run.prep.step_of(t).retries + 1;
+        let rt = &mut run.tasks[t as usize];
+        let label = run.prep.label(t);
+        if rt.attempt < allowed {
+            tracing::warn!(task = %label, attempt = rt.attempt, "task failed; retrying: {}", error.lines().next().unwrap_or(""));
+            rt.error = error;
+            run.set_state(t, TaskState::Queued);
+            run.queue.push_front(t);
+            return;
+        }
+        tracing::warn!(task = %label, attempt = rt.attempt, "task failed");
+        rt.error = format!("attempt {} of {allowed}: {error}", rt.attempt);
+        run.set_state(t, TaskState::Failed);
+        // Everything downstream is skipped; independent tasks go on.
+        let mut stack: Vec<TaskIdx> = run.prep.plan.dependents[t as usize].clone();
+        while let Some(d) = stack.pop() {
+            if matches!(run.tasks[d as usize].state, TaskState::Waiting(_)) {
+                run.tasks[d as usize].error = format!("skipped: upstream task {label} failed");
+                run.set_state(d, TaskState::Skipped);
+                stack.extend_from_slice(&run.prep.plan.dependents[d as usize]);
+            }
+        }
+    }
+
+    fn on_worker_gone(&mut self, worker: WorkerId, why: &str) {
+        let Some(w) = self.workers.remove(&worker) else { return };
+        if w.running.is_empty() {
+            tracing::info!(worker = %worker, name = %w.name, "worker left: {why}");
+        } else {
+            tracing::warn!(worker = %worker, name = %w.name, tasks = w.running.len(), "worker lost: {why}; re-queueing its tasks");
+        }
+        let mut lost: Vec<TaskIdx> = w.running.into_iter().collect();
+        lost.sort_unstable();
+        for t in lost.into_iter().rev() {
+            if let Some(run) = self.run.as_ref() {
+                if run.tasks[t as usize].state == (TaskState::Running { worker }) {
+                    self.retry_or_fail(t, format!("worker {} was lost while running it ({why})", w.name));
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let lease = self.cfg.lease;
+        let silent: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.last_seen.elapsed() > lease)
+            .map(|(id, _)| *id)
+            .collect();
+        for w in silent {
+            self.on_worker_gone(w, &format!("silent for more than {:?}", lease));
+        }
+        if let Some(run) = self.run.as_ref() {
+            let status = run.status(false, self.workers.len() as u32);
+            self.watchers.retain(|(id, tx)| {
+                *id != status.run_id || tx.try_send(Ok(status.clone())).is_ok() || !tx.is_closed()
+            });
+        }
+    }
+
+    fn flush_journal(&mut self) {
+        if self.journal.is_empty() {
+            return;
+        }
+        if let Err(e) = self.db.save_actions(&self.journal) {
+            tracing::error!("cannot journal finished tasks: {e:#}");
+            return;
+        }
+        self.journal.clear();
+    }
+
+    fn maybe_finish_run(&mut self) {
+        let done = self.run.as_ref().is_some_and(|r| r.finished == r.tasks.len());
+        if !done {
+            return;
+        }
+        let mut run = self.run.take().expect("checked");
+        self.flush_journal();
+        let status = run.status(true, self.workers.len() as u32);
+        // Lock file: new entries for finished tasks, previous ones kept for the others.
+        let prev = run.prev_lock().cloned().unwrap_or_default();
+        let mut lock = LockFile {
+            pipeline: run.prep.pipeline.name.clone(),
+            tasks: BTreeMap::new(),
+        };
+        let mut records = Vec::new();
+        for t in 0..run.tasks.len() as TaskIdx {
+            let rt = &run.tasks[t as usize];
+            let label = run.prep.label(t);
+            if let (TaskState::Done { .. }, Some(parts), Some(key)) = (&rt.state, &rt.parts, &rt.key) {
+                lock.tasks.insert(
+                    label.clone(),
+                    LockEntry {
+                        key: key.0.clone(),
+                        parts: parts.clone(),
+                        outputs: rt.outputs.iter().cloned().collect(),
+                    },
+                );
+            } else if let Some(e) = prev.tasks.get(&label) {
+                lock.tasks.insert(label.clone(), e.clone());
+            }
+            if rt.state != (TaskState::Done { ran: false }) {
+                records.push(TaskRecord {
+                    label: label.clone(),
+                    state: rt.state.name().into(),
+                    attempts: rt.attempt,
+                    reason: rt.reason.clone(),
+                    error: rt.error.clone(),
+                });
+            }
+            if let TaskState::Done { ran } = rt.state {
+                let dir = run.prep.pipeline.results.join(plateflow_worker::exec::label_path(&label));
+                for (name, d) in &rt.outputs {
+                    let dest = dir.join(name);
+                    if ran || !dest.exists() {
+                        if let Err(e) = self.store.copy_out(d, &dest) {
+                            tracing::error!("cannot write result {}: {e}", dest.display());
+                        }
+                    }
+                }
+            }
+        }
+        let lock_path = lockfile::lock_path(&run.prep.pipeline.file);
+        if let Err(e) = lockfile::write_if_changed(&lock_path, &lockfile::render(&lock)) {
+            tracing::error!("{e:#}");
+        }
+        let summary = serde_json::to_string(&status.steps.iter().map(|s| (s.step.clone(), s.total, s.done, s.cached, s.failed)).collect::<Vec<_>>()).unwrap_or_default();
+        if let Err(e) = self.db.finish_run(run.prep.id, &status.state, &summary, &records) {
+            tracing::error!("cannot record the end of run {}: {e:#}", run.prep.id);
+        }
+        tracing::info!(run = run.prep.id, state = %status.state, "run finished");
+        self.finish_watchers(run.prep.id, status);
+        self.start_next_run();
+    }
+
+    fn finish_watchers(&mut self, run_id: u64, status: RunStatus) {
+        self.watchers.retain(|(id, tx)| {
+            if *id == run_id {
+                let _ = tx.try_send(Ok(status.clone()));
+                false
+            } else {
+                true
+            }
+        });
+        self.finished_runs.insert(run_id, status);
+        while self.finished_runs.len() > 32 {
+            self.finished_runs.pop_first();
+        }
+    }
+
+    fn status(&self, run_id: u64, with_tasks: bool) -> Vec<RunStatus> {
+        let workers = self.workers.len() as u32;
+        let mut out = Vec::new();
+        if let Some(run) = &self.run {
+            if run_id == 0 || run_id == run.prep.id {
+                out.push(run.status(with_tasks, workers));
+            }
+        }
+        for p in &self.waiting_runs {
+            if run_id == 0 || run_id == p.id {
+                out.push(RunStatus {
+                    run_id: p.id,
+                    pipeline: p.pipeline.file.display().to_string(),
+                    state: "waiting".into(),
+                    workers,
+                    ..Default::default()
+                });
+            }
+        }
+        if let Ok(rows) = self.db.runs() {
+            for (id, pipeline, state, _) in rows {
+                if out.iter().any(|s| s.run_id == id) || (run_id != 0 && run_id != id) {
+                    continue;
+                }
+                let mut st = self.finished_runs.get(&id).cloned().unwrap_or(RunStatus {
+                    run_id: id,
+                    pipeline,
+                    state,
+                    workers,
+                    ..Default::default()
+                });
+                if with_tasks && st.tasks.is_empty() {
+                    st.tasks = self
+                        .db
+                        .run_tasks(id)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|t| TaskStatus {
+                            label: t.label,
+                            state: t.state,
+                            attempts: t.attempts,
+                            worker: String::new(),
+                            error: t.error,
+                            reason: t.reason,
+                        })
+                        .collect();
+                }
+                out.push(st);
+            }
+        }
+        out
+    }
+}
+
+fn push_ready_dependents(run: &mut ActiveRun, t: TaskIdx, stack: &mut Vec<TaskIdx>) {
+    for i in 0..run.prep.plan.dependents[t as usize].len() {
+        let d = run.prep.plan.dependents[t as usize][i];
+        if let TaskState::Waiting(n) = run.tasks[d as usize].state {
+            run.tasks[d as usize].state = TaskState::Waiting(n - 1);
+            if n == 1 {
+                stack.push(d);
+            }
+        }
+    }
+}
+
+/// A cached result is used only if every output is present and intact.
+pub(crate) fn verify_outputs(store: &BlobStore, action: &CachedAction) -> Result<(), String> {
+    for (name, d) in &action.outputs {
+        match store.check(d) {
+            Ok(BlobState::Intact) => {}
+            Ok(BlobState::Missing) => return Err(format!("`{name}` ({}, missing)", d.short())),
+            Ok(BlobState::Corrupt { quarantined, .. }) => {
+                return Err(format!("`{name}` ({}, moved to {})", d.short(), quarantined.display()))
+            }
+            Err(e) => return Err(format!("`{name}`: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn task_spec(run: &ActiveRun, t: TaskIdx, gpu_ids: Vec<u32>) -> TaskSpec {
+    let prep = &run.prep;
+    let task = &prep.plan.tasks[t as usize];
+    let step = &prep.pipeline.steps[task.step as usize];
+    let fields: HashMap<String, String> = prep.plan.fields(&prep.pipeline, &prep.dataset, t).into_iter().collect();
+    let mut inputs = Vec::with_capacity(task.inputs.len());
+    for &i in &task.inputs {
+        let img = &prep.dataset.images[i as usize];
+        inputs.push(pb::InputFile {
+            rel_path: img.rel_path.clone(),
+            abs_path: prep.dataset.abs_path(img).display().to_string(),
+            digest: img.digest.as_ref().map(Into::into),
+            fields: prep
+                .dataset
+                .fields
+                .iter()
+                .zip(&img.fields)
+                .map(|(f, &v)| (f.clone(), prep.dataset.values.get(v).to_string()))
+                .collect(),
+        });
+    }
+    let as_file = |name: &str, path: &PathBuf, d: &Digest| pb::InputFile {
+        rel_path: name.to_string(),
+        abs_path: path.display().to_string(),
+        digest: Some(d.into()),
+        fields: [("_role".to_string(), "file".to_string())].into_iter().collect(),
+    };
+    for (name, path, d) in &prep.step_files[task.step as usize] {
+        inputs.push(as_file(name, path, d));
+    }
+    if step.reads_plate_map {
+        if let Some((name, path, d)) = &prep.plate_map {
+            inputs.push(as_file(name, path, d));
+        }
+    }
+    let mut upstream = Vec::new();
+    for &d in &task.deps {
+        let label = prep.label(d);
+        for (name, digest) in &run.tasks[d as usize].outputs {
+            upstream.push(pb::UpstreamOutput {
+                task_label: label.clone(),
+                name: name.clone(),
+                digest: Some(digest.into()),
+            });
+        }
+    }
+    let rt = &run.tasks[t as usize];
+    TaskSpec {
+        task_id: wire_id(prep.id, t),
+        attempt: rt.attempt,
+        label: prep.label(t),
+        step: step.name.clone(),
+        kind: step.kind.name.to_string(),
+        kind_version: step.kind.version,
+        params_json: prep.step_params[task.step as usize].clone(),
+        inputs,
+        upstream,
+        fields,
+        resources: Some(pb::Resources {
+            cpus: step.resources.cpus,
+            gpus: step.resources.gpus,
+            memory_bytes: step.resources.memory_bytes,
+        }),
+        gpu_ids,
+        cache_key: rt.key.as_ref().map(|k| k.0.clone()).unwrap_or_default(),
+    }
+}

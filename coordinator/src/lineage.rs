@@ -1,0 +1,72 @@
+//! `plateflow lineage`: from an output back to the input files and parameters that made it,
+//! read from the lock file.
+
+use crate::lockfile::{self, LockFile};
+use plateflow_worker::exec::label_path;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+pub fn trace(pipeline_path: &Path, target: &str) -> anyhow::Result<String> {
+    let pipeline = crate::spec::load(pipeline_path)?;
+    let lock_path = lockfile::lock_path(&pipeline.file);
+    let lock = lockfile::read(&lock_path)?.ok_or_else(|| {
+        anyhow::anyhow!("no lock file at {}: run the pipeline first", lock_path.display())
+    })?;
+    let label = find(&lock, &pipeline.results, target).ok_or_else(|| {
+        anyhow::anyhow!(
+            "`{target}` is not a task label, a result file under {} or an output digest in {}",
+            pipeline.results.display(),
+            lock_path.display()
+        )
+    })?;
+    let mut out = String::new();
+    let mut seen = HashSet::new();
+    walk(&lock, &label, 0, &mut out, &mut seen);
+    Ok(out)
+}
+
+fn find(lock: &LockFile, results: &Path, target: &str) -> Option<String> {
+    if lock.tasks.contains_key(target) {
+        return Some(target.to_string());
+    }
+    let as_path = std::fs::canonicalize(target).ok();
+    for (label, e) in &lock.tasks {
+        for (name, d) in &e.outputs {
+            let file = results.join(label_path(label)).join(name);
+            let same_file = as_path.as_ref().is_some_and(|p| std::fs::canonicalize(&file).ok().as_ref() == Some(p));
+            if same_file || d.to_string() == target || d.hex().starts_with(target.trim_start_matches("sha256:")) && target.len() >= 12 {
+                return Some(label.clone());
+            }
+        }
+    }
+    None
+}
+
+fn walk(lock: &LockFile, label: &str, depth: usize, out: &mut String, seen: &mut HashSet<String>) {
+    let pad = "  ".repeat(depth);
+    let Some(e) = lock.tasks.get(label) else {
+        let _ = writeln!(out, "{pad}{label}: not in the lock file");
+        return;
+    };
+    if !seen.insert(label.to_string()) {
+        let _ = writeln!(out, "{pad}{label} (shown above)");
+        return;
+    }
+    let _ = writeln!(out, "{pad}{label}  [{}]  key {}", e.parts.kind, &e.key[..12.min(e.key.len())]);
+    for (name, d) in &e.outputs {
+        let _ = writeln!(out, "{pad}  output  {name}  {d}");
+    }
+    let _ = writeln!(out, "{pad}  params  {}", e.parts.params);
+    for (p, d) in &e.parts.inputs {
+        let _ = writeln!(out, "{pad}  input   {p}  {d}");
+    }
+    let mut ups: Vec<&str> = e.parts.upstream.keys().filter_map(|k| k.rsplit_once('/').map(|(l, _)| l)).collect();
+    ups.dedup();
+    for (o, d) in &e.parts.upstream {
+        let _ = writeln!(out, "{pad}  reads   {o}  {d}");
+    }
+    for up in ups {
+        walk(lock, up, depth + 1, out, seen);
+    }
+}

@@ -1,0 +1,145 @@
+//! Preparing a run: validate the pipeline, list and hash its images, expand the plan, and
+//! compute each task's key parts once its upstream outputs are known.
+
+use crate::dataset::{hash_with_cache, Dataset, HashStats};
+use crate::db::Db;
+use crate::key::KeyParts;
+use crate::plan::{expand, Plan, TaskIdx};
+use crate::spec::{self, Pipeline};
+use plateflow_store::Digest;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Everything about a run that does not change while it runs.
+#[derive(Debug, Clone)]
+pub struct PreparedRun {
+    pub id: u64,
+    pub pipeline: Pipeline,
+    pub dataset: Dataset,
+    pub plan: Plan,
+    /// Canonical JSON of each step's parameters.
+    pub step_params: Vec<String>,
+    /// Each step's `files:` with their digests (name, absolute path, digest).
+    pub step_files: Vec<Vec<(String, PathBuf, Digest)>>,
+    pub plate_map: Option<(String, PathBuf, Digest)>,
+    /// Step names or task labels to run even when cached.
+    pub force: Vec<String>,
+    pub hash_stats: HashStats,
+}
+
+impl PreparedRun {
+    pub fn label(&self, t: TaskIdx) -> String {
+        self.plan.label(&self.pipeline, &self.dataset, t)
+    }
+
+    pub fn step_of(&self, t: TaskIdx) -> &spec::StepSpec {
+        &self.pipeline.steps[self.plan.tasks[t as usize].step as usize]
+    }
+
+    pub fn is_forced(&self, t: TaskIdx) -> bool {
+        if self.force.is_empty() {
+            return false;
+        }
+        let step = &self.step_of(t).name;
+        self.force.iter().any(|f| f == step || f == "all" || *f == self.label(t))
+    }
+
+    /// The key parts of a task, given the outputs of its upstream tasks.
+    pub fn key_parts<'a>(
+        &self,
+        t: TaskIdx,
+        upstream_outputs: impl Fn(TaskIdx) -> &'a [(String, Digest)],
+    ) -> KeyParts {
+        let task = &self.plan.tasks[t as usize];
+        let step = &self.pipeline.steps[task.step as usize];
+        let mut parts = KeyParts {
+            kind: format!("{}@{}", step.kind.name, step.kind.version),
+            params: self.step_params[task.step as usize].clone(),
+            fields: self.plan.fields(&self.pipeline, &self.dataset, t).into_iter().collect(),
+            inputs: BTreeMap::new(),
+            upstream: BTreeMap::new(),
+        };
+        for &i in &task.inputs {
+            let img = &self.dataset.images[i as usize];
+            parts
+                .inputs
+                .insert(img.rel_path.clone(), img.digest.clone().expect("images are hashed before planning"));
+        }
+        for (name, _, d) in &self.step_files[task.step as usize] {
+            parts.inputs.insert(format!("file:{name}"), d.clone());
+        }
+        if step.reads_plate_map {
+            if let Some((name, _, d)) = &self.plate_map {
+                parts.inputs.insert(format!("plate_map:{name}"), d.clone());
+            }
+        }
+        for &d in &task.deps {
+            let label = self.label(d);
+            for (name, digest) in upstream_outputs(d) {
+                parts.upstream.insert(format!("{label}/{name}"), digest.clone());
+            }
+        }
+        parts
+    }
+}
+
+/// Validates and plans a pipeline. Slow parts (hashing) use `threads` threads.
+pub fn prepare(
+    id: u64,
+    pipeline_path: &Path,
+    yaml: &str,
+    force: Vec<String>,
+    db: &mut Db,
+    threads: usize,
+) -> anyhow::Result<PreparedRun> {
+    let pipeline = spec::parse(pipeline_path, yaml)?;
+    let (dataset, hash_stats) = match &pipeline.data {
+        Some(data) => {
+            let mut ds = Dataset::scan(data)?;
+            let stats = ds.hash(db, threads)?;
+            (ds, stats)
+        }
+        None => (Dataset::default(), HashStats::default()),
+    };
+    // Step files and the plate map are inputs too: hashed through the same stat cache.
+    let mut extra: Vec<PathBuf> = pipeline
+        .steps
+        .iter()
+        .flat_map(|s| s.files.iter().map(|(_, p)| p.clone()))
+        .collect();
+    let plate_map_path = pipeline.data.as_ref().and_then(|d| d.plate_map.clone());
+    extra.extend(plate_map_path.clone());
+    let (digests, _) = hash_with_cache(&extra, db, threads)?;
+    let mut digests = digests.into_iter();
+    let step_files = pipeline
+        .steps
+        .iter()
+        .map(|s| {
+            s.files
+                .iter()
+                .map(|(n, p)| (n.clone(), p.clone(), digests.next().expect("hashed")))
+                .collect()
+        })
+        .collect();
+    let plate_map = plate_map_path.map(|p| {
+        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        (name, p, digests.next().expect("hashed"))
+    });
+    let plan = expand(&pipeline, &dataset)?;
+    let step_params = pipeline
+        .steps
+        .iter()
+        .map(|s| serde_json::to_string(&s.params).expect("params serialise"))
+        .collect();
+    Ok(PreparedRun {
+        id,
+        pipeline,
+        dataset,
+        plan,
+        step_params,
+        step_files,
+        plate_map,
+        force,
+        hash_stats,
+    })
+}
