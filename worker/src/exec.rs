@@ -200,10 +200,20 @@ async fn run_command<F: BlobFetcher>(
 
     let stdout_path = task_dir.path().join("stdout");
     let stderr_path = task_dir.path().join("stderr");
-    let mut cmd = tokio::process::Command::new("sh");
-    cmd.arg("-c")
-        .arg(&script)
-        .current_dir(&work)
+    let mut cmd = match simple_argv(&script) {
+        // A plain `prog arg arg` is started directly: no shell process per task.
+        Some(argv) => {
+            let mut c = tokio::process::Command::new(argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new("sh");
+            c.arg("-c").arg(&script);
+            c
+        }
+    };
+    cmd.current_dir(&work)
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&stdout_path)?)
         .stderr(std::fs::File::create(&stderr_path)?)
@@ -226,7 +236,7 @@ async fn run_command<F: BlobFetcher>(
     let status = cmd
         .status()
         .await
-        .map_err(|e| anyhow::anyhow!("could not start `sh`: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("could not start the command `{}`: {e}", script.split_whitespace().next().unwrap_or("sh")))?;
 
     let mut out = CommandOutcome {
         stdout: Some(env.store.put_file(&stdout_path)?),
@@ -261,6 +271,19 @@ async fn run_command<F: BlobFetcher>(
     Ok(out)
 }
 
+/// Splits a command that needs no shell (no quoting, expansion, redirection or pipes).
+fn simple_argv(script: &str) -> Option<Vec<&str>> {
+    const SPECIAL: &[char] = &[
+        '|', '&', ';', '<', '>', '(', ')', '$', '`', '\\', '"', '\'', '*', '?', '[', ']', '#', '~',
+        '=', '%', '{', '}', '!', '\n',
+    ];
+    if script.contains(SPECIAL) {
+        return None;
+    }
+    let argv: Vec<&str> = script.split_whitespace().collect();
+    (!argv.is_empty()).then_some(argv)
+}
+
 /// The last `lines` lines of a log, at most `max_bytes`, for error messages.
 fn tail_of(path: &Path, lines: usize, max_bytes: usize) -> String {
     let Ok(bytes) = std::fs::read(path) else {
@@ -275,6 +298,16 @@ fn tail_of(path: &Path, lines: usize, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_plain_commands_skip_the_shell() {
+        assert_eq!(simple_argv("true"), Some(vec!["true"]));
+        assert_eq!(simple_argv("  cp a.txt b.txt "), Some(vec!["cp", "a.txt", "b.txt"]));
+        assert_eq!(simple_argv("echo hi > out.txt"), None);
+        assert_eq!(simple_argv("a | b"), None);
+        assert_eq!(simple_argv("X=1 prog"), None);
+        assert_eq!(simple_argv("echo 'a b'"), None);
+    }
 
     #[test]
     fn label_paths_are_nested_directories() {

@@ -92,7 +92,12 @@ impl<'a> Reporter<'a> {
         self.lines.get(n.wrapping_sub(1)).copied()
     }
 
-    pub fn error(&mut self, mark: Mark, width: usize, message: impl Into<String>) -> &mut Diagnostic {
+    pub fn error(
+        &mut self,
+        mark: Mark,
+        width: usize,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         let source_line = self
             .lines
             .get(mark.line.wrapping_sub(1))

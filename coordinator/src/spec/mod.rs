@@ -107,7 +107,13 @@ pub fn parse(path: &Path, source: &str) -> Result<Pipeline, Diagnostics> {
     };
     let dir = path
         .parent()
-        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
@@ -143,7 +149,10 @@ impl Validator<'_> {
         self.r.error_hint(
             node.mark,
             node.width(),
-            format!("{what} must be a mapping of `key: value` lines, found {}", node.describe()),
+            format!(
+                "{what} must be a mapping of `key: value` lines, found {}",
+                node.describe()
+            ),
             hint.map(Into::into),
         );
         false
@@ -159,7 +168,11 @@ impl Validator<'_> {
         let mut seen: HashMap<String, (&Node, &Node)> = HashMap::new();
         for (k, val) in entries(node) {
             let Some(name) = k.as_str() else {
-                self.r.error(k.mark, k.width(), format!("keys in {context} must be plain words"));
+                self.r.error(
+                    k.mark,
+                    k.width(),
+                    format!("keys in {context} must be plain words"),
+                );
                 continue;
             };
             if !known.contains(&name) {
@@ -168,11 +181,18 @@ impl Validator<'_> {
                     Some(g) => format!("did you mean `{g}`?"),
                     None => format!("known keys: {}", known.join(", ")),
                 };
-                self.r.error_hint(k.mark, k.width(), format!("unknown key `{name}` in {context}"), Some(hint));
+                self.r.error_hint(
+                    k.mark,
+                    k.width(),
+                    format!("unknown key `{name}` in {context}"),
+                    Some(hint),
+                );
                 // Read a likely typo as the key it was meant to be: a misspelled `steps:` is
                 // then not also reported missing, and what it holds is still checked.
                 if let Some(g) = guess {
-                    let written = entries(node).iter().any(|(other, _)| other.as_str() == Some(g));
+                    let written = entries(node)
+                        .iter()
+                        .any(|(other, _)| other.as_str() == Some(g));
                     if !written && !seen.contains_key(g) {
                         seen.insert(g.to_string(), (k, val));
                     }
@@ -204,14 +224,20 @@ impl Validator<'_> {
         let text_line = text[line_start..].split('\n').next().unwrap_or("");
         let col_in_line = text[line_start..offset].chars().count();
         let line = node.mark.line + line_in_text;
-        let Some(src) = self.r.line(line) else { return node.mark };
+        let Some(src) = self.r.line(line) else {
+            return node.mark;
+        };
         // A quoted scalar's text starts one column after its mark; a `|` block's lines all
         // start at the block's indentation, which is where its mark is.
-        let quote = line_in_text == 0 && matches!(src.chars().nth(node.mark.col - 1), Some('"' | '\''));
+        let quote =
+            line_in_text == 0 && matches!(src.chars().nth(node.mark.col - 1), Some('"' | '\''));
         let start = node.mark.col + usize::from(quote);
         let rest: String = src.chars().skip(start - 1).collect();
         if rest.starts_with(text_line) {
-            Mark { line, col: start + col_in_line }
+            Mark {
+                line,
+                col: start + col_in_line,
+            }
         } else {
             node.mark
         }
@@ -246,7 +272,13 @@ impl Validator<'_> {
         }
     }
 
-    fn rel_path(&mut self, node: &Node, what: &str, must_exist: bool, is_dir: bool) -> Option<PathBuf> {
+    fn rel_path(
+        &mut self,
+        node: &Node,
+        what: &str,
+        must_exist: bool,
+        is_dir: bool,
+    ) -> Option<PathBuf> {
         let text = self.string(node, what)?;
         let p = self.dir.join(&text);
         if must_exist {
@@ -254,9 +286,15 @@ impl Validator<'_> {
             if !ok {
                 let kind = if is_dir { "directory" } else { "file" };
                 let (looked, hint) = if Path::new(&text).is_absolute() {
-                    (String::new(), "check the spelling, and that the disk holding it is mounted")
+                    (
+                        String::new(),
+                        "check the spelling, and that the disk holding it is mounted",
+                    )
                 } else {
-                    (format!(" (looked at {})", p.display()), "paths are relative to the pipeline file's directory")
+                    (
+                        format!(" (looked at {})", p.display()),
+                        "paths are relative to the pipeline file's directory",
+                    )
                 };
                 self.r.error_hint(
                     node.mark,
@@ -351,7 +389,8 @@ impl Validator<'_> {
                     Ok(p) => Some(p),
                     Err((offset, msg)) => {
                         let mark = self.locate_in_scalar(n, &t, offset);
-                        self.r.error(mark, 1, format!("bad filename pattern: {msg}"));
+                        self.r
+                            .error(mark, 1, format!("bad filename pattern: {msg}"));
                         None
                     }
                 })
@@ -372,9 +411,16 @@ impl Validator<'_> {
         };
         let mut channels = BTreeMap::new();
         if let Some((_, n)) = k.get("channels") {
-            if self.expect_map(n, "`channels`", Some("write one `w1: DNA` line per channel, indented under `channels:`")) {
+            if self.expect_map(
+                n,
+                "`channels`",
+                Some("write one `w1: DNA` line per channel, indented under `channels:`"),
+            ) {
                 for (ck, cv) in entries(n) {
-                    if let (Some(a), Some(b)) = (self.string(ck, "a channel"), self.string(cv, "a channel name")) {
+                    if let (Some(a), Some(b)) = (
+                        self.string(ck, "a channel"),
+                        self.string(cv, "a channel name"),
+                    ) {
                         channels.insert(a, b);
                     }
                 }
@@ -394,7 +440,12 @@ impl Validator<'_> {
 
     /// `fields`: what the filename pattern defines; `None` when there is no `data:` or when
     /// it has errors of its own (then fan-out is not checked, to avoid repeating them).
-    fn steps(&mut self, node: &Node, fields: Option<&[String]>, had_data_key: bool) -> Option<Vec<StepSpec>> {
+    fn steps(
+        &mut self,
+        node: &Node,
+        fields: Option<&[String]>,
+        had_data_key: bool,
+    ) -> Option<Vec<StepSpec>> {
         if let Value::Null = node.value {
             self.r.error_hint(
                 node.mark,
@@ -413,7 +464,11 @@ impl Validator<'_> {
         }
         let list = entries(node);
         if list.is_empty() {
-            self.r.error(node.mark, 1, "`steps` is empty: a pipeline needs at least one step");
+            self.r.error(
+                node.mark,
+                1,
+                "`steps` is empty: a pipeline needs at least one step",
+            );
             return None;
         }
         // First pass: names, so that `after:` can refer to steps defined later in the file.
@@ -421,7 +476,8 @@ impl Validator<'_> {
         let mut names: Vec<(String, Mark)> = Vec::new();
         for (k, _) in list {
             let Some(name) = k.as_str() else {
-                self.r.error(k.mark, k.width(), "step names must be plain words");
+                self.r
+                    .error(k.mark, k.width(), "step names must be plain words");
                 names.push((String::new(), k.mark));
                 continue;
             };
@@ -432,7 +488,13 @@ impl Validator<'_> {
                 let fixed: String = name
                     .trim()
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
                     .collect();
                 self.r.error_hint(
                     k.mark,
@@ -503,7 +565,11 @@ impl Validator<'_> {
         let steps: Option<Vec<StepSpec>> = steps.into_iter().collect();
         let steps = steps?;
         // Renumber `after` to the dependency order.
-        let new_pos: HashMap<usize, usize> = order.iter().enumerate().map(|(new, &old)| (old, new)).collect();
+        let new_pos: HashMap<usize, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(new, &old)| (old, new))
+            .collect();
         let mut sorted: Vec<StepSpec> = order.iter().map(|&i| steps[i].clone()).collect();
         for s in &mut sorted {
             s.after = s.after.iter().map(|a| new_pos[a]).collect();
@@ -544,7 +610,11 @@ impl Validator<'_> {
                     format!("{ctx} has no `uses:` (which kind of step it is)"),
                     Some(format!(
                         "available kinds: {}",
-                        kinds::all_kinds().iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+                        kinds::all_kinds()
+                            .iter()
+                            .map(|k| k.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )),
                 );
                 None
@@ -557,7 +627,9 @@ impl Validator<'_> {
                         self.r.error_hint(
                             n.mark,
                             n.width(),
-                            format!("step kind `{kname}` is not available in this version of plateflow"),
+                            format!(
+                                "step kind `{kname}` is not available in this version of plateflow"
+                            ),
                             Some("use a `command` step that runs your own script for now".into()),
                         );
                         None
@@ -568,9 +640,16 @@ impl Validator<'_> {
                         guessed_kind = guess.and_then(kinds::lookup);
                         let hint = match guess {
                             Some(g) => format!("did you mean `{g}`?"),
-                            None => format!("available kinds: {}", known.collect::<Vec<_>>().join(", ")),
+                            None => {
+                                format!("available kinds: {}", known.collect::<Vec<_>>().join(", "))
+                            }
                         };
-                        self.r.error_hint(n.mark, n.width(), format!("unknown step kind `{kname}`"), Some(hint));
+                        self.r.error_hint(
+                            n.mark,
+                            n.width(),
+                            format!("unknown step kind `{kname}`"),
+                            Some(hint),
+                        );
                         None
                     }
                 },
@@ -595,7 +674,9 @@ impl Validator<'_> {
                 }
             };
             for item in items {
-                let Some(dep) = self.string(item, "an `after` entry") else { continue };
+                let Some(dep) = self.string(item, "an `after` entry") else {
+                    continue;
+                };
                 match index.get(dep.as_str()) {
                     Some(_) if dep == name => {
                         self.r.error_hint(
@@ -608,7 +689,11 @@ impl Validator<'_> {
                     }
                     Some(&d) => {
                         if after.contains(&d) {
-                            self.r.error(item.mark, item.width(), format!("`{dep}` is listed twice in `after`"));
+                            self.r.error(
+                                item.mark,
+                                item.width(),
+                                format!("`{dep}` is listed twice in `after`"),
+                            );
                         } else {
                             after.push(d);
                             after_marks.push((d, item.mark, item.width()));
@@ -630,7 +715,11 @@ impl Validator<'_> {
                             format!("{ctx} comes after `{dep}`, which is not a step"),
                             Some(hint),
                         );
-                        excused.extend(std::iter::once(dep.as_str()).chain(guess).map(|d| format!("upstream.{d}")));
+                        excused.extend(
+                            std::iter::once(dep.as_str())
+                                .chain(guess)
+                                .map(|d| format!("upstream.{d}")),
+                        );
                     }
                 }
             }
@@ -644,7 +733,9 @@ impl Validator<'_> {
                 _ => vec![n],
             };
             for item in items {
-                let Some(f) = self.string(item, "`for_each`") else { continue };
+                let Some(f) = self.string(item, "`for_each`") else {
+                    continue;
+                };
                 let Some(fields) = fields else {
                     // With a broken `data:` its own errors say what to fix; don't repeat them.
                     if !had_data_key {
@@ -667,7 +758,9 @@ impl Validator<'_> {
                     self.r.error_hint(
                         item.mark,
                         item.width(),
-                        format!("{ctx} fans out over `{f}`, which the filename pattern does not define"),
+                        format!(
+                            "{ctx} fans out over `{f}`, which the filename pattern does not define"
+                        ),
                         Some(hint),
                     );
                     excused.extend(guess.map(String::from));
@@ -675,7 +768,10 @@ impl Validator<'_> {
                     continue;
                 }
                 // A well lives in a plate: fanning out by well means by (plate, well).
-                if f == "well" && fields.iter().any(|x| x == "plate") && !for_each.iter().any(|x| x == "plate") {
+                if f == "well"
+                    && fields.iter().any(|x| x == "plate")
+                    && !for_each.iter().any(|x| x == "plate")
+                {
                     for_each.push("plate".into());
                 }
                 if !for_each.contains(&f) {
@@ -694,7 +790,9 @@ impl Validator<'_> {
                 _ => vec![n],
             };
             for item in items {
-                let Some(src) = self.string(item, "an `inputs` entry") else { continue };
+                let Some(src) = self.string(item, "an `inputs` entry") else {
+                    continue;
+                };
                 match src.as_str() {
                     "images" if fields.is_none() => {
                         if !had_data_key {
@@ -709,9 +807,16 @@ impl Validator<'_> {
                     "images" => reads_images = true,
                     "plate_map" => reads_plate_map = true,
                     other => {
-                        let hint = did_you_mean(other, INPUT_SOURCES.iter().copied())
-                            .or_else(|| Some(format!("inputs can be: {}", INPUT_SOURCES.join(", "))));
-                        self.r.error_hint(item.mark, item.width(), format!("unknown input `{other}`"), hint);
+                        let hint =
+                            did_you_mean(other, INPUT_SOURCES.iter().copied()).or_else(|| {
+                                Some(format!("inputs can be: {}", INPUT_SOURCES.join(", ")))
+                            });
+                        self.r.error_hint(
+                            item.mark,
+                            item.width(),
+                            format!("unknown input `{other}`"),
+                            hint,
+                        );
                     }
                 }
             }
@@ -719,7 +824,11 @@ impl Validator<'_> {
 
         let resources = match k.get("resources") {
             Some((_, n)) => self.resources(n),
-            None => Some(ResourceSpec { cpus: 1, gpus: 0, memory_bytes: 0 }),
+            None => Some(ResourceSpec {
+                cpus: 1,
+                gpus: 0,
+                memory_bytes: 0,
+            }),
         };
         let retries = match k.get("retries") {
             Some((_, n)) => self.uint(n, "`retries`", 0).map(|v| v.min(100) as u32),
@@ -730,7 +839,12 @@ impl Validator<'_> {
             Some(check_as) => {
                 let deps: Vec<String> = after_marks
                     .iter()
-                    .filter_map(|(d, _, _)| index.iter().find(|(_, &i)| i == *d).map(|(n, _)| n.to_string()))
+                    .filter_map(|(d, _, _)| {
+                        index
+                            .iter()
+                            .find(|(_, &i)| i == *d)
+                            .map(|(n, _)| n.to_string())
+                    })
                     .collect();
                 let with = k.get("with").copied();
                 self.params(&ctx, check_as, with, key, &for_each, &deps, &excused)
@@ -755,7 +869,11 @@ impl Validator<'_> {
     }
 
     fn resources(&mut self, n: &Node) -> Option<ResourceSpec> {
-        if !self.expect_map(n, "`resources`", Some("write `cpus: 2` and `memory: 4G` indented under `resources:`")) {
+        if !self.expect_map(
+            n,
+            "`resources`",
+            Some("write `cpus: 2` and `memory: 4G` indented under `resources:`"),
+        ) {
             return None;
         }
         let k = self.keys(n, RESOURCE_KEYS, "`resources`");
@@ -802,7 +920,10 @@ impl Validator<'_> {
         for_each: &[String],
         deps: &[String],
         excused: &[String],
-    ) -> (Option<serde_json::Map<String, serde_json::Value>>, Vec<(String, PathBuf)>) {
+    ) -> (
+        Option<serde_json::Map<String, serde_json::Value>>,
+        Vec<(String, PathBuf)>,
+    ) {
         let mut out = serde_json::Map::new();
         let mut ok = true;
         let mut files = Vec::new();
@@ -816,7 +937,11 @@ impl Validator<'_> {
                 return (None, files);
             }
             let known: Vec<&str> = kind.params.iter().map(|p| p.name).collect();
-            given = self.keys(w, &known, &format!("`with` of {ctx} (kind `{}`)", kind.name));
+            given = self.keys(
+                w,
+                &known,
+                &format!("`with` of {ctx} (kind `{}`)", kind.name),
+            );
         }
         for spec in kind.params {
             let Some((_, v)) = given.get(spec.name) else {
@@ -826,7 +951,10 @@ impl Validator<'_> {
                     self.r.error_hint(
                         at.mark,
                         at.width(),
-                        format!("{ctx} is missing the `{}` parameter required by kind `{}`", spec.name, kind.name),
+                        format!(
+                            "{ctx} is missing the `{}` parameter required by kind `{}`",
+                            spec.name, kind.name
+                        ),
                         Some(format!("`{}`: {}", spec.name, spec.help)),
                     );
                     ok = false;
@@ -926,7 +1054,10 @@ impl Validator<'_> {
         deps: &[String],
         excused: &[String],
     ) -> bool {
-        let mut allowed: Vec<String> = ["inputs", "upstream", "outputs", "task"].iter().map(|s| s.to_string()).collect();
+        let mut allowed: Vec<String> = ["inputs", "upstream", "outputs", "task"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         allowed.extend(for_each.iter().cloned());
         allowed.extend(deps.iter().map(|d| format!("upstream.{d}")));
         match placeholders(text) {
@@ -949,7 +1080,10 @@ impl Validator<'_> {
                         ))
                     } else {
                         // A pattern field this step does not fan out over is the likely intent.
-                        let candidates = allowed.iter().chain(&self.pattern_fields).map(String::as_str);
+                        let candidates = allowed
+                            .iter()
+                            .chain(&self.pattern_fields)
+                            .map(String::as_str);
                         let guess = if self.pattern_fields.contains(&ph.name) {
                             Some(ph.name.as_str())
                         } else {
@@ -968,7 +1102,12 @@ impl Validator<'_> {
                         })
                     };
                     let mark = self.locate_in_scalar(node, text, ph.offset);
-                    self.r.error_hint(mark, width, format!("unknown placeholder `{{{}}}` in `run`", ph.name), hint);
+                    self.r.error_hint(
+                        mark,
+                        width,
+                        format!("unknown placeholder `{{{}}}` in `run`", ph.name),
+                        hint,
+                    );
                     ok = false;
                 }
                 ok
@@ -979,7 +1118,13 @@ impl Validator<'_> {
 
 /// Depth-first search for the cycle through `start` (edges go from a step to its `after`s).
 fn find_cycle(after: &[Vec<(usize, Mark, usize)>], start: usize) -> Vec<usize> {
-    fn dfs(after: &[Vec<(usize, Mark, usize)>], node: usize, start: usize, path: &mut Vec<usize>, seen: &mut Vec<bool>) -> bool {
+    fn dfs(
+        after: &[Vec<(usize, Mark, usize)>],
+        node: usize,
+        start: usize,
+        path: &mut Vec<usize>,
+        seen: &mut Vec<bool>,
+    ) -> bool {
         for &(d, _, _) in &after[node] {
             if d == start {
                 return true;
@@ -1029,7 +1174,10 @@ fn typed_value(v: &Node, ty: ParamType) -> Result<serde_json::Value, String> {
         ParamType::String => scalar(v).map(J::String),
         ParamType::Int => {
             let t = scalar(v)?;
-            t.trim().parse::<i64>().map(J::from).map_err(|_| format!("`{t}`"))
+            t.trim()
+                .parse::<i64>()
+                .map(J::from)
+                .map_err(|_| format!("`{t}`"))
         }
         ParamType::Float => {
             let t = scalar(v)?;
@@ -1048,7 +1196,11 @@ fn typed_value(v: &Node, ty: ParamType) -> Result<serde_json::Value, String> {
         ParamType::StringList => match &v.value {
             Value::Seq(items) => items
                 .iter()
-                .map(|i| scalar(i).map(J::String).map_err(|d| format!("a list holding {d}")))
+                .map(|i| {
+                    scalar(i)
+                        .map(J::String)
+                        .map_err(|d| format!("a list holding {d}"))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(J::Array),
             Value::Null => Ok(J::Array(vec![])),
@@ -1060,7 +1212,9 @@ fn typed_value(v: &Node, ty: ParamType) -> Result<serde_json::Value, String> {
 /// `512M`, `4G`, `16GB`, `1.5GiB`, or a plain number of bytes.
 pub fn parse_bytes(text: &str) -> Option<u64> {
     let t = text.trim();
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let num: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {

@@ -34,14 +34,14 @@ impl FilePattern {
                         return Err((i, "`{` without a closing `}`".to_string()));
                     }
                     if name.is_empty()
-                        || !name
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                         || name.starts_with(|c: char| c.is_ascii_digit())
                     {
                         return Err((
                             i,
-                            format!("`{{{inner}}}` is not a field name (use letters, digits and `_`)"),
+                            format!(
+                                "`{{{inner}}}` is not a field name (use letters, digits and `_`)"
+                            ),
                         ));
                     }
                     if fields.iter().any(|f| f == name) {
@@ -49,7 +49,9 @@ impl FilePattern {
                     }
                     let body = custom.unwrap_or("[^/]+?");
                     if let Some(r) = custom {
-                        Regex::new(r).map_err(|e| (i, format!("bad regular expression for `{name}`: {e}")))?;
+                        Regex::new(r).map_err(|e| {
+                            (i, format!("bad regular expression for `{name}`: {e}"))
+                        })?;
                     }
                     re.push_str(&format!("(?P<{name}>{body})"));
                     fields.push(name.to_string());
@@ -71,7 +73,8 @@ impl FilePattern {
         if fields.is_empty() {
             return Err((
                 0,
-                "the pattern names no fields; mark them like `{plate}_{well}_w{channel}.tif`".into(),
+                "the pattern names no fields; mark them like `{plate}_{well}_w{channel}.tif`"
+                    .into(),
             ));
         }
         let regex = Regex::new(&re).map_err(|e| (0, e.to_string()))?;
@@ -88,7 +91,11 @@ impl FilePattern {
         Some(
             self.fields
                 .iter()
-                .map(|f| caps.name(f).map(|m| m.as_str().to_string()).unwrap_or_default())
+                .map(|f| {
+                    caps.name(f)
+                        .map(|m| m.as_str().to_string())
+                        .unwrap_or_default()
+                })
                 .collect(),
         )
     }

@@ -10,7 +10,10 @@ pub enum Value {
     /// `~`, `null` or nothing at all.
     Null,
     /// A scalar's text; `plain` when unquoted (so `5` may be read as a number).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Entries in file order; duplicate keys are kept so that they can be reported.
     Map(Vec<(Node, Node)>),
@@ -35,7 +38,8 @@ impl Node {
     pub fn width(&self) -> usize {
         match &self.value {
             Value::Scalar { text, plain } => {
-                text.lines().next().map(|l| l.chars().count()).unwrap_or(1) + if *plain { 0 } else { 2 }
+                text.lines().next().map(|l| l.chars().count()).unwrap_or(1)
+                    + if *plain { 0 } else { 2 }
             }
             _ => 1,
         }
@@ -73,7 +77,9 @@ pub fn parse(source: &str) -> Result<Option<Node>, SyntaxError> {
         return Err(SyntaxError {
             mark: builder.second_doc_mark,
             message: "a pipeline file holds one YAML document".into(),
-            hint: Some("remove the second `---` and what follows, or put it in its own file".into()),
+            hint: Some(
+                "remove the second `---` and what follows, or put it in its own file".into(),
+            ),
         });
     }
     Ok(builder.root)
@@ -98,10 +104,14 @@ fn explain(source: &str, e: &ScanError) -> SyntaxError {
         }
         let at = chars.get(tok.0.index()).copied();
         match tok.1 {
-            TokenType::FlowSequenceStart | TokenType::FlowMappingStart if matches!(at, Some('[' | '{')) => {
+            TokenType::FlowSequenceStart | TokenType::FlowMappingStart
+                if matches!(at, Some('[' | '{')) =>
+            {
                 open.push((tok.0, at.unwrap_or('[')));
             }
-            TokenType::FlowSequenceEnd | TokenType::FlowMappingEnd if matches!(at, Some(']' | '}')) => {
+            TokenType::FlowSequenceEnd | TokenType::FlowMappingEnd
+                if matches!(at, Some(']' | '}')) =>
+            {
                 open.pop();
             }
             _ => {}
@@ -115,6 +125,20 @@ fn explain(source: &str, e: &ScanError) -> SyntaxError {
                 message: format!("YAML syntax error: this `{bracket}` is never closed"),
                 hint: Some(format!("add the closing `{close}` at the end of the line")),
             };
+        }
+    }
+
+    // The parser marks the opening quote of a quoted scalar it could not finish.
+    if info.contains("quoted scalar") {
+        if let Some(&q @ ('"' | '\'')) = chars.get(m.index()) {
+            let mut rest = chars[m.index() + 1..].iter().take_while(|&&c| c != '\n');
+            if !rest.any(|&c| c == q) {
+                return SyntaxError {
+                    mark,
+                    message: format!("YAML syntax error: this `{q}` is never closed"),
+                    hint: Some(format!("add the closing `{q}` at the end of the value")),
+                };
+            }
         }
     }
 
@@ -225,12 +249,15 @@ impl MarkedEventReceiver for Builder {
                 self.error = Some(SyntaxError {
                     mark,
                     message: "YAML aliases (`*name`) are not supported in pipelines".into(),
-                    hint: Some("write the value out in full here (and drop the `&name` anchor)".into()),
+                    hint: Some(
+                        "write the value out in full here (and drop the `&name` anchor)".into(),
+                    ),
                 })
             }
             Event::Scalar(text, style, _, _) => {
                 let plain = matches!(style, TScalarStyle::Plain);
-                let value = if plain && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL") {
+                let value = if plain && matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL")
+                {
                     Value::Null
                 } else {
                     Value::Scalar { text, plain }
@@ -271,7 +298,9 @@ mod tests {
         let Value::Map(top) = &n.value else { panic!() };
         let (k, v) = &top[0];
         assert_eq!(k.mark, Mark { line: 1, col: 1 });
-        let Value::Map(inner) = &v.value else { panic!() };
+        let Value::Map(inner) = &v.value else {
+            panic!()
+        };
         assert_eq!(inner[0].0.mark, Mark { line: 2, col: 3 });
         assert_eq!(inner[1].1.mark.line, 3);
     }

@@ -1,0 +1,62 @@
+# Shared helpers for the benchmark drivers in bench/. Sourced, not run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PLATEFLOW="${PLATEFLOW:-$ROOT/target/release/plateflow}"
+
+need_plateflow() {
+    if [[ ! -x "$PLATEFLOW" ]]; then
+        echo "building $PLATEFLOW (cargo build --release -p plateflow)" >&2
+        (cd "$ROOT" && cargo build --release -p plateflow >&2)
+    fi
+}
+
+# Seconds since the epoch, with nanoseconds.
+now() { date +%s.%N; }
+
+# elapsed START END -> seconds, 3 decimals
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+
+# rate COUNT SECONDS -> per second, integer
+rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print "inf" }'; }
+
+# make_images DIR N: N empty images DIR/Pxxxx/Wyyy.tif, 100 wells a plate (N a multiple of 100,
+# or less than 100 for a single plate).
+make_images() {
+    local dir="$1" n="$2" wells=100 plates
+    if (( n < 100 )); then wells=$n; plates=1; else
+        (( n % 100 == 0 )) || { echo "N must be a multiple of 100" >&2; exit 2; }
+        plates=$(( n / 100 ))
+    fi
+    mkdir -p "$dir"
+    local p
+    for (( p = 0; p < plates; p++ )); do
+        local pd
+        pd="$dir/$(printf 'P%05d' "$p")"
+        mkdir -p "$pd"
+        if (( wells == 100 )); then
+            (cd "$pd" && touch W{000..099}.tif)
+        else
+            local w
+            for (( w = 0; w < wells; w++ )); do : > "$pd/$(printf 'W%03d' "$w").tif"; done
+        fi
+    done
+}
+
+# Peak resident memory (KiB) of a command, from GNU time when present.
+have_gnu_time() { [[ -x /usr/bin/time ]] && /usr/bin/time -f %M true >/dev/null 2>&1; }
+
+# A Python virtual environment for the tools compared against (HyperQueue's Python package,
+# Snakemake), made on first use under target/ (ignored by git).
+BENCH_VENV="${BENCH_VENV:-$ROOT/target/bench-venv}"
+bench_venv() {
+    if [[ ! -x "$BENCH_VENV/bin/python" ]]; then
+        echo "creating $BENCH_VENV" >&2
+        python3 -m venv "$BENCH_VENV" >&2
+    fi
+    local pkg
+    for pkg in "$@"; do
+        "$BENCH_VENV/bin/python" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$pkg') is None)" 2>/dev/null \
+            || "$BENCH_VENV/bin/pip" install -q "$pkg" >&2
+    done
+}
