@@ -6,15 +6,28 @@ use std::path::{Path, PathBuf};
 
 fn demo(dir: &Path, plates: usize) -> PathBuf {
     let out = run_bounded(
-        plateflow().args(["demo", "--no-run", "--plates", &plates.to_string(), "--dir"]).arg(dir),
+        plateflow()
+            .args(["demo", "--no-run", "--plates", &plates.to_string(), "--dir"])
+            .arg(dir),
         60,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     dir.join("demo.yaml")
 }
 
 fn run_json(pipeline: &Path, extra: &[&str]) -> (serde_json::Value, std::process::Output) {
-    let out = run_bounded(plateflow().arg("run").arg(pipeline).args(["--json", "--quiet"]).args(extra), 120);
+    let out = run_bounded(
+        plateflow()
+            .arg("run")
+            .arg(pipeline)
+            .args(["--json", "--quiet"])
+            .args(extra),
+        120,
+    );
     (json_of(&out), out)
 }
 
@@ -24,57 +37,103 @@ fn local_demo_then_incremental_reruns() {
     let p = demo(tmp.path(), 3);
 
     let (st, out) = run_json(&p, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(st["state"], "succeeded");
     assert_eq!(ran(&st).len(), 3 + 3 + 1);
     let summary = std::fs::read_to_string(tmp.path().join("results/summary/summary.txt")).unwrap();
     assert!(summary.contains("images: 24"), "{summary}");
     let lock = std::fs::read_to_string(tmp.path().join("demo.lock")).unwrap();
-    assert!(lock.contains("\"inventory[plate=P1]\":") && lock.contains("\"P1/A01_s1_w1.tif\": sha256:"));
+    assert!(
+        lock.contains("\"inventory[plate=P1]\":") && lock.contains("\"P1/A01_s1_w1.tif\": sha256:")
+    );
 
     // A no-op re-run does no work.
     let (st, _) = run_json(&p, &[]);
     assert_eq!(ran(&st), Vec::<String>::new());
-    assert!(st["steps"].as_array().unwrap().iter().all(|s| s["ran"] == 0));
+    assert!(st["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["ran"] == 0));
 
     // A new plate: its per-plate tasks and the aggregate run, nothing else.
     demo(tmp.path(), 4);
     let dry = run_bounded(plateflow().arg("run").arg(&p).arg("--dry-run"), 60);
     let dry = String::from_utf8_lossy(&dry.stdout);
-    assert!(dry.contains("would run  inventory[plate=P4]: new task"), "{dry}");
+    assert!(
+        dry.contains("would run  inventory[plate=P4]: new task"),
+        "{dry}"
+    );
     assert!(dry.contains("3 task(s) would run, 6 cached"), "{dry}");
     let (st, _) = run_json(&p, &[]);
-    assert_eq!(ran(&st), sorted(&["inventory[plate=P4]", "well_counts[plate=P4]", "summary"]));
+    assert_eq!(
+        ran(&st),
+        sorted(&["inventory[plate=P4]", "well_counts[plate=P4]", "summary"])
+    );
     let summary = std::fs::read_to_string(tmp.path().join("results/summary/summary.txt")).unwrap();
     assert!(summary.contains("images: 32"), "{summary}");
 
     // A changed parameter re-runs that step (and what reads it, when its outputs change).
     let yaml = std::fs::read_to_string(&p).unwrap();
     std::fs::write(&p, yaml.replace("uniq -c >", "uniq -c | sed 's/^ *//' >")).unwrap();
-    let explain = run_bounded(plateflow().arg("explain").arg(&p).arg("well_counts[plate=P2]"), 60);
+    let explain = run_bounded(
+        plateflow()
+            .arg("explain")
+            .arg(&p)
+            .arg("well_counts[plate=P2]"),
+        60,
+    );
     let explain = String::from_utf8_lossy(&explain.stdout);
     assert!(explain.contains("parameter `run` changed"), "{explain}");
     let (st, _) = run_json(&p, &[]);
-    let mut want: Vec<String> = (1..=4).map(|i| format!("well_counts[plate=P{i}]")).collect();
+    let mut want: Vec<String> = (1..=4)
+        .map(|i| format!("well_counts[plate=P{i}]"))
+        .collect();
     want.push("summary".into());
     want.sort();
     assert_eq!(ran(&st), want);
-    let reason = st["tasks"].as_array().unwrap().iter().find(|t| t["label"] == "well_counts[plate=P1]").unwrap()["reason"].clone();
-    assert!(reason.as_str().unwrap().contains("parameter `run` changed"), "{reason}");
+    let reason = st["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "well_counts[plate=P1]")
+        .unwrap()["reason"]
+        .clone();
+    assert!(
+        reason.as_str().unwrap().contains("parameter `run` changed"),
+        "{reason}"
+    );
 
     // Early cut-off: a change that leaves the outputs identical stops at that step.
     let yaml = std::fs::read_to_string(&p).unwrap();
     std::fs::write(&p, yaml.replace("sed 's/^ *//' >", "sed 's/^ *//' | cat >")).unwrap();
     let (st, _) = run_json(&p, &[]);
-    assert_eq!(ran(&st), want.iter().filter(|l| *l != "summary").cloned().collect::<Vec<_>>(), "summary's inputs did not change, so it is cached");
+    assert_eq!(
+        ran(&st),
+        want.iter()
+            .filter(|l| *l != "summary")
+            .cloned()
+            .collect::<Vec<_>>(),
+        "summary's inputs did not change, so it is cached"
+    );
 
     // Lineage from a result file back to its inputs.
     let lin = run_bounded(
-        plateflow().arg("lineage").arg(&p).arg(tmp.path().join("results/summary/summary.txt")),
+        plateflow()
+            .arg("lineage")
+            .arg(&p)
+            .arg(tmp.path().join("results/summary/summary.txt")),
         60,
     );
     let lin = String::from_utf8_lossy(&lin.stdout);
-    assert!(lin.contains("summary  [command@1]") && lin.contains("input   P4/B02_s1_w2.tif  sha256:"), "{lin}");
+    assert!(
+        lin.contains("summary  [command@1]") && lin.contains("input   P4/B02_s1_w2.tif  sha256:"),
+        "{lin}"
+    );
 }
 
 #[test]
@@ -86,10 +145,23 @@ fn corrupt_blob_is_detected_and_recomputed() {
     let result = tmp.path().join("results/inventory/plate=P1/inventory.csv");
     let before = std::fs::read(&result).unwrap();
 
-    let lock: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(tmp.path().join("demo.lock")).unwrap()).unwrap();
-    let digest = lock["tasks"]["inventory[plate=P1]"]["outputs"]["inventory.csv"].as_str().unwrap().to_string();
-    let hex = digest.trim_start_matches("sha256:").split('/').next().unwrap();
-    let blob = tmp.path().join(".plateflow/store/sha256").join(&hex[..2]).join(hex);
+    let lock: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(tmp.path().join("demo.lock")).unwrap())
+            .unwrap();
+    let digest = lock["tasks"]["inventory[plate=P1]"]["outputs"]["inventory.csv"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hex = digest
+        .trim_start_matches("sha256:")
+        .split('/')
+        .next()
+        .unwrap();
+    let blob = tmp
+        .path()
+        .join(".plateflow/store/sha256")
+        .join(&hex[..2])
+        .join(hex);
     let mut perms = std::fs::metadata(&blob).unwrap().permissions();
     #[allow(clippy::permissions_set_readonly_false)]
     perms.set_readonly(false);
@@ -100,12 +172,30 @@ fn corrupt_blob_is_detected_and_recomputed() {
 
     let (st, _) = run_json(&p, &[]);
     assert_eq!(st["state"], "succeeded");
-    assert_eq!(ran(&st), sorted(&["inventory[plate=P1]"]), "only the task whose output was corrupt runs again");
-    let t = st["tasks"].as_array().unwrap().iter().find(|t| t["label"] == "inventory[plate=P1]").unwrap();
+    assert_eq!(
+        ran(&st),
+        sorted(&["inventory[plate=P1]"]),
+        "only the task whose output was corrupt runs again"
+    );
+    let t = st["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["label"] == "inventory[plate=P1]")
+        .unwrap();
     assert!(t["reason"].as_str().unwrap().contains("corrupt"), "{t}");
     assert_eq!(std::fs::read(&result).unwrap(), before);
-    assert!(std::fs::read_dir(tmp.path().join(".plateflow/store/quarantine")).unwrap().count() >= 1);
-    assert_eq!(std::fs::read(&blob).unwrap(), before, "the store holds the recomputed blob again");
+    assert!(
+        std::fs::read_dir(tmp.path().join(".plateflow/store/quarantine"))
+            .unwrap()
+            .count()
+            >= 1
+    );
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        before,
+        "the store holds the recomputed blob again"
+    );
 }
 
 #[test]
@@ -143,19 +233,38 @@ steps:
     assert_eq!(st["state"], "failed");
     assert_eq!(
         ran(&st),
-        sorted(&["check[plate=P1]", "check[plate=P3]", "after_check[plate=P1]", "after_check[plate=P3]"])
+        sorted(&[
+            "check[plate=P1]",
+            "check[plate=P3]",
+            "after_check[plate=P1]",
+            "after_check[plate=P3]"
+        ])
     );
     let tasks = st["tasks"].as_array().unwrap();
-    let failed = tasks.iter().find(|t| t["label"] == "check[plate=P2]").unwrap();
+    let failed = tasks
+        .iter()
+        .find(|t| t["label"] == "check[plate=P2]")
+        .unwrap();
     assert_eq!(failed["state"], "failed");
     assert_eq!(failed["attempts"], 2, "retries: 1 means two attempts");
     let err = failed["error"].as_str().unwrap();
-    assert!(err.contains("attempt 2 of 2") && err.contains("exit status 3") && err.contains("cannot read plate P2: boom"), "{err}");
-    let skipped = tasks.iter().find(|t| t["label"] == "after_check[plate=P2]").unwrap();
+    assert!(
+        err.contains("attempt 2 of 2")
+            && err.contains("exit status 3")
+            && err.contains("cannot read plate P2: boom"),
+        "{err}"
+    );
+    let skipped = tasks
+        .iter()
+        .find(|t| t["label"] == "after_check[plate=P2]")
+        .unwrap();
     assert_eq!(skipped["state"], "skipped");
     // The human summary on stderr names the task, the attempt and the stderr tail.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("FAILED check[plate=P2]") && stderr.contains("boom"), "{stderr}");
+    assert!(
+        stderr.contains("FAILED check[plate=P2]") && stderr.contains("boom"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -166,9 +275,18 @@ fn invalid_pipeline_is_refused_with_located_errors() {
     let out = run_bounded(plateflow().arg("run").arg(&p), 30);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml:3:11") && err.contains("did you mean `command`?"), "{err}");
-    assert!(err.contains("bad.yaml:4:5") && err.contains("did you mean `after`?"), "{err}");
-    assert!(err.contains(" errors in ") && err.contains("bad.yaml"), "all errors are reported: {err}");
+    assert!(
+        err.contains("bad.yaml:3:11") && err.contains("did you mean `command`?"),
+        "{err}"
+    );
+    assert!(
+        err.contains("bad.yaml:4:5") && err.contains("did you mean `after`?"),
+        "{err}"
+    );
+    assert!(
+        err.contains(" errors in ") && err.contains("bad.yaml"),
+        "all errors are reported: {err}"
+    );
 }
 
 /// A pipeline whose tasks take a while and leave a trace of each start and finish.
@@ -211,18 +329,33 @@ steps:
 }
 
 fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p).unwrap_or_default().lines().map(str::to_string).collect()
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn coordinator(dir: &Path, port: u16, log: &str) -> Proc {
     let p = Proc::spawn(
         "coordinator",
         plateflow()
-            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--heartbeat-ms", "200", "--lease-ms", "2000", "--state"])
+            .args([
+                "coordinator",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--heartbeat-ms",
+                "200",
+                "--lease-ms",
+                "2000",
+                "--state",
+            ])
             .arg(dir.join("state")),
         &dir.join(log),
     );
-    wait_for("the coordinator to listen", 30, || std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    wait_for("the coordinator to listen", 30, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
     p
 }
 
@@ -231,7 +364,16 @@ fn worker(dir: &Path, port: u16, name: &str, cpus: u32) -> Proc {
     Proc::spawn(
         name,
         plateflow()
-            .args(["worker", "--coordinator", &format!("127.0.0.1:{port}"), "--cpus", &cpus.to_string(), "--name", name, "--store"])
+            .args([
+                "worker",
+                "--coordinator",
+                &format!("127.0.0.1:{port}"),
+                "--cpus",
+                &cpus.to_string(),
+                "--name",
+                name,
+                "--store",
+            ])
             .arg(dir.join(name).join("store"))
             .arg("--scratch")
             .arg(dir.join(name).join("scratch")),
@@ -241,7 +383,14 @@ fn worker(dir: &Path, port: u16, name: &str, cpus: u32) -> Proc {
 
 fn status(port: u16, run: &str) -> serde_json::Value {
     let out = run_bounded(
-        plateflow().args(["status", run, "--tasks", "--json", "--coordinator", &format!("127.0.0.1:{port}")]),
+        plateflow().args([
+            "status",
+            run,
+            "--tasks",
+            "--json",
+            "--coordinator",
+            &format!("127.0.0.1:{port}"),
+        ]),
         30,
     );
     if !out.status.success() {
@@ -266,21 +415,38 @@ fn worker_killed_mid_task_run_completes_byte_identical() {
     let mut w1 = worker(tmp.path(), port, "w-one", 1);
     let _w2 = worker(tmp.path(), port, "w-two", 1);
     let submit = run_bounded(
-        plateflow().arg("submit").arg(&p).args(["--coordinator", &format!("127.0.0.1:{port}")]),
+        plateflow()
+            .arg("submit")
+            .arg(&p)
+            .args(["--coordinator", &format!("127.0.0.1:{port}")]),
         30,
     );
-    assert!(submit.status.success(), "{}", String::from_utf8_lossy(&submit.stderr));
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
     let run_id = String::from_utf8_lossy(&submit.stdout).trim().to_string();
     // Both workers busy, then one dies mid-task.
-    wait_for("two tasks to start", 60, || (lines(&tmp.path().join("started.log")).len() >= 2).then_some(()));
+    wait_for("two tasks to start", 60, || {
+        (lines(&tmp.path().join("started.log")).len() >= 2).then_some(())
+    });
     w1.kill9();
     let st = wait_for("the run to finish", 120, || {
         let st = status(port, &run_id);
         (st["state"] != "running" && !st.is_null()).then_some(st)
     });
     assert_eq!(st["state"], "succeeded", "{st}");
-    let retried: Vec<_> = st["tasks"].as_array().unwrap().iter().filter(|t| t["attempts"].as_u64() > Some(1)).collect();
-    assert!(!retried.is_empty(), "the killed worker's task ran again elsewhere: {st}");
+    let retried: Vec<_> = st["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["attempts"].as_u64() > Some(1))
+        .collect();
+    assert!(
+        !retried.is_empty(),
+        "the killed worker's task ran again elsewhere: {st}"
+    );
     assert_eq!(
         tree_bytes(&tmp.path().join("results")),
         tree_bytes(&clean.path().join("results")),
@@ -297,13 +463,22 @@ fn coordinator_killed_and_restarted_resumes_without_rerunning() {
     let mut coord = coordinator(tmp.path(), port, "coordinator-1.log");
     let _w = worker(tmp.path(), port, "w-one", 2);
     let submit = run_bounded(
-        plateflow().arg("submit").arg(&p).args(["--coordinator", &format!("127.0.0.1:{port}")]),
+        plateflow()
+            .arg("submit")
+            .arg(&p)
+            .args(["--coordinator", &format!("127.0.0.1:{port}")]),
         30,
     );
-    assert!(submit.status.success(), "{}", String::from_utf8_lossy(&submit.stderr));
+    assert!(
+        submit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submit.stderr)
+    );
     let run_id = String::from_utf8_lossy(&submit.stdout).trim().to_string();
     let finished_log = tmp.path().join("finished.log");
-    wait_for("three tasks to finish", 60, || (lines(&finished_log).len() >= 3).then_some(()));
+    wait_for("three tasks to finish", 60, || {
+        (lines(&finished_log).len() >= 3).then_some(())
+    });
     let before = status(port, &run_id);
     let done_before: Vec<String> = before["tasks"]
         .as_array()
@@ -323,7 +498,9 @@ fn coordinator_killed_and_restarted_resumes_without_rerunning() {
     assert_eq!(st["state"], "succeeded", "{st}");
     let finished = lines(&finished_log);
     for label in &done_before {
-        let plate = label.trim_start_matches("checksum[plate=").trim_end_matches(']');
+        let plate = label
+            .trim_start_matches("checksum[plate=")
+            .trim_end_matches(']');
         assert_eq!(
             finished.iter().filter(|l| *l == plate).count(),
             1,
@@ -331,7 +508,10 @@ fn coordinator_killed_and_restarted_resumes_without_rerunning() {
         );
     }
     for i in 1..=8 {
-        assert!(finished.contains(&format!("P{i}")), "plate P{i} never finished: {finished:?}");
+        assert!(
+            finished.contains(&format!("P{i}")),
+            "plate P{i} never finished: {finished:?}"
+        );
     }
     let all = std::fs::read_to_string(tmp.path().join("results/total/all.txt")).unwrap();
     assert_eq!(all.lines().count(), 8 * 8, "8 plates x 8 images: {all}");

@@ -11,7 +11,10 @@ pub fn plateflow_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = dir.join("plateflow");
     assert!(
         bin.exists(),
@@ -104,7 +107,10 @@ pub fn wait_for<T>(what: &str, secs: u64, mut cond: impl FnMut() -> Option<T>) -
         if let Some(v) = cond() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs}s waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -5,7 +5,9 @@ use crate::engine::{Engine, EngineConfig, Event};
 use crate::progress::{self, Progress};
 use crate::{dryrun, lineage, server, spec};
 use clap::{Args, Parser, Subcommand};
-use plateflow_proto::v1::{coordinator_client::CoordinatorClient, RunStatus, StatusRequest, SubmitRequest, WatchRequest};
+use plateflow_proto::v1::{
+    coordinator_client::CoordinatorClient, RunStatus, StatusRequest, SubmitRequest, WatchRequest,
+};
 use plateflow_worker::{run_worker, WorkerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +15,11 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 #[derive(Parser)]
-#[command(name = "plateflow", version, about = "Distributed, incremental pipelines for high-throughput microscopy")]
+#[command(
+    name = "plateflow",
+    version,
+    about = "Distributed, incremental pipelines for high-throughput microscopy"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -58,7 +64,11 @@ pub enum Command {
     /// Send a pipeline to a running coordinator.
     Submit {
         pipeline: PathBuf,
-        #[arg(long, env = "PLATEFLOW_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+        #[arg(
+            long,
+            env = "PLATEFLOW_COORDINATOR",
+            default_value = "http://127.0.0.1:7700"
+        )]
         coordinator: String,
         /// Step names or task labels to run even when cached (`all` for everything).
         #[arg(long)]
@@ -73,7 +83,11 @@ pub enum Command {
     Status {
         /// A run id (default: all runs).
         run: Option<u64>,
-        #[arg(long, env = "PLATEFLOW_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+        #[arg(
+            long,
+            env = "PLATEFLOW_COORDINATOR",
+            default_value = "http://127.0.0.1:7700"
+        )]
         coordinator: String,
         /// List tasks that ran, failed or were skipped, with their reasons.
         #[arg(long)]
@@ -123,7 +137,11 @@ pub struct CoordinatorArgs {
 
 #[derive(Args)]
 pub struct WorkerArgs {
-    #[arg(long, env = "PLATEFLOW_COORDINATOR", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        env = "PLATEFLOW_COORDINATOR",
+        default_value = "http://127.0.0.1:7700"
+    )]
     pub coordinator: String,
     #[arg(long)]
     pub cpus: Option<u32>,
@@ -152,7 +170,9 @@ pub struct WorkerArgs {
 }
 
 fn cpus_here() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 fn http(addr: &str) -> String {
@@ -167,9 +187,17 @@ fn http(addr: &str) -> String {
 pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run_local(args).await,
-        Command::Demo { dir, plates, no_run } => {
+        Command::Demo {
+            dir,
+            plates,
+            no_run,
+        } => {
             let pipeline = crate::demo::generate(&dir, plates)?;
-            eprintln!("demo written to {} (pipeline {})", dir.display(), pipeline.display());
+            eprintln!(
+                "demo written to {} (pipeline {})",
+                dir.display(),
+                pipeline.display()
+            );
             if no_run {
                 return Ok(0);
             }
@@ -194,7 +222,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 Ok(2)
             }
         },
-        Command::Explain { pipeline, task, state } => {
+        Command::Explain {
+            pipeline,
+            task,
+            state,
+        } => {
             let sim = dryrun::simulate(&pipeline, state.as_deref(), vec![])?;
             print!("{}", dryrun::render_explain(&sim, &task)?);
             Ok(0)
@@ -209,7 +241,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             cfg.lease = Duration::from_millis(args.lease_ms);
             let engine = Engine::start(cfg)?;
             let listener = server::bind(args.listen).await?;
-            eprintln!("plateflow coordinator listening on {} (state in {})", listener.local_addr()?, args.state.display());
+            eprintln!(
+                "plateflow coordinator listening on {} (state in {})",
+                listener.local_addr()?,
+                args.state.display()
+            );
             server::serve(engine, listener, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
@@ -218,12 +254,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Worker(args) => {
             let memory_bytes = match &args.memory {
-                Some(m) => spec::parse_bytes(m).ok_or_else(|| anyhow::anyhow!("--memory {m}: write it like 16G"))?,
+                Some(m) => spec::parse_bytes(m)
+                    .ok_or_else(|| anyhow::anyhow!("--memory {m}: write it like 16G"))?,
                 None => 0,
             };
             let cfg = WorkerConfig {
                 coordinator: http(&args.coordinator),
-                name: args.name.unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
+                name: args
+                    .name
+                    .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
                 cpus: args.cpus.unwrap_or_else(cpus_here),
                 memory_bytes,
                 gpu_ids: args.gpus,
@@ -239,8 +278,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             .await?;
             Ok(0)
         }
-        Command::Submit { pipeline, coordinator, force, wait, json } => {
-            let path = std::fs::canonicalize(&pipeline).map_err(|e| anyhow::anyhow!("{}: {e}", pipeline.display()))?;
+        Command::Submit {
+            pipeline,
+            coordinator,
+            force,
+            wait,
+            json,
+        } => {
+            let path = std::fs::canonicalize(&pipeline)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", pipeline.display()))?;
             let yaml = std::fs::read_to_string(&path)?;
             // Validate here too, so errors show with their source lines before anything is sent.
             if let Err(d) = spec::parse(&path, &yaml) {
@@ -267,7 +313,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", resp.run_id);
                 return Ok(0);
             }
-            let mut stream = client.watch(WatchRequest { run_id: resp.run_id }).await?.into_inner();
+            let mut stream = client
+                .watch(WatchRequest {
+                    run_id: resp.run_id,
+                })
+                .await?
+                .into_inner();
             let mut progress = Progress::new(json);
             let mut last: Option<RunStatus> = None;
             while let Some(st) = stream.message().await? {
@@ -277,7 +328,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             progress.finish();
             finish_report(last, json)
         }
-        Command::Status { run, coordinator, tasks, json } => {
+        Command::Status {
+            run,
+            coordinator,
+            tasks,
+            json,
+        } => {
             let mut client = connect(&coordinator).await?;
             let runs = client
                 .status(StatusRequest {
@@ -288,7 +344,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 .into_inner()
                 .runs;
             if json {
-                println!("{}", serde_json::to_string_pretty(&runs.iter().map(progress::to_json).collect::<Vec<_>>())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &runs.iter().map(progress::to_json).collect::<Vec<_>>()
+                    )?
+                );
                 return Ok(0);
             }
             for st in &runs {
@@ -296,7 +357,16 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 if run.is_some() || tasks {
                     print!("{}", progress::summary(st));
                     for t in st.tasks.iter().filter(|t| t.state != "failed") {
-                        println!("  {:<8} {} {}", t.state, t.label, if t.reason.is_empty() { String::new() } else { format!("({})", t.reason) });
+                        println!(
+                            "  {:<8} {} {}",
+                            t.state,
+                            t.label,
+                            if t.reason.is_empty() {
+                                String::new()
+                            } else {
+                                format!("({})", t.reason)
+                            }
+                        );
                     }
                 }
             }
@@ -306,7 +376,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             for k in plateflow_worker::kinds::all_kinds() {
                 println!("{}@{}: {}", k.name, k.version, k.summary);
                 for p in k.params {
-                    println!("    {}{}: {} — {}", p.name, if p.required { " (required)" } else { "" }, p.ty.describe(), p.help);
+                    println!(
+                        "    {}{}: {} — {}",
+                        p.name,
+                        if p.required { " (required)" } else { "" },
+                        p.ty.describe(),
+                        p.help
+                    );
                 }
             }
             Ok(0)
@@ -324,7 +400,9 @@ async fn connect(addr: &str) -> anyhow::Result<CoordinatorClient<tonic::transpor
 }
 
 fn finish_report(last: Option<RunStatus>, json: bool) -> anyhow::Result<i32> {
-    let st = last.ok_or_else(|| anyhow::anyhow!("the coordinator ended the run's progress stream without a final status"))?;
+    let st = last.ok_or_else(|| {
+        anyhow::anyhow!("the coordinator ended the run's progress stream without a final status")
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&progress::to_json(&st))?);
     }
@@ -361,7 +439,9 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
     let server_task = tokio::spawn(server::serve(engine.clone(), listener, async move {
         let _ = stop.changed().await;
     }));
-    let cpus = args.cpus.unwrap_or_else(|| (cpus_here() / args.workers.max(1)).max(1));
+    let cpus = args
+        .cpus
+        .unwrap_or_else(|| (cpus_here() / args.workers.max(1)).max(1));
     let mut workers = Vec::new();
     for i in 0..args.workers.max(1) {
         let cfg = WorkerConfig {
@@ -384,7 +464,12 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
     let path = std::fs::canonicalize(&args.pipeline)?;
     let yaml = std::fs::read_to_string(&path)?;
     let (reply, rx) = oneshot::channel();
-    engine.send(Event::Submit { path, yaml, force: args.force.clone(), reply });
+    engine.send(Event::Submit {
+        path,
+        yaml,
+        force: args.force.clone(),
+        reply,
+    });
     let code = match rx.await? {
         Err(msg) => {
             eprintln!("{msg}");

@@ -61,8 +61,12 @@ impl Dataset {
     /// Lists the image root. Hidden files and directories are skipped.
     pub fn scan(data: &DataSpec) -> anyhow::Result<Self> {
         let mut files = Vec::new();
-        walk(&data.images_root, &data.images_root, &mut files)
-            .map_err(|e| anyhow::anyhow!("cannot list images under {}: {e}", data.images_root.display()))?;
+        walk(&data.images_root, &data.images_root, &mut files).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot list images under {}: {e}",
+                data.images_root.display()
+            )
+        })?;
         files.sort();
         let mut ds = Dataset {
             root: data.images_root.clone(),
@@ -96,7 +100,11 @@ impl Dataset {
     /// Gives every image its digest, reading only files whose (device, inode, size, mtime)
     /// changed since they were last hashed.
     pub fn hash(&mut self, db: &mut Db, threads: usize) -> anyhow::Result<HashStats> {
-        let paths: Vec<PathBuf> = self.images.iter().map(|i| self.root.join(&i.rel_path)).collect();
+        let paths: Vec<PathBuf> = self
+            .images
+            .iter()
+            .map(|i| self.root.join(&i.rel_path))
+            .collect();
         let (digests, stats) = hash_with_cache(&paths, db, threads)?;
         for (img, d) in self.images.iter_mut().zip(digests) {
             img.digest = Some(d);
@@ -115,7 +123,8 @@ pub fn hash_with_cache(
     let mut out: Vec<Option<Digest>> = vec![None; paths.len()];
     let mut todo: Vec<(usize, StatKey)> = Vec::new();
     for (i, p) in paths.iter().enumerate() {
-        let meta = std::fs::metadata(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+        let meta = std::fs::metadata(p)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
         let key = StatKey {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -142,7 +151,12 @@ pub fn hash_with_cache(
         out[i] = Some(d);
     }
     db.save_stat_cache(&fresh)?;
-    Ok((out.into_iter().map(|d| d.expect("every path hashed")).collect(), stats))
+    Ok((
+        out.into_iter()
+            .map(|d| d.expect("every path hashed"))
+            .collect(),
+        stats,
+    ))
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {

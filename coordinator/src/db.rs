@@ -165,7 +165,12 @@ impl Db {
         Ok(())
     }
 
-    pub fn create_run(&mut self, pipeline: &str, yaml: &str, force: &[String]) -> anyhow::Result<u64> {
+    pub fn create_run(
+        &mut self,
+        pipeline: &str,
+        yaml: &str,
+        force: &[String],
+    ) -> anyhow::Result<u64> {
         self.conn.execute(
             "INSERT INTO runs (pipeline, yaml, state, force, started) VALUES (?1, ?2, 'running', ?3, ?4)",
             params![pipeline, yaml, serde_json::to_string(force)?, now()],
@@ -173,7 +178,13 @@ impl Db {
         Ok(self.conn.last_insert_rowid() as u64)
     }
 
-    pub fn finish_run(&mut self, id: u64, state: &str, summary: &str, tasks: &[TaskRecord]) -> anyhow::Result<()> {
+    pub fn finish_run(
+        &mut self,
+        id: u64,
+        state: &str,
+        summary: &str,
+        tasks: &[TaskRecord],
+    ) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
             "UPDATE runs SET state = ?2, finished = ?3, summary = ?4 WHERE id = ?1",
@@ -184,7 +195,9 @@ impl Db {
                 "INSERT OR REPLACE INTO run_tasks (run_id, label, state, attempts, reason, error) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for t in tasks {
-                stmt.execute(params![id as i64, t.label, t.state, t.attempts, t.reason, t.error])?;
+                stmt.execute(params![
+                    id as i64, t.label, t.state, t.attempts, t.reason, t.error
+                ])?;
             }
         }
         tx.commit()?;
@@ -208,6 +221,8 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// (id, pipeline, state, summary) of every run, newest first.
+    #[allow(clippy::type_complexity)]
     pub fn runs(&self) -> anyhow::Result<Vec<(u64, String, String, Option<String>)>> {
         let mut stmt = self
             .conn
@@ -237,7 +252,11 @@ impl Db {
     pub fn run_state(&self, id: u64) -> anyhow::Result<Option<String>> {
         Ok(self
             .conn
-            .query_row("SELECT state FROM runs WHERE id = ?1", params![id as i64], |r| r.get(0))
+            .query_row(
+                "SELECT state FROM runs WHERE id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 }

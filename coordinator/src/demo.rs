@@ -27,9 +27,13 @@ fn field(seed: u64, channel: u32) -> Vec<u8> {
     let mut rng = Rng(seed);
     let mut img = vec![12u8; (SIZE * SIZE) as usize];
     for _ in 0..(6 + rng.below(6)) {
-        let (cx, cy, r) = (rng.below(SIZE) as i32, rng.below(SIZE) as i32, 4 + rng.below(4) as i32);
+        let (cx, cy, r) = (
+            rng.below(SIZE) as i32,
+            rng.below(SIZE) as i32,
+            4 + rng.below(4) as i32,
+        );
         let r = if channel == 2 { r + 3 } else { r };
-        let peak = if channel == 2 { 120 } else { 200 } as i32;
+        let peak: i32 = if channel == 2 { 120 } else { 200 };
         for y in (cy - r).max(0)..(cy + r).min(SIZE as i32) {
             for x in (cx - r).max(0)..(cx + r).min(SIZE as i32) {
                 let d2 = (x - cx).pow(2) + (y - cy).pow(2);
@@ -52,7 +56,8 @@ pub fn write_tiff(path: &Path, pixels: &[u8], width: u32, height: u32) -> anyhow
         let mut enc = tiff::encoder::TiffEncoder::new(&mut tmp)?;
         enc.write_image::<tiff::encoder::colortype::Gray8>(width, height, pixels)?;
     }
-    tmp.persist(path).map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
@@ -70,7 +75,11 @@ pub fn generate(dir: &Path, plates: usize) -> anyhow::Result<PathBuf> {
                     write_tiff(&path, &field(seed, ch), SIZE, SIZE)?;
                 }
             }
-            let (treatment, control) = if wi == 0 { ("DMSO", "negative") } else { ("drug", "") };
+            let (treatment, control) = if wi == 0 {
+                ("DMSO", "negative")
+            } else {
+                ("drug", "")
+            };
             map.push_str(&format!("P{p},{well},{treatment},{control}\n"));
         }
     }

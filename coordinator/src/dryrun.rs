@@ -24,11 +24,19 @@ pub struct Simulation {
 }
 
 /// Plans a pipeline against a state directory and decides each task as a run would.
-pub fn simulate(pipeline_path: &Path, state_dir: Option<&Path>, force: Vec<String>) -> anyhow::Result<Simulation> {
+pub fn simulate(
+    pipeline_path: &Path,
+    state_dir: Option<&Path>,
+    force: Vec<String>,
+) -> anyhow::Result<Simulation> {
     let yaml = std::fs::read_to_string(pipeline_path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", pipeline_path.display()))?;
     let pipeline = crate::spec::parse(pipeline_path, &yaml)?;
-    let cfg = EngineConfig::new(state_dir.map(Path::to_path_buf).unwrap_or(pipeline.workspace.clone()));
+    let cfg = EngineConfig::new(
+        state_dir
+            .map(Path::to_path_buf)
+            .unwrap_or(pipeline.workspace.clone()),
+    );
     let mut db = Db::open(&cfg.db_path())?;
     let prep = prepare(0, pipeline_path, &yaml, force, &mut db, cfg.hash_threads)?;
     let actions = db.load_action_cache()?;
@@ -49,7 +57,11 @@ fn decide_all(
     // Tasks are numbered in dependency order, so upstream decisions are known.
     for t in 0..prep.plan.len() as TaskIdx {
         let task = &prep.plan.tasks[t as usize];
-        if let Some(&d) = task.deps.iter().find(|&&d| decisions[d as usize] != Decision::Cached) {
+        if let Some(&d) = task
+            .deps
+            .iter()
+            .find(|&&d| decisions[d as usize] != Decision::Cached)
+        {
             decisions.push(Decision::AfterUpstream(prep.label(d)));
             continue;
         }
@@ -65,7 +77,9 @@ fn decide_all(
                 }
                 Some((_, Err(bad))) => Decision::Runs(vec![Reason::CorruptOutput(bad)]),
                 None => {
-                    let prev = lock.and_then(|l| l.tasks.get(&prep.label(t))).map(|e| &e.parts);
+                    let prev = lock
+                        .and_then(|l| l.tasks.get(&prep.label(t)))
+                        .map(|e| &e.parts);
                     Decision::Runs(why_runs(prev, &parts))
                 }
             }
@@ -85,22 +99,36 @@ pub fn render_dry_run(sim: &Simulation) -> String {
             Decision::Cached => {}
             Decision::Runs(reasons) => {
                 runs += 1;
-                s.push_str(&format!("would run  {label}: {}\n", crate::key::summarise(reasons)));
+                s.push_str(&format!(
+                    "would run  {label}: {}\n",
+                    crate::key::summarise(reasons)
+                ));
             }
             Decision::AfterUpstream(up) => {
                 runs += 1;
-                s.push_str(&format!("would run  {label}: after {up} (if its outputs change)\n"));
+                s.push_str(&format!(
+                    "would run  {label}: after {up} (if its outputs change)\n"
+                ));
             }
         }
     }
-    let cached = sim.decisions.iter().filter(|d| **d == Decision::Cached).count();
-    s.push_str(&format!("{runs} task(s) would run, {cached} cached, of {}\n", sim.decisions.len()));
+    let cached = sim
+        .decisions
+        .iter()
+        .filter(|d| **d == Decision::Cached)
+        .count();
+    s.push_str(&format!(
+        "{runs} task(s) would run, {cached} cached, of {}\n",
+        sim.decisions.len()
+    ));
     s
 }
 
 /// `explain`: the full reasons for one task (by label; a step name explains its first task).
 pub fn render_explain(sim: &Simulation, target: &str) -> anyhow::Result<String> {
-    let labels: Vec<String> = (0..sim.prep.plan.len() as TaskIdx).map(|t| sim.prep.label(t)).collect();
+    let labels: Vec<String> = (0..sim.prep.plan.len() as TaskIdx)
+        .map(|t| sim.prep.label(t))
+        .collect();
     let t = labels
         .iter()
         .position(|l| l == target)
@@ -111,7 +139,9 @@ pub fn render_explain(sim: &Simulation, target: &str) -> anyhow::Result<String> 
         })?;
     let mut s = format!("{}:\n", labels[t]);
     match &sim.decisions[t] {
-        Decision::Cached => s.push_str("  cached: its key is unchanged and its outputs are stored intact; it will not run\n"),
+        Decision::Cached => s.push_str(
+            "  cached: its key is unchanged and its outputs are stored intact; it will not run\n",
+        ),
         Decision::Runs(reasons) => {
             s.push_str("  runs because:\n");
             for r in reasons {
@@ -122,7 +152,10 @@ pub fn render_explain(sim: &Simulation, target: &str) -> anyhow::Result<String> 
             s.push_str(&format!(
                 "  waits for {up}, which will run; this task runs if that changes its outputs\n"
             ));
-            let i = labels.iter().position(|l| l == up).expect("upstream is planned");
+            let i = labels
+                .iter()
+                .position(|l| l == up)
+                .expect("upstream is planned");
             if let Decision::Runs(reasons) = &sim.decisions[i] {
                 s.push_str(&format!("  {up} runs because:\n"));
                 for r in reasons {

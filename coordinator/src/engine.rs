@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 pub type WorkerTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
+/// Answers a submission with (run id, task count) or the validation errors.
+pub type SubmitReply = oneshot::Sender<Result<(u64, u64), String>>;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -39,7 +41,9 @@ impl EngineConfig {
             state_dir,
             heartbeat: Duration::from_millis(1000),
             lease: Duration::from_secs(10),
-            hash_threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            hash_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         }
     }
     pub fn db_path(&self) -> PathBuf {
@@ -68,11 +72,11 @@ pub enum Event {
         path: PathBuf,
         yaml: String,
         force: Vec<String>,
-        reply: oneshot::Sender<Result<(u64, u64), String>>,
+        reply: SubmitReply,
     },
     Prepared {
         run_id: u64,
-        result: Result<PreparedRun, String>,
+        result: Box<Result<PreparedRun, String>>,
     },
     Status {
         run_id: u64,
@@ -114,7 +118,10 @@ enum TaskState {
 
 impl TaskState {
     fn is_final(&self) -> bool {
-        matches!(self, TaskState::Done { .. } | TaskState::Failed | TaskState::Skipped)
+        matches!(
+            self,
+            TaskState::Done { .. } | TaskState::Failed | TaskState::Skipped
+        )
     }
     fn name(&self) -> &'static str {
         match self {
@@ -279,7 +286,7 @@ pub struct Engine {
     next_worker: u64,
     run: Option<ActiveRun>,
     waiting_runs: VecDeque<PreparedRun>,
-    submit_replies: HashMap<u64, oneshot::Sender<Result<(u64, u64), String>>>,
+    submit_replies: HashMap<u64, SubmitReply>,
     watchers: Vec<(u64, mpsc::Sender<Result<RunStatus, tonic::Status>>)>,
     finished_runs: BTreeMap<u64, RunStatus>,
     events: mpsc::UnboundedSender<Event>,
@@ -361,7 +368,10 @@ impl Engine {
             let result = Db::open(&db_path)
                 .and_then(|mut db| prepare(run_id, &path, &yaml, force, &mut db, threads))
                 .map_err(|e| format!("{e:#}"));
-            let _ = events.send(Event::Prepared { run_id, result });
+            let _ = events.send(Event::Prepared {
+                run_id,
+                result: Box::new(result),
+            });
         });
     }
 
@@ -375,7 +385,10 @@ impl Engine {
                 yaml,
                 force,
                 reply,
-            } => match self.db.create_run(&path.display().to_string(), &yaml, &force) {
+            } => match self
+                .db
+                .create_run(&path.display().to_string(), &yaml, &force)
+            {
                 Ok(id) => {
                     self.submit_replies.insert(id, reply);
                     self.spawn_prepare(id, path, yaml, force);
@@ -384,7 +397,7 @@ impl Engine {
                     let _ = reply.send(Err(format!("cannot record the run: {e:#}")));
                 }
             },
-            Event::Prepared { run_id, result } => self.on_prepared(run_id, result),
+            Event::Prepared { run_id, result } => self.on_prepared(run_id, *result),
             Event::Status {
                 run_id,
                 with_tasks,
@@ -447,7 +460,12 @@ impl Engine {
                     inputs.insert(d.clone(), prep.dataset.abs_path(img));
                 }
             }
-            for (_, p, d) in prep.step_files.iter().flatten().chain(prep.plate_map.iter()) {
+            for (_, p, d) in prep
+                .step_files
+                .iter()
+                .flatten()
+                .chain(prep.plate_map.iter())
+            {
                 inputs.insert(d.clone(), p.clone());
             }
         }
@@ -496,7 +514,9 @@ impl Engine {
             if run.tasks[t as usize].state != TaskState::Waiting(0) {
                 continue;
             }
-            let parts = run.prep.key_parts(t, |d| run.tasks[d as usize].outputs.as_slice());
+            let parts = run
+                .prep
+                .key_parts(t, |d| run.tasks[d as usize].outputs.as_slice());
             let key = parts.key();
             let mut reasons = Vec::new();
             if run.prep.is_forced(t) {
@@ -522,7 +542,10 @@ impl Engine {
             }
             if reasons.is_empty() {
                 let label = run.prep.label(t);
-                let prev = run.prev_lock().and_then(|l| l.tasks.get(&label)).map(|e| e.parts.clone());
+                let prev = run
+                    .prev_lock()
+                    .and_then(|l| l.tasks.get(&label))
+                    .map(|e| e.parts.clone());
                 reasons = why_runs(prev.as_ref(), &parts);
             }
             let rt = &mut run.tasks[t as usize];
@@ -541,7 +564,11 @@ impl Engine {
         }
         let mut caps: Vec<Capacity> = self.workers.values().map(|w| w.capacity.clone()).collect();
         let prep = &run.prep;
-        let assignments = assign(&mut run.queue, |t| prep.step_of(t).resources.clone(), &mut caps);
+        let assignments = assign(
+            &mut run.queue,
+            |t| prep.step_of(t).resources.clone(),
+            &mut caps,
+        );
         for c in caps {
             if let Some(w) = self.workers.get_mut(&c.worker) {
                 w.capacity = c;
@@ -550,7 +577,10 @@ impl Engine {
         let mut per_worker: BTreeMap<WorkerId, Vec<TaskSpec>> = BTreeMap::new();
         for a in assignments {
             let t = a.task;
-            let worker = self.workers.get_mut(&a.worker).expect("assigned to a live worker");
+            let worker = self
+                .workers
+                .get_mut(&a.worker)
+                .expect("assigned to a live worker");
             worker.running.insert(t);
             let rt = &mut run.tasks[t as usize];
             rt.attempt += 1;
@@ -577,11 +607,20 @@ impl Engine {
         }
     }
 
-    fn on_worker_hello(&mut self, hello: WorkerHello, tx: WorkerTx, reply: oneshot::Sender<WorkerId>) {
+    fn on_worker_hello(
+        &mut self,
+        hello: WorkerHello,
+        tx: WorkerTx,
+        reply: oneshot::Sender<WorkerId>,
+    ) {
         let id = WorkerId(self.next_worker);
         self.next_worker += 1;
         let res = hello.resources.unwrap_or_default();
-        let name = if hello.name.is_empty() { format!("{id}") } else { hello.name.clone() };
+        let name = if hello.name.is_empty() {
+            format!("{id}")
+        } else {
+            hello.name.clone()
+        };
         tracing::info!(worker = %id, name = %name, host = %hello.hostname, cpus = res.cpus, gpus = ?hello.gpu_ids, "worker connected");
         let welcome = CoordinatorMessage {
             body: Some(coordinator_message::Body::Welcome(Welcome {
@@ -613,7 +652,9 @@ impl Engine {
     }
 
     fn on_worker_msg(&mut self, worker: WorkerId, body: worker_message::Body) {
-        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
         w.last_seen = Instant::now();
         if let worker_message::Body::Results(results) = body {
             for r in results.results {
@@ -642,33 +683,44 @@ impl Engine {
             return; // from an earlier run
         }
         let t = (r.task_id & 0xffff_ffff) as TaskIdx;
-        let Some(rt) = run.tasks.get(t as usize) else { return };
+        let Some(rt) = run.tasks.get(t as usize) else {
+            return;
+        };
         if rt.state != (TaskState::Running { worker }) || rt.attempt != r.attempt {
             return; // stale: the task was re-queued elsewhere meanwhile
         }
-        let gpu_ids = std::mem::take(&mut self.run.as_mut().expect("checked").tasks[t as usize].gpu_ids);
+        let gpu_ids =
+            std::mem::take(&mut self.run.as_mut().expect("checked").tasks[t as usize].gpu_ids);
         self.release(worker, t, &gpu_ids);
         let outputs: Result<Vec<(String, Digest)>, String> = r
             .outputs
             .iter()
             .map(|o| {
-                let d = plateflow_proto::digest_of(o.digest.as_ref(), &o.name).map_err(|e| e.message().to_string())?;
+                let d = plateflow_proto::digest_of(o.digest.as_ref(), &o.name)
+                    .map_err(|e| e.message().to_string())?;
                 match self.store.check(&d) {
                     Ok(BlobState::Intact) => Ok((o.name.clone(), d)),
-                    _ => Err(format!("output `{}` ({d}) never reached the coordinator's store", o.name)),
+                    _ => Err(format!(
+                        "output `{}` ({d}) never reached the coordinator's store",
+                        o.name
+                    )),
                 }
             })
             .collect();
         let run = self.run.as_mut().expect("checked above");
         match (r.ok, outputs) {
             (true, Ok(outputs)) => {
-                let key = run.tasks[t as usize].key.clone().expect("queued tasks have keys");
+                let key = run.tasks[t as usize]
+                    .key
+                    .clone()
+                    .expect("queued tasks have keys");
                 let action = CachedAction {
                     outputs: outputs.clone(),
                     stdout: r.stdout.as_ref().and_then(|d| Digest::try_from(d).ok()),
                     stderr: r.stderr.as_ref().and_then(|d| Digest::try_from(d).ok()),
                 };
-                self.journal.push((key.0.clone(), run.prep.label(t), action.clone()));
+                self.journal
+                    .push((key.0.clone(), run.prep.label(t), action.clone()));
                 self.actions.insert(key.0, action);
                 run.tasks[t as usize].outputs = outputs;
                 run.tasks[t as usize].error.clear();
@@ -678,7 +730,11 @@ impl Engine {
                 self.make_ready(stack);
             }
             (ok, outputs) => {
-                let mut error = if ok { outputs.err().unwrap_or_default() } else { r.error.clone() };
+                let mut error = if ok {
+                    outputs.err().unwrap_or_default()
+                } else {
+                    r.error.clone()
+                };
                 if !r.stderr_tail.is_empty() {
                     error.push_str("\n--- stderr (last lines) ---\n");
                     error.push_str(&r.stderr_tail);
@@ -715,7 +771,9 @@ impl Engine {
     }
 
     fn on_worker_gone(&mut self, worker: WorkerId, why: &str) {
-        let Some(w) = self.workers.remove(&worker) else { return };
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
         if w.running.is_empty() {
             tracing::info!(worker = %worker, name = %w.name, "worker left: {why}");
         } else {
@@ -726,7 +784,10 @@ impl Engine {
         for t in lost.into_iter().rev() {
             if let Some(run) = self.run.as_ref() {
                 if run.tasks[t as usize].state == (TaskState::Running { worker }) {
-                    self.retry_or_fail(t, format!("worker {} was lost while running it ({why})", w.name));
+                    self.retry_or_fail(
+                        t,
+                        format!("worker {} was lost while running it ({why})", w.name),
+                    );
                 }
             }
         }
@@ -763,7 +824,10 @@ impl Engine {
     }
 
     fn maybe_finish_run(&mut self) {
-        let done = self.run.as_ref().is_some_and(|r| r.finished == r.tasks.len());
+        let done = self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.finished == r.tasks.len());
         if !done {
             return;
         }
@@ -780,7 +844,9 @@ impl Engine {
         for t in 0..run.tasks.len() as TaskIdx {
             let rt = &run.tasks[t as usize];
             let label = run.prep.label(t);
-            if let (TaskState::Done { .. }, Some(parts), Some(key)) = (&rt.state, &rt.parts, &rt.key) {
+            if let (TaskState::Done { .. }, Some(parts), Some(key)) =
+                (&rt.state, &rt.parts, &rt.key)
+            {
                 lock.tasks.insert(
                     label.clone(),
                     LockEntry {
@@ -802,7 +868,11 @@ impl Engine {
                 });
             }
             if let TaskState::Done { ran } = rt.state {
-                let dir = run.prep.pipeline.results.join(plateflow_worker::exec::label_path(&label));
+                let dir = run
+                    .prep
+                    .pipeline
+                    .results
+                    .join(plateflow_worker::exec::label_path(&label));
                 for (name, d) in &rt.outputs {
                     let dest = dir.join(name);
                     if ran || !dest.exists() {
@@ -817,8 +887,18 @@ impl Engine {
         if let Err(e) = lockfile::write_if_changed(&lock_path, &lockfile::render(&lock)) {
             tracing::error!("{e:#}");
         }
-        let summary = serde_json::to_string(&status.steps.iter().map(|s| (s.step.clone(), s.total, s.done, s.cached, s.failed)).collect::<Vec<_>>()).unwrap_or_default();
-        if let Err(e) = self.db.finish_run(run.prep.id, &status.state, &summary, &records) {
+        let summary = serde_json::to_string(
+            &status
+                .steps
+                .iter()
+                .map(|s| (s.step.clone(), s.total, s.done, s.cached, s.failed))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or_default();
+        if let Err(e) = self
+            .db
+            .finish_run(run.prep.id, &status.state, &summary, &records)
+        {
             tracing::error!("cannot record the end of run {}: {e:#}", run.prep.id);
         }
         tracing::info!(run = run.prep.id, state = %status.state, "run finished");
@@ -914,7 +994,11 @@ pub(crate) fn verify_outputs(store: &BlobStore, action: &CachedAction) -> Result
             Ok(BlobState::Intact) => {}
             Ok(BlobState::Missing) => return Err(format!("`{name}` ({}, missing)", d.short())),
             Ok(BlobState::Corrupt { quarantined, .. }) => {
-                return Err(format!("`{name}` ({}, moved to {})", d.short(), quarantined.display()))
+                return Err(format!(
+                    "`{name}` ({}, moved to {})",
+                    d.short(),
+                    quarantined.display()
+                ))
             }
             Err(e) => return Err(format!("`{name}`: {e}")),
         }
@@ -926,7 +1010,11 @@ fn task_spec(run: &ActiveRun, t: TaskIdx, gpu_ids: Vec<u32>) -> TaskSpec {
     let prep = &run.prep;
     let task = &prep.plan.tasks[t as usize];
     let step = &prep.pipeline.steps[task.step as usize];
-    let fields: HashMap<String, String> = prep.plan.fields(&prep.pipeline, &prep.dataset, t).into_iter().collect();
+    let fields: HashMap<String, String> = prep
+        .plan
+        .fields(&prep.pipeline, &prep.dataset, t)
+        .into_iter()
+        .collect();
     let mut inputs = Vec::with_capacity(task.inputs.len());
     for &i in &task.inputs {
         let img = &prep.dataset.images[i as usize];
@@ -947,7 +1035,9 @@ fn task_spec(run: &ActiveRun, t: TaskIdx, gpu_ids: Vec<u32>) -> TaskSpec {
         rel_path: name.to_string(),
         abs_path: path.display().to_string(),
         digest: Some(d.into()),
-        fields: [("_role".to_string(), "file".to_string())].into_iter().collect(),
+        fields: [("_role".to_string(), "file".to_string())]
+            .into_iter()
+            .collect(),
     };
     for (name, path, d) in &prep.step_files[task.step as usize] {
         inputs.push(as_file(name, path, d));

@@ -44,11 +44,22 @@ impl KeyParts {
 pub enum Reason {
     Forced,
     New,
-    KindVersion { from: String, to: String },
-    Param { name: String, from: String, to: String },
+    KindVersion {
+        from: String,
+        to: String,
+    },
+    Param {
+        name: String,
+        from: String,
+        to: String,
+    },
     InputAdded(String),
     InputRemoved(String),
-    InputChanged { path: String, from: Digest, to: Digest },
+    InputChanged {
+        path: String,
+        from: Digest,
+        to: Digest,
+    },
     UpstreamChanged(String),
     UpstreamAdded(String),
     UpstreamRemoved(String),
@@ -63,16 +74,25 @@ impl std::fmt::Display for Reason {
             Reason::Forced => write!(f, "forced (--force)"),
             Reason::New => write!(f, "new task (not in the lock file)"),
             Reason::KindVersion { from, to } => write!(f, "new implementation: {from} -> {to}"),
-            Reason::Param { name, from, to } => write!(f, "parameter `{name}` changed: {from} -> {to}"),
+            Reason::Param { name, from, to } => {
+                write!(f, "parameter `{name}` changed: {from} -> {to}")
+            }
             Reason::InputAdded(p) => write!(f, "new input {p}"),
             Reason::InputRemoved(p) => write!(f, "input removed: {p}"),
             Reason::InputChanged { path, from, to } => {
-                write!(f, "input {path} changed: {} -> {}", from.short(), to.short())
+                write!(
+                    f,
+                    "input {path} changed: {} -> {}",
+                    from.short(),
+                    to.short()
+                )
             }
             Reason::UpstreamChanged(o) => write!(f, "upstream output {o} changed"),
             Reason::UpstreamAdded(o) => write!(f, "new upstream output {o}"),
             Reason::UpstreamRemoved(o) => write!(f, "upstream output removed: {o}"),
-            Reason::NoCachedResult => write!(f, "no stored result for this key (e.g. a new workspace)"),
+            Reason::NoCachedResult => {
+                write!(f, "no stored result for this key (e.g. a new workspace)")
+            }
             Reason::CorruptOutput(d) => write!(f, "stored output {d} was corrupt; recomputing"),
         }
     }
@@ -92,12 +112,16 @@ pub fn why_runs(prev: Option<&KeyParts>, cur: &KeyParts) -> Vec<Reason> {
         });
     }
     if prev.params != cur.params {
-        let parse = |s: &str| -> BTreeMap<String, serde_json::Value> { serde_json::from_str(s).unwrap_or_default() };
+        let parse = |s: &str| -> BTreeMap<String, serde_json::Value> {
+            serde_json::from_str(s).unwrap_or_default()
+        };
         let (a, b) = (parse(&prev.params), parse(&cur.params));
         let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
         for n in names {
             if a.get(n) != b.get(n) {
-                let show = |v: Option<&serde_json::Value>| v.map(|v| v.to_string()).unwrap_or_else(|| "(unset)".into());
+                let show = |v: Option<&serde_json::Value>| {
+                    v.map(|v| v.to_string()).unwrap_or_else(|| "(unset)".into())
+                };
                 out.push(Reason::Param {
                     name: n.clone(),
                     from: show(a.get(n)),
@@ -162,7 +186,8 @@ mod tests {
         };
         k.fields.insert("plate".into(), "P1".into());
         k.inputs.insert("P1/A01.tif".into(), hash_bytes(b"img1"));
-        k.upstream.insert("qc[plate=P1]/m.csv".into(), hash_bytes(b"m"));
+        k.upstream
+            .insert("qc[plate=P1]/m.csv".into(), hash_bytes(b"m"));
         k
     }
 
@@ -177,27 +202,44 @@ mod tests {
         assert_ne!(p.key(), k0);
         assert_eq!(
             why_runs(Some(&base), &p),
-            vec![Reason::Param { name: "run".into(), from: "\"x\"".into(), to: "\"y\"".into() }]
+            vec![Reason::Param {
+                name: "run".into(),
+                from: "\"x\"".into(),
+                to: "\"y\"".into()
+            }]
         );
 
         let mut p = parts();
         p.kind = "command@2".into();
         assert_ne!(p.key(), k0);
-        assert!(matches!(why_runs(Some(&base), &p)[0], Reason::KindVersion { .. }));
+        assert!(matches!(
+            why_runs(Some(&base), &p)[0],
+            Reason::KindVersion { .. }
+        ));
 
         let mut p = parts();
-        p.inputs.insert("P1/A01.tif".into(), hash_bytes(b"img1-changed"));
+        p.inputs
+            .insert("P1/A01.tif".into(), hash_bytes(b"img1-changed"));
         assert_ne!(p.key(), k0);
-        assert!(matches!(&why_runs(Some(&base), &p)[0], Reason::InputChanged { path, .. } if path == "P1/A01.tif"));
+        assert!(
+            matches!(&why_runs(Some(&base), &p)[0], Reason::InputChanged { path, .. } if path == "P1/A01.tif")
+        );
 
         let mut p = parts();
         p.inputs.insert("P1/A02.tif".into(), hash_bytes(b"img2"));
-        assert_eq!(why_runs(Some(&base), &p), vec![Reason::InputAdded("P1/A02.tif".into())]);
+        assert_eq!(
+            why_runs(Some(&base), &p),
+            vec![Reason::InputAdded("P1/A02.tif".into())]
+        );
 
         let mut p = parts();
-        p.upstream.insert("qc[plate=P1]/m.csv".into(), hash_bytes(b"m2"));
+        p.upstream
+            .insert("qc[plate=P1]/m.csv".into(), hash_bytes(b"m2"));
         assert_ne!(p.key(), k0);
-        assert_eq!(why_runs(Some(&base), &p), vec![Reason::UpstreamChanged("qc[plate=P1]/m.csv".into())]);
+        assert_eq!(
+            why_runs(Some(&base), &p),
+            vec![Reason::UpstreamChanged("qc[plate=P1]/m.csv".into())]
+        );
 
         let mut p = parts();
         p.fields.insert("plate".into(), "P2".into());

@@ -11,7 +11,10 @@ pub fn trace(pipeline_path: &Path, target: &str) -> anyhow::Result<String> {
     let pipeline = crate::spec::load(pipeline_path)?;
     let lock_path = lockfile::lock_path(&pipeline.file);
     let lock = lockfile::read(&lock_path)?.ok_or_else(|| {
-        anyhow::anyhow!("no lock file at {}: run the pipeline first", lock_path.display())
+        anyhow::anyhow!(
+            "no lock file at {}: run the pipeline first",
+            lock_path.display()
+        )
     })?;
     let label = find(&lock, &pipeline.results, target).ok_or_else(|| {
         anyhow::anyhow!(
@@ -34,8 +37,13 @@ fn find(lock: &LockFile, results: &Path, target: &str) -> Option<String> {
     for (label, e) in &lock.tasks {
         for (name, d) in &e.outputs {
             let file = results.join(label_path(label)).join(name);
-            let same_file = as_path.as_ref().is_some_and(|p| std::fs::canonicalize(&file).ok().as_ref() == Some(p));
-            if same_file || d.to_string() == target || d.hex().starts_with(target.trim_start_matches("sha256:")) && target.len() >= 12 {
+            let same_file = as_path
+                .as_ref()
+                .is_some_and(|p| std::fs::canonicalize(&file).ok().as_ref() == Some(p));
+            if same_file
+                || d.to_string() == target
+                || d.hex().starts_with(target.trim_start_matches("sha256:")) && target.len() >= 12
+            {
                 return Some(label.clone());
             }
         }
@@ -53,7 +61,12 @@ fn walk(lock: &LockFile, label: &str, depth: usize, out: &mut String, seen: &mut
         let _ = writeln!(out, "{pad}{label} (shown above)");
         return;
     }
-    let _ = writeln!(out, "{pad}{label}  [{}]  key {}", e.parts.kind, &e.key[..12.min(e.key.len())]);
+    let _ = writeln!(
+        out,
+        "{pad}{label}  [{}]  key {}",
+        e.parts.kind,
+        &e.key[..12.min(e.key.len())]
+    );
     for (name, d) in &e.outputs {
         let _ = writeln!(out, "{pad}  output  {name}  {d}");
     }
@@ -61,7 +74,12 @@ fn walk(lock: &LockFile, label: &str, depth: usize, out: &mut String, seen: &mut
     for (p, d) in &e.parts.inputs {
         let _ = writeln!(out, "{pad}  input   {p}  {d}");
     }
-    let mut ups: Vec<&str> = e.parts.upstream.keys().filter_map(|k| k.rsplit_once('/').map(|(l, _)| l)).collect();
+    let mut ups: Vec<&str> = e
+        .parts
+        .upstream
+        .keys()
+        .filter_map(|k| k.rsplit_once('/').map(|(l, _)| l))
+        .collect();
     ups.dedup();
     for (o, d) in &e.parts.upstream {
         let _ = writeln!(out, "{pad}  reads   {o}  {d}");

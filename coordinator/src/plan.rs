@@ -67,6 +67,10 @@ impl Plan {
     }
 }
 
+/// For one upstream step: which of this step's key positions to match on, and the upstream
+/// tasks by their values at those fields.
+type DepIndex = (Vec<usize>, HashMap<Vec<u32>, Vec<TaskIdx>>);
+
 /// Expands a validated pipeline over a dataset.
 pub fn expand(pipeline: &Pipeline, ds: &Dataset) -> anyhow::Result<Plan> {
     let mut plan = Plan::default();
@@ -75,8 +79,9 @@ pub fn expand(pipeline: &Pipeline, ds: &Dataset) -> anyhow::Result<Plan> {
             .for_each
             .iter()
             .map(|f| {
-                ds.field_index(f)
-                    .ok_or_else(|| anyhow::anyhow!("step `{}`: field `{f}` is not in the dataset", step.name))
+                ds.field_index(f).ok_or_else(|| {
+                    anyhow::anyhow!("step `{}`: field `{f}` is not in the dataset", step.name)
+                })
             })
             .collect::<Result<_, _>>()?;
         let start = plan.tasks.len() as TaskIdx;
@@ -103,7 +108,7 @@ pub fn expand(pipeline: &Pipeline, ds: &Dataset) -> anyhow::Result<Plan> {
             groups
         };
         // Dependencies: match on the fields both steps fan out over.
-        let mut dep_index: Vec<(Vec<usize>, HashMap<Vec<u32>, Vec<TaskIdx>>)> = Vec::new();
+        let mut dep_index: Vec<DepIndex> = Vec::new();
         for &d in &step.after {
             let dstep = &pipeline.steps[d];
             let common: Vec<(usize, usize)> = step
@@ -192,11 +197,18 @@ pub(crate) mod tests {
         assert_eq!(plan.label(&p, &ds, 0), "seg[plate=P0000,well=W000]");
         let feat1 = plan.steps[1].start + 1;
         assert_eq!(plan.label(&p, &ds, feat1), "feat[plate=P0001]");
-        let deps: Vec<String> = plan.tasks[feat1 as usize].deps.iter().map(|&d| plan.label(&p, &ds, d)).collect();
+        let deps: Vec<String> = plan.tasks[feat1 as usize]
+            .deps
+            .iter()
+            .map(|&d| plan.label(&p, &ds, d))
+            .collect();
         assert_eq!(deps.len(), 4);
         assert!(deps.iter().all(|l| l.starts_with("seg[plate=P0001,")));
         assert_eq!(plan.tasks[plan.len() - 1].deps.len(), 3);
         assert_eq!(plan.tasks[0].inputs, vec![0]);
-        assert!(plan.tasks[feat1 as usize].inputs.is_empty(), "steps with `after` read no images by default");
+        assert!(
+            plan.tasks[feat1 as usize].inputs.is_empty(),
+            "steps with `after` read no images by default"
+        );
     }
 }

@@ -84,7 +84,13 @@ impl Progress {
 /// The end-of-run summary, as text.
 pub fn summary(st: &RunStatus) -> String {
     let mut s = String::new();
-    let width = st.steps.iter().map(|s| s.step.len()).max().unwrap_or(4).max(4);
+    let width = st
+        .steps
+        .iter()
+        .map(|s| s.step.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     s.push_str(&format!(
         "run {} {} in {:.1}s ({} workers)\n",
         st.run_id, st.state, st.elapsed_s, st.workers
@@ -101,13 +107,19 @@ pub fn summary(st: &RunStatus) -> String {
     }
     let failed: Vec<_> = st.tasks.iter().filter(|t| t.state == "failed").collect();
     for t in &failed {
-        s.push_str(&format!("\nFAILED {} (on {}): ", t.label, if t.worker.is_empty() { "?" } else { &t.worker }));
+        s.push_str(&format!(
+            "\nFAILED {} (on {}): ",
+            t.label,
+            if t.worker.is_empty() { "?" } else { &t.worker }
+        ));
         s.push_str(&t.error);
         s.push('\n');
     }
     let skipped = st.tasks.iter().filter(|t| t.state == "skipped").count();
     if skipped > 0 {
-        s.push_str(&format!("\n{skipped} task(s) skipped because an upstream task failed\n"));
+        s.push_str(&format!(
+            "\n{skipped} task(s) skipped because an upstream task failed\n"
+        ));
     }
     s
 }

@@ -41,7 +41,9 @@ impl PreparedRun {
             return false;
         }
         let step = &self.step_of(t).name;
-        self.force.iter().any(|f| f == step || f == "all" || *f == self.label(t))
+        self.force
+            .iter()
+            .any(|f| f == step || f == "all" || *f == self.label(t))
     }
 
     /// The key parts of a task, given the outputs of its upstream tasks.
@@ -55,15 +57,22 @@ impl PreparedRun {
         let mut parts = KeyParts {
             kind: format!("{}@{}", step.kind.name, step.kind.version),
             params: self.step_params[task.step as usize].clone(),
-            fields: self.plan.fields(&self.pipeline, &self.dataset, t).into_iter().collect(),
+            fields: self
+                .plan
+                .fields(&self.pipeline, &self.dataset, t)
+                .into_iter()
+                .collect(),
             inputs: BTreeMap::new(),
             upstream: BTreeMap::new(),
         };
         for &i in &task.inputs {
             let img = &self.dataset.images[i as usize];
-            parts
-                .inputs
-                .insert(img.rel_path.clone(), img.digest.clone().expect("images are hashed before planning"));
+            parts.inputs.insert(
+                img.rel_path.clone(),
+                img.digest
+                    .clone()
+                    .expect("images are hashed before planning"),
+            );
         }
         for (name, _, d) in &self.step_files[task.step as usize] {
             parts.inputs.insert(format!("file:{name}"), d.clone());
@@ -76,7 +85,9 @@ impl PreparedRun {
         for &d in &task.deps {
             let label = self.label(d);
             for (name, digest) in upstream_outputs(d) {
-                parts.upstream.insert(format!("{label}/{name}"), digest.clone());
+                parts
+                    .upstream
+                    .insert(format!("{label}/{name}"), digest.clone());
             }
         }
         parts
@@ -122,7 +133,10 @@ pub fn prepare(
         })
         .collect();
     let plate_map = plate_map_path.map(|p| {
-        let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         (name, p, digests.next().expect("hashed"))
     });
     let plan = expand(&pipeline, &dataset)?;

@@ -31,13 +31,17 @@ impl Capacity {
     fn fits(&self, r: &ResourceSpec) -> bool {
         self.cpus >= r.cpus
             && self.gpus.len() as u32 >= r.gpus
-            && (r.memory_bytes == 0 || self.total_memory_bytes == 0 || self.memory_bytes >= r.memory_bytes)
+            && (r.memory_bytes == 0
+                || self.total_memory_bytes == 0
+                || self.memory_bytes >= r.memory_bytes)
     }
 
     pub fn could_ever_fit(&self, r: &ResourceSpec) -> bool {
         self.total_cpus >= r.cpus
             && self.total_gpus >= r.gpus
-            && (r.memory_bytes == 0 || self.total_memory_bytes == 0 || self.total_memory_bytes >= r.memory_bytes)
+            && (r.memory_bytes == 0
+                || self.total_memory_bytes == 0
+                || self.total_memory_bytes >= r.memory_bytes)
     }
 
     fn take(&mut self, r: &ResourceSpec) -> Vec<u32> {
@@ -113,7 +117,11 @@ mod tests {
     }
 
     fn res(cpus: u32, gpus: u32) -> ResourceSpec {
-        ResourceSpec { cpus, gpus, memory_bytes: 0 }
+        ResourceSpec {
+            cpus,
+            gpus,
+            memory_bytes: 0,
+        }
     }
 
     #[test]
@@ -143,7 +151,11 @@ mod tests {
     fn big_task_waits_while_small_ones_pass() {
         let mut q: VecDeque<u32> = VecDeque::from(vec![0, 1, 2]);
         let mut w = vec![cap(1, 2, vec![])];
-        let a = assign(&mut q, |t| if t == 0 { res(4, 0) } else { res(1, 0) }, &mut w);
+        let a = assign(
+            &mut q,
+            |t| if t == 0 { res(4, 0) } else { res(1, 0) },
+            &mut w,
+        );
         assert_eq!(a.iter().map(|x| x.task).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(q, VecDeque::from(vec![0]));
         assert!(!w[0].could_ever_fit(&res(4, 0)));

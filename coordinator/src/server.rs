@@ -42,7 +42,11 @@ impl Coordinator for CoordinatorService {
             Some(WorkerMessage {
                 body: Some(worker_message::Body::Hello(h)),
             }) => h,
-            _ => return Err(Status::invalid_argument("a worker session must start with a hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a worker session must start with a hello",
+                ))
+            }
         };
         let (tx, rx) = mpsc::channel(4096);
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -51,7 +55,9 @@ impl Coordinator for CoordinatorService {
             tx,
             reply: reply_tx,
         });
-        let worker = reply_rx.await.map_err(|_| Status::unavailable("coordinator is shutting down"))?;
+        let worker = reply_rx
+            .await
+            .map_err(|_| Status::unavailable("coordinator is shutting down"))?;
         let engine = self.engine.clone();
         tokio::spawn(async move {
             let why = loop {
@@ -76,7 +82,8 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<FindMissingBlobsResponse>, Status> {
         let mut missing = Vec::new();
         for d in request.into_inner().digests {
-            let digest = Digest::try_from(&d).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let digest =
+                Digest::try_from(&d).map_err(|e| Status::invalid_argument(e.to_string()))?;
             if self.engine.store.check(&digest).map_err(internal)? != BlobState::Intact {
                 missing.push(d);
             }
@@ -103,7 +110,8 @@ impl Coordinator for CoordinatorService {
             while let Some(chunk) = rx.blocking_recv() {
                 w.write_all(&chunk).map_err(internal)?;
             }
-            w.commit(Some(&exp)).map_err(|e| Status::data_loss(e.to_string()))
+            w.commit(Some(&exp))
+                .map_err(|e| Status::data_loss(e.to_string()))
         });
         let _ = tx.send(first.data).await;
         while let Some(chunk) = stream.message().await? {
@@ -133,14 +141,19 @@ impl Coordinator for CoordinatorService {
                 .expect("inputs lock")
                 .get(&digest)
                 .cloned()
-                .ok_or_else(|| Status::not_found(format!("blob {digest} is not known to the coordinator")))?,
+                .ok_or_else(|| {
+                    Status::not_found(format!("blob {digest} is not known to the coordinator"))
+                })?,
         };
         let (tx, rx) = mpsc::channel::<Result<BlobChunk, Status>>(4);
         tokio::task::spawn_blocking(move || {
             let mut file = match std::fs::File::open(&source) {
                 Ok(f) => f,
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(Status::not_found(format!("{}: {e}", source.display()))));
+                    let _ = tx.blocking_send(Err(Status::not_found(format!(
+                        "{}: {e}",
+                        source.display()
+                    ))));
                     return;
                 }
             };
@@ -150,7 +163,13 @@ impl Coordinator for CoordinatorService {
                     Ok(0) => return,
                     Ok(n) => {
                         buf.truncate(n);
-                        if tx.blocking_send(Ok(BlobChunk { digest: None, data: buf })).is_err() {
+                        if tx
+                            .blocking_send(Ok(BlobChunk {
+                                digest: None,
+                                data: buf,
+                            }))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -164,7 +183,10 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn submit(&self, request: Request<SubmitRequest>) -> Result<Response<SubmitResponse>, Status> {
+    async fn submit(
+        &self,
+        request: Request<SubmitRequest>,
+    ) -> Result<Response<SubmitResponse>, Status> {
         let req = request.into_inner();
         let (reply, rx) = oneshot::channel();
         self.engine.send(Event::Submit {
@@ -173,13 +195,19 @@ impl Coordinator for CoordinatorService {
             force: req.force,
             reply,
         });
-        match rx.await.map_err(|_| Status::unavailable("coordinator is shutting down"))? {
+        match rx
+            .await
+            .map_err(|_| Status::unavailable("coordinator is shutting down"))?
+        {
             Ok((run_id, tasks)) => Ok(Response::new(SubmitResponse { run_id, tasks })),
             Err(msg) => Err(Status::invalid_argument(msg)),
         }
     }
 
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let req = request.into_inner();
         let (reply, rx) = oneshot::channel();
         self.engine.send(Event::Status {
@@ -187,11 +215,16 @@ impl Coordinator for CoordinatorService {
             with_tasks: req.with_tasks,
             reply,
         });
-        let runs = rx.await.map_err(|_| Status::unavailable("coordinator is shutting down"))?;
+        let runs = rx
+            .await
+            .map_err(|_| Status::unavailable("coordinator is shutting down"))?;
         Ok(Response::new(StatusResponse { runs }))
     }
 
-    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
         let run_id = request.into_inner().run_id;
         let (tx, rx) = mpsc::channel(16);
         self.engine.send(Event::Watch { run_id, tx });

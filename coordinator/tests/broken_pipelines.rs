@@ -16,7 +16,11 @@ fn every_broken_pipeline_fails_with_the_expected_errors() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     cases.sort();
-    assert!(cases.len() >= 30, "the corpus must hold at least 30 cases, has {}", cases.len());
+    assert!(
+        cases.len() >= 30,
+        "the corpus must hold at least 30 cases, has {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let expect_path = case.with_extension("expect");
@@ -60,7 +64,9 @@ fn every_broken_pipeline_fails_with_the_expected_errors() {
                 ));
             }
             // Every rendered error shows the file and the offending line.
-            assert!(d.to_string().contains(&format!(":{}:{}", d.mark.line, d.mark.col)));
+            assert!(d
+                .to_string()
+                .contains(&format!(":{}:{}", d.mark.line, d.mark.col)));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

@@ -55,7 +55,10 @@ pub enum BlobState {
     Intact,
     Missing,
     /// The content did not match its digest; the file was moved aside.
-    Corrupt { actual: Digest, quarantined: PathBuf },
+    Corrupt {
+        actual: Digest,
+        quarantined: PathBuf,
+    },
 }
 
 /// A directory of blobs named by their SHA-256: `ROOT/sha256/ab/abcdef...`.
@@ -242,7 +245,9 @@ impl BlobWriter<'_> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let tmp_path = file.into_temp_path();
         stamp(&tmp_path).map_err(io_err(&tmp_path))?;
-        tmp_path.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;
+        tmp_path
+            .persist(&dest)
+            .map_err(|e| io_err(&dest)(e.error))?;
         Ok(digest)
     }
 }

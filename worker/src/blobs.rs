@@ -3,8 +3,7 @@
 
 use crate::exec::BlobFetcher;
 use plateflow_proto::v1::{
-    coordinator_client::CoordinatorClient, BlobChunk, DownloadBlobRequest,
-    FindMissingBlobsRequest,
+    coordinator_client::CoordinatorClient, BlobChunk, DownloadBlobRequest, FindMissingBlobsRequest,
 };
 use plateflow_store::{BlobStore, Digest};
 use std::io::{Read, Write};

@@ -97,7 +97,11 @@ pub fn label_path(label: &str) -> PathBuf {
     let mut p = PathBuf::new();
     let (step, rest) = label.split_once('[').unwrap_or((label, ""));
     p.push(step);
-    for part in rest.trim_end_matches(']').split(',').filter(|s| !s.is_empty()) {
+    for part in rest
+        .trim_end_matches(']')
+        .split(',')
+        .filter(|s| !s.is_empty())
+    {
         p.push(part.replace(['/', '\\'], "_"));
     }
     p
@@ -151,16 +155,19 @@ async fn run_command<F: BlobFetcher>(
             Path::new("inputs").join(&input.rel_path)
         };
         let dest = work.join(&rel);
-        let shared = env.shared_fs && !input.abs_path.is_empty() && Path::new(&input.abs_path).is_file();
+        let shared =
+            env.shared_fs && !input.abs_path.is_empty() && Path::new(&input.abs_path).is_file();
         if shared {
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir)?;
             }
             std::os::unix::fs::symlink(&input.abs_path, &dest)?;
         } else {
-            place_blob(env, fetcher, &digest, &dest).await.map_err(|e| {
-                anyhow::anyhow!("input {} ({}) unavailable: {e:#}", input.rel_path, digest)
-            })?;
+            place_blob(env, fetcher, &digest, &dest)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("input {} ({}) unavailable: {e:#}", input.rel_path, digest)
+                })?;
         }
         if !is_file {
             input_paths.push(rel.to_string_lossy().into_owned());
@@ -184,7 +191,12 @@ async fn run_command<F: BlobFetcher>(
         upstream_all.push(rel);
     }
 
-    let join = |v: &[String]| v.iter().map(|s| shell_quote(s)).collect::<Vec<_>>().join(" ");
+    let join = |v: &[String]| {
+        v.iter()
+            .map(|s| shell_quote(s))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
     vars.insert("inputs".into(), join(&input_paths));
     vars.insert("upstream".into(), join(&upstream_all));
@@ -233,10 +245,12 @@ async fn run_command<F: BlobFetcher>(
             Ok(())
         });
     }
-    let status = cmd
-        .status()
-        .await
-        .map_err(|e| anyhow::anyhow!("could not start the command `{}`: {e}", script.split_whitespace().next().unwrap_or("sh")))?;
+    let status = cmd.status().await.map_err(|e| {
+        anyhow::anyhow!(
+            "could not start the command `{}`: {e}",
+            script.split_whitespace().next().unwrap_or("sh")
+        )
+    })?;
 
     let mut out = CommandOutcome {
         stdout: Some(env.store.put_file(&stdout_path)?),
@@ -302,7 +316,10 @@ mod tests {
     #[test]
     fn only_plain_commands_skip_the_shell() {
         assert_eq!(simple_argv("true"), Some(vec!["true"]));
-        assert_eq!(simple_argv("  cp a.txt b.txt "), Some(vec!["cp", "a.txt", "b.txt"]));
+        assert_eq!(
+            simple_argv("  cp a.txt b.txt "),
+            Some(vec!["cp", "a.txt", "b.txt"])
+        );
         assert_eq!(simple_argv("echo hi > out.txt"), None);
         assert_eq!(simple_argv("a | b"), None);
         assert_eq!(simple_argv("X=1 prog"), None);

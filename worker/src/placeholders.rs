@@ -28,7 +28,10 @@ pub fn placeholders(template: &str) -> Result<Vec<Placeholder>, (usize, String)>
             }
             b'{' => {
                 let Some(end) = template[i + 1..].find('}') else {
-                    return Err((i, "`{` without a closing `}` (write `{{` for a literal brace)".into()));
+                    return Err((
+                        i,
+                        "`{` without a closing `}` (write `{{` for a literal brace)".into(),
+                    ));
                 };
                 let name = template[i + 1..i + 1 + end].trim().to_string();
                 if name.is_empty() {
@@ -118,7 +121,9 @@ mod tests {
 
     #[test]
     fn unknown_and_malformed_placeholders_are_errors() {
-        assert!(expand("echo {nope}", &vars(&[])).unwrap_err().contains("nope"));
+        assert!(expand("echo {nope}", &vars(&[]))
+            .unwrap_err()
+            .contains("nope"));
         assert!(placeholders("echo {oops").is_err());
         assert_eq!(placeholders("a {x} b {y}").unwrap()[1].offset, 8);
     }
