@@ -430,7 +430,8 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
         print!("{}", dryrun::render_dry_run(&sim));
         return Ok(0);
     }
-    let cfg = EngineConfig::new(pipeline.workspace.clone());
+    let mut cfg = EngineConfig::new(pipeline.workspace.clone());
+    cfg.resume_unfinished = false;
     let engine = Engine::start(cfg.clone())?;
     let listener = server::bind("127.0.0.1:0".parse().expect("valid address")).await?;
     let addr = listener.local_addr()?;

@@ -144,10 +144,18 @@ pub fn hash_with_cache(
         bytes_hashed: 0,
     };
     let mut fresh = Vec::with_capacity(todo.len());
+    // A file modified within the last seconds could change again within the same mtime tick
+    // without its stat changing; such files are not cached, so they are hashed next time too.
+    let racy_after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64 - 2_000_000_000)
+        .unwrap_or(i64::MAX);
     for ((i, key), res) in todo.into_iter().zip(hashed) {
         let d = res.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", paths[i].display()))?;
         stats.bytes_hashed += d.size();
-        fresh.push((paths[i].to_string_lossy().into_owned(), key, d.clone()));
+        if key.mtime_ns < racy_after {
+            fresh.push((paths[i].to_string_lossy().into_owned(), key, d.clone()));
+        }
         out[i] = Some(d);
     }
     db.save_stat_cache(&fresh)?;
@@ -176,4 +184,41 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn write_old(p: &Path, content: &str) {
+        std::fs::write(p, content).unwrap();
+        let f = std::fs::File::options().write(true).open(p).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+    }
+
+    #[test]
+    fn unchanged_files_are_never_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let paths: Vec<PathBuf> = (0..3).map(|i| dir.path().join(format!("f{i}"))).collect();
+        for p in &paths {
+            write_old(p, "content");
+        }
+        let (d1, s1) = hash_with_cache(&paths, &mut db, 2).unwrap();
+        assert_eq!(s1.hashed, 3);
+        let (d2, s2) = hash_with_cache(&paths, &mut db, 2).unwrap();
+        assert_eq!((s2.hashed, s2.bytes_hashed), (0, 0), "a re-run reads no file");
+        assert_eq!(d1, d2);
+        write_old(&paths[1], "changed!");
+        let (d3, s3) = hash_with_cache(&paths, &mut db, 2).unwrap();
+        assert_eq!(s3.hashed, 1);
+        assert_ne!(d3[1], d1[1]);
+        assert_eq!(d3[0], d1[0]);
+        // A file just written is hashed again next time (its mtime may not have ticked).
+        std::fs::write(&paths[2], "fresh").unwrap();
+        hash_with_cache(&paths, &mut db, 2).unwrap();
+        let (_, s5) = hash_with_cache(&paths, &mut db, 2).unwrap();
+        assert_eq!(s5.hashed, 1);
+    }
 }

@@ -221,6 +221,15 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Marks runs left `running` by a killed process as interrupted.
+    pub fn interrupt_unfinished_runs(&mut self) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE runs SET state = 'interrupted', finished = ?1 WHERE state = 'running'",
+            params![now()],
+        )?;
+        Ok(())
+    }
+
     /// (id, pipeline, state, summary) of every run, newest first.
     #[allow(clippy::type_complexity)]
     pub fn runs(&self) -> anyhow::Result<Vec<(u64, String, String, Option<String>)>> {

@@ -33,6 +33,9 @@ pub struct EngineConfig {
     /// A worker silent for this long is declared lost and its tasks re-queued.
     pub lease: Duration,
     pub hash_threads: usize,
+    /// Resume runs a killed coordinator left unfinished (a long-lived coordinator does; a
+    /// one-shot `plateflow run` marks them interrupted instead and runs what it was given).
+    pub resume_unfinished: bool,
 }
 
 impl EngineConfig {
@@ -44,6 +47,7 @@ impl EngineConfig {
             hash_threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            resume_unfinished: true,
         }
     }
     pub fn db_path(&self) -> PathBuf {
@@ -98,6 +102,8 @@ pub struct EngineHandle {
     /// Input files the coordinator can serve by digest (images, step files, plate maps).
     pub inputs: Arc<RwLock<HashMap<Digest, PathBuf>>>,
     pub config: EngineConfig,
+    /// Held for the engine's life: one engine per state directory.
+    _state_lock: Arc<std::fs::File>,
 }
 
 impl EngineHandle {
@@ -301,7 +307,8 @@ impl Engine {
     /// Opens the state directory, resumes unfinished runs, and starts the engine task.
     pub fn start(cfg: EngineConfig) -> anyhow::Result<EngineHandle> {
         std::fs::create_dir_all(&cfg.state_dir)?;
-        let db = Db::open(&cfg.db_path())?;
+        let state_lock = lock_state_dir(&cfg.state_dir)?;
+        let mut db = Db::open(&cfg.db_path())?;
         let store = BlobStore::open(cfg.store_dir())?;
         let actions = db.load_action_cache()?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -310,8 +317,14 @@ impl Engine {
             store: store.clone(),
             inputs: Arc::default(),
             config: cfg.clone(),
+            _state_lock: Arc::new(state_lock),
         };
-        let unfinished = db.unfinished_runs()?;
+        let unfinished = if cfg.resume_unfinished {
+            db.unfinished_runs()?
+        } else {
+            db.interrupt_unfinished_runs()?;
+            Vec::new()
+        };
         let engine = Engine {
             cfg: cfg.clone(),
             db,
@@ -973,6 +986,30 @@ impl Engine {
         }
         out
     }
+}
+
+/// Takes an exclusive lock on the state directory, naming the holder when it is taken.
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join("LOCK");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let holder = std::fs::read_to_string(&path).unwrap_or_default();
+        anyhow::bail!(
+            "another plateflow process ({}) is using {}; wait for it to finish, or give this one another state directory",
+            holder.trim(),
+            dir.display()
+        );
+    }
+    file.set_len(0)?;
+    write!(file, "pid {}", std::process::id())?;
+    Ok(file)
 }
 
 fn push_ready_dependents(run: &mut ActiveRun, t: TaskIdx, stack: &mut Vec<TaskIdx>) {

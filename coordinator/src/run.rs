@@ -157,3 +157,54 @@ pub fn prepare(
         hash_stats,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plateflow_store::hash_bytes;
+
+    const PIPELINE: &str = "data:\n  images: images\n  pattern: \"{plate}/{well}.tif\"\nsteps:\n  seg:\n    uses: noop\n    for_each: well\n    with: {label: SEG}\n  feat:\n    uses: noop\n    for_each: plate\n    after: [seg]\n    with: {label: FEAT}\n  report:\n    uses: noop\n    after: [feat]\n";
+
+    /// Every task's key, with each upstream task "producing" an output named after its label
+    /// (so keys differ only through what this test changes).
+    fn keys(dir: &Path, yaml: &str) -> BTreeMap<String, String> {
+        let mut db = Db::open(&dir.join("state/plateflow.db")).unwrap();
+        let prep = prepare(1, &dir.join("p.yaml"), yaml, vec![], &mut db, 2).unwrap();
+        let fake: Vec<Vec<(String, Digest)>> = (0..prep.plan.len() as TaskIdx)
+            .map(|t| vec![("out".to_string(), hash_bytes(prep.label(t).as_bytes()))])
+            .collect();
+        (0..prep.plan.len() as TaskIdx)
+            .map(|t| (prep.label(t), prep.key_parts(t, |d| fake[d as usize].as_slice()).key().0))
+            .collect()
+    }
+
+    fn changed(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
+        a.iter().filter(|(l, k)| b.get(*l) != Some(k)).map(|(l, _)| l.clone()).collect()
+    }
+
+    #[test]
+    fn a_change_alters_exactly_the_keys_it_should() {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, w) in [("P1", "A01"), ("P1", "A02"), ("P2", "A01")] {
+            std::fs::create_dir_all(dir.path().join("images").join(p)).unwrap();
+            std::fs::write(dir.path().join(format!("images/{p}/{w}.tif")), format!("{p}{w}")).unwrap();
+        }
+        let base = keys(dir.path(), PIPELINE);
+        assert_eq!(base.len(), 3 + 2 + 1);
+        assert_eq!(keys(dir.path(), PIPELINE), base, "same inputs, same keys");
+
+        // A parameter of one step: exactly that step's tasks.
+        let k = keys(dir.path(), &PIPELINE.replace("label: FEAT", "label: FEAT2"));
+        assert_eq!(changed(&base, &k), vec!["feat[plate=P1]", "feat[plate=P2]"]);
+
+        // One image's content: exactly the task that reads it (its dependents change only
+        // if its outputs do, which this test holds fixed).
+        std::fs::write(dir.path().join("images/P1/A02.tif"), "changed").unwrap();
+        let k = keys(dir.path(), PIPELINE);
+        assert_eq!(changed(&base, &k), vec!["seg[plate=P1,well=A02]"]);
+
+        // Formatting of the YAML does not matter: parameters are canonical.
+        let k2 = keys(dir.path(), &PIPELINE.replace("with: {label: SEG}", "with:\n      label: \"SEG\""));
+        assert_eq!(k2, k);
+    }
+}
