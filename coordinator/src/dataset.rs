@@ -194,7 +194,8 @@ mod tests {
     fn write_old(p: &Path, content: &str) {
         std::fs::write(p, content).unwrap();
         let f = std::fs::File::options().write(true).open(p).unwrap();
-        f.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
     }
 
     #[test]
@@ -208,7 +209,11 @@ mod tests {
         let (d1, s1) = hash_with_cache(&paths, &mut db, 2).unwrap();
         assert_eq!(s1.hashed, 3);
         let (d2, s2) = hash_with_cache(&paths, &mut db, 2).unwrap();
-        assert_eq!((s2.hashed, s2.bytes_hashed), (0, 0), "a re-run reads no file");
+        assert_eq!(
+            (s2.hashed, s2.bytes_hashed),
+            (0, 0),
+            "a re-run reads no file"
+        );
         assert_eq!(d1, d2);
         write_old(&paths[1], "changed!");
         let (d3, s3) = hash_with_cache(&paths, &mut db, 2).unwrap();

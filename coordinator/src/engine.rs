@@ -1116,3 +1116,204 @@ fn task_spec(run: &ActiveRun, t: TaskIdx, gpu_ids: Vec<u32>) -> TaskSpec {
         cache_key: rt.key.as_ref().map(|k| k.0.clone()).unwrap_or_default(),
     }
 }
+
+/// The engine driven directly through its events by fake workers: no sockets, no processes.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plateflow_proto::v1::{Resources, TaskResult, TaskResults};
+
+    type Inbox = mpsc::Receiver<Result<CoordinatorMessage, tonic::Status>>;
+
+    fn setup(retries: u32, lease_ms: u64) -> (tempfile::TempDir, EngineHandle, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        for p in ["P1", "P2"] {
+            std::fs::create_dir_all(dir.path().join("images").join(p)).unwrap();
+            std::fs::write(dir.path().join(format!("images/{p}/A01.tif")), p).unwrap();
+        }
+        let yaml = format!(
+            "data:\n  images: images\n  pattern: \"{{plate}}/{{well}}.tif\"\nsteps:\n  s:\n    uses: noop\n    for_each: plate\n    retries: {retries}\n"
+        );
+        let path = dir.path().join("p.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let mut cfg = EngineConfig::new(dir.path().join("state"));
+        cfg.heartbeat = Duration::from_millis(100);
+        cfg.lease = Duration::from_millis(lease_ms);
+        let h = Engine::start(cfg).unwrap();
+        (dir, h, path)
+    }
+
+    async fn connect(h: &EngineHandle, name: &str, cpus: u32) -> (WorkerId, Inbox) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (reply, id) = oneshot::channel();
+        h.send(Event::WorkerHello {
+            hello: WorkerHello {
+                name: name.into(),
+                resources: Some(Resources {
+                    cpus,
+                    gpus: 0,
+                    memory_bytes: 0,
+                }),
+                ..Default::default()
+            },
+            tx,
+            reply,
+        });
+        let id = id.await.unwrap();
+        let welcome = rx.recv().await.unwrap().unwrap();
+        assert!(matches!(
+            welcome.body,
+            Some(coordinator_message::Body::Welcome(_))
+        ));
+        (id, rx)
+    }
+
+    async fn assigned(rx: &mut Inbox) -> Vec<TaskSpec> {
+        let msg = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("an assignment")
+            .unwrap()
+            .unwrap();
+        match msg.body {
+            Some(coordinator_message::Body::Assign(a)) => a.tasks,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    async fn submit(h: &EngineHandle, path: &std::path::Path) -> u64 {
+        let (reply, rx) = oneshot::channel();
+        h.send(Event::Submit {
+            path: path.to_path_buf(),
+            yaml: std::fs::read_to_string(path).unwrap(),
+            force: vec![],
+            reply,
+        });
+        rx.await.unwrap().unwrap().0
+    }
+
+    async fn final_status(h: &EngineHandle, run_id: u64) -> RunStatus {
+        let (tx, mut rx) = mpsc::channel(64);
+        h.send(Event::Watch { run_id, tx });
+        loop {
+            let st = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a status")
+                .unwrap()
+                .unwrap();
+            if st.state != "running" {
+                return st;
+            }
+        }
+    }
+
+    fn succeed(h: &EngineHandle, worker: WorkerId, tasks: &[TaskSpec]) {
+        let results = tasks
+            .iter()
+            .map(|t| TaskResult {
+                task_id: t.task_id,
+                attempt: t.attempt,
+                ok: true,
+                ..Default::default()
+            })
+            .collect();
+        h.send(Event::WorkerMsg {
+            worker,
+            body: worker_message::Body::Results(TaskResults { results }),
+        });
+    }
+
+    #[tokio::test]
+    async fn lost_worker_tasks_go_elsewhere_with_attempts_counted() {
+        let (_dir, h, path) = setup(1, 60_000);
+        let (a, mut rx_a) = connect(&h, "a", 2).await;
+        let run = submit(&h, &path).await;
+        let first = assigned(&mut rx_a).await;
+        assert_eq!(first.len(), 2);
+        assert!(first.iter().all(|t| t.attempt == 1));
+        let (b, mut rx_b) = connect(&h, "b", 2).await;
+        h.send(Event::WorkerGone {
+            worker: a,
+            why: "test".into(),
+        });
+        let again = assigned(&mut rx_b).await;
+        assert_eq!(
+            again
+                .iter()
+                .map(|t| (t.task_id, t.attempt))
+                .collect::<Vec<_>>(),
+            first.iter().map(|t| (t.task_id, 2)).collect::<Vec<_>>()
+        );
+        // A late result from the lost worker's attempt is ignored.
+        succeed(&h, a, &first);
+        succeed(&h, b, &again);
+        let st = final_status(&h, run).await;
+        assert_eq!(st.state, "succeeded");
+        assert!(
+            st.tasks.iter().all(|t| t.attempts == 2 && t.worker == "b"),
+            "{:?}",
+            st.tasks
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_worker_loses_its_lease() {
+        let (_dir, h, path) = setup(1, 300);
+        let (_a, mut rx_a) = connect(&h, "a", 2).await;
+        let run = submit(&h, &path).await;
+        let first = assigned(&mut rx_a).await;
+        let (b, mut rx_b) = connect(&h, "b", 2).await;
+        // b keeps its lease with heartbeats; a says nothing.
+        let hb = h.clone();
+        let beat = tokio::spawn(async move {
+            loop {
+                hb.send(Event::WorkerMsg {
+                    worker: b,
+                    body: worker_message::Body::Heartbeat(Default::default()),
+                });
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let again = assigned(&mut rx_b).await;
+        assert_eq!(again.len(), first.len());
+        succeed(&h, b, &again);
+        assert_eq!(final_status(&h, run).await.state, "succeeded");
+        beat.abort();
+    }
+
+    #[tokio::test]
+    async fn retry_limit_is_honoured() {
+        let (_dir, h, path) = setup(0, 60_000);
+        let (a, mut rx_a) = connect(&h, "a", 1).await;
+        let run = submit(&h, &path).await;
+        let first = assigned(&mut rx_a).await;
+        assert_eq!(first.len(), 1, "one CPU, one task at a time");
+        h.send(Event::WorkerMsg {
+            worker: a,
+            body: worker_message::Body::Results(TaskResults {
+                results: vec![TaskResult {
+                    task_id: first[0].task_id,
+                    attempt: 1,
+                    ok: false,
+                    error: "exit status 1".into(),
+                    stderr_tail: "bad pixel".into(),
+                    ..Default::default()
+                }],
+            }),
+        });
+        let second = assigned(&mut rx_a).await;
+        assert_ne!(
+            second[0].task_id, first[0].task_id,
+            "the failed task is not retried (retries: 0)"
+        );
+        succeed(&h, a, &second);
+        let st = final_status(&h, run).await;
+        assert_eq!(st.state, "failed");
+        let failed: Vec<_> = st.tasks.iter().filter(|t| t.state == "failed").collect();
+        assert_eq!(failed.len(), 1);
+        assert!(
+            failed[0].error.contains("attempt 1 of 1") && failed[0].error.contains("bad pixel"),
+            "{}",
+            failed[0].error
+        );
+    }
+}

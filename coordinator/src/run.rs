@@ -174,12 +174,20 @@ mod tests {
             .map(|t| vec![("out".to_string(), hash_bytes(prep.label(t).as_bytes()))])
             .collect();
         (0..prep.plan.len() as TaskIdx)
-            .map(|t| (prep.label(t), prep.key_parts(t, |d| fake[d as usize].as_slice()).key().0))
+            .map(|t| {
+                (
+                    prep.label(t),
+                    prep.key_parts(t, |d| fake[d as usize].as_slice()).key().0,
+                )
+            })
             .collect()
     }
 
     fn changed(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Vec<String> {
-        a.iter().filter(|(l, k)| b.get(*l) != Some(k)).map(|(l, _)| l.clone()).collect()
+        a.iter()
+            .filter(|(l, k)| b.get(*l) != Some(k))
+            .map(|(l, _)| l.clone())
+            .collect()
     }
 
     #[test]
@@ -187,7 +195,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (p, w) in [("P1", "A01"), ("P1", "A02"), ("P2", "A01")] {
             std::fs::create_dir_all(dir.path().join("images").join(p)).unwrap();
-            std::fs::write(dir.path().join(format!("images/{p}/{w}.tif")), format!("{p}{w}")).unwrap();
+            std::fs::write(
+                dir.path().join(format!("images/{p}/{w}.tif")),
+                format!("{p}{w}"),
+            )
+            .unwrap();
         }
         let base = keys(dir.path(), PIPELINE);
         assert_eq!(base.len(), 3 + 2 + 1);
@@ -204,7 +216,10 @@ mod tests {
         assert_eq!(changed(&base, &k), vec!["seg[plate=P1,well=A02]"]);
 
         // Formatting of the YAML does not matter: parameters are canonical.
-        let k2 = keys(dir.path(), &PIPELINE.replace("with: {label: SEG}", "with:\n      label: \"SEG\""));
+        let k2 = keys(
+            dir.path(),
+            &PIPELINE.replace("with: {label: SEG}", "with:\n      label: \"SEG\""),
+        );
         assert_eq!(k2, k);
     }
 }
