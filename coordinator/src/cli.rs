@@ -471,7 +471,14 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
         force: args.force.clone(),
         reply,
     });
-    let code = match rx.await? {
+    // Listing and hashing a large image set takes a while: show that something happens.
+    let planning = Progress::spinner(
+        args.quiet || args.json,
+        "planning: listing and hashing inputs (unchanged files are not read again)",
+    );
+    let submitted = rx.await?;
+    planning.finish_and_clear();
+    let code = match submitted {
         Err(msg) => {
             eprintln!("{msg}");
             2

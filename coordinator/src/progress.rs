@@ -25,6 +25,20 @@ impl Progress {
         }
     }
 
+    /// A spinner with elapsed time on a terminal; nothing in a log or when quiet.
+    pub fn spinner(quiet: bool, msg: &str) -> ProgressBar {
+        if quiet || !std::io::stderr().is_terminal() {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::new_spinner();
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+        );
+        pb.set_message(msg.to_string());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb
+    }
+
     pub fn update(&mut self, st: &RunStatus) {
         if self.quiet {
             return;

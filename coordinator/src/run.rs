@@ -107,6 +107,24 @@ pub fn prepare(
     let (dataset, hash_stats) = match &pipeline.data {
         Some(data) => {
             let mut ds = Dataset::scan(data)?;
+            if ds.images.is_empty() {
+                let seen: Vec<&str> = ds.unmatched.iter().take(3).map(String::as_str).collect();
+                anyhow::bail!(
+                    "{}: no file under {} matches the pattern `{}`{}",
+                    pipeline_path.display(),
+                    data.images_root.display(),
+                    data.pattern.source,
+                    if seen.is_empty() {
+                        " (the directory holds no files)".to_string()
+                    } else {
+                        format!(
+                            "; {} files do not match, e.g. {}",
+                            ds.unmatched.len(),
+                            seen.join(", ")
+                        )
+                    }
+                );
+            }
             let stats = ds.hash(db, threads)?;
             (ds, stats)
         }
