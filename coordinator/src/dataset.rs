@@ -4,7 +4,7 @@
 use crate::db::{Db, StatKey};
 use crate::spec::DataSpec;
 use plateflow_store::{hash_files_parallel, Digest};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Default, Clone)]
 pub struct Interner {
     values: Vec<String>,
-    index: HashMap<String, u32>,
+    index: FxHashMap<String, u32>,
 }
 
 impl Interner {
@@ -122,15 +122,7 @@ pub fn hash_with_cache(
     let cache = db.load_stat_cache()?;
     let mut out: Vec<Option<Digest>> = vec![None; paths.len()];
     let mut todo: Vec<(usize, StatKey)> = Vec::new();
-    for (i, p) in paths.iter().enumerate() {
-        let meta = std::fs::metadata(p)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
-        let key = StatKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        };
+    for (i, (p, key)) in paths.iter().zip(stat_all(paths, threads)?).enumerate() {
         match cache.get(p.to_string_lossy().as_ref()) {
             Some((k, d)) if *k == key => out[i] = Some(d.clone()),
             _ => todo.push((i, key)),
@@ -165,6 +157,32 @@ pub fn hash_with_cache(
             .collect(),
         stats,
     ))
+}
+
+/// `stat` of every path, spread over threads (a plate of small files is syscall-bound).
+fn stat_all(paths: &[PathBuf], threads: usize) -> anyhow::Result<Vec<StatKey>> {
+    let stat = |p: &PathBuf| -> anyhow::Result<StatKey> {
+        let meta = std::fs::metadata(p)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+        Ok(StatKey {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        })
+    };
+    let chunk = paths.len().div_ceil(threads.max(1)).max(1024);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = paths
+            .chunks(chunk)
+            .map(|c| s.spawn(move || c.iter().map(stat).collect::<anyhow::Result<Vec<_>>>()))
+            .collect();
+        let mut out = Vec::with_capacity(paths.len());
+        for p in parts {
+            out.extend(p.join().expect("stat thread panicked")?);
+        }
+        Ok(out)
+    })
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {

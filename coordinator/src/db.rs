@@ -3,7 +3,7 @@
 
 use plateflow_store::Digest;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::Path;
 
 /// What identifies an unchanged file without reading it.
@@ -80,7 +80,7 @@ impl Db {
         Ok(Self { conn })
     }
 
-    pub fn load_stat_cache(&self) -> anyhow::Result<HashMap<String, (StatKey, Digest)>> {
+    pub fn load_stat_cache(&self) -> anyhow::Result<FxHashMap<String, (StatKey, Digest)>> {
         let mut stmt = self
             .conn
             .prepare("SELECT path, dev, ino, size, mtime_ns, digest FROM stat_cache")?;
@@ -96,7 +96,7 @@ impl Db {
                 r.get::<_, String>(5)?,
             ))
         })?;
-        let mut out = HashMap::new();
+        let mut out = FxHashMap::default();
         for row in rows {
             let (path, key, digest) = row?;
             if let Ok(d) = digest.parse() {
@@ -127,10 +127,10 @@ impl Db {
         Ok(())
     }
 
-    pub fn load_action_cache(&self) -> anyhow::Result<HashMap<String, CachedAction>> {
+    pub fn load_action_cache(&self) -> anyhow::Result<FxHashMap<String, CachedAction>> {
         let mut stmt = self.conn.prepare("SELECT key, result FROM action_cache")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = HashMap::new();
+        let mut out = FxHashMap::default();
         for row in rows {
             let (k, v) = row?;
             if let Ok(a) = serde_json::from_str(&v) {

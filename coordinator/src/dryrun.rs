@@ -7,7 +7,7 @@ use crate::lockfile::{self, LockFile};
 use crate::plan::TaskIdx;
 use crate::run::{prepare, PreparedRun};
 use plateflow_store::{BlobStore, Digest};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub fn simulate(
 
 fn decide_all(
     prep: &PreparedRun,
-    actions: &HashMap<String, CachedAction>,
+    actions: &FxHashMap<String, CachedAction>,
     store: &BlobStore,
     lock: Option<&LockFile>,
 ) -> Vec<Decision> {

@@ -15,6 +15,7 @@ use plateflow_proto::v1::{
     TaskAssignments, TaskSpec, TaskStatus, Welcome, WorkerHello,
 };
 use plateflow_store::{BlobState, BlobStore, Digest};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -100,7 +101,7 @@ pub struct EngineHandle {
     pub events: mpsc::UnboundedSender<Event>,
     pub store: BlobStore,
     /// Input files the coordinator can serve by digest (images, step files, plate maps).
-    pub inputs: Arc<RwLock<HashMap<Digest, PathBuf>>>,
+    pub inputs: Arc<RwLock<FxHashMap<Digest, PathBuf>>>,
     pub config: EngineConfig,
     /// Held for the engine's life: one engine per state directory.
     _state_lock: Arc<std::fs::File>,
@@ -285,8 +286,8 @@ pub struct Engine {
     cfg: EngineConfig,
     db: Db,
     store: BlobStore,
-    inputs: Arc<RwLock<HashMap<Digest, PathBuf>>>,
-    actions: HashMap<String, CachedAction>,
+    inputs: Arc<RwLock<FxHashMap<Digest, PathBuf>>>,
+    actions: FxHashMap<String, CachedAction>,
     journal: Vec<(String, String, CachedAction)>,
     workers: BTreeMap<WorkerId, WorkerRt>,
     next_worker: u64,
@@ -310,7 +311,9 @@ impl Engine {
         let state_lock = lock_state_dir(&cfg.state_dir)?;
         let mut db = Db::open(&cfg.db_path())?;
         let store = BlobStore::open(cfg.store_dir())?;
+        let t0 = Instant::now();
         let actions = db.load_action_cache()?;
+        tracing::info!(entries = actions.len(), took = ?t0.elapsed(), "action cache loaded");
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = EngineHandle {
             events: tx.clone(),
@@ -845,10 +848,20 @@ impl Engine {
             return;
         }
         let mut run = self.run.take().expect("checked");
+        let t0 = Instant::now();
         self.flush_journal();
         let status = run.status(true, self.workers.len() as u32);
         // Lock file: new entries for finished tasks, previous ones kept for the others.
-        let prev = run.prev_lock().cloned().unwrap_or_default();
+        // Previous entries are kept for tasks that did not finish; read them only if needed.
+        let all_done = run
+            .tasks
+            .iter()
+            .all(|t| matches!(t.state, TaskState::Done { .. }));
+        let prev = if all_done {
+            LockFile::default()
+        } else {
+            run.prev_lock().cloned().unwrap_or_default()
+        };
         let mut lock = LockFile {
             pipeline: run.prep.pipeline.name.clone(),
             tasks: BTreeMap::new(),
@@ -914,7 +927,7 @@ impl Engine {
         {
             tracing::error!("cannot record the end of run {}: {e:#}", run.prep.id);
         }
-        tracing::info!(run = run.prep.id, state = %status.state, "run finished");
+        tracing::info!(run = run.prep.id, state = %status.state, wrap_up = ?t0.elapsed(), "run finished");
         self.finish_watchers(run.prep.id, status);
         self.start_next_run();
     }

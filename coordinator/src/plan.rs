@@ -7,7 +7,7 @@
 
 use crate::dataset::Dataset;
 use crate::spec::Pipeline;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::ops::Range;
 
 pub type TaskIdx = u32;
@@ -69,7 +69,7 @@ impl Plan {
 
 /// For one upstream step: which of this step's key positions to match on, and the upstream
 /// tasks by their values at those fields.
-type DepIndex = (Vec<usize>, HashMap<Vec<u32>, Vec<TaskIdx>>);
+type DepIndex = (Vec<usize>, FxHashMap<Vec<u32>, Vec<TaskIdx>>);
 
 /// Expands a validated pipeline over a dataset.
 pub fn expand(pipeline: &Pipeline, ds: &Dataset) -> anyhow::Result<Plan> {
@@ -89,7 +89,7 @@ pub fn expand(pipeline: &Pipeline, ds: &Dataset) -> anyhow::Result<Plan> {
         let mut groups: Vec<(Vec<u32>, Vec<u32>)> = if cols.is_empty() {
             vec![(vec![], (0..ds.images.len() as u32).collect())]
         } else {
-            let mut index: HashMap<Vec<u32>, usize> = HashMap::new();
+            let mut index: FxHashMap<Vec<u32>, usize> = FxHashMap::default();
             let mut groups: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
             for (ii, img) in ds.images.iter().enumerate() {
                 let key: Vec<u32> = cols.iter().map(|&c| img.fields[c]).collect();
@@ -117,7 +117,7 @@ pub fn expand(pipeline: &Pipeline, ds: &Dataset) -> anyhow::Result<Plan> {
                 .enumerate()
                 .filter_map(|(i, f)| dstep.for_each.iter().position(|g| g == f).map(|j| (i, j)))
                 .collect();
-            let mut idx: HashMap<Vec<u32>, Vec<TaskIdx>> = HashMap::new();
+            let mut idx: FxHashMap<Vec<u32>, Vec<TaskIdx>> = FxHashMap::default();
             for t in plan.steps[d].clone() {
                 let kv = &plan.tasks[t as usize].key_vals;
                 idx.entry(common.iter().map(|&(_, j)| kv[j]).collect())

@@ -103,6 +103,7 @@ pub fn prepare(
     db: &mut Db,
     threads: usize,
 ) -> anyhow::Result<PreparedRun> {
+    let t0 = std::time::Instant::now();
     let pipeline = spec::parse(pipeline_path, yaml)?;
     let (dataset, hash_stats) = match &pipeline.data {
         Some(data) => {
@@ -125,7 +126,15 @@ pub fn prepare(
                     }
                 );
             }
+            let listed = t0.elapsed();
             let stats = ds.hash(db, threads)?;
+            tracing::info!(
+                files = ds.images.len(),
+                hashed = stats.hashed,
+                ?listed,
+                hashed_by = ?t0.elapsed(),
+                "inputs listed and hashed"
+            );
             (ds, stats)
         }
         None => (Dataset::default(), HashStats::default()),
@@ -158,6 +167,7 @@ pub fn prepare(
         (name, p, digests.next().expect("hashed"))
     });
     let plan = expand(&pipeline, &dataset)?;
+    tracing::info!(tasks = plan.len(), planned_by = ?t0.elapsed(), "pipeline planned");
     let step_params = pipeline
         .steps
         .iter()

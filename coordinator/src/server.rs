@@ -253,9 +253,14 @@ pub async fn serve(
     let svc = CoordinatorServer::new(CoordinatorService { engine })
         .max_decoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Builder::tcp_nodelay applies only to sockets tonic binds itself: set it on each accepted
+    // one, or small messages wait ~40 ms for delayed ACKs (Nagle).
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        s.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
