@@ -217,6 +217,7 @@ steps:
       run: |
         if [ {plate} = P2 ]; then echo "cannot read plate {plate}: boom" >&2; exit 3; fi
         ls {inputs} > files.txt
+        echo "checked {plate}"
       outputs: [files.txt]
   after_check:
     uses: command
@@ -259,6 +260,9 @@ steps:
         .find(|t| t["label"] == "after_check[plate=P2]")
         .unwrap();
     assert_eq!(skipped["state"], "skipped");
+    // Captured stdout of a task that ran.
+    let logs = run_bounded(plateflow().arg("logs").arg(&p).arg("check[plate=P3]"), 30);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "checked P3\n");
     // The human summary on stderr names the task, the attempt and the stderr tail.
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -57,6 +57,17 @@ pub enum Command {
         /// A task label, a file under the results directory, or a digest.
         target: String,
     },
+    /// Print the captured stdout (or stderr) of a task's last successful run.
+    Logs {
+        pipeline: PathBuf,
+        /// A task label such as `count[plate=P1]`.
+        task: String,
+        #[arg(long)]
+        stderr: bool,
+        /// Coordinator state directory (default: the pipeline's workspace).
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
     /// Serve the coordinator over gRPC for workers on other machines.
     Coordinator(CoordinatorArgs),
     /// Run tasks for a coordinator.
@@ -229,6 +240,16 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let sim = dryrun::simulate(&pipeline, state.as_deref(), vec![])?;
             print!("{}", dryrun::render_explain(&sim, &task)?);
+            Ok(0)
+        }
+        Command::Logs {
+            pipeline,
+            task,
+            stderr,
+            state,
+        } => {
+            let text = lineage::logs(&pipeline, &task, stderr, state.as_deref())?;
+            std::io::Write::write_all(&mut std::io::stdout(), &text)?;
             Ok(0)
         }
         Command::Lineage { pipeline, target } => {

@@ -159,6 +159,19 @@ impl Db {
         Ok(())
     }
 
+    /// The stored result of one cache key.
+    pub fn action(&self, key: &str) -> anyhow::Result<Option<CachedAction>> {
+        let row: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT result FROM action_cache WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(row.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
     pub fn forget_action(&mut self, key: &str) -> anyhow::Result<()> {
         self.conn
             .execute("DELETE FROM action_cache WHERE key = ?1", params![key])?;

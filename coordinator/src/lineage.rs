@@ -29,6 +29,47 @@ pub fn trace(pipeline_path: &Path, target: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The captured stdout or stderr of a task, found through the lock file's key.
+pub fn logs(
+    pipeline_path: &Path,
+    task: &str,
+    stderr: bool,
+    state: Option<&Path>,
+) -> anyhow::Result<Vec<u8>> {
+    let pipeline = crate::spec::load(pipeline_path)?;
+    let lock_path = lockfile::lock_path(&pipeline.file);
+    let lock = lockfile::read(&lock_path)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no lock file at {}: run the pipeline first",
+            lock_path.display()
+        )
+    })?;
+    let entry = lock.tasks.get(task).ok_or_else(|| {
+        let hint = crate::spec::diag::did_you_mean(task, lock.tasks.keys().map(String::as_str))
+            .unwrap_or_default();
+        anyhow::anyhow!("no task `{task}` in {}. {hint}", lock_path.display())
+    })?;
+    let cfg = crate::engine::EngineConfig::new(
+        state
+            .map(Path::to_path_buf)
+            .unwrap_or(pipeline.workspace.clone()),
+    );
+    let db = crate::db::Db::open(&cfg.db_path())?;
+    let action = db.action(&entry.key)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no stored result for {task} (key {}) in {}",
+            entry.key,
+            cfg.state_dir.display()
+        )
+    })?;
+    let digest = if stderr { action.stderr } else { action.stdout };
+    let Some(digest) = digest else {
+        return Ok(Vec::new()); // kinds without a process have no logs
+    };
+    let store = plateflow_store::BlobStore::open(cfg.store_dir())?;
+    Ok(store.read_verified(&digest)?)
+}
+
 fn find(lock: &LockFile, results: &Path, target: &str) -> Option<String> {
     if lock.tasks.contains_key(target) {
         return Some(target.to_string());
