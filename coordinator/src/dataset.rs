@@ -119,10 +119,16 @@ pub fn hash_with_cache(
     db: &mut Db,
     threads: usize,
 ) -> anyhow::Result<(Vec<Digest>, HashStats)> {
-    let cache = db.load_stat_cache()?;
+    // stat() the files while the cache is read from the database.
+    let (cache, stats) = std::thread::scope(|s| {
+        let stats = s.spawn(|| stat_all(paths, threads));
+        let cache = db.load_stat_cache();
+        (cache, stats.join().expect("stat thread panicked"))
+    });
+    let (cache, stats) = (cache?, stats?);
     let mut out: Vec<Option<Digest>> = vec![None; paths.len()];
     let mut todo: Vec<(usize, StatKey)> = Vec::new();
-    for (i, (p, key)) in paths.iter().zip(stat_all(paths, threads)?).enumerate() {
+    for (i, (p, key)) in paths.iter().zip(stats).enumerate() {
         match cache.get(p.to_string_lossy().as_ref()) {
             Some((k, d)) if *k == key => out[i] = Some(d.clone()),
             _ => todo.push((i, key)),

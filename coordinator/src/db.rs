@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS action_cache (
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, yaml TEXT NOT NULL, state TEXT NOT NULL,
     force TEXT NOT NULL DEFAULT '[]', started REAL NOT NULL, finished REAL, summary TEXT);
+CREATE TABLE IF NOT EXISTS lock_state (
+    path TEXT PRIMARY KEY, identity TEXT NOT NULL, file_digest TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id INTEGER NOT NULL, label TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
     reason TEXT NOT NULL, error TEXT NOT NULL, PRIMARY KEY (run_id, label));
@@ -156,6 +158,31 @@ impl Db {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// What the lock file at `path` was last written from, and the digest of its text.
+    pub fn lock_state(&self, path: &str) -> anyhow::Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT identity, file_digest FROM lock_state WHERE path = ?1",
+                params![path],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    pub fn save_lock_state(
+        &mut self,
+        path: &str,
+        identity: &str,
+        file_digest: &str,
+    ) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO lock_state (path, identity, file_digest) VALUES (?1, ?2, ?3)",
+            params![path, identity, file_digest],
+        )?;
         Ok(())
     }
 

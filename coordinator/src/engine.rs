@@ -214,9 +214,11 @@ impl ActiveRun {
         self.prev_lock.as_ref().and_then(|l| l.as_ref())
     }
 
-    fn status(&self, with_tasks: bool, workers: u32) -> RunStatus {
+    /// The run's status. It reads "running" until the run is wrapped up (lock file written,
+    /// journal closed): only then may a watcher take it as final and exit.
+    fn status(&self, with_tasks: bool, workers: u32, wrapped_up: bool) -> RunStatus {
         let failed = self.counts.iter().any(|c| c.failed > 0);
-        let state = if self.finished < self.tasks.len() {
+        let state = if !wrapped_up {
             "running"
         } else if failed {
             "failed"
@@ -288,6 +290,9 @@ pub struct Engine {
     store: BlobStore,
     inputs: Arc<RwLock<FxHashMap<Digest, PathBuf>>>,
     actions: FxHashMap<String, CachedAction>,
+    /// The action cache is read on a thread while the first pipeline is being planned.
+    actions_loader:
+        Option<std::thread::JoinHandle<anyhow::Result<FxHashMap<String, CachedAction>>>>,
     journal: Vec<(String, String, CachedAction)>,
     workers: BTreeMap<WorkerId, WorkerRt>,
     next_worker: u64,
@@ -311,9 +316,13 @@ impl Engine {
         let state_lock = lock_state_dir(&cfg.state_dir)?;
         let mut db = Db::open(&cfg.db_path())?;
         let store = BlobStore::open(cfg.store_dir())?;
-        let t0 = Instant::now();
-        let actions = db.load_action_cache()?;
-        tracing::info!(entries = actions.len(), took = ?t0.elapsed(), "action cache loaded");
+        let db_path = cfg.db_path();
+        let actions_loader = std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let actions = Db::open(&db_path)?.load_action_cache()?;
+            tracing::info!(entries = actions.len(), took = ?t0.elapsed(), "action cache loaded");
+            Ok(actions)
+        });
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = EngineHandle {
             events: tx.clone(),
@@ -333,7 +342,8 @@ impl Engine {
             db,
             store,
             inputs: handle.inputs.clone(),
-            actions,
+            actions: FxHashMap::default(),
+            actions_loader: Some(actions_loader),
             journal: Vec::new(),
             workers: BTreeMap::new(),
             next_worker: 1,
@@ -469,6 +479,14 @@ impl Engine {
         let Some(prep) = self.waiting_runs.pop_front() else {
             return;
         };
+        if let Some(loader) = self.actions_loader.take() {
+            match loader.join().expect("action cache loader panicked") {
+                Ok(actions) => self.actions = actions,
+                Err(e) => {
+                    tracing::error!("cannot read the action cache; every task will run: {e:#}")
+                }
+            }
+        }
         {
             let mut inputs = self.inputs.write().expect("inputs lock");
             for img in &prep.dataset.images {
@@ -821,7 +839,7 @@ impl Engine {
             self.on_worker_gone(w, &format!("silent for more than {:?}", lease));
         }
         if let Some(run) = self.run.as_ref() {
-            let status = run.status(false, self.workers.len() as u32);
+            let status = run.status(false, self.workers.len() as u32, false);
             self.watchers.retain(|(id, tx)| {
                 *id != status.run_id || tx.try_send(Ok(status.clone())).is_ok() || !tx.is_closed()
             });
@@ -850,40 +868,13 @@ impl Engine {
         let mut run = self.run.take().expect("checked");
         let t0 = Instant::now();
         self.flush_journal();
-        let status = run.status(true, self.workers.len() as u32);
-        // Lock file: new entries for finished tasks, previous ones kept for the others.
-        // Previous entries are kept for tasks that did not finish; read them only if needed.
-        let all_done = run
-            .tasks
-            .iter()
-            .all(|t| matches!(t.state, TaskState::Done { .. }));
-        let prev = if all_done {
-            LockFile::default()
-        } else {
-            run.prev_lock().cloned().unwrap_or_default()
-        };
-        let mut lock = LockFile {
-            pipeline: run.prep.pipeline.name.clone(),
-            tasks: BTreeMap::new(),
-        };
+        let status = run.status(true, self.workers.len() as u32, true);
+        let labels: Vec<String> = (0..run.tasks.len() as TaskIdx)
+            .map(|t| run.prep.label(t))
+            .collect();
         let mut records = Vec::new();
-        for t in 0..run.tasks.len() as TaskIdx {
-            let rt = &run.tasks[t as usize];
-            let label = run.prep.label(t);
-            if let (TaskState::Done { .. }, Some(parts), Some(key)) =
-                (&rt.state, &rt.parts, &rt.key)
-            {
-                lock.tasks.insert(
-                    label.clone(),
-                    LockEntry {
-                        key: key.0.clone(),
-                        parts: parts.clone(),
-                        outputs: rt.outputs.iter().cloned().collect(),
-                    },
-                );
-            } else if let Some(e) = prev.tasks.get(&label) {
-                lock.tasks.insert(label.clone(), e.clone());
-            }
+        for (t, label) in labels.iter().enumerate() {
+            let rt = &run.tasks[t];
             if rt.state != (TaskState::Done { ran: false }) {
                 records.push(TaskRecord {
                     label: label.clone(),
@@ -898,7 +889,7 @@ impl Engine {
                     .prep
                     .pipeline
                     .results
-                    .join(plateflow_worker::exec::label_path(&label));
+                    .join(plateflow_worker::exec::label_path(label));
                 for (name, d) in &rt.outputs {
                     let dest = dir.join(name);
                     if ran || !dest.exists() {
@@ -909,9 +900,8 @@ impl Engine {
                 }
             }
         }
-        let lock_path = lockfile::lock_path(&run.prep.pipeline.file);
-        if let Err(e) = lockfile::write_if_changed(&lock_path, &lockfile::render(&lock)) {
-            tracing::error!("{e:#}");
+        if let Err(e) = self.write_lock(&mut run, labels) {
+            tracing::error!("cannot write the lock file: {e:#}");
         }
         let summary = serde_json::to_string(
             &status
@@ -930,6 +920,62 @@ impl Engine {
         tracing::info!(run = run.prep.id, state = %status.state, wrap_up = ?t0.elapsed(), "run finished");
         self.finish_watchers(run.prep.id, status);
         self.start_next_run();
+    }
+
+    /// The lock file: new entries for finished tasks, previous ones kept for the others. When
+    /// every task finished with the same keys and outputs as the lock already on disk records
+    /// (a no-op re-run), nothing is rendered or written.
+    fn write_lock(&mut self, run: &mut ActiveRun, labels: Vec<String>) -> anyhow::Result<()> {
+        let lock_path = lockfile::lock_path(&run.prep.pipeline.file);
+        let all_done = run
+            .tasks
+            .iter()
+            .all(|t| matches!(t.state, TaskState::Done { .. }));
+        let identity = all_done.then(|| lock_identity(run, &labels));
+        let lock_key = lock_path.display().to_string();
+        if let Some(id) = &identity {
+            let on_disk = plateflow_store::hash_file(&lock_path).ok();
+            if let (Some((stored_id, stored_file)), Some(on_disk)) =
+                (self.db.lock_state(&lock_key)?, on_disk)
+            {
+                if stored_id == *id && stored_file == on_disk.to_string() {
+                    return Ok(());
+                }
+            }
+        }
+        let prev = if all_done {
+            LockFile::default()
+        } else {
+            run.prev_lock().cloned().unwrap_or_default()
+        };
+        let mut lock = LockFile {
+            pipeline: run.prep.pipeline.name.clone(),
+            tasks: BTreeMap::new(),
+        };
+        for (rt, label) in run.tasks.iter_mut().zip(labels) {
+            if let (TaskState::Done { .. }, Some(parts), Some(key)) =
+                (&rt.state, rt.parts.take(), rt.key.take())
+            {
+                let outputs = std::mem::take(&mut rt.outputs).into_iter().collect();
+                lock.tasks.insert(
+                    label,
+                    LockEntry {
+                        key: key.0,
+                        parts,
+                        outputs,
+                    },
+                );
+            } else if let Some(e) = prev.tasks.get(&label) {
+                lock.tasks.insert(label, e.clone());
+            }
+        }
+        let text = lockfile::render(&lock);
+        lockfile::write_if_changed(&lock_path, &text)?;
+        if let Some(id) = identity {
+            let file_digest = plateflow_store::hash_bytes(text.as_bytes()).to_string();
+            self.db.save_lock_state(&lock_key, &id, &file_digest)?;
+        }
+        Ok(())
     }
 
     fn finish_watchers(&mut self, run_id: u64, status: RunStatus) {
@@ -952,7 +998,7 @@ impl Engine {
         let mut out = Vec::new();
         if let Some(run) = &self.run {
             if run_id == 0 || run_id == run.prep.id {
-                out.push(run.status(with_tasks, workers));
+                out.push(run.status(with_tasks, workers, false));
             }
         }
         for p in &self.waiting_runs {
@@ -999,6 +1045,24 @@ impl Engine {
         }
         out
     }
+}
+
+/// What a lock file written for this run would record, as one digest: the pipeline's name
+/// and every task's label, key and outputs, in plan order.
+fn lock_identity(run: &ActiveRun, labels: &[String]) -> String {
+    let mut h = plateflow_store::Sha256Writer::default();
+    h.update(run.prep.pipeline.name.as_bytes());
+    for (rt, label) in run.tasks.iter().zip(labels) {
+        h.update(label.as_bytes());
+        h.update(b"\0");
+        h.update(rt.key.as_ref().map(|k| k.0.as_bytes()).unwrap_or_default());
+        for (name, d) in &rt.outputs {
+            h.update(name.as_bytes());
+            h.update(d.hash());
+        }
+        h.update(b"\n");
+    }
+    h.finish().hex()
 }
 
 /// Takes an exclusive lock on the state directory, naming the holder when it is taken.

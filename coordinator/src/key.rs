@@ -3,7 +3,7 @@
 //! the fan-out values, the digests of its input files and of its upstream outputs.
 //! [`why_runs`] compares the parts with those recorded in the lock file to say why a task runs.
 
-use plateflow_store::{hash_bytes, Digest};
+use plateflow_store::{Digest, Sha256Writer};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -31,11 +31,35 @@ impl std::fmt::Display for CacheKey {
 }
 
 impl KeyParts {
+    /// Every part is fed to SHA-256 length-prefixed, in a fixed order (maps are sorted), so
+    /// the encoding is canonical and unambiguous without building a serialisation first.
     pub fn key(&self) -> CacheKey {
+        fn put(h: &mut Sha256Writer, s: &str) {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        }
+        fn put_digest(h: &mut Sha256Writer, d: &Digest) {
+            h.update(d.hash());
+            h.update(&d.size().to_le_bytes());
+        }
+        let mut h = Sha256Writer::default();
         // Versioned prefix: a change of this scheme must not collide with old keys.
-        let mut buf = b"plateflow-key-v1\0".to_vec();
-        serde_json::to_writer(&mut buf, self).expect("key parts serialise");
-        CacheKey(hash_bytes(&buf).hex())
+        h.update(b"plateflow-key-v2\0");
+        put(&mut h, &self.kind);
+        put(&mut h, &self.params);
+        h.update(&(self.fields.len() as u64).to_le_bytes());
+        for (k, v) in &self.fields {
+            put(&mut h, k);
+            put(&mut h, v);
+        }
+        for map in [&self.inputs, &self.upstream] {
+            h.update(&(map.len() as u64).to_le_bytes());
+            for (k, d) in map {
+                put(&mut h, k);
+                put_digest(&mut h, d);
+            }
+        }
+        CacheKey(h.finish().hex())
     }
 }
 
@@ -177,6 +201,7 @@ pub fn summarise(reasons: &[Reason]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plateflow_store::hash_bytes;
 
     fn parts() -> KeyParts {
         let mut k = KeyParts {

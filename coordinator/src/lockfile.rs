@@ -43,9 +43,39 @@ pub fn read(path: &Path) -> anyhow::Result<Option<LockFile>> {
     })
 }
 
-fn q(s: &str) -> String {
-    // A JSON string is a valid YAML double-quoted scalar.
-    serde_json::to_string(s).expect("strings serialise")
+fn q(s: &str) -> Quoted<'_> {
+    Quoted(s)
+}
+
+/// A string as a YAML double-quoted scalar (JSON escaping, which YAML accepts).
+struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        f.write_char('"')?;
+        let mut start = 0;
+        for (i, c) in self.0.char_indices() {
+            let esc = match c {
+                '"' => "\\\"",
+                '\\' => "\\\\",
+                '\n' => "\\n",
+                '\t' => "\\t",
+                '\r' => "\\r",
+                c if (c as u32) < 0x20 => "",
+                _ => continue,
+            };
+            f.write_str(&self.0[start..i])?;
+            if esc.is_empty() {
+                write!(f, "\\u{:04x}", c as u32)?;
+            } else {
+                f.write_str(esc)?;
+            }
+            start = i + c.len_utf8();
+        }
+        f.write_str(&self.0[start..])?;
+        f.write_char('"')
+    }
 }
 
 /// Formats the lock file by hand: fast for 100,000 tasks and stable line by line.
