@@ -156,10 +156,10 @@ pub struct WorkerArgs {
     pub coordinator: String,
     #[arg(long)]
     pub cpus: Option<u32>,
-    /// Memory offered, e.g. `16G` (default: not limited).
+    /// Memory offered, e.g. `16G` (default: the machine's total).
     #[arg(long)]
     pub memory: Option<String>,
-    /// GPU ids offered, e.g. `0,1`.
+    /// GPU ids offered, e.g. `0,1` (default: those in CUDA_VISIBLE_DEVICES).
     #[arg(long, value_delimiter = ',')]
     pub gpus: Vec<u32>,
     /// Blob cache (or, with --shared-store, the coordinator's store).
@@ -277,7 +277,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let memory_bytes = match &args.memory {
                 Some(m) => spec::parse_bytes(m)
                     .ok_or_else(|| anyhow::anyhow!("--memory {m}: write it like 16G"))?,
-                None => 0,
+                None => total_memory().unwrap_or(0),
+            };
+            // GPUs: as given, else those the batch system made visible to this process.
+            let gpus = if args.gpus.is_empty() {
+                visible_gpus()
+            } else {
+                args.gpus
             };
             let cfg = WorkerConfig {
                 coordinator: http(&args.coordinator),
@@ -286,7 +292,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                     .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
                 cpus: args.cpus.unwrap_or_else(cpus_here),
                 memory_bytes,
-                gpu_ids: args.gpus,
+                gpu_ids: gpus,
                 store_dir: args.store,
                 shared_store: args.shared_store,
                 shared_fs: args.shared_fs,
@@ -429,6 +435,22 @@ fn finish_report(last: Option<RunStatus>, json: bool) -> anyhow::Result<i32> {
     }
     eprint!("{}", progress::summary(&st));
     Ok(if st.state == "succeeded" { 0 } else { 1 })
+}
+
+/// The machine's memory, from /proc/meminfo.
+fn total_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// GPU ids from CUDA_VISIBLE_DEVICES (set by Slurm's `--gres=gpu` and by users).
+fn visible_gpus() -> Vec<u32> {
+    std::env::var("CUDA_VISIBLE_DEVICES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn hostname() -> String {
