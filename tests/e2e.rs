@@ -385,6 +385,23 @@ fn worker(dir: &Path, port: u16, name: &str, cpus: u32) -> Proc {
     )
 }
 
+/// Submits a pipeline without waiting; returns the run id.
+fn submit(pipeline: &Path, port: u16) -> String {
+    let out = run_bounded(
+        plateflow()
+            .arg("submit")
+            .arg(pipeline)
+            .args(["--coordinator", &format!("127.0.0.1:{port}")]),
+        30,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn status(port: u16, run: &str) -> serde_json::Value {
     let out = run_bounded(
         plateflow().args([
@@ -418,19 +435,7 @@ fn worker_killed_mid_task_run_completes_byte_identical() {
     let _coord = coordinator(tmp.path(), port, "coordinator.log");
     let mut w1 = worker(tmp.path(), port, "w-one", 1);
     let _w2 = worker(tmp.path(), port, "w-two", 1);
-    let submit = run_bounded(
-        plateflow()
-            .arg("submit")
-            .arg(&p)
-            .args(["--coordinator", &format!("127.0.0.1:{port}")]),
-        30,
-    );
-    assert!(
-        submit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&submit.stderr)
-    );
-    let run_id = String::from_utf8_lossy(&submit.stdout).trim().to_string();
+    let run_id = submit(&p, port);
     // Both workers busy, then one dies mid-task.
     wait_for("two tasks to start", 60, || {
         (lines(&tmp.path().join("started.log")).len() >= 2).then_some(())
@@ -466,19 +471,7 @@ fn coordinator_killed_and_restarted_resumes_without_rerunning() {
     let port = free_port();
     let mut coord = coordinator(tmp.path(), port, "coordinator-1.log");
     let _w = worker(tmp.path(), port, "w-one", 2);
-    let submit = run_bounded(
-        plateflow()
-            .arg("submit")
-            .arg(&p)
-            .args(["--coordinator", &format!("127.0.0.1:{port}")]),
-        30,
-    );
-    assert!(
-        submit.status.success(),
-        "{}",
-        String::from_utf8_lossy(&submit.stderr)
-    );
-    let run_id = String::from_utf8_lossy(&submit.stdout).trim().to_string();
+    let run_id = submit(&p, port);
     let finished_log = tmp.path().join("finished.log");
     wait_for("three tasks to finish", 60, || {
         (lines(&finished_log).len() >= 3).then_some(())

@@ -7,7 +7,10 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
 
-pub fn trace(pipeline_path: &Path, target: &str) -> anyhow::Result<String> {
+/// The pipeline, where its lock file is, and the lock file, which must exist.
+fn pipeline_and_lock(
+    pipeline_path: &Path,
+) -> anyhow::Result<(crate::spec::Pipeline, std::path::PathBuf, LockFile)> {
     let pipeline = crate::spec::load(pipeline_path)?;
     let lock_path = lockfile::lock_path(&pipeline.file);
     let lock = lockfile::read(&lock_path)?.ok_or_else(|| {
@@ -16,6 +19,11 @@ pub fn trace(pipeline_path: &Path, target: &str) -> anyhow::Result<String> {
             lock_path.display()
         )
     })?;
+    Ok((pipeline, lock_path, lock))
+}
+
+pub fn trace(pipeline_path: &Path, target: &str) -> anyhow::Result<String> {
+    let (pipeline, lock_path, lock) = pipeline_and_lock(pipeline_path)?;
     let label = find(&lock, &pipeline.results, target).ok_or_else(|| {
         anyhow::anyhow!(
             "`{target}` is not a task label, a result file under {} or an output digest in {}",
@@ -36,14 +44,7 @@ pub fn logs(
     stderr: bool,
     state: Option<&Path>,
 ) -> anyhow::Result<Vec<u8>> {
-    let pipeline = crate::spec::load(pipeline_path)?;
-    let lock_path = lockfile::lock_path(&pipeline.file);
-    let lock = lockfile::read(&lock_path)?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "no lock file at {}: run the pipeline first",
-            lock_path.display()
-        )
-    })?;
+    let (pipeline, lock_path, lock) = pipeline_and_lock(pipeline_path)?;
     let entry = lock.tasks.get(task).ok_or_else(|| {
         let hint = crate::spec::diag::did_you_mean(task, lock.tasks.keys().map(String::as_str))
             .unwrap_or_default();
