@@ -16,6 +16,8 @@ from hyperqueue.cluster import LocalCluster, WorkerConfig
 n, workers, cores = (int(a) for a in sys.argv[1:4])
 with tempfile.TemporaryDirectory() as tmp:
     os.chdir(tmp)
+    # The embedded workers make their directories under TMPDIR: keep them in here.
+    os.environ["TMPDIR"] = tmp
     t0 = time.perf_counter()
     cluster = LocalCluster(server_dir=os.path.join(tmp, "server"))
     for _ in range(workers):

@@ -21,7 +21,9 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 rate() { awk -v n="$1" -v s="$2" 'BEGIN { if (s > 0) printf "%.0f", n / s; else print "inf" }'; }
 
 # make_images DIR N: N empty images DIR/Pxxxx/Wyyy.tif, 100 wells a plate (N a multiple of 100,
-# or less than 100 for a single plate).
+# or less than 100 for a single plate). Their modification time is an hour ago, as for images
+# that came off a microscope earlier: plateflow does not trust the stat cache for files modified
+# in the last 2 s (they are hashed on every run), so fresh files would hide the stat cache.
 make_images() {
     local dir="$1" n="$2" wells=100 plates
     if (( n < 100 )); then wells=$n; plates=1; else
@@ -35,10 +37,10 @@ make_images() {
         pd="$dir/$(printf 'P%05d' "$p")"
         mkdir -p "$pd"
         if (( wells == 100 )); then
-            (cd "$pd" && touch W{000..099}.tif)
+            (cd "$pd" && touch -d '1 hour ago' W{000..099}.tif)
         else
             local w
-            for (( w = 0; w < wells; w++ )); do : > "$pd/$(printf 'W%03d' "$w").tif"; done
+            for (( w = 0; w < wells; w++ )); do touch -d '1 hour ago' "$pd/$(printf 'W%03d' "$w").tif"; done
         fi
     done
 }

@@ -14,7 +14,7 @@ SNAKEMAKE="$BENCH_VENV/bin/snakemake"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/snakemake-bench.XXXXXX")"
 trap 'rm -rf "$TMP"' EXIT
 cat > "$TMP/Snakefile" <<'SMK'
-N = int(config["n"])
+N = int(config["jobs"])
 
 rule all:
     input: expand("out/{i}.done", i=range(N))
@@ -25,13 +25,13 @@ rule work:
 SMK
 echo "# snakemake $("$SNAKEMAKE" --version): N=$N --cores $CORES, machine: $(nproc) cores"
 t0=$(now)
-(cd "$TMP" && "$SNAKEMAKE" --cores "$CORES" --config n="$N" --quiet all >"$TMP/log" 2>&1) \
+(cd "$TMP" && "$SNAKEMAKE" --cores "$CORES" --config jobs="$N" >"$TMP/log" 2>&1) \
     || { tail -20 "$TMP/log" >&2; exit 1; }
 t1=$(now)
 wall=$(elapsed "$t0" "$t1")
 echo "snakemake  jobs=$N wall_s=$wall jobs/s=$(rate "$N" "$wall")"
 t0=$(now)
-(cd "$TMP" && "$SNAKEMAKE" --cores "$CORES" --config n="$N" --quiet all >"$TMP/log2" 2>&1)
+(cd "$TMP" && "$SNAKEMAKE" --cores "$CORES" --config jobs="$N" >"$TMP/log2" 2>&1)
 t1=$(now)
 echo "snakemake  re-run (nothing to do) wall_s=$(elapsed "$t0" "$t1")"
 

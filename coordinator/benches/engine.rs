@@ -16,11 +16,18 @@
 //!   second must read none (stat cache). Files are written to a temporary directory (TMPDIR)
 //!   first, so both tools read them from the page cache.
 //!
-//! Environment: PLATES, WELLS, KEYS, HASH_MB, HASH_FILES, HASH_THREADS (default 2).
+//! - `rerun`: the fixed costs of re-running a pipeline of RERUN_FILES tasks (default 100,000,
+//!   one empty image each, modified an hour ago) whose results are all cached: `run::prepare`
+//!   cold and warm (stat cache), and its parts (`Dataset::scan`, `Db::load_stat_cache`,
+//!   `hash_with_cache`, `plan::expand`), then the engine's start-up read of the action cache
+//!   (`Db::load_action_cache`) and the lock file's `render`, `read` and `write_if_changed`.
+//!
+//! Environment: PLATES, WELLS, KEYS, HASH_MB, HASH_FILES, HASH_THREADS (default 2), RERUN_FILES.
 
-use plateflow::dataset::{Dataset, Image};
-use plateflow::db::Db;
+use plateflow::dataset::{hash_with_cache, Dataset, Image};
+use plateflow::db::{CachedAction, Db};
 use plateflow::key::{CacheKey, KeyParts};
+use plateflow::lockfile::{self, LockEntry, LockFile};
 use plateflow::plan::{expand, TaskIdx};
 use plateflow::run::{prepare, PreparedRun};
 use plateflow::spec;
@@ -327,6 +334,7 @@ fn bench_hash() {
     let bytes_each = total_mb * 1024 * 1024 / files;
     let tmp = tempfile::tempdir().expect("tempdir");
     let images = tmp.path().join("images");
+    let written = Instant::now();
     println!(
         "## hash: {files} files x {:.1} MiB = {:.0} MiB in {} (page cache warm)",
         mib(bytes_each as u64),
@@ -381,7 +389,9 @@ fn bench_hash() {
         _ => println!("sha256sum: not available"),
     }
 
-    // The real path: prepare() lists and hashes the images through the stat cache.
+    // The real path: prepare() lists and hashes the images through the stat cache. Files
+    // modified in the last 2 s are never trusted to the stat cache: wait until these are older.
+    std::thread::sleep(std::time::Duration::from_millis(2100).saturating_sub(written.elapsed()));
     let yaml = "pipeline: bench-hash\ndata:\n  images: images\n  pattern: \"{plate}/{well}.tif\"\nsteps:\n  s:\n    uses: noop\n    for_each: well\n";
     let pipeline_path = tmp.path().join("bench.yaml");
     std::fs::write(&pipeline_path, yaml).expect("write pipeline");
@@ -405,6 +415,167 @@ fn bench_hash() {
             assert_eq!(st.hashed, 0, "a re-run over unchanged files reads none");
         }
     }
+}
+
+fn bench_rerun() {
+    let n = env_usize("RERUN_FILES", 100_000).max(100);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let images = tmp.path().join("images");
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for i in 0..n {
+        let dir = images.join(format!("P{:05}", i / 100));
+        if i % 100 == 0 {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+        }
+        let f = std::fs::File::create(dir.join(format!("W{:03}.tif", i % 100))).expect("create");
+        f.set_modified(hour_ago).expect("mtime");
+    }
+    println!("## rerun: {n} tasks, one empty image each (mtime an hour ago)");
+    let yaml = "pipeline: bench-rerun\ndata:\n  images: images\n  pattern: \"{plate}/{well}.tif\"\nsteps:\n  s:\n    uses: noop\n    for_each: well\n";
+    let pipeline_path = tmp.path().join("bench.yaml");
+    std::fs::write(&pipeline_path, yaml).expect("write pipeline");
+    let mut db = Db::open(&tmp.path().join("state/plateflow.db")).expect("db");
+    let line = |what: &str, s: f64, extra: String| println!("{what:<44} {s:>8.3} s  {extra}");
+
+    let mut prep = None;
+    for (i, what) in [
+        "run::prepare, cold stat cache",
+        "run::prepare, warm (re-run)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let t = Instant::now();
+        let p = prepare(i as u64 + 1, &pipeline_path, yaml, vec![], &mut db, 2).expect("prepare");
+        let st = p.hash_stats;
+        line(
+            what,
+            t.elapsed().as_secs_f64(),
+            format!("files {} hashed {}", st.files, st.hashed),
+        );
+        prep = Some(p);
+    }
+    let prep = prep.expect("prepared");
+    assert_eq!(
+        prep.hash_stats.hashed, 0,
+        "a re-run over unchanged files reads none"
+    );
+
+    let pipeline = spec::parse(&pipeline_path, yaml).expect("valid");
+    let data = pipeline.data.as_ref().expect("data");
+    let t = Instant::now();
+    let mut ds = Dataset::scan(data).expect("scan");
+    line(
+        "  Dataset::scan (list + match pattern)",
+        t.elapsed().as_secs_f64(),
+        format!("{} images", ds.images.len()),
+    );
+    let t = Instant::now();
+    let cache = db.load_stat_cache().expect("stat cache");
+    line(
+        "  Db::load_stat_cache",
+        t.elapsed().as_secs_f64(),
+        format!("{} rows", cache.len()),
+    );
+    drop(cache);
+    let paths: Vec<PathBuf> = ds.images.iter().map(|i| ds.abs_path(i)).collect();
+    let t = Instant::now();
+    let (_, st) = hash_with_cache(&paths, &mut db, 2).expect("hash");
+    line(
+        "  hash_with_cache (load cache + stat all)",
+        t.elapsed().as_secs_f64(),
+        format!("hashed {}", st.hashed),
+    );
+    let t = Instant::now();
+    for p in &paths {
+        std::hint::black_box(std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    }
+    line(
+        "  for comparison: stat() every image, 1 thread",
+        t.elapsed().as_secs_f64(),
+        String::new(),
+    );
+    ds.hash(&mut db, 2).expect("hash");
+    let t = Instant::now();
+    let plan = expand(&pipeline, &ds).expect("plan");
+    line(
+        "  plan::expand",
+        t.elapsed().as_secs_f64(),
+        format!("{} tasks", plan.len()),
+    );
+
+    // The engine's side: the action cache it loads at start, and the lock file it reads,
+    // renders and compares at the end of the run.
+    let outputs: Vec<Vec<(String, Digest)>> = vec![Vec::new(); prep.plan.len()];
+    let mut lock = LockFile {
+        pipeline: prep.pipeline.name.clone(),
+        tasks: Default::default(),
+    };
+    let mut actions = Vec::with_capacity(prep.plan.len());
+    let t = Instant::now();
+    for task in 0..prep.plan.len() as TaskIdx {
+        let parts = prep.key_parts(task, |d| outputs[d as usize].as_slice());
+        let key = parts.key();
+        actions.push((
+            key.0.clone(),
+            prep.label(task),
+            CachedAction {
+                outputs: Vec::new(),
+                stdout: None,
+                stderr: None,
+            },
+        ));
+        lock.tasks.insert(
+            prep.label(task),
+            LockEntry {
+                key: key.0,
+                parts,
+                outputs: Default::default(),
+            },
+        );
+    }
+    line(
+        "  key parts + keys + labels, every task",
+        t.elapsed().as_secs_f64(),
+        String::new(),
+    );
+    db.save_actions(&actions).expect("save actions");
+    let t = Instant::now();
+    let loaded = db.load_action_cache().expect("actions");
+    line(
+        "Db::load_action_cache (engine start)",
+        t.elapsed().as_secs_f64(),
+        format!("{} rows", loaded.len()),
+    );
+    let t = Instant::now();
+    let text = lockfile::render(&lock);
+    line(
+        "lockfile::render",
+        t.elapsed().as_secs_f64(),
+        format!("{:.1} MiB", mib(text.len() as u64)),
+    );
+    let lock_path = lockfile::lock_path(&pipeline_path);
+    lockfile::write_if_changed(&lock_path, &text).expect("write lock");
+    let t = Instant::now();
+    let read = lockfile::read(&lock_path)
+        .expect("read lock")
+        .expect("lock present");
+    line(
+        "lockfile::read (to explain cache misses)",
+        t.elapsed().as_secs_f64(),
+        format!("{} entries", read.tasks.len()),
+    );
+    let t = Instant::now();
+    let copy = read.clone();
+    line("LockFile::clone", t.elapsed().as_secs_f64(), String::new());
+    drop(copy);
+    let t = Instant::now();
+    let changed = lockfile::write_if_changed(&lock_path, &text).expect("write lock");
+    line(
+        "lockfile::write_if_changed (unchanged)",
+        t.elapsed().as_secs_f64(),
+        format!("changed: {changed}"),
+    );
 }
 
 fn main() {
@@ -431,5 +602,8 @@ fn main() {
     }
     if on("hash") {
         bench_hash();
+    }
+    if on("rerun") {
+        bench_rerun();
     }
 }

@@ -5,7 +5,7 @@
 //! so a killed coordinator resumes where it stopped.
 
 use crate::db::{CachedAction, Db, TaskRecord};
-use crate::key::{summarise, why_runs, CacheKey, KeyParts, Reason};
+use crate::key::{summarise, why_runs, CacheKey, Reason};
 use crate::lockfile::{self, LockEntry, LockFile};
 use crate::plan::TaskIdx;
 use crate::run::{prepare, PreparedRun};
@@ -155,7 +155,6 @@ struct StepCounts {
 struct TaskRt {
     state: TaskState,
     attempt: u32,
-    parts: Option<KeyParts>,
     key: Option<CacheKey>,
     outputs: Vec<(String, Digest)>,
     reason: String,
@@ -514,7 +513,6 @@ impl Engine {
             .map(|t| TaskRt {
                 state: TaskState::Waiting(t.deps.len() as u32),
                 attempt: 0,
-                parts: None,
                 key: None,
                 outputs: Vec::new(),
                 reason: String::new(),
@@ -560,7 +558,6 @@ impl Engine {
                     Ok(()) => {
                         let rt = &mut run.tasks[t as usize];
                         rt.outputs = action.outputs.clone();
-                        rt.parts = Some(parts);
                         rt.key = Some(key);
                         run.set_state(t, TaskState::Done { ran: false });
                         push_ready_dependents(run, t, &mut stack);
@@ -584,7 +581,6 @@ impl Engine {
             }
             let rt = &mut run.tasks[t as usize];
             rt.reason = summarise(&reasons);
-            rt.parts = Some(parts);
             rt.key = Some(key);
             run.set_state(t, TaskState::Queued);
             run.queue.push_back(t);
@@ -952,21 +948,31 @@ impl Engine {
             pipeline: run.prep.pipeline.name.clone(),
             tasks: BTreeMap::new(),
         };
-        for (rt, label) in run.tasks.iter_mut().zip(labels) {
-            if let (TaskState::Done { .. }, Some(parts), Some(key)) =
-                (&rt.state, rt.parts.take(), rt.key.take())
-            {
-                let outputs = std::mem::take(&mut rt.outputs).into_iter().collect();
-                lock.tasks.insert(
-                    label,
-                    LockEntry {
-                        key: key.0,
-                        parts,
-                        outputs,
-                    },
-                );
-            } else if let Some(e) = prev.tasks.get(&label) {
-                lock.tasks.insert(label, e.clone());
+        // Key parts are not kept per task while running (they are most of a task's memory):
+        // they are recomputed here from the upstream outputs, which are kept.
+        for (t, label) in labels.into_iter().enumerate() {
+            let rt = &run.tasks[t];
+            match (&rt.state, &rt.key) {
+                (TaskState::Done { .. }, Some(key)) => {
+                    let parts = run
+                        .prep
+                        .key_parts(t as TaskIdx, |d| run.tasks[d as usize].outputs.as_slice());
+                    debug_assert_eq!(parts.key(), *key);
+                    let outputs = rt.outputs.iter().cloned().collect();
+                    lock.tasks.insert(
+                        label,
+                        LockEntry {
+                            key: key.0.clone(),
+                            parts,
+                            outputs,
+                        },
+                    );
+                }
+                _ => {
+                    if let Some(e) = prev.tasks.get(&label) {
+                        lock.tasks.insert(label, e.clone());
+                    }
+                }
             }
         }
         let text = lockfile::render(&lock);
