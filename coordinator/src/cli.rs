@@ -486,24 +486,35 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
     let cpus = args
         .cpus
         .unwrap_or_else(|| (cpus_here() / args.workers.max(1)).max(1));
+    // Local workers are `plateflow worker` processes, exactly as on a cluster. Being small,
+    // they also start each task's process far faster than the coordinator's process could.
+    let exe = std::env::current_exe()?;
     let mut workers = Vec::new();
     for i in 0..args.workers.max(1) {
-        let cfg = WorkerConfig {
-            coordinator: format!("http://{addr}"),
-            name: format!("local-{}", i + 1),
-            cpus,
-            memory_bytes: 0,
-            gpu_ids: vec![],
-            store_dir: cfg.store_dir(),
-            shared_store: true,
-            shared_fs: true,
-            scratch_dir: pipeline.workspace.join("scratch"),
-            reconnect_timeout: Duration::from_secs(30),
-        };
-        let mut stop = stop_rx.clone();
-        workers.push(tokio::spawn(run_worker(cfg, async move {
-            let _ = stop.changed().await;
-        })));
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("worker")
+            .args(["--coordinator", &format!("http://{addr}")])
+            .args(["--name", &format!("local-{}", i + 1)])
+            .args(["--cpus", &cpus.to_string()])
+            .arg("--store")
+            .arg(cfg.store_dir())
+            .args(["--shared-store", "--shared-fs"])
+            .arg("--scratch")
+            .arg(pipeline.workspace.join("scratch"))
+            .args(["--reconnect-timeout-s", "30"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true);
+        // They die with this process, however it ends.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        workers.push(cmd.spawn().map_err(|e| {
+            anyhow::anyhow!("cannot start a local worker ({}): {e}", exe.display())
+        })?);
     }
     let path = std::fs::canonicalize(&args.pipeline)?;
     let yaml = std::fs::read_to_string(&path)?;
@@ -552,8 +563,19 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
         }
     };
     let _ = stop_tx.send(true);
-    for w in workers {
-        let _ = w.await;
+    for mut w in workers {
+        // Ask nicely (workers stop on SIGINT), then insist.
+        if let Some(pid) = w.id() {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGINT);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(3), w.wait())
+            .await
+            .is_err()
+        {
+            let _ = w.kill().await;
+        }
     }
     let _ = server_task.await;
     Ok(code)

@@ -142,7 +142,7 @@ async fn run_command<F: BlobFetcher>(
         .prefix(&format!("task{}-a{}-", spec.task_id, spec.attempt))
         .tempdir_in(&env.scratch_root)?;
     let work = task_dir.path().join("work");
-    std::fs::create_dir_all(work.join("inputs"))?;
+    std::fs::create_dir(&work)?;
 
     // Inputs: images under inputs/, upstream outputs under upstream/<task>/, files at the top.
     let mut input_paths = Vec::new();
@@ -215,7 +215,7 @@ async fn run_command<F: BlobFetcher>(
     let mut cmd = match simple_argv(&script) {
         // A plain `prog arg arg` is started directly: no shell process per task.
         Some(argv) => {
-            let mut c = tokio::process::Command::new(argv[0]);
+            let mut c = tokio::process::Command::new(resolve_program(argv[0]));
             c.args(&argv[1..]);
             c
         }
@@ -253,8 +253,8 @@ async fn run_command<F: BlobFetcher>(
     })?;
 
     let mut out = CommandOutcome {
-        stdout: Some(env.store.put_file(&stdout_path)?),
-        stderr: Some(env.store.put_file(&stderr_path)?),
+        stdout: Some(store_log(&env.store, &stdout_path)?),
+        stderr: Some(store_log(&env.store, &stderr_path)?),
         stderr_tail: tail_of(&stderr_path, 20, 4000),
         ..Default::default()
     };
@@ -283,6 +283,54 @@ async fn run_command<F: BlobFetcher>(
         });
     }
     Ok(out)
+}
+
+/// A log into the store; an empty one (the common case) without reading or copying it.
+fn store_log(store: &BlobStore, path: &Path) -> anyhow::Result<Digest> {
+    if std::fs::metadata(path)?.len() == 0 {
+        static EMPTY: std::sync::OnceLock<Digest> = std::sync::OnceLock::new();
+        let empty = EMPTY.get_or_init(|| plateflow_store::hash_bytes(b""));
+        if !store.has_intact(empty)? {
+            store.put_bytes(b"")?;
+        }
+        return Ok(empty.clone());
+    }
+    Ok(store.put_file(path)?)
+}
+
+/// The absolute path of a program named without a `/`, looked up in PATH once per worker
+/// (`execvp` would try every PATH entry for every task).
+fn resolve_program(name: &str) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static CACHE: std::sync::OnceLock<Mutex<HashMap<String, PathBuf>>> = std::sync::OnceLock::new();
+    if name.contains('/') {
+        return PathBuf::from(name);
+    }
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(p) = cache.lock().expect("program cache").get(name) {
+        return p.clone();
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| {
+                use std::os::unix::fs::PermissionsExt;
+                p.metadata()
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+    });
+    match found {
+        Some(p) => {
+            cache
+                .lock()
+                .expect("program cache")
+                .insert(name.to_string(), p.clone());
+            p
+        }
+        // Not found: let the spawn fail with the usual error naming the program.
+        None => PathBuf::from(name),
+    }
 }
 
 /// Splits a command that needs no shell (no quoting, expansion, redirection or pipes).
