@@ -43,6 +43,8 @@ make_images() {
             for (( w = 0; w < wells; w++ )); do touch -d '1 hour ago' "$pd/$(printf 'W%03d' "$w").tif"; done
         fi
     done
+    # Flush the new files now, so that their writeback does not slow the run being measured.
+    sync
 }
 
 # Peak resident memory (KiB) of a command, from GNU time when present.
