@@ -944,13 +944,19 @@ impl Engine {
         } else {
             run.prev_lock().cloned().unwrap_or_default()
         };
-        let mut lock = LockFile {
-            pipeline: run.prep.pipeline.name.clone(),
-            tasks: BTreeMap::new(),
+        // Entries in label order, streamed: key parts are recomputed one task at a time from
+        // the upstream outputs (they are not kept while running), and never all held at once.
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        order.sort_unstable_by(|&a, &b| labels[a].cmp(&labels[b]));
+        let kept = |t: usize| {
+            matches!(run.tasks[t].state, TaskState::Done { .. })
+                || prev.tasks.contains_key(&labels[t])
         };
-        // Key parts are not kept per task while running (they are most of a task's memory):
-        // they are recomputed here from the upstream outputs, which are kept.
-        for (t, label) in labels.into_iter().enumerate() {
+        let mut text = lockfile::header(
+            &run.prep.pipeline.name,
+            order.iter().filter(|&&t| kept(t)).count(),
+        );
+        for t in order {
             let rt = &run.tasks[t];
             match (&rt.state, &rt.key) {
                 (TaskState::Done { .. }, Some(key)) => {
@@ -958,24 +964,20 @@ impl Engine {
                         .prep
                         .key_parts(t as TaskIdx, |d| run.tasks[d as usize].outputs.as_slice());
                     debug_assert_eq!(parts.key(), *key);
-                    let outputs = rt.outputs.iter().cloned().collect();
-                    lock.tasks.insert(
-                        label,
-                        LockEntry {
-                            key: key.0.clone(),
-                            parts,
-                            outputs,
-                        },
-                    );
+                    let entry = LockEntry {
+                        key: key.0.clone(),
+                        parts,
+                        outputs: rt.outputs.iter().cloned().collect(),
+                    };
+                    lockfile::entry(&mut text, &labels[t], &entry);
                 }
                 _ => {
-                    if let Some(e) = prev.tasks.get(&label) {
-                        lock.tasks.insert(label, e.clone());
+                    if let Some(e) = prev.tasks.get(&labels[t]) {
+                        lockfile::entry(&mut text, &labels[t], e);
                     }
                 }
             }
         }
-        let text = lockfile::render(&lock);
         lockfile::write_if_changed(&lock_path, &text)?;
         if let Some(id) = identity {
             let file_digest = plateflow_store::hash_bytes(text.as_bytes()).to_string();

@@ -80,15 +80,30 @@ impl std::fmt::Display for Quoted<'_> {
 
 /// Formats the lock file by hand: fast for 100,000 tasks and stable line by line.
 pub fn render(lock: &LockFile) -> String {
-    let mut s = String::with_capacity(lock.tasks.len() * 256);
+    let mut s = header(&lock.pipeline, lock.tasks.len());
+    for (label, e) in &lock.tasks {
+        entry(&mut s, label, e);
+    }
+    s
+}
+
+/// The start of a lock file with `tasks` entries to follow (entries in label order).
+pub fn header(pipeline: &str, tasks: usize) -> String {
+    let mut s = String::with_capacity(tasks * 256 + 256);
     s.push_str("# plateflow lock file: each task's cache key and the digests it was made from.\n");
     s.push_str("# Written by `plateflow run`; commit it with the pipeline. `plateflow explain` reads it.\n");
-    let _ = writeln!(s, "pipeline: {}", q(&lock.pipeline));
-    if lock.tasks.is_empty() {
-        s.push_str("tasks: {}\n");
-        return s;
-    }
-    s.push_str("tasks:\n");
+    let _ = writeln!(s, "pipeline: {}", q(pipeline));
+    s.push_str(if tasks == 0 {
+        "tasks: {}\n"
+    } else {
+        "tasks:\n"
+    });
+    s
+}
+
+/// One task's entry; entries are appended one at a time so that a large lock file is never
+/// held as a whole in structured form.
+pub fn entry(s: &mut String, label: &str, e: &LockEntry) {
     let map = |s: &mut String, name: &str, m: &BTreeMap<String, Digest>| {
         if m.is_empty() {
             let _ = writeln!(s, "    {name}: {{}}");
@@ -99,24 +114,21 @@ pub fn render(lock: &LockFile) -> String {
             let _ = writeln!(s, "      {}: {d}", q(k));
         }
     };
-    for (label, e) in &lock.tasks {
-        let _ = writeln!(s, "  {}:", q(label));
-        let _ = writeln!(s, "    key: {}", e.key);
-        let _ = writeln!(s, "    kind: {}", q(&e.parts.kind));
-        let _ = writeln!(s, "    params: {}", q(&e.parts.params));
-        if e.parts.fields.is_empty() {
-            s.push_str("    fields: {}\n");
-        } else {
-            s.push_str("    fields:\n");
-            for (k, v) in &e.parts.fields {
-                let _ = writeln!(s, "      {}: {}", q(k), q(v));
-            }
+    let _ = writeln!(s, "  {}:", q(label));
+    let _ = writeln!(s, "    key: {}", e.key);
+    let _ = writeln!(s, "    kind: {}", q(&e.parts.kind));
+    let _ = writeln!(s, "    params: {}", q(&e.parts.params));
+    if e.parts.fields.is_empty() {
+        s.push_str("    fields: {}\n");
+    } else {
+        s.push_str("    fields:\n");
+        for (k, v) in &e.parts.fields {
+            let _ = writeln!(s, "      {}: {}", q(k), q(v));
         }
-        map(&mut s, "inputs", &e.parts.inputs);
-        map(&mut s, "upstream", &e.parts.upstream);
-        map(&mut s, "outputs", &e.outputs);
     }
-    s
+    map(s, "inputs", &e.parts.inputs);
+    map(s, "upstream", &e.parts.upstream);
+    map(s, "outputs", &e.outputs);
 }
 
 /// Writes the lock atomically, and only when its content changed. Returns whether it wrote.
