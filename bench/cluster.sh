@@ -27,23 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 make_images "$TMP/images" "$N"
-if [[ "$KIND" == noop ]]; then
-    STEP="    uses: noop
-    with: {label: \"$(basename "$TMP")\"}"
-else
-    STEP="    uses: command
-    with: {run: \"true\"}"
-fi
-cat > "$TMP/bench.yaml" <<YAML
-pipeline: bench-cluster
-data:
-  images: images
-  pattern: "{plate}/{well}.tif"
-steps:
-  work:
-$STEP
-    for_each: well
-YAML
+write_pipeline "$TMP/bench.yaml" bench-cluster "$KIND"
 
 PORT=$(( 20000 + RANDOM % 20000 ))
 ADDR="127.0.0.1:$PORT"

@@ -28,23 +28,7 @@ TMP="$(mktemp -d "${TMPDIR:-/tmp}/plateflow-dispatch.XXXXXX")"
 [[ "${KEEP:-0}" == 1 ]] || trap 'rm -rf "$TMP"' EXIT
 make_images "$TMP/images" "$N"
 
-if [[ "$KIND" == noop ]]; then
-    STEP="    uses: noop
-    with: {label: \"$(basename "$TMP")\"}"
-else
-    STEP="    uses: command
-    with: {run: \"true\"}"
-fi
-cat > "$TMP/bench.yaml" <<YAML
-pipeline: bench-dispatch
-data:
-  images: images
-  pattern: "{plate}/{well}.tif"
-steps:
-  work:
-$STEP
-    for_each: well
-YAML
+write_pipeline "$TMP/bench.yaml" bench-dispatch "$KIND"
 
 echo "# plateflow dispatch: N=$N kind=$KIND workers=2 cpus/worker=$CPUS machine: $(nproc) cores, $(uname -sr)"
 echo "# dir: $TMP"

@@ -47,6 +47,30 @@ make_images() {
     sync
 }
 
+# write_pipeline FILE NAME KIND: a one-step pipeline, one task per image (`for_each: well`),
+# of KIND noop (labelled with the directory's name, so every benchmark starts uncached) or
+# true (`uses: command`, `run: "true"`: one real process per task).
+write_pipeline() {
+    local file="$1" name="$2" kind="$3" step
+    if [[ "$kind" == noop ]]; then
+        step="    uses: noop
+    with: {label: \"$(basename "$(dirname "$file")")\"}"
+    else
+        step="    uses: command
+    with: {run: \"true\"}"
+    fi
+    cat > "$file" <<YAML
+pipeline: $name
+data:
+  images: images
+  pattern: "{plate}/{well}.tif"
+steps:
+  work:
+$step
+    for_each: well
+YAML
+}
+
 # Peak resident memory (KiB) of a command, from GNU time when present.
 have_gnu_time() { [[ -x /usr/bin/time ]] && /usr/bin/time -f %M true >/dev/null 2>&1; }
 
