@@ -1,0 +1,222 @@
+//! Reading microscopy images as grey images: TIFF (8/16-bit grey, palette-coded, uncompressed,
+//! LZW, PackBits or Deflate, multi-page) and PNG (grey, or RGB whose channels are equal).
+//! A file that cannot be read gives an error naming the file and the reason. No knowledge of
+//! the engine: this is a library first.
+
+mod palette;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+/// One grey plane. Intensities keep the file's range (`bit_depth` 8 or 16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrayImage {
+    pub width: u32,
+    pub height: u32,
+    pub bit_depth: u8,
+    /// Row-major, `width * height` values.
+    pub data: Vec<u16>,
+}
+
+impl GrayImage {
+    pub fn get(&self, x: u32, y: u32) -> u16 {
+        self.data[(y * self.width + x) as usize]
+    }
+
+    /// The largest value the bit depth allows (saturation).
+    pub fn max_value(&self) -> u16 {
+        if self.bit_depth >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << self.bit_depth) - 1
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read image {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image {path} is damaged or not a valid {format}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        format: &'static str,
+        reason: String,
+    },
+    #[error("image {path}: {what} is not supported (plateflow reads 8/16-bit grey or palette TIFF, and grey PNG or RGB PNG with equal channels)")]
+    Unsupported { path: PathBuf, what: String },
+    #[error("image {path} has an extension plateflow does not read (use .tif, .tiff or .png)")]
+    UnknownFormat { path: PathBuf },
+}
+
+/// Every page of an image file (PNG files have one).
+pub fn read_pages(path: &Path) -> Result<Vec<GrayImage>, ImageError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let file = File::open(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    match ext.as_str() {
+        "tif" | "tiff" => read_tiff(path, BufReader::new(file)),
+        "png" => read_png(path, BufReader::new(file)).map(|i| vec![i]),
+        _ => Err(ImageError::UnknownFormat {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+/// The first page of an image file.
+pub fn read_image(path: &Path) -> Result<GrayImage, ImageError> {
+    Ok(read_pages(path)?.swap_remove(0))
+}
+
+fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageError> {
+    use tiff::decoder::{Decoder, DecodingResult};
+    use tiff::ColorType;
+    let corrupt = |e: tiff::TiffError| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        format: "TIFF",
+        reason: e.to_string(),
+    };
+    let unsupported = |what: String| ImageError::Unsupported {
+        path: path.to_path_buf(),
+        what,
+    };
+    let mut dec = Decoder::new(r).map_err(corrupt)?;
+    let mut pages = Vec::new();
+    loop {
+        let (width, height) = dec.dimensions().map_err(corrupt)?;
+        // Photometric interpretation 3 is a palette; the tiff crate's colortype() refuses it.
+        let photometric: Option<u16> = dec
+            .find_tag_unsigned(tiff::tags::Tag::PhotometricInterpretation)
+            .map_err(corrupt)?;
+        let bits: Option<u16> = dec
+            .find_tag_unsigned(tiff::tags::Tag::BitsPerSample)
+            .map_err(corrupt)?;
+        let palette = match (photometric, bits) {
+            (Some(3), Some(8)) => Some(grey_palette(path, &mut dec)?),
+            (Some(3), b) => {
+                return Err(unsupported(format!(
+                    "a {}-bit palette TIFF",
+                    b.unwrap_or(0)
+                )))
+            }
+            _ => match dec.colortype().map_err(corrupt)? {
+                ColorType::Gray(8) | ColorType::Gray(16) => None,
+                other => return Err(unsupported(format!("TIFF colour type {other:?}"))),
+            },
+        };
+        let (data, bit_depth) = match &palette {
+            // The tiff crate does not decode palette images: read their strips here.
+            Some(p) => {
+                let indices = palette::read_indices(path, &mut dec, width, height)?;
+                (indices.iter().map(|&i| p[i as usize]).collect(), 8)
+            }
+            None => match dec.read_image().map_err(corrupt)? {
+                DecodingResult::U8(v) => (v.into_iter().map(u16::from).collect(), 8),
+                DecodingResult::U16(v) => (v, 16),
+                _ => return Err(unsupported("TIFF sample format".into())),
+            },
+        };
+        if data.len() != width as usize * height as usize {
+            return Err(ImageError::Corrupt {
+                path: path.to_path_buf(),
+                format: "TIFF",
+                reason: format!("{} pixels for a {width}x{height} image", data.len()),
+            });
+        }
+        pages.push(GrayImage {
+            width,
+            height,
+            bit_depth,
+            data,
+        });
+        if !dec.more_images() {
+            return Ok(pages);
+        }
+        dec.next_image().map_err(corrupt)?;
+    }
+}
+
+/// A palette whose entries are grey maps each index to its grey level; a colour palette is
+/// refused rather than guessed at.
+fn grey_palette<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    dec: &mut tiff::decoder::Decoder<R>,
+) -> Result<Vec<u16>, ImageError> {
+    let map = dec
+        .get_tag_u16_vec(tiff::tags::Tag::ColorMap)
+        .map_err(|e| ImageError::Corrupt {
+            path: path.to_path_buf(),
+            format: "TIFF",
+            reason: format!("palette image without a usable colour map: {e}"),
+        })?;
+    let n = map.len() / 3;
+    let (r, g, b) = (&map[..n], &map[n..2 * n], &map[2 * n..3 * n]);
+    if r != g || g != b {
+        return Err(ImageError::Unsupported {
+            path: path.to_path_buf(),
+            what: "a colour (non-grey) palette".into(),
+        });
+    }
+    let mut lut: Vec<u16> = r.iter().map(|&v| v >> 8).collect();
+    lut.resize(256, 0);
+    Ok(lut)
+}
+
+fn read_png(path: &Path, r: BufReader<File>) -> Result<GrayImage, ImageError> {
+    let corrupt = |e: png::DecodingError| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        format: "PNG",
+        reason: e.to_string(),
+    };
+    let mut dec = png::Decoder::new(r);
+    // Palettes become RGB and low bit depths become 8-bit; 16-bit stays 16-bit.
+    dec.set_transformations(png::Transformations::EXPAND);
+    let mut reader = dec.read_info().map_err(corrupt)?;
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    let info = reader.next_frame(&mut buf).map_err(corrupt)?;
+    let (width, height) = (info.width, info.height);
+    let bytes = &buf[..info.buffer_size()];
+    let sixteen = info.bit_depth == png::BitDepth::Sixteen;
+    let samples: Vec<u16> = if sixteen {
+        bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect()
+    } else {
+        bytes.iter().map(|&b| u16::from(b)).collect()
+    };
+    let channels = info.color_type.samples();
+    let color_channels = match info.color_type {
+        png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha => 1,
+        _ => 3,
+    };
+    let mut data = Vec::with_capacity(width as usize * height as usize);
+    for px in samples.chunks_exact(channels) {
+        if color_channels == 3 && (px[0] != px[1] || px[1] != px[2]) {
+            return Err(ImageError::Unsupported {
+                path: path.to_path_buf(),
+                what: "a colour PNG (its red, green and blue channels differ)".into(),
+            });
+        }
+        data.push(px[0]);
+    }
+    Ok(GrayImage {
+        width,
+        height,
+        bit_depth: if sixteen { 16 } else { 8 },
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests;

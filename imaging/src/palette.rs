@@ -1,0 +1,123 @@
+//! 8-bit palette-coded TIFF strips (the tiff crate refuses `RGBPalette`): uncompressed,
+//! PackBits, LZW or Deflate, with or without the horizontal predictor.
+
+use crate::ImageError;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use tiff::tags::Tag;
+
+pub fn read_indices<R: Read + Seek>(
+    path: &Path,
+    dec: &mut tiff::decoder::Decoder<R>,
+    width: u32,
+    height: u32,
+) -> Result<Vec<u8>, ImageError> {
+    let corrupt = |reason: String| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        format: "TIFF",
+        reason,
+    };
+    let tag_err = |e: tiff::TiffError| corrupt(e.to_string());
+    if dec.find_tag(Tag::TileOffsets).map_err(tag_err)?.is_some() {
+        return Err(ImageError::Unsupported {
+            path: path.to_path_buf(),
+            what: "a tiled palette TIFF".into(),
+        });
+    }
+    let compression: u16 = dec
+        .find_tag_unsigned(Tag::Compression)
+        .map_err(tag_err)?
+        .unwrap_or(1);
+    let predictor: u16 = dec
+        .find_tag_unsigned(Tag::Predictor)
+        .map_err(tag_err)?
+        .unwrap_or(1);
+    let offsets = dec.get_tag_u64_vec(Tag::StripOffsets).map_err(tag_err)?;
+    let counts = dec.get_tag_u64_vec(Tag::StripByteCounts).map_err(tag_err)?;
+    if offsets.len() != counts.len() {
+        return Err(corrupt("strip offsets and byte counts disagree".into()));
+    }
+    let mut file = std::fs::File::open(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let want = width as usize * height as usize;
+    let mut out = Vec::with_capacity(want);
+    for (&off, &len) in offsets.iter().zip(&counts) {
+        let mut raw = vec![0u8; len as usize];
+        file.seek(SeekFrom::Start(off))
+            .and_then(|_| file.read_exact(&mut raw))
+            .map_err(|e| corrupt(format!("strip at byte {off}: {e}")))?;
+        let mut strip = match compression {
+            1 => raw,
+            32773 => packbits(&raw),
+            5 => weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
+                .decode(&raw)
+                .map_err(|e| corrupt(format!("LZW strip: {e}")))?,
+            8 | 32946 => miniz_oxide::inflate::decompress_to_vec_zlib(&raw)
+                .map_err(|e| corrupt(format!("Deflate strip: {e:?}")))?,
+            other => {
+                return Err(ImageError::Unsupported {
+                    path: path.to_path_buf(),
+                    what: format!("TIFF compression {other} in a palette image"),
+                })
+            }
+        };
+        if predictor == 2 {
+            for row in strip.chunks_mut(width as usize) {
+                for i in 1..row.len() {
+                    row[i] = row[i].wrapping_add(row[i - 1]);
+                }
+            }
+        }
+        out.extend_from_slice(&strip);
+    }
+    if out.len() < want {
+        return Err(corrupt(format!(
+            "{} pixels for a {width}x{height} image",
+            out.len()
+        )));
+    }
+    out.truncate(want);
+    Ok(out)
+}
+
+/// PackBits (Apple): a header byte n, then n+1 literal bytes (n >= 0) or one byte repeated
+/// 1-n times (n < 0); -128 is a no-op.
+fn packbits(src: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() * 2);
+    let mut i = 0;
+    while i < src.len() {
+        let n = src[i] as i8;
+        i += 1;
+        if n >= 0 {
+            let end = (i + n as usize + 1).min(src.len());
+            out.extend_from_slice(&src[i..end]);
+            i = end;
+        } else if n != -128 {
+            if let Some(&b) = src.get(i) {
+                out.extend(std::iter::repeat_n(b, 1 + (-(n as i16)) as usize));
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packbits_example_from_the_spec() {
+        let packed = [
+            0xFE, 0xAA, 0x02, 0x80, 0x00, 0x2A, 0xFD, 0xAA, 0x03, 0x80, 0x00, 0x2A, 0x22, 0xF7,
+            0xAA,
+        ];
+        let want = [
+            0xAA, 0xAA, 0xAA, 0x80, 0x00, 0x2A, 0xAA, 0xAA, 0xAA, 0xAA, 0x80, 0x00, 0x2A, 0x22,
+            0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA,
+        ];
+        assert_eq!(packbits(&packed), want);
+    }
+}

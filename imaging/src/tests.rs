@@ -1,0 +1,290 @@
+use super::*;
+use tiff::encoder::{colortype, compression::DeflateLevel, Compression, TiffEncoder};
+
+fn ramp8(w: u32, h: u32) -> Vec<u8> {
+    (0..w * h).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn write_tiff8(path: &Path, c: Compression, data: &[u8], w: u32, h: u32, pages: usize) {
+    let f = File::create(path).unwrap();
+    let mut enc = TiffEncoder::new(f).unwrap().with_compression(c);
+    for _ in 0..pages {
+        enc.write_image::<colortype::Gray8>(w, h, data).unwrap();
+    }
+}
+
+#[test]
+fn tiff_8bit_every_compression_and_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (37, 23);
+    let data = ramp8(w, h);
+    let kinds = [
+        ("none", Compression::Uncompressed),
+        ("lzw", Compression::Lzw),
+        ("packbits", Compression::Packbits),
+        ("deflate", Compression::Deflate(DeflateLevel::Balanced)),
+    ];
+    for (name, c) in kinds {
+        let p = dir.path().join(format!("{name}.tif"));
+        write_tiff8(&p, c, &data, w, h, 3);
+        let pages = read_pages(&p).unwrap();
+        assert_eq!(pages.len(), 3, "{name}");
+        for page in &pages {
+            assert_eq!(
+                (page.width, page.height, page.bit_depth),
+                (w, h, 8),
+                "{name}"
+            );
+            assert_eq!(
+                page.data,
+                data.iter().map(|&v| v as u16).collect::<Vec<_>>(),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tiff_16bit() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("deep.TIFF");
+    let data: Vec<u16> = (0..64u32 * 32).map(|i| (i * 31 % 65521) as u16).collect();
+    let f = File::create(&p).unwrap();
+    TiffEncoder::new(f)
+        .unwrap()
+        .with_compression(Compression::Lzw)
+        .write_image::<colortype::Gray16>(64, 32, &data)
+        .unwrap();
+    let img = read_image(&p).unwrap();
+    assert_eq!(img.bit_depth, 16);
+    assert_eq!(img.max_value(), u16::MAX);
+    assert_eq!(img.data, data);
+}
+
+#[test]
+fn png_grey_rgb_and_colour() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, color: png::ColorType, depth: png::BitDepth, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(File::create(&p).unwrap()), 4, 2);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        enc.write_header().unwrap().write_image_data(bytes).unwrap();
+        p
+    };
+    let grey = write(
+        "g.png",
+        png::ColorType::Grayscale,
+        png::BitDepth::Eight,
+        &[0, 1, 2, 3, 4, 5, 6, 255],
+    );
+    let img = read_image(&grey).unwrap();
+    assert_eq!(img.data, vec![0, 1, 2, 3, 4, 5, 6, 255]);
+    let rgb: Vec<u8> = (0..8u8).flat_map(|v| [v * 10; 3]).collect();
+    let img = read_image(&write(
+        "rgb.png",
+        png::ColorType::Rgb,
+        png::BitDepth::Eight,
+        &rgb,
+    ))
+    .unwrap();
+    assert_eq!(img.data, (0..8u16).map(|v| v * 10).collect::<Vec<_>>());
+    let mut colour = rgb.clone();
+    colour[4] = 99;
+    let err = read_image(&write(
+        "c.png",
+        png::ColorType::Rgb,
+        png::BitDepth::Eight,
+        &colour,
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("c.png") && err.to_string().contains("channels differ"),
+        "{err}"
+    );
+    let deep: Vec<u8> = (0..8u16).flat_map(|v| (v * 1000).to_be_bytes()).collect();
+    let img = read_image(&write(
+        "d.png",
+        png::ColorType::Grayscale,
+        png::BitDepth::Sixteen,
+        &deep,
+    ))
+    .unwrap();
+    assert_eq!((img.bit_depth, img.get(3, 1)), (16, 7000));
+}
+
+#[test]
+fn bad_files_name_the_file_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let truncated = dir.path().join("cut.tif");
+    write_tiff8(
+        &truncated,
+        Compression::Uncompressed,
+        &ramp8(64, 64),
+        64,
+        64,
+        1,
+    );
+    let bytes = std::fs::read(&truncated).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let e = read_image(&truncated).unwrap_err();
+    assert!(
+        matches!(e, ImageError::Corrupt { .. }) && e.to_string().contains("cut.tif"),
+        "{e}"
+    );
+
+    let garbage = dir.path().join("noise.png");
+    std::fs::write(&garbage, b"this is not a png").unwrap();
+    let e = read_image(&garbage).unwrap_err();
+    assert!(
+        e.to_string().contains("noise.png") && e.to_string().contains("PNG"),
+        "{e}"
+    );
+
+    let missing = dir.path().join("absent.tif");
+    assert!(matches!(read_image(&missing), Err(ImageError::Io { .. })));
+    let other = dir.path().join("x.jpg");
+    std::fs::write(&other, b"").unwrap();
+    assert!(matches!(
+        read_image(&other),
+        Err(ImageError::UnknownFormat { .. })
+    ));
+}
+
+/// The real data sets beside the repository, when present.
+fn shared(sub: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(sub);
+    if p.is_dir() {
+        Some(p)
+    } else {
+        println!("skipped: {} is absent", p.display());
+        None
+    }
+}
+
+#[test]
+fn real_palette_tiffs_of_the_sbs_plate() {
+    let Some(dir) = shared("sbs-plate") else {
+        return;
+    };
+    let img = read_image(&dir.join("Channel2-01-A-01.tif")).unwrap();
+    assert_eq!((img.width, img.height, img.bit_depth), (640, 640, 8));
+    let max = *img.data.iter().max().unwrap();
+    let mean = img.data.iter().map(|&v| v as f64).sum::<f64>() / img.data.len() as f64;
+    assert!(
+        max > 50 && mean < max as f64 / 2.0,
+        "nuclei are bright on a dark background: max {max}, mean {mean}"
+    );
+}
+
+#[test]
+fn real_coelho_pngs() {
+    let Some(dir) = shared("coelho-u2os") else {
+        return;
+    };
+    let img = read_image(&dir.join("images/dna-0.png")).unwrap();
+    assert_eq!((img.width, img.height), (1349, 1030));
+    let labels = read_image(&dir.join("labels/dna-0.png")).unwrap();
+    assert_eq!((labels.width, labels.height), (1349, 1030));
+    assert!(labels.data.iter().any(|&v| v > 0));
+}
+
+/// A minimal little-endian palette TIFF: one strip, a grey ramp palette scaled by `scale`.
+fn palette_tiff(
+    path: &Path,
+    w: u16,
+    h: u16,
+    strip: &[u8],
+    compression: u16,
+    predictor: u16,
+    colour: bool,
+) {
+    let mut d: Vec<u8> = b"II*\0".to_vec();
+    let cmap_off = 8u32;
+    let mut cmap = Vec::new();
+    for ch in 0..3 {
+        for i in 0..256u32 {
+            let v = if colour && ch == 0 {
+                0
+            } else {
+                (i * 257) as u16
+            };
+            cmap.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let strip_off = cmap_off + cmap.len() as u32;
+    let ifd_off = strip_off + strip.len() as u32;
+    d.extend_from_slice(&ifd_off.to_le_bytes());
+    d.extend_from_slice(&cmap);
+    d.extend_from_slice(strip);
+    let entries: Vec<(u16, u16, u32, u32)> = vec![
+        (256, 3, 1, w as u32),
+        (257, 3, 1, h as u32),
+        (258, 3, 1, 8),
+        (259, 3, 1, compression as u32),
+        (262, 3, 1, 3),
+        (273, 4, 1, strip_off),
+        (277, 3, 1, 1),
+        (278, 3, 1, h as u32),
+        (279, 4, 1, strip.len() as u32),
+        (317, 3, 1, predictor as u32),
+        (320, 3, 768, cmap_off),
+    ];
+    d.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    for (tag, typ, count, value) in entries {
+        d.extend_from_slice(&tag.to_le_bytes());
+        d.extend_from_slice(&typ.to_le_bytes());
+        d.extend_from_slice(&count.to_le_bytes());
+        d.extend_from_slice(&value.to_le_bytes());
+    }
+    d.extend_from_slice(&0u32.to_le_bytes());
+    std::fs::write(path, d).unwrap();
+}
+
+#[test]
+fn palette_tiffs_uncompressed_packbits_lzw_with_predictor() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (16u16, 4u16);
+    let indices: Vec<u8> = (0..w as u32 * h as u32)
+        .map(|i| (i * 5 % 256) as u8)
+        .collect();
+    let want: Vec<u16> = indices.iter().map(|&i| i as u16).collect();
+
+    let p = dir.path().join("plain.tif");
+    palette_tiff(&p, w, h, &indices, 1, 1, false);
+    assert_eq!(read_image(&p).unwrap().data, want);
+
+    // PackBits as literal runs of one row each.
+    let mut packed = Vec::new();
+    for row in indices.chunks(w as usize) {
+        packed.push((row.len() - 1) as u8);
+        packed.extend_from_slice(row);
+    }
+    let p = dir.path().join("packbits.tif");
+    palette_tiff(&p, w, h, &packed, 32773, 1, false);
+    assert_eq!(read_image(&p).unwrap().data, want);
+
+    // LZW with horizontal differencing.
+    let mut diffed = indices.clone();
+    for row in diffed.chunks_mut(w as usize) {
+        for i in (1..row.len()).rev() {
+            row[i] = row[i].wrapping_sub(row[i - 1]);
+        }
+    }
+    let lzw = weezl::encode::Encoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
+        .encode(&diffed)
+        .unwrap();
+    let p = dir.path().join("lzw.tif");
+    palette_tiff(&p, w, h, &lzw, 5, 2, false);
+    assert_eq!(read_image(&p).unwrap().data, want);
+
+    let p = dir.path().join("colour.tif");
+    palette_tiff(&p, w, h, &indices, 1, 1, true);
+    let e = read_image(&p).unwrap_err();
+    assert!(
+        e.to_string().contains("colour.tif") && e.to_string().contains("palette"),
+        "{e}"
+    );
+}
