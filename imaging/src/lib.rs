@@ -4,6 +4,7 @@
 //! the engine: this is a library first.
 
 mod palette;
+pub mod qc;
 
 use std::fs::File;
 use std::io::BufReader;
