@@ -225,8 +225,10 @@ impl Ord for Item {
 
 /// Segments nuclei; returns the label image.
 /// Seeds closer than SEP typical radii belong to one nucleus. 1.8 was the best of 0.7, 1.2,
-/// 1.5 and 1.8 on six Coelho images (F1 0.68, 0.81, 0.89, 0.91); a saddle-depth test between
-/// seeds (tried: worse) or h-maxima is the next step for strongly overlapping nuclei.
+/// 1.5 and 1.8 on six Coelho images (F1 0.68, 0.81, 0.89, 0.91); on all 48 it gives F1 0.84
+/// and a median count error of 6.7 % (the target is F1 >= 0.90). Splitting by seed distance
+/// alone is the limit: a saddle-depth test along the segment between seeds was tried and did
+/// worse; h-maxima or an intensity-based watershed is the next step.
 const SEP: f64 = 1.8;
 
 pub fn segment_nuclei(img: &GrayImage, p: &SegmentParams) -> Labels {
@@ -538,8 +540,8 @@ mod tests {
         assert!((24.0..200.0).contains(&t), "{t}");
     }
 
-    /// The hand-segmented U2OS nuclei (Coelho et al. 2009), when present: figures are printed;
-    /// the assertion is a floor well below the target, which is not reached yet.
+    /// The 48 hand-segmented U2OS images (Coelho et al. 2009), when present: figures are
+    /// printed; the assertion is a floor below the target, which is not reached yet.
     #[test]
     fn coelho_u2os_scores() {
         let dir =
@@ -550,13 +552,18 @@ mod tests {
         }
         let (mut matched, mut np, mut nt) = (0, 0, 0);
         let mut count_errors = Vec::new();
-        for i in [0, 5, 10, 20, 30, 40] {
-            let img = crate::read_image(&dir.join(format!("images/dna-{i}.png"))).unwrap();
-            let truth = crate::read_image(&dir.join(format!("labels/dna-{i}.png"))).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        for i in names {
+            let img = crate::read_image(&dir.join("images").join(&i)).unwrap();
+            let truth = crate::read_image(&dir.join("labels").join(&i)).unwrap();
             let labels = segment_nuclei(&img, &SegmentParams::default());
             let truth: Vec<u32> = truth.data.iter().map(|&v| v as u32).collect();
             let s = score(&labels.data, &truth);
-            println!("dna-{i}: {s:?}");
+            println!("{i}: {s:?}");
             matched += s.matched;
             np += s.predicted;
             nt += s.true_objects;
@@ -568,6 +575,9 @@ mod tests {
             "overall: precision {p:.3} recall {r:.3} F1 {f1:.3}; median count error {:.3}",
             crate::qc::median(&count_errors)
         );
-        assert!(f1 > 0.6, "F1 {f1}");
+        assert!(
+            f1 > 0.8,
+            "F1 {f1} (a regression guard; the issue's target is 0.90)"
+        );
     }
 }
