@@ -170,6 +170,23 @@ fn dt_1d(f: &[f64]) -> Vec<f64> {
     d
 }
 
+/// Calls `f` with the index of each 4-connected neighbour of pixel `i` in a `w` x `h` image.
+fn neighbours4(i: usize, w: usize, h: usize, mut f: impl FnMut(usize)) {
+    let (x, y) = (i % w, i / w);
+    if x > 0 {
+        f(i - 1);
+    }
+    if x + 1 < w {
+        f(i + 1);
+    }
+    if y > 0 {
+        f(i - w);
+    }
+    if y + 1 < h {
+        f(i + w);
+    }
+}
+
 /// 4-connected components of a mask.
 pub fn connected_components(mask: &[bool], w: usize, h: usize) -> Labels {
     let mut data = vec![0u32; w * h];
@@ -183,25 +200,12 @@ pub fn connected_components(mask: &[bool], w: usize, h: usize) -> Labels {
         data[start] = count;
         stack.push(start);
         while let Some(i) = stack.pop() {
-            let (x, y) = (i % w, i / w);
-            let mut visit = |j: usize| {
+            neighbours4(i, w, h, |j| {
                 if mask[j] && data[j] == 0 {
                     data[j] = count;
                     stack.push(j);
                 }
-            };
-            if x > 0 {
-                visit(i - 1);
-            }
-            if x + 1 < w {
-                visit(i + 1);
-            }
-            if y > 0 {
-                visit(i - w);
-            }
-            if y + 1 < h {
-                visit(i + w);
-            }
+            });
         }
     }
     Labels {
@@ -343,26 +347,13 @@ pub fn segment_nuclei(img: &GrayImage, p: &SegmentParams) -> Labels {
         heap.push(Item(dist_s[s], s));
     }
     while let Some(Item(_, i)) = heap.pop() {
-        let (x, y) = (i % w, i / w);
         let l = labels[i];
-        let mut push = |j: usize| {
+        neighbours4(i, w, h, |j| {
             if mask[j] && labels[j] == 0 {
                 labels[j] = l;
                 heap.push(Item(dist_s[j], j));
             }
-        };
-        if x > 0 {
-            push(i - 1);
-        }
-        if x + 1 < w {
-            push(i + 1);
-        }
-        if y > 0 {
-            push(i - w);
-        }
-        if y + 1 < h {
-            push(i + w);
-        }
+        });
     }
     // Size filter and renumbering.
     let mut area = vec![0usize; seeds.len() + 1];
