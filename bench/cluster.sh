@@ -8,13 +8,7 @@
 #   bench/cluster.sh N [KIND] [CPUS]     (KIND noop or true; CPUS slots per worker, default 64/1)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-N="${1:-10000}"
-KIND="${2:-noop}"
-case "$KIND" in
-    noop) CPUS="${3:-64}" ;;
-    true) CPUS="${3:-1}" ;;
-    *) echo "KIND is noop or true" >&2; exit 2 ;;
-esac
+parse_n_kind_cpus "$@"
 need_plateflow
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/plateflow-cluster.XXXXXX")"

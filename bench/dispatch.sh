@@ -15,13 +15,7 @@
 # (KEEP=1 keeps it).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-N="${1:-10000}"
-KIND="${2:-noop}"
-case "$KIND" in
-    noop) CPUS="${3:-64}" ;;
-    true) CPUS="${3:-1}" ;;
-    *) echo "KIND is noop or true" >&2; exit 2 ;;
-esac
+parse_n_kind_cpus "$@"
 need_plateflow
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/plateflow-dispatch.XXXXXX")"

@@ -47,6 +47,18 @@ make_images() {
     sync
 }
 
+# parse_n_kind_cpus [N] [KIND] [CPUS]: sets N (default 10000), KIND (noop or true) and CPUS
+# (task slots per worker: 64 for noop, 1 for true, unless given).
+parse_n_kind_cpus() {
+    N="${1:-10000}"
+    KIND="${2:-noop}"
+    case "$KIND" in
+        noop) CPUS="${3:-64}" ;;
+        true) CPUS="${3:-1}" ;;
+        *) echo "KIND is noop or true" >&2; exit 2 ;;
+    esac
+}
+
 # write_pipeline FILE NAME KIND: a one-step pipeline, one task per image (`for_each: well`),
 # of KIND noop (labelled with the directory's name, so every benchmark starts uncached) or
 # true (`uses: command`, `run: "true"`: one real process per task).

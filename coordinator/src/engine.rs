@@ -482,7 +482,10 @@ impl Engine {
             match loader.join().expect("action cache loader panicked") {
                 Ok(actions) => self.actions = actions,
                 Err(e) => {
-                    tracing::error!("cannot read the action cache; every task will run: {e:#}")
+                    tracing::error!(
+                        "cannot read the action cache in {}; every task will run (delete the file to rebuild it): {e:#}",
+                        self.cfg.db_path().display()
+                    )
                 }
             }
         }

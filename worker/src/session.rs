@@ -119,7 +119,6 @@ async fn session(
                 }),
                 gpu_ids: cfg.gpu_ids.clone(),
                 shared_store: cfg.shared_store,
-                running: vec![],
             })),
         })
         .await?;
