@@ -4,10 +4,15 @@
 use plateflow_e2e::*;
 use std::path::{Path, PathBuf};
 
+/// Small demo plates (4 wells, 1 site) under the engine tests' own pipeline of `command`
+/// steps: these tests are about scheduling, caching and recovery, not image analysis.
 fn demo(dir: &Path, plates: usize) -> PathBuf {
     let out = run_bounded(
         plateflow()
-            .args(["demo", "--no-run", "--plates", &plates.to_string(), "--dir"])
+            .args([
+                "demo", "--no-run", "--wells", "4", "--sites", "1", "--size", "96",
+            ])
+            .args(["--plates", &plates.to_string(), "--dir"])
             .arg(dir),
         60,
     );
@@ -16,7 +21,9 @@ fn demo(dir: &Path, plates: usize) -> PathBuf {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    dir.join("demo.yaml")
+    let pipeline = dir.join("demo.yaml");
+    std::fs::write(&pipeline, include_str!("pipelines/inventory.yaml")).unwrap();
+    pipeline
 }
 
 fn run_json(pipeline: &Path, extra: &[&str]) -> (serde_json::Value, std::process::Output) {
@@ -131,7 +138,7 @@ fn local_demo_then_incremental_reruns() {
     );
     let lin = String::from_utf8_lossy(&lin.stdout);
     assert!(
-        lin.contains("summary  [command@1]") && lin.contains("input   P4/B02_s1_w2.tif  sha256:"),
+        lin.contains("summary  [command@1]") && lin.contains("input   P4/A04_s1_w2.tif  sha256:"),
         "{lin}"
     );
 }

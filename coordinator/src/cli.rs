@@ -36,6 +36,15 @@ pub enum Command {
         dir: PathBuf,
         #[arg(long, default_value_t = 3)]
         plates: usize,
+        /// Wells per plate (rows of 6: A01..A06, B01, ...).
+        #[arg(long, default_value_t = 24)]
+        wells: usize,
+        /// Fields of view per well.
+        #[arg(long, default_value_t = 2)]
+        sites: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 256)]
+        size: u32,
         /// Only generate the files.
         #[arg(long)]
         no_run: bool,
@@ -201,9 +210,22 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo {
             dir,
             plates,
+            wells,
+            sites,
+            size,
             no_run,
         } => {
-            let pipeline = crate::demo::generate(&dir, plates)?;
+            anyhow::ensure!(
+                (1..=26 * 6).contains(&wells) && sites >= 1 && (32..=4096).contains(&size),
+                "--wells must be 1..156, --sites at least 1, --size 32..4096"
+            );
+            let layout = crate::demo::Layout {
+                plates,
+                wells,
+                sites,
+                size,
+            };
+            let pipeline = crate::demo::generate(&dir, &layout)?;
             eprintln!(
                 "demo written to {} (pipeline {})",
                 dir.display(),
@@ -483,9 +505,24 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
     let server_task = tokio::spawn(server::serve(engine.clone(), listener, async move {
         let _ = stop.changed().await;
     }));
-    let cpus = args
-        .cpus
-        .unwrap_or_else(|| (cpus_here() / args.workers.max(1)).max(1));
+    let fair = (cpus_here() / args.workers.max(1)).max(1);
+    // A step that asks for more CPUs than a local worker offers would wait forever: on this
+    // machine the workers offer at least the largest request (the OS shares the cores).
+    let largest = pipeline
+        .steps
+        .iter()
+        .map(|s| s.resources.cpus)
+        .max()
+        .unwrap_or(1);
+    let cpus = args.cpus.unwrap_or(fair.max(largest));
+    if let Some(s) = pipeline.steps.iter().find(|s| s.resources.cpus > cpus) {
+        eprintln!(
+            "step `{}` asks for {} CPUs but --cpus gives each local worker {cpus}: its tasks \
+             cannot start; lower its `resources: {{cpus: ...}}` or raise --cpus",
+            s.name, s.resources.cpus
+        );
+        return Ok(2);
+    }
     // Local workers are `plateflow worker` processes, exactly as on a cluster. Being small,
     // they also start each task's process far faster than the coordinator's process could.
     let exe = std::env::current_exe()?;

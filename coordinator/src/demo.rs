@@ -1,11 +1,42 @@
-//! `plateflow demo`: a small synthetic multi-plate image set (real 8-bit TIFF files) with a
-//! plate map and the demo pipeline, generated deterministically so reruns are cached.
+//! `plateflow demo`: a synthetic screen that looks like real data, with its ground truth.
+//!
+//! Plates of wells × sites × two channels (DNA, GFP reporter) as 8-bit TIFF files. Cells have
+//! a nucleus and a cytoplasm; two phenotypes differ subtly: `translocated` cells carry the
+//! reporter in the nucleus (not the cytoplasm) and have slightly larger, more elongated and
+//! more textured nuclei. Each plate has its own batch effects (intensity scale, background,
+//! illumination gradient). Planted defects: a blurred field, a saturated field, an empty
+//! field, and one mislabelled well. `ground_truth/` holds the defects, every cell, and the
+//! nucleus label images, so tests can check that curation and segmentation find what was
+//! planted. Generation is deterministic: the same plate always gives the same bytes.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 const PIPELINE: &str = include_str!("../../pipelines/demo.yaml");
-const WELLS: &[&str] = &["A01", "A02", "B01", "B02"];
-const SIZE: u32 = 96;
+
+/// The shape of a demo screen.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout {
+    pub plates: usize,
+    /// Wells per plate, filled row by row in rows of 6 (A01..A06, B01, …).
+    pub wells: usize,
+    pub sites: usize,
+    /// Image side in pixels.
+    pub size: u32,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            plates: 3,
+            wells: 24,
+            sites: 2,
+            size: 256,
+        }
+    }
+}
+
+const COLS: usize = 6;
 
 /// A tiny deterministic generator (SplitMix64): the same plate always gives the same bytes.
 struct Rng(u64);
@@ -17,74 +48,353 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    fn below(&mut self, n: u32) -> u32 {
-        (self.next() % n as u64) as u32
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.unit()
+    }
+    /// Roughly normal (sum of four uniforms), mean 0, sd 1.
+    fn normal(&mut self) -> f64 {
+        ((0..4).map(|_| self.unit()).sum::<f64>() - 2.0) * 3f64.sqrt()
     }
 }
 
-/// Cells as bright discs on a dim background; channel 2 is a dimmer, wider copy.
-fn field(seed: u64, channel: u32) -> Vec<u8> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defect {
+    Blurred,
+    Saturated,
+    Empty,
+}
+
+impl Defect {
+    pub fn name(self) -> &'static str {
+        match self {
+            Defect::Blurred => "blurred",
+            Defect::Saturated => "saturated",
+            Defect::Empty => "empty",
+        }
+    }
+}
+
+fn well_name(i: usize) -> String {
+    format!("{}{:02}", (b'A' + (i / COLS) as u8) as char, i % COLS + 1)
+}
+
+/// The phenotype the plate map gives a well: columns 1-3 untreated, 4-6 treated.
+fn mapped_phenotype(well: usize) -> &'static str {
+    if well % COLS < 3 {
+        "normal"
+    } else {
+        "translocated"
+    }
+}
+
+/// The planted defects: (plate, well, site) → defect. Fixed places so tests know them.
+pub fn planted_defects(l: &Layout) -> Vec<(usize, usize, usize, Defect)> {
+    let mut d = Vec::new();
+    let last_site = l.sites;
+    if l.wells > 7 {
+        d.push((1, 7, last_site, Defect::Blurred));
+    }
+    if l.plates >= 2 && l.wells > 16 {
+        d.push((2, 16, 1, Defect::Saturated));
+    }
+    if l.plates >= 3 && l.wells > 2 {
+        d.push((3, 2, last_site, Defect::Empty));
+    }
+    d
+}
+
+/// The mislabelled well: the plate map says `translocated`, the cells are `normal`.
+pub fn mislabelled(l: &Layout) -> Option<(usize, usize)> {
+    (l.plates >= 2 && l.wells > 3).then_some((2, 3))
+}
+
+struct Cell {
+    cx: f64,
+    cy: f64,
+    /// Nucleus semi-axes and angle.
+    a: f64,
+    b: f64,
+    theta: f64,
+    /// Cell body scale relative to the nucleus.
+    body: f64,
+    dna: f64,
+}
+
+fn inside(c: &Cell, x: f64, y: f64, scale: f64) -> f64 {
+    let (dx, dy) = (x - c.cx, y - c.cy);
+    let (s, co) = c.theta.sin_cos();
+    let u = (dx * co + dy * s) / (c.a * scale);
+    let v = (-dx * s + dy * co) / (c.b * scale);
+    u * u + v * v
+}
+
+struct Field {
+    dna: Vec<u8>,
+    gfp: Vec<u8>,
+    /// Nucleus labels, 1..=n in the order of `cells`.
+    labels: Vec<u16>,
+    cells: Vec<(f64, f64)>,
+}
+
+/// Renders one field of view.
+fn render(seed: u64, size: u32, plate: usize, translocated: bool, defect: Option<Defect>) -> Field {
     let mut rng = Rng(seed);
-    let mut img = vec![12u8; (SIZE * SIZE) as usize];
-    for _ in 0..(6 + rng.below(6)) {
-        let (cx, cy, r) = (
-            rng.below(SIZE) as i32,
-            rng.below(SIZE) as i32,
-            4 + rng.below(4) as i32,
-        );
-        let r = if channel == 2 { r + 3 } else { r };
-        let peak: i32 = if channel == 2 { 120 } else { 200 };
-        for y in (cy - r).max(0)..(cy + r).min(SIZE as i32) {
-            for x in (cx - r).max(0)..(cx + r).min(SIZE as i32) {
-                let d2 = (x - cx).pow(2) + (y - cy).pow(2);
-                if d2 <= r * r {
-                    let v = peak - (peak / 3) * d2 / (r * r);
-                    let px = &mut img[(y as u32 * SIZE + x as u32) as usize];
-                    *px = (*px as i32).max(v).min(255) as u8;
+    let n = size as usize;
+    let s = size as f64;
+    // Per-plate batch effects: intensity scale, background, illumination gradient.
+    let gain = [1.0, 0.85, 1.15, 0.95, 1.05][(plate - 1) % 5];
+    let background = [10.0, 18.0, 6.0, 14.0, 22.0][(plate - 1) % 5];
+    let gradient = [0.0, 0.3, -0.25, 0.15, -0.1][(plate - 1) % 5];
+    let mut cells: Vec<Cell> = Vec::new();
+    let target = if defect == Some(Defect::Empty) {
+        0
+    } else {
+        (s * s / 4400.0) as usize + (rng.next() % 5) as usize
+    };
+    let mut tries = 0;
+    while cells.len() < target && tries < 2000 {
+        tries += 1;
+        let a = if translocated {
+            rng.range(7.0, 9.0)
+        } else {
+            rng.range(6.0, 8.0)
+        };
+        let b = a * if translocated {
+            rng.range(0.6, 0.8)
+        } else {
+            rng.range(0.85, 1.0)
+        };
+        let c = Cell {
+            cx: rng.range(4.0, s - 4.0),
+            cy: rng.range(4.0, s - 4.0),
+            a,
+            b,
+            theta: rng.range(0.0, std::f64::consts::PI),
+            body: rng.range(1.8, 2.3),
+            dna: rng.range(130.0, 170.0),
+        };
+        // Nuclei never overlap (ground truth stays unambiguous); bodies may touch.
+        let ok = cells.iter().all(|o| {
+            let d = ((o.cx - c.cx).powi(2) + (o.cy - c.cy).powi(2)).sqrt();
+            d > o.a + c.a + 3.0 && d > 0.8 * (o.a * o.body + c.a * c.body)
+        });
+        if ok {
+            cells.push(c);
+        }
+    }
+    let mut dna = vec![0f64; n * n];
+    let mut gfp = vec![0f64; n * n];
+    let mut labels = vec![0u16; n * n];
+    let texture = if translocated { 0.22 } else { 0.08 };
+    let (nuc_gfp, cyto_gfp) = if translocated {
+        (110.0, 35.0)
+    } else {
+        (35.0, 85.0)
+    };
+    for (k, c) in cells.iter().enumerate() {
+        let reach = (c.a * c.body).ceil() as isize + 2;
+        let (x0, y0) = (c.cx as isize - reach, c.cy as isize - reach);
+        for y in y0.max(0)..(y0 + 2 * reach + 1).min(n as isize) {
+            for x in x0.max(0)..(x0 + 2 * reach + 1).min(n as isize) {
+                let i = y as usize * n + x as usize;
+                let (fx, fy) = (x as f64, y as f64);
+                let rn = inside(c, fx, fy, 1.0);
+                let rb = inside(c, fx, fy, c.body);
+                if rn <= 1.0 {
+                    labels[i] = k as u16 + 1;
+                    // Chromatin texture: a fixed pseudo-random pattern per pixel.
+                    let grain = 1.0 + texture * Rng(seed ^ (i as u64) << 20).normal();
+                    // A soft edge: nuclei are dimmer at the rim.
+                    dna[i] = c.dna * (1.0 - 0.3 * rn) * grain;
+                    gfp[i] = gfp[i].max(nuc_gfp * (1.0 - 0.2 * rn));
+                } else if rb <= 1.0 {
+                    gfp[i] = gfp[i].max(cyto_gfp * (1.0 - 0.4 * rb));
                 }
             }
         }
     }
-    img
+    if defect == Some(Defect::Blurred) {
+        dna = blur(&dna, n, 3.0);
+        gfp = blur(&gfp, n, 3.0);
+    }
+    let dna_gain = if defect == Some(Defect::Saturated) {
+        3.5
+    } else {
+        1.0
+    };
+    let finish = |v: &[f64], rng: &mut Rng, extra: f64| -> Vec<u8> {
+        v.iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let x = (i % n) as f64 / s - 0.5;
+                let light = 1.0 + gradient * x;
+                let val = (background + p * gain * extra) * light + 2.0 * rng.normal();
+                val.round().clamp(0.0, 255.0) as u8
+            })
+            .collect()
+    };
+    Field {
+        dna: finish(&dna, &mut rng, dna_gain),
+        gfp: finish(&gfp, &mut rng, 1.0),
+        labels,
+        cells: cells.iter().map(|c| (c.cx, c.cy)).collect(),
+    }
+}
+
+fn blur(v: &[f64], n: usize, sigma: f64) -> Vec<f64> {
+    let r = (3.0 * sigma) as isize;
+    let k: Vec<f64> = (-r..=r)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let norm: f64 = k.iter().sum();
+    let pass = |src: &[f64], horizontal: bool| -> Vec<f64> {
+        let mut out = vec![0f64; n * n];
+        for y in 0..n {
+            for x in 0..n {
+                let mut acc = 0.0;
+                for (j, kv) in k.iter().enumerate() {
+                    let o = j as isize - r;
+                    let (xx, yy) = if horizontal {
+                        ((x as isize + o).clamp(0, n as isize - 1) as usize, y)
+                    } else {
+                        (x, (y as isize + o).clamp(0, n as isize - 1) as usize)
+                    };
+                    acc += kv * src[yy * n + xx];
+                }
+                out[y * n + x] = acc / norm;
+            }
+        }
+        out
+    };
+    pass(&pass(v, true), false)
 }
 
 pub fn write_tiff(path: &Path, pixels: &[u8], width: u32, height: u32) -> anyhow::Result<()> {
+    write_tiff_as::<tiff::encoder::colortype::Gray8>(path, pixels, width, height)
+}
+
+fn write_tiff_as<C: tiff::encoder::colortype::ColorType>(
+    path: &Path,
+    pixels: &[C::Inner],
+    width: u32,
+    height: u32,
+) -> anyhow::Result<()>
+where
+    [C::Inner]: tiff::encoder::TiffValue,
+{
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     {
         let mut enc = tiff::encoder::TiffEncoder::new(&mut tmp)?;
-        enc.write_image::<tiff::encoder::colortype::Gray8>(width, height, pixels)?;
+        enc.write_image::<C>(width, height, pixels)?;
     }
     tmp.persist(path)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
 }
 
-/// Writes plates P1..Pn (4 wells, 1 site, 2 channels each), a plate map, and the pipeline.
-/// Existing images are left untouched, so adding plates to a demo keeps the others cached.
-pub fn generate(dir: &Path, plates: usize) -> anyhow::Result<PathBuf> {
+/// Writes the plates, the plate map, the ground truth and the pipeline. Existing images are
+/// left untouched, so adding plates to a demo keeps the others cached.
+pub fn generate(dir: &Path, l: &Layout) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let mut map = String::from("plate,well,treatment,control\n");
-    for p in 1..=plates {
-        for (wi, well) in WELLS.iter().enumerate() {
-            for ch in 1..=2u32 {
-                let path = dir.join(format!("images/P{p}/{well}_s1_w{ch}.tif"));
-                if !path.exists() {
-                    let seed = (p as u64) << 16 | (wi as u64) << 4 | 1;
-                    write_tiff(&path, &field(seed, ch), SIZE, SIZE)?;
+    let defects = planted_defects(l);
+    let wrong = mislabelled(l);
+    let mut map = String::from("plate,well,phenotype,treatment,control\n");
+    let mut truth_defects = String::from("plate,well,site,defect\n");
+    let mut truth_cells = String::from("plate,well,site,object,center_x,center_y,phenotype\n");
+    for p in 1..=l.plates {
+        for w in 0..l.wells {
+            let well = well_name(w);
+            let mapped = mapped_phenotype(w);
+            let real = if wrong == Some((p, w)) {
+                writeln!(truth_defects, "P{p},{well},,mislabelled")?;
+                "normal"
+            } else {
+                mapped
+            };
+            for site in 1..=l.sites {
+                let defect = defects
+                    .iter()
+                    .find(|d| (d.0, d.1, d.2) == (p, w, site))
+                    .map(|d| d.3);
+                if let Some(d) = defect {
+                    writeln!(truth_defects, "P{p},{well},{site},{}", d.name())?;
+                }
+                let dna_path = dir.join(format!("images/P{p}/{well}_s{site}_w1.tif"));
+                let labels_path =
+                    dir.join(format!("ground_truth/labels/P{p}_{well}_{site}_nuclei.tif"));
+                let seed = (p as u64) << 32 | (w as u64) << 8 | site as u64;
+                let f = render(seed, l.size, p, real == "translocated", defect);
+                for (k, (x, y)) in f.cells.iter().enumerate() {
+                    writeln!(
+                        truth_cells,
+                        "P{p},{well},{site},{},{x:.1},{y:.1},{real}",
+                        k + 1
+                    )?;
+                }
+                if !dna_path.exists() || !labels_path.exists() {
+                    write_tiff(&dna_path, &f.dna, l.size, l.size)?;
+                    write_tiff(
+                        &dir.join(format!("images/P{p}/{well}_s{site}_w2.tif")),
+                        &f.gfp,
+                        l.size,
+                        l.size,
+                    )?;
+                    write_tiff_as::<tiff::encoder::colortype::Gray16>(
+                        &labels_path,
+                        &f.labels,
+                        l.size,
+                        l.size,
+                    )?;
                 }
             }
-            let (treatment, control) = if wi == 0 {
-                ("DMSO", "negative")
-            } else {
-                ("drug", "")
+            let (treatment, control) = match w % COLS {
+                0 => ("DMSO", "negative"),
+                1 | 2 => ("DMSO", ""),
+                5 => ("drug", "positive"),
+                _ => ("drug", ""),
             };
-            map.push_str(&format!("P{p},{well},{treatment},{control}\n"));
+            writeln!(map, "P{p},{well},{mapped},{treatment},{control}")?;
         }
     }
     std::fs::write(dir.join("platemap.csv"), map)?;
+    std::fs::create_dir_all(dir.join("ground_truth"))?;
+    std::fs::write(dir.join("ground_truth/defects.csv"), truth_defects)?;
+    std::fs::write(dir.join("ground_truth/cells.csv"), truth_cells)?;
     let pipeline = dir.join("demo.yaml");
     std::fs::write(&pipeline, PIPELINE)?;
     Ok(pipeline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defects_are_where_the_ground_truth_says() {
+        let l = Layout::default();
+        let d = planted_defects(&l);
+        assert_eq!(d.len(), 3);
+        let saturated = render(7, 128, 2, false, Some(Defect::Saturated));
+        let at_max = saturated.dna.iter().filter(|&&v| v == 255).count();
+        assert!(at_max as f64 > 0.01 * 128.0 * 128.0, "{at_max}");
+        let empty = render(7, 128, 3, false, Some(Defect::Empty));
+        assert!(empty.cells.is_empty() && empty.labels.iter().all(|&v| v == 0));
+        let normal = render(7, 128, 1, false, None);
+        assert!(normal.cells.len() >= 3);
+        assert!(normal.dna.iter().all(|&v| v < 255));
+    }
+
+    #[test]
+    fn generation_is_deterministic() {
+        let a = render(42, 96, 1, true, None);
+        let b = render(42, 96, 1, true, None);
+        assert_eq!(a.dna, b.dna);
+        assert_eq!(a.gfp, b.gfp);
+    }
 }

@@ -1156,20 +1156,21 @@ fn task_spec(run: &ActiveRun, t: TaskIdx, gpu_ids: Vec<u32>) -> TaskSpec {
                 .collect(),
         });
     }
-    let as_file = |name: &str, path: &PathBuf, d: &Digest| pb::InputFile {
+    // `_role` tells the worker where a non-image input goes and what it is.
+    let as_file = |name: &str, path: &PathBuf, d: &Digest, role: &str| pb::InputFile {
         rel_path: name.to_string(),
         abs_path: path.display().to_string(),
         digest: Some(d.into()),
-        fields: [("_role".to_string(), "file".to_string())]
+        fields: [("_role".to_string(), role.to_string())]
             .into_iter()
             .collect(),
     };
     for (name, path, d) in &prep.step_files[task.step as usize] {
-        inputs.push(as_file(name, path, d));
+        inputs.push(as_file(name, path, d, "file"));
     }
     if step.reads_plate_map {
         if let Some((name, path, d)) = &prep.plate_map {
-            inputs.push(as_file(name, path, d));
+            inputs.push(as_file(name, path, d, "plate_map"));
         }
     }
     let mut upstream = Vec::new();

@@ -3,9 +3,13 @@
 //! A file that cannot be read gives an error naming the file and the reason. No knowledge of
 //! the engine: this is a library first.
 
+pub mod cells;
+pub mod features;
+pub mod heatmap;
 mod palette;
 pub mod qc;
 pub mod segment;
+pub mod write;
 
 use std::fs::File;
 use std::io::BufReader;
@@ -54,6 +58,8 @@ pub enum ImageError {
     Unsupported { path: PathBuf, what: String },
     #[error("image {path} has an extension plateflow does not read (use .tif, .tiff or .png)")]
     UnknownFormat { path: PathBuf },
+    #[error("cannot write image {path}: {reason}")]
+    Unwritable { path: PathBuf, reason: String },
 }
 
 /// Every page of an image file (PNG files have one).

@@ -1,7 +1,10 @@
 //! Image quality measures for curation, and the plate statistics that turn them into flags:
 //! robust z-scores within a plate (median/MAD) and the Z′-factor between control wells.
 
+use crate::segment::{connected_components, gaussian, otsu};
 use crate::GrayImage;
+use rustfft::num_complex::Complex;
+use rustfft::FftPlanner;
 
 /// Per-image, per-channel quality measures (CellProfiler's MeasureImageQuality names them so).
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +21,10 @@ pub struct ImageQuality {
     pub percent_max: f64,
     /// Percent of pixels at zero.
     pub percent_min: f64,
+    /// CellProfiler's PowerLogLogSlope (see [`power_log_log_slope`]): slope of the log-log
+    /// radial power spectrum; more negative means blurrier. Unlike the focus score it does not
+    /// change with exposure or gain (scaling the image leaves it as is).
+    pub power_log_log_slope: f64,
 }
 
 pub fn measure(img: &GrayImage) -> ImageQuality {
@@ -46,6 +53,11 @@ pub fn measure(img: &GrayImage) -> ImageQuality {
         laplacian_variance: laplacian_variance(img),
         percent_max: 100.0 * at_max as f64 / n,
         percent_min: 100.0 * at_min as f64 / n,
+        power_log_log_slope: if min == max {
+            0.0
+        } else {
+            power_log_log_slope(img)
+        },
     }
 }
 
@@ -66,6 +78,153 @@ fn laplacian_variance(img: &GrayImage) -> f64 {
     }
     let mean = sum / n;
     (sum2 / n - mean * mean).max(0.0)
+}
+
+/// CellProfiler's PowerLogLogSlope (MeasureImageQuality, via centrosome's `rps`): the slope of
+/// log(ring power) against log(ring radius) at low spatial frequencies. Blur removes high
+/// frequencies, so the spectrum falls faster and the slope is more negative. It is blind to
+/// intensity scale (exposure, gain), unlike variance-based focus scores. On the 48 Coelho U2OS
+/// nuclei images it lies between −2.07 and −1.67; a σ = 3 Gaussian blur of dna-1 takes it from
+/// −1.80 to −2.53.
+///
+/// The definition, as in centrosome (`radial_power_spectrum.rps`) and CellProfiler:
+/// - power = |FFT2(image − mean)|² over the whole image (no crop, no padding, no window);
+/// - each frequency (i, j) gets the radius label ⌊√(a² + b²)⌋ + 1 with a = min(i, h−1−i) and
+///   b = min(j, w−1−j). (The true frequency would be min(i, h−i); centrosome folds with
+///   `flipud`, one off on the negative side. Kept so values match CellProfiler's.);
+/// - labels 2 ..< ⌊min(h, w) / 8⌋ are used (the DC ring is skipped; high radii are dropped to
+///   avoid edge effects), and each label's power is the SUM over its ring, not the mean;
+/// - ordinary least squares of ln(power sum) on ln(label), over labels whose magnitude sum is
+///   positive; the slope is returned. 0 when the image is constant or gives fewer than two
+///   rings (smaller than 32 px on a side), as in CellProfiler.
+///
+/// One deviation: centrosome divides the image by the median absolute deviation from its mean
+/// first ("intensity invariant"). Scaling the image scales every ring's power by the same factor,
+/// which moves only the fitted intercept, so that step is left out (where that median is 0,
+/// CellProfiler divides by zero; here a finite slope comes back).
+///
+/// Speed (about 16 ms for 1349×1030 in release, on one core): only frequencies with radius
+/// < ⌊min(h, w) / 8⌋ are needed, so after the FFT of every row only the columns near 0 (both
+/// ends) are transformed; the values are the full 2-D FFT's, not a crop's. The FFT runs in f32
+/// (SIMD, half the memory), the mean subtraction and the ring sums in f64: on the Coelho image
+/// dna-1 the slope agrees with CellProfiler's f64 value to 2e-9.
+pub fn power_log_log_slope(img: &GrayImage) -> f64 {
+    let (w, h) = (img.width as usize, img.height as usize);
+    // Labels 2..top (exclusive); fewer than two labels gives no line.
+    let top = w.min(h) / 8;
+    if top < 4 {
+        return 0.0;
+    }
+    let (lo, hi) = img
+        .data
+        .iter()
+        .fold((u16::MAX, 0u16), |(a, b), &v| (a.min(v), b.max(v)));
+    if lo >= hi {
+        return 0.0;
+    }
+    // The largest folded index whose ring can reach a used label.
+    let rmax = top - 2;
+    let mean = img.data.iter().map(|&v| v as f64).sum::<f64>() / (w * h) as f64;
+    let mut planner = FftPlanner::<f32>::new();
+    let mut rows: Vec<Complex<f32>> = img
+        .data
+        .iter()
+        .map(|&v| Complex::new((v as f64 - mean) as f32, 0.0))
+        .collect();
+    // A buffer holding several rows back to back is transformed row by row.
+    planner.plan_fft_forward(w).process(&mut rows);
+    let cols: Vec<usize> = (0..w).filter(|&j| j.min(w - 1 - j) <= rmax).collect();
+    let mut colbuf = vec![Complex::new(0.0, 0.0); cols.len() * h];
+    for (k, &j) in cols.iter().enumerate() {
+        for i in 0..h {
+            colbuf[k * h + i] = rows[i * w + j];
+        }
+    }
+    drop(rows);
+    planner.plan_fft_forward(h).process(&mut colbuf);
+    let (mut mag, mut power) = (vec![0f64; top], vec![0f64; top]);
+    for (k, &j) in cols.iter().enumerate() {
+        let b = j.min(w - 1 - j);
+        for i in 0..h {
+            let a = i.min(h - 1 - i);
+            if a > rmax {
+                continue;
+            }
+            // √ of a perfect square is exact in f64, so the floor is the integer root.
+            let label = ((a * a + b * b) as f64).sqrt() as usize + 1;
+            if (2..top).contains(&label) {
+                let p = colbuf[k * h + i].norm_sqr() as f64;
+                power[label] += p;
+                mag[label] += p.sqrt();
+            }
+        }
+    }
+    let points: Vec<(f64, f64)> = (2..top)
+        .filter(|&l| mag[l] > 0.0)
+        .map(|l| ((l as f64).ln(), power[l].ln()))
+        .filter(|(_, y)| y.is_finite())
+        .collect();
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxy: f64 = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    sxy / sxx
+}
+
+/// Components smaller than this (in pixels) are noise or debris, not cells, for
+/// [`rough_object_count`]; a nucleus at 10× is a few hundred pixels.
+pub const ROUGH_MIN_AREA: usize = 20;
+
+/// How many background standard deviations the foreground mean must stand above the background
+/// mean before [`rough_object_count`] trusts the Otsu split. Otsu always splits, even pure noise:
+/// on smoothed Gaussian noise the ratio is about 2.6, on an empty field with an illumination
+/// gradient about 3.5, while stained nuclei give well over 10.
+pub const ROUGH_SEPARATION: f64 = 5.0;
+
+/// A cheap count of bright objects, to tell empty, sparse and crowded fields apart (not a
+/// segmentation: touching objects count once). Gaussian smoothing (σ = 2), Otsu threshold,
+/// 4-connected components of at least [`ROUGH_MIN_AREA`] pixels. An image whose Otsu split does
+/// not separate two real populations (see [`ROUGH_SEPARATION`]) counts 0, so an empty field of
+/// noise gives 0 rather than hundreds of noise blobs.
+pub fn rough_object_count(img: &GrayImage) -> u32 {
+    let (w, h) = (img.width as usize, img.height as usize);
+    if w == 0 || h == 0 {
+        return 0;
+    }
+    let smooth = gaussian(img, 2.0);
+    let t = otsu(&smooth);
+    let (mut nf, mut sf) = (0f64, 0f64);
+    let (mut nb, mut sb, mut sb2) = (0f64, 0f64, 0f64);
+    for &v in &smooth {
+        let v = v as f64;
+        if v > t as f64 {
+            nf += 1.0;
+            sf += v;
+        } else {
+            nb += 1.0;
+            sb += v;
+            sb2 += v * v;
+        }
+    }
+    if nf == 0.0 || nb == 0.0 {
+        return 0;
+    }
+    let (mf, mb) = (sf / nf, sb / nb);
+    let sd_b = (sb2 / nb - mb * mb).max(0.0).sqrt();
+    if mf - mb <= ROUGH_SEPARATION * sd_b {
+        return 0;
+    }
+    let mask: Vec<bool> = smooth.iter().map(|&v| v > t).collect();
+    let cc = connected_components(&mask, w, h);
+    let mut areas = vec![0usize; cc.count as usize + 1];
+    for &l in &cc.data {
+        areas[l as usize] += 1;
+    }
+    areas[1..].iter().filter(|&&a| a >= ROUGH_MIN_AREA).count() as u32
 }
 
 pub fn median(values: &[f64]) -> f64 {
@@ -114,7 +273,10 @@ pub fn z_prime(positive: &[f64], negative: &[f64]) -> Option<f64> {
 mod tests {
     use super::*;
 
-    fn image(w: u32, h: u32, f: impl Fn(u32, u32) -> u16) -> GrayImage {
+    /// CellProfiler's PowerLogLogSlope of dna-1.png (see `power_slope_on_real_nuclei`).
+    const CELLPROFILER_DNA1: f64 = -1.804_748_213_974_881;
+
+    fn image(w: u32, h: u32, mut f: impl FnMut(u32, u32) -> u16) -> GrayImage {
         GrayImage {
             width: w,
             height: h,
@@ -178,6 +340,157 @@ mod tests {
         assert_eq!((q.min, q.max), (0, 255));
         assert!((q.percent_max - 20.0).abs() < 1e-9 && (q.percent_min - 10.0).abs() < 1e-9);
         assert!((q.mean - (2.0 * 255.0 + 7.0 * 100.0) / 10.0).abs() < 1e-9);
+    }
+
+    /// A small deterministic generator (xorshift64*) so tests need no RNG crate.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+        }
+        /// Roughly Gaussian noise with standard deviation `sd` (sum of 12 uniforms).
+        fn noise(&mut self, sd: f64) -> f64 {
+            ((0..12).map(|_| self.next()).sum::<f64>() - 6.0) * sd
+        }
+    }
+
+    /// Bright discs (centre, radius) on a dim background, plus Gaussian noise.
+    fn discs(w: u32, h: u32, centres: &[(f64, f64, f64)], noise: f64, seed: u64) -> GrayImage {
+        let mut rng = Rng(seed);
+        image(w, h, |x, y| {
+            let inside = centres
+                .iter()
+                .any(|&(cx, cy, r)| (x as f64 - cx).powi(2) + (y as f64 - cy).powi(2) <= r * r);
+            let base = if inside { 160.0 } else { 30.0 };
+            (base + rng.noise(noise)).round().clamp(0.0, 255.0) as u16
+        })
+    }
+
+    fn random_discs(w: u32, h: u32, n: usize, seed: u64) -> GrayImage {
+        let mut rng = Rng(seed ^ 0x9E37_79B9_7F4A_7C15);
+        let centres: Vec<(f64, f64, f64)> = (0..n)
+            .map(|_| {
+                (
+                    rng.next() * w as f64,
+                    rng.next() * h as f64,
+                    4.0 + 8.0 * rng.next(),
+                )
+            })
+            .collect();
+        discs(w, h, &centres, 8.0, seed)
+    }
+
+    fn gaussian_blur(img: &GrayImage, sigma: f64) -> GrayImage {
+        let g = gaussian(img, sigma);
+        GrayImage {
+            data: g.iter().map(|&v| v.round() as u16).collect(),
+            ..img.clone()
+        }
+    }
+
+    #[test]
+    fn power_slope_is_more_negative_when_blurred() {
+        for seed in 1..4 {
+            let sharp = random_discs(320, 256, 60, seed);
+            let blurred = gaussian_blur(&sharp, 3.0);
+            let (s, b) = (power_log_log_slope(&sharp), power_log_log_slope(&blurred));
+            assert!(s.is_finite() && s < 0.0, "{s}");
+            assert!(b < s - 0.5, "blurred {b} vs sharp {s}");
+            assert_eq!(measure(&sharp).power_log_log_slope, s);
+        }
+    }
+
+    #[test]
+    fn power_slope_degenerate_images_give_zero() {
+        assert_eq!(power_log_log_slope(&image(64, 64, |_, _| 7)), 0.0);
+        // Fewer than two rings (min side < 32), as in CellProfiler.
+        assert_eq!(
+            power_log_log_slope(&image(200, 24, |x, y| ((x * y) % 256) as u16)),
+            0.0
+        );
+        assert!(power_log_log_slope(&image(200, 32, |x, y| ((x * y) % 256) as u16)) != 0.0);
+    }
+
+    /// The real Coelho U2OS image: blur makes the slope more negative, and the value matches
+    /// CellProfiler's definition (computed with numpy/scipy from centrosome's `rps` and
+    /// MeasureImageQuality's fit).
+    #[test]
+    fn power_slope_on_real_nuclei() {
+        let path = std::path::Path::new("/work/shared/data/coelho-u2os/images/dna-1.png");
+        if !path.exists() {
+            println!("skipped: {} is absent", path.display());
+            return;
+        }
+        let img = crate::read_image(path).unwrap();
+        let s = power_log_log_slope(&img);
+        let b = power_log_log_slope(&gaussian_blur(&img, 3.0));
+        println!("dna-1 slope {s} (blurred {b}), CellProfiler {CELLPROFILER_DNA1}");
+        assert!(b < s - 0.5, "blurred {b} vs sharp {s}");
+        // The FFT runs in f32 here, in f64 in CellProfiler.
+        assert!(
+            (s - CELLPROFILER_DNA1).abs() < 1e-5,
+            "{s} vs {CELLPROFILER_DNA1}"
+        );
+    }
+
+    #[test]
+    #[ignore = "timing; run with --release -- --ignored --nocapture"]
+    fn power_slope_timing() {
+        let img = random_discs(1349, 1030, 300, 7);
+        let t = std::time::Instant::now();
+        let reps = 10;
+        for _ in 0..reps {
+            std::hint::black_box(power_log_log_slope(&img));
+        }
+        println!(
+            "power_log_log_slope 1349x1030: {:.1} ms",
+            t.elapsed().as_secs_f64() * 1e3 / reps as f64
+        );
+    }
+
+    #[test]
+    fn rough_count_of_noise_is_zero() {
+        let mut rng = Rng(11);
+        let flat = image(512, 400, |_, _| (100.0 + rng.noise(15.0)).round() as u16);
+        assert_eq!(rough_object_count(&flat), 0);
+        // Empty field under uneven illumination: a gradient plus noise.
+        let mut rng = Rng(12);
+        let graded = image(512, 400, |x, y| {
+            (60.0 + 0.05 * x as f64 + 0.03 * y as f64 + rng.noise(6.0)).round() as u16
+        });
+        assert_eq!(rough_object_count(&graded), 0);
+        assert_eq!(rough_object_count(&image(64, 64, |_, _| 9)), 0);
+    }
+
+    #[test]
+    fn rough_count_of_separated_discs() {
+        let centres: Vec<(f64, f64, f64)> = (0..20)
+            .map(|k| {
+                (
+                    30.0 + 60.0 * (k % 5) as f64,
+                    30.0 + 60.0 * (k / 5) as f64,
+                    9.0,
+                )
+            })
+            .collect();
+        let img = discs(300, 240, &centres, 10.0, 5);
+        assert_eq!(rough_object_count(&img), 20);
+    }
+
+    /// Real nuclei pass the separation guard by a wide margin; prints the counts.
+    #[test]
+    fn rough_count_on_real_nuclei() {
+        let path = std::path::Path::new("/work/shared/data/coelho-u2os/images/dna-1.png");
+        if !path.exists() {
+            println!("skipped: {} is absent", path.display());
+            return;
+        }
+        let n = rough_object_count(&crate::read_image(path).unwrap());
+        println!("dna-1 rough count {n}");
+        assert!(n > 10, "{n}");
     }
 
     #[test]

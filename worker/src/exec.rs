@@ -41,6 +41,7 @@ pub async fn execute<F: BlobFetcher>(spec: &TaskSpec, env: &ExecEnv, fetcher: &F
     let outcome = match spec.kind.as_str() {
         "noop" => Ok(CommandOutcome::default()),
         "command" => run_command(spec, env, fetcher).await,
+        "curate" | "segment" | "features" | "crops" => run_builtin(spec, env, fetcher).await,
         other => Err(anyhow::anyhow!(
             "this worker does not implement step kind `{other}` (plateflow {})",
             env!("CARGO_PKG_VERSION")
@@ -126,33 +127,41 @@ async fn place_blob<F: BlobFetcher>(
     Ok(())
 }
 
-async fn run_command<F: BlobFetcher>(
+/// A task's scratch directory with its inputs in place.
+pub struct Materialised {
+    /// Removed when dropped.
+    _dir: tempfile::TempDir,
+    /// Where the task runs: `inputs/`, `upstream/<task>/`, step files at the top.
+    pub work: PathBuf,
+    /// The task's images: path relative to `work`, and the pattern's fields.
+    pub images: Vec<(String, BTreeMap<String, String>)>,
+    /// The plate map, when the step reads it.
+    pub plate_map: Option<PathBuf>,
+    /// Upstream outputs: (producing task's label, output name, path relative to `work`).
+    pub upstream: Vec<(String, String, String)>,
+}
+
+/// Creates the scratch directory and puts every input in it: images (linked in place on a
+/// shared filesystem, else fetched), step files, the plate map and upstream outputs.
+pub async fn materialise<F: BlobFetcher>(
     spec: &TaskSpec,
     env: &ExecEnv,
     fetcher: &F,
-) -> anyhow::Result<CommandOutcome> {
-    let p = params(spec)?;
-    let template = p
-        .get("run")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| anyhow::anyhow!("command step without `run`"))?;
-    let outputs = string_list(&p, "outputs");
-
+) -> anyhow::Result<Materialised> {
     let task_dir = tempfile::Builder::new()
         .prefix(&format!("task{}-a{}-", spec.task_id, spec.attempt))
         .tempdir_in(&env.scratch_root)?;
     let work = task_dir.path().join("work");
     std::fs::create_dir(&work)?;
-
-    // Inputs: images under inputs/, upstream outputs under upstream/<task>/, files at the top.
-    let mut input_paths = Vec::new();
+    let mut images = Vec::new();
+    let mut plate_map = None;
     for input in &spec.inputs {
         let digest = plateflow_proto::digest_of(input.digest.as_ref(), &input.rel_path)?;
-        let is_file = input.fields.get("_role").map(String::as_str) == Some("file");
-        let rel = if is_file {
-            PathBuf::from(&input.rel_path)
-        } else {
-            Path::new("inputs").join(&input.rel_path)
+        // Step files and the plate map sit at the top; images under inputs/.
+        let role = input.fields.get("_role").map(String::as_str);
+        let rel = match role {
+            Some(_) => PathBuf::from(&input.rel_path),
+            None => Path::new("inputs").join(&input.rel_path),
         };
         let dest = work.join(&rel);
         let shared =
@@ -169,12 +178,20 @@ async fn run_command<F: BlobFetcher>(
                     anyhow::anyhow!("input {} ({}) unavailable: {e:#}", input.rel_path, digest)
                 })?;
         }
-        if !is_file {
-            input_paths.push(rel.to_string_lossy().into_owned());
+        match role {
+            None => images.push((
+                rel.to_string_lossy().into_owned(),
+                input
+                    .fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )),
+            Some("plate_map") => plate_map = Some(dest),
+            Some(_) => {}
         }
     }
-    let mut upstream_all = Vec::new();
-    let mut upstream_by_step: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut upstream = Vec::new();
     for up in &spec.upstream {
         let digest = plateflow_proto::digest_of(up.digest.as_ref(), &up.name)?;
         let rel = Path::new("upstream")
@@ -185,10 +202,43 @@ async fn run_command<F: BlobFetcher>(
             .map_err(|e| {
                 anyhow::anyhow!("output {} of {} unavailable: {e:#}", up.name, up.task_label)
             })?;
-        let rel = rel.to_string_lossy().into_owned();
-        let step = up.task_label.split('[').next().unwrap_or("").to_string();
+        upstream.push((
+            up.task_label.clone(),
+            up.name.clone(),
+            rel.to_string_lossy().into_owned(),
+        ));
+    }
+    Ok(Materialised {
+        _dir: task_dir,
+        work,
+        images,
+        plate_map,
+        upstream,
+    })
+}
+
+async fn run_command<F: BlobFetcher>(
+    spec: &TaskSpec,
+    env: &ExecEnv,
+    fetcher: &F,
+) -> anyhow::Result<CommandOutcome> {
+    let p = params(spec)?;
+    let template = p
+        .get("run")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| anyhow::anyhow!("command step without `run`"))?;
+    let outputs = string_list(&p, "outputs");
+
+    let m = materialise(spec, env, fetcher).await?;
+    let work = m.work.clone();
+    let task_dir = work.parent().expect("work has a parent").to_path_buf();
+    let input_paths: Vec<String> = m.images.iter().map(|(p, _)| p.clone()).collect();
+    let mut upstream_all = Vec::new();
+    let mut upstream_by_step: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (label, _, rel) in &m.upstream {
+        let step = label.split('[').next().unwrap_or("").to_string();
         upstream_by_step.entry(step).or_default().push(rel.clone());
-        upstream_all.push(rel);
+        upstream_all.push(rel.clone());
     }
 
     let join = |v: &[String]| {
@@ -210,8 +260,8 @@ async fn run_command<F: BlobFetcher>(
     }
     let script = expand(template, &vars).map_err(|e| anyhow::anyhow!("in `run`: {e}"))?;
 
-    let stdout_path = task_dir.path().join("stdout");
-    let stderr_path = task_dir.path().join("stderr");
+    let stdout_path = task_dir.join("stdout");
+    let stderr_path = task_dir.join("stderr");
     let mut cmd = match simple_argv(&script) {
         // A plain `prog arg arg` is started directly: no shell process per task.
         Some(argv) => {
@@ -283,6 +333,86 @@ async fn run_command<F: BlobFetcher>(
         });
     }
     Ok(out)
+}
+
+/// A built-in image step: materialise the inputs, run the library code on blocking threads,
+/// store everything it wrote under `out/`. Its account of the run is the task's stdout.
+async fn run_builtin<F: BlobFetcher>(
+    spec: &TaskSpec,
+    env: &ExecEnv,
+    fetcher: &F,
+) -> anyhow::Result<CommandOutcome> {
+    let params = params(spec)?;
+    let m = materialise(spec, env, fetcher).await?;
+    let kind = spec.kind.clone();
+    let threads = spec
+        .resources
+        .as_ref()
+        .map_or(1, |r| r.cpus.max(1) as usize);
+    let (log, result) = tokio::task::spawn_blocking(move || {
+        let mut ctx = crate::builtin::Context {
+            work: &m.work,
+            out: m.work.join("out"),
+            params: &params,
+            images: &m.images,
+            plate_map: m.plate_map.as_deref(),
+            upstream: &m.upstream,
+            threads,
+            log: String::new(),
+        };
+        let result = crate::builtin::run(&kind, &mut ctx).and_then(|()| {
+            let mut files = Vec::new();
+            collect_files(&ctx.out, &ctx.out, &mut files)?;
+            files.sort();
+            Ok(files)
+        });
+        let out = ctx.out.clone();
+        (ctx.log, result.map(|files| (m, out, files)))
+    })
+    .await?;
+    let stdout = env.store.put_bytes(log.as_bytes())?;
+    let mut outcome = CommandOutcome {
+        stdout: Some(stdout),
+        ..Default::default()
+    };
+    match result {
+        Ok((_m, out, files)) => {
+            for name in files {
+                let digest = env.store.put_file(&out.join(&name))?;
+                outcome.outputs.push(OutputBlob {
+                    name,
+                    digest: Some((&digest).into()),
+                });
+            }
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            outcome.stderr = Some(env.store.put_bytes(msg.as_bytes())?);
+            outcome.stderr_tail = msg.clone();
+            outcome.error = Some(msg);
+        }
+    }
+    Ok(outcome)
+}
+
+/// Files under `dir`, as `/`-separated paths relative to `root`.
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            collect_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root)?;
+            out.push(
+                rel.components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A log into the store; an empty one (the common case) without reading or copying it.

@@ -80,6 +80,100 @@ const NOOP_PARAMS: &[ParamSpec] = &[ParamSpec {
     help: "ignored; lets benchmarks vary the cache key",
 }];
 
+const fn p(name: &'static str, ty: ParamType, required: bool, help: &'static str) -> ParamSpec {
+    ParamSpec {
+        name,
+        ty,
+        required,
+        help,
+    }
+}
+
+use ParamType::{Bool, Float, Int, String as Str, StringList};
+
+const CURATE_PARAMS: &[ParamSpec] = &[
+    p("z_threshold", Float, false, "robust z-score (median/MAD within the plate) beyond which an image is flagged; default 3.5"),
+    p("saturation_percent", Float, false, "flag an image with more than this % of pixels at the maximum; default 1"),
+    p("controls", Str, false, "plate-map column marking positive/negative controls (default: a column named like `control`)"),
+    p("label", Str, false, "plate-map column with the class label, for label QC (default: `label`, `phenotype` or `class`)"),
+];
+
+const SEGMENT_PARAMS: &[ParamSpec] = &[
+    p(
+        "nuclei",
+        Str,
+        true,
+        "channel that shows nuclei (DNA), as named in `data.channels`",
+    ),
+    p(
+        "cells",
+        Str,
+        false,
+        "channel to grow cells into (cytoplasm or whole-cell stain); without it, cells are a ring",
+    ),
+    p(
+        "cell_method",
+        Str,
+        false,
+        "`propagate` (default with `cells`) or `ring`",
+    ),
+    p(
+        "ring_width",
+        Float,
+        false,
+        "ring width in pixels (default: the typical nucleus radius)",
+    ),
+    p(
+        "diameter",
+        Float,
+        false,
+        "expected nucleus diameter in pixels (default: measured in each image)",
+    ),
+    p(
+        "sigma",
+        Float,
+        false,
+        "smoothing before thresholding, in pixels (default 3)",
+    ),
+    p(
+        "save_labels",
+        Bool,
+        false,
+        "write 16-bit label TIFFs (default true)",
+    ),
+];
+
+const FEATURES_PARAMS: &[ParamSpec] = &[
+    p("nuclei", Str, true, "channel the nuclei were segmented in (must match the `segment` step)"),
+    p("channels", StringList, false, "channels to measure intensity and texture in (default: all)"),
+    p("texture_scale", Int, false, "Haralick co-occurrence distance in pixels (default 3)"),
+    p("texture_levels", Int, false, "grey levels for texture (default 32)"),
+    p("translocation", StringList, false, "channels whose nuclear/cytoplasmic ratio is measured per cell"),
+    p("normalize", Str, false, "`none` (default), `controls` (robust z against the plate's negative controls) or `all` (against all wells)"),
+    p("controls", Str, false, "plate-map column marking controls (default: a column named like `control`)"),
+];
+
+const CROPS_PARAMS: &[ParamSpec] = &[
+    p(
+        "size",
+        Int,
+        false,
+        "crop side in pixels, centred on each nucleus (default 64)",
+    ),
+    p(
+        "channels",
+        StringList,
+        false,
+        "channels to stack, in order (default: all)",
+    ),
+    p(
+        "label",
+        Str,
+        false,
+        "plate-map column giving each crop its label (default: `label`, `phenotype` or `class`)",
+    ),
+];
+
 static KINDS: &[KindInfo] = &[
     KindInfo {
         name: "command",
@@ -93,13 +187,40 @@ static KINDS: &[KindInfo] = &[
         summary: "does nothing; measures the engine's own dispatch overhead",
         params: NOOP_PARAMS,
     },
+    KindInfo {
+        name: "curate",
+        version: 1,
+        summary: "image QC: blur, saturation, intensity, rough counts; robust-z flags per plate, exclusion list, heat maps, label QC, Z'",
+        params: CURATE_PARAMS,
+    },
+    KindInfo {
+        name: "segment",
+        version: 1,
+        summary: "nuclei (Otsu + distance watershed, size adapted to the image) and cells; 16-bit label TIFFs and an object table",
+        params: SEGMENT_PARAMS,
+    },
+    KindInfo {
+        name: "features",
+        version: 1,
+        summary: "per-object shape, intensity and texture in CellProfiler column names; per-well medians, optional control normalisation, Z'",
+        params: FEATURES_PARAMS,
+    },
+    KindInfo {
+        name: "crops",
+        version: 1,
+        summary: "fixed-size single-cell crops of all channels, one safetensors file per task, with an index table",
+        params: CROPS_PARAMS,
+    },
 ];
 
 /// Kinds planned for later releases: named here so a pipeline that uses one gets a precise
 /// error instead of "unknown kind".
-pub const PLANNED_KINDS: &[&str] = &[
-    "curate", "segment", "features", "crops", "train", "evaluate", "report",
-];
+pub const PLANNED_KINDS: &[&str] = &["train", "evaluate", "report"];
+
+/// Kinds that read images through the pipeline's channel names.
+pub fn uses_channels(kind: &str) -> bool {
+    matches!(kind, "curate" | "segment" | "features" | "crops")
+}
 
 pub fn all_kinds() -> &'static [KindInfo] {
     KINDS

@@ -2,6 +2,7 @@
 //! session that receives tasks from a coordinator. Knows nothing of pipelines or planning.
 
 pub mod blobs;
+pub mod builtin;
 pub mod exec;
 pub mod kinds;
 pub mod placeholders;

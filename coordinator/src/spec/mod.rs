@@ -121,6 +121,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Pipeline, Diagnostics> {
         r,
         dir,
         pattern_fields: Vec::new(),
+        channel_names: None,
     };
     let pipeline = v.pipeline(path, &root);
     v.r.finish()?;
@@ -132,6 +133,8 @@ struct Validator<'a> {
     dir: PathBuf,
     /// The filename pattern's fields, for hints about placeholders.
     pattern_fields: Vec<String>,
+    /// Names given in `data.channels` (`None` when there are none: not checked then).
+    channel_names: Option<Vec<String>>,
 }
 
 fn entries(node: &Node) -> &[(Node, Node)] {
@@ -336,6 +339,10 @@ impl Validator<'_> {
         };
         let had_data_key = top.contains_key("data");
         self.pattern_fields = fields.clone().unwrap_or_default();
+        self.channel_names = data
+            .as_ref()
+            .filter(|d| !d.channels.is_empty())
+            .map(|d| d.channels.values().cloned().collect());
         let steps = match top.get("steps") {
             Some((_, n)) => self.steps(n, fields.as_deref(), had_data_key),
             None => {
@@ -348,6 +355,22 @@ impl Validator<'_> {
                 None
             }
         };
+        // Image steps read channels by name: the names travel with their parameters, so a
+        // renamed channel changes their cache keys.
+        let mut steps = steps;
+        if let (Some(d), Some(steps)) = (&data, steps.as_mut()) {
+            let names: serde_json::Map<String, serde_json::Value> = d
+                .channels
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            for s in steps.iter_mut() {
+                if kinds::uses_channels(s.kind.name) {
+                    s.params
+                        .insert("_channels".into(), serde_json::Value::Object(names.clone()));
+                }
+            }
+        }
         Some(Pipeline {
             file: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             dir: self.dir.clone(),
@@ -986,6 +1009,35 @@ impl Validator<'_> {
             }
         }
         // Kind-specific checks that need locations.
+        if kinds::uses_channels(kind.name) {
+            if let Some(names) = self.channel_names.clone() {
+                for pname in ["nuclei", "cells", "channels", "translocation"] {
+                    let Some((_, v)) = given.get(pname) else {
+                        continue;
+                    };
+                    let items: Vec<&Node> = match &v.value {
+                        Value::Seq(items) => items.iter().collect(),
+                        _ => vec![*v],
+                    };
+                    for item in items {
+                        let Some(ch) = item.as_str() else { continue };
+                        if !names.iter().any(|n| n == ch) {
+                            let hint = did_you_mean(ch, names.iter().map(String::as_str))
+                                .unwrap_or_else(|| {
+                                    format!("the channels are: {}", names.join(", "))
+                                });
+                            self.r.error_hint(
+                                item.mark,
+                                item.width(),
+                                format!("`{pname}` names channel `{ch}`, which `data.channels` does not define"),
+                                Some(hint),
+                            );
+                            ok = false;
+                        }
+                    }
+                }
+            }
+        }
         if kind.name == "command" {
             if let Some((_, v)) = given.get("outputs") {
                 if let Value::Seq(items) = &v.value {

@@ -1,0 +1,275 @@
+//! The built-in image steps, end to end through real `plateflow run` processes: the demo's
+//! planted defects and cells, and a real 96-well translocation plate.
+
+use plateflow_e2e::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// A CSV file as header + rows of strings.
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r
+        .records()
+        .map(|x| x.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+fn col(header: &[String], name: &str) -> usize {
+    header
+        .iter()
+        .position(|h| h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {header:?}"))
+}
+
+fn run_pipeline(pipeline: &Path, secs: u64) -> std::process::Output {
+    let out = run_bounded(plateflow().arg("run").arg(pipeline).arg("--quiet"), secs);
+    assert!(
+        out.status.success(),
+        "plateflow run failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Spearman's rank correlation, ties given their mean rank.
+fn spearman(x: &[f64], y: &[f64]) -> f64 {
+    fn ranks(v: &[f64]) -> Vec<f64> {
+        let mut idx: Vec<usize> = (0..v.len()).collect();
+        idx.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
+        let mut r = vec![0.0; v.len()];
+        let mut i = 0;
+        while i < idx.len() {
+            let mut j = i;
+            while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+                j += 1;
+            }
+            for &k in &idx[i..=j] {
+                r[k] = (i + j) as f64 / 2.0 + 1.0;
+            }
+            i = j + 1;
+        }
+        r
+    }
+    let (rx, ry) = (ranks(x), ranks(y));
+    let n = x.len() as f64;
+    let (mx, my) = (rx.iter().sum::<f64>() / n, ry.iter().sum::<f64>() / n);
+    let cov: f64 = rx.iter().zip(&ry).map(|(a, b)| (a - mx) * (b - my)).sum();
+    let vx: f64 = rx.iter().map(|a| (a - mx).powi(2)).sum();
+    let vy: f64 = ry.iter().map(|b| (b - my).powi(2)).sum();
+    cov / (vx * vy).sqrt()
+}
+
+#[test]
+fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = run_bounded(
+        plateflow().args(["demo", "--no-run", "--dir"]).arg(dir),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run_pipeline(&dir.join("demo.yaml"), 600);
+    let results = dir.join("results");
+
+    // Curation excludes exactly the planted blurred, saturated and empty fields.
+    let (_, truth) = read_csv(&dir.join("ground_truth/defects.csv"));
+    let planted: BTreeSet<String> = truth
+        .iter()
+        .filter(|r| r[3] != "mislabelled")
+        .map(|r| format!("{}_{}_{}", r[0], r[1], r[2]))
+        .collect();
+    assert_eq!(planted.len(), 3, "{truth:?}");
+    let mut excluded = BTreeMap::new();
+    for p in ["P1", "P2", "P3"] {
+        let (h, rows) = read_csv(&results.join(format!("qc/plate={p}/exclusions.csv")));
+        for r in rows {
+            excluded.insert(r[col(&h, "set")].clone(), r[col(&h, "reason")].clone());
+        }
+        for metric in ["PowerLogLogSlope", "PercentMaximal", "ObjectCount"] {
+            let svg = results.join(format!("qc/plate={p}/heatmaps/{p}_{metric}_DNA.svg"));
+            let text = std::fs::read_to_string(&svg).unwrap();
+            assert!(
+                text.starts_with("<svg") || text.starts_with("<?xml"),
+                "{}",
+                svg.display()
+            );
+        }
+    }
+    println!("excluded: {excluded:#?}");
+    assert_eq!(
+        excluded.keys().cloned().collect::<BTreeSet<_>>(),
+        planted,
+        "curation must flag exactly the planted defects"
+    );
+    for (kind, key) in truth
+        .iter()
+        .map(|r| (&r[3], format!("{}_{}_{}", r[0], r[1], r[2])))
+    {
+        if kind != "mislabelled" {
+            assert!(
+                excluded[&key].contains(kind.as_str()),
+                "{key}: {}",
+                excluded[&key]
+            );
+        }
+    }
+    // Label QC reports the class balance of every plate.
+    let (h, rows) = read_csv(&results.join("qc/plate=P1/label_qc.csv"));
+    assert!(rows.iter().any(|r| r[col(&h, "check")] == "class_balance"
+        && r[col(&h, "detail")].contains("normal: 12 wells")));
+
+    // Segmentation finds the planted nuclei (object F1 at IoU >= 0.5) and skips excluded fields.
+    let (mut matched, mut truths, mut preds) = (0usize, 0usize, 0usize);
+    for entry in std::fs::read_dir(dir.join("ground_truth/labels")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let key = name.trim_end_matches("_nuclei.tif");
+        let plate = key.split('_').next().unwrap();
+        let ours = results.join(format!("segment/plate={plate}/labels/{name}"));
+        if planted.contains(key) {
+            assert!(!ours.exists(), "{key} was excluded but segmented");
+            continue;
+        }
+        let t = plateflow_imaging::read_image(&path).unwrap();
+        let o = plateflow_imaging::read_image(&ours).unwrap();
+        let to_u32 = |v: &[u16]| v.iter().map(|&x| x as u32).collect::<Vec<_>>();
+        let s = plateflow_imaging::segment::score(&to_u32(&o.data), &to_u32(&t.data));
+        matched += s.matched;
+        truths += s.true_objects;
+        preds += s.predicted;
+    }
+    let f1 = 2.0 * matched as f64 / (truths + preds) as f64;
+    println!("demo segmentation: {matched} matched of {truths} planted, {preds} found, F1 {f1:.3}");
+    assert!(f1 >= 0.9, "segmentation F1 {f1:.3} on planted cells");
+
+    // Features: the translocation readout separates the phenotypes in every plate.
+    for p in ["P1", "P2", "P3"] {
+        let (h, rows) = read_csv(&results.join(format!("features/plate={p}/wells.csv")));
+        let ratio = col(&h, "Cells_Translocation_NucCytoRatio_GFP");
+        let phen = col(&h, "Metadata_phenotype");
+        let mean_of = |which: &str| {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|r| r[phen] == which)
+                .filter_map(|r| r[ratio].parse().ok())
+                .collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        let (n, t) = (mean_of("normal"), mean_of("translocated"));
+        println!("{p}: nuclear/cytoplasmic GFP ratio normal {n:.2}, translocated {t:.2}");
+        assert!(t > 1.5 * n, "{p}: {t} vs {n}");
+        assert!(h.iter().any(|c| c == "Nuclei_AreaShape_FormFactor"));
+        assert!(h
+            .iter()
+            .any(|c| c.starts_with("Nuclei_Texture_Contrast_DNA_3")));
+        let (zh, zrows) = read_csv(&results.join(format!("features/plate={p}/zprime.csv")));
+        let z: f64 = zrows
+            .iter()
+            .find(|r| r[col(&zh, "feature")] == "Cells_Translocation_NucCytoRatio_GFP")
+            .map(|r| r[col(&zh, "z_prime")].parse().unwrap())
+            .unwrap();
+        assert!(z > 0.0, "{p}: Z' {z}");
+        assert!(results
+            .join(format!("features/plate={p}/wells_normalized.csv"))
+            .exists());
+    }
+
+    // Crops: a safetensors file whose rows match the index.
+    let bytes = std::fs::read(results.join("crops/plate=P1/crops.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let crops = st.tensor("crops").unwrap();
+    let (ih, irows) = read_csv(&results.join("crops/plate=P1/crops.csv"));
+    assert_eq!(crops.shape(), &[irows.len(), 2, 48, 48]);
+    assert!(irows.len() > 100, "{} crops", irows.len());
+    assert!(irows.iter().all(|r| !r[col(&ih, "label")].is_empty()));
+
+    // The user's own step sees the built-in steps' outputs.
+    let summary = std::fs::read_to_string(results.join("summary/summary.csv")).unwrap();
+    assert_eq!(summary.lines().count(), 4, "{summary}");
+}
+
+#[test]
+fn a_corrupt_image_fails_its_plate_only_and_names_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = run_bounded(
+        plateflow()
+            .args([
+                "demo", "--no-run", "--plates", "2", "--wells", "6", "--sites", "1", "--size",
+                "96", "--dir",
+            ])
+            .arg(dir),
+        60,
+    );
+    assert!(out.status.success());
+    let bad = dir.join("images/P2/A02_s1_w1.tif");
+    let bytes = std::fs::read(&bad).unwrap();
+    std::fs::write(&bad, &bytes[..bytes.len() / 3]).unwrap();
+    let out = run_bounded(plateflow().arg("run").arg(dir.join("demo.yaml")), 300);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("qc[plate=P2]") && stderr.contains("A02_s1_w1.tif"),
+        "{stderr}"
+    );
+    // The other plate went on to the end.
+    assert!(
+        dir.join("results/features/plate=P1/wells.csv").exists(),
+        "{stderr}"
+    );
+    assert!(!dir.join("results/features/plate=P2").exists());
+}
+
+fn sbs_data() -> Option<PathBuf> {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/sbs-plate");
+    if d.join("1049_Metadata.csv").exists() {
+        Some(d.canonicalize().unwrap())
+    } else {
+        println!(
+            "skipped: {} is absent (see the README's data section)",
+            d.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn sbs_plate_translocation_rises_with_dose() {
+    let Some(data) = sbs_data() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let text = include_str!("../pipelines/sbs-translocation.yaml")
+        .replace("../../shared/data/sbs-plate", &data.display().to_string());
+    let pipeline = tmp.path().join("sbs.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    run_pipeline(&pipeline, 900);
+    let results = tmp.path().join("results/measure");
+    let (h, rows) = read_csv(&results.join("wells.csv"));
+    let ratio = col(&h, "Cells_Translocation_NucCytoRatio_GFP");
+    let dose = col(&h, "Metadata_SBS_Doses");
+    let (x, y): (Vec<f64>, Vec<f64>) = rows
+        .iter()
+        .map(|r| {
+            (
+                r[dose].parse::<f64>().unwrap(),
+                r[ratio].parse::<f64>().unwrap(),
+            )
+        })
+        .unzip();
+    assert_eq!(x.len(), 96);
+    let rho = spearman(&x, &y);
+    let (zh, zrows) = read_csv(&results.join("zprime.csv"));
+    let z: f64 = zrows
+        .iter()
+        .find(|r| r[col(&zh, "feature")] == "Cells_Translocation_NucCytoRatio_GFP")
+        .map(|r| r[col(&zh, "z_prime")].parse().unwrap())
+        .expect("Z' of the ratio");
+    println!("SBS plate: Spearman(ratio, dose) = {rho:.3}, Z' = {z:.3}");
+    assert!(rho >= 0.9, "Spearman {rho}");
+    assert!(z > 0.0, "Z' {z}");
+}

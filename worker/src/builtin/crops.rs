@@ -1,0 +1,242 @@
+//! `crops`: fixed-size single-cell crops centred on each nucleus, all channels stacked, for
+//! CNN training. One safetensors file per task (`crops.safetensors`, tensor `crops` of shape
+//! [N, C, S, S], u8 or u16 as the images are) and an index table (`crops.csv`: row in the
+//! tensor, image set, plate, well, site, object number, label from the plate map).
+//! Crops that would leave the image, and nuclei touching the border, are left out; image sets
+//! excluded by curation have no labels and so give no crops.
+//!
+//! Crops are streamed to a scratch file as they are cut and the safetensors header is written
+//! once their number is known: memory holds one image set, whatever the plate's size.
+
+use super::segment::metadata_column;
+use super::{num, parallel_map, Context, ImageSet, Table};
+use anyhow::Context as _;
+use plateflow_imaging::read_image;
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+struct Cut {
+    object: u32,
+    cx: f64,
+    cy: f64,
+    /// C × S × S values.
+    pixels: Vec<u16>,
+}
+
+fn cut_set(
+    set: &ImageSet,
+    nuclei: &Path,
+    channels: &[String],
+    size: usize,
+) -> anyhow::Result<(Vec<Cut>, u8)> {
+    let labels = read_image(nuclei)?;
+    let (w, h) = (labels.width as usize, labels.height as usize);
+    let images = channels
+        .iter()
+        .map(|c| {
+            let img = read_image(set.channel(c)?)?;
+            anyhow::ensure!(
+                (img.width as usize, img.height as usize) == (w, h),
+                "{}: channel {c} differs in size from its labels",
+                set.key
+            );
+            Ok(img)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let depth = images.iter().map(|i| i.bit_depth).max().unwrap_or(8);
+    let n = labels.data.iter().copied().max().unwrap_or(0) as usize;
+    let mut acc = vec![(0f64, 0f64, 0usize, false); n + 1];
+    for (i, &l) in labels.data.iter().enumerate() {
+        if l == 0 {
+            continue;
+        }
+        let (x, y) = (i % w, i / w);
+        let a = &mut acc[l as usize];
+        a.0 += x as f64;
+        a.1 += y as f64;
+        a.2 += 1;
+        a.3 |= x == 0 || y == 0 || x + 1 == w || y + 1 == h;
+    }
+    let half = size / 2;
+    let mut cuts = Vec::new();
+    for (l, &(sx, sy, area, border)) in acc.iter().enumerate().skip(1) {
+        if area == 0 || border {
+            continue;
+        }
+        let (cx, cy) = (sx / area as f64, sy / area as f64);
+        let (x0, y0) = (
+            cx.round() as isize - half as isize,
+            cy.round() as isize - half as isize,
+        );
+        if x0 < 0 || y0 < 0 || x0 as usize + size > w || y0 as usize + size > h {
+            continue;
+        }
+        let mut pixels = Vec::with_capacity(channels.len() * size * size);
+        for img in &images {
+            for y in y0 as usize..y0 as usize + size {
+                let row = &img.data[y * w + x0 as usize..y * w + x0 as usize + size];
+                pixels.extend_from_slice(row);
+            }
+        }
+        cuts.push(Cut {
+            object: l as u32,
+            cx,
+            cy,
+            pixels,
+        });
+    }
+    Ok((cuts, depth))
+}
+
+pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
+    let size = ctx.f64_param("size").unwrap_or(64.0) as usize;
+    anyhow::ensure!(
+        (8..=1024).contains(&size),
+        "`size: {size}` is out of range: crops are 8 to 1024 pixels wide"
+    );
+    let sets = ctx.image_sets()?;
+    let all: Vec<String> = sets
+        .first()
+        .map(|s| s.channels.keys().cloned().collect())
+        .unwrap_or_default();
+    let channels = ctx.list_param("channels").unwrap_or(all);
+    let mut nuclei: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for (name, path) in ctx.upstream_files(|n| n.ends_with("_nuclei.tif")) {
+        let key = name
+            .trim_start_matches("labels/")
+            .trim_end_matches("_nuclei.tif");
+        nuclei.insert(key.to_string(), path);
+    }
+    anyhow::ensure!(
+        !nuclei.is_empty() || sets.is_empty(),
+        "no nucleus label images from upstream: put the `segment` step in `after:`"
+    );
+    let excluded = ctx.exclusions()?;
+    let todo: Vec<(&ImageSet, &PathBuf)> = sets
+        .iter()
+        .filter(|s| !excluded.contains_key(&s.key))
+        .filter_map(|s| nuclei.get(&s.key).map(|p| (s, p)))
+        .collect();
+    let map = ctx.plate_map()?;
+    let label_col = match &map {
+        Some(m) => m.label_column(ctx.str_param("label"))?,
+        None => None,
+    };
+
+    let raw_path = ctx.out.join(".crops.raw");
+    let mut raw = BufWriter::new(std::fs::File::create(&raw_path)?);
+    let meta_names: Vec<String> = sets
+        .first()
+        .map(|s| s.meta.iter().map(|(k, _)| metadata_column(k)).collect())
+        .unwrap_or_default();
+    let mut header = vec!["index".to_string(), "ImageSet".to_string()];
+    header.extend(meta_names);
+    header.extend(["ObjectNumber", "Center_X", "Center_Y", "label"].map(String::from));
+    let mut index = Table::new(&header);
+    let mut count = 0usize;
+    let mut depth = 8u8;
+    let mut wide: Option<bool> = None;
+    for batch in todo.chunks((ctx.threads * 2).max(1)) {
+        let results = parallel_map(batch, ctx.threads, |(set, path)| {
+            cut_set(set, path, &channels, size).with_context(|| format!("image set {}", set.key))
+        });
+        for ((set, _), r) in batch.iter().zip(results) {
+            let (cuts, d) = r?;
+            // All crops in one tensor share a dtype: fixed by the first image set.
+            let is_wide = *wide.get_or_insert(d > 8);
+            anyhow::ensure!(
+                is_wide == (d > 8),
+                "image set {} is {d}-bit but earlier ones are not: crops of one plate share a dtype",
+                set.key
+            );
+            depth = d;
+            let label = label_col
+                .and_then(|c| {
+                    map.as_ref()
+                        .and_then(|m| m.lookup(set.plate(), set.well()))
+                        .map(|r| r.values[c].clone())
+                })
+                .unwrap_or_default();
+            for cut in cuts {
+                if is_wide {
+                    for v in &cut.pixels {
+                        raw.write_all(&v.to_le_bytes())?;
+                    }
+                } else {
+                    let bytes: Vec<u8> = cut.pixels.iter().map(|&v| v.min(255) as u8).collect();
+                    raw.write_all(&bytes)?;
+                }
+                let mut row = vec![count.to_string(), set.key.clone()];
+                row.extend(set.meta.iter().map(|(_, v)| v.clone()));
+                row.extend([
+                    cut.object.to_string(),
+                    num(cut.cx),
+                    num(cut.cy),
+                    label.clone(),
+                ]);
+                index.push_row(row);
+                count += 1;
+            }
+        }
+    }
+    raw.flush()?;
+    drop(raw);
+    let dtype = if wide == Some(true) { "U16" } else { "U8" };
+    write_safetensors(
+        &ctx.out.join("crops.safetensors"),
+        &raw_path,
+        dtype,
+        &[count, channels.len(), size, size],
+        &channels,
+    )?;
+    std::fs::remove_file(&raw_path)?;
+    ctx.write_output("crops.csv", &index.into_bytes())?;
+    ctx.logln(format!(
+        "{count} crops of {size}x{size} px, channels {} ({dtype}, {depth}-bit images), from {} image sets",
+        channels.join(", "),
+        todo.len()
+    ));
+    Ok(())
+}
+
+/// Writes the safetensors format (8-byte little-endian header length, JSON header, data)
+/// around data already on disk: the `safetensors` crate wants every tensor in memory.
+fn write_safetensors(
+    path: &Path,
+    raw: &Path,
+    dtype: &str,
+    shape: &[usize],
+    channels: &[String],
+) -> anyhow::Result<()> {
+    let len = std::fs::metadata(raw)?.len();
+    let header = serde_json::json!({
+        "__metadata__": {"channels": channels.join(","), "writer": "plateflow crops"},
+        "crops": {"dtype": dtype, "shape": shape, "data_offsets": [0, len]},
+    });
+    let mut text = serde_json::to_string(&header)?;
+    // The data must start 8-byte aligned.
+    while (8 + text.len()) % 8 != 0 {
+        text.push(' ');
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    {
+        let mut w = BufWriter::new(tmp.as_file_mut());
+        w.write_all(&(text.len() as u64).to_le_bytes())?;
+        w.write_all(text.as_bytes())?;
+        let mut src = std::fs::File::open(raw)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = src.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n])?;
+        }
+        w.flush()?;
+    }
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}

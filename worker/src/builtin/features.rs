@@ -1,0 +1,543 @@
+//! `features`: per-object measurements in CellProfiler's column names (`Nuclei_AreaShape_Area`,
+//! `Cytoplasm_Intensity_MeanIntensity_GFP`), so the tables load in pycytominer and
+//! CellProfiler Analyst; per-well medians; optional robust-z normalisation against controls;
+//! Z′ of every per-well feature between positive and negative controls.
+//!
+//! Image sets are processed a few at a time and written as they finish, so memory holds one
+//! well's objects, not a plate's.
+
+use super::platemap::{control_of, Control, PlateMap};
+use super::segment::metadata_column;
+use super::{num, parallel_map, Context, ImageSet, Table};
+use anyhow::Context as _;
+use plateflow_imaging::features::{
+    haralick_features, intensity_features, shape_features, subtract_labels, HARALICK_NAMES,
+    ZERNIKE_NAMES,
+};
+use plateflow_imaging::qc::{median, z_prime};
+use plateflow_imaging::segment::Labels;
+use plateflow_imaging::{read_image, GrayImage};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const COMPARTMENTS: [&str; 3] = ["Nuclei", "Cells", "Cytoplasm"];
+const SHAPE_NAMES: [&str; 12] = [
+    "Area",
+    "Perimeter",
+    "Eccentricity",
+    "MajorAxisLength",
+    "MinorAxisLength",
+    "Orientation",
+    "Solidity",
+    "Extent",
+    "FormFactor",
+    "Compactness",
+    "MaxFeretDiameter",
+    "MinFeretDiameter",
+];
+const INTENSITY_NAMES: [&str; 11] = [
+    "MeanIntensity",
+    "StdIntensity",
+    "IntegratedIntensity",
+    "MinIntensity",
+    "MaxIntensity",
+    "MeanIntensityEdge",
+    "MedianIntensity",
+    "LowerQuartileIntensity",
+    "UpperQuartileIntensity",
+    "MADIntensity",
+    "MassDisplacement",
+];
+
+struct Settings {
+    channels: Vec<String>,
+    scale: u32,
+    levels: u32,
+    translocation: Vec<String>,
+}
+
+/// The feature columns, in the order [`measure_set`] fills them.
+fn feature_columns(s: &Settings) -> Vec<String> {
+    let mut cols = Vec::new();
+    for comp in COMPARTMENTS {
+        for n in SHAPE_NAMES {
+            cols.push(format!("{comp}_AreaShape_{n}"));
+        }
+        for z in ZERNIKE_NAMES {
+            cols.push(format!("{comp}_AreaShape_{z}"));
+        }
+        cols.push(format!("{comp}_Location_Center_X"));
+        cols.push(format!("{comp}_Location_Center_Y"));
+        for ch in &s.channels {
+            for n in INTENSITY_NAMES {
+                cols.push(format!("{comp}_Intensity_{n}_{ch}"));
+            }
+            // Haralick averaged over the four directions: `avg` where CellProfiler writes
+            // the direction (00..03); scale and grey levels are recorded.
+            for h in HARALICK_NAMES {
+                cols.push(format!(
+                    "{comp}_Texture_{h}_{ch}_{}_avg_{}",
+                    s.scale, s.levels
+                ));
+            }
+        }
+    }
+    for ch in &s.translocation {
+        cols.push(format!("Cells_Translocation_NucCytoRatio_{ch}"));
+    }
+    cols
+}
+
+fn labels_from(path: &Path) -> anyhow::Result<Labels> {
+    let img = read_image(path)?;
+    let data: Vec<u32> = img.data.iter().map(|&v| v as u32).collect();
+    let count = data.iter().copied().max().unwrap_or(0);
+    Ok(Labels {
+        width: img.width,
+        height: img.height,
+        data,
+        count,
+    })
+}
+
+/// One row per nucleus (cells and cytoplasm share its number); and whether it touches the
+/// image border (such objects are kept in the table but left out of well medians).
+fn measure_set(
+    s: &Settings,
+    set: &ImageSet,
+    nuclei_path: &Path,
+    cells_path: &Path,
+) -> anyhow::Result<Vec<(Vec<f64>, bool)>> {
+    let nuclei = labels_from(nuclei_path)?;
+    let cells = labels_from(cells_path)?;
+    anyhow::ensure!(
+        (nuclei.width, nuclei.height) == (cells.width, cells.height),
+        "label images of {} differ in size",
+        set.key
+    );
+    let cyto = subtract_labels(&cells, &nuclei);
+    let images: Vec<GrayImage> = s
+        .channels
+        .iter()
+        .map(|ch| {
+            let img = read_image(set.channel(ch)?)?;
+            anyhow::ensure!(
+                (img.width, img.height) == (nuclei.width, nuclei.height),
+                "{}: channel {ch} is {}x{} but its labels are {}x{}",
+                set.key,
+                img.width,
+                img.height,
+                nuclei.width,
+                nuclei.height
+            );
+            Ok(img)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let n = nuclei.count as usize;
+    let mut rows: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut border = vec![false; n];
+    let mut nuc_mean: Vec<Vec<f64>> = Vec::new();
+    let mut cyto_mean: Vec<Vec<f64>> = Vec::new();
+    for (ci, labels) in [&nuclei, &cells, &cyto].into_iter().enumerate() {
+        let shapes = shape_features(labels);
+        for (i, sh) in shapes.iter().take(n).enumerate() {
+            if ci < 2 {
+                border[i] |= sh.touches_border;
+            }
+            rows[i].extend([
+                sh.area,
+                sh.perimeter,
+                sh.eccentricity,
+                sh.major_axis_length,
+                sh.minor_axis_length,
+                sh.orientation,
+                sh.solidity,
+                sh.extent,
+                sh.form_factor,
+                sh.compactness,
+                sh.max_feret_diameter,
+                sh.min_feret_diameter,
+            ]);
+            rows[i].extend(sh.zernike.iter().copied());
+            rows[i].extend([sh.center_x, sh.center_y]);
+        }
+        for (k, img) in images.iter().enumerate() {
+            let int = intensity_features(labels, img);
+            let tex = haralick_features(labels, img, s.scale, s.levels);
+            for i in 0..n {
+                let st = &int[i];
+                rows[i].extend([
+                    st.mean,
+                    st.std,
+                    st.integrated,
+                    st.min,
+                    st.max,
+                    st.mean_edge,
+                    st.median,
+                    st.lower_quartile,
+                    st.upper_quartile,
+                    st.mad,
+                    st.mass_displacement,
+                ]);
+                rows[i].extend(tex[i].iter().copied());
+            }
+            if s.translocation.contains(&s.channels[k]) {
+                let means: Vec<f64> = int.iter().take(n).map(|st| st.mean).collect();
+                match ci {
+                    0 => nuc_mean.push(means),
+                    2 => cyto_mean.push(means),
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (k, _) in s.translocation.iter().enumerate() {
+        for i in 0..n {
+            let (a, b) = (nuc_mean[k][i], cyto_mean[k][i]);
+            rows[i].push(if b > 0.0 { a / b } else { f64::NAN });
+        }
+    }
+    Ok(rows.into_iter().zip(border).collect())
+}
+
+/// Per-well medians of every feature over objects off the border, and the object count.
+struct WellAcc {
+    plate: String,
+    well: String,
+    count: usize,
+    columns: Vec<Vec<f64>>,
+}
+
+impl WellAcc {
+    fn medians(&mut self) -> Vec<f64> {
+        self.columns
+            .iter_mut()
+            .map(|c| {
+                c.retain(|v| v.is_finite());
+                if c.is_empty() {
+                    f64::NAN
+                } else {
+                    median(c)
+                }
+            })
+            .collect()
+    }
+}
+
+pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
+    let sets = ctx.image_sets()?;
+    let all_channels: Vec<String> = sets
+        .first()
+        .map(|s| s.channels.keys().cloned().collect())
+        .unwrap_or_default();
+    let channels = ctx.list_param("channels").unwrap_or(all_channels);
+    let translocation = ctx.list_param("translocation").unwrap_or_default();
+    for ch in &translocation {
+        anyhow::ensure!(
+            channels.contains(ch),
+            "`translocation` names {ch}, which is not among the measured channels ({})",
+            channels.join(", ")
+        );
+    }
+    let s = Settings {
+        channels,
+        scale: ctx.f64_param("texture_scale").unwrap_or(3.0).max(1.0) as u32,
+        levels: ctx
+            .f64_param("texture_levels")
+            .unwrap_or(32.0)
+            .clamp(2.0, 256.0) as u32,
+        translocation,
+    };
+    // Label images from the upstream `segment` tasks, by image set.
+    let mut labels: BTreeMap<String, (Option<PathBuf>, Option<PathBuf>)> = BTreeMap::new();
+    for (name, path) in ctx.upstream_files(|n| n.starts_with("labels/")) {
+        let stem = name.trim_start_matches("labels/").trim_end_matches(".tif");
+        if let Some(k) = stem.strip_suffix("_nuclei") {
+            labels.entry(k.to_string()).or_default().0 = Some(path);
+        } else if let Some(k) = stem.strip_suffix("_cells") {
+            labels.entry(k.to_string()).or_default().1 = Some(path);
+        }
+    }
+    anyhow::ensure!(
+        !labels.is_empty() || sets.is_empty(),
+        "no label images from upstream: put the `segment` step in `after:` (with `save_labels` on)"
+    );
+    let todo: Vec<(&ImageSet, PathBuf, PathBuf)> = sets
+        .iter()
+        .filter_map(|set| match labels.get(&set.key) {
+            Some((Some(n), Some(c))) => Some((set, n.clone(), c.clone())),
+            _ => None,
+        })
+        .collect();
+    let map = ctx.plate_map()?;
+    let map_cols: Vec<String> = map
+        .as_ref()
+        .map(|m| {
+            m.columns
+                .iter()
+                .map(|c| {
+                    if c.starts_with("Metadata_") {
+                        c.clone()
+                    } else {
+                        format!("Metadata_{c}")
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let features = feature_columns(&s);
+    let meta_names: Vec<String> = sets
+        .first()
+        .map(|s| s.meta.iter().map(|(k, _)| metadata_column(k)).collect())
+        .unwrap_or_default();
+
+    // Cells table, streamed to disk.
+    let cells_path = ctx.out.join("cells.csv");
+    let mut cells_out = std::io::BufWriter::new(
+        tempfile::NamedTempFile::new_in(&ctx.out).context("creating cells.csv")?,
+    );
+    let mut header: Vec<String> = vec!["ImageSet".into()];
+    header.extend(meta_names.iter().cloned());
+    header.extend(map_cols.iter().filter(|c| !meta_names.contains(c)).cloned());
+    header.push("ObjectNumber".into());
+    header.push("TouchesBorder".into());
+    header.extend(features.iter().cloned());
+    let extra_map_cols: Vec<usize> = map_cols
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| !meta_names.contains(c))
+        .map(|(i, _)| i)
+        .collect();
+    writeln!(cells_out, "{}", header.join(","))?;
+
+    let mut wells: Vec<(String, String, usize, Vec<f64>)> = Vec::new();
+    let mut acc: Option<WellAcc> = None;
+    let flush = |acc: &mut Option<WellAcc>, wells: &mut Vec<_>| {
+        if let Some(mut a) = acc.take() {
+            let m = a.medians();
+            wells.push((a.plate, a.well, a.count, m));
+        }
+    };
+    let mut objects = 0usize;
+    let chunk = (ctx.threads * 2).max(1);
+    for batch in todo.chunks(chunk) {
+        let results = parallel_map(batch, ctx.threads, |(set, n, c)| {
+            measure_set(&s, set, n, c).with_context(|| format!("image set {}", set.key))
+        });
+        for ((set, _, _), r) in batch.iter().zip(results) {
+            let rows = r?;
+            let (plate, well) = (set.plate().to_string(), set.well().to_string());
+            if acc
+                .as_ref()
+                .is_some_and(|a| a.plate != plate || a.well != well)
+            {
+                flush(&mut acc, &mut wells);
+            }
+            let a = acc.get_or_insert_with(|| WellAcc {
+                plate: plate.clone(),
+                well: well.clone(),
+                count: 0,
+                columns: vec![Vec::new(); features.len()],
+            });
+            let map_row = map.as_ref().and_then(|m| m.lookup(&plate, &well));
+            for (i, (row, border)) in rows.iter().enumerate() {
+                objects += 1;
+                a.count += 1;
+                if !border {
+                    for (col, v) in a.columns.iter_mut().zip(row) {
+                        col.push(*v);
+                    }
+                }
+                let mut line: Vec<String> = vec![set.key.clone()];
+                line.extend(set.meta.iter().map(|(_, v)| v.clone()));
+                for &c in &extra_map_cols {
+                    line.push(map_row.map_or(String::new(), |r| r.values[c].clone()));
+                }
+                line.push((i + 1).to_string());
+                line.push((*border as u8).to_string());
+                line.extend(row.iter().map(|&v| num(v)));
+                writeln!(cells_out, "{}", line.join(","))?;
+            }
+        }
+    }
+    flush(&mut acc, &mut wells);
+    cells_out
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("writing cells.csv: {e}"))?
+        .persist(&cells_path)
+        .map_err(|e| anyhow::anyhow!("writing cells.csv: {}", e.error))?;
+
+    // Per-well table.
+    let well_header = |cols: &[String]| {
+        let mut h = vec!["Metadata_Plate".to_string(), "Metadata_Well".to_string()];
+        h.extend(
+            map_cols
+                .iter()
+                .filter(|c| !h.contains(c))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        h.push("Count_Cells".into());
+        h.extend(cols.iter().cloned());
+        h
+    };
+    let well_rows = |values: &dyn Fn(usize) -> Vec<f64>| {
+        let mut t = Table::new(&well_header(&features));
+        for (i, (plate, well, count, _)) in wells.iter().enumerate() {
+            let mut line = vec![plate.clone(), well.clone()];
+            let map_row = map.as_ref().and_then(|m| m.lookup(plate, well));
+            for (c, name) in map_cols.iter().enumerate() {
+                if name != "Metadata_Plate" && name != "Metadata_Well" {
+                    line.push(map_row.map_or(String::new(), |r| r.values[c].clone()));
+                }
+            }
+            line.push(count.to_string());
+            line.extend(values(i).into_iter().map(num));
+            t.push_row(line);
+        }
+        t
+    };
+    ctx.write_output(
+        "wells.csv",
+        &well_rows(&|i| wells[i].3.clone()).into_bytes(),
+    )?;
+
+    let controls = control_wells(ctx, map.as_ref(), &wells)?;
+    match ctx.str_param("normalize").unwrap_or("none") {
+        "none" => {}
+        how @ ("controls" | "all") => {
+            let normalized = normalize(&wells, &controls, how == "controls")?;
+            ctx.write_output(
+                "wells_normalized.csv",
+                &well_rows(&|i| normalized[i].clone()).into_bytes(),
+            )?;
+        }
+        other => {
+            anyhow::bail!("`normalize: {other}` is not known: use `none`, `controls` or `all`")
+        }
+    }
+    // Z′ of every per-well feature, best first: which readouts separate the controls.
+    let (pos, neg): (Vec<usize>, Vec<usize>) = (
+        (0..wells.len())
+            .filter(|&i| controls[i] == Some(Control::Positive))
+            .collect(),
+        (0..wells.len())
+            .filter(|&i| controls[i] == Some(Control::Negative))
+            .collect(),
+    );
+    if !pos.is_empty() && !neg.is_empty() {
+        let mut z: Vec<(String, f64, f64, f64)> = features
+            .iter()
+            .enumerate()
+            .filter_map(|(f, name)| {
+                let p: Vec<f64> = pos
+                    .iter()
+                    .map(|&i| wells[i].3[f])
+                    .filter(|v| v.is_finite())
+                    .collect();
+                let n: Vec<f64> = neg
+                    .iter()
+                    .map(|&i| wells[i].3[f])
+                    .filter(|v| v.is_finite())
+                    .collect();
+                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+                z_prime(&p, &n).map(|zp| (name.clone(), zp, mean(&p), mean(&n)))
+            })
+            .collect();
+        z.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut t = Table::new(&[
+            "feature",
+            "z_prime",
+            "mean_positive",
+            "mean_negative",
+            "positive_wells",
+            "negative_wells",
+        ]);
+        for (name, zp, mp, mn) in &z {
+            t.push_row([
+                name.clone(),
+                num(*zp),
+                num(*mp),
+                num(*mn),
+                pos.len().to_string(),
+                neg.len().to_string(),
+            ]);
+        }
+        ctx.write_output("zprime.csv", &t.into_bytes())?;
+        for (name, zp, _, _) in z.iter().take(5) {
+            ctx.logln(format!("Z' {zp:.3}  {name}"));
+        }
+    }
+    ctx.logln(format!(
+        "measured {objects} objects in {} image sets ({} without labels skipped), {} wells, {} features per object",
+        todo.len(),
+        sets.len() - todo.len(),
+        wells.len(),
+        features.len()
+    ));
+    Ok(())
+}
+
+/// Each well's control role from the plate map (none without a map or a control column).
+fn control_wells(
+    ctx: &Context,
+    map: Option<&PlateMap>,
+    wells: &[(String, String, usize, Vec<f64>)],
+) -> anyhow::Result<Vec<Option<Control>>> {
+    let Some(map) = map else {
+        return Ok(vec![None; wells.len()]);
+    };
+    let Some(col) = map.control_column(ctx.str_param("controls"))? else {
+        return Ok(vec![None; wells.len()]);
+    };
+    Ok(wells
+        .iter()
+        .map(|(p, w, _, _)| map.lookup(p, w).and_then(|r| control_of(&r.values[col])))
+        .collect())
+}
+
+/// Robust z per plate: (x − median_ref) / (1.4826 · MAD_ref), the reference being the plate's
+/// negative controls (`by_controls`) or all its wells.
+fn normalize(
+    wells: &[(String, String, usize, Vec<f64>)],
+    controls: &[Option<Control>],
+    by_controls: bool,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut out = vec![Vec::new(); wells.len()];
+    let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.0.as_str()).collect();
+    for plate in plates {
+        let members: Vec<usize> = (0..wells.len()).filter(|&i| wells[i].0 == plate).collect();
+        let reference: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|&i| !by_controls || controls[i] == Some(Control::Negative))
+            .collect();
+        anyhow::ensure!(
+            !reference.is_empty(),
+            "plate {plate} has no negative control wells to normalise against: mark them in \
+             the plate map's control column, or use `normalize: all`"
+        );
+        let nf = wells[members[0]].3.len();
+        for f in 0..nf {
+            let r: Vec<f64> = reference
+                .iter()
+                .map(|&i| wells[i].3[f])
+                .filter(|v| v.is_finite())
+                .collect();
+            let (m, mad) = if r.is_empty() {
+                (f64::NAN, f64::NAN)
+            } else {
+                let m = median(&r);
+                let dev: Vec<f64> = r.iter().map(|v| (v - m).abs()).collect();
+                (m, median(&dev))
+            };
+            let scale = 1.4826 * mad;
+            for &i in &members {
+                let v = (wells[i].3[f] - m) / scale;
+                out[i].push(if v.is_finite() { v } else { f64::NAN });
+            }
+        }
+    }
+    Ok(out)
+}

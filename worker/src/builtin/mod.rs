@@ -1,0 +1,404 @@
+//! The built-in image steps: `curate`, `segment`, `features` and `crops`. Each is a thin
+//! adapter from a task's materialised inputs to the `plateflow-imaging` library and back to
+//! output files; the science lives in that library, testable without the engine.
+//!
+//! Conventions shared by the steps:
+//! - An *image set* is the images of one field of view: every pattern field but `channel`
+//!   (plate, well, site, …) is equal. Its key (`P1_A01_1`) names its output files.
+//! - Channel names come from the pipeline's `data.channels` (the coordinator passes them as
+//!   the `_channels` parameter, so renaming a channel changes the cache key).
+//! - Outputs are the files a step writes under `out/`; their paths there are their names.
+
+pub mod crops;
+pub mod curate;
+pub mod features;
+pub mod platemap;
+pub mod segment;
+
+use anyhow::Context as _;
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The plate of a data set whose filename pattern names no plate.
+pub const DEFAULT_PLATE: &str = "plate";
+
+/// What a built-in step sees of its task.
+pub struct Context<'a> {
+    pub work: &'a Path,
+    /// Everything written here is stored as an output.
+    pub out: PathBuf,
+    pub params: &'a Map<String, Value>,
+    /// Images: path relative to `work`, pattern fields.
+    pub images: &'a [(String, BTreeMap<String, String>)],
+    pub plate_map: Option<&'a Path>,
+    /// Upstream outputs: (task label, output name, path relative to `work`).
+    pub upstream: &'a [(String, String, String)],
+    /// Threads the step may use (its `resources.cpus`).
+    pub threads: usize,
+    /// Human-readable account of the run, stored as the task's stdout.
+    pub log: String,
+}
+
+impl Context<'_> {
+    pub fn str_param(&self, name: &str) -> Option<&str> {
+        self.params.get(name).and_then(Value::as_str)
+    }
+    pub fn f64_param(&self, name: &str) -> Option<f64> {
+        self.params.get(name).and_then(Value::as_f64)
+    }
+    pub fn bool_param(&self, name: &str) -> Option<bool> {
+        self.params.get(name).and_then(Value::as_bool)
+    }
+    pub fn list_param(&self, name: &str) -> Option<Vec<String>> {
+        self.params.get(name).and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+    }
+
+    /// Channel field value → name, from the pipeline's `data.channels`.
+    fn channel_names(&self) -> BTreeMap<String, String> {
+        self.params
+            .get("_channels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The task's images grouped into image sets, in a stable order.
+    pub fn image_sets(&self) -> anyhow::Result<Vec<ImageSet>> {
+        let names = self.channel_names();
+        let mut sets: BTreeMap<String, ImageSet> = BTreeMap::new();
+        for (rel, fields) in self.images {
+            let meta = set_meta(fields);
+            let key = set_key(&meta);
+            let channel = match fields.get("channel") {
+                Some(c) => names.get(c).cloned().unwrap_or_else(|| c.clone()),
+                None => "image".to_string(),
+            };
+            let set = sets.entry(key.clone()).or_insert_with(|| ImageSet {
+                key,
+                meta,
+                channels: BTreeMap::new(),
+            });
+            if let Some(prev) = set.channels.insert(channel.clone(), self.work.join(rel)) {
+                anyhow::bail!(
+                    "two images for channel {channel} of image set {}: {} and {rel}; \
+                     the filename pattern must tell them apart",
+                    set.key,
+                    prev.display()
+                );
+            }
+        }
+        Ok(sets.into_values().collect())
+    }
+
+    /// Upstream outputs whose name matches `pred`, with their paths.
+    pub fn upstream_files(&self, pred: impl Fn(&str) -> bool) -> Vec<(String, PathBuf)> {
+        self.upstream
+            .iter()
+            .filter(|(_, name, _)| pred(name))
+            .map(|(_, name, rel)| (name.clone(), self.work.join(rel)))
+            .collect()
+    }
+
+    /// Image sets excluded by an upstream `curate` step (its `exclusions.csv`): key → reason.
+    pub fn exclusions(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        for (_, path) in self.upstream_files(|n| n == "exclusions.csv") {
+            let mut rdr = csv::Reader::from_path(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let headers = rdr.headers()?.clone();
+            let key_col = headers.iter().position(|h| h == "set").context(
+                "exclusions.csv without a `set` column: was it written by a `curate` step?",
+            )?;
+            let reason_col = headers.iter().position(|h| h == "reason");
+            for rec in rdr.records() {
+                let rec = rec?;
+                out.insert(
+                    rec.get(key_col).unwrap_or("").to_string(),
+                    reason_col
+                        .and_then(|c| rec.get(c))
+                        .unwrap_or("")
+                        .to_string(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn plate_map(&self) -> anyhow::Result<Option<platemap::PlateMap>> {
+        self.plate_map.map(platemap::PlateMap::read).transpose()
+    }
+
+    pub fn logln(&mut self, line: impl AsRef<str>) {
+        self.log.push_str(line.as_ref());
+        self.log.push('\n');
+    }
+
+    /// Writes an output file atomically (a crash never leaves half a file behind).
+    pub fn write_output(&self, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+        write_atomic(&self.out.join(name), bytes)
+    }
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+/// The images of one field of view.
+#[derive(Debug, Clone)]
+pub struct ImageSet {
+    /// `P1_A01_1`: field values in [`set_meta`] order, safe as a file name.
+    pub key: String,
+    /// Pattern fields but `channel`: plate, well, site first, then the others by name. The
+    /// well is normalised (`A-01` → `A01`) and a missing plate is [`DEFAULT_PLATE`].
+    pub meta: Vec<(String, String)>,
+    /// Channel name → image path.
+    pub channels: BTreeMap<String, PathBuf>,
+}
+
+impl ImageSet {
+    pub fn get(&self, field: &str) -> &str {
+        self.meta
+            .iter()
+            .find(|(k, _)| k == field)
+            .map_or("", |(_, v)| v.as_str())
+    }
+    pub fn plate(&self) -> &str {
+        self.get("plate")
+    }
+    pub fn well(&self) -> &str {
+        self.get("well")
+    }
+    /// The path of a channel's image, or an error naming the channels there are.
+    pub fn channel(&self, name: &str) -> anyhow::Result<&Path> {
+        self.channels
+            .get(name)
+            .map(PathBuf::as_path)
+            .with_context(|| {
+                format!(
+                    "image set {} has no channel `{name}` (it has: {}); name channels under \
+                 `data.channels` in the pipeline",
+                    self.key,
+                    self.channels.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            })
+    }
+}
+
+fn set_meta(fields: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut meta = vec![(
+        "plate".to_string(),
+        fields
+            .get("plate")
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_PLATE.to_string()),
+    )];
+    if let Some(w) = fields.get("well") {
+        let w = platemap::normalize_well(w).unwrap_or_else(|| w.clone());
+        meta.push(("well".to_string(), w));
+    }
+    if let Some(s) = fields.get("site") {
+        meta.push(("site".to_string(), s.clone()));
+    }
+    for (k, v) in fields {
+        if !matches!(k.as_str(), "plate" | "well" | "site" | "channel") && !k.starts_with('_') {
+            meta.push((k.clone(), v.clone()));
+        }
+    }
+    meta
+}
+
+fn set_key(meta: &[(String, String)]) -> String {
+    meta.iter()
+        .map(|(_, v)| {
+            v.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// A CSV table built in memory and written once (tables here are per plate: small).
+pub struct Table {
+    text: String,
+    columns: usize,
+}
+
+impl Table {
+    pub fn new<S: AsRef<str>>(header: &[S]) -> Self {
+        let mut t = Table {
+            text: String::new(),
+            columns: header.len(),
+        };
+        t.push_row(header.iter().map(|s| s.as_ref().to_string()));
+        t
+    }
+    pub fn push_row(&mut self, cells: impl IntoIterator<Item = String>) {
+        let mut n = 0;
+        for (i, c) in cells.into_iter().enumerate() {
+            if i > 0 {
+                self.text.push(',');
+            }
+            if c.contains([',', '"', '\n']) {
+                let _ = write!(self.text, "\"{}\"", c.replace('"', "\"\""));
+            } else {
+                self.text.push_str(&c);
+            }
+            n += 1;
+        }
+        debug_assert_eq!(n, self.columns, "row width differs from the header");
+        self.text.push('\n');
+    }
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.text.into_bytes()
+    }
+}
+
+/// A number for a CSV cell: empty for NaN (pandas reads it as missing), compact otherwise.
+pub fn num(v: f64) -> String {
+    if v.is_finite() {
+        let s = format!("{v:.6}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        if s == "-0" {
+            "0".into()
+        } else {
+            s.to_string()
+        }
+    } else {
+        String::new()
+    }
+}
+
+/// Runs a built-in kind. Errors name the file or parameter at fault.
+pub fn run(kind: &str, ctx: &mut Context) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&ctx.out)?;
+    match kind {
+        "curate" => curate::run(ctx),
+        "segment" => segment::run(ctx),
+        "features" => features::run(ctx),
+        "crops" => crops::run(ctx),
+        other => anyhow::bail!("`{other}` is not a built-in image step"),
+    }
+}
+
+/// Runs `f` over `items` on up to `threads` threads, keeping the input order of the results.
+/// Each thread takes the next item when it is free, so one slow image does not stall others.
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = threads.clamp(1, items.len().max(1));
+    if threads == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    let results = std::sync::Mutex::new(&mut slots);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= items.len() {
+                    break;
+                }
+                let r = f(&items[i]);
+                results.lock().expect("results")[i] = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sets_group_channels_and_normalise_wells() {
+        let images: Vec<(String, BTreeMap<String, String>)> = ["1", "2"]
+            .iter()
+            .map(|c| {
+                let f: BTreeMap<String, String> = [
+                    ("well".to_string(), "A-01".to_string()),
+                    ("n".to_string(), "01".to_string()),
+                    ("channel".to_string(), c.to_string()),
+                ]
+                .into_iter()
+                .collect();
+                (format!("inputs/Channel{c}-01-A-01.tif"), f)
+            })
+            .collect();
+        let params: Map<String, Value> =
+            serde_json::from_str(r#"{"_channels": {"1": "GFP", "2": "DNA"}}"#).unwrap();
+        let ctx = Context {
+            work: Path::new("/w"),
+            out: PathBuf::from("/w/out"),
+            params: &params,
+            images: &images,
+            plate_map: None,
+            upstream: &[],
+            threads: 1,
+            log: String::new(),
+        };
+        let sets = ctx.image_sets().unwrap();
+        assert_eq!(sets.len(), 1);
+        assert_eq!(sets[0].key, "plate_A01_01");
+        assert_eq!(sets[0].well(), "A01");
+        assert_eq!(
+            sets[0].channel("DNA").unwrap(),
+            Path::new("/w/inputs/Channel2-01-A-01.tif")
+        );
+        let e = sets[0].channel("Actin").unwrap_err().to_string();
+        assert!(e.contains("has: DNA, GFP"), "{e}");
+    }
+
+    #[test]
+    fn numbers_and_quoting_in_tables() {
+        assert_eq!(num(1.5), "1.5");
+        assert_eq!(num(2.0), "2");
+        assert_eq!(num(f64::NAN), "");
+        let mut t = Table::new(&["a", "b"]);
+        t.push_row(["x,y".to_string(), "1".to_string()]);
+        assert_eq!(
+            String::from_utf8(t.into_bytes()).unwrap(),
+            "a,b\n\"x,y\",1\n"
+        );
+    }
+
+    #[test]
+    fn parallel_map_keeps_order() {
+        let v: Vec<u32> = (0..100).collect();
+        assert_eq!(
+            parallel_map(&v, 2, |x| x * 2),
+            (0..100).map(|x| x * 2).collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! `segment`: nuclei from the DNA channel, cells grown from them into a second channel (or a
+//! ring), saved as 16-bit label TIFFs (they open in Fiji and napari) with an object table.
+
+use super::{num, parallel_map, Context, ImageSet, Table};
+use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
+use plateflow_imaging::segment::{segment_nuclei, Labels, SegmentParams};
+use plateflow_imaging::{read_image, write::write_tiff_u16};
+use std::path::Path;
+
+/// Segmentation of one image set.
+pub struct SetResult {
+    pub nuclei: Labels,
+    pub cells: Labels,
+}
+
+/// The library call with the step's parameters: nuclei, then cells.
+pub fn segment_set(ctx: &Context, set: &ImageSet) -> anyhow::Result<SetResult> {
+    let dna = read_image(set.channel(nuclei_channel(ctx)?)?)?;
+    let params = SegmentParams {
+        sigma: ctx.f64_param("sigma").or(SegmentParams::default().sigma),
+        radius: ctx.f64_param("diameter").map(|d| d / 2.0),
+        ..SegmentParams::default()
+    };
+    let nuclei = segment_nuclei(&dna, &params);
+    let cell_img = match ctx.str_param("cells") {
+        Some(ch) => Some(read_image(set.channel(ch)?)?),
+        None => None,
+    };
+    if let Some(c) = &cell_img {
+        anyhow::ensure!(
+            (c.width, c.height) == (dna.width, dna.height),
+            "image set {}: the cell channel is {}x{} but the nuclei channel is {}x{}",
+            set.key,
+            c.width,
+            c.height,
+            dna.width,
+            dna.height
+        );
+    }
+    // Without a cell channel, or when asked, the cytoplasm is a ring around the nucleus.
+    let ring = CellMethod::Ring {
+        width: ctx
+            .f64_param("ring_width")
+            .unwrap_or_else(|| typical_radius(&nuclei)),
+    };
+    let method = match ctx.str_param("cell_method") {
+        Some("ring") => ring,
+        _ if cell_img.is_none() => ring,
+        _ => CellMethod::default(),
+    };
+    let cells = segment_cells(&nuclei, cell_img.as_ref(), method);
+    Ok(SetResult { nuclei, cells })
+}
+
+pub fn nuclei_channel<'a>(ctx: &'a Context) -> anyhow::Result<&'a str> {
+    ctx.str_param("nuclei")
+        .ok_or_else(|| anyhow::anyhow!("`segment` needs `nuclei:`, the channel that shows DNA"))
+}
+
+pub fn write_labels(path: &Path, labels: &Labels) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        labels.count <= u16::MAX as u32,
+        "{} objects do not fit a 16-bit label image",
+        labels.count
+    );
+    let data: Vec<u16> = labels.data.iter().map(|&l| l as u16).collect();
+    write_tiff_u16(path, labels.width, labels.height, &data)?;
+    Ok(())
+}
+
+/// Per object: area, centre and whether it touches the image border.
+fn objects(labels: &Labels) -> Vec<(usize, f64, f64, bool)> {
+    let w = labels.width as usize;
+    let h = labels.height as usize;
+    let mut acc = vec![(0usize, 0f64, 0f64, false); labels.count as usize + 1];
+    for (i, &l) in labels.data.iter().enumerate() {
+        if l == 0 {
+            continue;
+        }
+        let (x, y) = (i % w, i / w);
+        let a = &mut acc[l as usize];
+        a.0 += 1;
+        a.1 += x as f64;
+        a.2 += y as f64;
+        a.3 |= x == 0 || y == 0 || x + 1 == w || y + 1 == h;
+    }
+    acc.into_iter()
+        .skip(1)
+        .map(|(n, sx, sy, b)| {
+            let n1 = n.max(1) as f64;
+            (n, sx / n1, sy / n1, b)
+        })
+        .collect()
+}
+
+pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
+    nuclei_channel(ctx)?;
+    let sets = ctx.image_sets()?;
+    let excluded = ctx.exclusions()?;
+    let todo: Vec<&ImageSet> = sets
+        .iter()
+        .filter(|s| !excluded.contains_key(&s.key))
+        .collect();
+    let save = ctx.bool_param("save_labels").unwrap_or(true);
+    let out = ctx.out.clone();
+    let shared: &Context = ctx;
+    let results = parallel_map(&todo, shared.threads, |set| {
+        let r = segment_set(shared, set)?;
+        if save {
+            write_labels(
+                &out.join(format!("labels/{}_nuclei.tif", set.key)),
+                &r.nuclei,
+            )?;
+            write_labels(&out.join(format!("labels/{}_cells.tif", set.key)), &r.cells)?;
+        }
+        anyhow::Ok((objects(&r.nuclei), objects(&r.cells)))
+    });
+    let meta_names: Vec<String> = sets
+        .first()
+        .map(|s| s.meta.iter().map(|(k, _)| metadata_column(k)).collect())
+        .unwrap_or_default();
+    let mut header = vec!["ImageSet".to_string()];
+    header.extend(meta_names);
+    header.extend(
+        [
+            "ObjectNumber",
+            "Nuclei_AreaShape_Area",
+            "Nuclei_Location_Center_X",
+            "Nuclei_Location_Center_Y",
+            "Nuclei_TouchesBorder",
+            "Cells_AreaShape_Area",
+            "Cells_TouchesBorder",
+        ]
+        .map(String::from),
+    );
+    let mut table = Table::new(&header);
+    let mut total = 0usize;
+    for (set, r) in todo.iter().zip(results) {
+        let (nuc, cells) = r?;
+        total += nuc.len();
+        for (i, (n, c)) in nuc.iter().zip(&cells).enumerate() {
+            let mut row = vec![set.key.clone()];
+            row.extend(set.meta.iter().map(|(_, v)| v.clone()));
+            row.extend([
+                (i + 1).to_string(),
+                n.0.to_string(),
+                num(n.1),
+                num(n.2),
+                (n.3 as u8).to_string(),
+                c.0.to_string(),
+                (c.3 as u8).to_string(),
+            ]);
+            table.push_row(row);
+        }
+    }
+    ctx.write_output("objects.csv", &table.into_bytes())?;
+    ctx.logln(format!(
+        "segmented {} image sets ({} excluded by curation): {total} nuclei",
+        todo.len(),
+        sets.len() - todo.len()
+    ));
+    for (k, why) in &excluded {
+        if sets.iter().any(|s| &s.key == k) {
+            ctx.logln(format!("  skipped {k}: {why}"));
+        }
+    }
+    Ok(())
+}
+
+/// `plate` → `Metadata_Plate` (CellProfiler's convention, which pycytominer expects).
+pub fn metadata_column(field: &str) -> String {
+    let mut c = field.chars();
+    match c.next() {
+        Some(f) => format!("Metadata_{}{}", f.to_ascii_uppercase(), c.as_str()),
+        None => "Metadata_".into(),
+    }
+}
