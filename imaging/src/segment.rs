@@ -21,8 +21,9 @@ pub struct SegmentParams {
 impl Default for SegmentParams {
     fn default() -> Self {
         Self {
-            // Measured on all 48 Coelho images: a fixed 3 px gives F1 0.899; the adaptive
-            // choice (`None`) 0.862, as its first-pass size estimate fails on a few images.
+            // Measured on all 48 Coelho images: a fixed 3 px gives F1 0.903; the adaptive
+            // choice (`None`) did worse (0.862 before the clipped Otsu), as its first-pass
+            // size estimate fails on a few images.
             sigma: Some(3.0),
             radius: None,
             min_area_fraction: 0.15,
@@ -107,6 +108,22 @@ pub fn otsu(values: &[f32]) -> f32 {
         }
     }
     lo + (best_t as f32 + 0.5) / scale
+}
+
+/// Otsu's threshold of the values clipped at their 99.5th percentile. A few very bright
+/// objects (mitoses, debris) otherwise stretch the histogram until Otsu splits them from all
+/// the ordinary nuclei: on Coelho image dna-11 plain Otsu keeps 0.4 % of the pixels (5 of 28
+/// nuclei found), the clipped one 9 %; on images without such outliers the two agree.
+pub fn otsu_clipped(values: &[f32]) -> f32 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = values.to_vec();
+    let k = ((sorted.len() - 1) as f64 * 0.995) as usize;
+    let (_, &mut cap, _) = sorted.select_nth_unstable_by(k, f32::total_cmp);
+    sorted.clear();
+    sorted.extend(values.iter().map(|&v| v.min(cap)));
+    otsu(&sorted)
 }
 
 /// Exact Euclidean distance of every foreground pixel to the background (Felzenszwalb).
@@ -233,8 +250,9 @@ impl Ord for Item {
 /// Segments nuclei; returns the label image.
 /// Seeds closer than SEP typical radii belong to one nucleus. 1.8 was the best of 0.7, 1.2,
 /// 1.5 and 1.8 on six Coelho images (F1 0.68, 0.81, 0.89, 0.91). With smoothing of 3 px and
-/// CLUMP 1.8, all 48 images give F1 0.899 (precision 0.92, recall 0.88) and a median count
-/// error of 7.1 % (target: F1 >= 0.90, <= 8 %). A saddle-depth test along the segment between
+/// CLUMP 1.8 and Otsu on values clipped at the 99.5th percentile, all 48 images give F1 0.903
+/// (precision 0.919, recall 0.887) and a median count error of 6.5 % (target: F1 >= 0.90,
+/// <= 8 %; plain Otsu: 0.899 and 7.1 %). A saddle-depth test along the segment between
 /// seeds was tried and did worse; h-maxima or an intensity watershed is the next step.
 const SEP: f64 = 1.8;
 
@@ -246,7 +264,7 @@ fn threshold_objects(
     sigma: f64,
 ) -> (Vec<bool>, Labels, Vec<usize>, f64) {
     let smooth = gaussian(img, sigma);
-    let t = otsu(&smooth);
+    let t = otsu_clipped(&smooth);
     let mask: Vec<bool> = smooth.iter().map(|&v| v > t).collect();
     let components = connected_components(&mask, w, h);
     let mut areas = vec![0usize; components.count as usize + 1];
@@ -593,9 +611,10 @@ mod tests {
             "overall: precision {p:.3} recall {r:.3} F1 {f1:.3}; median count error {:.3}",
             crate::qc::median(&count_errors)
         );
+        let count_error = crate::qc::median(&count_errors);
         assert!(
-            f1 > 0.8,
-            "F1 {f1} (a regression guard; the issue's target is 0.90)"
+            f1 >= 0.90 && count_error <= 0.08,
+            "F1 {f1}, median count error {count_error} (targets: 0.90 and 8 %)"
         );
     }
 }
