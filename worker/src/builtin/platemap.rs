@@ -5,6 +5,7 @@
 
 use anyhow::Context as _;
 use std::collections::HashMap;
+use plateflow_imaging::heatmap::{parse_well, well_name};
 use std::path::Path;
 
 /// One plate-map row.
@@ -37,50 +38,16 @@ pub enum Control {
 
 /// `A-01`, `a1`, `A01`, `r01c01` → `A01`; `None` when it is not a well name.
 pub fn normalize_well(s: &str) -> Option<String> {
-    let s = s.trim();
     // Opera/Operetta style r01c01.
-    let lower = s.to_ascii_lowercase();
-    if let Some(rest) = lower.strip_prefix('r') {
-        if let Some((r, c)) = rest.split_once('c') {
-            if let (Ok(r), Ok(c)) = (r.parse::<usize>(), c.parse::<usize>()) {
-                if r >= 1 && c >= 1 {
-                    return Some(well_name(r - 1, c - 1));
-                }
+    let lower = s.trim().to_ascii_lowercase();
+    if let Some((r, c)) = lower.strip_prefix('r').and_then(|rest| rest.split_once('c')) {
+        if let (Ok(r), Ok(c)) = (r.parse::<usize>(), c.parse::<usize>()) {
+            if r >= 1 && c >= 1 {
+                return Some(well_name(r - 1, c - 1));
             }
         }
     }
-    let letters: String = s.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
-    let digits: String = s[letters.len()..]
-        .chars()
-        .filter(|c| !matches!(c, '-' | '_' | ' '))
-        .collect();
-    if letters.is_empty() || letters.len() > 2 || digits.is_empty() {
-        return None;
-    }
-    let col: usize = digits.parse().ok()?;
-    if col == 0 {
-        return None;
-    }
-    let row = letters
-        .to_ascii_uppercase()
-        .bytes()
-        .fold(0usize, |acc, b| acc * 26 + (b - b'A' + 1) as usize)
-        - 1;
-    Some(well_name(row, col - 1))
-}
-
-/// Row and column (0-based) to `A01`; rows past Z are `AA`, `AB`, … (1536-well plates).
-pub fn well_name(row: usize, col: usize) -> String {
-    let letters = if row < 26 {
-        ((b'A' + row as u8) as char).to_string()
-    } else {
-        format!(
-            "{}{}",
-            (b'A' + (row / 26 - 1) as u8) as char,
-            (b'A' + (row % 26) as u8) as char
-        )
-    };
-    format!("{letters}{:02}", col + 1)
+    parse_well(s).map(|(r, c)| well_name(r, c))
 }
 
 fn find(columns: &[String], names: &[&str]) -> Option<usize> {
