@@ -250,4 +250,17 @@ mod tests {
         );
         assert_eq!(k2, k);
     }
+
+    #[test]
+    fn renaming_a_channel_reruns_exactly_the_image_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("images/P1")).unwrap();
+        for c in ["1", "2"] {
+            std::fs::write(dir.path().join(format!("images/P1/A01_w{c}.tif")), c).unwrap();
+        }
+        let yaml = "data:\n  images: images\n  pattern: \"{plate}/{well}_w{channel}.tif\"\n  channels: {\"1\": DNA, \"2\": GFP}\nsteps:\n  seg:\n    uses: segment\n    for_each: plate\n    with: {nuclei: DNA}\n  other:\n    uses: noop\n    for_each: plate\n";
+        let base = keys(dir.path(), yaml);
+        let k = keys(dir.path(), &yaml.replace("GFP}", "Actin}"));
+        assert_eq!(changed(&base, &k), vec!["seg[plate=P1]"]);
+    }
 }

@@ -209,8 +209,21 @@ fn set_meta(fields: &BTreeMap<String, String>) -> Vec<(String, String)> {
             .cloned()
             .unwrap_or_else(|| DEFAULT_PLATE.to_string()),
     )];
-    if let Some(w) = fields.get("well") {
-        let w = platemap::normalize_well(w).unwrap_or_else(|| w.clone());
+    // The well, or one made of row and column fields (`r{row}c{col}` in Opera/Operetta names).
+    let col = fields.get("col").or_else(|| fields.get("column"));
+    let well = match (fields.get("well"), fields.get("row"), col) {
+        (Some(w), _, _) => Some(platemap::normalize_well(w).unwrap_or_else(|| w.clone())),
+        (None, Some(r), Some(c)) => {
+            let joined = if r.chars().all(|ch| ch.is_ascii_digit()) {
+                format!("r{r}c{c}")
+            } else {
+                format!("{r}{c}")
+            };
+            Some(platemap::normalize_well(&joined).unwrap_or(joined))
+        }
+        _ => None,
+    };
+    if let Some(w) = well {
         meta.push(("well".to_string(), w));
     }
     if let Some(s) = fields.get("site") {
@@ -378,6 +391,27 @@ mod tests {
         );
         let e = sets[0].channel("Actin").unwrap_err().to_string();
         assert!(e.contains("has: DNA, GFP"), "{e}");
+    }
+
+    #[test]
+    fn wells_come_from_row_and_column_fields() {
+        let f = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // r01c01f01p01-ch1.tiff
+        let m = set_meta(&f(&[
+            ("row", "02"),
+            ("col", "11"),
+            ("site", "01"),
+            ("channel", "1"),
+        ]));
+        assert!(m.contains(&("well".into(), "B11".into())), "{m:?}");
+        // PLATE_A01_s1_w1.TIF read as row letter + column.
+        let m = set_meta(&f(&[("plate", "PLATE"), ("row", "A"), ("column", "1")]));
+        assert!(m.contains(&("well".into(), "A01".into())), "{m:?}");
     }
 
     #[test]

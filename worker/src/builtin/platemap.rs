@@ -4,8 +4,8 @@
 //! are normalised (`A-01`, `a1`, `A01` are the same well).
 
 use anyhow::Context as _;
-use std::collections::HashMap;
 use plateflow_imaging::heatmap::{parse_well, well_name};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// One plate-map row.
@@ -40,7 +40,10 @@ pub enum Control {
 pub fn normalize_well(s: &str) -> Option<String> {
     // Opera/Operetta style r01c01.
     let lower = s.trim().to_ascii_lowercase();
-    if let Some((r, c)) = lower.strip_prefix('r').and_then(|rest| rest.split_once('c')) {
+    if let Some((r, c)) = lower
+        .strip_prefix('r')
+        .and_then(|rest| rest.split_once('c'))
+    {
         if let (Ok(r), Ok(c)) = (r.parse::<usize>(), c.parse::<usize>()) {
             if r >= 1 && c >= 1 {
                 return Some(well_name(r - 1, c - 1));
