@@ -172,6 +172,8 @@ struct ActiveRun {
     finished: usize,
     started: Instant,
     prev_lock: Option<Option<LockFile>>,
+    /// Steps already reported as fitting no connected worker (said once, not every round).
+    unfit_reported: std::collections::BTreeSet<usize>,
 }
 
 impl ActiveRun {
@@ -537,6 +539,7 @@ impl Engine {
             finished: 0,
             started: Instant::now(),
             prev_lock: None,
+            unfit_reported: Default::default(),
         });
         self.make_ready(roots);
     }
@@ -602,6 +605,28 @@ impl Engine {
             |t| prep.step_of(t).resources.clone(),
             &mut caps,
         );
+        // Nothing running and nothing placed: say which steps no connected worker can ever
+        // hold, instead of waiting in silence (a worker that fits may still join).
+        if assignments.is_empty() && self.workers.values().all(|w| w.running.is_empty()) {
+            let steps: std::collections::BTreeSet<usize> = run
+                .queue
+                .iter()
+                .map(|&t| prep.plan.tasks[t as usize].step as usize)
+                .collect();
+            for step in steps {
+                let r = &prep.pipeline.steps[step].resources;
+                if !caps.iter().any(|c| c.could_ever_fit(r)) && run.unfit_reported.insert(step) {
+                    tracing::warn!(
+                        step = %prep.pipeline.steps[step].name,
+                        cpus = r.cpus,
+                        gpus = r.gpus,
+                        memory_bytes = r.memory_bytes,
+                        "no connected worker can ever run this step's tasks: they wait for a \
+                         bigger worker (lower the step's `resources:` or start one)"
+                    );
+                }
+            }
+        }
         for c in caps {
             if let Some(w) = self.workers.get_mut(&c.worker) {
                 w.capacity = c;

@@ -8,7 +8,6 @@
 //! Crops are streamed to a scratch file as they are cut and the safetensors header is written
 //! once their number is known: memory holds one image set, whatever the plate's size.
 
-use super::segment::metadata_column;
 use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
 use plateflow_imaging::read_image;
@@ -126,10 +125,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
 
     let raw_path = ctx.out.join(".crops.raw");
     let mut raw = BufWriter::new(std::fs::File::create(&raw_path)?);
-    let meta_names: Vec<String> = sets
-        .first()
-        .map(|s| s.meta.iter().map(|(k, _)| metadata_column(k)).collect())
-        .unwrap_or_default();
+    let meta_names = super::metadata_columns(&sets);
     let mut header = vec!["index".to_string(), "ImageSet".to_string()];
     header.extend(meta_names);
     header.extend(["ObjectNumber", "Center_X", "Center_Y", "label"].map(String::from));

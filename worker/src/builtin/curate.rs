@@ -6,7 +6,6 @@
 //! plate heat map per metric and channel.
 
 use super::platemap::{control_of, Control, PlateMap};
-use super::segment::metadata_column;
 use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
 use plateflow_imaging::heatmap::{plate_heatmap_svg, plate_shape};
@@ -26,8 +25,6 @@ const METRICS: [&str; 9] = [
     "PercentMaximal",
     "ObjectCount",
 ];
-/// Metrics drawn as plate heat maps.
-const HEATMAPS: [usize; 4] = [0, 6, 7, 8];
 
 struct ImageRow {
     set: usize,
@@ -137,10 +134,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     }
 
     // qc.csv: one row per image.
-    let meta_names: Vec<String> = sets
-        .first()
-        .map(|s| s.meta.iter().map(|(k, _)| metadata_column(k)).collect())
-        .unwrap_or_default();
+    let meta_names = super::metadata_columns(&sets);
     let mut header = vec!["ImageSet".to_string()];
     header.extend(meta_names);
     header.push("Channel".into());
@@ -222,7 +216,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
                 .filter(|(p, _)| p == plate)
                 .map(|(_, w)| w.clone())
                 .collect();
-            for m in HEATMAPS {
+            for (m, metric) in METRICS.iter().enumerate() {
                 let values: Vec<(String, Option<f64>)> = wells
                     .iter()
                     .map(|k| {
@@ -233,15 +227,15 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
                     })
                     .collect();
                 let svg = plate_heatmap_svg(
-                    &format!("plate {plate}: {} ({ch})", METRICS[m]),
-                    METRICS[m],
+                    &format!("plate {plate}: {metric} ({ch})"),
+                    metric,
                     &values,
                     nr,
                     nc,
                     &flagged,
                 );
                 ctx.write_output(
-                    &format!("heatmaps/{plate}_{}_{ch}.svg", METRICS[m]),
+                    &format!("heatmaps/{plate}_{metric}_{ch}.svg"),
                     svg.as_bytes(),
                 )?;
             }

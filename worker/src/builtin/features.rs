@@ -7,7 +7,6 @@
 //! well's objects, not a plate's.
 
 use super::platemap::{control_of, Control, PlateMap};
-use super::segment::metadata_column;
 use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
 use plateflow_imaging::features::{
@@ -287,10 +286,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     let features = feature_columns(&s);
-    let meta_names: Vec<String> = sets
-        .first()
-        .map(|s| s.meta.iter().map(|(k, _)| metadata_column(k)).collect())
-        .unwrap_or_default();
+    let meta_names = super::metadata_columns(&sets);
 
     // Cells table, streamed to disk.
     let cells_path = ctx.out.join("cells.csv");

@@ -201,6 +201,23 @@ impl ImageSet {
     }
 }
 
+/// `Metadata_Plate`, `Metadata_Well`, … for the image sets' fields (CellProfiler's
+/// convention, which pycytominer expects).
+pub fn metadata_columns(sets: &[ImageSet]) -> Vec<String> {
+    sets.first()
+        .map(|s| s.meta.iter().map(|(k, _)| metadata_column(k)).collect())
+        .unwrap_or_default()
+}
+
+/// `plate` → `Metadata_Plate` (CellProfiler's convention, which pycytominer expects).
+pub fn metadata_column(field: &str) -> String {
+    let mut c = field.chars();
+    match c.next() {
+        Some(f) => format!("Metadata_{}{}", f.to_ascii_uppercase(), c.as_str()),
+        None => "Metadata_".into(),
+    }
+}
+
 fn set_meta(fields: &BTreeMap<String, String>) -> Vec<(String, String)> {
     let mut meta = vec![(
         "plate".to_string(),

@@ -151,17 +151,22 @@ impl PlateMap {
         find(&self.columns, &[name.to_ascii_lowercase().as_str()])
     }
 
+    /// A column the pipeline names: an error listing the columns there are when it is absent.
+    pub fn required_column(&self, name: &str) -> anyhow::Result<usize> {
+        self.column(name).with_context(|| {
+            format!(
+                "plate map {} has no column `{name}`; columns are: {}",
+                self.file,
+                self.columns.join(", ")
+            )
+        })
+    }
+
     /// The column that marks controls: `explicit`, or one named like `control`, `controls`,
     /// `control_type` or ending in `_controls` (e.g. `SBS_Controls`).
     pub fn control_column(&self, explicit: Option<&str>) -> anyhow::Result<Option<usize>> {
         if let Some(name) = explicit {
-            return self.column(name).map(Some).with_context(|| {
-                format!(
-                    "plate map {} has no column `{name}`; columns are: {}",
-                    self.file,
-                    self.columns.join(", ")
-                )
-            });
+            return self.required_column(name).map(Some);
         }
         Ok(self.columns.iter().position(|c| {
             let c = c.to_ascii_lowercase();
@@ -175,13 +180,7 @@ impl PlateMap {
     /// The column with the class label: `explicit`, or `label`, `phenotype`, `class`.
     pub fn label_column(&self, explicit: Option<&str>) -> anyhow::Result<Option<usize>> {
         if let Some(name) = explicit {
-            return self.column(name).map(Some).with_context(|| {
-                format!(
-                    "plate map {} has no column `{name}`; columns are: {}",
-                    self.file,
-                    self.columns.join(", ")
-                )
-            });
+            return self.required_column(name).map(Some);
         }
         Ok(find(
             &self.columns,

@@ -115,10 +115,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         }
         anyhow::Ok((objects(&r.nuclei), objects(&r.cells)))
     });
-    let meta_names: Vec<String> = sets
-        .first()
-        .map(|s| s.meta.iter().map(|(k, _)| metadata_column(k)).collect())
-        .unwrap_or_default();
+    let meta_names = super::metadata_columns(&sets);
     let mut header = vec!["ImageSet".to_string()];
     header.extend(meta_names);
     header.extend(
@@ -165,13 +162,4 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// `plate` → `Metadata_Plate` (CellProfiler's convention, which pycytominer expects).
-pub fn metadata_column(field: &str) -> String {
-    let mut c = field.chars();
-    match c.next() {
-        Some(f) => format!("Metadata_{}{}", f.to_ascii_uppercase(), c.as_str()),
-        None => "Metadata_".into(),
-    }
 }
