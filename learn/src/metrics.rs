@@ -1,0 +1,231 @@
+//! Classification metrics as plain functions over labels and probabilities: accuracy,
+//! balanced accuracy, macro and weighted F1, per-class precision/recall, the confusion matrix,
+//! calibration (expected calibration error over 15 bins, Brier score), and 95 % bootstrap
+//! intervals that resample whole plates (cells of one plate are not independent).
+
+/// `matrix[truth][predicted]` counts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confusion {
+    pub classes: usize,
+    pub matrix: Vec<Vec<usize>>,
+}
+
+impl Confusion {
+    pub fn new(classes: usize, truth: &[usize], predicted: &[usize]) -> Self {
+        let mut matrix = vec![vec![0; classes]; classes];
+        for (&t, &p) in truth.iter().zip(predicted) {
+            matrix[t][p] += 1;
+        }
+        Confusion { classes, matrix }
+    }
+    fn support(&self, c: usize) -> usize {
+        self.matrix[c].iter().sum()
+    }
+    fn predicted(&self, c: usize) -> usize {
+        self.matrix.iter().map(|r| r[c]).sum()
+    }
+    pub fn total(&self) -> usize {
+        self.matrix.iter().flatten().sum()
+    }
+    pub fn precision(&self, c: usize) -> f64 {
+        ratio(self.matrix[c][c], self.predicted(c))
+    }
+    pub fn recall(&self, c: usize) -> f64 {
+        ratio(self.matrix[c][c], self.support(c))
+    }
+    pub fn f1(&self, c: usize) -> f64 {
+        let (p, r) = (self.precision(c), self.recall(c));
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
+    }
+    pub fn accuracy(&self) -> f64 {
+        ratio(
+            (0..self.classes).map(|c| self.matrix[c][c]).sum(),
+            self.total(),
+        )
+    }
+    /// Mean recall over the classes present in the truth.
+    pub fn balanced_accuracy(&self) -> f64 {
+        mean_over_present(self, |c| self.recall(c))
+    }
+    /// Unweighted mean F1 over the classes present in the truth (scikit-learn counts absent
+    /// classes that were predicted too; here only classes with support count).
+    pub fn macro_f1(&self) -> f64 {
+        mean_over_present(self, |c| self.f1(c))
+    }
+    /// F1 weighted by each class's support (scikit-learn's `average="weighted"`).
+    pub fn weighted_f1(&self) -> f64 {
+        let total = self.total();
+        if total == 0 {
+            return 0.0;
+        }
+        (0..self.classes)
+            .map(|c| self.f1(c) * self.support(c) as f64)
+            .sum::<f64>()
+            / total as f64
+    }
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
+}
+
+fn mean_over_present(c: &Confusion, f: impl Fn(usize) -> f64) -> f64 {
+    let present: Vec<usize> = (0..c.classes).filter(|&k| c.support(k) > 0).collect();
+    if present.is_empty() {
+        return 0.0;
+    }
+    present.iter().map(|&k| f(k)).sum::<f64>() / present.len() as f64
+}
+
+/// The index of the largest probability in each row.
+pub fn argmax(probs: &[Vec<f64>]) -> Vec<usize> {
+    probs
+        .iter()
+        .map(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i)
+        })
+        .collect()
+}
+
+/// Expected calibration error: the sample-weighted mean |accuracy − confidence| over `bins`
+/// equal-width confidence bins (15 is the usual choice).
+pub fn expected_calibration_error(truth: &[usize], probs: &[Vec<f64>], bins: usize) -> f64 {
+    let mut count = vec![0usize; bins];
+    let mut conf = vec![0f64; bins];
+    let mut correct = vec![0f64; bins];
+    for (t, p) in truth.iter().zip(probs) {
+        let (pred, &c) = p
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .expect("non-empty probabilities");
+        let b = ((c * bins as f64).ceil() as usize).clamp(1, bins) - 1;
+        count[b] += 1;
+        conf[b] += c;
+        correct[b] += (pred == *t) as u8 as f64;
+    }
+    let n = truth.len().max(1) as f64;
+    (0..bins)
+        .filter(|&b| count[b] > 0)
+        .map(|b| (correct[b] - conf[b]).abs() / n)
+        .sum()
+}
+
+/// Multi-class Brier score: mean over samples of Σ_k (p_k − y_k)².
+pub fn brier(truth: &[usize], probs: &[Vec<f64>]) -> f64 {
+    let n = truth.len().max(1) as f64;
+    truth
+        .iter()
+        .zip(probs)
+        .map(|(&t, p)| {
+            p.iter()
+                .enumerate()
+                .map(|(k, &q)| (q - (k == t) as u8 as f64).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / n
+}
+
+/// A 95 % percentile interval of `metric` from `rounds` bootstrap resamples of whole groups
+/// (plates): cells of one plate share its batch effects, so resampling cells would make the
+/// interval too narrow. Deterministic for a given seed.
+pub fn bootstrap_by_group(
+    groups: &[String],
+    rounds: usize,
+    seed: u64,
+    metric: impl Fn(&[usize]) -> f64,
+) -> (f64, f64) {
+    let mut names: Vec<&str> = groups.iter().map(String::as_str).collect();
+    names.sort_unstable();
+    names.dedup();
+    let members: Vec<Vec<usize>> = names
+        .iter()
+        .map(|g| (0..groups.len()).filter(|&i| groups[i] == *g).collect())
+        .collect();
+    let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut values: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let mut idx = Vec::new();
+            for _ in 0..members.len() {
+                idx.extend(&members[(next() % members.len() as u64) as usize]);
+            }
+            metric(&idx)
+        })
+        .collect();
+    values.sort_by(f64::total_cmp);
+    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    (at(0.025), at(0.975))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f1_scores_match_scikit_learn() {
+        // Worked by hand: 7 of 10 right; recalls 2/3, 2/3, 3/4; class 0 precision 2/3.
+        let truth = [0, 0, 0, 1, 1, 2, 2, 2, 2, 1];
+        let pred = [0, 1, 0, 1, 2, 2, 2, 0, 2, 1];
+        let c = Confusion::new(3, &truth, &pred);
+        assert!((c.accuracy() - 0.7).abs() < 1e-12);
+        assert!((c.balanced_accuracy() - (2.0 / 3.0 + 2.0 / 3.0 + 0.75) / 3.0).abs() < 1e-12);
+        let f1: Vec<f64> = (0..3).map(|k| c.f1(k)).collect();
+        assert!((f1[0] - 2.0 / 3.0).abs() < 1e-12);
+        assert!((c.macro_f1() - f1.iter().sum::<f64>() / 3.0).abs() < 1e-12);
+        let w = (f1[0] * 3.0 + f1[1] * 3.0 + f1[2] * 4.0) / 10.0;
+        assert!((c.weighted_f1() - w).abs() < 1e-12);
+    }
+
+    #[test]
+    fn calibration_of_perfect_and_overconfident_models() {
+        let truth = [0, 1, 0, 1];
+        let perfect = vec![
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+            vec![1.0, 0.0],
+            vec![0.0, 1.0],
+        ];
+        assert_eq!(expected_calibration_error(&truth, &perfect, 15), 0.0);
+        assert_eq!(brier(&truth, &perfect), 0.0);
+        // Always 90 % sure, right half the time: ECE 0.4.
+        let over = vec![
+            vec![0.9, 0.1],
+            vec![0.9, 0.1],
+            vec![0.9, 0.1],
+            vec![0.9, 0.1],
+        ];
+        assert!((expected_calibration_error(&truth, &over, 15) - 0.4).abs() < 1e-12);
+        assert!((brier(&truth, &over) - (0.02 + 1.62) / 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn bootstrap_intervals_widen_with_plate_effects() {
+        // Ten plates, each all-right or all-wrong: the plate-level interval is wide.
+        let groups: Vec<String> = (0..100).map(|i| format!("P{}", i / 10)).collect();
+        let right: Vec<bool> = (0..100).map(|i| (i / 10) % 2 == 0).collect();
+        let acc =
+            |idx: &[usize]| idx.iter().filter(|&&i| right[i]).count() as f64 / idx.len() as f64;
+        let (lo, hi) = bootstrap_by_group(&groups, 1000, 7, acc);
+        assert!(lo < 0.3 && hi > 0.7, "{lo} {hi}");
+        assert_eq!(bootstrap_by_group(&groups, 1000, 7, acc), (lo, hi));
+    }
+}

@@ -1,0 +1,263 @@
+//! Tests that need the models: gradients against finite differences, and leave-plate-out
+//! learning on the real MitoCheck crops (skipped with a message when the data is absent).
+
+use crate::data::{crop_features, load_class_folders};
+use crate::metrics::{argmax, Confusion};
+use crate::model::{seed_init, Cnn, CnnConfig};
+use crate::rng::Rng;
+use crate::split::{check_no_leak, group_kfold, Origin};
+use crate::train::{
+    predict_cnn, predict_logistic, train_cnn, train_logistic, Samples, Standardizer, TrainConfig,
+};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+
+/// Backpropagated gradients of the conv weights (through BatchNorm in training mode, batch of
+/// 2, max-pool and the head) agree with central finite differences in f64.
+#[test]
+fn conv_gradients_match_finite_differences() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F64, &Device::Cpu);
+    let cfg = CnnConfig {
+        in_channels: 2,
+        classes: 3,
+        width: 4,
+        depth: 2,
+        dropout: 0.0,
+    };
+    let model = Cnn::new(cfg, vb).unwrap();
+    seed_init(&varmap, 3).unwrap();
+    let mut rng = Rng::new(11);
+    let x: Vec<f64> = (0..2 * 2 * 8 * 8).map(|_| rng.unit()).collect();
+    let x = Tensor::from_vec(x, (2, 2, 8, 8), &Device::Cpu).unwrap();
+    let r: Vec<f64> = (0..2 * 3).map(|_| rng.unit() - 0.5).collect();
+    let r = Tensor::from_vec(r, (2, 3), &Device::Cpu).unwrap();
+    let loss_of = |m: &Cnn| {
+        let mut drop = Rng::new(0);
+        (m.forward(&x, Some(&mut drop)).unwrap() * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let loss = loss_of(&model);
+    let grads = loss.backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    let mut checked = 0;
+    for name in [
+        "block0.conv.weight",
+        "block1.conv.weight",
+        "block0.bn.weight",
+    ] {
+        let var = &data[name];
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let base = var
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        for k in [0, 1, base.len() / 2, base.len() - 1] {
+            let eps = 1e-6;
+            let at = |delta: f64| {
+                let mut v = base.clone();
+                v[k] += delta;
+                var.set(&Tensor::from_vec(v, var.dims(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss_of(&model).to_scalar::<f64>().unwrap()
+            };
+            let numeric = (at(eps) - at(-eps)) / (2.0 * eps);
+            var.set(&Tensor::from_vec(base.clone(), var.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+            let err = (numeric - g[k]).abs() / (numeric.abs() + g[k].abs()).max(1e-6);
+            assert!(
+                err < 1e-5,
+                "{name}[{k}]: backprop {} vs numeric {numeric}",
+                g[k]
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12);
+}
+
+fn mitocheck() -> Option<std::path::PathBuf> {
+    let d =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/mitocheck-crops");
+    if d.join("Interphase").is_dir() {
+        Some(d)
+    } else {
+        println!("skipped: {} is absent", d.display());
+        None
+    }
+}
+
+/// The quick binary task (mitotic vs interphase), 3 folds grouped by plate: the CNN and the
+/// logistic baseline learn across plates; a shuffled-label control does not.
+#[test]
+fn mitotic_vs_interphase_across_plates() {
+    let Some(root) = mitocheck() else { return };
+    let re = regex::Regex::new(r"PLLT(\d+)_.*___P(\d+)_").unwrap();
+    let set = load_class_folders(
+        &root,
+        &re,
+        &[
+            ("Interphase", "interphase"),
+            ("Prometaphase", "mitotic"),
+            ("Metaphase", "mitotic"),
+            ("MetaphaseAlignment", "mitotic"),
+            ("Anaphase", "mitotic"),
+        ],
+    )
+    .unwrap();
+    let n = set.len();
+    let origins: Vec<Origin> = (0..n)
+        .map(|i| Origin {
+            plate: set.plates[i].clone(),
+            well: set.wells[i].clone(),
+            image_digest: set.files[i].clone(),
+        })
+        .collect();
+    let folds = group_kfold(&set.plates, 3).unwrap();
+    // The CNN sees 32x32 crops here (4x cheaper); the features come from the full 64x64.
+    let small = set.downsampled();
+    let feats: Vec<f32> = (0..n).flat_map(|i| crop_features(&set.image(i))).collect();
+    let dim = feats.len() / n;
+    let shuffled: Vec<usize> = {
+        let mut y = set.labels.clone();
+        Rng::new(5).shuffle(&mut y);
+        y
+    };
+    let (mut t_all, mut cnn_all, mut lin_all, mut shuf_all) = (vec![], vec![], vec![], vec![]);
+    let t0 = std::time::Instant::now();
+    for (k, f) in folds.iter().enumerate() {
+        check_no_leak(&origins, &f.train, &f.test).unwrap();
+        // Validation plates for early stopping come out of the training plates.
+        let train_plates: Vec<String> = f.train.iter().map(|&i| set.plates[i].clone()).collect();
+        let inner = &group_kfold(&train_plates, 4).unwrap()[0];
+        let (fit, val): (Vec<usize>, Vec<usize>) = (
+            inner.train.iter().map(|&j| f.train[j]).collect(),
+            inner.test.iter().map(|&j| f.train[j]).collect(),
+        );
+        let images = Samples {
+            x: &small.pixels,
+            shape: vec![1, small.side, small.side],
+            y: &set.labels,
+            classes: 2,
+        };
+        let cfg = TrainConfig {
+            epochs: 12,
+            ..TrainConfig::default()
+        };
+        let config = CnnConfig {
+            in_channels: 1,
+            classes: 2,
+            width: 8,
+            depth: 3,
+            dropout: 0.2,
+        };
+        let (model, _, hist) = train_cnn(config.clone(), &images, &fit, &val, &cfg).unwrap();
+        let p = predict_cnn(&model, &images, &f.test).unwrap();
+        let st = Standardizer::fit(&feats, dim, &fit);
+        let z = st.apply(&feats);
+        let table = Samples {
+            x: &z,
+            shape: vec![dim],
+            y: &set.labels,
+            classes: 2,
+        };
+        let lcfg = TrainConfig {
+            epochs: 300,
+            lr: 0.05,
+            ..TrainConfig::default()
+        };
+        let (lin, _) = train_logistic(&table, &fit, &lcfg).unwrap();
+        let pl = predict_logistic(&lin, &table, &f.test).unwrap();
+        let shuffled_images = Samples {
+            y: &shuffled,
+            ..images
+        };
+        let (sm, _, _) = train_cnn(config, &shuffled_images, &fit, &val, &cfg).unwrap();
+        let ps = predict_cnn(&sm, &shuffled_images, &f.test).unwrap();
+        let truth: Vec<usize> = f.test.iter().map(|&i| set.labels[i]).collect();
+        let f1 = |p: &[Vec<f64>], t: &[usize]| Confusion::new(2, t, &argmax(p)).weighted_f1();
+        let st: Vec<usize> = f.test.iter().map(|&i| shuffled[i]).collect();
+        println!(
+            "fold {k} ({} test plates, {} cells): CNN weighted F1 {:.3} (best epoch {}), logistic {:.3}, shuffled-label CNN {:.3}",
+            f.held_out.len(),
+            f.test.len(),
+            f1(&p, &truth),
+            hist.best_epoch,
+            f1(&pl, &truth),
+            f1(&ps, &st)
+        );
+        t_all.extend(truth);
+        cnn_all.extend(argmax(&p));
+        lin_all.extend(argmax(&pl));
+        shuf_all.extend(st.iter().zip(argmax(&ps)).map(|(a, b)| (*a, b)));
+    }
+    let cnn = Confusion::new(2, &t_all, &cnn_all).weighted_f1();
+    let lin = Confusion::new(2, &t_all, &lin_all).weighted_f1();
+    let (st, sp): (Vec<usize>, Vec<usize>) = shuf_all.into_iter().unzip();
+    let shuf = Confusion::new(2, &st, &sp).weighted_f1();
+    println!(
+        "overall ({n} cells, {:.0} s): CNN {cnn:.3}, logistic {lin:.3}, shuffled {shuf:.3}",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(cnn > 0.85 && lin > 0.8, "CNN {cnn}, logistic {lin}");
+    assert!(shuf < cnn - 0.2, "shuffled control {shuf} vs {cnn}");
+}
+
+/// Each layer alone (conv with padding, ReLU, our 2x2 max-pool, global average) against
+/// finite differences; the pool is ours because Candle's `max_pool2d` backward is off by 4x.
+#[test]
+fn layer_gradients_match_finite_differences() {
+    use candle_core::Var;
+    let mut rng = Rng::new(1);
+    let xv: Vec<f64> = (0..2 * 2 * 8 * 8).map(|_| rng.unit()).collect();
+    let x = Tensor::from_vec(xv, (2, 2, 8, 8), &Device::Cpu).unwrap();
+    let wv: Vec<f64> = (0..4 * 2 * 3 * 3).map(|_| rng.unit() - 0.5).collect();
+    let w = Var::from_vec(wv.clone(), (4, 2, 3, 3), &Device::Cpu).unwrap();
+    for case in 0..4 {
+        let f = |w: &Tensor| {
+            let y = x.conv2d(w, 1, 1, 1, 1).unwrap();
+            let y = match case {
+                0 => y,
+                1 => y.relu().unwrap(),
+                2 => crate::model::max_pool_2x2(&y).unwrap(),
+                _ => y.mean((2, 3)).unwrap(),
+            };
+            let k: Vec<f64> = (0..y.elem_count())
+                .map(|i| ((i * 7919) % 13) as f64 / 13.0)
+                .collect();
+            let k = Tensor::from_vec(k, y.shape(), &Device::Cpu).unwrap();
+            (y * k).unwrap().sum_all().unwrap()
+        };
+        let g = f(w.as_tensor()).backward().unwrap();
+        let g = g
+            .get(w.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let mut worst = 0f64;
+        for k in [0, 3, 17, 40, 71] {
+            let at = |d: f64| {
+                let mut v = wv.clone();
+                v[k] += d;
+                f(&Tensor::from_vec(v, (4, 2, 3, 3), &Device::Cpu).unwrap())
+                    .to_scalar::<f64>()
+                    .unwrap()
+            };
+            let num = (at(1e-6) - at(-1e-6)) / 2e-6;
+            worst = worst.max((num - g[k]).abs() / (num.abs() + g[k].abs()).max(1e-9));
+        }
+        assert!(worst < 1e-6, "case {case}: relative error {worst:.2e}");
+    }
+}

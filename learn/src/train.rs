@@ -1,0 +1,333 @@
+//! Training loops on Candle: AdamW with a one-cycle schedule, class-balanced loss,
+//! augmentation (flips, 90° rotations, intensity jitter), early stopping on validation plates,
+//! and a fixed seed that gives the same model on re-run.
+
+use crate::metrics::{argmax, Confusion};
+use crate::model::{seed_init, Cnn, CnnConfig, Logistic};
+use crate::rng::Rng;
+use crate::schedule::one_cycle;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub augment: bool,
+    pub class_balanced: bool,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 30,
+            batch_size: 32,
+            lr: 3e-3,
+            weight_decay: 1e-4,
+            seed: 0,
+            augment: true,
+            class_balanced: true,
+            patience: 8,
+        }
+    }
+}
+
+/// Per-epoch curves, for the report.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub train_loss: Vec<f64>,
+    pub val_loss: Vec<f64>,
+    pub val_weighted_f1: Vec<f64>,
+    pub best_epoch: usize,
+}
+
+/// Samples stored flat: sample i is `x[i*len..(i+1)*len]`, shaped [C, H, W] for images or
+/// [features] for tables.
+pub struct Samples<'a> {
+    pub x: &'a [f32],
+    pub shape: Vec<usize>,
+    pub y: &'a [usize],
+    pub classes: usize,
+}
+
+impl Samples<'_> {
+    fn len_of_one(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// The batch tensor of `idx`, augmented when `rng` is given (images only).
+    fn batch(&self, idx: &[usize], rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
+        let n = self.len_of_one();
+        let mut data = Vec::with_capacity(idx.len() * n);
+        let mut rng = rng;
+        for &i in idx {
+            let s = &self.x[i * n..(i + 1) * n];
+            match (rng.as_deref_mut(), self.shape.as_slice()) {
+                (Some(r), &[c, h, w]) if h == w => data.extend(augment(s, c, h, r)),
+                _ => data.extend_from_slice(s),
+            }
+        }
+        let mut shape = vec![idx.len()];
+        shape.extend(&self.shape);
+        Tensor::from_vec(data, shape, &Device::Cpu)
+    }
+    fn labels(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
+        let v: Vec<u32> = idx.iter().map(|&i| self.y[i] as u32).collect();
+        Tensor::from_vec(v, idx.len(), &Device::Cpu)
+    }
+}
+
+/// A random one of the 8 flips/rotations of a square crop, and ×U(0.9, 1.1) intensity.
+fn augment(s: &[f32], c: usize, n: usize, rng: &mut Rng) -> Vec<f32> {
+    let t = rng.below(8);
+    let gain = 0.9 + 0.2 * rng.unit() as f32;
+    let mut out = vec![0f32; s.len()];
+    for ch in 0..c {
+        for y in 0..n {
+            for x in 0..n {
+                let (mut sx, mut sy) = (x, y);
+                if t & 1 == 1 {
+                    sx = n - 1 - sx;
+                }
+                if t & 2 == 2 {
+                    sy = n - 1 - sy;
+                }
+                if t & 4 == 4 {
+                    std::mem::swap(&mut sx, &mut sy);
+                }
+                out[ch * n * n + y * n + x] = s[ch * n * n + sy * n + sx] * gain;
+            }
+        }
+    }
+    out
+}
+
+/// Cross-entropy, each sample weighted by its class weight (balanced: n / (k · count)).
+fn weighted_ce(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
+    let lsm = candle_nn::ops::log_softmax(logits, 1)?;
+    let picked = lsm.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let w = weights.index_select(targets, 0)?;
+    (picked * &w)?.sum_all()?.neg()? / w.sum_all()?.to_scalar::<f32>()? as f64
+}
+
+fn class_weights(
+    y: &[usize],
+    idx: &[usize],
+    classes: usize,
+    balanced: bool,
+) -> candle_core::Result<Tensor> {
+    let mut count = vec![0usize; classes];
+    for &i in idx {
+        count[y[i]] += 1;
+    }
+    let n = idx.len() as f64;
+    let w: Vec<f32> = count
+        .iter()
+        .map(|&c| {
+            if !balanced || c == 0 {
+                1.0
+            } else {
+                (n / (classes as f64 * c as f64)) as f32
+            }
+        })
+        .collect();
+    Tensor::from_vec(w, classes, &Device::Cpu)
+}
+
+/// Variables the optimiser updates: BatchNorm running statistics are state, not parameters
+/// (weight decay on them would shrink the variance towards 0).
+fn trainable(varmap: &VarMap) -> Vec<Var> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut named: Vec<(&String, &Var)> = data
+        .iter()
+        .filter(|(k, _)| !k.contains("running_"))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    named.into_iter().map(|(_, v)| v.clone()).collect()
+}
+
+fn snapshot(varmap: &VarMap) -> Vec<(String, Tensor)> {
+    let data = varmap.data().lock().expect("varmap lock");
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().copy().expect("copy")))
+        .collect()
+}
+
+fn restore(varmap: &VarMap, snap: &[(String, Tensor)]) -> candle_core::Result<()> {
+    let data = varmap.data().lock().expect("varmap lock");
+    for (k, t) in snap {
+        data[k].set(t)?;
+    }
+    Ok(())
+}
+
+/// Class probabilities, in evaluation mode, batch by batch.
+pub fn predict_cnn(model: &Cnn, s: &Samples, idx: &[usize]) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut out = Vec::with_capacity(idx.len());
+    for chunk in idx.chunks(128) {
+        let logits = model.forward(&s.batch(chunk, None)?, None)?;
+        let p = candle_nn::ops::softmax(&logits, 1)?.to_dtype(DType::F64)?;
+        out.extend(p.to_vec2::<f64>()?);
+    }
+    Ok(out)
+}
+
+fn mean_loss_and_f1(probs: &[Vec<f64>], s: &Samples, idx: &[usize]) -> (f64, f64) {
+    let truth: Vec<usize> = idx.iter().map(|&i| s.y[i]).collect();
+    let loss = truth
+        .iter()
+        .zip(probs)
+        .map(|(&t, p)| -(p[t].max(1e-12)).ln())
+        .sum::<f64>()
+        / truth.len().max(1) as f64;
+    let f1 = Confusion::new(s.classes, &truth, &argmax(probs)).weighted_f1();
+    (loss, f1)
+}
+
+/// Trains a CNN on `train`, early-stopping on `val` (plates held out of training); returns
+/// the best epoch's weights.
+pub fn train_cnn(
+    config: CnnConfig,
+    s: &Samples,
+    train: &[usize],
+    val: &[usize],
+    cfg: &TrainConfig,
+) -> anyhow::Result<(Cnn, VarMap, History)> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = Cnn::new(config, vb)?;
+    seed_init(&varmap, cfg.seed)?;
+    let mut opt = AdamW::new(
+        trainable(&varmap),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let weights = class_weights(s.y, train, s.classes, cfg.class_balanced)?;
+    let mut rng = Rng::new(cfg.seed.wrapping_add(1));
+    let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
+    let total = steps_per_epoch * cfg.epochs;
+    let mut history = History::default();
+    let mut best = (f64::INFINITY, snapshot(&varmap));
+    let mut order = train.to_vec();
+    let mut step = 0;
+    for epoch in 0..cfg.epochs {
+        rng.shuffle(&mut order);
+        let mut sum = 0.0;
+        for batch in order.chunks(cfg.batch_size) {
+            opt.set_learning_rate(one_cycle(step, total, cfg.lr));
+            step += 1;
+            let x = s.batch(batch, cfg.augment.then_some(&mut rng))?;
+            let logits = model.forward(&x, Some(&mut rng))?;
+            let loss = weighted_ce(&logits, &s.labels(batch)?, &weights)?;
+            opt.backward_step(&loss)?;
+            sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
+        }
+        history.train_loss.push(sum / train.len() as f64);
+        let probs = predict_cnn(&model, s, val)?;
+        let (vl, vf1) = mean_loss_and_f1(&probs, s, val);
+        history.val_loss.push(vl);
+        history.val_weighted_f1.push(vf1);
+        if vl < best.0 {
+            best = (vl, snapshot(&varmap));
+            history.best_epoch = epoch;
+        } else if epoch - history.best_epoch >= cfg.patience {
+            break;
+        }
+    }
+    restore(&varmap, &best.1)?;
+    Ok((model, varmap, history))
+}
+
+/// Standardisation fitted on training samples only (holdout plates never inform it).
+#[derive(Debug, Clone)]
+pub struct Standardizer {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Standardizer {
+    pub fn fit(x: &[f32], dim: usize, idx: &[usize]) -> Self {
+        let n = idx.len().max(1) as f64;
+        let mut mean = vec![0f64; dim];
+        let mut sq = vec![0f64; dim];
+        for &i in idx {
+            for d in 0..dim {
+                let v = x[i * dim + d] as f64;
+                mean[d] += v;
+                sq[d] += v * v;
+            }
+        }
+        let mean: Vec<f64> = mean.iter().map(|m| m / n).collect();
+        let std = sq
+            .iter()
+            .zip(&mean)
+            .map(|(s, m)| ((s / n - m * m).max(0.0).sqrt()).max(1e-6) as f32)
+            .collect();
+        Standardizer {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            std,
+        }
+    }
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let dim = self.mean.len();
+        x.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let v = (v - self.mean[i % dim]) / self.std[i % dim];
+                if v.is_finite() {
+                    v
+                } else {
+                    0.0
+                }
+            })
+            .collect()
+    }
+}
+
+/// Multinomial logistic regression with L2 (AdamW's decoupled weight decay), full-batch,
+/// on features already standardised with a [`Standardizer`] fitted on `train`.
+pub fn train_logistic(
+    s: &Samples,
+    train: &[usize],
+    cfg: &TrainConfig,
+) -> anyhow::Result<(Logistic, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let model = Logistic::new(s.shape[0], s.classes, vb)?;
+    seed_init(&varmap, cfg.seed)?;
+    let mut opt = AdamW::new(
+        trainable(&varmap),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let weights = class_weights(s.y, train, s.classes, cfg.class_balanced)?;
+    let x = s.batch(train, None)?;
+    let y = s.labels(train)?;
+    for step in 0..cfg.epochs {
+        opt.set_learning_rate(one_cycle(step, cfg.epochs, cfg.lr));
+        let loss = weighted_ce(&model.forward(&x)?, &y, &weights)?;
+        opt.backward_step(&loss)?;
+    }
+    Ok((model, varmap))
+}
+
+pub fn predict_logistic(
+    model: &Logistic,
+    s: &Samples,
+    idx: &[usize],
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let logits = model.forward(&s.batch(idx, None)?)?;
+    Ok(candle_nn::ops::softmax(&logits, 1)?
+        .to_dtype(DType::F64)?
+        .to_vec2::<f64>()?)
+}
