@@ -10,6 +10,7 @@ use regex::Regex;
 use std::path::Path;
 
 /// Crops of equal size, one channel, intensities scaled to 0..1.
+#[derive(Debug, Clone)]
 pub struct CropSet {
     pub side: usize,
     pub pixels: Vec<f32>,

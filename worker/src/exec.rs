@@ -41,7 +41,9 @@ pub async fn execute<F: BlobFetcher>(spec: &TaskSpec, env: &ExecEnv, fetcher: &F
     let outcome = match spec.kind.as_str() {
         "noop" => Ok(CommandOutcome::default()),
         "command" => run_command(spec, env, fetcher).await,
-        "curate" | "segment" | "features" | "crops" => run_builtin(spec, env, fetcher).await,
+        "curate" | "segment" | "features" | "crops" | "train" => {
+            run_builtin(spec, env, fetcher).await
+        }
         other => Err(anyhow::anyhow!(
             "this worker does not implement step kind `{other}` (plateflow {})",
             env!("CARGO_PKG_VERSION")

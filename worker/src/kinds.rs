@@ -174,6 +174,16 @@ const CROPS_PARAMS: &[ParamSpec] = &[
     ),
 ];
 
+const TRAIN_PARAMS: &[ParamSpec] = &[
+    p("model", Str, false, "`logistic` (default: on the per-cell table of a `features` step) or `cnn` (on the crops of a `crops` step)"),
+    p("label", Str, false, "plate-map column with the class of each cell (default `phenotype`); the cnn reads the crops' label"),
+    p("group_by", Str, false, "metadata field whose values are kept whole in folds (default `plate`)"),
+    p("folds", Int, false, "cross-validation folds, at most one per group (default 5)"),
+    p("epochs", Int, false, "training epochs (default: 300 full-batch steps for logistic, 20 for cnn)"),
+    p("seed", Int, false, "seed for initialisation, shuffling, augmentation and dropout (default 0)"),
+    p("normalize", Str, false, "`plate` (default: each feature as a robust z-score within its plate, labels unused) or `none`"),
+];
+
 static KINDS: &[KindInfo] = &[
     KindInfo {
         name: "command",
@@ -211,11 +221,17 @@ static KINDS: &[KindInfo] = &[
         summary: "fixed-size single-cell crops of all channels, one safetensors file per task, with an index table",
         params: CROPS_PARAMS,
     },
+    KindInfo {
+        name: "train",
+        version: 1,
+        summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
+        params: TRAIN_PARAMS,
+    },
 ];
 
 /// Kinds planned for later releases: named here so a pipeline that uses one gets a precise
 /// error instead of "unknown kind".
-pub const PLANNED_KINDS: &[&str] = &["train", "evaluate", "report"];
+pub const PLANNED_KINDS: &[&str] = &["evaluate", "report"];
 
 /// Kinds that read images through the pipeline's channel names.
 pub fn uses_channels(kind: &str) -> bool {

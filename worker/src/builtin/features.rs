@@ -295,14 +295,16 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     );
     let mut header: Vec<String> = vec!["ImageSet".into()];
     header.extend(meta_names.iter().cloned());
-    header.extend(map_cols.iter().filter(|c| !meta_names.contains(c)).cloned());
+    // Plate-map columns the filename already gives (plate, well) are not repeated.
+    let known = |c: &String| meta_names.iter().any(|m| m.eq_ignore_ascii_case(c));
+    header.extend(map_cols.iter().filter(|c| !known(c)).cloned());
     header.push("ObjectNumber".into());
     header.push("TouchesBorder".into());
     header.extend(features.iter().cloned());
     let extra_map_cols: Vec<usize> = map_cols
         .iter()
         .enumerate()
-        .filter(|(_, c)| !meta_names.contains(c))
+        .filter(|(_, c)| !known(c))
         .map(|(i, _)| i)
         .collect();
     writeln!(cells_out, "{}", header.join(","))?;

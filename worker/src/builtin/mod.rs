@@ -1,4 +1,4 @@
-//! The built-in image steps: `curate`, `segment`, `features` and `crops`. Each is a thin
+//! The built-in steps: `curate`, `segment`, `features`, `crops` and `train`. Each is a thin
 //! adapter from a task's materialised inputs to the `plateflow-imaging` library and back to
 //! output files; the science lives in that library, testable without the engine.
 //!
@@ -14,6 +14,7 @@ pub mod curate;
 pub mod features;
 pub mod platemap;
 pub mod segment;
+pub mod train;
 
 use anyhow::Context as _;
 use serde_json::{Map, Value};
@@ -330,6 +331,7 @@ pub fn run(kind: &str, ctx: &mut Context) -> anyhow::Result<()> {
         "segment" => segment::run(ctx),
         "features" => features::run(ctx),
         "crops" => crops::run(ctx),
+        "train" => train::run(ctx),
         other => anyhow::bail!("`{other}` is not a built-in image step"),
     }
 }

@@ -1,0 +1,503 @@
+//! `train`: leave-plate-out cross-validation and a final model, on the outputs of upstream
+//! `features` (per-cell table; the logistic baseline) or `crops` (single-cell crops; the CNN)
+//! steps. Folds are grouped by plate (or another metadata field) and checked by the leakage
+//! guard; normalisation is fitted on training plates only. Writes per-fold and overall
+//! metrics (95 % intervals by plate bootstrap), a shuffled-label control, per-cell
+//! predictions, and the final model's safetensors with a JSON sidecar.
+
+use super::{num, Context, Table};
+use anyhow::Context as _;
+use plateflow_learn::metrics::{
+    argmax, bootstrap_by_group, brier, expected_calibration_error, Confusion,
+};
+use plateflow_learn::model::CnnConfig;
+use plateflow_learn::rng::Rng;
+use plateflow_learn::split::{check_no_leak, group_kfold, Origin};
+use plateflow_learn::train::{
+    predict_cnn, predict_logistic, train_cnn, train_logistic, Samples, Standardizer, TrainConfig,
+};
+
+/// Samples gathered from upstream tables: one row per cell.
+struct Data {
+    x: Vec<f32>,
+    shape: Vec<usize>,
+    labels: Vec<usize>,
+    classes: Vec<String>,
+    groups: Vec<String>,
+    origins: Vec<Origin>,
+    ids: Vec<String>,
+    feature_names: Vec<String>,
+}
+
+fn label_index(classes: &mut Vec<String>, value: &str) -> usize {
+    match classes.iter().position(|c| c == value) {
+        Some(i) => i,
+        None => {
+            classes.push(value.to_string());
+            classes.len() - 1
+        }
+    }
+}
+
+/// Per-cell features from `cells.csv` files: numeric columns other than metadata.
+fn from_features(ctx: &Context, label: &str, group_by: &str) -> anyhow::Result<Data> {
+    let files = ctx.upstream_files(|n| n == "cells.csv");
+    anyhow::ensure!(!files.is_empty(), "`train` with `model: logistic` reads `cells.csv` from a `features` step: put it in `after:`");
+    let mut d = Data {
+        x: Vec::new(),
+        shape: Vec::new(),
+        labels: Vec::new(),
+        classes: Vec::new(),
+        groups: Vec::new(),
+        origins: Vec::new(),
+        ids: Vec::new(),
+        feature_names: Vec::new(),
+    };
+    for (_, path) in files {
+        let mut rdr =
+            csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+        let h: Vec<String> = rdr.headers()?.iter().map(str::to_string).collect();
+        let col = |name: &str| h.iter().position(|c| c.eq_ignore_ascii_case(name));
+        let lc = col(&format!("Metadata_{label}")).with_context(|| {
+            format!(
+                "{}: no column Metadata_{label}; name the plate-map column with `label:`",
+                path.display()
+            )
+        })?;
+        let gc = col(&format!("Metadata_{group_by}")).with_context(|| {
+            format!(
+                "{}: no column Metadata_{group_by} to group folds by",
+                path.display()
+            )
+        })?;
+        let wc = col("Metadata_Well");
+        let sc = col("ImageSet");
+        let oc = col("ObjectNumber");
+        let feats: Vec<usize> = (0..h.len())
+            .filter(|&i| {
+                !h[i].starts_with("Metadata_")
+                    && !matches!(h[i].as_str(), "ImageSet" | "ObjectNumber" | "TouchesBorder")
+            })
+            .collect();
+        let names: Vec<String> = feats.iter().map(|&i| h[i].clone()).collect();
+        if d.feature_names.is_empty() {
+            d.feature_names = names;
+        } else {
+            anyhow::ensure!(
+                d.feature_names == names,
+                "{}: its feature columns differ from the other plates'",
+                path.display()
+            );
+        }
+        for rec in rdr.records() {
+            let rec = rec?;
+            let lab = rec.get(lc).unwrap_or("");
+            if lab.is_empty() {
+                continue;
+            }
+            d.labels.push(label_index(&mut d.classes, lab));
+            d.x.extend(feats.iter().map(|&i| {
+                rec.get(i)
+                    .and_then(|v| v.parse::<f32>().ok())
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(0.0)
+            }));
+            let set = sc.and_then(|c| rec.get(c)).unwrap_or("").to_string();
+            d.groups.push(rec.get(gc).unwrap_or("").to_string());
+            d.origins.push(Origin {
+                plate: rec.get(gc).unwrap_or("").to_string(),
+                well: wc.and_then(|c| rec.get(c)).unwrap_or("").to_string(),
+                image_digest: set.clone(),
+            });
+            d.ids.push(format!(
+                "{set}#{}",
+                oc.and_then(|c| rec.get(c)).unwrap_or("")
+            ));
+        }
+    }
+    d.shape = vec![d.feature_names.len()];
+    Ok(d)
+}
+
+/// Crops from `crops.safetensors` + `crops.csv` pairs.
+fn from_crops(ctx: &Context, group_by: &str) -> anyhow::Result<Data> {
+    let tensors = ctx.upstream_files(|n| n == "crops.safetensors");
+    let indexes = ctx.upstream_files(|n| n == "crops.csv");
+    anyhow::ensure!(
+        !tensors.is_empty(),
+        "`train` with `model: cnn` reads crops from a `crops` step: put it in `after:`"
+    );
+    let mut d = Data {
+        x: Vec::new(),
+        shape: Vec::new(),
+        labels: Vec::new(),
+        classes: Vec::new(),
+        groups: Vec::new(),
+        origins: Vec::new(),
+        ids: Vec::new(),
+        feature_names: Vec::new(),
+    };
+    for ((_, tpath), (_, ipath)) in tensors.iter().zip(&indexes) {
+        let t = candle_core::safetensors::load(tpath, &candle_core::Device::Cpu)
+            .with_context(|| format!("reading {}", tpath.display()))?;
+        let crops = t
+            .get("crops")
+            .with_context(|| format!("{}: no tensor `crops`", tpath.display()))?;
+        let dims = crops.dims().to_vec();
+        let scale = if crops.dtype() == candle_core::DType::U8 {
+            255.0
+        } else {
+            65535.0
+        };
+        let values: Vec<f32> = crops
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        if d.shape.is_empty() {
+            d.shape = dims[1..].to_vec();
+        }
+        anyhow::ensure!(
+            d.shape == dims[1..],
+            "{}: crops of another shape than the other plates'",
+            tpath.display()
+        );
+        let per: usize = d.shape.iter().product();
+        let mut rdr = csv::Reader::from_path(ipath)?;
+        let h: Vec<String> = rdr.headers()?.iter().map(str::to_string).collect();
+        let col = |name: &str| h.iter().position(|c| c.eq_ignore_ascii_case(name));
+        let lc = col("label").context("crops.csv without a label column")?;
+        let gc = col(&format!("Metadata_{group_by}"))
+            .with_context(|| format!("{}: no column Metadata_{group_by}", ipath.display()))?;
+        let (wc, sc, oc) = (col("Metadata_Well"), col("ImageSet"), col("ObjectNumber"));
+        for (row, rec) in rdr.records().enumerate() {
+            let rec = rec?;
+            let lab = rec.get(lc).unwrap_or("");
+            if lab.is_empty() {
+                continue;
+            }
+            d.labels.push(label_index(&mut d.classes, lab));
+            d.x.extend(values[row * per..(row + 1) * per].iter().map(|v| v / scale));
+            let set = sc.and_then(|c| rec.get(c)).unwrap_or("").to_string();
+            d.groups.push(rec.get(gc).unwrap_or("").to_string());
+            d.origins.push(Origin {
+                plate: rec.get(gc).unwrap_or("").to_string(),
+                well: wc.and_then(|c| rec.get(c)).unwrap_or("").to_string(),
+                image_digest: set.clone(),
+            });
+            d.ids.push(format!(
+                "{set}#{}",
+                oc.and_then(|c| rec.get(c)).unwrap_or("")
+            ));
+        }
+    }
+    Ok(d)
+}
+
+/// Each feature as a robust z-score within its plate: (x − median) / (1.4826 · MAD) over the
+/// plate's own cells. Labels play no part, so a held-out plate is normalised by itself alone,
+/// and plate-wide shifts (illumination, stain intensity) stop looking like phenotypes.
+fn per_group_robust_z(d: &mut Data) {
+    let dim = d.shape[0];
+    let mut members: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, g) in d.groups.iter().enumerate() {
+        members.entry(g.as_str()).or_default().push(i);
+    }
+    let median = |v: &mut Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        if v.is_empty() {
+            0.0
+        } else {
+            v[v.len() / 2]
+        }
+    };
+    for rows in members.values() {
+        for f in 0..dim {
+            let mut v: Vec<f32> = rows.iter().map(|&i| d.x[i * dim + f]).collect();
+            let m = median(&mut v);
+            let mut dev: Vec<f32> = v.iter().map(|x| (x - m).abs()).collect();
+            let mad = median(&mut dev) * 1.4826;
+            let scale = if mad > 1e-9 { mad } else { 1.0 };
+            for &i in rows {
+                let x = &mut d.x[i * dim + f];
+                *x = (*x - m) / scale;
+            }
+        }
+    }
+}
+
+pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
+    let model = ctx.str_param("model").unwrap_or("logistic").to_string();
+    let label = ctx.str_param("label").unwrap_or("phenotype").to_string();
+    let group_by = ctx.str_param("group_by").unwrap_or("plate").to_string();
+    let seed = ctx.f64_param("seed").unwrap_or(0.0) as u64;
+    let d = match model.as_str() {
+        "logistic" => from_features(ctx, &label, &group_by)?,
+        "cnn" => from_crops(ctx, &group_by)?,
+        other => anyhow::bail!("`model: {other}` is not known: use `logistic` or `cnn`"),
+    };
+    let mut d = d;
+    let normalize = ctx.str_param("normalize").unwrap_or("plate").to_string();
+    match (normalize.as_str(), model.as_str()) {
+        ("plate", "logistic") => per_group_robust_z(&mut d),
+        ("none", _) | (_, "cnn") => {}
+        (other, _) => anyhow::bail!("`normalize: {other}` is not known: use `plate` or `none`"),
+    }
+    let n = d.labels.len();
+    let nc = d.classes.len();
+    anyhow::ensure!(
+        nc >= 2,
+        "only one class ({}) among the labelled cells: nothing to learn",
+        d.classes.join(", ")
+    );
+    let plates: std::collections::BTreeSet<&str> = d.groups.iter().map(String::as_str).collect();
+    let k = (ctx.f64_param("folds").unwrap_or(5.0) as usize).min(plates.len());
+    let folds = group_kfold(&d.groups, k)?;
+    let epochs = ctx.f64_param("epochs").map(|e| e as usize);
+    let mut shuffled = d.labels.clone();
+    Rng::new(seed ^ 0xABCD).shuffle(&mut shuffled);
+
+    // One model fitted on `fit`, early-stopped on `val` (CNN); probabilities on `test`.
+    let fit_predict = |y: &[usize],
+                       fit: &[usize],
+                       val: &[usize],
+                       test: &[usize]|
+     -> anyhow::Result<Vec<Vec<f64>>> {
+        match model.as_str() {
+            "logistic" => {
+                let dim = d.shape[0];
+                let z = Standardizer::fit(&d.x, dim, fit).apply(&d.x);
+                let s = Samples {
+                    x: &z,
+                    shape: d.shape.clone(),
+                    y,
+                    classes: nc,
+                };
+                let cfg = TrainConfig {
+                    epochs: epochs.unwrap_or(300),
+                    lr: 0.05,
+                    weight_decay: 1e-3,
+                    seed,
+                    ..TrainConfig::default()
+                };
+                let (m, _) = train_logistic(&s, fit, &cfg)?;
+                predict_logistic(&m, &s, test)
+            }
+            _ => {
+                let s = Samples {
+                    x: &d.x,
+                    shape: d.shape.clone(),
+                    y,
+                    classes: nc,
+                };
+                let cfg = TrainConfig {
+                    epochs: epochs.unwrap_or(20),
+                    seed,
+                    ..TrainConfig::default()
+                };
+                let mc = CnnConfig {
+                    in_channels: d.shape[0],
+                    classes: nc,
+                    width: 16,
+                    depth: 3,
+                    dropout: 0.3,
+                };
+                let (m, _, _) = train_cnn(mc, &s, fit, val, &cfg)?;
+                predict_cnn(&m, &s, test)
+            }
+        }
+    };
+    let mut cv = Table::new(&[
+        "fold",
+        "held_out",
+        "cells",
+        "weighted_f1",
+        "macro_f1",
+        "accuracy",
+        "balanced_accuracy",
+        "ece",
+        "brier",
+        "shuffled_label_weighted_f1",
+    ]);
+    let mut probs: Vec<Option<Vec<f64>>> = vec![None; n];
+    let mut shuf_pred = vec![0usize; n];
+    for (fi, f) in folds.iter().enumerate() {
+        check_no_leak(&d.origins, &f.train, &f.test).with_context(|| format!("fold {fi}"))?;
+        // Validation plates for early stopping are carved out of the training plates.
+        let train_groups: Vec<String> = f.train.iter().map(|&i| d.groups[i].clone()).collect();
+        let distinct: std::collections::BTreeSet<&String> = train_groups.iter().collect();
+        let (fit, val) = if distinct.len() >= 2 && model == "cnn" {
+            let inner = &group_kfold(&train_groups, distinct.len().min(4))?[0];
+            (
+                inner.train.iter().map(|&j| f.train[j]).collect(),
+                inner.test.iter().map(|&j| f.train[j]).collect(),
+            )
+        } else {
+            (f.train.clone(), f.train.clone())
+        };
+        let p = fit_predict(&d.labels, &fit, &val, &f.test)?;
+        let ps = fit_predict(&shuffled, &fit, &val, &f.test)?;
+        let truth: Vec<usize> = f.test.iter().map(|&i| d.labels[i]).collect();
+        let c = Confusion::new(nc, &truth, &argmax(&p));
+        let st: Vec<usize> = f.test.iter().map(|&i| shuffled[i]).collect();
+        let sp = argmax(&ps);
+        let cs = Confusion::new(nc, &st, &sp);
+        cv.push_row([
+            fi.to_string(),
+            f.held_out.join(" "),
+            f.test.len().to_string(),
+            num(c.weighted_f1()),
+            num(c.macro_f1()),
+            num(c.accuracy()),
+            num(c.balanced_accuracy()),
+            num(expected_calibration_error(&truth, &p, 15)),
+            num(brier(&truth, &p)),
+            num(cs.weighted_f1()),
+        ]);
+        ctx.logln(format!(
+            "fold {fi} (held out {}): weighted F1 {:.3}, shuffled-label control {:.3}",
+            f.held_out.join(" "),
+            c.weighted_f1(),
+            cs.weighted_f1()
+        ));
+        for (j, &i) in f.test.iter().enumerate() {
+            probs[i] = Some(p[j].clone());
+            shuf_pred[i] = sp[j];
+        }
+    }
+    ctx.write_output("cv.csv", &cv.into_bytes())?;
+
+    // Overall, over every cell's out-of-fold prediction, with intervals by plate.
+    let all: Vec<Vec<f64>> = probs
+        .into_iter()
+        .map(|p| p.expect("every cell is tested once"))
+        .collect();
+    let pred = argmax(&all);
+    let overall = Confusion::new(nc, &d.labels, &pred);
+    let ci = |f: &dyn Fn(&Confusion) -> f64| {
+        bootstrap_by_group(&d.groups, 1000, seed, |idx| {
+            let t: Vec<usize> = idx.iter().map(|&i| d.labels[i]).collect();
+            let p: Vec<usize> = idx.iter().map(|&i| pred[i]).collect();
+            f(&Confusion::new(nc, &t, &p))
+        })
+    };
+    let (wlo, whi) = ci(&|c| c.weighted_f1());
+    let (mlo, mhi) = ci(&|c| c.macro_f1());
+    let shuffled_f1 = Confusion::new(nc, &shuffled, &shuf_pred).weighted_f1();
+    let per_class: Vec<serde_json::Value> = (0..nc)
+        .map(|k| serde_json::json!({"class": d.classes[k], "precision": overall.precision(k), "recall": overall.recall(k), "f1": overall.f1(k)}))
+        .collect();
+    let metrics = serde_json::json!({
+        "model": model,
+        "split": {"protocol": format!("leave-{group_by}-out"), "folds": k, "groups": plates.iter().collect::<Vec<_>>()},
+        "normalisation": if model == "logistic" { normalize.clone() } else { "none".into() },
+        "cells": n,
+        "classes": d.classes,
+        "weighted_f1": {"value": overall.weighted_f1(), "ci95_by_plate": [wlo, whi]},
+        "macro_f1": {"value": overall.macro_f1(), "ci95_by_plate": [mlo, mhi]},
+        "accuracy": overall.accuracy(),
+        "balanced_accuracy": overall.balanced_accuracy(),
+        "ece_15_bins": expected_calibration_error(&d.labels, &all, 15),
+        "brier": brier(&d.labels, &all),
+        "shuffled_label_weighted_f1": shuffled_f1,
+        "per_class": per_class,
+        "confusion": overall.matrix,
+    });
+    ctx.write_output(
+        "metrics.json",
+        serde_json::to_string_pretty(&metrics)?.as_bytes(),
+    )?;
+    let mut header = vec![
+        "cell".to_string(),
+        group_by.clone(),
+        "well".into(),
+        "truth".into(),
+        "predicted".into(),
+    ];
+    header.extend(d.classes.iter().map(|c| format!("p_{c}")));
+    let mut preds = Table::new(&header);
+    for i in 0..n {
+        let mut row = vec![
+            d.ids[i].clone(),
+            d.groups[i].clone(),
+            d.origins[i].well.clone(),
+            d.classes[d.labels[i]].clone(),
+            d.classes[pred[i]].clone(),
+        ];
+        row.extend(all[i].iter().map(|&p| num(p)));
+        preds.push_row(row);
+    }
+    ctx.write_output("predictions.csv", &preds.into_bytes())?;
+    ctx.logln(format!(
+        "{model}, {n} cells, {nc} classes, {k} folds by {group_by}: weighted F1 {:.3} [{wlo:.3}, {whi:.3}], macro F1 {:.3}, shuffled-label control {shuffled_f1:.3}",
+        overall.weighted_f1(),
+        overall.macro_f1()
+    ));
+    // The final model, fitted on every plate, with its sidecar.
+    let everything: Vec<usize> = (0..n).collect();
+    let (varmap, normalisation, architecture) = match model.as_str() {
+        "logistic" => {
+            let dim = d.shape[0];
+            let st = Standardizer::fit(&d.x, dim, &everything);
+            let z = st.apply(&d.x);
+            let s = Samples {
+                x: &z,
+                shape: d.shape.clone(),
+                y: &d.labels,
+                classes: nc,
+            };
+            let cfg = TrainConfig {
+                epochs: epochs.unwrap_or(300),
+                lr: 0.05,
+                weight_decay: 1e-3,
+                seed,
+                ..TrainConfig::default()
+            };
+            let (_, vm) = train_logistic(&s, &everything, &cfg)?;
+            (
+                vm,
+                serde_json::json!({"standardise": {"features": d.feature_names, "mean": st.mean, "std": st.std}}),
+                serde_json::json!({"kind": "multinomial logistic regression", "features": dim}),
+            )
+        }
+        _ => {
+            let s = Samples {
+                x: &d.x,
+                shape: d.shape.clone(),
+                y: &d.labels,
+                classes: nc,
+            };
+            let cfg = TrainConfig {
+                epochs: epochs.unwrap_or(20),
+                seed,
+                ..TrainConfig::default()
+            };
+            let mc = CnnConfig {
+                in_channels: d.shape[0],
+                classes: nc,
+                width: 16,
+                depth: 3,
+                dropout: 0.3,
+            };
+            let (_, vm, _) = train_cnn(mc.clone(), &s, &everything, &everything, &cfg)?;
+            (
+                vm,
+                serde_json::json!({"pixels": "divided by the bit depth's maximum (255 or 65535)"}),
+                serde_json::json!({"kind": "cnn", "input": d.shape, "width": mc.width, "depth": mc.depth, "dropout": mc.dropout}),
+            )
+        }
+    };
+    varmap.save(ctx.out.join("model.safetensors"))?;
+    let sidecar = serde_json::json!({
+        "classes": d.classes,
+        "normalisation": normalisation,
+        "architecture": architecture,
+        "training": {"groups": plates.iter().collect::<Vec<_>>(), "cells": n, "seed": seed, "label": label},
+        "cross_validation": metrics,
+        "software": {"plateflow": env!("CARGO_PKG_VERSION"), "candle": "0.11.1"},
+    });
+    ctx.write_output(
+        "model.json",
+        serde_json::to_string_pretty(&sidecar)?.as_bytes(),
+    )?;
+    Ok(())
+}
