@@ -234,7 +234,10 @@ pub fn train_cnn(
         let (vl, vf1) = mean_loss_and_f1(&probs, s, val);
         history.val_loss.push(vl);
         history.val_weighted_f1.push(vf1);
-        if vl < best.0 {
+        // No early stop during the one-cycle warm-up (its first 30 %): the loss may rise while
+        // the learning rate climbs, and keeping epoch 0 then is a failure, not a choice.
+        let warm = (cfg.epochs as f64 * 0.3).ceil() as usize;
+        if epoch < warm || vl < best.0 {
             best = (vl, snapshot(&varmap));
             history.best_epoch = epoch;
         } else if epoch - history.best_epoch >= cfg.patience {
