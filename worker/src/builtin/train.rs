@@ -193,6 +193,128 @@ fn from_crops(ctx: &Context, group_by: &str) -> anyhow::Result<Data> {
     Ok(d)
 }
 
+/// A model fitted on some cells, able to predict others.
+enum Fitted {
+    Logistic {
+        model: plateflow_learn::model::Logistic,
+        varmap: candle_nn::VarMap,
+        standardizer: Standardizer,
+        /// The features standardised with the training cells' statistics.
+        z: Vec<f32>,
+    },
+    Cnn {
+        model: plateflow_learn::model::Cnn,
+        varmap: candle_nn::VarMap,
+    },
+}
+
+/// Fits the chosen model on `fit` (the CNN early-stops on `val`); the settings of both the
+/// cross-validation folds and the final model come from here.
+fn fit_model(
+    d: &Data,
+    model: &str,
+    y: &[usize],
+    fit: &[usize],
+    val: &[usize],
+    epochs: Option<usize>,
+    seed: u64,
+) -> anyhow::Result<Fitted> {
+    let classes = d.classes.len();
+    if model == "logistic" {
+        let standardizer = Standardizer::fit(&d.x, d.shape[0], fit);
+        let z = standardizer.apply(&d.x);
+        let s = Samples {
+            x: &z,
+            shape: d.shape.clone(),
+            y,
+            classes,
+        };
+        let cfg = TrainConfig {
+            epochs: epochs.unwrap_or(300),
+            lr: 0.05,
+            weight_decay: 1e-3,
+            seed,
+            ..TrainConfig::default()
+        };
+        let (model, varmap) = train_logistic(&s, fit, &cfg)?;
+        return Ok(Fitted::Logistic {
+            model,
+            varmap,
+            standardizer,
+            z,
+        });
+    }
+    let s = Samples {
+        x: &d.x,
+        shape: d.shape.clone(),
+        y,
+        classes,
+    };
+    let cfg = TrainConfig {
+        epochs: epochs.unwrap_or(20),
+        seed,
+        ..TrainConfig::default()
+    };
+    let config = CnnConfig {
+        in_channels: d.shape[0],
+        classes,
+        width: 16,
+        depth: 3,
+        dropout: 0.3,
+    };
+    let (model, varmap, _) = train_cnn(config, &s, fit, val, &cfg)?;
+    Ok(Fitted::Cnn { model, varmap })
+}
+
+impl Fitted {
+    fn predict(&self, d: &Data, y: &[usize], idx: &[usize]) -> anyhow::Result<Vec<Vec<f64>>> {
+        let classes = d.classes.len();
+        match self {
+            Fitted::Logistic { model, z, .. } => {
+                let s = Samples {
+                    x: z,
+                    shape: d.shape.clone(),
+                    y,
+                    classes,
+                };
+                predict_logistic(model, &s, idx)
+            }
+            Fitted::Cnn { model, .. } => {
+                let s = Samples {
+                    x: &d.x,
+                    shape: d.shape.clone(),
+                    y,
+                    classes,
+                };
+                predict_cnn(model, &s, idx)
+            }
+        }
+    }
+
+    /// The weights, and the sidecar's normalisation and architecture entries.
+    fn describe(self, d: &Data) -> (candle_nn::VarMap, serde_json::Value, serde_json::Value) {
+        match self {
+            Fitted::Logistic {
+                varmap,
+                standardizer,
+                ..
+            } => (
+                varmap,
+                serde_json::json!({"standardise": {"features": d.feature_names, "mean": standardizer.mean, "std": standardizer.std}}),
+                serde_json::json!({"kind": "multinomial logistic regression", "features": d.shape[0]}),
+            ),
+            Fitted::Cnn { model, varmap } => {
+                let c = &model.config;
+                (
+                    varmap,
+                    serde_json::json!({"pixels": "divided by the bit depth's maximum (255 or 65535)"}),
+                    serde_json::json!({"kind": "cnn", "input": d.shape, "width": c.width, "depth": c.depth, "dropout": c.dropout}),
+                )
+            }
+        }
+    }
+}
+
 /// Each feature as a robust z-score within its plate: (x − median) / (1.4826 · MAD) over the
 /// plate's own cells. Labels play no part, so a held-out plate is normalised by itself alone,
 /// and plate-wide shifts (illumination, stain intensity) stop looking like phenotypes.
@@ -257,54 +379,8 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     Rng::new(seed ^ 0xABCD).shuffle(&mut shuffled);
 
     // One model fitted on `fit`, early-stopped on `val` (CNN); probabilities on `test`.
-    let fit_predict = |y: &[usize],
-                       fit: &[usize],
-                       val: &[usize],
-                       test: &[usize]|
-     -> anyhow::Result<Vec<Vec<f64>>> {
-        match model.as_str() {
-            "logistic" => {
-                let dim = d.shape[0];
-                let z = Standardizer::fit(&d.x, dim, fit).apply(&d.x);
-                let s = Samples {
-                    x: &z,
-                    shape: d.shape.clone(),
-                    y,
-                    classes: nc,
-                };
-                let cfg = TrainConfig {
-                    epochs: epochs.unwrap_or(300),
-                    lr: 0.05,
-                    weight_decay: 1e-3,
-                    seed,
-                    ..TrainConfig::default()
-                };
-                let (m, _) = train_logistic(&s, fit, &cfg)?;
-                predict_logistic(&m, &s, test)
-            }
-            _ => {
-                let s = Samples {
-                    x: &d.x,
-                    shape: d.shape.clone(),
-                    y,
-                    classes: nc,
-                };
-                let cfg = TrainConfig {
-                    epochs: epochs.unwrap_or(20),
-                    seed,
-                    ..TrainConfig::default()
-                };
-                let mc = CnnConfig {
-                    in_channels: d.shape[0],
-                    classes: nc,
-                    width: 16,
-                    depth: 3,
-                    dropout: 0.3,
-                };
-                let (m, _, _) = train_cnn(mc, &s, fit, val, &cfg)?;
-                predict_cnn(&m, &s, test)
-            }
-        }
+    let fit_predict = |y: &[usize], fit: &[usize], val: &[usize], test: &[usize]| {
+        fit_model(&d, &model, y, fit, val, epochs, seed).and_then(|f| f.predict(&d, y, test))
     };
     let mut cv = Table::new(&[
         "fold",
@@ -434,58 +510,16 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     ));
     // The final model, fitted on every plate, with its sidecar.
     let everything: Vec<usize> = (0..n).collect();
-    let (varmap, normalisation, architecture) = match model.as_str() {
-        "logistic" => {
-            let dim = d.shape[0];
-            let st = Standardizer::fit(&d.x, dim, &everything);
-            let z = st.apply(&d.x);
-            let s = Samples {
-                x: &z,
-                shape: d.shape.clone(),
-                y: &d.labels,
-                classes: nc,
-            };
-            let cfg = TrainConfig {
-                epochs: epochs.unwrap_or(300),
-                lr: 0.05,
-                weight_decay: 1e-3,
-                seed,
-                ..TrainConfig::default()
-            };
-            let (_, vm) = train_logistic(&s, &everything, &cfg)?;
-            (
-                vm,
-                serde_json::json!({"standardise": {"features": d.feature_names, "mean": st.mean, "std": st.std}}),
-                serde_json::json!({"kind": "multinomial logistic regression", "features": dim}),
-            )
-        }
-        _ => {
-            let s = Samples {
-                x: &d.x,
-                shape: d.shape.clone(),
-                y: &d.labels,
-                classes: nc,
-            };
-            let cfg = TrainConfig {
-                epochs: epochs.unwrap_or(20),
-                seed,
-                ..TrainConfig::default()
-            };
-            let mc = CnnConfig {
-                in_channels: d.shape[0],
-                classes: nc,
-                width: 16,
-                depth: 3,
-                dropout: 0.3,
-            };
-            let (_, vm, _) = train_cnn(mc.clone(), &s, &everything, &everything, &cfg)?;
-            (
-                vm,
-                serde_json::json!({"pixels": "divided by the bit depth's maximum (255 or 65535)"}),
-                serde_json::json!({"kind": "cnn", "input": d.shape, "width": mc.width, "depth": mc.depth, "dropout": mc.dropout}),
-            )
-        }
-    };
+    let fitted = fit_model(
+        &d,
+        &model,
+        &d.labels,
+        &everything,
+        &everything,
+        epochs,
+        seed,
+    )?;
+    let (varmap, normalisation, architecture) = fitted.describe(&d);
     varmap.save(ctx.out.join("model.safetensors"))?;
     let sidecar = serde_json::json!({
         "classes": d.classes,
