@@ -150,6 +150,17 @@ fn trainable(varmap: &VarMap) -> Vec<Var> {
     named.into_iter().map(|(_, v)| v.clone()).collect()
 }
 
+fn adamw(varmap: &VarMap, cfg: &TrainConfig) -> candle_core::Result<AdamW> {
+    AdamW::new(
+        trainable(varmap),
+        ParamsAdamW {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..Default::default()
+        },
+    )
+}
+
 fn snapshot(varmap: &VarMap) -> Vec<(String, Tensor)> {
     let data = varmap.data().lock().expect("varmap lock");
     data.iter()
@@ -201,14 +212,7 @@ pub fn train_cnn(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = Cnn::new(config, vb)?;
     seed_init(&varmap, cfg.seed)?;
-    let mut opt = AdamW::new(
-        trainable(&varmap),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = adamw(&varmap, cfg)?;
     let weights = class_weights(s.y, train, s.classes, cfg.class_balanced)?;
     let mut rng = Rng::new(cfg.seed.wrapping_add(1));
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
@@ -305,14 +309,7 @@ pub fn train_logistic(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = Logistic::new(s.shape[0], s.classes, vb)?;
     seed_init(&varmap, cfg.seed)?;
-    let mut opt = AdamW::new(
-        trainable(&varmap),
-        ParamsAdamW {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let mut opt = adamw(&varmap, cfg)?;
     let weights = class_weights(s.y, train, s.classes, cfg.class_balanced)?;
     let x = s.batch(train, None)?;
     let y = s.labels(train)?;

@@ -29,6 +29,29 @@ struct Data {
     feature_names: Vec<String>,
 }
 
+impl Data {
+    /// A cell's group, origin (for the leakage guard) and id, from its table row. `gc`: the
+    /// group column; `wc`, `sc`, `oc`: well, image set and object number, when present.
+    fn push_origin(
+        &mut self,
+        rec: &csv::StringRecord,
+        gc: usize,
+        wc: Option<usize>,
+        sc: Option<usize>,
+        oc: Option<usize>,
+    ) {
+        let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("").to_string();
+        let set = get(sc);
+        self.groups.push(get(Some(gc)));
+        self.origins.push(Origin {
+            plate: get(Some(gc)),
+            well: get(wc),
+            image_digest: set.clone(),
+        });
+        self.ids.push(format!("{set}#{}", get(oc)));
+    }
+}
+
 fn label_index(classes: &mut Vec<String>, value: &str) -> usize {
     match classes.iter().position(|c| c == value) {
         Some(i) => i,
@@ -102,17 +125,7 @@ fn from_features(ctx: &Context, label: &str, group_by: &str) -> anyhow::Result<D
                     .filter(|v| v.is_finite())
                     .unwrap_or(0.0)
             }));
-            let set = sc.and_then(|c| rec.get(c)).unwrap_or("").to_string();
-            d.groups.push(rec.get(gc).unwrap_or("").to_string());
-            d.origins.push(Origin {
-                plate: rec.get(gc).unwrap_or("").to_string(),
-                well: wc.and_then(|c| rec.get(c)).unwrap_or("").to_string(),
-                image_digest: set.clone(),
-            });
-            d.ids.push(format!(
-                "{set}#{}",
-                oc.and_then(|c| rec.get(c)).unwrap_or("")
-            ));
+            d.push_origin(&rec, gc, wc, sc, oc);
         }
     }
     d.shape = vec![d.feature_names.len()];
@@ -177,17 +190,7 @@ fn from_crops(ctx: &Context, group_by: &str) -> anyhow::Result<Data> {
             }
             d.labels.push(label_index(&mut d.classes, lab));
             d.x.extend(values[row * per..(row + 1) * per].iter().map(|v| v / scale));
-            let set = sc.and_then(|c| rec.get(c)).unwrap_or("").to_string();
-            d.groups.push(rec.get(gc).unwrap_or("").to_string());
-            d.origins.push(Origin {
-                plate: rec.get(gc).unwrap_or("").to_string(),
-                well: wc.and_then(|c| rec.get(c)).unwrap_or("").to_string(),
-                image_digest: set.clone(),
-            });
-            d.ids.push(format!(
-                "{set}#{}",
-                oc.and_then(|c| rec.get(c)).unwrap_or("")
-            ));
+            d.push_origin(&rec, gc, wc, sc, oc);
         }
     }
     Ok(d)
