@@ -18,6 +18,7 @@ use plateflow_learn::train::{
 };
 
 /// Samples gathered from upstream tables: one row per cell.
+#[derive(Default)]
 struct Data {
     x: Vec<f32>,
     shape: Vec<usize>,
@@ -66,16 +67,7 @@ fn label_index(classes: &mut Vec<String>, value: &str) -> usize {
 fn from_features(ctx: &Context, label: &str, group_by: &str) -> anyhow::Result<Data> {
     let files = ctx.upstream_files(|n| n == "cells.csv");
     anyhow::ensure!(!files.is_empty(), "`train` with `model: logistic` reads `cells.csv` from a `features` step: put it in `after:`");
-    let mut d = Data {
-        x: Vec::new(),
-        shape: Vec::new(),
-        labels: Vec::new(),
-        classes: Vec::new(),
-        groups: Vec::new(),
-        origins: Vec::new(),
-        ids: Vec::new(),
-        feature_names: Vec::new(),
-    };
+    let mut d = Data::default();
     for (_, path) in files {
         let mut rdr =
             csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -134,23 +126,30 @@ fn from_features(ctx: &Context, label: &str, group_by: &str) -> anyhow::Result<D
 
 /// Crops from `crops.safetensors` + `crops.csv` pairs.
 fn from_crops(ctx: &Context, group_by: &str) -> anyhow::Result<Data> {
-    let tensors = ctx.upstream_files(|n| n == "crops.safetensors");
-    let indexes = ctx.upstream_files(|n| n == "crops.csv");
+    // Each crops task's tensor file and index table, paired by the task that wrote them.
+    let by_task = |name: &str| -> std::collections::BTreeMap<&str, std::path::PathBuf> {
+        ctx.upstream
+            .iter()
+            .filter(|(_, n, _)| n == name)
+            .map(|(task, _, rel)| (task.as_str(), ctx.work.join(rel)))
+            .collect()
+    };
+    let (tensor_files, index_files) = (by_task("crops.safetensors"), by_task("crops.csv"));
+    let mut tensors = Vec::new();
+    let mut indexes = Vec::new();
+    for (task, t) in &tensor_files {
+        let i = index_files
+            .get(task)
+            .with_context(|| format!("{task} wrote crops.safetensors but no crops.csv"))?;
+        tensors.push(t.clone());
+        indexes.push(i.clone());
+    }
     anyhow::ensure!(
         !tensors.is_empty(),
         "`train` with `model: cnn` reads crops from a `crops` step: put it in `after:`"
     );
-    let mut d = Data {
-        x: Vec::new(),
-        shape: Vec::new(),
-        labels: Vec::new(),
-        classes: Vec::new(),
-        groups: Vec::new(),
-        origins: Vec::new(),
-        ids: Vec::new(),
-        feature_names: Vec::new(),
-    };
-    for ((_, tpath), (_, ipath)) in tensors.iter().zip(&indexes) {
+    let mut d = Data::default();
+    for (tpath, ipath) in tensors.iter().zip(&indexes) {
         let t = candle_core::safetensors::load(tpath, &candle_core::Device::Cpu)
             .with_context(|| format!("reading {}", tpath.display()))?;
         let crops = t
