@@ -10,7 +10,8 @@ use plateflow_learn::rng::Rng;
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
-    let (batch, side, steps) = (32usize, 64usize, 20usize);
+    plateflow_learn::keep_freed_memory();
+    let (batch, side, steps) = (32usize, 64usize, 40usize);
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = Cnn::new(

@@ -1,8 +1,11 @@
 //! The models: a multinomial logistic regression on per-cell features (the transparent
 //! baseline) and a small CNN on single-cell crops (conv blocks with BatchNorm, width and depth
 //! configurable, dropout), split into `features` and `head` so Grad-CAM can reach the last
-//! conv block.
+//! conv block. On the CPU the blocks run on plateflow's own conv (im2col + GEMM), BatchNorm
+//! and ReLU+pool ops (conv.rs, fused.rs: Candle's are slow there); elsewhere on Candle's.
 
+use crate::conv::conv2d_same;
+use crate::fused::{relu_max_pool_2x2, BatchNorm2d};
 use crate::rng::Rng;
 use candle_core::{Device, Module, ModuleT, Result, Tensor};
 use candle_nn::{
@@ -23,7 +26,9 @@ pub struct CnnConfig {
 
 pub struct Cnn {
     pub config: CnnConfig,
-    blocks: Vec<(Conv2d, BatchNorm)>,
+    /// Conv, BatchNorm as fused CPU ops, and the same BatchNorm variables as Candle's
+    /// composed op for other devices.
+    blocks: Vec<(Conv2d, BatchNorm2d, BatchNorm)>,
     head: Linear,
 }
 
@@ -43,8 +48,9 @@ impl Cnn {
                 },
                 vb.pp(format!("block{b}.conv")),
             )?;
-            let bn = batch_norm(c_out, 1e-5, vb.pp(format!("block{b}.bn")))?;
-            blocks.push((conv, bn));
+            let bn = BatchNorm2d::new(c_out, 1e-5, vb.pp(format!("block{b}.bn")))?;
+            let bn_generic = batch_norm(c_out, 1e-5, vb.pp(format!("block{b}.bn")))?;
+            blocks.push((conv, bn, bn_generic));
             c_in = c_out;
         }
         let head = linear(c_in, config.classes, vb.pp("head"))?;
@@ -58,8 +64,13 @@ impl Cnn {
     /// The conv blocks: [B, C, H, W] → the last block's maps (for Grad-CAM).
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
-        for (conv, bn) in &self.blocks {
-            x = max_pool_2x2(&bn.forward_t(&conv.forward(&x)?, train)?.relu()?)?;
+        for (conv, bn, bn_generic) in &self.blocks {
+            x = if x.device().is_cpu() {
+                let y = conv2d_same(&x, conv.weight(), conv.bias())?;
+                relu_max_pool_2x2(&bn.forward_t(&y, train)?)?
+            } else {
+                max_pool_2x2(&bn_generic.forward_t(&conv.forward(&x)?, train)?.relu()?)?
+            };
         }
         Ok(x)
     }

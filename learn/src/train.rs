@@ -208,6 +208,7 @@ pub fn train_cnn(
     val: &[usize],
     cfg: &TrainConfig,
 ) -> anyhow::Result<(Cnn, VarMap, History)> {
+    crate::keep_freed_memory();
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = Cnn::new(config, vb)?;
