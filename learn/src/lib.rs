@@ -6,7 +6,9 @@
 
 pub mod conv;
 pub mod data;
+pub mod figures;
 pub mod fused;
+pub mod interpret;
 pub mod metrics;
 pub mod model;
 pub mod rng;

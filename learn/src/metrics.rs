@@ -138,6 +138,102 @@ pub fn brier(truth: &[usize], probs: &[Vec<f64>]) -> f64 {
         / n
 }
 
+/// One bin of a reliability diagram: confidences in (lo, hi], their mean, the accuracy of
+/// the predictions made with them, and how many there were.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReliabilityBin {
+    pub lo: f64,
+    pub hi: f64,
+    pub confidence: f64,
+    pub accuracy: f64,
+    pub count: usize,
+}
+
+/// The reliability diagram's non-empty bins over `bins` equal-width confidence bins (the
+/// same binning as [`expected_calibration_error`]).
+pub fn reliability_bins(truth: &[usize], probs: &[Vec<f64>], bins: usize) -> Vec<ReliabilityBin> {
+    let mut count = vec![0usize; bins];
+    let mut conf = vec![0f64; bins];
+    let mut correct = vec![0f64; bins];
+    for (t, p) in truth.iter().zip(probs) {
+        let (pred, &c) = p
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .expect("non-empty probabilities");
+        let b = ((c * bins as f64).ceil() as usize).clamp(1, bins) - 1;
+        count[b] += 1;
+        conf[b] += c;
+        correct[b] += (pred == *t) as u8 as f64;
+    }
+    (0..bins)
+        .filter(|&b| count[b] > 0)
+        .map(|b| ReliabilityBin {
+            lo: b as f64 / bins as f64,
+            hi: (b + 1) as f64 / bins as f64,
+            confidence: conf[b] / count[b] as f64,
+            accuracy: correct[b] / count[b] as f64,
+            count: count[b],
+        })
+        .collect()
+}
+
+/// Mean negative log-likelihood of the true classes (probabilities floored at 1e-12).
+pub fn nll(truth: &[usize], probs: &[Vec<f64>]) -> f64 {
+    let n = truth.len().max(1) as f64;
+    truth
+        .iter()
+        .zip(probs)
+        .map(|(&t, p)| -p[t].max(1e-12).ln())
+        .sum::<f64>()
+        / n
+}
+
+/// Probabilities with temperature `t`: softmax(log p / t), the same as dividing the logits
+/// by t (the log-sum-exp shift cancels). t > 1 softens, t < 1 sharpens; argmax is unchanged.
+pub fn apply_temperature(probs: &[Vec<f64>], t: f64) -> Vec<Vec<f64>> {
+    probs
+        .iter()
+        .map(|p| {
+            let z: Vec<f64> = p.iter().map(|&q| q.max(1e-12).ln() / t).collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / s).collect()
+        })
+        .collect()
+}
+
+/// Temperature scaling (Guo et al. 2017): the t in [0.05, 20] minimising the negative
+/// log-likelihood of `truth` — fitted on validation plates, never on the plates it is then
+/// applied to. Golden-section search on log t (the NLL is unimodal in t).
+pub fn fit_temperature(truth: &[usize], probs: &[Vec<f64>]) -> f64 {
+    if truth.is_empty() {
+        return 1.0;
+    }
+    let f = |lt: f64| nll(truth, &apply_temperature(probs, lt.exp()));
+    let (mut a, mut b) = (0.05f64.ln(), 20f64.ln());
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut c, mut d) = (b - g * (b - a), a + g * (b - a));
+    let (mut fc, mut fd) = (f(c), f(d));
+    for _ in 0..60 {
+        if fc < fd {
+            b = d;
+            d = c;
+            fd = fc;
+            c = b - g * (b - a);
+            fc = f(c);
+        } else {
+            a = c;
+            c = d;
+            fc = fd;
+            d = a + g * (b - a);
+            fd = f(d);
+        }
+    }
+    ((a + b) / 2.0).exp()
+}
+
 /// A 95 % percentile interval of `metric` from `rounds` bootstrap resamples of whole groups
 /// (plates): cells of one plate share its batch effects, so resampling cells would make the
 /// interval too narrow. Deterministic for a given seed.
@@ -215,6 +311,36 @@ mod tests {
         ];
         assert!((expected_calibration_error(&truth, &over, 15) - 0.4).abs() < 1e-12);
         assert!((brier(&truth, &over) - (0.02 + 1.62) / 2.0).abs() < 1e-12);
+    }
+
+    /// An overconfident model (sharpened probabilities of a calibrated one) gets t > 1 back
+    /// and a lower ECE and NLL; argmax never changes.
+    #[test]
+    fn temperature_scaling_undoes_overconfidence() {
+        let mut rng = crate::rng::Rng::new(3);
+        let mut truth = Vec::new();
+        let mut calibrated = Vec::new();
+        for _ in 0..4000 {
+            // Confidence q for class 0, drawn uniformly; the truth follows it.
+            let q = 0.5 + 0.5 * rng.unit();
+            truth.push(if rng.unit() < q { 0 } else { 1 });
+            calibrated.push(vec![q, 1.0 - q]);
+        }
+        let over = apply_temperature(&calibrated, 0.5);
+        let t = fit_temperature(&truth, &over);
+        assert!((t - 2.0).abs() < 0.15, "fitted temperature {t}");
+        let fixed = apply_temperature(&over, t);
+        assert!(
+            expected_calibration_error(&truth, &fixed, 15)
+                < expected_calibration_error(&truth, &over, 15)
+        );
+        assert!(nll(&truth, &fixed) < nll(&truth, &over));
+        assert_eq!(argmax(&fixed), argmax(&over));
+        let bins = reliability_bins(&truth, &over, 15);
+        assert_eq!(bins.iter().map(|b| b.count).sum::<usize>(), 4000);
+        assert!(bins
+            .iter()
+            .all(|b| b.lo < b.confidence && b.confidence <= b.hi));
     }
 
     #[test]
