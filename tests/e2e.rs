@@ -146,7 +146,7 @@ fn local_demo_then_incremental_reruns() {
 #[test]
 fn corrupt_blob_is_detected_and_recomputed() {
     let tmp = tempfile::tempdir().unwrap();
-    let p = demo(tmp.path(), 2);
+    let p = demo(tmp.path(), 3);
     let (st, _) = run_json(&p, &[]);
     assert_eq!(st["state"], "succeeded");
     let result = tmp.path().join("results/inventory/plate=P1/inventory.csv");

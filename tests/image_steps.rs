@@ -86,7 +86,7 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
         .collect();
     assert_eq!(planted.len(), 3, "{truth:?}");
     let mut excluded = BTreeMap::new();
-    for p in ["P1", "P2", "P3"] {
+    for p in ["P1", "P2", "P3", "P4"] {
         let (h, rows) = read_csv(&results.join(format!("qc/plate={p}/exclusions.csv")));
         for r in rows {
             excluded.insert(r[col(&h, "set")].clone(), r[col(&h, "reason")].clone());
@@ -149,7 +149,7 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
     assert!(f1 >= 0.9, "segmentation F1 {f1:.3} on planted cells");
 
     // Features: the translocation readout separates the phenotypes in every plate.
-    for p in ["P1", "P2", "P3"] {
+    for p in ["P1", "P2", "P3", "P4"] {
         let (h, rows) = read_csv(&results.join(format!("features/plate={p}/wells.csv")));
         let ratio = col(&h, "Cells_Translocation_NucCytoRatio_GFP");
         let phen = col(&h, "Metadata_phenotype");
@@ -189,9 +189,9 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
     assert!(irows.len() > 100, "{} crops", irows.len());
     assert!(irows.iter().all(|r| !r[col(&ih, "label")].is_empty()));
 
-    // Leave-plate-out model: three folds, one plate each; it beats a shuffled-label control
-    // trained the same way. (Plate P2's batch effects make its fold the weakest: the point of
-    // validating across plates.)
+    // Leave-plate-out model: three folds, one plate each (P4 is held out of everything); it
+    // beats a shuffled-label control trained the same way. (Plate P2's batch effects make its
+    // fold the weakest: the point of validating across plates.)
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(results.join("model/metrics.json")).unwrap())
             .unwrap();
@@ -204,13 +204,136 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
         f1 > 0.75 && shuffled < f1 - 0.2,
         "{f1} vs shuffled {shuffled}"
     );
+    assert_eq!(metrics["split"]["holdout"], serde_json::json!(["P4"]));
+    let cal = &metrics["calibration"];
+    assert!(
+        cal["temperature"].as_f64().unwrap() > 0.0
+            && cal["ece_before"].is_number()
+            && cal["ece_after"].is_number()
+    );
     assert!(results.join("model/model.safetensors").exists());
-    let sidecar = std::fs::read_to_string(results.join("model/model.json")).unwrap();
-    assert!(sidecar.contains("\"normal\"") && sidecar.contains("leave-plate-out"));
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("model/model.json")).unwrap()).unwrap();
+    assert_eq!(
+        sidecar["training"]["groups"],
+        serde_json::json!(["P1", "P2", "P3"])
+    );
+    assert_eq!(
+        sidecar["training"]["files"].as_array().unwrap().len(),
+        3,
+        "P4's table is not training data"
+    );
+    let (ch, coefs) = read_csv(&results.join("model/coefficients.csv"));
+    assert_eq!(
+        coefs.len(),
+        sidecar["architecture"]["features"].as_u64().unwrap() as usize
+    );
+    assert!(
+        coefs[0][col(&ch, "importance")].parse::<f64>().unwrap()
+            >= coefs[1][col(&ch, "importance")].parse::<f64>().unwrap()
+    );
+    let card = std::fs::read_to_string(results.join("model/model_card.md")).unwrap();
+    for part in [
+        "## Intended use",
+        "## Factors",
+        "## Metrics",
+        "## Evaluation data",
+        "## Training data",
+        "## Quantitative analyses",
+        "## Calibration",
+        "## Caveats",
+        "synthetic U2OS-like",
+        "Hoechst (DNA)",
+    ] {
+        assert!(card.contains(part), "model card lacks {part}");
+    }
+    let card_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("model/model_card.json")).unwrap())
+            .unwrap();
+    assert!(
+        card_json["training_data"]["files"][0]["sha256"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64
+    );
+
+    // The held-out plate, scored by the saved model: never trained on, same phenotype signal.
+    let held: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("holdout/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(held["evaluated"], serde_json::json!(["P4"]));
+    let held_f1 = held["weighted_f1"]["value"].as_f64().unwrap();
+    println!(
+        "demo model on held-out plate P4: weighted F1 {held_f1:.3}, chance {:.3}",
+        held["chance_weighted_f1"]
+    );
+    assert!(
+        held_f1 > 0.7 && held_f1 > held["chance_weighted_f1"].as_f64().unwrap() + 0.2,
+        "{held}"
+    );
+    let (ph, prow) = read_csv(&results.join("holdout/predictions.csv"));
+    assert_eq!(prow.len() as u64, held["cells"].as_u64().unwrap());
+    assert!(prow.iter().all(|r| r[col(&ph, "plate")] == "P4"));
+
+    // The CNN: same protocol, saliency figures that pass the randomisation check, montages.
+    let cnn: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("cnn/metrics.json")).unwrap()).unwrap();
+    println!(
+        "demo cnn: weighted F1 {:.3}, shuffled {:.3}",
+        cnn["weighted_f1"]["value"], cnn["shuffled_label_weighted_f1"]
+    );
+    let interp: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("cnn/interpretation.json")).unwrap())
+            .unwrap();
+    assert_eq!(interp["sanity_check"]["passed"], true, "{interp}");
+    for class in ["normal", "translocated"] {
+        for fig in ["saliency", "montage"] {
+            let png = results.join(format!("cnn/figures/{fig}_{class}.png"));
+            // An RGB PNG: signature, then the IHDR chunk's width and height.
+            let b = std::fs::read(&png).unwrap();
+            assert!(b.starts_with(b"\x89PNG\r\n\x1a\n"), "{}", png.display());
+            let (w, h) = (
+                u32::from_be_bytes(b[16..20].try_into().unwrap()),
+                u32::from_be_bytes(b[20..24].try_into().unwrap()),
+            );
+            assert!(w > 48 && h > 48, "{}: {w}x{h}", png.display());
+        }
+    }
+    let (_, curves) = read_csv(&results.join("cnn/curves.csv"));
+    assert!(curves.len() >= 3 * 3, "learning curves of 3 folds");
+    assert!(results.join("holdout_cnn/metrics.json").exists());
+
+    // The report: one page that a real browser loads without errors, showing every figure.
+    let report = results.join("report/report.html");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the report needs no network"
+    );
+    for section in [
+        "Quality control",
+        "holdout: evaluation on plates P4",
+        "cnn: leave-plate-out",
+    ] {
+        assert!(html.contains(section), "report lacks {section}");
+    }
+    match browser_check(&report) {
+        Some((ok, total, errors)) => {
+            println!("report in headless Chromium: {ok}/{total} figures rendered, {errors} script errors");
+            assert!(
+                total >= 20 && ok == total && errors == 0,
+                "{ok}/{total}, {errors} errors"
+            );
+        }
+        None => {
+            println!("skipped the browser check: no Chromium on PATH (apt-get install chromium)")
+        }
+    }
 
     // The user's own step sees the built-in steps' outputs.
     let summary = std::fs::read_to_string(results.join("summary/summary.csv")).unwrap();
-    assert_eq!(summary.lines().count(), 4, "{summary}");
+    assert_eq!(summary.lines().count(), 5, "{summary}");
 }
 
 #[test]
@@ -220,7 +343,7 @@ fn a_corrupt_image_fails_its_plate_only_and_names_the_file() {
     let out = run_bounded(
         plateflow()
             .args([
-                "demo", "--no-run", "--plates", "2", "--wells", "6", "--sites", "1", "--size",
+                "demo", "--no-run", "--plates", "3", "--wells", "6", "--sites", "1", "--size",
                 "96", "--dir",
             ])
             .arg(dir),

@@ -162,3 +162,81 @@ pub fn tree_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     walk(dir, dir, &mut out);
     out
 }
+
+/// Loads an HTML page in headless Chromium and reads what the page's own check script
+/// recorded on `<body>`: (figures rendered, figures in all, script errors). `None` where no
+/// Chromium is installed. The DOM goes to a file (a pipe would fill up and stall the
+/// browser); the browser's whole process group is killed afterwards.
+pub fn browser_check(page: &Path) -> Option<(usize, usize, usize)> {
+    use std::os::unix::process::CommandExt;
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {b}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })?;
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let (dom_path, err_path) = (
+        scratch.path().join("dom.html"),
+        scratch.path().join("err.txt"),
+    );
+    let mut child = Command::new(browser)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            scratch.path().join("profile").display()
+        ))
+        .arg(format!("file://{}", page.display()))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&dom_path).expect("dom file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .process_group(0)
+        .spawn()
+        .expect("start Chromium");
+    let kill_group = |pid: u32| {
+        // SAFETY: signals only the process group created for the browser above.
+        unsafe {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            kill_group(child.id());
+            let _ = child.wait();
+            panic!(
+                "Chromium did not finish in 90 s: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_group(child.id());
+    let dom = std::fs::read_to_string(&dom_path).unwrap_or_default();
+    let attr = |name: &str| -> usize {
+        let key = format!("{name}=\"");
+        dom.find(&key)
+            .and_then(|i| dom[i + key.len()..].split('"').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "{name} not set by the page's script; browser said: {}",
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                )
+            })
+    };
+    Some((
+        attr("data-figures-ok"),
+        attr("data-figures-total"),
+        attr("data-js-errors"),
+    ))
+}

@@ -34,7 +34,8 @@ pub enum Command {
         /// Where to write the demo (data, pipeline, results).
         #[arg(long, default_value = "plateflow-demo")]
         dir: PathBuf,
-        #[arg(long, default_value_t = 3)]
+        /// Plates (at least 3: the last is held out for evaluation, the others cross-validated).
+        #[arg(long, default_value_t = 4)]
         plates: usize,
         /// Wells per plate (rows of 6: A01..A06, B01, ...).
         #[arg(long, default_value_t = 24)]
@@ -218,6 +219,10 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             anyhow::ensure!(
                 (1..=26 * 6).contains(&wells) && sites >= 1 && (32..=4096).contains(&size),
                 "--wells must be 1..156, --sites at least 1, --size 32..4096"
+            );
+            anyhow::ensure!(
+                (3..=99).contains(&plates),
+                "--plates must be 3..99: the demo holds out its last plate for evaluation and cross-validates across the others"
             );
             let layout = crate::demo::Layout {
                 plates,

@@ -28,7 +28,7 @@ pub struct Layout {
 impl Default for Layout {
     fn default() -> Self {
         Layout {
-            plates: 3,
+            plates: 4,
             wells: 24,
             sites: 2,
             size: 256,
@@ -367,7 +367,11 @@ pub fn generate(dir: &Path, l: &Layout) -> anyhow::Result<PathBuf> {
     std::fs::write(dir.join("ground_truth/defects.csv"), truth_defects)?;
     std::fs::write(dir.join("ground_truth/cells.csv"), truth_cells)?;
     let pipeline = dir.join("demo.yaml");
-    std::fs::write(&pipeline, PIPELINE)?;
+    // The learning steps hold out the last plate for `evaluate`.
+    std::fs::write(
+        &pipeline,
+        PIPELINE.replace("holdout: [P4]", &format!("holdout: [P{}]", l.plates)),
+    )?;
     Ok(pipeline)
 }
 

@@ -20,6 +20,17 @@ pub struct TrainConfig {
     pub class_balanced: bool,
     /// Stop after this many epochs without a better validation loss.
     pub patience: usize,
+    /// Transfer learning: start the CNN from another plateflow model's weights.
+    pub warm_start: Option<WarmStart>,
+}
+
+/// Weights to start from: every variable of the checkpoint whose name and shape match is
+/// loaded (a head for other classes stays freshly initialised); with `freeze_features`, only
+/// the head trains.
+#[derive(Debug, Clone)]
+pub struct WarmStart {
+    pub weights: std::path::PathBuf,
+    pub freeze_features: bool,
 }
 
 impl Default for TrainConfig {
@@ -33,6 +44,7 @@ impl Default for TrainConfig {
             augment: true,
             class_balanced: true,
             patience: 8,
+            warm_start: None,
         }
     }
 }
@@ -140,25 +152,51 @@ fn class_weights(
 
 /// Variables the optimiser updates: BatchNorm running statistics are state, not parameters
 /// (weight decay on them would shrink the variance towards 0).
-fn trainable(varmap: &VarMap) -> Vec<Var> {
+/// With frozen features, only the head's variables.
+fn trainable(varmap: &VarMap, head_only: bool) -> Vec<Var> {
     let data = varmap.data().lock().expect("varmap lock");
     let mut named: Vec<(&String, &Var)> = data
         .iter()
-        .filter(|(k, _)| !k.contains("running_"))
+        .filter(|(k, _)| !k.contains("running_") && (!head_only || k.starts_with("head.")))
         .collect();
     named.sort_by(|a, b| a.0.cmp(b.0));
     named.into_iter().map(|(_, v)| v.clone()).collect()
 }
 
 fn adamw(varmap: &VarMap, cfg: &TrainConfig) -> candle_core::Result<AdamW> {
+    let head_only = cfg.warm_start.as_ref().is_some_and(|w| w.freeze_features);
     AdamW::new(
-        trainable(varmap),
+        trainable(varmap, head_only),
         ParamsAdamW {
             lr: cfg.lr,
             weight_decay: cfg.weight_decay,
             ..Default::default()
         },
     )
+}
+
+/// Loads the variables of a safetensors checkpoint whose name and shape match; returns how
+/// many did. None matching is an error: the checkpoint is for another architecture.
+pub fn load_matching(varmap: &VarMap, path: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context as _;
+    let saved = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut loaded = 0;
+    for (name, var) in data.iter() {
+        if let Some(t) = saved.get(name) {
+            if t.dims() == var.dims() {
+                var.set(&t.to_dtype(var.dtype())?)?;
+                loaded += 1;
+            }
+        }
+    }
+    anyhow::ensure!(
+        loaded > 0,
+        "{}: none of its layers match this model (is it a plateflow CNN with the same width and depth?)",
+        path.display()
+    );
+    Ok(loaded)
 }
 
 fn snapshot(varmap: &VarMap) -> Vec<(String, Tensor)> {
@@ -213,6 +251,9 @@ pub fn train_cnn(
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     let model = Cnn::new(config, vb)?;
     seed_init(&varmap, cfg.seed)?;
+    if let Some(w) = &cfg.warm_start {
+        load_matching(&varmap, &w.weights)?;
+    }
     let mut opt = adamw(&varmap, cfg)?;
     let weights = class_weights(s.y, train, s.classes, cfg.class_balanced)?;
     let mut rng = Rng::new(cfg.seed.wrapping_add(1));

@@ -192,10 +192,10 @@ impl BlobStore {
         io::copy(&mut src, &mut tmp).map_err(io_err(dest))?;
         tmp.as_file().sync_all().map_err(io_err(dest))?;
         let tmp_path = tmp.into_temp_path();
-        let mut perms = fs::metadata(&tmp_path).map_err(io_err(dest))?.permissions();
-        #[allow(clippy::permissions_set_readonly_false)]
-        perms.set_readonly(false);
-        fs::set_permissions(&tmp_path, perms).map_err(io_err(dest))?;
+        // A result file like any other: owner read-write, others read. (Temporary files
+        // start as 0600, and `set_readonly(false)` would have made them world-writable.)
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp_path, fs::Permissions::from_mode(0o644)).map_err(io_err(dest))?;
         tmp_path.persist(dest).map_err(|e| io_err(dest)(e.error))?;
         Ok(())
     }

@@ -41,7 +41,7 @@ pub async fn execute<F: BlobFetcher>(spec: &TaskSpec, env: &ExecEnv, fetcher: &F
     let outcome = match spec.kind.as_str() {
         "noop" => Ok(CommandOutcome::default()),
         "command" => run_command(spec, env, fetcher).await,
-        "curate" | "segment" | "features" | "crops" | "train" => {
+        "curate" | "segment" | "features" | "crops" | "train" | "evaluate" | "report" => {
             run_builtin(spec, env, fetcher).await
         }
         other => Err(anyhow::anyhow!(

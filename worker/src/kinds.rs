@@ -182,7 +182,32 @@ const TRAIN_PARAMS: &[ParamSpec] = &[
     p("epochs", Int, false, "training epochs (default: 300 full-batch steps for logistic, 20 for cnn)"),
     p("seed", Int, false, "seed for initialisation, shuffling, augmentation and dropout (default 0)"),
     p("normalize", Str, false, "`plate` (default: each feature as a robust z-score within its plate, labels unused) or `none`"),
+    p("holdout", StringList, false, "plates (values of `group_by`) left out of all fitting, for an `evaluate` step"),
+    p("split", Str, false, "`group` (default: folds keep each plate whole) or `random` (cells; leaky, needs `allow_leaky_split: true`)"),
+    p("allow_leaky_split", Bool, false, "accept `split: random`; the report and model card mark the results as leaky"),
+    p("width", Int, false, "cnn: channels of the first conv block, doubled in each next block (default 16)"),
+    p("depth", Int, false, "cnn: conv blocks (default 3)"),
+    p("init", Str, false, "cnn transfer learning: a plateflow model.safetensors listed in `files:` to start from"),
+    p("freeze_features", Bool, false, "with `init`: train only the head, keep the conv blocks as loaded"),
+    p("files", StringList, false, "files beside the pipeline that the step reads (e.g. the `init` checkpoint)"),
+    p("cell_line", Str, false, "for the model card: the cell line imaged"),
+    p("stains", StringList, false, "for the model card: stains or markers, one per channel"),
+    p("intended_use", Str, false, "for the model card: what the model is for"),
 ];
+
+const EVALUATE_PARAMS: &[ParamSpec] = &[
+    p("model", Str, false, "a saved model.safetensors (with model.json beside it) listed in `files:`; default: the model of the `train` step in `after:`"),
+    p("plates", StringList, false, "plates to evaluate (default: every upstream plate the model was not trained on)"),
+    p("label", Str, false, "plate-map column with the true class (default: the model's)"),
+    p("files", StringList, false, "files beside the pipeline that the step reads (a saved model and its model.json)"),
+];
+
+const REPORT_PARAMS: &[ParamSpec] = &[p(
+    "title",
+    Str,
+    false,
+    "the page's title (default: plateflow run report)",
+)];
 
 static KINDS: &[KindInfo] = &[
     KindInfo {
@@ -223,19 +248,32 @@ static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         name: "train",
-        version: 1,
+        version: 2,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
     },
+    KindInfo {
+        name: "evaluate",
+        version: 1,
+        summary: "a saved model on plates it never saw (holdout or new plates): metrics with plate-bootstrap intervals, per-plate scores, calibration, predictions; refuses training plates",
+        params: EVALUATE_PARAMS,
+    },
+    KindInfo {
+        name: "report",
+        version: 1,
+        summary: "one self-contained HTML page from the upstream curate, train and evaluate steps: QC, metrics with intervals, confusion, per-plate scores, learning curves, reliability, coefficients, saliency, montages",
+        params: REPORT_PARAMS,
+    },
 ];
-
-/// Kinds planned for later releases: named here so a pipeline that uses one gets a precise
-/// error instead of "unknown kind".
-pub const PLANNED_KINDS: &[&str] = &["evaluate", "report"];
 
 /// Kinds that read images through the pipeline's channel names.
 pub fn uses_channels(kind: &str) -> bool {
     matches!(kind, "curate" | "segment" | "features" | "crops")
+}
+
+/// Kinds that write model cards or reports, which name their step and the channels.
+pub fn describes_model(kind: &str) -> bool {
+    matches!(kind, "train" | "evaluate" | "report")
 }
 
 pub fn all_kinds() -> &'static [KindInfo] {

@@ -365,9 +365,18 @@ impl Validator<'_> {
                 .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
                 .collect();
             for s in steps.iter_mut() {
-                if kinds::uses_channels(s.kind.name) {
+                if kinds::uses_channels(s.kind.name) || kinds::describes_model(s.kind.name) {
                     s.params
                         .insert("_channels".into(), serde_json::Value::Object(names.clone()));
+                }
+            }
+        }
+        // Models, their cards and reports are named after their step.
+        if let Some(steps) = steps.as_mut() {
+            for s in steps.iter_mut() {
+                if kinds::describes_model(s.kind.name) {
+                    s.params
+                        .insert("_step".into(), serde_json::Value::String(s.name.clone()));
                 }
             }
         }
@@ -646,17 +655,6 @@ impl Validator<'_> {
                 None => None,
                 Some(kname) => match kinds::lookup(&kname) {
                     Some(kind) => Some(kind),
-                    None if kinds::PLANNED_KINDS.contains(&kname.as_str()) => {
-                        self.r.error_hint(
-                            n.mark,
-                            n.width(),
-                            format!(
-                                "step kind `{kname}` is not available in this version of plateflow"
-                            ),
-                            Some("use a `command` step that runs your own script for now".into()),
-                        );
-                        None
-                    }
                     None => {
                         let known = kinds::all_kinds().iter().map(|k| k.name);
                         let guess = closest(&kname, known.clone());

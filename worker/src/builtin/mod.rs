@@ -1,4 +1,5 @@
-//! The built-in steps: `curate`, `segment`, `features`, `crops` and `train`. Each is a thin
+//! The built-in steps: `curate`, `segment`, `features`, `crops`, `train`, `evaluate` and
+//! `report`. Each is a thin
 //! adapter from a task's materialised inputs to the `plateflow-imaging` library and back to
 //! output files; the science lives in that library, testable without the engine.
 //!
@@ -9,10 +10,16 @@
 //!   the `_channels` parameter, so renaming a channel changes the cache key).
 //! - Outputs are the files a step writes under `out/`; their paths there are their names.
 
+pub mod card;
 pub mod crops;
 pub mod curate;
+pub mod evaluate;
 pub mod features;
+pub mod fitting;
+pub mod interpretation;
 pub mod platemap;
+pub mod report;
+pub mod samples;
 pub mod segment;
 pub mod train;
 
@@ -332,6 +339,8 @@ pub fn run(kind: &str, ctx: &mut Context) -> anyhow::Result<()> {
         "features" => features::run(ctx),
         "crops" => crops::run(ctx),
         "train" => train::run(ctx),
+        "evaluate" => evaluate::run(ctx),
+        "report" => report::run(ctx),
         other => anyhow::bail!("`{other}` is not a built-in image step"),
     }
 }

@@ -1,389 +1,201 @@
-//! `train`: leave-plate-out cross-validation and a final model, on the outputs of upstream
+//! `train`: cross-validation that cannot leak, and a final model, on the outputs of upstream
 //! `features` (per-cell table; the logistic baseline) or `crops` (single-cell crops; the CNN)
-//! steps. Folds are grouped by plate (or another metadata field) and checked by the leakage
-//! guard; normalisation is fitted on training plates only. Writes per-fold and overall
-//! metrics (95 % intervals by plate bootstrap), a shuffled-label control, per-cell
-//! predictions, and the final model's safetensors with a JSON sidecar.
+//! steps.
+//!
+//! Folds keep plates (or another metadata field) whole and pass the leakage guard; plates in
+//! `holdout` are left out of everything, for `evaluate`. Within each fold, validation plates
+//! carved from the training plates serve early stopping (CNN) and temperature scaling, so
+//! normalisation, weights and temperature never see the plates scored. Writes per-fold and
+//! overall metrics (95 % intervals by plate bootstrap), a shuffled-label control, per-plate
+//! scores, learning curves, reliability before and after calibration, per-cell predictions,
+//! coefficients (logistic) or saliency figures and montages (CNN), and the final model with its
+//! sidecar and model card.
 
-use super::{num, Context, Table};
+use super::fitting::{self, Fitted, Settings};
+use super::samples::{self, Data};
+use super::{card, interpretation, num, Context, Table};
 use anyhow::Context as _;
 use plateflow_learn::metrics::{
-    argmax, bootstrap_by_group, brier, expected_calibration_error, Confusion,
+    apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error,
+    fit_temperature, nll, reliability_bins, Confusion,
 };
-use plateflow_learn::model::CnnConfig;
 use plateflow_learn::rng::Rng;
-use plateflow_learn::split::{check_no_leak, group_kfold, Origin};
-use plateflow_learn::train::{
-    predict_cnn, predict_logistic, train_cnn, train_logistic, Samples, Standardizer, TrainConfig,
-};
+use plateflow_learn::split::{check_no_leak, group_kfold, Fold};
+use plateflow_learn::train::{History, WarmStart};
+use std::collections::BTreeSet;
 
-/// Samples gathered from upstream tables: one row per cell.
-#[derive(Default)]
-struct Data {
-    x: Vec<f32>,
-    shape: Vec<usize>,
-    labels: Vec<usize>,
-    classes: Vec<String>,
-    groups: Vec<String>,
-    origins: Vec<Origin>,
-    ids: Vec<String>,
-    feature_names: Vec<String>,
-}
-
-impl Data {
-    /// A cell's group, origin (for the leakage guard) and id, from its table row. `gc`: the
-    /// group column; `wc`, `sc`, `oc`: well, image set and object number, when present.
-    fn push_origin(
-        &mut self,
-        rec: &csv::StringRecord,
-        gc: usize,
-        wc: Option<usize>,
-        sc: Option<usize>,
-        oc: Option<usize>,
-    ) {
-        let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("").to_string();
-        let set = get(sc);
-        self.groups.push(get(Some(gc)));
-        self.origins.push(Origin {
-            plate: get(Some(gc)),
-            well: get(wc),
-            image_digest: set.clone(),
-        });
-        self.ids.push(format!("{set}#{}", get(oc)));
+/// Splits `train` (cell indices) into cells to fit on and validation cells from other
+/// groups, for early stopping and temperature scaling. With a single group there is nothing
+/// to validate on but the training cells themselves (`None`).
+fn carve_validation(
+    groups: &[String],
+    train: &[usize],
+) -> anyhow::Result<Option<(Vec<usize>, Vec<usize>)>> {
+    let train_groups: Vec<String> = train.iter().map(|&i| groups[i].clone()).collect();
+    let distinct: BTreeSet<&String> = train_groups.iter().collect();
+    if distinct.len() < 2 {
+        return Ok(None);
     }
+    let inner = &group_kfold(&train_groups, distinct.len().min(4))?[0];
+    Ok(Some((
+        inner.train.iter().map(|&j| train[j]).collect(),
+        inner.test.iter().map(|&j| train[j]).collect(),
+    )))
 }
 
-fn label_index(classes: &mut Vec<String>, value: &str) -> usize {
-    match classes.iter().position(|c| c == value) {
-        Some(i) => i,
-        None => {
-            classes.push(value.to_string());
-            classes.len() - 1
-        }
-    }
+/// What one fit-and-calibrate produced on its test cells.
+struct Scored {
+    raw: Vec<Vec<f64>>,
+    temperature: f64,
+    history: Option<History>,
 }
 
-/// Per-cell features from `cells.csv` files: numeric columns other than metadata.
-fn from_features(ctx: &Context, label: &str, group_by: &str) -> anyhow::Result<Data> {
-    let files = ctx.upstream_files(|n| n == "cells.csv");
-    anyhow::ensure!(!files.is_empty(), "`train` with `model: logistic` reads `cells.csv` from a `features` step: put it in `after:`");
-    let mut d = Data::default();
-    for (_, path) in files {
-        let mut rdr =
-            csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
-        let h: Vec<String> = rdr.headers()?.iter().map(str::to_string).collect();
-        let col = |name: &str| h.iter().position(|c| c.eq_ignore_ascii_case(name));
-        let lc = col(&format!("Metadata_{label}")).with_context(|| {
-            format!(
-                "{}: no column Metadata_{label}; name the plate-map column with `label:`",
-                path.display()
-            )
-        })?;
-        let gc = col(&format!("Metadata_{group_by}")).with_context(|| {
-            format!(
-                "{}: no column Metadata_{group_by} to group folds by",
-                path.display()
-            )
-        })?;
-        let wc = col("Metadata_Well");
-        let sc = col("ImageSet");
-        let oc = col("ObjectNumber");
-        let feats: Vec<usize> = (0..h.len())
-            .filter(|&i| {
-                !h[i].starts_with("Metadata_")
-                    && !matches!(h[i].as_str(), "ImageSet" | "ObjectNumber" | "TouchesBorder")
-            })
-            .collect();
-        let names: Vec<String> = feats.iter().map(|&i| h[i].clone()).collect();
-        if d.feature_names.is_empty() {
-            d.feature_names = names;
-        } else {
-            anyhow::ensure!(
-                d.feature_names == names,
-                "{}: its feature columns differ from the other plates'",
-                path.display()
-            );
-        }
-        for rec in rdr.records() {
-            let rec = rec?;
-            let lab = rec.get(lc).unwrap_or("");
-            if lab.is_empty() {
-                continue;
-            }
-            d.labels.push(label_index(&mut d.classes, lab));
-            d.x.extend(feats.iter().map(|&i| {
-                rec.get(i)
-                    .and_then(|v| v.parse::<f32>().ok())
-                    .filter(|v| v.is_finite())
-                    .unwrap_or(0.0)
-            }));
-            d.push_origin(&rec, gc, wc, sc, oc);
-        }
-    }
-    d.shape = vec![d.feature_names.len()];
-    Ok(d)
-}
-
-/// Crops from `crops.safetensors` + `crops.csv` pairs.
-fn from_crops(ctx: &Context, group_by: &str) -> anyhow::Result<Data> {
-    // Each crops task's tensor file and index table, paired by the task that wrote them.
-    let by_task = |name: &str| -> std::collections::BTreeMap<&str, std::path::PathBuf> {
-        ctx.upstream
-            .iter()
-            .filter(|(_, n, _)| n == name)
-            .map(|(task, _, rel)| (task.as_str(), ctx.work.join(rel)))
-            .collect()
-    };
-    let (tensor_files, index_files) = (by_task("crops.safetensors"), by_task("crops.csv"));
-    let mut tensors = Vec::new();
-    let mut indexes = Vec::new();
-    for (task, t) in &tensor_files {
-        let i = index_files
-            .get(task)
-            .with_context(|| format!("{task} wrote crops.safetensors but no crops.csv"))?;
-        tensors.push(t.clone());
-        indexes.push(i.clone());
-    }
-    anyhow::ensure!(
-        !tensors.is_empty(),
-        "`train` with `model: cnn` reads crops from a `crops` step: put it in `after:`"
-    );
-    let mut d = Data::default();
-    for (tpath, ipath) in tensors.iter().zip(&indexes) {
-        let t = candle_core::safetensors::load(tpath, &candle_core::Device::Cpu)
-            .with_context(|| format!("reading {}", tpath.display()))?;
-        let crops = t
-            .get("crops")
-            .with_context(|| format!("{}: no tensor `crops`", tpath.display()))?;
-        let dims = crops.dims().to_vec();
-        let scale = if crops.dtype() == candle_core::DType::U8 {
-            255.0
-        } else {
-            65535.0
-        };
-        let values: Vec<f32> = crops
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        if d.shape.is_empty() {
-            d.shape = dims[1..].to_vec();
-        }
-        anyhow::ensure!(
-            d.shape == dims[1..],
-            "{}: crops of another shape than the other plates'",
-            tpath.display()
-        );
-        let per: usize = d.shape.iter().product();
-        let mut rdr = csv::Reader::from_path(ipath)?;
-        let h: Vec<String> = rdr.headers()?.iter().map(str::to_string).collect();
-        let col = |name: &str| h.iter().position(|c| c.eq_ignore_ascii_case(name));
-        let lc = col("label").context("crops.csv without a label column")?;
-        let gc = col(&format!("Metadata_{group_by}"))
-            .with_context(|| format!("{}: no column Metadata_{group_by}", ipath.display()))?;
-        let (wc, sc, oc) = (col("Metadata_Well"), col("ImageSet"), col("ObjectNumber"));
-        for (row, rec) in rdr.records().enumerate() {
-            let rec = rec?;
-            let lab = rec.get(lc).unwrap_or("");
-            if lab.is_empty() {
-                continue;
-            }
-            d.labels.push(label_index(&mut d.classes, lab));
-            d.x.extend(values[row * per..(row + 1) * per].iter().map(|v| v / scale));
-            d.push_origin(&rec, gc, wc, sc, oc);
-        }
-    }
-    Ok(d)
-}
-
-/// A model fitted on some cells, able to predict others.
-enum Fitted {
-    Logistic {
-        model: plateflow_learn::model::Logistic,
-        varmap: candle_nn::VarMap,
-        standardizer: Standardizer,
-        /// The features standardised with the training cells' statistics.
-        z: Vec<f32>,
-    },
-    Cnn {
-        model: plateflow_learn::model::Cnn,
-        varmap: candle_nn::VarMap,
-    },
-}
-
-/// Fits the chosen model on `fit` (the CNN early-stops on `val`); the settings of both the
-/// cross-validation folds and the final model come from here.
-fn fit_model(
+/// Fits on `train` and scores `test`: the validation plates carved from `train` early-stop
+/// the CNN and fit the temperature. The logistic model is then refitted on all of `train`
+/// (it needs no early stopping); the temperature from its validation fit is kept.
+fn fit_and_score(
     d: &Data,
-    model: &str,
     y: &[usize],
-    fit: &[usize],
-    val: &[usize],
-    epochs: Option<usize>,
-    seed: u64,
-) -> anyhow::Result<Fitted> {
-    let classes = d.classes.len();
-    if model == "logistic" {
-        let standardizer = Standardizer::fit(&d.x, d.shape[0], fit);
-        let z = standardizer.apply(&d.x);
-        let s = Samples {
-            x: &z,
-            shape: d.shape.clone(),
-            y,
-            classes,
-        };
-        let cfg = TrainConfig {
-            epochs: epochs.unwrap_or(300),
-            lr: 0.05,
-            weight_decay: 1e-3,
-            seed,
-            ..TrainConfig::default()
-        };
-        let (model, varmap) = train_logistic(&s, fit, &cfg)?;
-        return Ok(Fitted::Logistic {
-            model,
-            varmap,
-            standardizer,
-            z,
-        });
-    }
-    let s = Samples {
-        x: &d.x,
-        shape: d.shape.clone(),
-        y,
-        classes,
+    s: &Settings,
+    train: &[usize],
+    test: &[usize],
+) -> anyhow::Result<Scored> {
+    let (fit_on, val) =
+        carve_validation(&d.groups, train)?.unwrap_or_else(|| (train.to_vec(), train.to_vec()));
+    let (model, history) = fitting::fit(d, y, s, &fit_on, &val)?;
+    let val_truth: Vec<usize> = val.iter().map(|&i| y[i]).collect();
+    let temperature = fit_temperature(&val_truth, &model.predict(d, &val)?);
+    let raw = if s.model == "logistic" && fit_on.len() < train.len() {
+        fitting::fit(d, y, s, train, train)?.0.predict(d, test)?
+    } else {
+        model.predict(d, test)?
     };
-    let cfg = TrainConfig {
-        epochs: epochs.unwrap_or(20),
-        seed,
-        ..TrainConfig::default()
-    };
-    let config = CnnConfig {
-        in_channels: d.shape[0],
-        classes,
-        width: 16,
-        depth: 3,
-        dropout: 0.3,
-    };
-    let (model, varmap, _) = train_cnn(config, &s, fit, val, &cfg)?;
-    Ok(Fitted::Cnn { model, varmap })
+    Ok(Scored {
+        raw,
+        temperature,
+        history,
+    })
 }
 
-impl Fitted {
-    fn predict(&self, d: &Data, y: &[usize], idx: &[usize]) -> anyhow::Result<Vec<Vec<f64>>> {
-        let classes = d.classes.len();
-        match self {
-            Fitted::Logistic { model, z, .. } => {
-                let s = Samples {
-                    x: z,
-                    shape: d.shape.clone(),
-                    y,
-                    classes,
-                };
-                predict_logistic(model, &s, idx)
+/// Random folds of cells, for `split: random` (leaky; opt-in only).
+fn random_folds(n: usize, k: usize, seed: u64) -> Vec<Fold> {
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::new(seed ^ 0x1EA4).shuffle(&mut order);
+    (0..k)
+        .map(|f| {
+            let test: Vec<usize> = order.iter().copied().skip(f).step_by(k).collect();
+            let in_test: BTreeSet<usize> = test.iter().copied().collect();
+            Fold {
+                train: (0..n).filter(|i| !in_test.contains(i)).collect(),
+                test,
+                held_out: vec![format!("random fold {f}")],
             }
-            Fitted::Cnn { model, .. } => {
-                let s = Samples {
-                    x: &d.x,
-                    shape: d.shape.clone(),
-                    y,
-                    classes,
-                };
-                predict_cnn(model, &s, idx)
-            }
-        }
-    }
-
-    /// The weights, and the sidecar's normalisation and architecture entries.
-    fn describe(self, d: &Data) -> (candle_nn::VarMap, serde_json::Value, serde_json::Value) {
-        match self {
-            Fitted::Logistic {
-                varmap,
-                standardizer,
-                ..
-            } => (
-                varmap,
-                serde_json::json!({"standardise": {"features": d.feature_names, "mean": standardizer.mean, "std": standardizer.std}}),
-                serde_json::json!({"kind": "multinomial logistic regression", "features": d.shape[0]}),
-            ),
-            Fitted::Cnn { model, varmap } => {
-                let c = &model.config;
-                (
-                    varmap,
-                    serde_json::json!({"pixels": "divided by the bit depth's maximum (255 or 65535)"}),
-                    serde_json::json!({"kind": "cnn", "input": d.shape, "width": c.width, "depth": c.depth, "dropout": c.dropout}),
-                )
-            }
-        }
-    }
+        })
+        .collect()
 }
 
-/// Each feature as a robust z-score within its plate: (x − median) / (1.4826 · MAD) over the
-/// plate's own cells. Labels play no part, so a held-out plate is normalised by itself alone,
-/// and plate-wide shifts (illumination, stain intensity) stop looking like phenotypes.
-fn per_group_robust_z(d: &mut Data) {
-    let dim = d.shape[0];
-    let mut members: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
-    for (i, g) in d.groups.iter().enumerate() {
-        members.entry(g.as_str()).or_default().push(i);
-    }
-    let median = |v: &mut Vec<f32>| {
-        v.sort_by(f32::total_cmp);
-        if v.is_empty() {
-            0.0
-        } else {
-            v[v.len() / 2]
-        }
+/// The feature family and channel of a CellProfiler-style column name, for grouping the
+/// logistic coefficients: `Nuclei_Intensity_MeanIntensity_DNA` → (Nuclei Intensity, DNA).
+fn family_and_channel(name: &str) -> (String, String) {
+    // Compartment_Family_Feature[_Channel[_scale…]]: the channel follows the feature.
+    let parts: Vec<&str> = name.split('_').collect();
+    let family = parts.iter().take(2).copied().collect::<Vec<_>>().join(" ");
+    let channel = match parts.get(1) {
+        Some(&"Intensity") | Some(&"Texture") => parts.get(3).copied().unwrap_or(""),
+        _ => "",
     };
-    for rows in members.values() {
-        for f in 0..dim {
-            let mut v: Vec<f32> = rows.iter().map(|&i| d.x[i * dim + f]).collect();
-            let m = median(&mut v);
-            let mut dev: Vec<f32> = v.iter().map(|x| (x - m).abs()).collect();
-            let mad = median(&mut dev) * 1.4826;
-            let scale = if mad > 1e-9 { mad } else { 1.0 };
-            for &i in rows {
-                let x = &mut d.x[i * dim + f];
-                *x = (*x - m) / scale;
-            }
-        }
-    }
+    (family, channel.to_string())
 }
 
 pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
-    let model = ctx.str_param("model").unwrap_or("logistic").to_string();
+    let model_kind = ctx.str_param("model").unwrap_or("logistic").to_string();
     let label = ctx.str_param("label").unwrap_or("phenotype").to_string();
     let group_by = ctx.str_param("group_by").unwrap_or("plate").to_string();
     let seed = ctx.f64_param("seed").unwrap_or(0.0) as u64;
-    let d = match model.as_str() {
-        "logistic" => from_features(ctx, &label, &group_by)?,
-        "cnn" => from_crops(ctx, &group_by)?,
+    let split = ctx.str_param("split").unwrap_or("group").to_string();
+    let leaky = match split.as_str() {
+        "group" => false,
+        "random" if ctx.bool_param("allow_leaky_split") == Some(true) => true,
+        "random" => anyhow::bail!("`split: random` puts cells of one plate on both sides of every fold (leaky): add `allow_leaky_split: true` to accept that, or use `split: group`"),
+        other => anyhow::bail!("`split: {other}` is not known: use `group` (default) or `random`"),
+    };
+    let holdout: Vec<String> = ctx.list_param("holdout").unwrap_or_default();
+    let warm_start = match ctx.str_param("init") {
+        Some(rel) => {
+            let path = ctx.work.join(rel);
+            anyhow::ensure!(
+                path.is_file(),
+                "`init: {rel}`: no such file among the step's `files:` (list the checkpoint there)"
+            );
+            Some(WarmStart {
+                weights: path,
+                freeze_features: ctx.bool_param("freeze_features").unwrap_or(false),
+            })
+        }
+        None => None,
+    };
+    anyhow::ensure!(
+        warm_start.is_none() || model_kind == "cnn",
+        "`init:` (transfer learning) applies to `model: cnn` only"
+    );
+    let settings = Settings {
+        model: model_kind.clone(),
+        epochs: ctx.f64_param("epochs").map(|e| e as usize),
+        seed,
+        width: ctx.f64_param("width").unwrap_or(16.0) as usize,
+        depth: ctx.f64_param("depth").unwrap_or(3.0) as usize,
+        warm_start: warm_start.clone(),
+    };
+    let mut d = match model_kind.as_str() {
+        "logistic" => samples::from_features(ctx, &label, &group_by, None, false)?,
+        "cnn" => samples::from_crops(ctx, &group_by, None, false)?,
         other => anyhow::bail!("`model: {other}` is not known: use `logistic` or `cnn`"),
     };
-    let mut d = d;
+    let all_groups: BTreeSet<String> = d.groups.iter().cloned().collect();
+    for h in &holdout {
+        anyhow::ensure!(
+            all_groups.contains(h),
+            "`holdout: {h}`: no labelled cells of {group_by} {h} (have: {})",
+            all_groups.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
+    let held: BTreeSet<&String> = holdout.iter().collect();
+    let groups_before = d.groups.clone();
+    d.retain(|i| !held.contains(&groups_before[i]));
     let normalize = ctx.str_param("normalize").unwrap_or("plate").to_string();
-    match (normalize.as_str(), model.as_str()) {
-        ("plate", "logistic") => per_group_robust_z(&mut d),
+    match (normalize.as_str(), model_kind.as_str()) {
+        ("plate", "logistic") => samples::per_group_robust_z(&mut d),
         ("none", _) | (_, "cnn") => {}
         (other, _) => anyhow::bail!("`normalize: {other}` is not known: use `plate` or `none`"),
     }
-    let n = d.labels.len();
+    let labels: Vec<usize> = d.labels.iter().map(|l| l.expect("labelled")).collect();
+    let n = labels.len();
     let nc = d.classes.len();
     anyhow::ensure!(
         nc >= 2,
         "only one class ({}) among the labelled cells: nothing to learn",
         d.classes.join(", ")
     );
-    let plates: std::collections::BTreeSet<&str> = d.groups.iter().map(String::as_str).collect();
-    let k = (ctx.f64_param("folds").unwrap_or(5.0) as usize).min(plates.len());
-    let folds = group_kfold(&d.groups, k)?;
-    let epochs = ctx.f64_param("epochs").map(|e| e as usize);
-    let mut shuffled = d.labels.clone();
+    let plates: BTreeSet<&str> = d.groups.iter().map(String::as_str).collect();
+    let k = ctx.f64_param("folds").unwrap_or(5.0) as usize;
+    let folds = if leaky {
+        random_folds(n, k.max(2), seed)
+    } else {
+        anyhow::ensure!(
+            plates.len() >= 2,
+            "cross-validation by {group_by} needs at least 2 {group_by}s with labelled cells outside `holdout`; found {}",
+            plates.len()
+        );
+        group_kfold(&d.groups, k.min(plates.len()))?
+    };
+    let protocol = if leaky {
+        format!("random split of cells, {} folds (LEAKY)", folds.len())
+    } else {
+        format!("leave-{group_by}-out, {} folds", folds.len())
+    };
+    let mut shuffled = labels.clone();
     Rng::new(seed ^ 0xABCD).shuffle(&mut shuffled);
 
-    // One model fitted on `fit`, early-stopped on `val` (CNN); probabilities on `test`.
-    let fit_predict = |y: &[usize], fit: &[usize], val: &[usize], test: &[usize]| {
-        fit_model(&d, &model, y, fit, val, epochs, seed).and_then(|f| f.predict(&d, y, test))
-    };
     let mut cv = Table::new(&[
         "fold",
         "held_out",
@@ -392,32 +204,35 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         "macro_f1",
         "accuracy",
         "balanced_accuracy",
-        "ece",
+        "temperature",
+        "ece_before",
+        "ece_after",
         "brier",
         "shuffled_label_weighted_f1",
     ]);
-    let mut probs: Vec<Option<Vec<f64>>> = vec![None; n];
+    let mut curves = Table::new(&[
+        "fold",
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_weighted_f1",
+        "kept",
+    ]);
+    let mut raw_all: Vec<Option<Vec<f64>>> = vec![None; n];
+    let mut cal_all: Vec<Option<Vec<f64>>> = vec![None; n];
     let mut shuf_pred = vec![0usize; n];
+    let mut temperatures = Vec::new();
     for (fi, f) in folds.iter().enumerate() {
-        check_no_leak(&d.origins, &f.train, &f.test).with_context(|| format!("fold {fi}"))?;
-        // Validation plates for early stopping are carved out of the training plates.
-        let train_groups: Vec<String> = f.train.iter().map(|&i| d.groups[i].clone()).collect();
-        let distinct: std::collections::BTreeSet<&String> = train_groups.iter().collect();
-        let (fit, val) = if distinct.len() >= 2 && model == "cnn" {
-            let inner = &group_kfold(&train_groups, distinct.len().min(4))?[0];
-            (
-                inner.train.iter().map(|&j| f.train[j]).collect(),
-                inner.test.iter().map(|&j| f.train[j]).collect(),
-            )
-        } else {
-            (f.train.clone(), f.train.clone())
-        };
-        let p = fit_predict(&d.labels, &fit, &val, &f.test)?;
-        let ps = fit_predict(&shuffled, &fit, &val, &f.test)?;
-        let truth: Vec<usize> = f.test.iter().map(|&i| d.labels[i]).collect();
-        let c = Confusion::new(nc, &truth, &argmax(&p));
+        if !leaky {
+            check_no_leak(&d.origins, &f.train, &f.test).with_context(|| format!("fold {fi}"))?;
+        }
+        let scored = fit_and_score(&d, &labels, &settings, &f.train, &f.test)?;
+        let control = fit_and_score(&d, &shuffled, &settings, &f.train, &f.test)?;
+        let cal = apply_temperature(&scored.raw, scored.temperature);
+        let truth: Vec<usize> = f.test.iter().map(|&i| labels[i]).collect();
+        let c = Confusion::new(nc, &truth, &argmax(&cal));
         let st: Vec<usize> = f.test.iter().map(|&i| shuffled[i]).collect();
-        let sp = argmax(&ps);
+        let sp = argmax(&control.raw);
         let cs = Confusion::new(nc, &st, &sp);
         cv.push_row([
             fi.to_string(),
@@ -427,33 +242,57 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             num(c.macro_f1()),
             num(c.accuracy()),
             num(c.balanced_accuracy()),
-            num(expected_calibration_error(&truth, &p, 15)),
-            num(brier(&truth, &p)),
+            num(scored.temperature),
+            num(expected_calibration_error(&truth, &scored.raw, 15)),
+            num(expected_calibration_error(&truth, &cal, 15)),
+            num(brier(&truth, &cal)),
             num(cs.weighted_f1()),
         ]);
+        if let Some(h) = &scored.history {
+            for e in 0..h.train_loss.len() {
+                curves.push_row([
+                    fi.to_string(),
+                    e.to_string(),
+                    num(h.train_loss[e]),
+                    num(h.val_loss[e]),
+                    num(h.val_weighted_f1[e]),
+                    ((e == h.best_epoch) as u8).to_string(),
+                ]);
+            }
+        }
         ctx.logln(format!(
-            "fold {fi} (held out {}): weighted F1 {:.3}, shuffled-label control {:.3}",
+            "fold {fi} (held out {}): weighted F1 {:.3}, T {:.2}, shuffled-label control {:.3}",
             f.held_out.join(" "),
             c.weighted_f1(),
+            scored.temperature,
             cs.weighted_f1()
         ));
+        temperatures.push(scored.temperature);
         for (j, &i) in f.test.iter().enumerate() {
-            probs[i] = Some(p[j].clone());
+            raw_all[i] = Some(scored.raw[j].clone());
+            cal_all[i] = Some(cal[j].clone());
             shuf_pred[i] = sp[j];
         }
     }
     ctx.write_output("cv.csv", &cv.into_bytes())?;
+    if model_kind == "cnn" {
+        ctx.write_output("curves.csv", &curves.into_bytes())?;
+    }
 
     // Overall, over every cell's out-of-fold prediction, with intervals by plate.
-    let all: Vec<Vec<f64>> = probs
+    let raw: Vec<Vec<f64>> = raw_all
         .into_iter()
         .map(|p| p.expect("every cell is tested once"))
         .collect();
-    let pred = argmax(&all);
-    let overall = Confusion::new(nc, &d.labels, &pred);
+    let cal: Vec<Vec<f64>> = cal_all
+        .into_iter()
+        .map(|p| p.expect("every cell is tested once"))
+        .collect();
+    let pred = argmax(&cal);
+    let overall = Confusion::new(nc, &labels, &pred);
     let ci = |f: &dyn Fn(&Confusion) -> f64| {
         bootstrap_by_group(&d.groups, 1000, seed, |idx| {
-            let t: Vec<usize> = idx.iter().map(|&i| d.labels[i]).collect();
+            let t: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
             let p: Vec<usize> = idx.iter().map(|&i| pred[i]).collect();
             f(&Confusion::new(nc, &t, &p))
         })
@@ -464,20 +303,66 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     let per_class: Vec<serde_json::Value> = (0..nc)
         .map(|k| serde_json::json!({"class": d.classes[k], "precision": overall.precision(k), "recall": overall.recall(k), "f1": overall.f1(k)}))
         .collect();
+    let mut per_group = Table::new(&[group_by.as_str(), "cells", "weighted_f1", "accuracy"]);
+    let mut per_group_json = Vec::new();
+    for g in &plates {
+        let idx: Vec<usize> = (0..n).filter(|&i| d.groups[i] == *g).collect();
+        let t: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
+        let p: Vec<usize> = idx.iter().map(|&i| pred[i]).collect();
+        let c = Confusion::new(nc, &t, &p);
+        per_group.push_row([
+            g.to_string(),
+            idx.len().to_string(),
+            num(c.weighted_f1()),
+            num(c.accuracy()),
+        ]);
+        per_group_json.push(serde_json::json!({"group": g, "cells": idx.len(), "weighted_f1": c.weighted_f1(), "accuracy": c.accuracy()}));
+    }
+    ctx.write_output("per_group.csv", &per_group.into_bytes())?;
+    // The saved model's temperature: fitted on all out-of-fold predictions (each made by a
+    // model that never saw that cell's plate).
+    let temperature = fit_temperature(&labels, &raw);
+    let calibration = serde_json::json!({
+        "method": "temperature scaling, fitted per fold on validation plates carved from the training plates",
+        "temperature": temperature,
+        "fold_temperatures": temperatures,
+        "ece_before": expected_calibration_error(&labels, &raw, 15),
+        "ece_after": expected_calibration_error(&labels, &cal, 15),
+        "brier_before": brier(&labels, &raw),
+        "brier_after": brier(&labels, &cal),
+        "nll_before": nll(&labels, &raw),
+        "nll_after": nll(&labels, &cal),
+    });
+    let mut rel = Table::new(&["series", "lo", "hi", "confidence", "accuracy", "count"]);
+    for (series, p) in [("before", &raw), ("after", &cal)] {
+        for b in reliability_bins(&labels, p, 15) {
+            rel.push_row([
+                series.to_string(),
+                num(b.lo),
+                num(b.hi),
+                num(b.confidence),
+                num(b.accuracy),
+                b.count.to_string(),
+            ]);
+        }
+    }
+    ctx.write_output("reliability.csv", &rel.into_bytes())?;
     let metrics = serde_json::json!({
-        "model": model,
-        "split": {"protocol": format!("leave-{group_by}-out"), "folds": k, "groups": plates.iter().collect::<Vec<_>>()},
-        "normalisation": if model == "logistic" { normalize.clone() } else { "none".into() },
+        "model": model_kind,
+        "split": {"protocol": protocol, "leaky": leaky, "folds": folds.len(), "groups": plates.iter().collect::<Vec<_>>(), "holdout": holdout},
+        "normalisation": if model_kind == "logistic" { normalize.clone() } else { "none".into() },
         "cells": n,
         "classes": d.classes,
         "weighted_f1": {"value": overall.weighted_f1(), "ci95_by_plate": [wlo, whi]},
         "macro_f1": {"value": overall.macro_f1(), "ci95_by_plate": [mlo, mhi]},
         "accuracy": overall.accuracy(),
         "balanced_accuracy": overall.balanced_accuracy(),
-        "ece_15_bins": expected_calibration_error(&d.labels, &all, 15),
-        "brier": brier(&d.labels, &all),
+        "ece_15_bins": expected_calibration_error(&labels, &cal, 15),
+        "brier": brier(&labels, &cal),
+        "calibration": calibration,
         "shuffled_label_weighted_f1": shuffled_f1,
         "per_class": per_class,
+        "per_group": per_group_json,
         "confusion": overall.matrix,
     });
     ctx.write_output(
@@ -498,36 +383,61 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             d.ids[i].clone(),
             d.groups[i].clone(),
             d.origins[i].well.clone(),
-            d.classes[d.labels[i]].clone(),
+            d.classes[labels[i]].clone(),
             d.classes[pred[i]].clone(),
         ];
-        row.extend(all[i].iter().map(|&p| num(p)));
+        row.extend(cal[i].iter().map(|&p| num(p)));
         preds.push_row(row);
     }
     ctx.write_output("predictions.csv", &preds.into_bytes())?;
     ctx.logln(format!(
-        "{model}, {n} cells, {nc} classes, {k} folds by {group_by}: weighted F1 {:.3} [{wlo:.3}, {whi:.3}], macro F1 {:.3}, shuffled-label control {shuffled_f1:.3}",
+        "{model_kind}, {n} cells, {nc} classes, {protocol}: weighted F1 {:.3} [{wlo:.3}, {whi:.3}], macro F1 {:.3}, shuffled-label control {shuffled_f1:.3}; ECE {:.3} -> {:.3} after temperature scaling",
         overall.weighted_f1(),
-        overall.macro_f1()
+        overall.macro_f1(),
+        calibration["ece_before"].as_f64().unwrap_or(f64::NAN),
+        calibration["ece_after"].as_f64().unwrap_or(f64::NAN),
     ));
-    // The final model, fitted on every plate, with its sidecar.
+
+    // The final model, fitted on every plate outside `holdout` (the CNN early-stops on
+    // validation plates carved from them).
     let everything: Vec<usize> = (0..n).collect();
-    let fitted = fit_model(
-        &d,
-        &model,
-        &d.labels,
-        &everything,
-        &everything,
-        epochs,
-        seed,
-    )?;
-    let (varmap, normalisation, architecture) = fitted.describe(&d);
-    varmap.save(ctx.out.join("model.safetensors"))?;
+    let (fit_on, val) = carve_validation(&d.groups, &everything)?
+        .filter(|_| model_kind == "cnn")
+        .unwrap_or_else(|| (everything.clone(), everything.clone()));
+    let (fitted, _) = fitting::fit(&d, &labels, &settings, &fit_on, &val)?;
+    let (normalisation, architecture) = fitted.save(&d, &ctx.out.join("model.safetensors"))?;
+    if let Some(w) = fitted.coefficients()? {
+        write_coefficients(ctx, &d, &w)?;
+    }
+    if let Fitted::Cnn { model, .. } = &fitted {
+        let interp = interpretation::write_figures(ctx, model, &d, &labels, &cal, seed)?;
+        ctx.logln(format!(
+            "saliency sanity check: trained vs randomised weights, mean Spearman {:.2} ({})",
+            interp["sanity_check"]["mean_spearman"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            if interp["sanity_check"]["passed"] == true {
+                "maps depend on the model"
+            } else {
+                "WARNING: maps barely depend on the weights"
+            }
+        ));
+        ctx.write_output(
+            "interpretation.json",
+            serde_json::to_string_pretty(&interp)?.as_bytes(),
+        )?;
+    }
+    let training_groups: Vec<String> = plates.iter().map(|s| s.to_string()).collect();
     let sidecar = serde_json::json!({
         "classes": d.classes,
+        "label": label,
+        "group_by": group_by,
         "normalisation": normalisation,
+        "plate_normalisation": if model_kind == "logistic" { normalize.clone() } else { "none".into() },
         "architecture": architecture,
-        "training": {"groups": plates.iter().collect::<Vec<_>>(), "cells": n, "seed": seed, "label": label},
+        "temperature": temperature,
+        "training": {"groups": training_groups, "holdout": holdout, "cells": n, "seed": seed, "label": label,
+                     "files": d.used_digests().iter().map(|(f, h)| serde_json::json!({"file": f, "sha256": h})).collect::<Vec<_>>()},
         "cross_validation": metrics,
         "software": {"plateflow": env!("CARGO_PKG_VERSION"), "candle": "0.11.1"},
     });
@@ -535,5 +445,78 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         "model.json",
         serde_json::to_string_pretty(&sidecar)?.as_bytes(),
     )?;
+    let exclusions = ctx.exclusions().map(|e| e.len()).unwrap_or(0);
+    card::write(
+        ctx,
+        &card::CardInput {
+            name: ctx.str_param("_step").unwrap_or("model"),
+            model: &model_kind,
+            architecture: &architecture,
+            classes: &d.classes,
+            label: &label,
+            group_by: &group_by,
+            split: &protocol,
+            leaky,
+            training_groups,
+            holdout: &holdout,
+            cells: n,
+            digests: &d.used_digests(),
+            metrics: &metrics,
+            calibration: &metrics["calibration"],
+            exclusions,
+            cell_line: ctx.str_param("cell_line"),
+            stains: ctx.list_param("stains").unwrap_or_default(),
+            intended_use: ctx.str_param("intended_use"),
+            warm_start: warm_start.map(|w| {
+                format!(
+                    "{} ({})",
+                    w.weights
+                        .strip_prefix(ctx.work)
+                        .unwrap_or(&w.weights)
+                        .display(),
+                    if w.freeze_features {
+                        "conv blocks frozen"
+                    } else {
+                        "all layers trained"
+                    }
+                )
+            }),
+            seed,
+        },
+    )?;
     Ok(())
+}
+
+/// `coefficients.csv`: each feature's weight per class (standardised units) and its
+/// importance (the weights' L2 norm over classes), ranked, with family and channel.
+fn write_coefficients(ctx: &Context, d: &Data, w: &[Vec<f32>]) -> anyhow::Result<()> {
+    let mut header = vec![
+        "feature".to_string(),
+        "family".into(),
+        "channel".into(),
+        "importance".into(),
+    ];
+    header.extend(d.classes.iter().map(|c| format!("w_{c}")));
+    let mut rows: Vec<(f64, Vec<String>)> = d
+        .feature_names
+        .iter()
+        .enumerate()
+        .map(|(f, name)| {
+            let imp = w
+                .iter()
+                .map(|row| (row[f] as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            let (family, channel) = family_and_channel(name);
+            let mut r = vec![name.clone(), family, channel, num(imp)];
+            r.extend(w.iter().map(|row| num(row[f] as f64)));
+            (imp, r)
+        })
+        .collect();
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut t = Table::new(&header);
+    for (_, r) in rows {
+        t.push_row(r);
+    }
+    ctx.write_output("coefficients.csv", &t.into_bytes())
 }

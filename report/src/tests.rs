@@ -1,0 +1,347 @@
+use crate::page::{fmt_ci, fmt_value};
+use crate::*;
+
+const HOSTILE: &str = "<script>alert(1)</script>";
+const ATTR_BREAK: &str = "x\" onerror=\"alert(1)";
+
+/// A heat map as `plateflow_imaging::heatmap` writes it: with the SVG namespace declared.
+fn heatmap(title: &str) -> SvgFigure {
+    SvgFigure {
+        title: title.into(),
+        svg: r##"<svg xmlns="http://www.w3.org/2000/svg" width="120" height="60" viewBox="0 0 120 60"><title>map</title><rect x="0" y="0" width="60" height="60" fill="#440154"/><rect x="60" y="0" width="60" height="60" fill="#fde725"/></svg>"##.into(),
+    }
+}
+
+fn sample() -> Report {
+    let classes: Vec<String> = ["interphase", "mitosis", HOSTILE]
+        .map(String::from)
+        .to_vec();
+    Report {
+        title: format!("Run {HOSTILE}"),
+        subtitle: "demo.yaml · 2025-01-01 · plateflow 0.1.0".into(),
+        qc: Some(QcSummary {
+            images: 144,
+            excluded: vec![
+                Exclusion {
+                    image_set: "P1/A01_s1".into(),
+                    reason: "blurred".into(),
+                },
+                Exclusion {
+                    image_set: ATTR_BREAK.into(),
+                    reason: HOSTILE.into(),
+                },
+            ],
+            heatmaps: vec![heatmap("cell count"), heatmap(HOSTILE)],
+        }),
+        models: vec![ModelSection {
+            name: "model".into(),
+            what: "leave-plate-out cross-validation".into(),
+            model: "cnn".into(),
+            leaky: false,
+            classes,
+            metrics: vec![
+                Metric {
+                    name: "weighted F1".into(),
+                    value: 0.81234,
+                    ci95: Some((0.79, 0.835)),
+                    note: HOSTILE.into(),
+                },
+                Metric {
+                    name: "accuracy".into(),
+                    value: 0.8,
+                    ci95: None,
+                    note: String::new(),
+                },
+            ],
+            confusion: vec![vec![50, 3, 1], vec![4, 30, 2], vec![0, 1, 9]],
+            per_group: ["P1", "P2", HOSTILE]
+                .iter()
+                .enumerate()
+                .map(|(i, g)| GroupScore {
+                    group: g.to_string(),
+                    cells: 100 + i,
+                    weighted_f1: 0.7 + 0.05 * i as f64,
+                    accuracy: 0.72 + 0.05 * i as f64,
+                    ci95: Some((0.65 + 0.05 * i as f64, 0.78 + 0.05 * i as f64)),
+                })
+                .collect(),
+            curves: (0..2)
+                .map(|k| Curve {
+                    label: format!("fold {k} {HOSTILE}"),
+                    train_loss: (0..12).map(|e| 1.0 / (1.0 + e as f64)).collect(),
+                    val_loss: (0..12)
+                        .map(|e| 1.2 / (1.0 + e as f64) + 0.01 * e as f64)
+                        .collect(),
+                    val_f1: (0..12).map(|e| 0.5 + 0.03 * e as f64).collect(),
+                    best_epoch: Some(8),
+                })
+                .collect(),
+            reliability: vec![Reliability {
+                label: HOSTILE.into(),
+                ece: 0.042,
+                bins: vec![
+                    ReliabilityBin {
+                        lo: 0.5,
+                        hi: 0.6,
+                        confidence: 0.55,
+                        accuracy: 0.5,
+                        count: 10,
+                    },
+                    ReliabilityBin {
+                        lo: 0.9,
+                        hi: 1.0,
+                        confidence: 0.95,
+                        accuracy: 0.9,
+                        count: 80,
+                    },
+                ],
+            }],
+            coefficients: (0..30)
+                .map(|i| Coefficient {
+                    feature: format!("feature {i} {HOSTILE}"),
+                    family: ["intensity", "shape", HOSTILE][i % 3].into(),
+                    channel: "GFP".into(),
+                    importance: if i % 2 == 0 { 1.0 } else { -1.0 } * i as f64 / 10.0,
+                })
+                .collect(),
+            figures: vec![PngFigure {
+                title: ATTR_BREAK.into(),
+                caption: HOSTILE.into(),
+                png: vec![0x89, b'P', b'N', b'G'],
+            }],
+        }],
+        notes: vec![HOSTILE.into()],
+    }
+}
+
+/// Every opening tag of these names has its closing tag.
+fn assert_balanced(html: &str) {
+    let tags = [
+        "html",
+        "head",
+        "body",
+        "header",
+        "nav",
+        "main",
+        "footer",
+        "section",
+        "figure",
+        "figcaption",
+        "table",
+        "tr",
+        "td",
+        "th",
+        "details",
+        "summary",
+        "ul",
+        "ol",
+        "li",
+        "svg",
+        "g",
+        "text",
+        "p",
+        "div",
+        "script",
+        "style",
+        "code",
+        "strong",
+    ];
+    for tag in tags {
+        let open = html
+            .match_indices(&format!("<{tag}"))
+            .filter(|(i, m)| matches!(html.as_bytes().get(i + m.len()), Some(b' ' | b'>')))
+            .count();
+        let close = html.matches(&format!("</{tag}>")).count();
+        assert_eq!(
+            open, close,
+            "<{tag}> opened {open} times, closed {close} times"
+        );
+    }
+}
+
+#[test]
+fn user_strings_are_escaped() {
+    let html = render(&sample());
+    assert!(!html.contains(HOSTILE), "a raw <script> from the data");
+    assert!(!html.contains(ATTR_BREAK), "a raw quote from the data");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert_eq!(
+        html.matches("<script").count(),
+        2,
+        "only the page's own two scripts"
+    );
+    assert_eq!(escape("a<b>&\"'"), "a&lt;b&gt;&amp;&quot;&#39;");
+}
+
+#[test]
+fn numbers_are_formatted() {
+    assert_eq!(fmt_ci(0.81234, Some((0.79, 0.835))), "0.812 [0.790, 0.835]");
+    assert_eq!(fmt_ci(1.0, None), "1.000");
+    assert_eq!(fmt_value(f64::NAN), "n/a");
+    assert_eq!(fmt_value(0.0), "0.000");
+    assert_eq!(fmt_value(1.5e-5), "1.500e-5");
+    let html = render(&sample());
+    assert!(html.contains("<td class=\"num\">0.812 [0.790, 0.835]</td>"));
+    assert!(html.contains("<td class=\"num\">0.800</td>"));
+}
+
+#[test]
+fn an_empty_report_is_a_valid_page() {
+    let html = render(&Report::default());
+    assert!(html.starts_with("<!DOCTYPE html>\n<html lang=\"en\">"));
+    assert!(html.trim_end().ends_with("</html>"));
+    assert!(html.contains("<title>plateflow report</title>"));
+    assert!(html.contains("Nothing to report"));
+    assert!(!html.contains("<svg"));
+    assert_balanced(&html);
+    // A section with nothing in it says so.
+    let html = render(&Report {
+        models: vec![ModelSection::default()],
+        ..Report::default()
+    });
+    assert!(html.contains("No results were recorded"));
+    assert_balanced(&html);
+}
+
+#[test]
+fn every_chart_appears_when_given_data() {
+    let html = render(&sample());
+    assert_balanced(&html);
+    for (chart, n) in [
+        ("confusion", 1),
+        ("group-scores", 1),
+        ("learning-curve", 2),
+        ("reliability", 1),
+        ("coefficients", 1),
+    ] {
+        let found = html.matches(&format!("data-chart=\"{chart}\"")).count();
+        assert_eq!(found, n, "{chart}");
+    }
+    assert_eq!(
+        html.matches("<svg class=\"chart\"").count(),
+        8,
+        "6 charts + 2 heat maps"
+    );
+    assert_eq!(
+        html.matches("<img src=\"data:image/png;base64,iVBORw==\"")
+            .count(),
+        1
+    );
+    assert_eq!(
+        html.matches("<figcaption>").count(),
+        8,
+        "one caption per figure"
+    );
+    assert!(html.contains("Figure 8."));
+    // The ranked coefficients: 20 bars of 30.
+    let coefs = &html[html.find("data-chart=\"coefficients\"").unwrap()..];
+    let coefs = &coefs[..coefs.find("</svg>").unwrap()];
+    assert_eq!(
+        coefs.matches("<rect").count(),
+        20 + 3,
+        "20 bars, 3 legend boxes"
+    );
+    assert!(coefs.contains("feature 29"), "largest |importance| first");
+    assert!(
+        !coefs.contains("feature 9 "),
+        "the 10th smallest is left out"
+    );
+    // The overall weighted F1 is drawn on the per-group chart.
+    assert!(html.contains("overall 0.812"));
+    assert!(html.contains("kept: epoch 9"));
+    assert!(html.contains("ECE 0.042"));
+}
+
+#[test]
+fn the_page_needs_no_network() {
+    let html = render(&sample());
+    assert!(!html.contains("http://") && !html.contains("https://"));
+    for (i, _) in html.match_indices("src=\"") {
+        assert!(html[i + 5..].starts_with("data:"), "an external source");
+    }
+    assert!(!html.contains("@import") && !html.contains("url("));
+}
+
+#[test]
+fn random_splits_get_a_warning() {
+    let mut report = sample();
+    assert!(!render(&report).contains("class=\"warning\""));
+    report.models[0].leaky = true;
+    let html = render(&report);
+    assert!(html.contains("<div class=\"warning\" role=\"alert\"><strong>⚠ Leaky evaluation"));
+    assert!(html.contains("cross-validation (⚠ leaky split)</a>"));
+}
+
+#[test]
+fn unsafe_svg_is_left_out() {
+    let bad = [
+        "<svg><script>alert(1)</script></svg>",
+        "<svg onload=\"alert(1)\"><rect/></svg>",
+        "<svg><image href=\"https://example.org/x.png\"/></svg>",
+        "<svg><foreignObject><p>x</p></foreignObject></svg>",
+        "<div>not svg</div>",
+    ];
+    for svg in bad {
+        let report = Report {
+            qc: Some(QcSummary {
+                heatmaps: vec![SvgFigure {
+                    title: "map".into(),
+                    svg: svg.into(),
+                }],
+                ..QcSummary::default()
+            }),
+            ..Report::default()
+        };
+        let html = render(&report);
+        assert!(html.contains("left out"), "{svg}");
+        assert!(!html.contains(svg), "{svg}");
+    }
+    // A prolog and an existing class are fine.
+    let ok = "<?xml version=\"1.0\"?>\n<svg class=\"map\" width=\"10\" height=\"10\"><rect width=\"10\" height=\"10\"/></svg>";
+    let report = Report {
+        qc: Some(QcSummary {
+            heatmaps: vec![SvgFigure {
+                title: "map".into(),
+                svg: ok.into(),
+            }],
+            ..QcSummary::default()
+        }),
+        ..Report::default()
+    };
+    assert!(render(&report).contains("<svg class=\"chart map\" width=\"10\""));
+}
+
+#[test]
+fn reports_round_trip_through_json() {
+    let report = sample();
+    let json = serde_json::to_string(&report).unwrap();
+    assert!(json.contains("\"png\":\"iVBORw==\""), "PNG bytes as base64");
+    let back: Report = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        back.models[0].figures[0].png,
+        report.models[0].figures[0].png
+    );
+    assert_eq!(render(&back), render(&report));
+    // Missing fields take their defaults.
+    let partial: Report =
+        serde_json::from_str(r#"{"title": "t", "models": [{"name": "m"}]}"#).unwrap();
+    assert_eq!(partial.models[0].name, "m");
+}
+
+#[test]
+fn small_images_are_enlarged() {
+    let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+    png.extend(32u32.to_be_bytes());
+    png.extend(16u32.to_be_bytes());
+    let report = Report {
+        models: vec![ModelSection {
+            figures: vec![PngFigure {
+                png,
+                ..PngFigure::default()
+            }],
+            ..ModelSection::default()
+        }],
+        ..Report::default()
+    };
+    assert!(render(&report).contains("class=\"zoomed\" width=\"256\" height=\"128\">"));
+}

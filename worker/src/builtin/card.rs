@@ -1,0 +1,280 @@
+//! The model card (Mitchell et al. 2019) written beside every saved model, as JSON (for
+//! tools) and Markdown (for people): details, intended use, factors, metrics with intervals,
+//! training and evaluation data with digests, quantitative analyses, caveats — and the
+//! microscopy specifics a reader needs: cell line, stains, channels, QC exclusions, split
+//! protocol, calibration, software versions.
+
+use super::Context;
+use serde_json::Value;
+use std::fmt::Write as _;
+
+/// What the `train` step knows, gathered for the card.
+pub struct CardInput<'a> {
+    pub name: &'a str,
+    pub model: &'a str,
+    pub architecture: &'a Value,
+    pub classes: &'a [String],
+    pub label: &'a str,
+    pub group_by: &'a str,
+    pub split: &'a str,
+    pub leaky: bool,
+    pub training_groups: Vec<String>,
+    pub holdout: &'a [String],
+    pub cells: usize,
+    pub digests: &'a [(String, String)],
+    pub metrics: &'a Value,
+    pub calibration: &'a Value,
+    pub exclusions: usize,
+    pub cell_line: Option<&'a str>,
+    pub stains: Vec<String>,
+    pub intended_use: Option<&'a str>,
+    pub warm_start: Option<String>,
+    pub seed: u64,
+}
+
+fn interval(v: &Value) -> String {
+    match (v["value"].as_f64(), v["ci95_by_plate"].as_array()) {
+        (Some(x), Some(ci)) if ci.len() == 2 => format!(
+            "{x:.3} [95 % CI {:.3}, {:.3}]",
+            ci[0].as_f64().unwrap_or(f64::NAN),
+            ci[1].as_f64().unwrap_or(f64::NAN)
+        ),
+        (Some(x), _) => format!("{x:.3}"),
+        _ => "n/a".into(),
+    }
+}
+
+fn caveats(c: &CardInput) -> Vec<String> {
+    let mut out = Vec::new();
+    if c.leaky {
+        out.push("The split was a random split of cells (`split: random`): cells of one plate sit on both sides, so the scores overstate accuracy on new plates. Do not use them as evidence.".into());
+    }
+    let groups = c.training_groups.len();
+    if groups < 5 {
+        out.push(format!("Trained on {groups} {}s only: the intervals are wide and the model has seen little batch variation.", c.group_by));
+    }
+    if let Some(s) = c.metrics["shuffled_label_weighted_f1"].as_f64() {
+        out.push(format!("A model trained the same way on shuffled labels scores weighted F1 {s:.3}: the level reached by learning nothing about the phenotype."));
+    }
+    let cal = c.calibration;
+    if let (Some(before), Some(after)) = (cal["ece_before"].as_f64(), cal["ece_after"].as_f64()) {
+        if after > before {
+            out.push(format!("Temperature scaling fitted on validation plates made calibration worse on the held-out plates (ECE {before:.3} → {after:.3}): confidence does not transfer between these plates, so treat probabilities as rankings."));
+        }
+    }
+    out.push(format!(
+        "Valid for images like the training ones: same {}, stains, magnification and acquisition settings. Check QC and the per-plate scores before trusting it on a new batch.",
+        c.cell_line.map_or("cell line".to_string(), |l| format!("cell line ({l})"))
+    ));
+    out.push("Classes are those of the training labels; a cell of an unseen phenotype is forced into one of them.".into());
+    out
+}
+
+/// Writes `model_card.json` and `model_card.md`.
+pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
+    let m = c.metrics;
+    let card = serde_json::json!({
+        "model_details": {
+            "name": c.name,
+            "kind": c.model,
+            "architecture": c.architecture,
+            "classes": c.classes,
+            "seed": c.seed,
+            "warm_start": c.warm_start,
+            "software": {"plateflow": env!("CARGO_PKG_VERSION"), "candle": "0.11.1"},
+        },
+        "intended_use": c.intended_use.unwrap_or("Research use: classifying single-cell phenotypes in images acquired like the training plates. Not for diagnosis."),
+        "factors": {
+            "group_by": c.group_by,
+            "cell_line": c.cell_line,
+            "stains": c.stains,
+            "label": c.label,
+        },
+        "metrics": {
+            "weighted_f1": m["weighted_f1"],
+            "macro_f1": m["macro_f1"],
+            "accuracy": m["accuracy"],
+            "balanced_accuracy": m["balanced_accuracy"],
+            "shuffled_label_weighted_f1": m["shuffled_label_weighted_f1"],
+            "per_class": m["per_class"],
+        },
+        "evaluation_data": {
+            "protocol": c.split,
+            "leaky": c.leaky,
+            "groups": c.training_groups,
+            "held_out_for_evaluate": c.holdout,
+        },
+        "training_data": {
+            "groups": c.training_groups,
+            "cells": c.cells,
+            "qc_excluded_image_sets": c.exclusions,
+            "files": c.digests.iter().map(|(f, d)| serde_json::json!({"file": f, "sha256": d})).collect::<Vec<_>>(),
+        },
+        "quantitative_analyses": {
+            "per_group": m["per_group"],
+            "confusion": m["confusion"],
+        },
+        "calibration": c.calibration,
+        "caveats": caveats(c),
+    });
+    ctx.write_output(
+        "model_card.json",
+        serde_json::to_string_pretty(&card)?.as_bytes(),
+    )?;
+
+    let mut md = String::new();
+    let _ = writeln!(md, "# Model card: {} ({})\n", c.name, c.model);
+    let _ = writeln!(md, "## Model details\n");
+    let _ = writeln!(
+        md,
+        "- Kind: {}; architecture: `{}`",
+        c.model, c.architecture
+    );
+    let _ = writeln!(
+        md,
+        "- Classes ({}): {}",
+        c.classes.len(),
+        c.classes.join(", ")
+    );
+    let _ = writeln!(
+        md,
+        "- Seed: {}; software: plateflow {}, Candle 0.11.1",
+        c.seed,
+        env!("CARGO_PKG_VERSION")
+    );
+    if let Some(w) = &c.warm_start {
+        let _ = writeln!(md, "- Started from: {w}");
+    }
+    let _ = writeln!(
+        md,
+        "\n## Intended use\n\n{}\n",
+        card["intended_use"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(md, "## Factors\n");
+    let _ = writeln!(
+        md,
+        "- Cell line: {}",
+        c.cell_line.unwrap_or("not stated (set `cell_line:`)")
+    );
+    let _ = writeln!(
+        md,
+        "- Stains / channels: {}",
+        if c.stains.is_empty() {
+            "not stated (set `stains:`)".to_string()
+        } else {
+            c.stains.join(", ")
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- Label: plate-map column `{}`; groups kept whole: `{}`",
+        c.label, c.group_by
+    );
+    let _ = writeln!(md, "\n## Metrics ({})\n", c.split);
+    let _ = writeln!(md, "| metric | value |\n|---|---|");
+    let _ = writeln!(md, "| weighted F1 | {} |", interval(&m["weighted_f1"]));
+    let _ = writeln!(md, "| macro F1 | {} |", interval(&m["macro_f1"]));
+    let _ = writeln!(
+        md,
+        "| accuracy | {:.3} |",
+        m["accuracy"].as_f64().unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(
+        md,
+        "| balanced accuracy | {:.3} |",
+        m["balanced_accuracy"].as_f64().unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(
+        md,
+        "| shuffled-label control, weighted F1 | {:.3} |",
+        m["shuffled_label_weighted_f1"].as_f64().unwrap_or(f64::NAN)
+    );
+    let cal = c.calibration;
+    let _ = writeln!(
+        md,
+        "| ECE (15 bins), before → after temperature scaling | {:.3} → {:.3} |",
+        cal["ece_before"].as_f64().unwrap_or(f64::NAN),
+        cal["ece_after"].as_f64().unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(
+        md,
+        "| Brier, before → after | {:.3} → {:.3} |",
+        cal["brier_before"].as_f64().unwrap_or(f64::NAN),
+        cal["brier_after"].as_f64().unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(md, "\n## Evaluation data\n");
+    let _ = writeln!(
+        md,
+        "- Protocol: {}{}",
+        c.split,
+        if c.leaky {
+            " — LEAKY: cells of one plate on both sides"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(md, "- {}s: {}", c.group_by, c.training_groups.join(", "));
+    if !c.holdout.is_empty() {
+        let _ = writeln!(
+            md,
+            "- Held out of all fitting, for `evaluate`: {}",
+            c.holdout.join(", ")
+        );
+    }
+    let _ = writeln!(md, "\n## Training data\n");
+    let _ = writeln!(
+        md,
+        "- {} labelled cells from {} {}s; {} image sets excluded by QC upstream",
+        c.cells,
+        c.training_groups.len(),
+        c.group_by,
+        c.exclusions
+    );
+    let _ = writeln!(md, "- Files read (SHA-256):");
+    for (f, d) in c.digests {
+        let _ = writeln!(md, "  - `{f}` `{d}`");
+    }
+    let _ = writeln!(md, "\n## Quantitative analyses\n");
+    let _ = writeln!(
+        md,
+        "| {} | cells | weighted F1 | accuracy |\n|---|---|---|---|",
+        c.group_by
+    );
+    for g in m["per_group"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {:.3} | {:.3} |",
+            g["group"].as_str().unwrap_or(""),
+            g["cells"],
+            g["weighted_f1"].as_f64().unwrap_or(f64::NAN),
+            g["accuracy"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nPer class:\n\n| class | precision | recall | F1 |\n|---|---|---|---|"
+    );
+    for k in m["per_class"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {:.3} | {:.3} | {:.3} |",
+            k["class"].as_str().unwrap_or(""),
+            k["precision"].as_f64().unwrap_or(f64::NAN),
+            k["recall"].as_f64().unwrap_or(f64::NAN),
+            k["f1"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    let _ = writeln!(md, "\n## Calibration\n");
+    let _ = writeln!(
+        md,
+        "Temperature scaling fitted on validation {}s (never on the {}s scored); the saved model applies T = {:.3}.",
+        c.group_by,
+        c.group_by,
+        cal["temperature"].as_f64().unwrap_or(f64::NAN)
+    );
+    let _ = writeln!(md, "\n## Caveats\n");
+    for cv in caveats(c) {
+        let _ = writeln!(md, "- {cv}");
+    }
+    ctx.write_output("model_card.md", md.as_bytes())
+}

@@ -1,0 +1,277 @@
+//! `evaluate`: a saved model on plates it never saw — the `holdout` plates of a `train` step
+//! in the same pipeline, or new plates scored with a model from an earlier run (its
+//! `model.safetensors` and `model.json` listed in `files:`). Refuses plates the model was
+//! trained on and data files identical to its training files. Writes metrics with plate
+//! bootstrap intervals, per-plate scores, calibration with the model's own temperature
+//! (fitted at training time, never here), reliability bins, and per-cell predictions for
+//! every cell, labelled or not.
+
+use super::fitting::Fitted;
+use super::samples::{self, Data};
+use super::{num, Context, Table};
+use anyhow::Context as _;
+use plateflow_learn::metrics::{
+    apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error,
+    reliability_bins, Confusion,
+};
+use plateflow_learn::rng::Rng;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// The model's weights and sidecar: from `model:` (a path among `files:`) or an upstream
+/// `train` task.
+fn find_model(ctx: &Context) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if let Some(rel) = ctx.str_param("model") {
+        let weights = ctx.work.join(rel);
+        let sidecar = weights.with_file_name("model.json");
+        anyhow::ensure!(
+            weights.is_file(),
+            "`model: {rel}`: no such file; list it and its model.json in `files:`"
+        );
+        anyhow::ensure!(
+            sidecar.is_file(),
+            "`model: {rel}`: no model.json beside it; list both in `files:`"
+        );
+        return Ok((weights, sidecar));
+    }
+    let w = ctx.upstream_files(|n| n == "model.safetensors");
+    let s = ctx.upstream_files(|n| n == "model.json");
+    match (w.as_slice(), s.as_slice()) {
+        ([(_, w)], [(_, s)]) => Ok((w.clone(), s.clone())),
+        ([], _) | (_, []) => anyhow::bail!(
+            "`evaluate` needs a model: put the `train` step in `after:`, or name a saved model with `model:` and `files:`"
+        ),
+        _ => anyhow::bail!(
+            "`evaluate` found several upstream models: evaluate one per step (`after:` one `train` step)"
+        ),
+    }
+}
+
+pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
+    let (weights, sidecar_path) = find_model(ctx)?;
+    let sidecar: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&sidecar_path)
+            .with_context(|| format!("reading {}", sidecar_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a plateflow model.json", sidecar_path.display()))?;
+    let fitted = Fitted::load(&weights, &sidecar)?;
+    let classes: Vec<String> = sidecar["classes"]
+        .as_array()
+        .context("model.json without classes")?
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_string))
+        .collect();
+    let group_by = sidecar["group_by"].as_str().unwrap_or("plate").to_string();
+    let label = ctx
+        .str_param("label")
+        .or(sidecar["label"].as_str())
+        .unwrap_or("phenotype")
+        .to_string();
+    let temperature = sidecar["temperature"].as_f64().unwrap_or(1.0);
+    let trained_on: BTreeSet<String> = sidecar["training"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g.as_str().map(str::to_string))
+        .collect();
+    let mut d: Data = match sidecar["architecture"]["kind"].as_str() {
+        Some("logistic") => {
+            let mut d = samples::from_features(ctx, &label, &group_by, Some(&classes), true)?;
+            let expected: Vec<String> = sidecar["normalisation"]["standardise"]["features"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            anyhow::ensure!(
+                d.feature_names == expected,
+                "the upstream features table has other columns than the model was trained on ({} vs {}): run the same `features` settings",
+                d.feature_names.len(),
+                expected.len()
+            );
+            if sidecar["plate_normalisation"] == "plate" {
+                samples::per_group_robust_z(&mut d);
+            }
+            d
+        }
+        _ => samples::from_crops(ctx, &group_by, Some(&classes), true)?,
+    };
+    // Which plates: those named, else every plate the model did not train on.
+    let present: BTreeSet<String> = d.groups.iter().cloned().collect();
+    let chosen: BTreeSet<String> = match ctx.list_param("plates") {
+        Some(list) => {
+            for p in &list {
+                anyhow::ensure!(
+                    present.contains(p),
+                    "`plates: {p}`: no cells of {group_by} {p} upstream (have: {})",
+                    present.iter().cloned().collect::<Vec<_>>().join(", ")
+                );
+            }
+            list.into_iter().collect()
+        }
+        None => present.difference(&trained_on).cloned().collect(),
+    };
+    let leaked: Vec<&String> = chosen.intersection(&trained_on).collect();
+    anyhow::ensure!(
+        leaked.is_empty(),
+        "leakage: the model was trained on {group_by} {}; evaluate it on plates it never saw (the train step's `holdout:`)",
+        leaked.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    anyhow::ensure!(
+        !chosen.is_empty(),
+        "no {group_by} to evaluate: every upstream {group_by} ({}) was used for training; add `holdout:` to the train step or new plates",
+        present.iter().cloned().collect::<Vec<_>>().join(", ")
+    );
+    let training_digests: BTreeSet<&str> = sidecar["training"]["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["sha256"].as_str())
+        .collect();
+    let groups = d.groups.clone();
+    d.retain(|i| chosen.contains(&groups[i]));
+    for (file, digest) in d.used_digests() {
+        anyhow::ensure!(
+            !training_digests.contains(digest.as_str()),
+            "leakage: {file} is identical (SHA-256 {}) to a file the model was trained on",
+            &digest[..12]
+        );
+    }
+    let n = d.len();
+    let all: Vec<usize> = (0..n).collect();
+    let raw = fitted.predict(&d, &all)?;
+    let cal = apply_temperature(&raw, temperature);
+    let pred = argmax(&cal);
+
+    let nc = classes.len();
+    let mut header = vec![
+        "cell".to_string(),
+        group_by.clone(),
+        "well".into(),
+        "truth".into(),
+        "predicted".into(),
+        "confidence".into(),
+    ];
+    header.extend(classes.iter().map(|c| format!("p_{c}")));
+    let mut preds = Table::new(&header);
+    for i in 0..n {
+        let mut row = vec![
+            d.ids[i].clone(),
+            d.groups[i].clone(),
+            d.origins[i].well.clone(),
+            d.labels[i].map(|l| classes[l].clone()).unwrap_or_default(),
+            classes[pred[i]].clone(),
+            num(cal[i][pred[i]]),
+        ];
+        row.extend(cal[i].iter().map(|&p| num(p)));
+        preds.push_row(row);
+    }
+    ctx.write_output("predictions.csv", &preds.into_bytes())?;
+
+    // Metrics over the labelled cells.
+    let lab: Vec<usize> = (0..n).filter(|&i| d.labels[i].is_some()).collect();
+    let truth: Vec<usize> = lab
+        .iter()
+        .map(|&i| d.labels[i].expect("labelled"))
+        .collect();
+    let p_lab: Vec<Vec<f64>> = lab.iter().map(|&i| cal[i].clone()).collect();
+    let r_lab: Vec<Vec<f64>> = lab.iter().map(|&i| raw[i].clone()).collect();
+    let pred_lab: Vec<usize> = lab.iter().map(|&i| pred[i]).collect();
+    let plates: Vec<String> = chosen.iter().cloned().collect();
+    let mut metrics = serde_json::json!({
+        "what": format!("evaluation on {group_by}s {} not used in training", plates.join(", ")),
+        "model": sidecar["architecture"]["kind"],
+        "model_file": weights.strip_prefix(ctx.work).unwrap_or(&weights).display().to_string(),
+        "trained_on": trained_on,
+        "evaluated": plates,
+        "cells": n,
+        "labelled_cells": lab.len(),
+        "classes": classes,
+    });
+    if !lab.is_empty() {
+        let overall = Confusion::new(nc, &truth, &pred_lab);
+        let lab_groups: Vec<String> = lab.iter().map(|&i| d.groups[i].clone()).collect();
+        let ci = |f: &dyn Fn(&Confusion) -> f64| {
+            bootstrap_by_group(&lab_groups, 1000, 0, |idx| {
+                let t: Vec<usize> = idx.iter().map(|&j| truth[j]).collect();
+                let p: Vec<usize> = idx.iter().map(|&j| pred_lab[j]).collect();
+                f(&Confusion::new(nc, &t, &p))
+            })
+        };
+        let (wlo, whi) = ci(&|c| c.weighted_f1());
+        let (mlo, mhi) = ci(&|c| c.macro_f1());
+        // Chance level: the same predictions against shuffled labels.
+        let mut shuffled = truth.clone();
+        Rng::new(0xC4A5).shuffle(&mut shuffled);
+        let chance = Confusion::new(nc, &shuffled, &pred_lab).weighted_f1();
+        let mut per_group = Table::new(&[group_by.as_str(), "cells", "weighted_f1", "accuracy"]);
+        let mut per_group_json = Vec::new();
+        for g in &chosen {
+            let idx: Vec<usize> = (0..lab.len()).filter(|&j| &lab_groups[j] == g).collect();
+            let c = Confusion::new(
+                nc,
+                &idx.iter().map(|&j| truth[j]).collect::<Vec<_>>(),
+                &idx.iter().map(|&j| pred_lab[j]).collect::<Vec<_>>(),
+            );
+            per_group.push_row([
+                g.clone(),
+                idx.len().to_string(),
+                num(c.weighted_f1()),
+                num(c.accuracy()),
+            ]);
+            per_group_json.push(serde_json::json!({"group": g, "cells": idx.len(), "weighted_f1": c.weighted_f1(), "accuracy": c.accuracy()}));
+        }
+        ctx.write_output("per_group.csv", &per_group.into_bytes())?;
+        let mut rel = Table::new(&["series", "lo", "hi", "confidence", "accuracy", "count"]);
+        for (series, p) in [("before", &r_lab), ("after", &p_lab)] {
+            for b in reliability_bins(&truth, p, 15) {
+                rel.push_row([
+                    series.to_string(),
+                    num(b.lo),
+                    num(b.hi),
+                    num(b.confidence),
+                    num(b.accuracy),
+                    b.count.to_string(),
+                ]);
+            }
+        }
+        ctx.write_output("reliability.csv", &rel.into_bytes())?;
+        let extra = serde_json::json!({
+            "weighted_f1": {"value": overall.weighted_f1(), "ci95_by_plate": [wlo, whi]},
+            "macro_f1": {"value": overall.macro_f1(), "ci95_by_plate": [mlo, mhi]},
+            "accuracy": overall.accuracy(),
+            "balanced_accuracy": overall.balanced_accuracy(),
+            "chance_weighted_f1": chance,
+            "ece_15_bins": expected_calibration_error(&truth, &p_lab, 15),
+            "brier": brier(&truth, &p_lab),
+            "calibration": {
+                "method": "the model's temperature, fitted at training time on its validation plates",
+                "temperature": temperature,
+                "ece_before": expected_calibration_error(&truth, &r_lab, 15),
+                "ece_after": expected_calibration_error(&truth, &p_lab, 15),
+                "brier_before": brier(&truth, &r_lab),
+                "brier_after": brier(&truth, &p_lab),
+            },
+            "per_class": (0..nc).map(|k| serde_json::json!({"class": classes[k], "precision": overall.precision(k), "recall": overall.recall(k), "f1": overall.f1(k)})).collect::<Vec<_>>(),
+            "per_group": per_group_json,
+            "confusion": overall.matrix,
+        });
+        if let (Some(m), Some(e)) = (metrics.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        ctx.logln(format!(
+            "{} cells of {} ({} labelled): weighted F1 {:.3} [{wlo:.3}, {whi:.3}], chance {chance:.3}, ECE {:.3} with T {temperature:.2}",
+            n,
+            chosen.iter().cloned().collect::<Vec<_>>().join(", "),
+            lab.len(),
+            overall.weighted_f1(),
+            expected_calibration_error(&truth, &p_lab, 15)
+        ));
+    } else {
+        ctx.logln(format!("{n} cells scored; none labelled, so no metrics"));
+    }
+    ctx.write_output(
+        "metrics.json",
+        serde_json::to_string_pretty(&metrics)?.as_bytes(),
+    )
+}
