@@ -331,6 +331,26 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
         }
     }
 
+    // The run's models are in the database: `plateflow runs` lists them with their scores.
+    let runs = run_bounded(plateflow().arg("runs").arg(dir.join("demo.yaml")), 30);
+    let text = String::from_utf8_lossy(&runs.stdout);
+    assert!(
+        runs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&runs.stderr)
+    );
+    for part in [
+        "model (train)",
+        "holdout (evaluate)",
+        "cnn (train)",
+        &format!("{f1:.3} ["),
+    ] {
+        assert!(
+            text.contains(part),
+            "`plateflow runs` lacks {part}:\n{text}"
+        );
+    }
+
     // The user's own step sees the built-in steps' outputs.
     let summary = std::fs::read_to_string(results.join("summary/summary.csv")).unwrap();
     assert_eq!(summary.lines().count(), 5, "{summary}");

@@ -67,6 +67,23 @@ pub enum Command {
         /// A task label, a file under the results directory, or a digest.
         target: String,
     },
+    /// List the pipeline's runs with the scores of their train and evaluate steps.
+    Runs {
+        pipeline: PathBuf,
+        /// Coordinator state directory (default: the pipeline's workspace).
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
+    /// Compare two runs' models metric by metric, with a paired interval for the difference.
+    Compare {
+        pipeline: PathBuf,
+        /// The earlier run's id (see `plateflow runs`).
+        a: u64,
+        /// The later run's id.
+        b: u64,
+        #[arg(long)]
+        state: Option<PathBuf>,
+    },
     /// Print the captured stdout (or stderr) of a task's last successful run.
     Logs {
         pipeline: PathBuf,
@@ -204,6 +221,25 @@ fn http(addr: &str) -> String {
     }
 }
 
+/// The state directory of a pipeline (its workspace unless `--state` says otherwise), for
+/// the commands that read a pipeline's history.
+fn history_config(
+    pipeline: &std::path::Path,
+    state: Option<PathBuf>,
+) -> anyhow::Result<crate::engine::EngineConfig> {
+    let text = std::fs::read_to_string(pipeline)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", pipeline.display()))?;
+    let p = crate::spec::parse(pipeline, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = crate::engine::EngineConfig::new(state.unwrap_or(p.workspace));
+    anyhow::ensure!(
+        cfg.db_path().exists(),
+        "no runs recorded for {} yet (no {}): run it first",
+        pipeline.display(),
+        cfg.db_path().display()
+    );
+    Ok(cfg)
+}
+
 /// Runs the command; the exit code says success (0), failure (1) or bad input (2).
 pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
@@ -277,6 +313,25 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let text = lineage::logs(&pipeline, &task, stderr, state.as_deref())?;
             std::io::Write::write_all(&mut std::io::stdout(), &text)?;
+            Ok(0)
+        }
+        Command::Runs { pipeline, state } => {
+            let cfg = history_config(&pipeline, state)?;
+            print!(
+                "{}",
+                crate::history::list(&crate::db::Db::open(&cfg.db_path())?)?
+            );
+            Ok(0)
+        }
+        Command::Compare {
+            pipeline,
+            a,
+            b,
+            state,
+        } => {
+            let cfg = history_config(&pipeline, state)?;
+            let db = crate::db::Db::open(&cfg.db_path())?;
+            print!("{}", crate::history::compare(&db, &cfg.store_dir(), a, b)?);
             Ok(0)
         }
         Command::Lineage { pipeline, target } => {

@@ -56,10 +56,26 @@ CREATE TABLE IF NOT EXISTS runs (
     force TEXT NOT NULL DEFAULT '[]', started REAL NOT NULL, finished REAL, summary TEXT);
 CREATE TABLE IF NOT EXISTS lock_state (
     path TEXT PRIMARY KEY, identity TEXT NOT NULL, file_digest TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS run_models (
+    run_id INTEGER NOT NULL, label TEXT NOT NULL, kind TEXT NOT NULL, params TEXT NOT NULL,
+    metrics TEXT NOT NULL, predictions TEXT, PRIMARY KEY (run_id, label));
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id INTEGER NOT NULL, label TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
     reason TEXT NOT NULL, error TEXT NOT NULL, PRIMARY KEY (run_id, label));
 ";
+
+/// A train or evaluate task's result in one run.
+#[derive(Debug, Clone)]
+pub struct RunModel {
+    pub label: String,
+    pub kind: String,
+    /// The step's parameters (JSON).
+    pub params: String,
+    /// Its metrics.json.
+    pub metrics: String,
+    /// Its predictions.csv in the blob store, for paired comparisons.
+    pub predictions: Option<Digest>,
+}
 
 fn now() -> f64 {
     std::time::SystemTime::now()
@@ -278,6 +294,74 @@ impl Db {
             .prepare("SELECT id, pipeline, state, summary FROM runs ORDER BY id DESC")?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a run's model results (train and evaluate tasks): what `runs` and `compare`
+    /// read.
+    pub fn save_run_models(&mut self, run_id: u64, rows: &[RunModel]) -> anyhow::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare(
+                "INSERT OR REPLACE INTO run_models (run_id, label, kind, params, metrics, predictions) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for m in rows {
+                stmt.execute(params![
+                    run_id as i64,
+                    m.label,
+                    m.kind,
+                    m.params,
+                    m.metrics,
+                    m.predictions.as_ref().map(|d| d.to_string())
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn run_models(&self, run_id: u64) -> anyhow::Result<Vec<RunModel>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT label, kind, params, metrics, predictions FROM run_models WHERE run_id = ?1 ORDER BY label",
+        )?;
+        let rows = stmt.query_map(params![run_id as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (label, kind, params, metrics, predictions) = row?;
+            out.push(RunModel {
+                label,
+                kind,
+                params,
+                metrics,
+                predictions: predictions.and_then(|d| d.parse().ok()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// (id, pipeline, state, started, finished) of every run, oldest first.
+    #[allow(clippy::type_complexity)]
+    pub fn run_list(&self) -> anyhow::Result<Vec<(u64, String, String, f64, Option<f64>)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, pipeline, state, started, finished FROM runs ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)? as u64,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

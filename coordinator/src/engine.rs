@@ -924,6 +924,10 @@ impl Engine {
                 }
             }
         }
+        let models = self.model_results(&run, &labels);
+        if let Err(e) = self.db.save_run_models(run.prep.id, &models) {
+            tracing::error!("cannot record the models of run {}: {e:#}", run.prep.id);
+        }
         if let Err(e) = self.write_lock(&mut run, labels) {
             tracing::error!("cannot write the lock file: {e:#}");
         }
@@ -944,6 +948,40 @@ impl Engine {
         tracing::info!(run = run.prep.id, state = %status.state, wrap_up = ?t0.elapsed(), "run finished");
         self.finish_watchers(run.prep.id, status);
         self.start_next_run();
+    }
+
+    /// The metrics of the run's finished `train` and `evaluate` tasks (ran or cached: both
+    /// are this run's results), for `plateflow runs` and `compare`.
+    fn model_results(&self, run: &ActiveRun, labels: &[String]) -> Vec<crate::db::RunModel> {
+        let mut out = Vec::new();
+        for (t, label) in labels.iter().enumerate() {
+            let rt = &run.tasks[t];
+            let step = run.prep.plan.tasks[t].step as usize;
+            let kind = run.prep.pipeline.steps[step].kind.name;
+            if !matches!(rt.state, TaskState::Done { .. }) || !matches!(kind, "train" | "evaluate")
+            {
+                continue;
+            }
+            let digest_of = |name: &str| {
+                rt.outputs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, d)| d.clone())
+            };
+            let Some(metrics) =
+                digest_of("metrics.json").and_then(|d| self.store.read_verified(&d).ok())
+            else {
+                continue;
+            };
+            out.push(crate::db::RunModel {
+                label: label.clone(),
+                kind: kind.to_string(),
+                params: run.prep.step_params[step].clone(),
+                metrics: String::from_utf8_lossy(&metrics).into_owned(),
+                predictions: digest_of("predictions.csv"),
+            });
+        }
+        out
     }
 
     /// The lock file: new entries for finished tasks, previous ones kept for the others. When

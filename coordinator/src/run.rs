@@ -167,6 +167,7 @@ pub fn prepare(
         (name, p, digests.next().expect("hashed"))
     });
     let plan = expand(&pipeline, &dataset)?;
+    crate::leakage::check(&pipeline, &dataset).map_err(anyhow::Error::msg)?;
     tracing::info!(tasks = plan.len(), planned_by = ?t0.elapsed(), "pipeline planned");
     let step_params = pipeline
         .steps

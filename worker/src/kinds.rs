@@ -170,7 +170,13 @@ const CROPS_PARAMS: &[ParamSpec] = &[
         "label",
         Str,
         false,
-        "plate-map column giving each crop its label (default: `label`, `phenotype` or `class`)",
+        "plate-map column or filename field giving each crop its label (default: `label`, `phenotype` or `class`)",
+    ),
+    p(
+        "whole_image",
+        Bool,
+        false,
+        "each image is already one cell (a crop data set): centre it, no segmentation needed; also writes `cells.csv` with crop features for the logistic baseline",
     ),
 ];
 
@@ -242,7 +248,7 @@ static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         name: "crops",
-        version: 1,
+        version: 2,
         summary: "fixed-size single-cell crops of all channels, one safetensors file per task, with an index table",
         params: CROPS_PARAMS,
     },

@@ -5,6 +5,11 @@
 //! Crops that would leave the image, and nuclei touching the border, are left out; image sets
 //! excluded by curation have no labels and so give no crops.
 //!
+//! With `whole_image: true` each image set is already one cell (a data set of labelled crops,
+//! like MitoCheck's): it is centred into the crop size as it is, labelled from a filename
+//! field or the plate map, and `cells.csv` gets hand-crafted features of each crop (shape,
+//! intensity, texture of the central object per channel) for the logistic baseline.
+//!
 //! Crops are streamed to a scratch file as they are cut and the safetensors header is written
 //! once their number is known: memory holds one image set, whatever the plate's size.
 
@@ -88,12 +93,62 @@ fn cut_set(
     Ok((cuts, depth))
 }
 
+/// An image set that is one cell: each channel centred into `size` × `size` (cropped at the
+/// centre if larger, zero-padded if smaller).
+fn whole_set(set: &ImageSet, channels: &[String], size: usize) -> anyhow::Result<(Cut, u8)> {
+    let mut pixels = vec![0u16; channels.len() * size * size];
+    let mut depth = 8;
+    for (k, c) in channels.iter().enumerate() {
+        let img = read_image(set.channel(c)?)?;
+        depth = depth.max(img.bit_depth);
+        let (w, h) = (img.width as usize, img.height as usize);
+        let plane = &mut pixels[k * size * size..(k + 1) * size * size];
+        for y in 0..size {
+            for x in 0..size {
+                // Source pixel for (x, y) with both centres aligned.
+                let sx = x as isize + (w as isize - size as isize) / 2;
+                let sy = y as isize + (h as isize - size as isize) / 2;
+                if sx >= 0 && sy >= 0 && (sx as usize) < w && (sy as usize) < h {
+                    plane[y * size + x] = img.data[sy as usize * w + sx as usize];
+                }
+            }
+        }
+    }
+    let c = size as f64 / 2.0;
+    Ok((
+        Cut {
+            object: 1,
+            cx: c,
+            cy: c,
+            pixels,
+        },
+        depth,
+    ))
+}
+
+/// Hand-crafted features of a whole-image crop, per channel (`cells.csv` columns).
+fn crop_feature_row(cut: &Cut, channels: &[String], size: usize, depth: u8) -> Vec<f32> {
+    channels
+        .iter()
+        .enumerate()
+        .flat_map(|(k, _)| {
+            plateflow_learn::data::crop_features(&plateflow_imaging::GrayImage {
+                width: size as u32,
+                height: size as u32,
+                bit_depth: depth,
+                data: cut.pixels[k * size * size..(k + 1) * size * size].to_vec(),
+            })
+        })
+        .collect()
+}
+
 pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     let size = ctx.f64_param("size").unwrap_or(64.0) as usize;
     anyhow::ensure!(
         (8..=1024).contains(&size),
         "`size: {size}` is out of range: crops are 8 to 1024 pixels wide"
     );
+    let whole = ctx.bool_param("whole_image").unwrap_or(false);
     let sets = ctx.image_sets()?;
     let all: Vec<String> = sets
         .first()
@@ -108,20 +163,57 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         nuclei.insert(key.to_string(), path);
     }
     anyhow::ensure!(
-        !nuclei.is_empty() || sets.is_empty(),
-        "no nucleus label images from upstream: put the `segment` step in `after:`"
+        whole || !nuclei.is_empty() || sets.is_empty(),
+        "no nucleus label images from upstream: put the `segment` step in `after:` (or set `whole_image: true` when each image is one cell)"
     );
     let excluded = ctx.exclusions()?;
+    let no_labels = PathBuf::new();
     let todo: Vec<(&ImageSet, &PathBuf)> = sets
         .iter()
         .filter(|s| !excluded.contains_key(&s.key))
-        .filter_map(|s| nuclei.get(&s.key).map(|p| (s, p)))
+        .filter_map(|s| {
+            if whole {
+                Some((s, &no_labels))
+            } else {
+                nuclei.get(&s.key).map(|p| (s, p))
+            }
+        })
         .collect();
     let map = ctx.plate_map()?;
-    let label_col = match &map {
-        Some(m) => m.label_column(ctx.str_param("label"))?,
-        None => None,
+    // The label: a filename field (`{class}/...`) or a plate-map column.
+    let label_field = ctx
+        .str_param("label")
+        .filter(|l| {
+            sets.first()
+                .is_some_and(|s| s.meta.iter().any(|(k, _)| k == l))
+        })
+        .map(str::to_string);
+    let label_col = match (&map, &label_field) {
+        (Some(m), None) => m.label_column(ctx.str_param("label"))?,
+        _ => None,
     };
+    let feature_names: Vec<String> = if whole {
+        channels
+            .iter()
+            .flat_map(|c| {
+                plateflow_learn::data::crop_feature_names()
+                    .into_iter()
+                    .map(move |f| format!("Cells_{f}_{c}"))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut cells_header = vec!["ImageSet".to_string()];
+    cells_header.extend(super::metadata_columns(&sets));
+    // A label from the plate map gets its own column (a filename field already has one).
+    let label_column_name = super::metadata_column(ctx.str_param("label").unwrap_or("label"));
+    if label_field.is_none() {
+        cells_header.push(label_column_name.clone());
+    }
+    cells_header.push("ObjectNumber".into());
+    cells_header.extend(feature_names.iter().cloned());
+    let mut cells = Table::new(&cells_header);
 
     let raw_path = ctx.out.join(".crops.raw");
     let mut raw = BufWriter::new(std::fs::File::create(&raw_path)?);
@@ -135,10 +227,18 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     let mut wide: Option<bool> = None;
     for batch in todo.chunks((ctx.threads * 2).max(1)) {
         let results = parallel_map(batch, ctx.threads, |(set, path)| {
-            cut_set(set, path, &channels, size).with_context(|| format!("image set {}", set.key))
+            if whole {
+                whole_set(set, &channels, size).map(|(cut, d)| {
+                    let feats = crop_feature_row(&cut, &channels, size, d);
+                    (vec![cut], d, vec![feats])
+                })
+            } else {
+                cut_set(set, path, &channels, size).map(|(cuts, d)| (cuts, d, Vec::new()))
+            }
+            .with_context(|| format!("image set {}", set.key))
         });
         for ((set, _), r) in batch.iter().zip(results) {
-            let (cuts, d) = r?;
+            let (cuts, d, features) = r?;
             // All crops in one tensor share a dtype: fixed by the first image set.
             let is_wide = *wide.get_or_insert(d > 8);
             anyhow::ensure!(
@@ -147,13 +247,26 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
                 set.key
             );
             depth = d;
-            let label = label_col
-                .and_then(|c| {
-                    map.as_ref()
-                        .and_then(|m| m.lookup(set.plate(), set.well()))
-                        .map(|r| r.values[c].clone())
-                })
-                .unwrap_or_default();
+            let label = match &label_field {
+                Some(f) => set.get(f).to_string(),
+                None => label_col
+                    .and_then(|c| {
+                        map.as_ref()
+                            .and_then(|m| m.lookup(set.plate(), set.well()))
+                            .map(|r| r.values[c].clone())
+                    })
+                    .unwrap_or_default(),
+            };
+            for f in &features {
+                let mut row = vec![set.key.clone()];
+                row.extend(set.meta.iter().map(|(_, v)| v.clone()));
+                if label_field.is_none() {
+                    row.push(label.clone());
+                }
+                row.push("1".into());
+                row.extend(f.iter().map(|&v| num(v as f64)));
+                cells.push_row(row);
+            }
             for cut in cuts {
                 if is_wide {
                     for v in &cut.pixels {
@@ -188,6 +301,9 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     )?;
     std::fs::remove_file(&raw_path)?;
     ctx.write_output("crops.csv", &index.into_bytes())?;
+    if whole {
+        ctx.write_output("cells.csv", &cells.into_bytes())?;
+    }
     ctx.logln(format!(
         "{count} crops of {size}x{size} px, channels {} ({dtype}, {depth}-bit images), from {} image sets",
         channels.join(", "),
