@@ -351,6 +351,39 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
         );
     }
 
+    // New plates, scored by path with the saved model: a second pipeline over the same images
+    // (its image steps are cached: same keys) whose `evaluate` step names the model file.
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    for f in ["model.safetensors", "model.json"] {
+        std::fs::copy(results.join("model").join(f), dir.join("models").join(f)).unwrap();
+    }
+    let demo_yaml = std::fs::read_to_string(dir.join("demo.yaml")).unwrap();
+    let image_steps = &demo_yaml[..demo_yaml.find("  crops:").unwrap()];
+    let score = |plates: &str| {
+        format!(
+            "{image_steps}  score:\n    uses: evaluate\n    after: [features]\n    with:\n      model: models/model.safetensors\n      files: [models/model.safetensors, models/model.json]\n{plates}"
+        )
+    };
+    std::fs::write(dir.join("score.yaml"), score("")).unwrap();
+    run_pipeline(&dir.join("score.yaml"), 300);
+    let scored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("score/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        scored["evaluated"],
+        serde_json::json!(["P4"]),
+        "only the plate the model never saw"
+    );
+    assert_eq!(scored["weighted_f1"]["value"], held["weighted_f1"]["value"]);
+    // Asking it to score a training plate is refused, and says why.
+    std::fs::write(dir.join("score.yaml"), score("      plates: [P1]\n")).unwrap();
+    let out = run_bounded(plateflow().arg("run").arg(dir.join("score.yaml")), 300);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("leakage") && err.contains("P1"),
+        "{err}"
+    );
+
     // The user's own step sees the built-in steps' outputs.
     let summary = std::fs::read_to_string(results.join("summary/summary.csv")).unwrap();
     assert_eq!(summary.lines().count(), 5, "{summary}");

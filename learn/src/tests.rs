@@ -262,15 +262,9 @@ fn layer_gradients_match_finite_differences() {
     }
 }
 
-/// A synthetic task whose evidence sits in one place: class 1 crops have a bright spot in the
-/// top-left quadrant, class 0 crops in the bottom-right, on noise. A trained CNN's saliency,
-/// SmoothGrad and Grad-CAM maps for class-1 cells put most of their mass in the top-left
-/// quadrant; a model with randomised weights gives different maps (Adebayo's sanity check).
-#[test]
-fn saliency_maps_find_the_evidence_and_fail_on_random_weights() {
-    use crate::interpret::{grad_cam, saliency, smoothgrad, spearman};
-    let (side, n) = (16usize, 240usize);
-    let mut rng = Rng::new(21);
+/// Crops of noise with a bright spot: class 1 top-left, class 0 bottom-right.
+fn spots(n: usize, side: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
+    let mut rng = Rng::new(seed);
     let mut x = Vec::with_capacity(n * side * side);
     let mut y = Vec::with_capacity(n);
     for i in 0..n {
@@ -284,6 +278,95 @@ fn saliency_maps_find_the_evidence_and_fail_on_random_weights() {
         }
         y.push(class);
     }
+    (x, y)
+}
+
+/// Transfer learning: a CNN started from a checkpoint with frozen features keeps every conv
+/// and BatchNorm weight of the checkpoint, trains only its head, and learns the new task
+/// (here the classes swapped) from few epochs.
+#[test]
+fn warm_start_with_frozen_features_trains_only_the_head() {
+    use crate::train::WarmStart;
+    let (side, n) = (16usize, 200usize);
+    let (x, y) = spots(n, side, 5);
+    let s = Samples {
+        x: &x,
+        shape: vec![1, side, side],
+        y: &y,
+        classes: 2,
+    };
+    let idx: Vec<usize> = (0..n).collect();
+    let arch = CnnConfig {
+        in_channels: 1,
+        classes: 2,
+        width: 8,
+        depth: 2,
+        dropout: 0.0,
+    };
+    let cfg = TrainConfig {
+        epochs: 5,
+        augment: false,
+        ..TrainConfig::default()
+    };
+    let (_, first, _) = train_cnn(arch.clone(), &s, &idx, &idx, &cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("model.safetensors");
+    first.save(&ckpt).unwrap();
+    let swapped: Vec<usize> = y.iter().map(|c| 1 - c).collect();
+    let s2 = Samples { y: &swapped, ..s };
+    let cfg2 = TrainConfig {
+        warm_start: Some(WarmStart {
+            weights: ckpt.clone(),
+            freeze_features: true,
+        }),
+        seed: 9,
+        epochs: 20,
+        lr: 0.03,
+        ..cfg
+    };
+    let (model, second, _) = train_cnn(arch, &s2, &idx, &idx, &cfg2).unwrap();
+    let saved = candle_core::safetensors::load(&ckpt, &Device::Cpu).unwrap();
+    let data = second.data().lock().unwrap();
+    let diff = |name: &str| {
+        (data[name].as_tensor() - &saved[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    assert_eq!(diff("block0.conv.weight"), 0.0, "frozen conv weights moved");
+    assert_eq!(
+        diff("block1.bn.weight"),
+        0.0,
+        "frozen BatchNorm scale moved"
+    );
+    assert!(diff("head.weight") > 0.0, "the head trains");
+    drop(data);
+    let p = predict_cnn(&model, &s2, &idx).unwrap();
+    let acc = argmax(&p)
+        .iter()
+        .zip(&swapped)
+        .filter(|(a, b)| a == b)
+        .count() as f64
+        / n as f64;
+    assert!(
+        acc > 0.9,
+        "the new task is learnt on frozen features: accuracy {acc}"
+    );
+}
+
+/// A synthetic task whose evidence sits in one place: class 1 crops have a bright spot in the
+/// top-left quadrant, class 0 crops in the bottom-right, on noise. A trained CNN's saliency,
+/// SmoothGrad and Grad-CAM maps for class-1 cells put most of their mass in the top-left
+/// quadrant; a model with randomised weights gives different maps (Adebayo's sanity check).
+#[test]
+fn saliency_maps_find_the_evidence_and_fail_on_random_weights() {
+    use crate::interpret::{grad_cam, saliency, smoothgrad, spearman};
+    let (side, n) = (16usize, 240usize);
+    let (x, y) = spots(n, side, 21);
     let s = Samples {
         x: &x,
         shape: vec![1, side, side],

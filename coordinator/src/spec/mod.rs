@@ -1036,6 +1036,28 @@ impl Validator<'_> {
                 }
             }
         }
+        // Files beside the pipeline that a step reads (any kind that takes `files`).
+        if let Some((_, v)) = given.get("files") {
+            if let Value::Seq(items) = &v.value {
+                for item in items {
+                    let Some(f) = item.as_str() else { continue };
+                    if let Err(why) = check_inside(f) {
+                        self.r.error_hint(
+                            item.mark,
+                            item.width(),
+                            format!("file `{f}` must be beside the pipeline: {why}"),
+                            Some("copy it next to the pipeline file and name it relative to it, like `scripts/count.py`".into()),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    match self.rel_path(item, "`files`", true, false) {
+                        Some(p) => files.push((f.to_string(), p)),
+                        None => ok = false,
+                    }
+                }
+            }
+        }
         if kind.name == "command" {
             if let Some((_, v)) = given.get("outputs") {
                 if let Value::Seq(items) = &v.value {
@@ -1061,27 +1083,6 @@ impl Validator<'_> {
                             ok = false;
                         }
                         seen.push(o);
-                    }
-                }
-            }
-            if let Some((_, v)) = given.get("files") {
-                if let Value::Seq(items) = &v.value {
-                    for item in items {
-                        let Some(f) = item.as_str() else { continue };
-                        if let Err(why) = check_inside(f) {
-                            self.r.error_hint(
-                                item.mark,
-                                item.width(),
-                                format!("file `{f}` must be beside the pipeline: {why}"),
-                                Some("copy it next to the pipeline file and name it relative to it, like `scripts/count.py`".into()),
-                            );
-                            ok = false;
-                            continue;
-                        }
-                        match self.rel_path(item, "`files`", true, false) {
-                            Some(p) => files.push((f.to_string(), p)),
-                            None => ok = false,
-                        }
                     }
                 }
             }
