@@ -9,13 +9,14 @@ use crate::model::Cnn;
 use crate::rng::Rng;
 use candle_core::{Device, Tensor, Var};
 
-/// One crop as a [1, C, H, W] tensor.
-fn input(crop: &[f32], shape: &[usize]) -> candle_core::Result<Tensor> {
+/// One crop as a [1, C, H, W] tensor on the model's device.
+fn input(model: &Cnn, crop: &[f32], shape: &[usize]) -> candle_core::Result<Tensor> {
     Tensor::from_vec(
         crop.to_vec(),
         (1, shape[0], shape[1], shape[2]),
         &Device::Cpu,
-    )
+    )?
+    .to_device(model.device())
 }
 
 /// ∂ logit[class] / ∂ input, [C·H·W], in evaluation mode (BatchNorm on running statistics).
@@ -26,7 +27,7 @@ fn input_gradient(model: &Cnn, x: &Tensor, class: usize) -> candle_core::Result<
     let g = grads
         .get(v.as_tensor())
         .expect("the input takes part in the logit");
-    g.flatten_all()?.to_vec1::<f32>()
+    g.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>()
 }
 
 /// Sums |values| over channels: [C·H·W] → [H·W].
@@ -44,7 +45,7 @@ pub fn saliency(
     shape: &[usize],
     class: usize,
 ) -> candle_core::Result<Vec<f32>> {
-    let g = input_gradient(model, &input(crop, shape)?, class)?;
+    let g = input_gradient(model, &input(model, crop, shape)?, class)?;
     let gx: Vec<f32> = g.iter().zip(crop).map(|(g, x)| g * x).collect();
     Ok(over_channels(&gx, shape))
 }
@@ -70,7 +71,7 @@ pub fn smoothgrad(
             .iter()
             .map(|&v| v + (rng.normal() * sd) as f32)
             .collect();
-        let g = input_gradient(model, &input(&noisy, shape)?, class)?;
+        let g = input_gradient(model, &input(model, &noisy, shape)?, class)?;
         for (m, g) in mean.iter_mut().zip(g) {
             *m += g / samples as f32;
         }
@@ -87,14 +88,21 @@ pub fn grad_cam(
     shape: &[usize],
     class: usize,
 ) -> candle_core::Result<Vec<f32>> {
-    let maps = model.features(&input(crop, shape)?, false)?.detach();
+    let maps = model.features(&input(model, crop, shape)?, false)?.detach();
     let a = Var::from_tensor(&maps)?;
     let logit = model.head(a.as_tensor(), None)?.get(0)?.get(class)?;
     let grads = logit.backward()?;
     let g = grads.get(a.as_tensor()).expect("maps feed the head");
     let (_, k, h, w) = maps.dims4()?;
-    let alpha = g.mean((2, 3))?.flatten_all()?.to_vec1::<f32>()?;
-    let m = maps.flatten_all()?.to_vec1::<f32>()?;
+    let alpha = g
+        .mean((2, 3))?
+        .flatten_all()?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<f32>()?;
+    let m = maps
+        .flatten_all()?
+        .to_device(&Device::Cpu)?
+        .to_vec1::<f32>()?;
     let cam: Vec<f32> = (0..h * w)
         .map(|i| {
             (0..k)

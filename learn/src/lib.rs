@@ -6,6 +6,7 @@
 
 pub mod conv;
 pub mod data;
+pub mod device;
 pub mod figures;
 pub mod fused;
 pub mod interpret;

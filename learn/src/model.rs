@@ -84,6 +84,11 @@ impl Cnn {
         self.head.forward(&pooled)
     }
 
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        self.head.weight().device()
+    }
+
     pub fn forward(&self, x: &Tensor, train: Option<&mut Rng>) -> Result<Tensor> {
         let maps = self.features(x, train.is_some())?;
         self.head(&maps, train)
@@ -164,7 +169,11 @@ pub fn seed_init(varmap: &VarMap, seed: u64) -> Result<()> {
                 .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
                 .collect()
         };
-        var.set(&Tensor::from_vec(values, dims, &Device::Cpu)?.to_dtype(var.dtype())?)?;
+        var.set(
+            &Tensor::from_vec(values, dims, &Device::Cpu)?
+                .to_dtype(var.dtype())?
+                .to_device(var.device())?,
+        )?;
     }
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct TrainConfig {
     pub patience: usize,
     /// Transfer learning: start the CNN from another plateflow model's weights.
     pub warm_start: Option<WarmStart>,
+    /// Where to train: the CPU, or a CUDA device (see [`crate::device`]).
+    pub device: Device,
 }
 
 /// Weights to start from: every variable of the checkpoint whose name and shape match is
@@ -45,6 +47,7 @@ impl Default for TrainConfig {
             class_balanced: true,
             patience: 8,
             warm_start: None,
+            device: Device::Cpu,
         }
     }
 }
@@ -186,7 +189,7 @@ pub fn load_matching(varmap: &VarMap, path: &std::path::Path) -> anyhow::Result<
     for (name, var) in data.iter() {
         if let Some(t) = saved.get(name) {
             if t.dims() == var.dims() {
-                var.set(&t.to_dtype(var.dtype())?)?;
+                var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
                 loaded += 1;
             }
         }
@@ -218,8 +221,11 @@ fn restore(varmap: &VarMap, snap: &[(String, Tensor)]) -> candle_core::Result<()
 pub fn predict_cnn(model: &Cnn, s: &Samples, idx: &[usize]) -> anyhow::Result<Vec<Vec<f64>>> {
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(128) {
-        let logits = model.forward(&s.batch(chunk, None)?, None)?;
-        let p = candle_nn::ops::softmax(&logits, 1)?.to_dtype(DType::F64)?;
+        let x = s.batch(chunk, None)?.to_device(model.device())?;
+        let logits = model.forward(&x, None)?;
+        let p = candle_nn::ops::softmax(&logits, 1)?
+            .to_dtype(DType::F64)?
+            .to_device(&Device::Cpu)?;
         out.extend(p.to_vec2::<f64>()?);
     }
     Ok(out)
@@ -248,14 +254,15 @@ pub fn train_cnn(
 ) -> anyhow::Result<(Cnn, VarMap, History)> {
     crate::keep_freed_memory();
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let dev = &cfg.device;
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
     let model = Cnn::new(config, vb)?;
     seed_init(&varmap, cfg.seed)?;
     if let Some(w) = &cfg.warm_start {
         load_matching(&varmap, &w.weights)?;
     }
     let mut opt = adamw(&varmap, cfg)?;
-    let weights = class_weights(s.y, train, s.classes, cfg.class_balanced)?;
+    let weights = class_weights(s.y, train, s.classes, cfg.class_balanced)?.to_device(dev)?;
     let mut rng = Rng::new(cfg.seed.wrapping_add(1));
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
@@ -269,9 +276,11 @@ pub fn train_cnn(
         for batch in order.chunks(cfg.batch_size) {
             opt.set_learning_rate(one_cycle(step, total, cfg.lr));
             step += 1;
-            let x = s.batch(batch, cfg.augment.then_some(&mut rng))?;
+            let x = s
+                .batch(batch, cfg.augment.then_some(&mut rng))?
+                .to_device(dev)?;
             let logits = model.forward(&x, Some(&mut rng))?;
-            let loss = weighted_ce(&logits, &s.labels(batch)?, &weights)?;
+            let loss = weighted_ce(&logits, &s.labels(batch)?.to_device(dev)?, &weights)?;
             opt.backward_step(&loss)?;
             sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
         }

@@ -351,8 +351,10 @@ async fn run_builtin<F: BlobFetcher>(
         .resources
         .as_ref()
         .map_or(1, |r| r.cpus.max(1) as usize);
+    let gpu_ids = spec.gpu_ids.clone();
     let (log, result) = tokio::task::spawn_blocking(move || {
         let mut ctx = crate::builtin::Context {
+            gpu_ids,
             work: &m.work,
             out: m.work.join("out"),
             params: &params,

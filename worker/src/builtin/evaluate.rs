@@ -54,7 +54,8 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", sidecar_path.display()))?,
     )
     .with_context(|| format!("{}: not a plateflow model.json", sidecar_path.display()))?;
-    let fitted = Fitted::load(&weights, &sidecar)?;
+    let device = ctx.device();
+    let fitted = Fitted::load(&weights, &sidecar, &device)?;
     let classes: Vec<String> = sidecar["classes"]
         .as_array()
         .context("model.json without classes")?

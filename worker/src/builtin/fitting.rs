@@ -22,6 +22,8 @@ pub struct Settings {
     pub width: usize,
     pub depth: usize,
     pub warm_start: Option<WarmStart>,
+    /// Where the CNN trains (the logistic model always fits on the CPU: it is small).
+    pub device: Device,
 }
 
 pub enum Fitted {
@@ -79,6 +81,7 @@ pub fn fit(
         epochs: s.epochs.unwrap_or(20),
         seed: s.seed,
         warm_start: s.warm_start.clone(),
+        device: s.device.clone(),
         ..TrainConfig::default()
     };
     let config = CnnConfig {
@@ -119,9 +122,14 @@ impl Fitted {
     /// The logistic model's weights, [classes][features], in standardised units.
     pub fn coefficients(&self) -> anyhow::Result<Option<Vec<Vec<f32>>>> {
         match self {
-            Fitted::Logistic { model, .. } => {
-                Ok(Some(model.linear.weight().to_dtype(DType::F32)?.to_vec2()?))
-            }
+            Fitted::Logistic { model, .. } => Ok(Some(
+                model
+                    .linear
+                    .weight()
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?
+                    .to_vec2()?,
+            )),
             Fitted::Cnn { .. } => Ok(None),
         }
     }
@@ -156,14 +164,24 @@ impl Fitted {
     }
 
     /// A model saved by `train`: its weights and the sidecar (`model.json`).
-    pub fn load(weights: &Path, sidecar: &serde_json::Value) -> anyhow::Result<Fitted> {
+    /// The logistic model loads on the CPU, the CNN on `device`.
+    pub fn load(
+        weights: &Path,
+        sidecar: &serde_json::Value,
+        device: &Device,
+    ) -> anyhow::Result<Fitted> {
         let arch = &sidecar["architecture"];
         let classes = sidecar["classes"]
             .as_array()
             .context("model.json has no `classes`")?
             .len();
         let mut varmap = VarMap::new();
-        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let on = if arch["kind"] == "cnn" {
+            device
+        } else {
+            &Device::Cpu
+        };
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, on);
         let usize_of = |v: &serde_json::Value, what: &str| {
             v.as_u64()
                 .map(|n| n as usize)

@@ -5,7 +5,7 @@
 
 use super::samples::Data;
 use super::Context;
-use candle_core::{DType, Device};
+use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
 use plateflow_learn::figures::{composite, grid, overlay};
 use plateflow_learn::interpret::{grad_cam, saliency, smoothgrad, spearman};
@@ -34,7 +34,7 @@ pub fn write_figures(
     let random_map = VarMap::new();
     let random = Cnn::new(
         model.config.clone(),
-        VarBuilder::from_varmap(&random_map, DType::F32, &Device::Cpu),
+        VarBuilder::from_varmap(&random_map, DType::F32, model.device()),
     )?;
     seed_init(&random_map, seed ^ 0x5A5A)?;
     let mut rho = Vec::new();

@@ -45,6 +45,8 @@ pub struct Context<'a> {
     pub upstream: &'a [(String, String, String)],
     /// Threads the step may use (its `resources.cpus`).
     pub threads: usize,
+    /// GPUs the coordinator assigned to the task (its `resources.gpus`), exclusively.
+    pub gpu_ids: Vec<u32>,
     /// Human-readable account of the run, stored as the task's stdout.
     pub log: String,
 }
@@ -144,6 +146,18 @@ impl Context<'_> {
 
     pub fn plate_map(&self) -> anyhow::Result<Option<platemap::PlateMap>> {
         self.plate_map.map(platemap::PlateMap::read).transpose()
+    }
+
+    /// The device for Candle: the assigned GPU with the `cuda` feature, else the CPU (a GPU
+    /// assigned to a build without CUDA falls back to the CPU, and the log says so).
+    pub fn device(&mut self) -> candle_core::Device {
+        match plateflow_learn::device::for_task(&self.gpu_ids) {
+            Ok(d) => d,
+            Err(e) => {
+                self.logln(format!("running on the CPU: {e}"));
+                candle_core::Device::Cpu
+            }
+        }
     }
 
     pub fn logln(&mut self, line: impl AsRef<str>) {
@@ -407,6 +421,7 @@ mod tests {
             plate_map: None,
             upstream: &[],
             threads: 1,
+            gpu_ids: Vec::new(),
             log: String::new(),
         };
         let sets = ctx.image_sets().unwrap();

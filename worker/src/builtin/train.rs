@@ -145,7 +145,16 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         width: ctx.f64_param("width").unwrap_or(16.0) as usize,
         depth: ctx.f64_param("depth").unwrap_or(3.0) as usize,
         warm_start: warm_start.clone(),
+        device: if model_kind == "cnn" {
+            ctx.device()
+        } else {
+            candle_core::Device::Cpu
+        },
     };
+    ctx.logln(format!(
+        "fitting on {}",
+        plateflow_learn::device::describe(&settings.device)
+    ));
     let mut d = match model_kind.as_str() {
         "logistic" => samples::from_features(ctx, &label, &group_by, None, false)?,
         "cnn" => samples::from_crops(ctx, &group_by, None, false)?,
