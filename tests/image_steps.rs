@@ -275,6 +275,19 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
     let (ph, prow) = read_csv(&results.join("holdout/predictions.csv"));
     assert_eq!(prow.len() as u64, held["cells"].as_u64().unwrap());
     assert!(prow.iter().all(|r| r[col(&ph, "plate")] == "P4"));
+    // Predictions join the features table on ImageSet and ObjectNumber.
+    let (fh, frows) = read_csv(&results.join("features/plate=P4/cells.csv"));
+    let key = |r: &Vec<String>, h: &[String]| {
+        (
+            r[col(h, "ImageSet")].clone(),
+            r[col(h, "ObjectNumber")].clone(),
+        )
+    };
+    let feature_keys: BTreeSet<_> = frows.iter().map(|r| key(r, &fh)).collect();
+    assert!(
+        prow.iter().all(|r| feature_keys.contains(&key(r, &ph))),
+        "every prediction joins a cell"
+    );
 
     // The CNN: same protocol, saliency figures that pass the randomisation check, montages.
     let cnn: serde_json::Value =

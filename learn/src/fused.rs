@@ -91,12 +91,15 @@ fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<
     Ok(&T::cpu_storage_as_slice(s)?[a..b])
 }
 
-/// Per-channel sums over the batch and spatial positions of `f(b, c, i)`, in f64.
+/// Per-channel sums over the batch and spatial positions, in f64: `f(b, c, acc)` adds batch
+/// item b's contribution for channel c. Partial sums per batch item are added in batch
+/// order, so the result does not depend on how threads split the work (same seed, same
+/// model, bit for bit).
 fn channel_sums<F>(b: usize, c: usize, k: usize, f: F) -> Vec<f64>
 where
     F: Fn(usize, usize, &mut [f64]) + Sync,
 {
-    (0..b)
+    let partial: Vec<Vec<f64>> = (0..b)
         .into_par_iter()
         .map(|bi| {
             let mut acc = vec![0.0; c * k];
@@ -105,13 +108,12 @@ where
             }
             acc
         })
-        .reduce(
-            || vec![0.0; c * k],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+        .collect();
+    let mut total = vec![0.0; c * k];
+    for p in partial {
+        total.iter_mut().zip(p).for_each(|(x, y)| *x += y);
+    }
+    total
 }
 
 /// [B, C, …] → [2, C]: per-channel mean and biased variance (two-pass for accuracy).

@@ -281,6 +281,53 @@ fn spots(n: usize, side: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
     (x, y)
 }
 
+/// The same seed gives the same model, bit for bit (parallel reductions add in a fixed
+/// order); another seed gives another.
+#[test]
+fn a_fixed_seed_gives_the_same_model_on_re_run() {
+    let (side, n) = (16usize, 96usize);
+    let (x, y) = spots(n, side, 3);
+    let s = Samples {
+        x: &x,
+        shape: vec![1, side, side],
+        y: &y,
+        classes: 2,
+    };
+    let idx: Vec<usize> = (0..n).collect();
+    let arch = CnnConfig {
+        in_channels: 1,
+        classes: 2,
+        width: 8,
+        depth: 2,
+        dropout: 0.3,
+    };
+    let weights = |seed: u64| {
+        let cfg = TrainConfig {
+            epochs: 3,
+            seed,
+            ..TrainConfig::default()
+        };
+        let (_, vm, _) = train_cnn(arch.clone(), &s, &idx, &idx, &cfg).unwrap();
+        let data = vm.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .flat_map(|k| {
+                data[k]
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect::<Vec<f32>>()
+    };
+    let (a, b, c) = (weights(1), weights(1), weights(2));
+    assert!(a == b, "same seed, different weights");
+    assert!(a != c, "another seed, same weights");
+}
+
 /// Transfer learning: a CNN started from a checkpoint with frozen features keeps every conv
 /// and BatchNorm weight of the checkpoint, trains only its head, and learns the new task
 /// (here the classes swapped) from few epochs.

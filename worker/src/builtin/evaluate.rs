@@ -154,6 +154,8 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         "confidence".into(),
     ];
     header.extend(classes.iter().map(|c| format!("p_{c}")));
+    // Join keys of the features table (cells.csv): ImageSet and ObjectNumber.
+    header.extend(["ImageSet".to_string(), "ObjectNumber".to_string()]);
     let mut preds = Table::new(&header);
     for i in 0..n {
         let mut row = vec![
@@ -165,6 +167,8 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             num(cal[i][pred[i]]),
         ];
         row.extend(cal[i].iter().map(|&p| num(p)));
+        let (set, object) = d.ids[i].split_once('#').unwrap_or((&d.ids[i], ""));
+        row.extend([set.to_string(), object.to_string()]);
         preds.push_row(row);
     }
     ctx.write_output("predictions.csv", &preds.into_bytes())?;
