@@ -1,113 +1,35 @@
-//! Fast "same" convolution (stride 1, odd square kernel, zero padding k/2) as im2col + GEMM.
+//! Fast "same" convolution (stride 1, odd square kernel, zero padding k/2) as one fused CPU
+//! op: per image, im2col into a scratch matrix, one GEMM (the `gemm` crate, which Candle's
+//! own matmul uses), and the bias added while writing the NCHW output. The backward pass is
+//! hand-written the same way: per image, dY → NHWC, dW += dYᵀ·cols, dcols = dY·W, col2im.
 //!
-//! Candle 0.11.1's CPU conv2d backward is a direct loop and made training ~10× slower than
-//! PyTorch. Here the convolution is `im2col(x) · Wᵀ`: im2col is a custom op whose backward is
-//! col2im, and the product is Candle's matmul (the `gemm` crate, multi-threaded), so autograd
-//! reaches both the input and the weights through ordinary ops. Both gather loops run in
-//! parallel over the batch. The gradient tests (tests.rs) check it against finite differences
-//! and against Candle's own conv2d.
+//! Why fused: Candle 0.11.1's CPU conv backward is a direct loop (training ran ~10× slower
+//! than PyTorch), and composing im2col + matmul + transpose from Candle ops made autograd
+//! allocate, zero and add a gradient for every intermediate — the 9×-larger column matrix
+//! among them. Images are processed in parallel, each with its own scratch small enough for
+//! the cache; per-image weight gradients are summed in image order, so results do not
+//! depend on thread timing. The gradient tests check it against Candle's conv2d and against
+//! finite differences.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, WithDType};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
 /// `x` [B, C, H, W] convolved with `weight` [O, C, k, k] (+ `bias` [O]), padding k/2:
-/// [B, O, H, W]. Same result as `x.conv2d(weight, k/2, 1, 1, 1)`.
+/// [B, O, H, W]. Same result as `x.conv2d(weight, k/2, 1, 1, 1)` (+ bias).
 pub fn conv2d_same(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
+    let (_, c, _, _) = x.dims4()?;
     let (o, wc, k, k2) = weight.dims4()?;
     if wc != c || k != k2 || ![1, 3, 5, 7].contains(&k) {
         candle_core::bail!(
             "conv2d_same: input has {c} channels, weight is {o}x{wc}x{k}x{k2} (need C={c}, square kernel of 1, 3, 5 or 7)"
         );
     }
-    let weight = weight.reshape((o, c * k * k))?;
-    let out = match bias {
-        // The bias rides in the GEMM as a column of ones: a broadcast add and its backward
-        // reduction cost as much as the product itself on small layers.
-        Some(bias) => im2col_tensor(x, k, true)?
-            .matmul(&Tensor::cat(&[&weight, &bias.reshape((o, 1))?], 1)?.t()?)?,
-        None => im2col_tensor(x, k, false)?.matmul(&weight.t()?)?,
-    }; // [B*H*W, O]
-    to_nchw(&out, b, h * w, o)?.reshape((b, o, h, w))
-}
-
-/// [B·HW, O] → [B, O, HW], differentiable.
-pub fn to_nchw(x: &Tensor, batch: usize, rows: usize, cols: usize) -> Result<Tensor> {
-    x.apply_op1(Transpose { batch, rows, cols })
-}
-
-/// Per batch item, [rows, cols] → [cols, rows] (NHWC → NCHW, and back in the backward pass):
-/// Candle's strided copy of the permuted view took longer than the GEMM.
-struct Transpose {
-    batch: usize,
-    rows: usize,
-    cols: usize,
-}
-
-fn transpose<T: WithDType>(src: &[T], (rows, cols): (usize, usize)) -> Vec<T> {
-    let mut out = vec![T::zero(); src.len()];
-    out.par_chunks_mut(rows * cols)
-        .zip(src.par_chunks(rows * cols))
-        .for_each(|(o, s)| transpose::transpose(s, o, cols, rows));
-    out
-}
-
-impl CustomOp1 for Transpose {
-    fn name(&self) -> &'static str {
-        "plateflow-batch-transpose"
-    }
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = (self.rows, self.cols);
-        if layout.shape().elem_count() != self.batch * self.rows * self.cols {
-            candle_core::bail!(
-                "{}: shape {:?} is not {}x{}x{}",
-                self.name(),
-                layout.shape(),
-                self.batch,
-                self.rows,
-                self.cols
-            );
-        }
-        let out = map_float(
-            storage,
-            layout,
-            self.name(),
-            |s| transpose(s, dims),
-            |s| transpose(s, dims),
-        )?;
-        Ok((out, Shape::from((self.batch, self.cols, self.rows))))
-    }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let back = grad_res.contiguous()?.apply_op1(Transpose {
-            batch: self.batch,
-            rows: self.cols,
-            cols: self.rows,
-        })?;
-        Ok(Some(back.reshape(arg.shape())?))
-    }
-}
-
-/// [B, C, H, W] → [B·H·W, C·k·k (+1 with `ones`)]: see [`Im2Col`]. Differentiable.
-pub fn im2col_tensor(x: &Tensor, k: usize, ones: bool) -> Result<Tensor> {
-    if ![1, 3, 5, 7].contains(&k) {
-        candle_core::bail!("im2col: kernel size {k} is not 1, 3, 5 or 7");
-    }
-    x.contiguous()?.apply_op1(Im2Col { k, ones })
-}
-
-/// [B, C, H, W] → [B·H·W, C·k·k]: row (b, y, x) holds the k×k neighbourhood of every channel,
-/// zero outside the image, in the order of a conv weight flattened as [O, C·k·k]; with
-/// `ones`, a last column of 1 (for the bias).
-struct Im2Col {
-    k: usize,
-    ones: bool,
-}
-
-/// The adjoint of [`Im2Col`]: sums each column entry back onto the pixel it was copied from.
-struct Col2Im {
-    k: usize,
-    ones: bool,
-    dims: (usize, usize, usize, usize),
+    let bias = match bias {
+        Some(b) => b.clone(),
+        None => Tensor::zeros(o, weight.dtype(), weight.device())?,
+    };
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Conv { k })
 }
 
 /// Calls `$f::<_, K>` for the kernel sizes plateflow uses (checked in `conv2d_same`).
@@ -128,162 +50,333 @@ fn source_x(x: usize, kx: usize, pad: usize, w: usize) -> Option<usize> {
     (x + kx).checked_sub(pad).filter(|&sx| sx < w)
 }
 
+/// One image [C, H, W] → its column matrix [H·W, C·K·K] in `out` (zeros outside the image):
+/// row (y, x) holds the K×K neighbourhood of every channel, in the order of a weight
+/// flattened as [O, C·K·K]. K is a constant so the per-pixel copies compile to moves.
 fn im2col<T: WithDType, const K: usize>(
-    src: &[T],
-    (b, c, h, w): (usize, usize, usize, usize),
-    ones: bool,
-) -> Vec<T> {
-    // K is a constant so the per-pixel copies of K taps compile to moves, not memmove calls.
-    let k = K;
-    let pad = k / 2;
-    let row_len = c * k * k + ones as usize;
-    let mut out = vec![T::zero(); b * h * w * row_len];
-    out.par_chunks_mut(h * w * row_len)
-        .enumerate()
-        .for_each(|(bi, out_b)| {
-            let img = &src[bi * c * h * w..(bi + 1) * c * h * w];
-            for y in 0..h {
-                // All output pixels of image row y: w rows of the column matrix.
-                let rows = &mut out_b[y * w * row_len..(y + 1) * w * row_len];
-                if ones {
-                    rows.chunks_exact_mut(row_len)
-                        .for_each(|r| r[row_len - 1] = T::one());
-                }
-                for ci in 0..c {
-                    for ky in 0..k {
-                        let Some(sy) = (y + ky).checked_sub(pad).filter(|&sy| sy < h) else {
-                            continue;
-                        };
-                        let line = &img[(ci * h + sy) * w..(ci * h + sy + 1) * w];
-                        let off = (ci * k + ky) * k;
-                        for x in 0..w {
-                            let taps = &mut rows[x * row_len + off..x * row_len + off + k];
-                            if x >= pad && x + k - pad <= w {
-                                // Interior: one contiguous copy, no per-tap checks.
-                                taps.copy_from_slice(&line[x - pad..x - pad + k]);
-                            } else {
-                                for (kx, d) in taps.iter_mut().enumerate() {
-                                    if let Some(sx) = source_x(x, kx, pad, w) {
-                                        *d = line[sx];
-                                    }
-                                }
+    img: &[T],
+    (c, h, w): (usize, usize, usize),
+    out: &mut [T],
+) {
+    let pad = K / 2;
+    let row_len = c * K * K;
+    out.fill(T::zero());
+    for y in 0..h {
+        let rows = &mut out[y * w * row_len..(y + 1) * w * row_len];
+        for ci in 0..c {
+            for ky in 0..K {
+                let Some(sy) = (y + ky).checked_sub(pad).filter(|&sy| sy < h) else {
+                    continue;
+                };
+                let line = &img[(ci * h + sy) * w..(ci * h + sy + 1) * w];
+                let off = (ci * K + ky) * K;
+                for x in 0..w {
+                    let taps = &mut rows[x * row_len + off..x * row_len + off + K];
+                    if x >= pad && x + K - pad <= w {
+                        // Interior: one contiguous copy, no per-tap checks.
+                        taps.copy_from_slice(&line[x - pad..x - pad + K]);
+                    } else {
+                        for (kx, d) in taps.iter_mut().enumerate() {
+                            if let Some(sx) = source_x(x, kx, pad, w) {
+                                *d = line[sx];
                             }
                         }
                     }
                 }
             }
-        });
-    out
+        }
+    }
 }
 
+/// The adjoint of [`im2col`]: adds each column entry back onto the pixel it was copied from.
 fn col2im<T: WithDType, const K: usize>(
     cols: &[T],
-    (b, c, h, w): (usize, usize, usize, usize),
-    ones: bool,
-) -> Vec<T> {
-    // K is a constant so the per-pixel copies of K taps compile to moves, not memmove calls.
-    let k = K;
-    let pad = k / 2;
-    let row_len = c * k * k + ones as usize;
-    let mut out = vec![T::zero(); b * c * h * w];
-    out.par_chunks_mut(c * h * w)
-        .enumerate()
-        .for_each(|(bi, img)| {
-            let cols_b = &cols[bi * h * w * row_len..(bi + 1) * h * w * row_len];
-            for y in 0..h {
-                let rows = &cols_b[y * w * row_len..(y + 1) * w * row_len];
-                for ci in 0..c {
-                    for ky in 0..k {
-                        let Some(sy) = (y + ky).checked_sub(pad).filter(|&sy| sy < h) else {
-                            continue;
-                        };
-                        let line = &mut img[(ci * h + sy) * w..(ci * h + sy + 1) * w];
-                        let off = (ci * k + ky) * k;
-                        for x in 0..w {
-                            let taps = &rows[x * row_len + off..x * row_len + off + k];
-                            if x >= pad && x + k - pad <= w {
-                                for (d, &v) in line[x - pad..x - pad + k].iter_mut().zip(taps) {
-                                    *d += v;
-                                }
-                            } else {
-                                for (kx, &v) in taps.iter().enumerate() {
-                                    if let Some(sx) = source_x(x, kx, pad, w) {
-                                        line[sx] += v;
-                                    }
-                                }
+    (c, h, w): (usize, usize, usize),
+    img: &mut [T],
+) {
+    let pad = K / 2;
+    let row_len = c * K * K;
+    img.fill(T::zero());
+    for y in 0..h {
+        let rows = &cols[y * w * row_len..(y + 1) * w * row_len];
+        for ci in 0..c {
+            for ky in 0..K {
+                let Some(sy) = (y + ky).checked_sub(pad).filter(|&sy| sy < h) else {
+                    continue;
+                };
+                let line = &mut img[(ci * h + sy) * w..(ci * h + sy + 1) * w];
+                let off = (ci * K + ky) * K;
+                for x in 0..w {
+                    let taps = &rows[x * row_len + off..x * row_len + off + K];
+                    if x >= pad && x + K - pad <= w {
+                        for (d, &v) in line[x - pad..x - pad + K].iter_mut().zip(taps) {
+                            *d += v;
+                        }
+                    } else {
+                        for (kx, &v) in taps.iter().enumerate() {
+                            if let Some(sx) = source_x(x, kx, pad, w) {
+                                line[sx] += v;
                             }
                         }
                     }
                 }
             }
-        });
+        }
+    }
+}
+
+/// dst[m×n] (row-major) = lhs · rhs, with each operand given by its row and column strides;
+/// single-threaded (the callers run one per image in parallel).
+///
+/// # Safety
+/// The strides must keep every access inside the slices (checked by the callers' shapes).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: &[T],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[T],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    debug_assert!(dst.len() >= m * n);
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.as_mut_ptr(),
+        1,
+        n as isize,
+        accumulate,
+        lhs.as_ptr(),
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs.as_ptr(),
+        rhs_cs as isize,
+        rhs_rs as isize,
+        T::one(),
+        T::one(),
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
+}
+
+/// Shapes of one convolution: batch, channels in and out, height, width, taps per output.
+#[derive(Clone, Copy)]
+struct Dims {
+    b: usize,
+    c: usize,
+    o: usize,
+    h: usize,
+    w: usize,
+    /// C·k·k
+    kk: usize,
+}
+
+fn forward<T: WithDType, const K: usize>(x: &[T], wt: &[T], bias: &[T], d: Dims) -> Vec<T> {
+    let (chw, hw) = (d.c * d.h * d.w, d.h * d.w);
+    let mut y = vec![T::zero(); d.b * d.o * hw];
+    y.par_chunks_mut(d.o * hw).enumerate().for_each_init(
+        || (vec![T::zero(); hw * d.kk], vec![T::zero(); hw * d.o]),
+        |(cols, yt), (bi, yb)| {
+            im2col::<T, K>(&x[bi * chw..(bi + 1) * chw], (d.c, d.h, d.w), cols);
+            // yt [HW, O] = cols [HW, KK] · Wᵀ (W is [O, KK] row-major).
+            unsafe {
+                gemm_into((hw, d.o, d.kk), yt, false, cols, (d.kk, 1), wt, (1, d.kk));
+            }
+            for (o, plane) in yb.chunks_mut(hw).enumerate() {
+                for (p, v) in plane.iter_mut().enumerate() {
+                    *v = yt[p * d.o + o] + bias[o];
+                }
+            }
+        },
+    );
+    y
+}
+
+/// Gradients of [`forward`], packed as dx (B·C·H·W), dW (O·KK), db (O).
+fn backward<T: WithDType, const K: usize>(x: &[T], wt: &[T], dy: &[T], d: Dims) -> Vec<T> {
+    let (chw, hw) = (d.c * d.h * d.w, d.h * d.w);
+    let mut dx = vec![T::zero(); d.b * chw];
+    // Per image: dx directly, and its own dW and db (summed below, in image order).
+    let per_image: Vec<(Vec<T>, Vec<T>)> = dx
+        .par_chunks_mut(chw)
+        .enumerate()
+        .map_init(
+            || {
+                (
+                    vec![T::zero(); hw * d.kk],
+                    vec![T::zero(); hw * d.o],
+                    vec![T::zero(); hw * d.kk],
+                )
+            },
+            |(cols, dyt, dcols), (bi, dxb)| {
+                let dyb = &dy[bi * d.o * hw..(bi + 1) * d.o * hw];
+                let mut db = vec![T::zero(); d.o];
+                for (o, plane) in dyb.chunks(hw).enumerate() {
+                    for (p, &g) in plane.iter().enumerate() {
+                        dyt[p * d.o + o] = g;
+                        db[o] += g;
+                    }
+                }
+                im2col::<T, K>(&x[bi * chw..(bi + 1) * chw], (d.c, d.h, d.w), cols);
+                let mut dw = vec![T::zero(); d.o * d.kk];
+                unsafe {
+                    // dW [O, KK] = dytᵀ [O, HW] · cols [HW, KK]
+                    gemm_into(
+                        (d.o, d.kk, hw),
+                        &mut dw,
+                        false,
+                        dyt,
+                        (1, d.o),
+                        cols,
+                        (d.kk, 1),
+                    );
+                    // dcols [HW, KK] = dyt [HW, O] · W [O, KK]
+                    gemm_into((hw, d.kk, d.o), dcols, false, dyt, (d.o, 1), wt, (d.kk, 1));
+                }
+                col2im::<T, K>(dcols, (d.c, d.h, d.w), dxb);
+                (dw, db)
+            },
+        )
+        .collect();
+    let mut out = dx;
+    let mut dw = vec![T::zero(); d.o * d.kk];
+    let mut db = vec![T::zero(); d.o];
+    for (w, b) in per_image {
+        dw.iter_mut().zip(w).for_each(|(a, v)| *a += v);
+        db.iter_mut().zip(b).for_each(|(a, v)| *a += v);
+    }
+    out.extend(dw);
+    out.extend(db);
     out
 }
 
-/// The contiguous data of a CPU tensor of f32 or f64, mapped through `f`.
-fn map_float(
-    storage: &CpuStorage,
-    layout: &Layout,
-    what: &str,
-    f32_fn: impl Fn(&[f32]) -> Vec<f32>,
-    f64_fn: impl Fn(&[f64]) -> Vec<f64>,
-) -> Result<CpuStorage> {
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        candle_core::bail!("{what}: input must be contiguous");
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
+    let Some((a, b)) = l.contiguous_offsets() else {
+        candle_core::bail!("{what}: inputs must be contiguous");
     };
-    match storage {
-        CpuStorage::F32(v) => Ok(CpuStorage::F32(f32_fn(&v[start..end]))),
-        CpuStorage::F64(v) => Ok(CpuStorage::F64(f64_fn(&v[start..end]))),
-        _ => candle_core::bail!("{what}: f32 or f64 tensors only"),
+    Ok(&T::cpu_storage_as_slice(s)?[a..b])
+}
+
+/// The convolution: args x [B, C, H, W], weight [O, C, k, k], bias [O].
+struct Conv {
+    k: usize,
+}
+
+fn dims_of(x: &Shape, w: &Shape, k: usize) -> Result<Dims> {
+    let (b, c, h, wd) = x.dims4()?;
+    let (o, _, _, _) = w.dims4()?;
+    Ok(Dims {
+        b,
+        c,
+        o,
+        h,
+        w: wd,
+        kk: c * k * k,
+    })
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "plateflow-conv2d-same"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let d = dims_of(l1.shape(), l2.shape(), self.k)?;
+        let n = self.name();
+        let y = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(with_k!(
+                self.k,
+                forward,
+                slice::<f32>(s1, l1, n)?,
+                slice::<f32>(s2, l2, n)?,
+                slice::<f32>(s3, l3, n)?,
+                d
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(with_k!(
+                self.k,
+                forward,
+                slice::<f64>(s1, l1, n)?,
+                slice::<f64>(s2, l2, n)?,
+                slice::<f64>(s3, l3, n)?,
+                d
+            )),
+            _ => candle_core::bail!("{n}: f32 or f64 tensors only"),
+        };
+        Ok((y, Shape::from((d.b, d.o, d.h, d.w))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = dims_of(x.shape(), w.shape(), self.k)?;
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &ConvBackward { k: self.k, d })?;
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        Ok((
+            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
+            Some(packed.narrow(0, nx, nw)?.reshape(w.shape())?),
+            Some(packed.narrow(0, nx + nw, d.o)?),
+        ))
     }
 }
 
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "plateflow-im2col"
-    }
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let dims = layout.shape().dims4()?;
-        let (k, ones) = (self.k, self.ones);
-        let out = map_float(
-            storage,
-            layout,
-            self.name(),
-            |s| with_k!(k, im2col, s, dims, ones),
-            |s| with_k!(k, im2col, s, dims, ones),
-        )?;
-        let (b, c, h, w) = dims;
-        Ok((out, Shape::from((b * h * w, c * k * k + ones as usize))))
-    }
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad_res.contiguous()?.apply_op1(Col2Im {
-            k: self.k,
-            ones: self.ones,
-            dims: arg.dims4()?,
-        })?;
-        Ok(Some(grad))
-    }
+/// Backward of [`Conv`] as an op: args x, weight, dY → [dx; dW; db] flat.
+struct ConvBackward {
+    k: usize,
+    d: Dims,
 }
 
-impl CustomOp1 for Col2Im {
+impl CustomOp3 for ConvBackward {
     fn name(&self) -> &'static str {
-        "plateflow-col2im"
+        "plateflow-conv2d-same-backward"
     }
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (dims, k, ones) = (self.dims, self.k, self.ones);
-        let out = map_float(
-            storage,
-            layout,
-            self.name(),
-            |s| with_k!(k, col2im, s, dims, ones),
-            |s| with_k!(k, col2im, s, dims, ones),
-        )?;
-        Ok((out, Shape::from(dims)))
-    }
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        // col2im is linear and its adjoint is im2col (second derivatives, e.g. SmoothGrad of
-        // a gradient, stay possible).
-        Ok(Some(im2col_tensor(grad_res, self.k, self.ones)?))
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let n = self.name();
+        let d = self.d;
+        let out = match s1 {
+            CpuStorage::F32(_) => CpuStorage::F32(with_k!(
+                self.k,
+                backward,
+                slice::<f32>(s1, l1, n)?,
+                slice::<f32>(s2, l2, n)?,
+                slice::<f32>(s3, l3, n)?,
+                d
+            )),
+            CpuStorage::F64(_) => CpuStorage::F64(with_k!(
+                self.k,
+                backward,
+                slice::<f64>(s1, l1, n)?,
+                slice::<f64>(s2, l2, n)?,
+                slice::<f64>(s3, l3, n)?,
+                d
+            )),
+            _ => candle_core::bail!("{n}: f32 or f64 tensors only"),
+        };
+        let len = d.b * d.c * d.h * d.w + d.o * d.kk + d.o;
+        Ok((out, Shape::from(len)))
     }
 }
 
