@@ -7,6 +7,7 @@ fn main() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+    plateflow_learn::quiet_candle_threads();
     let cli = plateflow::cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

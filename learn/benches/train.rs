@@ -10,6 +10,7 @@ use plateflow_learn::rng::Rng;
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
+    plateflow_learn::quiet_candle_threads();
     plateflow_learn::keep_freed_memory();
     let (batch, side, steps) = (32usize, 64usize, 40usize);
     let varmap = VarMap::new();

@@ -35,6 +35,7 @@ const CLASSES: [&str; 16] = [
 ];
 
 fn main() -> anyhow::Result<()> {
+    plateflow_learn::quiet_candle_threads();
     let args: Vec<String> = std::env::args().collect();
     let side: usize = args.get(1).map_or(Ok(64), |s| s.parse())?;
     let epochs: usize = args.get(2).map_or(Ok(30), |s| s.parse())?;
