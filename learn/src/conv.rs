@@ -58,18 +58,22 @@ fn im2col<T: WithDType, const K: usize>(
     (c, h, w): (usize, usize, usize),
     out: &mut [T],
 ) {
+    // Every entry is written (zeros where a tap falls outside), so `out` needs no clearing:
+    // the column matrix is the largest buffer of the layer.
     let pad = K / 2;
     let row_len = c * K * K;
-    out.fill(T::zero());
     for y in 0..h {
         let rows = &mut out[y * w * row_len..(y + 1) * w * row_len];
         for ci in 0..c {
             for ky in 0..K {
+                let off = (ci * K + ky) * K;
                 let Some(sy) = (y + ky).checked_sub(pad).filter(|&sy| sy < h) else {
+                    for x in 0..w {
+                        rows[x * row_len + off..x * row_len + off + K].fill(T::zero());
+                    }
                     continue;
                 };
                 let line = &img[(ci * h + sy) * w..(ci * h + sy + 1) * w];
-                let off = (ci * K + ky) * K;
                 for x in 0..w {
                     let taps = &mut rows[x * row_len + off..x * row_len + off + K];
                     if x >= pad && x + K - pad <= w {
@@ -77,9 +81,7 @@ fn im2col<T: WithDType, const K: usize>(
                         taps.copy_from_slice(&line[x - pad..x - pad + K]);
                     } else {
                         for (kx, d) in taps.iter_mut().enumerate() {
-                            if let Some(sx) = source_x(x, kx, pad, w) {
-                                *d = line[sx];
-                            }
+                            *d = source_x(x, kx, pad, w).map_or(T::zero(), |sx| line[sx]);
                         }
                     }
                 }
@@ -94,9 +96,9 @@ fn col2im<T: WithDType, const K: usize>(
     (c, h, w): (usize, usize, usize),
     img: &mut [T],
 ) {
+    // `img` starts at zero: the caller allocates it zeroed.
     let pad = K / 2;
     let row_len = c * K * K;
-    img.fill(T::zero());
     for y in 0..h {
         let rows = &cols[y * w * row_len..(y + 1) * w * row_len];
         for ci in 0..c {
