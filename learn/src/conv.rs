@@ -386,26 +386,8 @@ impl CustomOp3 for ConvBackward {
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use candle_core::{Device, Var};
-
-    fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
-        let n = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| rng.unit() - 0.5).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
+    use crate::test_util::{max_abs_diff, random};
+    use candle_core::Var;
 
     /// Output, input gradient and weight gradient equal Candle's conv2d (0.11.1, whose conv
     /// gradients are right) for 3×3 and 5×5 kernels, batch 3, odd sizes.

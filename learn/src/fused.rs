@@ -493,27 +493,9 @@ mod tests {
     use super::*;
     use crate::model::max_pool_2x2;
     use crate::rng::Rng;
+    use crate::test_util::{max_abs_diff, random};
     use candle_core::{DType, Device, ModuleT};
     use candle_nn::VarMap;
-
-    fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
-        let n = shape.iter().product();
-        let v: Vec<f64> = (0..n).map(|_| rng.unit() - 0.5).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap()
-    }
 
     /// Outputs, running statistics and the gradients of input, scale and shift equal
     /// candle_nn's composed BatchNorm, in training and in evaluation mode.

@@ -17,9 +17,6 @@ pub mod schedule;
 pub mod split;
 pub mod train;
 
-#[cfg(test)]
-mod tests;
-
 /// Tells glibc's allocator to keep freed blocks for reuse instead of returning them to the
 /// kernel: training allocates and frees tensors of the same few sizes every step, and by
 /// default each one over 128 KiB was a fresh mmap whose pages the kernel zeroed again
@@ -44,5 +41,35 @@ pub fn quiet_candle_threads() {
         // SAFETY (edition 2021: set_var is safe, but racy with other threads): called first
         // thing in `main`, before any other thread exists.
         std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Helpers shared by the unit tests of the custom ops.
+#[cfg(test)]
+mod test_util {
+    use crate::rng::Rng;
+    use candle_core::{Device, Tensor};
+
+    /// Uniform values in [-0.5, 0.5), f64.
+    pub fn random(shape: &[usize], rng: &mut Rng) -> Tensor {
+        let n = shape.iter().product();
+        let v: Vec<f64> = (0..n).map(|_| rng.unit() - 0.5).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     }
 }

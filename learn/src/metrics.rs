@@ -101,24 +101,10 @@ pub fn argmax(probs: &[Vec<f64>]) -> Vec<usize> {
 /// Expected calibration error: the sample-weighted mean |accuracy − confidence| over `bins`
 /// equal-width confidence bins (15 is the usual choice).
 pub fn expected_calibration_error(truth: &[usize], probs: &[Vec<f64>], bins: usize) -> f64 {
-    let mut count = vec![0usize; bins];
-    let mut conf = vec![0f64; bins];
-    let mut correct = vec![0f64; bins];
-    for (t, p) in truth.iter().zip(probs) {
-        let (pred, &c) = p
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .expect("non-empty probabilities");
-        let b = ((c * bins as f64).ceil() as usize).clamp(1, bins) - 1;
-        count[b] += 1;
-        conf[b] += c;
-        correct[b] += (pred == *t) as u8 as f64;
-    }
     let n = truth.len().max(1) as f64;
-    (0..bins)
-        .filter(|&b| count[b] > 0)
-        .map(|b| (correct[b] - conf[b]).abs() / n)
+    reliability_bins(truth, probs, bins)
+        .iter()
+        .map(|b| b.count as f64 * (b.accuracy - b.confidence).abs() / n)
         .sum()
 }
 

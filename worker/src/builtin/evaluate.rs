@@ -8,11 +8,10 @@
 
 use super::fitting::Fitted;
 use super::samples::{self, Data};
-use super::{num, Context, Table};
+use super::{scoring, Context};
 use anyhow::Context as _;
 use plateflow_learn::metrics::{
-    apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error,
-    reliability_bins, Confusion,
+    apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error, Confusion,
 };
 use plateflow_learn::rng::Rng;
 use std::collections::BTreeSet;
@@ -145,32 +144,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     let pred = argmax(&cal);
 
     let nc = classes.len();
-    let mut header = vec![
-        "cell".to_string(),
-        group_by.clone(),
-        "well".into(),
-        "truth".into(),
-        "predicted".into(),
-        "confidence".into(),
-    ];
-    header.extend(classes.iter().map(|c| format!("p_{c}")));
-    // Join keys of the features table (cells.csv): ImageSet and ObjectNumber.
-    header.extend(["ImageSet".to_string(), "ObjectNumber".to_string()]);
-    let mut preds = Table::new(&header);
-    for i in 0..n {
-        let mut row = vec![
-            d.ids[i].clone(),
-            d.groups[i].clone(),
-            d.origins[i].well.clone(),
-            d.labels[i].map(|l| classes[l].clone()).unwrap_or_default(),
-            classes[pred[i]].clone(),
-            num(cal[i][pred[i]]),
-        ];
-        row.extend(cal[i].iter().map(|&p| num(p)));
-        let (set, object) = d.ids[i].split_once('#').unwrap_or((&d.ids[i], ""));
-        row.extend([set.to_string(), object.to_string()]);
-        preds.push_row(row);
-    }
+    let preds = scoring::predictions(&d, &group_by, &classes, &d.labels, &cal);
     ctx.write_output("predictions.csv", &preds.into_bytes())?;
 
     // Metrics over the labelled cells.
@@ -209,37 +183,10 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         let mut shuffled = truth.clone();
         Rng::new(0xC4A5).shuffle(&mut shuffled);
         let chance = Confusion::new(nc, &shuffled, &pred_lab).weighted_f1();
-        let mut per_group = Table::new(&[group_by.as_str(), "cells", "weighted_f1", "accuracy"]);
-        let mut per_group_json = Vec::new();
-        for g in &chosen {
-            let idx: Vec<usize> = (0..lab.len()).filter(|&j| &lab_groups[j] == g).collect();
-            let c = Confusion::new(
-                nc,
-                &idx.iter().map(|&j| truth[j]).collect::<Vec<_>>(),
-                &idx.iter().map(|&j| pred_lab[j]).collect::<Vec<_>>(),
-            );
-            per_group.push_row([
-                g.clone(),
-                idx.len().to_string(),
-                num(c.weighted_f1()),
-                num(c.accuracy()),
-            ]);
-            per_group_json.push(serde_json::json!({"group": g, "cells": idx.len(), "weighted_f1": c.weighted_f1(), "accuracy": c.accuracy()}));
-        }
+        let (per_group, per_group_json) =
+            scoring::per_group(&d, &group_by, nc, &lab, &truth, &pred_lab);
         ctx.write_output("per_group.csv", &per_group.into_bytes())?;
-        let mut rel = Table::new(&["series", "lo", "hi", "confidence", "accuracy", "count"]);
-        for (series, p) in [("before", &r_lab), ("after", &p_lab)] {
-            for b in reliability_bins(&truth, p, 15) {
-                rel.push_row([
-                    series.to_string(),
-                    num(b.lo),
-                    num(b.hi),
-                    num(b.confidence),
-                    num(b.accuracy),
-                    b.count.to_string(),
-                ]);
-            }
-        }
+        let rel = scoring::reliability(&truth, &r_lab, &p_lab);
         ctx.write_output("reliability.csv", &rel.into_bytes())?;
         let extra = serde_json::json!({
             "weighted_f1": {"value": overall.weighted_f1(), "ci95_by_plate": [wlo, whi]},

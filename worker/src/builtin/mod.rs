@@ -20,6 +20,7 @@ pub mod interpretation;
 pub mod platemap;
 pub mod report;
 pub mod samples;
+pub mod scoring;
 pub mod segment;
 pub mod train;
 

@@ -57,6 +57,17 @@ impl Data {
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
+    /// A cell's label (empty: unlabelled), added to the classes unless they are `fixed`.
+    fn push_label(&mut self, value: &str, fixed: bool) -> anyhow::Result<()> {
+        let l = if value.is_empty() {
+            None
+        } else {
+            Some(label_index(&mut self.classes, value, fixed)?)
+        };
+        self.labels.push(l);
+        Ok(())
+    }
+
     /// Keeps the cells for which `keep(i)` holds.
     pub fn retain(&mut self, keep: impl Fn(usize) -> bool) {
         let per: usize = self.shape.iter().product();
@@ -161,11 +172,7 @@ pub fn from_features(
             if lab.is_empty() && !keep_unlabelled {
                 continue;
             }
-            d.labels.push(if lab.is_empty() {
-                None
-            } else {
-                Some(label_index(&mut d.classes, lab, classes.is_some())?)
-            });
+            d.push_label(lab, classes.is_some())?;
             d.x.extend(feats.iter().map(|&i| {
                 rec.get(i)
                     .and_then(|v| v.parse::<f32>().ok())
@@ -252,11 +259,7 @@ pub fn from_crops(
             if lab.is_empty() && !keep_unlabelled {
                 continue;
             }
-            d.labels.push(if lab.is_empty() {
-                None
-            } else {
-                Some(label_index(&mut d.classes, lab, classes.is_some())?)
-            });
+            d.push_label(lab, classes.is_some())?;
             d.x.extend(values[row * per..(row + 1) * per].iter().map(|v| v / scale));
             d.push_origin(&rec, gc, wc, sc, oc);
             d.file_of.push(d.digests.len() - 1);

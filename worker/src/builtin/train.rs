@@ -13,11 +13,11 @@
 
 use super::fitting::{self, Fitted, Settings};
 use super::samples::{self, Data};
-use super::{card, interpretation, num, Context, Table};
+use super::{card, interpretation, num, scoring, Context, Table};
 use anyhow::Context as _;
 use plateflow_learn::metrics::{
     apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error,
-    fit_temperature, nll, reliability_bins, Confusion,
+    fit_temperature, nll, Confusion,
 };
 use plateflow_learn::rng::Rng;
 use plateflow_learn::split::{check_no_leak, group_kfold, Fold};
@@ -312,21 +312,14 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     let per_class: Vec<serde_json::Value> = (0..nc)
         .map(|k| serde_json::json!({"class": d.classes[k], "precision": overall.precision(k), "recall": overall.recall(k), "f1": overall.f1(k)}))
         .collect();
-    let mut per_group = Table::new(&[group_by.as_str(), "cells", "weighted_f1", "accuracy"]);
-    let mut per_group_json = Vec::new();
-    for g in &plates {
-        let idx: Vec<usize> = (0..n).filter(|&i| d.groups[i] == *g).collect();
-        let t: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-        let p: Vec<usize> = idx.iter().map(|&i| pred[i]).collect();
-        let c = Confusion::new(nc, &t, &p);
-        per_group.push_row([
-            g.to_string(),
-            idx.len().to_string(),
-            num(c.weighted_f1()),
-            num(c.accuracy()),
-        ]);
-        per_group_json.push(serde_json::json!({"group": g, "cells": idx.len(), "weighted_f1": c.weighted_f1(), "accuracy": c.accuracy()}));
-    }
+    let (per_group, per_group_json) = scoring::per_group(
+        &d,
+        &group_by,
+        nc,
+        &(0..n).collect::<Vec<_>>(),
+        &labels,
+        &pred,
+    );
     ctx.write_output("per_group.csv", &per_group.into_bytes())?;
     // The saved model's temperature: fitted on all out-of-fold predictions (each made by a
     // model that never saw that cell's plate).
@@ -342,19 +335,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         "nll_before": nll(&labels, &raw),
         "nll_after": nll(&labels, &cal),
     });
-    let mut rel = Table::new(&["series", "lo", "hi", "confidence", "accuracy", "count"]);
-    for (series, p) in [("before", &raw), ("after", &cal)] {
-        for b in reliability_bins(&labels, p, 15) {
-            rel.push_row([
-                series.to_string(),
-                num(b.lo),
-                num(b.hi),
-                num(b.confidence),
-                num(b.accuracy),
-                b.count.to_string(),
-            ]);
-        }
-    }
+    let rel = scoring::reliability(&labels, &raw, &cal);
     ctx.write_output("reliability.csv", &rel.into_bytes())?;
     let metrics = serde_json::json!({
         "model": model_kind,
@@ -378,30 +359,8 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         "metrics.json",
         serde_json::to_string_pretty(&metrics)?.as_bytes(),
     )?;
-    let mut header = vec![
-        "cell".to_string(),
-        group_by.clone(),
-        "well".into(),
-        "truth".into(),
-        "predicted".into(),
-    ];
-    header.extend(d.classes.iter().map(|c| format!("p_{c}")));
-    // Join keys of the features table (cells.csv): ImageSet and ObjectNumber.
-    header.extend(["ImageSet".to_string(), "ObjectNumber".to_string()]);
-    let mut preds = Table::new(&header);
-    for i in 0..n {
-        let mut row = vec![
-            d.ids[i].clone(),
-            d.groups[i].clone(),
-            d.origins[i].well.clone(),
-            d.classes[labels[i]].clone(),
-            d.classes[pred[i]].clone(),
-        ];
-        row.extend(cal[i].iter().map(|&p| num(p)));
-        let (set, object) = d.ids[i].split_once('#').unwrap_or((&d.ids[i], ""));
-        row.extend([set.to_string(), object.to_string()]);
-        preds.push_row(row);
-    }
+    let truth: Vec<Option<usize>> = labels.iter().map(|&l| Some(l)).collect();
+    let preds = scoring::predictions(&d, &group_by, &d.classes, &truth, &cal);
     ctx.write_output("predictions.csv", &preds.into_bytes())?;
     ctx.logln(format!(
         "{model_kind}, {n} cells, {nc} classes, {protocol}: weighted F1 {:.3} [{wlo:.3}, {whi:.3}], macro F1 {:.3}, shuffled-label control {shuffled_f1:.3}; ECE {:.3} -> {:.3} after temperature scaling",
