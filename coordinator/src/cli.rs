@@ -67,6 +67,15 @@ pub enum Command {
         /// A task label, a file under the results directory, or a digest.
         target: String,
     },
+    /// Check what this node offers (cores, memory, GPUs, CUDA build, store, coordinator).
+    Doctor {
+        /// The store directory a worker here would use.
+        #[arg(long, default_value = ".plateflow-worker/store")]
+        store: PathBuf,
+        /// A coordinator to try to reach (host:port).
+        #[arg(long)]
+        coordinator: Option<String>,
+    },
     /// List the pipeline's runs with the scores of their train and evaluate steps.
     Runs {
         pipeline: PathBuf,
@@ -314,6 +323,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let text = lineage::logs(&pipeline, &task, stderr, state.as_deref())?;
             std::io::Write::write_all(&mut std::io::stdout(), &text)?;
             Ok(0)
+        }
+        Command::Doctor { store, coordinator } => {
+            let (text, ok) = crate::doctor::run(&store, coordinator.as_deref()).await;
+            print!("{text}");
+            Ok(if ok { 0 } else { 1 })
         }
         Command::Runs { pipeline, state } => {
             let cfg = history_config(&pipeline, state)?;

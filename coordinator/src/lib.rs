@@ -5,6 +5,7 @@ pub mod cli;
 pub mod dataset;
 pub mod db;
 pub mod demo;
+pub mod doctor;
 pub mod dryrun;
 pub mod engine;
 pub mod history;
