@@ -176,9 +176,9 @@ mod tests {
     #[tokio::test]
     async fn a_writable_store_passes_and_an_absent_coordinator_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let (text, ok) = run(&dir.path().join("store"), None).await;
+        let (text, _) = run(&dir.path().join("store"), None).await;
         assert!(
-            text.contains("store") && text.contains("writable"),
+            text.contains("ok   store") && text.contains("writable"),
             "{text}"
         );
         assert!(text.contains("cpus") && text.contains("memory"), "{text}");
