@@ -50,9 +50,11 @@ struct Scored {
     history: Option<History>,
 }
 
-/// Fits on `train` and scores `test`: the validation plates carved from `train` early-stop
-/// the CNN and fit the temperature. The logistic model is then refitted on all of `train`
-/// (it needs no early stopping); the temperature from its validation fit is kept.
+/// Fits on `train` and scores `test`.
+/// - CNN: the validation plates carved from `train` early-stop it and fit the temperature.
+/// - Logistic (no early stopping): fitted on all of `train`; its temperature comes from
+///   cross-fitting over the training plates (each inner fold's plates scored by a model that
+///   did not see them, pooled), so it is fitted on predictions like the ones it is applied to.
 fn fit_and_score(
     d: &Data,
     y: &[usize],
@@ -60,18 +62,39 @@ fn fit_and_score(
     train: &[usize],
     test: &[usize],
 ) -> anyhow::Result<Scored> {
+    if s.model == "logistic" {
+        let groups: Vec<String> = train.iter().map(|&i| d.groups[i].clone()).collect();
+        let distinct = groups.iter().collect::<BTreeSet<_>>().len();
+        let temperature = if distinct >= 2 {
+            let (mut truth, mut probs) = (Vec::new(), Vec::new());
+            for f in group_kfold(&groups, distinct.min(3))? {
+                let fit_on: Vec<usize> = f.train.iter().map(|&j| train[j]).collect();
+                let val: Vec<usize> = f.test.iter().map(|&j| train[j]).collect();
+                probs.extend(
+                    fitting::fit(d, y, s, &fit_on, &fit_on)?
+                        .0
+                        .predict(d, &val)?,
+                );
+                truth.extend(val.iter().map(|&i| y[i]));
+            }
+            fit_temperature(&truth, &probs)
+        } else {
+            1.0 // one training plate: nothing to calibrate on that the model did not see
+        };
+        let (model, _) = fitting::fit(d, y, s, train, train)?;
+        return Ok(Scored {
+            raw: model.predict(d, test)?,
+            temperature,
+            history: None,
+        });
+    }
     let (fit_on, val) =
         carve_validation(&d.groups, train)?.unwrap_or_else(|| (train.to_vec(), train.to_vec()));
     let (model, history) = fitting::fit(d, y, s, &fit_on, &val)?;
     let val_truth: Vec<usize> = val.iter().map(|&i| y[i]).collect();
     let temperature = fit_temperature(&val_truth, &model.predict(d, &val)?);
-    let raw = if s.model == "logistic" && fit_on.len() < train.len() {
-        fitting::fit(d, y, s, train, train)?.0.predict(d, test)?
-    } else {
-        model.predict(d, test)?
-    };
     Ok(Scored {
-        raw,
+        raw: model.predict(d, test)?,
         temperature,
         history,
     })
@@ -325,7 +348,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     // model that never saw that cell's plate).
     let temperature = fit_temperature(&labels, &raw);
     let calibration = serde_json::json!({
-        "method": "temperature scaling, fitted per fold on validation plates carved from the training plates",
+        "method": if model_kind == "logistic" { "temperature scaling, fitted per fold on cross-fitted predictions of the training plates" } else { "temperature scaling, fitted per fold on validation plates carved from the training plates" },
         "temperature": temperature,
         "fold_temperatures": temperatures,
         "ece_before": expected_calibration_error(&labels, &raw, 15),
