@@ -11,6 +11,7 @@
 //! depend on thread timing. The gradient tests check it against Candle's conv2d and against
 //! finite differences.
 
+use crate::cpu_op::{float_op, slice};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -257,13 +258,6 @@ fn backward<T: WithDType, const K: usize>(x: &[T], wt: &[T], dy: &[T], d: Dims) 
     out
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: inputs must be contiguous");
-    };
-    Ok(&T::cpu_storage_as_slice(s)?[a..b])
-}
-
 /// The convolution: args x [B, C, H, W], weight [O, C, k, k], bias [O].
 struct Conv {
     k: usize,
@@ -297,25 +291,14 @@ impl CustomOp3 for Conv {
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims_of(l1.shape(), l2.shape(), self.k)?;
         let n = self.name();
-        let y = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(with_k!(
-                self.k,
-                forward,
-                slice::<f32>(s1, l1, n)?,
-                slice::<f32>(s2, l2, n)?,
-                slice::<f32>(s3, l3, n)?,
-                d
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(with_k!(
-                self.k,
-                forward,
-                slice::<f64>(s1, l1, n)?,
-                slice::<f64>(s2, l2, n)?,
-                slice::<f64>(s3, l3, n)?,
-                d
-            )),
-            _ => candle_core::bail!("{n}: f32 or f64 tensors only"),
-        };
+        let y = float_op!(n, s1, |T| with_k!(
+            self.k,
+            forward,
+            slice::<T>(s1, l1, n)?,
+            slice::<T>(s2, l2, n)?,
+            slice::<T>(s3, l3, n)?,
+            d
+        ));
         Ok((y, Shape::from((d.b, d.o, d.h, d.w))))
     }
     fn bwd(
@@ -358,25 +341,14 @@ impl CustomOp3 for ConvBackward {
     ) -> Result<(CpuStorage, Shape)> {
         let n = self.name();
         let d = self.d;
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(with_k!(
-                self.k,
-                backward,
-                slice::<f32>(s1, l1, n)?,
-                slice::<f32>(s2, l2, n)?,
-                slice::<f32>(s3, l3, n)?,
-                d
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(with_k!(
-                self.k,
-                backward,
-                slice::<f64>(s1, l1, n)?,
-                slice::<f64>(s2, l2, n)?,
-                slice::<f64>(s3, l3, n)?,
-                d
-            )),
-            _ => candle_core::bail!("{n}: f32 or f64 tensors only"),
-        };
+        let out = float_op!(n, s1, |T| with_k!(
+            self.k,
+            backward,
+            slice::<T>(s1, l1, n)?,
+            slice::<T>(s2, l2, n)?,
+            slice::<T>(s3, l3, n)?,
+            d
+        ));
         let len = d.b * d.c * d.h * d.w + d.o * d.kk + d.o;
         Ok((out, Shape::from(len)))
     }

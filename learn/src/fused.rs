@@ -7,6 +7,7 @@
 //! `candle_nn::BatchNorm` (weight, bias, running_mean, running_var; momentum 0.1; running
 //! variance unbiased), so saved models load either way.
 
+use crate::cpu_op::{float_op, slice};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var, WithDType,
 };
@@ -84,13 +85,6 @@ fn bc_rest(shape: &Shape) -> Result<(usize, usize, usize)> {
     Ok((d[0], d[1], d[2..].iter().product()))
 }
 
-fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [T]> {
-    let Some((a, b)) = l.contiguous_offsets() else {
-        candle_core::bail!("{what}: input must be contiguous");
-    };
-    Ok(&T::cpu_storage_as_slice(s)?[a..b])
-}
-
 /// Per-channel sums over the batch and spatial positions, in f64: `f(b, c, acc)` adds batch
 /// item b's contribution for channel c. Partial sums per batch item are added in batch
 /// order, so the result does not depend on how threads split the work (same seed, same
@@ -145,11 +139,10 @@ impl CustomOp1 for ChannelStats {
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let dims = bc_rest(l.shape())?;
-        let out = match s {
-            CpuStorage::F32(_) => CpuStorage::F32(stats_of(slice::<f32>(s, l, self.name())?, dims)),
-            CpuStorage::F64(_) => CpuStorage::F64(stats_of(slice::<f64>(s, l, self.name())?, dims)),
-            _ => candle_core::bail!("{}: f32 or f64 tensors only", self.name()),
-        };
+        let out = float_op!(self.name(), s, |T| stats_of(
+            slice::<T>(s, l, self.name())?,
+            dims
+        ));
         Ok((out, Shape::from((2, dims.1))))
     }
 }
@@ -262,23 +255,13 @@ impl CustomOp3 for Normalize {
     ) -> Result<(CpuStorage, Shape)> {
         let dims = bc_rest(l1.shape())?;
         let name = self.name();
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(normalize(
-                slice::<f32>(s1, l1, name)?,
-                slice::<f32>(s2, l2, name)?,
-                slice::<f32>(s3, l3, name)?,
-                dims,
-                self.eps,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(normalize(
-                slice::<f64>(s1, l1, name)?,
-                slice::<f64>(s2, l2, name)?,
-                slice::<f64>(s3, l3, name)?,
-                dims,
-                self.eps,
-            )),
-            _ => candle_core::bail!("{name}: f32 or f64 tensors only"),
-        };
+        let out = float_op!(name, s1, |T| normalize(
+            slice::<T>(s1, l1, name)?,
+            slice::<T>(s2, l2, name)?,
+            slice::<T>(s3, l3, name)?,
+            dims,
+            self.eps,
+        ));
         Ok((out, l1.shape().clone()))
     }
     fn bwd(
@@ -341,20 +324,10 @@ impl CustomOp2 for NormalizeBackward {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let (out, len) = match s1 {
-            CpuStorage::F32(_) => {
-                let v = self.run(slice::<f32>(s1, l1, name)?, slice::<f32>(s2, l2, name)?);
-                let len = v.len();
-                (CpuStorage::F32(v), len)
-            }
-            CpuStorage::F64(_) => {
-                let v = self.run(slice::<f64>(s1, l1, name)?, slice::<f64>(s2, l2, name)?);
-                let len = v.len();
-                (CpuStorage::F64(v), len)
-            }
-            _ => candle_core::bail!("{name}: f32 or f64 tensors only"),
-        };
-        Ok((out, Shape::from(len)))
+        let out = float_op!(name, s1, |T| self
+            .run(slice::<T>(s1, l1, name)?, slice::<T>(s2, l2, name)?));
+        let (b, c, n) = self.dims;
+        Ok((out, Shape::from(b * c * n + 2 * c)))
     }
 }
 
@@ -419,15 +392,12 @@ impl CustomOp1 for ReluPool {
             out
         }
         let (planes, h, w) = hw(l)?;
-        let out = match s {
-            CpuStorage::F32(_) => {
-                CpuStorage::F32(run(slice::<f32>(s, l, self.name())?, planes, h, w))
-            }
-            CpuStorage::F64(_) => {
-                CpuStorage::F64(run(slice::<f64>(s, l, self.name())?, planes, h, w))
-            }
-            _ => candle_core::bail!("{}: f32 or f64 tensors only", self.name()),
-        };
+        let out = float_op!(self.name(), s, |T| run(
+            slice::<T>(s, l, self.name())?,
+            planes,
+            h,
+            w
+        ));
         let (b, c, _, _) = l.shape().dims4()?;
         Ok((out, Shape::from((b, c, h / 2, w / 2))))
     }
@@ -467,23 +437,13 @@ impl CustomOp2 for ReluPoolBackward {
         }
         let (planes, h, w) = hw(l1)?;
         let name = self.name();
-        let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(run(
-                slice::<f32>(s1, l1, name)?,
-                slice::<f32>(s2, l2, name)?,
-                planes,
-                h,
-                w,
-            )),
-            CpuStorage::F64(_) => CpuStorage::F64(run(
-                slice::<f64>(s1, l1, name)?,
-                slice::<f64>(s2, l2, name)?,
-                planes,
-                h,
-                w,
-            )),
-            _ => candle_core::bail!("{name}: f32 or f64 tensors only"),
-        };
+        let out = float_op!(name, s1, |T| run(
+            slice::<T>(s1, l1, name)?,
+            slice::<T>(s2, l2, name)?,
+            planes,
+            h,
+            w,
+        ));
         Ok((out, l1.shape().clone()))
     }
 }

@@ -5,6 +5,7 @@
 //! (issue 4) are to be thin adapters over it.
 
 pub mod conv;
+mod cpu_op;
 pub mod data;
 pub mod device;
 pub mod figures;
