@@ -94,7 +94,13 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             }
             d
         }
-        _ => samples::from_crops(ctx, &group_by, Some(&classes), true)?,
+        _ => {
+            let mut d = samples::from_crops(ctx, &group_by, Some(&classes), true)?;
+            if sidecar["plate_normalisation"] == "crop" {
+                samples::per_crop_z(&mut d);
+            }
+            d
+        }
     };
     // Which plates: those named, else every plate the model did not train on.
     let present: BTreeSet<String> = d.groups.iter().cloned().collect();

@@ -194,11 +194,17 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     let held: BTreeSet<&String> = holdout.iter().collect();
     let groups_before = d.groups.clone();
     d.retain(|i| !held.contains(&groups_before[i]));
-    let normalize = ctx.str_param("normalize").unwrap_or("plate").to_string();
+    // Normalisation that no plate is fitted on: per plate (logistic features, labels unused)
+    // or per crop (CNN pixels); standardisation fitted on training cells comes later.
+    let default = if model_kind == "cnn" { "crop" } else { "plate" };
+    let normalize = ctx.str_param("normalize").unwrap_or(default).to_string();
     match (normalize.as_str(), model_kind.as_str()) {
         ("plate", "logistic") => samples::per_group_robust_z(&mut d),
-        ("none", _) | (_, "cnn") => {}
-        (other, _) => anyhow::bail!("`normalize: {other}` is not known: use `plate` or `none`"),
+        ("crop", "cnn") => samples::per_crop_z(&mut d),
+        ("none", _) => {}
+        (other, kind) => anyhow::bail!(
+            "`normalize: {other}` does not apply to `model: {kind}`: use `plate` or `none` for logistic, `crop` or `none` for cnn"
+        ),
     }
     let labels: Vec<usize> = d.labels.iter().map(|l| l.expect("labelled")).collect();
     let n = labels.len();
@@ -363,7 +369,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     let metrics = serde_json::json!({
         "model": model_kind,
         "split": {"protocol": protocol, "leaky": leaky, "folds": folds.len(), "groups": plates.iter().collect::<Vec<_>>(), "holdout": holdout},
-        "normalisation": if model_kind == "logistic" { normalize.clone() } else { "none".into() },
+        "normalisation": normalize.clone(),
         "cells": n,
         "classes": d.classes,
         "weighted_f1": {"value": overall.weighted_f1(), "ci95_by_plate": [wlo, whi]},
@@ -428,7 +434,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         "label": label,
         "group_by": group_by,
         "normalisation": normalisation,
-        "plate_normalisation": if model_kind == "logistic" { normalize.clone() } else { "none".into() },
+        "plate_normalisation": normalize.clone(),
         "architecture": architecture,
         "temperature": temperature,
         "training": {"groups": training_groups, "holdout": holdout, "cells": n, "seed": seed, "label": label,
