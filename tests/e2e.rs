@@ -347,6 +347,11 @@ fn lines(p: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The token file a test coordinator writes (its default: `<state>/token`).
+fn token_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("state").join("token")
+}
+
 fn coordinator(dir: &Path, port: u16, log: &str) -> Proc {
     let p = Proc::spawn(
         "coordinator",
@@ -375,6 +380,7 @@ fn worker(dir: &Path, port: u16, name: &str, cpus: u32) -> Proc {
     Proc::spawn(
         name,
         plateflow()
+            .env("PLATEFLOW_TOKEN_FILE", token_file(dir))
             .args([
                 "worker",
                 "--coordinator",
@@ -393,9 +399,10 @@ fn worker(dir: &Path, port: u16, name: &str, cpus: u32) -> Proc {
 }
 
 /// Submits a pipeline without waiting; returns the run id.
-fn submit(pipeline: &Path, port: u16) -> String {
+fn submit(dir: &Path, pipeline: &Path, port: u16) -> String {
     let out = run_bounded(
         plateflow()
+            .env("PLATEFLOW_TOKEN_FILE", token_file(dir))
             .arg("submit")
             .arg(pipeline)
             .args(["--coordinator", &format!("127.0.0.1:{port}")]),
@@ -409,16 +416,18 @@ fn submit(pipeline: &Path, port: u16) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn status(port: u16, run: &str) -> serde_json::Value {
+fn status(dir: &Path, port: u16, run: &str) -> serde_json::Value {
     let out = run_bounded(
-        plateflow().args([
-            "status",
-            run,
-            "--tasks",
-            "--json",
-            "--coordinator",
-            &format!("127.0.0.1:{port}"),
-        ]),
+        plateflow()
+            .env("PLATEFLOW_TOKEN_FILE", token_file(dir))
+            .args([
+                "status",
+                run,
+                "--tasks",
+                "--json",
+                "--coordinator",
+                &format!("127.0.0.1:{port}"),
+            ]),
         30,
     );
     if !out.status.success() {
@@ -442,14 +451,14 @@ fn worker_killed_mid_task_run_completes_byte_identical() {
     let _coord = coordinator(tmp.path(), port, "coordinator.log");
     let mut w1 = worker(tmp.path(), port, "w-one", 1);
     let _w2 = worker(tmp.path(), port, "w-two", 1);
-    let run_id = submit(&p, port);
+    let run_id = submit(tmp.path(), &p, port);
     // Both workers busy, then one dies mid-task.
     wait_for("two tasks to start", 60, || {
         (lines(&tmp.path().join("started.log")).len() >= 2).then_some(())
     });
     w1.kill9();
     let st = wait_for("the run to finish", 120, || {
-        let st = status(port, &run_id);
+        let st = status(tmp.path(), port, &run_id);
         (st["state"] != "running" && !st.is_null()).then_some(st)
     });
     assert_eq!(st["state"], "succeeded", "{st}");
@@ -478,12 +487,12 @@ fn coordinator_killed_and_restarted_resumes_without_rerunning() {
     let port = free_port();
     let mut coord = coordinator(tmp.path(), port, "coordinator-1.log");
     let _w = worker(tmp.path(), port, "w-one", 2);
-    let run_id = submit(&p, port);
+    let run_id = submit(tmp.path(), &p, port);
     let finished_log = tmp.path().join("finished.log");
     wait_for("three tasks to finish", 60, || {
         (lines(&finished_log).len() >= 3).then_some(())
     });
-    let before = status(port, &run_id);
+    let before = status(tmp.path(), port, &run_id);
     let done_before: Vec<String> = before["tasks"]
         .as_array()
         .unwrap()
@@ -496,7 +505,7 @@ fn coordinator_killed_and_restarted_resumes_without_rerunning() {
 
     let _coord2 = coordinator(tmp.path(), port, "coordinator-2.log");
     let st = wait_for("the resumed run to finish", 120, || {
-        let st = status(port, &run_id);
+        let st = status(tmp.path(), port, &run_id);
         (st["state"] == "succeeded" || st["state"] == "failed").then_some(st)
     });
     assert_eq!(st["state"], "succeeded", "{st}");

@@ -3,11 +3,11 @@
 
 use crate::engine::{Engine, EngineConfig, Event};
 use crate::progress::{self, Progress};
+use crate::security::ServerSecurity;
 use crate::{dryrun, lineage, server, spec};
 use clap::{Args, Parser, Subcommand};
-use plateflow_proto::v1::{
-    coordinator_client::CoordinatorClient, RunStatus, StatusRequest, SubmitRequest, WatchRequest,
-};
+use plateflow_proto::v1::{RunStatus, StatusRequest, SubmitRequest, WatchRequest};
+use plateflow_worker::access::{Access, Client, Token};
 use plateflow_worker::{run_worker, WorkerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -125,6 +125,8 @@ pub enum Command {
         wait: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// Show runs and their tasks.
     Status {
@@ -141,6 +143,8 @@ pub enum Command {
         tasks: bool,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// List the step kinds this build provides, with their parameters.
     Kinds,
@@ -180,6 +184,47 @@ pub struct CoordinatorArgs {
     /// A worker silent this long is declared lost.
     #[arg(long, default_value_t = 10_000)]
     pub lease_ms: u64,
+    /// The cluster token file workers and clients must present (created owner-only when
+    /// absent; default <state>/token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Accept calls without the token: only for a trusted single-user machine.
+    #[arg(long)]
+    pub no_auth: bool,
+    /// Serve TLS with this certificate (PEM; with --tls-key).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a self-signed certificate made once in <state>/tls; workers pin the
+    /// fingerprint printed at start (--tls-fingerprint).
+    #[arg(long)]
+    pub tls_self_signed: bool,
+}
+
+/// How a worker or client proves itself to the coordinator and checks its certificate.
+#[derive(Args, Clone, Debug)]
+pub struct AccessArgs {
+    /// The cluster token file the coordinator wrote (owner-only permissions).
+    #[arg(long, env = "PLATEFLOW_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Trust exactly the coordinator certificate with this SHA-256 fingerprint (it prints
+    /// it at start).
+    #[arg(long, env = "PLATEFLOW_TLS_FINGERPRINT")]
+    pub tls_fingerprint: Option<String>,
+    /// Trust coordinator certificates signed by this CA (PEM).
+    #[arg(long, env = "PLATEFLOW_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl AccessArgs {
+    fn access(&self) -> anyhow::Result<Access> {
+        Access::from_args(
+            self.token_file.as_deref(),
+            self.tls_ca.clone(),
+            self.tls_fingerprint.as_deref(),
+        )
+    }
 }
 
 #[derive(Args)]
@@ -214,6 +259,8 @@ pub struct WorkerArgs {
     /// Exit after this many seconds without a coordinator.
     #[arg(long, default_value_t = 300)]
     pub reconnect_timeout_s: u64,
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 fn cpus_here() -> u32 {
@@ -356,6 +403,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let mut cfg = EngineConfig::new(args.state.clone());
             cfg.heartbeat = Duration::from_millis(args.heartbeat_ms);
             cfg.lease = Duration::from_millis(args.lease_ms);
+            let security = coordinator_security(&args)?;
             let engine = Engine::start(cfg)?;
             let listener = server::bind(args.listen).await?;
             eprintln!(
@@ -363,7 +411,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 listener.local_addr()?,
                 args.state.display()
             );
-            server::serve(engine, listener, async {
+            server::serve(engine, listener, security, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
@@ -394,6 +442,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 shared_fs: args.shared_fs,
                 scratch_dir: args.scratch,
                 reconnect_timeout: Duration::from_secs(args.reconnect_timeout_s),
+                access: args.access.access()?,
             };
             run_worker(cfg, async {
                 let _ = tokio::signal::ctrl_c().await;
@@ -407,6 +456,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             force,
             wait,
             json,
+            access,
         } => {
             let path = std::fs::canonicalize(&pipeline)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", pipeline.display()))?;
@@ -416,7 +466,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 eprintln!("{d}");
                 return Ok(2);
             }
-            let mut client = connect(&coordinator).await?;
+            let mut client = connect(&coordinator, &access.access()?).await?;
             let resp = match client
                 .submit(SubmitRequest {
                     pipeline_path: path.display().to_string(),
@@ -456,8 +506,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             coordinator,
             tasks,
             json,
+            access,
         } => {
-            let mut client = connect(&coordinator).await?;
+            let mut client = connect(&coordinator, &access.access()?).await?;
             let runs = client
                 .status(StatusRequest {
                     run_id: run.unwrap_or(0),
@@ -513,13 +564,56 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-async fn connect(addr: &str) -> anyhow::Result<CoordinatorClient<tonic::transport::Channel>> {
-    let ch = tonic::transport::Endpoint::from_shared(http(addr))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
+async fn connect(addr: &str, access: &Access) -> anyhow::Result<Client> {
+    let client = plateflow_worker::access::connect(addr, access, Duration::from_secs(5))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the coordinator at {addr}: {e} (is `plateflow coordinator` running? set --coordinator)"))?;
-    Ok(CoordinatorClient::new(ch).max_decoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES))
+        .map_err(|e| {
+            if plateflow_worker::access::is_refusal(&e) {
+                e
+            } else {
+                anyhow::anyhow!("{e:#} (is `plateflow coordinator` running? set --coordinator)")
+            }
+        })?;
+    Ok(client.max_decoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES))
+}
+
+/// The token and TLS identity of a standalone coordinator, announced on stderr (the token's
+/// path, never the token).
+fn coordinator_security(args: &CoordinatorArgs) -> anyhow::Result<ServerSecurity> {
+    let token = if args.no_auth {
+        eprintln!(
+            "WARNING: --no-auth: anyone who can reach {} can submit pipelines and run commands \
+             as this user",
+            args.listen
+        );
+        None
+    } else {
+        let path = args
+            .token_file
+            .clone()
+            .unwrap_or_else(|| args.state.join("token"));
+        let token = Token::read_or_create(&path)?;
+        eprintln!(
+            "cluster token in {} (workers and clients: --token-file {})",
+            path.display(),
+            path.display()
+        );
+        Some(token)
+    };
+    let tls = crate::security::tls_identity(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_self_signed
+            .then(|| args.state.join("tls"))
+            .as_deref(),
+    )?;
+    if let Some(t) = &tls {
+        eprintln!(
+            "TLS certificate fingerprint {} (workers and clients: --tls-fingerprint {})",
+            t.fingerprint, t.fingerprint
+        );
+    }
+    Ok(ServerSecurity { token, tls })
 }
 
 fn finish_report(last: Option<RunStatus>, json: bool) -> anyhow::Result<i32> {
@@ -576,9 +670,20 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut stop = stop_rx.clone();
-    let server_task = tokio::spawn(server::serve(engine.clone(), listener, async move {
-        let _ = stop.changed().await;
-    }));
+    // Even on loopback a token: other users of a shared login node can reach 127.0.0.1.
+    let token = Token::generate()?;
+    let security = ServerSecurity {
+        token: Some(token.clone()),
+        tls: None,
+    };
+    let server_task = tokio::spawn(server::serve(
+        engine.clone(),
+        listener,
+        security,
+        async move {
+            let _ = stop.changed().await;
+        },
+    ));
     let fair = (cpus_here() / args.workers.max(1)).max(1);
     // A step that asks for more CPUs than a local worker offers would wait forever: on this
     // machine the workers offer at least the largest request (the OS shares the cores).
@@ -613,6 +718,9 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
             .arg("--scratch")
             .arg(pipeline.workspace.join("scratch"))
             .args(["--reconnect-timeout-s", "30"])
+            // The environment of a process is readable by its owner only (/proc/PID/environ).
+            .env("PLATEFLOW_TOKEN", token.secret())
+            .env_remove("PLATEFLOW_TOKEN_FILE")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);

@@ -17,5 +17,6 @@ pub mod plan;
 pub mod progress;
 pub mod run;
 pub mod scheduler;
+pub mod security;
 pub mod server;
 pub mod spec;

@@ -244,15 +244,21 @@ impl Coordinator for CoordinatorService {
     }
 }
 
-/// Serves the coordinator on `listener` until `shutdown` resolves.
+/// Serves the coordinator on `listener` until `shutdown` resolves: every call passes the
+/// token check, over TLS when an identity is given.
 pub async fn serve(
     engine: EngineHandle,
     listener: tokio::net::TcpListener,
+    security: crate::security::ServerSecurity,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let svc = CoordinatorServer::new(CoordinatorService { engine })
         .max_decoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES);
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        svc,
+        crate::security::CheckToken::new(security.token),
+    );
     // Builder::tcp_nodelay applies only to sockets tonic binds itself: set it on each accepted
     // one, or small messages wait ~40 ms for delayed ACKs (Nagle).
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
@@ -260,7 +266,13 @@ pub async fn serve(
             let _ = s.set_nodelay(true);
         })
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem),
+        ))?;
+    }
+    builder
         .add_service(svc)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;

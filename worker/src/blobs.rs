@@ -1,20 +1,18 @@
 //! Moving blobs over gRPC in chunks: ask which are missing first, then send only those.
 //! Every received blob is verified against its digest before it enters a store.
 
+use crate::access::Client;
 use crate::exec::BlobFetcher;
-use plateflow_proto::v1::{
-    coordinator_client::CoordinatorClient, BlobChunk, DownloadBlobRequest, FindMissingBlobsRequest,
-};
+use plateflow_proto::v1::{BlobChunk, DownloadBlobRequest, FindMissingBlobsRequest};
 use plateflow_store::{BlobStore, Digest};
 use std::io::{Read, Write};
-use tonic::transport::Channel;
 
 /// Chunk size on the wire: well under gRPC's message limit, large enough to stream fast.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
 #[derive(Clone)]
 pub struct GrpcFetcher {
-    pub client: CoordinatorClient<Channel>,
+    pub client: Client,
 }
 
 impl BlobFetcher for GrpcFetcher {
@@ -37,7 +35,7 @@ impl BlobFetcher for GrpcFetcher {
 
 /// Uploads those of `digests` that the coordinator lacks, reading them from `store`.
 pub async fn upload_missing(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     store: &BlobStore,
     digests: &[Digest],
 ) -> anyhow::Result<()> {

@@ -278,6 +278,9 @@ async fn run_command<F: BlobFetcher>(
         }
     };
     cmd.current_dir(&work)
+        // A user's script has no business with the cluster's credentials.
+        .env_remove("PLATEFLOW_TOKEN")
+        .env_remove("PLATEFLOW_TOKEN_FILE")
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&stdout_path)?)
         .stderr(std::fs::File::create(&stderr_path)?)

@@ -1,11 +1,12 @@
 //! The worker's life on the wire: connect, say hello with its resources, run what it is given,
 //! send results back in batches, heartbeat, and reconnect when the coordinator goes away.
 
+use crate::access::{Access, Client};
 use crate::blobs::{upload_missing, GrpcFetcher};
 use crate::exec::{execute, ExecEnv};
 use plateflow_proto::v1::{
-    coordinator_client::CoordinatorClient, coordinator_message, worker_message, Heartbeat,
-    Resources, TaskResult, TaskResults, WorkerHello, WorkerMessage,
+    coordinator_message, worker_message, Heartbeat, Resources, TaskResult, TaskResults,
+    WorkerHello, WorkerMessage,
 };
 use plateflow_store::{BlobStore, Digest};
 use std::collections::HashMap;
@@ -13,7 +14,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 /// Largest gRPC message either side accepts (assignments of big plates list many files).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -34,6 +34,8 @@ pub struct WorkerConfig {
     pub scratch_dir: PathBuf,
     /// Give up after this long without a coordinator (a batch job must not wait forever).
     pub reconnect_timeout: Duration,
+    /// The cluster token and how to check the coordinator's certificate.
+    pub access: Access,
 }
 
 /// Runs the worker until `shutdown` resolves or the coordinator stays unreachable too long.
@@ -54,10 +56,14 @@ pub async fn run_worker(
     loop {
         let attempt = tokio::select! {
             _ = &mut shutdown => return Ok(()),
-            r = connect(&cfg.coordinator) => r,
+            r = connect(&cfg.coordinator, &cfg.access) => r,
         };
         let client = match attempt {
             Ok(c) => c,
+            // Wrong or missing credentials stay wrong: say so and stop, do not retry.
+            Err(e) if crate::access::is_refusal(&e) => {
+                anyhow::bail!("{e:#} (this worker stops: retrying cannot help)")
+            }
             Err(e) => {
                 if unreachable_since.elapsed() > cfg.reconnect_timeout {
                     anyhow::bail!(
@@ -81,6 +87,13 @@ pub async fn run_worker(
             r = session(&cfg, &env, client) => r,
         };
         match ended {
+            // Wrong or missing credentials stay wrong: say so and stop, do not retry.
+            Err(e) if crate::access::is_refusal(&e) => {
+                anyhow::bail!(
+                    "the coordinator at {} refused this worker: {e:#}",
+                    cfg.coordinator
+                )
+            }
             Ok(()) => tracing::info!("coordinator closed the session; reconnecting"),
             Err(e) => tracing::warn!("session with coordinator lost: {e:#}; reconnecting"),
         }
@@ -88,24 +101,16 @@ pub async fn run_worker(
     }
 }
 
-async fn connect(addr: &str) -> anyhow::Result<CoordinatorClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(addr.to_string())?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
-    Ok(CoordinatorClient::new(channel)
+async fn connect(addr: &str, access: &Access) -> anyhow::Result<Client> {
+    Ok(crate::access::connect(addr, access, Duration::from_secs(5))
+        .await?
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }
 
 /// One session. Running tasks belong to it: when it ends they are aborted (their processes
 /// killed), since the coordinator re-queues them as soon as it notices the loss.
-async fn session(
-    cfg: &WorkerConfig,
-    env: &ExecEnv,
-    mut client: CoordinatorClient<Channel>,
-) -> anyhow::Result<()> {
+async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyhow::Result<()> {
     let (out_tx, out_rx) = mpsc::channel::<WorkerMessage>(1024);
     out_tx
         .send(WorkerMessage {
@@ -215,7 +220,7 @@ async fn session(
 }
 
 async fn upload_result_blobs(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut Client,
     store: &BlobStore,
     result: &TaskResult,
 ) -> anyhow::Result<()> {

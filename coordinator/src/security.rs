@@ -1,0 +1,169 @@
+//! Who may talk to the coordinator, and over what: the cluster-token check on every gRPC call
+//! and the server's TLS identity (given, or self-signed and kept in the state directory so its
+//! fingerprint survives restarts). The client side lives in `plateflow_worker::access`.
+
+use anyhow::Context as _;
+use plateflow_worker::access::{fingerprint_of, Token, AUTH_HEADER};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tonic::{Request, Status};
+
+/// What the server enforces.
+#[derive(Default)]
+pub struct ServerSecurity {
+    /// `None`: no token required (only `plateflow run`'s loopback default or `--no-auth`).
+    pub token: Option<Token>,
+    pub tls: Option<TlsIdentity>,
+}
+
+/// A certificate and key (PEM) and the fingerprint workers pin.
+pub struct TlsIdentity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub fingerprint: String,
+}
+
+/// Refuses calls without the cluster token. Refusals are logged with the caller's address;
+/// the presented value never is.
+#[derive(Clone)]
+pub struct CheckToken(Option<Arc<Token>>);
+
+impl CheckToken {
+    pub fn new(token: Option<Token>) -> Self {
+        CheckToken(token.map(Arc::new))
+    }
+}
+
+impl tonic::service::Interceptor for CheckToken {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.0 else {
+            return Ok(req);
+        };
+        let peer = req
+            .remote_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "?".into());
+        match req.metadata().get(AUTH_HEADER).map(|v| v.to_str()) {
+            None => {
+                tracing::warn!(%peer, "refused a call without the cluster token");
+                Err(Status::unauthenticated(
+                    "this coordinator requires the cluster token: pass --token-file with the \
+                     file the coordinator wrote (default <state>/token; it prints the path at \
+                     start), or set PLATEFLOW_TOKEN_FILE",
+                ))
+            }
+            Some(Ok(v)) if token.matches(v.strip_prefix("Bearer ").unwrap_or(v)) => Ok(req),
+            Some(_) => {
+                tracing::warn!(%peer, "refused a call with a wrong cluster token");
+                Err(Status::unauthenticated(
+                    "wrong cluster token: this coordinator was started with another one (check \
+                     --token-file; a new state directory makes a new token)",
+                ))
+            }
+        }
+    }
+}
+
+/// The TLS identity from `--tls-cert`/`--tls-key`, or a self-signed one in `dir` (made once,
+/// then reused, so pinned fingerprints stay valid across restarts).
+pub fn tls_identity(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    self_signed_dir: Option<&Path>,
+) -> anyhow::Result<Option<TlsIdentity>> {
+    let (cert_path, key_path): (PathBuf, PathBuf) = match (cert, key, self_signed_dir) {
+        (Some(c), Some(k), _) => (c.to_path_buf(), k.to_path_buf()),
+        (Some(_), None, _) | (None, Some(_), _) => {
+            anyhow::bail!("--tls-cert and --tls-key go together")
+        }
+        (None, None, Some(dir)) => {
+            let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+            if !(c.exists() && k.exists()) {
+                write_self_signed(dir, &c, &k)?;
+            }
+            (c, k)
+        }
+        (None, None, None) => return Ok(None),
+    };
+    let cert_pem = std::fs::read(&cert_path)
+        .with_context(|| format!("reading the TLS certificate {}", cert_path.display()))?;
+    let key_pem = std::fs::read(&key_path)
+        .with_context(|| format!("reading the TLS key {}", key_path.display()))?;
+    let der = first_certificate_der(&cert_pem)
+        .with_context(|| format!("{}: no PEM certificate in it", cert_path.display()))?;
+    Ok(Some(TlsIdentity {
+        fingerprint: fingerprint_of(&der),
+        cert_pem,
+        key_pem,
+    }))
+}
+
+fn write_self_signed(dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    let names = vec![host, "localhost".into(), "127.0.0.1".into(), "::1".into()];
+    let made = rcgen::generate_simple_self_signed(names)
+        .context("generating a self-signed TLS certificate")?;
+    // The key first, owner-only, each written whole under a temporary name.
+    let k = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::write(k.path(), made.signing_key.serialize_pem())?;
+    k.persist(key)?;
+    let c = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::write(c.path(), made.cert.pem())?;
+    c.persist(cert)?;
+    Ok(())
+}
+
+/// The DER bytes of the first certificate of a PEM file.
+fn first_certificate_der(pem: &[u8]) -> Option<Vec<u8>> {
+    use rustls::pki_types::{pem::PemObject as _, CertificateDer};
+    CertificateDer::pem_slice_iter(pem)
+        .next()?
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::service::Interceptor as _;
+
+    fn call_with(header: Option<&str>) -> Result<(), Status> {
+        let mut req = Request::new(());
+        if let Some(h) = header {
+            req.metadata_mut().insert(AUTH_HEADER, h.parse().unwrap());
+        }
+        CheckToken::new(Some(Token::from_secret("s3cret-s3cret-s3cret").unwrap()))
+            .call(req)
+            .map(|_| ())
+    }
+
+    #[test]
+    fn the_token_is_required_and_must_match() {
+        assert!(call_with(Some("Bearer s3cret-s3cret-s3cret")).is_ok());
+        let missing = call_with(None).unwrap_err();
+        assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+        assert!(missing.message().contains("--token-file"));
+        let wrong = call_with(Some("Bearer s3cret-s3cret-s3creX")).unwrap_err();
+        assert!(wrong.message().contains("wrong cluster token"));
+        assert!(!wrong.message().contains("s3cret"), "never echo a token");
+        assert!(CheckToken::new(None).call(Request::new(())).is_ok());
+    }
+
+    #[test]
+    fn a_self_signed_identity_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = tls_identity(None, None, Some(dir.path())).unwrap().unwrap();
+        let b = tls_identity(None, None, Some(dir.path())).unwrap().unwrap();
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert!(a.fingerprint.starts_with("sha256:") && a.fingerprint.len() == 7 + 64);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("key.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is owner-only");
+    }
+}

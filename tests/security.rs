@@ -1,0 +1,267 @@
+//! Who may talk to a coordinator: real `plateflow coordinator`, `worker`, `submit` and
+//! `status` processes on loopback, over TLS with a self-signed certificate and the cluster
+//! token. Refused callers get a clear message and change nothing; the token never shows in a
+//! log.
+
+use plateflow_e2e::{free_port, json_of, plateflow, run_bounded, wait_for, Proc};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A small command pipeline over a few text files.
+fn pipeline(dir: &Path) -> PathBuf {
+    for plate in ["P1", "P2"] {
+        let d = dir.join("data").join(plate);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a.txt"), format!("cells of {plate}\n")).unwrap();
+    }
+    let p = dir.join("secure.yaml");
+    std::fs::write(
+        &p,
+        r#"pipeline: secure
+data:
+  images: data
+  pattern: "{plate}/{name}.txt"
+steps:
+  count:
+    uses: command
+    for_each: plate
+    with:
+      run: cat {inputs} | wc -c > n.txt
+      outputs: [n.txt]
+"#,
+    )
+    .unwrap();
+    p
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    fingerprint: String,
+    _coordinator: Proc,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = dir.path().join("coordinator.log");
+        let coordinator = Proc::spawn(
+            "coordinator",
+            plateflow()
+                .env("PLATEFLOW_LOG", "info")
+                .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+                .args(["--tls-self-signed", "--state"])
+                .arg(dir.path().join("state")),
+            &log,
+        );
+        wait_for("the coordinator to listen", 30, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        let text = std::fs::read_to_string(&log).unwrap();
+        let fingerprint = text
+            .split_whitespace()
+            .find(|w| w.starts_with("sha256:"))
+            .unwrap_or_else(|| panic!("no fingerprint announced:\n{text}"))
+            .to_string();
+        Cluster {
+            dir,
+            port,
+            fingerprint,
+            _coordinator: coordinator,
+        }
+    }
+    fn token(&self) -> PathBuf {
+        self.dir.path().join("state").join("token")
+    }
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+    /// `plateflow <args…> --coordinator ADDR`, with no credentials from the environment.
+    fn client(&self, args: &[&str]) -> Command {
+        let mut c = plateflow();
+        c.env_remove("PLATEFLOW_TOKEN_FILE")
+            .env_remove("PLATEFLOW_TLS_FINGERPRINT")
+            .env_remove("PLATEFLOW_TOKEN")
+            .args(args)
+            .args(["--coordinator", &self.addr()]);
+        c
+    }
+    fn runs(&self) -> serde_json::Value {
+        let out = run_bounded(
+            self.client(&["status", "--json"])
+                .arg("--token-file")
+                .arg(self.token())
+                .args(["--tls-fingerprint", &self.fingerprint]),
+            30,
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        json_of(&out)
+    }
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn the_token_file_is_made_owner_only() {
+    let c = Cluster::start();
+    let mode = std::fs::metadata(c.token()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn callers_without_the_right_credentials_are_refused_and_change_nothing() {
+    let c = Cluster::start();
+    let p = pipeline(c.dir.path());
+
+    // No token.
+    let out = run_bounded(
+        c.client(&["submit"])
+            .arg(&p)
+            .args(["--tls-fingerprint", &c.fingerprint]),
+        30,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("requires the cluster token"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A wrong token (in a properly protected file).
+    let wrong = c.dir.path().join("wrong-token");
+    std::fs::write(&wrong, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&wrong, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = run_bounded(
+        c.client(&["submit"])
+            .arg(&p)
+            .arg("--token-file")
+            .arg(&wrong)
+            .args(["--tls-fingerprint", &c.fingerprint]),
+        30,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("wrong cluster token"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A token file others can read is refused before anything is sent.
+    let loose = c.dir.path().join("loose-token");
+    std::fs::copy(c.token(), &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run_bounded(
+        c.client(&["submit"])
+            .arg(&p)
+            .arg("--token-file")
+            .arg(&loose)
+            .args(["--tls-fingerprint", &c.fingerprint]),
+        30,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("chmod 600"), "{}", stderr(&out));
+
+    // The right token over plain text to a TLS coordinator.
+    let out = run_bounded(
+        c.client(&["submit"])
+            .arg(&p)
+            .arg("--token-file")
+            .arg(c.token()),
+        30,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--tls-fingerprint"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The right token to a coordinator whose certificate is not the pinned one.
+    let other = format!("sha256:{}", "00".repeat(32));
+    let out = run_bounded(
+        c.client(&["submit"])
+            .arg(&p)
+            .arg("--token-file")
+            .arg(c.token())
+            .args(["--tls-fingerprint", &other]),
+        30,
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not the pinned"), "{}", stderr(&out));
+
+    // A worker without a token stops at once with the reason (it does not retry for ever).
+    let out = run_bounded(
+        c.client(&["worker", "--name", "intruder"])
+            .args(["--tls-fingerprint", &c.fingerprint])
+            .arg("--store")
+            .arg(c.dir.path().join("w/store"))
+            .arg("--scratch")
+            .arg(c.dir.path().join("w/scratch")),
+        30,
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("refused the credentials") && stderr(&out).contains("cluster token"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Nothing was submitted, no worker joined.
+    assert_eq!(c.runs(), serde_json::json!([]));
+    let log = std::fs::read_to_string(c.dir.path().join("coordinator.log")).unwrap();
+    assert!(!log.contains("intruder"), "{log}");
+}
+
+#[test]
+fn a_worker_with_the_token_and_pinned_certificate_runs_a_pipeline() {
+    let c = Cluster::start();
+    let p = pipeline(c.dir.path());
+    let wlog = c.dir.path().join("worker.log");
+    let _worker = Proc::spawn(
+        "worker",
+        c.client(&["worker", "--name", "w1", "--cpus", "1"])
+            .env("PLATEFLOW_LOG", "info")
+            .arg("--token-file")
+            .arg(c.token())
+            .args(["--tls-fingerprint", &c.fingerprint])
+            .arg("--store")
+            .arg(c.dir.path().join("w/store"))
+            .arg("--scratch")
+            .arg(c.dir.path().join("w/scratch")),
+        &wlog,
+    );
+    let out = run_bounded(
+        c.client(&["submit", "--wait", "--json"])
+            .arg(&p)
+            .arg("--token-file")
+            .arg(c.token())
+            .args(["--tls-fingerprint", &c.fingerprint]),
+        120,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let st = json_of(&out);
+    assert_eq!(st["state"], "succeeded", "{st}");
+    // "cells of P1\n" is 12 bytes: the task really ran on the worker.
+    for plate in ["P1", "P2"] {
+        let n = c
+            .dir
+            .path()
+            .join(format!("results/count/plate={plate}/n.txt"));
+        let n = std::fs::read_to_string(&n).unwrap_or_else(|e| panic!("{}: {e}", n.display()));
+        assert_eq!(n.trim(), "12", "{plate}");
+    }
+    // The secret appears in no log.
+    let token = std::fs::read_to_string(c.token()).unwrap();
+    for log in [c.dir.path().join("coordinator.log"), wlog] {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains(token.trim()),
+            "{} shows the token",
+            log.display()
+        );
+    }
+}
