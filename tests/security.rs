@@ -44,7 +44,16 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+    /// With extra `plateflow coordinator` arguments; `{dir}` stands for the test directory.
+    fn start_with(extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra
+            .iter()
+            .map(|a| a.replace("{dir}", &dir.path().display().to_string()))
+            .collect();
+        std::fs::create_dir_all(dir.path().join("projects")).unwrap();
         let port = free_port();
         let log = dir.path().join("coordinator.log");
         let coordinator = Proc::spawn(
@@ -52,6 +61,7 @@ impl Cluster {
             plateflow()
                 .env("PLATEFLOW_LOG", "info")
                 .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+                .args(&extra)
                 .args(["--tls-self-signed", "--state"])
                 .arg(dir.path().join("state")),
             &log,
@@ -264,4 +274,112 @@ fn a_worker_with_the_token_and_pinned_certificate_runs_a_pipeline() {
             log.display()
         );
     }
+}
+
+/// `plateflow submit` with the right credentials; returns (success, stderr).
+fn submit(c: &Cluster, p: &Path) -> (bool, String) {
+    let out = run_bounded(
+        c.client(&["submit", "--wait"])
+            .arg(p)
+            .arg("--token-file")
+            .arg(c.token())
+            .args(["--tls-fingerprint", &c.fingerprint]),
+        120,
+    );
+    (out.status.success(), stderr(&out))
+}
+
+#[test]
+fn pipelines_cannot_reach_outside_the_allowed_roots() {
+    let c = Cluster::start_with(&["--allow-root", "{dir}/projects"]);
+    let root = c.dir.path().join("projects");
+    let outside = c.dir.path().join("elsewhere");
+    std::fs::create_dir_all(outside.join("P9")).unwrap();
+    std::fs::write(outside.join("P9/secret.txt"), "not yours\n").unwrap();
+    let wlog = c.dir.path().join("worker.log");
+    let _worker = Proc::spawn(
+        "worker",
+        c.client(&["worker", "--name", "w1", "--cpus", "1"])
+            .arg("--token-file")
+            .arg(c.token())
+            .args(["--tls-fingerprint", &c.fingerprint])
+            .arg("--store")
+            .arg(c.dir.path().join("w/store"))
+            .arg("--scratch")
+            .arg(c.dir.path().join("w/scratch")),
+        &wlog,
+    );
+
+    // A pipeline outside the roots.
+    let p = pipeline(&outside);
+    let (ok, err) = submit(&c, &p);
+    assert!(!ok && err.contains("outside the directories"), "{err}");
+
+    // A pipeline inside whose images climb out with `../`.
+    let inside = root.join("a");
+    let p = pipeline(&inside);
+    let text = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, text.replace("images: data", "images: ../../elsewhere")).unwrap();
+    let (ok, err) = submit(&c, &p);
+    assert!(!ok && err.contains("the image directory"), "{err}");
+
+    // Images inside, one of them a link to a file outside.
+    let p = pipeline(&inside);
+    std::os::unix::fs::symlink(outside.join("P9/secret.txt"), inside.join("data/P1/b.txt"))
+        .unwrap();
+    let (ok, err) = submit(&c, &p);
+    assert!(!ok && err.contains("really"), "{err}");
+    std::fs::remove_file(inside.join("data/P1/b.txt")).unwrap();
+
+    // An output that is a link out of the task's scratch directory.
+    let p = inside.join("link.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            r#"pipeline: link
+data:
+  images: data
+  pattern: "{{plate}}/{{name}}.txt"
+steps:
+  steal:
+    uses: command
+    for_each: plate
+    with:
+      run: ln -s {} out.txt
+      outputs: [out.txt]
+"#,
+            outside.join("P9/secret.txt").display()
+        ),
+    )
+    .unwrap();
+    let (ok, err) = submit(&c, &p);
+    assert!(!ok, "{err}");
+    let st = c.runs();
+    let text = st.to_string();
+    assert!(
+        text.contains("outside the task's scratch directory"),
+        "{text}"
+    );
+
+    // Nothing was written outside the roots, nothing stolen into results.
+    let mut found = Vec::new();
+    plateflow_e2e::tree_bytes(&outside)
+        .into_iter()
+        .for_each(|(k, _)| found.push(k));
+    assert_eq!(
+        found,
+        [
+            "P9/secret.txt",
+            "data/P1/a.txt",
+            "data/P2/a.txt",
+            "secure.yaml"
+        ],
+        "only what the test wrote there"
+    );
+    assert!(!outside.join(".plateflow").exists() && !outside.join("results").exists());
+    assert!(!inside.join("results/steal").exists());
+
+    // And a well-behaved pipeline in the same place runs.
+    let (ok, err) = submit(&c, &pipeline(&inside));
+    assert!(ok, "{err}");
 }

@@ -401,8 +401,16 @@ fn bench_hash() {
         .enumerate()
     {
         let t = Instant::now();
-        let prep =
-            prepare(i as u64 + 1, &pipeline_path, yaml, vec![], &mut db, threads).expect("prepare");
+        let prep = prepare(
+            i as u64 + 1,
+            &pipeline_path,
+            yaml,
+            vec![],
+            &mut db,
+            threads,
+            &[],
+        )
+        .expect("prepare");
         let s = t.elapsed().as_secs_f64();
         let st = prep.hash_stats;
         println!(
@@ -446,7 +454,8 @@ fn bench_rerun() {
     .enumerate()
     {
         let t = Instant::now();
-        let p = prepare(i as u64 + 1, &pipeline_path, yaml, vec![], &mut db, 2).expect("prepare");
+        let p =
+            prepare(i as u64 + 1, &pipeline_path, yaml, vec![], &mut db, 2, &[]).expect("prepare");
         let st = p.hash_stats;
         line(
             what,

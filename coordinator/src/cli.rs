@@ -191,6 +191,10 @@ pub struct CoordinatorArgs {
     /// Accept calls without the token: only for a trusted single-user machine.
     #[arg(long)]
     pub no_auth: bool,
+    /// Pipelines, their images and their results must lie under this directory (repeat for
+    /// several); without it a submitted pipeline may name any path this user can reach.
+    #[arg(long)]
+    pub allow_root: Vec<PathBuf>,
     /// Serve TLS with this certificate (PEM; with --tls-key).
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
@@ -403,6 +407,18 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let mut cfg = EngineConfig::new(args.state.clone());
             cfg.heartbeat = Duration::from_millis(args.heartbeat_ms);
             cfg.lease = Duration::from_millis(args.lease_ms);
+            for r in &args.allow_root {
+                cfg.allowed_roots.push(
+                    std::fs::canonicalize(r)
+                        .map_err(|e| anyhow::anyhow!("--allow-root {}: {e}", r.display()))?,
+                );
+            }
+            if cfg.allowed_roots.is_empty() && !args.listen.ip().is_loopback() {
+                eprintln!(
+                    "note: no --allow-root: submitted pipelines may read and write anywhere \
+                     this user can"
+                );
+            }
             let security = coordinator_security(&args)?;
             let engine = Engine::start(cfg)?;
             let listener = server::bind(args.listen).await?;

@@ -38,7 +38,15 @@ pub fn simulate(
             .unwrap_or(pipeline.workspace.clone()),
     );
     let mut db = Db::open(&cfg.db_path())?;
-    let prep = prepare(0, pipeline_path, &yaml, force, &mut db, cfg.hash_threads)?;
+    let prep = prepare(
+        0,
+        pipeline_path,
+        &yaml,
+        force,
+        &mut db,
+        cfg.hash_threads,
+        &[],
+    )?;
     let actions = db.load_action_cache()?;
     let store = BlobStore::open(cfg.store_dir())?;
     let lock = lockfile::read(&lockfile::lock_path(&prep.pipeline.file))?;

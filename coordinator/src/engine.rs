@@ -37,6 +37,9 @@ pub struct EngineConfig {
     /// Resume runs a killed coordinator left unfinished (a long-lived coordinator does; a
     /// one-shot `plateflow run` marks them interrupted instead and runs what it was given).
     pub resume_unfinished: bool,
+    /// Pipelines, their data and their results must lie under these (canonical) directories;
+    /// empty: anywhere (`plateflow run`, a single user's machine).
+    pub allowed_roots: Vec<PathBuf>,
 }
 
 impl EngineConfig {
@@ -49,6 +52,7 @@ impl EngineConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             resume_unfinished: true,
+            allowed_roots: Vec::new(),
         }
     }
     pub fn db_path(&self) -> PathBuf {
@@ -390,10 +394,11 @@ impl Engine {
     fn spawn_prepare(&self, run_id: u64, path: PathBuf, yaml: String, force: Vec<String>) {
         let db_path = self.cfg.db_path();
         let threads = self.cfg.hash_threads;
+        let roots = self.cfg.allowed_roots.clone();
         let events = self.events.clone();
         tokio::task::spawn_blocking(move || {
             let result = Db::open(&db_path)
-                .and_then(|mut db| prepare(run_id, &path, &yaml, force, &mut db, threads))
+                .and_then(|mut db| prepare(run_id, &path, &yaml, force, &mut db, threads, &roots))
                 .map_err(|e| format!("{e:#}"));
             let _ = events.send(Event::Prepared {
                 run_id,

@@ -94,6 +94,24 @@ impl PreparedRun {
     }
 }
 
+/// The pipeline's own paths under the coordinator's allowed roots (none: anywhere).
+fn confine(p: &spec::Pipeline, path: &Path, roots: &[PathBuf]) -> anyhow::Result<()> {
+    let mut paths: Vec<(&str, &Path)> = vec![
+        ("the workspace", p.workspace.as_path()),
+        ("the results directory", p.results.as_path()),
+    ];
+    if let Some(d) = &p.data {
+        paths.push(("the image directory", d.images_root.as_path()));
+        if let Some(m) = &d.plate_map {
+            paths.push(("the plate map", m.as_path()));
+        }
+    }
+    for s in &p.steps {
+        paths.extend(s.files.iter().map(|(_, f)| ("a step file", f.as_path())));
+    }
+    crate::security::check_confined(roots, path, paths)
+}
+
 /// Validates and plans a pipeline. Slow parts (hashing) use `threads` threads.
 pub fn prepare(
     id: u64,
@@ -102,9 +120,11 @@ pub fn prepare(
     force: Vec<String>,
     db: &mut Db,
     threads: usize,
+    allowed_roots: &[PathBuf],
 ) -> anyhow::Result<PreparedRun> {
     let t0 = std::time::Instant::now();
     let pipeline = spec::parse(pipeline_path, yaml)?;
+    confine(&pipeline, pipeline_path, allowed_roots)?;
     let (dataset, hash_stats) = match &pipeline.data {
         Some(data) => {
             let mut ds = Dataset::scan(data)?;
@@ -125,6 +145,15 @@ pub fn prepare(
                         )
                     }
                 );
+            }
+            // Files are listed through links: each must resolve under the allowed roots too.
+            if !allowed_roots.is_empty() {
+                let paths: Vec<PathBuf> = ds.images.iter().map(|i| ds.abs_path(i)).collect();
+                crate::security::check_confined(
+                    allowed_roots,
+                    pipeline_path,
+                    paths.iter().map(|p| ("image", p.as_path())),
+                )?;
             }
             let listed = t0.elapsed();
             let stats = ds.hash(db, threads)?;
@@ -198,7 +227,7 @@ mod tests {
     /// (so keys differ only through what this test changes).
     fn keys(dir: &Path, yaml: &str) -> BTreeMap<String, String> {
         let mut db = Db::open(&dir.join("state/plateflow.db")).unwrap();
-        let prep = prepare(1, &dir.join("p.yaml"), yaml, vec![], &mut db, 2).unwrap();
+        let prep = prepare(1, &dir.join("p.yaml"), yaml, vec![], &mut db, 2, &[]).unwrap();
         let fake: Vec<Vec<(String, Digest)>> = (0..prep.plan.len() as TaskIdx)
             .map(|t| vec![("out".to_string(), hash_bytes(prep.label(t).as_bytes()))])
             .collect();

@@ -64,6 +64,50 @@ impl tonic::service::Interceptor for CheckToken {
     }
 }
 
+/// Where a pipeline may read and write on the coordinator's machine: its file, workspace,
+/// results, images, plate map and step files must all resolve (symbolic links followed)
+/// under one of `roots`. No roots: no restriction (a single user's own machine).
+pub fn check_confined<'a>(
+    roots: &[PathBuf],
+    pipeline_path: &'a Path,
+    paths: impl IntoIterator<Item = (&'a str, &'a Path)>,
+) -> anyhow::Result<()> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    let under = |p: &Path| -> Option<PathBuf> {
+        // A path that does not exist yet (results) is judged by its nearest existing parent.
+        let mut probe = p.to_path_buf();
+        let real = loop {
+            match std::fs::canonicalize(&probe) {
+                Ok(r) => break r,
+                Err(_) => probe = probe.parent()?.to_path_buf(),
+            }
+        };
+        (!roots.iter().any(|r| real.starts_with(r))).then_some(real)
+    };
+    for (what, p) in std::iter::once(("the pipeline file", pipeline_path)).chain(paths) {
+        if let Some(real) = under(p) {
+            anyhow::bail!(
+                "{}: {what} {} is outside the directories this coordinator serves ({}); \
+                 move it there, or start the coordinator with another --allow-root",
+                pipeline_path.display(),
+                if real == p {
+                    p.display().to_string()
+                } else {
+                    format!("{} (really {})", p.display(), real.display())
+                },
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The TLS identity from `--tls-cert`/`--tls-key`, or a self-signed one in `dir` (made once,
 /// then reused, so pinned fingerprints stay valid across restarts).
 pub fn tls_identity(
@@ -150,6 +194,42 @@ mod tests {
         assert!(wrong.message().contains("wrong cluster token"));
         assert!(!wrong.message().contains("s3cret"), "never echo a token");
         assert!(CheckToken::new(None).call(Request::new(())).is_ok());
+    }
+
+    #[test]
+    fn pipelines_stay_under_the_allowed_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap().join("projects");
+        let outside = dir.path().join("elsewhere");
+        std::fs::create_dir_all(root.join("a/images")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.tif"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret.tif"), root.join("a/images/x.tif"))
+            .unwrap();
+        let roots = vec![root.clone()];
+        let pipe = root.join("a/p.yaml");
+        let ok = [
+            ("images", root.join("a/images")),
+            ("results", root.join("a/results/not-yet")),
+        ];
+        check_confined(&roots, &pipe, ok.iter().map(|(w, p)| (*w, p.as_path()))).unwrap();
+        let e = check_confined(
+            &roots,
+            &pipe,
+            [("image", root.join("a/images/x.tif").as_path())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("really") && e.contains("--allow-root"), "{e}");
+        let e = check_confined(
+            &roots,
+            &pipe,
+            [("images", root.join("a/../../elsewhere").as_path())],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("outside the directories"), "{e}");
+        assert!(check_confined(&[], &pipe, [("images", outside.as_path())]).is_ok());
     }
 
     #[test]

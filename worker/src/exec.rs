@@ -331,6 +331,17 @@ async fn run_command<F: BlobFetcher>(
             ));
             return Ok(out);
         }
+        // A link out of the scratch directory would copy any file this user can read into
+        // the store (and to whoever may read results): only files the step wrote count.
+        let real = std::fs::canonicalize(&path)?;
+        if !real.starts_with(std::fs::canonicalize(&work)?) {
+            out.error = Some(format!(
+                "declared output `{name}` is a link to {}, outside the task's scratch \
+                 directory: outputs must be files the step writes (copy it instead of linking)",
+                real.display()
+            ));
+            return Ok(out);
+        }
         let digest = env.store.put_file(&path)?;
         out.outputs.push(OutputBlob {
             name: name.clone(),
