@@ -168,6 +168,24 @@ pub fn tree_bytes(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
 /// Chromium is installed. The DOM goes to a file (a pipe would fill up and stall the
 /// browser); the browser's whole process group is killed afterwards.
 pub fn browser_check(page: &Path) -> Option<(usize, usize, usize)> {
+    let dom = browser_dom(&format!("file://{}", page.display()))?;
+    let attr = |name: &str| -> usize {
+        let key = format!("{name}=\"");
+        dom.find(&key)
+            .and_then(|i| dom[i + key.len()..].split('"').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not set by the page's script; the page:\n{dom}"))
+    };
+    Some((
+        attr("data-figures-ok"),
+        attr("data-figures-total"),
+        attr("data-js-errors"),
+    ))
+}
+
+/// The DOM of `url` after headless Chromium loaded it (5 s of virtual time); `None` where no
+/// Chromium is installed.
+pub fn browser_dom(url: &str) -> Option<String> {
     use std::os::unix::process::CommandExt;
     let browser = ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
@@ -195,7 +213,7 @@ pub fn browser_check(page: &Path) -> Option<(usize, usize, usize)> {
             "--user-data-dir={}",
             scratch.path().join("profile").display()
         ))
-        .arg(format!("file://{}", page.display()))
+        .arg(url)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&dom_path).expect("dom file"))
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
@@ -222,21 +240,10 @@ pub fn browser_check(page: &Path) -> Option<(usize, usize, usize)> {
     }
     kill_group(child.id());
     let dom = std::fs::read_to_string(&dom_path).unwrap_or_default();
-    let attr = |name: &str| -> usize {
-        let key = format!("{name}=\"");
-        dom.find(&key)
-            .and_then(|i| dom[i + key.len()..].split('"').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| {
-                panic!(
-                    "{name} not set by the page's script; browser said: {}",
-                    std::fs::read_to_string(&err_path).unwrap_or_default()
-                )
-            })
-    };
-    Some((
-        attr("data-figures-ok"),
-        attr("data-figures-total"),
-        attr("data-js-errors"),
-    ))
+    assert!(
+        !dom.is_empty(),
+        "Chromium returned no DOM for {url}: {}",
+        std::fs::read_to_string(&err_path).unwrap_or_default()
+    );
+    Some(dom)
 }

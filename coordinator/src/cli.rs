@@ -191,6 +191,11 @@ pub struct CoordinatorArgs {
     /// Accept calls without the token: only for a trusted single-user machine.
     #[arg(long)]
     pub no_auth: bool,
+    /// Serve Prometheus `/metrics` and a status page (`/`) over HTTP here, e.g.
+    /// 127.0.0.1:7701. Read-only and without the token: keep it on loopback or a trusted
+    /// network.
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
     /// Pipelines, their images and their results must lie under this directory (repeat for
     /// several); without it a submitted pipeline may name any path this user can reach.
     #[arg(long)]
@@ -427,6 +432,18 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 listener.local_addr()?,
                 args.state.display()
             );
+            if let Some(addr) = args.http {
+                let http = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("--http {addr}: cannot listen: {e}"))?;
+                eprintln!(
+                    "status page http://{0}/ and metrics http://{0}/metrics",
+                    http.local_addr()?
+                );
+                tokio::spawn(crate::monitor::serve(engine.clone(), http, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                }));
+            }
             server::serve(engine, listener, security, async {
                 let _ = tokio::signal::ctrl_c().await;
             })

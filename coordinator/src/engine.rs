@@ -96,6 +96,10 @@ pub enum Event {
         run_id: u64,
         tx: mpsc::Sender<Result<RunStatus, tonic::Status>>,
     },
+    /// A snapshot for the monitoring endpoints.
+    Monitor {
+        reply: oneshot::Sender<crate::monitor::Snapshot>,
+    },
     Tick,
 }
 
@@ -166,6 +170,8 @@ struct TaskRt {
     worker_name: String,
     /// GPUs held while running, returned to the worker when it ends.
     gpu_ids: Vec<u32>,
+    /// When it last became ready to run, for the dispatch latency.
+    queued_at: Option<Instant>,
 }
 
 struct ActiveRun {
@@ -204,6 +210,9 @@ impl ActiveRun {
         }
         if new.is_final() {
             self.finished += 1;
+        }
+        if new == TaskState::Queued {
+            self.tasks[t as usize].queued_at = Some(Instant::now());
         }
     }
 
@@ -307,6 +316,8 @@ pub struct Engine {
     watchers: Vec<(u64, mpsc::Sender<Result<RunStatus, tonic::Status>>)>,
     finished_runs: BTreeMap<u64, RunStatus>,
     events: mpsc::UnboundedSender<Event>,
+    /// Ready-to-assigned latency of every dispatched task, for `/metrics`.
+    dispatch: crate::monitor::Histogram,
 }
 
 /// Task ids on the wire carry the run, so results from an older run are never mistaken.
@@ -357,6 +368,7 @@ impl Engine {
             submit_replies: HashMap::new(),
             watchers: Vec::new(),
             finished_runs: BTreeMap::new(),
+            dispatch: Default::default(),
             events: tx.clone(),
         };
         for r in unfinished {
@@ -444,7 +456,60 @@ impl Engine {
                     self.watchers.push((run_id, tx));
                 }
             }
+            Event::Monitor { reply } => {
+                let _ = reply.send(self.monitor_snapshot());
+            }
             Event::Tick => self.on_tick(),
+        }
+    }
+
+    /// Runs (newest first, at most 20), workers, failed tasks of the newest run, latencies.
+    fn monitor_snapshot(&self) -> crate::monitor::Snapshot {
+        use crate::monitor::{FailedTask, Snapshot, WorkerView};
+        let mut runs = self.status(0, false);
+        runs.sort_by_key(|r| std::cmp::Reverse(r.run_id));
+        runs.truncate(20);
+        let mut failed = Vec::new();
+        if let Some(run) = &self.run {
+            for (i, rt) in run.tasks.iter().enumerate() {
+                if rt.state == TaskState::Failed || (!rt.error.is_empty() && !rt.state.is_final()) {
+                    failed.push(FailedTask {
+                        run_id: run.prep.id,
+                        label: run.prep.label(i as TaskIdx),
+                        attempts: rt.attempt,
+                        error: rt.error.clone(),
+                    });
+                }
+            }
+        } else if let Some(last) = runs.first() {
+            for t in self.db.run_tasks(last.run_id).unwrap_or_default() {
+                if t.state == "failed" {
+                    failed.push(FailedTask {
+                        run_id: last.run_id,
+                        label: t.label,
+                        attempts: t.attempts,
+                        error: t.error,
+                    });
+                }
+            }
+        }
+        Snapshot {
+            runs,
+            workers: self
+                .workers
+                .values()
+                .map(|w| WorkerView {
+                    name: w.name.clone(),
+                    cpus: w.capacity.total_cpus,
+                    gpus: w.capacity.total_gpus,
+                    running: w.running.len(),
+                    last_seen_s: w.last_seen.elapsed().as_secs_f64(),
+                })
+                .collect(),
+            failed,
+            allocations: Vec::new(),
+            dispatch: self.dispatch.clone(),
+            store_bytes: 0,
         }
     }
 
@@ -529,6 +594,7 @@ impl Engine {
                 error: String::new(),
                 worker_name: String::new(),
                 gpu_ids: Vec::new(),
+                queued_at: None,
             })
             .collect();
         let roots: Vec<TaskIdx> = (0..prep.plan.len() as TaskIdx)
@@ -649,6 +715,9 @@ impl Engine {
             rt.attempt += 1;
             rt.worker_name = worker.name.clone();
             rt.gpu_ids = a.gpu_ids.clone();
+            if let Some(q) = rt.queued_at.take() {
+                self.dispatch.observe(q.elapsed());
+            }
             run.set_state(t, TaskState::Running { worker: a.worker });
             per_worker
                 .entry(a.worker)

@@ -13,6 +13,7 @@ pub mod key;
 pub mod leakage;
 pub mod lineage;
 pub mod lockfile;
+pub mod monitor;
 pub mod plan;
 pub mod progress;
 pub mod run;
