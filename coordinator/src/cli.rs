@@ -148,6 +148,21 @@ pub enum Command {
     },
     /// List the step kinds this build provides, with their parameters.
     Kinds,
+    /// Batch allocations made by the coordinator's allocator (`alloc list`).
+    Alloc {
+        #[command(subcommand)]
+        what: AllocCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AllocCommand {
+    /// Every allocation with its state, workers, duration and what happened to it.
+    List {
+        /// The coordinator's state directory.
+        #[arg(long, default_value = ".plateflow-coordinator")]
+        state: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -196,6 +211,8 @@ pub struct CoordinatorArgs {
     /// network.
     #[arg(long)]
     pub http: Option<SocketAddr>,
+    #[command(flatten)]
+    pub slurm: SlurmArgs,
     /// Pipelines, their images and their results must lie under this directory (repeat for
     /// several); without it a submitted pipeline may name any path this user can reach.
     #[arg(long)]
@@ -209,6 +226,42 @@ pub struct CoordinatorArgs {
     /// fingerprint printed at start (--tls-fingerprint).
     #[arg(long)]
     pub tls_self_signed: bool,
+}
+
+/// Automatic allocation of workers as Slurm jobs.
+#[derive(Args, Clone, Debug)]
+pub struct SlurmArgs {
+    /// Submit worker jobs to this Slurm partition when tasks wait and no worker takes them.
+    #[arg(long)]
+    pub slurm_partition: Option<String>,
+    /// Time limit of each allocation (sbatch --time).
+    #[arg(long, default_value = "01:00:00")]
+    pub slurm_time: String,
+    /// Nodes per allocation (one worker each).
+    #[arg(long, default_value_t = 1)]
+    pub slurm_nodes: u32,
+    /// CPUs per node (sbatch --cpus-per-task; default: Slurm's).
+    #[arg(long)]
+    pub slurm_cpus: Option<u32>,
+    /// Memory per node (sbatch --mem, e.g. 16G).
+    #[arg(long)]
+    pub slurm_mem: Option<String>,
+    /// Allocations alive at once.
+    #[arg(long, default_value_t = 4)]
+    pub slurm_max_allocations: usize,
+    /// Another sbatch option for every allocation (repeat), e.g. --slurm-arg=--gres=gpu:1.
+    #[arg(long, allow_hyphen_values = true)]
+    pub slurm_arg: Vec<String>,
+    /// Workers end after this long without a task, releasing their allocation.
+    #[arg(long, default_value_t = 60)]
+    pub slurm_idle_timeout_s: u64,
+    /// The address workers on compute nodes use to reach this coordinator (default: this
+    /// host's name and the --listen port).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Seconds between the allocator's looks at the queue.
+    #[arg(long, default_value_t = 2.0)]
+    pub alloc_interval_s: f64,
 }
 
 /// How a worker or client proves itself to the coordinator and checks its certificate.
@@ -268,8 +321,28 @@ pub struct WorkerArgs {
     /// Exit after this many seconds without a coordinator.
     #[arg(long, default_value_t = 300)]
     pub reconnect_timeout_s: u64,
+    /// End after this many seconds without a task, so that a batch allocation is released
+    /// when the queue drains.
+    #[arg(long)]
+    pub idle_timeout_s: Option<u64>,
     #[command(flatten)]
     pub access: AccessArgs,
+}
+
+/// Ctrl-C or SIGTERM (what `kill`, Slurm and container runtimes send).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn cpus_here() -> u32 {
@@ -404,6 +477,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             print!("{}", crate::history::compare(&db, &cfg.store_dir(), a, b)?);
             Ok(0)
         }
+        Command::Alloc {
+            what: AllocCommand::List { state },
+        } => {
+            let db = crate::db::Db::open(&state.join("plateflow.db"))?;
+            print!("{}", crate::alloc::render_list(&db.allocations()?));
+            Ok(0)
+        }
         Command::Lineage { pipeline, target } => {
             print!("{}", lineage::trace(&pipeline, &target)?);
             Ok(0)
@@ -441,20 +521,32 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                     http.local_addr()?
                 );
                 tokio::spawn(crate::monitor::serve(engine.clone(), http, async {
-                    let _ = tokio::signal::ctrl_c().await;
+                    shutdown_signal().await;
                 }));
             }
+            let allocator = match &args.slurm.slurm_partition {
+                Some(_) => Some(tokio::spawn(start_allocator(
+                    &args,
+                    engine.clone(),
+                    listener.local_addr()?,
+                )?)),
+                None => None,
+            };
             server::serve(engine, listener, security, async {
-                let _ = tokio::signal::ctrl_c().await;
+                shutdown_signal().await;
             })
             .await?;
+            if let Some(a) = allocator {
+                // It cancels its allocations when it sees the shutdown.
+                let _ = tokio::time::timeout(Duration::from_secs(30), a).await;
+            }
             Ok(0)
         }
         Command::Worker(args) => {
             let memory_bytes = match &args.memory {
                 Some(m) => spec::parse_bytes(m)
                     .ok_or_else(|| anyhow::anyhow!("--memory {m}: write it like 16G"))?,
-                None => total_memory().unwrap_or(0),
+                None => slurm_memory().or_else(total_memory).unwrap_or(0),
             };
             // GPUs: as given, else those the batch system made visible to this process.
             let gpus = if args.gpus.is_empty() {
@@ -467,7 +559,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 name: args
                     .name
                     .unwrap_or_else(|| format!("{}-{}", hostname(), std::process::id())),
-                cpus: args.cpus.unwrap_or_else(cpus_here),
+                // Inside a Slurm job: what the job was given, not the whole node.
+                cpus: args.cpus.or_else(slurm_cpus).unwrap_or_else(cpus_here),
                 memory_bytes,
                 gpu_ids: gpus,
                 store_dir: args.store,
@@ -476,9 +569,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 scratch_dir: args.scratch,
                 reconnect_timeout: Duration::from_secs(args.reconnect_timeout_s),
                 access: args.access.access()?,
+                idle_timeout: args.idle_timeout_s.map(Duration::from_secs),
+                allocation: std::env::var("SLURM_JOB_ID").unwrap_or_default(),
             };
             run_worker(cfg, async {
-                let _ = tokio::signal::ctrl_c().await;
+                shutdown_signal().await;
             })
             .await?;
             Ok(0)
@@ -610,6 +705,87 @@ async fn connect(addr: &str, access: &Access) -> anyhow::Result<Client> {
     Ok(client.max_decoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES))
 }
 
+/// The Slurm allocator of a standalone coordinator: the job script's worker command line
+/// (this binary, shared filesystem, the token file and TLS pin), then the allocation loop.
+fn start_allocator(
+    args: &CoordinatorArgs,
+    engine: crate::engine::EngineHandle,
+    listening: SocketAddr,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let sa = &args.slurm;
+    let state = std::fs::canonicalize(&args.state)?;
+    let advertise = sa.advertise.clone().unwrap_or_else(|| {
+        if listening.ip().is_unspecified() {
+            format!("{}:{}", hostname(), listening.port())
+        } else {
+            listening.to_string()
+        }
+    });
+    let mut worker_args = vec!["--coordinator".to_string(), advertise];
+    if !args.no_auth {
+        let token = args
+            .token_file
+            .clone()
+            .unwrap_or_else(|| args.state.join("token"));
+        worker_args.push("--token-file".into());
+        worker_args.push(std::fs::canonicalize(token)?.display().to_string());
+    }
+    if let Some(id) = crate::security::tls_identity(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_self_signed
+            .then(|| args.state.join("tls"))
+            .as_deref(),
+    )? {
+        worker_args.push("--tls-fingerprint".into());
+        worker_args.push(id.fingerprint);
+    }
+    worker_args.extend([
+        "--idle-timeout-s".into(),
+        sa.slurm_idle_timeout_s.to_string(),
+        "--reconnect-timeout-s".into(),
+        "60".into(),
+        // The HPC norm: the state directory is on a filesystem every node mounts.
+        "--shared-store".into(),
+        "--shared-fs".into(),
+        "--store".into(),
+        state.join("store").display().to_string(),
+        "--scratch".into(),
+        state.join("scratch").join("slurm").display().to_string(),
+    ]);
+    let config = crate::slurm::SlurmConfig {
+        partition: sa.slurm_partition.clone().unwrap_or_default(),
+        time: sa.slurm_time.clone(),
+        nodes: sa.slurm_nodes,
+        cpus_per_node: sa.slurm_cpus,
+        mem: sa.slurm_mem.clone(),
+        extra: sa.slurm_arg.clone(),
+        worker_exe: std::env::current_exe()?,
+        worker_args,
+        dir: state.join("alloc"),
+        command_timeout: Duration::from_secs(30),
+    };
+    eprintln!(
+        "allocating workers on Slurm partition {} (up to {} allocations of {} node(s), {} each; job script in {})",
+        config.partition,
+        sa.slurm_max_allocations,
+        config.nodes,
+        config.time,
+        config.dir.display()
+    );
+    let limits = crate::alloc::Limits {
+        max_allocations: sa.slurm_max_allocations.max(1),
+        interval: Duration::from_secs_f64(sa.alloc_interval_s.max(0.1)),
+        startup_grace: Duration::from_secs(120),
+    };
+    let db = crate::db::Db::open(&state.join("plateflow.db"))?;
+    let allocator =
+        crate::alloc::Allocator::new(crate::slurm::Slurm { config }, limits, engine, db);
+    Ok(allocator.run(async {
+        shutdown_signal().await;
+    }))
+}
+
 /// The token and TLS identity of a standalone coordinator, announced on stderr (the token's
 /// path, never the token).
 fn coordinator_security(args: &CoordinatorArgs) -> anyhow::Result<ServerSecurity> {
@@ -666,6 +842,21 @@ fn total_memory() -> Option<u64> {
     let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// CPUs of this Slurm job step on this node (`srun -c`, else the job's share of the node).
+fn slurm_cpus() -> Option<u32> {
+    ["SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse().ok())
+}
+
+/// Memory of this Slurm job on this node, from `--mem` or `--mem-per-cpu` (MB).
+fn slurm_memory() -> Option<u64> {
+    let mb = |v: &str| -> Option<u64> { std::env::var(v).ok()?.trim().parse().ok() };
+    mb("SLURM_MEM_PER_NODE")
+        .or_else(|| Some(mb("SLURM_MEM_PER_CPU")? * slurm_cpus()? as u64))
+        .map(|m| m << 20)
 }
 
 /// GPU ids from CUDA_VISIBLE_DEVICES (set by Slurm's `--gres=gpu` and by users).

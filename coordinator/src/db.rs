@@ -62,7 +62,22 @@ CREATE TABLE IF NOT EXISTS run_models (
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id INTEGER NOT NULL, label TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
     reason TEXT NOT NULL, error TEXT NOT NULL, PRIMARY KEY (run_id, label));
+CREATE TABLE IF NOT EXISTS allocations (
+    id TEXT PRIMARY KEY, backend TEXT NOT NULL, state TEXT NOT NULL, submitted REAL NOT NULL,
+    ended REAL, workers INTEGER NOT NULL, note TEXT NOT NULL);
 ";
+
+/// A batch allocation as recorded for `plateflow alloc list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllocationRow {
+    pub id: String,
+    pub backend: String,
+    pub state: String,
+    pub submitted: f64,
+    pub ended: Option<f64>,
+    pub workers: u32,
+    pub note: String,
+}
 
 /// A train or evaluate task's result in one run.
 #[derive(Debug, Clone)]
@@ -296,6 +311,50 @@ impl Db {
             Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records an allocation's current state (insert or update).
+    pub fn save_allocation(&mut self, a: &AllocationRow) -> anyhow::Result<()> {
+        self.conn.execute(
+            "INSERT INTO allocations (id, backend, state, submitted, ended, workers, note)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(id) DO UPDATE SET state = ?3, ended = ?5, workers = ?6, note = ?7",
+            rusqlite::params![
+                a.id,
+                a.backend,
+                a.state,
+                a.submitted,
+                a.ended,
+                a.workers,
+                a.note
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Every allocation, newest first.
+    pub fn allocations(&self) -> anyhow::Result<Vec<AllocationRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, backend, state, submitted, ended, workers, note FROM allocations
+             ORDER BY submitted DESC",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AllocationRow {
+                id: r.get(0)?,
+                backend: r.get(1)?,
+                state: r.get(2)?,
+                submitted: r.get(3)?,
+                ended: r.get(4)?,
+                workers: r.get::<_, i64>(5)? as u32,
+                note: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The current time as stored (seconds since the epoch).
+    pub fn now() -> f64 {
+        now()
     }
 
     /// Records a run's model results (train and evaluate tasks): what `runs` and `compare`

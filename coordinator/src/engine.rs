@@ -96,10 +96,12 @@ pub enum Event {
         run_id: u64,
         tx: mpsc::Sender<Result<RunStatus, tonic::Status>>,
     },
-    /// A snapshot for the monitoring endpoints.
+    /// A snapshot for the monitoring endpoints and the allocator.
     Monitor {
         reply: oneshot::Sender<crate::monitor::Snapshot>,
     },
+    /// The allocator's account of its batch jobs.
+    Allocations(Vec<crate::monitor::AllocView>),
     Tick,
 }
 
@@ -296,6 +298,8 @@ struct WorkerRt {
     capacity: Capacity,
     last_seen: Instant,
     running: HashSet<TaskIdx>,
+    /// The batch allocation (Slurm job) it runs in, if any.
+    allocation: String,
 }
 
 pub struct Engine {
@@ -318,6 +322,8 @@ pub struct Engine {
     events: mpsc::UnboundedSender<Event>,
     /// Ready-to-assigned latency of every dispatched task, for `/metrics`.
     dispatch: crate::monitor::Histogram,
+    /// The allocator's latest account of its batch jobs, for the monitoring page.
+    allocations: Vec<crate::monitor::AllocView>,
 }
 
 /// Task ids on the wire carry the run, so results from an older run are never mistaken.
@@ -369,6 +375,7 @@ impl Engine {
             watchers: Vec::new(),
             finished_runs: BTreeMap::new(),
             dispatch: Default::default(),
+            allocations: Vec::new(),
             events: tx.clone(),
         };
         for r in unfinished {
@@ -459,6 +466,7 @@ impl Engine {
             Event::Monitor { reply } => {
                 let _ = reply.send(self.monitor_snapshot());
             }
+            Event::Allocations(a) => self.allocations = a,
             Event::Tick => self.on_tick(),
         }
     }
@@ -504,10 +512,27 @@ impl Engine {
                     gpus: w.capacity.total_gpus,
                     running: w.running.len(),
                     last_seen_s: w.last_seen.elapsed().as_secs_f64(),
+                    allocation: w.allocation.clone(),
                 })
                 .collect(),
+            queued: self.run.as_ref().map_or(0, |r| r.queue.len() as u64)
+                + self
+                    .waiting_runs
+                    .iter()
+                    .map(|p| p.plan.len() as u64)
+                    .sum::<u64>(),
+            largest_request: self
+                .run
+                .as_ref()
+                .and_then(|r| {
+                    r.queue
+                        .iter()
+                        .map(|&t| r.prep.step_of(t).resources.cpus)
+                        .max()
+                })
+                .unwrap_or(1),
             failed,
-            allocations: Vec::new(),
+            allocations: self.allocations.clone(),
             dispatch: self.dispatch.clone(),
             store_bytes: 0,
         }
@@ -778,6 +803,7 @@ impl Engine {
                 },
                 last_seen: Instant::now(),
                 running: HashSet::new(),
+                allocation: hello.allocation.clone(),
             },
         );
         let _ = reply.send(id);

@@ -1,6 +1,7 @@
 //! plateflow's coordinator: pipeline files, planning, content-addressed caching, the run
 //! journal, scheduling, the gRPC server and the `plateflow` command line.
 
+pub mod alloc;
 pub mod cli;
 pub mod dataset;
 pub mod db;
@@ -20,4 +21,5 @@ pub mod run;
 pub mod scheduler;
 pub mod security;
 pub mod server;
+pub mod slurm;
 pub mod spec;

@@ -40,6 +40,8 @@ pub struct WorkerView {
     pub gpus: u32,
     pub running: usize,
     pub last_seen_s: f64,
+    /// Its batch allocation (Slurm job id), empty outside one.
+    pub allocation: String,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -68,6 +70,10 @@ pub struct Snapshot {
     pub allocations: Vec<AllocView>,
     pub dispatch: Histogram,
     pub store_bytes: u64,
+    /// Tasks ready to run but not assigned (including whole runs waiting their turn).
+    pub queued: u64,
+    /// The most CPUs any of those tasks asks for.
+    pub largest_request: u32,
 }
 
 /// Prometheus text exposition format (version 0.0.4).
@@ -141,6 +147,12 @@ pub fn render_metrics(s: &Snapshot) -> String {
             "gauge",
             "Bytes in the coordinator's blob store.",
             s.store_bytes as f64,
+        ),
+        (
+            "plateflow_tasks_queued",
+            "gauge",
+            "Tasks ready to run and waiting for a worker.",
+            s.queued as f64,
         ),
         (
             "plateflow_runs",
@@ -414,6 +426,7 @@ mod tests {
                 gpus: 1,
                 running: 1,
                 last_seen_s: 0.4,
+                allocation: String::new(),
             }],
             failed: vec![FailedTask {
                 run_id: 4,
@@ -428,6 +441,8 @@ mod tests {
             }],
             dispatch,
             store_bytes: 2_000_000,
+            queued: 2,
+            largest_request: 1,
         }
     }
 

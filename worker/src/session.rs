@@ -36,6 +36,18 @@ pub struct WorkerConfig {
     pub reconnect_timeout: Duration,
     /// The cluster token and how to check the coordinator's certificate.
     pub access: Access,
+    /// End after this long without a task (a batch allocation is then released).
+    pub idle_timeout: Option<Duration>,
+    /// The batch-system allocation this worker runs in (Slurm job id), if any.
+    pub allocation: String,
+}
+
+/// How a session ended.
+enum Ended {
+    /// The coordinator closed it: reconnect.
+    Closed,
+    /// Idle past `idle_timeout`: the worker ends.
+    Idle,
 }
 
 /// Runs the worker until `shutdown` resolves or the coordinator stays unreachable too long.
@@ -94,7 +106,14 @@ pub async fn run_worker(
                     cfg.coordinator
                 )
             }
-            Ok(()) => tracing::info!("coordinator closed the session; reconnecting"),
+            Ok(Ended::Idle) => {
+                tracing::info!(
+                    "idle for {:?}: this worker ends",
+                    cfg.idle_timeout.unwrap_or_default()
+                );
+                return Ok(());
+            }
+            Ok(Ended::Closed) => tracing::info!("coordinator closed the session; reconnecting"),
             Err(e) => tracing::warn!("session with coordinator lost: {e:#}; reconnecting"),
         }
         unreachable_since = tokio::time::Instant::now();
@@ -110,7 +129,7 @@ async fn connect(addr: &str, access: &Access) -> anyhow::Result<Client> {
 
 /// One session. Running tasks belong to it: when it ends they are aborted (their processes
 /// killed), since the coordinator re-queues them as soon as it notices the loss.
-async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyhow::Result<()> {
+async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyhow::Result<Ended> {
     let (out_tx, out_rx) = mpsc::channel::<WorkerMessage>(1024);
     out_tx
         .send(WorkerMessage {
@@ -124,6 +143,7 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
                 }),
                 gpu_ids: cfg.gpu_ids.clone(),
                 shared_store: cfg.shared_store,
+                allocation: cfg.allocation.clone(),
             })),
         })
         .await?;
@@ -149,16 +169,18 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
         client: client.clone(),
     };
 
-    let outcome: anyhow::Result<()> = loop {
+    let mut idle_since = Some(tokio::time::Instant::now());
+    let outcome: anyhow::Result<Ended> = loop {
         tokio::select! {
             msg = inbound.message() => {
                 let msg = match msg {
                     Ok(Some(m)) => m,
-                    Ok(None) => break Ok(()),
+                    Ok(None) => break Ok(Ended::Closed),
                     Err(e) => break Err(e.into()),
                 };
                 match msg.body {
                     Some(coordinator_message::Body::Assign(a)) => {
+                        idle_since = None;
                         for spec in a.tasks {
                             let key = (spec.task_id, spec.attempt);
                             let (env, fetcher, res_tx) = (env.clone(), fetcher.clone(), res_tx.clone());
@@ -199,12 +221,20 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
                 for r in &results {
                     running.remove(&(r.task_id, r.attempt));
                 }
+                if running.is_empty() {
+                    idle_since = Some(tokio::time::Instant::now());
+                }
                 let msg = WorkerMessage { body: Some(worker_message::Body::Results(TaskResults { results })) };
                 if out_tx.send(msg).await.is_err() {
                     break Err(anyhow::anyhow!("session closed while sending results"));
                 }
             }
             _ = heartbeat.tick() => {
+                if let (Some(limit), Some(since)) = (cfg.idle_timeout, idle_since) {
+                    if running.is_empty() && since.elapsed() >= limit {
+                        break Ok(Ended::Idle);
+                    }
+                }
                 let running_refs = running.keys().map(|&(task_id, attempt)| plateflow_proto::v1::TaskRef { task_id, attempt }).collect();
                 let msg = WorkerMessage { body: Some(worker_message::Body::Heartbeat(Heartbeat { running: running_refs })) };
                 if out_tx.send(msg).await.is_err() {

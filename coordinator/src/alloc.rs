@@ -1,0 +1,435 @@
+//! Automatic allocation: when tasks wait and no worker takes them, submit a batch job that
+//! starts workers; workers end themselves when idle, which releases the allocation. Many
+//! tasks share one allocation (never one job per task). The decision is a plain function of
+//! what the engine and the batch system report ([`decide`]); [`Allocator::run`] is the loop
+//! that asks them, acts through a [`Backend`] (Slurm in `slurm.rs`) and records every
+//! allocation in SQLite for `plateflow alloc list`.
+
+use crate::db::{AllocationRow, Db};
+use crate::engine::{EngineHandle, Event};
+use crate::monitor::{AllocView, Snapshot};
+use std::time::{Duration, Instant};
+
+/// What the batch system says of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    Pending,
+    Running,
+    /// No longer in the queue: completed, cancelled, timed out, pre-empted or failed.
+    Gone,
+}
+
+/// The batch system, as the allocator needs it.
+pub trait Backend: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Submits one allocation of workers; returns the job id.
+    fn submit(&self) -> impl std::future::Future<Output = anyhow::Result<String>> + Send;
+    /// The state of each of `ids` (jobs absent from the queue are `Gone`).
+    fn states(
+        &self,
+        ids: &[String],
+    ) -> impl std::future::Future<Output = anyhow::Result<Vec<JobState>>> + Send;
+    fn cancel(&self, ids: &[String]) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Limits set by the operator.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Allocations alive at once (pending or running).
+    pub max_allocations: usize,
+    /// How often to look.
+    pub interval: Duration,
+    /// Give a running allocation this long for its workers to connect before another is
+    /// submitted for the same backlog.
+    pub startup_grace: Duration,
+}
+
+/// One allocation as the allocator tracks it.
+#[derive(Debug, Clone)]
+pub struct Allocation {
+    pub id: String,
+    pub state: JobState,
+    pub submitted: Instant,
+    pub submitted_epoch: f64,
+    pub running_since: Option<Instant>,
+    /// Workers of this allocation connected now, and ever.
+    pub workers_now: u32,
+    pub workers_seen: u32,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Submit,
+    Wait(String),
+}
+
+/// Whether to submit another allocation now.
+/// - nothing waits, or the backlog appeared only this round (the scheduler may still place
+///   it on connected workers): wait;
+/// - an allocation is pending, or running but its workers have not connected yet (within
+///   the grace period): it will take the backlog, wait;
+/// - as many allocations alive as allowed, or backing off after failed submissions: wait.
+pub fn decide(
+    backlog_rounds: u32,
+    allocs: &[Allocation],
+    limits: &Limits,
+    backoff_until: Option<Instant>,
+    now: Instant,
+) -> Decision {
+    if backlog_rounds < 2 {
+        return Decision::Wait("no lasting backlog".into());
+    }
+    if let Some(t) = backoff_until.filter(|&t| t > now) {
+        return Decision::Wait(format!(
+            "backing off after a failed submission ({} s left)",
+            (t - now).as_secs()
+        ));
+    }
+    let alive: Vec<&Allocation> = allocs
+        .iter()
+        .filter(|a| a.state != JobState::Gone)
+        .collect();
+    if let Some(a) = alive.iter().find(|a| a.state == JobState::Pending) {
+        return Decision::Wait(format!("allocation {} is pending", a.id));
+    }
+    if let Some(a) = alive.iter().find(|a| {
+        a.workers_seen == 0
+            && a.running_since
+                .is_some_and(|t| now.duration_since(t) < limits.startup_grace)
+    }) {
+        return Decision::Wait(format!("allocation {} is starting its workers", a.id));
+    }
+    if alive.len() >= limits.max_allocations {
+        return Decision::Wait(format!(
+            "{} allocations alive, the limit (--slurm-max-allocations)",
+            alive.len()
+        ));
+    }
+    Decision::Submit
+}
+
+/// Backoff after `failures` consecutive failed submissions: 5 s doubling to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(5u64.saturating_mul(1 << failures.min(6).saturating_sub(1)))
+        .min(Duration::from_secs(300))
+}
+
+fn state_name(a: &Allocation) -> &'static str {
+    match a.state {
+        JobState::Pending => "pending",
+        JobState::Running => "running",
+        JobState::Gone => "ended",
+    }
+}
+
+pub struct Allocator<B: Backend> {
+    pub backend: B,
+    pub limits: Limits,
+    pub engine: EngineHandle,
+    pub db: Db,
+    allocs: Vec<Allocation>,
+    backlog_rounds: u32,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    last_wait: String,
+}
+
+impl<B: Backend> Allocator<B> {
+    pub fn new(backend: B, limits: Limits, engine: EngineHandle, db: Db) -> Self {
+        Allocator {
+            backend,
+            limits,
+            engine,
+            db,
+            allocs: Vec::new(),
+            backlog_rounds: 0,
+            failures: 0,
+            backoff_until: None,
+            last_wait: String::new(),
+        }
+    }
+
+    /// Runs until `shutdown`; then cancels the allocations it still has.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(self.limits.interval);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.round().await {
+                tracing::warn!("allocator: {e:#}");
+            }
+        }
+        let alive: Vec<String> = self
+            .allocs
+            .iter()
+            .filter(|a| a.state != JobState::Gone)
+            .map(|a| a.id.clone())
+            .collect();
+        if !alive.is_empty() {
+            tracing::info!(jobs = ?alive, "cancelling allocations at shutdown");
+            self.backend.cancel(&alive).await;
+            for a in self.allocs.iter_mut().filter(|a| a.state != JobState::Gone) {
+                a.state = JobState::Gone;
+                a.note = "cancelled at coordinator shutdown".into();
+            }
+            self.publish();
+        }
+    }
+
+    async fn round(&mut self) -> anyhow::Result<()> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.engine.send(Event::Monitor { reply });
+        let snap: Snapshot = rx.await?;
+        self.refresh(&snap).await;
+        self.backlog_rounds = if snap.queued > 0 {
+            self.backlog_rounds + 1
+        } else {
+            0
+        };
+        let now = Instant::now();
+        match decide(
+            self.backlog_rounds,
+            &self.allocs,
+            &self.limits,
+            self.backoff_until,
+            now,
+        ) {
+            Decision::Submit => match self.backend.submit().await {
+                Ok(id) => {
+                    tracing::info!(job = %id, backlog = snap.queued, "submitted a worker allocation");
+                    self.failures = 0;
+                    self.backoff_until = None;
+                    self.allocs.push(Allocation {
+                        id,
+                        state: JobState::Pending,
+                        submitted: now,
+                        submitted_epoch: Db::now(),
+                        running_since: None,
+                        workers_now: 0,
+                        workers_seen: 0,
+                        note: format!("{} tasks waiting", snap.queued),
+                    });
+                }
+                Err(e) => {
+                    self.failures += 1;
+                    let wait = backoff(self.failures);
+                    self.backoff_until = Some(now + wait);
+                    tracing::warn!(
+                        "submitting a worker allocation failed ({} in a row; next try in {wait:?}): {e:#}",
+                        self.failures
+                    );
+                    self.allocs.push(Allocation {
+                        id: format!("failed-{}", self.allocs.len() + 1),
+                        state: JobState::Gone,
+                        submitted: now,
+                        submitted_epoch: Db::now(),
+                        running_since: None,
+                        workers_now: 0,
+                        workers_seen: 0,
+                        note: format!("submission failed: {e:#}"),
+                    });
+                }
+            },
+            Decision::Wait(why) => {
+                if why != self.last_wait {
+                    tracing::debug!("allocator waits: {why}");
+                    self.last_wait = why;
+                }
+            }
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// Job states from the batch system, worker counts from the engine. A failed query
+    /// keeps the last known states (and is retried next round).
+    async fn refresh(&mut self, snap: &Snapshot) {
+        let ids: Vec<String> = self
+            .allocs
+            .iter()
+            .filter(|a| a.state != JobState::Gone)
+            .map(|a| a.id.clone())
+            .collect();
+        if !ids.is_empty() {
+            match self.backend.states(&ids).await {
+                Ok(states) => {
+                    for (id, st) in ids.iter().zip(states) {
+                        let a = self
+                            .allocs
+                            .iter_mut()
+                            .find(|a| &a.id == id)
+                            .expect("listed");
+                        if st == JobState::Running && a.running_since.is_none() {
+                            a.running_since = Some(Instant::now());
+                        }
+                        if st == JobState::Gone && a.state != JobState::Gone {
+                            a.note = if a.workers_seen == 0 {
+                                "ended before any worker connected (check its Slurm output)".into()
+                            } else {
+                                "ended (workers idle, time limit, pre-emption or cancellation)"
+                                    .into()
+                            };
+                        }
+                        a.state = st;
+                    }
+                }
+                Err(e) => tracing::warn!("querying the batch system failed (will retry): {e:#}"),
+            }
+        }
+        for a in &mut self.allocs {
+            a.workers_now = snap.workers.iter().filter(|w| w.allocation == a.id).count() as u32;
+            a.workers_seen = a.workers_seen.max(a.workers_now);
+        }
+    }
+
+    /// Tells the engine (for the status page and /metrics) and the database.
+    fn publish(&mut self) {
+        let views = self
+            .allocs
+            .iter()
+            .map(|a| AllocView {
+                id: a.id.clone(),
+                state: state_name(a).into(),
+                workers: a.workers_now,
+            })
+            .collect();
+        self.engine.send(Event::Allocations(views));
+        for a in &self.allocs {
+            let row = AllocationRow {
+                id: a.id.clone(),
+                backend: self.backend.name().into(),
+                state: state_name(a).into(),
+                submitted: a.submitted_epoch,
+                ended: (a.state == JobState::Gone).then(Db::now),
+                workers: a.workers_seen,
+                note: a.note.clone(),
+            };
+            // Keep the first end time: only write ended allocations once.
+            let known_ended = self
+                .db
+                .allocations()
+                .ok()
+                .and_then(|rows| rows.into_iter().find(|r| r.id == a.id))
+                .is_some_and(|r| r.ended.is_some());
+            if !known_ended {
+                if let Err(e) = self.db.save_allocation(&row) {
+                    tracing::warn!("recording allocation {}: {e:#}", a.id);
+                }
+            }
+        }
+        // Ended allocations stay in the database; in memory only the recent ones.
+        if self.allocs.len() > 200 {
+            self.allocs.retain(|a| a.state != JobState::Gone);
+        }
+    }
+}
+
+/// `plateflow alloc list`: one line per allocation.
+pub fn render_list(rows: &[AllocationRow]) -> String {
+    if rows.is_empty() {
+        return "no allocations recorded\n".into();
+    }
+    let mut out = format!(
+        "{:<14} {:<8} {:<8} {:>7} {:>9}  note\n",
+        "job", "backend", "state", "workers", "lasted"
+    );
+    for r in rows {
+        let lasted = match r.ended {
+            Some(e) => format!("{:.0} s", e - r.submitted),
+            None => format!("{:.0} s+", Db::now() - r.submitted),
+        };
+        out.push_str(&format!(
+            "{:<14} {:<8} {:<8} {:>7} {:>9}  {}\n",
+            r.id, r.backend, r.state, r.workers, lasted, r.note
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_allocations: 2,
+            interval: Duration::from_secs(1),
+            startup_grace: Duration::from_secs(60),
+        }
+    }
+
+    fn alloc(id: &str, state: JobState, workers_seen: u32, running_for: Option<u64>) -> Allocation {
+        let now = Instant::now();
+        Allocation {
+            id: id.into(),
+            state,
+            submitted: now,
+            submitted_epoch: 0.0,
+            running_since: running_for.map(|s| now - Duration::from_secs(s)),
+            workers_now: workers_seen,
+            workers_seen,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn submits_only_for_a_lasting_backlog() {
+        let now = Instant::now();
+        assert!(matches!(
+            decide(0, &[], &limits(), None, now),
+            Decision::Wait(_)
+        ));
+        assert!(matches!(
+            decide(1, &[], &limits(), None, now),
+            Decision::Wait(_)
+        ));
+        assert_eq!(decide(2, &[], &limits(), None, now), Decision::Submit);
+    }
+
+    #[test]
+    fn one_allocation_serves_the_backlog_while_it_starts() {
+        let now = Instant::now();
+        let pending = [alloc("1", JobState::Pending, 0, None)];
+        assert!(
+            matches!(decide(9, &pending, &limits(), None, now), Decision::Wait(w) if w.contains("pending"))
+        );
+        let starting = [alloc("1", JobState::Running, 0, Some(5))];
+        assert!(
+            matches!(decide(9, &starting, &limits(), None, now), Decision::Wait(w) if w.contains("starting"))
+        );
+        // Its workers are busy and tasks still wait: a second one.
+        let busy = [alloc("1", JobState::Running, 1, Some(5))];
+        assert_eq!(decide(9, &busy, &limits(), None, now), Decision::Submit);
+        // Started long ago but no worker ever came: do not wait for ever.
+        let stuck = [alloc("1", JobState::Running, 0, Some(600))];
+        assert_eq!(decide(9, &stuck, &limits(), None, now), Decision::Submit);
+    }
+
+    #[test]
+    fn respects_the_limit_and_backs_off_after_failures() {
+        let now = Instant::now();
+        let two = [
+            alloc("1", JobState::Running, 1, Some(5)),
+            alloc("2", JobState::Running, 1, Some(5)),
+        ];
+        assert!(
+            matches!(decide(9, &two, &limits(), None, now), Decision::Wait(w) if w.contains("limit"))
+        );
+        let ended = [
+            alloc("1", JobState::Gone, 1, Some(5)),
+            alloc("2", JobState::Running, 1, Some(5)),
+        ];
+        assert_eq!(decide(9, &ended, &limits(), None, now), Decision::Submit);
+        let later = Some(now + Duration::from_secs(30));
+        assert!(
+            matches!(decide(9, &[], &limits(), later, now), Decision::Wait(w) if w.contains("backing off"))
+        );
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(20), Duration::from_secs(160));
+    }
+}

@@ -1,0 +1,223 @@
+//! Slurm as an allocation backend: `sbatch` a job script that starts one plateflow worker
+//! per node with `srun`, `squeue` for states, `scancel` at shutdown. The job script is
+//! written to the state directory so an operator can read (and rerun) exactly what ran.
+
+use crate::alloc::{Backend, JobState};
+use anyhow::Context as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to shape each allocation and start its workers.
+#[derive(Debug, Clone)]
+pub struct SlurmConfig {
+    pub partition: String,
+    /// `--time`, e.g. `01:00:00`.
+    pub time: String,
+    pub nodes: u32,
+    pub cpus_per_node: Option<u32>,
+    /// `--mem`, e.g. `16G`.
+    pub mem: Option<String>,
+    /// Further `sbatch` options, e.g. `--gres=gpu:1`, `--account=lab`.
+    pub extra: Vec<String>,
+    /// The worker's command line up to its options (the plateflow binary and `worker`).
+    pub worker_exe: PathBuf,
+    /// Options for each worker: coordinator address, token file, TLS pin, store.
+    pub worker_args: Vec<String>,
+    /// Where job scripts and Slurm's output files go.
+    pub dir: PathBuf,
+    /// Bounds each `sbatch`/`squeue`/`scancel` call.
+    pub command_timeout: Duration,
+}
+
+impl SlurmConfig {
+    /// The job script: one worker per node, each ending when idle.
+    pub fn script(&self) -> String {
+        let mut s =
+            String::from("#!/bin/bash\n# Written by the plateflow coordinator's allocator.\n");
+        s.push_str("#SBATCH --job-name=plateflow-worker\n");
+        s.push_str(&format!("#SBATCH --partition={}\n", self.partition));
+        s.push_str(&format!("#SBATCH --nodes={}\n", self.nodes));
+        s.push_str("#SBATCH --ntasks-per-node=1\n");
+        if let Some(c) = self.cpus_per_node {
+            s.push_str(&format!("#SBATCH --cpus-per-task={c}\n"));
+        }
+        if let Some(m) = &self.mem {
+            s.push_str(&format!("#SBATCH --mem={m}\n"));
+        }
+        s.push_str(&format!("#SBATCH --time={}\n", self.time));
+        s.push_str(&format!(
+            "#SBATCH --output={}/slurm-%j.out\n",
+            self.dir.display()
+        ));
+        for e in &self.extra {
+            s.push_str(&format!("#SBATCH {e}\n"));
+        }
+        s.push_str("set -eu\n");
+        let mut cmd = vec![
+            "srun".to_string(),
+            "--ntasks-per-node=1".into(),
+            shell_quote(&self.worker_exe.display().to_string()),
+            "worker".into(),
+        ];
+        cmd.extend(self.worker_args.iter().map(|a| shell_quote(a)));
+        s.push_str(&cmd.join(" "));
+        s.push('\n');
+        s
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+pub struct Slurm {
+    pub config: SlurmConfig,
+}
+
+/// Runs a Slurm command with a time bound; its stderr is the error.
+async fn slurm_cmd(program: &str, args: &[String], timeout: Duration) -> anyhow::Result<String> {
+    let run = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| anyhow::anyhow!("`{program}` did not answer in {timeout:?}"))?
+        .with_context(|| format!("cannot run `{program}` (is Slurm installed on this node?)"))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "`{program} {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `squeue -o "%i %T"` lines → the state of each of `ids` (absent: gone).
+pub fn parse_squeue(text: &str, ids: &[String]) -> Vec<JobState> {
+    let seen: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .collect();
+    ids.iter()
+        .map(|id| match seen.get(id.as_str()).map(|s| s.trim()) {
+            Some("PENDING") | Some("CONFIGURING") | Some("REQUEUED") | Some("RESIZING") => {
+                JobState::Pending
+            }
+            Some("RUNNING") | Some("COMPLETING") | Some("SUSPENDED") => JobState::Running,
+            _ => JobState::Gone,
+        })
+        .collect()
+}
+
+impl Backend for Slurm {
+    fn name(&self) -> &'static str {
+        "slurm"
+    }
+
+    async fn submit(&self) -> anyhow::Result<String> {
+        std::fs::create_dir_all(&self.config.dir)?;
+        let script = self.config.dir.join("worker-job.sh");
+        let tmp = tempfile::NamedTempFile::new_in(&self.config.dir)?;
+        std::fs::write(tmp.path(), self.config.script())?;
+        tmp.persist(&script)?;
+        let out = slurm_cmd(
+            "sbatch",
+            &["--parsable".into(), script.display().to_string()],
+            self.config.command_timeout,
+        )
+        .await?;
+        // `--parsable` prints `jobid` or `jobid;cluster`.
+        let id = out.trim().split(';').next().unwrap_or("").to_string();
+        anyhow::ensure!(
+            !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()),
+            "sbatch printed no job id: {out:?}"
+        );
+        Ok(id)
+    }
+
+    async fn states(&self, ids: &[String]) -> anyhow::Result<Vec<JobState>> {
+        let out = slurm_cmd(
+            "squeue",
+            &[
+                "-h".into(),
+                "-o".into(),
+                "%i %T".into(),
+                "-j".into(),
+                ids.join(","),
+            ],
+            self.config.command_timeout,
+        )
+        .await;
+        match out {
+            Ok(text) => Ok(parse_squeue(&text, ids)),
+            // squeue refuses a list of only finished job ids ("Invalid job id specified").
+            Err(e) if e.to_string().contains("Invalid job id") => {
+                Ok(vec![JobState::Gone; ids.len()])
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn cancel(&self, ids: &[String]) {
+        if let Err(e) = slurm_cmd("scancel", ids, self.config.command_timeout).await {
+            tracing::warn!("scancel failed: {e:#}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn squeue_states_and_vanished_jobs() {
+        let text = "101 PENDING\n102 RUNNING\n103 COMPLETING\n";
+        let ids: Vec<String> = ["101", "102", "103", "104"].map(String::from).to_vec();
+        assert_eq!(
+            parse_squeue(text, &ids),
+            [
+                JobState::Pending,
+                JobState::Running,
+                JobState::Running,
+                JobState::Gone
+            ]
+        );
+    }
+
+    #[test]
+    fn the_job_script_starts_one_worker_per_node() {
+        let c = SlurmConfig {
+            partition: "gpu".into(),
+            time: "00:30:00".into(),
+            nodes: 2,
+            cpus_per_node: Some(8),
+            mem: Some("16G".into()),
+            extra: vec!["--gres=gpu:1".into()],
+            worker_exe: "/opt/plateflow bin/plateflow".into(),
+            worker_args: vec!["--coordinator".into(), "head:7700".into()],
+            dir: "/state/alloc".into(),
+            command_timeout: Duration::from_secs(30),
+        };
+        let s = c.script();
+        for want in [
+            "#SBATCH --partition=gpu",
+            "#SBATCH --nodes=2",
+            "#SBATCH --cpus-per-task=8",
+            "#SBATCH --mem=16G",
+            "#SBATCH --gres=gpu:1",
+            "#SBATCH --output=/state/alloc/slurm-%j.out",
+            "srun --ntasks-per-node=1 '/opt/plateflow bin/plateflow' worker --coordinator head:7700",
+        ] {
+            assert!(s.contains(want), "{want} missing:\n{s}");
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Against a real Slurm: a throw-away single-node cluster (munged, slurmctld, slurmd started
+//! by tests/slurm/local-slurm.sh), a real coordinator, workers as Slurm jobs — (a) started by
+//! the deploy script, (b) allocated by the coordinator itself. Checks the outputs, and that
+//! every allocation ended once the work was done. Skips, saying why, where Slurm is absent.
+
+use plateflow_e2e::{free_port, plateflow, plateflow_bin, run_bounded, wait_for, Proc};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A running local Slurm cluster, stopped on drop.
+struct LocalSlurm {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+}
+
+impl LocalSlurm {
+    fn start() -> Option<LocalSlurm> {
+        // slurmd must run as root to start jobs as their users.
+        if unsafe { libc::geteuid() } != 0 {
+            println!(
+                "skipped: a local Slurm cluster needs root (slurmd), and this test is not root"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let script = repo().join("tests/slurm/local-slurm.sh");
+        let out = run_bounded(
+            Command::new("bash")
+                .arg(&script)
+                .arg("start")
+                .arg(dir.path()),
+            120,
+        );
+        match out.status.code() {
+            Some(0) => {}
+            Some(77) => {
+                println!("skipped: {}", String::from_utf8_lossy(&out.stderr).trim());
+                return None;
+            }
+            _ => panic!(
+                "could not start the local Slurm cluster:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+        let conf = dir.path().join("slurm.conf");
+        assert!(conf.exists());
+        Some(LocalSlurm { dir, conf })
+    }
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+    /// Job ids in the queue.
+    fn queue(&self) -> Vec<String> {
+        let out = run_bounded(self.cmd("squeue").args(["-h", "-o", "%i %T"]), 30);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for LocalSlurm {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo().join("tests/slurm/local-slurm.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Six tasks that each take a moment, so that one allocation runs several.
+fn pipeline(dir: &Path) -> PathBuf {
+    for plate in 1..=6 {
+        let d = dir.join("data").join(format!("P{plate}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("a.txt"), format!("plate {plate}\n")).unwrap();
+    }
+    let p = dir.join("hpc.yaml");
+    std::fs::write(
+        &p,
+        r#"pipeline: hpc
+data:
+  images: data
+  pattern: "{plate}/{name}.txt"
+steps:
+  count:
+    uses: command
+    for_each: plate
+    with:
+      run: sleep 0.5; echo "$SLURM_JOB_ID" > job.txt; wc -c < {inputs} > n.txt
+      outputs: [n.txt, job.txt]
+"#,
+    )
+    .unwrap();
+    p
+}
+
+fn coordinator(slurm: &LocalSlurm, dir: &Path, port: u16, extra: &[&str]) -> Proc {
+    let p = Proc::spawn(
+        "coordinator",
+        plateflow()
+            .env("SLURM_CONF", &slurm.conf)
+            .env("PLATEFLOW_LOG", "info")
+            .args(["coordinator", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--heartbeat-ms", "200", "--lease-ms", "3000", "--state"])
+            .arg(dir.join("state"))
+            .args(extra),
+        &dir.join("coordinator.log"),
+    );
+    wait_for("the coordinator to listen", 30, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    p
+}
+
+fn submit_and_check(dir: &Path, port: u16) -> Vec<String> {
+    let out = run_bounded(
+        plateflow()
+            .env("PLATEFLOW_TOKEN_FILE", dir.join("state/token"))
+            .args(["submit", "--wait", "--json"])
+            .arg(pipeline(dir))
+            .args(["--coordinator", &format!("127.0.0.1:{port}")]),
+        240,
+    );
+    let log = std::fs::read_to_string(dir.join("coordinator.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\ncoordinator log:\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut jobs = Vec::new();
+    for plate in 1..=6 {
+        let r = dir.join(format!("results/count/plate=P{plate}"));
+        let n = std::fs::read_to_string(r.join("n.txt")).unwrap();
+        assert_eq!(n.trim(), "8", "plate {plate}");
+        let job = std::fs::read_to_string(r.join("job.txt")).unwrap();
+        assert!(!job.trim().is_empty(), "P{plate} ran outside a Slurm job");
+        jobs.push(job.trim().to_string());
+    }
+    jobs.sort();
+    jobs.dedup();
+    jobs
+}
+
+#[test]
+fn workers_as_slurm_jobs_from_the_deploy_script_and_from_automatic_allocation() {
+    let Some(slurm) = LocalSlurm::start() else {
+        return;
+    };
+
+    // (a) Workers started by deploy/slurm/plateflow-workers.sbatch.
+    let a = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _coord = coordinator(&slurm, a.path(), port, &[]);
+    let state = a.path().join("state");
+    let out = run_bounded(
+        slurm
+            .cmd("sbatch")
+            .args(["--parsable", "--cpus-per-task=2", "-o"])
+            .arg(a.path().join("slurm-%j.out"))
+            .env("PLATEFLOW", plateflow_bin())
+            .env("PLATEFLOW_TOKEN_FILE", state.join("token"))
+            .env("PLATEFLOW_SHARED_STATE", &state)
+            .env("PLATEFLOW_IDLE_TIMEOUT_S", "3")
+            .arg(repo().join("deploy/slurm/plateflow-workers.sbatch"))
+            .arg(format!("127.0.0.1:{port}")),
+        30,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let jobs = submit_and_check(a.path(), port);
+    assert_eq!(
+        jobs,
+        vec![job.clone()],
+        "every task ran in the deployed job"
+    );
+    wait_for("the idle worker to end its job", 60, || {
+        slurm.queue().is_empty().then_some(())
+    });
+
+    // (b) Automatic allocation: the coordinator submits worker jobs itself.
+    let b = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _coord = coordinator(
+        &slurm,
+        b.path(),
+        port,
+        &[
+            "--slurm-partition",
+            "debug",
+            "--slurm-cpus",
+            "1",
+            "--slurm-time",
+            "00:10:00",
+            "--slurm-max-allocations",
+            "2",
+            "--slurm-idle-timeout-s",
+            "3",
+            "--alloc-interval-s",
+            "0.5",
+        ],
+    );
+    let jobs = submit_and_check(b.path(), port);
+    assert!(
+        !jobs.is_empty() && jobs.len() <= 2,
+        "6 tasks bundled into at most 2 allocations, not one job per task: {jobs:?}"
+    );
+    wait_for("the allocations to end", 90, || {
+        slurm.queue().is_empty().then_some(())
+    });
+    let list = wait_for("the allocator to record the ends", 30, || {
+        let out = run_bounded(
+            plateflow()
+                .args(["alloc", "list", "--state"])
+                .arg(b.path().join("state")),
+            30,
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        (!rows.is_empty() && rows.iter().all(|r| r.contains(" ended "))).then_some(text)
+    });
+    for job in &jobs {
+        assert!(list.contains(job.as_str()), "{job} not listed:\n{list}");
+    }
+    println!("{list}");
+}
