@@ -811,6 +811,14 @@ impl Engine {
 
     fn on_worker_msg(&mut self, worker: WorkerId, body: worker_message::Body) {
         let Some(w) = self.workers.get_mut(&worker) else {
+            if let worker_message::Body::Results(r) = body {
+                // Its tasks were re-queued when it was declared lost; they count once.
+                tracing::info!(
+                    worker = %worker,
+                    results = r.results.len(),
+                    "discarded results from a worker declared lost"
+                );
+            }
             return;
         };
         w.last_seen = Instant::now();
@@ -845,7 +853,9 @@ impl Engine {
             return;
         };
         if rt.state != (TaskState::Running { worker }) || rt.attempt != r.attempt {
-            return; // stale: the task was re-queued elsewhere meanwhile
+            // Stale: the task was re-queued elsewhere meanwhile.
+            tracing::info!(task = %run.prep.label(t), attempt = r.attempt, "discarded a stale result");
+            return;
         }
         let gpu_ids =
             std::mem::take(&mut self.run.as_mut().expect("checked").tasks[t as usize].gpu_ids);

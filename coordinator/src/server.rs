@@ -266,7 +266,11 @@ pub async fn serve(
             let _ = s.set_nodelay(true);
         })
     });
-    let mut builder = tonic::transport::Server::builder();
+    // Pings close connections to vanished workers (their sessions end, tasks re-queue even
+    // before the lease runs out).
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
     if let Some(tls) = security.tls {
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
             tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem),

@@ -228,9 +228,14 @@ fn url_for(addr: &str, tls: &Tls) -> anyhow::Result<String> {
 /// side only, the certificate.
 pub async fn connect(addr: &str, access: &Access, timeout: Duration) -> anyhow::Result<Client> {
     let url = url_for(addr, &access.tls)?;
+    // HTTP/2 pings find a dead link (a cut cable, a paused VM) in seconds, not after TCP's
+    // retransmission timeout of many minutes.
     let endpoint = Endpoint::from_shared(url.clone())?
         .connect_timeout(timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     let hint = match &access.tls {
         Tls::Off => " (if the coordinator uses TLS, pass --tls-fingerprint as it printed at start, or --tls-ca)",
         Tls::Pinned(_) | Tls::Ca(_) => " (does the coordinator use TLS with this certificate? a plain-text coordinator cannot answer a TLS client)",
