@@ -72,9 +72,11 @@ pub enum Command {
         /// The store directory a worker here would use.
         #[arg(long, default_value = ".plateflow-worker/store")]
         store: PathBuf,
-        /// A coordinator to try to reach (host:port).
+        /// A coordinator to try to reach (host:port), with this node's token and TLS pin.
         #[arg(long)]
         coordinator: Option<String>,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// List the pipeline's runs with the scores of their train and evaluate steps.
     Runs {
@@ -453,8 +455,22 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             std::io::Write::write_all(&mut std::io::stdout(), &text)?;
             Ok(0)
         }
-        Command::Doctor { store, coordinator } => {
-            let (text, ok) = crate::doctor::run(&store, coordinator.as_deref()).await;
+        Command::Doctor {
+            store,
+            coordinator,
+            access,
+        } => {
+            // A bad token file is itself a finding: report it with the other checks.
+            let (access, problem) = match access.access() {
+                Ok(a) => (a, None),
+                Err(e) => (Access::default(), Some(format!("{e:#}"))),
+            };
+            let (mut text, mut ok) =
+                crate::doctor::run(&store, coordinator.as_deref(), &access).await;
+            if let Some(p) = problem {
+                text.push_str(&format!("FAIL  credentials: {p}\n"));
+                ok = false;
+            }
             print!("{text}");
             Ok(if ok { 0 } else { 1 })
         }

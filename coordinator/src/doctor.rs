@@ -51,7 +51,11 @@ fn nvidia_gpus() -> Option<Vec<String>> {
 }
 
 /// Runs every check; returns the report and whether all passed.
-pub async fn run(store: &Path, coordinator: Option<&str>) -> (String, bool) {
+pub async fn run(
+    store: &Path,
+    coordinator: Option<&str>,
+    access: &plateflow_worker::access::Access,
+) -> (String, bool) {
     let mut checks = Vec::new();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let slurm = std::env::var("SLURM_JOB_ID")
@@ -126,32 +130,29 @@ pub async fn run(store: &Path, coordinator: Option<&str>) -> (String, bool) {
         },
     });
     if let Some(addr) = coordinator {
-        let url = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let reached = match tonic::transport::Endpoint::from_shared(url) {
-            Ok(ep) => ep
-                .connect_timeout(std::time::Duration::from_secs(3))
-                .connect()
+        // The whole way a worker would go: TLS as configured, and the token accepted.
+        let reached =
+            plateflow_worker::access::connect(addr, access, std::time::Duration::from_secs(3))
                 .await
                 .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+                .map_err(|e| format!("{e:#}"));
         checks.push(match reached {
             Ok(()) => Check {
                 ok: true,
                 what: "coordinator",
-                seen: format!("{addr} answers"),
+                seen: format!(
+                    "{addr} answers and accepts this node's credentials ({})",
+                    match (&access.token, &access.tls) {
+                        (None, _) => "no token",
+                        (Some(_), plateflow_worker::access::Tls::Off) => "token, plain text",
+                        (Some(_), _) => "token, TLS",
+                    }
+                ),
             },
             Err(e) => Check {
                 ok: false,
                 what: "coordinator",
-                seen: format!(
-                    "{addr} unreachable: {e} (is `plateflow coordinator` running there? firewall?)"
-                ),
+                seen: format!("{e} (is `plateflow coordinator` running there? firewall?)"),
             },
         });
     }
@@ -176,14 +177,15 @@ mod tests {
     #[tokio::test]
     async fn a_writable_store_passes_and_an_absent_coordinator_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let (text, _) = run(&dir.path().join("store"), None).await;
+        let none = plateflow_worker::access::Access::default();
+        let (text, _) = run(&dir.path().join("store"), None, &none).await;
         assert!(
             text.contains("ok   store") && text.contains("writable"),
             "{text}"
         );
         assert!(text.contains("cpus") && text.contains("memory"), "{text}");
         // Port 9 on loopback: nothing listens there.
-        let (text, ok2) = run(&dir.path().join("store"), Some("127.0.0.1:9")).await;
+        let (text, ok2) = run(&dir.path().join("store"), Some("127.0.0.1:9"), &none).await;
         assert!(!ok2 && text.contains("FAIL coordinator"), "{text}");
     }
 }
