@@ -712,13 +712,21 @@ impl Engine {
             for step in steps {
                 let r = &prep.pipeline.steps[step].resources;
                 if !caps.iter().any(|c| c.could_ever_fit(r)) && run.unfit_reported.insert(step) {
+                    let cuda_missing = r.needs_cuda_build
+                        && caps.iter().any(|c| c.total_gpus >= r.gpus && !c.cuda_build);
                     tracing::warn!(
                         step = %prep.pipeline.steps[step].name,
                         cpus = r.cpus,
                         gpus = r.gpus,
                         memory_bytes = r.memory_bytes,
                         "no connected worker can ever run this step's tasks: they wait for a \
-                         bigger worker (lower the step's `resources:` or start one)"
+                         bigger worker (lower the step's `resources:` or start one){}",
+                        if cuda_missing {
+                            "; workers with GPUs are connected, but none was built with the \
+                             `cuda` feature (deploy/cuda/build-worker.sh)"
+                        } else {
+                            ""
+                        }
                     );
                 }
             }
@@ -800,6 +808,7 @@ impl Engine {
                     total_cpus: res.cpus.max(1),
                     total_memory_bytes: res.memory_bytes,
                     total_gpus: hello.gpu_ids.len() as u32,
+                    cuda_build: hello.cuda_build,
                 },
                 last_seen: Instant::now(),
                 running: HashSet::new(),

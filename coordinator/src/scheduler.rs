@@ -25,11 +25,14 @@ pub struct Capacity {
     pub total_cpus: u32,
     pub total_memory_bytes: u64,
     pub total_gpus: u32,
+    /// Built with the `cuda` feature: its GPUs can run Candle.
+    pub cuda_build: bool,
 }
 
 impl Capacity {
     fn fits(&self, r: &ResourceSpec) -> bool {
-        self.cpus >= r.cpus
+        (self.cuda_build || !r.needs_cuda_build)
+            && self.cpus >= r.cpus
             && self.gpus.len() as u32 >= r.gpus
             && (r.memory_bytes == 0
                 || self.total_memory_bytes == 0
@@ -37,7 +40,8 @@ impl Capacity {
     }
 
     pub fn could_ever_fit(&self, r: &ResourceSpec) -> bool {
-        self.total_cpus >= r.cpus
+        (self.cuda_build || !r.needs_cuda_build)
+            && self.total_cpus >= r.cpus
             && self.total_gpus >= r.gpus
             && (r.memory_bytes == 0
                 || self.total_memory_bytes == 0
@@ -113,6 +117,7 @@ mod tests {
             gpus,
             total_cpus: cpus,
             total_memory_bytes: 8 << 30,
+            cuda_build: false,
         }
     }
 
@@ -120,7 +125,7 @@ mod tests {
         ResourceSpec {
             cpus,
             gpus,
-            memory_bytes: 0,
+            ..Default::default()
         }
     }
 
@@ -159,5 +164,28 @@ mod tests {
         assert_eq!(a.iter().map(|x| x.task).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(q, VecDeque::from(vec![0]));
         assert!(!w[0].could_ever_fit(&res(4, 0)));
+    }
+
+    #[test]
+    fn candle_gpu_tasks_go_only_to_cuda_builds() {
+        let train = ResourceSpec {
+            needs_cuda_build: true,
+            ..res(1, 1)
+        };
+        let mut q: VecDeque<u32> = VecDeque::from(vec![0, 1]);
+        // Worker 1: a GPU but a CPU-only build; worker 2: a CUDA build.
+        let mut cuda = cap(2, 1, vec![0]);
+        cuda.cuda_build = true;
+        let mut w = vec![cap(1, 4, vec![0]), cuda];
+        let a = assign(
+            &mut q,
+            |t| if t == 0 { train.clone() } else { res(1, 1) },
+            &mut w,
+        );
+        // The Candle task on the CUDA build; the command step's GPU task on the other.
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[0].task, a[0].worker), (0, WorkerId(2)));
+        assert_eq!((a[1].task, a[1].worker), (1, WorkerId(1)));
+        assert!(!w[0].could_ever_fit(&train));
     }
 }

@@ -144,6 +144,7 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
                 gpu_ids: cfg.gpu_ids.clone(),
                 shared_store: cfg.shared_store,
                 allocation: cfg.allocation.clone(),
+                cuda_build: cfg!(feature = "cuda"),
             })),
         })
         .await?;

@@ -44,6 +44,9 @@ pub struct ResourceSpec {
     pub cpus: u32,
     pub gpus: u32,
     pub memory_bytes: u64,
+    /// Its GPUs are for Candle (a built-in learning step): only a worker built with the
+    /// `cuda` feature can use them. A `command` step's GPUs serve the user's own code.
+    pub needs_cuda_build: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -847,10 +850,14 @@ impl Validator<'_> {
             Some((_, n)) => self.resources(n),
             None => Some(ResourceSpec {
                 cpus: 1,
-                gpus: 0,
-                memory_bytes: 0,
+                ..Default::default()
             }),
         };
+        let resources = resources.map(|mut r| {
+            r.needs_cuda_build =
+                r.gpus > 0 && kind.is_some_and(|k| matches!(k.name, "train" | "evaluate"));
+            r
+        });
         let retries = match k.get("retries") {
             Some((_, n)) => self.uint(n, "`retries`", 0).map(|v| v.min(100) as u32),
             None => Some(1),
@@ -928,6 +935,7 @@ impl Validator<'_> {
             cpus: cpus?,
             gpus: gpus?,
             memory_bytes: memory?,
+            needs_cuda_build: false,
         })
     }
 
