@@ -238,3 +238,133 @@ fn workers_as_slurm_jobs_from_the_deploy_script_and_from_automatic_allocation() 
     }
     println!("{list}");
 }
+
+/// `plateflow alloc list` of a coordinator's state directory.
+fn alloc_list(state: &Path) -> String {
+    let out = run_bounded(
+        plateflow().args(["alloc", "list", "--state"]).arg(state),
+        30,
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_preempted_allocation_is_replaced_and_a_failing_sbatch_is_survived() {
+    let Some(slurm) = LocalSlurm::start() else {
+        return;
+    };
+    // A partition that does not exist: sbatch fails, the allocator records it and backs
+    // off; the coordinator keeps serving.
+    let bad = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _coord = coordinator(
+        &slurm,
+        bad.path(),
+        port,
+        &["--slurm-partition", "nosuch", "--alloc-interval-s", "0.3"],
+    );
+    let p = pipeline(bad.path());
+    let _submitted = run_bounded(
+        plateflow()
+            .env("PLATEFLOW_TOKEN_FILE", bad.path().join("state/token"))
+            .arg("submit")
+            .arg(&p)
+            .args(["--coordinator", &format!("127.0.0.1:{port}")]),
+        30,
+    );
+    let list = wait_for("a failed submission to be recorded", 30, || {
+        let l = alloc_list(&bad.path().join("state"));
+        l.contains("submission failed").then_some(l)
+    });
+    assert!(list.to_lowercase().contains("partition"), "{list}");
+    let out = run_bounded(
+        plateflow()
+            .env("PLATEFLOW_TOKEN_FILE", bad.path().join("state/token"))
+            .args([
+                "status",
+                "--json",
+                "--coordinator",
+                &format!("127.0.0.1:{port}"),
+            ]),
+        30,
+    );
+    assert!(out.status.success(), "the coordinator still serves");
+
+    // Pre-emption: the allocation running the first task is cancelled under it; its task
+    // runs again in a new allocation and the run completes.
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _coord = coordinator(
+        &slurm,
+        dir.path(),
+        port,
+        &[
+            "--slurm-partition",
+            "debug",
+            "--slurm-cpus",
+            "1",
+            "--slurm-max-allocations",
+            "1",
+            "--slurm-idle-timeout-s",
+            "3",
+            "--alloc-interval-s",
+            "0.3",
+        ],
+    );
+    let p = pipeline(dir.path());
+    let slow = std::fs::read_to_string(&p).unwrap().replace(
+        "sleep 0.5;",
+        "echo $SLURM_JOB_ID >> ../../../started.log; sleep 3;",
+    );
+    std::fs::write(&p, slow).unwrap();
+    let token = dir.path().join("state/token");
+    let out = run_bounded(
+        plateflow()
+            .env("PLATEFLOW_TOKEN_FILE", &token)
+            .arg("submit")
+            .arg(&p)
+            .args(["--coordinator", &format!("127.0.0.1:{port}")]),
+        30,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = dir.path().join("state/scratch/started.log");
+    let first = wait_for("the first task to start in an allocation", 60, || {
+        std::fs::read_to_string(&started)
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string))
+    });
+    let out = run_bounded(slurm.cmd("scancel").arg(&first), 30);
+    assert!(out.status.success());
+    let st = wait_for("the run to finish", 180, || {
+        let out = run_bounded(
+            plateflow()
+                .env("PLATEFLOW_TOKEN_FILE", &token)
+                .args(["status", "1", "--tasks", "--json"])
+                .args(["--coordinator", &format!("127.0.0.1:{port}")]),
+            30,
+        );
+        let st = plateflow_e2e::json_of(&out)[0].clone();
+        (st["state"] != "running").then_some(st)
+    });
+    assert_eq!(st["state"], "succeeded", "{st}");
+    let retried = st["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["attempts"].as_u64() > Some(1))
+        .count();
+    assert!(retried >= 1, "the pre-empted task ran again: {st}");
+    wait_for("the allocations to end", 90, || {
+        slurm.queue().is_empty().then_some(())
+    });
+    let list = wait_for("both allocations recorded as ended", 30, || {
+        let l = alloc_list(&dir.path().join("state"));
+        let rows: Vec<&str> = l.lines().skip(1).collect();
+        (rows.len() >= 2 && rows.iter().all(|r| r.contains(" ended "))).then_some(l)
+    });
+    assert!(list.contains(&first), "{list}");
+}
