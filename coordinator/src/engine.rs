@@ -174,6 +174,8 @@ struct TaskRt {
     gpu_ids: Vec<u32>,
     /// When it last became ready to run, for the dispatch latency.
     queued_at: Option<Instant>,
+    /// The latest progress message of the running attempt.
+    progress: String,
 }
 
 struct ActiveRun {
@@ -252,13 +254,19 @@ impl ActiveRun {
                 .steps
                 .iter()
                 .zip(&self.counts)
-                .map(|(s, c)| StepProgress {
+                .enumerate()
+                .map(|(i, (s, c))| StepProgress {
                     step: s.name.clone(),
                     total: c.total,
                     done: c.done,
                     cached: c.cached,
                     running: c.running,
                     failed: c.failed,
+                    note: if c.running > 0 {
+                        self.step_note(i)
+                    } else {
+                        String::new()
+                    },
                 })
                 .collect(),
             tasks: if with_tasks {
@@ -288,7 +296,34 @@ impl ActiveRun {
             worker: rt.worker_name.clone(),
             error: rt.error.clone(),
             reason: rt.reason.clone(),
+            progress: if matches!(rt.state, TaskState::Running { .. }) {
+                rt.progress.clone()
+            } else {
+                String::new()
+            },
         }
+    }
+
+    /// The progress message of one running task of step `step` (with its label when the
+    /// step has several tasks).
+    fn step_note(&self, step: usize) -> String {
+        let several = self.counts[step].total > 1;
+        self.tasks
+            .iter()
+            .enumerate()
+            .find(|(t, rt)| {
+                matches!(rt.state, TaskState::Running { .. })
+                    && !rt.progress.is_empty()
+                    && self.prep.plan.tasks[*t].step as usize == step
+            })
+            .map(|(t, rt)| {
+                if several {
+                    format!("{}: {}", self.prep.label(t as TaskIdx), rt.progress)
+                } else {
+                    rt.progress.clone()
+                }
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -620,6 +655,7 @@ impl Engine {
                 worker_name: String::new(),
                 gpu_ids: Vec::new(),
                 queued_at: None,
+                progress: String::new(),
             })
             .collect();
         let roots: Vec<TaskIdx> = (0..prep.plan.len() as TaskIdx)
@@ -751,6 +787,7 @@ impl Engine {
             if let Some(q) = rt.queued_at.take() {
                 self.dispatch.observe(q.elapsed());
             }
+            rt.progress.clear();
             run.set_state(t, TaskState::Running { worker: a.worker });
             per_worker
                 .entry(a.worker)
@@ -831,9 +868,26 @@ impl Engine {
             return;
         };
         w.last_seen = Instant::now();
-        if let worker_message::Body::Results(results) = body {
-            for r in results.results {
-                self.on_result(worker, r);
+        match body {
+            worker_message::Body::Results(results) => {
+                for r in results.results {
+                    self.on_result(worker, r);
+                }
+            }
+            worker_message::Body::Progress(p) => self.on_progress(worker, p),
+            _ => {}
+        }
+    }
+
+    /// Keeps the latest progress message of a running attempt (others are stale).
+    fn on_progress(&mut self, worker: WorkerId, p: pb::TaskProgress) {
+        let Some(run) = self.run.as_mut() else { return };
+        if p.task_id >> 32 != run.prep.id {
+            return;
+        }
+        if let Some(rt) = run.tasks.get_mut((p.task_id & 0xffff_ffff) as usize) {
+            if rt.state == (TaskState::Running { worker }) && rt.attempt == p.attempt {
+                rt.progress = p.message;
             }
         }
     }
@@ -1230,6 +1284,7 @@ impl Engine {
                             worker: String::new(),
                             error: t.error,
                             reason: t.reason,
+                            progress: String::new(),
                         })
                         .collect();
                 }
@@ -1524,6 +1579,43 @@ mod tests {
             "{:?}",
             st.tasks
         );
+    }
+
+    #[tokio::test]
+    async fn progress_of_the_running_attempt_shows_in_status_and_stale_progress_does_not() {
+        let (_dir, h, path) = setup(1, 60_000);
+        let (a, mut rx_a) = connect(&h, "a", 1).await;
+        let run = submit(&h, &path).await;
+        let first = assigned(&mut rx_a).await;
+        let say = |attempt: u32, message: &str| {
+            h.send(Event::WorkerMsg {
+                worker: a,
+                body: worker_message::Body::Progress(pb::TaskProgress {
+                    task_id: first[0].task_id,
+                    attempt,
+                    message: message.into(),
+                }),
+            })
+        };
+        say(1, "fold 2/5: epoch 3/30");
+        say(7, "from an attempt that is not running");
+        let (reply, rx) = oneshot::channel();
+        h.send(Event::Status {
+            run_id: run,
+            with_tasks: true,
+            reply,
+        });
+        let st = rx.await.unwrap().remove(0);
+        let running: Vec<_> = st.tasks.iter().filter(|t| t.state == "running").collect();
+        assert_eq!(running[0].progress, "fold 2/5: epoch 3/30");
+        assert!(
+            st.steps
+                .iter()
+                .any(|s| s.note.ends_with("fold 2/5: epoch 3/30")),
+            "{:?}",
+            st.steps
+        );
+        succeed(&h, a, &first);
     }
 
     #[tokio::test]

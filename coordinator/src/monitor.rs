@@ -270,7 +270,7 @@ table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #d
             }
             let _ = write!(
                 h,
-                "<tr class=\"step\"><td>{}</td><td><div class=\"bar\" title=\"{} done, {} cached, {} running, {} failed of {}\">{bar}</div></td><td>{}/{}</td></tr>",
+                "<tr class=\"step\"><td>{}</td><td><div class=\"bar\" title=\"{} done, {} cached, {} running, {} failed of {}\">{bar}</div></td><td>{}/{}</td><td class=\"note\">{}</td></tr>",
                 esc(&st.step),
                 st.done,
                 st.cached,
@@ -278,7 +278,8 @@ table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #d
                 st.failed,
                 st.total,
                 st.done + st.cached,
-                st.total
+                st.total,
+                esc(&st.note)
             );
         }
         h.push_str("</table></td></tr>");
@@ -417,6 +418,7 @@ mod tests {
                     cached: 2,
                     running: 1,
                     failed: 1,
+                    note: "fold 1/5: epoch 2/30".into(),
                 }],
                 ..Default::default()
             }],
@@ -482,6 +484,10 @@ mod tests {
         assert!(p.contains("corrupt TIFF: &lt;bad&gt;"));
         assert!(p.contains("segment[plate=P2]"));
         assert!(p.contains("6/10"), "done + cached of total");
+        assert!(
+            p.contains("fold 1/5: epoch 2/30"),
+            "what a running task does"
+        );
         assert!(!p.contains("<bad>"));
     }
 }

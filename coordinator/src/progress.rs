@@ -50,7 +50,14 @@ impl Progress {
                 let parts: Vec<String> = st
                     .steps
                     .iter()
-                    .map(|s| format!("{} {}/{}", s.step, s.done + s.cached + s.failed, s.total))
+                    .map(|s| {
+                        let mut p =
+                            format!("{} {}/{}", s.step, s.done + s.cached + s.failed, s.total);
+                        if !s.note.is_empty() {
+                            p.push_str(&format!(" ({})", s.note));
+                        }
+                        p
+                    })
                     .collect();
                 eprintln!("[{:>6.1}s] {}", st.elapsed_s, parts.join("  "));
             }
@@ -83,6 +90,9 @@ impl Progress {
             }
             if s.cached > 0 {
                 msg.push_str(&format!(", cached {}", s.cached));
+            }
+            if !s.note.is_empty() {
+                msg.push_str(&format!(" — {}", s.note));
             }
             b.set_message(msg);
         }

@@ -24,6 +24,46 @@ pub struct TrainConfig {
     pub warm_start: Option<WarmStart>,
     /// Where to train: the CPU, or a CUDA device (see [`crate::device`]).
     pub device: Device,
+    /// Told after every epoch.
+    pub progress: Progress,
+}
+
+/// A callback for progress messages ("epoch 3/30: …"): long training says what it does
+/// while it runs. Does nothing by default.
+#[derive(Clone, Default)]
+pub struct Progress(Option<std::sync::Arc<SayFn>>);
+
+type SayFn = dyn Fn(&str) + Send + Sync;
+
+impl Progress {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Progress(Some(std::sync::Arc::new(f)))
+    }
+    pub fn say(&self, message: &str) {
+        if let Some(f) = &self.0 {
+            f(message);
+        }
+    }
+    /// The same sink, each message prefixed with `prefix: `.
+    pub fn with_prefix(&self, prefix: &str) -> Progress {
+        match &self.0 {
+            None => Progress(None),
+            Some(f) => {
+                let (f, prefix) = (f.clone(), prefix.to_string());
+                Progress::new(move |m: &str| f(&format!("{prefix}: {m}")))
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Progress(on)"
+        } else {
+            "Progress(off)"
+        })
+    }
 }
 
 /// Weights to start from: every variable of the checkpoint whose name and shape match is
@@ -48,6 +88,7 @@ impl Default for TrainConfig {
             patience: 8,
             warm_start: None,
             device: Device::Cpu,
+            progress: Progress::default(),
         }
     }
 }
@@ -59,6 +100,9 @@ pub struct History {
     pub val_loss: Vec<f64>,
     pub val_weighted_f1: Vec<f64>,
     pub best_epoch: usize,
+    /// When the model was trained again on all training plates for this many epochs (the
+    /// curves are those of the run that chose it).
+    pub refit_epochs: Option<usize>,
 }
 
 /// Samples stored flat: sample i is `x[i*len..(i+1)*len]`, shaped [C, H, W] for images or
@@ -244,7 +288,8 @@ fn mean_loss_and_f1(probs: &[Vec<f64>], s: &Samples, idx: &[usize]) -> (f64, f64
 }
 
 /// Trains a CNN on `train`, early-stopping on `val` (plates held out of training); returns
-/// the best epoch's weights.
+/// the best epoch's weights. With `val` empty it trains every epoch and returns the last
+/// (a refit for an epoch count chosen on validation plates before).
 pub fn train_cnn(
     config: CnnConfig,
     s: &Samples,
@@ -285,10 +330,25 @@ pub fn train_cnn(
             sum += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
         }
         history.train_loss.push(sum / train.len() as f64);
+        let said = format!(
+            "epoch {}/{}: training loss {:.3}",
+            epoch + 1,
+            cfg.epochs,
+            sum / train.len() as f64
+        );
+        if val.is_empty() {
+            cfg.progress.say(&said);
+            // A refit for a number of epochs chosen before: the last epoch is the model.
+            history.best_epoch = epoch;
+            continue;
+        }
         let probs = predict_cnn(&model, s, val)?;
         let (vl, vf1) = mean_loss_and_f1(&probs, s, val);
         history.val_loss.push(vl);
         history.val_weighted_f1.push(vf1);
+        cfg.progress.say(&format!(
+            "{said}, validation loss {vl:.3}, weighted F1 {vf1:.3}"
+        ));
         // No early stop during the one-cycle warm-up (its first 30 %): the loss may rise while
         // the learning rate climbs, and keeping epoch 0 then is a failure, not a choice.
         let warm = (cfg.epochs as f64 * 0.3).ceil() as usize;
@@ -299,7 +359,9 @@ pub fn train_cnn(
             break;
         }
     }
-    restore(&varmap, &best.1)?;
+    if !val.is_empty() {
+        restore(&varmap, &best.1)?;
+    }
     Ok((model, varmap, history))
 }
 

@@ -31,7 +31,15 @@ pub struct ExecEnv {
 
 /// Runs a task to completion. Never panics on bad input: every problem becomes a failed
 /// [`TaskResult`] with a message naming the file or the cause.
-pub async fn execute<F: BlobFetcher>(spec: &TaskSpec, env: &ExecEnv, fetcher: &F) -> TaskResult {
+/// Where a running task's progress messages go ("fold 2/5: epoch 14/30").
+pub type ProgressTx = tokio::sync::mpsc::UnboundedSender<String>;
+
+pub async fn execute<F: BlobFetcher>(
+    spec: &TaskSpec,
+    env: &ExecEnv,
+    fetcher: &F,
+    progress: Option<ProgressTx>,
+) -> TaskResult {
     let started = Instant::now();
     let mut result = TaskResult {
         task_id: spec.task_id,
@@ -42,7 +50,7 @@ pub async fn execute<F: BlobFetcher>(spec: &TaskSpec, env: &ExecEnv, fetcher: &F
         "noop" => Ok(CommandOutcome::default()),
         "command" => run_command(spec, env, fetcher).await,
         "curate" | "segment" | "features" | "crops" | "train" | "evaluate" | "report" => {
-            run_builtin(spec, env, fetcher).await
+            run_builtin(spec, env, fetcher, progress).await
         }
         other => Err(anyhow::anyhow!(
             "this worker does not implement step kind `{other}` (plateflow {})",
@@ -357,6 +365,7 @@ async fn run_builtin<F: BlobFetcher>(
     spec: &TaskSpec,
     env: &ExecEnv,
     fetcher: &F,
+    progress: Option<ProgressTx>,
 ) -> anyhow::Result<CommandOutcome> {
     let params = params(spec)?;
     let m = materialise(spec, env, fetcher).await?;
@@ -369,6 +378,7 @@ async fn run_builtin<F: BlobFetcher>(
     let (log, result) = tokio::task::spawn_blocking(move || {
         let mut ctx = crate::builtin::Context {
             gpu_ids,
+            progress,
             work: &m.work,
             out: m.work.join("out"),
             params: &params,

@@ -5,8 +5,8 @@ use crate::access::{Access, Client};
 use crate::blobs::{upload_missing, GrpcFetcher};
 use crate::exec::{execute, ExecEnv};
 use plateflow_proto::v1::{
-    coordinator_message, worker_message, Heartbeat, Resources, TaskResult, TaskResults,
-    WorkerHello, WorkerMessage,
+    coordinator_message, worker_message, Heartbeat, Resources, TaskProgress, TaskResult,
+    TaskResults, WorkerHello, WorkerMessage,
 };
 use plateflow_store::{BlobStore, Digest};
 use std::collections::HashMap;
@@ -187,8 +187,9 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
                             let (env, fetcher, res_tx) = (env.clone(), fetcher.clone(), res_tx.clone());
                             let mut client = client.clone();
                             let shared_store = cfg.shared_store;
+                            let progress = progress_forwarder(out_tx.clone(), spec.task_id, spec.attempt);
                             let handle = tokio::spawn(async move {
-                                let mut result = execute(&spec, &env, &fetcher).await;
+                                let mut result = execute(&spec, &env, &fetcher, Some(progress)).await;
                                 if !shared_store {
                                     if let Err(e) = upload_result_blobs(&mut client, &env.store, &result).await {
                                         result.ok = false;
@@ -248,6 +249,46 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
         h.abort();
     }
     outcome
+}
+
+/// A task's progress messages, forwarded to the coordinator at most once a second (the
+/// latest wins); the forwarder ends with the task.
+fn progress_forwarder(
+    out: mpsc::Sender<WorkerMessage>,
+    task_id: u64,
+    attempt: u32,
+) -> crate::exec::ProgressTx {
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let mut last_sent = tokio::time::Instant::now() - Duration::from_secs(1);
+        let mut pending: Option<String> = None;
+        loop {
+            let wait = (last_sent + Duration::from_secs(1))
+                .saturating_duration_since(tokio::time::Instant::now());
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => pending = Some(m),
+                    None => break,
+                },
+                _ = tokio::time::sleep(wait), if pending.is_some() => {}
+            }
+            if pending.is_some() && last_sent.elapsed() >= Duration::from_secs(1) {
+                let message = pending.take().expect("checked");
+                let msg = WorkerMessage {
+                    body: Some(worker_message::Body::Progress(TaskProgress {
+                        task_id,
+                        attempt,
+                        message,
+                    })),
+                };
+                if out.send(msg).await.is_err() {
+                    break;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+        }
+    });
+    tx
 }
 
 async fn upload_result_blobs(

@@ -22,8 +22,13 @@ pub struct Settings {
     pub width: usize,
     pub depth: usize,
     pub warm_start: Option<WarmStart>,
+    /// CNN: after early stopping on validation plates, train again on all training plates
+    /// for the chosen number of epochs.
+    pub refit: bool,
     /// Where the CNN trains (the logistic model always fits on the CPU: it is small).
     pub device: Device,
+    /// Where the CNN says how far it got.
+    pub progress: plateflow_learn::train::Progress,
 }
 
 pub enum Fitted {
@@ -82,6 +87,7 @@ pub fn fit(
         seed: s.seed,
         warm_start: s.warm_start.clone(),
         device: s.device.clone(),
+        progress: s.progress.clone(),
         ..TrainConfig::default()
     };
     let config = CnnConfig {

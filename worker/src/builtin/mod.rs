@@ -50,6 +50,8 @@ pub struct Context<'a> {
     pub gpu_ids: Vec<u32>,
     /// Human-readable account of the run, stored as the task's stdout.
     pub log: String,
+    /// Live progress for the coordinator (the log arrives only at the end).
+    pub progress: Option<crate::exec::ProgressTx>,
 }
 
 impl Context<'_> {
@@ -159,6 +161,22 @@ impl Context<'_> {
                 candle_core::Device::Cpu
             }
         }
+    }
+
+    /// A sink for progress messages that long computations can hold (and call from any
+    /// thread); messages are dropped when the task has no one listening.
+    pub fn progress_sink(&self, prefix: &str) -> plateflow_learn::train::Progress {
+        let tx = self.progress.clone();
+        let prefix = prefix.to_string();
+        plateflow_learn::train::Progress::new(move |m: &str| {
+            if let Some(tx) = &tx {
+                let _ = tx.send(if prefix.is_empty() {
+                    m.to_string()
+                } else {
+                    format!("{prefix}: {m}")
+                });
+            }
+        })
     }
 
     pub fn logln(&mut self, line: impl AsRef<str>) {
@@ -424,6 +442,7 @@ mod tests {
             threads: 1,
             gpu_ids: Vec::new(),
             log: String::new(),
+            progress: None,
         };
         let sets = ctx.image_sets().unwrap();
         assert_eq!(sets.len(), 1);

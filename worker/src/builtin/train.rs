@@ -88,16 +88,46 @@ fn fit_and_score(
             history: None,
         });
     }
-    let (fit_on, val) =
-        carve_validation(&d.groups, train)?.unwrap_or_else(|| (train.to_vec(), train.to_vec()));
-    let (model, history) = fitting::fit(d, y, s, &fit_on, &val)?;
-    let val_truth: Vec<usize> = val.iter().map(|&i| y[i]).collect();
-    let temperature = fit_temperature(&val_truth, &model.predict(d, &val)?);
+    let (model, history, temperature) = fit_cnn(d, y, s, train)?;
     Ok(Scored {
         raw: model.predict(d, test)?,
         temperature,
-        history,
+        history: Some(history),
     })
+}
+
+/// The CNN on the cells `train`: early-stopped on validation plates carved from them (which
+/// also fit the temperature); then, with `refit` (the default), trained again on all of
+/// `train` for the epoch count the validation plates chose, so no training plate is lost
+/// to validation (a quarter of them otherwise). The temperature stays the one fitted on the
+/// first model's validation plates: the refit model has seen those plates.
+fn fit_cnn(
+    d: &Data,
+    y: &[usize],
+    s: &Settings,
+    train: &[usize],
+) -> anyhow::Result<(Fitted, History, f64)> {
+    let Some((fit_on, val)) = carve_validation(&d.groups, train)? else {
+        // One plate: nothing to validate on but the training cells themselves.
+        let (model, history) = fitting::fit(d, y, s, train, train)?;
+        return Ok((model, history.unwrap_or_default(), 1.0));
+    };
+    let (model, history) = fitting::fit(d, y, s, &fit_on, &val)?;
+    let mut history = history.unwrap_or_default();
+    let val_truth: Vec<usize> = val.iter().map(|&i| y[i]).collect();
+    let temperature = fit_temperature(&val_truth, &model.predict(d, &val)?);
+    if !s.refit {
+        return Ok((model, history, temperature));
+    }
+    let epochs = history.best_epoch + 1;
+    let again = Settings {
+        epochs: Some(epochs),
+        progress: s.progress.with_prefix("refit on all training plates"),
+        ..s.clone()
+    };
+    let (refit, _) = fitting::fit(d, y, &again, train, &[])?;
+    history.refit_epochs = Some(epochs);
+    Ok((refit, history, temperature))
 }
 
 /// Random folds of cells, for `split: random` (leaky; opt-in only).
@@ -166,6 +196,8 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         epochs: ctx.f64_param("epochs").map(|e| e as usize),
         seed,
         width: ctx.f64_param("width").unwrap_or(16.0) as usize,
+        refit: ctx.bool_param("refit").unwrap_or(true),
+        progress: Default::default(),
         depth: ctx.f64_param("depth").unwrap_or(3.0) as usize,
         warm_start: warm_start.clone(),
         device: if model_kind == "cnn" {
@@ -264,8 +296,17 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         if !leaky {
             check_no_leak(&d.origins, &f.train, &f.test).with_context(|| format!("fold {fi}"))?;
         }
-        let scored = fit_and_score(&d, &labels, &settings, &f.train, &f.test)?;
-        let control = fit_and_score(&d, &shuffled, &settings, &f.train, &f.test)?;
+        let of = format!("fold {}/{}", fi + 1, folds.len());
+        let s = Settings {
+            progress: ctx.progress_sink(&of),
+            ..settings.clone()
+        };
+        let scored = fit_and_score(&d, &labels, &s, &f.train, &f.test)?;
+        let s = Settings {
+            progress: ctx.progress_sink(&format!("{of}, shuffled-label control")),
+            ..settings.clone()
+        };
+        let control = fit_and_score(&d, &shuffled, &s, &f.train, &f.test)?;
         let cal = apply_temperature(&scored.raw, scored.temperature);
         let truth: Vec<usize> = f.test.iter().map(|&i| labels[i]).collect();
         let c = Confusion::new(nc, &truth, &argmax(&cal));
@@ -298,8 +339,12 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
                 ]);
             }
         }
+        let epochs = match scored.history.as_ref().and_then(|h| h.refit_epochs) {
+            Some(e) => format!(", {e} epochs chosen on validation plates, refitted on all"),
+            None => String::new(),
+        };
         ctx.logln(format!(
-            "fold {fi} (held out {}): weighted F1 {:.3}, T {:.2}, shuffled-label control {:.3}",
+            "fold {fi} (held out {}): weighted F1 {:.3}, T {:.2}, shuffled-label control {:.3}{epochs}",
             f.held_out.join(" "),
             c.weighted_f1(),
             scored.temperature,
@@ -402,10 +447,15 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     // The final model, fitted on every plate outside `holdout` (the CNN early-stops on
     // validation plates carved from them).
     let everything: Vec<usize> = (0..n).collect();
-    let (fit_on, val) = carve_validation(&d.groups, &everything)?
-        .filter(|_| model_kind == "cnn")
-        .unwrap_or_else(|| (everything.clone(), everything.clone()));
-    let (fitted, _) = fitting::fit(&d, &labels, &settings, &fit_on, &val)?;
+    let fitted = if model_kind == "cnn" {
+        let s = Settings {
+            progress: ctx.progress_sink("final model"),
+            ..settings.clone()
+        };
+        fit_cnn(&d, &labels, &s, &everything)?.0
+    } else {
+        fitting::fit(&d, &labels, &settings, &everything, &everything)?.0
+    };
     let (normalisation, architecture) = fitted.save(&d, &ctx.out.join("model.safetensors"))?;
     if let Some(w) = fitted.coefficients()? {
         write_coefficients(ctx, &d, &w)?;
