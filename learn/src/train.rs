@@ -18,14 +18,26 @@ pub struct TrainConfig {
     pub seed: u64,
     pub augment: bool,
     pub class_balanced: bool,
-    /// Stop after this many epochs without a better validation loss.
+    /// Stop after this many epochs without a better validation score.
     pub patience: usize,
+    /// What "better" means for early stopping.
+    pub stop_on: StopOn,
     /// Transfer learning: start the CNN from another plateflow model's weights.
     pub warm_start: Option<WarmStart>,
     /// Where to train: the CPU, or a CUDA device (see [`crate::device`]).
     pub device: Device,
     /// Told after every epoch.
     pub progress: Progress,
+}
+
+/// The validation score early stopping follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOn {
+    /// Cross-entropy. Across plates it rises through over-confidence while accuracy still
+    /// improves, so it stops early.
+    Loss,
+    /// Weighted F1, the figure reported (ties: the lower loss).
+    WeightedF1,
 }
 
 /// A callback for progress messages ("epoch 3/30: …"): long training says what it does
@@ -86,6 +98,7 @@ impl Default for TrainConfig {
             augment: true,
             class_balanced: true,
             patience: 8,
+            stop_on: StopOn::WeightedF1,
             warm_start: None,
             device: Device::Cpu,
             progress: Progress::default(),
@@ -312,7 +325,8 @@ pub fn train_cnn(
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
     let mut history = History::default();
-    let mut best = (f64::INFINITY, snapshot(&varmap));
+    // (score to maximise, tie-breaker to maximise, weights)
+    let mut best = (f64::NEG_INFINITY, f64::NEG_INFINITY, snapshot(&varmap));
     let mut order = train.to_vec();
     let mut step = 0;
     for epoch in 0..cfg.epochs {
@@ -352,15 +366,19 @@ pub fn train_cnn(
         // No early stop during the one-cycle warm-up (its first 30 %): the loss may rise while
         // the learning rate climbs, and keeping epoch 0 then is a failure, not a choice.
         let warm = (cfg.epochs as f64 * 0.3).ceil() as usize;
-        if epoch < warm || vl < best.0 {
-            best = (vl, snapshot(&varmap));
+        let (score, tie) = match cfg.stop_on {
+            StopOn::Loss => (-vl, vf1),
+            StopOn::WeightedF1 => (vf1, -vl),
+        };
+        if epoch < warm || (score, tie) > (best.0, best.1) {
+            best = (score, tie, snapshot(&varmap));
             history.best_epoch = epoch;
         } else if epoch - history.best_epoch >= cfg.patience {
             break;
         }
     }
     if !val.is_empty() {
-        restore(&varmap, &best.1)?;
+        restore(&varmap, &best.2)?;
     }
     Ok((model, varmap, history))
 }

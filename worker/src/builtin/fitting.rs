@@ -27,6 +27,8 @@ pub struct Settings {
     pub refit: bool,
     /// Where the CNN trains (the logistic model always fits on the CPU: it is small).
     pub device: Device,
+    /// What early stopping follows on the validation plates.
+    pub stop_on: plateflow_learn::train::StopOn,
     /// Where the CNN says how far it got.
     pub progress: plateflow_learn::train::Progress,
 }
@@ -88,6 +90,7 @@ pub fn fit(
         warm_start: s.warm_start.clone(),
         device: s.device.clone(),
         progress: s.progress.clone(),
+        stop_on: s.stop_on,
         ..TrainConfig::default()
     };
     let config = CnnConfig {

@@ -197,6 +197,11 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         seed,
         width: ctx.f64_param("width").unwrap_or(16.0) as usize,
         refit: ctx.bool_param("refit").unwrap_or(true),
+        stop_on: match ctx.str_param("stop_on").unwrap_or("f1") {
+            "f1" => plateflow_learn::train::StopOn::WeightedF1,
+            "loss" => plateflow_learn::train::StopOn::Loss,
+            other => anyhow::bail!("`stop_on: {other}`: use `f1` (default) or `loss`"),
+        },
         progress: Default::default(),
         depth: ctx.f64_param("depth").unwrap_or(3.0) as usize,
         warm_start: warm_start.clone(),
