@@ -220,6 +220,42 @@ pub fn fit_temperature(truth: &[usize], probs: &[Vec<f64>]) -> f64 {
     ((a + b) / 2.0).exp()
 }
 
+/// A temperature that must earn its place: fitted on all of the validation predictions, but
+/// applied (returned) only if, fitted on all plates but one, it lowers the negative
+/// log-likelihood summed over each left-out plate. Across plates with different batch
+/// effects a temperature often does not transfer; then 1.0 (no scaling) is returned.
+/// Returns (temperature to apply, temperature fitted, NLL change on left-out plates: < 0 is
+/// an improvement). With one plate there is nothing to check against: 1.0.
+pub fn fit_temperature_across_groups(
+    truth: &[usize],
+    probs: &[Vec<f64>],
+    groups: &[String],
+) -> (f64, f64, f64) {
+    let fitted = fit_temperature(truth, probs);
+    let distinct: std::collections::BTreeSet<&String> = groups.iter().collect();
+    if distinct.len() < 2 {
+        return (1.0, fitted, f64::NAN);
+    }
+    let mut change = 0.0;
+    for g in distinct {
+        let (inside, outside): (Vec<usize>, Vec<usize>) =
+            (0..truth.len()).partition(|&i| &groups[i] == g);
+        let pick = |idx: &[usize]| -> (Vec<usize>, Vec<Vec<f64>>) {
+            (
+                idx.iter().map(|&i| truth[i]).collect(),
+                idx.iter().map(|&i| probs[i].clone()).collect(),
+            )
+        };
+        let (t_out, p_out) = pick(&outside);
+        let (t_in, p_in) = pick(&inside);
+        let t = fit_temperature(&t_out, &p_out);
+        let n = t_in.len() as f64;
+        change += n * (nll(&t_in, &apply_temperature(&p_in, t)) - nll(&t_in, &p_in));
+    }
+    let change = change / truth.len() as f64;
+    (if change < 0.0 { fitted } else { 1.0 }, fitted, change)
+}
+
 /// A 95 % percentile interval of `metric` from `rounds` bootstrap resamples of whole groups
 /// (plates): cells of one plate share its batch effects, so resampling cells would make the
 /// interval too narrow. Deterministic for a given seed.
@@ -339,5 +375,59 @@ mod tests {
         let (lo, hi) = bootstrap_by_group(&groups, 1000, 7, acc);
         assert!(lo < 0.3 && hi > 0.7, "{lo} {hi}");
         assert_eq!(bootstrap_by_group(&groups, 1000, 7, acc), (lo, hi));
+    }
+
+    #[test]
+    fn a_temperature_is_applied_only_when_it_transfers_between_plates() {
+        // Two plates, both over-confident in the same way: scaling transfers.
+        let mut truth = Vec::new();
+        let mut probs = Vec::new();
+        let mut groups = Vec::new();
+        for plate in ["A", "B"] {
+            for i in 0..200 {
+                let right = i % 10 < 7; // 70 % right, but 99 % sure
+                truth.push(0);
+                probs.push(if right {
+                    vec![0.99, 0.01]
+                } else {
+                    vec![0.01, 0.99]
+                });
+                groups.push(plate.to_string());
+            }
+        }
+        let (t, fitted, change) = fit_temperature_across_groups(&truth, &probs, &groups);
+        assert!(
+            fitted > 1.5 && t == fitted && change < 0.0,
+            "{t} {fitted} {change}"
+        );
+        // Plate B is under-confident where A is over-confident: a shared temperature
+        // fitted on one hurts the other, so none is applied.
+        let mut probs2 = probs.clone();
+        for (p, g) in probs2.iter_mut().zip(&groups) {
+            if g == "B" {
+                *p = if p[0] > 0.5 {
+                    vec![0.55, 0.45]
+                } else {
+                    vec![0.45, 0.55]
+                };
+            }
+        }
+        let truth2: Vec<usize> = probs2
+            .iter()
+            .zip(&groups)
+            .enumerate()
+            .map(|(i, (_, g))| {
+                if g == "B" {
+                    usize::from(i % 10 >= 9)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        let (t, _, change) = fit_temperature_across_groups(&truth2, &probs2, &groups);
+        assert!(change >= 0.0 && t == 1.0, "{t} {change}");
+        // One plate: nothing to check against.
+        let one = vec!["A".to_string(); truth.len()];
+        assert_eq!(fit_temperature_across_groups(&truth, &probs, &one).0, 1.0);
     }
 }

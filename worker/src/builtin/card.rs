@@ -267,11 +267,23 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
     let _ = writeln!(md, "\n## Calibration\n");
     let _ = writeln!(
         md,
-        "Temperature scaling fitted on validation {}s (never on the {}s scored); the saved model applies T = {:.3}.",
+        "Temperature scaling fitted on validation {}s (never on the {}s scored), and applied only where it lowered the negative log-likelihood of {}s it was not fitted on; the saved model applies T = {:.3}.",
+        c.group_by,
         c.group_by,
         c.group_by,
         cal["temperature"].as_f64().unwrap_or(f64::NAN)
     );
+    if let (Some(fitted), Some(change)) = (
+        cal["temperature_fitted"].as_f64(),
+        cal["left_out_plate_nll_change"].as_f64(),
+    ) {
+        let _ = writeln!(
+            md,
+            "(Fitted T = {fitted:.3}; on left-out {}s it changed the negative log-likelihood by {change:+.3}{}.)",
+            c.group_by,
+            if change < 0.0 { "" } else { ": it did not transfer, so it is not applied" }
+        );
+    }
     let _ = writeln!(md, "\n## Caveats\n");
     for cv in caveats(c) {
         let _ = writeln!(md, "- {cv}");

@@ -17,7 +17,7 @@ use super::{card, interpretation, num, scoring, Context, Table};
 use anyhow::Context as _;
 use plateflow_learn::metrics::{
     apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error,
-    fit_temperature, nll, Confusion,
+    fit_temperature_across_groups, nll, Confusion,
 };
 use plateflow_learn::rng::Rng;
 use plateflow_learn::split::{check_no_leak, group_kfold, Fold};
@@ -66,7 +66,7 @@ fn fit_and_score(
         let groups: Vec<String> = train.iter().map(|&i| d.groups[i].clone()).collect();
         let distinct = groups.iter().collect::<BTreeSet<_>>().len();
         let temperature = if distinct >= 2 {
-            let (mut truth, mut probs) = (Vec::new(), Vec::new());
+            let (mut truth, mut probs, mut plates) = (Vec::new(), Vec::new(), Vec::new());
             for f in group_kfold(&groups, distinct.min(3))? {
                 let fit_on: Vec<usize> = f.train.iter().map(|&j| train[j]).collect();
                 let val: Vec<usize> = f.test.iter().map(|&j| train[j]).collect();
@@ -76,8 +76,9 @@ fn fit_and_score(
                         .predict(d, &val)?,
                 );
                 truth.extend(val.iter().map(|&i| y[i]));
+                plates.extend(val.iter().map(|&i| d.groups[i].clone()));
             }
-            fit_temperature(&truth, &probs)
+            fit_temperature_across_groups(&truth, &probs, &plates).0
         } else {
             1.0 // one training plate: nothing to calibrate on that the model did not see
         };
@@ -115,7 +116,9 @@ fn fit_cnn(
     let (model, history) = fitting::fit(d, y, s, &fit_on, &val)?;
     let mut history = history.unwrap_or_default();
     let val_truth: Vec<usize> = val.iter().map(|&i| y[i]).collect();
-    let temperature = fit_temperature(&val_truth, &model.predict(d, &val)?);
+    let val_plates: Vec<String> = val.iter().map(|&i| d.groups[i].clone()).collect();
+    let temperature =
+        fit_temperature_across_groups(&val_truth, &model.predict(d, &val)?, &val_plates).0;
     if !s.refit {
         return Ok((model, history, temperature));
     }
@@ -401,11 +404,16 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     );
     ctx.write_output("per_group.csv", &per_group.into_bytes())?;
     // The saved model's temperature: fitted on all out-of-fold predictions (each made by a
-    // model that never saw that cell's plate).
-    let temperature = fit_temperature(&labels, &raw);
+    // model that never saw that cell's plate), applied only if it transfers between plates.
+    let groups_of_cells: Vec<String> = (0..n).map(|i| d.groups[i].clone()).collect();
+    let (temperature, temperature_fitted, transfer) =
+        fit_temperature_across_groups(&labels, &raw, &groups_of_cells);
     let calibration = serde_json::json!({
         "method": if model_kind == "logistic" { "temperature scaling, fitted per fold on cross-fitted predictions of the training plates" } else { "temperature scaling, fitted per fold on validation plates carved from the training plates" },
+        "applied_only_if": "fitted on all plates but one, it lowers the negative log-likelihood of the left-out plates (summed over plates); otherwise temperature 1",
         "temperature": temperature,
+        "temperature_fitted": temperature_fitted,
+        "left_out_plate_nll_change": transfer,
         "fold_temperatures": temperatures,
         "ece_before": expected_calibration_error(&labels, &raw, 15),
         "ece_after": expected_calibration_error(&labels, &cal, 15),
