@@ -25,30 +25,14 @@ fn get(port: u16, path: &str) -> (String, String) {
 }
 
 fn pipeline(dir: &Path) -> std::path::PathBuf {
-    for plate in ["P1", "P2", "P3"] {
-        let d = dir.join("data").join(plate);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("a.txt"), plate).unwrap();
-    }
-    let p = dir.join("watched.yaml");
-    std::fs::write(
-        &p,
-        r#"pipeline: watched
-data:
-  images: data
-  pattern: "{plate}/{name}.txt"
-steps:
-  count:
-    uses: command
-    for_each: plate
-    with:
-      # P2's task fails, with a message the page must show escaped.
-      run: if [ {plate} = P2 ]; then echo "bad <plate> P2" >&2; exit 3; fi; wc -c {inputs} > n.txt
-      outputs: [n.txt]
-"#,
+    // P2's task fails, with a message the page must show escaped.
+    plateflow_e2e::per_plate_pipeline(
+        dir,
+        "watched",
+        &["P1", "P2", "P3"],
+        r#"if [ {plate} = P2 ]; then echo "bad <plate> P2" >&2; exit 3; fi; wc -c {inputs} > n.txt"#,
+        &["n.txt"],
     )
-    .unwrap();
-    p
 }
 
 #[test]

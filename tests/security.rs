@@ -10,29 +10,13 @@ use std::process::Command;
 
 /// A small command pipeline over a few text files.
 fn pipeline(dir: &Path) -> PathBuf {
-    for plate in ["P1", "P2"] {
-        let d = dir.join("data").join(plate);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("a.txt"), format!("cells of {plate}\n")).unwrap();
-    }
-    let p = dir.join("secure.yaml");
-    std::fs::write(
-        &p,
-        r#"pipeline: secure
-data:
-  images: data
-  pattern: "{plate}/{name}.txt"
-steps:
-  count:
-    uses: command
-    for_each: plate
-    with:
-      run: cat {inputs} | wc -c > n.txt
-      outputs: [n.txt]
-"#,
+    plateflow_e2e::per_plate_pipeline(
+        dir,
+        "secure",
+        &["P1", "P2"],
+        "cat {inputs} | wc -c > n.txt",
+        &["n.txt"],
     )
-    .unwrap();
-    p
 }
 
 struct Cluster {

@@ -80,29 +80,14 @@ impl Drop for LocalSlurm {
 
 /// Six tasks that each take a moment, so that one allocation runs several.
 fn pipeline(dir: &Path) -> PathBuf {
-    for plate in 1..=6 {
-        let d = dir.join("data").join(format!("P{plate}"));
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("a.txt"), format!("plate {plate}\n")).unwrap();
-    }
-    let p = dir.join("hpc.yaml");
-    std::fs::write(
-        &p,
-        r#"pipeline: hpc
-data:
-  images: data
-  pattern: "{plate}/{name}.txt"
-steps:
-  count:
-    uses: command
-    for_each: plate
-    with:
-      run: sleep 0.5; echo "$SLURM_JOB_ID" > job.txt; wc -c < {inputs} > n.txt
-      outputs: [n.txt, job.txt]
-"#,
+    let plates = ["P1", "P2", "P3", "P4", "P5", "P6"];
+    plateflow_e2e::per_plate_pipeline(
+        dir,
+        "hpc",
+        &plates,
+        r#"sleep 0.5; echo "$SLURM_JOB_ID" > job.txt; wc -c < {inputs} > n.txt"#,
+        &["n.txt", "job.txt"],
     )
-    .unwrap();
-    p
 }
 
 fn coordinator(slurm: &LocalSlurm, dir: &Path, port: u16, extra: &[&str]) -> Proc {
@@ -142,7 +127,7 @@ fn submit_and_check(dir: &Path, port: u16) -> Vec<String> {
     for plate in 1..=6 {
         let r = dir.join(format!("results/count/plate=P{plate}"));
         let n = std::fs::read_to_string(r.join("n.txt")).unwrap();
-        assert_eq!(n.trim(), "8", "plate {plate}");
+        assert_eq!(n.trim(), "12", "plate {plate}");
         let job = std::fs::read_to_string(r.join("job.txt")).unwrap();
         assert!(!job.trim().is_empty(), "P{plate} ran outside a Slurm job");
         jobs.push(job.trim().to_string());

@@ -247,3 +247,31 @@ pub fn browser_dom(url: &str) -> Option<String> {
     );
     Some(dom)
 }
+
+/// A pipeline `<dir>/<name>.yaml` with one `command` step, `count`, run per plate over small
+/// text files `<dir>/data/<plate>/a.txt` holding `cells of <plate>\n` (12 bytes for `P1`).
+/// `run` may use the step placeholders (`{plate}`, `{inputs}`).
+pub fn per_plate_pipeline(
+    dir: &Path,
+    name: &str,
+    plates: &[&str],
+    run: &str,
+    outputs: &[&str],
+) -> PathBuf {
+    for plate in plates {
+        let d = dir.join("data").join(plate);
+        std::fs::create_dir_all(&d).expect("data dir");
+        std::fs::write(d.join("a.txt"), format!("cells of {plate}\n")).expect("data file");
+    }
+    let p = dir.join(format!("{name}.yaml"));
+    let yaml = [
+        &format!("pipeline: {name}\n"),
+        "data:\n  images: data\n  pattern: \"{plate}/{name}.txt\"\n",
+        "steps:\n  count:\n    uses: command\n    for_each: plate\n    with:\n",
+        &format!("      run: {run}\n"),
+        &format!("      outputs: [{}]\n", outputs.join(", ")),
+    ]
+    .concat();
+    std::fs::write(&p, yaml).expect("pipeline file");
+    p
+}
