@@ -1,5 +1,5 @@
 //! Training loops on Candle: AdamW with a one-cycle schedule, class-balanced loss,
-//! augmentation (flips, 90° rotations, intensity jitter), early stopping on validation plates,
+//! augmentation (flips, 90° rotations, scale and intensity jitter), early stopping on validation plates,
 //! and a fixed seed that gives the same model on re-run.
 
 use crate::metrics::{argmax, Confusion};
@@ -153,25 +153,44 @@ impl Samples<'_> {
     }
 }
 
-/// A random one of the 8 flips/rotations of a square crop, and ×U(0.9, 1.1) intensity.
+/// A random one of the 8 flips/rotations of a square crop, a zoom about its centre by
+/// U(0.9, 1.1) (bilinear, edges extended), and ×U(0.9, 1.1) intensity.
 fn augment(s: &[f32], c: usize, n: usize, rng: &mut Rng) -> Vec<f32> {
     let t = rng.below(8);
     let gain = 0.9 + 0.2 * rng.unit() as f32;
+    let zoom = 0.9 + 0.2 * rng.unit();
+    transform(s, c, n, t, zoom, gain)
+}
+
+/// Flip/rotation `t` (bit 0: x, bit 1: y, bit 2: transpose), zoom and gain of a [C, n, n]
+/// crop. Zoom 1 reproduces the pixels exactly.
+fn transform(s: &[f32], c: usize, n: usize, t: usize, zoom: f64, gain: f32) -> Vec<f32> {
+    let mid = (n as f64 - 1.0) / 2.0;
+    let last = n as f64 - 1.0;
     let mut out = vec![0f32; s.len()];
-    for ch in 0..c {
-        for y in 0..n {
-            for x in 0..n {
-                let (mut sx, mut sy) = (x, y);
-                if t & 1 == 1 {
-                    sx = n - 1 - sx;
-                }
-                if t & 2 == 2 {
-                    sy = n - 1 - sy;
-                }
-                if t & 4 == 4 {
-                    std::mem::swap(&mut sx, &mut sy);
-                }
-                out[ch * n * n + y * n + x] = s[ch * n * n + sy * n + sx] * gain;
+    for y in 0..n {
+        for x in 0..n {
+            // Where this output pixel comes from, before the flips (which commute with a
+            // zoom about the centre).
+            let mut sx = (mid + (x as f64 - mid) / zoom).clamp(0.0, last);
+            let mut sy = (mid + (y as f64 - mid) / zoom).clamp(0.0, last);
+            if t & 1 == 1 {
+                sx = last - sx;
+            }
+            if t & 2 == 2 {
+                sy = last - sy;
+            }
+            if t & 4 == 4 {
+                std::mem::swap(&mut sx, &mut sy);
+            }
+            let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
+            let (x1, y1) = ((x0 + 1).min(n - 1), (y0 + 1).min(n - 1));
+            let (fx, fy) = ((sx - x0 as f64) as f32, (sy - y0 as f64) as f32);
+            for ch in 0..c {
+                let p = &s[ch * n * n..(ch + 1) * n * n];
+                let top = p[y0 * n + x0] * (1.0 - fx) + p[y0 * n + x1] * fx;
+                let bottom = p[y1 * n + x0] * (1.0 - fx) + p[y1 * n + x1] * fx;
+                out[ch * n * n + y * n + x] = (top * (1.0 - fy) + bottom * fy) * gain;
             }
         }
     }
@@ -461,4 +480,35 @@ pub fn predict_logistic(
     Ok(candle_nn::ops::softmax(&logits, 1)?
         .to_dtype(DType::F64)?
         .to_vec2::<f64>()?)
+}
+
+#[cfg(test)]
+mod augment_tests {
+    use super::transform;
+
+    #[test]
+    fn flips_and_zoom_move_pixels_where_they_should() {
+        let n = 4;
+        let s: Vec<f32> = (0..n * n).map(|v| v as f32).collect();
+        // Identity.
+        assert_eq!(transform(&s, 1, n, 0, 1.0, 1.0), s);
+        // Mirror in x: row 0 reads 3, 2, 1, 0.
+        assert_eq!(
+            &transform(&s, 1, n, 1, 1.0, 1.0)[..4],
+            &[3.0, 2.0, 1.0, 0.0]
+        );
+        // Transpose: the first row is the first column.
+        assert_eq!(
+            &transform(&s, 1, n, 4, 1.0, 1.0)[..4],
+            &[0.0, 4.0, 8.0, 12.0]
+        );
+        // Zoom in keeps the centre and pulls neighbours inwards; gain scales.
+        let z = transform(&s, 1, n, 0, 1.1, 2.0);
+        let centre = |v: &[f32]| (v[5] + v[6] + v[9] + v[10]) / 4.0;
+        assert!((centre(&z) - 2.0 * centre(&s)).abs() < 1e-4);
+        assert!(
+            z[0] > 2.0 * s[0] && z[15] < 2.0 * s[15],
+            "corners move towards the centre"
+        );
+    }
 }

@@ -256,7 +256,7 @@ static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         name: "train",
-        version: 7,
+        version: 8,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
     },
