@@ -297,10 +297,19 @@ fn a_preempted_allocation_is_replaced_and_a_failing_sbatch_is_survived() {
         ],
     );
     let p = pipeline(dir.path());
-    let slow = std::fs::read_to_string(&p).unwrap().replace(
-        "sleep 0.5;",
-        "echo $SLURM_JOB_ID >> ../../../started.log; sleep 3;",
-    );
+    // Pre-emptible work needs retries: Slurm signals a job's task processes and its worker
+    // at once, so the killed attempt may be reported, and retried on the same dying worker,
+    // before the worker goes.
+    let slow = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace(
+            "sleep 0.5;",
+            "echo $SLURM_JOB_ID >> ../../../started.log; sleep 3;",
+        )
+        .replace(
+            "    for_each: plate\n",
+            "    for_each: plate\n    retries: 3\n",
+        );
     std::fs::write(&p, slow).unwrap();
     let token = dir.path().join("state/token");
     let out = run_bounded(

@@ -56,6 +56,8 @@ pub struct Allocation {
     pub workers_now: u32,
     pub workers_seen: u32,
     pub note: String,
+    /// Its end is in the database: nothing more to write.
+    pub end_recorded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +214,7 @@ impl<B: Backend> Allocator<B> {
                         workers_now: 0,
                         workers_seen: 0,
                         note: format!("{} tasks waiting", snap.queued),
+                        end_recorded: false,
                     });
                 }
                 Err(e) => {
@@ -231,6 +234,7 @@ impl<B: Backend> Allocator<B> {
                         workers_now: 0,
                         workers_seen: 0,
                         note: format!("submission failed: {e:#}"),
+                        end_recorded: false,
                     });
                 }
             },
@@ -298,27 +302,21 @@ impl<B: Backend> Allocator<B> {
             })
             .collect();
         self.engine.send(Event::Allocations(views));
-        for a in &self.allocs {
+        let backend = self.backend.name();
+        // Ended allocations are written once, keeping their first end time.
+        for a in self.allocs.iter_mut().filter(|a| !a.end_recorded) {
             let row = AllocationRow {
                 id: a.id.clone(),
-                backend: self.backend.name().into(),
+                backend: backend.into(),
                 state: state_name(a).into(),
                 submitted: a.submitted_epoch,
                 ended: (a.state == JobState::Gone).then(Db::now),
                 workers: a.workers_seen,
                 note: a.note.clone(),
             };
-            // Keep the first end time: only write ended allocations once.
-            let known_ended = self
-                .db
-                .allocations()
-                .ok()
-                .and_then(|rows| rows.into_iter().find(|r| r.id == a.id))
-                .is_some_and(|r| r.ended.is_some());
-            if !known_ended {
-                if let Err(e) = self.db.save_allocation(&row) {
-                    tracing::warn!("recording allocation {}: {e:#}", a.id);
-                }
+            match self.db.save_allocation(&row) {
+                Ok(()) => a.end_recorded = a.state == JobState::Gone,
+                Err(e) => tracing::warn!("recording allocation {}: {e:#}", a.id),
             }
         }
         // Ended allocations stay in the database; in memory only the recent ones.
@@ -373,6 +371,7 @@ mod tests {
             workers_now: workers_seen,
             workers_seen,
             note: String::new(),
+            end_recorded: false,
         }
     }
 
