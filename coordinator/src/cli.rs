@@ -676,13 +676,18 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                     print!("{}", progress::summary(st));
                     for t in st.tasks.iter().filter(|t| t.state != "failed") {
                         println!(
-                            "  {:<8} {} {}",
+                            "  {:<8} {} {}{}",
                             t.state,
                             t.label,
                             if t.reason.is_empty() {
                                 String::new()
                             } else {
                                 format!("({})", t.reason)
+                            },
+                            if t.progress.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" — {}", t.progress)
                             }
                         );
                     }

@@ -158,11 +158,11 @@ pub fn to_json(st: &RunStatus) -> serde_json::Value {
         "workers": st.workers,
         "steps": st.steps.iter().map(|s| serde_json::json!({
             "step": s.step, "total": s.total, "ran": s.done, "cached": s.cached,
-            "running": s.running, "failed": s.failed,
+            "running": s.running, "failed": s.failed, "note": s.note,
         })).collect::<Vec<_>>(),
         "tasks": st.tasks.iter().map(|t| serde_json::json!({
             "label": t.label, "state": t.state, "attempts": t.attempts,
-            "worker": t.worker, "error": t.error, "reason": t.reason,
+            "worker": t.worker, "error": t.error, "reason": t.reason, "progress": t.progress,
         })).collect::<Vec<_>>(),
     })
 }
