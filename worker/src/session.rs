@@ -187,9 +187,12 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
                             let (env, fetcher, res_tx) = (env.clone(), fetcher.clone(), res_tx.clone());
                             let mut client = client.clone();
                             let shared_store = cfg.shared_store;
-                            let progress = progress_forwarder(out_tx.clone(), spec.task_id, spec.attempt);
+                            // Only built-in steps report progress: no extra task per `noop`
+                            // or `command` (dispatch of many small tasks stays lean).
+                            let progress = (!matches!(spec.kind.as_str(), "noop" | "command"))
+                                .then(|| progress_forwarder(out_tx.clone(), spec.task_id, spec.attempt));
                             let handle = tokio::spawn(async move {
-                                let mut result = execute(&spec, &env, &fetcher, Some(progress)).await;
+                                let mut result = execute(&spec, &env, &fetcher, progress).await;
                                 if !shared_store {
                                     if let Err(e) = upload_result_blobs(&mut client, &env.store, &result).await {
                                         result.ok = false;
