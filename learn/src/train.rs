@@ -17,6 +17,9 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     pub seed: u64,
     pub augment: bool,
+    /// Zoom augmentation: U(1 − s, 1 + s). Off by default: on MitoCheck ±10 % lowered
+    /// cross-plate weighted F1 from 0.766 to 0.726 (cell size is part of the phenotype).
+    pub scale_jitter: f64,
     pub class_balanced: bool,
     /// Stop after this many epochs without a better validation score.
     pub patience: usize,
@@ -96,6 +99,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             seed: 0,
             augment: true,
+            scale_jitter: 0.0,
             class_balanced: true,
             patience: 8,
             stop_on: StopOn::WeightedF1,
@@ -132,14 +136,14 @@ impl Samples<'_> {
         self.shape.iter().product()
     }
     /// The batch tensor of `idx`, augmented when `rng` is given (images only).
-    fn batch(&self, idx: &[usize], rng: Option<&mut Rng>) -> candle_core::Result<Tensor> {
+    fn batch(&self, idx: &[usize], rng: Option<(&mut Rng, f64)>) -> candle_core::Result<Tensor> {
         let n = self.len_of_one();
         let mut data = Vec::with_capacity(idx.len() * n);
         let mut rng = rng;
         for &i in idx {
             let s = &self.x[i * n..(i + 1) * n];
-            match (rng.as_deref_mut(), self.shape.as_slice()) {
-                (Some(r), &[c, h, w]) if h == w => data.extend(augment(s, c, h, r)),
+            match (rng.as_mut(), self.shape.as_slice()) {
+                (Some((r, zoom)), &[c, h, w]) if h == w => data.extend(augment(s, c, h, *zoom, r)),
                 _ => data.extend_from_slice(s),
             }
         }
@@ -154,11 +158,12 @@ impl Samples<'_> {
 }
 
 /// A random one of the 8 flips/rotations of a square crop, a zoom about its centre by
-/// U(0.9, 1.1) (bilinear, edges extended), and ×U(0.9, 1.1) intensity.
-fn augment(s: &[f32], c: usize, n: usize, rng: &mut Rng) -> Vec<f32> {
+/// U(1 - scale_jitter, 1 + scale_jitter) (bilinear, edges extended), and ×U(0.9, 1.1)
+/// intensity.
+fn augment(s: &[f32], c: usize, n: usize, scale_jitter: f64, rng: &mut Rng) -> Vec<f32> {
     let t = rng.below(8);
     let gain = 0.9 + 0.2 * rng.unit() as f32;
-    let zoom = 0.9 + 0.2 * rng.unit();
+    let zoom = 1.0 + scale_jitter * (2.0 * rng.unit() - 1.0);
     transform(s, c, n, t, zoom, gain)
 }
 
@@ -355,7 +360,7 @@ pub fn train_cnn(
             opt.set_learning_rate(one_cycle(step, total, cfg.lr));
             step += 1;
             let x = s
-                .batch(batch, cfg.augment.then_some(&mut rng))?
+                .batch(batch, cfg.augment.then_some((&mut rng, cfg.scale_jitter)))?
                 .to_device(dev)?;
             let logits = model.forward(&x, Some(&mut rng))?;
             let loss = weighted_ce(&logits, &s.labels(batch)?.to_device(dev)?, &weights)?;

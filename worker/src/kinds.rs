@@ -190,6 +190,7 @@ const TRAIN_PARAMS: &[ParamSpec] = &[
     p("normalize", Str, false, "logistic: `plate` (default: each feature as a robust z-score within its plate, labels unused) or `none`; cnn: `crop` (default: each crop's channels as z-scores of its own pixels) or `none`"),
     p("holdout", StringList, false, "plates (values of `group_by`) left out of all fitting, for an `evaluate` step"),
     p("stop_on", Str, false, "cnn: what early stopping follows on the validation plates: `f1` (default: weighted F1, ties by loss) or `loss`"),
+    p("scale_jitter", Float, false, "cnn: zoom augmentation by U(1 - s, 1 + s), e.g. 0.1 (default 0: off; on MitoCheck it lowered cross-plate F1, cell size being part of the phenotype)"),
     p("refit", Bool, false, "cnn: after early stopping on validation plates carved from the training plates, train again on all of them for the chosen number of epochs (default true)"),
     p("split", Str, false, "`group` (default: folds keep each plate whole) or `random` (cells; leaky, needs `allow_leaky_split: true`)"),
     p("allow_leaky_split", Bool, false, "accept `split: random`; the report and model card mark the results as leaky"),
@@ -256,7 +257,7 @@ static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         name: "train",
-        version: 8,
+        version: 9,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
     },

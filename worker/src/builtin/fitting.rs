@@ -27,6 +27,8 @@ pub struct Settings {
     pub refit: bool,
     /// Where the CNN trains (the logistic model always fits on the CPU: it is small).
     pub device: Device,
+    /// CNN zoom augmentation, U(1 − s, 1 + s); 0 is off.
+    pub scale_jitter: f64,
     /// What early stopping follows on the validation plates.
     pub stop_on: plateflow_learn::train::StopOn,
     /// Where the CNN says how far it got.
@@ -91,6 +93,7 @@ pub fn fit(
         device: s.device.clone(),
         progress: s.progress.clone(),
         stop_on: s.stop_on,
+        scale_jitter: s.scale_jitter,
         ..TrainConfig::default()
     };
     let config = CnnConfig {

@@ -200,6 +200,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         seed,
         width: ctx.f64_param("width").unwrap_or(16.0) as usize,
         refit: ctx.bool_param("refit").unwrap_or(true),
+        scale_jitter: ctx.f64_param("scale_jitter").unwrap_or(0.0).clamp(0.0, 0.5),
         stop_on: match ctx.str_param("stop_on").unwrap_or("f1") {
             "f1" => plateflow_learn::train::StopOn::WeightedF1,
             "loss" => plateflow_learn::train::StopOn::Loss,
