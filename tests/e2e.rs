@@ -339,13 +339,7 @@ steps:
     p
 }
 
-fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
+use plateflow_e2e::file_lines as lines;
 
 /// The token file a test coordinator writes (its default: `<state>/token`).
 fn token_file(dir: &Path) -> std::path::PathBuf {

@@ -106,13 +106,7 @@ steps:
     p
 }
 
-fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
+use plateflow_e2e::file_lines as lines;
 
 fn worker(dir: &Path, ns: Option<&str>, name: &str, coord: &str) -> Proc {
     let mut cmd = match ns {

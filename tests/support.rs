@@ -275,3 +275,12 @@ pub fn per_plate_pipeline(
     std::fs::write(&p, yaml).expect("pipeline file");
     p
 }
+
+/// The lines of a file, none when it does not exist (yet).
+pub fn file_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
