@@ -1,7 +1,8 @@
 //! Fast "same" convolution (stride 1, odd square kernel, zero padding k/2) as one fused CPU
-//! op: per image, im2col into a scratch matrix, one GEMM (the `gemm` crate, which Candle's
-//! own matmul uses), and the bias added while writing the NCHW output. The backward pass is
-//! hand-written the same way: per image, dY → NHWC, dW += dYᵀ·cols, dcols = dY·W, col2im.
+//! op: per image, im2col into a tap-major scratch matrix [C·k·k, H·W] and one GEMM (the
+//! `gemm` crate, which Candle's own matmul uses) straight into the NCHW output, which starts
+//! as the bias. The backward pass is hand-written the same way: per image, dW = dY·colsᵀ,
+//! dcols = Wᵀ·dY, col2im; dx is skipped for the network's input, which needs none.
 //!
 //! Why fused: Candle 0.11.1's CPU conv backward is a direct loop (training ran ~10× slower
 //! than PyTorch), and composing im2col + matmul + transpose from Candle ops made autograd
@@ -45,15 +46,19 @@ macro_rules! with_k {
     };
 }
 
-/// The column (within the image) that tap `kx` of output column `x` reads, if inside.
+/// For a tap at horizontal offset `s` (= kx − pad): the output columns `x` whose source
+/// column `x + s` lies inside a row of width `w`, as (first output column, source start, length).
 #[inline]
-fn source_x(x: usize, kx: usize, pad: usize, w: usize) -> Option<usize> {
-    (x + kx).checked_sub(pad).filter(|&sx| sx < w)
+fn shifted_span(s: isize, w: usize) -> (usize, usize, usize) {
+    let lead = (-s).max(0) as usize; // output columns left of the image
+    let src = s.max(0) as usize;
+    (lead.min(w), src.min(w), w.saturating_sub(s.unsigned_abs()))
 }
 
-/// One image [C, H, W] → its column matrix [H·W, C·K·K] in `out` (zeros outside the image):
-/// row (y, x) holds the K×K neighbourhood of every channel, in the order of a weight
-/// flattened as [O, C·K·K]. K is a constant so the per-pixel copies compile to moves.
+/// One image [C, H, W] → its column matrix [C·K·K, H·W] in `out`, tap-major: row
+/// (c, ky, kx) is the image plane c shifted by (ky − pad, kx − pad), zeros outside. Each
+/// row is built from contiguous line copies, and the matrix multiplies the weight
+/// [O, C·K·K] from the right to give the output in NCHW order directly.
 fn im2col<T: WithDType, const K: usize>(
     img: &[T],
     (c, h, w): (usize, usize, usize),
@@ -62,28 +67,22 @@ fn im2col<T: WithDType, const K: usize>(
     // Every entry is written (zeros where a tap falls outside), so `out` needs no clearing:
     // the column matrix is the largest buffer of the layer.
     let pad = K / 2;
-    let row_len = c * K * K;
-    for y in 0..h {
-        let rows = &mut out[y * w * row_len..(y + 1) * w * row_len];
-        for ci in 0..c {
-            for ky in 0..K {
-                let off = (ci * K + ky) * K;
-                let Some(sy) = (y + ky).checked_sub(pad).filter(|&sy| sy < h) else {
-                    for x in 0..w {
-                        rows[x * row_len + off..x * row_len + off + K].fill(T::zero());
-                    }
-                    continue;
-                };
-                let line = &img[(ci * h + sy) * w..(ci * h + sy + 1) * w];
-                for x in 0..w {
-                    let taps = &mut rows[x * row_len + off..x * row_len + off + K];
-                    if x >= pad && x + K - pad <= w {
-                        // Interior: one contiguous copy, no per-tap checks.
-                        taps.copy_from_slice(&line[x - pad..x - pad + K]);
-                    } else {
-                        for (kx, d) in taps.iter_mut().enumerate() {
-                            *d = source_x(x, kx, pad, w).map_or(T::zero(), |sx| line[sx]);
+    let hw = h * w;
+    for ci in 0..c {
+        let plane = &img[ci * hw..(ci + 1) * hw];
+        for ky in 0..K {
+            for kx in 0..K {
+                let row = &mut out[((ci * K + ky) * K + kx) * hw..][..hw];
+                let (lead, src, len) = shifted_span(kx as isize - pad as isize, w);
+                for y in 0..h {
+                    let dst = &mut row[y * w..(y + 1) * w];
+                    match (y + ky).checked_sub(pad).filter(|&sy| sy < h) {
+                        Some(sy) => {
+                            dst[..lead].fill(T::zero());
+                            dst[lead..lead + len].copy_from_slice(&plane[sy * w + src..][..len]);
+                            dst[lead + len..].fill(T::zero());
                         }
+                        None => dst.fill(T::zero()),
                     }
                 }
             }
@@ -99,28 +98,20 @@ fn col2im<T: WithDType, const K: usize>(
 ) {
     // `img` starts at zero: the caller allocates it zeroed.
     let pad = K / 2;
-    let row_len = c * K * K;
-    for y in 0..h {
-        let rows = &cols[y * w * row_len..(y + 1) * w * row_len];
-        for ci in 0..c {
-            for ky in 0..K {
-                let Some(sy) = (y + ky).checked_sub(pad).filter(|&sy| sy < h) else {
-                    continue;
-                };
-                let line = &mut img[(ci * h + sy) * w..(ci * h + sy + 1) * w];
-                let off = (ci * K + ky) * K;
-                for x in 0..w {
-                    let taps = &rows[x * row_len + off..x * row_len + off + K];
-                    if x >= pad && x + K - pad <= w {
-                        for (d, &v) in line[x - pad..x - pad + K].iter_mut().zip(taps) {
-                            *d += v;
-                        }
-                    } else {
-                        for (kx, &v) in taps.iter().enumerate() {
-                            if let Some(sx) = source_x(x, kx, pad, w) {
-                                line[sx] += v;
-                            }
-                        }
+    let hw = h * w;
+    for ci in 0..c {
+        let plane = &mut img[ci * hw..(ci + 1) * hw];
+        for ky in 0..K {
+            for kx in 0..K {
+                let row = &cols[((ci * K + ky) * K + kx) * hw..][..hw];
+                let (lead, src, len) = shifted_span(kx as isize - pad as isize, w);
+                for y in 0..h {
+                    let Some(sy) = (y + ky).checked_sub(pad).filter(|&sy| sy < h) else {
+                        continue;
+                    };
+                    let from = &row[y * w + lead..][..len];
+                    for (d, &v) in plane[sy * w + src..][..len].iter_mut().zip(from) {
+                        *d += v;
                     }
                 }
             }
@@ -181,71 +172,77 @@ struct Dims {
 
 fn forward<T: WithDType, const K: usize>(x: &[T], wt: &[T], bias: &[T], d: Dims) -> Vec<T> {
     let (chw, hw) = (d.c * d.h * d.w, d.h * d.w);
-    let mut y = vec![T::zero(); d.b * d.o * hw];
+    // Each output plane starts as its bias (one pass instead of zeros, then a bias pass);
+    // the GEMM adds onto it.
+    let mut y = Vec::with_capacity(d.b * d.o * hw);
+    for _ in 0..d.b {
+        for &b in bias {
+            y.extend(std::iter::repeat_n(b, hw));
+        }
+    }
     y.par_chunks_mut(d.o * hw).enumerate().for_each_init(
-        || (vec![T::zero(); hw * d.kk], vec![T::zero(); hw * d.o]),
-        |(cols, yt), (bi, yb)| {
+        || vec![T::zero(); d.kk * hw],
+        |cols, (bi, yb)| {
             im2col::<T, K>(&x[bi * chw..(bi + 1) * chw], (d.c, d.h, d.w), cols);
-            // yt [HW, O] = cols [HW, KK] · Wᵀ (W is [O, KK] row-major).
+            // yb [O, HW] += W [O, KK] · cols [KK, HW]
             unsafe {
-                gemm_into((hw, d.o, d.kk), yt, false, cols, (d.kk, 1), wt, (1, d.kk));
-            }
-            for (o, plane) in yb.chunks_mut(hw).enumerate() {
-                for (p, v) in plane.iter_mut().enumerate() {
-                    *v = yt[p * d.o + o] + bias[o];
-                }
+                gemm_into((d.o, hw, d.kk), yb, true, wt, (d.kk, 1), cols, (hw, 1));
             }
         },
     );
     y
 }
 
-/// Gradients of [`forward`], packed as dx (B·C·H·W), dW (O·KK), db (O).
-fn backward<T: WithDType, const K: usize>(x: &[T], wt: &[T], dy: &[T], d: Dims) -> Vec<T> {
+/// Gradients of [`forward`], packed as dx (B·C·H·W, absent unless `input_grad`), dW (O·KK),
+/// db (O).
+fn backward<T: WithDType, const K: usize>(
+    x: &[T],
+    wt: &[T],
+    dy: &[T],
+    d: Dims,
+    input_grad: bool,
+) -> Vec<T> {
     let (chw, hw) = (d.c * d.h * d.w, d.h * d.w);
-    let mut dx = vec![T::zero(); d.b * chw];
+    let mut dx = vec![T::zero(); if input_grad { d.b * chw } else { 0 }];
+    let one_image = |cols: &mut Vec<T>, dcols: &mut Vec<T>, bi: usize, dxb: Option<&mut [T]>| {
+        let dyb = &dy[bi * d.o * hw..(bi + 1) * d.o * hw];
+        let db: Vec<T> = dyb
+            .chunks(hw)
+            .map(|plane| plane.iter().fold(T::zero(), |a, &g| a + g))
+            .collect();
+        im2col::<T, K>(&x[bi * chw..(bi + 1) * chw], (d.c, d.h, d.w), cols);
+        let mut dw = vec![T::zero(); d.o * d.kk];
+        unsafe {
+            // dW [O, KK] = dY [O, HW] · colsᵀ [HW, KK]
+            gemm_into((d.o, d.kk, hw), &mut dw, false, dyb, (hw, 1), cols, (1, hw));
+        }
+        if let Some(dxb) = dxb {
+            unsafe {
+                // dcols [KK, HW] = Wᵀ [KK, O] · dY [O, HW]
+                gemm_into((d.kk, hw, d.o), dcols, false, wt, (1, d.kk), dyb, (hw, 1));
+            }
+            col2im::<T, K>(dcols, (d.c, d.h, d.w), dxb);
+        }
+        (dw, db)
+    };
+    let scratch = || (vec![T::zero(); d.kk * hw], vec![T::zero(); d.kk * hw]);
     // Per image: dx directly, and its own dW and db (summed below, in image order).
-    let per_image: Vec<(Vec<T>, Vec<T>)> = dx
-        .par_chunks_mut(chw)
-        .enumerate()
-        .map_init(
-            || {
-                (
-                    vec![T::zero(); hw * d.kk],
-                    vec![T::zero(); hw * d.o],
-                    vec![T::zero(); hw * d.kk],
-                )
-            },
-            |(cols, dyt, dcols), (bi, dxb)| {
-                let dyb = &dy[bi * d.o * hw..(bi + 1) * d.o * hw];
-                let mut db = vec![T::zero(); d.o];
-                for (o, plane) in dyb.chunks(hw).enumerate() {
-                    for (p, &g) in plane.iter().enumerate() {
-                        dyt[p * d.o + o] = g;
-                        db[o] += g;
-                    }
-                }
-                im2col::<T, K>(&x[bi * chw..(bi + 1) * chw], (d.c, d.h, d.w), cols);
-                let mut dw = vec![T::zero(); d.o * d.kk];
-                unsafe {
-                    // dW [O, KK] = dytᵀ [O, HW] · cols [HW, KK]
-                    gemm_into(
-                        (d.o, d.kk, hw),
-                        &mut dw,
-                        false,
-                        dyt,
-                        (1, d.o),
-                        cols,
-                        (d.kk, 1),
-                    );
-                    // dcols [HW, KK] = dyt [HW, O] · W [O, KK]
-                    gemm_into((hw, d.kk, d.o), dcols, false, dyt, (d.o, 1), wt, (d.kk, 1));
-                }
-                col2im::<T, K>(dcols, (d.c, d.h, d.w), dxb);
-                (dw, db)
-            },
-        )
-        .collect();
+    let per_image: Vec<(Vec<T>, Vec<T>)> = if input_grad {
+        dx.par_chunks_mut(chw)
+            .enumerate()
+            .map_init(scratch, |(cols, dcols), (bi, dxb)| {
+                one_image(cols, dcols, bi, Some(dxb))
+            })
+            .collect()
+    } else {
+        (0..d.b)
+            .into_par_iter()
+            .map_init(
+                || (vec![T::zero(); d.kk * hw], Vec::new()),
+                |(cols, dcols), bi| one_image(cols, dcols, bi, None),
+            )
+            .collect()
+    };
     let mut out = dx;
     let mut dw = vec![T::zero(); d.o * d.kk];
     let mut db = vec![T::zero(); d.o];
@@ -310,20 +307,34 @@ impl CustomOp3 for Conv {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = dims_of(x.shape(), w.shape(), self.k)?;
-        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &ConvBackward { k: self.k, d })?;
-        let (nx, nw) = (x.elem_count(), w.elem_count());
+        // The network's input needs no gradient: skip dx (a GEMM and col2im per image on
+        // the largest layer) unless something upstream is tracked.
+        let input_grad = x.track_op();
+        let op = ConvBackward {
+            k: self.k,
+            d,
+            input_grad,
+        };
+        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
+        let (nx, nw) = (if input_grad { x.elem_count() } else { 0 }, w.elem_count());
+        let dx = match input_grad {
+            true => Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
+            false => None,
+        };
         Ok((
-            Some(packed.narrow(0, 0, nx)?.reshape(x.shape())?),
+            dx,
             Some(packed.narrow(0, nx, nw)?.reshape(w.shape())?),
             Some(packed.narrow(0, nx + nw, d.o)?),
         ))
     }
 }
 
-/// Backward of [`Conv`] as an op: args x, weight, dY → [dx; dW; db] flat.
+/// Backward of [`Conv`] as an op: args x, weight, dY → [dx; dW; db] flat (dx only with
+/// `input_grad`).
 struct ConvBackward {
     k: usize,
     d: Dims,
+    input_grad: bool,
 }
 
 impl CustomOp3 for ConvBackward {
@@ -347,9 +358,15 @@ impl CustomOp3 for ConvBackward {
             slice::<T>(s1, l1, n)?,
             slice::<T>(s2, l2, n)?,
             slice::<T>(s3, l3, n)?,
-            d
+            d,
+            self.input_grad
         ));
-        let len = d.b * d.c * d.h * d.w + d.o * d.kk + d.o;
+        let nx = if self.input_grad {
+            d.b * d.c * d.h * d.w
+        } else {
+            0
+        };
+        let len = nx + d.o * d.kk + d.o;
         Ok((out, Shape::from(len)))
     }
 }
@@ -388,6 +405,23 @@ mod tests {
             for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
                 let d = max_abs_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert!(d < 1e-10, "{name} gradient k={k}: differs by {d}");
+            }
+            // An input that needs no gradient (the network's images) gets none, and the
+            // weight and bias gradients stay the same.
+            let plain = x.as_tensor().detach();
+            let g3 = (&conv2d_same(&plain, &wt, Some(&bias)).unwrap() * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert!(g3.get(&plain).is_none(), "untracked input got a gradient");
+            for (name, v) in [("weight", &wt), ("bias", &bias)] {
+                let d = max_abs_diff(g3.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(
+                    d < 1e-10,
+                    "{name} gradient without dx, k={k}: differs by {d}"
+                );
             }
         }
     }
