@@ -74,6 +74,9 @@ def main():
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--balanced", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tta", type=int, default=0, help="average softmax over the 8 flips/rot90s")
+    ap.add_argument("--smoothing", type=float, default=0.0, help="label smoothing")
+    ap.add_argument("--folds", default="0,1,2,3,4")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -88,7 +91,7 @@ def main():
     k = len(classes)
     truth_all, pred_all = [], []
     t0 = time.time()
-    for f in range(5):
+    for f in [int(v) for v in args.folds.split(",")]:
         tr, te = np.where(folds != f)[0], np.where(folds == f)[0]
         net = Cnn(in_channels=1, classes=k, width=args.width)
         opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
@@ -107,14 +110,24 @@ def main():
             for i in range(0, len(perm), 32):
                 b = perm[i:i + 32]
                 xb = torch.stack([augment(xt[j], g) for j in b])
-                loss = F.cross_entropy(net(xb), yt[b], weight=w)
+                loss = F.cross_entropy(net(xb), yt[b], weight=w, label_smoothing=args.smoothing)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sched.step()
         net.eval()
         with torch.inference_mode():
-            p = net(xt[te]).argmax(1).numpy()
+            xe = xt[te]
+            if args.tta:
+                views = []
+                for t in range(8):
+                    v = xe.flip(-1) if t & 1 else xe
+                    v = v.flip(-2) if t & 2 else v
+                    v = v.transpose(-1, -2) if t & 4 else v
+                    views.append(F.softmax(net(v), 1))
+                p = torch.stack(views).mean(0).argmax(1).numpy()
+            else:
+                p = net(xe).argmax(1).numpy()
         wf1 = f1_score(y[te], p, average="weighted")
         print(f"fold {f}: {len(te)} cells, plates {sorted(set(plates[te]))}: weighted F1 {wf1:.3f}"
               f" ({time.time() - t0:.0f} s)", flush=True)

@@ -110,6 +110,26 @@ where
     total
 }
 
+/// Σ f(a[i], b[i]) in f64 over eight independent lanes: a single running sum is one long
+/// dependency chain the compiler may not reorder, which made BatchNorm's reductions the
+/// slowest part of the layer. The lane order is fixed, so the result is too.
+#[inline]
+fn lane_sum2<T: WithDType>(a: &[T], b: &[T], f: impl Fn(f64, f64) -> f64) -> f64 {
+    const L: usize = 8;
+    let mut acc = [0.0f64; L];
+    let (ca, cb) = (a.chunks_exact(L), b.chunks_exact(L));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (xa, xb) in ca.zip(cb) {
+        for l in 0..L {
+            acc[l] += f(xa[l].to_f64(), xb[l].to_f64());
+        }
+    }
+    for (l, (&va, &vb)) in ra.iter().zip(rb).enumerate() {
+        acc[l] += f(va.to_f64(), vb.to_f64());
+    }
+    acc.iter().sum()
+}
+
 /// [B, C, …] → [2, C]: per-channel mean and biased variance (two-pass for accuracy).
 struct ChannelStats;
 
@@ -117,15 +137,12 @@ fn stats_of<T: WithDType>(x: &[T], (b, c, n): (usize, usize, usize)) -> Vec<T> {
     let count = (b * n) as f64;
     let sums = channel_sums(b, c, 1, |bi, ci, acc| {
         let p = &x[(bi * c + ci) * n..(bi * c + ci + 1) * n];
-        acc[0] = p.iter().map(|v| v.to_f64()).sum::<f64>();
+        acc[0] = lane_sum2(p, p, |v, _| v);
     });
     let mean: Vec<f64> = sums.iter().map(|s| s / count).collect();
     let sq = channel_sums(b, c, 1, |bi, ci, acc| {
         let p = &x[(bi * c + ci) * n..(bi * c + ci + 1) * n];
-        acc[0] = p
-            .iter()
-            .map(|v| (v.to_f64() - mean[ci]).powi(2))
-            .sum::<f64>();
+        acc[0] = lane_sum2(p, p, |v, _| (v - mean[ci]) * (v - mean[ci]));
     });
     mean.iter()
         .chain(sq.iter().map(|s| s / count).collect::<Vec<_>>().iter())
@@ -203,11 +220,8 @@ fn normalize_backward<T: WithDType>(
     let sums = channel_sums(b, c, 2, |bi, ci, acc| {
         let (mean, invstd) = mi[ci];
         let r = (bi * c + ci) * n..(bi * c + ci + 1) * n;
-        for (&g, &v) in dy[r.clone()].iter().zip(&x[r]) {
-            let g = g.to_f64();
-            acc[0] += g;
-            acc[1] += g * (v.to_f64() - mean) * invstd;
-        }
+        acc[0] = lane_sum2(&dy[r.clone()], &dy[r.clone()], |g, _| g);
+        acc[1] = lane_sum2(&dy[r.clone()], &x[r], |g, v| g * (v - mean)) * invstd;
     });
     let count = (b * n) as f64;
     let mut out = vec![T::zero(); x.len() + 2 * c];
@@ -217,19 +231,23 @@ fn normalize_backward<T: WithDType>(
             let (mean, invstd) = mi[ci];
             let gamma = affine[ci].to_f64();
             let (sum_dy, sum_dy_xhat) = (sums[2 * ci], sums[2 * ci + 1]);
+            // dx = γ·σ⁻¹·(dy − Σdy/N − x̂·Σdy·x̂/N) = a·dy + b·x + c per channel, with the
+            // coefficients in f64 and the per-element work in T (vectorised).
+            let (a, b, c0) = if batch_stats {
+                let a = gamma * invstd;
+                let b = -a * invstd * sum_dy_xhat / count;
+                (a, b, -a * sum_dy / count - b * mean)
+            } else {
+                (gamma * invstd, 0.0, 0.0)
+            };
+            let (a, b, c0) = (T::from_f64(a), T::from_f64(b), T::from_f64(c0));
             let r = (bi * c + ci) * n..(bi * c + ci + 1) * n;
             for ((d, &g), &v) in db[ci * n..(ci + 1) * n]
                 .iter_mut()
                 .zip(&dy[r.clone()])
                 .zip(&x[r])
             {
-                let g = g.to_f64();
-                *d = T::from_f64(if batch_stats {
-                    let xhat = (v.to_f64() - mean) * invstd;
-                    gamma * invstd * (g - sum_dy / count - xhat * sum_dy_xhat / count)
-                } else {
-                    gamma * invstd * g
-                });
+                *d = a * g + b * v + c0;
             }
         }
     });
