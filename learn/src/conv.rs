@@ -170,6 +170,12 @@ struct Dims {
     kk: usize,
 }
 
+/// Images per rayon job: one job per thread, so each thread allocates its column scratch
+/// (hundreds of KB, zeroed) once per call rather than once per work-stealing split.
+fn images_per_job(b: usize) -> usize {
+    b.div_ceil(rayon::current_num_threads()).max(1)
+}
+
 fn forward<T: WithDType, const K: usize>(x: &[T], wt: &[T], bias: &[T], d: Dims) -> Vec<T> {
     let (chw, hw) = (d.c * d.h * d.w, d.h * d.w);
     // Each output plane starts as its bias (one pass instead of zeros, then a bias pass);
@@ -180,16 +186,19 @@ fn forward<T: WithDType, const K: usize>(x: &[T], wt: &[T], bias: &[T], d: Dims)
             y.extend(std::iter::repeat_n(b, hw));
         }
     }
-    y.par_chunks_mut(d.o * hw).enumerate().for_each_init(
-        || vec![T::zero(); d.kk * hw],
-        |cols, (bi, yb)| {
-            im2col::<T, K>(&x[bi * chw..(bi + 1) * chw], (d.c, d.h, d.w), cols);
-            // yb [O, HW] += W [O, KK] · cols [KK, HW]
-            unsafe {
-                gemm_into((d.o, hw, d.kk), yb, true, wt, (d.kk, 1), cols, (hw, 1));
-            }
-        },
-    );
+    y.par_chunks_mut(d.o * hw)
+        .enumerate()
+        .with_min_len(images_per_job(d.b))
+        .for_each_init(
+            || vec![T::zero(); d.kk * hw],
+            |cols, (bi, yb)| {
+                im2col::<T, K>(&x[bi * chw..(bi + 1) * chw], (d.c, d.h, d.w), cols);
+                // yb [O, HW] += W [O, KK] · cols [KK, HW]
+                unsafe {
+                    gemm_into((d.o, hw, d.kk), yb, true, wt, (d.kk, 1), cols, (hw, 1));
+                }
+            },
+        );
     y
 }
 
@@ -230,6 +239,7 @@ fn backward<T: WithDType, const K: usize>(
     let per_image: Vec<(Vec<T>, Vec<T>)> = if input_grad {
         dx.par_chunks_mut(chw)
             .enumerate()
+            .with_min_len(images_per_job(d.b))
             .map_init(scratch, |(cols, dcols), (bi, dxb)| {
                 one_image(cols, dcols, bi, Some(dxb))
             })
@@ -237,6 +247,7 @@ fn backward<T: WithDType, const K: usize>(
     } else {
         (0..d.b)
             .into_par_iter()
+            .with_min_len(images_per_job(d.b))
             .map_init(
                 || (vec![T::zero(); d.kk * hw], Vec::new()),
                 |(cols, dcols), bi| one_image(cols, dcols, bi, None),

@@ -2,6 +2,8 @@
 //! dispatch over the float types they support.
 
 use candle_core::{CpuStorage, Layout, Result, WithDType};
+use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// The contiguous data of a CPU tensor as `T` (an error names the op otherwise).
 pub fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
@@ -32,3 +34,25 @@ macro_rules! float_op {
     };
 }
 pub(crate) use float_op;
+
+/// A vector of `len` values (room for `capacity`) built in parallel, `chunk` values at a
+/// time by `fill(chunk index, chunk)`. Saves the zeroing pass `vec![0; len]` makes over
+/// buffers the op overwrites anyway (whole activations, a few MB per layer).
+///
+/// # Safety
+/// `fill` must write every element of every chunk it is given.
+pub unsafe fn par_build<T: Send>(
+    len: usize,
+    capacity: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut v = Vec::with_capacity(capacity.max(len));
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| fill(i, c));
+    // SAFETY: the caller's `fill` wrote all `len` elements.
+    unsafe { v.set_len(len) };
+    v
+}

@@ -7,12 +7,13 @@
 //! `candle_nn::BatchNorm` (weight, bias, running_mean, running_var; momentum 0.1; running
 //! variance unbiased), so saved models load either way.
 
-use crate::cpu_op::{float_op, slice};
+use crate::cpu_op::{float_op, par_build, slice};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var, WithDType,
 };
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 const MOMENTUM: f64 = 0.1;
 
@@ -188,8 +189,7 @@ fn normalize<T: WithDType>(
     eps: f64,
 ) -> Vec<T> {
     let mi = mean_invstd(stats, c, eps);
-    let mut out = vec![T::zero(); x.len()];
-    out.par_chunks_mut(c * n).enumerate().for_each(|(bi, ob)| {
+    let fill = |bi: usize, ob: &mut [MaybeUninit<T>]| {
         for ci in 0..c {
             let (mean, invstd) = mi[ci];
             let scale = invstd * affine[ci].to_f64();
@@ -197,12 +197,13 @@ fn normalize<T: WithDType>(
             let (scale, shift) = (T::from_f64(scale), T::from_f64(shift));
             let src = &x[(bi * c + ci) * n..(bi * c + ci + 1) * n];
             for (o, &v) in ob[ci * n..(ci + 1) * n].iter_mut().zip(src) {
-                *o = v * scale + shift;
+                o.write(v * scale + shift);
             }
         }
-    });
-    let _ = b;
-    out
+    };
+    debug_assert_eq!(x.len(), b * c * n);
+    // SAFETY: each chunk is one batch item's C planes of n values, all written.
+    unsafe { par_build(x.len(), x.len(), c * n, fill) }
 }
 
 /// Gradients of [`Normalize`]: returns dx followed by dγ and dβ, packed as one vector.
@@ -224,9 +225,7 @@ fn normalize_backward<T: WithDType>(
         acc[1] = lane_sum2(&dy[r.clone()], &x[r], |g, v| g * (v - mean)) * invstd;
     });
     let count = (b * n) as f64;
-    let mut out = vec![T::zero(); x.len() + 2 * c];
-    let (dx, dparams) = out.split_at_mut(x.len());
-    dx.par_chunks_mut(c * n).enumerate().for_each(|(bi, db)| {
+    let fill = |bi: usize, db: &mut [MaybeUninit<T>]| {
         for ci in 0..c {
             let (mean, invstd) = mi[ci];
             let gamma = affine[ci].to_f64();
@@ -247,14 +246,14 @@ fn normalize_backward<T: WithDType>(
                 .zip(&dy[r.clone()])
                 .zip(&x[r])
             {
-                *d = a * g + b * v + c0;
+                d.write(a * g + b * v + c0);
             }
         }
-    });
-    for ci in 0..c {
-        dparams[ci] = T::from_f64(sums[2 * ci + 1]);
-        dparams[c + ci] = T::from_f64(sums[2 * ci]);
-    }
+    };
+    // SAFETY: each chunk is one batch item's C planes of n values, all written.
+    let mut out = unsafe { par_build(x.len(), x.len() + 2 * c, c * n, fill) };
+    out.extend((0..c).map(|ci| T::from_f64(sums[2 * ci + 1]))); // dγ
+    out.extend((0..c).map(|ci| T::from_f64(sums[2 * ci]))); // dβ
     out
 }
 
