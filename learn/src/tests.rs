@@ -7,7 +7,8 @@ use crate::model::{seed_init, Cnn, CnnConfig};
 use crate::rng::Rng;
 use crate::split::{check_no_leak, group_kfold, Origin};
 use crate::train::{
-    predict_cnn, predict_logistic, train_cnn, train_logistic, Samples, Standardizer, TrainConfig,
+    predict_cnn, predict_cnn_tta, predict_logistic, train_cnn, train_logistic, transform, Samples,
+    Standardizer, TrainConfig,
 };
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -475,4 +476,62 @@ fn saliency_maps_find_the_evidence_and_fail_on_random_weights() {
         mean_rho < 0.6,
         "trained vs random-weight saliency: Spearman {mean_rho:.2}"
     );
+}
+
+/// Test-time augmentation averages the 8 flips/rotations, so a crop and any flipped or
+/// rotated copy of it get the same probabilities; a single view does not (the network
+/// itself is not rotation-invariant, which is what makes the check mean something).
+#[test]
+fn test_time_augmentation_is_invariant_to_flips_and_rotations() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let cfg = CnnConfig {
+        in_channels: 2,
+        classes: 4,
+        width: 4,
+        depth: 2,
+        dropout: 0.0,
+    };
+    let model = Cnn::new(cfg, vb).unwrap();
+    seed_init(&varmap, 5).unwrap();
+    let (n, side) = (6usize, 12usize);
+    let mut rng = Rng::new(9);
+    let x: Vec<f32> = (0..n * 2 * side * side)
+        .map(|_| rng.unit() as f32)
+        .collect();
+    let one = 2 * side * side;
+    let y = vec![0usize; n];
+    let idx: Vec<usize> = (0..n).collect();
+    fn at<'a>(x: &'a [f32], y: &'a [usize], side: usize) -> Samples<'a> {
+        Samples {
+            x,
+            shape: vec![2, side, side],
+            y,
+            classes: 4,
+        }
+    }
+    let base = predict_cnn_tta(&model, &at(&x, &y, side), &idx).unwrap();
+    let plain = predict_cnn(&model, &at(&x, &y, side), &idx).unwrap();
+    let max_diff = |a: &[Vec<f64>], b: &[Vec<f64>]| {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max)
+    };
+    for t in [1, 3, 4, 6] {
+        let moved: Vec<f32> = x
+            .chunks(one)
+            .flat_map(|c| transform(c, 2, side, t, 1.0, 1.0))
+            .collect();
+        let tta = predict_cnn_tta(&model, &at(&moved, &y, side), &idx).unwrap();
+        let d = max_diff(&base, &tta);
+        assert!(d < 1e-5, "view {t}: TTA probabilities moved by {d}");
+        let single = predict_cnn(&model, &at(&moved, &y, side), &idx).unwrap();
+        let d = max_diff(&plain, &single);
+        assert!(
+            d > 1e-4,
+            "view {t}: a single view should depend on orientation ({d})"
+        );
+    }
 }

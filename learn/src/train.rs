@@ -151,6 +151,23 @@ impl Samples<'_> {
         shape.extend(&self.shape);
         Tensor::from_vec(data, shape, &Device::Cpu)
     }
+    /// The samples `idx` under flip/rotation `t` (0: as they are; see [`transform`]).
+    fn view_batch(&self, idx: &[usize], t: usize) -> candle_core::Result<Tensor> {
+        if t == 0 {
+            return self.batch(idx, None);
+        }
+        let n = self.len_of_one();
+        let &[c, side, _] = self.shape.as_slice() else {
+            candle_core::bail!("flipped views need [C, H, W] samples");
+        };
+        let mut data = Vec::with_capacity(idx.len() * n);
+        for &i in idx {
+            data.extend(transform(&self.x[i * n..(i + 1) * n], c, side, t, 1.0, 1.0));
+        }
+        let mut shape = vec![idx.len()];
+        shape.extend(&self.shape);
+        Tensor::from_vec(data, shape, &Device::Cpu)
+    }
     fn labels(&self, idx: &[usize]) -> candle_core::Result<Tensor> {
         let v: Vec<u32> = idx.iter().map(|&i| self.y[i] as u32).collect();
         Tensor::from_vec(v, idx.len(), &Device::Cpu)
@@ -169,7 +186,7 @@ fn augment(s: &[f32], c: usize, n: usize, scale_jitter: f64, rng: &mut Rng) -> V
 
 /// Flip/rotation `t` (bit 0: x, bit 1: y, bit 2: transpose), zoom and gain of a [C, n, n]
 /// crop. Zoom 1 reproduces the pixels exactly.
-fn transform(s: &[f32], c: usize, n: usize, t: usize, zoom: f64, gain: f32) -> Vec<f32> {
+pub(crate) fn transform(s: &[f32], c: usize, n: usize, t: usize, zoom: f64, gain: f32) -> Vec<f32> {
     let mid = (n as f64 - 1.0) / 2.0;
     let last = n as f64 - 1.0;
     let mut out = vec![0f32; s.len()];
@@ -300,11 +317,39 @@ fn restore(varmap: &VarMap, snap: &[(String, Tensor)]) -> candle_core::Result<()
 
 /// Class probabilities, in evaluation mode, batch by batch.
 pub fn predict_cnn(model: &Cnn, s: &Samples, idx: &[usize]) -> anyhow::Result<Vec<Vec<f64>>> {
+    predict_views(model, s, idx, &[0])
+}
+
+/// Class probabilities averaged over the 8 flips/90° rotations of each (square) crop —
+/// test-time augmentation. A cell has no orientation, so the 8 views are equally valid
+/// inputs, and averaging them removes the part of a prediction that depends on which way
+/// the cell happened to lie. Non-square inputs get the single view.
+pub fn predict_cnn_tta(model: &Cnn, s: &Samples, idx: &[usize]) -> anyhow::Result<Vec<Vec<f64>>> {
+    match s.shape.as_slice() {
+        &[_, h, w] if h == w => predict_views(model, s, idx, &[0, 1, 2, 3, 4, 5, 6, 7]),
+        _ => predict_cnn(model, s, idx),
+    }
+}
+
+/// The mean over `views` (see [`transform`]) of the softmax.
+fn predict_views(
+    model: &Cnn,
+    s: &Samples,
+    idx: &[usize],
+    views: &[usize],
+) -> anyhow::Result<Vec<Vec<f64>>> {
     let mut out = Vec::with_capacity(idx.len());
     for chunk in idx.chunks(128) {
-        let x = s.batch(chunk, None)?.to_device(model.device())?;
-        let logits = model.forward(&x, None)?;
-        let p = candle_nn::ops::softmax(&logits, 1)?
+        let mut mean: Option<Tensor> = None;
+        for &t in views {
+            let x = s.view_batch(chunk, t)?.to_device(model.device())?;
+            let p = candle_nn::ops::softmax(&model.forward(&x, None)?, 1)?;
+            mean = Some(match mean {
+                Some(m) => (m + p)?,
+                None => p,
+            });
+        }
+        let p = (mean.expect("at least one view") / views.len() as f64)?
             .to_dtype(DType::F64)?
             .to_device(&Device::Cpu)?;
         out.extend(p.to_vec2::<f64>()?);

@@ -191,6 +191,7 @@ const TRAIN_PARAMS: &[ParamSpec] = &[
     p("holdout", StringList, false, "plates (values of `group_by`) left out of all fitting, for an `evaluate` step"),
     p("stop_on", Str, false, "cnn: what early stopping follows on the validation plates: `f1` (default: weighted F1, ties by loss) or `loss`"),
     p("scale_jitter", Float, false, "cnn: zoom augmentation by U(1 - s, 1 + s), e.g. 0.1 (default 0: off; on MitoCheck it lowered cross-plate F1, cell size being part of the phenotype)"),
+    p("tta", Bool, false, "cnn: predict by averaging the 8 flips/90° rotations of each crop (default true; `false` for one view, e.g. when orientation is part of the phenotype)"),
     p("refit", Bool, false, "cnn: after early stopping on validation plates carved from the training plates, train again on all of them for the chosen number of epochs (default true)"),
     p("split", Str, false, "`group` (default: folds keep each plate whole) or `random` (cells; leaky, needs `allow_leaky_split: true`)"),
     p("allow_leaky_split", Bool, false, "accept `split: random`; the report and model card mark the results as leaky"),
@@ -257,7 +258,7 @@ static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         name: "train",
-        version: 9,
+        version: 10,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
     },

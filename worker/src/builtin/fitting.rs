@@ -7,7 +7,7 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use plateflow_learn::model::{Cnn, CnnConfig, Logistic};
 use plateflow_learn::train::{
-    predict_cnn, predict_logistic, train_cnn, train_logistic, History, Samples, Standardizer,
+    predict_cnn, predict_cnn_tta, predict_logistic, train_cnn, train_logistic, History, Samples, Standardizer,
     TrainConfig, WarmStart,
 };
 use std::path::Path;
@@ -31,6 +31,8 @@ pub struct Settings {
     pub scale_jitter: f64,
     /// What early stopping follows on the validation plates.
     pub stop_on: plateflow_learn::train::StopOn,
+    /// CNN predictions average the 8 flips/rotations of each crop (test-time augmentation).
+    pub tta: bool,
     /// Where the CNN says how far it got.
     pub progress: plateflow_learn::train::Progress,
 }
@@ -45,6 +47,8 @@ pub enum Fitted {
     Cnn {
         model: Cnn,
         varmap: VarMap,
+        /// Predict with test-time augmentation (saved in the sidecar's architecture).
+        tta: bool,
     },
 }
 
@@ -104,7 +108,14 @@ pub fn fit(
         dropout: 0.3,
     };
     let (model, varmap, history) = train_cnn(config, &samples(d, &d.x, y), fit, val, &cfg)?;
-    Ok((Fitted::Cnn { model, varmap }, Some(history)))
+    Ok((
+        Fitted::Cnn {
+            model,
+            varmap,
+            tta: s.tta,
+        },
+        Some(history),
+    ))
 }
 
 impl Fitted {
@@ -120,6 +131,9 @@ impl Fitted {
                 let z = standardizer.apply(&d.x);
                 predict_logistic(model, &samples(d, &z, &y), idx)
             }
+            Fitted::Cnn {
+                model, tta: true, ..
+            } => predict_cnn_tta(model, &samples(d, &d.x, &y), idx),
             Fitted::Cnn { model, .. } => predict_cnn(model, &samples(d, &d.x, &y), idx),
         }
     }
@@ -164,12 +178,12 @@ impl Fitted {
                     serde_json::json!({"kind": "logistic", "features": d.shape[0]}),
                 ))
             }
-            Fitted::Cnn { model, varmap } => {
+            Fitted::Cnn { model, varmap, tta } => {
                 varmap.save(path)?;
                 let c = &model.config;
                 Ok((
                     serde_json::json!({"pixels": "divided by the bit depth's maximum (255 or 65535)"}),
-                    serde_json::json!({"kind": "cnn", "input": d.shape, "width": c.width, "depth": c.depth, "dropout": c.dropout}),
+                    serde_json::json!({"kind": "cnn", "input": d.shape, "width": c.width, "depth": c.depth, "dropout": c.dropout, "test_time_augmentation": tta}),
                 ))
             }
         }
@@ -240,7 +254,12 @@ impl Fitted {
                 };
                 let model = Cnn::new(config, vb)?;
                 varmap.load(weights).with_context(|| format!("loading {}", weights.display()))?;
-                Fitted::Cnn { model, varmap }
+                Fitted::Cnn {
+                    model,
+                    varmap,
+                    // Models saved before test-time augmentation predicted from one view.
+                    tta: arch["test_time_augmentation"].as_bool().unwrap_or(false),
+                }
             }
             other => anyhow::bail!(
                 "model.json: architecture kind {other:?} is not one plateflow makes (`logistic` or `cnn`)"

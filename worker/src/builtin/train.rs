@@ -206,6 +206,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             "loss" => plateflow_learn::train::StopOn::Loss,
             other => anyhow::bail!("`stop_on: {other}`: use `f1` (default) or `loss`"),
         },
+        tta: ctx.bool_param("tta").unwrap_or(true),
         progress: Default::default(),
         depth: ctx.f64_param("depth").unwrap_or(3.0) as usize,
         warm_start: warm_start.clone(),
