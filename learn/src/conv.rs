@@ -170,10 +170,12 @@ struct Dims {
     kk: usize,
 }
 
-/// Images per rayon job: one job per thread, so each thread allocates its column scratch
-/// (hundreds of KB, zeroed) once per call rather than once per work-stealing split.
+/// Images per rayon job: four jobs per thread, so column scratch (hundreds of KB, zeroed) is
+/// allocated a few times per call rather than once per work-stealing split, while a thread
+/// slowed by other work can still hand jobs to the others (one job per thread measured
+/// 616-692 images/s against 650-716 for four, alternating, on 2 cores).
 fn images_per_job(b: usize) -> usize {
-    b.div_ceil(rayon::current_num_threads()).max(1)
+    b.div_ceil(4 * rayon::current_num_threads()).max(1)
 }
 
 fn forward<T: WithDType, const K: usize>(x: &[T], wt: &[T], bias: &[T], d: Dims) -> Vec<T> {
