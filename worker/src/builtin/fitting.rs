@@ -7,8 +7,8 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use plateflow_learn::model::{Cnn, CnnConfig, Logistic};
 use plateflow_learn::train::{
-    predict_cnn, predict_cnn_tta, predict_logistic, train_cnn, train_logistic, History, Samples, Standardizer,
-    TrainConfig, WarmStart,
+    predict_cnn, predict_cnn_tta, predict_logistic, train_cnn, train_logistic, History, Samples,
+    Standardizer, TrainConfig, WarmStart,
 };
 use std::path::Path;
 
