@@ -80,6 +80,9 @@ pub struct ModelSection {
     pub confusion: Vec<Vec<u64>>,
     /// Per plate (or per fold).
     pub per_group: Vec<GroupScore>,
+    /// What a reader should know about the data behind the scores, in plain words (e.g. a
+    /// class that one plate mostly holds); shown under the per-plate scores.
+    pub data_notes: Vec<String>,
     /// Learning curves, one per fold.
     pub curves: Vec<Curve>,
     /// Calibration, e.g. "before temperature scaling" and "after (T = 1.37)".

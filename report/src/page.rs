@@ -436,6 +436,15 @@ impl Page {
             );
         }
         self.out.push_str("</table>\n</details>\n");
+        if !m.data_notes.is_empty() {
+            self.out.push_str(
+                "<p>Read the per-plate scores with the data in mind:</p>\n<ul class=\"notes\">\n",
+            );
+            for n in &m.data_notes {
+                let _ = writeln!(self.out, "<li>{}</li>", escape(n));
+            }
+            self.out.push_str("</ul>\n");
+        }
     }
 
     /// Small images (single-cell crops) are shown enlarged, with crisp pixels.

@@ -65,6 +65,10 @@ fn sample() -> Report {
                     ci95: Some((0.65 + 0.05 * i as f64, 0.78 + 0.05 * i as f64)),
                 })
                 .collect(),
+            data_notes: vec![
+                "ADCCM: 57 of its 97 cells are on plate 0090".into(),
+                HOSTILE.into(),
+            ],
             curves: (0..2)
                 .map(|k| Curve {
                     label: format!("fold {k} {HOSTILE}"),
@@ -183,6 +187,7 @@ fn numbers_are_formatted() {
     let html = render(&sample());
     assert!(html.contains("<td class=\"num\">0.812 [0.790, 0.835]</td>"));
     assert!(html.contains("<td class=\"num\">0.800</td>"));
+    assert!(html.contains("<li>ADCCM: 57 of its 97 cells are on plate 0090</li>"));
 }
 
 #[test]

@@ -129,6 +129,7 @@ fn sample() -> Report {
                 ],
                 confusion: cm(3, 2),
                 per_group: groups(&["P1", "P2", "P3"]),
+                data_notes: vec!["ADCCM: 57 of its 97 cells are on plate P3".into()],
                 curves: (0..3)
                     .map(|k| Curve {
                         label: format!("fold {} (test plate P{})", k + 1, k + 1),
