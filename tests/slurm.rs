@@ -297,9 +297,9 @@ fn a_preempted_allocation_is_replaced_and_a_failing_sbatch_is_survived() {
         ],
     );
     let p = pipeline(dir.path());
-    // Pre-emptible work needs retries: Slurm signals a job's task processes and its worker
-    // at once, so the killed attempt may be reported, and retried on the same dying worker,
-    // before the worker goes.
+    // No retries: Slurm signals a job's task processes and its worker at once, and the
+    // worker hands its tasks back (a Goodbye) instead of reporting them failed, so the
+    // pre-empted attempt does not use up a retry.
     let slow = std::fs::read_to_string(&p)
         .unwrap()
         .replace(
@@ -308,7 +308,7 @@ fn a_preempted_allocation_is_replaced_and_a_failing_sbatch_is_survived() {
         )
         .replace(
             "    for_each: plate\n",
-            "    for_each: plate\n    retries: 3\n",
+            "    for_each: plate\n    retries: 0\n",
         );
     std::fs::write(&p, slow).unwrap();
     let token = dir.path().join("state/token");

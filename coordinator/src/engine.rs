@@ -176,7 +176,14 @@ struct TaskRt {
     queued_at: Option<Instant>,
     /// The latest progress message of the running attempt.
     progress: String,
+    /// Attempts ended by their worker stopping on a signal (a Goodbye): they do not count
+    /// against `retries`, up to [`FREE_ATTEMPTS`].
+    free_attempts: u32,
 }
+
+/// Attempts per task that a stopping worker may hand back without using up a retry: enough
+/// for repeated pre-emption, bounded so a task that makes its worker stop cannot loop forever.
+const FREE_ATTEMPTS: u32 = 3;
 
 struct ActiveRun {
     prep: PreparedRun,
@@ -656,6 +663,7 @@ impl Engine {
                 gpu_ids: Vec::new(),
                 queued_at: None,
                 progress: String::new(),
+                free_attempts: 0,
             })
             .collect();
         let roots: Vec<TaskIdx> = (0..prep.plan.len() as TaskIdx)
@@ -875,7 +883,47 @@ impl Engine {
                 }
             }
             worker_message::Body::Progress(p) => self.on_progress(worker, p),
+            worker_message::Body::Goodbye(g) => self.on_goodbye(worker, &g.reason),
             _ => {}
+        }
+    }
+
+    /// A worker stopping on a signal: it is gone at once (nothing more is assigned to it,
+    /// and its late results are discarded), and its running tasks are re-queued without
+    /// using up a retry: the task did nothing wrong.
+    fn on_goodbye(&mut self, worker: WorkerId, reason: &str) {
+        let Some(w) = self.workers.remove(&worker) else {
+            return;
+        };
+        tracing::info!(worker = %worker, name = %w.name, tasks = w.running.len(), "worker stopping: {reason}");
+        let mut running: Vec<TaskIdx> = w.running.into_iter().collect();
+        running.sort_unstable();
+        let mut counted = Vec::new();
+        if let Some(run) = self.run.as_mut() {
+            for t in running.into_iter().rev() {
+                let rt = &mut run.tasks[t as usize];
+                if rt.state != (TaskState::Running { worker }) {
+                    continue;
+                }
+                if rt.free_attempts >= FREE_ATTEMPTS {
+                    counted.push(t);
+                    continue;
+                }
+                rt.free_attempts += 1;
+                rt.gpu_ids.clear();
+                rt.error = format!(
+                    "worker {} stopped while running it ({reason}); re-queued, not counted as a retry",
+                    w.name
+                );
+                run.set_state(t, TaskState::Queued);
+                run.queue.push_front(t);
+            }
+        }
+        for t in counted {
+            self.retry_or_fail(
+                t,
+                format!("worker {} stopped while running it ({reason})", w.name),
+            );
         }
     }
 
@@ -980,7 +1028,8 @@ impl Engine {
         let allowed = run.prep.step_of(t).retries + 1;
         let rt = &mut run.tasks[t as usize];
         let label = run.prep.label(t);
-        if rt.attempt < allowed {
+        // Attempts handed back by a stopping worker do not count.
+        if rt.attempt - rt.free_attempts.min(rt.attempt) < allowed {
             tracing::warn!(task = %label, attempt = rt.attempt, "task failed; retrying: {}", error.lines().next().unwrap_or(""));
             rt.error = error;
             run.set_state(t, TaskState::Queued);
@@ -1546,6 +1595,69 @@ mod tests {
             worker,
             body: worker_message::Body::Results(TaskResults { results }),
         });
+    }
+
+    /// A worker stopping on a signal (Slurm pre-emption) hands its tasks back: they run
+    /// elsewhere without using up a retry (here `retries: 0`), and its late results are
+    /// discarded. Only `FREE_ATTEMPTS` such hand-backs are free.
+    #[tokio::test]
+    async fn a_stopping_worker_hands_its_tasks_back_without_using_retries() {
+        let (_dir, h, path) = setup(0, 60_000);
+        let (a, mut rx_a) = connect(&h, "a", 2).await;
+        let run = submit(&h, &path).await;
+        let first = assigned(&mut rx_a).await;
+        assert_eq!(first.len(), 2);
+        h.send(Event::WorkerMsg {
+            worker: a,
+            body: worker_message::Body::Goodbye(pb::Goodbye {
+                reason: "SIGTERM".into(),
+            }),
+        });
+        // Its results, sent as it died, come too late.
+        succeed(&h, a, &first);
+        for (attempt, name) in (2..).zip(["b", "c", "d"]) {
+            let (w, mut rx) = connect(&h, name, 2).await;
+            let tasks = assigned(&mut rx).await;
+            assert_eq!(tasks.len(), 2);
+            assert!(tasks.iter().all(|t| t.attempt == attempt), "{tasks:?}");
+            h.send(Event::WorkerMsg {
+                worker: w,
+                body: worker_message::Body::Goodbye(pb::Goodbye {
+                    reason: "SIGTERM".into(),
+                }),
+            });
+        }
+        // The fourth hand-back counts: with `retries: 0` the tasks fail.
+        let st = final_status(&h, run).await;
+        assert_eq!(st.state, "failed", "{:?}", st.tasks);
+        assert!(
+            st.tasks
+                .iter()
+                .all(|t| t.attempts == 4 && t.error.contains("worker d stopped")),
+            "{:?}",
+            st.tasks
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_handed_back_once_succeeds_with_no_retries_left() {
+        let (_dir, h, path) = setup(0, 60_000);
+        let (a, mut rx_a) = connect(&h, "a", 2).await;
+        let run = submit(&h, &path).await;
+        let first = assigned(&mut rx_a).await;
+        h.send(Event::WorkerMsg {
+            worker: a,
+            body: worker_message::Body::Goodbye(pb::Goodbye {
+                reason: "SIGTERM".into(),
+            }),
+        });
+        let (b, mut rx_b) = connect(&h, "b", 2).await;
+        let again = assigned(&mut rx_b).await;
+        assert_eq!(again.len(), first.len());
+        succeed(&h, b, &again);
+        let st = final_status(&h, run).await;
+        assert_eq!(st.state, "succeeded");
+        assert!(st.tasks.iter().all(|t| t.attempts == 2 && t.worker == "b"));
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use crate::access::{Access, Client};
 use crate::blobs::{upload_missing, GrpcFetcher};
 use crate::exec::{execute, ExecEnv};
 use plateflow_proto::v1::{
-    coordinator_message, worker_message, Heartbeat, Resources, TaskProgress, TaskResult,
+    coordinator_message, worker_message, Goodbye, Heartbeat, Resources, TaskProgress, TaskResult,
     TaskResults, WorkerHello, WorkerMessage,
 };
 use plateflow_store::{BlobStore, Digest};
@@ -48,7 +48,12 @@ enum Ended {
     Closed,
     /// Idle past `idle_timeout`: the worker ends.
     Idle,
+    /// A stop signal: the worker said goodbye and ends.
+    Stopped,
 }
+
+/// How long a failed task's result waits before it is sent (see the task loop).
+const FAILURE_GRACE: Duration = Duration::from_millis(500);
 
 /// Runs the worker until `shutdown` resolves or the coordinator stays unreachable too long.
 pub async fn run_worker(
@@ -94,10 +99,8 @@ pub async fn run_worker(
             }
         };
         backoff = Duration::from_millis(50);
-        let ended = tokio::select! {
-            _ = &mut shutdown => return Ok(()),
-            r = session(&cfg, &env, client) => r,
-        };
+        // The session watches `shutdown` itself: it says goodbye before it stops.
+        let ended = session(&cfg, &env, client, shutdown.as_mut()).await;
         match ended {
             // Wrong or missing credentials stay wrong: say so and stop, do not retry.
             Err(e) if crate::access::is_refusal(&e) => {
@@ -106,6 +109,7 @@ pub async fn run_worker(
                     cfg.coordinator
                 )
             }
+            Ok(Ended::Stopped) => return Ok(()),
             Ok(Ended::Idle) => {
                 tracing::info!(
                     "idle for {:?}: this worker ends",
@@ -129,7 +133,12 @@ async fn connect(addr: &str, access: &Access) -> anyhow::Result<Client> {
 
 /// One session. Running tasks belong to it: when it ends they are aborted (their processes
 /// killed), since the coordinator re-queues them as soon as it notices the loss.
-async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyhow::Result<Ended> {
+async fn session<F: std::future::Future<Output = ()>>(
+    cfg: &WorkerConfig,
+    env: &ExecEnv,
+    mut client: Client,
+    mut shutdown: std::pin::Pin<&mut F>,
+) -> anyhow::Result<Ended> {
     let (out_tx, out_rx) = mpsc::channel::<WorkerMessage>(1024);
     out_tx
         .send(WorkerMessage {
@@ -193,6 +202,13 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
                                 .then(|| progress_forwarder(out_tx.clone(), spec.task_id, spec.attempt));
                             let handle = tokio::spawn(async move {
                                 let mut result = execute(&spec, &env, &fetcher, progress).await;
+                                if !result.ok {
+                                    // Slurm signals a job's task processes and this worker at
+                                    // once: a task killed by that signal must not be reported
+                                    // as failed (and use up a retry) before the worker's own
+                                    // handler says goodbye, which discards this result.
+                                    tokio::time::sleep(FAILURE_GRACE).await;
+                                }
                                 if !shared_store {
                                     if let Err(e) = upload_result_blobs(&mut client, &env.store, &result).await {
                                         result.ok = false;
@@ -234,6 +250,15 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
                     break Err(anyhow::anyhow!("session closed while sending results"));
                 }
             }
+            _ = &mut shutdown => {
+                // Goodbye first: the coordinator re-queues the running tasks without using
+                // up a retry and assigns nothing more here. Then the tasks are stopped.
+                let msg = WorkerMessage { body: Some(worker_message::Body::Goodbye(Goodbye {
+                    reason: "the worker received a stop signal (pre-emption, a time limit or a shutdown)".into(),
+                })) };
+                let _ = out_tx.send(msg).await;
+                break Ok(Ended::Stopped);
+            }
             _ = heartbeat.tick() => {
                 if let (Some(limit), Some(since)) = (cfg.idle_timeout, idle_since) {
                     if running.is_empty() && since.elapsed() >= limit {
@@ -250,6 +275,14 @@ async fn session(cfg: &WorkerConfig, env: &ExecEnv, mut client: Client) -> anyho
     };
     for (_, h) in running {
         h.abort();
+    }
+    if matches!(outcome, Ok(Ended::Stopped)) {
+        // Let the goodbye reach the coordinator: it ends the session once it has it.
+        drop(out_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(Some(_)) = inbound.message().await {}
+        })
+        .await;
     }
     outcome
 }
