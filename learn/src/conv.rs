@@ -12,7 +12,7 @@
 //! depend on thread timing. The gradient tests check it against Candle's conv2d and against
 //! finite differences.
 
-use crate::cpu_op::{float_op, slice};
+use crate::cpu_op::{float_op, init_rows, slice};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -180,20 +180,18 @@ fn images_per_job(b: usize) -> usize {
 
 fn forward<T: WithDType, const K: usize>(x: &[T], wt: &[T], bias: &[T], d: Dims) -> Vec<T> {
     let (chw, hw) = (d.c * d.h * d.w, d.h * d.w);
-    // Each output plane starts as its bias (one pass instead of zeros, then a bias pass);
-    // the GEMM adds onto it.
-    let mut y = Vec::with_capacity(d.b * d.o * hw);
-    for _ in 0..d.b {
-        for &b in bias {
-            y.extend(std::iter::repeat_n(b, hw));
-        }
-    }
-    y.par_chunks_mut(d.o * hw)
+    let len = d.b * d.o * hw;
+    let mut y: Vec<T> = Vec::with_capacity(len);
+    y.spare_capacity_mut()[..len]
+        .par_chunks_mut(d.o * hw)
         .enumerate()
         .with_min_len(images_per_job(d.b))
         .for_each_init(
             || vec![T::zero(); d.kk * hw],
             |cols, (bi, yb)| {
+                // Each output plane starts as its bias, written by the thread that then
+                // adds the GEMM onto it.
+                let yb = init_rows(yb, hw, |o| bias[o]);
                 im2col::<T, K>(&x[bi * chw..(bi + 1) * chw], (d.c, d.h, d.w), cols);
                 // yb [O, HW] += W [O, KK] · cols [KK, HW]
                 unsafe {
@@ -201,6 +199,8 @@ fn forward<T: WithDType, const K: usize>(x: &[T], wt: &[T], bias: &[T], d: Dims)
                 }
             },
         );
+    // SAFETY: the chunks cover all `len` values and `init_rows` initialised each one.
+    unsafe { y.set_len(len) };
     y
 }
 
@@ -214,7 +214,9 @@ fn backward<T: WithDType, const K: usize>(
     input_grad: bool,
 ) -> Vec<T> {
     let (chw, hw) = (d.c * d.h * d.w, d.h * d.w);
-    let mut dx = vec![T::zero(); if input_grad { d.b * chw } else { 0 }];
+    let nx = if input_grad { d.b * chw } else { 0 };
+    // Room for dW and db too: they are appended below.
+    let mut dx: Vec<T> = Vec::with_capacity(nx + d.o * d.kk + d.o);
     let one_image = |cols: &mut Vec<T>, dcols: &mut Vec<T>, bi: usize, dxb: Option<&mut [T]>| {
         let dyb = &dy[bi * d.o * hw..(bi + 1) * d.o * hw];
         let db: Vec<T> = dyb
@@ -239,11 +241,13 @@ fn backward<T: WithDType, const K: usize>(
     let scratch = || (vec![T::zero(); d.kk * hw], vec![T::zero(); d.kk * hw]);
     // Per image: dx directly, and its own dW and db (summed below, in image order).
     let per_image: Vec<(Vec<T>, Vec<T>)> = if input_grad {
-        dx.par_chunks_mut(chw)
+        dx.spare_capacity_mut()[..nx]
+            .par_chunks_mut(chw)
             .enumerate()
             .with_min_len(images_per_job(d.b))
             .map_init(scratch, |(cols, dcols), (bi, dxb)| {
-                one_image(cols, dcols, bi, Some(dxb))
+                // col2im adds onto dx: zeroed here, in parallel.
+                one_image(cols, dcols, bi, Some(init_rows(dxb, chw, |_| T::zero())))
             })
             .collect()
     } else {
@@ -256,6 +260,9 @@ fn backward<T: WithDType, const K: usize>(
             )
             .collect()
     };
+    // SAFETY: with `input_grad` the chunks cover all `nx` values, each initialised by
+    // `init_rows`; without it `nx` is 0.
+    unsafe { dx.set_len(nx) };
     let mut out = dx;
     let mut dw = vec![T::zero(); d.o * d.kk];
     let mut db = vec![T::zero(); d.o];

@@ -7,7 +7,7 @@
 //! `candle_nn::BatchNorm` (weight, bias, running_mean, running_var; momentum 0.1; running
 //! variance unbiased), so saved models load either way.
 
-use crate::cpu_op::{float_op, par_build, slice};
+use crate::cpu_op::{float_op, init_rows, par_build, slice};
 use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, Var, WithDType,
 };
@@ -358,17 +358,22 @@ struct ReluPool;
 
 /// For each output cell of each plane, the index (within the plane) of its window's first
 /// maximum and the value, in parallel over planes.
-fn pool_planes<T: WithDType, R: Send>(
+fn pool_planes<T: WithDType>(
     x: &[T],
     (h, w): (usize, usize),
-    out: &mut [R],
+    planes: usize,
     out_per_plane: usize,
-    emit: impl Fn(&mut [R], &[T], usize, usize, usize, T) + Sync,
-) {
+    emit: impl Fn(&mut [T], &[T], usize, usize, usize, T) + Sync,
+) -> Vec<T> {
     let (h2, w2) = (h / 2, w / 2);
-    out.par_chunks_mut(out_per_plane)
+    let len = planes * out_per_plane;
+    let mut out: Vec<T> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(out_per_plane.max(1))
         .enumerate()
         .for_each(|(p, o)| {
+            // Zeroed by the thread that fills it (one serial pass over tens of MB before).
+            let o = init_rows(o, out_per_plane, |_| T::zero());
             let plane = &x[p * h * w..(p + 1) * h * w];
             for y in 0..h2 {
                 for xx in 0..w2 {
@@ -386,6 +391,9 @@ fn pool_planes<T: WithDType, R: Send>(
                 }
             }
         });
+    // SAFETY: the chunks cover all `len` values and `init_rows` initialised each one.
+    unsafe { out.set_len(len) };
+    out
 }
 
 fn hw(l: &Layout) -> Result<(usize, usize, usize)> {
@@ -400,13 +408,12 @@ impl CustomOp1 for ReluPool {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         fn run<T: WithDType>(x: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
             let per = (h / 2) * (w / 2);
-            let mut out = vec![T::zero(); planes * per];
-            if per > 0 {
-                pool_planes(x, (h, w), &mut out, per, |o, _, i, _, _, v| {
-                    o[i] = if v > T::zero() { v } else { T::zero() }
-                });
+            if per == 0 {
+                return Vec::new();
             }
-            out
+            pool_planes(x, (h, w), planes, per, |o, _, i, _, _, v| {
+                o[i] = if v > T::zero() { v } else { T::zero() }
+            })
         }
         let (planes, h, w) = hw(l)?;
         let out = float_op!(self.name(), s, |T| run(
@@ -442,15 +449,14 @@ impl CustomOp2 for ReluPoolBackward {
     ) -> Result<(CpuStorage, Shape)> {
         fn run<T: WithDType>(x: &[T], dy: &[T], planes: usize, h: usize, w: usize) -> Vec<T> {
             let per = (h / 2) * (w / 2);
-            let mut dx = vec![T::zero(); planes * h * w];
-            if per > 0 {
-                pool_planes(x, (h, w), &mut dx, h * w, |o, _, i, best, p, v| {
-                    if v > T::zero() {
-                        o[best] = dy[p * per + i];
-                    }
-                });
+            if per == 0 {
+                return vec![T::zero(); planes * h * w];
             }
-            dx
+            pool_planes(x, (h, w), planes, h * w, |o, _, i, best, p, v| {
+                if v > T::zero() {
+                    o[best] = dy[p * per + i];
+                }
+            })
         }
         let (planes, h, w) = hw(l1)?;
         let name = self.name();
