@@ -34,6 +34,14 @@ pub fn conv2d_same(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Conv { k })
 }
 
+/// [`conv2d_same`] (with its bias) outside the autograd graph, for ops that chain their
+/// own backward pass (see [`crate::block`]).
+pub(crate) fn conv2d_same_no_grad(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let k = weight.dim(2)?;
+    x.contiguous()?
+        .apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &Conv { k })
+}
+
 /// Calls `$f::<_, K>` for the kernel sizes plateflow uses (checked in `conv2d_same`).
 macro_rules! with_k {
     ($k:expr, $f:ident, $($arg:expr),*) => {
@@ -326,15 +334,32 @@ impl CustomOp3 for Conv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let d = dims_of(x.shape(), w.shape(), self.k)?;
+        let (dx, dw, db) = ConvBackward::run(x, w, grad, self.k)?;
+        Ok((dx, Some(dw), Some(db)))
+    }
+}
+
+/// Backward of [`Conv`] as an op: args x, weight, dY → [dx; dW; db] flat (dx only with
+/// `input_grad`).
+pub(crate) struct ConvBackward {
+    k: usize,
+    d: Dims,
+    input_grad: bool,
+}
+
+impl ConvBackward {
+    /// dx (None when `x` needs no gradient), dW and db for the output gradient `grad`.
+    pub(crate) fn run(
+        x: &Tensor,
+        w: &Tensor,
+        grad: &Tensor,
+        k: usize,
+    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+        let d = dims_of(x.shape(), w.shape(), k)?;
         // The network's input needs no gradient: skip dx (a GEMM and col2im per image on
         // the largest layer) unless something upstream is tracked.
         let input_grad = x.track_op();
-        let op = ConvBackward {
-            k: self.k,
-            d,
-            input_grad,
-        };
+        let op = ConvBackward { k, d, input_grad };
         let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
         let (nx, nw) = (if input_grad { x.elem_count() } else { 0 }, w.elem_count());
         let dx = match input_grad {
@@ -343,18 +368,10 @@ impl CustomOp3 for Conv {
         };
         Ok((
             dx,
-            Some(packed.narrow(0, nx, nw)?.reshape(w.shape())?),
-            Some(packed.narrow(0, nx + nw, d.o)?),
+            packed.narrow(0, nx, nw)?.reshape(w.shape())?,
+            packed.narrow(0, nx + nw, d.o)?,
         ))
     }
-}
-
-/// Backward of [`Conv`] as an op: args x, weight, dY → [dx; dW; db] flat (dx only with
-/// `input_grad`).
-struct ConvBackward {
-    k: usize,
-    d: Dims,
-    input_grad: bool,
 }
 
 impl CustomOp3 for ConvBackward {

@@ -42,20 +42,8 @@ impl BatchNorm2d {
     /// the running ones. Evaluation: normalise by the running statistics (constants).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = x.contiguous()?;
-        let c = x.dim(1)?;
         let stats = if train {
-            let stats = x.apply_op1_no_bwd(&ChannelStats)?; // [2, C]: mean, biased variance
-            let n = (x.elem_count() / c) as f64;
-            let mean = stats.get(0)?;
-            let var = stats.get(1)?;
-            let unbiased = (&var * (n / (n - 1.0).max(1.0)))?;
-            self.running_mean.set(
-                &((self.running_mean.as_tensor() * (1.0 - MOMENTUM))? + (&mean * MOMENTUM)?)?,
-            )?;
-            self.running_var.set(
-                &((self.running_var.as_tensor() * (1.0 - MOMENTUM))? + (unbiased * MOMENTUM)?)?,
-            )?;
-            stats
+            self.batch_stats(&x)?
         } else {
             Tensor::stack(
                 &[
@@ -74,6 +62,51 @@ impl BatchNorm2d {
                 batch_stats: train,
             },
         )
+    }
+}
+
+impl BatchNorm2d {
+    /// This batch's [mean; biased variance] per channel, [2, C]; the running statistics
+    /// move towards them (momentum 0.1, unbiased variance).
+    fn batch_stats(&self, x: &Tensor) -> Result<Tensor> {
+        let c = x.dim(1)?;
+        let stats = x.apply_op1_no_bwd(&ChannelStats)?;
+        let n = (x.elem_count() / c) as f64;
+        let mean = stats.get(0)?;
+        let var = stats.get(1)?;
+        let unbiased = (&var * (n / (n - 1.0).max(1.0)))?;
+        self.running_mean
+            .set(&((self.running_mean.as_tensor() * (1.0 - MOMENTUM))? + (&mean * MOMENTUM)?)?)?;
+        self.running_var
+            .set(&((self.running_var.as_tensor() * (1.0 - MOMENTUM))? + (unbiased * MOMENTUM)?)?)?;
+        Ok(stats)
+    }
+
+    /// Training-mode normalisation outside the autograd graph, for ops that chain their own
+    /// backward pass ([`crate::block`]): the batch's statistics (running ones updated) and
+    /// the normalised output.
+    pub(crate) fn normalize_batch_no_grad(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let x = x.contiguous()?;
+        let stats = self.batch_stats(&x)?;
+        let affine = Tensor::cat(&[&self.weight, &self.bias], 0)?;
+        let z = x.apply_op3_no_bwd(
+            &affine,
+            &stats,
+            &Normalize {
+                eps: self.eps,
+                batch_stats: true,
+            },
+        )?;
+        Ok((stats, z))
+    }
+
+    /// γ and β.
+    pub(crate) fn affine(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
+
+    pub(crate) fn eps(&self) -> f64 {
+        self.eps
     }
 }
 
@@ -289,15 +322,12 @@ impl CustomOp3 for Normalize {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let packed = Tensor::cat(&[&x.flatten_all()?, &stats.flatten_all()?], 0)?;
-        let grads = packed.apply_op2_no_bwd(
-            &Tensor::cat(
-                &[
-                    &affine.flatten_all()?,
-                    &grad_res.contiguous()?.flatten_all()?,
-                ],
-                0,
-            )?,
+        // x and dy go in as they are (whole activations: no copies on this thread); the small
+        // per-channel vectors travel packed.
+        let small = Tensor::cat(&[&affine.flatten_all()?, &stats.flatten_all()?], 0)?;
+        let grads = x.apply_op3_no_bwd(
+            &grad_res.contiguous()?,
+            &small,
             &NormalizeBackward {
                 eps: self.eps,
                 batch_stats: self.batch_stats,
@@ -312,24 +342,25 @@ impl CustomOp3 for Normalize {
     }
 }
 
-/// Backward of [`Normalize`] as an op: arg1 = [x; stats], arg2 = [affine; dy], both flat.
-struct NormalizeBackward {
+/// Backward of [`Normalize`] as an op: x, dy, and [affine (2C); stats (2C)] flat.
+pub(crate) struct NormalizeBackward {
     eps: f64,
     batch_stats: bool,
     dims: (usize, usize, usize),
 }
 
 impl NormalizeBackward {
-    fn run<T: WithDType>(&self, a: &[T], g: &[T]) -> Vec<T> {
-        let (b, c, n) = self.dims;
-        let len = b * c * n;
-        let (x, stats) = a.split_at(len);
-        let (affine, dy) = g.split_at(2 * c);
-        normalize_backward(x, affine, stats, dy, self.dims, self.eps, self.batch_stats)
+    /// For a normalisation of `x` by its batch statistics.
+    pub(crate) fn batch(eps: f64, x: &Tensor) -> Result<Self> {
+        Ok(NormalizeBackward {
+            eps,
+            batch_stats: true,
+            dims: bc_rest(x.shape())?,
+        })
     }
 }
 
-impl CustomOp2 for NormalizeBackward {
+impl CustomOp3 for NormalizeBackward {
     fn name(&self) -> &'static str {
         "plateflow-batch-norm-backward"
     }
@@ -339,11 +370,24 @@ impl CustomOp2 for NormalizeBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
-        let out = float_op!(name, s1, |T| self
-            .run(slice::<T>(s1, l1, name)?, slice::<T>(s2, l2, name)?));
         let (b, c, n) = self.dims;
+        let out = float_op!(name, s1, |T| {
+            let small = slice::<T>(s3, l3, name)?;
+            let (affine, stats) = small.split_at(2 * c);
+            normalize_backward(
+                slice::<T>(s1, l1, name)?,
+                affine,
+                stats,
+                slice::<T>(s2, l2, name)?,
+                self.dims,
+                self.eps,
+                self.batch_stats,
+            )
+        });
         Ok((out, Shape::from(b * c * n + 2 * c)))
     }
 }
@@ -354,7 +398,7 @@ pub fn relu_max_pool_2x2(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(ReluPool)
 }
 
-struct ReluPool;
+pub(crate) struct ReluPool;
 
 /// For each output cell of each plane, the index (within the plane) of its window's first
 /// maximum and the value, in parallel over planes.
@@ -434,7 +478,7 @@ impl CustomOp1 for ReluPool {
 }
 
 /// arg1 = x [B, C, H, W], arg2 = dy [B, C, H/2, W/2] → dx.
-struct ReluPoolBackward;
+pub(crate) struct ReluPoolBackward;
 
 impl CustomOp2 for ReluPoolBackward {
     fn name(&self) -> &'static str {

@@ -4,6 +4,7 @@
 //! plate-level bootstrap intervals and calibration. The engine's `train`/`evaluate` steps
 //! (issue 4) are to be thin adapters over it.
 
+pub mod block;
 pub mod conv;
 mod cpu_op;
 pub mod data;

@@ -4,6 +4,7 @@
 //! conv block. On the CPU the blocks run on plateflow's own conv (im2col + GEMM), BatchNorm
 //! and ReLU+pool ops (conv.rs, fused.rs: Candle's are slow there); elsewhere on Candle's.
 
+use crate::block::conv_block_train;
 use crate::conv::conv2d_same;
 use crate::fused::{relu_max_pool_2x2, BatchNorm2d};
 use crate::rng::Rng;
@@ -65,7 +66,14 @@ impl Cnn {
     pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut x = x.clone();
         for (conv, bn, bn_generic) in &self.blocks {
-            x = if x.device().is_cpu() {
+            x = if x.device().is_cpu() && train {
+                // One graph node per block: see block.rs.
+                let bias = match conv.bias() {
+                    Some(b) => b.clone(),
+                    None => Tensor::zeros(conv.weight().dim(0)?, x.dtype(), x.device())?,
+                };
+                conv_block_train(&x, conv.weight(), &bias, bn)?
+            } else if x.device().is_cpu() {
                 let y = conv2d_same(&x, conv.weight(), conv.bias())?;
                 relu_max_pool_2x2(&bn.forward_t(&y, train)?)?
             } else {
