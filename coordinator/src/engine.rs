@@ -1597,6 +1597,16 @@ mod tests {
         });
     }
 
+    /// What a worker sends when it gets SIGTERM.
+    fn goodbye(h: &EngineHandle, worker: WorkerId) {
+        h.send(Event::WorkerMsg {
+            worker,
+            body: worker_message::Body::Goodbye(pb::Goodbye {
+                reason: "SIGTERM".into(),
+            }),
+        });
+    }
+
     /// A worker stopping on a signal (Slurm pre-emption) hands its tasks back: they run
     /// elsewhere without using up a retry (here `retries: 0`), and its late results are
     /// discarded. Only `FREE_ATTEMPTS` such hand-backs are free.
@@ -1607,12 +1617,7 @@ mod tests {
         let run = submit(&h, &path).await;
         let first = assigned(&mut rx_a).await;
         assert_eq!(first.len(), 2);
-        h.send(Event::WorkerMsg {
-            worker: a,
-            body: worker_message::Body::Goodbye(pb::Goodbye {
-                reason: "SIGTERM".into(),
-            }),
-        });
+        goodbye(&h, a);
         // Its results, sent as it died, come too late.
         succeed(&h, a, &first);
         for (attempt, name) in (2..).zip(["b", "c", "d"]) {
@@ -1620,12 +1625,7 @@ mod tests {
             let tasks = assigned(&mut rx).await;
             assert_eq!(tasks.len(), 2);
             assert!(tasks.iter().all(|t| t.attempt == attempt), "{tasks:?}");
-            h.send(Event::WorkerMsg {
-                worker: w,
-                body: worker_message::Body::Goodbye(pb::Goodbye {
-                    reason: "SIGTERM".into(),
-                }),
-            });
+            goodbye(&h, w);
         }
         // The fourth hand-back counts: with `retries: 0` the tasks fail.
         let st = final_status(&h, run).await;
@@ -1645,12 +1645,7 @@ mod tests {
         let (a, mut rx_a) = connect(&h, "a", 2).await;
         let run = submit(&h, &path).await;
         let first = assigned(&mut rx_a).await;
-        h.send(Event::WorkerMsg {
-            worker: a,
-            body: worker_message::Body::Goodbye(pb::Goodbye {
-                reason: "SIGTERM".into(),
-            }),
-        });
+        goodbye(&h, a);
         let (b, mut rx_b) = connect(&h, "b", 2).await;
         let again = assigned(&mut rx_b).await;
         assert_eq!(again.len(), first.len());

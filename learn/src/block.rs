@@ -110,7 +110,7 @@ mod tests {
     use crate::conv::conv2d_same;
     use crate::fused::relu_max_pool_2x2;
     use crate::rng::Rng;
-    use crate::test_util::{max_abs_diff, random};
+    use crate::test_util::{assert_same_batch_norm, grads_of, max_abs_diff, random};
     use candle_core::{DType, Device, Var};
     use candle_nn::VarBuilder;
 
@@ -146,38 +146,15 @@ mod tests {
         )
         .unwrap();
         assert!(max_abs_diff(&ours, &theirs) < 1e-12, "forward");
-        let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (&theirs * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let (g1, g2) = (grads_of(&ours, &r), grads_of(&theirs, &r));
         for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
             let d = max_abs_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
             assert!(d < 1e-10, "{name} gradient differs by {d}");
         }
-        let (d1, d2) = (vm1.data().lock().unwrap(), vm2.data().lock().unwrap());
-        for name in ["weight", "bias"] {
-            let d = max_abs_diff(
-                g1.get(d1[name].as_tensor()).unwrap(),
-                g2.get(d2[name].as_tensor()).unwrap(),
-            );
-            assert!(d < 1e-10, "BatchNorm {name} gradient differs by {d}");
-        }
-        for name in ["running_mean", "running_var"] {
-            let d = max_abs_diff(d1[name].as_tensor(), d2[name].as_tensor());
-            assert!(d < 1e-12, "{name} differs by {d}");
-        }
-        drop((d1, d2));
+        assert_same_batch_norm((&vm1, &g1), (&vm2, &g2), "block");
         // Images need no gradient: none is made.
         let plain = x.as_tensor().detach();
-        let g3 = (&conv_block_train(&plain, &wt, &bias, &bn1).unwrap() * &r)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g3 = grads_of(&conv_block_train(&plain, &wt, &bias, &bn1).unwrap(), &r);
         assert!(g3.get(&plain).is_none());
         assert!(g3.get(&wt).is_some());
     }

@@ -412,7 +412,7 @@ impl CustomOp3 for ConvBackward {
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::test_util::{max_abs_diff, random};
+    use crate::test_util::{grads_of, max_abs_diff, random};
     use candle_core::Var;
 
     /// Output, input gradient and weight gradient equal Candle's conv2d (0.11.1, whose conv
@@ -432,13 +432,7 @@ mod tests {
                 .broadcast_add(&bias.reshape((1, o, 1, 1)).unwrap())
                 .unwrap();
             assert!(max_abs_diff(&ours, &theirs) < 1e-12, "forward k={k}");
-            let g1 = (&ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (&theirs * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let (g1, g2) = (grads_of(&ours, &r), grads_of(&theirs, &r));
             for (name, v) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
                 let d = max_abs_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
                 assert!(d < 1e-10, "{name} gradient k={k}: differs by {d}");
@@ -446,12 +440,7 @@ mod tests {
             // An input that needs no gradient (the network's images) gets none, and the
             // weight and bias gradients stay the same.
             let plain = x.as_tensor().detach();
-            let g3 = (&conv2d_same(&plain, &wt, Some(&bias)).unwrap() * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g3 = grads_of(&conv2d_same(&plain, &wt, Some(&bias)).unwrap(), &r);
             assert!(g3.get(&plain).is_none(), "untracked input got a gradient");
             for (name, v) in [("weight", &wt), ("bias", &bias)] {
                 let d = max_abs_diff(g3.get(v).unwrap(), g2.get(v).unwrap());

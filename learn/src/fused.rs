@@ -520,7 +520,7 @@ mod tests {
     use super::*;
     use crate::model::max_pool_2x2;
     use crate::rng::Rng;
-    use crate::test_util::{max_abs_diff, random};
+    use crate::test_util::{assert_same_batch_norm, grads_of, max_abs_diff, random};
     use candle_core::{DType, Device, ModuleT};
     use candle_nn::VarMap;
 
@@ -559,25 +559,14 @@ mod tests {
             let a = ours.forward_t(&x, train).unwrap();
             let b = theirs.forward_t(&x, train).unwrap();
             assert!(max_abs_diff(&a, &b) < 1e-12, "forward, train={train}");
-            let ga = (&a * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gb = (&b * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let (ga, gb) = (grads_of(&a, &r), grads_of(&b, &r));
             let d = max_abs_diff(ga.get(&x).unwrap(), gb.get(&x).unwrap());
             assert!(d < 1e-10, "input gradient, train={train}: {d}");
-            let (od, td) = (
-                ours_map.data().lock().unwrap(),
-                theirs_map.data().lock().unwrap(),
+            assert_same_batch_norm(
+                (&ours_map, &ga),
+                (&theirs_map, &gb),
+                &format!("train={train}"),
             );
-            for name in ["weight", "bias"] {
-                let d = max_abs_diff(
-                    ga.get(od[name].as_tensor()).unwrap(),
-                    gb.get(td[name].as_tensor()).unwrap(),
-                );
-                assert!(d < 1e-10, "{name} gradient, train={train}: {d}");
-            }
-            for name in ["running_mean", "running_var"] {
-                let d = max_abs_diff(od[name].as_tensor(), td[name].as_tensor());
-                assert!(d < 1e-12, "{name} after a step, train={train}: {d}");
-            }
         }
     }
 

@@ -62,6 +62,35 @@ mod test_util {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// The gradients of Σ out·r: a random linear read-out of an op's output.
+    pub fn grads_of(out: &Tensor, r: &Tensor) -> candle_core::backprop::GradStore {
+        (out * r).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
+    /// Two BatchNorms (in their own VarMaps) got the same γ and β gradients and moved their
+    /// running statistics the same way.
+    pub fn assert_same_batch_norm(
+        (a, ga): (&candle_nn::VarMap, &candle_core::backprop::GradStore),
+        (b, gb): (&candle_nn::VarMap, &candle_core::backprop::GradStore),
+        what: &str,
+    ) {
+        let (da, db) = (a.data().lock().unwrap(), b.data().lock().unwrap());
+        for name in ["weight", "bias"] {
+            let d = max_abs_diff(
+                ga.get(da[name].as_tensor()).unwrap(),
+                gb.get(db[name].as_tensor()).unwrap(),
+            );
+            assert!(
+                d < 1e-10,
+                "BatchNorm {name} gradient, {what}: differs by {d}"
+            );
+        }
+        for name in ["running_mean", "running_var"] {
+            let d = max_abs_diff(da[name].as_tensor(), db[name].as_tensor());
+            assert!(d < 1e-12, "{name}, {what}: differs by {d}");
+        }
+    }
+
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b)
             .unwrap()
