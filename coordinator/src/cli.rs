@@ -521,6 +521,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 );
             }
             let security = coordinator_security(&args)?;
+            // What Slurm workers pin, from the identity just read (not read again).
+            let tls_fingerprint = security.tls.as_ref().map(|t| t.fingerprint.clone());
             let engine = Engine::start(cfg)?;
             let listener = server::bind(args.listen).await?;
             eprintln!(
@@ -545,6 +547,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                     &args,
                     engine.clone(),
                     listener.local_addr()?,
+                    tls_fingerprint,
                 )?)),
                 None => None,
             };
@@ -732,6 +735,7 @@ fn start_allocator(
     args: &CoordinatorArgs,
     engine: crate::engine::EngineHandle,
     listening: SocketAddr,
+    tls_fingerprint: Option<String>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let sa = &args.slurm;
     let state = std::fs::canonicalize(&args.state)?;
@@ -751,15 +755,9 @@ fn start_allocator(
         worker_args.push("--token-file".into());
         worker_args.push(std::fs::canonicalize(token)?.display().to_string());
     }
-    if let Some(id) = crate::security::tls_identity(
-        args.tls_cert.as_deref(),
-        args.tls_key.as_deref(),
-        args.tls_self_signed
-            .then(|| args.state.join("tls"))
-            .as_deref(),
-    )? {
+    if let Some(fingerprint) = tls_fingerprint {
         worker_args.push("--tls-fingerprint".into());
-        worker_args.push(id.fingerprint);
+        worker_args.push(fingerprint);
     }
     worker_args.extend([
         "--idle-timeout-s".into(),
