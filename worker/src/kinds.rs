@@ -258,7 +258,7 @@ static KINDS: &[KindInfo] = &[
     },
     KindInfo {
         name: "train",
-        version: 11,
+        version: 12,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
     },

@@ -56,27 +56,15 @@ fn caveats(c: &CardInput) -> Vec<String> {
     if let Some(s) = c.metrics["shuffled_label_weighted_f1"].as_f64() {
         out.push(format!("A model trained the same way on shuffled labels scores weighted F1 {s:.3}: the level reached by learning nothing about the phenotype."));
     }
-    for k in c.metrics["classes_mostly_in_one_group"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .take(5)
-    {
-        let (cells, top) = (
-            k["cells"].as_u64().unwrap_or(0),
-            k["top_group_cells"].as_u64().unwrap_or(0),
-        );
-        out.push(format!(
-            "{}: {top} of its {cells} cells ({:.0} %) are on {} {}. The fold that holds that {} out learns the class from the {} cells left, so its score says as much about the data as about the model; more {}s with this class would help most.",
-            k["class"].as_str().unwrap_or("?"),
-            100.0 * top as f64 / cells.max(1) as f64,
-            c.group_by,
-            k["top_group"].as_str().unwrap_or("?"),
-            c.group_by,
-            cells - top,
-            c.group_by,
-        ));
-    }
+    // Sentences written by `train` (metrics.json), at most five.
+    out.extend(
+        c.metrics["classes_mostly_in_one_group"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k["note"].as_str().map(str::to_string))
+            .take(5),
+    );
     let cal = c.calibration;
     if let (Some(before), Some(after)) = (cal["ece_before"].as_f64(), cal["ece_after"].as_f64()) {
         if after > before {

@@ -125,22 +125,12 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
         });
         return Ok(Some(s));
     }
-    for k in m["classes_mostly_in_one_group"]
+    s.data_notes = m["classes_mostly_in_one_group"]
         .as_array()
         .into_iter()
         .flatten()
-    {
-        let (cells, top) = (
-            k["cells"].as_u64().unwrap_or(0),
-            k["top_group_cells"].as_u64().unwrap_or(0),
-        );
-        s.data_notes.push(format!(
-            "{}: {top} of its {cells} cells are on plate {}; where that plate is held out the model learns the class from {} cells.",
-            k["class"].as_str().unwrap_or("?"),
-            k["top_group"].as_str().unwrap_or("?"),
-            cells - top
-        ));
-    }
+        .filter_map(|k| k["note"].as_str().map(str::to_string))
+        .collect();
     let metric = |name: &str, v: &serde_json::Value, note: &str| Metric {
         name: name.into(),
         value: v["value"].as_f64().or(v.as_f64()).unwrap_or(f64::NAN),

@@ -430,7 +430,19 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     // cells, which explains a low fold better than the model does (card caveat, report).
     let concentrated: Vec<serde_json::Value> = concentrated_classes(&labels, &d.groups, nc)
         .iter()
-        .map(|c| serde_json::json!({"class": d.classes[c.class], "cells": c.cells, "top_group": c.top_group, "top_group_cells": c.top_cells, "groups": c.groups}))
+        .map(|c| {
+            // One sentence for the model card and the report alike.
+            let note = format!(
+                "{}: {} of its {} cells ({:.0} %) are on {group_by} {}. The fold that holds that {group_by} out learns the class from the {} cells left, so its score says as much about the data as about the model; more {group_by}s with this class would help most.",
+                d.classes[c.class],
+                c.top_cells,
+                c.cells,
+                100.0 * c.top_cells as f64 / c.cells as f64,
+                c.top_group,
+                c.cells - c.top_cells,
+            );
+            serde_json::json!({"class": d.classes[c.class], "cells": c.cells, "top_group": c.top_group, "top_group_cells": c.top_cells, "groups": c.groups, "note": note})
+        })
         .collect();
     let metrics = serde_json::json!({
         "model": model_kind,
