@@ -898,32 +898,19 @@ impl Engine {
         tracing::info!(worker = %worker, name = %w.name, tasks = w.running.len(), "worker stopping: {reason}");
         let mut running: Vec<TaskIdx> = w.running.into_iter().collect();
         running.sort_unstable();
-        let mut counted = Vec::new();
-        if let Some(run) = self.run.as_mut() {
-            for t in running.into_iter().rev() {
-                let rt = &mut run.tasks[t as usize];
-                if rt.state != (TaskState::Running { worker }) {
-                    continue;
-                }
-                if rt.free_attempts >= FREE_ATTEMPTS {
-                    counted.push(t);
-                    continue;
-                }
-                rt.free_attempts += 1;
-                rt.gpu_ids.clear();
-                rt.error = format!(
-                    "worker {} stopped while running it ({reason}); re-queued, not counted as a retry",
-                    w.name
-                );
-                run.set_state(t, TaskState::Queued);
-                run.queue.push_front(t);
+        for t in running.into_iter().rev() {
+            let Some(run) = self.run.as_mut() else { return };
+            let rt = &mut run.tasks[t as usize];
+            if rt.state != (TaskState::Running { worker }) {
+                continue;
             }
-        }
-        for t in counted {
-            self.retry_or_fail(
-                t,
-                format!("worker {} stopped while running it ({reason})", w.name),
-            );
+            let mut error = format!("worker {} stopped while running it ({reason})", w.name);
+            // A free attempt does not count in `retry_or_fail`, which then re-queues it.
+            if rt.free_attempts < FREE_ATTEMPTS {
+                rt.free_attempts += 1;
+                error.push_str("; not counted as a retry");
+            }
+            self.retry_or_fail(t, error);
         }
     }
 

@@ -63,9 +63,7 @@ impl BatchNorm2d {
             },
         )
     }
-}
 
-impl BatchNorm2d {
     /// This batch's [mean; biased variance] per channel, [2, C]; the running statistics
     /// move towards them (momentum 0.1, unbiased variance).
     fn batch_stats(&self, x: &Tensor) -> Result<Tensor> {

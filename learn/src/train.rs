@@ -137,32 +137,29 @@ impl Samples<'_> {
     }
     /// The batch tensor of `idx`, augmented when `rng` is given (images only).
     fn batch(&self, idx: &[usize], rng: Option<(&mut Rng, f64)>) -> candle_core::Result<Tensor> {
-        let n = self.len_of_one();
-        let mut data = Vec::with_capacity(idx.len() * n);
         let mut rng = rng;
-        for &i in idx {
-            let s = &self.x[i * n..(i + 1) * n];
-            match (rng.as_mut(), self.shape.as_slice()) {
-                (Some((r, zoom)), &[c, h, w]) if h == w => data.extend(augment(s, c, h, *zoom, r)),
-                _ => data.extend_from_slice(s),
-            }
-        }
-        let mut shape = vec![idx.len()];
-        shape.extend(&self.shape);
-        Tensor::from_vec(data, shape, &Device::Cpu)
+        self.stack(idx, |s| match (rng.as_mut(), self.shape.as_slice()) {
+            (Some((r, zoom)), &[c, h, w]) if h == w => augment(s, c, h, *zoom, r),
+            _ => s.to_vec(),
+        })
     }
     /// The samples `idx` under flip/rotation `t` (0: as they are; see [`transform`]).
     fn view_batch(&self, idx: &[usize], t: usize) -> candle_core::Result<Tensor> {
-        if t == 0 {
-            return self.batch(idx, None);
+        match self.shape.as_slice() {
+            &[c, side, _] if t != 0 => self.stack(idx, |s| transform(s, c, side, t, 1.0, 1.0)),
+            _ => self.batch(idx, None),
         }
+    }
+    /// The samples `idx`, each passed through `f`, as one [N, …] tensor.
+    fn stack(
+        &self,
+        idx: &[usize],
+        mut f: impl FnMut(&[f32]) -> Vec<f32>,
+    ) -> candle_core::Result<Tensor> {
         let n = self.len_of_one();
-        let &[c, side, _] = self.shape.as_slice() else {
-            candle_core::bail!("flipped views need [C, H, W] samples");
-        };
         let mut data = Vec::with_capacity(idx.len() * n);
         for &i in idx {
-            data.extend(transform(&self.x[i * n..(i + 1) * n], c, side, t, 1.0, 1.0));
+            data.extend(f(&self.x[i * n..(i + 1) * n]));
         }
         let mut shape = vec![idx.len()];
         shape.extend(&self.shape);
