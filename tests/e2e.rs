@@ -143,6 +143,78 @@ fn local_demo_then_incremental_reruns() {
     );
 }
 
+/// One screen-wide plate map: a new plate's rows, a changed label and a shuffled file re-run
+/// exactly the tasks whose rows changed, plus the aggregates that read every row.
+#[test]
+fn plate_map_rows_rerun_only_their_plates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    demo(dir, 5);
+    let p = dir.join("rows.yaml");
+    std::fs::write(&p, include_str!("pipelines/plate-map-rows.yaml")).unwrap();
+    // P5 arrives later: its images and rows are set aside.
+    let map = std::fs::read_to_string(dir.join("platemap.csv")).unwrap();
+    let (p5, rest): (Vec<&str>, Vec<&str>) = map.lines().partition(|l| l.starts_with("P5,"));
+    std::fs::write(dir.join("platemap.csv"), rest.join("\n") + "\n").unwrap();
+    std::fs::rename(dir.join("images/P5"), dir.join("P5-later")).unwrap();
+
+    let (st, out) = run_json(&p, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ran(&st).len(), 4 + 4 + 1);
+
+    // P5 arrives, its rows appended: only its own tasks and the aggregate run.
+    std::fs::rename(dir.join("P5-later"), dir.join("images/P5")).unwrap();
+    let mut lines: Vec<String> = rest.iter().map(|l| l.to_string()).collect();
+    lines.extend(p5.iter().map(|l| l.to_string()));
+    std::fs::write(dir.join("platemap.csv"), lines.join("\n") + "\n").unwrap();
+    let (st, _) = run_json(&p, &[]);
+    assert_eq!(
+        ran(&st),
+        sorted(&["qc[plate=P5]", "rows[plate=P5]", "table"])
+    );
+
+    // One label of P2 changes: P2's tasks and the aggregate, and `explain` says which.
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let label_col = header
+        .iter()
+        .position(|c| *c == "phenotype")
+        .expect("phenotype column");
+    let i = lines.iter().position(|l| l.starts_with("P2,")).unwrap();
+    let mut cells: Vec<String> = lines[i].split(',').map(str::to_string).collect();
+    let (old, new) = (
+        cells[label_col].clone(),
+        format!("{}_relabelled", cells[label_col]),
+    );
+    cells[label_col] = new.clone();
+    lines[i] = cells.join(",");
+    std::fs::write(dir.join("platemap.csv"), lines.join("\n") + "\n").unwrap();
+    let explain = run_bounded(plateflow().arg("explain").arg(&p).arg("rows[plate=P2]"), 60);
+    let explain = String::from_utf8_lossy(&explain.stdout);
+    let well = &cells[1];
+    assert!(
+        explain.contains(&format!(
+            "plate-map rows of plate=P2 changed: P2 {well}: phenotype {old} → {new}"
+        )),
+        "{explain}"
+    );
+    let (st, _) = run_json(&p, &[]);
+    assert_eq!(
+        ran(&st),
+        sorted(&["qc[plate=P2]", "rows[plate=P2]", "table"])
+    );
+
+    // The same rows in another order: nothing runs.
+    let mut shuffled = lines.clone();
+    shuffled[1..].reverse();
+    std::fs::write(dir.join("platemap.csv"), shuffled.join("\n") + "\n").unwrap();
+    let (st, _) = run_json(&p, &[]);
+    assert_eq!(ran(&st), Vec::<String>::new());
+}
+
 #[test]
 fn corrupt_blob_is_detected_and_recomputed() {
     let tmp = tempfile::tempdir().unwrap();
@@ -394,12 +466,17 @@ fn worker(dir: &Path, port: u16, name: &str, cpus: u32) -> Proc {
 
 /// Submits a pipeline without waiting; returns the run id.
 fn submit(dir: &Path, pipeline: &Path, port: u16) -> String {
+    submit_with(dir, pipeline, port, &[])
+}
+
+fn submit_with(dir: &Path, pipeline: &Path, port: u16, extra: &[&str]) -> String {
     let out = run_bounded(
         plateflow()
             .env("PLATEFLOW_TOKEN_FILE", token_file(dir))
             .arg("submit")
             .arg(pipeline)
-            .args(["--coordinator", &format!("127.0.0.1:{port}")]),
+            .args(["--coordinator", &format!("127.0.0.1:{port}")])
+            .args(extra),
         30,
     );
     assert!(
@@ -475,13 +552,23 @@ fn worker_killed_mid_task_run_completes_byte_identical() {
 
 #[test]
 fn coordinator_killed_and_restarted_resumes_without_rerunning() {
+    killed_coordinator_resumes(&[]);
+}
+
+/// A forced run that is resumed forces only what it had not yet run: each task once.
+#[test]
+fn a_resumed_forced_run_does_not_rerun_what_it_finished() {
+    killed_coordinator_resumes(&["--force", "checksum"]);
+}
+
+fn killed_coordinator_resumes(submit_args: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     demo(tmp.path(), 8);
     let p = slow_pipeline(tmp.path(), 0.7);
     let port = free_port();
     let mut coord = coordinator(tmp.path(), port, "coordinator-1.log");
     let _w = worker(tmp.path(), port, "w-one", 2);
-    let run_id = submit(tmp.path(), &p, port);
+    let run_id = submit_with(tmp.path(), &p, port, submit_args);
     let finished_log = tmp.path().join("finished.log");
     wait_for("three tasks to finish", 60, || {
         (lines(&finished_log).len() >= 3).then_some(())

@@ -53,12 +53,13 @@ impl Cluster {
         wait_for("the coordinator to listen", 30, || {
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        let text = std::fs::read_to_string(&log).unwrap();
-        let fingerprint = text
-            .split_whitespace()
-            .find(|w| w.starts_with("sha256:"))
-            .unwrap_or_else(|| panic!("no fingerprint announced:\n{text}"))
-            .to_string();
+        // The port may accept before the announcement reaches the log file: wait for it too.
+        let fingerprint = wait_for("the coordinator to announce its fingerprint", 30, || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.split_whitespace()
+                .find(|w| w.starts_with("sha256:"))
+                .map(str::to_string)
+        });
         Cluster {
             dir,
             port,

@@ -24,13 +24,13 @@
 //!
 //! Environment: PLATES, WELLS, KEYS, HASH_MB, HASH_FILES, HASH_THREADS (default 2), RERUN_FILES.
 
-use plateflow::dataset::{hash_with_cache, Dataset, Image};
-use plateflow::db::{CachedAction, Db};
-use plateflow::key::{CacheKey, KeyParts};
-use plateflow::lockfile::{self, LockEntry, LockFile};
-use plateflow::plan::{expand, TaskIdx};
-use plateflow::run::{prepare, PreparedRun};
-use plateflow::spec;
+use plateflow_coordinator::dataset::{hash_with_cache, Dataset, Image};
+use plateflow_coordinator::db::{CachedAction, Db};
+use plateflow_coordinator::key::{CacheKey, KeyParts};
+use plateflow_coordinator::lockfile::{self, LockEntry, LockFile};
+use plateflow_coordinator::plan::{expand, TaskIdx};
+use plateflow_coordinator::run::{prepare, PreparedRun};
+use plateflow_coordinator::spec;
 use plateflow_store::{hash_bytes, hash_file, hash_files_parallel, Digest};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -130,14 +130,15 @@ fn pipeline_in(dir: &Path) -> spec::Pipeline {
 fn prepared(
     pipeline: spec::Pipeline,
     dataset: Dataset,
-    plan: plateflow::plan::Plan,
+    plan: plateflow_coordinator::plan::Plan,
 ) -> PreparedRun {
     let step_params = pipeline
         .steps
         .iter()
-        .map(|s| serde_json::to_string(&s.params).expect("params serialise"))
+        .map(|s| serde_json::to_string(&s.params.to_json()).expect("params serialise"))
         .collect();
     let step_files = pipeline.steps.iter().map(|_| Vec::new()).collect();
+    let plan_len = plan.len();
     PreparedRun {
         id: 1,
         pipeline,
@@ -145,7 +146,9 @@ fn prepared(
         plan,
         step_params,
         step_files,
-        plate_map: None,
+        plate_map_name: String::new(),
+        task_plate_map: vec![None; plan_len],
+        plate_map_blobs: Default::default(),
         force: Vec::new(),
         hash_stats: Default::default(),
     }
@@ -156,10 +159,11 @@ fn fake_outputs(prep: &PreparedRun) -> Vec<Vec<(String, Digest)>> {
     (0..prep.plan.len())
         .map(|t| {
             let step = &prep.pipeline.steps[prep.plan.tasks[t].step as usize];
-            let name = step.params["outputs"][0]
-                .as_str()
-                .unwrap_or("out")
-                .to_string();
+            let name = step
+                .params
+                .as_command()
+                .and_then(|c| c.outputs.first().cloned())
+                .unwrap_or_else(|| "out".to_string());
             vec![(name, hash_bytes(&(t as u64).to_le_bytes()))]
         })
         .collect()
@@ -548,7 +552,7 @@ fn bench_rerun() {
         t.elapsed().as_secs_f64(),
         String::new(),
     );
-    db.save_actions(&actions).expect("save actions");
+    db.save_actions(1, &actions).expect("save actions");
     let t = Instant::now();
     let loaded = db.load_action_cache().expect("actions");
     line(

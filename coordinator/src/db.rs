@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS run_models (
 CREATE TABLE IF NOT EXISTS run_tasks (
     run_id INTEGER NOT NULL, label TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL,
     reason TEXT NOT NULL, error TEXT NOT NULL, PRIMARY KEY (run_id, label));
+CREATE TABLE IF NOT EXISTS run_done (
+    run_id INTEGER NOT NULL, key TEXT NOT NULL, PRIMARY KEY (run_id, key));
 CREATE TABLE IF NOT EXISTS allocations (
     id TEXT PRIMARY KEY, backend TEXT NOT NULL, state TEXT NOT NULL, submitted REAL NOT NULL,
     ended REAL, workers INTEGER NOT NULL, note TEXT NOT NULL);
@@ -173,8 +175,13 @@ impl Db {
         Ok(out)
     }
 
-    /// Records finished tasks in one transaction (the engine batches them).
-    pub fn save_actions(&mut self, rows: &[(String, String, CachedAction)]) -> anyhow::Result<()> {
+    /// Records finished tasks in one transaction (the engine batches them), and that run
+    /// `run_id` ran them (a resumed forced run does not force them again).
+    pub fn save_actions(
+        &mut self,
+        run_id: u64,
+        rows: &[(String, String, CachedAction)],
+    ) -> anyhow::Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -183,13 +190,25 @@ impl Db {
             let mut stmt = tx.prepare(
                 "INSERT OR REPLACE INTO action_cache (key, label, result, created) VALUES (?1, ?2, ?3, ?4)",
             )?;
+            let mut done =
+                tx.prepare("INSERT OR IGNORE INTO run_done (run_id, key) VALUES (?1, ?2)")?;
             let t = now();
             for (key, label, action) in rows {
                 stmt.execute(params![key, label, serde_json::to_string(action)?, t])?;
+                done.execute(params![run_id as i64, key])?;
             }
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The keys run `run_id` has already run to completion (before a restart).
+    pub fn done_in_run(&self, run_id: u64) -> anyhow::Result<std::collections::HashSet<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key FROM run_done WHERE run_id = ?1")?;
+        let rows = stmt.query_map(params![run_id as i64], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// What the lock file at `path` was last written from, and the digest of its text.

@@ -2,7 +2,7 @@
 
 use crate::db::{CachedAction, Db};
 use crate::engine::{verify_outputs, EngineConfig};
-use crate::key::{why_runs, Reason};
+use crate::key::{decide, refine_plate_map_reasons, CacheDecision, Reason};
 use crate::lockfile::{self, LockFile};
 use crate::plan::TaskIdx;
 use crate::run::{prepare, PreparedRun};
@@ -75,21 +75,28 @@ fn decide_all(
         }
         let parts = prep.key_parts(t, |d| outputs[d as usize].as_slice());
         let key = parts.key();
-        let decision = if prep.is_forced(t) {
-            Decision::Runs(vec![Reason::Forced])
-        } else {
-            match actions.get(&key.0).map(|a| (a, verify_outputs(store, a))) {
-                Some((a, Ok(()))) => {
-                    outputs[t as usize] = a.outputs.clone();
-                    Decision::Cached
-                }
-                Some((_, Err(bad))) => Decision::Runs(vec![Reason::CorruptOutput(bad)]),
-                None => {
-                    let prev = lock
-                        .and_then(|l| l.tasks.get(&prep.label(t)))
-                        .map(|e| &e.parts);
-                    Decision::Runs(why_runs(prev, &parts))
-                }
+        let prev = lock
+            .and_then(|l| l.tasks.get(&prep.label(t)))
+            .map(|e| &e.parts);
+        let decision = match decide(
+            prep.is_forced(t),
+            actions.get(&key.0),
+            |a| verify_outputs(store, a),
+            || prev.cloned(),
+            &parts,
+        ) {
+            CacheDecision::Hit(a) => {
+                outputs[t as usize] = a.outputs;
+                Decision::Cached
+            }
+            CacheDecision::Run(mut reasons) => {
+                refine_plate_map_reasons(&mut reasons, |d| {
+                    prep.plate_map_blobs
+                        .get(d)
+                        .cloned()
+                        .or_else(|| store.read_verified(d).ok())
+                });
+                Decision::Runs(reasons)
             }
         };
         decisions.push(decision);

@@ -5,7 +5,7 @@
 //! so a killed coordinator resumes where it stopped.
 
 use crate::db::{CachedAction, Db, TaskRecord};
-use crate::key::{summarise, why_runs, CacheKey, Reason};
+use crate::key::{decide, refine_plate_map_reasons, summarise, CacheDecision, CacheKey, Reason};
 use crate::lockfile::{self, LockEntry, LockFile};
 use crate::plan::TaskIdx;
 use crate::run::{prepare, PreparedRun};
@@ -195,6 +195,9 @@ struct ActiveRun {
     prev_lock: Option<Option<LockFile>>,
     /// Steps already reported as fitting no connected worker (said once, not every round).
     unfit_reported: std::collections::BTreeSet<usize>,
+    /// Keys this run already ran before a coordinator restart: `--force` does not force
+    /// them again.
+    done_before_restart: std::collections::HashSet<String>,
 }
 
 impl ActiveRun {
@@ -457,9 +460,17 @@ impl Engine {
         let threads = self.cfg.hash_threads;
         let roots = self.cfg.allowed_roots.clone();
         let events = self.events.clone();
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             let result = Db::open(&db_path)
                 .and_then(|mut db| prepare(run_id, &path, &yaml, force, &mut db, threads, &roots))
+                .and_then(|prep| {
+                    // Plate-map slices are blobs the tasks fetch like any other input.
+                    for bytes in prep.plate_map_blobs.values() {
+                        store.put_bytes(bytes)?;
+                    }
+                    Ok(prep)
+                })
                 .map_err(|e| format!("{e:#}"));
             let _ = events.send(Event::Prepared {
                 run_id,
@@ -635,12 +646,7 @@ impl Engine {
                     inputs.insert(d.clone(), prep.dataset.abs_path(img));
                 }
             }
-            for (_, p, d) in prep
-                .step_files
-                .iter()
-                .flatten()
-                .chain(prep.plate_map.iter())
-            {
+            for (_, p, d) in prep.step_files.iter().flatten() {
                 inputs.insert(d.clone(), p.clone());
             }
         }
@@ -671,7 +677,13 @@ impl Engine {
             .filter(|&t| prep.plan.tasks[t as usize].deps.is_empty())
             .collect();
         tracing::info!(run = prep.id, tasks = prep.plan.len(), "run started");
+        let done_before_restart = if prep.force.is_empty() {
+            Default::default()
+        } else {
+            self.db.done_in_run(prep.id).unwrap_or_default()
+        };
         self.run = Some(ActiveRun {
+            done_before_restart,
             prep,
             tasks,
             queue: VecDeque::new(),
@@ -696,35 +708,43 @@ impl Engine {
                 .prep
                 .key_parts(t, |d| run.tasks[d as usize].outputs.as_slice());
             let key = parts.key();
-            let mut reasons = Vec::new();
-            if run.prep.is_forced(t) {
-                reasons.push(Reason::Forced);
-            } else if let Some(action) = self.actions.get(&key.0) {
-                match verify_outputs(&self.store, action) {
-                    Ok(()) => {
-                        let rt = &mut run.tasks[t as usize];
-                        rt.outputs = action.outputs.clone();
-                        rt.key = Some(key);
-                        run.set_state(t, TaskState::Done { ran: false });
-                        push_ready_dependents(run, t, &mut stack);
-                        continue;
-                    }
-                    Err(bad) => {
-                        tracing::warn!(task = %run.prep.label(t), "stored output {bad} is corrupt or missing; recomputing");
-                        reasons.push(Reason::CorruptOutput(bad));
-                        self.actions.remove(&key.0);
-                        let _ = self.db.forget_action(&key.0);
-                    }
+            let forced = run.prep.is_forced(t) && !run.done_before_restart.contains(&key.0);
+            let label = run.prep.label(t);
+            let decision = decide(
+                forced,
+                self.actions.get(&key.0),
+                |a| verify_outputs(&self.store, a),
+                || {
+                    run.prev_lock()
+                        .and_then(|l| l.tasks.get(&label))
+                        .map(|e| e.parts.clone())
+                },
+                &parts,
+            );
+            let mut reasons = match decision {
+                CacheDecision::Hit(action) => {
+                    let rt = &mut run.tasks[t as usize];
+                    rt.outputs = action.outputs;
+                    rt.key = Some(key);
+                    run.set_state(t, TaskState::Done { ran: false });
+                    push_ready_dependents(run, t, &mut stack);
+                    continue;
                 }
+                CacheDecision::Run(reasons) => reasons,
+            };
+            if let Some(Reason::CorruptOutput(bad)) = reasons.first() {
+                tracing::warn!(task = %label, "stored output {bad} is corrupt or missing; recomputing");
+                self.actions.remove(&key.0);
+                let _ = self.db.forget_action(&key.0);
             }
-            if reasons.is_empty() {
-                let label = run.prep.label(t);
-                let prev = run
-                    .prev_lock()
-                    .and_then(|l| l.tasks.get(&label))
-                    .map(|e| e.parts.clone());
-                reasons = why_runs(prev.as_ref(), &parts);
-            }
+            let store = &self.store;
+            refine_plate_map_reasons(&mut reasons, |d| {
+                run.prep
+                    .plate_map_blobs
+                    .get(d)
+                    .cloned()
+                    .or_else(|| store.read_verified(d).ok())
+            });
             let rt = &mut run.tasks[t as usize];
             rt.reason = summarise(&reasons);
             rt.key = Some(key);
@@ -996,6 +1016,8 @@ impl Engine {
                 self.make_ready(stack);
             }
             (ok, outputs) => {
+                // Outputs lost on the way are worth another attempt; a refusal is not.
+                let transient = ok || r.transient;
                 let mut error = if ok {
                     outputs.err().unwrap_or_default()
                 } else {
@@ -1005,7 +1027,14 @@ impl Engine {
                     error.push_str("\n--- stderr (last lines) ---\n");
                     error.push_str(&r.stderr_tail);
                 }
-                self.retry_or_fail(t, error);
+                if transient {
+                    self.retry_or_fail(t, error);
+                } else {
+                    self.fail(
+                        t,
+                        format!("{error} (not retried: the same inputs give the same error)"),
+                    );
+                }
             }
         }
     }
@@ -1023,8 +1052,20 @@ impl Engine {
             run.queue.push_front(t);
             return;
         }
-        tracing::warn!(task = %label, attempt = rt.attempt, "task failed");
         rt.error = format!("attempt {} of {allowed}: {error}", rt.attempt);
+        self.fail(t, String::new());
+    }
+
+    /// Fails a task for good (`error`, when not empty, replaces its message) and skips
+    /// everything downstream of it; independent tasks go on.
+    fn fail(&mut self, t: TaskIdx, error: String) {
+        let Some(run) = self.run.as_mut() else { return };
+        let label = run.prep.label(t);
+        let rt = &mut run.tasks[t as usize];
+        tracing::warn!(task = %label, attempt = rt.attempt, "task failed");
+        if !error.is_empty() {
+            rt.error = error;
+        }
         run.set_state(t, TaskState::Failed);
         // Everything downstream is skipped; independent tasks go on.
         let mut stack: Vec<TaskIdx> = run.prep.plan.dependents[t as usize].clone();
@@ -1083,7 +1124,9 @@ impl Engine {
         if self.journal.is_empty() {
             return;
         }
-        if let Err(e) = self.db.save_actions(&self.journal) {
+        // The journal only ever holds the active run's tasks (it is flushed before a run ends).
+        let run_id = self.run.as_ref().map_or(0, |r| r.prep.id);
+        if let Err(e) = self.db.save_actions(run_id, &self.journal) {
             tracing::error!("cannot journal finished tasks: {e:#}");
             return;
         }
@@ -1122,7 +1165,7 @@ impl Engine {
                     .prep
                     .pipeline
                     .results
-                    .join(plateflow_worker::exec::label_path(label));
+                    .join(plateflow_contract::labels::label_path(label));
                 for (name, d) in &rt.outputs {
                     let dest = dir.join(name);
                     if ran || !dest.exists() {
@@ -1441,10 +1484,14 @@ fn task_spec(run: &ActiveRun, t: TaskIdx, gpu_ids: Vec<u32>) -> TaskSpec {
     for (name, path, d) in &prep.step_files[task.step as usize] {
         inputs.push(as_file(name, path, d, "file"));
     }
-    if step.reads_plate_map {
-        if let Some((name, path, d)) = &prep.plate_map {
-            inputs.push(as_file(name, path, d, "plate_map"));
-        }
+    // The task's own slice of the plate map, from the store (never the whole file in place).
+    if let Some(d) = &prep.task_plate_map[t as usize] {
+        inputs.push(as_file(
+            &prep.plate_map_name,
+            &PathBuf::new(),
+            d,
+            "plate_map",
+        ));
     }
     let mut upstream = Vec::new();
     for &d in &task.deps {
@@ -1753,6 +1800,7 @@ mod tests {
                     ok: false,
                     error: "exit status 1".into(),
                     stderr_tail: "bad pixel".into(),
+                    transient: true,
                     ..Default::default()
                 }],
             }),
@@ -1769,6 +1817,41 @@ mod tests {
         assert_eq!(failed.len(), 1);
         assert!(
             failed[0].error.contains("attempt 1 of 1") && failed[0].error.contains("bad pixel"),
+            "{}",
+            failed[0].error
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deterministic_refusal_is_not_retried() {
+        let (_dir, h, path) = setup(2, 60_000);
+        let (a, mut rx_a) = connect(&h, "a", 1).await;
+        let run = submit(&h, &path).await;
+        let first = assigned(&mut rx_a).await;
+        h.send(Event::WorkerMsg {
+            worker: a,
+            body: worker_message::Body::Results(TaskResults {
+                results: vec![TaskResult {
+                    task_id: first[0].task_id,
+                    attempt: 1,
+                    ok: false,
+                    error: "plate map has no column `treatment`".into(),
+                    transient: false,
+                    ..Default::default()
+                }],
+            }),
+        });
+        let second = assigned(&mut rx_a).await;
+        assert_ne!(
+            second[0].task_id, first[0].task_id,
+            "a refusal is final even with retries: 2"
+        );
+        succeed(&h, a, &second);
+        let st = final_status(&h, run).await;
+        let failed: Vec<_> = st.tasks.iter().filter(|t| t.state == "failed").collect();
+        assert_eq!(failed.len(), 1);
+        assert!(
+            failed[0].error.contains("not retried"),
             "{}",
             failed[0].error
         );

@@ -87,6 +87,11 @@ pub enum Reason {
     UpstreamChanged(String),
     UpstreamAdded(String),
     UpstreamRemoved(String),
+    /// The task's own rows of the plate map changed (`scope`: `plate=P2`, or all rows).
+    PlateMapRows {
+        scope: String,
+        detail: String,
+    },
     /// The key is unchanged but no intact result is stored for it.
     NoCachedResult,
     CorruptOutput(String),
@@ -114,6 +119,9 @@ impl std::fmt::Display for Reason {
             Reason::UpstreamChanged(o) => write!(f, "upstream output {o} changed"),
             Reason::UpstreamAdded(o) => write!(f, "new upstream output {o}"),
             Reason::UpstreamRemoved(o) => write!(f, "upstream output removed: {o}"),
+            Reason::PlateMapRows { scope, detail } => {
+                write!(f, "plate-map rows of {scope} changed: {detail}")
+            }
             Reason::NoCachedResult => {
                 write!(f, "no stored result for this key (e.g. a new workspace)")
             }
@@ -186,6 +194,59 @@ pub fn why_runs(prev: Option<&KeyParts>, cur: &KeyParts) -> Vec<Reason> {
         out.push(Reason::NoCachedResult);
     }
     out
+}
+
+/// Says what changed in a task's plate-map slice, where both versions can be read (the old
+/// one from the store, where the run that used it put it; `read` returns `None` otherwise).
+pub fn refine_plate_map_reasons(reasons: &mut [Reason], read: impl Fn(&Digest) -> Option<Vec<u8>>) {
+    use plateflow_contract::platemap::PlateMap;
+    for r in reasons.iter_mut() {
+        let Reason::InputChanged { path, from, to } = r else {
+            continue;
+        };
+        let Some(rest) = path.strip_prefix("plate_map:") else {
+            continue;
+        };
+        let scope = match rest.split_once('[') {
+            Some((_, s)) => s.trim_end_matches(']').to_string(),
+            None => "all plates".to_string(),
+        };
+        let parse = |d: &Digest| read(d).and_then(|b| PlateMap::parse("plate map", &b).ok());
+        if let (Some(old), Some(new)) = (parse(from), parse(to)) {
+            *r = Reason::PlateMapRows {
+                scope,
+                detail: PlateMap::describe_change(&old, &new),
+            };
+        }
+    }
+}
+
+/// Whether a task runs: the one decision `plateflow run` and `--dry-run`/`explain` share.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheDecision {
+    /// A stored result with intact outputs: the task is done without running.
+    Hit(crate::db::CachedAction),
+    Run(Vec<Reason>),
+}
+
+/// Decides a task from what is known of it: forced, its stored result (if any) and whether
+/// its outputs are intact (`verify`), and the key parts recorded for it last time (`prev`,
+/// asked for only when the reasons are needed).
+pub fn decide(
+    forced: bool,
+    stored: Option<&crate::db::CachedAction>,
+    verify: impl FnOnce(&crate::db::CachedAction) -> Result<(), String>,
+    prev: impl FnOnce() -> Option<KeyParts>,
+    cur: &KeyParts,
+) -> CacheDecision {
+    if forced {
+        return CacheDecision::Run(vec![Reason::Forced]);
+    }
+    match stored.map(|a| (a, verify(a))) {
+        Some((a, Ok(()))) => CacheDecision::Hit(a.clone()),
+        Some((_, Err(bad))) => CacheDecision::Run(vec![Reason::CorruptOutput(bad)]),
+        None => CacheDecision::Run(why_runs(prev().as_ref(), cur)),
+    }
 }
 
 /// One line for progress and status: the first reasons, and how many more.

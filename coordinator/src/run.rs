@@ -5,7 +5,10 @@ use crate::dataset::{hash_with_cache, Dataset, HashStats};
 use crate::db::Db;
 use crate::key::KeyParts;
 use crate::plan::{expand, Plan, TaskIdx};
+use crate::spec::against_data::DataFacts;
 use crate::spec::{self, Pipeline};
+use plateflow_contract::params::TaskParams;
+use plateflow_contract::platemap::PlateMap;
 use plateflow_store::Digest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +24,13 @@ pub struct PreparedRun {
     pub step_params: Vec<String>,
     /// Each step's `files:` with their digests (name, absolute path, digest).
     pub step_files: Vec<Vec<(String, PathBuf, Digest)>>,
-    pub plate_map: Option<(String, PathBuf, Digest)>,
+    /// The plate map's file name and, per task that reads it, the digest of its slice: the
+    /// header and the rows of the task's own plate (or well), canonical (see
+    /// [`PlateMap::canonical_slice`]); aggregates read every row.
+    pub plate_map_name: String,
+    pub task_plate_map: Vec<Option<Digest>>,
+    /// The slices' bytes, to put in the store before tasks are sent.
+    pub plate_map_blobs: BTreeMap<Digest, Vec<u8>>,
     /// Step names or task labels to run even when cached.
     pub force: Vec<String>,
     pub hash_stats: HashStats,
@@ -44,6 +53,23 @@ impl PreparedRun {
         self.force
             .iter()
             .any(|f| f == step || f == "all" || *f == self.label(t))
+    }
+
+    /// How a task's plate-map slice is named among its key's inputs:
+    /// `plate_map:platemap.csv[plate=P2]` for a per-plate task, the bare name for an aggregate.
+    pub fn plate_map_key_name(&self, t: TaskIdx) -> String {
+        let scope: Vec<String> = self
+            .plan
+            .fields(&self.pipeline, &self.dataset, t)
+            .into_iter()
+            .filter(|(k, _)| k == "plate" || k == "well")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if scope.is_empty() {
+            format!("plate_map:{}", self.plate_map_name)
+        } else {
+            format!("plate_map:{}[{}]", self.plate_map_name, scope.join(","))
+        }
     }
 
     /// The key parts of a task, given the outputs of its upstream tasks.
@@ -77,10 +103,8 @@ impl PreparedRun {
         for (name, _, d) in &self.step_files[task.step as usize] {
             parts.inputs.insert(format!("file:{name}"), d.clone());
         }
-        if step.reads_plate_map {
-            if let Some((name, _, d)) = &self.plate_map {
-                parts.inputs.insert(format!("plate_map:{name}"), d.clone());
-            }
+        if let Some(d) = &self.task_plate_map[t as usize] {
+            parts.inputs.insert(self.plate_map_key_name(t), d.clone());
         }
         for &d in &task.deps {
             let label = self.label(d);
@@ -112,6 +136,61 @@ fn confine(p: &spec::Pipeline, path: &Path, roots: &[PathBuf]) -> anyhow::Result
     crate::security::check_confined(roots, path, paths)
 }
 
+/// Each plate-map-reading task's slice of the plate map (see [`PreparedRun::task_plate_map`]).
+#[allow(clippy::type_complexity)]
+fn slice_plate_map(
+    pipeline: &Pipeline,
+    dataset: &Dataset,
+    plan: &Plan,
+    map: Option<&PlateMap>,
+) -> (String, Vec<Option<Digest>>, BTreeMap<Digest, Vec<u8>>) {
+    let mut per_task = vec![None; plan.len()];
+    let mut blobs = BTreeMap::new();
+    let Some(map) = map else {
+        return (String::new(), per_task, blobs);
+    };
+    let name = map.file.clone();
+    let mut by_scope: BTreeMap<(Option<String>, Option<String>), Digest> = BTreeMap::new();
+    for (t, task) in plan.tasks.iter().enumerate() {
+        if !pipeline.steps[task.step as usize].reads_plate_map {
+            continue;
+        }
+        let fields = plan.fields(pipeline, dataset, t as TaskIdx);
+        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
+        let scope = (get("plate"), get("well"));
+        let d = by_scope.entry(scope.clone()).or_insert_with(|| {
+            let bytes = map.canonical_slice(scope.0.as_deref(), scope.1.as_deref());
+            let d = plateflow_store::hash_bytes(&bytes);
+            blobs.insert(d.clone(), bytes);
+            d
+        });
+        per_task[t] = Some(d.clone());
+    }
+    (name, per_task, blobs)
+}
+
+/// Everything `plateflow validate` can say without hashing: the file itself, then what it
+/// names in its data (plate-map columns, plates). Diagnostics come back as the error.
+pub fn validate(path: &Path) -> anyhow::Result<Pipeline> {
+    let pipeline = spec::load(path)?;
+    let map = read_plate_map(&pipeline)?;
+    if let Some(data) = &pipeline.data {
+        let ds = Dataset::scan(data)?;
+        spec::against_data::check(&pipeline, &DataFacts::of(&ds), map.as_ref())?;
+    }
+    Ok(pipeline)
+}
+
+/// Reads the pipeline's plate map (a parse error names the file and line).
+pub fn read_plate_map(pipeline: &Pipeline) -> anyhow::Result<Option<PlateMap>> {
+    let Some(path) = pipeline.data.as_ref().and_then(|d| d.plate_map.as_ref()) else {
+        return Ok(None);
+    };
+    PlateMap::read(path)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+}
+
 /// Validates and plans a pipeline. Slow parts (hashing) use `threads` threads.
 pub fn prepare(
     id: u64,
@@ -125,6 +204,7 @@ pub fn prepare(
     let t0 = std::time::Instant::now();
     let pipeline = spec::parse(pipeline_path, yaml)?;
     confine(&pipeline, pipeline_path, allowed_roots)?;
+    let plate_map = read_plate_map(&pipeline)?;
     let (dataset, hash_stats) = match &pipeline.data {
         Some(data) => {
             let mut ds = Dataset::scan(data)?;
@@ -156,6 +236,8 @@ pub fn prepare(
                 )?;
             }
             let listed = t0.elapsed();
+            // What the pipeline names in its data, before any file is read.
+            spec::against_data::check(&pipeline, &DataFacts::of(&ds), plate_map.as_ref())?;
             let stats = ds.hash(db, threads)?;
             tracing::info!(
                 files = ds.images.len(),
@@ -169,13 +251,11 @@ pub fn prepare(
         None => (Dataset::default(), HashStats::default()),
     };
     // Step files and the plate map are inputs too: hashed through the same stat cache.
-    let mut extra: Vec<PathBuf> = pipeline
+    let extra: Vec<PathBuf> = pipeline
         .steps
         .iter()
         .flat_map(|s| s.files.iter().map(|(_, p)| p.clone()))
         .collect();
-    let plate_map_path = pipeline.data.as_ref().and_then(|d| d.plate_map.clone());
-    extra.extend(plate_map_path.clone());
     let (digests, _) = hash_with_cache(&extra, db, threads)?;
     let mut digests = digests.into_iter();
     let step_files = pipeline
@@ -188,20 +268,29 @@ pub fn prepare(
                 .collect()
         })
         .collect();
-    let plate_map = plate_map_path.map(|p| {
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        (name, p, digests.next().expect("hashed"))
-    });
     let plan = expand(&pipeline, &dataset)?;
+    let (plate_map_name, task_plate_map, plate_map_blobs) =
+        slice_plate_map(&pipeline, &dataset, &plan, plate_map.as_ref());
     crate::leakage::check(&pipeline, &dataset).map_err(anyhow::Error::msg)?;
     tracing::info!(tasks = plan.len(), planned_by = ?t0.elapsed(), "pipeline planned");
+    // What crosses the wire and enters the key: the typed parameters with their defaults,
+    // the step's name and the channel names (a renamed channel re-runs the image steps).
+    let channels = pipeline
+        .data
+        .as_ref()
+        .map(|d| d.channels.clone())
+        .unwrap_or_default();
     let step_params = pipeline
         .steps
         .iter()
-        .map(|s| serde_json::to_string(&s.params).expect("params serialise"))
+        .map(|s| {
+            TaskParams {
+                params: s.params.clone(),
+                step: s.name.clone(),
+                channels: channels.clone(),
+            }
+            .encode()
+        })
         .collect();
     Ok(PreparedRun {
         id,
@@ -210,7 +299,9 @@ pub fn prepare(
         plan,
         step_params,
         step_files,
-        plate_map,
+        plate_map_name,
+        task_plate_map,
+        plate_map_blobs,
         force,
         hash_stats,
     })

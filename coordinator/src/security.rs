@@ -1,9 +1,9 @@
 //! Who may talk to the coordinator, and over what: the cluster-token check on every gRPC call
 //! and the server's TLS identity (given, or self-signed and kept in the state directory so its
-//! fingerprint survives restarts). The client side lives in `plateflow_worker::access`.
+//! fingerprint survives restarts). The client side lives in `plateflow_access`.
 
 use anyhow::Context as _;
-use plateflow_worker::access::{fingerprint_of, Token, AUTH_HEADER};
+use plateflow_access::{fingerprint_of, Token, AUTH_HEADER};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tonic::{Request, Status};

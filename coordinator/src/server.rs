@@ -158,7 +158,7 @@ impl Coordinator for CoordinatorService {
                 }
             };
             loop {
-                let mut buf = vec![0u8; plateflow_worker::blobs::CHUNK_BYTES];
+                let mut buf = vec![0u8; plateflow_proto::CHUNK_BYTES];
                 match file.read(&mut buf) {
                     Ok(0) => return,
                     Ok(n) => {
@@ -253,8 +253,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let svc = CoordinatorServer::new(CoordinatorService { engine })
-        .max_decoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(plateflow_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(plateflow_proto::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(
         svc,
         crate::security::CheckToken::new(security.token),

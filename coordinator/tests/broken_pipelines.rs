@@ -1,6 +1,8 @@
 //! The corpus of broken pipelines in `tests/broken-pipelines/`: each `NAME.yaml` must fail
 //! validation with exactly the errors listed in `NAME.expect`, one per line, written as
-//! `LINE:COL: text that the message or hint contains`.
+//! `LINE:COL: text that the message or hint contains`. Validation is the file and what it
+//! names in its data (`screen/`: three plates and a plate map); planning a run must refuse
+//! every case too, so none reaches a worker.
 
 use std::path::{Path, PathBuf};
 
@@ -17,8 +19,8 @@ fn every_broken_pipeline_fails_with_the_expected_errors() {
         .collect();
     cases.sort();
     assert!(
-        cases.len() >= 30,
-        "the corpus must hold at least 30 cases, has {}",
+        cases.len() >= 100,
+        "the corpus must hold at least 100 cases, has {}",
         cases.len()
     );
     let mut failures = Vec::new();
@@ -27,13 +29,33 @@ fn every_broken_pipeline_fails_with_the_expected_errors() {
         let expected = std::fs::read_to_string(&expect_path)
             .unwrap_or_else(|_| panic!("{} has no .expect file", case.display()));
         let source = std::fs::read_to_string(case).unwrap();
-        let diags = match plateflow::spec::parse(case, &source) {
+        let _ = source;
+        let diags = match plateflow_coordinator::run::validate(case) {
             Ok(_) => {
                 failures.push(format!("{}: validated, but should fail", case.display()));
                 continue;
             }
-            Err(d) => d.0,
+            Err(e) => match e.downcast::<plateflow_coordinator::spec::diag::Diagnostics>() {
+                Ok(d) => d.0,
+                Err(e) => {
+                    failures.push(format!(
+                        "{}: not a located diagnostic: {e:#}",
+                        case.display()
+                    ));
+                    continue;
+                }
+            },
         };
+        // Planning (what `run` and `submit` do before any task is sent) refuses it too.
+        let state = tempfile::tempdir().unwrap();
+        let mut db = plateflow_coordinator::db::Db::open(&state.path().join("p.db")).unwrap();
+        let yaml = std::fs::read_to_string(case).unwrap();
+        if plateflow_coordinator::run::prepare(1, case, &yaml, vec![], &mut db, 1, &[]).is_ok() {
+            failures.push(format!(
+                "{}: planned, but should be refused",
+                case.display()
+            ));
+        }
         let wanted: Vec<(usize, usize, String)> = expected
             .lines()
             .filter(|l| !l.trim().is_empty())

@@ -8,6 +8,12 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// Largest gRPC message either side accepts (assignments of big plates list many files).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Blob chunk size on the wire: well under the message limit, large enough to stream fast.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
 /// Digests cross the wire as hex plus size; these conversions are the only place that knows.
 impl From<&plateflow_store::Digest> for v1::Digest {
     fn from(d: &plateflow_store::Digest) -> Self {

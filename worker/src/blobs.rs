@@ -1,14 +1,13 @@
 //! Moving blobs over gRPC in chunks: ask which are missing first, then send only those.
 //! Every received blob is verified against its digest before it enters a store.
 
-use crate::access::Client;
 use crate::exec::BlobFetcher;
+use plateflow_access::Client;
 use plateflow_proto::v1::{BlobChunk, DownloadBlobRequest, FindMissingBlobsRequest};
 use plateflow_store::{BlobStore, Digest};
 use std::io::{Read, Write};
 
-/// Chunk size on the wire: well under gRPC's message limit, large enough to stream fast.
-pub const CHUNK_BYTES: usize = 1 << 20;
+pub use plateflow_proto::CHUNK_BYTES;
 
 #[derive(Clone)]
 pub struct GrpcFetcher {

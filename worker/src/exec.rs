@@ -1,7 +1,9 @@
 //! Running one task: materialise its inputs in a scratch directory, run the kind, store the
 //! declared outputs and captured logs as blobs, and report the result.
 
-use crate::placeholders::{expand, shell_quote};
+use plateflow_contract::params::{CommandParams, StepParams, TaskParams};
+use plateflow_contract::placeholders::{expand, shell_quote};
+use plateflow_contract::StepKind;
 use plateflow_proto::v1::{OutputBlob, TaskResult, TaskSpec};
 use plateflow_store::{BlobStore, Digest};
 use std::collections::BTreeMap;
@@ -46,16 +48,31 @@ pub async fn execute<F: BlobFetcher>(
         attempt: spec.attempt,
         ..Default::default()
     };
-    let outcome = match spec.kind.as_str() {
-        "noop" => Ok(CommandOutcome::default()),
-        "command" => run_command(spec, env, fetcher).await,
-        "curate" | "segment" | "features" | "crops" | "train" | "evaluate" | "report" => {
-            run_builtin(spec, env, fetcher, progress).await
-        }
-        other => Err(anyhow::anyhow!(
-            "this worker does not implement step kind `{other}` (plateflow {})",
+    // The parameters are decoded once, here, into the kind's typed struct.
+    let params = match StepKind::from_name(&spec.kind) {
+        Some(kind) => TaskParams::decode(kind, &spec.step, &spec.params_json).map_err(|e| {
+            anyhow::anyhow!(
+                "parameters of step `{}` do not fit this worker's kind `{kind}` (plateflow {}): {e}",
+                spec.step,
+                env!("CARGO_PKG_VERSION")
+            )
+        }),
+        None => Err(anyhow::anyhow!(
+            "this worker does not implement step kind `{}` (plateflow {})",
+            spec.kind,
             env!("CARGO_PKG_VERSION")
         )),
+    };
+    // Errors from here on are I/O on the way (an input that could not be fetched): another
+    // attempt may pass. A parameter that does not decode will not.
+    let decoded = params.is_ok();
+    let outcome = match params {
+        Err(e) => Err(e),
+        Ok(p) => match &p.params {
+            StepParams::Noop(_) => Ok(CommandOutcome::default()),
+            StepParams::Command(c) => run_command(spec, c, env, fetcher).await,
+            _ => run_builtin(spec, p, env, fetcher, progress).await,
+        },
     };
     match outcome {
         Ok(o) => {
@@ -65,10 +82,12 @@ pub async fn execute<F: BlobFetcher>(
             result.stdout = o.stdout.as_ref().map(Into::into);
             result.stderr = o.stderr.as_ref().map(Into::into);
             result.stderr_tail = o.stderr_tail;
+            result.transient = o.transient;
         }
         Err(e) => {
             result.ok = false;
             result.error = format!("{e:#}");
+            result.transient = decoded;
         }
     }
     result.seconds = started.elapsed().as_secs_f64();
@@ -83,40 +102,11 @@ struct CommandOutcome {
     stderr_tail: String,
     /// Set when the command ran but failed (logs are still kept).
     error: Option<String>,
+    /// Whether another attempt might pass (see `TaskResult::transient`).
+    transient: bool,
 }
 
-fn params(spec: &TaskSpec) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
-    match serde_json::from_str(&spec.params_json)? {
-        serde_json::Value::Object(m) => Ok(m),
-        _ => anyhow::bail!("task parameters are not an object"),
-    }
-}
-
-fn string_list(p: &serde_json::Map<String, serde_json::Value>, key: &str) -> Vec<String> {
-    p.get(key)
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A path component that is safe on any filesystem: `seg[plate=P1]` -> `seg/plate=P1`.
-pub fn label_path(label: &str) -> PathBuf {
-    let mut p = PathBuf::new();
-    let (step, rest) = label.split_once('[').unwrap_or((label, ""));
-    p.push(step);
-    for part in rest
-        .trim_end_matches(']')
-        .split(',')
-        .filter(|s| !s.is_empty())
-    {
-        p.push(part.replace(['/', '\\'], "_"));
-    }
-    p
-}
+pub use plateflow_contract::labels::label_path;
 
 async fn place_blob<F: BlobFetcher>(
     env: &ExecEnv,
@@ -229,15 +219,12 @@ pub async fn materialise<F: BlobFetcher>(
 
 async fn run_command<F: BlobFetcher>(
     spec: &TaskSpec,
+    p: &CommandParams,
     env: &ExecEnv,
     fetcher: &F,
 ) -> anyhow::Result<CommandOutcome> {
-    let p = params(spec)?;
-    let template = p
-        .get("run")
-        .and_then(|v| v.as_str())
-        .ok_or_else(|| anyhow::anyhow!("command step without `run`"))?;
-    let outputs = string_list(&p, "outputs");
+    let template = p.run.as_str();
+    let outputs = &p.outputs;
 
     let m = materialise(spec, env, fetcher).await?;
     let work = m.work.clone();
@@ -263,7 +250,7 @@ async fn run_command<F: BlobFetcher>(
     for (step, files) in &upstream_by_step {
         vars.insert(format!("upstream.{step}"), join(files));
     }
-    vars.insert("outputs".into(), join(&outputs));
+    vars.insert("outputs".into(), join(outputs));
     vars.insert("task".into(), shell_quote(&spec.label));
     for (k, v) in &spec.fields {
         vars.insert(k.clone(), shell_quote(v));
@@ -327,9 +314,12 @@ async fn run_command<F: BlobFetcher>(
             None => "killed by a signal".to_string(),
         };
         out.error = Some(format!("command failed ({how}): {script}"));
+        // The user's program: plateflow cannot tell a flaky failure from a lasting one, so
+        // the step's `retries:` apply.
+        out.transient = true;
         return Ok(out);
     }
-    for name in &outputs {
+    for name in outputs {
         let path = work.join(name);
         if !path.is_file() {
             out.error = Some(format!(
@@ -363,13 +353,12 @@ async fn run_command<F: BlobFetcher>(
 /// store everything it wrote under `out/`. Its account of the run is the task's stdout.
 async fn run_builtin<F: BlobFetcher>(
     spec: &TaskSpec,
+    task: TaskParams,
     env: &ExecEnv,
     fetcher: &F,
     progress: Option<ProgressTx>,
 ) -> anyhow::Result<CommandOutcome> {
-    let params = params(spec)?;
     let m = materialise(spec, env, fetcher).await?;
-    let kind = spec.kind.clone();
     let threads = spec
         .resources
         .as_ref()
@@ -381,14 +370,14 @@ async fn run_builtin<F: BlobFetcher>(
             progress,
             work: &m.work,
             out: m.work.join("out"),
-            params: &params,
+            task: &task,
             images: &m.images,
             plate_map: m.plate_map.as_deref(),
             upstream: &m.upstream,
             threads,
             log: String::new(),
         };
-        let result = crate::builtin::run(&kind, &mut ctx).and_then(|()| {
+        let result = crate::builtin::run(&mut ctx).and_then(|()| {
             let mut files = Vec::new();
             collect_files(&ctx.out, &ctx.out, &mut files)?;
             files.sort();

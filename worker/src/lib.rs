@@ -1,12 +1,12 @@
-//! plateflow workers: the registry of step kinds, the execution of one task, and the gRPC
-//! session that receives tasks from a coordinator. Knows nothing of pipelines or planning.
+//! plateflow workers: the execution of one task (its typed parameters from
+//! `plateflow-contract`), and the gRPC session that receives tasks from a coordinator. Knows
+//! nothing of pipelines or planning.
 
-pub mod access;
 pub mod blobs;
 pub mod builtin;
 pub mod exec;
-pub mod kinds;
-pub mod placeholders;
 pub mod session;
 
+/// Reaching the coordinator (token, TLS): its own crate, shared with the CLI and clients.
+pub use plateflow_access as access;
 pub use session::{run_worker, WorkerConfig, MAX_MESSAGE_BYTES};

@@ -1,9 +1,9 @@
 //! The worker's life on the wire: connect, say hello with its resources, run what it is given,
 //! send results back in batches, heartbeat, and reconnect when the coordinator goes away.
 
-use crate::access::{Access, Client};
 use crate::blobs::{upload_missing, GrpcFetcher};
 use crate::exec::{execute, ExecEnv};
+use plateflow_access::{Access, Client};
 use plateflow_proto::v1::{
     coordinator_message, worker_message, Goodbye, Heartbeat, Resources, TaskProgress, TaskResult,
     TaskResults, WorkerHello, WorkerMessage,
@@ -15,8 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Largest gRPC message either side accepts (assignments of big plates list many files).
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+pub use plateflow_proto::MAX_MESSAGE_BYTES;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -78,7 +77,7 @@ pub async fn run_worker(
         let client = match attempt {
             Ok(c) => c,
             // Wrong or missing credentials stay wrong: say so and stop, do not retry.
-            Err(e) if crate::access::is_refusal(&e) => {
+            Err(e) if plateflow_access::is_refusal(&e) => {
                 anyhow::bail!("{e:#} (this worker stops: retrying cannot help)")
             }
             Err(e) => {
@@ -103,7 +102,7 @@ pub async fn run_worker(
         let ended = session(&cfg, &env, client, shutdown.as_mut()).await;
         match ended {
             // Wrong or missing credentials stay wrong: say so and stop, do not retry.
-            Err(e) if crate::access::is_refusal(&e) => {
+            Err(e) if plateflow_access::is_refusal(&e) => {
                 anyhow::bail!(
                     "the coordinator at {} refused this worker: {e:#}",
                     cfg.coordinator
@@ -125,10 +124,12 @@ pub async fn run_worker(
 }
 
 async fn connect(addr: &str, access: &Access) -> anyhow::Result<Client> {
-    Ok(crate::access::connect(addr, access, Duration::from_secs(5))
-        .await?
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    Ok(
+        plateflow_access::connect(addr, access, Duration::from_secs(5))
+            .await?
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
 }
 
 /// One session. Running tasks belong to it: when it ends they are aborted (their processes

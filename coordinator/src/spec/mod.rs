@@ -3,14 +3,17 @@
 //! Validation never stops at the first problem: every error found is reported with its
 //! file:line:column, the offending line and, where a fix is likely, a hint.
 
+pub mod against_data;
 pub mod diag;
 pub mod pattern;
 pub mod yaml;
 
 use diag::{closest, did_you_mean, Diagnostics, Mark, Reporter};
 use pattern::FilePattern;
-use plateflow_worker::kinds::{self, KindInfo, ParamType};
-use plateflow_worker::placeholders::placeholders;
+use plateflow_contract::kinds::{self, KindInfo, ParamType};
+use plateflow_contract::params::{ParamIssue, StepParams};
+use plateflow_contract::placeholders::placeholders;
+pub use plateflow_contract::units::parse_bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use yaml::{Node, Value};
@@ -28,6 +31,8 @@ pub struct Pipeline {
     pub data: Option<DataSpec>,
     /// In dependency order: every step comes after the steps it reads.
     pub steps: Vec<StepSpec>,
+    /// The file's text, for diagnostics found later against the data (plate map, plates).
+    pub source: String,
 }
 
 #[derive(Debug, Clone)]
@@ -37,6 +42,8 @@ pub struct DataSpec {
     pub plate_map: Option<PathBuf>,
     /// Channel field values to names, e.g. `w1: DNA`.
     pub channels: BTreeMap<String, String>,
+    /// Where `plate_map:` is written (for problems found in the plate map).
+    pub plate_map_mark: (Mark, usize),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,20 +59,44 @@ pub struct ResourceSpec {
 #[derive(Debug, Clone)]
 pub struct StepSpec {
     pub name: String,
+    /// Where the step's name is in the file.
+    pub mark: Mark,
     pub kind: &'static KindInfo,
     /// Indices into [`Pipeline::steps`].
     pub after: Vec<usize>,
-    /// Canonical parameters (keys sorted).
-    pub params: serde_json::Map<String, serde_json::Value>,
+    /// The decoded, checked parameters (defaults filled in).
+    pub params: StepParams,
+    /// Where each parameter's value (and each item of a list) is in the file.
+    pub param_marks: BTreeMap<String, ParamMark>,
     /// Fields this step fans out over; empty for an aggregate (one task).
     pub for_each: Vec<String>,
     pub resources: ResourceSpec,
+    /// Where `resources:` is written (the step's name when it is not).
+    pub resources_mark: (Mark, usize),
     /// Extra attempts after a failure or a lost worker.
     pub retries: u32,
     pub reads_images: bool,
     pub reads_plate_map: bool,
     /// Files beside the pipeline hashed into the key and copied into the scratch directory.
     pub files: Vec<(String, PathBuf)>,
+}
+
+/// Where a parameter's value is in the pipeline file, for diagnostics found after parsing.
+#[derive(Debug, Clone, Default)]
+pub struct ParamMark {
+    pub mark: Mark,
+    pub width: usize,
+    /// Each list item's position.
+    pub items: Vec<(Mark, usize)>,
+}
+
+impl ParamMark {
+    /// The position of item `index` of a list, or of the whole value.
+    pub fn at(&self, index: Option<usize>) -> (Mark, usize) {
+        index
+            .and_then(|i| self.items.get(i).copied())
+            .unwrap_or((self.mark, self.width))
+    }
 }
 
 const TOP_KEYS: &[&str] = &["pipeline", "workspace", "results", "data", "steps"];
@@ -79,6 +110,10 @@ const STEP_KEYS: &[&str] = &[
     "retries",
     "inputs",
 ];
+/// Bounds on what a step may ask for: beyond them a number is a typo (and would not fit the
+/// wire's 32 bits).
+const MAX_CPUS: u64 = 4096;
+const MAX_GPUS: u64 = 64;
 const RESOURCE_KEYS: &[&str] = &["cpus", "gpus", "memory"];
 const INPUT_SOURCES: &[&str] = &["images", "plate_map"];
 
@@ -91,6 +126,8 @@ pub fn load(path: &Path) -> Result<Pipeline, anyhow::Error> {
 
 /// Validates pipeline text as if read from `path` (relative paths resolve beside it).
 pub fn parse(path: &Path, source: &str) -> Result<Pipeline, Diagnostics> {
+    // Editors on Windows start UTF-8 files with a byte-order mark: it is not part of a key.
+    let source = source.strip_prefix('\u{feff}').unwrap_or(source);
     let mut r = Reporter::new(path, source);
     let root = match yaml::parse(source) {
         Ok(Some(n)) => n,
@@ -128,7 +165,9 @@ pub fn parse(path: &Path, source: &str) -> Result<Pipeline, Diagnostics> {
     };
     let pipeline = v.pipeline(path, &root);
     v.r.finish()?;
-    Ok(pipeline.expect("no errors means a pipeline"))
+    let mut pipeline = pipeline.expect("no errors means a pipeline");
+    pipeline.source = source.to_string();
+    Ok(pipeline)
 }
 
 struct Validator<'a> {
@@ -263,6 +302,20 @@ impl Validator<'_> {
         }
     }
 
+    fn uint_in(&mut self, node: &Node, what: &str, min: u64, max: u64) -> Option<u64> {
+        let n = self.uint(node, what, min)?;
+        if n > max {
+            self.r.error_hint(
+                node.mark,
+                node.width(),
+                format!("{what}: {n} is more than any node has"),
+                Some(format!("ask for at most {max}")),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
     fn uint(&mut self, node: &Node, what: &str, min: u64) -> Option<u64> {
         let text = self.string(node, what)?;
         match text.trim().parse::<u64>() {
@@ -358,31 +411,6 @@ impl Validator<'_> {
                 None
             }
         };
-        // Image steps read channels by name: the names travel with their parameters, so a
-        // renamed channel changes their cache keys.
-        let mut steps = steps;
-        if let (Some(d), Some(steps)) = (&data, steps.as_mut()) {
-            let names: serde_json::Map<String, serde_json::Value> = d
-                .channels
-                .iter()
-                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-                .collect();
-            for s in steps.iter_mut() {
-                if kinds::uses_channels(s.kind.name) || kinds::describes_model(s.kind.name) {
-                    s.params
-                        .insert("_channels".into(), serde_json::Value::Object(names.clone()));
-                }
-            }
-        }
-        // Models, their cards and reports are named after their step.
-        if let Some(steps) = steps.as_mut() {
-            for s in steps.iter_mut() {
-                if kinds::describes_model(s.kind.name) {
-                    s.params
-                        .insert("_step".into(), serde_json::Value::String(s.name.clone()));
-                }
-            }
-        }
         Some(Pipeline {
             file: std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
             dir: self.dir.clone(),
@@ -391,6 +419,7 @@ impl Validator<'_> {
             results: results?,
             data,
             steps: steps?,
+            source: String::new(),
         })
     }
 
@@ -444,6 +473,9 @@ impl Validator<'_> {
             Some((_, n)) => self.rel_path(n, "`plate_map`", true, false).map(Some),
             None => Some(None),
         };
+        let plate_map_mark = k
+            .get("plate_map")
+            .map_or((key.mark, key.width()), |(_, n)| (n.mark, n.width()));
         let mut channels = BTreeMap::new();
         if let Some((_, n)) = k.get("channels") {
             if self.expect_map(
@@ -468,6 +500,7 @@ impl Validator<'_> {
                 pattern: pattern?,
                 plate_map: plate_map?,
                 channels,
+                plate_map_mark,
             })
         })();
         (spec, fields)
@@ -854,8 +887,7 @@ impl Validator<'_> {
             }),
         };
         let resources = resources.map(|mut r| {
-            r.needs_cuda_build =
-                r.gpus > 0 && kind.is_some_and(|k| matches!(k.name, "train" | "evaluate"));
+            r.needs_cuda_build = r.gpus > 0 && kind.is_some_and(|k| k.kind.gpus_need_cuda_build());
             r
         });
         let retries = match k.get("retries") {
@@ -863,7 +895,7 @@ impl Validator<'_> {
             None => Some(1),
         };
 
-        let (params, files) = match kind.or(guessed_kind) {
+        let (params, files, param_marks) = match kind.or(guessed_kind) {
             Some(check_as) => {
                 let deps: Vec<String> = after_marks
                     .iter()
@@ -877,16 +909,21 @@ impl Validator<'_> {
                 let with = k.get("with").copied();
                 self.params(&ctx, check_as, with, key, &for_each, &deps, &excused)
             }
-            None => (None, vec![]),
+            None => (None, vec![], BTreeMap::new()),
         };
         let step = (|| {
             Some(StepSpec {
                 name: name.to_string(),
+                mark: key.mark,
                 kind: kind?,
                 after,
                 params: params?,
+                param_marks,
                 for_each,
                 resources: resources?,
+                resources_mark: k
+                    .get("resources")
+                    .map_or((key.mark, key.width()), |(_, n)| (n.mark, n.width())),
                 retries: retries?,
                 reads_images,
                 reads_plate_map,
@@ -906,11 +943,11 @@ impl Validator<'_> {
         }
         let k = self.keys(n, RESOURCE_KEYS, "`resources`");
         let cpus = match k.get("cpus") {
-            Some((_, v)) => self.uint(v, "`cpus`", 1).map(|c| c as u32),
+            Some((_, v)) => self.uint_in(v, "`cpus`", 1, MAX_CPUS).map(|c| c as u32),
             None => Some(1),
         };
         let gpus = match k.get("gpus") {
-            Some((_, v)) => self.uint(v, "`gpus`", 0).map(|c| c as u32),
+            Some((_, v)) => self.uint_in(v, "`gpus`", 0, MAX_GPUS).map(|c| c as u32),
             None => Some(0),
         };
         let memory = match k.get("memory") {
@@ -922,7 +959,7 @@ impl Validator<'_> {
                         self.r.error_hint(
                             v.mark,
                             v.width(),
-                            format!("`memory: {text}` is not an amount of memory"),
+                            format!("`memory: {text}` is not an amount of memory a node can have"),
                             Some("write it like `512M`, `4G` or `16GB`".into()),
                         );
                         None
@@ -950,10 +987,12 @@ impl Validator<'_> {
         deps: &[String],
         excused: &[String],
     ) -> (
-        Option<serde_json::Map<String, serde_json::Value>>,
+        Option<StepParams>,
         Vec<(String, PathBuf)>,
+        BTreeMap<String, ParamMark>,
     ) {
         let mut out = serde_json::Map::new();
+        let mut marks = BTreeMap::new();
         let mut ok = true;
         let mut files = Vec::new();
         let mut given: HashMap<String, (&Node, &Node)> = HashMap::new();
@@ -963,7 +1002,7 @@ impl Validator<'_> {
                 None => "write `name: value` lines indented under `with:`".to_string(),
             };
             if !self.expect_map(w, &format!("`with` of {ctx}"), Some(&example)) {
-                return (None, files);
+                return (None, files, marks);
             }
             let known: Vec<&str> = kind.params.iter().map(|p| p.name).collect();
             given = self.keys(
@@ -1015,7 +1054,7 @@ impl Validator<'_> {
             }
         }
         // Kind-specific checks that need locations.
-        if kinds::uses_channels(kind.name) {
+        if kind.kind.uses_channels() {
             if let Some(names) = self.channel_names.clone() {
                 for pname in ["nuclei", "cells", "channels", "translocation"] {
                     let Some((_, v)) = given.get(pname) else {
@@ -1066,7 +1105,7 @@ impl Validator<'_> {
                 }
             }
         }
-        if kind.name == "command" {
+        if kind.kind == kinds::StepKind::Command {
             if let Some((_, v)) = given.get("outputs") {
                 if let Value::Seq(items) = &v.value {
                     let mut seen = Vec::new();
@@ -1100,7 +1139,72 @@ impl Validator<'_> {
                 }
             }
         }
-        (ok.then_some(out), files)
+        for (name, (_, v)) in &given {
+            let items = match &v.value {
+                Value::Seq(items) => items.iter().map(|i| (i.mark, i.width())).collect(),
+                _ => Vec::new(),
+            };
+            marks.insert(
+                name.clone(),
+                ParamMark {
+                    mark: v.mark,
+                    width: v.width(),
+                    items,
+                },
+            );
+        }
+        // The typed contract: choices, ranges and combinations, each at its own line.
+        let params = if ok {
+            match StepParams::decode(kind.kind, out) {
+                Ok(p) => Some(p),
+                Err(issues) => {
+                    let at = with.map_or(step_key, |(wk, _)| wk);
+                    for issue in issues {
+                        self.param_issue(ctx, kind, &issue, &given, at);
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        (params, files, marks)
+    }
+
+    /// Reports a problem the typed parameters found, at the value (or list item) at fault,
+    /// with a "did you mean" for a misspelt choice.
+    fn param_issue(
+        &mut self,
+        ctx: &str,
+        kind: &KindInfo,
+        issue: &ParamIssue,
+        given: &HashMap<String, (&Node, &Node)>,
+        fallback: &Node,
+    ) {
+        let (mark, width, found) = match given.get(&issue.field) {
+            Some((_, v)) => {
+                let node = match (&v.value, issue.index) {
+                    (Value::Seq(items), Some(i)) if i < items.len() => &items[i],
+                    _ => *v,
+                };
+                (node.mark, node.width(), node.as_str().map(str::to_string))
+            }
+            None => (fallback.mark, fallback.width(), None),
+        };
+        let mut hint = issue.hint.clone();
+        if let (Some(choices), Some(found)) = (
+            hint.as_deref()
+                .and_then(|h| h.strip_prefix("choose one of: ")),
+            &found,
+        ) {
+            let choices: Vec<&str> = choices.split(", ").collect();
+            if let Some(h) = did_you_mean(found, choices.iter().copied()) {
+                hint = Some(format!("{h} (choices: {})", choices.join(", ")));
+            }
+        }
+        let _ = kind;
+        self.r
+            .error_hint(mark, width, format!("{ctx}: {}", issue.message), hint);
     }
 
     /// `deps`: the steps in `after:`; `excused`: placeholders not to report because an error
@@ -1268,36 +1372,9 @@ fn typed_value(v: &Node, ty: ParamType) -> Result<serde_json::Value, String> {
     }
 }
 
-/// `512M`, `4G`, `16GB`, `1.5GiB`, or a plain number of bytes.
-pub fn parse_bytes(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let num: f64 = num.parse().ok()?;
-    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1.0,
-        "K" | "KB" | "KIB" => 1024.0,
-        "M" | "MB" | "MIB" => 1024.0 * 1024.0,
-        "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
-        "T" | "TB" | "TIB" => 1024.0f64.powi(4),
-        _ => return None,
-    };
-    Some((num * mult) as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_amounts() {
-        assert_eq!(parse_bytes("4G"), Some(4 << 30));
-        assert_eq!(parse_bytes("512 MB"), Some(512 << 20));
-        assert_eq!(parse_bytes("1000"), Some(1000));
-        assert_eq!(parse_bytes("4 gigs"), None);
-    }
 
     #[test]
     fn steps_come_in_dependency_order() {

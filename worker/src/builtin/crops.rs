@@ -15,6 +15,7 @@
 
 use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
+use plateflow_contract::params::CropsParams;
 use plateflow_imaging::read_image;
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
@@ -142,19 +143,15 @@ fn crop_feature_row(cut: &Cut, channels: &[String], size: usize, depth: u8) -> V
         .collect()
 }
 
-pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
-    let size = ctx.f64_param("size").unwrap_or(64.0) as usize;
-    anyhow::ensure!(
-        (8..=1024).contains(&size),
-        "`size: {size}` is out of range: crops are 8 to 1024 pixels wide"
-    );
-    let whole = ctx.bool_param("whole_image").unwrap_or(false);
+pub fn run(ctx: &mut Context, params: &CropsParams) -> anyhow::Result<()> {
+    let size = params.size as usize;
+    let whole = params.whole_image;
     let sets = ctx.image_sets()?;
     let all: Vec<String> = sets
         .first()
         .map(|s| s.channels.keys().cloned().collect())
         .unwrap_or_default();
-    let channels = ctx.list_param("channels").unwrap_or(all);
+    let channels = params.channels.clone().unwrap_or(all);
     let mut nuclei: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (name, path) in ctx.upstream_files(|n| n.ends_with("_nuclei.tif")) {
         let key = name
@@ -181,15 +178,16 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         .collect();
     let map = ctx.plate_map()?;
     // The label: a filename field (`{class}/...`) or a plate-map column.
-    let label_field = ctx
-        .str_param("label")
+    let label_field = params
+        .label
+        .as_deref()
         .filter(|l| {
             sets.first()
                 .is_some_and(|s| s.meta.iter().any(|(k, _)| k == l))
         })
         .map(str::to_string);
     let label_col = match (&map, &label_field) {
-        (Some(m), None) => m.label_column(ctx.str_param("label"))?,
+        (Some(m), None) => m.label_column(params.label.as_deref())?,
         _ => None,
     };
     let feature_names: Vec<String> = if whole {
@@ -207,7 +205,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     let mut cells_header = vec!["ImageSet".to_string()];
     cells_header.extend(super::metadata_columns(&sets));
     // A label from the plate map gets its own column (a filename field already has one).
-    let label_column_name = super::metadata_column(ctx.str_param("label").unwrap_or("label"));
+    let label_column_name = super::metadata_column(params.label.as_deref().unwrap_or("label"));
     if label_field.is_none() {
         cells_header.push(label_column_name.clone());
     }

@@ -5,9 +5,10 @@
 //! Also label QC against the plate map, Z′ of the QC metrics between controls, and one SVG
 //! plate heat map per metric and channel.
 
-use super::platemap::{control_of, Control, PlateMap};
 use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
+use plateflow_contract::params::CurateParams;
+use plateflow_contract::platemap::{control_of, Control, PlateMap};
 use plateflow_imaging::heatmap::{plate_heatmap_svg, plate_shape};
 use plateflow_imaging::qc::{measure, median, robust_z, rough_object_count, z_prime};
 use plateflow_imaging::read_image;
@@ -51,9 +52,9 @@ fn measure_image(set: &ImageSet, channel: &str) -> anyhow::Result<([f64; 9], f64
     Ok((values, q.percent_min))
 }
 
-pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
-    let t = ctx.f64_param("z_threshold").unwrap_or(3.5);
-    let sat_limit = ctx.f64_param("saturation_percent").unwrap_or(1.0);
+pub fn run(ctx: &mut Context, params: &CurateParams) -> anyhow::Result<()> {
+    let t = params.z_threshold;
+    let sat_limit = params.saturation_percent;
     let sets = ctx.image_sets()?;
     let jobs: Vec<(usize, String)> = sets
         .iter()
@@ -310,7 +311,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             ]);
             label_notes += 1;
         }
-        if let Some(col) = map.label_column(ctx.str_param("label"))? {
+        if let Some(col) = map.label_column(params.label.as_deref())? {
             for plate in &plates {
                 let mut balance: BTreeMap<String, usize> = BTreeMap::new();
                 for (p, w) in image_wells.iter().filter(|(p, _)| p == plate) {
@@ -327,7 +328,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             }
         }
         ctx.write_output("label_qc.csv", &lq.into_bytes())?;
-        zprime_of_metrics(ctx, map, &per_well)?;
+        zprime_of_metrics(ctx, params.controls.as_deref(), map, &per_well)?;
     }
 
     let n_images = rows.len();
@@ -347,10 +348,11 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
 /// Z′ of each QC metric's per-well median between positive and negative control wells.
 fn zprime_of_metrics(
     ctx: &Context,
+    controls: Option<&str>,
     map: &PlateMap,
     per_well: &BTreeMap<(String, String, String), Vec<Vec<f64>>>,
 ) -> anyhow::Result<()> {
-    let Some(col) = map.control_column(ctx.str_param("controls"))? else {
+    let Some(col) = map.control_column(controls)? else {
         return Ok(());
     };
     let mut t = Table::new(&[

@@ -10,6 +10,7 @@ use super::fitting::Fitted;
 use super::samples::{self, Data};
 use super::{scoring, Context};
 use anyhow::Context as _;
+use plateflow_contract::params::EvaluateParams;
 use plateflow_learn::metrics::{
     apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error, Confusion,
 };
@@ -19,8 +20,8 @@ use std::path::PathBuf;
 
 /// The model's weights and sidecar: from `model:` (a path among `files:`) or an upstream
 /// `train` task.
-fn find_model(ctx: &Context) -> anyhow::Result<(PathBuf, PathBuf)> {
-    if let Some(rel) = ctx.str_param("model") {
+fn find_model(ctx: &Context, params: &EvaluateParams) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if let Some(rel) = &params.model {
         let weights = ctx.work.join(rel);
         let sidecar = weights.with_file_name("model.json");
         anyhow::ensure!(
@@ -46,8 +47,8 @@ fn find_model(ctx: &Context) -> anyhow::Result<(PathBuf, PathBuf)> {
     }
 }
 
-pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
-    let (weights, sidecar_path) = find_model(ctx)?;
+pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
+    let (weights, sidecar_path) = find_model(ctx, params)?;
     let sidecar: serde_json::Value = serde_json::from_slice(
         &std::fs::read(&sidecar_path)
             .with_context(|| format!("reading {}", sidecar_path.display()))?,
@@ -62,8 +63,9 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         .filter_map(|c| c.as_str().map(str::to_string))
         .collect();
     let group_by = sidecar["group_by"].as_str().unwrap_or("plate").to_string();
-    let label = ctx
-        .str_param("label")
+    let label = params
+        .label
+        .as_deref()
         .or(sidecar["label"].as_str())
         .unwrap_or("phenotype")
         .to_string();
@@ -104,7 +106,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     };
     // Which plates: those named, else every plate the model did not train on.
     let present: BTreeSet<String> = d.groups.iter().cloned().collect();
-    let chosen: BTreeSet<String> = match ctx.list_param("plates") {
+    let chosen: BTreeSet<String> = match params.plates.clone() {
         Some(list) => {
             for p in &list {
                 anyhow::ensure!(

@@ -6,9 +6,10 @@
 //! Image sets are processed a few at a time and written as they finish, so memory holds one
 //! well's objects, not a plate's.
 
-use super::platemap::{control_of, Control, PlateMap};
 use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
+use plateflow_contract::params::{FeaturesParams, WellNormalize};
+use plateflow_contract::platemap::{control_of, Control, PlateMap};
 use plateflow_imaging::features::{
     haralick_features, intensity_features, shape_features, subtract_labels, HARALICK_NAMES,
     ZERNIKE_NAMES,
@@ -224,14 +225,14 @@ impl WellAcc {
     }
 }
 
-pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
+pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
     let sets = ctx.image_sets()?;
     let all_channels: Vec<String> = sets
         .first()
         .map(|s| s.channels.keys().cloned().collect())
         .unwrap_or_default();
-    let channels = ctx.list_param("channels").unwrap_or(all_channels);
-    let translocation = ctx.list_param("translocation").unwrap_or_default();
+    let channels = params.channels.clone().unwrap_or(all_channels);
+    let translocation = params.translocation.clone();
     for ch in &translocation {
         anyhow::ensure!(
             channels.contains(ch),
@@ -241,11 +242,8 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     }
     let s = Settings {
         channels,
-        scale: ctx.f64_param("texture_scale").unwrap_or(3.0).max(1.0) as u32,
-        levels: ctx
-            .f64_param("texture_levels")
-            .unwrap_or(32.0)
-            .clamp(2.0, 256.0) as u32,
+        scale: params.texture_scale,
+        levels: params.texture_levels,
         translocation,
     };
     // Label images from the upstream `segment` tasks, by image set.
@@ -401,19 +399,14 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         &well_rows(&|i| wells[i].3.clone()).into_bytes(),
     )?;
 
-    let controls = control_wells(ctx, map.as_ref(), &wells)?;
-    match ctx.str_param("normalize").unwrap_or("none") {
-        "none" => {}
-        how @ ("controls" | "all") => {
-            let normalized = normalize(&wells, &controls, how == "controls")?;
-            ctx.write_output(
-                "wells_normalized.csv",
-                &well_rows(&|i| normalized[i].clone()).into_bytes(),
-            )?;
-        }
-        other => {
-            anyhow::bail!("`normalize: {other}` is not known: use `none`, `controls` or `all`")
-        }
+    let controls = control_wells(params.controls.as_deref(), map.as_ref(), &wells)?;
+    if params.normalize != WellNormalize::None {
+        let against_controls = params.normalize == WellNormalize::Controls;
+        let normalized = normalize(&wells, &controls, against_controls)?;
+        ctx.write_output(
+            "wells_normalized.csv",
+            &well_rows(&|i| normalized[i].clone()).into_bytes(),
+        )?;
     }
     // Z′ of every per-well feature, best first: which readouts separate the controls.
     let (pos, neg): (Vec<usize>, Vec<usize>) = (
@@ -479,14 +472,14 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
 
 /// Each well's control role from the plate map (none without a map or a control column).
 fn control_wells(
-    ctx: &Context,
+    controls: Option<&str>,
     map: Option<&PlateMap>,
     wells: &[(String, String, usize, Vec<f64>)],
 ) -> anyhow::Result<Vec<Option<Control>>> {
     let Some(map) = map else {
         return Ok(vec![None; wells.len()]);
     };
-    let Some(col) = map.control_column(ctx.str_param("controls"))? else {
+    let Some(col) = map.control_column(controls)? else {
         return Ok(vec![None; wells.len()]);
     };
     Ok(wells

@@ -6,8 +6,9 @@
 //! Conventions shared by the steps:
 //! - An *image set* is the images of one field of view: every pattern field but `channel`
 //!   (plate, well, site, …) is equal. Its key (`P1_A01_1`) names its output files.
-//! - Channel names come from the pipeline's `data.channels` (the coordinator passes them as
-//!   the `_channels` parameter, so renaming a channel changes the cache key).
+//! - Parameters arrive typed ([`TaskParams`]: decoded once, defaults filled in); each step's
+//!   `run` takes its own parameter struct. Channel names come from the pipeline's
+//!   `data.channels` and travel with them (so renaming a channel changes the cache key).
 //! - Outputs are the files a step writes under `out/`; their paths there are their names.
 
 pub mod card;
@@ -17,7 +18,7 @@ pub mod evaluate;
 pub mod features;
 pub mod fitting;
 pub mod interpretation;
-pub mod platemap;
+pub use plateflow_contract::platemap;
 pub mod report;
 pub mod samples;
 pub mod scoring;
@@ -25,7 +26,7 @@ pub mod segment;
 pub mod train;
 
 use anyhow::Context as _;
-use serde_json::{Map, Value};
+use plateflow_contract::params::{StepParams, TaskParams};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,8 @@ pub struct Context<'a> {
     pub work: &'a Path,
     /// Everything written here is stored as an output.
     pub out: PathBuf,
-    pub params: &'a Map<String, Value>,
+    /// The task's typed parameters, its step's name and the channel names.
+    pub task: &'a TaskParams,
     /// Images: path relative to `work`, pattern fields.
     pub images: &'a [(String, BTreeMap<String, String>)],
     pub plate_map: Option<&'a Path>,
@@ -55,34 +57,9 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    pub fn str_param(&self, name: &str) -> Option<&str> {
-        self.params.get(name).and_then(Value::as_str)
-    }
-    pub fn f64_param(&self, name: &str) -> Option<f64> {
-        self.params.get(name).and_then(Value::as_f64)
-    }
-    pub fn bool_param(&self, name: &str) -> Option<bool> {
-        self.params.get(name).and_then(Value::as_bool)
-    }
-    pub fn list_param(&self, name: &str) -> Option<Vec<String>> {
-        self.params.get(name).and_then(Value::as_array).map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-    }
-
     /// Channel field value → name, from the pipeline's `data.channels`.
-    fn channel_names(&self) -> BTreeMap<String, String> {
-        self.params
-            .get("_channels")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                    .collect()
-            })
-            .unwrap_or_default()
+    fn channel_names(&self) -> &BTreeMap<String, String> {
+        &self.task.channels
     }
 
     /// The task's images grouped into image sets, in a stable order.
@@ -364,17 +341,18 @@ pub fn num(v: f64) -> String {
 }
 
 /// Runs a built-in kind. Errors name the file or parameter at fault.
-pub fn run(kind: &str, ctx: &mut Context) -> anyhow::Result<()> {
+pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     std::fs::create_dir_all(&ctx.out)?;
-    match kind {
-        "curate" => curate::run(ctx),
-        "segment" => segment::run(ctx),
-        "features" => features::run(ctx),
-        "crops" => crops::run(ctx),
-        "train" => train::run(ctx),
-        "evaluate" => evaluate::run(ctx),
-        "report" => report::run(ctx),
-        other => anyhow::bail!("`{other}` is not a built-in image step"),
+    let task = ctx.task;
+    match &task.params {
+        StepParams::Curate(p) => curate::run(ctx, p),
+        StepParams::Segment(p) => segment::run(ctx, p),
+        StepParams::Features(p) => features::run(ctx, p),
+        StepParams::Crops(p) => crops::run(ctx, p),
+        StepParams::Train(p) => train::run(ctx, p),
+        StepParams::Evaluate(p) => evaluate::run(ctx, p),
+        StepParams::Report(p) => report::run(ctx, p),
+        other => anyhow::bail!("`{}` is not a built-in step", other.kind()),
     }
 }
 
@@ -430,12 +408,18 @@ mod tests {
                 (format!("inputs/Channel{c}-01-A-01.tif"), f)
             })
             .collect();
-        let params: Map<String, Value> =
-            serde_json::from_str(r#"{"_channels": {"1": "GFP", "2": "DNA"}}"#).unwrap();
+        let task = TaskParams {
+            params: StepParams::Noop(Default::default()),
+            step: "s".into(),
+            channels: [("1", "GFP"), ("2", "DNA")]
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        };
         let ctx = Context {
             work: Path::new("/w"),
             out: PathBuf::from("/w/out"),
-            params: &params,
+            task: &task,
             images: &images,
             plate_map: None,
             upstream: &[],

@@ -6,6 +6,7 @@
 
 use super::Context;
 use anyhow::Context as _;
+use plateflow_contract::params::ReportParams;
 use plateflow_report::{
     Coefficient, Curve, Exclusion, GroupScore, Metric, ModelSection, PngFigure, QcSummary,
     Reliability, ReliabilityBin, Report, SvgFigure,
@@ -312,7 +313,7 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
     Ok(Some(s))
 }
 
-pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
+pub fn run(ctx: &mut Context, params: &ReportParams) -> anyhow::Result<()> {
     let mut tasks: BTreeMap<String, Outputs> = BTreeMap::new();
     for (task, name, rel) in ctx.upstream {
         tasks
@@ -324,15 +325,15 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         !tasks.is_empty(),
         "`report` has nothing to show: put the `curate`, `train` and `evaluate` steps in `after:`"
     );
-    let title = ctx
-        .str_param("title")
-        .map(str::to_string)
+    let title = params
+        .title
+        .clone()
         .unwrap_or_else(|| "plateflow run report".into());
     let mut report = Report {
         title,
         subtitle: format!(
             "step `{}`, plateflow {}",
-            ctx.str_param("_step").unwrap_or("report"),
+            ctx.task.step,
             env!("CARGO_PKG_VERSION")
         ),
         qc: qc_summary(&tasks)?,

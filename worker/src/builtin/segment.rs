@@ -2,8 +2,9 @@
 //! ring), saved as 16-bit label TIFFs (they open in Fiji and napari) with an object table.
 
 use super::{num, parallel_map, Context, ImageSet, Table};
+use plateflow_contract::params::{self as contract, SegmentParams};
 use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
-use plateflow_imaging::segment::{segment_nuclei, Labels, SegmentParams};
+use plateflow_imaging::segment::{segment_nuclei, Labels};
 use plateflow_imaging::{read_image, write::write_tiff_u16};
 use std::path::Path;
 
@@ -14,15 +15,15 @@ pub struct SetResult {
 }
 
 /// The library call with the step's parameters: nuclei, then cells.
-pub fn segment_set(ctx: &Context, set: &ImageSet) -> anyhow::Result<SetResult> {
-    let dna = read_image(set.channel(nuclei_channel(ctx)?)?)?;
-    let params = SegmentParams {
-        sigma: ctx.f64_param("sigma").or(SegmentParams::default().sigma),
-        radius: ctx.f64_param("diameter").map(|d| d / 2.0),
-        ..SegmentParams::default()
+pub fn segment_set(p: &SegmentParams, set: &ImageSet) -> anyhow::Result<SetResult> {
+    let dna = read_image(set.channel(&p.nuclei)?)?;
+    let params = plateflow_imaging::segment::SegmentParams {
+        sigma: Some(p.sigma),
+        radius: p.diameter.map(|d| d / 2.0),
+        ..Default::default()
     };
     let nuclei = segment_nuclei(&dna, &params);
-    let cell_img = match ctx.str_param("cells") {
+    let cell_img = match &p.cells {
         Some(ch) => Some(read_image(set.channel(ch)?)?),
         None => None,
     };
@@ -38,23 +39,14 @@ pub fn segment_set(ctx: &Context, set: &ImageSet) -> anyhow::Result<SetResult> {
         );
     }
     // Without a cell channel, or when asked, the cytoplasm is a ring around the nucleus.
-    let ring = CellMethod::Ring {
-        width: ctx
-            .f64_param("ring_width")
-            .unwrap_or_else(|| typical_radius(&nuclei)),
-    };
-    let method = match ctx.str_param("cell_method") {
-        Some("ring") => ring,
-        _ if cell_img.is_none() => ring,
-        _ => CellMethod::default(),
+    let method = match (p.cell_method(), &cell_img) {
+        (contract::CellMethod::Propagate, Some(_)) => CellMethod::default(),
+        _ => CellMethod::Ring {
+            width: p.ring_width.unwrap_or_else(|| typical_radius(&nuclei)),
+        },
     };
     let cells = segment_cells(&nuclei, cell_img.as_ref(), method);
     Ok(SetResult { nuclei, cells })
-}
-
-pub fn nuclei_channel<'a>(ctx: &'a Context) -> anyhow::Result<&'a str> {
-    ctx.str_param("nuclei")
-        .ok_or_else(|| anyhow::anyhow!("`segment` needs `nuclei:`, the channel that shows DNA"))
 }
 
 pub fn write_labels(path: &Path, labels: &Labels) -> anyhow::Result<()> {
@@ -93,19 +85,18 @@ fn objects(labels: &Labels) -> Vec<(usize, f64, f64, bool)> {
         .collect()
 }
 
-pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
-    nuclei_channel(ctx)?;
+pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
     let sets = ctx.image_sets()?;
     let excluded = ctx.exclusions()?;
     let todo: Vec<&ImageSet> = sets
         .iter()
         .filter(|s| !excluded.contains_key(&s.key))
         .collect();
-    let save = ctx.bool_param("save_labels").unwrap_or(true);
+    let save = p.save_labels;
     let out = ctx.out.clone();
     let shared: &Context = ctx;
     let results = parallel_map(&todo, shared.threads, |set| {
-        let r = segment_set(shared, set)?;
+        let r = segment_set(p, set)?;
         if save {
             write_labels(
                 &out.join(format!("labels/{}_nuclei.tif", set.key)),

@@ -15,6 +15,7 @@ use super::fitting::{self, Fitted, Settings};
 use super::samples::{self, Data};
 use super::{card, interpretation, num, scoring, Context, Table};
 use anyhow::Context as _;
+use plateflow_contract::params::{ModelKind, StopOn, TrainNormalize, TrainParams};
 use plateflow_learn::metrics::{
     apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error,
     fit_temperature_across_groups, nll, Confusion,
@@ -163,20 +164,15 @@ fn family_and_channel(name: &str) -> (String, String) {
     (family, channel.to_string())
 }
 
-pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
-    let model_kind = ctx.str_param("model").unwrap_or("logistic").to_string();
-    let label = ctx.str_param("label").unwrap_or("phenotype").to_string();
-    let group_by = ctx.str_param("group_by").unwrap_or("plate").to_string();
-    let seed = ctx.f64_param("seed").unwrap_or(0.0) as u64;
-    let split = ctx.str_param("split").unwrap_or("group").to_string();
-    let leaky = match split.as_str() {
-        "group" => false,
-        "random" if ctx.bool_param("allow_leaky_split") == Some(true) => true,
-        "random" => anyhow::bail!("`split: random` puts cells of one plate on both sides of every fold (leaky): add `allow_leaky_split: true` to accept that, or use `split: group`"),
-        other => anyhow::bail!("`split: {other}` is not known: use `group` (default) or `random`"),
-    };
-    let holdout: Vec<String> = ctx.list_param("holdout").unwrap_or_default();
-    let warm_start = match ctx.str_param("init") {
+pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
+    // Choices, ranges and combinations were checked when the pipeline was validated.
+    let model_kind = params.model.name().to_string();
+    let label = params.label.clone();
+    let group_by = params.group_by.clone();
+    let seed = params.seed;
+    let leaky = params.leaky();
+    let holdout: Vec<String> = params.holdout.clone();
+    let warm_start = match &params.init {
         Some(rel) => {
             let path = ctx.work.join(rel);
             anyhow::ensure!(
@@ -185,30 +181,25 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             );
             Some(WarmStart {
                 weights: path,
-                freeze_features: ctx.bool_param("freeze_features").unwrap_or(false),
+                freeze_features: params.freeze_features,
             })
         }
         None => None,
     };
-    anyhow::ensure!(
-        warm_start.is_none() || model_kind == "cnn",
-        "`init:` (transfer learning) applies to `model: cnn` only"
-    );
     let settings = Settings {
         model: model_kind.clone(),
-        epochs: ctx.f64_param("epochs").map(|e| e as usize),
+        epochs: params.epochs.map(|e| e as usize),
         seed,
-        width: ctx.f64_param("width").unwrap_or(16.0) as usize,
-        refit: ctx.bool_param("refit").unwrap_or(true),
-        scale_jitter: ctx.f64_param("scale_jitter").unwrap_or(0.0).clamp(0.0, 0.5),
-        stop_on: match ctx.str_param("stop_on").unwrap_or("f1") {
-            "f1" => plateflow_learn::train::StopOn::WeightedF1,
-            "loss" => plateflow_learn::train::StopOn::Loss,
-            other => anyhow::bail!("`stop_on: {other}`: use `f1` (default) or `loss`"),
+        width: params.width as usize,
+        refit: params.refit,
+        scale_jitter: params.scale_jitter,
+        stop_on: match params.stop_on {
+            StopOn::F1 => plateflow_learn::train::StopOn::WeightedF1,
+            StopOn::Loss => plateflow_learn::train::StopOn::Loss,
         },
-        tta: ctx.bool_param("tta").unwrap_or(true),
+        tta: params.tta,
         progress: Default::default(),
-        depth: ctx.f64_param("depth").unwrap_or(3.0) as usize,
+        depth: params.depth as usize,
         warm_start: warm_start.clone(),
         device: if model_kind == "cnn" {
             ctx.device()
@@ -220,10 +211,9 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         "fitting on {}",
         plateflow_learn::device::describe(&settings.device)
     ));
-    let mut d = match model_kind.as_str() {
-        "logistic" => samples::from_features(ctx, &label, &group_by, None, false)?,
-        "cnn" => samples::from_crops(ctx, &group_by, None, false)?,
-        other => anyhow::bail!("`model: {other}` is not known: use `logistic` or `cnn`"),
+    let mut d = match params.model {
+        ModelKind::Logistic => samples::from_features(ctx, &label, &group_by, None, false)?,
+        ModelKind::Cnn => samples::from_crops(ctx, &group_by, None, false)?,
     };
     let all_groups: BTreeSet<String> = d.groups.iter().cloned().collect();
     for h in &holdout {
@@ -238,16 +228,18 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     d.retain(|i| !held.contains(&groups_before[i]));
     // Normalisation that no plate is fitted on: per plate (logistic features, labels unused)
     // or per crop (CNN pixels); standardisation fitted on training cells comes later.
-    let default = if model_kind == "cnn" { "crop" } else { "plate" };
-    let normalize = ctx.str_param("normalize").unwrap_or(default).to_string();
-    match (normalize.as_str(), model_kind.as_str()) {
-        ("plate", "logistic") => samples::per_group_robust_z(&mut d),
-        ("crop", "cnn") => samples::per_crop_z(&mut d),
-        ("none", _) => {}
-        (other, kind) => anyhow::bail!(
-            "`normalize: {other}` does not apply to `model: {kind}`: use `plate` or `none` for logistic, `crop` or `none` for cnn"
-        ),
+    let normalize = match params.normalize() {
+        TrainNormalize::Plate => {
+            samples::per_group_robust_z(&mut d);
+            "plate"
+        }
+        TrainNormalize::Crop => {
+            samples::per_crop_z(&mut d);
+            "crop"
+        }
+        TrainNormalize::None => "none",
     }
+    .to_string();
     let labels: Vec<usize> = d.labels.iter().map(|l| l.expect("labelled")).collect();
     let n = labels.len();
     let nc = d.classes.len();
@@ -257,7 +249,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         d.classes.join(", ")
     );
     let plates: BTreeSet<&str> = d.groups.iter().map(String::as_str).collect();
-    let k = ctx.f64_param("folds").unwrap_or(5.0) as usize;
+    let k = params.folds as usize;
     let folds = if leaky {
         random_folds(n, k.max(2), seed)
     } else {
@@ -534,7 +526,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     card::write(
         ctx,
         &card::CardInput {
-            name: ctx.str_param("_step").unwrap_or("model"),
+            name: &ctx.task.step,
             model: &model_kind,
             architecture: &architecture,
             classes: &d.classes,
@@ -549,9 +541,9 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
             metrics: &metrics,
             calibration: &metrics["calibration"],
             exclusions,
-            cell_line: ctx.str_param("cell_line"),
-            stains: ctx.list_param("stains").unwrap_or_default(),
-            intended_use: ctx.str_param("intended_use"),
+            cell_line: params.cell_line.as_deref(),
+            stains: params.stains.clone(),
+            intended_use: params.intended_use.as_deref(),
             warm_start: warm_start.map(|w| {
                 format!(
                     "{} ({})",

@@ -1,13 +1,14 @@
 //! The `plateflow` command line: one binary for the laptop (`run`, `demo`) and the cluster
 //! (`coordinator`, `worker`, `submit`, `status`), plus `explain`, `lineage`, `validate`.
 
-use crate::engine::{Engine, EngineConfig, Event};
+use crate::lineage;
 use crate::progress::{self, Progress};
-use crate::security::ServerSecurity;
-use crate::{dryrun, lineage, server, spec};
 use clap::{Args, Parser, Subcommand};
+use plateflow_access::{Access, Client, Token};
+use plateflow_coordinator::engine::{Engine, EngineConfig, Event};
+use plateflow_coordinator::security::ServerSecurity;
+use plateflow_coordinator::{dryrun, server, spec};
 use plateflow_proto::v1::{RunStatus, StatusRequest, SubmitRequest, WatchRequest};
-use plateflow_worker::access::{Access, Client, Token};
 use plateflow_worker::{run_worker, WorkerConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -366,11 +367,12 @@ fn http(addr: &str) -> String {
 fn history_config(
     pipeline: &std::path::Path,
     state: Option<PathBuf>,
-) -> anyhow::Result<crate::engine::EngineConfig> {
+) -> anyhow::Result<plateflow_coordinator::engine::EngineConfig> {
     let text = std::fs::read_to_string(pipeline)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", pipeline.display()))?;
-    let p = crate::spec::parse(pipeline, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cfg = crate::engine::EngineConfig::new(state.unwrap_or(p.workspace));
+    let p =
+        plateflow_coordinator::spec::parse(pipeline, &text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = plateflow_coordinator::engine::EngineConfig::new(state.unwrap_or(p.workspace));
     anyhow::ensure!(
         cfg.db_path().exists(),
         "no runs recorded for {} yet (no {}): run it first",
@@ -426,7 +428,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             })
             .await
         }
-        Command::Validate { pipeline } => match spec::load(&pipeline) {
+        Command::Validate { pipeline } => match plateflow_coordinator::run::validate(&pipeline) {
             Ok(p) => {
                 println!("{}: valid ({} steps)", pipeline.display(), p.steps.len());
                 Ok(0)
@@ -478,7 +480,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             let cfg = history_config(&pipeline, state)?;
             print!(
                 "{}",
-                crate::history::list(&crate::db::Db::open(&cfg.db_path())?)?
+                crate::history::list(&plateflow_coordinator::db::Db::open(&cfg.db_path())?)?
             );
             Ok(0)
         }
@@ -489,15 +491,18 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             state,
         } => {
             let cfg = history_config(&pipeline, state)?;
-            let db = crate::db::Db::open(&cfg.db_path())?;
+            let db = plateflow_coordinator::db::Db::open(&cfg.db_path())?;
             print!("{}", crate::history::compare(&db, &cfg.store_dir(), a, b)?);
             Ok(0)
         }
         Command::Alloc {
             what: AllocCommand::List { state },
         } => {
-            let db = crate::db::Db::open(&state.join("plateflow.db"))?;
-            print!("{}", crate::alloc::render_list(&db.allocations()?));
+            let db = plateflow_coordinator::db::Db::open(&state.join("plateflow.db"))?;
+            print!(
+                "{}",
+                plateflow_coordinator::alloc::render_list(&db.allocations()?)
+            );
             Ok(0)
         }
         Command::Lineage { pipeline, target } => {
@@ -538,9 +543,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                     "status page http://{0}/ and metrics http://{0}/metrics",
                     http.local_addr()?
                 );
-                tokio::spawn(crate::monitor::serve(engine.clone(), http, async {
-                    shutdown_signal().await;
-                }));
+                tokio::spawn(plateflow_coordinator::monitor::serve(
+                    engine.clone(),
+                    http,
+                    async {
+                        shutdown_signal().await;
+                    },
+                ));
             }
             let allocator = match &args.slurm.slurm_partition {
                 Some(_) => Some(tokio::spawn(start_allocator(
@@ -699,16 +708,17 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Kinds => {
-            for k in plateflow_worker::kinds::all_kinds() {
+            for k in plateflow_contract::kinds::all_kinds() {
                 println!("{}@{}: {}", k.name, k.version, k.summary);
+                // Defaults come from the typed parameters: the one place they are set.
+                let defaults = plateflow_contract::StepParams::defaults(k.kind);
                 for p in k.params {
-                    println!(
-                        "    {}{}: {} — {}",
-                        p.name,
-                        if p.required { " (required)" } else { "" },
-                        p.ty.describe(),
-                        p.help
-                    );
+                    let default = match defaults.get(p.name) {
+                        Some(v) => format!(" (default {v})"),
+                        None if p.required => " (required)".to_string(),
+                        None => String::new(),
+                    };
+                    println!("    {}{default}: {} — {}", p.name, p.ty.describe(), p.help);
                 }
             }
             Ok(0)
@@ -717,23 +727,23 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
 }
 
 async fn connect(addr: &str, access: &Access) -> anyhow::Result<Client> {
-    let client = plateflow_worker::access::connect(addr, access, Duration::from_secs(5))
+    let client = plateflow_access::connect(addr, access, Duration::from_secs(5))
         .await
         .map_err(|e| {
-            if plateflow_worker::access::is_refusal(&e) {
+            if plateflow_access::is_refusal(&e) {
                 e
             } else {
                 anyhow::anyhow!("{e:#} (is `plateflow coordinator` running? set --coordinator)")
             }
         })?;
-    Ok(client.max_decoding_message_size(plateflow_worker::MAX_MESSAGE_BYTES))
+    Ok(client.max_decoding_message_size(plateflow_proto::MAX_MESSAGE_BYTES))
 }
 
 /// The Slurm allocator of a standalone coordinator: the job script's worker command line
 /// (this binary, shared filesystem, the token file and TLS pin), then the allocation loop.
 fn start_allocator(
     args: &CoordinatorArgs,
-    engine: crate::engine::EngineHandle,
+    engine: plateflow_coordinator::engine::EngineHandle,
     listening: SocketAddr,
     tls_fingerprint: Option<String>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
@@ -772,7 +782,7 @@ fn start_allocator(
         "--scratch".into(),
         state.join("scratch").join("slurm").display().to_string(),
     ]);
-    let config = crate::slurm::SlurmConfig {
+    let config = plateflow_coordinator::slurm::SlurmConfig {
         partition: sa.slurm_partition.clone().unwrap_or_default(),
         time: sa.slurm_time.clone(),
         nodes: sa.slurm_nodes,
@@ -792,14 +802,18 @@ fn start_allocator(
         config.time,
         config.dir.display()
     );
-    let limits = crate::alloc::Limits {
+    let limits = plateflow_coordinator::alloc::Limits {
         max_allocations: sa.slurm_max_allocations.max(1),
         interval: Duration::from_secs_f64(sa.alloc_interval_s.max(0.1)),
         startup_grace: Duration::from_secs(120),
     };
-    let db = crate::db::Db::open(&state.join("plateflow.db"))?;
-    let allocator =
-        crate::alloc::Allocator::new(crate::slurm::Slurm { config }, limits, engine, db);
+    let db = plateflow_coordinator::db::Db::open(&state.join("plateflow.db"))?;
+    let allocator = plateflow_coordinator::alloc::Allocator::new(
+        plateflow_coordinator::slurm::Slurm { config },
+        limits,
+        engine,
+        db,
+    );
     Ok(allocator.run(async {
         shutdown_signal().await;
     }))
@@ -828,7 +842,7 @@ fn coordinator_security(args: &CoordinatorArgs) -> anyhow::Result<ServerSecurity
         );
         Some(token)
     };
-    let tls = crate::security::tls_identity(
+    let tls = plateflow_coordinator::security::tls_identity(
         args.tls_cert.as_deref(),
         args.tls_key.as_deref(),
         args.tls_self_signed
@@ -894,7 +908,7 @@ fn hostname() -> String {
 
 /// `plateflow run`: the same gRPC path as a cluster, all on loopback.
 pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
-    let pipeline = match spec::load(&args.pipeline) {
+    let pipeline = match plateflow_coordinator::run::validate(&args.pipeline) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");
@@ -937,6 +951,15 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
         .max()
         .unwrap_or(1);
     let cpus = args.cpus.unwrap_or(fair.max(largest));
+    let offer = spec::against_data::LocalOffer {
+        memory_bytes: total_memory().unwrap_or(0),
+        gpus: visible_gpus().len() as u32,
+        cuda_build: cfg!(feature = "cuda"),
+    };
+    if let Err(e) = spec::against_data::fits_local_workers(&pipeline, &offer) {
+        eprintln!("{e}");
+        return Ok(2);
+    }
     if let Some(s) = pipeline.steps.iter().find(|s| s.resources.cpus > cpus) {
         eprintln!(
             "step `{}` asks for {} CPUs but --cpus gives each local worker {cpus}: its tasks \
@@ -1017,7 +1040,7 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
             if !args.quiet {
                 eprintln!(
                     "lock file: {}\nresults:   {}",
-                    crate::lockfile::lock_path(&pipeline.file).display(),
+                    plateflow_coordinator::lockfile::lock_path(&pipeline.file).display(),
                     pipeline.results.display()
                 );
             }

@@ -1,8 +1,8 @@
 //! `plateflow lineage`: from an output back to the input files and parameters that made it,
 //! read from the lock file.
 
-use crate::lockfile::{self, LockFile};
-use plateflow_worker::exec::label_path;
+use plateflow_contract::labels::label_path;
+use plateflow_coordinator::lockfile::{self, LockFile};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -10,8 +10,12 @@ use std::path::Path;
 /// The pipeline, where its lock file is, and the lock file, which must exist.
 fn pipeline_and_lock(
     pipeline_path: &Path,
-) -> anyhow::Result<(crate::spec::Pipeline, std::path::PathBuf, LockFile)> {
-    let pipeline = crate::spec::load(pipeline_path)?;
+) -> anyhow::Result<(
+    plateflow_coordinator::spec::Pipeline,
+    std::path::PathBuf,
+    LockFile,
+)> {
+    let pipeline = plateflow_coordinator::spec::load(pipeline_path)?;
     let lock_path = lockfile::lock_path(&pipeline.file);
     let lock = lockfile::read(&lock_path)?.ok_or_else(|| {
         anyhow::anyhow!(
@@ -46,16 +50,19 @@ pub fn logs(
 ) -> anyhow::Result<Vec<u8>> {
     let (pipeline, lock_path, lock) = pipeline_and_lock(pipeline_path)?;
     let entry = lock.tasks.get(task).ok_or_else(|| {
-        let hint = crate::spec::diag::did_you_mean(task, lock.tasks.keys().map(String::as_str))
-            .unwrap_or_default();
+        let hint = plateflow_coordinator::spec::diag::did_you_mean(
+            task,
+            lock.tasks.keys().map(String::as_str),
+        )
+        .unwrap_or_default();
         anyhow::anyhow!("no task `{task}` in {}. {hint}", lock_path.display())
     })?;
-    let cfg = crate::engine::EngineConfig::new(
+    let cfg = plateflow_coordinator::engine::EngineConfig::new(
         state
             .map(Path::to_path_buf)
             .unwrap_or(pipeline.workspace.clone()),
     );
-    let db = crate::db::Db::open(&cfg.db_path())?;
+    let db = plateflow_coordinator::db::Db::open(&cfg.db_path())?;
     let action = db.action(&entry.key)?.ok_or_else(|| {
         anyhow::anyhow!(
             "no stored result for {task} (key {}) in {}",

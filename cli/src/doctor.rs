@@ -54,7 +54,7 @@ fn nvidia_gpus() -> Option<Vec<String>> {
 pub async fn run(
     store: &Path,
     coordinator: Option<&str>,
-    access: &plateflow_worker::access::Access,
+    access: &plateflow_access::Access,
 ) -> (String, bool) {
     let mut checks = Vec::new();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -131,11 +131,10 @@ pub async fn run(
     });
     if let Some(addr) = coordinator {
         // The whole way a worker would go: TLS as configured, and the token accepted.
-        let reached =
-            plateflow_worker::access::connect(addr, access, std::time::Duration::from_secs(3))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("{e:#}"));
+        let reached = plateflow_access::connect(addr, access, std::time::Duration::from_secs(3))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{e:#}"));
         checks.push(match reached {
             Ok(()) => Check {
                 ok: true,
@@ -144,7 +143,7 @@ pub async fn run(
                     "{addr} answers and accepts this node's credentials ({})",
                     match (&access.token, &access.tls) {
                         (None, _) => "no token",
-                        (Some(_), plateflow_worker::access::Tls::Off) => "token, plain text",
+                        (Some(_), plateflow_access::Tls::Off) => "token, plain text",
                         (Some(_), _) => "token, TLS",
                     }
                 ),
@@ -177,7 +176,7 @@ mod tests {
     #[tokio::test]
     async fn a_writable_store_passes_and_an_absent_coordinator_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let none = plateflow_worker::access::Access::default();
+        let none = plateflow_access::Access::default();
         let (text, _) = run(&dir.path().join("store"), None, &none).await;
         assert!(
             text.contains("ok   store") && text.contains("writable"),

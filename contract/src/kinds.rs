@@ -1,7 +1,76 @@
-//! The registry of step kinds: each kind's name, implementation version and parameter schema.
+//! The registry of step kinds: each kind's name, implementation version and documented
+//! parameters. The parameters' types, defaults, choices and ranges are the typed structs of
+//! [`crate::params`]; the table here gives each its YAML type (how a scalar is read: `0027`
+//! stays a string where a string is meant) and its help text.
 //!
-//! The planner validates `with:` against these schemas and puts the version into every cache
-//! key, so bumping a kind's `version` re-runs exactly the tasks of that kind.
+//! The version goes into every cache key, so bumping a kind's `version` re-runs exactly the
+//! tasks of that kind.
+
+use serde::{Deserialize, Serialize};
+
+/// The step kinds of this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Command,
+    Noop,
+    Curate,
+    Segment,
+    Features,
+    Crops,
+    Train,
+    Evaluate,
+    Report,
+}
+
+impl StepKind {
+    pub fn info(self) -> &'static KindInfo {
+        KINDS
+            .iter()
+            .find(|k| k.kind == self)
+            .expect("every kind is registered")
+    }
+
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    pub fn from_name(name: &str) -> Option<StepKind> {
+        KINDS.iter().find(|k| k.name == name).map(|k| k.kind)
+    }
+
+    /// Kinds that read images through the pipeline's channel names.
+    pub fn uses_channels(self) -> bool {
+        matches!(
+            self,
+            StepKind::Curate | StepKind::Segment | StepKind::Features | StepKind::Crops
+        )
+    }
+
+    /// Kinds that write model cards or reports, which name their step and the channels.
+    pub fn describes_model(self) -> bool {
+        matches!(
+            self,
+            StepKind::Train | StepKind::Evaluate | StepKind::Report
+        )
+    }
+
+    /// Built-in kinds run inside the worker (the image and learning libraries).
+    pub fn is_builtin(self) -> bool {
+        !matches!(self, StepKind::Command | StepKind::Noop)
+    }
+
+    /// Kinds whose GPUs are for Candle: only a worker built with `cuda` can use them.
+    pub fn gpus_need_cuda_build(self) -> bool {
+        matches!(self, StepKind::Train | StepKind::Evaluate)
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// The type a parameter must have in the pipeline file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +105,7 @@ pub struct ParamSpec {
 /// What the planner needs to know about a kind.
 #[derive(Debug, Clone)]
 pub struct KindInfo {
+    pub kind: StepKind,
     pub name: &'static str,
     /// Bump when the implementation changes what it produces.
     pub version: u32,
@@ -221,70 +291,69 @@ const REPORT_PARAMS: &[ParamSpec] = &[p(
 
 static KINDS: &[KindInfo] = &[
     KindInfo {
+        kind: StepKind::Command,
         name: "command",
         version: 1,
         summary: "the user's own program, with placeholders for its inputs and outputs",
         params: COMMAND_PARAMS,
     },
     KindInfo {
+        kind: StepKind::Noop,
         name: "noop",
         version: 1,
         summary: "does nothing; measures the engine's own dispatch overhead",
         params: NOOP_PARAMS,
     },
     KindInfo {
+        kind: StepKind::Curate,
         name: "curate",
         version: 1,
         summary: "image QC: blur, saturation, intensity, rough counts; robust-z flags per plate, exclusion list, heat maps, label QC, Z'",
         params: CURATE_PARAMS,
     },
     KindInfo {
+        kind: StepKind::Segment,
         name: "segment",
         version: 1,
         summary: "nuclei (Otsu + distance watershed, size adapted to the image) and cells; 16-bit label TIFFs and an object table",
         params: SEGMENT_PARAMS,
     },
     KindInfo {
+        kind: StepKind::Features,
         name: "features",
         version: 1,
         summary: "per-object shape, intensity and texture in CellProfiler column names; per-well medians, optional control normalisation, Z'",
         params: FEATURES_PARAMS,
     },
     KindInfo {
+        kind: StepKind::Crops,
         name: "crops",
         version: 2,
         summary: "fixed-size single-cell crops of all channels, one safetensors file per task, with an index table",
         params: CROPS_PARAMS,
     },
     KindInfo {
+        kind: StepKind::Train,
         name: "train",
         version: 12,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
     },
     KindInfo {
+        kind: StepKind::Evaluate,
         name: "evaluate",
         version: 2,
         summary: "a saved model on plates it never saw (holdout or new plates): metrics with plate-bootstrap intervals, per-plate scores, calibration, predictions; refuses training plates",
         params: EVALUATE_PARAMS,
     },
     KindInfo {
+        kind: StepKind::Report,
         name: "report",
         version: 1,
         summary: "one self-contained HTML page from the upstream curate, train and evaluate steps: QC, metrics with intervals, confusion, per-plate scores, learning curves, reliability, coefficients, saliency, montages",
         params: REPORT_PARAMS,
     },
 ];
-
-/// Kinds that read images through the pipeline's channel names.
-pub fn uses_channels(kind: &str) -> bool {
-    matches!(kind, "curate" | "segment" | "features" | "crops")
-}
-
-/// Kinds that write model cards or reports, which name their step and the channels.
-pub fn describes_model(kind: &str) -> bool {
-    matches!(kind, "train" | "evaluate" | "report")
-}
 
 pub fn all_kinds() -> &'static [KindInfo] {
     KINDS

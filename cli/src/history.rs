@@ -4,7 +4,7 @@
 //! interval for the difference from a paired bootstrap over plates (the same cells, scored by
 //! both runs, resampled plate by plate).
 
-use crate::db::{Db, RunModel};
+use plateflow_coordinator::db::{Db, RunModel};
 use plateflow_learn::metrics::{bootstrap_by_group, Confusion};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -3,8 +3,8 @@
 //! name (`plate`/`Metadata_Plate`, `well`/`Metadata_Well`, or `row` + `column`), and well names
 //! are normalised (`A-01`, `a1`, `A01` are the same well).
 
+use crate::wells::{parse_well, well_name};
 use anyhow::Context as _;
-use plateflow_imaging::heatmap::{parse_well, well_name};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -27,6 +27,8 @@ pub struct PlateMap {
     index: HashMap<(Option<String>, String), usize>,
     /// Rows that repeat an earlier (plate, well): (line, first line).
     pub duplicates: Vec<(usize, usize)>,
+    /// Every row as read, duplicates included (what a task's slice is cut from).
+    all_rows: Vec<Row>,
 }
 
 /// A control well's role.
@@ -66,11 +68,18 @@ impl PlateMap {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read the plate map {file}"))?;
+        Self::parse(&file, &bytes)
+    }
+
+    /// Reads plate-map text; `file` names it in messages.
+    pub fn parse(file: &str, bytes: &[u8]) -> anyhow::Result<Self> {
+        let file = file.to_string();
         let mut rdr = csv::ReaderBuilder::new()
             .flexible(false)
             .trim(csv::Trim::All)
-            .from_path(path)
-            .with_context(|| format!("cannot read the plate map {file}"))?;
+            .from_reader(bytes);
         let columns: Vec<String> = rdr
             .headers()
             .with_context(|| format!("plate map {file}: no header line"))?
@@ -117,6 +126,12 @@ impl PlateMap {
             })?;
             let plate = plate_col.map(|p| rec.get(p).unwrap_or("").to_string());
             let key = (plate.clone(), well.clone());
+            map.all_rows.push(Row {
+                plate: plate.clone(),
+                well: well.clone(),
+                values: rec.iter().map(str::to_string).collect(),
+                line,
+            });
             if let Some(&first) = map.index.get(&key) {
                 map.duplicates.push((line, map.rows[first].line));
                 continue;
@@ -130,6 +145,93 @@ impl PlateMap {
             });
         }
         Ok(map)
+    }
+
+    /// The plate-map text a task reads: the header and the rows of one plate (or one well of
+    /// it; `None`: all rows), sorted, so that neither the file's row order nor other plates'
+    /// rows change it. Rows of a map without a plate column apply to every plate. Its digest
+    /// is what a task's cache key holds, so appending a plate's rows re-runs only that plate.
+    pub fn canonical_slice(&self, plate: Option<&str>, well: Option<&str>) -> Vec<u8> {
+        let well = well.map(|w| normalize_well(w).unwrap_or_else(|| w.to_string()));
+        let mut rows: Vec<&Row> = self
+            .all_rows
+            .iter()
+            .filter(|r| match (&r.plate, plate) {
+                (Some(rp), Some(p)) => rp == p,
+                _ => true,
+            })
+            .filter(|r| well.as_ref().is_none_or(|w| &r.well == w))
+            .collect();
+        rows.sort_by(|a, b| (&a.plate, &a.well, &a.values).cmp(&(&b.plate, &b.well, &b.values)));
+        let mut w = csv::Writer::from_writer(Vec::new());
+        // Writing to memory cannot fail.
+        let _ = w.write_record(&self.columns);
+        for r in rows {
+            let _ = w.write_record(&r.values);
+        }
+        w.into_inner().unwrap_or_default()
+    }
+
+    /// What changed between two versions of a slice, in words: `A04: phenotype normal →
+    /// translocated; A05 added`. At most a few changes are named, with a count of the rest.
+    pub fn describe_change(old: &PlateMap, new: &PlateMap) -> String {
+        let key = |r: &Row| match &r.plate {
+            Some(p) => format!("{p} {}", r.well),
+            None => r.well.clone(),
+        };
+        let old_rows: std::collections::BTreeMap<String, &Row> =
+            old.rows.iter().map(|r| (key(r), r)).collect();
+        let new_rows: std::collections::BTreeMap<String, &Row> =
+            new.rows.iter().map(|r| (key(r), r)).collect();
+        let mut changes = Vec::new();
+        if old.columns != new.columns {
+            changes.push(format!(
+                "columns {} → {}",
+                old.columns.join(","),
+                new.columns.join(",")
+            ));
+        }
+        for (k, n) in &new_rows {
+            match old_rows.get(k) {
+                None => changes.push(format!("{k} added")),
+                Some(o) => {
+                    let diffs: Vec<String> = new
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, c)| {
+                            let j = old.column(c)?;
+                            let (a, b) = (o.values.get(j)?, n.values.get(i)?);
+                            (a != b).then(|| format!("{c} {a} → {b}"))
+                        })
+                        .collect();
+                    if !diffs.is_empty() {
+                        changes.push(format!("{k}: {}", diffs.join(", ")));
+                    }
+                }
+            }
+        }
+        for k in old_rows.keys().filter(|k| !new_rows.contains_key(*k)) {
+            changes.push(format!("{k} removed"));
+        }
+        let n = changes.len();
+        if n > 3 {
+            changes.truncate(3);
+            changes.push(format!("and {} more", n - 3));
+        }
+        if changes.is_empty() {
+            "duplicate rows changed".into()
+        } else {
+            changes.join("; ")
+        }
+    }
+
+    /// The plates the map has rows for (empty without a plate column).
+    pub fn plates(&self) -> std::collections::BTreeSet<&str> {
+        self.rows
+            .iter()
+            .filter_map(|r| r.plate.as_deref())
+            .collect()
     }
 
     pub fn has_plate_column(&self) -> bool {
@@ -240,6 +342,42 @@ mod tests {
         assert_eq!(m.columns[c], "SBS_Controls");
         assert_eq!(control_of("-1"), Some(Control::Negative));
         assert_eq!(control_of("0"), None);
+    }
+
+    #[test]
+    fn a_plate_slice_ignores_row_order_and_other_plates() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.csv");
+        std::fs::write(&p, "plate,well,label\nP1,A01,x\nP2,A01,y\nP1,A02,z\n").unwrap();
+        let a = PlateMap::read(&p).unwrap();
+        std::fs::write(
+            &p,
+            "plate,well,label\nP1,A02,z\nP3,A01,new\nP1,A01,x\nP2,A01,changed\n",
+        )
+        .unwrap();
+        let b = PlateMap::read(&p).unwrap();
+        assert_eq!(
+            a.canonical_slice(Some("P1"), None),
+            b.canonical_slice(Some("P1"), None)
+        );
+        assert_ne!(
+            a.canonical_slice(Some("P2"), None),
+            b.canonical_slice(Some("P2"), None)
+        );
+        assert_eq!(
+            String::from_utf8(a.canonical_slice(Some("P1"), Some("A-02"))).unwrap(),
+            "plate,well,label\nP1,A02,z\n"
+        );
+        assert_ne!(a.canonical_slice(None, None), b.canonical_slice(None, None));
+        let (s1, s2) = (
+            a.canonical_slice(Some("P2"), None),
+            b.canonical_slice(Some("P2"), None),
+        );
+        let change = PlateMap::describe_change(
+            &PlateMap::parse("m", &s1).unwrap(),
+            &PlateMap::parse("m", &s2).unwrap(),
+        );
+        assert_eq!(change, "P2 A01: label y → changed");
     }
 
     #[test]

@@ -1,0 +1,58 @@
+//! Amounts of memory as people write them (`512M`, `4G`, `16GB`, `1.5T`).
+
+/// Bytes in an amount of memory; `None` when it is not one or does not fit in 64 bits.
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "KIB" => 1024.0,
+        "M" | "MB" | "MIB" => 1024.0 * 1024.0,
+        "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
+        "T" | "TB" | "TIB" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    let bytes = num * mult;
+    // u64::MAX as f64 rounds up to 2^64, so compare strictly below it.
+    (bytes.is_finite() && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// `16.0 GiB`-style display of a byte count.
+pub fn show_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_amounts() {
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes("4G"), Some(4 << 30));
+        assert_eq!(parse_bytes("16GB"), Some(16 << 30));
+        assert_eq!(parse_bytes("1.5k"), Some(1536));
+        assert_eq!(parse_bytes("12"), Some(12));
+        assert_eq!(parse_bytes("4 X"), None);
+        assert_eq!(parse_bytes("G"), None);
+        // 100000 TiB is about 2^57 bytes: fits; 2^64 and beyond do not.
+        assert!(parse_bytes("100000T").is_some());
+        assert_eq!(parse_bytes("99999999999999T"), None);
+        assert_eq!(show_bytes(16 << 30), "16.0 GiB");
+    }
+}

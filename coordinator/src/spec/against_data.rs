@@ -1,0 +1,383 @@
+//! The second half of validation: what a pipeline names in its data. Plate-map columns named
+//! by `label`, `group_by` and `controls` must be in the plate map's header; a plate map for
+//! several plates needs a plate column; `holdout:` and `plates:` must name plates that exist;
+//! an `evaluate` step must have something to score. Every problem is reported at once, at its
+//! line in the pipeline file, before anything runs.
+//!
+//! A plain function over the pipeline, the image listing's field values and the plate map: no
+//! hashing, so `plateflow validate` runs it too.
+
+use super::diag::{did_you_mean, edit_distance, Diagnostics, Mark, Reporter};
+use super::{Pipeline, StepSpec};
+use plateflow_contract::params::StepParams;
+use plateflow_contract::platemap::PlateMap;
+use plateflow_contract::StepKind;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What validation knows of the data without reading any image.
+#[derive(Debug, Clone, Default)]
+pub struct DataFacts {
+    /// Each filename-pattern field's values among the listed images.
+    pub field_values: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl DataFacts {
+    pub fn of(ds: &crate::dataset::Dataset) -> DataFacts {
+        let mut field_values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for img in &ds.images {
+            for (f, &v) in ds.fields.iter().zip(&img.fields) {
+                field_values
+                    .entry(f.clone())
+                    .or_default()
+                    .insert(ds.values.get(v).to_string());
+            }
+        }
+        DataFacts { field_values }
+    }
+}
+
+/// What the workers of `plateflow run` offer on this machine.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOffer {
+    pub memory_bytes: u64,
+    pub gpus: u32,
+    /// Built with the `cuda` feature (Candle's GPU steps need it).
+    pub cuda_build: bool,
+}
+
+/// A step that asks for more than any local worker offers would wait forever: refuse it,
+/// at its `resources:` line, before anything runs.
+pub fn fits_local_workers(pipeline: &Pipeline, offer: &LocalOffer) -> Result<(), Diagnostics> {
+    let mut r = Reporter::new(&pipeline.file, &pipeline.source);
+    for s in &pipeline.steps {
+        let (mark, width) = s.resources_mark;
+        let res = &s.resources;
+        if offer.memory_bytes > 0 && res.memory_bytes > offer.memory_bytes {
+            r.error_hint(
+                mark,
+                width,
+                format!(
+                    "step `{}` asks for {} of memory; this machine has {}",
+                    s.name,
+                    plateflow_contract::units::show_bytes(res.memory_bytes),
+                    plateflow_contract::units::show_bytes(offer.memory_bytes)
+                ),
+                Some("lower `memory:`, or run it on a bigger node (`plateflow coordinator` + `plateflow worker`)".into()),
+            );
+        }
+        if res.gpus > offer.gpus {
+            r.error_hint(
+                mark,
+                width,
+                format!(
+                    "step `{}` asks for {} GPU(s); local workers see {} (through CUDA_VISIBLE_DEVICES)",
+                    s.name, res.gpus, offer.gpus
+                ),
+                Some("remove `gpus:` to run on the CPU, or run it where there are GPUs".into()),
+            );
+        } else if res.gpus > 0 && res.needs_cuda_build && !offer.cuda_build {
+            r.error_hint(
+                mark,
+                width,
+                format!(
+                    "step `{}` asks for a GPU, but this plateflow was built without CUDA",
+                    s.name
+                ),
+                Some("build with `cargo build --release -p plateflow --features cuda`, or remove `gpus:`".into()),
+            );
+        }
+    }
+    r.finish()
+}
+
+/// "the plates are: P1, P2, P3", led by a guess where the name is long enough for a typo to
+/// be told apart from another plate (`P9` is no misspelt `P1`).
+fn one_of(word: &str, known: &[&str], what: &str) -> String {
+    let list = format!("the {what}s are: {}", known.join(", "));
+    match did_you_mean(word, known.iter().copied()) {
+        Some(g) if word.chars().count() >= 4 => format!("{g} {list}"),
+        _ => list,
+    }
+}
+
+struct Checker<'a> {
+    r: Reporter<'a>,
+    p: &'a Pipeline,
+    facts: &'a DataFacts,
+    map: Option<&'a PlateMap>,
+}
+
+/// Checks `pipeline` against its data; `map` is its plate map, already read.
+pub fn check(
+    pipeline: &Pipeline,
+    facts: &DataFacts,
+    map: Option<&PlateMap>,
+) -> Result<(), Diagnostics> {
+    let mut c = Checker {
+        r: Reporter::new(&pipeline.file, &pipeline.source),
+        p: pipeline,
+        facts,
+        map,
+    };
+    c.plate_column();
+    for step in &pipeline.steps {
+        c.columns(step);
+        if let StepParams::Train(t) = &step.params {
+            c.holdout(step, &t.holdout, &t.group_by, t.leaky());
+        }
+        if let StepParams::Evaluate(_) = &step.params {
+            c.evaluate(step);
+        }
+    }
+    c.r.finish()
+}
+
+impl Checker<'_> {
+    /// Where a parameter's value (or one item of it) is, or the step's `with:` when unset.
+    fn at(&self, step: &StepSpec, param: &str, index: Option<usize>) -> (Mark, usize) {
+        match step.param_marks.get(param) {
+            Some(m) => m.at(index),
+            None => (step.mark, step.name.chars().count()),
+        }
+    }
+
+    fn map_name(&self) -> String {
+        self.map.map(|m| m.file.clone()).unwrap_or_default()
+    }
+
+    /// A map whose rows do not say their plate would apply every row to every plate.
+    fn plate_column(&mut self) {
+        let Some(map) = self.map else { return };
+        let plates = self
+            .facts
+            .field_values
+            .get("plate")
+            .map_or(0, BTreeSet::len);
+        if plates < 2 || map.has_plate_column() {
+            return;
+        }
+        // A letter or two off `plate` (`plaat`, `Plates`, `plate_`): a typo of it.
+        let guess = map
+            .columns
+            .iter()
+            .find(|c| edit_distance(&c.to_ascii_lowercase(), "plate") <= 2);
+        let hint = match guess {
+            Some(g) => format!("its column `{g}` looks like a misspelt `plate`: rename it"),
+            None => format!(
+                "add a `plate` column (values as in the file names: {})",
+                self.values("plate").join(", ")
+            ),
+        };
+        let (mark, width) = self
+            .p
+            .data
+            .as_ref()
+            .map_or((Mark::default(), 1), |d| d.plate_map_mark);
+        self.r.error_hint(
+            mark,
+            width,
+            format!(
+                "plate map `{}` has no plate column (columns: {}), but the images come from {plates} plates: every row would apply to every plate",
+                map.file,
+                map.columns.join(", ")
+            ),
+            Some(hint),
+        );
+    }
+
+    fn values(&self, field: &str) -> Vec<String> {
+        self.facts
+            .field_values
+            .get(field)
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn is_field(&self, name: &str) -> bool {
+        self.facts.field_values.contains_key(name)
+            || self
+                .p
+                .data
+                .as_ref()
+                .is_some_and(|d| d.pattern.fields.iter().any(|f| f == name))
+    }
+
+    /// Plate-map columns the step names must be in the header (case-insensitively).
+    fn columns(&mut self, step: &StepSpec) {
+        let mut named: Vec<(&str, String)> = step
+            .params
+            .plate_map_columns()
+            .into_iter()
+            .map(|(p, c)| (p, c.to_string()))
+            .collect();
+        if let StepParams::Train(t) = &step.params {
+            // `group_by` may be a filename field (plate, batch) or a plate-map column;
+            // `label` is checked when it is written out (the CNN reads its crops' labels).
+            if !self.is_field(&t.group_by) {
+                named.push(("group_by", t.group_by.clone()));
+            }
+            if t.model == plateflow_contract::params::ModelKind::Logistic
+                && step.param_marks.contains_key("label")
+            {
+                named.push(("label", t.label.clone()));
+            }
+        }
+        for (param, column) in named {
+            // A crop's label may come from its file name instead.
+            if param == "label" && self.is_field(&column) {
+                continue;
+            }
+            let (mark, width) = self.at(step, param, None);
+            match self.map {
+                None => self.r.error_hint(
+                    mark,
+                    width,
+                    format!(
+                        "step `{}`: `{param}: {column}` names a plate-map column, but the pipeline has no `data.plate_map`",
+                        step.name
+                    ),
+                    Some("add `plate_map: platemap.csv` under `data:`".into()),
+                ),
+                Some(map) if map.column(&column).is_none() => {
+                    let hint = did_you_mean(&column, map.columns.iter().map(String::as_str))
+                        .unwrap_or_else(|| format!("its columns are: {}", map.columns.join(", ")));
+                    self.r.error_hint(
+                        mark,
+                        width,
+                        format!(
+                            "step `{}`: `{param}: {column}`: plate map `{}` has no column `{column}`",
+                            step.name,
+                            self.map_name()
+                        ),
+                        Some(hint),
+                    );
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The groups (plates, or values of a plate-map column) a `group_by` can take.
+    fn groups(&self, group_by: &str) -> Option<BTreeSet<String>> {
+        if let Some(v) = self.facts.field_values.get(group_by) {
+            return Some(v.clone());
+        }
+        let map = self.map?;
+        let col = map.column(group_by)?;
+        Some(map.rows.iter().map(|r| r.values[col].clone()).collect())
+    }
+
+    fn holdout(&mut self, step: &StepSpec, holdout: &[String], group_by: &str, leaky: bool) {
+        let Some(groups) = self.groups(group_by) else {
+            return;
+        };
+        let shown: Vec<&str> = groups.iter().map(String::as_str).collect();
+        for (i, h) in holdout.iter().enumerate() {
+            if !groups.contains(h) {
+                let (mark, width) = self.at(step, "holdout", Some(i));
+                let hint = one_of(h, &shown, group_by);
+                self.r.error_hint(
+                    mark,
+                    width,
+                    format!(
+                        "step `{}`: `holdout: {h}` is not a {group_by} of this data set",
+                        step.name
+                    ),
+                    Some(hint),
+                );
+            }
+        }
+        let held: BTreeSet<&String> = holdout.iter().collect();
+        let training: Vec<&str> = shown
+            .iter()
+            .copied()
+            .filter(|g| !held.contains(&g.to_string()))
+            .collect();
+        if training.len() < 2 && !leaky {
+            let (mark, width) = self.at(step, "holdout", None);
+            self.r.error_hint(
+                mark,
+                width,
+                format!(
+                    "step `{}`: after `holdout:` only {} {group_by}(s) remain ({}); cross-validation by {group_by} needs at least 2",
+                    step.name,
+                    training.len(),
+                    training.join(", ")
+                ),
+                Some(format!("hold out fewer {group_by}s, or add data")),
+            );
+        }
+    }
+
+    /// An `evaluate` step scores the holdout of the `train` step it follows, or named plates
+    /// with a saved model: it must be left with something to score.
+    fn evaluate(&mut self, step: &StepSpec) {
+        let StepParams::Evaluate(ev) = &step.params else {
+            return;
+        };
+        let train = step
+            .after
+            .iter()
+            .map(|&a| &self.p.steps[a])
+            .find(|s| s.kind.kind == StepKind::Train);
+        // Named plates must exist, whatever scores them.
+        let plates = self.values("plate");
+        let mut unknown = BTreeSet::new();
+        for (i, p) in ev.plates.iter().flatten().enumerate() {
+            if !plates.is_empty() && !plates.contains(p) {
+                unknown.insert(p.clone());
+                let (mark, width) = self.at(step, "plates", Some(i));
+                let shown: Vec<&str> = plates.iter().map(String::as_str).collect();
+                let hint = one_of(p, &shown, "plate");
+                self.r.error_hint(
+                    mark,
+                    width,
+                    format!(
+                        "step `{}`: `plates: {p}` is not a plate of this data set",
+                        step.name
+                    ),
+                    Some(hint),
+                );
+            }
+        }
+        // Scoring the holdout of the `train` step it follows (not a saved model).
+        if let (Some(tr), None) = (train, &ev.model) {
+            let t = tr.params.as_train().expect("a train step");
+            let held: BTreeSet<&str> = t.holdout.iter().map(String::as_str).collect();
+            if held.is_empty() {
+                let (mark, width) = (step.mark, step.name.chars().count());
+                self.r.error_hint(
+                        mark,
+                        width,
+                        format!(
+                            "step `{}` has nothing to score: step `{}` holds no {} out of its fitting",
+                            step.name, tr.name, t.group_by
+                        ),
+                        Some(format!(
+                            "add `holdout: [{}]` to step `{}`, or give `evaluate` a saved `model:` and new plates",
+                            self.values(&t.group_by).last().cloned().unwrap_or_else(|| "P4".into()),
+                            tr.name
+                        )),
+                    );
+            }
+            for (i, p) in ev.plates.iter().flatten().enumerate() {
+                if !held.contains(p.as_str()) && !unknown.contains(p) {
+                    let (mark, width) = self.at(step, "plates", Some(i));
+                    self.r.error_hint(
+                        mark,
+                        width,
+                        format!(
+                            "step `{}`: `plates: {p}`: step `{}` trains on {} {p}",
+                            step.name, tr.name, t.group_by
+                        ),
+                        Some(format!(
+                            "evaluate only its `holdout:` {}s ({})",
+                            t.group_by,
+                            t.holdout.join(", ")
+                        )),
+                    );
+                }
+            }
+        }
+    }
+}
