@@ -1,14 +1,17 @@
 //! The coordinator's engine: one task that owns all run and worker state and reacts to events
 //! (a worker said hello, sent results, went silent; a pipeline was submitted; a timer ticked).
 //! gRPC handlers only translate messages into [`Event`]s; decisions live here and in
-//! [`crate::scheduler`]. Finished tasks are journaled in SQLite before they are acknowledged,
-//! so a killed coordinator resumes where it stopped.
+//! [`crate::scheduler`]; what the engine sends out (to workers, to the planner) goes through
+//! [`Comm`], so [`Engine::react`] can be driven event by event in tests. Finished tasks are
+//! journaled in SQLite before they are acknowledged, so a killed coordinator resumes where it
+//! stopped.
 
+use crate::comm::{Comm, LiveComm};
 use crate::db::{CachedAction, Db, TaskRecord};
 use crate::key::{decide, refine_plate_map_reasons, summarise, CacheDecision, CacheKey, Reason};
 use crate::lockfile::{self, LockEntry, LockFile};
 use crate::plan::TaskIdx;
-use crate::run::{prepare, PreparedRun};
+use crate::run::PreparedRun;
 use crate::scheduler::{assign, Capacity, WorkerId};
 use plateflow_proto::v1::{
     self as pb, coordinator_message, worker_message, CoordinatorMessage, RunStatus, StepProgress,
@@ -102,7 +105,8 @@ pub enum Event {
     },
     /// The allocator's account of its batch jobs.
     Allocations(Vec<crate::monitor::AllocView>),
-    Tick,
+    /// The clock: leases are judged against this instant (tests pass one of their own).
+    Tick(Instant),
 }
 
 /// What the rest of the coordinator holds: a way in, and the pieces blob transfer needs.
@@ -127,13 +131,26 @@ impl EngineHandle {
 enum TaskState {
     Waiting(u32),
     Queued,
-    Running { worker: WorkerId },
-    Done { ran: bool },
+    /// On `worker`, as attempt `attempt`, holding the GPUs `gpus` (returned when it ends).
+    Running {
+        worker: WorkerId,
+        attempt: u32,
+        gpus: Vec<u32>,
+    },
+    Done {
+        ran: bool,
+    },
     Failed,
     Skipped,
 }
 
 impl TaskState {
+    /// Running on `worker` (as `attempt`, when given): the only state a result may end.
+    fn is_running_on(&self, worker: WorkerId, attempt: Option<u32>) -> bool {
+        matches!(self, TaskState::Running { worker: w, attempt: a, .. }
+            if *w == worker && attempt.is_none_or(|x| x == *a))
+    }
+
     fn is_final(&self) -> bool {
         matches!(
             self,
@@ -170,8 +187,6 @@ struct TaskRt {
     reason: String,
     error: String,
     worker_name: String,
-    /// GPUs held while running, returned to the worker when it ends.
-    gpu_ids: Vec<u32>,
     /// When it last became ready to run, for the dispatch latency.
     queued_at: Option<Instant>,
     /// The latest progress message of the running attempt.
@@ -339,7 +354,6 @@ impl ActiveRun {
 
 struct WorkerRt {
     name: String,
-    tx: WorkerTx,
     capacity: Capacity,
     last_seen: Instant,
     running: HashSet<TaskIdx>,
@@ -364,7 +378,9 @@ pub struct Engine {
     submit_replies: HashMap<u64, SubmitReply>,
     watchers: Vec<(u64, mpsc::Sender<Result<RunStatus, tonic::Status>>)>,
     finished_runs: BTreeMap<u64, RunStatus>,
-    events: mpsc::UnboundedSender<Event>,
+    /// Everything sent out of the event loop: to workers, to the planner.
+    comm: Box<dyn Comm>,
+    last_tick: Instant,
     /// Ready-to-assigned latency of every dispatched task, for `/metrics`.
     dispatch: crate::monitor::Histogram,
     /// The allocator's latest account of its batch jobs, for the monitoring page.
@@ -404,7 +420,7 @@ impl Engine {
             db.interrupt_unfinished_runs()?;
             Vec::new()
         };
-        let engine = Engine {
+        let mut engine = Engine {
             cfg: cfg.clone(),
             db,
             store,
@@ -421,11 +437,21 @@ impl Engine {
             finished_runs: BTreeMap::new(),
             dispatch: Default::default(),
             allocations: Vec::new(),
-            events: tx.clone(),
+            last_tick: Instant::now(),
+            comm: Box::new(LiveComm {
+                workers: HashMap::new(),
+                events: tx.clone(),
+                db_path: cfg.db_path(),
+                store: handle.store.clone(),
+                hash_threads: cfg.hash_threads,
+                allowed_roots: cfg.allowed_roots.clone(),
+            }),
         };
         for r in unfinished {
             tracing::info!(run = r.id, pipeline = %r.pipeline, "resuming run left unfinished");
-            engine.spawn_prepare(r.id, PathBuf::from(r.pipeline), r.yaml, r.force);
+            engine
+                .comm
+                .plan(r.id, PathBuf::from(r.pipeline), r.yaml, r.force);
         }
         let ticker = tx.clone();
         let period = (cfg.heartbeat / 4).max(Duration::from_millis(50));
@@ -433,13 +459,42 @@ impl Engine {
             let mut iv = tokio::time::interval(period);
             loop {
                 iv.tick().await;
-                if ticker.send(Event::Tick).is_err() {
+                if ticker.send(Event::Tick(Instant::now())).is_err() {
                     break;
                 }
             }
         });
         tokio::spawn(engine.event_loop(rx));
         Ok(handle)
+    }
+
+    /// An engine that sends through `comm` and reads the action cache at once: for driving
+    /// it event by event with [`Engine::react`] (tests, benchmarks).
+    pub fn with_comm(cfg: EngineConfig, comm: Box<dyn Comm>) -> anyhow::Result<Engine> {
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        let db = Db::open(&cfg.db_path())?;
+        let store = BlobStore::open(cfg.store_dir())?;
+        let actions = db.load_action_cache()?;
+        Ok(Engine {
+            cfg,
+            db,
+            store,
+            inputs: Arc::default(),
+            actions,
+            actions_loader: None,
+            journal: Vec::new(),
+            workers: BTreeMap::new(),
+            next_worker: 1,
+            run: None,
+            waiting_runs: VecDeque::new(),
+            submit_replies: HashMap::new(),
+            watchers: Vec::new(),
+            finished_runs: BTreeMap::new(),
+            dispatch: Default::default(),
+            allocations: Vec::new(),
+            comm,
+            last_tick: Instant::now(),
+        })
     }
 
     async fn event_loop(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
@@ -449,34 +504,21 @@ impl Engine {
             while let Ok(ev) = rx.try_recv() {
                 self.handle(ev);
             }
-            self.flush_journal();
-            self.schedule();
-            self.maybe_finish_run();
+            self.after_events();
         }
     }
 
-    fn spawn_prepare(&self, run_id: u64, path: PathBuf, yaml: String, force: Vec<String>) {
-        let db_path = self.cfg.db_path();
-        let threads = self.cfg.hash_threads;
-        let roots = self.cfg.allowed_roots.clone();
-        let events = self.events.clone();
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = Db::open(&db_path)
-                .and_then(|mut db| prepare(run_id, &path, &yaml, force, &mut db, threads, &roots))
-                .and_then(|prep| {
-                    // Plate-map slices are blobs the tasks fetch like any other input.
-                    for bytes in prep.plate_map_blobs.values() {
-                        store.put_bytes(bytes)?;
-                    }
-                    Ok(prep)
-                })
-                .map_err(|e| format!("{e:#}"));
-            let _ = events.send(Event::Prepared {
-                run_id,
-                result: Box::new(result),
-            });
-        });
+    /// One event and everything it sets off: the reaction the event loop has to each batch.
+    pub fn react(&mut self, ev: Event) {
+        self.handle(ev);
+        self.after_events();
+    }
+
+    /// After a batch of events: journal what finished, place what is ready, wrap up the run.
+    fn after_events(&mut self) {
+        self.flush_journal();
+        self.schedule();
+        self.maybe_finish_run();
     }
 
     fn handle(&mut self, ev: Event) {
@@ -495,7 +537,7 @@ impl Engine {
             {
                 Ok(id) => {
                     self.submit_replies.insert(id, reply);
-                    self.spawn_prepare(id, path, yaml, force);
+                    self.comm.plan(id, path, yaml, force);
                 }
                 Err(e) => {
                     let _ = reply.send(Err(format!("cannot record the run: {e:#}")));
@@ -520,7 +562,7 @@ impl Engine {
                 let _ = reply.send(self.monitor_snapshot());
             }
             Event::Allocations(a) => self.allocations = a,
-            Event::Tick => self.on_tick(),
+            Event::Tick(now) => self.on_tick(now),
         }
     }
 
@@ -666,7 +708,6 @@ impl Engine {
                 reason: String::new(),
                 error: String::new(),
                 worker_name: String::new(),
-                gpu_ids: Vec::new(),
                 queued_at: None,
                 progress: String::new(),
                 free_attempts: 0,
@@ -811,12 +852,16 @@ impl Engine {
             let rt = &mut run.tasks[t as usize];
             rt.attempt += 1;
             rt.worker_name = worker.name.clone();
-            rt.gpu_ids = a.gpu_ids.clone();
             if let Some(q) = rt.queued_at.take() {
                 self.dispatch.observe(q.elapsed());
             }
             rt.progress.clear();
-            run.set_state(t, TaskState::Running { worker: a.worker });
+            let state = TaskState::Running {
+                worker: a.worker,
+                attempt: rt.attempt,
+                gpus: a.gpu_ids.clone(),
+            };
+            run.set_state(t, state);
             per_worker
                 .entry(a.worker)
                 .or_default()
@@ -826,14 +871,7 @@ impl Engine {
             let msg = CoordinatorMessage {
                 body: Some(coordinator_message::Body::Assign(TaskAssignments { tasks })),
             };
-            if let Some(worker) = self.workers.get(&w) {
-                if worker.tx.try_send(Ok(msg)).is_err() {
-                    let _ = self.events.send(Event::WorkerGone {
-                        worker: w,
-                        why: "its connection is not accepting messages".into(),
-                    });
-                }
-            }
+            self.comm.send(w, msg);
         }
     }
 
@@ -859,12 +897,12 @@ impl Engine {
                 lease_ms: self.cfg.lease.as_millis() as u32,
             })),
         };
-        let _ = tx.try_send(Ok(welcome));
+        self.comm.worker_joined(id, tx);
+        self.comm.send(id, welcome);
         self.workers.insert(
             id,
             WorkerRt {
                 name,
-                tx,
                 capacity: Capacity {
                     worker: id,
                     cpus: res.cpus.max(1),
@@ -875,7 +913,7 @@ impl Engine {
                     total_gpus: hello.gpu_ids.len() as u32,
                     cuda_build: hello.cuda_build,
                 },
-                last_seen: Instant::now(),
+                last_seen: self.now(),
                 running: HashSet::new(),
                 allocation: hello.allocation.clone(),
             },
@@ -884,6 +922,7 @@ impl Engine {
     }
 
     fn on_worker_msg(&mut self, worker: WorkerId, body: worker_message::Body) {
+        let now = self.now();
         let Some(w) = self.workers.get_mut(&worker) else {
             if let worker_message::Body::Results(r) = body {
                 // Its tasks were re-queued when it was declared lost; they count once.
@@ -895,7 +934,7 @@ impl Engine {
             }
             return;
         };
-        w.last_seen = Instant::now();
+        w.last_seen = now;
         match body {
             worker_message::Body::Results(results) => {
                 for r in results.results {
@@ -921,7 +960,7 @@ impl Engine {
         for t in running.into_iter().rev() {
             let Some(run) = self.run.as_mut() else { return };
             let rt = &mut run.tasks[t as usize];
-            if rt.state != (TaskState::Running { worker }) {
+            if !rt.state.is_running_on(worker, None) {
                 continue;
             }
             let mut error = format!("worker {} stopped while running it ({reason})", w.name);
@@ -941,7 +980,7 @@ impl Engine {
             return;
         }
         if let Some(rt) = run.tasks.get_mut((p.task_id & 0xffff_ffff) as usize) {
-            if rt.state == (TaskState::Running { worker }) && rt.attempt == p.attempt {
+            if rt.state.is_running_on(worker, Some(p.attempt)) {
                 rt.progress = p.message;
             }
         }
@@ -970,13 +1009,15 @@ impl Engine {
         let Some(rt) = run.tasks.get(t as usize) else {
             return;
         };
-        if rt.state != (TaskState::Running { worker }) || rt.attempt != r.attempt {
+        if !rt.state.is_running_on(worker, Some(r.attempt)) {
             // Stale: the task was re-queued elsewhere meanwhile.
             tracing::info!(task = %run.prep.label(t), attempt = r.attempt, "discarded a stale result");
             return;
         }
-        let gpu_ids =
-            std::mem::take(&mut self.run.as_mut().expect("checked").tasks[t as usize].gpu_ids);
+        let gpu_ids = match &rt.state {
+            TaskState::Running { gpus, .. } => gpus.clone(),
+            _ => Vec::new(),
+        };
         self.release(worker, t, &gpu_ids);
         let outputs: Result<Vec<(String, Digest)>, String> = r
             .outputs
@@ -1082,6 +1123,7 @@ impl Engine {
         let Some(w) = self.workers.remove(&worker) else {
             return;
         };
+        self.comm.worker_left(worker);
         if w.running.is_empty() {
             tracing::info!(worker = %worker, name = %w.name, "worker left: {why}");
         } else {
@@ -1091,7 +1133,7 @@ impl Engine {
         lost.sort_unstable();
         for t in lost.into_iter().rev() {
             if let Some(run) = self.run.as_ref() {
-                if run.tasks[t as usize].state == (TaskState::Running { worker }) {
+                if run.tasks[t as usize].state.is_running_on(worker, None) {
                     self.retry_or_fail(
                         t,
                         format!("worker {} was lost while running it ({why})", w.name),
@@ -1101,12 +1143,19 @@ impl Engine {
         }
     }
 
-    fn on_tick(&mut self) {
+    /// The engine's clock: the latest tick, or the wall clock when that is later (tests
+    /// move time on by sending ticks from the future).
+    fn now(&self) -> Instant {
+        self.last_tick.max(Instant::now())
+    }
+
+    fn on_tick(&mut self, now: Instant) {
+        self.last_tick = self.last_tick.max(now);
         let lease = self.cfg.lease;
         let silent: Vec<WorkerId> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.last_seen.elapsed() > lease)
+            .filter(|(_, w)| now.saturating_duration_since(w.last_seen) > lease)
             .map(|(id, _)| *id)
             .collect();
         for w in silent {
@@ -1526,143 +1575,197 @@ fn task_spec(run: &ActiveRun, t: TaskIdx, gpu_ids: Vec<u32>) -> TaskSpec {
     }
 }
 
-/// The engine driven directly through its events by fake workers: no sockets, no processes.
+/// Reactor tests: the engine driven event by event through [`Engine::react`], with a
+/// [`RecordingComm`] in place of gRPC. No sockets, no threads, no sleeps: time moves only when
+/// a test sends a tick.
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::comm::{RecordingComm, Sent};
     use plateflow_proto::v1::{Resources, TaskResult, TaskResults};
 
-    type Inbox = mpsc::Receiver<Result<CoordinatorMessage, tonic::Status>>;
-
-    fn setup(retries: u32, lease_ms: u64) -> (tempfile::TempDir, EngineHandle, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        for p in ["P1", "P2"] {
-            std::fs::create_dir_all(dir.path().join("images").join(p)).unwrap();
-            std::fs::write(dir.path().join(format!("images/{p}/A01.tif")), p).unwrap();
-        }
-        let yaml = format!(
-            "data:\n  images: images\n  pattern: \"{{plate}}/{{well}}.tif\"\nsteps:\n  s:\n    uses: noop\n    for_each: plate\n    retries: {retries}\n"
-        );
-        let path = dir.path().join("p.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        let mut cfg = EngineConfig::new(dir.path().join("state"));
-        cfg.heartbeat = Duration::from_millis(100);
-        cfg.lease = Duration::from_millis(lease_ms);
-        let h = Engine::start(cfg).unwrap();
-        (dir, h, path)
+    struct Reactor {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+        comm: RecordingComm,
+        path: PathBuf,
+        /// What each worker was sent, in order.
+        inbox: HashMap<WorkerId, VecDeque<CoordinatorMessage>>,
     }
 
-    async fn connect(h: &EngineHandle, name: &str, cpus: u32) -> (WorkerId, Inbox) {
-        let (tx, mut rx) = mpsc::channel(1024);
-        let (reply, id) = oneshot::channel();
-        h.send(Event::WorkerHello {
-            hello: WorkerHello {
-                name: name.into(),
-                resources: Some(Resources {
-                    cpus,
-                    gpus: 0,
-                    memory_bytes: 0,
-                }),
-                ..Default::default()
-            },
-            tx,
-            reply,
-        });
-        let id = id.await.unwrap();
-        let welcome = rx.recv().await.unwrap().unwrap();
-        assert!(matches!(
-            welcome.body,
-            Some(coordinator_message::Body::Welcome(_))
-        ));
-        (id, rx)
-    }
-
-    async fn assigned(rx: &mut Inbox) -> Vec<TaskSpec> {
-        let msg = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("an assignment")
-            .unwrap()
-            .unwrap();
-        match msg.body {
-            Some(coordinator_message::Body::Assign(a)) => a.tasks,
-            other => panic!("expected an assignment, got {other:?}"),
-        }
-    }
-
-    async fn submit(h: &EngineHandle, path: &std::path::Path) -> u64 {
-        let (reply, rx) = oneshot::channel();
-        h.send(Event::Submit {
-            path: path.to_path_buf(),
-            yaml: std::fs::read_to_string(path).unwrap(),
-            force: vec![],
-            reply,
-        });
-        rx.await.unwrap().unwrap().0
-    }
-
-    async fn final_status(h: &EngineHandle, run_id: u64) -> RunStatus {
-        let (tx, mut rx) = mpsc::channel(64);
-        h.send(Event::Watch { run_id, tx });
-        loop {
-            let st = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .expect("a status")
-                .unwrap()
-                .unwrap();
-            if st.state != "running" {
-                return st;
+    impl Reactor {
+        fn new(retries: u32, lease_ms: u64) -> Reactor {
+            let dir = tempfile::tempdir().unwrap();
+            for p in ["P1", "P2"] {
+                std::fs::create_dir_all(dir.path().join("images").join(p)).unwrap();
+                std::fs::write(dir.path().join(format!("images/{p}/A01.tif")), p).unwrap();
+            }
+            let yaml = format!(
+                "data:\n  images: images\n  pattern: \"{{plate}}/{{well}}.tif\"\nsteps:\n  s:\n    uses: noop\n    for_each: plate\n    retries: {retries}\n"
+            );
+            let path = dir.path().join("p.yaml");
+            std::fs::write(&path, yaml).unwrap();
+            let mut cfg = EngineConfig::new(dir.path().join("state"));
+            cfg.lease = Duration::from_millis(lease_ms);
+            let comm = RecordingComm::default();
+            let engine = Engine::with_comm(cfg, Box::new(comm.clone())).unwrap();
+            Reactor {
+                _dir: dir,
+                engine,
+                comm,
+                path,
+                inbox: HashMap::new(),
             }
         }
-    }
 
-    fn succeed(h: &EngineHandle, worker: WorkerId, tasks: &[TaskSpec]) {
-        let results = tasks
-            .iter()
-            .map(|t| TaskResult {
-                task_id: t.task_id,
-                attempt: t.attempt,
-                ok: true,
-                ..Default::default()
-            })
-            .collect();
-        h.send(Event::WorkerMsg {
-            worker,
-            body: worker_message::Body::Results(TaskResults { results }),
-        });
-    }
+        /// One event and its consequences; what was sent is sorted into the inboxes.
+        fn send(&mut self, ev: Event) {
+            self.engine.react(ev);
+            for sent in self.comm.take() {
+                match sent {
+                    Sent::Message(w, m) => self.inbox.entry(w).or_default().push_back(m),
+                    Sent::Plan { run_id, path } => {
+                        // The planner's work, done here and now instead of on a thread.
+                        let yaml = std::fs::read_to_string(&path).unwrap();
+                        let mut db = Db::open(&self.engine.cfg.db_path()).unwrap();
+                        let result =
+                            crate::run::prepare(run_id, &path, &yaml, vec![], &mut db, 1, &[])
+                                .map_err(|e| format!("{e:#}"));
+                        self.send(Event::Prepared {
+                            run_id,
+                            result: Box::new(result),
+                        });
+                    }
+                    Sent::Joined(_) | Sent::Left(_) => {}
+                }
+            }
+        }
 
-    /// What a worker sends when it gets SIGTERM.
-    fn goodbye(h: &EngineHandle, worker: WorkerId) {
-        h.send(Event::WorkerMsg {
-            worker,
-            body: worker_message::Body::Goodbye(pb::Goodbye {
-                reason: "SIGTERM".into(),
-            }),
-        });
+        fn connect(&mut self, name: &str, cpus: u32) -> WorkerId {
+            let (tx, _rx) = mpsc::channel(1);
+            let (reply, mut id) = oneshot::channel();
+            self.send(Event::WorkerHello {
+                hello: WorkerHello {
+                    name: name.into(),
+                    resources: Some(Resources {
+                        cpus,
+                        gpus: 0,
+                        memory_bytes: 0,
+                    }),
+                    ..Default::default()
+                },
+                tx,
+                reply,
+            });
+            let id = id.try_recv().expect("an id at once");
+            let welcome = self.inbox.get_mut(&id).and_then(VecDeque::pop_front);
+            assert!(
+                matches!(
+                    welcome.and_then(|w| w.body),
+                    Some(coordinator_message::Body::Welcome(_))
+                ),
+                "a worker is welcomed first"
+            );
+            id
+        }
+
+        /// The next assignment sent to `w` (it must have been sent already).
+        fn assigned(&mut self, w: WorkerId) -> Vec<TaskSpec> {
+            let msg = self
+                .inbox
+                .get_mut(&w)
+                .and_then(VecDeque::pop_front)
+                .expect("an assignment was sent");
+            match msg.body {
+                Some(coordinator_message::Body::Assign(a)) => a.tasks,
+                other => panic!("expected an assignment, got {other:?}"),
+            }
+        }
+
+        fn nothing_sent_to(&self, w: WorkerId) -> bool {
+            self.inbox.get(&w).is_none_or(VecDeque::is_empty)
+        }
+
+        fn submit(&mut self) -> u64 {
+            let (reply, mut rx) = oneshot::channel();
+            self.send(Event::Submit {
+                path: self.path.clone(),
+                yaml: std::fs::read_to_string(&self.path).unwrap(),
+                force: vec![],
+                reply,
+            });
+            rx.try_recv().expect("answered").expect("accepted").0
+        }
+
+        fn status(&mut self, run_id: u64) -> RunStatus {
+            let (reply, mut rx) = oneshot::channel();
+            self.send(Event::Status {
+                run_id,
+                with_tasks: true,
+                reply,
+            });
+            rx.try_recv().expect("a status").remove(0)
+        }
+
+        fn final_status(&mut self, run_id: u64) -> RunStatus {
+            let st = self.status(run_id);
+            assert_ne!(st.state, "running", "{st:?}");
+            st
+        }
+
+        fn results(&mut self, worker: WorkerId, results: Vec<TaskResult>) {
+            self.send(Event::WorkerMsg {
+                worker,
+                body: worker_message::Body::Results(TaskResults { results }),
+            });
+        }
+
+        fn succeed(&mut self, worker: WorkerId, tasks: &[TaskSpec]) {
+            let results = tasks
+                .iter()
+                .map(|t| TaskResult {
+                    task_id: t.task_id,
+                    attempt: t.attempt,
+                    ok: true,
+                    ..Default::default()
+                })
+                .collect();
+            self.results(worker, results);
+        }
+
+        /// What a worker sends when it gets SIGTERM.
+        fn goodbye(&mut self, worker: WorkerId) {
+            self.send(Event::WorkerMsg {
+                worker,
+                body: worker_message::Body::Goodbye(pb::Goodbye {
+                    reason: "SIGTERM".into(),
+                }),
+            });
+        }
     }
 
     /// A worker stopping on a signal (Slurm pre-emption) hands its tasks back: they run
     /// elsewhere without using up a retry (here `retries: 0`), and its late results are
     /// discarded. Only `FREE_ATTEMPTS` such hand-backs are free.
-    #[tokio::test]
-    async fn a_stopping_worker_hands_its_tasks_back_without_using_retries() {
-        let (_dir, h, path) = setup(0, 60_000);
-        let (a, mut rx_a) = connect(&h, "a", 2).await;
-        let run = submit(&h, &path).await;
-        let first = assigned(&mut rx_a).await;
+    #[test]
+    fn a_stopping_worker_hands_its_tasks_back_without_using_retries() {
+        let mut h = Reactor::new(0, 60_000);
+        let a = h.connect("a", 2);
+        let run = h.submit();
+        let first = h.assigned(a);
         assert_eq!(first.len(), 2);
-        goodbye(&h, a);
+        h.goodbye(a);
         // Its results, sent as it died, come too late.
-        succeed(&h, a, &first);
+        h.succeed(a, &first);
         for (attempt, name) in (2..).zip(["b", "c", "d"]) {
-            let (w, mut rx) = connect(&h, name, 2).await;
-            let tasks = assigned(&mut rx).await;
+            let w = h.connect(name, 2);
+            let tasks = h.assigned(w);
             assert_eq!(tasks.len(), 2);
             assert!(tasks.iter().all(|t| t.attempt == attempt), "{tasks:?}");
-            goodbye(&h, w);
+            h.goodbye(w);
         }
         // The fourth hand-back counts: with `retries: 0` the tasks fail.
-        let st = final_status(&h, run).await;
+        let st = h.final_status(run);
         assert_eq!(st.state, "failed", "{:?}", st.tasks);
         assert!(
             st.tasks
@@ -1673,36 +1776,37 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_task_handed_back_once_succeeds_with_no_retries_left() {
-        let (_dir, h, path) = setup(0, 60_000);
-        let (a, mut rx_a) = connect(&h, "a", 2).await;
-        let run = submit(&h, &path).await;
-        let first = assigned(&mut rx_a).await;
-        goodbye(&h, a);
-        let (b, mut rx_b) = connect(&h, "b", 2).await;
-        let again = assigned(&mut rx_b).await;
+    #[test]
+    fn a_task_handed_back_once_succeeds_with_no_retries_left() {
+        let mut h = Reactor::new(0, 60_000);
+        let a = h.connect("a", 2);
+        let run = h.submit();
+        let first = h.assigned(a);
+        h.goodbye(a);
+        let b = h.connect("b", 2);
+        let again = h.assigned(b);
         assert_eq!(again.len(), first.len());
-        succeed(&h, b, &again);
-        let st = final_status(&h, run).await;
+        h.succeed(b, &again);
+        let st = h.final_status(run);
         assert_eq!(st.state, "succeeded");
         assert!(st.tasks.iter().all(|t| t.attempts == 2 && t.worker == "b"));
     }
 
-    #[tokio::test]
-    async fn lost_worker_tasks_go_elsewhere_with_attempts_counted() {
-        let (_dir, h, path) = setup(1, 60_000);
-        let (a, mut rx_a) = connect(&h, "a", 2).await;
-        let run = submit(&h, &path).await;
-        let first = assigned(&mut rx_a).await;
+    #[test]
+    fn lost_worker_tasks_go_elsewhere_with_attempts_counted() {
+        let mut h = Reactor::new(1, 60_000);
+        let a = h.connect("a", 2);
+        let run = h.submit();
+        let first = h.assigned(a);
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|t| t.attempt == 1));
-        let (b, mut rx_b) = connect(&h, "b", 2).await;
+        let b = h.connect("b", 2);
+        assert!(h.nothing_sent_to(b), "nothing waits for b yet");
         h.send(Event::WorkerGone {
             worker: a,
             why: "test".into(),
         });
-        let again = assigned(&mut rx_b).await;
+        let again = h.assigned(b);
         assert_eq!(
             again
                 .iter()
@@ -1711,9 +1815,9 @@ mod tests {
             first.iter().map(|t| (t.task_id, 2)).collect::<Vec<_>>()
         );
         // A late result from the lost worker's attempt is ignored.
-        succeed(&h, a, &first);
-        succeed(&h, b, &again);
-        let st = final_status(&h, run).await;
+        h.succeed(a, &first);
+        h.succeed(b, &again);
+        let st = h.final_status(run);
         assert_eq!(st.state, "succeeded");
         assert!(
             st.tasks.iter().all(|t| t.attempts == 2 && t.worker == "b"),
@@ -1722,13 +1826,16 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn progress_of_the_running_attempt_shows_in_status_and_stale_progress_does_not() {
-        let (_dir, h, path) = setup(1, 60_000);
-        let (a, mut rx_a) = connect(&h, "a", 1).await;
-        let run = submit(&h, &path).await;
-        let first = assigned(&mut rx_a).await;
-        let say = |attempt: u32, message: &str| {
+    #[test]
+    fn progress_of_the_running_attempt_shows_in_status_and_stale_progress_does_not() {
+        let mut h = Reactor::new(1, 60_000);
+        let a = h.connect("a", 1);
+        let run = h.submit();
+        let first = h.assigned(a);
+        for (attempt, message) in [
+            (1, "fold 2/5: epoch 3/30"),
+            (7, "from an attempt that is not running"),
+        ] {
             h.send(Event::WorkerMsg {
                 worker: a,
                 body: worker_message::Body::Progress(pb::TaskProgress {
@@ -1736,17 +1843,9 @@ mod tests {
                     attempt,
                     message: message.into(),
                 }),
-            })
-        };
-        say(1, "fold 2/5: epoch 3/30");
-        say(7, "from an attempt that is not running");
-        let (reply, rx) = oneshot::channel();
-        h.send(Event::Status {
-            run_id: run,
-            with_tasks: true,
-            reply,
-        });
-        let st = rx.await.unwrap().remove(0);
+            });
+        }
+        let st = h.status(run);
         let running: Vec<_> = st.tasks.iter().filter(|t| t.state == "running").collect();
         assert_eq!(running[0].progress, "fold 2/5: epoch 3/30");
         assert!(
@@ -1756,62 +1855,59 @@ mod tests {
             "{:?}",
             st.steps
         );
-        succeed(&h, a, &first);
+        h.succeed(a, &first);
     }
 
-    #[tokio::test]
-    async fn silent_worker_loses_its_lease() {
-        let (_dir, h, path) = setup(1, 300);
-        let (_a, mut rx_a) = connect(&h, "a", 2).await;
-        let run = submit(&h, &path).await;
-        let first = assigned(&mut rx_a).await;
-        let (b, mut rx_b) = connect(&h, "b", 2).await;
-        // b keeps its lease with heartbeats; a says nothing.
-        let hb = h.clone();
-        let beat = tokio::spawn(async move {
-            loop {
-                hb.send(Event::WorkerMsg {
-                    worker: b,
-                    body: worker_message::Body::Heartbeat(Default::default()),
-                });
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        let again = assigned(&mut rx_b).await;
-        assert_eq!(again.len(), first.len());
-        succeed(&h, b, &again);
-        assert_eq!(final_status(&h, run).await.state, "succeeded");
-        beat.abort();
-    }
-
-    #[tokio::test]
-    async fn retry_limit_is_honoured() {
-        let (_dir, h, path) = setup(0, 60_000);
-        let (a, mut rx_a) = connect(&h, "a", 1).await;
-        let run = submit(&h, &path).await;
-        let first = assigned(&mut rx_a).await;
-        assert_eq!(first.len(), 1, "one CPU, one task at a time");
+    /// Leases are judged on the engine's clock, which the test moves with ticks.
+    #[test]
+    fn silent_worker_loses_its_lease() {
+        let mut h = Reactor::new(1, 300);
+        let t0 = Instant::now();
+        let a = h.connect("a", 2);
+        let run = h.submit();
+        let first = h.assigned(a);
+        let b = h.connect("b", 2);
+        // 200 ms on, b sends a heartbeat; a says nothing.
+        h.send(Event::Tick(t0 + Duration::from_millis(200)));
         h.send(Event::WorkerMsg {
-            worker: a,
-            body: worker_message::Body::Results(TaskResults {
-                results: vec![TaskResult {
-                    task_id: first[0].task_id,
-                    attempt: 1,
-                    ok: false,
-                    error: "exit status 1".into(),
-                    stderr_tail: "bad pixel".into(),
-                    transient: true,
-                    ..Default::default()
-                }],
-            }),
+            worker: b,
+            body: worker_message::Body::Heartbeat(Default::default()),
         });
-        let second = assigned(&mut rx_a).await;
+        assert!(h.nothing_sent_to(b), "within its lease a keeps its tasks");
+        // At 450 ms a has been silent past its 300 ms lease; b has not.
+        h.send(Event::Tick(t0 + Duration::from_millis(450)));
+        let again = h.assigned(b);
+        assert_eq!(again.len(), first.len());
+        h.succeed(b, &again);
+        assert_eq!(h.final_status(run).state, "succeeded");
+    }
+
+    #[test]
+    fn retry_limit_is_honoured() {
+        let mut h = Reactor::new(0, 60_000);
+        let a = h.connect("a", 1);
+        let run = h.submit();
+        let first = h.assigned(a);
+        assert_eq!(first.len(), 1, "one CPU, one task at a time");
+        h.results(
+            a,
+            vec![TaskResult {
+                task_id: first[0].task_id,
+                attempt: 1,
+                ok: false,
+                error: "exit status 1".into(),
+                stderr_tail: "bad pixel".into(),
+                transient: true,
+                ..Default::default()
+            }],
+        );
+        let second = h.assigned(a);
         assert_ne!(
             second[0].task_id, first[0].task_id,
             "the failed task is not retried (retries: 0)"
         );
-        succeed(&h, a, &second);
-        let st = final_status(&h, run).await;
+        h.succeed(a, &second);
+        let st = h.final_status(run);
         assert_eq!(st.state, "failed");
         let failed: Vec<_> = st.tasks.iter().filter(|t| t.state == "failed").collect();
         assert_eq!(failed.len(), 1);
@@ -1822,32 +1918,59 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_deterministic_refusal_is_not_retried() {
-        let (_dir, h, path) = setup(2, 60_000);
-        let (a, mut rx_a) = connect(&h, "a", 1).await;
-        let run = submit(&h, &path).await;
-        let first = assigned(&mut rx_a).await;
-        h.send(Event::WorkerMsg {
-            worker: a,
-            body: worker_message::Body::Results(TaskResults {
-                results: vec![TaskResult {
-                    task_id: first[0].task_id,
-                    attempt: 1,
-                    ok: false,
-                    error: "plate map has no column `treatment`".into(),
-                    transient: false,
-                    ..Default::default()
-                }],
-            }),
-        });
-        let second = assigned(&mut rx_a).await;
+    #[test]
+    fn a_transient_failure_is_retried_on_the_next_round() {
+        let mut h = Reactor::new(1, 60_000);
+        let a = h.connect("a", 1);
+        let run = h.submit();
+        let first = h.assigned(a);
+        h.results(
+            a,
+            vec![TaskResult {
+                task_id: first[0].task_id,
+                attempt: 1,
+                ok: false,
+                error: "input P1/A01.tif unavailable".into(),
+                transient: true,
+                ..Default::default()
+            }],
+        );
+        // The retry goes to the front of the queue.
+        let second = h.assigned(a);
+        assert_eq!(
+            (second[0].task_id, second[0].attempt),
+            (first[0].task_id, 2)
+        );
+        h.succeed(a, &second);
+        let third = h.assigned(a);
+        h.succeed(a, &third);
+        assert_eq!(h.final_status(run).state, "succeeded");
+    }
+
+    #[test]
+    fn a_deterministic_refusal_is_not_retried() {
+        let mut h = Reactor::new(2, 60_000);
+        let a = h.connect("a", 1);
+        let run = h.submit();
+        let first = h.assigned(a);
+        h.results(
+            a,
+            vec![TaskResult {
+                task_id: first[0].task_id,
+                attempt: 1,
+                ok: false,
+                error: "plate map has no column `treatment`".into(),
+                transient: false,
+                ..Default::default()
+            }],
+        );
+        let second = h.assigned(a);
         assert_ne!(
             second[0].task_id, first[0].task_id,
             "a refusal is final even with retries: 2"
         );
-        succeed(&h, a, &second);
-        let st = final_status(&h, run).await;
+        h.succeed(a, &second);
+        let st = h.final_status(run);
         let failed: Vec<_> = st.tasks.iter().filter(|t| t.state == "failed").collect();
         assert_eq!(failed.len(), 1);
         assert!(
@@ -1855,5 +1978,26 @@ mod tests {
             "{}",
             failed[0].error
         );
+    }
+
+    /// A second run of the same pipeline finds every task in the action cache: nothing is
+    /// sent to any worker.
+    #[test]
+    fn a_rerun_sends_nothing() {
+        let mut h = Reactor::new(1, 60_000);
+        let a = h.connect("a", 2);
+        let run = h.submit();
+        let tasks = h.assigned(a);
+        h.succeed(a, &tasks);
+        assert_eq!(h.final_status(run).state, "succeeded");
+        let again = h.submit();
+        let st = h.final_status(again);
+        assert_eq!(st.state, "succeeded");
+        assert!(
+            st.tasks.iter().all(|t| t.state == "cached"),
+            "{:?}",
+            st.tasks
+        );
+        assert!(h.nothing_sent_to(a));
     }
 }

@@ -3,6 +3,7 @@
 //! crates only: no worker, no Candle (the `plateflow` command line is the `cli` crate).
 
 pub mod alloc;
+pub mod comm;
 pub mod dataset;
 pub mod db;
 pub mod dryrun;
