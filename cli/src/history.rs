@@ -4,6 +4,7 @@
 //! interval for the difference from a paired bootstrap over plates (the same cells, scored by
 //! both runs, resampled plate by plate).
 
+use plateflow_contract::metrics::{Estimate, Metrics};
 use plateflow_coordinator::db::{Db, RunModel};
 use plateflow_learn::metrics::{bootstrap_by_group, Confusion};
 use std::collections::BTreeMap;
@@ -31,27 +32,66 @@ fn utc(secs: f64) -> String {
     )
 }
 
-fn value(m: &serde_json::Value, key: &str) -> Option<f64> {
-    m[key]["value"].as_f64().or(m[key].as_f64())
+/// The scores a run's model is listed and compared by.
+#[derive(Debug, Clone, Copy)]
+enum Score {
+    WeightedF1,
+    MacroF1,
+    Accuracy,
+    BalancedAccuracy,
+    Ece,
+    Brier,
 }
 
-fn with_ci(m: &serde_json::Value, key: &str) -> String {
-    match (value(m, key), m[key]["ci95_by_plate"].as_array()) {
-        (Some(v), Some(ci)) if ci.len() == 2 && ci[0].as_f64() == ci[1].as_f64() => {
-            format!("{v:.3} (1 plate: no CI)")
+impl Score {
+    const ALL: [(&'static str, Score); 6] = [
+        ("weighted F1", Score::WeightedF1),
+        ("macro F1", Score::MacroF1),
+        ("accuracy", Score::Accuracy),
+        ("balanced accuracy", Score::BalancedAccuracy),
+        ("ECE", Score::Ece),
+        ("Brier", Score::Brier),
+    ];
+
+    /// The score with its interval where it has one (the F1s).
+    fn of(self, m: Option<&Metrics>) -> Option<Estimate> {
+        let s = m?.scores()?;
+        let plain = |value: f64| Estimate {
+            value,
+            ci95_by_plate: [f64::NAN, f64::NAN],
+        };
+        Some(match self {
+            Score::WeightedF1 => s.weighted_f1.clone(),
+            Score::MacroF1 => s.macro_f1.clone(),
+            Score::Accuracy => plain(s.accuracy),
+            Score::BalancedAccuracy => plain(s.balanced_accuracy),
+            Score::Ece => plain(s.ece_15_bins),
+            Score::Brier => plain(s.brier),
+        })
+    }
+}
+
+fn value(m: Option<&Metrics>, score: Score) -> Option<f64> {
+    score.of(m).map(|e| e.value).filter(|v| v.is_finite())
+}
+
+fn with_ci(m: Option<&Metrics>, score: Score) -> String {
+    match score.of(m) {
+        Some(e) if e.value.is_finite() && e.ci95_by_plate[0] == e.ci95_by_plate[1] => {
+            format!("{:.3} (1 plate: no CI)", e.value)
         }
-        (Some(v), Some(ci)) if ci.len() == 2 => format!(
-            "{v:.3} [{:.3}, {:.3}]",
-            ci[0].as_f64().unwrap_or(f64::NAN),
-            ci[1].as_f64().unwrap_or(f64::NAN)
-        ),
-        (Some(v), _) => format!("{v:.3}"),
+        Some(e) if e.ci95_by_plate.iter().all(|x| x.is_finite()) => {
+            let [lo, hi] = e.ci95_by_plate;
+            format!("{:.3} [{lo:.3}, {hi:.3}]", e.value)
+        }
+        Some(e) if e.value.is_finite() => format!("{:.3}", e.value),
         _ => "—".into(),
     }
 }
 
-fn parse(m: &RunModel) -> serde_json::Value {
-    serde_json::from_str(&m.metrics).unwrap_or_default()
+/// A run's stored metrics.json (`None` when it cannot be read as one).
+fn parse(m: &RunModel) -> Option<Metrics> {
+    serde_json::from_str(&m.metrics).ok()
 }
 
 /// `plateflow runs`: every run of the pipeline, newest last, with its models' scores.
@@ -82,8 +122,8 @@ pub fn list(db: &Db) -> anyhow::Result<String> {
         }
         for (k, model) in models.iter().enumerate() {
             let m = parse(model);
-            let control =
-                value(&m, "shuffled_label_weighted_f1").or(value(&m, "chance_weighted_f1"));
+            let m = m.as_ref();
+            let control = m.and_then(Metrics::control_f1).filter(|v| v.is_finite());
             let _ = writeln!(
                 out,
                 "{}  {:<22}  {:<22}  {:>8}  {:>6}  {:>8}",
@@ -93,9 +133,9 @@ pub fn list(db: &Db) -> anyhow::Result<String> {
                     " ".repeat(first.chars().count())
                 },
                 format!("{} ({})", model.label, model.kind),
-                with_ci(&m, "weighted_f1"),
-                value(&m, "macro_f1").map_or("—".into(), |v| format!("{v:.3}")),
-                value(&m, "ece_15_bins").map_or("—".into(), |v| format!("{v:.3}")),
+                with_ci(m, Score::WeightedF1),
+                value(m, Score::MacroF1).map_or("—".into(), |v| format!("{v:.3}")),
+                value(m, Score::Ece).map_or("—".into(), |v| format!("{v:.3}")),
                 control.map_or("—".into(), |v| format!("{v:.3}")),
             );
         }
@@ -212,12 +252,13 @@ pub fn compare(db: &Db, store: &Path, run_a: u64, run_b: u64) -> anyhow::Result<
             continue;
         };
         let (ja, jb) = (parse(a), parse(b));
+        let (ja, jb) = (ja.as_ref(), jb.as_ref());
         let _ = writeln!(out, "\n{} ({})", a.label, a.kind);
         if a.metrics == b.metrics && a.params == b.params {
             let _ = writeln!(
                 out,
                 "  same parameters, same data, same result (weighted F1 {})",
-                with_ci(&ja, "weighted_f1")
+                with_ci(ja, Score::WeightedF1)
             );
             continue;
         }
@@ -238,23 +279,16 @@ pub fn compare(db: &Db, store: &Path, run_a: u64, run_b: u64) -> anyhow::Result<
             format!("run {run_a}"),
             format!("run {run_b}"),
         );
-        for (name, key) in [
-            ("weighted F1", "weighted_f1"),
-            ("macro F1", "macro_f1"),
-            ("accuracy", "accuracy"),
-            ("balanced accuracy", "balanced_accuracy"),
-            ("ECE", "ece_15_bins"),
-            ("Brier", "brier"),
-        ] {
-            let d = match (value(&ja, key), value(&jb, key)) {
+        for (name, key) in Score::ALL {
+            let d = match (value(ja, key), value(jb, key)) {
                 (Some(x), Some(y)) => format!("{:+.3}", y - x),
                 _ => "—".into(),
             };
             let _ = writeln!(
                 out,
                 "  {name:<20} {:<24} {:<24} {d}",
-                with_ci(&ja, key),
-                with_ci(&jb, key)
+                with_ci(ja, key),
+                with_ci(jb, key)
             );
         }
         let paired = match (&a.predictions, &b.predictions) {

@@ -9,6 +9,7 @@
 
 pub mod kinds;
 pub mod labels;
+pub mod metrics;
 pub mod params;
 pub mod placeholders;
 pub mod platemap;

@@ -5,6 +5,7 @@
 //! protocol, calibration, software versions.
 
 use super::Context;
+use plateflow_contract::metrics::TrainMetrics;
 use serde_json::Value;
 use std::fmt::Write as _;
 
@@ -22,26 +23,13 @@ pub struct CardInput<'a> {
     pub holdout: &'a [String],
     pub cells: usize,
     pub digests: &'a [(String, String)],
-    pub metrics: &'a Value,
-    pub calibration: &'a Value,
+    pub metrics: &'a TrainMetrics,
     pub exclusions: usize,
     pub cell_line: Option<&'a str>,
     pub stains: Vec<String>,
     pub intended_use: Option<&'a str>,
     pub warm_start: Option<String>,
     pub seed: u64,
-}
-
-fn interval(v: &Value) -> String {
-    match (v["value"].as_f64(), v["ci95_by_plate"].as_array()) {
-        (Some(x), Some(ci)) if ci.len() == 2 => format!(
-            "{x:.3} [95 % CI {:.3}, {:.3}]",
-            ci[0].as_f64().unwrap_or(f64::NAN),
-            ci[1].as_f64().unwrap_or(f64::NAN)
-        ),
-        (Some(x), _) => format!("{x:.3}"),
-        _ => "n/a".into(),
-    }
 }
 
 fn caveats(c: &CardInput) -> Vec<String> {
@@ -53,20 +41,21 @@ fn caveats(c: &CardInput) -> Vec<String> {
     if groups < 5 {
         out.push(format!("Trained on {groups} {}s only: the intervals are wide and the model has seen little batch variation.", c.group_by));
     }
-    if let Some(s) = c.metrics["shuffled_label_weighted_f1"].as_f64() {
+    let s = c.metrics.shuffled_label_weighted_f1;
+    if s.is_finite() {
         out.push(format!("A model trained the same way on shuffled labels scores weighted F1 {s:.3}: the level reached by learning nothing about the phenotype."));
     }
     // Sentences written by `train` (metrics.json), at most five.
     out.extend(
-        c.metrics["classes_mostly_in_one_group"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|k| k["note"].as_str().map(str::to_string))
+        c.metrics
+            .classes_mostly_in_one_group
+            .iter()
+            .map(|k| k.note.clone())
             .take(5),
     );
-    let cal = c.calibration;
-    if let (Some(before), Some(after)) = (cal["ece_before"].as_f64(), cal["ece_after"].as_f64()) {
+    let cal = &c.metrics.scores.calibration;
+    let (before, after) = (cal.ece_before, cal.ece_after);
+    {
         if after > before {
             out.push(format!("Temperature scaling fitted on validation plates made calibration worse on the held-out plates (ECE {before:.3} → {after:.3}): confidence does not transfer between these plates, so treat probabilities as rankings."));
         }
@@ -81,7 +70,8 @@ fn caveats(c: &CardInput) -> Vec<String> {
 
 /// Writes `model_card.json` and `model_card.md`.
 pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
-    let m = c.metrics;
+    let m = &c.metrics.scores;
+    let cal = &m.calibration;
     let card = serde_json::json!({
         "model_details": {
             "name": c.name,
@@ -100,12 +90,12 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
             "label": c.label,
         },
         "metrics": {
-            "weighted_f1": m["weighted_f1"],
-            "macro_f1": m["macro_f1"],
-            "accuracy": m["accuracy"],
-            "balanced_accuracy": m["balanced_accuracy"],
-            "shuffled_label_weighted_f1": m["shuffled_label_weighted_f1"],
-            "per_class": m["per_class"],
+            "weighted_f1": m.weighted_f1,
+            "macro_f1": m.macro_f1,
+            "accuracy": m.accuracy,
+            "balanced_accuracy": m.balanced_accuracy,
+            "shuffled_label_weighted_f1": c.metrics.shuffled_label_weighted_f1,
+            "per_class": m.per_class,
         },
         "evaluation_data": {
             "protocol": c.split,
@@ -120,10 +110,10 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
             "files": c.digests.iter().map(|(f, d)| serde_json::json!({"file": f, "sha256": d})).collect::<Vec<_>>(),
         },
         "quantitative_analyses": {
-            "per_group": m["per_group"],
-            "confusion": m["confusion"],
+            "per_group": m.per_group,
+            "confusion": m.confusion,
         },
-        "calibration": c.calibration,
+        "calibration": cal,
         "caveats": caveats(c),
     });
     ctx.write_output(
@@ -181,35 +171,24 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
     );
     let _ = writeln!(md, "\n## Metrics ({})\n", c.split);
     let _ = writeln!(md, "| metric | value |\n|---|---|");
-    let _ = writeln!(md, "| weighted F1 | {} |", interval(&m["weighted_f1"]));
-    let _ = writeln!(md, "| macro F1 | {} |", interval(&m["macro_f1"]));
-    let _ = writeln!(
-        md,
-        "| accuracy | {:.3} |",
-        m["accuracy"].as_f64().unwrap_or(f64::NAN)
-    );
-    let _ = writeln!(
-        md,
-        "| balanced accuracy | {:.3} |",
-        m["balanced_accuracy"].as_f64().unwrap_or(f64::NAN)
-    );
+    let _ = writeln!(md, "| weighted F1 | {} |", m.weighted_f1.show());
+    let _ = writeln!(md, "| macro F1 | {} |", m.macro_f1.show());
+    let _ = writeln!(md, "| accuracy | {:.3} |", m.accuracy);
+    let _ = writeln!(md, "| balanced accuracy | {:.3} |", m.balanced_accuracy);
     let _ = writeln!(
         md,
         "| shuffled-label control, weighted F1 | {:.3} |",
-        m["shuffled_label_weighted_f1"].as_f64().unwrap_or(f64::NAN)
+        c.metrics.shuffled_label_weighted_f1
     );
-    let cal = c.calibration;
     let _ = writeln!(
         md,
         "| ECE (15 bins), before → after temperature scaling | {:.3} → {:.3} |",
-        cal["ece_before"].as_f64().unwrap_or(f64::NAN),
-        cal["ece_after"].as_f64().unwrap_or(f64::NAN)
+        cal.ece_before, cal.ece_after
     );
     let _ = writeln!(
         md,
         "| Brier, before → after | {:.3} → {:.3} |",
-        cal["brier_before"].as_f64().unwrap_or(f64::NAN),
-        cal["brier_after"].as_f64().unwrap_or(f64::NAN)
+        cal.brier_before, cal.brier_after
     );
     let _ = writeln!(md, "\n## Evaluation data\n");
     let _ = writeln!(
@@ -249,28 +228,22 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
         "| {} | cells | weighted F1 | accuracy |\n|---|---|---|---|",
         c.group_by
     );
-    for g in m["per_group"].as_array().into_iter().flatten() {
+    for g in &m.per_group {
         let _ = writeln!(
             md,
             "| {} | {} | {:.3} | {:.3} |",
-            g["group"].as_str().unwrap_or(""),
-            g["cells"],
-            g["weighted_f1"].as_f64().unwrap_or(f64::NAN),
-            g["accuracy"].as_f64().unwrap_or(f64::NAN)
+            g.group, g.cells, g.weighted_f1, g.accuracy
         );
     }
     let _ = writeln!(
         md,
         "\nPer class:\n\n| class | precision | recall | F1 |\n|---|---|---|---|"
     );
-    for k in m["per_class"].as_array().into_iter().flatten() {
+    for k in &m.per_class {
         let _ = writeln!(
             md,
             "| {} | {:.3} | {:.3} | {:.3} |",
-            k["class"].as_str().unwrap_or(""),
-            k["precision"].as_f64().unwrap_or(f64::NAN),
-            k["recall"].as_f64().unwrap_or(f64::NAN),
-            k["f1"].as_f64().unwrap_or(f64::NAN)
+            k.class, k.precision, k.recall, k.f1
         );
     }
     let _ = writeln!(md, "\n## Calibration\n");
@@ -280,12 +253,9 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
         c.group_by,
         c.group_by,
         c.group_by,
-        cal["temperature"].as_f64().unwrap_or(f64::NAN)
+        cal.temperature
     );
-    if let (Some(fitted), Some(change)) = (
-        cal["temperature_fitted"].as_f64(),
-        cal["left_out_plate_nll_change"].as_f64(),
-    ) {
+    if let (Some(fitted), Some(change)) = (cal.temperature_fitted, cal.left_out_plate_nll_change) {
         let _ = writeln!(
             md,
             "(Fitted T = {fitted:.3}; on left-out {}s it changed the negative log-likelihood by {change:+.3}{}.)",

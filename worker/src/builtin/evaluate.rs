@@ -10,6 +10,7 @@ use super::fitting::Fitted;
 use super::samples::{self, Data};
 use super::{scoring, Context};
 use anyhow::Context as _;
+use plateflow_contract::metrics::{Calibration, Estimate, EvaluationMetrics, ModelSidecar, Scores};
 use plateflow_contract::params::EvaluateParams;
 use plateflow_learn::metrics::{
     apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error, Confusion,
@@ -49,37 +50,34 @@ fn find_model(ctx: &Context, params: &EvaluateParams) -> anyhow::Result<(PathBuf
 
 pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
     let (weights, sidecar_path) = find_model(ctx, params)?;
-    let sidecar: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&sidecar_path)
-            .with_context(|| format!("reading {}", sidecar_path.display()))?,
-    )
-    .with_context(|| format!("{}: not a plateflow model.json", sidecar_path.display()))?;
+    let bytes = std::fs::read(&sidecar_path)
+        .with_context(|| format!("reading {}", sidecar_path.display()))?;
+    let raw_sidecar: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a plateflow model.json", sidecar_path.display()))?;
+    let sidecar: ModelSidecar = serde_json::from_value(raw_sidecar.clone()).with_context(|| {
+        format!(
+            "{}: not a model.json this plateflow can read (written by another version?)",
+            sidecar_path.display()
+        )
+    })?;
     let device = ctx.device();
-    let fitted = Fitted::load(&weights, &sidecar, &device)?;
-    let classes: Vec<String> = sidecar["classes"]
-        .as_array()
-        .context("model.json without classes")?
-        .iter()
-        .filter_map(|c| c.as_str().map(str::to_string))
-        .collect();
-    let group_by = sidecar["group_by"].as_str().unwrap_or("plate").to_string();
+    let fitted = Fitted::load(&weights, &raw_sidecar, &device)?;
+    let classes = sidecar.classes.clone();
+    let group_by = sidecar.group_by.clone();
     let label = params
         .label
-        .as_deref()
-        .or(sidecar["label"].as_str())
-        .unwrap_or("phenotype")
-        .to_string();
-    let temperature = sidecar["temperature"].as_f64().unwrap_or(1.0);
-    let trained_on: BTreeSet<String> = sidecar["training"]["groups"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|g| g.as_str().map(str::to_string))
-        .collect();
-    let mut d: Data = match sidecar["architecture"]["kind"].as_str() {
-        Some("logistic") => {
+        .clone()
+        .unwrap_or_else(|| sidecar.label.clone());
+    let temperature = if sidecar.temperature.is_finite() {
+        sidecar.temperature
+    } else {
+        1.0
+    };
+    let trained_on: BTreeSet<String> = sidecar.training.groups.iter().cloned().collect();
+    let mut d: Data = match sidecar.model_kind() {
+        "logistic" => {
             let mut d = samples::from_features(ctx, &label, &group_by, Some(&classes), true)?;
-            let expected: Vec<String> = sidecar["normalisation"]["standardise"]["features"]
+            let expected: Vec<String> = sidecar.normalisation["standardise"]["features"]
                 .as_array()
                 .into_iter()
                 .flatten()
@@ -91,14 +89,14 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
                 d.feature_names.len(),
                 expected.len()
             );
-            if sidecar["plate_normalisation"] == "plate" {
+            if sidecar.plate_normalisation == "plate" {
                 samples::per_group_robust_z(&mut d);
             }
             d
         }
         _ => {
             let mut d = samples::from_crops(ctx, &group_by, Some(&classes), true)?;
-            if sidecar["plate_normalisation"] == "crop" {
+            if sidecar.plate_normalisation == "crop" {
                 samples::per_crop_z(&mut d);
             }
             d
@@ -130,11 +128,11 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
         "no {group_by} to evaluate: every upstream {group_by} ({}) was used for training; add `holdout:` to the train step or new plates",
         present.iter().cloned().collect::<Vec<_>>().join(", ")
     );
-    let training_digests: BTreeSet<&str> = sidecar["training"]["files"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| f["sha256"].as_str())
+    let training_digests: BTreeSet<&str> = sidecar
+        .training
+        .files
+        .iter()
+        .map(|f| f.sha256.as_str())
         .collect();
     let groups = d.groups.clone();
     d.retain(|i| chosen.contains(&groups[i]));
@@ -165,16 +163,25 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
     let r_lab: Vec<Vec<f64>> = lab.iter().map(|&i| raw[i].clone()).collect();
     let pred_lab: Vec<usize> = lab.iter().map(|&i| pred[i]).collect();
     let plates: Vec<String> = chosen.iter().cloned().collect();
-    let mut metrics = serde_json::json!({
-        "what": format!("evaluation on {group_by}s {} not used in training", plates.join(", ")),
-        "model": sidecar["architecture"]["kind"],
-        "model_file": weights.strip_prefix(ctx.work).unwrap_or(&weights).display().to_string(),
-        "trained_on": trained_on,
-        "evaluated": plates,
-        "cells": n,
-        "labelled_cells": lab.len(),
-        "classes": classes,
-    });
+    let mut metrics = EvaluationMetrics {
+        what: format!(
+            "evaluation on {group_by}s {} not used in training",
+            plates.join(", ")
+        ),
+        model: sidecar.model_kind().to_string(),
+        model_file: weights
+            .strip_prefix(ctx.work)
+            .unwrap_or(&weights)
+            .display()
+            .to_string(),
+        trained_on: trained_on.iter().cloned().collect(),
+        evaluated: plates.clone(),
+        cells: n,
+        labelled_cells: lab.len(),
+        classes: classes.clone(),
+        scores: None,
+        chance_weighted_f1: None,
+    };
     if !lab.is_empty() {
         let overall = Confusion::new(nc, &truth, &pred_lab);
         let lab_groups: Vec<String> = lab.iter().map(|&i| d.groups[i].clone()).collect();
@@ -196,29 +203,39 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
         ctx.write_output("per_group.csv", &per_group.into_bytes())?;
         let rel = scoring::reliability(&truth, &r_lab, &p_lab);
         ctx.write_output("reliability.csv", &rel.into_bytes())?;
-        let extra = serde_json::json!({
-            "weighted_f1": {"value": overall.weighted_f1(), "ci95_by_plate": [wlo, whi]},
-            "macro_f1": {"value": overall.macro_f1(), "ci95_by_plate": [mlo, mhi]},
-            "accuracy": overall.accuracy(),
-            "balanced_accuracy": overall.balanced_accuracy(),
-            "chance_weighted_f1": chance,
-            "ece_15_bins": expected_calibration_error(&truth, &p_lab, 15),
-            "brier": brier(&truth, &p_lab),
-            "calibration": {
-                "method": "the model's temperature, fitted at training time on its validation plates",
-                "temperature": temperature,
-                "ece_before": expected_calibration_error(&truth, &r_lab, 15),
-                "ece_after": expected_calibration_error(&truth, &p_lab, 15),
-                "brier_before": brier(&truth, &r_lab),
-                "brier_after": brier(&truth, &p_lab),
+        metrics.chance_weighted_f1 = Some(chance);
+        metrics.scores = Some(Scores {
+            weighted_f1: Estimate {
+                value: overall.weighted_f1(),
+                ci95_by_plate: [wlo, whi],
             },
-            "per_class": (0..nc).map(|k| serde_json::json!({"class": classes[k], "precision": overall.precision(k), "recall": overall.recall(k), "f1": overall.f1(k)})).collect::<Vec<_>>(),
-            "per_group": per_group_json,
-            "confusion": overall.matrix,
+            macro_f1: Estimate {
+                value: overall.macro_f1(),
+                ci95_by_plate: [mlo, mhi],
+            },
+            accuracy: overall.accuracy(),
+            balanced_accuracy: overall.balanced_accuracy(),
+            ece_15_bins: expected_calibration_error(&truth, &p_lab, 15),
+            brier: brier(&truth, &p_lab),
+            calibration: Calibration {
+                method: "the model's temperature, fitted at training time on its validation plates"
+                    .into(),
+                applied_only_if: None,
+                temperature,
+                temperature_fitted: None,
+                left_out_plate_nll_change: None,
+                fold_temperatures: Vec::new(),
+                ece_before: expected_calibration_error(&truth, &r_lab, 15),
+                ece_after: expected_calibration_error(&truth, &p_lab, 15),
+                brier_before: brier(&truth, &r_lab),
+                brier_after: brier(&truth, &p_lab),
+                nll_before: None,
+                nll_after: None,
+            },
+            per_class: scoring::per_class(&overall, &classes),
+            per_group: per_group_json,
+            confusion: overall.matrix.clone(),
         });
-        if let (Some(m), Some(e)) = (metrics.as_object_mut(), extra.as_object()) {
-            m.extend(e.clone());
-        }
         ctx.logln(format!(
             "{} cells of {} ({} labelled): weighted F1 {:.3} [{wlo:.3}, {whi:.3}], chance {chance:.3}, ECE {:.3} with T {temperature:.2}",
             n,

@@ -6,6 +6,7 @@
 
 use super::Context;
 use anyhow::Context as _;
+use plateflow_contract::metrics::{Estimate, Metrics};
 use plateflow_contract::params::ReportParams;
 use plateflow_report::{
     Coefficient, Curve, Exclusion, GroupScore, Metric, ModelSection, PngFigure, QcSummary,
@@ -40,11 +41,6 @@ fn json(path: &Path) -> anyhow::Result<serde_json::Value> {
         &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
     )
     .with_context(|| format!("{}: not JSON", path.display()))
-}
-
-fn ci(v: &serde_json::Value) -> Option<(f64, f64)> {
-    let a = v["ci95_by_plate"].as_array()?;
-    Some((a.first()?.as_f64()?, a.get(1)?.as_f64()?))
 }
 
 fn qc_summary(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Option<QcSummary>> {
@@ -91,110 +87,107 @@ fn qc_summary(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Option<QcSumm
 }
 
 fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>> {
-    let Some(m) = outputs.get("metrics.json") else {
+    let Some(path) = outputs.get("metrics.json") else {
         return Ok(None);
     };
-    let m = json(m)?;
-    let is_train = outputs.contains_key("model.json");
-    let classes: Vec<String> = m["classes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.as_str().map(str::to_string))
-        .collect();
+    let m: Metrics = serde_json::from_value(json(path)?)
+        .with_context(|| format!("{}: not a plateflow metrics.json", path.display()))?;
+    let is_train = matches!(m, Metrics::Train(_));
     let mut s = ModelSection {
         name: name.to_string(),
-        what: if is_train {
-            m["split"]["protocol"]
-                .as_str()
-                .unwrap_or("cross-validation")
-                .to_string()
-        } else {
-            m["what"].as_str().unwrap_or("evaluation").to_string()
+        what: match &m {
+            Metrics::Train(t) => t.split.protocol.clone(),
+            Metrics::Evaluation(e) => e.what.clone(),
         },
-        model: m["model"].as_str().unwrap_or("").to_string(),
-        leaky: m["split"]["leaky"] == true,
-        classes,
+        model: m.model().to_string(),
+        leaky: matches!(&m, Metrics::Train(t) if t.split.leaky),
+        classes: m.classes().to_vec(),
         ..ModelSection::default()
     };
-    if m.get("weighted_f1").is_none() {
+    let Some(sc) = m.scores() else {
+        let cells = match &m {
+            Metrics::Evaluation(e) => e.cells,
+            Metrics::Train(t) => t.cells,
+        };
         s.metrics.push(Metric {
             name: "cells scored".into(),
-            value: m["cells"].as_f64().unwrap_or(0.0),
+            value: cells as f64,
             ci95: None,
             note: "no labels: predictions only".into(),
         });
         return Ok(Some(s));
+    };
+    if let Metrics::Train(t) = &m {
+        s.data_notes = t
+            .classes_mostly_in_one_group
+            .iter()
+            .map(|k| k.note.clone())
+            .collect();
     }
-    s.data_notes = m["classes_mostly_in_one_group"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|k| k["note"].as_str().map(str::to_string))
-        .collect();
-    let metric = |name: &str, v: &serde_json::Value, note: &str| Metric {
+    let plain = |name: &str, value: f64, note: &str| Metric {
         name: name.into(),
-        value: v["value"].as_f64().or(v.as_f64()).unwrap_or(f64::NAN),
-        ci95: ci(v),
+        value,
+        ci95: None,
         note: note.into(),
     };
-    s.metrics.push(metric(
+    let estimate = |name: &str, e: &Estimate, note: &str| Metric {
+        name: name.into(),
+        value: e.value,
+        ci95: {
+            let [lo, hi] = e.ci95_by_plate;
+            (lo.is_finite() && hi.is_finite()).then_some((lo, hi))
+        },
+        note: note.into(),
+    };
+    s.metrics.push(estimate(
         "weighted F1",
-        &m["weighted_f1"],
+        &sc.weighted_f1,
         "95 % interval from resampling whole plates",
     ));
-    s.metrics.push(metric(
+    s.metrics.push(estimate(
         "macro F1",
-        &m["macro_f1"],
+        &sc.macro_f1,
         "every class counts the same",
     ));
-    s.metrics.push(metric("accuracy", &m["accuracy"], ""));
+    s.metrics.push(plain("accuracy", sc.accuracy, ""));
     s.metrics
-        .push(metric("balanced accuracy", &m["balanced_accuracy"], ""));
+        .push(plain("balanced accuracy", sc.balanced_accuracy, ""));
     if is_train {
-        s.metrics.push(metric(
+        s.metrics.push(plain(
             "shuffled-label control, weighted F1",
-            &m["shuffled_label_weighted_f1"],
+            m.control_f1().unwrap_or(f64::NAN),
             "the same training on shuffled labels: the level of learning nothing",
         ));
     } else {
-        s.metrics.push(metric(
+        s.metrics.push(plain(
             "chance, weighted F1",
-            &m["chance_weighted_f1"],
+            m.control_f1().unwrap_or(f64::NAN),
             "these predictions against shuffled labels",
         ));
     }
-    let cal = &m["calibration"];
-    s.metrics.push(metric(
+    let cal = &sc.calibration;
+    s.metrics.push(plain(
         "ECE before calibration",
-        &cal["ece_before"],
+        cal.ece_before,
         "expected calibration error, 15 bins",
     ));
-    s.metrics.push(metric(
+    s.metrics.push(plain(
         "ECE after temperature scaling",
-        &cal["ece_after"],
-        &format!("T = {:.2}", cal["temperature"].as_f64().unwrap_or(f64::NAN)),
+        cal.ece_after,
+        &format!("T = {:.2}", cal.temperature),
     ));
-    s.metrics
-        .push(metric("Brier after", &cal["brier_after"], ""));
-    s.confusion = m["confusion"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|row| {
-            row.as_array()
-                .into_iter()
-                .flatten()
-                .map(|v| v.as_u64().unwrap_or(0))
-                .collect()
-        })
+    s.metrics.push(plain("Brier after", cal.brier_after, ""));
+    s.confusion = sc
+        .confusion
+        .iter()
+        .map(|row| row.iter().map(|&v| v as u64).collect())
         .collect();
-    for g in m["per_group"].as_array().into_iter().flatten() {
+    for g in &sc.per_group {
         s.per_group.push(GroupScore {
-            group: g["group"].as_str().unwrap_or("").to_string(),
-            cells: g["cells"].as_u64().unwrap_or(0) as usize,
-            weighted_f1: g["weighted_f1"].as_f64().unwrap_or(f64::NAN),
-            accuracy: g["accuracy"].as_f64().unwrap_or(f64::NAN),
+            group: g.group.clone(),
+            cells: g.cells,
+            weighted_f1: g.weighted_f1,
+            accuracy: g.accuracy,
             ci95: None,
         });
     }
@@ -230,15 +223,12 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
             (
                 "before",
                 "before temperature scaling".to_string(),
-                cal["ece_before"].as_f64(),
+                cal.ece_before,
             ),
             (
                 "after",
-                format!(
-                    "after temperature scaling (T = {:.2})",
-                    cal["temperature"].as_f64().unwrap_or(f64::NAN)
-                ),
-                cal["ece_after"].as_f64(),
+                format!("after temperature scaling (T = {:.2})", cal.temperature),
+                cal.ece_after,
             ),
         ] {
             let bins: Vec<ReliabilityBin> = rows
@@ -252,11 +242,7 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
                     count: f(r, c("count")) as usize,
                 })
                 .collect();
-            s.reliability.push(Reliability {
-                label,
-                ece: ece.unwrap_or(f64::NAN),
-                bins,
-            });
+            s.reliability.push(Reliability { label, ece, bins });
         }
     }
     if let Some(c) = outputs.get("coefficients.csv") {

@@ -4,9 +4,22 @@
 
 use super::samples::Data;
 use super::{num, Table};
+use plateflow_contract::metrics::{ClassScore, GroupScore};
 use plateflow_learn::metrics::{reliability_bins, Confusion};
 
-/// Weighted F1 and accuracy per group (plate): the CSV table and the JSON for metrics.json.
+/// Precision, recall and F1 of each class, for metrics.json.
+pub fn per_class(c: &Confusion, classes: &[String]) -> Vec<ClassScore> {
+    (0..classes.len())
+        .map(|k| ClassScore {
+            class: classes[k].clone(),
+            precision: c.precision(k),
+            recall: c.recall(k),
+            f1: c.f1(k),
+        })
+        .collect()
+}
+
+/// Weighted F1 and accuracy per group (plate): the CSV table and the rows for metrics.json.
 /// `cells[j]` is a cell index into `d`, with truth `truth[j]` and prediction `pred[j]`.
 pub fn per_group(
     d: &Data,
@@ -15,7 +28,7 @@ pub fn per_group(
     cells: &[usize],
     truth: &[usize],
     pred: &[usize],
-) -> (Table, Vec<serde_json::Value>) {
+) -> (Table, Vec<GroupScore>) {
     let groups: std::collections::BTreeSet<&str> =
         cells.iter().map(|&i| d.groups[i].as_str()).collect();
     let mut table = Table::new(&[group_by, "cells", "weighted_f1", "accuracy"]);
@@ -35,7 +48,12 @@ pub fn per_group(
             num(c.weighted_f1()),
             num(c.accuracy()),
         ]);
-        json.push(serde_json::json!({"group": g, "cells": js.len(), "weighted_f1": c.weighted_f1(), "accuracy": c.accuracy()}));
+        json.push(GroupScore {
+            group: g.to_string(),
+            cells: js.len(),
+            weighted_f1: c.weighted_f1(),
+            accuracy: c.accuracy(),
+        });
     }
     (table, json)
 }

@@ -15,6 +15,10 @@ use super::fitting::{self, Fitted, Settings};
 use super::samples::{self, Data};
 use super::{card, interpretation, num, scoring, Context, Table};
 use anyhow::Context as _;
+use plateflow_contract::metrics::{
+    Calibration, ConcentratedClass, Estimate, FileDigest, ModelSidecar, Scores, Software,
+    SplitInfo, TrainMetrics, TrainingData,
+};
 use plateflow_contract::params::{ModelKind, StopOn, TrainNormalize, TrainParams};
 use plateflow_learn::metrics::{
     apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error,
@@ -385,9 +389,7 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
     let (wlo, whi) = ci(&|c| c.weighted_f1());
     let (mlo, mhi) = ci(&|c| c.macro_f1());
     let shuffled_f1 = Confusion::new(nc, &shuffled, &shuf_pred).weighted_f1();
-    let per_class: Vec<serde_json::Value> = (0..nc)
-        .map(|k| serde_json::json!({"class": d.classes[k], "precision": overall.precision(k), "recall": overall.recall(k), "f1": overall.f1(k)}))
-        .collect();
+    let per_class = scoring::per_class(&overall, &d.classes);
     let (per_group, per_group_json) = scoring::per_group(
         &d,
         &group_by,
@@ -402,25 +404,25 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
     let groups_of_cells: Vec<String> = (0..n).map(|i| d.groups[i].clone()).collect();
     let (temperature, temperature_fitted, transfer) =
         fit_temperature_across_groups(&labels, &raw, &groups_of_cells);
-    let calibration = serde_json::json!({
-        "method": if model_kind == "logistic" { "temperature scaling, fitted per fold on cross-fitted predictions of the training plates" } else { "temperature scaling, fitted per fold on validation plates carved from the training plates" },
-        "applied_only_if": "fitted on all plates but one, it lowers the negative log-likelihood of the left-out plates (summed over plates); otherwise temperature 1",
-        "temperature": temperature,
-        "temperature_fitted": temperature_fitted,
-        "left_out_plate_nll_change": transfer,
-        "fold_temperatures": temperatures,
-        "ece_before": expected_calibration_error(&labels, &raw, 15),
-        "ece_after": expected_calibration_error(&labels, &cal, 15),
-        "brier_before": brier(&labels, &raw),
-        "brier_after": brier(&labels, &cal),
-        "nll_before": nll(&labels, &raw),
-        "nll_after": nll(&labels, &cal),
-    });
+    let calibration = Calibration {
+        method: if model_kind == "logistic" { "temperature scaling, fitted per fold on cross-fitted predictions of the training plates" } else { "temperature scaling, fitted per fold on validation plates carved from the training plates" }.into(),
+        applied_only_if: Some("fitted on all plates but one, it lowers the negative log-likelihood of the left-out plates (summed over plates); otherwise temperature 1".into()),
+        temperature,
+        temperature_fitted: Some(temperature_fitted),
+        left_out_plate_nll_change: transfer.is_finite().then_some(transfer),
+        fold_temperatures: temperatures,
+        ece_before: expected_calibration_error(&labels, &raw, 15),
+        ece_after: expected_calibration_error(&labels, &cal, 15),
+        brier_before: brier(&labels, &raw),
+        brier_after: brier(&labels, &cal),
+        nll_before: Some(nll(&labels, &raw)),
+        nll_after: Some(nll(&labels, &cal)),
+    };
     let rel = scoring::reliability(&labels, &raw, &cal);
     ctx.write_output("reliability.csv", &rel.into_bytes())?;
     // Classes that one plate mostly holds: the fold without that plate learns them from few
     // cells, which explains a low fold better than the model does (card caveat, report).
-    let concentrated: Vec<serde_json::Value> = concentrated_classes(&labels, &d.groups, nc)
+    let concentrated: Vec<ConcentratedClass> = concentrated_classes(&labels, &d.groups, nc)
         .iter()
         .map(|c| {
             // One sentence for the model card and the report alike.
@@ -433,28 +435,49 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
                 c.top_group,
                 c.cells - c.top_cells,
             );
-            serde_json::json!({"class": d.classes[c.class], "cells": c.cells, "top_group": c.top_group, "top_group_cells": c.top_cells, "groups": c.groups, "note": note})
+            ConcentratedClass {
+                class: d.classes[c.class].clone(),
+                cells: c.cells,
+                top_group: c.top_group.clone(),
+                top_group_cells: c.top_cells,
+                groups: c.groups,
+                note,
+            }
         })
         .collect();
-    let metrics = serde_json::json!({
-        "model": model_kind,
-        "split": {"protocol": protocol, "leaky": leaky, "folds": folds.len(), "groups": plates.iter().collect::<Vec<_>>(), "holdout": holdout},
-        "normalisation": normalize.clone(),
-        "cells": n,
-        "classes": d.classes,
-        "weighted_f1": {"value": overall.weighted_f1(), "ci95_by_plate": [wlo, whi]},
-        "macro_f1": {"value": overall.macro_f1(), "ci95_by_plate": [mlo, mhi]},
-        "accuracy": overall.accuracy(),
-        "balanced_accuracy": overall.balanced_accuracy(),
-        "ece_15_bins": expected_calibration_error(&labels, &cal, 15),
-        "brier": brier(&labels, &cal),
-        "calibration": calibration,
-        "shuffled_label_weighted_f1": shuffled_f1,
-        "per_class": per_class,
-        "per_group": per_group_json,
-        "classes_mostly_in_one_group": concentrated,
-        "confusion": overall.matrix,
-    });
+    let metrics = TrainMetrics {
+        model: model_kind.clone(),
+        split: SplitInfo {
+            protocol: protocol.clone(),
+            leaky,
+            folds: folds.len(),
+            groups: plates.iter().map(|p| p.to_string()).collect(),
+            holdout: holdout.clone(),
+        },
+        normalisation: normalize.clone(),
+        cells: n,
+        classes: d.classes.clone(),
+        scores: Scores {
+            weighted_f1: Estimate {
+                value: overall.weighted_f1(),
+                ci95_by_plate: [wlo, whi],
+            },
+            macro_f1: Estimate {
+                value: overall.macro_f1(),
+                ci95_by_plate: [mlo, mhi],
+            },
+            accuracy: overall.accuracy(),
+            balanced_accuracy: overall.balanced_accuracy(),
+            ece_15_bins: expected_calibration_error(&labels, &cal, 15),
+            brier: brier(&labels, &cal),
+            calibration,
+            per_class,
+            per_group: per_group_json,
+            confusion: overall.matrix.clone(),
+        },
+        shuffled_label_weighted_f1: shuffled_f1,
+        classes_mostly_in_one_group: concentrated,
+    };
     ctx.write_output(
         "metrics.json",
         serde_json::to_string_pretty(&metrics)?.as_bytes(),
@@ -466,8 +489,8 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         "{model_kind}, {n} cells, {nc} classes, {protocol}: weighted F1 {:.3} [{wlo:.3}, {whi:.3}], macro F1 {:.3}, shuffled-label control {shuffled_f1:.3}; ECE {:.3} -> {:.3} after temperature scaling",
         overall.weighted_f1(),
         overall.macro_f1(),
-        calibration["ece_before"].as_f64().unwrap_or(f64::NAN),
-        calibration["ece_after"].as_f64().unwrap_or(f64::NAN),
+        metrics.scores.calibration.ece_before,
+        metrics.scores.calibration.ece_after,
     ));
 
     // The final model, fitted on every plate outside `holdout` (the CNN early-stops on
@@ -505,19 +528,35 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         )?;
     }
     let training_groups: Vec<String> = plates.iter().map(|s| s.to_string()).collect();
-    let sidecar = serde_json::json!({
-        "classes": d.classes,
-        "label": label,
-        "group_by": group_by,
-        "normalisation": normalisation,
-        "plate_normalisation": normalize.clone(),
-        "architecture": architecture,
-        "temperature": temperature,
-        "training": {"groups": training_groups, "holdout": holdout, "cells": n, "seed": seed, "label": label,
-                     "files": d.used_digests().iter().map(|(f, h)| serde_json::json!({"file": f, "sha256": h})).collect::<Vec<_>>()},
-        "cross_validation": metrics,
-        "software": {"plateflow": env!("CARGO_PKG_VERSION"), "candle": "0.11.1"},
-    });
+    let sidecar = ModelSidecar {
+        classes: d.classes.clone(),
+        label: label.clone(),
+        group_by: group_by.clone(),
+        normalisation: normalisation.clone(),
+        plate_normalisation: normalize.clone(),
+        architecture: architecture.clone(),
+        temperature,
+        training: TrainingData {
+            groups: training_groups.clone(),
+            holdout: holdout.clone(),
+            cells: n,
+            seed,
+            label: label.clone(),
+            files: d
+                .used_digests()
+                .iter()
+                .map(|(f, h)| FileDigest {
+                    file: f.clone(),
+                    sha256: h.clone(),
+                })
+                .collect(),
+        },
+        cross_validation: metrics.clone(),
+        software: Software {
+            plateflow: env!("CARGO_PKG_VERSION").into(),
+            candle: "0.11.1".into(),
+        },
+    };
     ctx.write_output(
         "model.json",
         serde_json::to_string_pretty(&sidecar)?.as_bytes(),
@@ -539,7 +578,6 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
             cells: n,
             digests: &d.used_digests(),
             metrics: &metrics,
-            calibration: &metrics["calibration"],
             exclusions,
             cell_line: params.cell_line.as_deref(),
             stains: params.stains.clone(),
