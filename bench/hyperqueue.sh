@@ -5,7 +5,8 @@
 #
 #   bench/hyperqueue.sh [N] [CORES]      (defaults: 10000, 1)
 #
-# With an `hq` binary on PATH (e.g. `cargo install hyperqueue --locked`) it runs
+# With an `hq` binary on PATH (HyperQueue is not on crates.io: build it from its GitHub
+# repository with `cargo build --release --locked -p hyperqueue --bin hq`) it runs
 # `hq server start`, two `hq worker start --cpus CORES`, and `hq submit --array 1-N --wait true`.
 # Otherwise it uses the HyperQueue server and worker that PyPI's `hyperqueue` package embeds
 # (LocalCluster, started in-process by bench/hq_local.py) from target/bench-venv.

@@ -908,7 +908,9 @@ fn hostname() -> String {
 
 /// `plateflow run`: the same gRPC path as a cluster, all on loopback.
 pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
-    let pipeline = match plateflow_coordinator::run::validate(&args.pipeline) {
+    // The file itself here; what it names in its data is checked when the run is planned
+    // (one listing of the images, not two), before any task is sent.
+    let pipeline = match spec::load(&args.pipeline) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("{e}");

@@ -954,6 +954,8 @@ impl Engine {
         let Some(w) = self.workers.remove(&worker) else {
             return;
         };
+        // Closing its stream tells the worker its goodbye arrived: it exits at once.
+        self.comm.worker_left(worker);
         tracing::info!(worker = %worker, name = %w.name, tasks = w.running.len(), "worker stopping: {reason}");
         let mut running: Vec<TaskIdx> = w.running.into_iter().collect();
         running.sort_unstable();
@@ -1774,6 +1776,20 @@ mod tests {
             "{:?}",
             st.tasks
         );
+    }
+
+    /// A goodbye closes the worker's stream (its end of it waits for that before exiting).
+    #[test]
+    fn a_goodbye_closes_the_workers_stream() {
+        let mut h = Reactor::new(0, 60_000);
+        let a = h.connect("a", 2);
+        h.engine.react(Event::WorkerMsg {
+            worker: a,
+            body: worker_message::Body::Goodbye(pb::Goodbye {
+                reason: "SIGTERM".into(),
+            }),
+        });
+        assert_eq!(h.comm.take(), vec![Sent::Left(a)]);
     }
 
     #[test]

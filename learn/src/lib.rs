@@ -1,19 +1,22 @@
 //! Learning and evaluation for plateflow on Candle, as a library first: models (a logistic
 //! baseline and a small CNN), training (AdamW, one-cycle, class balance, augmentation, early
 //! stopping, seeded), validation grouped by plate with a leakage guard, and metrics with
-//! plate-level bootstrap intervals and calibration. The engine's `train`/`evaluate` steps
-//! (issue 4) are to be thin adapters over it.
+//! plate-level bootstrap intervals and calibration. The engine's `train` and `evaluate` steps
+//! are thin adapters over it: they read files, call [`protocol`] and [`fitting`], and write.
 
 pub mod block;
+pub mod cells;
 pub mod conv;
 mod cpu_op;
 pub mod data;
 pub mod device;
 pub mod figures;
+pub mod fitting;
 pub mod fused;
 pub mod interpret;
 pub mod metrics;
 pub mod model;
+pub mod protocol;
 pub mod rng;
 pub mod schedule;
 pub mod split;

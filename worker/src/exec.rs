@@ -29,6 +29,48 @@ pub struct ExecEnv {
     pub scratch_root: PathBuf,
     /// Input images may be read at their coordinator-side absolute path.
     pub shared_fs: bool,
+    /// Parameters already decoded, by (kind, step, JSON): a step's tasks share one decoding.
+    pub decoded: ParamsCache,
+}
+
+/// Decoded parameters shared by the tasks of a step (thousands of small tasks per step).
+pub type ParamsCache = std::sync::Arc<
+    std::sync::Mutex<
+        std::collections::HashMap<(String, String, String), std::sync::Arc<TaskParams>>,
+    >,
+>;
+
+/// A task's typed parameters: decoded once per step and worker, then shared.
+fn decode_params(spec: &TaskSpec, env: &ExecEnv) -> anyhow::Result<std::sync::Arc<TaskParams>> {
+    let key = (
+        spec.kind.clone(),
+        spec.step.clone(),
+        spec.params_json.clone(),
+    );
+    if let Some(p) = env.decoded.lock().expect("params cache").get(&key) {
+        return Ok(p.clone());
+    }
+    let kind = StepKind::from_name(&spec.kind).ok_or_else(|| {
+        anyhow::anyhow!(
+            "this worker does not implement step kind `{}` (plateflow {})",
+            spec.kind,
+            env!("CARGO_PKG_VERSION")
+        )
+    })?;
+    let p = TaskParams::decode(kind, &spec.step, &spec.params_json).map_err(|e| {
+        anyhow::anyhow!(
+            "parameters of step `{}` do not fit this worker's kind `{kind}` (plateflow {}): {e}",
+            spec.step,
+            env!("CARGO_PKG_VERSION")
+        )
+    })?;
+    let p = std::sync::Arc::new(p);
+    let mut cache = env.decoded.lock().expect("params cache");
+    if cache.len() > 1024 {
+        cache.clear(); // many runs' steps: start over rather than grow without bound
+    }
+    cache.insert(key, p.clone());
+    Ok(p)
 }
 
 /// Runs a task to completion. Never panics on bad input: every problem becomes a failed
@@ -48,21 +90,8 @@ pub async fn execute<F: BlobFetcher>(
         attempt: spec.attempt,
         ..Default::default()
     };
-    // The parameters are decoded once, here, into the kind's typed struct.
-    let params = match StepKind::from_name(&spec.kind) {
-        Some(kind) => TaskParams::decode(kind, &spec.step, &spec.params_json).map_err(|e| {
-            anyhow::anyhow!(
-                "parameters of step `{}` do not fit this worker's kind `{kind}` (plateflow {}): {e}",
-                spec.step,
-                env!("CARGO_PKG_VERSION")
-            )
-        }),
-        None => Err(anyhow::anyhow!(
-            "this worker does not implement step kind `{}` (plateflow {})",
-            spec.kind,
-            env!("CARGO_PKG_VERSION")
-        )),
-    };
+    // The parameters are decoded once, into the kind's typed struct.
+    let params = decode_params(spec, env);
     // Errors from here on are I/O on the way (an input that could not be fetched): another
     // attempt may pass. A parameter that does not decode will not.
     let decoded = params.is_ok();
@@ -71,7 +100,7 @@ pub async fn execute<F: BlobFetcher>(
         Ok(p) => match &p.params {
             StepParams::Noop(_) => Ok(CommandOutcome::default()),
             StepParams::Command(c) => run_command(spec, c, env, fetcher).await,
-            _ => run_builtin(spec, p, env, fetcher, progress).await,
+            _ => run_builtin(spec, (*p).clone(), env, fetcher, progress).await,
         },
     };
     match outcome {

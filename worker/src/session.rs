@@ -65,6 +65,7 @@ pub async fn run_worker(
         store,
         scratch_root: cfg.scratch_dir.clone(),
         shared_fs: cfg.shared_fs,
+        decoded: Default::default(),
     };
     tokio::pin!(shutdown);
     let mut unreachable_since = tokio::time::Instant::now();

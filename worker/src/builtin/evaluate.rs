@@ -6,14 +6,14 @@
 //! (fitted at training time, never here), reliability bins, and per-cell predictions for
 //! every cell, labelled or not.
 
-use super::fitting::Fitted;
 use super::samples::{self, Data};
 use super::{scoring, Context};
 use anyhow::Context as _;
-use plateflow_contract::metrics::{Calibration, Estimate, EvaluationMetrics, ModelSidecar, Scores};
+use plateflow_contract::metrics::{Calibration, EvaluationMetrics, ModelSidecar};
 use plateflow_contract::params::EvaluateParams;
+use plateflow_learn::fitting::Fitted;
 use plateflow_learn::metrics::{
-    apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error, Confusion,
+    apply_temperature, argmax, brier, expected_calibration_error, Confusion,
 };
 use plateflow_learn::rng::Rng;
 use std::collections::BTreeSet;
@@ -183,17 +183,9 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
         chance_weighted_f1: None,
     };
     if !lab.is_empty() {
-        let overall = Confusion::new(nc, &truth, &pred_lab);
         let lab_groups: Vec<String> = lab.iter().map(|&i| d.groups[i].clone()).collect();
-        let ci = |f: &dyn Fn(&Confusion) -> f64| {
-            bootstrap_by_group(&lab_groups, 1000, 0, |idx| {
-                let t: Vec<usize> = idx.iter().map(|&j| truth[j]).collect();
-                let p: Vec<usize> = idx.iter().map(|&j| pred_lab[j]).collect();
-                f(&Confusion::new(nc, &t, &p))
-            })
-        };
-        let (wlo, whi) = ci(&|c| c.weighted_f1());
-        let (mlo, mhi) = ci(&|c| c.macro_f1());
+        let headline = scoring::estimates(nc, &truth, &pred_lab, &lab_groups, 0);
+        let weighted = headline.1.clone();
         // Chance level: the same predictions against shuffled labels.
         let mut shuffled = truth.clone();
         Rng::new(0xC4A5).shuffle(&mut shuffled);
@@ -204,44 +196,35 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
         let rel = scoring::reliability(&truth, &r_lab, &p_lab);
         ctx.write_output("reliability.csv", &rel.into_bytes())?;
         metrics.chance_weighted_f1 = Some(chance);
-        metrics.scores = Some(Scores {
-            weighted_f1: Estimate {
-                value: overall.weighted_f1(),
-                ci95_by_plate: [wlo, whi],
-            },
-            macro_f1: Estimate {
-                value: overall.macro_f1(),
-                ci95_by_plate: [mlo, mhi],
-            },
-            accuracy: overall.accuracy(),
-            balanced_accuracy: overall.balanced_accuracy(),
-            ece_15_bins: expected_calibration_error(&truth, &p_lab, 15),
-            brier: brier(&truth, &p_lab),
-            calibration: Calibration {
-                method: "the model's temperature, fitted at training time on its validation plates"
-                    .into(),
-                applied_only_if: None,
-                temperature,
-                temperature_fitted: None,
-                left_out_plate_nll_change: None,
-                fold_temperatures: Vec::new(),
-                ece_before: expected_calibration_error(&truth, &r_lab, 15),
-                ece_after: expected_calibration_error(&truth, &p_lab, 15),
-                brier_before: brier(&truth, &r_lab),
-                brier_after: brier(&truth, &p_lab),
-                nll_before: None,
-                nll_after: None,
-            },
-            per_class: scoring::per_class(&overall, &classes),
-            per_group: per_group_json,
-            confusion: overall.matrix.clone(),
-        });
+        let calibration = Calibration {
+            method: "the model's temperature, fitted at training time on its validation plates"
+                .into(),
+            applied_only_if: None,
+            temperature,
+            temperature_fitted: None,
+            left_out_plate_nll_change: None,
+            fold_temperatures: Vec::new(),
+            ece_before: expected_calibration_error(&truth, &r_lab, 15),
+            ece_after: expected_calibration_error(&truth, &p_lab, 15),
+            brier_before: brier(&truth, &r_lab),
+            brier_after: brier(&truth, &p_lab),
+            nll_before: None,
+            nll_after: None,
+        };
+        metrics.scores = Some(scoring::scores(
+            &classes,
+            &truth,
+            &p_lab,
+            headline,
+            calibration,
+            per_group_json,
+        ));
         ctx.logln(format!(
-            "{} cells of {} ({} labelled): weighted F1 {:.3} [{wlo:.3}, {whi:.3}], chance {chance:.3}, ECE {:.3} with T {temperature:.2}",
+            "{} cells of {} ({} labelled): weighted F1 {}, chance {chance:.3}, ECE {:.3} with T {temperature:.2}",
             n,
             chosen.iter().cloned().collect::<Vec<_>>().join(", "),
             lab.len(),
-            overall.weighted_f1(),
+            weighted.show(),
             expected_calibration_error(&truth, &p_lab, 15)
         ));
     } else {

@@ -3,10 +3,10 @@
 //! confident cells; plus the randomised-weights sanity check, whose result goes into
 //! `interpretation.json`.
 
-use super::samples::Data;
 use super::Context;
 use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
+use plateflow_learn::cells::Data;
 use plateflow_learn::figures::{composite, grid, overlay};
 use plateflow_learn::interpret::{grad_cam, saliency, smoothgrad, spearman};
 use plateflow_learn::model::{seed_init, Cnn};

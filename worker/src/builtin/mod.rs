@@ -16,7 +16,6 @@ pub mod crops;
 pub mod curate;
 pub mod evaluate;
 pub mod features;
-pub mod fitting;
 pub mod interpretation;
 pub use plateflow_contract::platemap;
 pub mod report;

@@ -2,10 +2,64 @@
 //! new plates): per-group scores, reliability bins before and after calibration, and per-cell
 //! predictions joinable to the features table.
 
-use super::samples::Data;
 use super::{num, Table};
-use plateflow_contract::metrics::{ClassScore, GroupScore};
-use plateflow_learn::metrics::{reliability_bins, Confusion};
+use plateflow_contract::metrics::{Calibration, ClassScore, Estimate, GroupScore, Scores};
+use plateflow_learn::metrics::{
+    bootstrap_by_group, brier, expected_calibration_error, reliability_bins, Confusion,
+};
+
+/// The confusion of `pred` against `truth` and its weighted and macro F1, each with a 95 %
+/// interval from 1,000 resamplings of whole groups (`groups[j]` is cell j's; `seed` fixes it).
+pub fn estimates(
+    classes: usize,
+    truth: &[usize],
+    pred: &[usize],
+    groups: &[String],
+    seed: u64,
+) -> (Confusion, Estimate, Estimate) {
+    let ci = |f: &dyn Fn(&Confusion) -> f64| {
+        let (lo, hi) = bootstrap_by_group(groups, 1000, seed, |idx| {
+            let t: Vec<usize> = idx.iter().map(|&j| truth[j]).collect();
+            let p: Vec<usize> = idx.iter().map(|&j| pred[j]).collect();
+            f(&Confusion::new(classes, &t, &p))
+        });
+        [lo, hi]
+    };
+    let overall = Confusion::new(classes, truth, pred);
+    let weighted = Estimate {
+        value: overall.weighted_f1(),
+        ci95_by_plate: ci(&|c| c.weighted_f1()),
+    };
+    let macro_ = Estimate {
+        value: overall.macro_f1(),
+        ci95_by_plate: ci(&|c| c.macro_f1()),
+    };
+    (overall, weighted, macro_)
+}
+
+/// The scores written to metrics.json, from [`estimates`] and the calibrated probabilities.
+pub fn scores(
+    classes: &[String],
+    truth: &[usize],
+    calibrated: &[Vec<f64>],
+    (overall, weighted_f1, macro_f1): (Confusion, Estimate, Estimate),
+    calibration: Calibration,
+    per_group: Vec<GroupScore>,
+) -> Scores {
+    Scores {
+        weighted_f1,
+        macro_f1,
+        accuracy: overall.accuracy(),
+        balanced_accuracy: overall.balanced_accuracy(),
+        ece_15_bins: expected_calibration_error(truth, calibrated, 15),
+        brier: brier(truth, calibrated),
+        calibration,
+        per_class: per_class(&overall, classes),
+        per_group,
+        confusion: overall.matrix,
+    }
+}
+use plateflow_learn::cells::Data;
 
 /// Precision, recall and F1 of each class, for metrics.json.
 pub fn per_class(c: &Confusion, classes: &[String]) -> Vec<ClassScore> {

@@ -1,6 +1,7 @@
 //! `train`: cross-validation that cannot leak, and a final model, on the outputs of upstream
 //! `features` (per-cell table; the logistic baseline) or `crops` (single-cell crops; the CNN)
-//! steps.
+//! steps. The protocol itself is `plateflow_learn::protocol`; this step reads the upstream
+//! files, calls it, and writes the tables, figures, model and card.
 //!
 //! Folds keep plates (or another metadata field) whole and pass the leakage guard; plates in
 //! `holdout` are left out of everything, for `evaluate`. Within each fold, validation plates
@@ -11,149 +12,23 @@
 //! coefficients (logistic) or saliency figures and montages (CNN), and the final model with its
 //! sidecar and model card.
 
-use super::fitting::{self, Fitted, Settings};
 use super::samples::{self, Data};
 use super::{card, interpretation, num, scoring, Context, Table};
-use anyhow::Context as _;
 use plateflow_contract::metrics::{
-    Calibration, ConcentratedClass, Estimate, FileDigest, ModelSidecar, Scores, Software,
-    SplitInfo, TrainMetrics, TrainingData,
+    Calibration, ConcentratedClass, FileDigest, ModelSidecar, Software, SplitInfo, TrainMetrics,
+    TrainingData,
 };
 use plateflow_contract::params::{ModelKind, StopOn, TrainNormalize, TrainParams};
+use plateflow_learn::fitting::{self, Fitted, Settings};
 use plateflow_learn::metrics::{
-    apply_temperature, argmax, bootstrap_by_group, brier, expected_calibration_error,
-    fit_temperature_across_groups, nll, Confusion,
+    apply_temperature, argmax, brier, expected_calibration_error, fit_temperature_across_groups,
+    nll, Confusion,
 };
+use plateflow_learn::protocol::{cross_validate, fit_cnn};
 use plateflow_learn::rng::Rng;
-use plateflow_learn::split::{check_no_leak, concentrated_classes, group_kfold, Fold};
-use plateflow_learn::train::{History, WarmStart};
+use plateflow_learn::split::concentrated_classes;
+use plateflow_learn::train::WarmStart;
 use std::collections::BTreeSet;
-
-/// Splits `train` (cell indices) into cells to fit on and validation cells from other
-/// groups, for early stopping and temperature scaling. With a single group there is nothing
-/// to validate on but the training cells themselves (`None`).
-fn carve_validation(
-    groups: &[String],
-    train: &[usize],
-) -> anyhow::Result<Option<(Vec<usize>, Vec<usize>)>> {
-    let train_groups: Vec<String> = train.iter().map(|&i| groups[i].clone()).collect();
-    let distinct: BTreeSet<&String> = train_groups.iter().collect();
-    if distinct.len() < 2 {
-        return Ok(None);
-    }
-    let inner = &group_kfold(&train_groups, distinct.len().min(4))?[0];
-    Ok(Some((
-        inner.train.iter().map(|&j| train[j]).collect(),
-        inner.test.iter().map(|&j| train[j]).collect(),
-    )))
-}
-
-/// What one fit-and-calibrate produced on its test cells.
-struct Scored {
-    raw: Vec<Vec<f64>>,
-    temperature: f64,
-    history: Option<History>,
-}
-
-/// Fits on `train` and scores `test`.
-/// - CNN: the validation plates carved from `train` early-stop it and fit the temperature.
-/// - Logistic (no early stopping): fitted on all of `train`; its temperature comes from
-///   cross-fitting over the training plates (each inner fold's plates scored by a model that
-///   did not see them, pooled), so it is fitted on predictions like the ones it is applied to.
-fn fit_and_score(
-    d: &Data,
-    y: &[usize],
-    s: &Settings,
-    train: &[usize],
-    test: &[usize],
-) -> anyhow::Result<Scored> {
-    if s.model == "logistic" {
-        let groups: Vec<String> = train.iter().map(|&i| d.groups[i].clone()).collect();
-        let distinct = groups.iter().collect::<BTreeSet<_>>().len();
-        let temperature = if distinct >= 2 {
-            let (mut truth, mut probs, mut plates) = (Vec::new(), Vec::new(), Vec::new());
-            for f in group_kfold(&groups, distinct.min(3))? {
-                let fit_on: Vec<usize> = f.train.iter().map(|&j| train[j]).collect();
-                let val: Vec<usize> = f.test.iter().map(|&j| train[j]).collect();
-                probs.extend(
-                    fitting::fit(d, y, s, &fit_on, &fit_on)?
-                        .0
-                        .predict(d, &val)?,
-                );
-                truth.extend(val.iter().map(|&i| y[i]));
-                plates.extend(val.iter().map(|&i| d.groups[i].clone()));
-            }
-            fit_temperature_across_groups(&truth, &probs, &plates).0
-        } else {
-            1.0 // one training plate: nothing to calibrate on that the model did not see
-        };
-        let (model, _) = fitting::fit(d, y, s, train, train)?;
-        return Ok(Scored {
-            raw: model.predict(d, test)?,
-            temperature,
-            history: None,
-        });
-    }
-    let (model, history, temperature) = fit_cnn(d, y, s, train)?;
-    Ok(Scored {
-        raw: model.predict(d, test)?,
-        temperature,
-        history: Some(history),
-    })
-}
-
-/// The CNN on the cells `train`: early-stopped on validation plates carved from them (which
-/// also fit the temperature); then, with `refit` (the default), trained again on all of
-/// `train` for the epoch count the validation plates chose, so no training plate is lost
-/// to validation (a quarter of them otherwise). The temperature stays the one fitted on the
-/// first model's validation plates: the refit model has seen those plates.
-fn fit_cnn(
-    d: &Data,
-    y: &[usize],
-    s: &Settings,
-    train: &[usize],
-) -> anyhow::Result<(Fitted, History, f64)> {
-    let Some((fit_on, val)) = carve_validation(&d.groups, train)? else {
-        // One plate: nothing to validate on but the training cells themselves.
-        let (model, history) = fitting::fit(d, y, s, train, train)?;
-        return Ok((model, history.unwrap_or_default(), 1.0));
-    };
-    let (model, history) = fitting::fit(d, y, s, &fit_on, &val)?;
-    let mut history = history.unwrap_or_default();
-    let val_truth: Vec<usize> = val.iter().map(|&i| y[i]).collect();
-    let val_plates: Vec<String> = val.iter().map(|&i| d.groups[i].clone()).collect();
-    let temperature =
-        fit_temperature_across_groups(&val_truth, &model.predict(d, &val)?, &val_plates).0;
-    if !s.refit {
-        return Ok((model, history, temperature));
-    }
-    let epochs = history.best_epoch + 1;
-    let again = Settings {
-        epochs: Some(epochs),
-        progress: s.progress.with_prefix("refit on all training plates"),
-        ..s.clone()
-    };
-    let (refit, _) = fitting::fit(d, y, &again, train, &[])?;
-    history.refit_epochs = Some(epochs);
-    Ok((refit, history, temperature))
-}
-
-/// Random folds of cells, for `split: random` (leaky; opt-in only).
-fn random_folds(n: usize, k: usize, seed: u64) -> Vec<Fold> {
-    let mut order: Vec<usize> = (0..n).collect();
-    Rng::new(seed ^ 0x1EA4).shuffle(&mut order);
-    (0..k)
-        .map(|f| {
-            let test: Vec<usize> = order.iter().copied().skip(f).step_by(k).collect();
-            let in_test: BTreeSet<usize> = test.iter().copied().collect();
-            Fold {
-                train: (0..n).filter(|i| !in_test.contains(i)).collect(),
-                test,
-                held_out: vec![format!("random fold {f}")],
-            }
-        })
-        .collect()
-}
 
 /// The feature family and channel of a CellProfiler-style column name, for grouping the
 /// logistic coefficients: `Nuclei_Intensity_MeanIntensity_DNA` → (Nuclei Intensity, DNA).
@@ -254,16 +129,12 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
     );
     let plates: BTreeSet<&str> = d.groups.iter().map(String::as_str).collect();
     let k = params.folds as usize;
-    let folds = if leaky {
-        random_folds(n, k.max(2), seed)
-    } else {
-        anyhow::ensure!(
-            plates.len() >= 2,
-            "cross-validation by {group_by} needs at least 2 {group_by}s with labelled cells outside `holdout`; found {}",
-            plates.len()
-        );
-        group_kfold(&d.groups, k.min(plates.len()))?
-    };
+    anyhow::ensure!(
+        leaky || plates.len() >= 2,
+        "cross-validation by {group_by} needs at least 2 {group_by}s with labelled cells outside `holdout`; found {}",
+        plates.len()
+    );
+    let folds = plateflow_learn::protocol::folds(&d, k, leaky, seed)?;
     let protocol = if leaky {
         format!("random split of cells, {} folds (LEAKY)", folds.len())
     } else {
@@ -298,26 +169,16 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
     let mut cal_all: Vec<Option<Vec<f64>>> = vec![None; n];
     let mut shuf_pred = vec![0usize; n];
     let mut temperatures = Vec::new();
-    for (fi, f) in folds.iter().enumerate() {
-        if !leaky {
-            check_no_leak(&d.origins, &f.train, &f.test).with_context(|| format!("fold {fi}"))?;
-        }
-        let of = format!("fold {}/{}", fi + 1, folds.len());
-        let s = Settings {
-            progress: ctx.progress_sink(&of),
-            ..settings.clone()
-        };
-        let scored = fit_and_score(&d, &labels, &s, &f.train, &f.test)?;
-        let s = Settings {
-            progress: ctx.progress_sink(&format!("{of}, shuffled-label control")),
-            ..settings.clone()
-        };
-        let control = fit_and_score(&d, &shuffled, &s, &f.train, &f.test)?;
+    let outcomes = cross_validate(&d, &labels, &shuffled, &folds, &settings, leaky, &|what| {
+        ctx.progress_sink(what)
+    })?;
+    for (fi, outcome) in outcomes.iter().enumerate() {
+        let (f, scored) = (&outcome.fold, &outcome.scored);
         let cal = apply_temperature(&scored.raw, scored.temperature);
         let truth: Vec<usize> = f.test.iter().map(|&i| labels[i]).collect();
         let c = Confusion::new(nc, &truth, &argmax(&cal));
         let st: Vec<usize> = f.test.iter().map(|&i| shuffled[i]).collect();
-        let sp = argmax(&control.raw);
+        let sp = argmax(&outcome.control_raw);
         let cs = Confusion::new(nc, &st, &sp);
         cv.push_row([
             fi.to_string(),
@@ -378,18 +239,8 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         .map(|p| p.expect("every cell is tested once"))
         .collect();
     let pred = argmax(&cal);
-    let overall = Confusion::new(nc, &labels, &pred);
-    let ci = |f: &dyn Fn(&Confusion) -> f64| {
-        bootstrap_by_group(&d.groups, 1000, seed, |idx| {
-            let t: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
-            let p: Vec<usize> = idx.iter().map(|&i| pred[i]).collect();
-            f(&Confusion::new(nc, &t, &p))
-        })
-    };
-    let (wlo, whi) = ci(&|c| c.weighted_f1());
-    let (mlo, mhi) = ci(&|c| c.macro_f1());
+    let headline = scoring::estimates(nc, &labels, &pred, &d.groups, seed);
     let shuffled_f1 = Confusion::new(nc, &shuffled, &shuf_pred).weighted_f1();
-    let per_class = scoring::per_class(&overall, &d.classes);
     let (per_group, per_group_json) = scoring::per_group(
         &d,
         &group_by,
@@ -457,24 +308,14 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         normalisation: normalize.clone(),
         cells: n,
         classes: d.classes.clone(),
-        scores: Scores {
-            weighted_f1: Estimate {
-                value: overall.weighted_f1(),
-                ci95_by_plate: [wlo, whi],
-            },
-            macro_f1: Estimate {
-                value: overall.macro_f1(),
-                ci95_by_plate: [mlo, mhi],
-            },
-            accuracy: overall.accuracy(),
-            balanced_accuracy: overall.balanced_accuracy(),
-            ece_15_bins: expected_calibration_error(&labels, &cal, 15),
-            brier: brier(&labels, &cal),
+        scores: scoring::scores(
+            &d.classes,
+            &labels,
+            &cal,
+            headline,
             calibration,
-            per_class,
-            per_group: per_group_json,
-            confusion: overall.matrix.clone(),
-        },
+            per_group_json,
+        ),
         shuffled_label_weighted_f1: shuffled_f1,
         classes_mostly_in_one_group: concentrated,
     };
@@ -486,9 +327,9 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
     let preds = scoring::predictions(&d, &group_by, &d.classes, &truth, &cal);
     ctx.write_output("predictions.csv", &preds.into_bytes())?;
     ctx.logln(format!(
-        "{model_kind}, {n} cells, {nc} classes, {protocol}: weighted F1 {:.3} [{wlo:.3}, {whi:.3}], macro F1 {:.3}, shuffled-label control {shuffled_f1:.3}; ECE {:.3} -> {:.3} after temperature scaling",
-        overall.weighted_f1(),
-        overall.macro_f1(),
+        "{model_kind}, {n} cells, {nc} classes, {protocol}: weighted F1 {}, macro F1 {:.3}, shuffled-label control {shuffled_f1:.3}; ECE {:.3} -> {:.3} after temperature scaling",
+        metrics.scores.weighted_f1.show(),
+        metrics.scores.macro_f1.value,
         metrics.scores.calibration.ece_before,
         metrics.scores.calibration.ece_after,
     ));

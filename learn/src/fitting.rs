@@ -1,15 +1,15 @@
 //! Fitting, predicting, saving and loading the two models on [`Data`]: shared by `train`
 //! (cross-validation folds and the final model) and `evaluate` (a saved model on new plates).
 
-use super::samples::Data;
-use anyhow::Context as _;
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
-use plateflow_learn::model::{Cnn, CnnConfig, Logistic};
-use plateflow_learn::train::{
+use crate::cells::Data;
+use crate::model::{Cnn, CnnConfig, Logistic};
+use crate::train::{
     predict_cnn, predict_cnn_tta, predict_logistic, train_cnn, train_logistic, History, Samples,
     Standardizer, TrainConfig, WarmStart,
 };
+use anyhow::Context as _;
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
 use std::path::Path;
 
 /// How to fit: the `train` step's parameters that shape a model.
@@ -30,11 +30,11 @@ pub struct Settings {
     /// CNN zoom augmentation, U(1 − s, 1 + s); 0 is off.
     pub scale_jitter: f64,
     /// What early stopping follows on the validation plates.
-    pub stop_on: plateflow_learn::train::StopOn,
+    pub stop_on: crate::train::StopOn,
     /// CNN predictions average the 8 flips/rotations of each crop (test-time augmentation).
     pub tta: bool,
     /// Where the CNN says how far it got.
-    pub progress: plateflow_learn::train::Progress,
+    pub progress: crate::train::Progress,
 }
 
 pub enum Fitted {

@@ -1,0 +1,133 @@
+//! Labelled cells as the learning code sees them: one row of features or one crop per cell,
+//! with its class, its group (plate) and where it came from (for the leakage guard and the
+//! model card). Built by the engine's steps from upstream tables; fitted on by
+//! [`crate::fitting`] and cross-validated by [`crate::protocol`].
+
+use crate::split::Origin;
+
+/// Samples gathered from upstream tables: one row per cell.
+#[derive(Default)]
+pub struct Data {
+    pub x: Vec<f32>,
+    /// One sample's shape: [features] or [C, H, W].
+    pub shape: Vec<usize>,
+    /// Class index per cell; `None` where the plate map gives no label.
+    pub labels: Vec<Option<usize>>,
+    pub classes: Vec<String>,
+    pub groups: Vec<String>,
+    pub origins: Vec<Origin>,
+    pub ids: Vec<String>,
+    pub feature_names: Vec<String>,
+    /// (file, SHA-256) of every upstream file read.
+    pub digests: Vec<(String, String)>,
+    /// Per cell, the index in `digests` of the file it came from.
+    pub file_of: Vec<usize>,
+}
+
+impl Data {
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+    /// A cell's label (empty: unlabelled), added to the classes unless they are `fixed`.
+    pub fn push_label(&mut self, value: &str, fixed: bool) -> anyhow::Result<()> {
+        let l = if value.is_empty() {
+            None
+        } else {
+            Some(label_index(&mut self.classes, value, fixed)?)
+        };
+        self.labels.push(l);
+        Ok(())
+    }
+
+    /// Keeps the cells for which `keep(i)` holds.
+    pub fn retain(&mut self, keep: impl Fn(usize) -> bool) {
+        let per: usize = self.shape.iter().product();
+        let kept: Vec<usize> = (0..self.len()).filter(|&i| keep(i)).collect();
+        let mut x = Vec::with_capacity(kept.len() * per);
+        for &i in &kept {
+            x.extend_from_slice(&self.x[i * per..(i + 1) * per]);
+        }
+        self.x = x;
+        self.labels = kept.iter().map(|&i| self.labels[i]).collect();
+        self.groups = kept.iter().map(|&i| self.groups[i].clone()).collect();
+        self.origins = kept.iter().map(|&i| self.origins[i].clone()).collect();
+        self.ids = kept.iter().map(|&i| self.ids[i].clone()).collect();
+        self.file_of = kept.iter().map(|&i| self.file_of[i]).collect();
+    }
+
+    /// (file, SHA-256) of the files that the remaining cells came from: the data seen.
+    pub fn used_digests(&self) -> Vec<(String, String)> {
+        let used: std::collections::BTreeSet<usize> = self.file_of.iter().copied().collect();
+        used.into_iter().map(|f| self.digests[f].clone()).collect()
+    }
+}
+
+/// The class index of `value`, added to `classes` unless `fixed` (a saved model's classes).
+fn label_index(classes: &mut Vec<String>, value: &str, fixed: bool) -> anyhow::Result<usize> {
+    match classes.iter().position(|c| c == value) {
+        Some(i) => Ok(i),
+        None if fixed => anyhow::bail!(
+            "label `{value}` is not one of the model's classes ({})",
+            classes.join(", ")
+        ),
+        None => {
+            classes.push(value.to_string());
+            Ok(classes.len() - 1)
+        }
+    }
+}
+
+/// Each feature as a robust z-score within its plate: (x − median) / (1.4826 · MAD) over the
+/// plate's own cells. Labels play no part, so a held-out plate is normalised by itself alone,
+/// and plate-wide shifts (illumination, stain intensity) stop looking like phenotypes.
+pub fn per_group_robust_z(d: &mut Data) {
+    let dim = d.shape[0];
+    let mut members: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, g) in d.groups.iter().enumerate() {
+        members.entry(g.as_str()).or_default().push(i);
+    }
+    let median = |v: &mut Vec<f32>| {
+        v.sort_by(f32::total_cmp);
+        if v.is_empty() {
+            0.0
+        } else {
+            v[v.len() / 2]
+        }
+    };
+    for rows in members.values() {
+        for f in 0..dim {
+            let mut v: Vec<f32> = rows.iter().map(|&i| d.x[i * dim + f]).collect();
+            let m = median(&mut v);
+            let mut dev: Vec<f32> = v.iter().map(|x| (x - m).abs()).collect();
+            let mad = median(&mut dev) * 1.4826;
+            let scale = if mad > 1e-9 { mad } else { 1.0 };
+            for &i in rows {
+                let x = &mut d.x[i * dim + f];
+                *x = (*x - m) / scale;
+            }
+        }
+    }
+}
+
+/// Each crop's channels as z-scores of their own pixels (mean 0, standard deviation 1):
+/// brightness and contrast differ between plates and imaging dates, and a CNN on raw
+/// intensities learns them. Fitted on nothing but the crop itself, so nothing can leak.
+pub fn per_crop_z(d: &mut Data) {
+    let hw: usize = d.shape[1..].iter().product();
+    for plane in d.x.chunks_mut(hw) {
+        let n = plane.len().max(1) as f64;
+        let mean = plane.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = plane
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let sd = var.sqrt().max(1e-6);
+        for v in plane.iter_mut() {
+            *v = ((*v as f64 - mean) / sd) as f32;
+        }
+    }
+}
