@@ -1735,6 +1735,20 @@ mod tests {
             self.results(worker, results);
         }
 
+        /// A failed attempt of `task`: `transient` when another attempt might pass.
+        fn fail(&mut self, worker: WorkerId, task: &TaskSpec, error: &str, transient: bool) {
+            let result = TaskResult {
+                task_id: task.task_id,
+                attempt: task.attempt,
+                ok: false,
+                error: error.into(),
+                stderr_tail: "bad pixel".into(),
+                transient,
+                ..Default::default()
+            };
+            self.results(worker, vec![result]);
+        }
+
         /// What a worker sends when it gets SIGTERM.
         fn goodbye(&mut self, worker: WorkerId) {
             self.send(Event::WorkerMsg {
@@ -1905,18 +1919,7 @@ mod tests {
         let run = h.submit();
         let first = h.assigned(a);
         assert_eq!(first.len(), 1, "one CPU, one task at a time");
-        h.results(
-            a,
-            vec![TaskResult {
-                task_id: first[0].task_id,
-                attempt: 1,
-                ok: false,
-                error: "exit status 1".into(),
-                stderr_tail: "bad pixel".into(),
-                transient: true,
-                ..Default::default()
-            }],
-        );
+        h.fail(a, &first[0], "exit status 1", true);
         let second = h.assigned(a);
         assert_ne!(
             second[0].task_id, first[0].task_id,
@@ -1940,17 +1943,7 @@ mod tests {
         let a = h.connect("a", 1);
         let run = h.submit();
         let first = h.assigned(a);
-        h.results(
-            a,
-            vec![TaskResult {
-                task_id: first[0].task_id,
-                attempt: 1,
-                ok: false,
-                error: "input P1/A01.tif unavailable".into(),
-                transient: true,
-                ..Default::default()
-            }],
-        );
+        h.fail(a, &first[0], "input P1/A01.tif unavailable", true);
         // The retry goes to the front of the queue.
         let second = h.assigned(a);
         assert_eq!(
@@ -1969,17 +1962,7 @@ mod tests {
         let a = h.connect("a", 1);
         let run = h.submit();
         let first = h.assigned(a);
-        h.results(
-            a,
-            vec![TaskResult {
-                task_id: first[0].task_id,
-                attempt: 1,
-                ok: false,
-                error: "plate map has no column `treatment`".into(),
-                transient: false,
-                ..Default::default()
-            }],
-        );
+        h.fail(a, &first[0], "plate map has no column `treatment`", false);
         let second = h.assigned(a);
         assert_ne!(
             second[0].task_id, first[0].task_id,
