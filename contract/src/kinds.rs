@@ -111,9 +111,18 @@ pub struct KindInfo {
     pub version: u32,
     pub summary: &'static str,
     pub params: &'static [ParamSpec],
+    /// The files a built-in kind may write (`*` stands for any characters but `/`); a
+    /// `command` declares its own in `outputs:`. The worker refuses anything else, so this
+    /// list and the code cannot drift apart.
+    pub outputs: &'static [&'static str],
 }
 
 impl KindInfo {
+    /// Whether a built-in kind declares `name` (a path under its output directory).
+    pub fn declares_output(&self, name: &str) -> bool {
+        self.outputs.iter().any(|p| glob_match(p, name))
+    }
+
     pub fn param(&self, name: &str) -> Option<&ParamSpec> {
         self.params.iter().find(|p| p.name == name)
     }
@@ -296,6 +305,7 @@ static KINDS: &[KindInfo] = &[
         version: 1,
         summary: "the user's own program, with placeholders for its inputs and outputs",
         params: COMMAND_PARAMS,
+        outputs: &[],
     },
     KindInfo {
         kind: StepKind::Noop,
@@ -303,6 +313,7 @@ static KINDS: &[KindInfo] = &[
         version: 1,
         summary: "does nothing; measures the engine's own dispatch overhead",
         params: NOOP_PARAMS,
+        outputs: &[],
     },
     KindInfo {
         kind: StepKind::Curate,
@@ -310,6 +321,7 @@ static KINDS: &[KindInfo] = &[
         version: 1,
         summary: "image QC: blur, saturation, intensity, rough counts; robust-z flags per plate, exclusion list, heat maps, label QC, Z'",
         params: CURATE_PARAMS,
+        outputs: &["qc.csv", "exclusions.csv", "heatmaps/*.svg", "label_qc.csv", "zprime.csv"],
     },
     KindInfo {
         kind: StepKind::Segment,
@@ -317,6 +329,7 @@ static KINDS: &[KindInfo] = &[
         version: 1,
         summary: "nuclei (Otsu + distance watershed, size adapted to the image) and cells; 16-bit label TIFFs and an object table",
         params: SEGMENT_PARAMS,
+        outputs: &["objects.csv", "labels/*_nuclei.tif", "labels/*_cells.tif"],
     },
     KindInfo {
         kind: StepKind::Features,
@@ -324,6 +337,7 @@ static KINDS: &[KindInfo] = &[
         version: 1,
         summary: "per-object shape, intensity and texture in CellProfiler column names; per-well medians, optional control normalisation, Z'",
         params: FEATURES_PARAMS,
+        outputs: &["cells.csv", "wells.csv", "wells_normalized.csv", "zprime.csv"],
     },
     KindInfo {
         kind: StepKind::Crops,
@@ -331,6 +345,7 @@ static KINDS: &[KindInfo] = &[
         version: 2,
         summary: "fixed-size single-cell crops of all channels, one safetensors file per task, with an index table",
         params: CROPS_PARAMS,
+        outputs: &["crops.safetensors", "crops.csv", "cells.csv"],
     },
     KindInfo {
         kind: StepKind::Train,
@@ -338,6 +353,7 @@ static KINDS: &[KindInfo] = &[
         version: 12,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
+        outputs: &["cv.csv", "curves.csv", "metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "coefficients.csv", "figures/*.png", "interpretation.json", "model.safetensors", "model.json", "model_card.md", "model_card.json"],
     },
     KindInfo {
         kind: StepKind::Evaluate,
@@ -345,6 +361,7 @@ static KINDS: &[KindInfo] = &[
         version: 2,
         summary: "a saved model on plates it never saw (holdout or new plates): metrics with plate-bootstrap intervals, per-plate scores, calibration, predictions; refuses training plates",
         params: EVALUATE_PARAMS,
+        outputs: &["metrics.json", "per_group.csv", "reliability.csv", "predictions.csv"],
     },
     KindInfo {
         kind: StepKind::Report,
@@ -352,6 +369,7 @@ static KINDS: &[KindInfo] = &[
         version: 1,
         summary: "one self-contained HTML page from the upstream curate, train and evaluate steps: QC, metrics with intervals, confusion, per-plate scores, learning curves, reliability, coefficients, saliency, montages",
         params: REPORT_PARAMS,
+        outputs: &["report.html"],
     },
 ];
 
@@ -361,4 +379,39 @@ pub fn all_kinds() -> &'static [KindInfo] {
 
 pub fn lookup(name: &str) -> Option<&'static KindInfo> {
     KINDS.iter().find(|k| k.name == name)
+}
+
+/// `*` matches any run of characters other than `/`; everything else matches itself.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, tail)) => {
+            let Some(rest) = name.strip_prefix(head) else {
+                return false;
+            };
+            // Try every split of `rest` that keeps the starred part free of '/'.
+            (0..=rest.len())
+                .filter(|&i| rest.is_char_boundary(i))
+                .take_while(|&i| !rest[..i].contains('/'))
+                .any(|i| glob_match(tail, &rest[i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declared_outputs_match_by_pattern() {
+        let seg = StepKind::Segment.info();
+        assert!(seg.declares_output("labels/P1_A01_1_nuclei.tif"));
+        assert!(seg.declares_output("objects.csv"));
+        assert!(!seg.declares_output("labels/x/y_nuclei.tif"));
+        assert!(!seg.declares_output("model.json"));
+        assert!(StepKind::Curate
+            .info()
+            .declares_output("heatmaps/P1_FocusScore_DNA.svg"));
+        assert!(StepKind::Command.info().outputs.is_empty());
+    }
 }

@@ -410,6 +410,14 @@ async fn run_builtin<F: BlobFetcher>(
             let mut files = Vec::new();
             collect_files(&ctx.out, &ctx.out, &mut files)?;
             files.sort();
+            // The contract lists what each kind writes: anything else is a defect here.
+            let info = task.params.kind().info();
+            if let Some(f) = files.iter().find(|f| !info.declares_output(f)) {
+                anyhow::bail!(
+                    "step kind `{}` wrote `{f}`, which its contract does not declare (a plateflow defect: please report it)",
+                    info.name
+                );
+            }
             Ok(files)
         });
         let out = ctx.out.clone();
