@@ -381,3 +381,38 @@ impl Checker<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline(steps: &str) -> Pipeline {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        crate::spec::parse(&path, &format!("steps:\n{steps}")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn what_no_local_worker_offers_is_refused_at_its_line() {
+        let laptop = LocalOffer {
+            memory_bytes: 16 << 30,
+            gpus: 0,
+            cuda_build: false,
+        };
+        let p = pipeline("  big:\n    uses: noop\n    resources: {memory: 100000T}\n  gpu:\n    uses: noop\n    resources: {gpus: 1}\n  fine:\n    uses: noop\n    resources: {memory: 1G}\n");
+        let e = fits_local_workers(&p, &laptop).unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert!(
+            e.0[0].message.contains("asks for") && e.0[0].mark.line == 4,
+            "{e}"
+        );
+        assert!(
+            e.0[1].message.contains("GPU") && e.0[1].mark.line == 7,
+            "{e}"
+        );
+        let p = pipeline("  fit:\n    uses: train\n    resources: {gpus: 1}\n");
+        let gpu_box = LocalOffer { gpus: 1, ..laptop };
+        let e = fits_local_workers(&p, &gpu_box).unwrap_err();
+        assert!(e.0[0].message.contains("without CUDA"), "{e}");
+    }
+}
