@@ -55,11 +55,6 @@ impl StepKind {
         )
     }
 
-    /// Built-in kinds run inside the worker (the image and learning libraries).
-    pub fn is_builtin(self) -> bool {
-        !matches!(self, StepKind::Command | StepKind::Noop)
-    }
-
     /// Kinds whose GPUs are for Candle: only a worker built with `cuda` can use them.
     pub fn gpus_need_cuda_build(self) -> bool {
         matches!(self, StepKind::Train | StepKind::Evaluate)

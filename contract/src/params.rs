@@ -782,26 +782,10 @@ impl StepParams {
             _ => None,
         }
     }
-    pub fn as_evaluate(&self) -> Option<&EvaluateParams> {
-        match self {
-            StepParams::Evaluate(p) => Some(p),
-            _ => None,
-        }
-    }
     pub fn as_command(&self) -> Option<&CommandParams> {
         match self {
             StepParams::Command(p) => Some(p),
             _ => None,
-        }
-    }
-
-    /// Files beside the pipeline that the step reads (hashed into its key, sent with it).
-    pub fn files(&self) -> &[String] {
-        match self {
-            StepParams::Command(p) => &p.files,
-            StepParams::Train(p) => &p.files,
-            StepParams::Evaluate(p) => &p.files,
-            _ => &[],
         }
     }
 

@@ -226,14 +226,6 @@ impl PlateMap {
         }
     }
 
-    /// The plates the map has rows for (empty without a plate column).
-    pub fn plates(&self) -> std::collections::BTreeSet<&str> {
-        self.rows
-            .iter()
-            .filter_map(|r| r.plate.as_deref())
-            .collect()
-    }
-
     pub fn has_plate_column(&self) -> bool {
         self.rows.first().is_some_and(|r| r.plate.is_some())
     }

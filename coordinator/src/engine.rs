@@ -420,33 +420,17 @@ impl Engine {
             db.interrupt_unfinished_runs()?;
             Vec::new()
         };
-        let mut engine = Engine {
-            cfg: cfg.clone(),
-            db,
-            store,
-            inputs: handle.inputs.clone(),
-            actions: FxHashMap::default(),
-            actions_loader: Some(actions_loader),
-            journal: Vec::new(),
-            workers: BTreeMap::new(),
-            next_worker: 1,
-            run: None,
-            waiting_runs: VecDeque::new(),
-            submit_replies: HashMap::new(),
-            watchers: Vec::new(),
-            finished_runs: BTreeMap::new(),
-            dispatch: Default::default(),
-            allocations: Vec::new(),
-            last_tick: Instant::now(),
-            comm: Box::new(LiveComm {
-                workers: HashMap::new(),
-                events: tx.clone(),
-                db_path: cfg.db_path(),
-                store: handle.store.clone(),
-                hash_threads: cfg.hash_threads,
-                allowed_roots: cfg.allowed_roots.clone(),
-            }),
-        };
+        let comm = Box::new(LiveComm {
+            workers: HashMap::new(),
+            events: tx.clone(),
+            db_path: cfg.db_path(),
+            store: store.clone(),
+            hash_threads: cfg.hash_threads,
+            allowed_roots: cfg.allowed_roots.clone(),
+        });
+        let mut engine = Engine::assemble(cfg.clone(), db, store, comm);
+        engine.inputs = handle.inputs.clone();
+        engine.actions_loader = Some(actions_loader);
         for r in unfinished {
             tracing::info!(run = r.id, pipeline = %r.pipeline, "resuming run left unfinished");
             engine
@@ -475,12 +459,19 @@ impl Engine {
         let db = Db::open(&cfg.db_path())?;
         let store = BlobStore::open(cfg.store_dir())?;
         let actions = db.load_action_cache()?;
-        Ok(Engine {
+        let mut engine = Engine::assemble(cfg, db, store, comm);
+        engine.actions = actions;
+        Ok(engine)
+    }
+
+    /// An engine with no workers, runs or cached actions yet.
+    fn assemble(cfg: EngineConfig, db: Db, store: BlobStore, comm: Box<dyn Comm>) -> Engine {
+        Engine {
             cfg,
             db,
             store,
             inputs: Arc::default(),
-            actions,
+            actions: FxHashMap::default(),
             actions_loader: None,
             journal: Vec::new(),
             workers: BTreeMap::new(),
@@ -494,7 +485,7 @@ impl Engine {
             allocations: Vec::new(),
             comm,
             last_tick: Instant::now(),
-        })
+        }
     }
 
     async fn event_loop(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {

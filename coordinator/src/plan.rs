@@ -43,16 +43,14 @@ impl Plan {
     pub fn label(&self, pipeline: &Pipeline, ds: &Dataset, t: TaskIdx) -> String {
         let task = &self.tasks[t as usize];
         let step = &pipeline.steps[task.step as usize];
-        if step.for_each.is_empty() {
-            return step.name.clone();
-        }
-        let parts: Vec<String> = step
-            .for_each
-            .iter()
-            .zip(&task.key_vals)
-            .map(|(f, &v)| format!("{f}={}", ds.values.get(v)))
-            .collect();
-        format!("{}[{}]", step.name, parts.join(","))
+        // The contract's format, which `label_path` reads back into result directories.
+        plateflow_contract::labels::task_label(
+            &step.name,
+            step.for_each
+                .iter()
+                .zip(&task.key_vals)
+                .map(|(f, &v)| (f.as_str(), ds.values.get(v))),
+        )
     }
 
     /// The fan-out field values of a task, by field name.

@@ -55,14 +55,13 @@ impl PreparedRun {
             .any(|f| f == step || f == "all" || *f == self.label(t))
     }
 
-    /// How a task's plate-map slice is named among its key's inputs:
-    /// `plate_map:platemap.csv[plate=P2]` for a per-plate task, the bare name for an aggregate.
-    pub fn plate_map_key_name(&self, t: TaskIdx) -> String {
-        let scope: Vec<String> = self
-            .plan
-            .fields(&self.pipeline, &self.dataset, t)
-            .into_iter()
-            .filter(|(k, _)| k == "plate" || k == "well")
+    /// How a task's plate-map slice is named among its key's inputs, from the task's fan-out
+    /// `fields`: `plate_map:platemap.csv[plate=P2]` for a per-plate task, the bare name for an
+    /// aggregate.
+    fn plate_map_key_name(&self, fields: &BTreeMap<String, String>) -> String {
+        let scope: Vec<String> = fields
+            .iter()
+            .filter(|(k, _)| *k == "plate" || *k == "well")
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         if scope.is_empty() {
@@ -104,7 +103,8 @@ impl PreparedRun {
             parts.inputs.insert(format!("file:{name}"), d.clone());
         }
         if let Some(d) = &self.task_plate_map[t as usize] {
-            parts.inputs.insert(self.plate_map_key_name(t), d.clone());
+            let name = self.plate_map_key_name(&parts.fields);
+            parts.inputs.insert(name, d.clone());
         }
         for &d in &task.deps {
             let label = self.label(d);

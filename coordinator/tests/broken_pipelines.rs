@@ -28,8 +28,6 @@ fn every_broken_pipeline_fails_with_the_expected_errors() {
         let expect_path = case.with_extension("expect");
         let expected = std::fs::read_to_string(&expect_path)
             .unwrap_or_else(|_| panic!("{} has no .expect file", case.display()));
-        let source = std::fs::read_to_string(case).unwrap();
-        let _ = source;
         let diags = match plateflow_coordinator::run::validate(case) {
             Ok(_) => {
                 failures.push(format!("{}: validated, but should fail", case.display()));

@@ -100,7 +100,7 @@ pub async fn execute<F: BlobFetcher>(
         Ok(p) => match &p.params {
             StepParams::Noop(_) => Ok(CommandOutcome::default()),
             StepParams::Command(c) => run_command(spec, c, env, fetcher).await,
-            _ => run_builtin(spec, (*p).clone(), env, fetcher, progress).await,
+            _ => run_builtin(spec, p.clone(), env, fetcher, progress).await,
         },
     };
     match outcome {
@@ -382,7 +382,7 @@ async fn run_command<F: BlobFetcher>(
 /// store everything it wrote under `out/`. Its account of the run is the task's stdout.
 async fn run_builtin<F: BlobFetcher>(
     spec: &TaskSpec,
-    task: TaskParams,
+    task: std::sync::Arc<TaskParams>,
     env: &ExecEnv,
     fetcher: &F,
     progress: Option<ProgressTx>,

@@ -1160,7 +1160,7 @@ impl Validator<'_> {
                 Err(issues) => {
                     let at = with.map_or(step_key, |(wk, _)| wk);
                     for issue in issues {
-                        self.param_issue(ctx, kind, &issue, &given, at);
+                        self.param_issue(ctx, &issue, &given, at);
                     }
                     None
                 }
@@ -1176,7 +1176,6 @@ impl Validator<'_> {
     fn param_issue(
         &mut self,
         ctx: &str,
-        kind: &KindInfo,
         issue: &ParamIssue,
         given: &HashMap<String, (&Node, &Node)>,
         fallback: &Node,
@@ -1202,7 +1201,6 @@ impl Validator<'_> {
                 hint = Some(format!("{h} (choices: {})", choices.join(", ")));
             }
         }
-        let _ = kind;
         self.r
             .error_hint(mark, width, format!("{ctx}: {}", issue.message), hint);
     }
