@@ -430,7 +430,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Validate { pipeline } => match plateflow_coordinator::run::validate(&pipeline) {
             Ok(p) => {
-                println!("{}: valid ({} steps)", pipeline.display(), p.steps.len());
+                outln!("{}: valid ({} steps)", pipeline.display(), p.steps.len());
                 Ok(0)
             }
             Err(e) => {
@@ -444,7 +444,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             state,
         } => {
             let sim = dryrun::simulate(&pipeline, state.as_deref(), vec![])?;
-            print!("{}", dryrun::render_explain(&sim, &task)?);
+            out!("{}", dryrun::render_explain(&sim, &task)?);
             Ok(0)
         }
         Command::Logs {
@@ -473,12 +473,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 text.push_str(&format!("FAIL  credentials: {p}\n"));
                 ok = false;
             }
-            print!("{text}");
+            out!("{text}");
             Ok(if ok { 0 } else { 1 })
         }
         Command::Runs { pipeline, state } => {
             let cfg = history_config(&pipeline, state)?;
-            print!(
+            out!(
                 "{}",
                 crate::history::list(&plateflow_coordinator::db::Db::open(&cfg.db_path())?)?
             );
@@ -492,21 +492,21 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let cfg = history_config(&pipeline, state)?;
             let db = plateflow_coordinator::db::Db::open(&cfg.db_path())?;
-            print!("{}", crate::history::compare(&db, &cfg.store_dir(), a, b)?);
+            out!("{}", crate::history::compare(&db, &cfg.store_dir(), a, b)?);
             Ok(0)
         }
         Command::Alloc {
             what: AllocCommand::List { state },
         } => {
             let db = plateflow_coordinator::db::Db::open(&state.join("plateflow.db"))?;
-            print!(
+            out!(
                 "{}",
                 plateflow_coordinator::alloc::render_list(&db.allocations()?)
             );
             Ok(0)
         }
         Command::Lineage { pipeline, target } => {
-            print!("{}", lineage::trace(&pipeline, &target)?);
+            out!("{}", lineage::trace(&pipeline, &target)?);
             Ok(0)
         }
         Command::Coordinator(args) => {
@@ -639,7 +639,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             };
             eprintln!("submitted run {} ({} tasks)", resp.run_id, resp.tasks);
             if !wait {
-                println!("{}", resp.run_id);
+                outln!("{}", resp.run_id);
                 return Ok(0);
             }
             let mut stream = client
@@ -674,7 +674,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 .into_inner()
                 .runs;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(
                         &runs.iter().map(progress::to_json).collect::<Vec<_>>()
@@ -683,11 +683,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 return Ok(0);
             }
             for st in &runs {
-                println!("run {:>4}  {:<10} {}", st.run_id, st.state, st.pipeline);
+                outln!("run {:>4}  {:<10} {}", st.run_id, st.state, st.pipeline);
                 if run.is_some() || tasks {
-                    print!("{}", progress::summary(st));
+                    out!("{}", progress::summary(st));
                     for t in st.tasks.iter().filter(|t| t.state != "failed") {
-                        println!(
+                        outln!(
                             "  {:<8} {} {}{}",
                             t.state,
                             t.label,
@@ -709,7 +709,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Kinds => {
             for k in plateflow_contract::kinds::all_kinds() {
-                println!("{}@{}: {}", k.name, k.version, k.summary);
+                outln!("{}@{}: {}", k.name, k.version, k.summary);
                 // Defaults come from the typed parameters: the one place they are set.
                 let defaults = plateflow_contract::StepParams::defaults(k.kind);
                 for p in k.params {
@@ -718,7 +718,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                         None if p.required => " (required)".to_string(),
                         None => String::new(),
                     };
-                    println!("    {}{default}: {} — {}", p.name, p.ty.describe(), p.help);
+                    outln!("    {}{default}: {} — {}", p.name, p.ty.describe(), p.help);
                 }
             }
             Ok(0)
@@ -863,7 +863,7 @@ fn finish_report(last: Option<RunStatus>, json: bool) -> anyhow::Result<i32> {
         anyhow::anyhow!("the coordinator ended the run's progress stream without a final status")
     })?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&progress::to_json(&st))?);
+        outln!("{}", serde_json::to_string_pretty(&progress::to_json(&st))?);
     }
     eprint!("{}", progress::summary(&st));
     Ok(if st.state == "succeeded" { 0 } else { 1 })
@@ -919,7 +919,7 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
     };
     if args.dry_run {
         let sim = dryrun::simulate(&args.pipeline, None, args.force.clone())?;
-        print!("{}", dryrun::render_dry_run(&sim));
+        out!("{}", dryrun::render_dry_run(&sim));
         return Ok(0);
     }
     let mut cfg = EngineConfig::new(pipeline.workspace.clone());

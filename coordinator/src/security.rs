@@ -76,14 +76,7 @@ pub fn check_confined<'a>(
         return Ok(());
     }
     let under = |p: &Path| -> Option<PathBuf> {
-        // A path that does not exist yet (results) is judged by its nearest existing parent.
-        let mut probe = p.to_path_buf();
-        let real = loop {
-            match std::fs::canonicalize(&probe) {
-                Ok(r) => break r,
-                Err(_) => probe = probe.parent()?.to_path_buf(),
-            }
-        };
+        let real = resolve_for_check(p);
         (!roots.iter().any(|r| real.starts_with(r))).then_some(real)
     };
     for (what, p) in std::iter::once(("the pipeline file", pipeline_path)).chain(paths) {
@@ -106,6 +99,41 @@ pub fn check_confined<'a>(
         }
     }
     Ok(())
+}
+
+/// Where `p` really points, for the confinement check. A path that does not exist yet (results)
+/// is its nearest existing ancestor, resolved, followed by the rest taken lexically; a `..` in
+/// that rest cannot be resolved against the filesystem (the directory it climbs out of does not
+/// exist), so it climbs lexically and `nonexist/../../x` lands outside, as it would when created.
+fn resolve_for_check(p: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut probe = p.to_path_buf();
+    let base = loop {
+        match std::fs::canonicalize(&probe) {
+            Ok(r) => break r,
+            Err(_) => {
+                let (Some(parent), Some(name)) = (probe.parent(), probe.components().next_back())
+                else {
+                    break PathBuf::from("/");
+                };
+                rest.push(name.as_os_str().to_os_string());
+                probe = if parent.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+        }
+    };
+    let mut real = base;
+    for part in rest.iter().rev() {
+        if part == ".." {
+            real.pop();
+        } else if part != "." {
+            real.push(part);
+        }
+    }
+    real
 }
 
 /// The TLS identity from `--tls-cert`/`--tls-key`, or a self-signed one in `dir` (made once,
@@ -230,6 +258,19 @@ mod tests {
         .to_string();
         assert!(e.contains("outside the directories"), "{e}");
         assert!(check_confined(&[], &pipe, [("images", outside.as_path())]).is_ok());
+        // A results path that does not exist yet cannot climb out through its missing part.
+        for escape in [
+            "a/nonexist/../../../escaped",
+            "a/x/y/../../../../escaped",
+            "../escaped",
+        ] {
+            let e = check_confined(&roots, &pipe, [("results", root.join(escape).as_path())])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("outside the directories"), "{escape}: {e}");
+        }
+        let inside = root.join("a/nonexist/../results");
+        check_confined(&roots, &pipe, [("results", inside.as_path())]).unwrap();
     }
 
     #[test]

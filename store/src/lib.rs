@@ -183,6 +183,53 @@ impl BlobStore {
         Ok(buf)
     }
 
+    /// A task's private, read-only copy of a blob at `dest` (which must not exist), hashed on
+    /// the way: the bytes a task reads are the bytes its digest names, and nothing the task
+    /// does to its copy reaches the store (a hard link would share the stored file, and a
+    /// root-owned task ignores read-only modes). A blob that does not hash to its name is
+    /// quarantined and reported as corrupt.
+    pub fn copy_verified(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError> {
+        let path = self.path_of(digest);
+        let mut src = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing {
+                    digest: digest.clone(),
+                    root: self.root.clone(),
+                })
+            }
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let mut out = File::create_new(dest).map_err(io_err(dest))?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut h = Sha256Writer::default();
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            h.update(&buf[..n]);
+            out.write_all(&buf[..n]).map_err(io_err(dest))?;
+        }
+        let actual = h.finish();
+        if actual != *digest {
+            drop(out);
+            let _ = fs::remove_file(dest);
+            let quarantined = self.quarantine(digest)?;
+            return Err(StoreError::Corrupt {
+                expected: digest.clone(),
+                actual,
+                quarantined,
+            });
+        }
+        use std::os::unix::fs::PermissionsExt;
+        out.set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(io_err(dest))?;
+        Ok(())
+    }
+
     /// Writes a verified copy of a blob to `dest` atomically (hard link where possible).
     pub fn copy_out(&self, digest: &Digest, dest: &Path) -> Result<(), StoreError> {
         let mut src = self.open_verified(digest)?;
@@ -298,6 +345,36 @@ mod tests {
             Err(StoreError::Corrupt { quarantined, .. }) => assert!(quarantined.exists()),
             other => panic!("expected corruption, got {other:?}"),
         }
+        assert_eq!(store.check(&d).unwrap(), BlobState::Missing);
+    }
+
+    #[test]
+    fn a_private_copy_is_verified_and_detached_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path().join("s")).unwrap();
+        let d = store.put_bytes(b"cells of P1\n").unwrap();
+        let copy = dir.path().join("copy.txt");
+        store.copy_verified(&d, &copy).unwrap();
+        // Writing to the copy (as a careless step would, root or not) leaves the blob alone.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&copy)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        assert_eq!(store.read_verified(&d).unwrap(), b"cells of P1\n");
+        // A stored blob whose bytes changed under its name is refused, not served.
+        let blob = store.path_of(&d);
+        fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&blob, b"cells of P2\n").unwrap();
+        let again = dir.path().join("again.txt");
+        assert!(matches!(
+            store.copy_verified(&d, &again),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(!again.exists());
         assert_eq!(store.check(&d).unwrap(), BlobState::Missing);
     }
 

@@ -1,8 +1,9 @@
 //! Running one task: materialise its inputs in a scratch directory, run the kind, store the
 //! declared outputs and captured logs as blobs, and report the result.
 
+use crate::process::{Launch, TaskProcess};
 use plateflow_contract::params::{CommandParams, StepParams, TaskParams};
-use plateflow_contract::placeholders::{expand, shell_quote};
+use plateflow_contract::placeholders::{expand, prepare, shell_quote};
 use plateflow_contract::StepKind;
 use plateflow_proto::v1::{OutputBlob, TaskResult, TaskSpec};
 use plateflow_store::{BlobStore, Digest};
@@ -149,9 +150,15 @@ async fn place_blob<F: BlobFetcher>(
     if let Some(dir) = dest.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let src = env.store.path_of(digest);
-    if std::fs::hard_link(&src, dest).is_err() {
-        std::fs::copy(&src, dest)?;
+    // A private copy, hashed on the way (never a link to the stored file: a step that wrote
+    // to its input would change the blob under its name for every later reader).
+    match env.store.copy_verified(digest, dest) {
+        Err(plateflow_store::StoreError::Corrupt { .. }) => {
+            // Quarantined by the copy: fetch it again once, from whoever has it intact.
+            fetcher.fetch(&env.store, digest).await?;
+            env.store.copy_verified(digest, dest)?;
+        }
+        other => other?,
     }
     Ok(())
 }
@@ -267,69 +274,67 @@ async fn run_command<F: BlobFetcher>(
         upstream_all.push(rel.clone());
     }
 
-    let join = |v: &[String]| {
-        v.iter()
-            .map(|s| shell_quote(s))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    vars.insert("inputs".into(), join(&input_paths));
-    vars.insert("upstream".into(), join(&upstream_all));
-    for (step, files) in &upstream_by_step {
-        vars.insert(format!("upstream.{step}"), join(files));
+    // What each placeholder stands for; values reach the command as arguments or through
+    // the environment, never as shell text (see `placeholders::prepare`).
+    let mut vars: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    vars.insert("inputs".into(), input_paths);
+    vars.insert("upstream".into(), upstream_all);
+    for (step, files) in upstream_by_step {
+        vars.insert(format!("upstream.{step}"), files);
     }
-    vars.insert("outputs".into(), join(outputs));
-    vars.insert("task".into(), shell_quote(&spec.label));
+    vars.insert("outputs".into(), outputs.clone());
+    vars.insert("task".into(), vec![spec.label.clone()]);
     for (k, v) in &spec.fields {
-        vars.insert(k.clone(), shell_quote(v));
+        vars.insert(k.clone(), vec![v.clone()]);
     }
-    let script = expand(template, &vars).map_err(|e| anyhow::anyhow!("in `run`: {e}"))?;
+    // For people: the command with its values quoted in, as it would read typed by hand.
+    let shown = {
+        let quoted = vars
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.iter()
+                        .map(|s| shell_quote(s))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            })
+            .collect();
+        expand(template, &quoted).unwrap_or_else(|_| template.to_string())
+    };
+    let prepared = match prepare(template, &vars) {
+        Ok(p) => p,
+        // Validation refuses these; a pipeline that reached a worker some other way still
+        // fails clearly, and for good.
+        Err(e) => {
+            return Ok(CommandOutcome {
+                error: Some(format!("in `run`: {e}")),
+                ..Default::default()
+            })
+        }
+    };
 
     let stdout_path = task_dir.join("stdout");
     let stderr_path = task_dir.join("stderr");
-    let mut cmd = match simple_argv(&script) {
-        // A plain `prog arg arg` is started directly: no shell process per task.
-        Some(argv) => {
-            let mut c = tokio::process::Command::new(resolve_program(argv[0]));
-            c.args(&argv[1..]);
-            c
-        }
-        None => {
-            let mut c = tokio::process::Command::new("sh");
-            c.arg("-c").arg(&script);
-            c
-        }
-    };
-    cmd.current_dir(&work)
-        // A user's script has no business with the cluster's credentials.
-        .env_remove("PLATEFLOW_TOKEN")
-        .env_remove("PLATEFLOW_TOKEN_FILE")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::fs::File::create(&stdout_path)?)
-        .stderr(std::fs::File::create(&stderr_path)?)
-        .env("PLATEFLOW_TASK", &spec.label)
-        .kill_on_drop(true);
+    let mut task_env = vec![("PLATEFLOW_TASK".to_string(), spec.label.clone())];
     for (k, v) in &spec.fields {
-        cmd.env(format!("PLATEFLOW_{}", k.to_uppercase()), v);
+        task_env.push((format!("PLATEFLOW_{}", k.to_uppercase()), v.clone()));
     }
     if !spec.gpu_ids.is_empty() {
         let ids: Vec<String> = spec.gpu_ids.iter().map(u32::to_string).collect();
-        cmd.env("CUDA_VISIBLE_DEVICES", ids.join(","));
+        task_env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
     }
-    // The command dies with its worker: a killed worker must not leave orphans writing files.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let status = cmd.status().await.map_err(|e| {
-        anyhow::anyhow!(
-            "could not start the command `{}`: {e}",
-            script.split_whitespace().next().unwrap_or("sh")
-        )
-    })?;
+    let mut process = TaskProcess::spawn(Launch {
+        command: &prepared,
+        work: &work,
+        stdout: std::fs::File::create(&stdout_path)?,
+        stderr: std::fs::File::create(&stderr_path)?,
+        env: task_env,
+    })
+    .map_err(|e| anyhow::anyhow!("could not start the command `{shown}`: {e}"))?;
+    let status = process.wait().await?;
+    drop(process);
 
     let mut out = CommandOutcome {
         stdout: Some(store_log(&env.store, &stdout_path)?),
@@ -342,7 +347,7 @@ async fn run_command<F: BlobFetcher>(
             Some(c) => format!("exit status {c}"),
             None => "killed by a signal".to_string(),
         };
-        out.error = Some(format!("command failed ({how}): {script}"));
+        out.error = Some(format!("command failed ({how}): {shown}"));
         // The user's program: plateflow cannot tell a flaky failure from a lasting one, so
         // the step's `retries:` apply.
         out.transient = true;
@@ -482,54 +487,6 @@ fn store_log(store: &BlobStore, path: &Path) -> anyhow::Result<Digest> {
     Ok(store.put_file(path)?)
 }
 
-/// The absolute path of a program named without a `/`, looked up in PATH once per worker
-/// (`execvp` would try every PATH entry for every task).
-fn resolve_program(name: &str) -> PathBuf {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-    static CACHE: std::sync::OnceLock<Mutex<HashMap<String, PathBuf>>> = std::sync::OnceLock::new();
-    if name.contains('/') {
-        return PathBuf::from(name);
-    }
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(p) = cache.lock().expect("program cache").get(name) {
-        return p.clone();
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| {
-                use std::os::unix::fs::PermissionsExt;
-                p.metadata()
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            })
-    });
-    match found {
-        Some(p) => {
-            cache
-                .lock()
-                .expect("program cache")
-                .insert(name.to_string(), p.clone());
-            p
-        }
-        // Not found: let the spawn fail with the usual error naming the program.
-        None => PathBuf::from(name),
-    }
-}
-
-/// Splits a command that needs no shell (no quoting, expansion, redirection or pipes).
-fn simple_argv(script: &str) -> Option<Vec<&str>> {
-    const SPECIAL: &[char] = &[
-        '|', '&', ';', '<', '>', '(', ')', '$', '`', '\\', '"', '\'', '*', '?', '[', ']', '#', '~',
-        '=', '%', '{', '}', '!', '\n',
-    ];
-    if script.contains(SPECIAL) {
-        return None;
-    }
-    let argv: Vec<&str> = script.split_whitespace().collect();
-    (!argv.is_empty()).then_some(argv)
-}
-
 /// The last `lines` lines of a log, at most `max_bytes`, for error messages.
 fn tail_of(path: &Path, lines: usize, max_bytes: usize) -> String {
     let Ok(bytes) = std::fs::read(path) else {
@@ -544,19 +501,6 @@ fn tail_of(path: &Path, lines: usize, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_plain_commands_skip_the_shell() {
-        assert_eq!(simple_argv("true"), Some(vec!["true"]));
-        assert_eq!(
-            simple_argv("  cp a.txt b.txt "),
-            Some(vec!["cp", "a.txt", "b.txt"])
-        );
-        assert_eq!(simple_argv("echo hi > out.txt"), None);
-        assert_eq!(simple_argv("a | b"), None);
-        assert_eq!(simple_argv("X=1 prog"), None);
-        assert_eq!(simple_argv("echo 'a b'"), None);
-    }
 
     #[test]
     fn label_paths_are_nested_directories() {

@@ -5,6 +5,7 @@
 pub mod blobs;
 pub mod builtin;
 pub mod exec;
+pub mod process;
 pub mod session;
 
 /// Reaching the coordinator (token, TLS): its own crate, shared with the CLI and clients.

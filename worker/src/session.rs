@@ -60,10 +60,12 @@ pub async fn run_worker(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let store = BlobStore::open(&cfg.store_dir)?;
-    std::fs::create_dir_all(&cfg.scratch_dir)?;
+    // Its own corner of the scratch directory; what dead workers left there is removed.
+    let scratch = crate::process::ScratchCorner::claim(&cfg.scratch_dir)
+        .map_err(|e| anyhow::anyhow!("scratch directory {}: {e}", cfg.scratch_dir.display()))?;
     let env = ExecEnv {
         store,
-        scratch_root: cfg.scratch_dir.clone(),
+        scratch_root: scratch.dir.clone(),
         shared_fs: cfg.shared_fs,
         decoded: Default::default(),
     };

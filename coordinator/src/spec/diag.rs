@@ -24,7 +24,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "error: {}", self.message)?;
+        writeln!(f, "error: {}", clip(&self.message))?;
         writeln!(
             f,
             "  --> {}:{}:{}",
@@ -36,15 +36,52 @@ impl fmt::Display for Diagnostic {
             let num = self.mark.line.to_string();
             let pad = " ".repeat(num.len());
             writeln!(f, " {pad} |")?;
-            writeln!(f, " {num} | {}", self.source_line)?;
-            let indent = " ".repeat(self.mark.col.saturating_sub(1));
-            writeln!(f, " {pad} | {indent}{}", "^".repeat(self.width.max(1)))?;
+            let (shown, col, width) = window(&self.source_line, self.mark.col, self.width);
+            writeln!(f, " {num} | {shown}")?;
+            let indent = " ".repeat(col.saturating_sub(1));
+            writeln!(f, " {pad} | {indent}{}", "^".repeat(width.max(1)))?;
         }
         if let Some(h) = &self.hint {
-            writeln!(f, "  = help: {h}")?;
+            writeln!(f, "  = help: {}", clip(h))?;
         }
         Ok(())
     }
+}
+
+/// At most this many characters of a source line are shown.
+const SHOWN_WIDTH: usize = 100;
+
+/// A message or hint that quotes an enormous value, cut in its middle to a readable length.
+fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    const MOST: usize = 2 * SHOWN_WIDTH;
+    let n = text.chars().count();
+    if n <= MOST {
+        return text.into();
+    }
+    let head: String = text.chars().take(MOST / 2).collect();
+    let tail: String = text.chars().skip(n - MOST / 2).collect();
+    format!("{head}…({} characters cut)…{tail}", n - MOST).into()
+}
+
+/// A readable window of `line` around the 1-based `col` (a 100,000-character line is cut to
+/// [`SHOWN_WIDTH`] with `…` where cut), with the caret's column and width inside the window.
+fn window(line: &str, col: usize, width: usize) -> (String, usize, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= SHOWN_WIDTH {
+        return (line.to_string(), col, width);
+    }
+    let at = col.saturating_sub(1).min(chars.len());
+    let start = at.saturating_sub(SHOWN_WIDTH / 3);
+    let end = (start + SHOWN_WIDTH).min(chars.len());
+    let mut shown = String::new();
+    let lead = if start > 0 { "…" } else { "" };
+    shown.push_str(lead);
+    shown.extend(&chars[start..end]);
+    if end < chars.len() {
+        shown.push('…');
+    }
+    let col_in = at - start + 1 + lead.chars().count();
+    (shown, col_in, width.min(end.saturating_sub(at)).max(1))
 }
 
 /// All errors found in one pipeline file, in file order.
@@ -190,5 +227,28 @@ mod tests {
             Some("did you mean `after`?")
         );
         assert_eq!(did_you_mean("zzzzzz", ["after", "uses"]), None);
+    }
+}
+
+#[cfg(test)]
+mod long_lines {
+    /// A pipeline whose offending line is 100,000 characters long reads at a normal width.
+    #[test]
+    fn an_enormous_line_is_cut_to_a_readable_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "x".repeat(100_000);
+        for yaml in [
+            format!("pipeline: p\nsteps:\n  a:\n    uses: {long}\n"),
+            format!("pipeline: p\nsteps:\n  a:\n    uses: command\n    with: {{run: echo, outputs: [a], bogus{long}: 1}}\n"),
+            format!("pipeline: p\n{long}: 1\nsteps: {{}}\n"),
+        ] {
+            let path = dir.path().join("p.yaml");
+            let e = crate::spec::parse(&path, &yaml).unwrap_err();
+            let text = format!("{e:#}");
+            assert!(text.contains("p.yaml:"), "{text}");
+            for line in text.lines() {
+                assert!(line.chars().count() <= 240, "a line of {} chars", line.chars().count());
+            }
+        }
     }
 }

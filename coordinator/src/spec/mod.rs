@@ -12,7 +12,7 @@ use diag::{closest, did_you_mean, Diagnostics, Mark, Reporter};
 use pattern::FilePattern;
 use plateflow_contract::kinds::{self, KindInfo, ParamType};
 use plateflow_contract::params::{ParamIssue, StepParams};
-use plateflow_contract::placeholders::placeholders;
+use plateflow_contract::placeholders::{placeholders, quoting, Quoting};
 pub use plateflow_contract::units::parse_bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
@@ -1229,6 +1229,23 @@ impl Validator<'_> {
             }
             Ok(list) => {
                 let mut ok = true;
+                // The value would not expand inside single quotes (and no quoting is needed:
+                // values reach the command without passing through shell text).
+                for (ph, q) in quoting(text).unwrap_or_default() {
+                    if q == Quoting::Single {
+                        let mark = self.locate_in_scalar(node, text, ph.offset);
+                        self.r.error_hint(
+                            mark,
+                            ph.name.chars().count() + 2,
+                            format!("placeholder `{{{}}}` is inside single quotes, where the shell does not expand it", ph.name),
+                            Some(format!(
+                                "write {{{0}}} or \"{{{0}}}\" without the single quotes: plateflow passes each value safely, whatever characters it holds",
+                                ph.name
+                            )),
+                        );
+                        ok = false;
+                    }
+                }
                 for ph in list {
                     if allowed.contains(&ph.name) || excused.contains(&ph.name) {
                         continue;
