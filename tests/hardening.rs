@@ -247,3 +247,207 @@ fn a_step_that_writes_to_its_inputs_cannot_change_what_others_read() {
     assert!(ran(&st).is_empty(), "{st}");
     assert_eq!(read("reader/plate=P1/c.txt"), "cells of P1\n");
 }
+
+/// A pipeline whose task starts a background grandchild that writes `late` after 3 s, then
+/// waits a minute: the task is running (and the grandchild pending) once `started` exists.
+fn lingering_pipeline(dir: &Path) -> PathBuf {
+    let p = per_plate_pipeline(dir, "linger", &["P1"], "true", &["n.txt"]);
+    let yaml = std::fs::read_to_string(&p).unwrap().replace(
+        "      run: true\n",
+        &format!(
+            "      run: |\n        touch {0}/started\n        (sleep 3; touch {0}/late) &\n        sleep 60\n",
+            dir.display()
+        ),
+    );
+    std::fs::write(&p, yaml).unwrap();
+    p
+}
+
+/// `plateflow run` in its own process group (as a shell runs a foreground job), stopped by
+/// `signal` sent to `group` (Ctrl-C reaches the whole foreground group) or to it alone.
+fn stop_a_run_midway(signal: i32, whole_group: bool) {
+    use std::os::unix::process::CommandExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = lingering_pipeline(tmp.path());
+    let mut child = plateflow()
+        .arg("run")
+        .arg(&p)
+        .arg("--quiet")
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = tmp.path().join("started");
+    wait_for("the task to start", 60, || started.exists().then_some(()));
+    let pid = child.id() as i32;
+    // SAFETY: signals the run started above (or its process group).
+    unsafe {
+        libc::kill(if whole_group { -pid } else { pid }, signal);
+    }
+    wait_for("the run to end", 20, || child.try_wait().unwrap());
+    // The grandchild would have written `late` 3 s after the task started.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    assert!(
+        !tmp.path().join("late").exists(),
+        "a task's process outlived its run (signal {signal})"
+    );
+
+    // The next run (now a quick task) removes what the killed workers left in scratch.
+    let yaml = std::fs::read_to_string(&p).unwrap();
+    let quick = yaml
+        .lines()
+        .filter(|l| !l.contains("touch") && !l.contains("sleep"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace("      run: |", "      run: echo ok > n.txt");
+    std::fs::write(&p, quick + "\n").unwrap();
+    let (st, out) = run_json(&p, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(st["state"], "succeeded", "{st}");
+    let scratch = tmp.path().join(".plateflow/scratch");
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "scratch still holds {left:?}");
+}
+
+#[test]
+fn ctrl_c_of_a_run_leaves_no_task_process_behind() {
+    stop_a_run_midway(libc::SIGINT, true);
+}
+
+#[test]
+fn a_killed_run_and_its_workers_leave_no_task_process_behind() {
+    stop_a_run_midway(libc::SIGKILL, false);
+}
+
+#[test]
+fn results_that_cannot_be_written_fail_the_run_naming_the_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = per_plate_pipeline(
+        tmp.path(),
+        "nowhere",
+        &["P1"],
+        "cat {inputs} > n.txt",
+        &["n.txt"],
+    );
+    let yaml = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(
+        &p,
+        yaml.replace(
+            "pipeline: nowhere\n",
+            "pipeline: nowhere\nresults: /dev/null\n",
+        ),
+    )
+    .unwrap();
+    let (st, out) = run_json(&p, &[]);
+    assert!(!out.status.success(), "{st}");
+    assert_eq!(st["state"], "failed", "{st}");
+    let err = st["error"].as_str().unwrap();
+    assert!(err.contains("/dev/null/count/plate=P1/n.txt"), "{err}");
+    assert!(
+        stderr(&out).contains("FAILED to keep the results"),
+        "{}",
+        stderr(&out)
+    );
+    let runs = run_bounded(plateflow().arg("runs").arg(&p), 30);
+    let text = String::from_utf8_lossy(&runs.stdout);
+    assert!(
+        text.contains("failed") && !text.contains("interrupted"),
+        "{text}"
+    );
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the filesystem holding `dir` to the last byte; returns the filler file.
+fn fill(dir: &Path) -> PathBuf {
+    use std::io::Write as _;
+    let filler = dir.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![7u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.write_all(&[7u8]);
+    let _ = f.sync_all();
+    filler
+}
+
+#[test]
+fn a_full_disk_fails_the_run_and_the_rerun_after_freeing_space_is_identical() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = tmp.path().join("small");
+    let _fs = match Tmpfs::mount(&small, "2m") {
+        Ok(m) => m,
+        Err(e) => {
+            println!("skipped: cannot mount a tmpfs here ({e}); CI runs this as root");
+            return;
+        }
+    };
+    let step = "yes {plate} | head -c 300000 > big.txt";
+    let make = |dir: &Path, ws: &Path| {
+        let p = per_plate_pipeline(dir, "full", &["P1", "P2"], step, &["big.txt"]);
+        let yaml = std::fs::read_to_string(&p).unwrap();
+        let yaml = yaml.replace(
+            "pipeline: full\n",
+            &format!("pipeline: full\nworkspace: {}\n", ws.display()),
+        );
+        std::fs::write(&p, yaml).unwrap();
+        p
+    };
+    // The store and database live elsewhere; results and the lock file on the small disk.
+    let p = make(&small.join("proj"), &tmp.path().join("ws"));
+    let filler = fill(&small);
+    let (st, out) = run_json(&p, &[]);
+    assert!(!out.status.success(), "{st}");
+    assert_eq!(st["state"], "failed", "{st}");
+    let err = st["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("cannot write result") && err.contains("small/proj/results"),
+        "{err}"
+    );
+
+    std::fs::remove_file(filler).unwrap();
+    let (st, out) = run_json(&p, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(st["state"], "succeeded", "{st}");
+    assert!(ran(&st).is_empty(), "finished tasks ran again: {st}");
+
+    let clean = make(&tmp.path().join("clean"), &tmp.path().join("clean-ws"));
+    let (st, out) = run_json(&clean, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(st["state"], "succeeded", "{st}");
+    assert_eq!(
+        tree_bytes(&small.join("proj/results")),
+        tree_bytes(&tmp.path().join("clean/results"))
+    );
+    assert_eq!(
+        std::fs::read(small.join("proj/full.lock")).unwrap(),
+        std::fs::read(tmp.path().join("clean/full.lock")).unwrap()
+    );
+}

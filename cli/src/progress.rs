@@ -139,6 +139,9 @@ pub fn summary(st: &RunStatus) -> String {
         s.push_str(&t.error);
         s.push('\n');
     }
+    if !st.error.is_empty() {
+        s.push_str(&format!("\nFAILED to keep the results: {}\n", st.error));
+    }
     let skipped = st.tasks.iter().filter(|t| t.state == "skipped").count();
     if skipped > 0 {
         s.push_str(&format!(
@@ -156,6 +159,7 @@ pub fn to_json(st: &RunStatus) -> serde_json::Value {
         "state": st.state,
         "elapsed_s": st.elapsed_s,
         "workers": st.workers,
+        "error": st.error,
         "steps": st.steps.iter().map(|s| serde_json::json!({
             "step": s.step, "total": s.total, "ran": s.done, "cached": s.cached,
             "running": s.running, "failed": s.failed, "note": s.note,

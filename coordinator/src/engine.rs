@@ -269,6 +269,7 @@ impl ActiveRun {
             "succeeded"
         };
         RunStatus {
+            error: String::new(),
             run_id: self.prep.id,
             pipeline: self.prep.pipeline.file.display().to_string(),
             state: state.into(),
@@ -1185,8 +1186,17 @@ impl Engine {
         }
         let mut run = self.run.take().expect("checked");
         let t0 = Instant::now();
+        // What could not be kept: a run is not a success unless its results, lock file and
+        // journal are on disk (a full disk, `results: /dev/null`).
+        let mut unkept: Vec<String> = Vec::new();
         self.flush_journal();
-        let status = run.status(true, self.workers.len() as u32, true);
+        if !self.journal.is_empty() {
+            unkept.push(format!(
+                "the journal of finished tasks in {} could not be written",
+                self.cfg.db_path().display()
+            ));
+        }
+        let mut status = run.status(true, self.workers.len() as u32, true);
         let labels: Vec<String> = (0..run.tasks.len() as TaskIdx)
             .map(|t| run.prep.label(t))
             .collect();
@@ -1213,6 +1223,7 @@ impl Engine {
                     if ran || !dest.exists() {
                         if let Err(e) = self.store.copy_out(d, &dest) {
                             tracing::error!("cannot write result {}: {e}", dest.display());
+                            unkept.push(format!("cannot write result {}: {e}", dest.display()));
                         }
                     }
                 }
@@ -1221,9 +1232,27 @@ impl Engine {
         let models = self.model_results(&run, &labels);
         if let Err(e) = self.db.save_run_models(run.prep.id, &models) {
             tracing::error!("cannot record the models of run {}: {e:#}", run.prep.id);
+            unkept.push(format!(
+                "cannot record the models of run {}: {e:#}",
+                run.prep.id
+            ));
         }
         if let Err(e) = self.write_lock(&mut run, labels) {
             tracing::error!("cannot write the lock file: {e:#}");
+            unkept.push(format!("cannot write the lock file: {e:#}"));
+        }
+        if !unkept.is_empty() {
+            status.state = "failed".into();
+            let n = unkept.len();
+            if n > 3 {
+                unkept.truncate(3);
+                unkept.push(format!("and {} more", n - 3));
+            }
+            status.error = format!(
+                "{}; free space (or fix the path) and run again: finished tasks are kept and \
+                 will not run again",
+                unkept.join("; ")
+            );
         }
         let summary = serde_json::to_string(
             &status
@@ -1238,6 +1267,15 @@ impl Engine {
             .finish_run(run.prep.id, &status.state, &summary, &records)
         {
             tracing::error!("cannot record the end of run {}: {e:#}", run.prep.id);
+            status.state = "failed".into();
+            if !status.error.is_empty() {
+                status.error.push_str("; ");
+            }
+            status.error.push_str(&format!(
+                "cannot record the end of run {} in {}: {e:#}",
+                run.prep.id,
+                self.cfg.db_path().display()
+            ));
         }
         tracing::info!(run = run.prep.id, state = %status.state, wrap_up = ?t0.elapsed(), "run finished");
         self.finish_watchers(run.prep.id, status);

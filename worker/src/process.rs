@@ -173,6 +173,13 @@ impl ScratchCorner {
     }
 }
 
+impl Drop for ScratchCorner {
+    fn drop(&mut self) {
+        // A worker that ends cleanly leaves nothing behind.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// An exclusive advisory lock, released when the process ends however it ends.
 fn try_lock(f: &std::fs::File) -> bool {
     use std::os::fd::AsRawFd as _;
