@@ -451,3 +451,76 @@ fn a_full_disk_fails_the_run_and_the_rerun_after_freeing_space_is_identical() {
         std::fs::read(tmp.path().join("clean/full.lock")).unwrap()
     );
 }
+
+/// An unreadable image and a file whose name is not UTF-8 fail their own plates' tasks,
+/// naming the file (its bytes as they are); the other plates run.
+#[test]
+fn an_unreadable_file_fails_only_its_plate() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let p = per_plate_pipeline(
+        tmp.path(),
+        "partial",
+        &["P1", "P2", "P3"],
+        "cat {inputs} > n.txt",
+        &["n.txt"],
+    );
+    let unreadable = tmp.path().join("data/P2/a.txt");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root reads any mode: a file whose reading fails for root too.
+        std::fs::remove_file(&unreadable).unwrap();
+        std::os::unix::fs::symlink("/proc/self/mem", &unreadable).unwrap();
+    } else {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let odd = tmp
+        .path()
+        .join("data/P3")
+        .join(std::ffi::OsStr::from_bytes(b"b\xff.txt"));
+    std::fs::write(&odd, "odd\n").unwrap();
+    let mut yaml = std::fs::read_to_string(&p).unwrap();
+    yaml.push_str("  summary:\n    uses: command\n    after: [count]\n    with:\n      run: cat {upstream.count} > all.txt\n      outputs: [all.txt]\n");
+    std::fs::write(&p, yaml).unwrap();
+
+    let dry = run_bounded(plateflow().arg("run").arg(&p).arg("--dry-run"), 60);
+    let text = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        text.contains("would FAIL count[plate=P2]"),
+        "{text}{}",
+        stderr(&dry)
+    );
+
+    let (st, out) = run_json(&p, &[]);
+    assert!(!out.status.success(), "{st}");
+    assert_eq!(st["state"], "failed", "{st}");
+    let task = |label: &str| -> serde_json::Value {
+        st["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["label"] == label)
+            .cloned()
+            .unwrap_or_else(|| panic!("no task {label}: {st}"))
+    };
+    assert_eq!(task("count[plate=P1]")["state"], "done");
+    let p2 = task("count[plate=P2]");
+    assert_eq!(p2["state"], "failed");
+    assert!(
+        p2["error"].as_str().unwrap().contains("data/P2/a.txt"),
+        "{p2}"
+    );
+    let p3 = task("count[plate=P3]");
+    assert_eq!(p3["state"], "failed");
+    assert!(
+        p3["error"].as_str().unwrap().contains("P3/b\\xff.txt")
+            && p3["error"].as_str().unwrap().contains("not valid UTF-8"),
+        "{p3}"
+    );
+    assert_eq!(task("summary")["state"], "skipped");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("results/count/plate=P1/n.txt")).unwrap(),
+        "cells of P1\n"
+    );
+}

@@ -115,6 +115,7 @@ fn synthetic_dataset(root: &Path, plates: usize, wells: usize) -> Dataset {
                 rel_path: format!("{pv}/{wv}.tif"),
                 fields: vec![pi, wi],
                 digest: Some(Digest::new(h, 2 * 1024 * 1024)),
+                problem: None,
             });
         }
     }

@@ -36,6 +36,9 @@ pub struct Image {
     /// One value id per pattern field, in the pattern's field order.
     pub fields: Vec<u32>,
     pub digest: Option<Digest>,
+    /// Why this file cannot be used (unreadable, a name that is not UTF-8). The tasks that
+    /// read it fail naming it; the rest of the run goes on.
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -58,7 +61,9 @@ pub struct HashStats {
 }
 
 impl Dataset {
-    /// Lists the image root. Hidden files and directories are skipped.
+    /// Lists the image root. Hidden files and directories are skipped. A file whose name is
+    /// not UTF-8 is kept (its fields read from the name with the bad bytes replaced) with a
+    /// problem naming its exact bytes: only the tasks that would read it fail.
     pub fn scan(data: &DataSpec) -> anyhow::Result<Self> {
         let mut files = Vec::new();
         walk(&data.images_root, &data.images_root, &mut files).map_err(|e| {
@@ -67,13 +72,29 @@ impl Dataset {
                 data.images_root.display()
             )
         })?;
-        files.sort();
+        // Byte order: the order of the names as text, also for names that are not.
+        files.sort_by(|a, b| {
+            use std::os::unix::ffi::OsStrExt as _;
+            a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes())
+        });
         let mut ds = Dataset {
             root: data.images_root.clone(),
             fields: data.pattern.fields.clone(),
             ..Default::default()
         };
-        for rel in files {
+        for path in files {
+            let (rel, problem) = match path.to_str() {
+                Some(s) => (s.to_string(), None),
+                None => (
+                    path.to_string_lossy().into_owned(),
+                    Some(format!(
+                        "the file name {} is not valid UTF-8 (under {}): rename it; plateflow \
+                         passes names as text and will not guess",
+                        escaped_name(&path),
+                        data.images_root.display()
+                    )),
+                ),
+            };
             match data.pattern.captures(&rel) {
                 Some(vals) => {
                     let fields = vals.iter().map(|v| ds.values.intern(v)).collect();
@@ -81,9 +102,13 @@ impl Dataset {
                         rel_path: rel,
                         fields,
                         digest: None,
+                        problem,
                     });
                 }
-                None => ds.unmatched.push(rel),
+                None => ds.unmatched.push(match problem {
+                    Some(_) => escaped_name(&path),
+                    None => rel,
+                }),
             }
         }
         Ok(ds)
@@ -98,39 +123,88 @@ impl Dataset {
     }
 
     /// Gives every image its digest, reading only files whose (device, inode, size, mtime)
-    /// changed since they were last hashed.
+    /// changed since they were last hashed. A file that cannot be read gets a problem instead
+    /// (a `chmod 000` image fails its plate's tasks, not the whole run).
     pub fn hash(&mut self, db: &mut Db, threads: usize) -> anyhow::Result<HashStats> {
-        let paths: Vec<PathBuf> = self
-            .images
-            .iter()
-            .map(|i| self.root.join(&i.rel_path))
+        let usable: Vec<usize> = (0..self.images.len())
+            .filter(|&i| self.images[i].problem.is_none())
             .collect();
-        let (digests, stats) = hash_with_cache(&paths, db, threads)?;
-        for (img, d) in self.images.iter_mut().zip(digests) {
-            img.digest = Some(d);
+        let paths: Vec<PathBuf> = usable
+            .iter()
+            .map(|&i| self.root.join(&self.images[i].rel_path))
+            .collect();
+        let (digests, stats) = hash_each_with_cache(&paths, db, threads)?;
+        for (i, d) in usable.into_iter().zip(digests) {
+            match d {
+                Ok(d) => self.images[i].digest = Some(d),
+                Err(e) => self.images[i].problem = Some(e),
+            }
         }
         Ok(stats)
     }
+
+    /// Images that cannot be used, with why.
+    pub fn problems(&self) -> impl Iterator<Item = (&Image, &str)> {
+        self.images
+            .iter()
+            .filter_map(|i| i.problem.as_deref().map(|p| (i, p)))
+    }
 }
 
-/// Digests of `paths` in order, using and refreshing the stat cache.
+/// A path as its bytes read, with anything that is not UTF-8 written `\xNN`.
+pub fn escaped_name(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt as _;
+    p.as_os_str()
+        .as_bytes()
+        .utf8_chunks()
+        .map(|c| {
+            let bad: String = c.invalid().iter().map(|b| format!("\\x{b:02x}")).collect();
+            format!("{}{bad}", c.valid())
+        })
+        .collect()
+}
+
+/// Digests of `paths` in order, using and refreshing the stat cache; the first file that
+/// cannot be read is the error (step files, the plate map: the run cannot start without them).
 pub fn hash_with_cache(
     paths: &[PathBuf],
     db: &mut Db,
     threads: usize,
 ) -> anyhow::Result<(Vec<Digest>, HashStats)> {
+    let (each, stats) = hash_each_with_cache(paths, db, threads)?;
+    let digests = each
+        .into_iter()
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    Ok((digests, stats))
+}
+
+/// Digests of `paths` in order, each or why it cannot be read; the error is only the
+/// database's.
+pub fn hash_each_with_cache(
+    paths: &[PathBuf],
+    db: &mut Db,
+    threads: usize,
+) -> anyhow::Result<(Vec<Result<Digest, String>>, HashStats)> {
     // stat() the files while the cache is read from the database.
     let (cache, stats) = std::thread::scope(|s| {
         let stats = s.spawn(|| stat_all(paths, threads));
         let cache = db.load_stat_cache();
         (cache, stats.join().expect("stat thread panicked"))
     });
-    let (cache, stats) = (cache?, stats?);
-    let mut out: Vec<Option<Digest>> = vec![None; paths.len()];
+    let cache = cache?;
+    let mut out: Vec<Option<Result<Digest, String>>> = vec![None; paths.len()];
     let mut todo: Vec<(usize, StatKey)> = Vec::new();
     for (i, (p, key)) in paths.iter().zip(stats).enumerate() {
+        let key = match key {
+            Ok(k) => k,
+            Err(e) => {
+                out[i] = Some(Err(e));
+                continue;
+            }
+        };
         match cache.get(p.to_string_lossy().as_ref()) {
-            Some((k, d)) if *k == key => out[i] = Some(d.clone()),
+            Some((k, d)) if *k == key => out[i] = Some(Ok(d.clone())),
             _ => todo.push((i, key)),
         }
     }
@@ -149,27 +223,32 @@ pub fn hash_with_cache(
         .map(|d| d.as_nanos() as i64 - 2_000_000_000)
         .unwrap_or(i64::MAX);
     for ((i, key), res) in todo.into_iter().zip(hashed) {
-        let d = res.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", paths[i].display()))?;
+        let d = match res {
+            Ok(d) => d,
+            Err(e) => {
+                out[i] = Some(Err(format!("cannot read {}: {e}", paths[i].display())));
+                continue;
+            }
+        };
         stats.bytes_hashed += d.size();
         if key.mtime_ns < racy_after {
             fresh.push((paths[i].to_string_lossy().into_owned(), key, d.clone()));
         }
-        out[i] = Some(d);
+        out[i] = Some(Ok(d));
     }
     db.save_stat_cache(&fresh)?;
     Ok((
         out.into_iter()
-            .map(|d| d.expect("every path hashed"))
+            .map(|d| d.expect("every path stat-ed or hashed"))
             .collect(),
         stats,
     ))
 }
 
 /// `stat` of every path, spread over threads (a plate of small files is syscall-bound).
-fn stat_all(paths: &[PathBuf], threads: usize) -> anyhow::Result<Vec<StatKey>> {
-    let stat = |p: &PathBuf| -> anyhow::Result<StatKey> {
-        let meta = std::fs::metadata(p)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))?;
+fn stat_all(paths: &[PathBuf], threads: usize) -> Vec<Result<StatKey, String>> {
+    let stat = |p: &PathBuf| -> Result<StatKey, String> {
+        let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
         Ok(StatKey {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -181,17 +260,17 @@ fn stat_all(paths: &[PathBuf], threads: usize) -> anyhow::Result<Vec<StatKey>> {
     std::thread::scope(|s| {
         let parts: Vec<_> = paths
             .chunks(chunk)
-            .map(|c| s.spawn(move || c.iter().map(stat).collect::<anyhow::Result<Vec<_>>>()))
+            .map(|c| s.spawn(move || c.iter().map(stat).collect::<Vec<_>>()))
             .collect();
         let mut out = Vec::with_capacity(paths.len());
         for p in parts {
-            out.extend(p.join().expect("stat thread panicked")?);
+            out.extend(p.join().expect("stat thread panicked"));
         }
-        Ok(out)
+        out
     })
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -204,7 +283,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
             walk(root, &path, out)?;
         } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
             let rel = path.strip_prefix(root).expect("under root");
-            out.push(rel.to_string_lossy().into_owned());
+            out.push(rel.to_path_buf());
         }
     }
     Ok(())

@@ -16,6 +16,8 @@ pub enum Decision {
     Runs(Vec<Reason>),
     /// Its key depends on outputs an upstream task has yet to produce: it runs if they change.
     AfterUpstream(String),
+    /// One of its input files cannot be used (unreadable, a name that is not UTF-8).
+    Fails(String),
 }
 
 pub struct Simulation {
@@ -73,6 +75,10 @@ fn decide_all(
             decisions.push(Decision::AfterUpstream(prep.label(d)));
             continue;
         }
+        if let Some(why) = prep.unusable_input(t) {
+            decisions.push(Decision::Fails(why.to_string()));
+            continue;
+        }
         let parts = prep.key_parts(t, |d| outputs[d as usize].as_slice());
         let key = parts.key();
         let prev = lock
@@ -125,6 +131,7 @@ pub fn render_dry_run(sim: &Simulation) -> String {
                     "would run  {label}: after {up} (if its outputs change)\n"
                 ));
             }
+            Decision::Fails(why) => s.push_str(&format!("would FAIL {label}: {why}\n")),
         }
     }
     let cached = sim
@@ -163,6 +170,7 @@ pub fn render_explain(sim: &Simulation, target: &str) -> anyhow::Result<String> 
                 s.push_str(&format!("    - {r}\n"));
             }
         }
+        Decision::Fails(why) => s.push_str(&format!("  will fail: {why}\n")),
         Decision::AfterUpstream(up) => {
             s.push_str(&format!(
                 "  waits for {up}, which will run; this task runs if that changes its outputs\n"

@@ -733,8 +733,13 @@ impl Engine {
     /// their dependents ready in turn); a miss queues them with the reason why.
     fn make_ready(&mut self, mut stack: Vec<TaskIdx>) {
         let Some(run) = self.run.as_mut() else { return };
+        let mut unusable: Vec<(TaskIdx, String)> = Vec::new();
         while let Some(t) = stack.pop() {
             if run.tasks[t as usize].state != TaskState::Waiting(0) {
+                continue;
+            }
+            if let Some(why) = run.prep.unusable_input(t) {
+                unusable.push((t, why.to_string()));
                 continue;
             }
             let parts = run
@@ -783,6 +788,10 @@ impl Engine {
             rt.key = Some(key);
             run.set_state(t, TaskState::Queued);
             run.queue.push_back(t);
+        }
+        // Only the tasks that read an unusable file fail (and what depends on them).
+        for (t, why) in unusable {
+            self.fail(t, format!("{why} (not run: fix the file and run again)"));
         }
     }
 

@@ -170,6 +170,7 @@ pub(crate) mod tests {
                     rel_path: format!("{pv}/{wv}.tif"),
                     fields,
                     digest: None,
+                    problem: None,
                 });
             }
         }

@@ -71,6 +71,14 @@ impl PreparedRun {
         }
     }
 
+    /// Why one of the task's input files cannot be used, if one cannot.
+    pub fn unusable_input(&self, t: TaskIdx) -> Option<&str> {
+        self.plan.tasks[t as usize]
+            .inputs
+            .iter()
+            .find_map(|&i| self.dataset.images[i as usize].problem.as_deref())
+    }
+
     /// The key parts of a task, given the outputs of its upstream tasks.
     pub fn key_parts<'a>(
         &self,
@@ -94,9 +102,11 @@ impl PreparedRun {
             let img = &self.dataset.images[i as usize];
             parts.inputs.insert(
                 img.rel_path.clone(),
-                img.digest
-                    .clone()
-                    .expect("images are hashed before planning"),
+                // An unusable file has no digest; its task fails before a key is needed
+                // (`unusable_input`), but a key is still well defined.
+                img.digest.clone().unwrap_or_else(|| {
+                    plateflow_store::hash_bytes(img.problem.as_deref().unwrap_or("").as_bytes())
+                }),
             );
         }
         for (name, _, d) in &self.step_files[task.step as usize] {
