@@ -524,3 +524,201 @@ fn an_unreadable_file_fails_only_its_plate() {
         "cells of P1\n"
     );
 }
+
+/// A little-endian TIFF with one strip: `photometric` 1 (grey) or 3 (palette, grey ramp).
+fn raw_tiff(w: u32, h: u32, photometric: u16, compression: u16, strip: &[u8]) -> Vec<u8> {
+    let mut d: Vec<u8> = b"II*\0".to_vec();
+    let cmap: Vec<u8> = (0..3)
+        .flat_map(|_| (0..256u32).flat_map(|i| ((i * 257) as u16).to_le_bytes()))
+        .collect();
+    let cmap_off = 8u32;
+    let strip_off = cmap_off + cmap.len() as u32;
+    let ifd_off = strip_off + strip.len() as u32;
+    d.extend_from_slice(&ifd_off.to_le_bytes());
+    d.extend_from_slice(&cmap);
+    d.extend_from_slice(strip);
+    let mut entries: Vec<(u16, u16, u32, u32)> = vec![
+        (256, 4, 1, w),
+        (257, 4, 1, h),
+        (258, 3, 1, 8),
+        (259, 3, 1, compression as u32),
+        (262, 3, 1, photometric as u32),
+        (273, 4, 1, strip_off),
+        (277, 3, 1, 1),
+        (278, 4, 1, h),
+        (279, 4, 1, strip.len() as u32),
+    ];
+    if photometric == 3 {
+        entries.push((320, 3, 768, cmap_off));
+    }
+    d.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+    for (tag, typ, count, value) in entries {
+        d.extend_from_slice(&tag.to_le_bytes());
+        d.extend_from_slice(&typ.to_le_bytes());
+        d.extend_from_slice(&count.to_le_bytes());
+        d.extend_from_slice(&value.to_le_bytes());
+    }
+    d.extend_from_slice(&0u32.to_le_bytes());
+    d
+}
+
+/// A PNG whose header declares `w`x`h` grey pixels, followed by a tiny, short image stream.
+fn png_declaring(w: u32, h: u32) -> Vec<u8> {
+    let chunk = |kind: &[u8], data: &[u8]| -> Vec<u8> {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        let mut h = crc32fast::Hasher::new();
+        h.update(kind);
+        h.update(data);
+        c.extend_from_slice(&h.finalize().to_be_bytes());
+        c
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    let idat = miniz_oxide::deflate::compress_to_vec_zlib(&[0u8; 1024], 6);
+    [
+        b"\x89PNG\r\n\x1a\n".to_vec(),
+        chunk(b"IHDR", &ihdr),
+        chunk(b"IDAT", &idat),
+        chunk(b"IEND", &[]),
+    ]
+    .concat()
+}
+
+/// The decompression bombs: (file name, bytes). Each declares a small image (or an absurd
+/// one) and inflates far past it.
+fn bombs() -> Vec<(&'static str, Vec<u8>)> {
+    const INFLATED: usize = 256 << 20;
+    let deflated = deflate_zeros(INFLATED);
+    let lzw = lzw_zeros(INFLATED);
+    // PackBits: 2 bytes give 128 repeated bytes.
+    let packbits: Vec<u8> = [0x81u8, 0].repeat(INFLATED / 256);
+    vec![
+        ("palette-deflate.tif", raw_tiff(128, 128, 3, 8, &deflated)),
+        ("palette-lzw.tif", raw_tiff(128, 128, 3, 5, &lzw)),
+        (
+            "palette-packbits.tif",
+            raw_tiff(128, 128, 3, 32773, &packbits),
+        ),
+        ("grey-deflate.tif", raw_tiff(128, 128, 1, 8, &deflated)),
+        (
+            "grey-huge.tif",
+            raw_tiff(200_000, 200_000, 1, 8, &deflated[..1024]),
+        ),
+        ("huge.png", png_declaring(100_000, 100_000)),
+    ]
+}
+
+/// A zlib stream of `n` zero bytes, made a megabyte at a time (the test's own memory stays
+/// small, so the decoder's is what the peak measures).
+fn deflate_zeros(n: usize) -> Vec<u8> {
+    use miniz_oxide::deflate::core::{create_comp_flags_from_zip_params, CompressorOxide};
+    use miniz_oxide::deflate::stream::deflate;
+    use miniz_oxide::{MZFlush, MZStatus};
+    let mut c = CompressorOxide::new(create_comp_flags_from_zip_params(1, 15, 0));
+    let zeros = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 16];
+    let mut out = Vec::new();
+    for i in 0..n / zeros.len() {
+        let last = i + 1 == n / zeros.len();
+        let mut inp = &zeros[..];
+        loop {
+            let flush = if last { MZFlush::Finish } else { MZFlush::None };
+            let r = deflate(&mut c, inp, &mut buf, flush);
+            inp = &inp[r.bytes_consumed..];
+            out.extend_from_slice(&buf[..r.bytes_written]);
+            match r.status {
+                Ok(MZStatus::StreamEnd) => break,
+                Ok(_) if inp.is_empty() && !last => break,
+                Ok(_) => {}
+                Err(e) => panic!("deflate: {e:?}"),
+            }
+        }
+    }
+    out
+}
+
+/// TIFF-flavoured LZW of `n` zero bytes, a megabyte at a time.
+fn lzw_zeros(n: usize) -> Vec<u8> {
+    let mut enc = weezl::encode::Encoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
+    let zeros = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 16];
+    let mut out = Vec::new();
+    for _ in 0..n / zeros.len() {
+        let mut inp = &zeros[..];
+        while !inp.is_empty() {
+            let r = enc.encode_bytes(inp, &mut buf);
+            r.status.unwrap();
+            inp = &inp[r.consumed_in..];
+            out.extend_from_slice(&buf[..r.consumed_out]);
+        }
+    }
+    enc.finish();
+    loop {
+        let r = enc.encode_bytes(&[], &mut buf);
+        out.extend_from_slice(&buf[..r.consumed_out]);
+        if matches!(r.status, Ok(weezl::LzwStatus::Done)) || r.consumed_out == 0 {
+            break;
+        }
+    }
+    out
+}
+
+fn peak_rss_bytes() -> u64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_maxrss as u64 * 1024
+}
+
+/// Every bomb is refused (or cut to its declared size) naming the file, and none takes more
+/// than a few megabytes of memory.
+#[test]
+fn decompression_bombs_are_refused_within_their_declared_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = bombs();
+    let before = peak_rss_bytes();
+    for (name, bytes) in &corpus {
+        let p = tmp.path().join(name);
+        assert!(bytes.len() < 4 << 20, "{name} is {} bytes", bytes.len());
+        std::fs::write(&p, bytes).unwrap();
+        let t0 = std::time::Instant::now();
+        match plateflow_imaging::read_image(&p) {
+            Err(e) => assert!(e.to_string().contains(name), "{name}: {e}"),
+            // The tiff crate reads only the declared pixels of a grey strip: that is a cap.
+            Ok(img) => assert_eq!((img.width, img.height), (128, 128), "{name}"),
+        }
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "{name} took {:?}",
+            t0.elapsed()
+        );
+    }
+    let grown = peak_rss_bytes().saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "decoding the bombs took {} MB",
+        grown >> 20
+    );
+
+    // Through a pipeline: the QC task of the plate holding a bomb fails naming it.
+    let proj = tmp.path().join("proj");
+    std::fs::create_dir_all(proj.join("images/P1")).unwrap();
+    let bomb = &corpus[0].1;
+    std::fs::write(proj.join("images/P1/A01_s1_w1.tif"), bomb).unwrap();
+    let p = proj.join("bomb.yaml");
+    std::fs::write(
+        &p,
+        "pipeline: bomb\ndata:\n  images: images\n  pattern: \"{plate}/{well}_s{site}_w{channel}.tif\"\n  channels: {\"1\": DNA}\nsteps:\n  qc:\n    uses: curate\n    for_each: plate\n",
+    )
+    .unwrap();
+    let (st, out) = run_json(&p, &[]);
+    assert!(!out.status.success(), "{st}");
+    let err = st["tasks"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("A01_s1_w1.tif") && err.contains("decompression bomb"),
+        "{st}"
+    );
+}

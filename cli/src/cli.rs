@@ -328,6 +328,10 @@ pub struct WorkerArgs {
     /// when the queue drains.
     #[arg(long)]
     pub idle_timeout_s: Option<u64>,
+    /// The largest image (megapixels per page) this worker decodes; larger headers, and
+    /// strips that inflate past their header, are refused naming the file.
+    #[arg(long, default_value_t = 256)]
+    pub max_image_megapixels: u64,
     #[command(flatten)]
     pub access: AccessArgs,
 }
@@ -571,6 +575,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Worker(args) => {
+            plateflow_imaging::set_max_pixels(args.max_image_megapixels.saturating_mul(1 << 20));
             let memory_bytes = match &args.memory {
                 Some(m) => spec::parse_bytes(m)
                     .ok_or_else(|| anyhow::anyhow!("--memory {m}: write it like 16G"))?,

@@ -14,6 +14,36 @@ pub mod write;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The largest image (in pixels, per page) any decoder here will produce: 256 megapixels by
+/// default (512 MB of 16-bit samples), far above any microscope's field. A header may not
+/// declare more, and no compressed strip may inflate past what its header declares: a 1 MB
+/// decompression bomb is refused, naming the file, instead of taking the worker's memory.
+static MAX_PIXELS: AtomicU64 = AtomicU64::new(256 << 20);
+
+/// Sets the largest image this process reads (`plateflow worker --max-image-megapixels`).
+pub fn set_max_pixels(pixels: u64) {
+    MAX_PIXELS.store(pixels.max(1), Ordering::Relaxed);
+}
+
+pub fn max_pixels() -> u64 {
+    MAX_PIXELS.load(Ordering::Relaxed)
+}
+
+/// Refuses a page whose header declares more pixels than [`max_pixels`].
+fn check_size(path: &Path, width: u32, height: u32) -> Result<(), ImageError> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels() {
+        return Err(ImageError::TooLarge {
+            path: path.to_path_buf(),
+            width,
+            height,
+            max_megapixels: max_pixels() as f64 / (1 << 20) as f64,
+        });
+    }
+    Ok(())
+}
 
 /// One grey plane. Intensities keep the file's range (`bit_depth` 8 or 16).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +90,13 @@ pub enum ImageError {
     UnknownFormat { path: PathBuf },
     #[error("cannot write image {path}: {reason}")]
     Unwritable { path: PathBuf, reason: String },
+    #[error("image {path} declares {width}x{height} pixels, more than the {max_megapixels:.0} megapixels this worker reads (raise it with `plateflow worker --max-image-megapixels`)")]
+    TooLarge {
+        path: PathBuf,
+        width: u32,
+        height: u32,
+        max_megapixels: f64,
+    },
 }
 
 /// Every page of an image file (PNG files have one).
@@ -98,10 +135,16 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
         path: path.to_path_buf(),
         what,
     };
-    let mut dec = Decoder::new(r).map_err(corrupt)?;
+    // The tiff crate's own buffers are capped at the largest image (16-bit samples).
+    let mut limits = tiff::decoder::Limits::default();
+    let bytes = usize::try_from(max_pixels().saturating_mul(2)).unwrap_or(usize::MAX);
+    limits.decoding_buffer_size = bytes;
+    limits.intermediate_buffer_size = bytes;
+    let mut dec = Decoder::new(r).map_err(corrupt)?.with_limits(limits);
     let mut pages = Vec::new();
     loop {
         let (width, height) = dec.dimensions().map_err(corrupt)?;
+        check_size(path, width, height)?;
         // Photometric interpretation 3 is a palette; the tiff crate's colortype() refuses it.
         let photometric: Option<u16> = dec
             .find_tag_unsigned(tiff::tags::Tag::PhotometricInterpretation)
@@ -186,10 +229,13 @@ fn read_png(path: &Path, r: BufReader<File>) -> Result<GrayImage, ImageError> {
         format: "PNG",
         reason: e.to_string(),
     };
-    let mut dec = png::Decoder::new(r);
+    // At most the largest image's RGBA 16-bit samples.
+    let bytes = usize::try_from(max_pixels().saturating_mul(8)).unwrap_or(usize::MAX);
+    let mut dec = png::Decoder::new_with_limits(r, png::Limits { bytes });
     // Palettes become RGB and low bit depths become 8-bit; 16-bit stays 16-bit.
     dec.set_transformations(png::Transformations::EXPAND);
     let mut reader = dec.read_info().map_err(corrupt)?;
+    check_size(path, reader.info().width, reader.info().height)?;
     let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
     let info = reader.next_frame(&mut buf).map_err(corrupt)?;
     let (width, height) = (info.width, info.height);

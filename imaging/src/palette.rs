@@ -43,19 +43,41 @@ pub fn read_indices<R: Read + Seek>(
     })?;
     let want = width as usize * height as usize;
     let mut out = Vec::with_capacity(want);
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
     for (&off, &len) in offsets.iter().zip(&counts) {
+        // A strip may inflate to what is left of the image and no more (a bomb declaring
+        // 128x128 pixels once inflated to 1.2 GB here).
+        let room = want - out.len().min(want);
+        let bomb = || {
+            corrupt(format!(
+                "a strip inflates past the {width}x{height} pixels the header declares (a \
+                 decompression bomb, or a damaged file)"
+            ))
+        };
+        if off.saturating_add(len) > file_len {
+            return Err(corrupt(format!(
+                "a strip of {len} bytes at byte {off} runs past the end of the {file_len}-byte file"
+            )));
+        }
         let mut raw = vec![0u8; len as usize];
         file.seek(SeekFrom::Start(off))
             .and_then(|_| file.read_exact(&mut raw))
             .map_err(|e| corrupt(format!("strip at byte {off}: {e}")))?;
         let mut strip = match compression {
             1 => raw,
-            32773 => packbits(&raw),
-            5 => weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
-                .decode(&raw)
-                .map_err(|e| corrupt(format!("LZW strip: {e}")))?,
-            8 | 32946 => miniz_oxide::inflate::decompress_to_vec_zlib(&raw)
-                .map_err(|e| corrupt(format!("Deflate strip: {e:?}")))?,
+            32773 => packbits(&raw, room).ok_or_else(bomb)?,
+            5 => lzw(&raw, room)
+                .map_err(|e| corrupt(format!("LZW strip: {e}")))?
+                .ok_or_else(bomb)?,
+            8 | 32946 => {
+                match miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(&raw, room) {
+                    Ok(v) => v,
+                    Err(e) if e.status == miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
+                        return Err(bomb())
+                    }
+                    Err(e) => return Err(corrupt(format!("Deflate strip: {e:?}"))),
+                }
+            }
             other => {
                 return Err(ImageError::Unsupported {
                     path: path.to_path_buf(),
@@ -82,10 +104,35 @@ pub fn read_indices<R: Read + Seek>(
     Ok(out)
 }
 
+/// LZW-decodes at most `limit` bytes; `None` when the strip holds more.
+fn lzw(src: &[u8], limit: usize) -> Result<Option<Vec<u8>>, weezl::LzwError> {
+    let mut dec = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
+    // One byte of room past the limit tells "exactly full" from "more to come".
+    let mut out = vec![0u8; limit + 1];
+    let (mut read, mut written) = (0, 0);
+    loop {
+        let r = dec.decode_bytes(&src[read..], &mut out[written..]);
+        read += r.consumed_in;
+        written += r.consumed_out;
+        match r.status? {
+            // The end code, or nothing more to do: input spent (strips often lack the end
+            // code) or the output full.
+            weezl::LzwStatus::Done | weezl::LzwStatus::NoProgress => break,
+            weezl::LzwStatus::Ok if written == out.len() || read == src.len() => break,
+            weezl::LzwStatus::Ok => {}
+        }
+    }
+    if written > limit {
+        return Ok(None);
+    }
+    out.truncate(written);
+    Ok(Some(out))
+}
+
 /// PackBits (Apple): a header byte n, then n+1 literal bytes (n >= 0) or one byte repeated
-/// 1-n times (n < 0); -128 is a no-op.
-fn packbits(src: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(src.len() * 2);
+/// 1-n times (n < 0); -128 is a no-op. `None` when the output would pass `limit` bytes.
+fn packbits(src: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(src.len().saturating_mul(2).min(limit));
     let mut i = 0;
     while i < src.len() {
         let n = src[i] as i8;
@@ -100,8 +147,11 @@ fn packbits(src: &[u8]) -> Vec<u8> {
             }
             i += 1;
         }
+        if out.len() > limit {
+            return None;
+        }
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -118,6 +168,7 @@ mod tests {
             0xAA, 0xAA, 0xAA, 0x80, 0x00, 0x2A, 0xAA, 0xAA, 0xAA, 0xAA, 0x80, 0x00, 0x2A, 0x22,
             0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA,
         ];
-        assert_eq!(packbits(&packed), want);
+        assert_eq!(packbits(&packed, 100).unwrap(), want);
+        assert_eq!(packbits(&packed, want.len() - 1), None);
     }
 }
