@@ -368,3 +368,149 @@ steps:
     let (ok, err) = submit(&c, &pipeline(&inside));
     assert!(ok, "{err}");
 }
+
+/// The coordinator's peak memory (VmHWM), from /proc.
+fn peak_memory_mb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
+/// A token holder sending 8 oversized Submits at once is refused from each message's length
+/// prefix: the coordinator does not buffer them (it once took 833 MB for 8 × 100 MB).
+#[test]
+fn oversized_requests_are_refused_before_they_are_buffered() {
+    let c = Cluster::start();
+    let p = pipeline(c.dir.path());
+    let big = c.dir.path().join("big.yaml");
+    let mut yaml = std::fs::read_to_string(&p).unwrap();
+    yaml.push('#');
+    yaml.push_str(&"x".repeat(24 << 20));
+    yaml.push('\n');
+    std::fs::write(&big, yaml).unwrap();
+    let before = peak_memory_mb(c._coordinator.child.id());
+    let submits: Vec<_> = (0..8)
+        .map(|_| {
+            c.client(&["submit"])
+                .arg(&big)
+                .arg("--token-file")
+                .arg(c.token())
+                .args(["--tls-fingerprint", &c.fingerprint])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for s in submits {
+        let out = s.wait_with_output().unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("too large") && err.contains("4194304"),
+            "{err}"
+        );
+    }
+    let after = peak_memory_mb(c._coordinator.child.id());
+    assert!(
+        after < before + 64,
+        "the coordinator's peak memory grew from {before} MB to {after} MB"
+    );
+    // Nothing was submitted.
+    assert_eq!(c.runs(), serde_json::json!([]));
+}
+
+/// 200 connections that never say a word: beyond the cap they make room or are closed, none
+/// outlives the handshake time-out, and a worker and a client are served throughout.
+#[test]
+fn a_flood_of_silent_connections_does_not_lock_anyone_out() {
+    use std::io::Read as _;
+    let c = Cluster::start_with(&["--max-connections", "32", "--handshake-timeout-s", "2"]);
+    let p = pipeline(c.dir.path());
+    let _worker = Proc::spawn(
+        "worker",
+        c.client(&["worker", "--name", "w1", "--cpus", "1"])
+            .arg("--token-file")
+            .arg(c.token())
+            .args(["--tls-fingerprint", &c.fingerprint])
+            .arg("--store")
+            .arg(c.dir.path().join("w/store"))
+            .arg("--scratch")
+            .arg(c.dir.path().join("w/scratch")),
+        &c.dir.path().join("worker.log"),
+    );
+    // Let the worker join before the flood.
+    wait_for("the worker to join", 30, || {
+        let log = std::fs::read_to_string(c.dir.path().join("coordinator.log")).unwrap();
+        log.contains("w1").then_some(())
+    });
+    let t0 = std::time::Instant::now();
+    let flood: Vec<std::net::TcpStream> = (0..200)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", c.port)).ok())
+        .collect();
+    assert!(
+        flood.len() >= 150,
+        "only {} connections opened",
+        flood.len()
+    );
+    // During the flood: a client is answered, and a pipeline runs on the worker.
+    let runs = c.runs();
+    assert_eq!(runs, serde_json::json!([]));
+    let (ok, err) = submit(&c, &p);
+    assert!(ok, "{err}");
+    let n = std::fs::read_to_string(c.dir.path().join("results/count/plate=P1/n.txt")).unwrap();
+    assert_eq!(n.trim(), "12");
+    // Every silent connection is closed by now or within the handshake time-out.
+    for mut s in flood {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Ok(_) => panic!("a silent connection got data"),
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "a silent connection was still open after {:?}",
+                t0.elapsed()
+            ),
+        }
+    }
+}
+
+/// A worker whose TLS settings cannot work stops at once with the reason, as a worker with a
+/// wrong token does, instead of retrying for its whole reconnect time-out.
+#[test]
+fn a_worker_with_the_wrong_tls_settings_stops_at_once() {
+    let c = Cluster::start();
+    let other = format!("sha256:{}", "00".repeat(32));
+    let cases: [(&[&str], &str); 2] = [
+        (&["--tls-fingerprint", &other], "not the pinned"),
+        (&[], "--tls-fingerprint"),
+    ];
+    for (tls, why) in cases {
+        let t0 = std::time::Instant::now();
+        let out = run_bounded(
+            c.client(&["worker", "--name", "misconfigured"])
+                .arg("--token-file")
+                .arg(c.token())
+                .args(tls)
+                .arg("--store")
+                .arg(c.dir.path().join("w/store"))
+                .arg("--scratch")
+                .arg(c.dir.path().join("w/scratch")),
+            30,
+        );
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains(why) && err.contains("stops"), "{err}");
+        assert!(t0.elapsed().as_secs() < 15, "took {:?}", t0.elapsed());
+    }
+}

@@ -263,10 +263,17 @@ pub async fn connect(addr: &str, access: &Access, timeout: Duration) -> anyhow::
         }
     }
     .map_err(|e| {
-        anyhow::anyhow!(
+        let msg = format!(
             "cannot reach the coordinator at {addr}: {}{hint}",
             chain(&e)
-        )
+        );
+        // A certificate that is not the pinned one, or TLS against plain text, stays so:
+        // retrying cannot help.
+        if is_tls_failure(&e) {
+            anyhow::Error::from(Refused(msg))
+        } else {
+            anyhow::anyhow!(msg)
+        }
     })?;
     let mut client = CoordinatorClient::with_interceptor(
         channel,
@@ -286,12 +293,51 @@ pub async fn connect(addr: &str, access: &Access, timeout: Duration) -> anyhow::
             .into());
         }
         let mut why = status.message().to_string();
-        if let Some(source) = std::error::Error::source(&status) {
+        let transport = std::error::Error::source(&status);
+        if let Some(source) = transport {
             why = format!("{why}: {}", chain(source));
+        }
+        // Plain text to a server that speaks TLS: a misconfiguration, not an outage.
+        if matches!(access.tls, Tls::Off) && transport.is_some() {
+            let host = url::host_of(&url);
+            let port = url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.trim_end_matches('/').parse().ok())
+                .unwrap_or(7700);
+            if let Some(fp) = pinned::speaks_tls(&host, port).await {
+                return Err(Refused(format!(
+                    "the coordinator at {addr} speaks TLS (its certificate is {fp}) and this \
+                     client does not: pass --tls-fingerprint with the fingerprint the \
+                     coordinator printed at start (or --tls-ca)"
+                ))
+                .into());
+            }
         }
         anyhow::bail!("cannot talk to the coordinator at {addr}: {why}{hint}");
     }
     Ok(client)
+}
+
+/// Did the TLS handshake itself fail (a certificate, or a peer that does not speak TLS)?
+/// rustls errors travel inside `io::Error`s, which do not list them as sources.
+fn is_tls_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+            {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// An error with its causes, which is where TLS and connection failures say what went wrong.
@@ -358,7 +404,9 @@ mod pinned {
 
     #[derive(Debug)]
     struct Pin {
-        fingerprint: [u8; 32],
+        /// `None`: accept any certificate (only to find out whether a server speaks TLS;
+        /// nothing is ever sent over such a connection).
+        fingerprint: Option<[u8; 32]>,
         provider: Arc<CryptoProvider>,
     }
 
@@ -373,14 +421,17 @@ mod pinned {
         ) -> Result<ServerCertVerified, rustls::Error> {
             // The pin replaces name and chain checks: only this exact certificate is trusted.
             let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-            if got == self.fingerprint {
+            let Some(pinned) = self.fingerprint else {
+                return Ok(ServerCertVerified::assertion());
+            };
+            if got == pinned {
                 Ok(ServerCertVerified::assertion())
             } else {
                 Err(rustls::Error::General(format!(
                     "the coordinator's certificate has fingerprint {}, not the pinned sha256:{} \
                      (a different coordinator, or its certificate was replaced)",
                     fingerprint_of(end_entity.as_ref()),
-                    hex::encode(self.fingerprint)
+                    hex::encode(pinned)
                 )))
             }
         }
@@ -418,6 +469,30 @@ mod pinned {
     }
 
     pub fn client_config(fingerprint: [u8; 32]) -> Arc<rustls::ClientConfig> {
+        config_for(Some(fingerprint))
+    }
+
+    /// Does the server at `host:port` complete a TLS handshake? Its certificate's fingerprint
+    /// if so. Used only to explain a plain-text client's failure; nothing is sent after.
+    pub async fn speaks_tls(host: &str, port: u16) -> Option<String> {
+        let probe = async {
+            let tcp = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_string())
+                .unwrap_or_else(|_| ServerName::try_from("plateflow").expect("valid name"));
+            let tls = tokio_rustls::TlsConnector::from(config_for(None))
+                .connect(name, tcp)
+                .await
+                .ok()?;
+            let cert = tls.get_ref().1.peer_certificates()?.first()?.clone();
+            Some(fingerprint_of(cert.as_ref()))
+        };
+        tokio::time::timeout(Duration::from_secs(3), probe)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn config_for(fingerprint: Option<[u8; 32]>) -> Arc<rustls::ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()

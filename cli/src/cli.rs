@@ -229,6 +229,17 @@ pub struct CoordinatorArgs {
     /// fingerprint printed at start (--tls-fingerprint).
     #[arg(long)]
     pub tls_self_signed: bool,
+    /// Connections open at once (at most half the open-file limit). When full, the oldest
+    /// connection that never sent a byte makes room.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a new connection has to start its handshake.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout_s: u64,
+    /// Seconds without a byte from a peer before its connection is closed (live peers answer
+    /// the server's pings every 5 s).
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_s: u64,
 }
 
 /// Automatic allocation of workers as Slurm jobs.
@@ -564,7 +575,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 )?)),
                 None => None,
             };
-            server::serve(engine, listener, security, async {
+            let limits = plateflow_coordinator::connections::Limits {
+                max: args.max_connections,
+                handshake: Duration::from_secs(args.handshake_timeout_s.max(1)),
+                idle: Duration::from_secs(args.idle_timeout_s.max(15)),
+            };
+            server::serve(engine, listener, security, limits, async {
                 shutdown_signal().await;
             })
             .await?;
@@ -944,6 +960,7 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
         engine.clone(),
         listener,
         security,
+        Default::default(),
         async move {
             let _ = stop.changed().await;
         },

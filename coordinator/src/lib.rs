@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod comm;
+pub mod connections;
 pub mod dataset;
 pub mod db;
 pub mod dryrun;

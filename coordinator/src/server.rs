@@ -245,32 +245,42 @@ impl Coordinator for CoordinatorService {
 }
 
 /// Serves the coordinator on `listener` until `shutdown` resolves: every call passes the
-/// token check, over TLS when an identity is given.
+/// token check, over TLS when an identity is given, and every connection the door's
+/// [`Limits`](crate::connections::Limits).
 pub async fn serve(
     engine: EngineHandle,
     listener: tokio::net::TcpListener,
     security: crate::security::ServerSecurity,
+    limits: crate::connections::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // What a client may send is small (a Submit is kilobytes, blob chunks 1 MiB): a larger
+    // message is refused from its length prefix, before it is buffered. What the coordinator
+    // sends (assignments listing a big plate's files) may be large.
     let svc = CoordinatorServer::new(CoordinatorService { engine })
-        .max_decoding_message_size(plateflow_proto::MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(plateflow_proto::MAX_REQUEST_BYTES)
         .max_encoding_message_size(plateflow_proto::MAX_MESSAGE_BYTES);
     let svc = tonic::service::interceptor::InterceptedService::new(
         svc,
         crate::security::CheckToken::new(security.token),
     );
-    // Builder::tcp_nodelay applies only to sockets tonic binds itself: set it on each accepted
-    // one, or small messages wait ~40 ms for delayed ACKs (Nagle).
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-        s.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let fds = crate::connections::raise_open_files_limit();
+    let limits = crate::connections::Limits {
+        // Leave descriptors for the store, the database and the blob streams.
+        max: if fds > 64 {
+            limits.max.min((fds / 2) as usize)
+        } else {
+            limits.max
+        },
+        ..limits
+    };
+    let incoming = crate::connections::guarded_incoming(listener, limits);
     // Pings close connections to vanished workers (their sessions end, tasks re-queue even
-    // before the lease runs out).
+    // before the lease runs out) and keep live ones chatty within the door's idle time-out.
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)));
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
     if let Some(tls) = security.tls {
         builder = builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(
             tonic::transport::Identity::from_pem(tls.cert_pem, tls.key_pem),
@@ -282,6 +292,10 @@ pub async fn serve(
         .await?;
     Ok(())
 }
+
+/// Calls in flight on one connection: a worker holds its session, a watch and a few blob
+/// transfers; more than this is someone else.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 
 /// Binds a listener, saying clearly when the address is taken.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {

@@ -11,6 +11,10 @@ pub use v1::*;
 /// Largest gRPC message either side accepts (assignments of big plates list many files).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+/// Largest message the coordinator accepts from a client: a Submit is kilobytes, a blob chunk
+/// [`CHUNK_BYTES`], a worker's result a few kilobytes; nothing needs more.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+
 /// Blob chunk size on the wire: well under the message limit, large enough to stream fast.
 pub const CHUNK_BYTES: usize = 1 << 20;
 
