@@ -346,6 +346,23 @@ steps:
         "{text}"
     );
 
+    // Results, workspace and step files that climb out, through directories that do not
+    // exist yet (judged once by their nearest existing parent, which let them through).
+    let escapes = [
+        "results: nonexist/../../../elsewhere/escaped",
+        "results: a/b/c/../../../../../elsewhere/escaped",
+        "workspace: nonexist/../../../elsewhere/ws",
+        "results: ../../elsewhere/escaped",
+        "results: ./x/./../../../elsewhere",
+    ];
+    for escape in escapes {
+        let p = pipeline(&inside);
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replacen("\n", &format!("\n{escape}\n"), 1)).unwrap();
+        let (ok, err) = submit(&c, &p);
+        assert!(!ok && err.contains("outside the directories"), "{escape}: {err}");
+    }
+
     // Nothing was written outside the roots, nothing stolen into results.
     let mut found = Vec::new();
     plateflow_e2e::tree_bytes(&outside)
