@@ -360,7 +360,10 @@ steps:
         let text = std::fs::read_to_string(&p).unwrap();
         std::fs::write(&p, text.replacen("\n", &format!("\n{escape}\n"), 1)).unwrap();
         let (ok, err) = submit(&c, &p);
-        assert!(!ok && err.contains("outside the directories"), "{escape}: {err}");
+        assert!(
+            !ok && err.contains("outside the directories"),
+            "{escape}: {err}"
+        );
     }
 
     // Nothing was written outside the roots, nothing stolen into results.
