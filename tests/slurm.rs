@@ -300,11 +300,12 @@ fn a_preempted_allocation_is_replaced_and_a_failing_sbatch_is_survived() {
     // No retries: Slurm signals a job's task processes and its worker at once, and the
     // worker hands its tasks back (a Goodbye) instead of reporting them failed, so the
     // pre-empted attempt does not use up a retry.
+    let started = dir.path().join("state/scratch/started.log");
     let slow = std::fs::read_to_string(&p)
         .unwrap()
         .replace(
             "sleep 0.5;",
-            "echo $SLURM_JOB_ID >> ../../../started.log; sleep 3;",
+            &format!("echo $SLURM_JOB_ID >> {}; sleep 3;", started.display()),
         )
         .replace(
             "    for_each: plate\n",
@@ -325,7 +326,6 @@ fn a_preempted_allocation_is_replaced_and_a_failing_sbatch_is_survived() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let started = dir.path().join("state/scratch/started.log");
     let first = wait_for("the first task to start in an allocation", 60, || {
         std::fs::read_to_string(&started)
             .ok()
