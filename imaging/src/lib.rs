@@ -6,6 +6,7 @@
 pub mod cells;
 pub mod features;
 pub mod heatmap;
+pub mod instances;
 mod palette;
 pub mod qc;
 pub mod segment;

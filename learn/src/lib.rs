@@ -16,11 +16,13 @@ pub mod fused;
 pub mod interpret;
 pub mod metrics;
 pub mod model;
+pub mod nuclei;
 pub mod protocol;
 pub mod rng;
 pub mod schedule;
 pub mod split;
 pub mod train;
+pub mod unet;
 
 /// Tells glibc's allocator to keep freed blocks for reuse instead of returning them to the
 /// kernel: training allocates and frees tensors of the same few sizes every step, and by

@@ -1,0 +1,82 @@
+//! Trains the learned nucleus segmenter on the DSB 2018 nuclei and scores it on the fifth held
+//! out by image, and on the Coelho U2OS images no training saw.
+//!
+//!   cargo run --release -p plateflow-learn --example nuclei -- [STEPS] [OUT.safetensors]
+//!
+//! Reads `../shared/data/dsb2018-nuclei` and `../shared/data/coelho-u2os` (from the repository
+//! root); says so and stops where they are absent.
+
+use plateflow_learn::nuclei::{self, SegTrainConfig, IOUS};
+use std::path::Path;
+
+fn main() -> anyhow::Result<()> {
+    plateflow_learn::keep_freed_memory();
+    let mut args = std::env::args().skip(1);
+    let steps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2000);
+    let out = args
+        .next()
+        .unwrap_or_else(|| "nuclei-unet.safetensors".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let dsb = root.join("dsb2018-nuclei");
+    if !dsb.exists() {
+        println!("{} is absent", dsb.display());
+        return Ok(());
+    }
+    let t0 = std::time::Instant::now();
+    let all = nuclei::load_pairs(&dsb)?;
+    let (val, train): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|a| nuclei::is_validation(&a.id));
+    eprintln!(
+        "{} training and {} validation images loaded in {:.1} s",
+        train.len(),
+        val.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    let cfg = SegTrainConfig {
+        steps,
+        ..Default::default()
+    };
+    let t1 = std::time::Instant::now();
+    let (varmap, net, _history) = nuclei::train(&train, &val, &cfg, 250, &|m| eprintln!("{m}"))?;
+    let train_s = t1.elapsed().as_secs_f64();
+    varmap.save(&out)?;
+    let t2 = std::time::Instant::now();
+    let scores = nuclei::evaluate(&net, &val)?;
+    let pixels: usize = val.iter().map(|a| a.width * a.height).sum();
+    let infer_s = t2.elapsed().as_secs_f64();
+    println!(
+        "trained {steps} steps (batch {}, crops {}) in {train_s:.0} s on {} threads",
+        cfg.batch,
+        cfg.crop,
+        rayon::current_num_threads()
+    );
+    for (m, iou) in scores.iter().zip(IOUS) {
+        println!(
+            "DSB validation fifth ({} images): IoU {iou}: AP {:.3}, F1 {:.3} ({} matched, {} predicted, {} true)",
+            val.len(),
+            m.ap(),
+            m.f1(),
+            m.matched,
+            m.predicted,
+            m.truth
+        );
+    }
+    println!(
+        "inference + instances: {:.2} MP/s",
+        pixels as f64 / 1e6 / infer_s
+    );
+    let coelho = root.join("coelho-u2os");
+    if coelho.exists() {
+        let images = nuclei::load_pairs(&coelho)?;
+        let scores = nuclei::evaluate(&net, &images)?;
+        for (m, iou) in scores.iter().zip(IOUS) {
+            println!(
+                "Coelho U2OS ({} images, never trained on): IoU {iou}: AP {:.3}, F1 {:.3}",
+                images.len(),
+                m.ap(),
+                m.f1()
+            );
+        }
+    }
+    Ok(())
+}

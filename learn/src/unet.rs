@@ -1,0 +1,209 @@
+//! A compact U-Net for nuclei: per pixel, three classes — background, nucleus interior,
+//! nucleus boundary — from one grey channel. Touching nuclei are kept apart by their
+//! boundaries; instances are the interiors grown back over the boundary pixels
+//! (`plateflow_imaging::instances`). Levels of two 3×3 conv + BatchNorm + ReLU, 2×2 max-pool
+//! down, nearest 2× up with a skip connection; a 1×1 head. Convs run on plateflow's own CPU
+//! op (conv.rs) and BatchNorm on fused.rs, as the crop CNN does.
+
+use crate::conv::conv2d_same;
+use crate::fused::BatchNorm2d;
+use crate::model::max_pool_2x2;
+use candle_core::{Result, Tensor};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+
+/// Architecture, recorded beside the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UNetConfig {
+    /// Channels of the first level; each deeper level doubles them.
+    pub width: usize,
+    /// Levels, the bottleneck included (3: two pools; inputs a multiple of 4 pixels).
+    pub depth: usize,
+}
+
+impl Default for UNetConfig {
+    fn default() -> Self {
+        UNetConfig {
+            width: 16,
+            depth: 3,
+        }
+    }
+}
+
+impl UNetConfig {
+    /// Image sides must be a multiple of this (inputs are padded to it).
+    pub fn multiple(&self) -> usize {
+        1 << (self.depth - 1)
+    }
+}
+
+/// Per-pixel classes.
+pub const CLASSES: usize = 3;
+pub const BACKGROUND: u8 = 0;
+pub const INTERIOR: u8 = 1;
+pub const BOUNDARY: u8 = 2;
+
+/// conv 3×3 → BatchNorm → ReLU, twice.
+struct DoubleConv {
+    convs: [(Conv2d, BatchNorm2d); 2],
+}
+
+impl DoubleConv {
+    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let one = |i: usize, c: usize| -> Result<(Conv2d, BatchNorm2d)> {
+            Ok((
+                conv2d(c, c_out, 3, cfg, vb.pp(format!("c{i}.conv")))?,
+                // `.bn.` in the name: `seed_init` starts it as the identity.
+                BatchNorm2d::new(c_out, 1e-5, vb.pp(format!("c{i}.bn")))?,
+            ))
+        };
+        Ok(DoubleConv {
+            convs: [one(0, c_in)?, one(1, c_out)?],
+        })
+    }
+
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (conv, bn) in &self.convs {
+            x = bn
+                .forward_t(&conv2d_same(&x, conv.weight(), conv.bias())?, train)?
+                .relu()?;
+        }
+        Ok(x)
+    }
+}
+
+pub struct UNet {
+    pub config: UNetConfig,
+    down: Vec<DoubleConv>,
+    up: Vec<DoubleConv>,
+    head: Conv2d,
+}
+
+impl UNet {
+    pub fn new(config: UNetConfig, vb: VarBuilder) -> Result<Self> {
+        let w = config.width;
+        let mut down = Vec::new();
+        let mut c_in = 1;
+        for level in 0..config.depth {
+            down.push(DoubleConv::new(
+                c_in,
+                w << level,
+                vb.pp(format!("down{level}")),
+            )?);
+            c_in = w << level;
+        }
+        let mut up = Vec::new();
+        for level in (0..config.depth - 1).rev() {
+            // The upsampled deeper maps and this level's skip, concatenated.
+            let c = (w << (level + 1)) + (w << level);
+            up.push(DoubleConv::new(c, w << level, vb.pp(format!("up{level}")))?);
+        }
+        let head = conv2d(w, CLASSES, 1, Default::default(), vb.pp("head"))?;
+        Ok(UNet {
+            config,
+            down,
+            up,
+            head,
+        })
+    }
+
+    /// [B, 1, H, W] (H, W multiples of [`UNetConfig::multiple`]) → logits [B, 3, H, W].
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut skips = Vec::new();
+        let mut x = x.clone();
+        for (level, block) in self.down.iter().enumerate() {
+            if level > 0 {
+                x = max_pool_2x2(&x)?;
+            }
+            x = block.forward(&x, train)?;
+            skips.push(x.clone());
+        }
+        skips.pop(); // the bottleneck is `x` itself
+        for block in &self.up {
+            let skip = skips.pop().expect("one skip per level");
+            x = block.forward(&Tensor::cat(&[&upsample_2x(&x)?, &skip], 1)?, train)?;
+        }
+        conv2d_same(&x, self.head.weight(), self.head.bias())
+    }
+}
+
+/// Nearest-neighbour 2× upsampling as a broadcast (its gradient is a sum, with no conv:
+/// Candle's own `upsample_nearest2d` backward runs a convolution on the CPU).
+pub fn upsample_2x(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    x.reshape((b, c, h, 1, w, 1))?
+        .broadcast_as((b, c, h, 2, w, 2))?
+        .reshape((b, c, h * 2, w * 2))
+}
+
+/// Weighted per-pixel cross-entropy: logits [B, 3, H, W], classes [B·H·W] (u32, row-major
+/// per image), one weight per class (boundaries are rare and matter most).
+pub fn pixel_loss(logits: &Tensor, classes: &Tensor, weights: [f32; CLASSES]) -> Result<Tensor> {
+    let (b, c, h, w) = logits.dims4()?;
+    let flat = logits.permute((0, 2, 3, 1))?.reshape((b * h * w, c))?;
+    let logp = candle_nn::ops::log_softmax(&flat, 1)?;
+    let picked = logp.gather(&classes.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let class_w = Tensor::new(&weights, logits.device())?;
+    let pixel_w = class_w.index_select(classes, 0)?;
+    let total = pixel_w.sum_all()?;
+    (picked * &pixel_w)?.sum_all()?.neg()?.broadcast_div(&total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn shapes_and_a_loss_that_falls() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let net = UNet::new(UNetConfig { width: 4, depth: 3 }, vb).unwrap();
+        // A bright square on dark: interior inside, boundary on its edge.
+        let (h, w) = (16usize, 16usize);
+        let mut img = vec![0f32; h * w];
+        let mut cls = vec![0u32; h * w];
+        for y in 4..12 {
+            for x in 4..12 {
+                img[y * w + x] = 1.0;
+                cls[y * w + x] = if y == 4 || y == 11 || x == 4 || x == 11 {
+                    2
+                } else {
+                    1
+                };
+            }
+        }
+        let x = Tensor::from_vec(img, (1, 1, h, w), &dev).unwrap();
+        let y = Tensor::from_vec(cls, h * w, &dev).unwrap();
+        let logits = net.forward(&x, true).unwrap();
+        assert_eq!(logits.dims4().unwrap(), (1, 3, h, w));
+        let mut opt = candle_nn::AdamW::new(
+            varmap.all_vars(),
+            candle_nn::ParamsAdamW {
+                lr: 0.01,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        use candle_nn::Optimizer as _;
+        let first = pixel_loss(&logits, &y, [1.0, 1.0, 3.0]).unwrap();
+        let mut last = first.to_scalar::<f32>().unwrap();
+        for _ in 0..40 {
+            let loss = pixel_loss(&net.forward(&x, true).unwrap(), &y, [1.0, 1.0, 3.0]).unwrap();
+            opt.backward_step(&loss).unwrap();
+            last = loss.to_scalar::<f32>().unwrap();
+        }
+        assert!(last < first.to_scalar::<f32>().unwrap() * 0.5, "{last}");
+        let up = upsample_2x(&Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &dev).unwrap()).unwrap();
+        assert_eq!(
+            up.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]
+        );
+    }
+}
