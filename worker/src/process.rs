@@ -1,18 +1,74 @@
 //! A `command` task's processes, and only them, for exactly as long as the task lives.
 //!
-//! Each task runs in its own process group, led by a small guard shell:
-//! `sh -c 'trap "kill -KILL 0" TERM; "$@" & wait $!' plateflow-task PROGRAM ARGS…`.
-//! The guard gets SIGTERM when the worker dies (`PR_SET_PDEATHSIG`, even on SIGKILL) and then
-//! kills its whole group, so grandchildren of the user's script (`sleep 60 && touch x &`) die
-//! with it. The worker itself kills the group when the task ends, fails or is cancelled
-//! ([`TaskProcess`]'s drop). A program that leaves the group on purpose (`setsid`) escapes;
-//! a cgroup would catch it, and is not used (it needs privileges workers rarely have).
+//! Each task runs in its own process group (its program started directly when it needs no
+//! shell). The worker kills the group when the task ends, fails or is cancelled
+//! ([`TaskProcess`]'s drop), so nothing a task started in the background outlives it. For
+//! the worker's own death, even by SIGKILL, one small reaper shell per worker holds the
+//! groups of running tasks (the worker writes `+PGID` and `-PGID` lines to its stdin); when
+//! the worker is gone its stdin ends and it kills every group still listed. (One guard shell
+//! per task did the same at a third of the throughput for short tasks.) A program that
+//! leaves its group on purpose (`setsid`) escapes; a cgroup would catch it and is not used
+//! (it needs privileges workers rarely have).
 
 use plateflow_contract::placeholders::Prepared;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
-/// The guard script; `$@` is the program and its arguments.
-const GUARD: &str = r#"trap 'kill -KILL 0' TERM; "$@" & wait $!"#;
+/// The reaper: reads `+PGID`/`-PGID` lines; at end of input (its worker died, however) it
+/// kills the groups still listed. Ignores Ctrl-C and SIGTERM: the worker's end, not the
+/// terminal's, is its cue. Pure shell string operations, no process per line.
+const REAPER: &str = r#"trap '' INT TERM HUP
+groups=' '
+while read -r op g; do
+  case "$op" in
+    +) groups="$groups$g " ;;
+    -) case "$groups" in *" $g "*) groups="${groups%%" $g "*} ${groups#*" $g "}" ;; esac ;;
+  esac
+done
+for g in $groups; do kill -KILL -"$g" 2>/dev/null; done
+"#;
+
+struct Reaper {
+    stdin: Mutex<std::process::ChildStdin>,
+    _child: std::process::Child,
+}
+
+/// This worker's reaper, started on first use; `None` if it could not start (tasks still run,
+/// and are still killed whole by the worker while it lives).
+fn reaper() -> Option<&'static Reaper> {
+    static REAPER_PROC: OnceLock<Option<Reaper>> = OnceLock::new();
+    REAPER_PROC
+        .get_or_init(|| {
+            use std::os::unix::process::CommandExt as _;
+            let spawned = std::process::Command::new("sh")
+                .args(["-c", REAPER])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                // Out of the terminal's group: Ctrl-C must not end it before the tasks.
+                .process_group(0)
+                .spawn();
+            match spawned {
+                Ok(mut child) => Some(Reaper {
+                    stdin: Mutex::new(child.stdin.take().expect("piped")),
+                    _child: child,
+                }),
+                Err(e) => {
+                    tracing::warn!("cannot start the task reaper (sh): {e}; tasks of a killed worker may outlive it");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+fn tell_reaper(line: std::fmt::Arguments<'_>) {
+    if let Some(r) = reaper() {
+        let mut stdin = r.stdin.lock().expect("reaper stdin");
+        let _ = stdin.write_fmt(line).and_then(|_| stdin.flush());
+    }
+}
 
 /// A started task process group, killed whole when dropped.
 pub struct TaskProcess {
@@ -31,17 +87,22 @@ pub struct Launch<'a> {
 
 impl TaskProcess {
     pub fn spawn(l: Launch<'_>) -> std::io::Result<TaskProcess> {
-        let mut cmd = tokio::process::Command::new("sh");
-        cmd.args(["-c", GUARD, "plateflow-task"]);
-        match l.command {
+        // Started before the first task, so its group is listed before anything can run.
+        let _ = reaper();
+        let mut cmd = match l.command {
+            // A plain `prog arg arg` is started directly: no shell process per task.
             Prepared::Argv(argv) => {
-                cmd.arg(resolve_program(&argv[0])).args(&argv[1..]);
+                let mut c = tokio::process::Command::new(resolve_program(&argv[0]));
+                c.args(&argv[1..]);
+                c
             }
             Prepared::Shell { script, env } => {
-                cmd.args(["sh", "-c", script]);
-                cmd.envs(env.iter().map(|(k, v)| (k, v)));
+                let mut c = tokio::process::Command::new("sh");
+                c.args(["-c", script]);
+                c.envs(env.iter().map(|(k, v)| (k, v)));
+                c
             }
-        }
+        };
         cmd.current_dir(l.work)
             // A user's script has no business with the cluster's credentials.
             .env_remove("PLATEFLOW_TOKEN")
@@ -51,16 +112,15 @@ impl TaskProcess {
             .stdout(l.stdout)
             .stderr(l.stderr)
             // Its own group: killed whole, and out of the terminal's reach (Ctrl-C goes to
-            // `plateflow run`, which ends its workers, whose guards end their tasks).
+            // `plateflow run`, which ends its workers, which end their tasks).
             .process_group(0)
             .kill_on_drop(true);
         // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and
-        // exec.
+        // exec. The direct child dies with the worker even before the reaper hears of it.
         let parent = unsafe { libc::getpid() };
         unsafe {
             cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                // The worker died before the line above took effect: do not start at all.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 if libc::getppid() != parent {
                     return Err(std::io::Error::other("the worker is gone"));
                 }
@@ -69,6 +129,9 @@ impl TaskProcess {
         }
         let child = cmd.spawn()?;
         let pgid = child.id().map_or(0, |p| p as i32);
+        if pgid > 0 {
+            tell_reaper(format_args!("+ {pgid}\n"));
+        }
         Ok(TaskProcess { child, pgid })
     }
 
@@ -81,11 +144,13 @@ impl TaskProcess {
 
     fn kill_group(&mut self) {
         if self.pgid > 0 {
-            // SAFETY: signals only the group this task's guard leads. While any member lives
+            // SAFETY: signals only the group this task's program leads. While any member lives
             // the id cannot be reused; once the group is empty this is a harmless ESRCH.
             unsafe {
                 libc::kill(-self.pgid, libc::SIGKILL);
             }
+            tell_reaper(format_args!("- {}\n", self.pgid));
+            self.pgid = 0;
         }
     }
 }
