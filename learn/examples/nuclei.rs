@@ -1,7 +1,7 @@
 //! Trains the learned nucleus segmenter on the DSB 2018 nuclei and scores it on the fifth held
 //! out by image, and on the Coelho U2OS images no training saw.
 //!
-//!   cargo run --release -p plateflow-learn --example nuclei -- [STEPS] [OUT.safetensors]
+//!   cargo run --release -p plateflow-learn --example nuclei -- [STEPS] [OUT.safetensors] [EVAL_EVERY] [WIDTH] [CROP]
 //!
 //! Reads `../shared/data/dsb2018-nuclei` and `../shared/data/coelho-u2os` (from the repository
 //! root); says so and stops where they are absent.
@@ -16,6 +16,9 @@ fn main() -> anyhow::Result<()> {
     let out = args
         .next()
         .unwrap_or_else(|| "nuclei-unet.safetensors".into());
+    let eval_every: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(250);
+    let width: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(16);
+    let crop: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(128);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
     let dsb = root.join("dsb2018-nuclei");
     if !dsb.exists() {
@@ -34,10 +37,13 @@ fn main() -> anyhow::Result<()> {
     );
     let cfg = SegTrainConfig {
         steps,
+        crop,
+        net: plateflow_learn::unet::UNetConfig { width, depth: 3 },
         ..Default::default()
     };
     let t1 = std::time::Instant::now();
-    let (varmap, net, _history) = nuclei::train(&train, &val, &cfg, 250, &|m| eprintln!("{m}"))?;
+    let (varmap, net, _history) =
+        nuclei::train(&train, &val, &cfg, eval_every, &|m| eprintln!("{m}"))?;
     let train_s = t1.elapsed().as_secs_f64();
     varmap.save(&out)?;
     let t2 = std::time::Instant::now();

@@ -236,33 +236,126 @@ pub fn train(
     Ok((varmap, net, history))
 }
 
-/// Class probabilities of one whole image: (interior, foreground = interior + boundary).
+/// The image mirrored by [`MARGIN`] pixels on every side (nuclei at the border see a
+/// plausible neighbourhood, not a black frame), then zero-extended right and bottom to
+/// `pw` x `ph`.
+fn mirrored(pixels: &[f32], w: usize, h: usize, pw: usize, ph: usize) -> Vec<f32> {
+    let reflect = |i: isize, n: usize| -> usize {
+        let n = n as isize;
+        let mut i = i;
+        // Reflect (without repeating the edge) until inside; tiny images wrap several times.
+        for _ in 0..8 {
+            if i < 0 {
+                i = -i;
+            }
+            if i >= n {
+                i = 2 * (n - 1) - i;
+            }
+        }
+        i.clamp(0, n - 1) as usize
+    };
+    let m = MARGIN as isize;
+    let mut out = vec![0f32; pw * ph];
+    for y in 0..(h + 2 * MARGIN).min(ph) {
+        let sy = reflect(y as isize - m, h);
+        for x in 0..(w + 2 * MARGIN).min(pw) {
+            out[y * pw + x] = pixels[sy * w + reflect(x as isize - m, w)];
+        }
+    }
+    out
+}
+
+/// Class probabilities of one image: (interior, foreground = interior + boundary). The image
+/// is mirrored by [`MARGIN`] and cut into tiles of [`TILE`] plus that margin of context on
+/// each side, predicted a few at a time (in parallel, in bounded memory); each tile keeps its
+/// centre. A pixel's value depends only on pixels within the network's reach (< MARGIN), so
+/// the maps equal one pass over the whole mirrored image ([`probabilities_whole`]).
 pub fn probabilities(
     net: &UNet,
     pixels: &[f32],
     w: usize,
     h: usize,
 ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-    let m = net.config.multiple();
-    let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
-    let mut padded = vec![0f32; pw * ph];
-    for y in 0..h {
-        padded[y * pw..y * pw + w].copy_from_slice(&pixels[y * w..(y + 1) * w]);
+    // Small images in one pass (the same maps; tiles' margins would cost more than they save).
+    if (w + 2 * MARGIN) * (h + 2 * MARGIN) <= WHOLE_PIXELS {
+        return probabilities_whole(net, pixels, w, h);
     }
-    let x = Tensor::from_vec(padded, (1, 1, ph, pw), &Device::Cpu)?;
-    let p = candle_nn::ops::softmax(&net.forward(&x, false)?, 1)?;
-    let p = p.squeeze(0)?.to_vec3::<f32>()?;
-    debug_assert_eq!(p.len(), CLASSES);
-    let mut interior = Vec::with_capacity(w * h);
-    let mut fg = Vec::with_capacity(w * h);
-    for (rows_i, rows_b) in p[1].iter().zip(&p[2]).take(h) {
-        for (&pi, &pb) in rows_i.iter().zip(rows_b).take(w) {
-            interior.push(pi);
-            fg.push(pi + pb);
+    let side = TILE + 2 * MARGIN;
+    let (tx, ty) = (w.div_ceil(TILE), h.div_ceil(TILE));
+    let (pw, ph) = (tx * TILE + 2 * MARGIN, ty * TILE + 2 * MARGIN);
+    let padded = mirrored(pixels, w, h, pw, ph);
+    let origins: Vec<(usize, usize)> = (0..ty)
+        .flat_map(|j| (0..tx).map(move |i| (i * TILE, j * TILE)))
+        .collect();
+    let mut interior = vec![0f32; w * h];
+    let mut fg = vec![0f32; w * h];
+    for batch in origins.chunks(TILES_PER_BATCH) {
+        let mut x = Vec::with_capacity(batch.len() * side * side);
+        for &(ox, oy) in batch {
+            for y in oy..oy + side {
+                x.extend_from_slice(&padded[y * pw + ox..y * pw + ox + side]);
+            }
+        }
+        let x = Tensor::from_vec(x, (batch.len(), 1, side, side), &Device::Cpu)?;
+        let p = candle_nn::ops::softmax(&net.forward(&x, false)?, 1)?;
+        let p: Vec<f32> = p.flatten_all()?.to_vec1()?;
+        let plane = side * side;
+        for (b, &(ox, oy)) in batch.iter().enumerate() {
+            let base = b * CLASSES * plane;
+            for y in oy..(oy + TILE).min(h) {
+                for x in ox..(ox + TILE).min(w) {
+                    let c = (y - oy + MARGIN) * side + (x - ox + MARGIN);
+                    let pi = p[base + plane + c];
+                    interior[y * w + x] = pi;
+                    fg[y * w + x] = pi + p[base + 2 * plane + c];
+                }
+            }
         }
     }
     Ok((interior, fg))
 }
+
+/// Images up to this many pixels (margins included) are predicted in one pass.
+const WHOLE_PIXELS: usize = 640 * 640;
+
+/// Tiles per forward pass: enough to keep both cores busy, few enough for the conv's
+/// per-image scratch (about 110 MB a tile at the widest level).
+const TILES_PER_BATCH: usize = 4;
+
+/// The same maps as [`probabilities`] from one pass over the whole mirrored image (memory
+/// grows with the image): the reference the tiles are tested against.
+pub fn probabilities_whole(
+    net: &UNet,
+    pixels: &[f32],
+    w: usize,
+    h: usize,
+) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+    let m = net.config.multiple();
+    let (pw, ph) = (
+        (w + 2 * MARGIN).div_ceil(m) * m,
+        (h + 2 * MARGIN).div_ceil(m) * m,
+    );
+    let padded = mirrored(pixels, w, h, pw, ph);
+    let x = Tensor::from_vec(padded, (1, 1, ph, pw), &Device::Cpu)?;
+    let p = candle_nn::ops::softmax(&net.forward(&x, false)?, 1)?;
+    let p = p.squeeze(0)?.to_vec3::<f32>()?;
+    let mut interior = Vec::with_capacity(w * h);
+    let mut fg = Vec::with_capacity(w * h);
+    for y in MARGIN..MARGIN + h {
+        for x in MARGIN..MARGIN + w {
+            interior.push(p[1][y][x]);
+            fg.push(p[1][y][x] + p[2][y][x]);
+        }
+    }
+    Ok((interior, fg))
+}
+
+/// Tiles are predicted with [`MARGIN`] pixels of context on each side.
+pub const TILE: usize = 192;
+/// Context around each tile: more than the network's reach from a pixel (two 3x3 convs per
+/// level over three levels, 2x2 pools between: 28 pixels), so a tile's kept centre sees what
+/// the whole image would have shown it, and objects are the same across seams.
+pub const MARGIN: usize = 32;
 
 /// Instances of one image.
 pub fn segment(net: &UNet, pixels: &[f32], w: usize, h: usize) -> anyhow::Result<Labels> {
@@ -283,4 +376,58 @@ pub fn evaluate(net: &UNet, images: &[Annotated]) -> anyhow::Result<[Matching; 3
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unet::UNetConfig;
+
+    /// An image larger than a tile: tiled prediction gives the same objects as one pass
+    /// (an untrained but deterministic net, its BatchNorm on running statistics).
+    #[test]
+    fn tiles_and_the_whole_image_give_the_same_objects() {
+        let varmap = VarMap::new();
+        let net = UNet::new(
+            UNetConfig { width: 4, depth: 3 },
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        crate::model::seed_init(&varmap, 7).unwrap();
+        let (w, h) = (640usize, 600usize);
+        let mut rng = Rng::new(3);
+        // Blobs on a noisy background.
+        let mut px = vec![0f32; w * h];
+        for _ in 0..120 {
+            let (cx, cy, r) = (
+                rng.below(w) as f64,
+                rng.below(h) as f64,
+                4.0 + rng.unit() * 8.0,
+            );
+            for y in 0..h {
+                for x in 0..w {
+                    let d = ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt();
+                    if d < r {
+                        px[y * w + x] = 1.0;
+                    }
+                }
+            }
+        }
+        for p in &mut px {
+            *p += 0.05 * rng.normal() as f32;
+        }
+        let (wi, wf) = probabilities_whole(&net, &px, w, h).unwrap();
+        let (ti, tf) = probabilities(&net, &px, w, h).unwrap();
+        let worst = wi
+            .iter()
+            .zip(&ti)
+            .chain(wf.iter().zip(&tf))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "tiles differ from the whole image by {worst}");
+        let a = from_probabilities(&wi, &wf, w, h, 8);
+        let b = from_probabilities(&ti, &tf, w, h, 8);
+        assert_eq!(a.count, b.count);
+        assert_eq!(matches(&a.data, &b.data, 0.99).0, a.count as usize);
+    }
 }
