@@ -341,10 +341,10 @@ pub fn probabilities_whole(
     let p = p.squeeze(0)?.to_vec3::<f32>()?;
     let mut interior = Vec::with_capacity(w * h);
     let mut fg = Vec::with_capacity(w * h);
-    for y in MARGIN..MARGIN + h {
-        for x in MARGIN..MARGIN + w {
-            interior.push(p[1][y][x]);
-            fg.push(p[1][y][x] + p[2][y][x]);
+    for (rows_i, rows_b) in p[1].iter().zip(&p[2]).skip(MARGIN).take(h) {
+        for (&pi, &pb) in rows_i.iter().zip(rows_b).skip(MARGIN).take(w) {
+            interior.push(pi);
+            fg.push(pi + pb);
         }
     }
     Ok((interior, fg))
