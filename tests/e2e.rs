@@ -26,18 +26,6 @@ fn demo(dir: &Path, plates: usize) -> PathBuf {
     pipeline
 }
 
-fn run_json(pipeline: &Path, extra: &[&str]) -> (serde_json::Value, std::process::Output) {
-    let out = run_bounded(
-        plateflow()
-            .arg("run")
-            .arg(pipeline)
-            .args(["--json", "--quiet"])
-            .args(extra),
-        120,
-    );
-    (json_of(&out), out)
-}
-
 #[test]
 fn local_demo_then_incremental_reruns() {
     let tmp = tempfile::tempdir().unwrap();

@@ -11,20 +11,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `plateflow run PIPELINE --json --quiet`, bounded.
-fn run_json(pipeline: &Path, extra: &[&str]) -> (serde_json::Value, std::process::Output) {
-    let out = run_bounded(
-        plateflow()
-            .arg("run")
-            .arg(pipeline)
-            .args(["--json", "--quiet"])
-            .args(extra),
-        120,
-    );
-    let st = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
-    (st, out)
-}
-
 /// A reader that goes away: stdout is a pipe closed before plateflow writes to it.
 #[test]
 fn a_closed_stdout_ends_the_command_quietly() {

@@ -83,6 +83,21 @@ impl Cluster {
             .args(["--coordinator", &self.addr()]);
         c
     }
+    /// A worker `w1` with the token and the pinned certificate, logging to `worker.log`.
+    fn worker(&self) -> Proc {
+        Proc::spawn(
+            "worker",
+            self.client(&["worker", "--name", "w1", "--cpus", "1"])
+                .arg("--token-file")
+                .arg(self.token())
+                .args(["--tls-fingerprint", &self.fingerprint])
+                .arg("--store")
+                .arg(self.dir.path().join("w/store"))
+                .arg("--scratch")
+                .arg(self.dir.path().join("w/scratch")),
+            &self.dir.path().join("worker.log"),
+        )
+    }
     fn runs(&self) -> serde_json::Value {
         let out = run_bounded(
             self.client(&["status", "--json"])
@@ -281,19 +296,7 @@ fn pipelines_cannot_reach_outside_the_allowed_roots() {
     let outside = c.dir.path().join("elsewhere");
     std::fs::create_dir_all(outside.join("P9")).unwrap();
     std::fs::write(outside.join("P9/secret.txt"), "not yours\n").unwrap();
-    let wlog = c.dir.path().join("worker.log");
-    let _worker = Proc::spawn(
-        "worker",
-        c.client(&["worker", "--name", "w1", "--cpus", "1"])
-            .arg("--token-file")
-            .arg(c.token())
-            .args(["--tls-fingerprint", &c.fingerprint])
-            .arg("--store")
-            .arg(c.dir.path().join("w/store"))
-            .arg("--scratch")
-            .arg(c.dir.path().join("w/scratch")),
-        &wlog,
-    );
+    let _worker = c.worker();
 
     // A pipeline outside the roots.
     let p = pipeline(&outside);
@@ -452,18 +455,7 @@ fn a_flood_of_silent_connections_does_not_lock_anyone_out() {
     use std::io::Read as _;
     let c = Cluster::start_with(&["--max-connections", "32", "--handshake-timeout-s", "2"]);
     let p = pipeline(c.dir.path());
-    let _worker = Proc::spawn(
-        "worker",
-        c.client(&["worker", "--name", "w1", "--cpus", "1"])
-            .arg("--token-file")
-            .arg(c.token())
-            .args(["--tls-fingerprint", &c.fingerprint])
-            .arg("--store")
-            .arg(c.dir.path().join("w/store"))
-            .arg("--scratch")
-            .arg(c.dir.path().join("w/scratch")),
-        &c.dir.path().join("worker.log"),
-    );
+    let _worker = c.worker();
     // Let the worker join before the flood.
     wait_for("the worker to join", 30, || {
         let log = std::fs::read_to_string(c.dir.path().join("coordinator.log")).unwrap();

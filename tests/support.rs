@@ -284,3 +284,17 @@ pub fn file_lines(p: &Path) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// `plateflow run PIPELINE --json --quiet EXTRA…`, bounded: the final status and the
+/// process output.
+pub fn run_json(pipeline: &Path, extra: &[&str]) -> (serde_json::Value, Output) {
+    let out = run_bounded(
+        plateflow()
+            .arg("run")
+            .arg(pipeline)
+            .args(["--json", "--quiet"])
+            .args(extra),
+        120,
+    );
+    (json_of(&out), out)
+}

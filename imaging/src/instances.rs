@@ -2,7 +2,7 @@
 //! (background, interior, boundary), instances from predicted class probabilities (interiors
 //! as seeds, grown over the foreground), and matching at any IoU threshold for AP.
 
-use crate::segment::{connected_components, Labels};
+use crate::segment::{connected_components, neighbours4, Labels};
 use std::collections::{HashMap, VecDeque};
 
 /// Per-pixel classes of an instance label image: 0 background, 1 interior, 2 boundary (an
@@ -39,26 +39,13 @@ pub fn from_probabilities(
     let mut labels = connected_components(&seeds, w, h).data;
     let mut queue: VecDeque<usize> = (0..w * h).filter(|&i| labels[i] > 0).collect();
     while let Some(i) = queue.pop_front() {
-        let (x, y) = (i % w, i / w);
         let l = labels[i];
-        let mut visit = |j: usize| {
+        neighbours4(i, w, h, |j| {
             if labels[j] == 0 && foreground[j] >= 0.5 {
                 labels[j] = l;
                 queue.push_back(j);
             }
-        };
-        if x > 0 {
-            visit(i - 1);
-        }
-        if x + 1 < w {
-            visit(i + 1);
-        }
-        if y > 0 {
-            visit(i - w);
-        }
-        if y + 1 < h {
-            visit(i + w);
-        }
+        });
     }
     // Drop specks and renumber 1..n.
     let mut area: HashMap<u32, usize> = HashMap::new();
