@@ -79,28 +79,45 @@ pub fn from_probabilities(
 /// One-to-one matches between predicted and true objects at IoU > `iou` (≥ 0.5, where a
 /// match can only be one-to-one): (matched, predicted, true).
 pub fn matches(pred: &[u32], truth: &[u32], iou: f64) -> (usize, usize, usize) {
-    let mut inter: HashMap<(u32, u32), usize> = HashMap::new();
-    let mut area_p: HashMap<u32, usize> = HashMap::new();
-    let mut area_t: HashMap<u32, usize> = HashMap::new();
-    for (&p, &t) in pred.iter().zip(truth) {
-        if p > 0 {
-            *area_p.entry(p).or_default() += 1;
-        }
-        if t > 0 {
-            *area_t.entry(t).or_default() += 1;
-        }
-        if p > 0 && t > 0 {
-            *inter.entry((p, t)).or_default() += 1;
-        }
-    }
-    let matched = inter
+    let o = Overlaps::of(pred, truth);
+    let matched = o
+        .inter
         .iter()
         .filter(|(&(p, t), &i)| {
-            let union = area_p[&p] + area_t[&t] - i;
+            let union = o.area_p[&p] + o.area_t[&t] - i;
             i as f64 > iou * union as f64
         })
         .count();
-    (matched, area_p.len(), area_t.len())
+    (matched, o.area_p.len(), o.area_t.len())
+}
+
+/// Areas of predicted and true objects and of each overlapping pair.
+pub(crate) struct Overlaps {
+    pub inter: HashMap<(u32, u32), usize>,
+    pub area_p: HashMap<u32, usize>,
+    pub area_t: HashMap<u32, usize>,
+}
+
+impl Overlaps {
+    pub fn of(pred: &[u32], truth: &[u32]) -> Overlaps {
+        let mut o = Overlaps {
+            inter: HashMap::new(),
+            area_p: HashMap::new(),
+            area_t: HashMap::new(),
+        };
+        for (&p, &t) in pred.iter().zip(truth) {
+            if p > 0 {
+                *o.area_p.entry(p).or_default() += 1;
+            }
+            if t > 0 {
+                *o.area_t.entry(t).or_default() += 1;
+            }
+            if p > 0 && t > 0 {
+                *o.inter.entry((p, t)).or_default() += 1;
+            }
+        }
+        o
+    }
 }
 
 /// Object scores summed over images at one IoU threshold.

@@ -413,20 +413,11 @@ pub struct Score {
 }
 
 pub fn score(pred: &[u32], truth: &[u32]) -> Score {
-    let mut inter: HashMap<(u32, u32), usize> = HashMap::new();
-    let mut area_p: HashMap<u32, usize> = HashMap::new();
-    let mut area_t: HashMap<u32, usize> = HashMap::new();
-    for (&p, &t) in pred.iter().zip(truth) {
-        if p > 0 {
-            *area_p.entry(p).or_default() += 1;
-        }
-        if t > 0 {
-            *area_t.entry(t).or_default() += 1;
-        }
-        if p > 0 && t > 0 {
-            *inter.entry((p, t)).or_default() += 1;
-        }
-    }
+    let crate::instances::Overlaps {
+        inter,
+        area_p,
+        area_t,
+    } = crate::instances::Overlaps::of(pred, truth);
     let mut matched = 0;
     let mut merges_of: HashMap<u32, usize> = HashMap::new();
     let mut splits_of: HashMap<u32, usize> = HashMap::new();
