@@ -287,8 +287,9 @@ async fn run_command<F: BlobFetcher>(
     for (k, v) in &spec.fields {
         vars.insert(k.clone(), vec![v.clone()]);
     }
-    // For people: the command with its values quoted in, as it would read typed by hand.
-    let shown = {
+    // For people (error messages only, so built only then): the command with its values
+    // quoted in, as it would read typed by hand.
+    let shown = || {
         let quoted = vars
             .iter()
             .map(|(k, v)| {
@@ -332,7 +333,7 @@ async fn run_command<F: BlobFetcher>(
         stderr: std::fs::File::create(&stderr_path)?,
         env: task_env,
     })
-    .map_err(|e| anyhow::anyhow!("could not start the command `{shown}`: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("could not start the command `{}`: {e}", shown()))?;
     let status = process.wait().await?;
     drop(process);
 
@@ -347,7 +348,7 @@ async fn run_command<F: BlobFetcher>(
             Some(c) => format!("exit status {c}"),
             None => "killed by a signal".to_string(),
         };
-        out.error = Some(format!("command failed ({how}): {shown}"));
+        out.error = Some(format!("command failed ({how}): {}", shown()));
         // The user's program: plateflow cannot tell a flaky failure from a lasting one, so
         // the step's `retries:` apply.
         out.transient = true;
