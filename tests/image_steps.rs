@@ -33,6 +33,36 @@ fn run_pipeline(pipeline: &Path, secs: u64) -> std::process::Output {
     out
 }
 
+/// Object F1 at IoU ≥ 0.5 of a segment step's nuclei (results under `step_dir`) against the
+/// demo's planted ones, asserting the `excluded` fields were not segmented.
+fn planted_nuclei_f1(dir: &Path, step_dir: &Path, excluded: &BTreeSet<String>) -> f64 {
+    let (mut matched, mut truths, mut preds) = (0usize, 0usize, 0usize);
+    for entry in std::fs::read_dir(dir.join("ground_truth/labels")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let key = name.trim_end_matches("_nuclei.tif");
+        let plate = key.split('_').next().unwrap();
+        let ours = step_dir.join(format!("plate={plate}/labels/{name}"));
+        if excluded.contains(key) {
+            assert!(!ours.exists(), "{key} was excluded but segmented");
+            continue;
+        }
+        let t = plateflow_imaging::read_image(&path).unwrap();
+        let o = plateflow_imaging::read_image(&ours).unwrap();
+        let to_u32 = |v: &[u16]| v.iter().map(|&x| x as u32).collect::<Vec<_>>();
+        let s = plateflow_imaging::segment::score(&to_u32(&o.data), &to_u32(&t.data));
+        matched += s.matched;
+        truths += s.true_objects;
+        preds += s.predicted;
+    }
+    let f1 = 2.0 * matched as f64 / (truths + preds).max(1) as f64;
+    println!(
+        "{}: {matched} matched of {truths} planted, {preds} found",
+        step_dir.display()
+    );
+    f1
+}
+
 /// Spearman's rank correlation, ties given their mean rank.
 fn spearman(x: &[f64], y: &[f64]) -> f64 {
     fn ranks(v: &[f64]) -> Vec<f64> {
@@ -125,27 +155,8 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
         && r[col(&h, "detail")].contains("normal: 12 wells")));
 
     // Segmentation finds the planted nuclei (object F1 at IoU >= 0.5) and skips excluded fields.
-    let (mut matched, mut truths, mut preds) = (0usize, 0usize, 0usize);
-    for entry in std::fs::read_dir(dir.join("ground_truth/labels")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let key = name.trim_end_matches("_nuclei.tif");
-        let plate = key.split('_').next().unwrap();
-        let ours = results.join(format!("segment/plate={plate}/labels/{name}"));
-        if planted.contains(key) {
-            assert!(!ours.exists(), "{key} was excluded but segmented");
-            continue;
-        }
-        let t = plateflow_imaging::read_image(&path).unwrap();
-        let o = plateflow_imaging::read_image(&ours).unwrap();
-        let to_u32 = |v: &[u16]| v.iter().map(|&x| x as u32).collect::<Vec<_>>();
-        let s = plateflow_imaging::segment::score(&to_u32(&o.data), &to_u32(&t.data));
-        matched += s.matched;
-        truths += s.true_objects;
-        preds += s.predicted;
-    }
-    let f1 = 2.0 * matched as f64 / (truths + preds) as f64;
-    println!("demo segmentation: {matched} matched of {truths} planted, {preds} found, F1 {f1:.3}");
+    let f1 = planted_nuclei_f1(dir, &results.join("segment"), &planted);
+    println!("demo segmentation: F1 {f1:.3}");
     assert!(f1 >= 0.9, "segmentation F1 {f1:.3} on planted cells");
 
     // Features: the translocation readout separates the phenotypes in every plate.
@@ -400,6 +411,57 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
     // The user's own step sees the built-in steps' outputs.
     let summary = std::fs::read_to_string(results.join("summary/summary.csv")).unwrap();
     assert_eq!(summary.lines().count(), 5, "{summary}");
+}
+
+/// The learned segmenter with the weights shipped inside plateflow, as a new user would
+/// run it (no `weights:`, no diameter): on the generated plate it never trained on.
+#[test]
+fn shipped_learned_segmenter_finds_the_planted_nuclei() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = run_bounded(
+        plateflow()
+            .args(["demo", "--no-run", "--plates", "3", "--wells", "8", "--dir"])
+            .arg(dir),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        dir.join("learned.yaml"),
+        r#"pipeline: learned
+data:
+  images: images
+  pattern: "{plate}/{well}_s{site}_w{channel}.tif"
+  channels: {"1": DNA, "2": GFP}
+steps:
+  segment:
+    uses: segment
+    for_each: plate
+    inputs: [images]
+    with: {nuclei: DNA, cells: GFP, method: learned}
+"#,
+    )
+    .unwrap();
+    run_pipeline(&dir.join("learned.yaml"), 300);
+    let f1 = planted_nuclei_f1(dir, &dir.join("results/segment"), &BTreeSet::new());
+    println!("learned segmentation of the demo plate: F1 {f1:.3}");
+    assert!(
+        f1 >= 0.85,
+        "learned segmentation F1 {f1:.3} on planted nuclei"
+    );
+    let log = run_bounded(
+        plateflow()
+            .arg("logs")
+            .arg(dir.join("learned.yaml"))
+            .arg("segment[plate=P1]"),
+        30,
+    );
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains("shipped nuclei-unet"), "{log}");
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub enum StepKind {
     Features,
     Crops,
     Train,
+    #[serde(rename = "train_segmenter")]
+    TrainSegmenter,
     Evaluate,
     Report,
 }
@@ -43,7 +45,11 @@ impl StepKind {
     pub fn uses_channels(self) -> bool {
         matches!(
             self,
-            StepKind::Curate | StepKind::Segment | StepKind::Features | StepKind::Crops
+            StepKind::Curate
+                | StepKind::Segment
+                | StepKind::Features
+                | StepKind::Crops
+                | StepKind::TrainSegmenter
         )
     }
 
@@ -180,6 +186,24 @@ const SEGMENT_PARAMS: &[ParamSpec] = &[
         "channel that shows nuclei (DNA), as named in `data.channels`",
     ),
     p(
+        "method",
+        Str,
+        false,
+        "`classic` (default: Otsu + distance watershed) or `learned` (the nucleus U-Net shipped with plateflow, or `weights:`)",
+    ),
+    p(
+        "weights",
+        Str,
+        false,
+        "`method: learned`: nucleus model weights (.safetensors from a `train_segmenter` step) listed in `files:`; default: an upstream `train_segmenter` step's, else the shipped model",
+    ),
+    p(
+        "files",
+        StringList,
+        false,
+        "files beside the pipeline that the step reads (e.g. the `weights`)",
+    ),
+    p(
         "cells",
         Str,
         false,
@@ -201,7 +225,7 @@ const SEGMENT_PARAMS: &[ParamSpec] = &[
         "diameter",
         Float,
         false,
-        "expected nucleus diameter in pixels (default: measured in each image)",
+        "expected nucleus diameter in pixels (default: measured in each image); the learned method rescales images so nuclei have its training size",
     ),
     p(
         "sigma",
@@ -279,6 +303,17 @@ const TRAIN_PARAMS: &[ParamSpec] = &[
     p("intended_use", Str, false, "for the model card: what the model is for"),
 ];
 
+const TRAIN_SEGMENTER_PARAMS: &[ParamSpec] = &[
+    p("nuclei", Str, true, "channel of the nucleus images, as named in `data.channels`"),
+    p("labels", Str, true, "channel of their instance label images (0 background, 1..n nuclei; 8- or 16-bit TIFF/PNG as napari, ilastik, Cellpose, StarDist or Fiji write them)"),
+    p("init", Str, false, "fine-tune from `shipped` (the model inside plateflow) or a .safetensors listed in `files:`; default: train from scratch"),
+    p("steps", Int, false, "optimiser steps of 8 crops (default 2500 from scratch, 300 with `init`)"),
+    p("width", Int, false, "U-Net channels of the first level, doubled per level (default 16; ignored with `init`)"),
+    p("diameter", Float, false, "nucleus diameter in pixels every image is scaled to for training (default 16; ignored with `init`)"),
+    p("seed", Int, false, "seed for initialisation, crops and augmentation (default 1)"),
+    p("files", StringList, false, "files beside the pipeline that the step reads (the `init` weights)"),
+];
+
 const EVALUATE_PARAMS: &[ParamSpec] = &[
     p("model", Str, false, "a saved model.safetensors (with model.json beside it) listed in `files:`; default: the model of the `train` step in `after:`"),
     p("plates", StringList, false, "plates to evaluate (default: every upstream plate the model was not trained on)"),
@@ -322,7 +357,7 @@ static KINDS: &[KindInfo] = &[
         kind: StepKind::Segment,
         name: "segment",
         version: 1,
-        summary: "nuclei (Otsu + distance watershed, size adapted to the image) and cells; 16-bit label TIFFs and an object table",
+        summary: "nuclei (classic Otsu + distance watershed, or the learned U-Net; size adapted to the image) and cells; 16-bit label TIFFs and an object table",
         params: SEGMENT_PARAMS,
         outputs: &["objects.csv", "labels/*_nuclei.tif", "labels/*_cells.tif"],
     },
@@ -357,6 +392,14 @@ static KINDS: &[KindInfo] = &[
         summary: "a saved model on plates it never saw (holdout or new plates): metrics with plate-bootstrap intervals, per-plate scores, calibration, predictions; refuses training plates",
         params: EVALUATE_PARAMS,
         outputs: &["metrics.json", "per_group.csv", "reliability.csv", "predictions.csv"],
+    },
+    KindInfo {
+        kind: StepKind::TrainSegmenter,
+        name: "train_segmenter",
+        version: 1,
+        summary: "trains (or fine-tunes) the learned nucleus segmenter on images with instance labels; held-out fifth scored at IoU 0.5/0.75/0.9; weights and a model card",
+        params: TRAIN_SEGMENTER_PARAMS,
+        outputs: &["segmenter.safetensors", "segmenter_card.md", "segmenter_history.csv", "segmenter_scores.json"],
     },
     KindInfo {
         kind: StepKind::Report,

@@ -132,11 +132,39 @@ pub enum CellMethod {
     Ring,
 }
 
+/// How nuclei are found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SegmentMethod {
+    /// Otsu threshold + distance watershed, its size adapted to each image.
+    #[default]
+    Classic,
+    /// The learned nucleus model (shipped weights, `weights:`, or an upstream
+    /// `train_segmenter` step's).
+    Learned,
+}
+
+impl SegmentMethod {
+    fn is_classic(&self) -> bool {
+        *self == SegmentMethod::Classic
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SegmentParams {
     /// The channel that shows nuclei (required).
     pub nuclei: String,
+    /// Left out of the serialised form when classic, so pipelines written before the
+    /// learned method keep their cache keys.
+    #[serde(skip_serializing_if = "SegmentMethod::is_classic")]
+    pub method: SegmentMethod,
+    /// `method: learned`: a weights file listed in `files:` (default: an upstream
+    /// `train_segmenter` step's model, else the shipped one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cells: Option<String>,
     /// Default: `propagate` with `cells`, `ring` without.
@@ -157,6 +185,9 @@ impl Default for SegmentParams {
     fn default() -> Self {
         SegmentParams {
             nuclei: String::new(),
+            method: SegmentMethod::default(),
+            weights: None,
+            files: Vec::new(),
             cells: None,
             cell_method: None,
             ring_width: None,
@@ -174,6 +205,51 @@ impl SegmentParams {
             (None, Some(_)) => CellMethod::Propagate,
             (None, None) => CellMethod::Ring,
         }
+    }
+}
+
+/// `init:` value that names the nucleus model shipped inside plateflow.
+pub const SHIPPED_INIT: &str = "shipped";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSegmenterParams {
+    /// Channel of the nucleus images (required).
+    pub nuclei: String,
+    /// Channel of their instance label images (required).
+    pub labels: String,
+    /// `shipped` or a weights file listed in `files:`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    /// Default: 2500 from scratch, 300 with `init`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<u32>,
+    pub width: u32,
+    pub diameter: f64,
+    pub seed: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+}
+
+impl Default for TrainSegmenterParams {
+    fn default() -> Self {
+        TrainSegmenterParams {
+            nuclei: String::new(),
+            labels: String::new(),
+            init: None,
+            steps: None,
+            width: 16,
+            diameter: 16.0,
+            seed: 1,
+            files: Vec::new(),
+        }
+    }
+}
+
+impl TrainSegmenterParams {
+    pub fn steps(&self) -> u32 {
+        self.steps
+            .unwrap_or(if self.init.is_some() { 300 } else { 2500 })
     }
 }
 
@@ -403,6 +479,7 @@ pub enum StepParams {
     Features(FeaturesParams),
     Crops(CropsParams),
     Train(TrainParams),
+    TrainSegmenter(TrainSegmenterParams),
     Evaluate(EvaluateParams),
     Report(ReportParams),
 }
@@ -497,6 +574,7 @@ impl StepParams {
             StepParams::Features(_) => StepKind::Features,
             StepParams::Crops(_) => StepKind::Crops,
             StepParams::Train(_) => StepKind::Train,
+            StepParams::TrainSegmenter(_) => StepKind::TrainSegmenter,
             StepParams::Evaluate(_) => StepKind::Evaluate,
             StepParams::Report(_) => StepKind::Report,
         }
@@ -520,6 +598,7 @@ impl StepParams {
             StepKind::Features => wrap(map, StepParams::Features),
             StepKind::Crops => wrap(map, StepParams::Crops),
             StepKind::Train => wrap(map, StepParams::Train),
+            StepKind::TrainSegmenter => wrap(map, StepParams::TrainSegmenter),
             StepKind::Evaluate => wrap(map, StepParams::Evaluate),
             StepKind::Report => wrap(map, StepParams::Report),
         };
@@ -551,6 +630,7 @@ impl StepParams {
             StepParams::Features(p) => serde_json::to_value(p),
             StepParams::Crops(p) => serde_json::to_value(p),
             StepParams::Train(p) => serde_json::to_value(p),
+            StepParams::TrainSegmenter(p) => serde_json::to_value(p),
             StepParams::Evaluate(p) => serde_json::to_value(p),
             StepParams::Report(p) => serde_json::to_value(p),
         };
@@ -570,6 +650,7 @@ impl StepParams {
             StepKind::Features => StepParams::Features(Default::default()),
             StepKind::Crops => StepParams::Crops(Default::default()),
             StepKind::Train => StepParams::Train(Default::default()),
+            StepKind::TrainSegmenter => StepParams::TrainSegmenter(Default::default()),
             StepKind::Evaluate => StepParams::Evaluate(Default::default()),
             StepKind::Report => StepParams::Report(Default::default()),
         };
@@ -612,8 +693,60 @@ impl StepParams {
                     "a percentage of the field's pixels, such as 1",
                 );
             }
+            StepParams::TrainSegmenter(p) => {
+                c.not_blank("nuclei", &p.nuclei);
+                c.not_blank("labels", &p.labels);
+                if let Some(steps) = p.steps {
+                    c.range_f(
+                        "steps",
+                        f64::from(steps),
+                        1.0,
+                        1e6,
+                        "a number of steps such as 300",
+                    );
+                }
+                c.range_f(
+                    "width",
+                    f64::from(p.width),
+                    2.0,
+                    128.0,
+                    "channels such as 16",
+                );
+                c.range_f(
+                    "diameter",
+                    p.diameter,
+                    4.0,
+                    200.0,
+                    "a diameter in pixels such as 16",
+                );
+                if let Some(init) = p.init.as_deref().filter(|i| *i != SHIPPED_INIT) {
+                    if !p.files.iter().any(|f| f == init) {
+                        c.0.push(ParamIssue::new(
+                            "init",
+                            format!("`init: {init}` is neither `shipped` nor among the step's `files:`"),
+                            Some(format!("add `files: [{init}]` so the weights are hashed and sent with the task")),
+                        ));
+                    }
+                }
+            }
             StepParams::Segment(p) => {
                 c.not_blank("nuclei", &p.nuclei);
+                if let Some(wts) = &p.weights {
+                    if p.method != SegmentMethod::Learned {
+                        c.0.push(ParamIssue::new(
+                            "weights",
+                            "`weights:` are for `method: learned`",
+                            Some("add `method: learned` or remove `weights:`".to_string()),
+                        ));
+                    }
+                    if !p.files.iter().any(|f| f == wts) {
+                        c.0.push(ParamIssue::new(
+                            "weights",
+                            format!("`weights: {wts}` is not among the step's `files:`"),
+                            Some(format!("add `files: [{wts}]` so the weights are hashed and sent with the task")),
+                        ));
+                    }
+                }
                 c.range_f(
                     "sigma",
                     p.sigma,

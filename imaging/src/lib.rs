@@ -6,9 +6,12 @@
 pub mod cells;
 pub mod features;
 pub mod heatmap;
+pub mod illumination;
 pub mod instances;
+pub mod overlay;
 mod palette;
 pub mod qc;
+pub mod resample;
 pub mod segment;
 pub mod write;
 

@@ -1,29 +1,24 @@
-//! Trains the learned nucleus segmenter on the DSB 2018 nuclei and scores it on the fifth held
-//! out by image, and on the Coelho U2OS images no training saw.
+//! Trains and scores the learned nucleus segmenter on the DSB 2018 nuclei, and scores it on
+//! the Coelho U2OS images no training saw.
 //!
-//!   cargo run --release -p plateflow-learn --example nuclei -- [STEPS] [OUT.safetensors] [EVAL_EVERY] [WIDTH] [CROP] [COELHO_SCALE]
+//!   cargo run --release -p plateflow-learn --example nuclei -- train STEPS OUT.safetensors [WIDTH] [EVAL_EVERY]
+//!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho]...
+//!   cargo run --release -p plateflow-learn --example nuclei -- sizes
 //!
-//! STEPS 0 scores the weights already in OUT instead of training. COELHO_SCALE (default 1)
-//! shrinks the Coelho images and labels by that factor first (their nuclei are several times
-//! larger than most DSB nuclei).
+//! The DSB images are split by image id into fifths: three train, one ("tuning") chooses
+//! inference settings, one ("validation") is only ever reported. WEIGHTS `shipped` scores
+//! the weights inside plateflow.
 //!
-//! Reads `../shared/data/dsb2018-nuclei` and `../shared/data/coelho-u2os` (from the repository
-//! root); says so and stops where they are absent.
+//! Reads `../shared/data/dsb2018-nuclei` and `../shared/data/coelho-u2os` (from the
+//! repository root); says so and stops where they are absent.
 
-use plateflow_learn::nuclei::{self, SegTrainConfig, IOUS};
-use std::path::Path;
+use plateflow_learn::nuclei::{self, Annotated, SegTrainConfig, IOUS};
+use plateflow_learn::segmenter::NucleusModel;
+use std::path::{Path, PathBuf};
 
 fn main() -> anyhow::Result<()> {
     plateflow_learn::keep_freed_memory();
-    let mut args = std::env::args().skip(1);
-    let steps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2000);
-    let out = args
-        .next()
-        .unwrap_or_else(|| "nuclei-unet.safetensors".into());
-    let eval_every: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(250);
-    let width: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(16);
-    let crop: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(128);
-    let coelho_scale: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(1);
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
     let dsb = root.join("dsb2018-nuclei");
     if !dsb.exists() {
@@ -32,55 +27,123 @@ fn main() -> anyhow::Result<()> {
     }
     let t0 = std::time::Instant::now();
     let all = nuclei::load_pairs(&dsb)?;
-    let (val, train): (Vec<_>, Vec<_>) =
-        all.into_iter().partition(|a| nuclei::is_validation(&a.id));
+    let (val, rest): (Vec<_>, Vec<_>) = all.into_iter().partition(|a| nuclei::is_validation(&a.id));
+    let (tuning, train): (Vec<_>, Vec<_>) =
+        rest.into_iter().partition(|a| nuclei::is_tuning(&a.id));
     eprintln!(
-        "{} training and {} validation images loaded in {:.1} s",
+        "{} training, {} tuning and {} validation images loaded in {:.1} s",
         train.len(),
+        tuning.len(),
         val.len(),
         t0.elapsed().as_secs_f64()
     );
-    let cfg = SegTrainConfig {
-        steps,
-        crop,
-        net: plateflow_learn::unet::UNetConfig { width, depth: 3 },
-        ..Default::default()
-    };
-    let t1 = std::time::Instant::now();
-    let (varmap, net) = if steps == 0 {
-        let varmap = candle_nn::VarMap::new();
-        let vb = candle_nn::VarBuilder::from_varmap(
-            &varmap,
-            candle_core::DType::F32,
-            &candle_core::Device::Cpu,
-        );
-        let net = plateflow_learn::unet::UNet::new(cfg.net, vb)?;
-        let mut varmap = varmap;
-        varmap.load(&out)?;
-        (varmap, net)
-    } else {
-        let (varmap, net, _history) =
-            nuclei::train(&train, &val, &cfg, eval_every, &|m| eprintln!("{m}"))?;
-        (varmap, net)
-    };
-    let train_s = t1.elapsed().as_secs_f64();
-    if steps > 0 {
-        varmap.save(&out)?;
+    match args.first().map(String::as_str) {
+        Some("sizes") => {
+            for (name, set) in [
+                ("training", &train),
+                ("tuning", &tuning),
+                ("validation", &val),
+            ] {
+                let mut d: Vec<f64> = set
+                    .iter()
+                    .map(|a| a.diameter)
+                    .filter(|&d| d > 0.0)
+                    .collect();
+                d.sort_by(f64::total_cmp);
+                let q = |p: f64| d[((d.len() - 1) as f64 * p).round() as usize];
+                let mut est_err: Vec<f64> = set
+                    .iter()
+                    .filter(|a| a.diameter > 0.0)
+                    .filter_map(|a| {
+                        nuclei::estimate_diameter(&a.pixels, a.width, a.height)
+                            .map(|e| (e / a.diameter).ln().abs())
+                    })
+                    .collect();
+                est_err.sort_by(f64::total_cmp);
+                println!(
+                    "{name}: nucleus diameter quantiles 5/25/50/75/95 %: {:.1} {:.1} {:.1} {:.1} {:.1}; estimate within ±25 %: {:.0} % of images, median |log error| {:.2}",
+                    q(0.05), q(0.25), q(0.5), q(0.75), q(0.95),
+                    100.0 * est_err.iter().filter(|&&e| e < 1.25f64.ln()).count() as f64 / est_err.len() as f64,
+                    est_err[est_err.len() / 2]
+                );
+            }
+        }
+        Some("train") => {
+            let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
+            let out = PathBuf::from(
+                args.get(2)
+                    .cloned()
+                    .unwrap_or("nuclei-unet.safetensors".into()),
+            );
+            let width: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(16);
+            let eval_every: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(500);
+            let cfg = SegTrainConfig {
+                steps,
+                net: plateflow_learn::unet::UNetConfig { width, depth: 3 },
+                ..Default::default()
+            };
+            let t1 = std::time::Instant::now();
+            let (weights, _) = nuclei::train(&train, &tuning, &cfg, None, eval_every, &|m| {
+                eprintln!("{m}")
+            })?;
+            std::fs::write(&out, weights.to_bytes()?)?;
+            println!(
+                "trained {steps} steps (batch {}, crops {}, width {width}, diameter {}) in {:.0} s on {} threads: {}",
+                cfg.batch,
+                cfg.crop,
+                cfg.diameter,
+                t1.elapsed().as_secs_f64(),
+                rayon::current_num_threads(),
+                out.display()
+            );
+        }
+        Some("score") => {
+            let weights = args.get(1).map(String::as_str).unwrap_or("shipped");
+            let model = if weights == "shipped" {
+                NucleusModel::shipped()?
+            } else {
+                NucleusModel::load(Path::new(weights))?
+            };
+            let sets: Vec<&str> = if args.len() > 2 {
+                args[2..].iter().map(String::as_str).collect()
+            } else {
+                vec!["tuning"]
+            };
+            for set in sets {
+                let coelho;
+                let images: &[Annotated] = match set {
+                    "tuning" => &tuning,
+                    "validation" => &val,
+                    "coelho" => {
+                        let dir = root.join("coelho-u2os");
+                        if !dir.exists() {
+                            println!("{} is absent", dir.display());
+                            continue;
+                        }
+                        coelho = nuclei::load_pairs(&dir)?;
+                        &coelho
+                    }
+                    other => anyhow::bail!("unknown set {other}: tuning, validation or coelho"),
+                };
+                score(&model, set, images)?;
+            }
+        }
+        _ => anyhow::bail!(
+            "usage: nuclei train STEPS OUT [WIDTH] [EVAL_EVERY] | score WEIGHTS [SET]... | sizes"
+        ),
     }
-    let t2 = std::time::Instant::now();
-    let scores = nuclei::evaluate(&net, &val)?;
-    let pixels: usize = val.iter().map(|a| a.width * a.height).sum();
-    let infer_s = t2.elapsed().as_secs_f64();
-    println!(
-        "trained {steps} steps (batch {}, crops {}) in {train_s:.0} s on {} threads",
-        cfg.batch,
-        cfg.crop,
-        rayon::current_num_threads()
-    );
+    Ok(())
+}
+
+fn score(model: &NucleusModel, set: &str, images: &[Annotated]) -> anyhow::Result<()> {
+    let t = std::time::Instant::now();
+    let scores = nuclei::evaluate(model, images)?;
+    let secs = t.elapsed().as_secs_f64();
+    let pixels: usize = images.iter().map(|a| a.width * a.height).sum();
     for (m, iou) in scores.iter().zip(IOUS) {
         println!(
-            "DSB validation fifth ({} images): IoU {iou}: AP {:.3}, F1 {:.3} ({} matched, {} predicted, {} true)",
-            val.len(),
+            "{set} ({} images): IoU {iou}: AP {:.3}, F1 {:.3} ({} matched, {} predicted, {} true)",
+            images.len(),
             m.ap(),
             m.f1(),
             m.matched,
@@ -89,55 +152,10 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "inference + instances: {:.2} MP/s",
-        pixels as f64 / 1e6 / infer_s
+        "{set}: size estimate + inference + instances: {:.2} MP/s ({:.1} s, {} threads)",
+        pixels as f64 / 1e6 / secs,
+        secs,
+        rayon::current_num_threads()
     );
-    let coelho = root.join("coelho-u2os");
-    if coelho.exists() {
-        let images: Vec<_> = nuclei::load_pairs(&coelho)?
-            .iter()
-            .map(|a| shrink(a, coelho_scale))
-            .collect();
-        let scores = nuclei::evaluate(&net, &images)?;
-        for (m, iou) in scores.iter().zip(IOUS) {
-            println!(
-                "Coelho U2OS ({} images, never trained on): IoU {iou}: AP {:.3}, F1 {:.3}",
-                images.len(),
-                m.ap(),
-                m.f1()
-            );
-        }
-    }
     Ok(())
-}
-
-/// An annotated image shrunk by an integer factor: intensities averaged over each block,
-/// labels taken from the block's centre pixel.
-fn shrink(a: &nuclei::Annotated, f: usize) -> nuclei::Annotated {
-    if f <= 1 {
-        return a.clone();
-    }
-    let (w, h) = (a.width / f, a.height / f);
-    let mut pixels = vec![0f32; w * h];
-    let mut truth = vec![0u32; w * h];
-    for y in 0..h {
-        for x in 0..w {
-            let mut sum = 0f32;
-            for dy in 0..f {
-                for dx in 0..f {
-                    sum += a.pixels[(y * f + dy) * a.width + x * f + dx];
-                }
-            }
-            pixels[y * w + x] = sum / (f * f) as f32;
-            truth[y * w + x] = a.truth[(y * f + f / 2) * a.width + x * f + f / 2];
-        }
-    }
-    nuclei::Annotated {
-        id: a.id.clone(),
-        width: w,
-        height: h,
-        classes: plateflow_imaging::instances::targets(&truth, w, h),
-        pixels,
-        truth,
-    }
 }

@@ -4,12 +4,14 @@
 //! Validation is always on whole images no training crop came from.
 
 use crate::rng::Rng;
-use crate::unet::{pixel_loss, UNet, UNetConfig, CLASSES};
+use crate::segmenter::{tensors_of, NucleusModel, DIAMETER_TENSOR};
+use crate::unet::{pixel_loss, UNet, UNetConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use plateflow_imaging::instances::{from_probabilities, matches, targets, Matching};
-use plateflow_imaging::segment::Labels;
+pub use plateflow_imaging::instances::Matching;
+use plateflow_imaging::instances::{matches, targets};
 use plateflow_imaging::GrayImage;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// One image with its annotation, ready to train or score on.
@@ -23,6 +25,20 @@ pub struct Annotated {
     pub truth: Vec<u32>,
     /// Per-pixel classes from `truth` (background, interior, boundary).
     pub classes: Vec<u8>,
+    /// Median nucleus diameter in pixels (of a disc of the median area); 0 without nuclei.
+    pub diameter: f64,
+}
+
+/// The median diameter of the objects of a label image: that of a disc of the median area.
+pub fn median_diameter(labels: &[u32]) -> Option<f64> {
+    let mut area: std::collections::HashMap<u32, usize> = Default::default();
+    for &l in labels.iter().filter(|&&l| l > 0) {
+        *area.entry(l).or_default() += 1;
+    }
+    let mut areas: Vec<usize> = area.into_values().collect();
+    areas.sort_unstable();
+    let a = *areas.get(areas.len() / 2)?;
+    Some(2.0 * (a as f64 / std::f64::consts::PI).sqrt())
 }
 
 /// Intensities mapped so the 1st percentile is 0 and the 99.8th is 1 (8- or 16-bit alike;
@@ -58,6 +74,7 @@ pub fn annotated(id: &str, image: &GrayImage, labels: &GrayImage) -> anyhow::Res
         height: h,
         pixels: normalise(image),
         classes: targets(&truth, w, h),
+        diameter: median_diameter(&truth).unwrap_or(0.0),
         truth,
     })
 }
@@ -83,15 +100,25 @@ pub fn load_pairs(root: &Path) -> anyhow::Result<Vec<Annotated>> {
         .collect()
 }
 
-/// The held-out fifth, chosen by image id alone (FNV-1a), so it never depends on the order or
-/// number of images: the same image is always on the same side.
-pub fn is_validation(id: &str) -> bool {
+/// Which fifth an image belongs to, by its id alone (FNV-1a), so it never depends on the
+/// order or number of images: the same image is always on the same side.
+pub fn fifth(id: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in id.bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x100000001b3);
     }
-    h.is_multiple_of(5)
+    h % 5
+}
+
+/// The held-out fifth the reported scores come from: never trained on, never used to choose.
+pub fn is_validation(id: &str) -> bool {
+    fifth(id) == 0
+}
+
+/// The fifth inference settings are chosen on: never trained on, never reported as a score.
+pub fn is_tuning(id: &str) -> bool {
+    fifth(id) == 1
 }
 
 /// How to train.
@@ -106,6 +133,8 @@ pub struct SegTrainConfig {
     /// Loss weight of boundary pixels (background and interior weigh 1).
     pub boundary_weight: f32,
     pub seed: u64,
+    /// Nucleus diameter (pixels) every training image is scaled to.
+    pub diameter: f64,
 }
 
 impl Default for SegTrainConfig {
@@ -118,14 +147,25 @@ impl Default for SegTrainConfig {
             lr: 2e-3,
             boundary_weight: 3.0,
             seed: 1,
+            diameter: TRAINING_DIAMETER,
         }
     }
 }
 
-/// One augmented crop: scale 0.7–1.4 (nearest), one of the 8 flips/rotations, gamma,
-/// brightness and contrast, Gaussian noise. (pixels, classes), `crop`² each.
-pub fn augmented_crop(a: &Annotated, crop: usize, rng: &mut Rng) -> (Vec<f32>, Vec<u32>) {
-    let scale = (0.7f64.ln() + rng.unit() * (1.4f64 / 0.7).ln()).exp();
+/// One augmented crop at the training scale: the image is first scaled so its nuclei have
+/// `diameter` pixels (their median in the annotation), then by a further 0.7–1.4 (the error
+/// the inference-time size estimate must survive); one of the 8 flips/rotations; gamma,
+/// brightness and contrast; blur; 8-bit-like quantisation; Gaussian noise. Shrinking
+/// averages the source pixels under each crop pixel, as inference-time resizing does.
+/// (pixels, classes), `crop`² each.
+pub fn augmented_crop(
+    a: &Annotated,
+    crop: usize,
+    diameter: f64,
+    rng: &mut Rng,
+) -> (Vec<f32>, Vec<u32>) {
+    let jitter = (0.7f64.ln() + rng.unit() * (1.4f64 / 0.7).ln()).exp();
+    let scale = a.diameter / diameter * jitter; // source pixels per crop pixel
     let span = crop as f64 * scale;
     let x0 = rng.unit() * (a.width as f64 - span).max(0.0);
     let y0 = rng.unit() * (a.height as f64 - span).max(0.0);
@@ -134,8 +174,13 @@ pub fn augmented_crop(a: &Annotated, crop: usize, rng: &mut Rng) -> (Vec<f32>, V
     let contrast = (0.7 + rng.unit() * 0.6) as f32;
     let offset = ((rng.unit() - 0.5) * 0.2) as f32;
     let noise = (rng.unit() * 0.05) as f32;
+    let blur = rng.below(3) == 0;
+    let levels = (rng.below(3) == 0).then(|| 32.0 + rng.unit() as f32 * 224.0);
+    // Sub-samples per crop pixel and axis when shrinking (an area average), at most 4.
+    let n = (scale.ceil() as usize).clamp(1, 4);
     let mut px = vec![0f32; crop * crop];
     let mut cls = vec![0u32; crop * crop];
+    let mut inside = vec![false; crop * crop];
     for v in 0..crop {
         for u in 0..crop {
             let (mut su, mut sv) = (u, v);
@@ -148,38 +193,101 @@ pub fn augmented_crop(a: &Annotated, crop: usize, rng: &mut Rng) -> (Vec<f32>, V
             if flip_y {
                 sv = crop - 1 - sv;
             }
-            let x = (x0 + (su as f64 + 0.5) * scale) as usize;
-            let y = (y0 + (sv as f64 + 0.5) * scale) as usize;
             let o = v * crop + u;
-            if x < a.width && y < a.height {
-                let i = y * a.width + x;
-                let p = a.pixels[i].max(0.0).powf(gamma);
-                px[o] = p * contrast + offset + noise * rng.normal() as f32;
-                cls[o] = u32::from(a.classes[i]);
-            } else {
-                px[o] = offset + noise * rng.normal() as f32; // outside a small image: empty
+            let (cx, cy) = (
+                x0 + (su as f64 + 0.5) * scale,
+                y0 + (sv as f64 + 0.5) * scale,
+            );
+            let (x, y) = (cx as usize, cy as usize);
+            if x >= a.width || y >= a.height {
+                continue;
             }
+            inside[o] = true;
+            cls[o] = u32::from(a.classes[y * a.width + x]);
+            let mut sum = 0f32;
+            let mut count = 0f32;
+            for j in 0..n {
+                for i in 0..n {
+                    let sx = (cx + ((i as f64 + 0.5) / n as f64 - 0.5) * scale) as usize;
+                    let sy = (cy + ((j as f64 + 0.5) / n as f64 - 0.5) * scale) as usize;
+                    if sx < a.width && sy < a.height {
+                        sum += a.pixels[sy * a.width + sx];
+                        count += 1.0;
+                    }
+                }
+            }
+            px[o] = sum / count.max(1.0);
         }
+    }
+    if blur {
+        px = box_blur3(&px, crop);
+    }
+    for (o, p) in px.iter_mut().enumerate() {
+        let mut q = if inside[o] {
+            p.max(0.0).powf(gamma) * contrast + offset
+        } else {
+            offset // outside a small image: empty
+        };
+        if let Some(l) = levels {
+            q = (q * l).round() / l;
+        }
+        *p = q + noise * rng.normal() as f32;
     }
     (px, cls)
 }
 
+/// 3×3 mean of a square image (edges averaged over the pixels that exist).
+fn box_blur3(px: &[f32], side: usize) -> Vec<f32> {
+    let mut out = vec![0f32; px.len()];
+    for y in 0..side {
+        for x in 0..side {
+            let (mut s, mut c) = (0f32, 0f32);
+            for yy in y.saturating_sub(1)..(y + 2).min(side) {
+                for xx in x.saturating_sub(1)..(x + 2).min(side) {
+                    s += px[yy * side + xx];
+                    c += 1.0;
+                }
+            }
+            out[y * side + x] = s / c;
+        }
+    }
+    out
+}
+
+/// The nucleus diameter (pixels) plateflow trains at. TODO
+pub const TRAINING_DIAMETER: f64 = 16.0;
+
 /// Progress of a training run: (step, training loss, validation AP at IoU 0.5 when measured).
 pub type History = Vec<(usize, f32, Option<f64>)>;
 
-/// Trains a U-Net on crops of `train`; every `eval_every` steps (0: never) scores `val`.
+/// Trains a U-Net on crops of `train`, from `init` (weights to fine-tune: their width,
+/// depth and diameter replace the config's) or from seeded random weights; every
+/// `eval_every` steps (0: never) scores `val`.
 pub fn train(
     train: &[Annotated],
     val: &[Annotated],
     cfg: &SegTrainConfig,
+    init: Option<&Weights>,
     eval_every: usize,
     say: &dyn Fn(&str),
-) -> anyhow::Result<(VarMap, UNet, History)> {
+) -> anyhow::Result<(Weights, History)> {
     anyhow::ensure!(!train.is_empty(), "no training images");
     let dev = Device::Cpu;
     let varmap = VarMap::new();
+    let (net_cfg, diameter) = match init {
+        Some(w) => (w.config, w.diameter),
+        None => (cfg.net, cfg.diameter),
+    };
+    let cfg = &SegTrainConfig {
+        net: net_cfg,
+        diameter,
+        ..cfg.clone()
+    };
     let net = UNet::new(cfg.net, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
     crate::model::seed_init(&varmap, cfg.seed)?;
+    if let Some(w) = init {
+        w.copy_into(&varmap)?;
+    }
     let mut opt = AdamW::new(
         varmap.all_vars(),
         ParamsAdamW {
@@ -209,7 +317,7 @@ pub fn train(
                 r -= areas[k];
                 k += 1;
             }
-            let (px, cls) = augmented_crop(&train[k], cfg.crop, &mut rng);
+            let (px, cls) = augmented_crop(&train[k], cfg.crop, cfg.diameter, &mut rng);
             xs.extend(px);
             ys.extend(cls);
         }
@@ -220,7 +328,10 @@ pub fn train(
         let l = loss.to_scalar::<f32>()?;
         let ap =
             (eval_every > 0 && (step % eval_every == 0 || step == cfg.steps) && !val.is_empty())
-                .then(|| evaluate(&net, val).map(|m| m[0].ap()))
+                .then(|| {
+                    let model = Weights::of(&varmap, cfg.net, cfg.diameter).model("training")?;
+                    evaluate(&model, val).map(|m| m[0].ap())
+                })
                 .transpose()?;
         if step % 25 == 0 || ap.is_some() {
             say(&format!(
@@ -233,144 +344,100 @@ pub fn train(
         }
         history.push((step, l, ap));
     }
-    Ok((varmap, net, history))
+    Ok((Weights::of(&varmap, cfg.net, cfg.diameter), history))
 }
 
-/// The image mirrored by [`MARGIN`] pixels on every side (nuclei at the border see a
-/// plausible neighbourhood, not a black frame), then zero-extended right and bottom to
-/// `pw` x `ph`.
-fn mirrored(pixels: &[f32], w: usize, h: usize, pw: usize, ph: usize) -> Vec<f32> {
-    let reflect = |i: isize, n: usize| -> usize {
-        let n = n as isize;
-        let mut i = i;
-        // Reflect (without repeating the edge) until inside; tiny images wrap several times.
-        for _ in 0..8 {
-            if i < 0 {
-                i = -i;
-            }
-            if i >= n {
-                i = 2 * (n - 1) - i;
-            }
-        }
-        i.clamp(0, n - 1) as usize
-    };
-    let m = MARGIN as isize;
-    let mut out = vec![0f32; pw * ph];
-    for y in 0..(h + 2 * MARGIN).min(ph) {
-        let sy = reflect(y as isize - m, h);
-        for x in 0..(w + 2 * MARGIN).min(pw) {
-            out[y * pw + x] = pixels[sy * w + reflect(x as isize - m, w)];
-        }
-    }
-    out
+/// A trained network's tensors with what describes them: the form training produces and
+/// fine-tuning starts from.
+pub struct Weights {
+    pub config: UNetConfig,
+    pub diameter: f64,
+    pub tensors: HashMap<String, Tensor>,
 }
 
-/// Class probabilities of one image: (interior, foreground = interior + boundary). The image
-/// is mirrored by [`MARGIN`] and cut into tiles of [`TILE`] plus that margin of context on
-/// each side, predicted a few at a time (in parallel, in bounded memory); each tile keeps its
-/// centre. A pixel's value depends only on pixels within the network's reach (< MARGIN), so
-/// the maps equal one pass over the whole mirrored image ([`probabilities_whole`]).
-pub fn probabilities(
-    net: &UNet,
-    pixels: &[f32],
-    w: usize,
-    h: usize,
-) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-    // Small images in one pass (the same maps; tiles' margins would cost more than they save).
-    if (w + 2 * MARGIN) * (h + 2 * MARGIN) <= WHOLE_PIXELS {
-        return probabilities_whole(net, pixels, w, h);
-    }
-    let side = TILE + 2 * MARGIN;
-    let (tx, ty) = (w.div_ceil(TILE), h.div_ceil(TILE));
-    let (pw, ph) = (tx * TILE + 2 * MARGIN, ty * TILE + 2 * MARGIN);
-    let padded = mirrored(pixels, w, h, pw, ph);
-    let origins: Vec<(usize, usize)> = (0..ty)
-        .flat_map(|j| (0..tx).map(move |i| (i * TILE, j * TILE)))
-        .collect();
-    let mut interior = vec![0f32; w * h];
-    let mut fg = vec![0f32; w * h];
-    for batch in origins.chunks(TILES_PER_BATCH) {
-        let mut x = Vec::with_capacity(batch.len() * side * side);
-        for &(ox, oy) in batch {
-            for y in oy..oy + side {
-                x.extend_from_slice(&padded[y * pw + ox..y * pw + ox + side]);
-            }
-        }
-        let x = Tensor::from_vec(x, (batch.len(), 1, side, side), &Device::Cpu)?;
-        let p = candle_nn::ops::softmax(&net.forward(&x, false)?, 1)?;
-        let p: Vec<f32> = p.flatten_all()?.to_vec1()?;
-        let plane = side * side;
-        for (b, &(ox, oy)) in batch.iter().enumerate() {
-            let base = b * CLASSES * plane;
-            for y in oy..(oy + TILE).min(h) {
-                for x in ox..(ox + TILE).min(w) {
-                    let c = (y - oy + MARGIN) * side + (x - ox + MARGIN);
-                    let pi = p[base + plane + c];
-                    interior[y * w + x] = pi;
-                    fg[y * w + x] = pi + p[base + 2 * plane + c];
-                }
-            }
+impl Weights {
+    /// A copy of a training VarMap's current values.
+    pub fn of(varmap: &VarMap, config: UNetConfig, diameter: f64) -> Self {
+        let tensors = varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().copy().expect("cpu copy")))
+            .collect();
+        Weights {
+            config,
+            diameter,
+            tensors,
         }
     }
-    Ok((interior, fg))
-}
 
-/// Images up to this many pixels (margins included) are predicted in one pass.
-const WHOLE_PIXELS: usize = 640 * 640;
-
-/// Tiles per forward pass: enough to keep both cores busy, few enough for the conv's
-/// per-image scratch (about 110 MB a tile at the widest level).
-const TILES_PER_BATCH: usize = 4;
-
-/// The same maps as [`probabilities`] from one pass over the whole mirrored image (memory
-/// grows with the image): the reference the tiles are tested against.
-pub fn probabilities_whole(
-    net: &UNet,
-    pixels: &[f32],
-    w: usize,
-    h: usize,
-) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-    let m = net.config.multiple();
-    let (pw, ph) = (
-        (w + 2 * MARGIN).div_ceil(m) * m,
-        (h + 2 * MARGIN).div_ceil(m) * m,
-    );
-    let padded = mirrored(pixels, w, h, pw, ph);
-    let x = Tensor::from_vec(padded, (1, 1, ph, pw), &Device::Cpu)?;
-    let p = candle_nn::ops::softmax(&net.forward(&x, false)?, 1)?;
-    let p = p.squeeze(0)?.to_vec3::<f32>()?;
-    let mut interior = Vec::with_capacity(w * h);
-    let mut fg = Vec::with_capacity(w * h);
-    for (rows_i, rows_b) in p[1].iter().zip(&p[2]).skip(MARGIN).take(h) {
-        for (&pi, &pb) in rows_i.iter().zip(rows_b).skip(MARGIN).take(w) {
-            interior.push(pi);
-            fg.push(pi + pb);
-        }
+    /// A weights file's tensors (as [`Self::to_bytes`] writes them).
+    pub fn from_bytes(bytes: &[u8], source: &str) -> anyhow::Result<Self> {
+        let model = NucleusModel::from_bytes(bytes, source)?; // checks shapes, names errors
+        let mut tensors = tensors_of(bytes, source)?;
+        tensors.remove(DIAMETER_TENSOR);
+        Ok(Weights {
+            config: model.config(),
+            diameter: model.diameter,
+            tensors,
+        })
     }
-    Ok((interior, fg))
-}
 
-/// Tiles are predicted with [`MARGIN`] pixels of context on each side.
-pub const TILE: usize = 192;
-/// Context around each tile: more than the network's reach from a pixel (two 3x3 convs per
-/// level over three levels, 2x2 pools between: 28 pixels), so a tile's kept centre sees what
-/// the whole image would have shown it, and objects are the same across seams.
-pub const MARGIN: usize = 32;
+    /// Safetensors bytes: the tensors and `meta.diameter`.
+    pub fn to_bytes(&self) -> anyhow::Result<Vec<u8>> {
+        let mut all: Vec<(String, Tensor)> = self
+            .tensors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        all.push((
+            DIAMETER_TENSOR.to_string(),
+            Tensor::new(&[self.diameter as f32], &Device::Cpu)?,
+        ));
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(safetensors::tensor::serialize(
+            all.iter().map(|(k, v)| (k.as_str(), v)),
+            None,
+        )?)
+    }
 
-/// Instances of one image.
-pub fn segment(net: &UNet, pixels: &[f32], w: usize, h: usize) -> anyhow::Result<Labels> {
-    let (interior, fg) = probabilities(net, pixels, w, h)?;
-    Ok(from_probabilities(&interior, &fg, w, h, 8))
+    /// The model that segments with these weights.
+    pub fn model(&self, source: &str) -> anyhow::Result<NucleusModel> {
+        NucleusModel::new(self.config, self.diameter, source, &|name| {
+            let t = self
+                .tensors
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("tensor {name} is missing"))?;
+            Ok(t.flatten_all()?.to_vec1::<f32>()?)
+        })
+    }
+
+    /// Overwrites the variables of `varmap` (a network of the same shape) with these values.
+    fn copy_into(&self, varmap: &VarMap) -> anyhow::Result<()> {
+        for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+            let t = self
+                .tensors
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("the initial weights have no tensor {name}"))?;
+            var.set(&t.to_dtype(DType::F32)?)?;
+        }
+        Ok(())
+    }
 }
 
 /// IoU thresholds reported: 0.5, 0.75, 0.9.
 pub const IOUS: [f64; 3] = [0.5, 0.75, 0.9];
 
-/// Object matching summed over `images`, at each of [`IOUS`].
-pub fn evaluate(net: &UNet, images: &[Annotated]) -> anyhow::Result<[Matching; 3]> {
+/// Object matching summed over `images`, at each of [`IOUS`], each image segmented as a
+/// user's would be: its nucleus size estimated from the image.
+pub fn evaluate(model: &NucleusModel, images: &[Annotated]) -> anyhow::Result<[Matching; 3]> {
     let mut out = [Matching::default(); 3];
     for a in images {
-        let got = segment(net, &a.pixels, a.width, a.height)?;
+        let d = estimate_diameter(&a.pixels, a.width, a.height);
+        let got = model
+            .segment_normalised(&a.pixels, a.width, a.height, d)?
+            .labels;
         for (m, &iou) in out.iter_mut().zip(&IOUS) {
             m.add(matches(&got.data, &a.truth, iou));
         }
@@ -378,56 +445,17 @@ pub fn evaluate(net: &UNet, images: &[Annotated]) -> anyhow::Result<[Matching; 3
     Ok(out)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::unet::UNetConfig;
-
-    /// An image larger than a tile: tiled prediction gives the same objects as one pass
-    /// (an untrained but deterministic net, its BatchNorm on running statistics).
-    #[test]
-    fn tiles_and_the_whole_image_give_the_same_objects() {
-        let varmap = VarMap::new();
-        let net = UNet::new(
-            UNetConfig { width: 4, depth: 3 },
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        )
-        .unwrap();
-        crate::model::seed_init(&varmap, 7).unwrap();
-        let (w, h) = (640usize, 600usize);
-        let mut rng = Rng::new(3);
-        // Blobs on a noisy background.
-        let mut px = vec![0f32; w * h];
-        for _ in 0..120 {
-            let (cx, cy, r) = (
-                rng.below(w) as f64,
-                rng.below(h) as f64,
-                4.0 + rng.unit() * 8.0,
-            );
-            for y in 0..h {
-                for x in 0..w {
-                    let d = ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt();
-                    if d < r {
-                        px[y * w + x] = 1.0;
-                    }
-                }
-            }
-        }
-        for p in &mut px {
-            *p += 0.05 * rng.normal() as f32;
-        }
-        let (wi, wf) = probabilities_whole(&net, &px, w, h).unwrap();
-        let (ti, tf) = probabilities(&net, &px, w, h).unwrap();
-        let worst = wi
+/// The nucleus diameter of a percentile-normalised image, as `segment` estimates it from
+/// the raw image (the same quick threshold, on the normalised values).
+pub fn estimate_diameter(pixels: &[f32], w: usize, h: usize) -> Option<f64> {
+    let img = GrayImage {
+        width: w as u32,
+        height: h as u32,
+        bit_depth: 16,
+        data: pixels
             .iter()
-            .zip(&ti)
-            .chain(wf.iter().zip(&tf))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-4, "tiles differ from the whole image by {worst}");
-        let a = from_probabilities(&wi, &wf, w, h, 8);
-        let b = from_probabilities(&ti, &tf, w, h, 8);
-        assert_eq!(a.count, b.count);
-        assert_eq!(matches(&a.data, &b.data, 0.99).0, a.count as usize);
-    }
+            .map(|&p| (p.clamp(0.0, 1.5) / 1.5 * 65535.0).round() as u16)
+            .collect(),
+    };
+    plateflow_imaging::segment::typical_diameter(&img)
 }

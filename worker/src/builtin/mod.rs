@@ -23,6 +23,7 @@ pub mod samples;
 pub mod scoring;
 pub mod segment;
 pub mod train;
+pub mod train_segmenter;
 
 use anyhow::Context as _;
 use plateflow_contract::params::{StepParams, TaskParams};
@@ -349,6 +350,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
         StepParams::Features(p) => features::run(ctx, p),
         StepParams::Crops(p) => crops::run(ctx, p),
         StepParams::Train(p) => train::run(ctx, p),
+        StepParams::TrainSegmenter(p) => train_segmenter::run(ctx, p),
         StepParams::Evaluate(p) => evaluate::run(ctx, p),
         StepParams::Report(p) => report::run(ctx, p),
         other => anyhow::bail!("`{}` is not a built-in step", other.kind()),

@@ -1,11 +1,13 @@
-//! `segment`: nuclei from the DNA channel, cells grown from them into a second channel (or a
-//! ring), saved as 16-bit label TIFFs (they open in Fiji and napari) with an object table.
+//! `segment`: nuclei from the DNA channel (classic, or the learned model), cells grown from
+//! them into a second channel (or a ring), saved as 16-bit label TIFFs (they open in Fiji
+//! and napari) with an object table.
 
 use super::{num, parallel_map, Context, ImageSet, Table};
-use plateflow_contract::params::{self as contract, SegmentParams};
+use plateflow_contract::params::{self as contract, SegmentMethod, SegmentParams};
 use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
 use plateflow_imaging::segment::{segment_nuclei, Labels};
 use plateflow_imaging::{read_image, write::write_tiff_u16};
+use plateflow_learn::segmenter::NucleusModel;
 use std::path::Path;
 
 /// Segmentation of one image set.
@@ -14,15 +16,45 @@ pub struct SetResult {
     pub cells: Labels,
 }
 
+/// The file a `train_segmenter` step writes its model to.
+pub const MODEL_FILE: &str = "segmenter.safetensors";
+
+/// The nucleus model of a `method: learned` step: `weights:` (a file sent with the task),
+/// else an upstream `train_segmenter` step's, else the one shipped with plateflow.
+pub fn learned_model(ctx: &Context, p: &SegmentParams) -> anyhow::Result<NucleusModel> {
+    if let Some(rel) = &p.weights {
+        let model = NucleusModel::load(&ctx.work.join(rel));
+        return model.map_err(|e| anyhow::anyhow!("`weights: {rel}`: {e}"));
+    }
+    let trained = ctx.upstream_files(|n| n == MODEL_FILE);
+    match trained.as_slice() {
+        [] => NucleusModel::shipped(),
+        [(_, path)] => NucleusModel::load(path),
+        more => anyhow::bail!(
+            "{} upstream steps wrote a {MODEL_FILE}; name one with `weights:` or keep one `train_segmenter` step in `after:`",
+            more.len()
+        ),
+    }
+}
+
 /// The library call with the step's parameters: nuclei, then cells.
-pub fn segment_set(p: &SegmentParams, set: &ImageSet) -> anyhow::Result<SetResult> {
+pub fn segment_set(
+    p: &SegmentParams,
+    model: Option<&NucleusModel>,
+    set: &ImageSet,
+) -> anyhow::Result<SetResult> {
     let dna = read_image(set.channel(&p.nuclei)?)?;
-    let params = plateflow_imaging::segment::SegmentParams {
-        sigma: Some(p.sigma),
-        radius: p.diameter.map(|d| d / 2.0),
-        ..Default::default()
+    let nuclei = match model {
+        Some(model) => model.segment(&dna, p.diameter)?.labels,
+        None => {
+            let params = plateflow_imaging::segment::SegmentParams {
+                sigma: Some(p.sigma),
+                radius: p.diameter.map(|d| d / 2.0),
+                ..Default::default()
+            };
+            segment_nuclei(&dna, &params)
+        }
     };
-    let nuclei = segment_nuclei(&dna, &params);
     let cell_img = match &p.cells {
         Some(ch) => Some(read_image(set.channel(ch)?)?),
         None => None,
@@ -92,11 +124,24 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         .iter()
         .filter(|s| !excluded.contains_key(&s.key))
         .collect();
+    let model = match p.method {
+        SegmentMethod::Learned => {
+            let m = learned_model(ctx, p)?;
+            ctx.logln(format!(
+                "learned nuclei: {} (U-Net width {}, trained at nucleus diameter {:.0} px)",
+                m.source,
+                m.config().width,
+                m.diameter
+            ));
+            Some(m)
+        }
+        SegmentMethod::Classic => None,
+    };
     let save = p.save_labels;
     let out = ctx.out.clone();
     let shared: &Context = ctx;
     let results = parallel_map(&todo, shared.threads, |set| {
-        let r = segment_set(p, set)?;
+        let r = segment_set(p, model.as_ref(), set)?;
         if save {
             write_labels(
                 &out.join(format!("labels/{}_nuclei.tif", set.key)),

@@ -1,0 +1,375 @@
+//! Using a trained nucleus model: its weights (shipped inside plateflow, or a file), each
+//! image rescaled so its nuclei have the size the model was trained at, tiled prediction,
+//! and instances back at the image's own size.
+//!
+//! A weights file is the safetensors file training writes: the U-Net's tensors (their shapes
+//! give width and depth) and `meta.diameter`, the nucleus diameter in pixels the training
+//! crops were scaled to.
+
+use crate::frozen::FrozenUNet;
+use crate::unet::UNetConfig;
+use candle_core::{Device, Tensor};
+use plateflow_imaging::instances::from_probabilities;
+use plateflow_imaging::resample::resize;
+use plateflow_imaging::segment::{typical_diameter, Labels};
+use plateflow_imaging::GrayImage;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The weights shipped with plateflow (see `learn/models/nuclei-unet.md`, its model card).
+pub const SHIPPED: &[u8] = include_bytes!("../models/nuclei-unet.safetensors");
+/// How the shipped weights are named in messages and records.
+pub const SHIPPED_NAME: &str = "shipped nuclei-unet";
+
+/// Name of the tensor holding the training-scale nucleus diameter.
+pub const DIAMETER_TENSOR: &str = "meta.diameter";
+
+/// A nucleus model ready to segment.
+pub struct NucleusModel {
+    net: FrozenUNet,
+    /// Nucleus diameter (pixels) the model was trained at.
+    pub diameter: f64,
+    /// Where the weights came from, for messages and model cards.
+    pub source: String,
+}
+
+/// One image's segmentation, with the scale it was predicted at.
+pub struct Segmentation {
+    pub labels: Labels,
+    /// The nucleus diameter (pixels) the image was taken to have.
+    pub diameter: f64,
+    /// Model pixels per image pixel.
+    pub scale: f64,
+}
+
+impl NucleusModel {
+    /// The weights shipped inside plateflow.
+    pub fn shipped() -> anyhow::Result<Self> {
+        Self::from_bytes(SHIPPED, SHIPPED_NAME)
+    }
+
+    /// A weights file; errors name it and say what is wrong.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!("cannot read nucleus model weights {}: {e}", path.display())
+        })?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Weights in safetensors bytes, named `source` in errors.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> anyhow::Result<Self> {
+        let tensors = tensors_of(bytes, source)?;
+        let (config, diameter) = describe(&tensors).map_err(|e| {
+            anyhow::anyhow!("{source} is not a plateflow nucleus model ({e}); retrain it with a `train_segmenter` step")
+        })?;
+        Self::new(config, diameter, source, &|name| {
+            let t = tensors
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("{source}: tensor {name} is missing"))?;
+            Ok(t.to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?)
+        })
+        .map_err(|e| anyhow::anyhow!("{source}: {e}"))
+    }
+
+    /// From named tensors (a training run's VarMap, or a file's).
+    pub fn new(
+        config: UNetConfig,
+        diameter: f64,
+        source: &str,
+        get: &crate::frozen::Getter,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            diameter.is_finite() && diameter > 0.0,
+            "training diameter {diameter} is not a positive number"
+        );
+        Ok(NucleusModel {
+            net: FrozenUNet::new(config, get)?,
+            diameter,
+            source: source.to_string(),
+        })
+    }
+
+    pub fn config(&self) -> UNetConfig {
+        self.net.config
+    }
+
+    /// Instances of one image (8- or 16-bit). `diameter`: the nucleus diameter in pixels if
+    /// known; otherwise it is estimated from the image (see [`Self::segment_normalised`]).
+    pub fn segment(&self, img: &GrayImage, diameter: Option<f64>) -> anyhow::Result<Segmentation> {
+        let pixels = crate::nuclei::normalise(img);
+        let d = diameter.or_else(|| typical_diameter(img));
+        self.segment_normalised(&pixels, img.width as usize, img.height as usize, d)
+    }
+
+    /// Instances of a percentile-normalised image. The image is resized so that nuclei of
+    /// `diameter` pixels (the model's own training diameter when `None`) have the training
+    /// diameter, predicted, and the class maps are resized back.
+    pub fn segment_normalised(
+        &self,
+        pixels: &[f32],
+        w: usize,
+        h: usize,
+        diameter: Option<f64>,
+    ) -> anyhow::Result<Segmentation> {
+        let d = diameter
+            .filter(|d| d.is_finite() && *d > 0.0)
+            .unwrap_or(self.diameter);
+        // Enlarging is bounded (each doubling costs 4× the time); shrinking barely so.
+        let scale = (self.diameter / d).clamp(1.0 / 16.0, MAX_ENLARGE);
+        let (sw, sh) = (
+            ((w as f64 * scale).round() as usize).max(1),
+            ((h as f64 * scale).round() as usize).max(1),
+        );
+        let small = resize(pixels, w, h, sw, sh);
+        let (mut interior, mut fg) = self.probabilities(&small, sw, sh)?;
+        if (sw, sh) != (w, h) {
+            interior = resize(&interior, sw, sh, w, h);
+            fg = resize(&fg, sw, sh, w, h);
+        }
+        // Specks under a tenth of a typical nucleus's area are noise at any scale.
+        let min_area = ((d * d * std::f64::consts::PI / 4.0) * 0.1)
+            .round()
+            .max(4.0) as usize;
+        Ok(Segmentation {
+            labels: from_probabilities(&interior, &fg, w, h, min_area),
+            diameter: d,
+            scale,
+        })
+    }
+
+    /// Class probabilities of one image at model scale: (interior, foreground). The image is
+    /// mirrored by [`MARGIN`] and cut into tiles of [`TILE`] plus that margin of context on
+    /// each side; each tile keeps its centre. A pixel's value depends only on pixels within
+    /// the network's reach (< MARGIN), so the maps equal one pass over the whole mirrored
+    /// image ([`Self::probabilities_whole`]), in bounded memory.
+    pub fn probabilities(
+        &self,
+        pixels: &[f32],
+        w: usize,
+        h: usize,
+    ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        if (w + 2 * MARGIN) * (h + 2 * MARGIN) <= WHOLE_PIXELS {
+            return self.probabilities_whole(pixels, w, h);
+        }
+        let side = TILE + 2 * MARGIN;
+        let (tx, ty) = (w.div_ceil(TILE), h.div_ceil(TILE));
+        let (pw, ph) = (tx * TILE + 2 * MARGIN, ty * TILE + 2 * MARGIN);
+        let padded = mirrored(pixels, w, h, pw, ph);
+        let mut interior = vec![0f32; w * h];
+        let mut fg = vec![0f32; w * h];
+        let mut tile = vec![0f32; side * side];
+        for j in 0..ty {
+            for i in 0..tx {
+                let (ox, oy) = (i * TILE, j * TILE);
+                for y in 0..side {
+                    tile[y * side..(y + 1) * side]
+                        .copy_from_slice(&padded[(oy + y) * pw + ox..][..side]);
+                }
+                let (pi, pf) = self.net.probabilities(&tile, side, side);
+                for y in oy..(oy + TILE).min(h) {
+                    let from = (y - oy + MARGIN) * side + MARGIN;
+                    let n = (ox + TILE).min(w) - ox;
+                    interior[y * w + ox..][..n].copy_from_slice(&pi[from..][..n]);
+                    fg[y * w + ox..][..n].copy_from_slice(&pf[from..][..n]);
+                }
+            }
+        }
+        Ok((interior, fg))
+    }
+
+    /// The same maps as [`Self::probabilities`] from one pass over the whole mirrored image
+    /// (memory grows with the image): the reference the tiles are tested against.
+    pub fn probabilities_whole(
+        &self,
+        pixels: &[f32],
+        w: usize,
+        h: usize,
+    ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        let m = self.net.config.multiple();
+        let (pw, ph) = (
+            (w + 2 * MARGIN).div_ceil(m) * m,
+            (h + 2 * MARGIN).div_ceil(m) * m,
+        );
+        let padded = mirrored(pixels, w, h, pw, ph);
+        let (pi, pf) = self.net.probabilities(&padded, pw, ph);
+        let mut interior = Vec::with_capacity(w * h);
+        let mut fg = Vec::with_capacity(w * h);
+        for y in MARGIN..MARGIN + h {
+            interior.extend_from_slice(&pi[y * pw + MARGIN..][..w]);
+            fg.extend_from_slice(&pf[y * pw + MARGIN..][..w]);
+        }
+        Ok((interior, fg))
+    }
+}
+
+/// The most an image is enlarged to bring small nuclei to the training diameter.
+const MAX_ENLARGE: f64 = 2.0;
+
+/// Images up to this many pixels (margins included) are predicted in one pass.
+const WHOLE_PIXELS: usize = 640 * 640;
+/// Tiles are predicted with [`MARGIN`] pixels of context on each side.
+pub const TILE: usize = 448;
+/// Context around each tile: more than the network's reach from a pixel (two 3x3 convs per
+/// level over three levels, 2x2 pools between: 28 pixels), so a tile's kept centre sees what
+/// the whole image would have shown it, and objects are the same across seams.
+pub const MARGIN: usize = 32;
+
+/// The tensors of a safetensors file, or an error naming `source`.
+pub fn tensors_of(bytes: &[u8], source: &str) -> anyhow::Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
+        anyhow::anyhow!(
+            "{source} is not a readable safetensors file ({e}); it may be truncated or corrupt: train it again or restore it"
+        )
+    })
+}
+
+/// Architecture and training diameter from a weights file's tensors.
+fn describe(tensors: &HashMap<String, Tensor>) -> anyhow::Result<(UNetConfig, f64)> {
+    let first = tensors
+        .get("down0.c0.conv.weight")
+        .ok_or_else(|| anyhow::anyhow!("no tensor down0.c0.conv.weight"))?;
+    let width = first.dims()[0];
+    let depth = (0..)
+        .take_while(|l| tensors.contains_key(&format!("down{l}.c0.conv.weight")))
+        .count();
+    anyhow::ensure!((2..=6).contains(&depth), "{depth} levels");
+    let diameter = tensors
+        .get(DIAMETER_TENSOR)
+        .ok_or_else(|| anyhow::anyhow!("no tensor {DIAMETER_TENSOR}"))?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("{DIAMETER_TENSOR} is empty"))?;
+    Ok((UNetConfig { width, depth }, f64::from(diameter)))
+}
+
+/// The image mirrored by [`MARGIN`] pixels on every side (nuclei at the border see a
+/// plausible neighbourhood, not a black frame), then zero-extended right and bottom to
+/// `pw` x `ph`.
+fn mirrored(pixels: &[f32], w: usize, h: usize, pw: usize, ph: usize) -> Vec<f32> {
+    let reflect = |i: isize, n: usize| -> usize {
+        let n = n as isize;
+        let mut i = i;
+        // Reflect (without repeating the edge) until inside; tiny images wrap several times.
+        for _ in 0..8 {
+            if i < 0 {
+                i = -i;
+            }
+            if i >= n {
+                i = 2 * (n - 1) - i;
+            }
+        }
+        i.clamp(0, n - 1) as usize
+    };
+    let m = MARGIN as isize;
+    let mut out = vec![0f32; pw * ph];
+    for y in 0..(h + 2 * MARGIN).min(ph) {
+        let sy = reflect(y as isize - m, h);
+        for x in 0..(w + 2 * MARGIN).min(pw) {
+            out[y * pw + x] = pixels[sy * w + reflect(x as isize - m, w)];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nuclei::Weights;
+    use crate::rng::Rng;
+    use crate::unet::UNet;
+    use candle_core::DType;
+    use candle_nn::{VarBuilder, VarMap};
+    use plateflow_imaging::instances::matches;
+
+    fn random_model(width: usize) -> NucleusModel {
+        let varmap = VarMap::new();
+        let config = UNetConfig { width, depth: 3 };
+        UNet::new(
+            config,
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        )
+        .unwrap();
+        crate::model::seed_init(&varmap, 7).unwrap();
+        Weights::of(&varmap, config, 16.0).model("test").unwrap()
+    }
+
+    /// An image larger than a tile: tiled prediction gives the same objects as one pass
+    /// (an untrained but deterministic net, its BatchNorm on running statistics).
+    #[test]
+    fn tiles_and_the_whole_image_give_the_same_objects() {
+        let model = random_model(4);
+        let (w, h) = (1000usize, 600usize);
+        let mut rng = Rng::new(3);
+        // Blobs on a noisy background.
+        let mut px = vec![0f32; w * h];
+        for _ in 0..200 {
+            let (cx, cy, r) = (
+                rng.below(w) as f64,
+                rng.below(h) as f64,
+                4.0 + rng.unit() * 8.0,
+            );
+            for y in 0..h {
+                for x in 0..w {
+                    let d = ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt();
+                    if d < r {
+                        px[y * w + x] = 1.0;
+                    }
+                }
+            }
+        }
+        for p in &mut px {
+            *p += 0.05 * rng.normal() as f32;
+        }
+        let (wi, wf) = model.probabilities_whole(&px, w, h).unwrap();
+        let (ti, tf) = model.probabilities(&px, w, h).unwrap();
+        let worst = wi
+            .iter()
+            .zip(&ti)
+            .chain(wf.iter().zip(&tf))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "tiles differ from the whole image by {worst}");
+        let a = from_probabilities(&wi, &wf, w, h, 8);
+        let b = from_probabilities(&ti, &tf, w, h, 8);
+        assert_eq!(a.count, b.count);
+        assert_eq!(matches(&a.data, &b.data, 0.99).0, a.count as usize);
+    }
+
+    #[test]
+    fn weights_round_trip_and_bad_files_are_named() {
+        let shipped = NucleusModel::shipped().unwrap();
+        assert!(shipped.diameter > 0.0);
+        let w = Weights::from_bytes(SHIPPED, SHIPPED_NAME).unwrap();
+        let again = NucleusModel::from_bytes(&w.to_bytes().unwrap(), "again").unwrap();
+        assert_eq!(again.config(), shipped.config());
+        assert_eq!(again.diameter, shipped.diameter);
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.safetensors");
+        let e = NucleusModel::load(&missing).err().unwrap().to_string();
+        assert!(
+            e.contains("nope.safetensors") && e.contains("cannot read"),
+            "{e}"
+        );
+        let truncated = dir.path().join("cut.safetensors");
+        std::fs::write(&truncated, &SHIPPED[..SHIPPED.len() / 2]).unwrap();
+        let e = NucleusModel::load(&truncated).err().unwrap().to_string();
+        assert!(
+            e.contains("cut.safetensors") && e.contains("corrupt"),
+            "{e}"
+        );
+        // A valid safetensors file of something else.
+        let other = dir.path().join("other.safetensors");
+        let t = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("x".to_string(), t)]), &other).unwrap();
+        let e = NucleusModel::load(&other).err().unwrap().to_string();
+        assert!(
+            e.contains("other.safetensors") && e.contains("not a plateflow nucleus model"),
+            "{e}"
+        );
+    }
+}

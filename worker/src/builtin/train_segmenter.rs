@@ -1,0 +1,285 @@
+//! `train_segmenter`: trains the learned nucleus segmenter (or fine-tunes it from the
+//! shipped weights or the user's) on image sets that hold a nucleus image and its instance
+//! labels, scores it on the fifth of the sets held out by key, and writes the weights with a
+//! model card. A `segment` step with `method: learned` and this step in `after:` uses them.
+
+use super::{Context, ImageSet};
+use plateflow_contract::params::{TrainSegmenterParams, SHIPPED_INIT};
+use plateflow_learn::nuclei::{self, Annotated, Matching, SegTrainConfig, Weights, IOUS};
+use plateflow_learn::segmenter::{SHIPPED, SHIPPED_NAME};
+use plateflow_learn::unet::UNetConfig;
+use std::fmt::Write as _;
+
+/// One annotated image set, its label image checked against the image.
+fn load(p: &TrainSegmenterParams, set: &ImageSet) -> anyhow::Result<Annotated> {
+    let img_path = set.channel(&p.nuclei)?;
+    let lab_path = set.channel(&p.labels)?;
+    let img = plateflow_imaging::read_image(img_path)?;
+    let lab = plateflow_imaging::read_image(lab_path)?;
+    anyhow::ensure!(
+        (img.width, img.height) == (lab.width, lab.height),
+        "image set {}: the label image {} is {}x{} but the image {} is {}x{}; labels must be drawn on the image itself",
+        set.key,
+        lab_path.display(),
+        lab.width,
+        lab.height,
+        img_path.display(),
+        img.width,
+        img.height
+    );
+    nuclei::annotated(&set.key, &img, &lab)
+}
+
+/// The held-out sets: a fifth by key (FNV-1a of the key, so adding images never moves
+/// another); at least one when there are two or more sets, so there is always a score.
+fn split(all: Vec<Annotated>) -> (Vec<Annotated>, Vec<Annotated>) {
+    let (mut val, mut train): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|a| nuclei::is_validation(&a.id));
+    if val.is_empty() && train.len() >= 2 {
+        // The set whose key hashes nearest to the held-out fifth.
+        let i = (0..train.len())
+            .min_by_key(|&i| (nuclei::fifth(&train[i].id), train[i].id.clone()))
+            .expect("two or more sets");
+        val.push(train.remove(i));
+    }
+    (train, val)
+}
+
+pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
+    let sets = ctx.image_sets()?;
+    anyhow::ensure!(
+        !sets.is_empty(),
+        "no image sets: the step needs images of channel `{}` with labels in channel `{}`",
+        p.nuclei,
+        p.labels
+    );
+    let all = sets
+        .iter()
+        .map(|s| load(p, s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let objects: usize = all.iter().map(|a| count(&a.truth)).sum();
+    let (train, val) = split(all);
+    anyhow::ensure!(
+        !train.is_empty(),
+        "only one image set: nothing is left to train on once one is held out"
+    );
+    let init = match p.init.as_deref() {
+        None => None,
+        Some(SHIPPED_INIT) => Some(Weights::from_bytes(SHIPPED, SHIPPED_NAME)?),
+        Some(rel) => {
+            let path = ctx.work.join(rel);
+            let bytes = std::fs::read(&path).map_err(|e| {
+                anyhow::anyhow!("`init: {rel}`: cannot read {}: {e}", path.display())
+            })?;
+            Some(Weights::from_bytes(&bytes, rel)?)
+        }
+    };
+    let cfg = SegTrainConfig {
+        net: UNetConfig {
+            width: p.width as usize,
+            depth: 3,
+        },
+        steps: p.steps() as usize,
+        diameter: p.diameter,
+        seed: p.seed,
+        // Fine-tuning moves less far from weights that already work.
+        lr: if init.is_some() { 5e-4 } else { 2e-3 },
+        ..Default::default()
+    };
+    ctx.logln(format!(
+        "{} image sets ({objects} nuclei): {} to train on, {} held out ({})",
+        sets.len(),
+        train.len(),
+        val.len(),
+        val.iter()
+            .map(|a| a.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let before = match &init {
+        Some(w) if !val.is_empty() => Some(nuclei::evaluate(&w.model("init")?, &val)?),
+        _ => None,
+    };
+    let progress = ctx.progress_sink("train_segmenter");
+    let t0 = std::time::Instant::now();
+    let (weights, history) =
+        nuclei::train(&train, &val, &cfg, init.as_ref(), 0, &|m| progress.say(m))?;
+    let secs = t0.elapsed().as_secs_f64();
+    let after = if val.is_empty() {
+        None
+    } else {
+        Some(nuclei::evaluate(&weights.model("trained")?, &val)?)
+    };
+    ctx.write_output("segmenter.safetensors", &weights.to_bytes()?)?;
+    let mut hist = String::from("step,loss\n");
+    for (step, loss, _) in &history {
+        let _ = writeln!(hist, "{step},{loss}");
+    }
+    ctx.write_output("segmenter_history.csv", hist.as_bytes())?;
+    let scores = serde_json::json!({
+        "held_out_sets": val.iter().map(|a| a.id.clone()).collect::<Vec<_>>(),
+        "before": before.as_ref().map(scores_json),
+        "after": after.as_ref().map(scores_json),
+    });
+    ctx.write_output(
+        "segmenter_scores.json",
+        serde_json::to_string_pretty(&scores)?.as_bytes(),
+    )?;
+    let card = card(
+        ctx,
+        p,
+        &cfg,
+        &weights,
+        (&train, &val),
+        (before, after),
+        secs,
+    );
+    ctx.write_output("segmenter_card.md", card.as_bytes())?;
+    if let (Some(b), Some(a)) = (before, after) {
+        ctx.logln(format!(
+            "held-out F1 at IoU 0.5: {:.3} before, {:.3} after fine-tuning",
+            b[0].f1(),
+            a[0].f1()
+        ));
+    } else if let Some(a) = after {
+        ctx.logln(format!("held-out F1 at IoU 0.5: {:.3}", a[0].f1()));
+    }
+    ctx.logln(format!("trained {} steps in {secs:.0} s", cfg.steps));
+    Ok(())
+}
+
+fn count(truth: &[u32]) -> usize {
+    let mut seen: Vec<u32> = truth.iter().copied().filter(|&l| l > 0).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    seen.len()
+}
+
+fn scores_json(m: &[Matching; 3]) -> serde_json::Value {
+    serde_json::Value::Array(
+        m.iter()
+            .zip(IOUS)
+            .map(|(m, iou)| {
+                serde_json::json!({"iou": iou, "ap": m.ap(), "f1": m.f1(),
+                    "matched": m.matched, "predicted": m.predicted, "true": m.truth})
+            })
+            .collect(),
+    )
+}
+
+fn table(m: &[Matching; 3]) -> String {
+    let mut s =
+        String::from("| IoU | AP | F1 | matched / predicted / true |\n| --- | --- | --- | --- |\n");
+    for (m, iou) in m.iter().zip(IOUS) {
+        let _ = writeln!(
+            s,
+            "| {iou} | {:.3} | {:.3} | {} / {} / {} |",
+            m.ap(),
+            m.f1(),
+            m.matched,
+            m.predicted,
+            m.truth
+        );
+    }
+    s
+}
+
+/// The model card: what it was trained on, how it scores on images it never saw, how to use
+/// and retrain it.
+fn card(
+    ctx: &Context,
+    p: &TrainSegmenterParams,
+    cfg: &SegTrainConfig,
+    weights: &Weights,
+    (train, val): (&[Annotated], &[Annotated]),
+    (before, after): (Option<[Matching; 3]>, Option<[Matching; 3]>),
+    secs: f64,
+) -> String {
+    let step = &ctx.task.step;
+    let mut s = format!("# Nucleus segmenter `{step}`\n\n");
+    let _ = writeln!(
+        s,
+        "A U-Net (width {}, {} levels) predicting background / nucleus interior / boundary, \
+         turned into instances by growing interiors over boundaries. Images are scaled so \
+         nuclei are {:.0} px across before prediction; `segment` estimates each image's nucleus \
+         size (or takes `diameter:`).\n",
+        weights.config.width, weights.config.depth, weights.diameter
+    );
+    let _ = writeln!(s, "## Training\n");
+    let _ = writeln!(
+        s,
+        "- Data: {} image sets of channel `{}` with labels from channel `{}` (their licence is \
+         the data's owner's).",
+        train.len() + val.len(),
+        p.nuclei,
+        p.labels
+    );
+    let _ = writeln!(
+        s,
+        "- Start: {}.",
+        match p.init.as_deref() {
+            None => "random weights (seed {seed})".replace("{seed}", &p.seed.to_string()),
+            Some(SHIPPED_INIT) => "the weights shipped with plateflow (trained on the DSB 2018 nuclei, CC0; see learn/models/nuclei-unet.md)".to_string(),
+            Some(f) => format!("`{f}`"),
+        }
+    );
+    let _ = writeln!(
+        s,
+        "- {} steps of {} augmented {}² crops (scale, flips and rotations, gamma, contrast, \
+         blur, quantisation, noise), AdamW at {} with cosine decay, seed {}: {secs:.0} s on \
+         the CPU.",
+        cfg.steps, cfg.batch, cfg.crop, cfg.lr, cfg.seed
+    );
+    let _ = writeln!(s, "\n## Held-out scores\n");
+    if val.is_empty() {
+        let _ = writeln!(
+            s,
+            "None: with one image set nothing could be held out. Add images."
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "On {} image sets never trained on ({}), each segmented as `segment` would \
+             (nucleus size estimated from the image). AP = TP / (TP + FP + FN).\n",
+            val.len(),
+            val.iter()
+                .map(|a| a.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if let Some(b) = &before {
+            let _ = writeln!(
+                s,
+                "Before fine-tuning (the initial weights):\n\n{}",
+                table(b)
+            );
+        }
+        if let Some(a) = &after {
+            let _ = writeln!(
+                s,
+                "{}\n\n{}",
+                if before.is_some() {
+                    "After fine-tuning:"
+                } else {
+                    "Trained model:"
+                },
+                table(a)
+            );
+        }
+        if val.len() < 5 {
+            let _ = writeln!(
+                s,
+                "Few images were held out: these scores are rough. Label more images for a \
+                 firmer estimate."
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\n## Use and retraining\n\nIn a `segment` step: `method: learned` with this step in \
+         `after:` (or the saved `segmenter.safetensors` listed in `files:` and named in \
+         `weights:`). Retrain by running this step again: its weights are a function of the \
+         images, labels and parameters above."
+    );
+    s
+}
