@@ -15,6 +15,7 @@ pub enum StepKind {
     Command,
     Noop,
     Curate,
+    Illumination,
     Segment,
     Features,
     Crops,
@@ -46,6 +47,7 @@ impl StepKind {
         matches!(
             self,
             StepKind::Curate
+                | StepKind::Illumination
                 | StepKind::Segment
                 | StepKind::Features
                 | StepKind::Crops
@@ -176,6 +178,21 @@ const CURATE_PARAMS: &[ParamSpec] = &[
     p("saturation_percent", Float, false, "flag an image with more than this % of pixels at the maximum; default 1"),
     p("controls", Str, false, "plate-map column marking positive/negative controls (default: a column named like `control`)"),
     p("label", Str, false, "plate-map column with the class label, for label QC (default: `label`, `phenotype` or `class`)"),
+];
+
+const ILLUMINATION_PARAMS: &[ParamSpec] = &[
+    p(
+        "channels",
+        StringList,
+        false,
+        "channels to correct (default: all)",
+    ),
+    p(
+        "smoothing",
+        Float,
+        false,
+        "Gaussian sigma of the field in pixels (default: 1/20 of the image's shorter side)",
+    ),
 ];
 
 const SEGMENT_PARAMS: &[ParamSpec] = &[
@@ -354,12 +371,20 @@ static KINDS: &[KindInfo] = &[
         outputs: &["qc.csv", "exclusions.csv", "heatmaps/*.svg", "label_qc.csv", "zprime.csv"],
     },
     KindInfo {
+        kind: StepKind::Illumination,
+        name: "illumination",
+        version: 1,
+        summary: "illumination correction per plate and channel: the per-pixel median of the plate's images, smoothed, as a divisor; `segment` and `features` downstream divide by it",
+        params: ILLUMINATION_PARAMS,
+        outputs: &["illumination/*.tif", "illumination/*.png"],
+    },
+    KindInfo {
         kind: StepKind::Segment,
         name: "segment",
         version: 1,
         summary: "nuclei (classic Otsu + distance watershed, or the learned U-Net; size adapted to the image) and cells; 16-bit label TIFFs and an object table",
         params: SEGMENT_PARAMS,
-        outputs: &["objects.csv", "labels/*_nuclei.tif", "labels/*_cells.tif"],
+        outputs: &["objects.csv", "labels/*_nuclei.tif", "labels/*_cells.tif", "outlines/*.png", "segmentation.json"],
     },
     KindInfo {
         kind: StepKind::Features,

@@ -208,6 +208,17 @@ impl SegmentParams {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IlluminationParams {
+    /// Default: all channels.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
+    /// Default: 1/20 of the shorter side.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smoothing: Option<f64>,
+}
+
 /// `init:` value that names the nucleus model shipped inside plateflow.
 pub const SHIPPED_INIT: &str = "shipped";
 
@@ -475,6 +486,7 @@ pub enum StepParams {
     Command(CommandParams),
     Noop(NoopParams),
     Curate(CurateParams),
+    Illumination(IlluminationParams),
     Segment(SegmentParams),
     Features(FeaturesParams),
     Crops(CropsParams),
@@ -570,6 +582,7 @@ impl StepParams {
             StepParams::Command(_) => StepKind::Command,
             StepParams::Noop(_) => StepKind::Noop,
             StepParams::Curate(_) => StepKind::Curate,
+            StepParams::Illumination(_) => StepKind::Illumination,
             StepParams::Segment(_) => StepKind::Segment,
             StepParams::Features(_) => StepKind::Features,
             StepParams::Crops(_) => StepKind::Crops,
@@ -594,6 +607,7 @@ impl StepParams {
             StepKind::Command => wrap(map, StepParams::Command),
             StepKind::Noop => wrap(map, StepParams::Noop),
             StepKind::Curate => wrap(map, StepParams::Curate),
+            StepKind::Illumination => wrap(map, StepParams::Illumination),
             StepKind::Segment => wrap(map, StepParams::Segment),
             StepKind::Features => wrap(map, StepParams::Features),
             StepKind::Crops => wrap(map, StepParams::Crops),
@@ -626,6 +640,7 @@ impl StepParams {
             StepParams::Command(p) => serde_json::to_value(p),
             StepParams::Noop(p) => serde_json::to_value(p),
             StepParams::Curate(p) => serde_json::to_value(p),
+            StepParams::Illumination(p) => serde_json::to_value(p),
             StepParams::Segment(p) => serde_json::to_value(p),
             StepParams::Features(p) => serde_json::to_value(p),
             StepParams::Crops(p) => serde_json::to_value(p),
@@ -646,6 +661,7 @@ impl StepParams {
             StepKind::Command => StepParams::Command(Default::default()),
             StepKind::Noop => StepParams::Noop(Default::default()),
             StepKind::Curate => StepParams::Curate(Default::default()),
+            StepKind::Illumination => StepParams::Illumination(Default::default()),
             StepKind::Segment => StepParams::Segment(Default::default()),
             StepKind::Features => StepParams::Features(Default::default()),
             StepKind::Crops => StepParams::Crops(Default::default()),
@@ -692,6 +708,17 @@ impl StepParams {
                     100.0,
                     "a percentage of the field's pixels, such as 1",
                 );
+            }
+            StepParams::Illumination(p) => {
+                if let Some(sm) = p.smoothing {
+                    c.range_f(
+                        "smoothing",
+                        sm,
+                        0.0,
+                        10_000.0,
+                        "a sigma in pixels such as 50",
+                    );
+                }
             }
             StepParams::TrainSegmenter(p) => {
                 c.not_blank("nuclei", &p.nuclei);

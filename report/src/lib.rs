@@ -26,6 +26,7 @@ pub struct Report {
     /// One line under the title: pipeline file, date, plateflow version.
     pub subtitle: String,
     pub qc: Option<QcSummary>,
+    pub segmentation: Option<SegmentationSection>,
     pub models: Vec<ModelSection>,
     /// Caveats and remarks, shown as a list at the end.
     pub notes: Vec<String>,
@@ -40,6 +41,33 @@ pub struct QcSummary {
     pub excluded: Vec<Exclusion>,
     /// Already-made SVG, e.g. plate heat maps from `plateflow_imaging::heatmap`.
     pub heatmaps: Vec<SvgFigure>,
+}
+
+/// What segmentation found, per plate, and pictures to judge it by.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SegmentationSection {
+    pub plates: Vec<PlateSegmentation>,
+    /// Outlines over fields, QC's worst among them.
+    pub outlines: Vec<PngFigure>,
+    /// Illumination fields, per plate and channel.
+    pub illumination: Vec<PngFigure>,
+}
+
+/// One segment task's summary.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PlateSegmentation {
+    /// The task, e.g. `segment[plate=P1]`.
+    pub task: String,
+    /// `classic`, or `learned` with the model's source.
+    pub method: String,
+    pub fields: usize,
+    /// Nuclei per field: 25th percentile, median, 75th.
+    pub objects_per_field: [f64; 3],
+    /// Nucleus area in pixels: 25th percentile, median, 75th.
+    pub area: [f64; 3],
+    pub touching_border_fraction: f64,
 }
 
 /// An image set left out of the analysis, and why.

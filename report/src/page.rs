@@ -10,7 +10,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 
 use crate::charts::{self, fmt3};
-use crate::{escape, Exclusion, ModelSection, PngFigure, QcSummary, Report, SvgFigure};
+use crate::{
+    escape, Exclusion, ModelSection, PngFigure, QcSummary, Report, SegmentationSection, SvgFigure,
+};
 
 const CSS: &str = r#"
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
@@ -103,6 +105,10 @@ pub fn render(report: &Report) -> String {
     if let Some(qc) = &report.qc {
         toc.push(("qc".into(), "Quality control".into()));
         page.qc(qc);
+    }
+    if let Some(seg) = &report.segmentation {
+        toc.push(("segmentation".into(), "Segmentation".into()));
+        page.segmentation(seg);
     }
     for (i, m) in report.models.iter().enumerate() {
         let id = section_id(i, &m.name);
@@ -233,6 +239,50 @@ impl Page {
                 .push_str("<h3>Plate maps</h3>\n<div class=\"row\">\n");
             for fig in &qc.heatmaps {
                 self.heatmap(fig);
+            }
+            self.out.push_str("</div>\n");
+        }
+        self.out.push_str("</section>\n");
+    }
+
+    fn segmentation(&mut self, seg: &SegmentationSection) {
+        self.out
+            .push_str("<section id=\"segmentation\">\n<h2>Segmentation</h2>\n");
+        if !seg.plates.is_empty() {
+            self.out.push_str(
+                "<table>\n<tr><th>task</th><th>method</th><th>fields</th><th>nuclei per field (25%, median, 75%)</th><th>nucleus area, px (25%, median, 75%)</th><th>touching the border</th></tr>\n",
+            );
+            for p in &seg.plates {
+                let three =
+                    |v: &[f64; 3]| format!("{:.0} · <b>{:.0}</b> · {:.0}", v[0], v[1], v[2]);
+                let _ = writeln!(
+                    self.out,
+                    "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1}%</td></tr>",
+                    escape(&p.task),
+                    escape(&p.method),
+                    p.fields,
+                    three(&p.objects_per_field),
+                    three(&p.area),
+                    100.0 * p.touching_border_fraction
+                );
+            }
+            self.out.push_str("</table>\n");
+        }
+        if !seg.outlines.is_empty() {
+            self.out.push_str(
+                "<h3>Outlines</h3>\n<p>Nuclei in yellow, cells in magenta, over the nucleus channel; per plate the fields QC ranks worst among those segmented, and a typical one.</p>\n<div class=\"row\">\n",
+            );
+            for f in &seg.outlines {
+                self.png(f);
+            }
+            self.out.push_str("</div>\n");
+        }
+        if !seg.illumination.is_empty() {
+            self.out.push_str(
+                "<h3>Illumination correction</h3>\n<p>Each plate's field per channel (the median of its images, smoothed; dark is dimmer): images are divided by it before segmentation and measurement.</p>\n<div class=\"row\">\n",
+            );
+            for f in &seg.illumination {
+                self.png(f);
             }
             self.out.push_str("</div>\n");
         }

@@ -6,6 +6,7 @@
 //! Image sets are processed a few at a time and written as they finish, so memory holds one
 //! well's objects, not a plate's.
 
+use super::illumination::Corrections;
 use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
 use plateflow_contract::params::{FeaturesParams, WellNormalize};
@@ -105,6 +106,7 @@ fn labels_from(path: &Path) -> anyhow::Result<Labels> {
 /// image border (such objects are kept in the table but left out of well medians).
 fn measure_set(
     s: &Settings,
+    corrections: &Corrections,
     set: &ImageSet,
     nuclei_path: &Path,
     cells_path: &Path,
@@ -121,7 +123,7 @@ fn measure_set(
         .channels
         .iter()
         .map(|ch| {
-            let img = read_image(set.channel(ch)?)?;
+            let img = corrections.read(set, ch)?;
             anyhow::ensure!(
                 (img.width, img.height) == (nuclei.width, nuclei.height),
                 "{}: channel {ch} is {}x{} but its labels are {}x{}",
@@ -316,10 +318,15 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
         }
     };
     let mut objects = 0usize;
+    let corrections = Corrections::from_upstream(ctx)?;
+    if !corrections.is_empty() {
+        ctx.logln("intensities measured on images divided by the upstream illumination fields");
+    }
     let chunk = (ctx.threads * 2).max(1);
     for batch in todo.chunks(chunk) {
         let results = parallel_map(batch, ctx.threads, |(set, n, c)| {
-            measure_set(&s, set, n, c).with_context(|| format!("image set {}", set.key))
+            measure_set(&s, &corrections, set, n, c)
+                .with_context(|| format!("image set {}", set.key))
         });
         for ((set, _, _), r) in batch.iter().zip(results) {
             let rows = r?;

@@ -16,6 +16,7 @@ pub mod crops;
 pub mod curate;
 pub mod evaluate;
 pub mod features;
+pub mod illumination;
 pub mod interpretation;
 pub use plateflow_contract::platemap;
 pub mod report;
@@ -346,6 +347,7 @@ pub fn run(ctx: &mut Context) -> anyhow::Result<()> {
     let task = ctx.task;
     match &task.params {
         StepParams::Curate(p) => curate::run(ctx, p),
+        StepParams::Illumination(p) => illumination::run(ctx, p),
         StepParams::Segment(p) => segment::run(ctx, p),
         StepParams::Features(p) => features::run(ctx, p),
         StepParams::Crops(p) => crops::run(ctx, p),

@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use plateflow_contract::metrics::{Estimate, Metrics};
 use plateflow_contract::params::ReportParams;
 use plateflow_report::{
-    Coefficient, Curve, Exclusion, GroupScore, Metric, ModelSection, PngFigure, QcSummary,
-    Reliability, ReliabilityBin, Report, SvgFigure,
+    Coefficient, Curve, Exclusion, GroupScore, Metric, ModelSection, PlateSegmentation, PngFigure,
+    QcSummary, Reliability, ReliabilityBin, Report, SegmentationSection, SvgFigure,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -299,6 +299,63 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
     Ok(Some(s))
 }
 
+/// Upstream `segment` tasks' summaries and outlines, and `illumination` tasks' fields.
+fn segmentation_section(
+    tasks: &BTreeMap<String, Outputs>,
+) -> anyhow::Result<Option<SegmentationSection>> {
+    let mut seg = SegmentationSection::default();
+    for (task, outputs) in tasks {
+        if let Some(path) = outputs.get("segmentation.json") {
+            let j = json(path)?;
+            let q = |k: &str| -> [f64; 3] {
+                ["p25", "median", "p75"].map(|n| j[k][n].as_f64().unwrap_or(f64::NAN))
+            };
+            seg.plates.push(PlateSegmentation {
+                task: task.clone(),
+                method: match j["model"].as_str() {
+                    Some(m) => format!("learned ({m})"),
+                    None => j["method"].as_str().unwrap_or("classic").to_string(),
+                },
+                fields: j["fields"].as_u64().unwrap_or(0) as usize,
+                objects_per_field: q("objects_per_field"),
+                area: q("nucleus_area_px"),
+                touching_border_fraction: j["touching_border_fraction"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
+            });
+        }
+        for (name, path) in outputs {
+            if let Some(stem) = name
+                .strip_prefix("outlines/")
+                .and_then(|n| n.strip_suffix(".png"))
+            {
+                seg.outlines.push(PngFigure {
+                    title: format!("{task}: {stem}"),
+                    caption: if stem.contains("qc-worst") {
+                        "Among the fields QC ranks worst that were still segmented: check the outlines hold here.".into()
+                    } else {
+                        "A typical field.".into()
+                    },
+                    png: std::fs::read(path)?,
+                });
+            }
+            if let Some(ch) = name
+                .strip_prefix("illumination/")
+                .and_then(|n| n.strip_suffix(".png"))
+            {
+                seg.illumination.push(PngFigure {
+                    title: format!("{task}: {ch}"),
+                    caption: "Illumination field (stretched from its minimum to its maximum)."
+                        .into(),
+                    png: std::fs::read(path)?,
+                });
+            }
+        }
+    }
+    let any = !seg.plates.is_empty() || !seg.illumination.is_empty();
+    Ok(any.then_some(seg))
+}
+
 pub fn run(ctx: &mut Context, params: &ReportParams) -> anyhow::Result<()> {
     let mut tasks: BTreeMap<String, Outputs> = BTreeMap::new();
     for (task, name, rel) in ctx.upstream {
@@ -323,6 +380,7 @@ pub fn run(ctx: &mut Context, params: &ReportParams) -> anyhow::Result<()> {
             env!("CARGO_PKG_VERSION")
         ),
         qc: qc_summary(&tasks)?,
+        segmentation: segmentation_section(&tasks)?,
         ..Report::default()
     };
     for (task, outputs) in &tasks {

@@ -2,18 +2,22 @@
 //! them into a second channel (or a ring), saved as 16-bit label TIFFs (they open in Fiji
 //! and napari) with an object table.
 
+use super::illumination::Corrections;
 use super::{num, parallel_map, Context, ImageSet, Table};
 use plateflow_contract::params::{self as contract, SegmentMethod, SegmentParams};
 use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
+use plateflow_imaging::overlay::{outlines_png, summarise, Quantiles};
 use plateflow_imaging::segment::{segment_nuclei, Labels};
-use plateflow_imaging::{read_image, write::write_tiff_u16};
+use plateflow_imaging::write::write_tiff_u16;
 use plateflow_learn::segmenter::NucleusModel;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// Segmentation of one image set.
+/// Segmentation of one image set, with the (corrected) nucleus image it was made from.
 pub struct SetResult {
     pub nuclei: Labels,
     pub cells: Labels,
+    pub image: plateflow_imaging::GrayImage,
 }
 
 /// The file a `train_segmenter` step writes its model to.
@@ -41,9 +45,10 @@ pub fn learned_model(ctx: &Context, p: &SegmentParams) -> anyhow::Result<Nucleus
 pub fn segment_set(
     p: &SegmentParams,
     model: Option<&NucleusModel>,
+    corrections: &Corrections,
     set: &ImageSet,
 ) -> anyhow::Result<SetResult> {
-    let dna = read_image(set.channel(&p.nuclei)?)?;
+    let dna = corrections.read(set, &p.nuclei)?;
     let nuclei = match model {
         Some(model) => model.segment(&dna, p.diameter)?.labels,
         None => {
@@ -56,7 +61,7 @@ pub fn segment_set(
         }
     };
     let cell_img = match &p.cells {
-        Some(ch) => Some(read_image(set.channel(ch)?)?),
+        Some(ch) => Some(corrections.read(set, ch)?),
         None => None,
     };
     if let Some(c) = &cell_img {
@@ -78,7 +83,11 @@ pub fn segment_set(
         },
     };
     let cells = segment_cells(&nuclei, cell_img.as_ref(), method);
-    Ok(SetResult { nuclei, cells })
+    Ok(SetResult {
+        nuclei,
+        cells,
+        image: dna,
+    })
 }
 
 pub fn write_labels(path: &Path, labels: &Labels) -> anyhow::Result<()> {
@@ -137,11 +146,16 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         }
         SegmentMethod::Classic => None,
     };
+    let corrections = Corrections::from_upstream(ctx)?;
+    if !corrections.is_empty() {
+        ctx.logln("images divided by the upstream illumination fields");
+    }
+    let shown = fields_to_show(ctx, &todo)?;
     let save = p.save_labels;
     let out = ctx.out.clone();
     let shared: &Context = ctx;
     let results = parallel_map(&todo, shared.threads, |set| {
-        let r = segment_set(p, model.as_ref(), set)?;
+        let r = segment_set(p, model.as_ref(), &corrections, set)?;
         if save {
             write_labels(
                 &out.join(format!("labels/{}_nuclei.tif", set.key)),
@@ -149,7 +163,12 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
             )?;
             write_labels(&out.join(format!("labels/{}_cells.tif", set.key)), &r.cells)?;
         }
-        anyhow::Ok((objects(&r.nuclei), objects(&r.cells)))
+        if let Some(why) = shown.get(&set.key) {
+            let png = outlines_png(&r.image, &r.nuclei, Some(&r.cells), 512)
+                .map_err(|e| anyhow::anyhow!("outlines of {}: {e}", set.key))?;
+            super::write_atomic(&out.join(format!("outlines/{}_{why}.png", set.key)), &png)?;
+        }
+        anyhow::Ok((objects(&r.nuclei), objects(&r.cells), r.nuclei))
     });
     let meta_names = super::metadata_columns(&sets);
     let mut header = vec!["ImageSet".to_string()];
@@ -168,8 +187,10 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
     );
     let mut table = Table::new(&header);
     let mut total = 0usize;
+    let mut all_nuclei = Vec::new();
     for (set, r) in todo.iter().zip(results) {
-        let (nuc, cells) = r?;
+        let (nuc, cells, labels) = r?;
+        all_nuclei.push(labels);
         total += nuc.len();
         for (i, (n, c)) in nuc.iter().zip(&cells).enumerate() {
             let mut row = vec![set.key.clone()];
@@ -187,6 +208,21 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         }
     }
     ctx.write_output("objects.csv", &table.into_bytes())?;
+    let summary = summarise(&all_nuclei.iter().collect::<Vec<_>>());
+    let q = |q: &Quantiles| serde_json::json!({"min": q.min, "p25": q.p25, "median": q.median, "p75": q.p75, "max": q.max});
+    let json = serde_json::json!({
+        "method": match p.method { SegmentMethod::Learned => "learned", SegmentMethod::Classic => "classic" },
+        "model": model.as_ref().map(|m| m.source.clone()),
+        "fields": summary.fields,
+        "objects_per_field": q(&summary.objects_per_field),
+        "nucleus_area_px": q(&summary.area),
+        "touching_border_fraction": summary.touching_border_fraction,
+        "outlines": shown,
+    });
+    ctx.write_output(
+        "segmentation.json",
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
     ctx.logln(format!(
         "segmented {} image sets ({} excluded by curation): {total} nuclei",
         todo.len(),
@@ -198,4 +234,62 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The fields whose outlines are drawn, with why: the two that upstream QC ranks worst among
+/// those segmented (largest robust z of any measure; `qc-worst-N`), and a typical one. Without
+/// a `curate` step upstream: the first, middle and last.
+fn fields_to_show(ctx: &Context, todo: &[&ImageSet]) -> anyhow::Result<BTreeMap<String, String>> {
+    let keys: BTreeSet<&str> = todo.iter().map(|s| s.key.as_str()).collect();
+    let mut worst: BTreeMap<String, f64> = BTreeMap::new();
+    for (_, path) in ctx.upstream_files(|n| n == "qc.csv") {
+        let mut rdr = csv::Reader::from_path(&path)?;
+        let header = rdr.headers()?.clone();
+        let set_col = header.iter().position(|h| h == "ImageSet");
+        let z_cols: Vec<usize> = (0..header.len())
+            .filter(|&i| header[i].starts_with("RobustZ_"))
+            .collect();
+        for rec in rdr.records() {
+            let rec = rec?;
+            let Some(key) = set_col
+                .and_then(|c| rec.get(c))
+                .filter(|k| keys.contains(k))
+            else {
+                continue;
+            };
+            let z = z_cols
+                .iter()
+                .filter_map(|&c| rec.get(c)?.parse::<f64>().ok())
+                .map(f64::abs)
+                .fold(0.0, f64::max);
+            let e = worst.entry(key.to_string()).or_insert(0.0);
+            *e = e.max(z);
+        }
+    }
+    let mut shown = BTreeMap::new();
+    if worst.is_empty() {
+        for (i, why) in [
+            (0, "first"),
+            (todo.len() / 2, "middle"),
+            (todo.len().saturating_sub(1), "last"),
+        ] {
+            if let Some(s) = todo.get(i) {
+                shown
+                    .entry(s.key.clone())
+                    .or_insert_with(|| why.to_string());
+            }
+        }
+        return Ok(shown);
+    }
+    let mut ranked: Vec<(String, f64)> = worst.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (i, (key, _)) in ranked.iter().take(2).enumerate() {
+        shown.insert(key.clone(), format!("qc-worst-{}", i + 1));
+    }
+    if let Some((key, _)) = ranked.get(ranked.len() / 2) {
+        shown
+            .entry(key.clone())
+            .or_insert_with(|| "typical".to_string());
+    }
+    Ok(shown)
 }
