@@ -543,3 +543,191 @@ fn sbs_plate_translocation_rises_with_dose() {
     assert!(rho >= 0.9, "Spearman {rho}");
     assert!(z > 0.0, "Z' {z}");
 }
+
+/// A generated plate's images (plate P1, DNA channel) copied into `dir/seg` with their planted
+/// nucleus labels, as `seg/{channel}/{set}.tif` (channels `img` and `lab`), the DNA image
+/// passed through `transform` first. Returns the number of sets.
+fn annotated_sets(demo: &Path, dir: &Path, transform: impl Fn(u16, u16) -> u16) -> usize {
+    std::fs::create_dir_all(dir.join("seg/img")).unwrap();
+    std::fs::create_dir_all(dir.join("seg/lab")).unwrap();
+    let mut n = 0;
+    for entry in std::fs::read_dir(demo.join("ground_truth/labels")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let key = name.trim_end_matches("_nuclei.tif").to_string();
+        let parts: Vec<&str> = key.split('_').collect();
+        if parts[0] != "P1" {
+            continue;
+        }
+        let img_path = demo.join(format!("images/P1/{}_s{}_w1.tif", parts[1], parts[2]));
+        let img = plateflow_imaging::read_image(&img_path).unwrap();
+        let max = img.data.iter().copied().max().unwrap_or(0);
+        let data: Vec<u16> = img.data.iter().map(|&v| transform(v, max)).collect();
+        plateflow_imaging::write::write_tiff_u16(
+            &dir.join(format!("seg/img/{key}.tif")),
+            img.width,
+            img.height,
+            &data,
+        )
+        .unwrap();
+        std::fs::copy(&path, dir.join(format!("seg/lab/{key}.tif"))).unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// Fine-tuning the shipped model on a few labelled images of a kind it has not seen (here:
+/// nuclei dark on a bright background, as in inverted or transmitted-light images) raises
+/// its score on held-out images of that kind, and the model card says both.
+#[test]
+fn fine_tuning_on_a_few_images_raises_the_held_out_score() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = run_bounded(
+        plateflow()
+            .args([
+                "demo", "--no-run", "--plates", "3", "--wells", "4", "--sites", "2", "--dir",
+            ])
+            .arg(dir),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = annotated_sets(dir, dir, |v, max| max - v);
+    assert!(n >= 6, "{n} annotated sets");
+    std::fs::write(
+        dir.join("tune.yaml"),
+        r#"pipeline: tune
+data:
+  images: seg
+  pattern: "{channel}/{set}.tif"
+  channels: {img: DNA, lab: nuclei}
+steps:
+  tune:
+    uses: train_segmenter
+    inputs: [images]
+    with: {nuclei: DNA, labels: nuclei, init: shipped, steps: 150}
+"#,
+    )
+    .unwrap();
+    run_pipeline(&dir.join("tune.yaml"), 900);
+    let scores: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("results/tune/segmenter_scores.json")).unwrap(),
+    )
+    .unwrap();
+    let f1 = |when: &str| scores[when][0]["f1"].as_f64().unwrap();
+    println!(
+        "held out {}: F1 at IoU 0.5 {:.3} before, {:.3} after",
+        scores["held_out_sets"],
+        f1("before"),
+        f1("after")
+    );
+    assert!(
+        f1("after") > f1("before") + 0.1,
+        "fine-tuning did not help: {scores}"
+    );
+    let card = std::fs::read_to_string(dir.join("results/tune/segmenter_card.md")).unwrap();
+    assert!(
+        card.contains("Before fine-tuning") && card.contains("After fine-tuning"),
+        "{card}"
+    );
+    // The weights load as a nucleus model.
+    plateflow_learn::segmenter::NucleusModel::load(&dir.join("results/tune/segmenter.safetensors"))
+        .unwrap();
+}
+
+/// Masks made elsewhere (Cellpose, StarDist, ilastik, napari) replace segmentation: features
+/// measure exactly those objects. A mask of the wrong size is refused, naming the file.
+#[test]
+fn your_own_masks_replace_segmentation_and_a_wrong_size_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let out = run_bounded(
+        plateflow()
+            .args([
+                "demo", "--no-run", "--plates", "3", "--wells", "4", "--sites", "2", "--dir",
+            ])
+            .arg(dir),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = annotated_sets(dir, dir, |v, _| v);
+    // The GFP channel too, so cells grow as usual.
+    for entry in std::fs::read_dir(dir.join("seg/img")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let parts: Vec<&str> = name.trim_end_matches(".tif").split('_').collect();
+        std::fs::create_dir_all(dir.join("seg/gfp")).unwrap();
+        std::fs::copy(
+            dir.join(format!("images/P1/{}_s{}_w2.tif", parts[1], parts[2])),
+            dir.join(format!("seg/gfp/{name}")),
+        )
+        .unwrap();
+    }
+    let pipeline = r#"pipeline: masks
+data:
+  images: seg
+  pattern: "{channel}/{plate}_{well}_{site}.tif"
+  channels: {img: DNA, gfp: GFP, lab: masks}
+steps:
+  segment:
+    uses: segment
+    for_each: plate
+    inputs: [images]
+    with: {nuclei: DNA, cells: GFP, masks: masks}
+  features:
+    uses: features
+    for_each: plate
+    after: [segment]
+    inputs: [images]
+    with: {nuclei: DNA, channels: [DNA, GFP]}
+"#;
+    std::fs::write(dir.join("masks.yaml"), pipeline).unwrap();
+    run_pipeline(&dir.join("masks.yaml"), 300);
+    let other_plates: BTreeSet<String> = std::fs::read_dir(dir.join("ground_truth/labels"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches("_nuclei.tif")
+                .to_string()
+        })
+        .filter(|k| !k.starts_with("P1_"))
+        .collect();
+    let f1 = planted_nuclei_f1(dir, &dir.join("results/segment"), &other_plates);
+    assert!(
+        (f1 - 1.0).abs() < 1e-9,
+        "the masks were not used as given: F1 {f1}"
+    );
+    let (_, cells) = read_csv(&dir.join("results/features/plate=P1/cells.csv"));
+    assert!(
+        cells.len() > 10 * n / 2,
+        "{} cells from {n} fields",
+        cells.len()
+    );
+    // A mask that does not fit its image.
+    let bad = dir
+        .join("seg/lab")
+        .read_dir()
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    plateflow_imaging::write::write_tiff_u16(&bad, 10, 10, &[1u16; 100]).unwrap();
+    let out = run_bounded(plateflow().arg("run").arg(dir.join("masks.yaml")), 300);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let name = bad.file_name().unwrap().to_string_lossy();
+    assert!(
+        stderr.contains(name.as_ref()) && stderr.contains("10x10"),
+        "{stderr}"
+    );
+}

@@ -221,6 +221,12 @@ const SEGMENT_PARAMS: &[ParamSpec] = &[
         "files beside the pipeline that the step reads (e.g. the `weights`)",
     ),
     p(
+        "masks",
+        Str,
+        false,
+        "your own nucleus masks instead of segmenting: the channel (in `data.channels`) of instance label images, 8/16-bit TIFF or PNG as Cellpose, StarDist, ilastik or napari write them; a binary mask is split into connected objects",
+    ),
+    p(
         "cells",
         Str,
         false,

@@ -165,6 +165,10 @@ pub struct SegmentParams {
     pub weights: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<String>,
+    /// The user's own nucleus masks: a channel of instance label images used instead of
+    /// segmenting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub masks: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cells: Option<String>,
     /// Default: `propagate` with `cells`, `ring` without.
@@ -188,6 +192,7 @@ impl Default for SegmentParams {
             method: SegmentMethod::default(),
             weights: None,
             files: Vec::new(),
+            masks: None,
             cells: None,
             cell_method: None,
             ring_width: None,
@@ -758,6 +763,13 @@ impl StepParams {
             }
             StepParams::Segment(p) => {
                 c.not_blank("nuclei", &p.nuclei);
+                if p.masks.is_some() && p.method == SegmentMethod::Learned {
+                    c.0.push(ParamIssue::new(
+                        "masks",
+                        "`masks:` replaces segmentation, so `method: learned` would not be used",
+                        Some("remove `method:` or `masks:`".to_string()),
+                    ));
+                }
                 if let Some(wts) = &p.weights {
                     if p.method != SegmentMethod::Learned {
                         c.0.push(ParamIssue::new(

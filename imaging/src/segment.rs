@@ -278,15 +278,26 @@ fn threshold_objects(
 }
 /// The typical nucleus diameter in pixels, from a quick Otsu threshold of the image smoothed
 /// by 2 pixels: twice the radius of a disc of the median object area (objects of 9 pixels
-/// or more). `None` when nothing stands out. Clumps count as one object, so the median errs
-/// large where most nuclei touch.
+/// or more). Objects are the side of the threshold covering less of the field, so dark
+/// nuclei on a bright background (inverted, transmitted light) are sized too. `None` when
+/// nothing stands out. Clumps count as one object, so the median errs large where most
+/// nuclei touch.
 pub fn typical_diameter(img: &GrayImage) -> Option<f64> {
     let (w, h) = (img.width as usize, img.height as usize);
-    let (_, _, areas, typical_area) = threshold_objects(img, w, h, 2.0);
-    areas[1..]
-        .iter()
-        .any(|&a| a >= 9)
-        .then(|| 2.0 * (typical_area / std::f64::consts::PI).sqrt())
+    let smooth = gaussian(img, 2.0);
+    let t = otsu_clipped(&smooth);
+    let bright = smooth.iter().filter(|&&v| v > t).count();
+    let dark_objects = bright * 2 > smooth.len();
+    let mask: Vec<bool> = smooth.iter().map(|&v| (v > t) != dark_objects).collect();
+    let components = connected_components(&mask, w, h);
+    let mut areas = vec![0usize; components.count as usize + 1];
+    for &l in &components.data {
+        areas[l as usize] += 1;
+    }
+    let mut sizes: Vec<usize> = areas[1..].iter().copied().filter(|&a| a >= 9).collect();
+    sizes.sort_unstable();
+    let typical = *sizes.get(sizes.len() / 2)? as f64;
+    Some(2.0 * (typical / std::f64::consts::PI).sqrt())
 }
 
 /// Components smaller than CLUMP typical nuclei are not split at all.

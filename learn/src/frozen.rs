@@ -102,7 +102,7 @@ impl FrozenUNet {
     pub fn probabilities(&self, x: &[f32], w: usize, h: usize) -> (Vec<f32>, Vec<f32>) {
         let m = self.config.multiple();
         assert!(
-            w % m == 0 && h % m == 0 && x.len() == w * h,
+            w.is_multiple_of(m) && h.is_multiple_of(m) && x.len() == w * h,
             "image sides must be multiples of {m}"
         );
         let mut skips: Vec<(Vec<f32>, usize, usize)> = Vec::new();
@@ -170,6 +170,13 @@ struct Rows(*mut f32);
 unsafe impl Send for Rows {}
 unsafe impl Sync for Rows {}
 
+impl Rows {
+    /// Through a method, so closures capture the whole (Sync) wrapper, not its raw field.
+    fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Rows per band: about 64 K column-matrix values (256 KB, within the L2 cache), at least
 /// one row.
 fn band_rows(c_in: usize, w: usize) -> usize {
@@ -186,14 +193,13 @@ fn conv3x3_relu(x: &[f32], conv: &FoldedConv, w: usize, h: usize) -> Vec<f32> {
     bands.par_iter().for_each_init(
         || vec![0f32; 9 * c * rows * w],
         |cols, &y0| {
-            let out = out; // the whole wrapper, not its field (edition 2021 captures)
             let y1 = (y0 + rows).min(h);
             let n = (y1 - y0) * w;
             band_im2col(x, (c, h, w), y0, y1, &mut cols[..9 * c * n]);
             // SAFETY: band [y0, y1) of each of the `o` planes is this job's alone, and the
             // strides keep the GEMM inside it.
             unsafe {
-                let base = out.0.add(y0 * w);
+                let base = out.ptr().add(y0 * w);
                 for oi in 0..o {
                     std::slice::from_raw_parts_mut(base.add(oi * hw), n).fill(conv.b[oi]);
                 }

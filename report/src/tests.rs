@@ -17,6 +17,7 @@ fn sample() -> Report {
         .map(String::from)
         .to_vec();
     Report {
+        segmentation: None,
         title: format!("Run {HOSTILE}"),
         subtitle: "demo.yaml · 2025-01-01 · plateflow 0.1.0".into(),
         qc: Some(QcSummary {

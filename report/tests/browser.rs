@@ -96,6 +96,17 @@ fn sample() -> Report {
             .collect()
     };
     Report {
+        segmentation: Some(plateflow_report::SegmentationSection {
+            plates: vec![plateflow_report::PlateSegmentation {
+                task: "segment[plate=P1]".into(),
+                method: "learned (shipped nuclei-unet)".into(),
+                fields: 48,
+                objects_per_field: [14.0, 16.0, 18.0],
+                area: [150.0, 180.0, 200.0],
+                touching_border_fraction: 0.08,
+            }],
+            ..Default::default()
+        }),
         title: "plateflow run: demo".into(),
         subtitle: "demo.yaml · 2025-01-01 12:00 · plateflow 0.1.0".into(),
         qc: Some(QcSummary {

@@ -49,9 +49,10 @@ pub fn segment_set(
     set: &ImageSet,
 ) -> anyhow::Result<SetResult> {
     let dna = corrections.read(set, &p.nuclei)?;
-    let nuclei = match model {
-        Some(model) => model.segment(&dna, p.diameter)?.labels,
-        None => {
+    let nuclei = match (model, &p.masks) {
+        (_, Some(channel)) => user_masks(set, channel, &dna)?,
+        (Some(model), None) => model.segment(&dna, p.diameter)?.labels,
+        (None, None) => {
             let params = plateflow_imaging::segment::SegmentParams {
                 sigma: Some(p.sigma),
                 radius: p.diameter.map(|d| d / 2.0),
@@ -87,6 +88,45 @@ pub fn segment_set(
         nuclei,
         cells,
         image: dna,
+    })
+}
+
+/// The user's label image for `set`: the same size as the nucleus image; a two-valued
+/// (binary) mask is split into connected objects.
+fn user_masks(
+    set: &ImageSet,
+    channel: &str,
+    dna: &plateflow_imaging::GrayImage,
+) -> anyhow::Result<Labels> {
+    let path = set.channel(channel)?;
+    let img = plateflow_imaging::read_image(path)?;
+    anyhow::ensure!(
+        (img.width, img.height) == (dna.width, dna.height),
+        "mask {} is {}x{} but its image is {}x{}: masks must be drawn on the images themselves, unscaled",
+        path.display(),
+        img.width,
+        img.height,
+        dna.width,
+        dna.height
+    );
+    let mut values: Vec<u16> = img.data.clone();
+    values.sort_unstable();
+    values.dedup();
+    let (w, h) = (img.width as usize, img.height as usize);
+    if values.len() == 2 && values[0] == 0 {
+        // A foreground mask (0/1 or 0/255, as ilastik's simple segmentation writes).
+        let mask: Vec<bool> = img.data.iter().map(|&v| v > 0).collect();
+        return Ok(plateflow_imaging::segment::connected_components(
+            &mask, w, h,
+        ));
+    }
+    let data: Vec<u32> = img.data.iter().map(|&v| u32::from(v)).collect();
+    let count = data.iter().copied().max().unwrap_or(0);
+    Ok(Labels {
+        width: img.width,
+        height: img.height,
+        data,
+        count,
     })
 }
 
@@ -134,6 +174,13 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         .filter(|s| !excluded.contains_key(&s.key))
         .collect();
     let model = match p.method {
+        _ if p.masks.is_some() => {
+            ctx.logln(format!(
+                "nuclei from your masks (channel {}), not segmented",
+                p.masks.as_deref().unwrap_or("")
+            ));
+            None
+        }
         SegmentMethod::Learned => {
             let m = learned_model(ctx, p)?;
             ctx.logln(format!(
@@ -211,7 +258,11 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
     let summary = summarise(&all_nuclei.iter().collect::<Vec<_>>());
     let q = |q: &Quantiles| serde_json::json!({"min": q.min, "p25": q.p25, "median": q.median, "p75": q.p75, "max": q.max});
     let json = serde_json::json!({
-        "method": match p.method { SegmentMethod::Learned => "learned", SegmentMethod::Classic => "classic" },
+        "method": match (p.method, &p.masks) {
+            (_, Some(_)) => "masks",
+            (SegmentMethod::Learned, None) => "learned",
+            (SegmentMethod::Classic, None) => "classic",
+        },
         "model": model.as_ref().map(|m| m.source.clone()),
         "fields": summary.fields,
         "objects_per_field": q(&summary.objects_per_field),
