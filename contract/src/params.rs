@@ -224,6 +224,12 @@ pub struct IlluminationParams {
     pub smoothing: Option<f64>,
 }
 
+/// SHA-256 of the nucleus model weights shipped inside plateflow
+/// (`learn/models/nuclei-unet.safetensors`; a test in `plateflow-learn` checks it). Tasks that
+/// use them carry it in their parameters, so new weights re-run exactly those tasks.
+pub const SHIPPED_SEGMENTER_SHA256: &str =
+    "b6208e003c11e69fd6c5799ac0ee20e0e43cdbed59df7a659b252de43e0c9b17";
+
 /// `init:` value that names the nucleus model shipped inside plateflow.
 pub const SHIPPED_INIT: &str = "shipped";
 
@@ -683,6 +689,18 @@ impl StepParams {
         m
     }
 
+    /// Whether the task reads the nucleus model shipped inside plateflow (an upstream
+    /// `train_segmenter` model, when there is one, changes the key through its digest).
+    pub fn uses_shipped_segmenter(&self) -> bool {
+        match self {
+            StepParams::Segment(p) => {
+                p.method == SegmentMethod::Learned && p.weights.is_none() && p.masks.is_none()
+            }
+            StepParams::TrainSegmenter(p) => p.init.as_deref() == Some(SHIPPED_INIT),
+            _ => false,
+        }
+    }
+
     /// Ranges and combinations the types alone cannot say.
     pub fn check(&self) -> Vec<ParamIssue> {
         let mut c = Checks(Vec::new());
@@ -1010,6 +1028,12 @@ impl TaskParams {
         if kind.describes_model() {
             m.insert("_step".into(), Value::String(self.step.clone()));
         }
+        if self.params.uses_shipped_segmenter() {
+            m.insert(
+                "_shipped_model".into(),
+                Value::String(SHIPPED_SEGMENTER_SHA256.into()),
+            );
+        }
         serde_json::to_string(&m).expect("parameters serialise")
     }
 
@@ -1025,6 +1049,7 @@ impl TaskParams {
             None => BTreeMap::new(),
         };
         m.remove("_step");
+        m.remove("_shipped_model");
         let params = StepParams::decode(kind, m).map_err(|issues| {
             issues
                 .iter()

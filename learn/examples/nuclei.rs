@@ -39,6 +39,22 @@ fn main() -> anyhow::Result<()> {
     );
     match args.first().map(String::as_str) {
         Some("sizes") => {
+            let mut quiet = Vec::new();
+            for e in std::fs::read_dir(dsb.join("images"))? {
+                let path = e?.path();
+                let img = plateflow_imaging::read_image(&path)?;
+                if !plateflow_learn::segmenter::anything_stands_out(&img) {
+                    quiet.push(
+                        path.file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
+                }
+            }
+            println!(
+                "DSB images judged empty (nothing 6 noise sigmas above the median): {quiet:?}"
+            );
             for (name, set) in [
                 ("training", &train),
                 ("tuning", &tuning),

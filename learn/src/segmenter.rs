@@ -98,6 +98,19 @@ impl NucleusModel {
     /// Instances of one image (8- or 16-bit). `diameter`: the nucleus diameter in pixels if
     /// known; otherwise it is estimated from the image (see [`Self::segment_normalised`]).
     pub fn segment(&self, img: &GrayImage, diameter: Option<f64>) -> anyhow::Result<Segmentation> {
+        if !anything_stands_out(img) {
+            // Percentile normalisation would stretch pure noise into "nuclei".
+            return Ok(Segmentation {
+                labels: Labels {
+                    width: img.width,
+                    height: img.height,
+                    data: vec![0; img.data.len()],
+                    count: 0,
+                },
+                diameter: diameter.unwrap_or(self.diameter),
+                scale: 1.0,
+            });
+        }
         let pixels = crate::nuclei::normalise(img);
         let d = diameter.or_else(|| typical_diameter(img));
         self.segment_normalised(&pixels, img.width as usize, img.height as usize, d)
@@ -202,6 +215,28 @@ impl NucleusModel {
         }
         Ok((interior, fg))
     }
+}
+
+/// Whether the brightest pixels (99.8th percentile) stand above the median by more than six
+/// times the noise, which is measured from differences of horizontal neighbours (robust to
+/// objects: most neighbours lie in the same region). An empty field of camera noise fails.
+pub fn anything_stands_out(img: &GrayImage) -> bool {
+    let w = img.width as usize;
+    if img.data.len() < 4 || w < 2 {
+        return false;
+    }
+    let mut diffs: Vec<u16> = img
+        .data
+        .chunks(w)
+        .flat_map(|row| row.windows(2).map(|p| p[0].abs_diff(p[1])))
+        .collect();
+    let mid = diffs.len() / 2;
+    let noise = f64::from(*diffs.select_nth_unstable(mid).1) / (0.6745 * std::f64::consts::SQRT_2);
+    let mut v = img.data.clone();
+    let n = v.len();
+    let median = f64::from(*v.select_nth_unstable(n / 2).1);
+    let bright = f64::from(*v.select_nth_unstable(((n - 1) as f64 * 0.998) as usize).1);
+    bright - median > 6.0 * noise.max(0.5)
 }
 
 /// The most an image is enlarged to bring small nuclei to the training diameter.
@@ -339,6 +374,18 @@ mod tests {
         assert_eq!(matches(&a.data, &b.data, 0.99).0, a.count as usize);
     }
 
+    /// Tasks are keyed by this digest: new weights without a new digest would leave stale
+    /// segmentations cached.
+    #[test]
+    fn the_contract_knows_the_shipped_weights_digest() {
+        use sha2::Digest as _;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(SHIPPED)),
+            plateflow_contract::params::SHIPPED_SEGMENTER_SHA256,
+            "update SHIPPED_SEGMENTER_SHA256 in contract/src/params.rs to the new weights' digest"
+        );
+    }
+
     #[test]
     fn weights_round_trip_and_bad_files_are_named() {
         let shipped = NucleusModel::shipped().unwrap();
@@ -371,5 +418,40 @@ mod tests {
             e.contains("other.safetensors") && e.contains("not a plateflow nucleus model"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod noise_tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    #[test]
+    fn noise_alone_does_not_stand_out_but_dim_nuclei_do() {
+        let (w, h) = (200usize, 150usize);
+        let mut rng = Rng::new(4);
+        let noise: Vec<u16> = (0..w * h)
+            .map(|_| (1000.0 + 30.0 * rng.normal()).round() as u16)
+            .collect();
+        let img = |data: Vec<u16>| GrayImage {
+            width: w as u32,
+            height: h as u32,
+            bit_depth: 16,
+            data,
+        };
+        assert!(!anything_stands_out(&img(noise.clone())));
+        // Ten nuclei of radius 6 at 8 noise sigmas.
+        let mut with = noise;
+        for k in 0..10 {
+            let (cx, cy) = (20 + 17 * k, 40 + 7 * k);
+            for y in 0..h {
+                for x in 0..w {
+                    if (x as i64 - cx as i64).pow(2) + (y as i64 - cy as i64).pow(2) < 36 {
+                        with[y * w + x] += 240;
+                    }
+                }
+            }
+        }
+        assert!(anything_stands_out(&img(with)));
     }
 }
