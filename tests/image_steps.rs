@@ -509,12 +509,11 @@ fn sbs_data() -> Option<PathBuf> {
     }
 }
 
-#[test]
-fn sbs_plate_translocation_rises_with_dose() {
-    let Some(data) = sbs_data() else { return };
+/// The SBS plate through `pipeline_text` (its data path set to the shared data): Spearman of
+/// the per-well ratio with dose, and the ratio's Z'.
+fn sbs_scores(data: &Path, pipeline_text: &str) -> (f64, f64) {
     let tmp = tempfile::tempdir().unwrap();
-    let text = include_str!("../pipelines/sbs-translocation.yaml")
-        .replace("../../shared/data/sbs-plate", &data.display().to_string());
+    let text = pipeline_text.replace("../../shared/data/sbs-plate", &data.display().to_string());
     let pipeline = tmp.path().join("sbs.yaml");
     std::fs::write(&pipeline, text).unwrap();
     run_pipeline(&pipeline, 900);
@@ -539,7 +538,33 @@ fn sbs_plate_translocation_rises_with_dose() {
         .find(|r| r[col(&zh, "feature")] == "Cells_Translocation_NucCytoRatio_GFP")
         .map(|r| r[col(&zh, "z_prime")].parse().unwrap())
         .expect("Z' of the ratio");
+    (rho, z)
+}
+
+#[test]
+fn sbs_plate_translocation_rises_with_dose() {
+    let Some(data) = sbs_data() else { return };
+    let (rho, z) = sbs_scores(&data, include_str!("../pipelines/sbs-translocation.yaml"));
     println!("SBS plate: Spearman(ratio, dose) = {rho:.3}, Z' = {z:.3}");
+    assert!(rho >= 0.9, "Spearman {rho}");
+    assert!(z > 0.0, "Z' {z}");
+}
+
+/// The same plate with `segment`'s defaults only (nothing chosen on this plate: the learned
+/// nuclei, a ring of the typical nucleus radius).
+#[test]
+fn sbs_plate_with_segmentation_defaults() {
+    let Some(data) = sbs_data() else { return };
+    let text = include_str!("../pipelines/sbs-translocation.yaml").replace(
+        "      cells: GFP\n      cell_method: ring\n      ring_width: 8\n",
+        "",
+    );
+    assert!(
+        !text.contains("ring_width"),
+        "the pipeline's segment step changed"
+    );
+    let (rho, z) = sbs_scores(&data, &text);
+    println!("SBS plate, segmentation defaults: Spearman(ratio, dose) = {rho:.3}, Z' = {z:.3}");
     assert!(rho >= 0.9, "Spearman {rho}");
     assert!(z > 0.0, "Z' {z}");
 }

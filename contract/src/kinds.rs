@@ -206,7 +206,7 @@ const SEGMENT_PARAMS: &[ParamSpec] = &[
         "method",
         Str,
         false,
-        "`classic` (default: Otsu + distance watershed) or `learned` (the nucleus U-Net shipped with plateflow, or `weights:`)",
+        "`learned` (default: the nucleus U-Net shipped with plateflow, an upstream `train_segmenter` step's, or `weights:`) or `classic` (Otsu + distance watershed)",
     ),
     p(
         "weights",

@@ -84,6 +84,64 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Some("classic") => {
+            // plateflow's classic segmenter with its defaults, on the same held-out images.
+            for (set, images) in [("tuning", &tuning), ("validation", &val)] {
+                let t = std::time::Instant::now();
+                let mut m = [plateflow_learn::nuclei::Matching::default(); 3];
+                let mut px = 0usize;
+                for a in images {
+                    let img = plateflow_imaging::read_image(
+                        &dsb.join("images").join(format!("{}.png", a.id)),
+                    )?;
+                    px += a.width * a.height;
+                    let got = plateflow_imaging::segment::segment_nuclei(&img, &Default::default());
+                    for (mm, iou) in m.iter_mut().zip(IOUS) {
+                        mm.add(plateflow_imaging::instances::matches(
+                            &got.data, &a.truth, iou,
+                        ));
+                    }
+                }
+                for (mm, iou) in m.iter().zip(IOUS) {
+                    println!(
+                        "classic on {set}: IoU {iou}: AP {:.3}, F1 {:.3}",
+                        mm.ap(),
+                        mm.f1()
+                    );
+                }
+                println!(
+                    "classic on {set}: {:.2} MP/s",
+                    px as f64 / 1e6 / t.elapsed().as_secs_f64()
+                );
+            }
+        }
+        Some("profile") => {
+            // Where inference time goes, on the validation images.
+            let model = NucleusModel::shipped()?;
+            let (mut est, mut prob, mut inst) = (0f64, 0f64, 0f64);
+            let mut px = 0usize;
+            for a in &val {
+                let t = std::time::Instant::now();
+                let d = nuclei::estimate_diameter(&a.pixels, a.width, a.height);
+                est += t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                let scale = (model.diameter / d.unwrap_or(model.diameter)).clamp(1.0 / 16.0, 2.0);
+                let (sw, sh) = (
+                    ((a.width as f64 * scale).round() as usize).max(1),
+                    ((a.height as f64 * scale).round() as usize).max(1),
+                );
+                let small =
+                    plateflow_imaging::resample::resize(&a.pixels, a.width, a.height, sw, sh);
+                let (i, f) = model.probabilities(&small, sw, sh)?;
+                prob += t.elapsed().as_secs_f64();
+                px += sw * sh;
+                let t = std::time::Instant::now();
+                let _ = plateflow_imaging::instances::from_probabilities(&i, &f, sw, sh, 8);
+                inst += t.elapsed().as_secs_f64();
+            }
+            let total: usize = val.iter().map(|a| a.width * a.height).sum();
+            println!("size estimate {est:.2} s, resize + network {prob:.2} s ({:.2} model MP/s), instances {inst:.2} s; {:.2} MP of images, {:.2} MP at model scale", px as f64 / 1e6 / prob, total as f64 / 1e6, px as f64 / 1e6);
+        }
         Some("train") => {
             let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
             let out = PathBuf::from(
