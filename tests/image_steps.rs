@@ -601,19 +601,15 @@ fn annotated_sets(demo: &Path, dir: &Path, transform: impl Fn(u16, u16) -> u16) 
     n
 }
 
-/// Fine-tuning the shipped model on a few labelled images of a kind it has not seen (here:
-/// nuclei dark on a bright background, as in inverted or transmitted-light images) raises
-/// its score on held-out images of that kind, and the model card says both.
-#[test]
-fn fine_tuning_on_a_few_images_raises_the_held_out_score() {
+/// A generated data set of 3 plates × 4 wells × 2 sites (not run).
+fn small_demo() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
     let out = run_bounded(
         plateflow()
             .args([
                 "demo", "--no-run", "--plates", "3", "--wells", "4", "--sites", "2", "--dir",
             ])
-            .arg(dir),
+            .arg(tmp.path()),
         120,
     );
     assert!(
@@ -621,6 +617,16 @@ fn fine_tuning_on_a_few_images_raises_the_held_out_score() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    tmp
+}
+
+/// Fine-tuning the shipped model on a few labelled images of a kind it has not seen (here:
+/// nuclei dark on a bright background, as in inverted or transmitted-light images) raises
+/// its score on held-out images of that kind, and the model card says both.
+#[test]
+fn fine_tuning_on_a_few_images_raises_the_held_out_score() {
+    let tmp = small_demo();
+    let dir = tmp.path();
     let n = annotated_sets(dir, dir, |v, max| max - v);
     assert!(n >= 6, "{n} annotated sets");
     std::fs::write(
@@ -668,21 +674,8 @@ steps:
 /// measure exactly those objects. A mask of the wrong size is refused, naming the file.
 #[test]
 fn your_own_masks_replace_segmentation_and_a_wrong_size_is_named() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = small_demo();
     let dir = tmp.path();
-    let out = run_bounded(
-        plateflow()
-            .args([
-                "demo", "--no-run", "--plates", "3", "--wells", "4", "--sites", "2", "--dir",
-            ])
-            .arg(dir),
-        120,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let n = annotated_sets(dir, dir, |v, _| v);
     // The GFP channel too, so cells grow as usual.
     for entry in std::fs::read_dir(dir.join("seg/img")).unwrap() {

@@ -782,13 +782,6 @@ impl StepParams {
             }
             StepParams::Segment(p) => {
                 c.not_blank("nuclei", &p.nuclei);
-                if p.masks.is_some() && p.method == SegmentMethod::Learned {
-                    c.0.push(ParamIssue::new(
-                        "masks",
-                        "`masks:` replaces segmentation, so `method: learned` would not be used",
-                        Some("remove `method:` or `masks:`".to_string()),
-                    ));
-                }
                 if let Some(wts) = &p.weights {
                     if p.method != SegmentMethod::Learned {
                         c.0.push(ParamIssue::new(

@@ -40,6 +40,20 @@ pub struct Labels {
     pub count: u32,
 }
 
+impl Labels {
+    /// A label image as read from a file (16-bit TIFF or PNG: 0 background, 1..n objects).
+    pub fn from_image(img: &GrayImage) -> Labels {
+        let data: Vec<u32> = img.data.iter().map(|&v| u32::from(v)).collect();
+        let count = data.iter().copied().max().unwrap_or(0);
+        Labels {
+            width: img.width,
+            height: img.height,
+            data,
+            count,
+        }
+    }
+}
+
 pub fn gaussian(img: &GrayImage, sigma: f64) -> Vec<f32> {
     let (w, h) = (img.width as usize, img.height as usize);
     let src: Vec<f32> = img.data.iter().map(|&v| v as f32).collect();
@@ -266,16 +280,24 @@ fn threshold_objects(
     let smooth = gaussian(img, sigma);
     let t = otsu_clipped(&smooth);
     let mask: Vec<bool> = smooth.iter().map(|&v| v > t).collect();
-    let components = connected_components(&mask, w, h);
+    let (components, areas, median) = objects_of(&mask, w, h);
+    (mask, components, areas, median.unwrap_or(50) as f64)
+}
+
+/// The mask's connected objects, each one's area (index = label) and the median area of
+/// those of 9 pixels or more.
+fn objects_of(mask: &[bool], w: usize, h: usize) -> (Labels, Vec<usize>, Option<usize>) {
+    let components = connected_components(mask, w, h);
     let mut areas = vec![0usize; components.count as usize + 1];
     for &l in &components.data {
         areas[l as usize] += 1;
     }
     let mut sizes: Vec<usize> = areas[1..].iter().copied().filter(|&a| a >= 9).collect();
     sizes.sort_unstable();
-    let typical_area = sizes.get(sizes.len() / 2).copied().unwrap_or(50) as f64;
-    (mask, components, areas, typical_area)
+    let median = sizes.get(sizes.len() / 2).copied();
+    (components, areas, median)
 }
+
 /// The typical nucleus diameter in pixels, from a quick Otsu threshold of the image smoothed
 /// by 2 pixels: twice the radius of a disc of the median object area (objects of 9 pixels
 /// or more). Objects are the side of the threshold covering less of the field, so dark
@@ -289,14 +311,7 @@ pub fn typical_diameter(img: &GrayImage) -> Option<f64> {
     let bright = smooth.iter().filter(|&&v| v > t).count();
     let dark_objects = bright * 2 > smooth.len();
     let mask: Vec<bool> = smooth.iter().map(|&v| (v > t) != dark_objects).collect();
-    let components = connected_components(&mask, w, h);
-    let mut areas = vec![0usize; components.count as usize + 1];
-    for &l in &components.data {
-        areas[l as usize] += 1;
-    }
-    let mut sizes: Vec<usize> = areas[1..].iter().copied().filter(|&a| a >= 9).collect();
-    sizes.sort_unstable();
-    let typical = *sizes.get(sizes.len() / 2)? as f64;
+    let typical = objects_of(&mask, w, h).2? as f64;
     Some(2.0 * (typical / std::f64::consts::PI).sqrt())
 }
 

@@ -422,6 +422,56 @@ mod tests {
 }
 
 #[cfg(test)]
+mod real_images {
+    use super::*;
+    use plateflow_imaging::instances::{matches, Matching};
+
+    /// The shipped weights on real fluorescence images no training saw: 8 Coelho U2OS fields
+    /// and 8 DSB validation images, each through `segment` as a user's image would go (raw
+    /// file, size estimated). Skips, saying why, where the shared data is absent.
+    #[test]
+    fn shipped_weights_segment_real_images() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+        let model = NucleusModel::shipped().unwrap();
+        for (set, min_f1) in [("coelho-u2os", 0.7), ("dsb2018-nuclei", 0.7)] {
+            let dir = root.join(set);
+            if !dir.join("images").exists() {
+                println!("skipped {set}: {} is absent", dir.display());
+                continue;
+            }
+            let mut ids: Vec<String> = std::fs::read_dir(dir.join("images"))
+                .unwrap()
+                .filter_map(|e| {
+                    e.ok()?
+                        .file_name()
+                        .to_str()?
+                        .strip_suffix(".png")
+                        .map(String::from)
+                })
+                .filter(|id| set != "dsb2018-nuclei" || crate::nuclei::is_validation(id))
+                .collect();
+            ids.sort();
+            let mut m = Matching::default();
+            for id in ids.iter().take(8) {
+                let img =
+                    plateflow_imaging::read_image(&dir.join(format!("images/{id}.png"))).unwrap();
+                let truth =
+                    plateflow_imaging::read_image(&dir.join(format!("labels/{id}.png"))).unwrap();
+                let got = model.segment(&img, None).unwrap().labels;
+                let truth: Vec<u32> = truth.data.iter().map(|&v| u32::from(v)).collect();
+                m.add(matches(&got.data, &truth, 0.5));
+            }
+            println!(
+                "{set}: F1 {:.3} at IoU 0.5 on {} images",
+                m.f1(),
+                ids.len().min(8)
+            );
+            assert!(m.f1() >= min_f1, "{set}: F1 {:.3}", m.f1());
+        }
+    }
+}
+
+#[cfg(test)]
 mod noise_tests {
     use super::*;
     use crate::rng::Rng;

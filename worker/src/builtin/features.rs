@@ -91,15 +91,7 @@ fn feature_columns(s: &Settings) -> Vec<String> {
 }
 
 fn labels_from(path: &Path) -> anyhow::Result<Labels> {
-    let img = read_image(path)?;
-    let data: Vec<u32> = img.data.iter().map(|&v| v as u32).collect();
-    let count = data.iter().copied().max().unwrap_or(0);
-    Ok(Labels {
-        width: img.width,
-        height: img.height,
-        data,
-        count,
-    })
+    Ok(Labels::from_image(&read_image(path)?))
 }
 
 /// One row per nucleus (cells and cytoplasm share its number); and whether it touches the

@@ -120,14 +120,7 @@ fn user_masks(
             &mask, w, h,
         ));
     }
-    let data: Vec<u32> = img.data.iter().map(|&v| u32::from(v)).collect();
-    let count = data.iter().copied().max().unwrap_or(0);
-    Ok(Labels {
-        width: img.width,
-        height: img.height,
-        data,
-        count,
-    })
+    Ok(Labels::from_image(&img))
 }
 
 pub fn write_labels(path: &Path, labels: &Labels) -> anyhow::Result<()> {
