@@ -72,18 +72,30 @@ fn im2col<T: WithDType, const K: usize>(
     (c, h, w): (usize, usize, usize),
     out: &mut [T],
 ) {
+    im2col_rows::<T, K>(img, (c, h, w), 0..h, out)
+}
+
+/// [`im2col`] for output rows `rows` only: `out` is [C·K·K, rows.len()·W]. Inference splits a
+/// layer into bands of rows this way (frozen.rs), so each band's matrix stays in the cache.
+pub(crate) fn im2col_rows<T: WithDType, const K: usize>(
+    img: &[T],
+    (c, h, w): (usize, usize, usize),
+    rows: std::ops::Range<usize>,
+    out: &mut [T],
+) {
     // Every entry is written (zeros where a tap falls outside), so `out` needs no clearing:
     // the column matrix is the largest buffer of the layer.
     let pad = K / 2;
     let hw = h * w;
+    let n = rows.len() * w;
     for ci in 0..c {
         let plane = &img[ci * hw..(ci + 1) * hw];
         for ky in 0..K {
             for kx in 0..K {
-                let row = &mut out[((ci * K + ky) * K + kx) * hw..][..hw];
+                let row = &mut out[((ci * K + ky) * K + kx) * n..][..n];
                 let (lead, src, len) = shifted_span(kx as isize - pad as isize, w);
-                for y in 0..h {
-                    let dst = &mut row[y * w..(y + 1) * w];
+                for (r, y) in rows.clone().enumerate() {
+                    let dst = &mut row[r * w..(r + 1) * w];
                     match (y + ky).checked_sub(pad).filter(|&sy| sy < h) {
                         Some(sy) => {
                             dst[..lead].fill(T::zero());

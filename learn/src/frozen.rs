@@ -8,6 +8,7 @@
 //! the cache, and the only allocations are one buffer per layer. The result equals
 //! `UNet::forward(x, false)` + softmax (tested below, to float rounding).
 
+use crate::conv::im2col_rows;
 use crate::unet::{UNetConfig, CLASSES};
 use rayon::prelude::*;
 
@@ -195,7 +196,7 @@ fn conv3x3_relu(x: &[f32], conv: &FoldedConv, w: usize, h: usize) -> Vec<f32> {
         |cols, &y0| {
             let y1 = (y0 + rows).min(h);
             let n = (y1 - y0) * w;
-            band_im2col(x, (c, h, w), y0, y1, &mut cols[..9 * c * n]);
+            im2col_rows::<f32, 3>(x, (c, h, w), y0..y1, &mut cols[..9 * c * n]);
             // SAFETY: band [y0, y1) of each of the `o` planes is this job's alone, and the
             // strides keep the GEMM inside it.
             unsafe {
@@ -233,45 +234,6 @@ fn conv3x3_relu(x: &[f32], conv: &FoldedConv, w: usize, h: usize) -> Vec<f32> {
         },
     );
     y
-}
-
-/// Rows `y0..y1` of the column matrix of `img` [C, H, W] for a 3×3 kernel: `out` is
-/// [C·9, (y1 − y0)·W], row (c, ky, kx) holding plane c shifted by (ky − 1, kx − 1).
-fn band_im2col(
-    img: &[f32],
-    (c, h, w): (usize, usize, usize),
-    y0: usize,
-    y1: usize,
-    out: &mut [f32],
-) {
-    let n = (y1 - y0) * w;
-    for ci in 0..c {
-        let plane = &img[ci * h * w..(ci + 1) * h * w];
-        for ky in 0..3 {
-            for kx in 0..3 {
-                let row = &mut out[((ci * 3 + ky) * 3 + kx) * n..][..n];
-                for (r, y) in (y0..y1).enumerate() {
-                    let dst = &mut row[r * w..(r + 1) * w];
-                    let Some(sy) = (y + ky).checked_sub(1).filter(|&sy| sy < h) else {
-                        dst.fill(0.0);
-                        continue;
-                    };
-                    let src = &plane[sy * w..(sy + 1) * w];
-                    match kx {
-                        0 => {
-                            dst[0] = 0.0;
-                            dst[1..].copy_from_slice(&src[..w - 1]);
-                        }
-                        1 => dst.copy_from_slice(src),
-                        _ => {
-                            dst[..w - 1].copy_from_slice(&src[1..]);
-                            dst[w - 1] = 0.0;
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// 2×2 max-pool of [C, H, W] (even sides).

@@ -4,7 +4,7 @@
 //! Validation is always on whole images no training crop came from.
 
 use crate::rng::Rng;
-use crate::segmenter::{tensors_of, NucleusModel, DIAMETER_TENSOR};
+use crate::segmenter::{describe, tensors_of, NucleusModel, DIAMETER_TENSOR};
 use crate::unet::{pixel_loss, UNet, UNetConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
@@ -374,12 +374,14 @@ impl Weights {
 
     /// A weights file's tensors (as [`Self::to_bytes`] writes them).
     pub fn from_bytes(bytes: &[u8], source: &str) -> anyhow::Result<Self> {
-        let model = NucleusModel::from_bytes(bytes, source)?; // checks shapes, names errors
         let mut tensors = tensors_of(bytes, source)?;
+        let (config, diameter) = describe(&tensors).map_err(|e| {
+            anyhow::anyhow!("{source} is not a plateflow nucleus model ({e}); retrain it with a `train_segmenter` step")
+        })?;
         tensors.remove(DIAMETER_TENSOR);
         Ok(Weights {
-            config: model.config(),
-            diameter: model.diameter,
+            config,
+            diameter,
             tensors,
         })
     }

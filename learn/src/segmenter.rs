@@ -58,19 +58,9 @@ impl NucleusModel {
 
     /// Weights in safetensors bytes, named `source` in errors.
     pub fn from_bytes(bytes: &[u8], source: &str) -> anyhow::Result<Self> {
-        let tensors = tensors_of(bytes, source)?;
-        let (config, diameter) = describe(&tensors).map_err(|e| {
-            anyhow::anyhow!("{source} is not a plateflow nucleus model ({e}); retrain it with a `train_segmenter` step")
-        })?;
-        Self::new(config, diameter, source, &|name| {
-            let t = tensors
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("{source}: tensor {name} is missing"))?;
-            Ok(t.to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1()?)
-        })
-        .map_err(|e| anyhow::anyhow!("{source}: {e}"))
+        crate::nuclei::Weights::from_bytes(bytes, source)?
+            .model(source)
+            .map_err(|e| anyhow::anyhow!("{source}: {e}"))
     }
 
     /// From named tensors (a training run's VarMap, or a file's).
@@ -261,7 +251,7 @@ pub fn tensors_of(bytes: &[u8], source: &str) -> anyhow::Result<HashMap<String, 
 }
 
 /// Architecture and training diameter from a weights file's tensors.
-fn describe(tensors: &HashMap<String, Tensor>) -> anyhow::Result<(UNetConfig, f64)> {
+pub(crate) fn describe(tensors: &HashMap<String, Tensor>) -> anyhow::Result<(UNetConfig, f64)> {
     let first = tensors
         .get("down0.c0.conv.weight")
         .ok_or_else(|| anyhow::anyhow!("no tensor down0.c0.conv.weight"))?;
