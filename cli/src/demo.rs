@@ -4,8 +4,10 @@
 //! a nucleus and a cytoplasm; two phenotypes differ subtly: `translocated` cells carry the
 //! reporter in the nucleus (not the cytoplasm) and have slightly larger, more elongated and
 //! more textured nuclei. Each plate has its own batch effects (intensity scale, background,
-//! illumination gradient). Planted defects: a blurred field, a saturated field, an empty
-//! field, and one mislabelled well. `ground_truth/` holds the defects, every cell, and the
+//! illumination gradient). The drug's fourth row is a dose series (0.01–3 µM, EC50 0.3 µM,
+//! Hill 1.5) whose wells hold a mixture of cells and no label; other drug wells get 30 µM,
+//! vehicle wells 0. Planted defects: a blurred field, a saturated field, an empty field, and
+//! one mislabelled well. `ground_truth/` holds the defects, every cell, and the
 //! nucleus label images, so tests can check that curation and segmentation find what was
 //! planted. Generation is deterministic: the same plate always gives the same bytes.
 
@@ -82,12 +84,48 @@ fn well_name(i: usize) -> String {
     format!("{}{:02}", (b'A' + (i / COLS) as u8) as char, i % COLS + 1)
 }
 
-/// The phenotype the plate map gives a well: columns 1-3 untreated, 4-6 treated.
-fn mapped_phenotype(well: usize) -> &'static str {
-    if well % COLS < 3 {
+/// The phenotype the plate map gives a well: columns 1-3 untreated, 4-6 treated; the
+/// dose-series row is unlabelled (its cells are a mixture: that is what the readout measures).
+fn mapped_phenotype(l: &Layout, well: usize) -> &'static str {
+    if dose_series(l, well).is_some() {
+        ""
+    } else if well % COLS < 3 {
         "normal"
     } else {
         "translocated"
+    }
+}
+
+/// The drug's planted potency: the share of translocated cells at dose x (µM) is
+/// x^h / (EC50^h + x^h).
+pub const DEMO_EC50: f64 = 0.3;
+pub const DEMO_HILL: f64 = 1.5;
+/// Doses of the dose-series row, left to right (µM).
+const SERIES_DOSES: [f64; COLS] = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0];
+/// The labelled drug wells' dose: far above the EC50, so nearly every cell responds.
+const FULL_DOSE: f64 = 30.0;
+
+/// With 24 wells or more, the fourth row (D01–D06) is a dose series of the drug; its dose.
+fn dose_series(l: &Layout, well: usize) -> Option<f64> {
+    (l.wells >= 4 * COLS && well / COLS == 3 && well < 4 * COLS).then(|| SERIES_DOSES[well % COLS])
+}
+
+/// A well's dose (µM): 0 for vehicle (DMSO), the series' dose, or the full dose.
+fn dose_of(l: &Layout, well: usize) -> f64 {
+    match dose_series(l, well) {
+        Some(x) => x,
+        None if well % COLS < 3 => 0.0,
+        None => FULL_DOSE,
+    }
+}
+
+/// The share of a well's cells that are translocated at `dose`.
+pub fn responding(dose: f64) -> f64 {
+    if dose <= 0.0 {
+        0.0
+    } else {
+        let h = dose.powf(DEMO_HILL);
+        h / (DEMO_EC50.powf(DEMO_HILL) + h)
     }
 }
 
@@ -122,6 +160,7 @@ struct Cell {
     /// Cell body scale relative to the nucleus.
     body: f64,
     dna: f64,
+    translocated: bool,
 }
 
 fn inside(c: &Cell, x: f64, y: f64, scale: f64) -> f64 {
@@ -137,11 +176,12 @@ struct Field {
     gfp: Vec<u8>,
     /// Nucleus labels, 1..=n in the order of `cells`.
     labels: Vec<u16>,
-    cells: Vec<(f64, f64)>,
+    /// Centre and whether the cell is translocated.
+    cells: Vec<(f64, f64, bool)>,
 }
 
 /// Renders one field of view.
-fn render(seed: u64, size: u32, plate: usize, translocated: bool, defect: Option<Defect>) -> Field {
+fn render(seed: u64, size: u32, plate: usize, share: f64, defect: Option<Defect>) -> Field {
     let mut rng = Rng(seed);
     let n = size as usize;
     let s = size as f64;
@@ -158,6 +198,8 @@ fn render(seed: u64, size: u32, plate: usize, translocated: bool, defect: Option
     let mut tries = 0;
     while cells.len() < target && tries < 2000 {
         tries += 1;
+        // Each cell responds with the well's share (0 or 1 in untreated and full-dose wells).
+        let translocated = share >= 1.0 || (share > 0.0 && rng.unit() < share);
         let a = if translocated {
             rng.range(7.0, 9.0)
         } else {
@@ -176,6 +218,7 @@ fn render(seed: u64, size: u32, plate: usize, translocated: bool, defect: Option
             theta: rng.range(0.0, std::f64::consts::PI),
             body: rng.range(1.8, 2.3),
             dna: rng.range(130.0, 170.0),
+            translocated,
         };
         // Nuclei never overlap (ground truth stays unambiguous); bodies may touch.
         let ok = cells.iter().all(|o| {
@@ -189,13 +232,13 @@ fn render(seed: u64, size: u32, plate: usize, translocated: bool, defect: Option
     let mut dna = vec![0f64; n * n];
     let mut gfp = vec![0f64; n * n];
     let mut labels = vec![0u16; n * n];
-    let texture = if translocated { 0.22 } else { 0.08 };
-    let (nuc_gfp, cyto_gfp) = if translocated {
-        (110.0, 35.0)
-    } else {
-        (35.0, 85.0)
-    };
     for (k, c) in cells.iter().enumerate() {
+        let texture = if c.translocated { 0.22 } else { 0.08 };
+        let (nuc_gfp, cyto_gfp) = if c.translocated {
+            (110.0, 35.0)
+        } else {
+            (35.0, 85.0)
+        };
         let reach = (c.a * c.body).ceil() as isize + 2;
         let (x0, y0) = (c.cx as isize - reach, c.cy as isize - reach);
         for y in y0.max(0)..(y0 + 2 * reach + 1).min(n as isize) {
@@ -241,7 +284,7 @@ fn render(seed: u64, size: u32, plate: usize, translocated: bool, defect: Option
         dna: finish(&dna, &mut rng, dna_gain),
         gfp: finish(&gfp, &mut rng, 1.0),
         labels,
-        cells: cells.iter().map(|c| (c.cx, c.cy)).collect(),
+        cells: cells.iter().map(|c| (c.cx, c.cy, c.translocated)).collect(),
     }
 }
 
@@ -304,18 +347,21 @@ pub fn generate(dir: &Path, l: &Layout) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let defects = planted_defects(l);
     let wrong = mislabelled(l);
-    let mut map = String::from("plate,well,phenotype,treatment,control\n");
+    let mut map = String::from("plate,well,phenotype,treatment,dose_uM,control\n");
     let mut truth_defects = String::from("plate,well,site,defect\n");
     let mut truth_cells = String::from("plate,well,site,object,center_x,center_y,phenotype\n");
     for p in 1..=l.plates {
         for w in 0..l.wells {
             let well = well_name(w);
-            let mapped = mapped_phenotype(w);
-            let real = if wrong == Some((p, w)) {
+            let mapped = mapped_phenotype(l, w);
+            let dose = dose_of(l, w);
+            let share = if wrong == Some((p, w)) {
                 writeln!(truth_defects, "P{p},{well},,mislabelled")?;
-                "normal"
+                0.0
+            } else if dose_series(l, w).is_some() {
+                responding(dose)
             } else {
-                mapped
+                responding(dose).round()
             };
             for site in 1..=l.sites {
                 let defect = defects
@@ -329,8 +375,9 @@ pub fn generate(dir: &Path, l: &Layout) -> anyhow::Result<PathBuf> {
                 let labels_path =
                     dir.join(format!("ground_truth/labels/P{p}_{well}_{site}_nuclei.tif"));
                 let seed = (p as u64) << 32 | (w as u64) << 8 | site as u64;
-                let f = render(seed, l.size, p, real == "translocated", defect);
-                for (k, (x, y)) in f.cells.iter().enumerate() {
+                let f = render(seed, l.size, p, share, defect);
+                for (k, (x, y, t)) in f.cells.iter().enumerate() {
+                    let real = if *t { "translocated" } else { "normal" };
                     writeln!(
                         truth_cells,
                         "P{p},{well},{site},{},{x:.1},{y:.1},{real}",
@@ -354,12 +401,13 @@ pub fn generate(dir: &Path, l: &Layout) -> anyhow::Result<PathBuf> {
                 }
             }
             let (treatment, control) = match w % COLS {
+                _ if dose_series(l, w).is_some() => ("drug", ""),
                 0 => ("DMSO", "negative"),
                 1 | 2 => ("DMSO", ""),
                 5 => ("drug", "positive"),
                 _ => ("drug", ""),
             };
-            writeln!(map, "P{p},{well},{mapped},{treatment},{control}")?;
+            writeln!(map, "P{p},{well},{mapped},{treatment},{dose},{control}")?;
         }
     }
     std::fs::write(dir.join("platemap.csv"), map)?;
@@ -384,21 +432,41 @@ mod tests {
         let l = Layout::default();
         let d = planted_defects(&l);
         assert_eq!(d.len(), 3);
-        let saturated = render(7, 128, 2, false, Some(Defect::Saturated));
+        let saturated = render(7, 128, 2, 0.0, Some(Defect::Saturated));
         let at_max = saturated.dna.iter().filter(|&&v| v == 255).count();
         assert!(at_max as f64 > 0.01 * 128.0 * 128.0, "{at_max}");
-        let empty = render(7, 128, 3, false, Some(Defect::Empty));
+        let empty = render(7, 128, 3, 0.0, Some(Defect::Empty));
         assert!(empty.cells.is_empty() && empty.labels.iter().all(|&v| v == 0));
-        let normal = render(7, 128, 1, false, None);
+        let normal = render(7, 128, 1, 0.0, None);
         assert!(normal.cells.len() >= 3);
         assert!(normal.dna.iter().all(|&v| v < 255));
     }
 
     #[test]
     fn generation_is_deterministic() {
-        let a = render(42, 96, 1, true, None);
-        let b = render(42, 96, 1, true, None);
+        let a = render(42, 96, 1, 1.0, None);
+        let b = render(42, 96, 1, 1.0, None);
         assert_eq!(a.dna, b.dna);
         assert_eq!(a.gfp, b.gfp);
+    }
+
+    #[test]
+    fn the_dose_series_row_responds_as_planted() {
+        let l = Layout::default();
+        assert_eq!(mapped_phenotype(&l, 18), "");
+        assert_eq!(dose_of(&l, 21), DEMO_EC50);
+        assert!((responding(DEMO_EC50) - 0.5).abs() < 1e-12);
+        assert_eq!(dose_of(&l, 0), 0.0);
+        assert!(responding(FULL_DOSE) > 0.99);
+        // A small layout has no series: every well keeps a label.
+        let small = Layout { wells: 12, ..l };
+        assert!((0..12).all(|w| !mapped_phenotype(&small, w).is_empty()));
+        let mixed = render(9, 256, 1, 0.5, None);
+        let t = mixed.cells.iter().filter(|c| c.2).count();
+        assert!(
+            t > 0 && t < mixed.cells.len(),
+            "{t} of {}",
+            mixed.cells.len()
+        );
     }
 }

@@ -77,14 +77,15 @@ fn value(m: Option<&Metrics>, score: Score) -> Option<f64> {
 
 fn with_ci(m: Option<&Metrics>, score: Score) -> String {
     match score.of(m) {
-        Some(e) if e.value.is_finite() && e.ci95_by_plate[0] == e.ci95_by_plate[1] => {
-            format!("{:.3} (1 plate: no CI)", e.value)
-        }
-        Some(e) if e.ci95_by_plate.iter().all(|x| x.is_finite()) => {
+        // Metrics written before intervals needed 3 plates may hold a degenerate [x, x].
+        Some(e)
+            if e.ci95_by_plate.iter().all(|x| x.is_finite())
+                && e.ci95_by_plate[0] < e.ci95_by_plate[1] =>
+        {
             let [lo, hi] = e.ci95_by_plate;
             format!("{:.3} [{lo:.3}, {hi:.3}]", e.value)
         }
-        Some(e) if e.value.is_finite() => format!("{:.3}", e.value),
+        Some(e) if e.value.is_finite() => format!("{:.3} (< 3 plates: no CI)", e.value),
         _ => "—".into(),
     }
 }
@@ -298,6 +299,13 @@ pub fn compare(db: &Db, store: &Path, run_a: u64, run_b: u64) -> anyhow::Result<
             _ => None,
         };
         match paired {
+            Some((d, (lo, hi), cells)) if lo.is_nan() || hi.is_nan() => {
+                let _ = writeln!(
+                    out,
+                    "  weighted F1 difference on {cells} cells: {d:+.3}, no verdict: a paired interval needs at least {} plates scored by both runs",
+                    plateflow_learn::metrics::MIN_GROUPS_FOR_INTERVAL
+                );
+            }
             Some((d, (lo, hi), cells)) => {
                 let verdict = if lo > 0.0 {
                     format!("run {run_b} is better: the whole interval is above 0")

@@ -324,6 +324,8 @@ const TRAIN_PARAMS: &[ParamSpec] = &[
     p("cell_line", Str, false, "for the model card: the cell line imaged"),
     p("stains", StringList, false, "for the model card: stains or markers, one per channel"),
     p("intended_use", Str, false, "for the model card: what the model is for"),
+    p("exclude_features", StringList, false, "logistic: feature columns to leave out, as patterns (`*` any text), e.g. [\"*_Texture_*\"]; position, object numbers and image metadata are left out by default"),
+    p("include_features", StringList, false, "logistic: patterns naming features to keep although left out by default or by `exclude_features`, e.g. [\"Nuclei_Location_*\"]"),
 ];
 
 const TRAIN_SEGMENTER_PARAMS: &[ParamSpec] = &[
@@ -341,6 +343,7 @@ const EVALUATE_PARAMS: &[ParamSpec] = &[
     p("model", Str, false, "a saved model.safetensors (with model.json beside it) listed in `files:`; default: the model of the `train` step in `after:`"),
     p("plates", StringList, false, "plates to evaluate (default: every upstream plate the model was not trained on)"),
     p("label", Str, false, "plate-map column with the true class (default: the model's)"),
+    p("dose", Str, false, "plate-map column with each well's dose, for the dose–response fit (default: the one column whose name holds `dose` or `conc`, if any)"),
     p("files", StringList, false, "files beside the pipeline that the step reads (a saved model and its model.json)"),
 ];
 
@@ -411,18 +414,18 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Train,
         name: "train",
-        version: 12,
+        version: 13,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
-        outputs: &["cv.csv", "curves.csv", "metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "coefficients.csv", "figures/*.png", "interpretation.json", "model.safetensors", "model.json", "model_card.md", "model_card.json"],
+        outputs: &["cv.csv", "curves.csv", "metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "coefficients.csv", "figures/*.png", "interpretation.json", "model.safetensors", "model.json", "model_card.md", "model_card.json", "label_qc.csv", "shap_summary.csv", "explanations.csv", "features_used.csv"],
     },
     KindInfo {
         kind: StepKind::Evaluate,
         name: "evaluate",
-        version: 2,
+        version: 3,
         summary: "a saved model on plates it never saw (holdout or new plates): metrics with plate-bootstrap intervals, per-plate scores, calibration, predictions; refuses training plates",
         params: EVALUATE_PARAMS,
-        outputs: &["metrics.json", "per_group.csv", "reliability.csv", "predictions.csv"],
+        outputs: &["metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "well_readout.csv", "dose_response.csv", "readout_zprime.csv", "shap_summary.csv", "explanations.csv"],
     },
     KindInfo {
         kind: StepKind::TrainSegmenter,
@@ -451,7 +454,7 @@ pub fn lookup(name: &str) -> Option<&'static KindInfo> {
 }
 
 /// `*` matches any run of characters other than `/`; everything else matches itself.
-fn glob_match(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == name,
         Some((head, tail)) => {

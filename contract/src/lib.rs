@@ -7,6 +7,7 @@
 //! against these types; the worker decodes the same types once per task. Nothing here runs
 //! anything, so both sides (and tests) use it without an engine or Candle.
 
+pub mod columns;
 pub mod kinds;
 pub mod labels;
 pub mod metrics;

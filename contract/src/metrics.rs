@@ -21,6 +21,9 @@ fn nans_from_nulls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error
     Ok(v.into_iter().map(|x| x.unwrap_or(f64::NAN)).collect())
 }
 
+/// Why an [`Estimate`] has no interval (the bootstrap over plates needs at least three).
+pub const NO_INTERVAL: &str = "fewer than 3 plates";
+
 /// A score and its 95 % interval from a bootstrap over plates (or the `group_by` groups).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Estimate {
@@ -31,13 +34,13 @@ pub struct Estimate {
 }
 
 impl Estimate {
-    /// `0.812 [95 % CI 0.771, 0.850]`, or the value alone when there is no interval.
+    /// `0.812 [95 % CI 0.771, 0.850]`, or the value and why there is no interval.
     pub fn show(&self) -> String {
         let [lo, hi] = self.ci95_by_plate;
         if lo.is_finite() && hi.is_finite() {
             format!("{:.3} [95 % CI {lo:.3}, {hi:.3}]", self.value)
         } else if self.value.is_finite() {
-            format!("{:.3}", self.value)
+            format!("{:.3} (no interval: {NO_INTERVAL})", self.value)
         } else {
             "n/a".into()
         }
@@ -79,6 +82,12 @@ pub struct Calibration {
     /// Train: NLL change on left-out plates when fitted on the others (< 0: it transfers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left_out_plate_nll_change: Option<f64>,
+    /// Train: ECE change on left-out plates, as for the NLL (< 0: it transfers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left_out_plate_ece_change: Option<f64>,
+    /// Train: why the temperature was or was not applied, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
@@ -142,6 +151,20 @@ pub struct ConcentratedClass {
     pub note: String,
 }
 
+/// A well whose cells the model, out of fold, mostly puts in another class than its label,
+/// beyond what its confusion on other wells explains (`label_qc.csv` has every well).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuspectWell {
+    pub plate: String,
+    pub well: String,
+    pub label: String,
+    pub cells: usize,
+    pub agreeing: usize,
+    pub expected_agreeing: f64,
+    pub predicted_mostly: String,
+    pub p_value: f64,
+}
+
 /// `metrics.json` of a `train` step: cross-validation across plates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainMetrics {
@@ -156,6 +179,21 @@ pub struct TrainMetrics {
     pub shuffled_label_weighted_f1: f64,
     #[serde(default)]
     pub classes_mostly_in_one_group: Vec<ConcentratedClass>,
+    /// Logistic: feature columns the model used, and those left out (with why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features_used: Option<usize>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features_left_out: Vec<LeftOut>,
+    /// Wells whose label looks wrong to the model (label QC on out-of-fold predictions).
+    #[serde(default)]
+    pub suspect_wells: Vec<SuspectWell>,
+}
+
+/// A feature column a model did not use, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeftOut {
+    pub feature: String,
+    pub why: String,
 }
 
 /// `metrics.json` of an `evaluate` step: a saved model on plates it never saw. Without
@@ -286,6 +324,8 @@ mod tests {
                 temperature: 1.0,
                 temperature_fitted: Some(1.3),
                 left_out_plate_nll_change: None,
+                left_out_plate_ece_change: None,
+                decision: None,
                 fold_temperatures: vec![1.0, f64::NAN],
                 ece_before: 0.1,
                 ece_after: 0.05,
@@ -318,7 +358,10 @@ mod tests {
         let back: Metrics = serde_json::from_str(&text).unwrap();
         let s = back.scores().unwrap();
         assert!(s.weighted_f1.ci95_by_plate[0].is_nan());
-        assert_eq!(s.weighted_f1.show(), "0.800");
+        assert_eq!(
+            s.weighted_f1.show(),
+            "0.800 (no interval: fewer than 3 plates)"
+        );
         assert_eq!(s.macro_f1.show(), "0.700 [95 % CI 0.600, 0.750]");
         assert!(matches!(back, Metrics::Evaluation(_)));
         assert_eq!(back.control_f1(), Some(0.5));
@@ -338,6 +381,9 @@ mod tests {
             scores: scores(),
             shuffled_label_weighted_f1: 0.4,
             classes_mostly_in_one_group: vec![],
+            features_used: None,
+            features_left_out: vec![],
+            suspect_wells: vec![],
         });
         let back: Metrics = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert!(matches!(back, Metrics::Train(_)), "{back:?}");

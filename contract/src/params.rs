@@ -423,6 +423,10 @@ pub struct TrainParams {
     pub stains: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intended_use: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude_features: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub include_features: Vec<String>,
 }
 
 impl Default for TrainParams {
@@ -450,6 +454,8 @@ impl Default for TrainParams {
             cell_line: None,
             stains: Vec::new(),
             intended_use: None,
+            exclude_features: Vec::new(),
+            include_features: Vec::new(),
         }
     }
 }
@@ -479,6 +485,9 @@ pub struct EvaluateParams {
     pub plates: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Plate-map column of doses; default: the one column named like `dose` or `conc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dose: Option<String>,
     pub files: Vec<String>,
 }
 
@@ -858,6 +867,20 @@ impl StepParams {
                 );
             }
             StepParams::Train(p) => {
+                if p.model == ModelKind::Cnn {
+                    for (name, list) in [
+                        ("exclude_features", &p.exclude_features),
+                        ("include_features", &p.include_features),
+                    ] {
+                        if !list.is_empty() {
+                            c.0.push(ParamIssue::new(
+                                name,
+                                format!("`{name}:` chooses columns of the features table, which `model: cnn` does not read"),
+                                Some(format!("remove `{name}:` or use `model: logistic`")),
+                            ));
+                        }
+                    }
+                }
                 c.range_u(
                     "folds",
                     p.folds.into(),

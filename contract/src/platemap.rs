@@ -271,6 +271,34 @@ impl PlateMap {
         }))
     }
 
+    /// The column of doses: `explicit`, or the one column whose name holds `dose` or `conc`
+    /// (`dose`, `Metadata_dose`, `SBS_Doses`, `concentration_uM`). Several such columns
+    /// without `explicit` is an error naming them.
+    pub fn dose_column(&self, explicit: Option<&str>) -> anyhow::Result<Option<usize>> {
+        if let Some(name) = explicit {
+            return self.required_column(name).map(Some);
+        }
+        let like: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| {
+                let c = self.columns[i].to_ascii_lowercase();
+                c.contains("dose") || c.contains("conc")
+            })
+            .collect();
+        match like.as_slice() {
+            [] => Ok(None),
+            [one] => Ok(Some(*one)),
+            several => anyhow::bail!(
+                "plate map {} has several dose-like columns ({}): name one with `dose:`",
+                self.file,
+                several
+                    .iter()
+                    .map(|&i| self.columns[i].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     /// The column with the class label: `explicit`, or `label`, `phenotype`, `class`.
     pub fn label_column(&self, explicit: Option<&str>) -> anyhow::Result<Option<usize>> {
         if let Some(name) = explicit {
@@ -334,6 +362,27 @@ mod tests {
         assert_eq!(m.columns[c], "SBS_Controls");
         assert_eq!(control_of("-1"), Some(Control::Negative));
         assert_eq!(control_of("0"), None);
+        assert_eq!(m.columns[m.dose_column(None).unwrap().unwrap()], "Dose");
+    }
+
+    #[test]
+    fn several_dose_like_columns_need_a_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.csv");
+        std::fs::write(
+            &p,
+            "well,dose_uM,concentration
+A01,1,2
+",
+        )
+        .unwrap();
+        let m = PlateMap::read(&p).unwrap();
+        let e = m.dose_column(None).unwrap_err().to_string();
+        assert!(
+            e.contains("dose_uM, concentration") && e.contains("`dose:`"),
+            "{e}"
+        );
+        assert_eq!(m.dose_column(Some("concentration")).unwrap(), Some(2));
     }
 
     #[test]

@@ -58,6 +58,22 @@ impl Data {
         self.file_of = kept.iter().map(|&i| self.file_of[i]).collect();
     }
 
+    /// Keeps the feature columns `columns` (indices into `feature_names`, in the order
+    /// given) of a per-cell feature table.
+    pub fn keep_features(&mut self, columns: &[usize]) {
+        let f = self.feature_names.len();
+        let mut x = Vec::with_capacity(self.len() * columns.len());
+        for row in self.x.chunks_exact(f.max(1)) {
+            x.extend(columns.iter().map(|&c| row[c]));
+        }
+        self.x = x;
+        self.feature_names = columns
+            .iter()
+            .map(|&c| self.feature_names[c].clone())
+            .collect();
+        self.shape = vec![columns.len()];
+    }
+
     /// (file, SHA-256) of the files that the remaining cells came from: the data seen.
     pub fn used_digests(&self) -> Vec<(String, String)> {
         let used: std::collections::BTreeSet<usize> = self.file_of.iter().copied().collect();

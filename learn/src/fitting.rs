@@ -145,6 +145,16 @@ impl Fitted {
         }
     }
 
+    /// The cells' features as the logistic model sees them: standardised with the means and
+    /// spreads of its training cells (so the training background has mean 0). `None` for the
+    /// CNN.
+    pub fn standardised_inputs(&self, d: &Data) -> Option<Vec<f32>> {
+        match self {
+            Fitted::Logistic { standardizer, .. } => Some(standardizer.apply(&d.x)),
+            Fitted::Cnn { .. } => None,
+        }
+    }
+
     /// The logistic model's weights, [classes][features], in standardised units.
     pub fn coefficients(&self) -> anyhow::Result<Option<Vec<Vec<f32>>>> {
         match self {

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod nuclei;
 pub mod protocol;
+pub mod readouts;
 pub mod rng;
 pub mod schedule;
 pub mod segmenter;

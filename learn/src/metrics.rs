@@ -220,45 +220,84 @@ pub fn fit_temperature(truth: &[usize], probs: &[Vec<f64>]) -> f64 {
     ((a + b) / 2.0).exp()
 }
 
+/// Whether a temperature is applied, and the evidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemperatureChoice {
+    /// 1.0 unless the fitted temperature earned its place.
+    pub applied: f64,
+    /// Fitted on all the predictions given.
+    pub fitted: f64,
+    /// Mean NLL change on left-out plates, each calibrated with a temperature fitted on the
+    /// other plates (< 0: better). NaN with one plate.
+    pub nll_change: f64,
+    /// The same for the 15-bin ECE over all left-out predictions.
+    pub ece_change: f64,
+    /// One sentence for the model card: why it was or was not applied.
+    pub why: String,
+}
+
 /// A temperature that must earn its place: fitted on all of the validation predictions, but
-/// applied (returned) only if, fitted on all plates but one, it lowers the negative
-/// log-likelihood summed over each left-out plate. Across plates with different batch
-/// effects a temperature often does not transfer; then 1.0 (no scaling) is returned.
-/// Returns (temperature to apply, temperature fitted, NLL change on left-out plates: < 0 is
-/// an improvement). With one plate there is nothing to check against: 1.0.
+/// applied only if, fitted on all plates but one, it lowers both the negative log-likelihood
+/// and the calibration error (ECE) of the left-out plates. Across plates with different batch
+/// effects a temperature often does not transfer (it can squash confident, right predictions
+/// toward 0.5); then 1.0 (no scaling) is used. With one plate there is nothing to check
+/// against: 1.0.
 pub fn fit_temperature_across_groups(
     truth: &[usize],
     probs: &[Vec<f64>],
     groups: &[String],
-) -> (f64, f64, f64) {
+) -> TemperatureChoice {
     let fitted = fit_temperature(truth, probs);
     let distinct: std::collections::BTreeSet<&String> = groups.iter().collect();
     if distinct.len() < 2 {
-        return (1.0, fitted, f64::NAN);
+        return TemperatureChoice {
+            applied: 1.0,
+            fitted,
+            nll_change: f64::NAN,
+            ece_change: f64::NAN,
+            why: "one plate: a temperature cannot be checked on a plate it was not fitted on, so none is applied".into(),
+        };
     }
-    let mut change = 0.0;
+    // Every prediction calibrated by a temperature fitted on the other plates.
+    let mut cross = probs.to_vec();
     for g in distinct {
         let (inside, outside): (Vec<usize>, Vec<usize>) =
             (0..truth.len()).partition(|&i| &groups[i] == g);
-        let pick = |idx: &[usize]| -> (Vec<usize>, Vec<Vec<f64>>) {
-            (
-                idx.iter().map(|&i| truth[i]).collect(),
-                idx.iter().map(|&i| probs[i].clone()).collect(),
-            )
-        };
-        let (t_out, p_out) = pick(&outside);
-        let (t_in, p_in) = pick(&inside);
+        let t_out: Vec<usize> = outside.iter().map(|&i| truth[i]).collect();
+        let p_out: Vec<Vec<f64>> = outside.iter().map(|&i| probs[i].clone()).collect();
         let t = fit_temperature(&t_out, &p_out);
-        let n = t_in.len() as f64;
-        change += n * (nll(&t_in, &apply_temperature(&p_in, t)) - nll(&t_in, &p_in));
+        let p_in: Vec<Vec<f64>> = inside.iter().map(|&i| probs[i].clone()).collect();
+        for (&i, p) in inside.iter().zip(apply_temperature(&p_in, t)) {
+            cross[i] = p;
+        }
     }
-    let change = change / truth.len() as f64;
-    (if change < 0.0 { fitted } else { 1.0 }, fitted, change)
+    let nll_change = nll(truth, &cross) - nll(truth, probs);
+    let ece_change = expected_calibration_error(truth, &cross, 15)
+        - expected_calibration_error(truth, probs, 15);
+    let earns = nll_change < 0.0 && ece_change < 0.0;
+    let why = if earns {
+        format!("applied: fitted on the other plates, it lowered the left-out plates' NLL by {:.3} and ECE by {:.3}", -nll_change, -ece_change)
+    } else {
+        format!("not applied (T = 1): fitted on the other plates, it changed the left-out plates' NLL by {nll_change:+.3} and ECE by {ece_change:+.3}; both must fall")
+    };
+    TemperatureChoice {
+        applied: if earns { fitted } else { 1.0 },
+        fitted,
+        nll_change,
+        ece_change,
+        why,
+    }
 }
+
+/// The fewest groups (plates) a bootstrap over groups can honestly draw an interval from:
+/// resampling one plate gives the point estimate back as "[x, x]", and two give at most
+/// three distinct values.
+pub const MIN_GROUPS_FOR_INTERVAL: usize = 3;
 
 /// A 95 % percentile interval of `metric` from `rounds` bootstrap resamples of whole groups
 /// (plates): cells of one plate share its batch effects, so resampling cells would make the
-/// interval too narrow. Deterministic for a given seed.
+/// interval too narrow. Deterministic for a given seed. (NaN, NaN) with fewer than
+/// [`MIN_GROUPS_FOR_INTERVAL`] groups: there is no interval to give.
 pub fn bootstrap_by_group(
     groups: &[String],
     rounds: usize,
@@ -272,6 +311,9 @@ pub fn bootstrap_by_group(
         .iter()
         .map(|g| (0..groups.len()).filter(|&i| groups[i] == *g).collect())
         .collect();
+    if members.len() < MIN_GROUPS_FOR_INTERVAL {
+        return (f64::NAN, f64::NAN);
+    }
     let mut state = seed ^ 0x9E37_79B9_7F4A_7C15;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -375,6 +417,10 @@ mod tests {
         let (lo, hi) = bootstrap_by_group(&groups, 1000, 7, acc);
         assert!(lo < 0.3 && hi > 0.7, "{lo} {hi}");
         assert_eq!(bootstrap_by_group(&groups, 1000, 7, acc), (lo, hi));
+        // Two plates cannot support an interval.
+        let two: Vec<String> = (0..100).map(|i| format!("P{}", i / 50)).collect();
+        let (lo, hi) = bootstrap_by_group(&two, 1000, 7, acc);
+        assert!(lo.is_nan() && hi.is_nan());
     }
 
     #[test]
@@ -395,10 +441,10 @@ mod tests {
                 groups.push(plate.to_string());
             }
         }
-        let (t, fitted, change) = fit_temperature_across_groups(&truth, &probs, &groups);
+        let c = fit_temperature_across_groups(&truth, &probs, &groups);
         assert!(
-            fitted > 1.5 && t == fitted && change < 0.0,
-            "{t} {fitted} {change}"
+            c.fitted > 1.5 && c.applied == c.fitted && c.nll_change < 0.0 && c.ece_change < 0.0,
+            "{c:?}"
         );
         // Plate B is under-confident where A is over-confident: a shared temperature
         // fitted on one hurts the other, so none is applied.
@@ -424,10 +470,13 @@ mod tests {
                 }
             })
             .collect();
-        let (t, _, change) = fit_temperature_across_groups(&truth2, &probs2, &groups);
-        assert!(change >= 0.0 && t == 1.0, "{t} {change}");
+        let c = fit_temperature_across_groups(&truth2, &probs2, &groups);
+        assert!(c.applied == 1.0 && c.why.contains("not applied"), "{c:?}");
         // One plate: nothing to check against.
         let one = vec!["A".to_string(); truth.len()];
-        assert_eq!(fit_temperature_across_groups(&truth, &probs, &one).0, 1.0);
+        assert_eq!(
+            fit_temperature_across_groups(&truth, &probs, &one).applied,
+            1.0
+        );
     }
 }

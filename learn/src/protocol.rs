@@ -69,7 +69,7 @@ pub fn fit_and_score(
                 truth.extend(val.iter().map(|&i| y[i]));
                 plates.extend(val.iter().map(|&i| d.groups[i].clone()));
             }
-            fit_temperature_across_groups(&truth, &probs, &plates).0
+            fit_temperature_across_groups(&truth, &probs, &plates).applied
         } else {
             1.0 // one training plate: nothing to calibrate on that the model did not see
         };
@@ -109,7 +109,7 @@ pub fn fit_cnn(
     let val_truth: Vec<usize> = val.iter().map(|&i| y[i]).collect();
     let val_plates: Vec<String> = val.iter().map(|&i| d.groups[i].clone()).collect();
     let temperature =
-        fit_temperature_across_groups(&val_truth, &model.predict(d, &val)?, &val_plates).0;
+        fit_temperature_across_groups(&val_truth, &model.predict(d, &val)?, &val_plates).applied;
     if !s.refit {
         return Ok((model, history, temperature));
     }

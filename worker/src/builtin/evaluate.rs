@@ -7,7 +7,7 @@
 //! every cell, labelled or not.
 
 use super::samples::{self, Data};
-use super::{scoring, Context};
+use super::{explain, readout, scoring, Context};
 use anyhow::Context as _;
 use plateflow_contract::metrics::{Calibration, EvaluationMetrics, ModelSidecar};
 use plateflow_contract::params::EvaluateParams;
@@ -83,12 +83,28 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
                 .flatten()
                 .filter_map(|v| v.as_str().map(str::to_string))
                 .collect();
+            // The model's columns, by name (it may have left some of the table's out).
+            let missing: Vec<&String> = expected
+                .iter()
+                .filter(|e| !d.feature_names.contains(e))
+                .collect();
             anyhow::ensure!(
-                d.feature_names == expected,
-                "the upstream features table has other columns than the model was trained on ({} vs {}): run the same `features` settings",
-                d.feature_names.len(),
-                expected.len()
+                missing.is_empty(),
+                "the upstream features table lacks {} of the {} columns the model was trained on (e.g. {}): run the same `features` settings",
+                missing.len(),
+                expected.len(),
+                missing.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
             );
+            let columns: Vec<usize> = expected
+                .iter()
+                .map(|e| {
+                    d.feature_names
+                        .iter()
+                        .position(|n| n == e)
+                        .expect("checked")
+                })
+                .collect();
+            d.keep_features(&columns);
             if sidecar.plate_normalisation == "plate" {
                 samples::per_group_robust_z(&mut d);
             }
@@ -152,6 +168,10 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
     let nc = classes.len();
     let preds = scoring::predictions(&d, &group_by, &classes, &d.labels, &cal);
     ctx.write_output("predictions.csv", &preds.into_bytes())?;
+    write_readouts(ctx, params, &d, &pred, &classes)?;
+    if let (Some(w), Some(z)) = (fitted.coefficients()?, fitted.standardised_inputs(&d)) {
+        explain::write_shap(ctx, &d, &all, &z, &w, &cal)?;
+    }
 
     // Metrics over the labelled cells.
     let lab: Vec<usize> = (0..n).filter(|&i| d.labels[i].is_some()).collect();
@@ -203,6 +223,8 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
             temperature,
             temperature_fitted: None,
             left_out_plate_nll_change: None,
+            left_out_plate_ece_change: None,
+            decision: None,
             fold_temperatures: Vec::new(),
             ece_before: expected_calibration_error(&truth, &r_lab, 15),
             ece_after: expected_calibration_error(&truth, &p_lab, 15),
@@ -234,4 +256,42 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
         "metrics.json",
         serde_json::to_string_pretty(&metrics)?.as_bytes(),
     )
+}
+
+/// The per-well readouts of the evaluated cells: class fractions, their Z′ between controls,
+/// and the dose–response where the plate map has doses (it needs `inputs: [plate_map]`).
+fn write_readouts(
+    ctx: &mut Context,
+    params: &EvaluateParams,
+    d: &Data,
+    predicted: &[usize],
+    classes: &[String],
+) -> anyhow::Result<()> {
+    let map = ctx.plate_map()?;
+    anyhow::ensure!(
+        map.is_some() || params.dose.is_none(),
+        "`dose: {}` needs the plate map: add `inputs: [plate_map]` to this step",
+        params.dose.as_deref().unwrap_or("")
+    );
+    let (dose_col, control_col) = match &map {
+        Some(m) => (
+            m.dose_column(params.dose.as_deref())?,
+            m.control_column(None)?,
+        ),
+        None => (None, None),
+    };
+    let wells = readout::wells(d, map.as_ref(), dose_col, control_col)?;
+    let (table, fractions) = readout::well_readout(&wells, predicted, classes, 0x5EED);
+    ctx.write_output("well_readout.csv", &table.into_bytes())?;
+    ctx.logln(format!(
+        "per-well readout of {} wells written (class fractions with 95 % intervals over cells)",
+        wells.len()
+    ));
+    if let Some((t, z)) = readout::readout_zprime(&wells, &fractions, classes) {
+        ctx.write_output("readout_zprime.csv", &t.into_bytes())?;
+        for (name, z) in z {
+            ctx.logln(format!("classifier readout Z' {z:.3}  {name}"));
+        }
+    }
+    Ok(())
 }

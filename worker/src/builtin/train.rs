@@ -13,10 +13,11 @@
 //! sidecar and model card.
 
 use super::samples::{self, Data};
-use super::{card, interpretation, num, scoring, Context, Table};
+use super::{card, explain, interpretation, num, readout, scoring, Context, Table};
+use plateflow_contract::columns;
 use plateflow_contract::metrics::{
-    Calibration, ConcentratedClass, FileDigest, ModelSidecar, Software, SplitInfo, TrainMetrics,
-    TrainingData,
+    Calibration, ConcentratedClass, FileDigest, LeftOut, ModelSidecar, Software, SplitInfo,
+    SuspectWell, TrainMetrics, TrainingData,
 };
 use plateflow_contract::params::{ModelKind, StopOn, TrainNormalize, TrainParams};
 use plateflow_learn::fitting::{self, Fitted, Settings};
@@ -94,6 +95,69 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         ModelKind::Logistic => samples::from_features(ctx, &label, &group_by, None, false)?,
         ModelKind::Cnn => samples::from_crops(ctx, &group_by, None, false)?,
     };
+    // Nuisance columns (position, numbering, metadata) and `exclude_features:` are left out.
+    let mut left_out = Vec::new();
+    if params.model == ModelKind::Logistic {
+        for (name, patterns) in [
+            ("exclude_features", &params.exclude_features),
+            ("include_features", &params.include_features),
+        ] {
+            let unmatched = columns::unmatched(patterns, &d.feature_names);
+            anyhow::ensure!(
+                unmatched.is_empty(),
+                "`{name}: {}` matches no feature column (there are {}, e.g. {}); patterns use `*` for any text",
+                unmatched.join(", "),
+                d.feature_names.len(),
+                d.feature_names.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        let (kept, dropped) = columns::select_features(
+            &d.feature_names,
+            &params.exclude_features,
+            &params.include_features,
+        );
+        anyhow::ensure!(
+            !kept.is_empty(),
+            "every feature column was left out; loosen `exclude_features:` or name some in `include_features:`"
+        );
+        let mut t = Table::new(&["feature", "used", "why_not"]);
+        let dropped_names: BTreeSet<&str> = dropped.iter().map(|x| x.feature.as_str()).collect();
+        for name in &d.feature_names {
+            let why = dropped
+                .iter()
+                .find(|x| &x.feature == name)
+                .map(|x| x.why.clone())
+                .unwrap_or_default();
+            t.push_row([
+                name.clone(),
+                (!dropped_names.contains(name.as_str())).to_string(),
+                why,
+            ]);
+        }
+        ctx.write_output("features_used.csv", &t.into_bytes())?;
+        ctx.logln(format!(
+            "{} of {} feature columns used; left out: {}",
+            kept.len(),
+            d.feature_names.len(),
+            if dropped.is_empty() {
+                "none".to_string()
+            } else {
+                dropped
+                    .iter()
+                    .map(|x| x.feature.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ));
+        d.keep_features(&kept);
+        left_out = dropped
+            .into_iter()
+            .map(|x| LeftOut {
+                feature: x.feature,
+                why: x.why,
+            })
+            .collect();
+    }
     let all_groups: BTreeSet<String> = d.groups.iter().cloned().collect();
     for h in &holdout {
         anyhow::ensure!(
@@ -253,14 +317,17 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
     // The saved model's temperature: fitted on all out-of-fold predictions (each made by a
     // model that never saw that cell's plate), applied only if it transfers between plates.
     let groups_of_cells: Vec<String> = (0..n).map(|i| d.groups[i].clone()).collect();
-    let (temperature, temperature_fitted, transfer) =
-        fit_temperature_across_groups(&labels, &raw, &groups_of_cells);
+    let choice = fit_temperature_across_groups(&labels, &raw, &groups_of_cells);
+    let temperature = choice.applied;
+    ctx.logln(format!("temperature {:.2}: {}", choice.fitted, choice.why));
     let calibration = Calibration {
         method: if model_kind == "logistic" { "temperature scaling, fitted per fold on cross-fitted predictions of the training plates" } else { "temperature scaling, fitted per fold on validation plates carved from the training plates" }.into(),
-        applied_only_if: Some("fitted on all plates but one, it lowers the negative log-likelihood of the left-out plates (summed over plates); otherwise temperature 1".into()),
+        applied_only_if: Some("fitted on all plates but one, it lowers both the negative log-likelihood and the ECE of the left-out plates; otherwise temperature 1".into()),
         temperature,
-        temperature_fitted: Some(temperature_fitted),
-        left_out_plate_nll_change: transfer.is_finite().then_some(transfer),
+        temperature_fitted: Some(choice.fitted),
+        left_out_plate_nll_change: choice.nll_change.is_finite().then_some(choice.nll_change),
+        left_out_plate_ece_change: choice.ece_change.is_finite().then_some(choice.ece_change),
+        decision: Some(choice.why.clone()),
         fold_temperatures: temperatures,
         ece_before: expected_calibration_error(&labels, &raw, 15),
         ece_after: expected_calibration_error(&labels, &cal, 15),
@@ -296,6 +363,36 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
             }
         })
         .collect();
+    // Label QC: wells the model, out of fold, mostly puts in another class than their label.
+    let (qc_table, checks) = readout::label_check(&d, &(0..n).collect::<Vec<_>>(), &labels, &pred);
+    ctx.write_output("label_qc.csv", &qc_table.into_bytes())?;
+    let suspect_wells: Vec<SuspectWell> = checks
+        .iter()
+        .filter(|c| c.flagged)
+        .map(|c| SuspectWell {
+            plate: c.well.0.clone(),
+            well: c.well.1.clone(),
+            label: d.classes[c.label].clone(),
+            cells: c.cells,
+            agreeing: c.agreeing,
+            expected_agreeing: c.expected_agreeing,
+            predicted_mostly: d.classes[c.predicted_mostly].clone(),
+            p_value: c.p_value,
+        })
+        .collect();
+    for w in &suspect_wells {
+        ctx.logln(format!(
+            "label QC: {} {} is labelled {} but {} of its {} cells are predicted {} (a right label would give about {:.0}; p = {:.1e})",
+            w.plate,
+            w.well,
+            w.label,
+            w.cells - w.agreeing,
+            w.cells,
+            w.predicted_mostly,
+            w.expected_agreeing,
+            w.p_value
+        ));
+    }
     let metrics = TrainMetrics {
         model: model_kind.clone(),
         split: SplitInfo {
@@ -318,6 +415,9 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         ),
         shuffled_label_weighted_f1: shuffled_f1,
         classes_mostly_in_one_group: concentrated,
+        features_used: (params.model == ModelKind::Logistic).then_some(d.feature_names.len()),
+        features_left_out: left_out,
+        suspect_wells,
     };
     ctx.write_output(
         "metrics.json",
@@ -349,6 +449,11 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
     let (normalisation, architecture) = fitted.save(&d, &ctx.out.join("model.safetensors"))?;
     if let Some(w) = fitted.coefficients()? {
         write_coefficients(ctx, &d, &w)?;
+        // Exact SHAP of the final model on the training cells.
+        if let Some(z) = fitted.standardised_inputs(&d) {
+            let final_probs = apply_temperature(&fitted.predict(&d, &everything)?, temperature);
+            explain::write_shap(ctx, &d, &everything, &z, &w, &final_probs)?;
+        }
     }
     if let Fitted::Cnn { model, .. } = &fitted {
         let interp = interpretation::write_figures(ctx, model, &d, &labels, &cal, seed)?;

@@ -1,0 +1,226 @@
+//! The screen's readouts from a classifier's per-cell predictions, as `evaluate` writes them:
+//! each well's class fractions with intervals (`well_readout.csv`), how well those fractions
+//! separate the controls (`readout_zprime.csv`), the dose–response of the fraction where the
+//! plate map has doses (`dose_response.csv`); and, for `train`'s out-of-fold predictions, the
+//! wells whose label the model contradicts (`label_qc.csv`). The statistics themselves are
+//! `plateflow_learn::readouts` and `plateflow_learn::dose`.
+
+use super::{num, Table};
+use plateflow_contract::platemap::{control_of, Control, PlateMap};
+use plateflow_learn::cells::Data;
+use plateflow_learn::readouts::{class_fractions, label_qc, Fraction, WellCheck};
+use std::collections::BTreeMap;
+
+/// One well's cells and what the plate map says of it.
+pub struct Well {
+    pub plate: String,
+    pub well: String,
+    /// The label of its cells (empty: unlabelled).
+    pub label: String,
+    pub dose: Option<f64>,
+    pub control: Option<Control>,
+    /// Indices into the predictions.
+    pub cells: Vec<usize>,
+}
+
+/// The wells of `d`'s cells, in plate and well order, with dose and control role from the
+/// plate map (`dose_column` as found by [`PlateMap::dose_column`]). A dose that is not a
+/// number is an error naming the plate map, well and value.
+pub fn wells(
+    d: &Data,
+    map: Option<&PlateMap>,
+    dose_column: Option<usize>,
+    control_column: Option<usize>,
+) -> anyhow::Result<Vec<Well>> {
+    let mut by: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (i, o) in d.origins.iter().enumerate() {
+        by.entry((o.plate.clone(), o.well.clone()))
+            .or_default()
+            .push(i);
+    }
+    let mut out = Vec::with_capacity(by.len());
+    for ((plate, well), cells) in by {
+        let row = map.and_then(|m| m.lookup(&plate, &well));
+        let dose = match (row, dose_column) {
+            (Some(r), Some(c)) => {
+                let v = r.values[c].trim();
+                if v.is_empty() {
+                    None
+                } else {
+                    let parsed = v.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0);
+                    Some(parsed.ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "plate map {} line {}: dose `{v}` of {plate} {well} is not a number ≥ 0 (write 0 for vehicle, leave it empty for none)",
+                            map.map_or("", |m| m.file.as_str()),
+                            r.line
+                        )
+                    })?)
+                }
+            }
+            _ => None,
+        };
+        let control = match (row, control_column) {
+            (Some(r), Some(c)) => control_of(&r.values[c]),
+            _ => None,
+        };
+        let label = d.labels[cells[0]]
+            .map(|l| d.classes[l].clone())
+            .unwrap_or_default();
+        out.push(Well {
+            plate,
+            well,
+            label,
+            dose,
+            control,
+            cells,
+        });
+    }
+    Ok(out)
+}
+
+/// `well_readout.csv`: per well, the fraction of its cells predicted as each class with a 95 %
+/// interval from resampling its cells. Returns the table and the fractions, [well][class].
+pub fn well_readout(
+    wells: &[Well],
+    predicted: &[usize],
+    classes: &[String],
+    seed: u64,
+) -> (Table, Vec<Vec<Fraction>>) {
+    let mut header: Vec<String> = [
+        "Metadata_Plate",
+        "Metadata_Well",
+        "label",
+        "dose",
+        "control",
+        "cells",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for c in classes {
+        header.extend([
+            format!("fraction_{c}"),
+            format!("fraction_{c}_lo"),
+            format!("fraction_{c}_hi"),
+        ]);
+    }
+    let mut t = Table::new(&header);
+    let mut all = Vec::with_capacity(wells.len());
+    for (w_i, w) in wells.iter().enumerate() {
+        let preds: Vec<usize> = w.cells.iter().map(|&i| predicted[i]).collect();
+        let f = class_fractions(&preds, classes.len(), 1000, seed ^ w_i as u64);
+        let mut row = vec![
+            w.plate.clone(),
+            w.well.clone(),
+            w.label.clone(),
+            w.dose.map(num).unwrap_or_default(),
+            match w.control {
+                Some(Control::Positive) => "positive".into(),
+                Some(Control::Negative) => "negative".into(),
+                None => String::new(),
+            },
+            w.cells.len().to_string(),
+        ];
+        for x in &f {
+            row.extend([num(x.value), num(x.lo), num(x.hi)]);
+        }
+        t.push_row(row);
+        all.push(f);
+    }
+    (t, all)
+}
+
+/// `readout_zprime.csv`: Z′ of each class's per-well fraction between the positive and the
+/// negative control wells; `None` without at least two control wells on each side.
+pub fn readout_zprime(
+    wells: &[Well],
+    fractions: &[Vec<Fraction>],
+    classes: &[String],
+) -> Option<(Table, Vec<(String, f64)>)> {
+    let side = |c: Control| -> Vec<usize> {
+        (0..wells.len())
+            .filter(|&i| wells[i].control == Some(c) && !fractions[i][0].value.is_nan())
+            .collect()
+    };
+    let (pos, neg) = (side(Control::Positive), side(Control::Negative));
+    if pos.len() < 2 || neg.len() < 2 {
+        return None;
+    }
+    let mut t = Table::new(&[
+        "readout",
+        "z_prime",
+        "positive_wells",
+        "negative_wells",
+        "mean_positive",
+        "mean_negative",
+    ]);
+    let mut out = Vec::new();
+    for (k, c) in classes.iter().enumerate() {
+        let values =
+            |idx: &[usize]| -> Vec<f64> { idx.iter().map(|&i| fractions[i][k].value).collect() };
+        let (p, n) = (values(&pos), values(&neg));
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let z = plateflow_imaging::qc::z_prime(&p, &n).filter(|z| z.is_finite());
+        t.push_row([
+            format!("fraction_{c}"),
+            z.map(num).unwrap_or_default(),
+            pos.len().to_string(),
+            neg.len().to_string(),
+            num(mean(&p)),
+            num(mean(&n)),
+        ]);
+        if let Some(z) = z {
+            out.push((format!("fraction_{c}"), z));
+        }
+    }
+    Some((t, out))
+}
+
+/// `label_qc.csv` from out-of-fold predictions of labelled cells (`cells` index `d`;
+/// `truth[j]`, `predicted[j]` belong to cell `cells[j]`). Flagged wells first.
+pub fn label_check(
+    d: &Data,
+    cells: &[usize],
+    truth: &[usize],
+    predicted: &[usize],
+) -> (Table, Vec<WellCheck>) {
+    let wells: Vec<(String, String)> = cells
+        .iter()
+        .map(|&i| (d.origins[i].plate.clone(), d.origins[i].well.clone()))
+        .collect();
+    let mut checks = label_qc(&wells, truth, predicted, d.classes.len(), 0.05);
+    checks.sort_by(|a, b| {
+        b.flagged
+            .cmp(&a.flagged)
+            .then(a.p_value.total_cmp(&b.p_value))
+    });
+    let mut t = Table::new(&[
+        "Metadata_Plate",
+        "Metadata_Well",
+        "label",
+        "cells",
+        "agreeing",
+        "expected_agreeing",
+        "predicted_mostly",
+        "p_value",
+        "flagged",
+    ]);
+    for c in &checks {
+        t.push_row([
+            c.well.0.clone(),
+            c.well.1.clone(),
+            d.classes[c.label].clone(),
+            c.cells.to_string(),
+            c.agreeing.to_string(),
+            num(c.expected_agreeing),
+            d.classes[c.predicted_mostly].clone(),
+            if c.p_value.is_finite() {
+                format!("{:.3e}", c.p_value)
+            } else {
+                String::new()
+            },
+            c.flagged.to_string(),
+        ]);
+    }
+    (t, checks)
+}
