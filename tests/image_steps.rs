@@ -152,7 +152,7 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
     // Label QC reports the class balance of every plate.
     let (h, rows) = read_csv(&results.join("qc/plate=P1/label_qc.csv"));
     assert!(rows.iter().any(|r| r[col(&h, "check")] == "class_balance"
-        && r[col(&h, "detail")].contains("normal: 12 wells")));
+        && r[col(&h, "detail")].contains("normal: 9 wells")));
 
     // Segmentation finds the planted nuclei (object F1 at IoU >= 0.5) and skips excluded fields.
     let f1 = planted_nuclei_f1(dir, &results.join("segment"), &planted);
@@ -198,7 +198,10 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
     let (ih, irows) = read_csv(&results.join("crops/plate=P1/crops.csv"));
     assert_eq!(crops.shape(), &[irows.len(), 2, 48, 48]);
     assert!(irows.len() > 100, "{} crops", irows.len());
-    assert!(irows.iter().all(|r| !r[col(&ih, "label")].is_empty()));
+    // Only the dose-series row (D) is unlabelled: its cells are scored, not trained on.
+    assert!(irows
+        .iter()
+        .all(|r| !r[col(&ih, "label")].is_empty() || r[col(&ih, "well")].starts_with('D')));
 
     // Leave-plate-out model: three folds, one plate each (P4 is held out of everything); it
     // beats a shuffled-label control trained the same way. (Plate P2's batch effects make its
@@ -299,6 +302,8 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
         prow.iter().all(|r| feature_keys.contains(&key(r, &ph))),
         "every prediction joins a cell"
     );
+
+    demo_readouts_match_the_planted_truth(dir, &results);
 
     // The CNN: same protocol, saliency figures that pass the randomisation check, montages.
     let cnn: serde_json::Value =
@@ -411,6 +416,132 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
     // The user's own step sees the built-in steps' outputs.
     let summary = std::fs::read_to_string(results.join("summary/summary.csv")).unwrap();
     assert_eq!(summary.lines().count(), 5, "{summary}");
+}
+
+/// What a PI asks of the demo screen, checked against what was planted: per-well fractions
+/// of translocated cells on the held-out plate (both models), the mislabelled well found by
+/// label QC, the classifier readout's Z′, no interval from one held-out plate, a temperature
+/// that never worsens held-out calibration, and explanations free of nuisance features.
+fn demo_readouts_match_the_planted_truth(dir: &Path, results: &Path) {
+    // The planted share of translocated cells in each P4 well (ground truth, every cell).
+    let (th, truth) = read_csv(&dir.join("ground_truth/cells.csv"));
+    let mut planted: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for r in truth.iter().filter(|r| r[col(&th, "plate")] == "P4") {
+        let e = planted.entry(r[col(&th, "well")].clone()).or_default();
+        e.0 += usize::from(r[col(&th, "phenotype")] == "translocated");
+        e.1 += 1;
+    }
+    for step in ["holdout", "holdout_cnn"] {
+        let (h, rows) = read_csv(&results.join(format!("{step}/well_readout.csv")));
+        assert_eq!(rows.len(), 24, "{step}: one row per well of P4");
+        let mut errors = Vec::new();
+        for r in &rows {
+            let well = &r[col(&h, "Metadata_Well")];
+            let (t, n) = planted[well];
+            let want = t as f64 / n as f64;
+            let got: f64 = r[col(&h, "fraction_translocated")].parse().unwrap();
+            let (lo, hi): (f64, f64) = (
+                r[col(&h, "fraction_translocated_lo")].parse().unwrap(),
+                r[col(&h, "fraction_translocated_hi")].parse().unwrap(),
+            );
+            assert!(lo <= got && got <= hi, "{step} {well}: {got} [{lo}, {hi}]");
+            errors.push((well.clone(), (got - want).abs()));
+        }
+        let mean = errors.iter().map(|e| e.1).sum::<f64>() / errors.len() as f64;
+        let worst = errors.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+        println!("{step}: per-well translocated fraction vs planted: mean |error| {mean:.3}, worst {} {:.3}", worst.0, worst.1);
+        assert!(mean < 0.06 && worst.1 < 0.2, "{step}: {errors:?}");
+        // The dose series rises with dose.
+        let series: Vec<f64> = rows
+            .iter()
+            .filter(|r| r[col(&h, "Metadata_Well")].starts_with('D'))
+            .map(|r| r[col(&h, "fraction_translocated")].parse().unwrap())
+            .collect();
+        assert!(
+            series.first() < series.last() && series[5] > 0.8 && series[0] < 0.2,
+            "{step}: {series:?}"
+        );
+        // The classifier readout separates the controls.
+        let (zh, z) = read_csv(&results.join(format!("{step}/readout_zprime.csv")));
+        let zp: f64 = z
+            .iter()
+            .find(|r| r[col(&zh, "readout")] == "fraction_translocated")
+            .map(|r| r[col(&zh, "z_prime")].parse().unwrap())
+            .unwrap();
+        println!("{step}: Z' of the translocated fraction between controls {zp:.3}");
+        assert!(zp > 0.5, "{step}: Z' {zp}");
+        // One held-out plate: no interval, said in words; the temperature never worsens ECE.
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(results.join(format!("{step}/metrics.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            m["weighted_f1"]["ci95_by_plate"],
+            serde_json::json!([null, null])
+        );
+        let cal = &m["calibration"];
+        assert!(
+            cal["ece_after"].as_f64().unwrap() <= cal["ece_before"].as_f64().unwrap() + 1e-9,
+            "{step}: {cal}"
+        );
+        let card = std::fs::read_to_string(results.join(format!("{step}/model_card.md"))).unwrap();
+        assert!(
+            card.contains("## Held-out evaluation")
+                && card.contains("no interval: fewer than 3 plates"),
+            "{card}"
+        );
+    }
+    // Label QC: the CNN finds the planted well and nothing else; the logistic model, weaker
+    // on plate P2, flags no well wrongly.
+    let flagged = |step: &str| -> BTreeSet<String> {
+        let (h, rows) = read_csv(&results.join(format!("{step}/label_qc.csv")));
+        rows.iter()
+            .filter(|r| r[col(&h, "flagged")] == "true")
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r[col(&h, "Metadata_Plate")],
+                    r[col(&h, "Metadata_Well")]
+                )
+            })
+            .collect()
+    };
+    let cnn = flagged("cnn");
+    println!(
+        "label QC: cnn flags {cnn:?}, logistic flags {:?}",
+        flagged("model")
+    );
+    assert!(cnn.contains("P2 A04") && cnn.len() <= 2, "{cnn:?}");
+    assert!(
+        flagged("model").iter().all(|w| w == "P2 A04"),
+        "{:?}",
+        flagged("model")
+    );
+    let card = std::fs::read_to_string(results.join("cnn/model_card.md")).unwrap();
+    assert!(card.contains("Label QC: P2 A04"), "{card}");
+    // Nuisance columns are out of the model; its explanations cover every held-out cell.
+    let (fh, used) = read_csv(&results.join("model/features_used.csv"));
+    for r in &used {
+        let name = &r[col(&fh, "feature")];
+        if name.contains("_Location_") {
+            assert_eq!(r[col(&fh, "used")], "false", "{name}");
+        }
+    }
+    let (sh, shap) = read_csv(&results.join("model/shap_summary.csv"));
+    assert!(shap
+        .iter()
+        .all(|r| !r[col(&sh, "feature")].contains("Location")));
+    let (_, expl) = read_csv(&results.join("holdout/explanations.csv"));
+    let (_, preds) = read_csv(&results.join("holdout/predictions.csv"));
+    assert_eq!(expl.len(), preds.len());
+    // Temperatures: the trained model's card says whether and why one was applied.
+    let card = std::fs::read_to_string(results.join("model/model_card.md")).unwrap();
+    assert!(
+        card.contains("Fitted T = ")
+            && card.contains("architecture: multinomial logistic regression"),
+        "{card}"
+    );
+    assert!(card.contains("3 image sets excluded by QC"), "{card}");
 }
 
 /// The learned segmenter with the weights shipped inside plateflow, as a new user would

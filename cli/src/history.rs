@@ -6,7 +6,7 @@
 
 use plateflow_contract::metrics::{Estimate, Metrics};
 use plateflow_coordinator::db::{Db, RunModel};
-use plateflow_learn::metrics::{bootstrap_by_group, Confusion};
+use plateflow_learn::metrics::{bootstrap_by_group, Confusion, MIN_GROUPS_FOR_INTERVAL};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -217,6 +217,27 @@ fn paired_difference(a: &[u8], b: &[u8]) -> anyhow::Result<Option<Paired>> {
     Ok(Some((point, ci, common.len())))
 }
 
+/// One line on the paired difference: a verdict only when its interval rests on at least
+/// [`MIN_GROUPS_FOR_INTERVAL`] plates scored by both runs.
+fn paired_verdict(paired: Option<Paired>, run_b: u64) -> String {
+    match paired {
+        Some((d, (lo, hi), cells)) if lo.is_nan() || hi.is_nan() => format!(
+            "weighted F1 difference on {cells} cells: {d:+.3}; no verdict: a paired interval needs at least {MIN_GROUPS_FOR_INTERVAL} plates scored by both runs"
+        ),
+        Some((d, (lo, hi), cells)) => {
+            let verdict = if lo > 0.0 {
+                format!("run {run_b} is better: the whole interval is above 0")
+            } else if hi < 0.0 {
+                format!("run {run_b} is worse: the whole interval is below 0")
+            } else {
+                "no clear difference: the interval includes 0".into()
+            };
+            format!("weighted F1 difference, paired by plate on {cells} cells: {d:+.3} [95% CI {lo:+.3}, {hi:+.3}] — {verdict}")
+        }
+        None => "(no cells scored by both runs: no paired interval)".into(),
+    }
+}
+
 /// What differs between two parameter sets: `key: a → b` lines.
 fn param_changes(a: &str, b: &str) -> Vec<String> {
     let (a, b): (serde_json::Value, serde_json::Value) = (
@@ -298,31 +319,7 @@ pub fn compare(db: &Db, store: &Path, run_a: u64, run_b: u64) -> anyhow::Result<
             }
             _ => None,
         };
-        match paired {
-            Some((d, (lo, hi), cells)) if lo.is_nan() || hi.is_nan() => {
-                let _ = writeln!(
-                    out,
-                    "  weighted F1 difference on {cells} cells: {d:+.3}, no verdict: a paired interval needs at least {} plates scored by both runs",
-                    plateflow_learn::metrics::MIN_GROUPS_FOR_INTERVAL
-                );
-            }
-            Some((d, (lo, hi), cells)) => {
-                let verdict = if lo > 0.0 {
-                    format!("run {run_b} is better: the whole interval is above 0")
-                } else if hi < 0.0 {
-                    format!("run {run_b} is worse: the whole interval is below 0")
-                } else {
-                    "no clear difference: the interval includes 0".into()
-                };
-                let _ = writeln!(
-                    out,
-                    "  weighted F1 difference, paired by plate on {cells} cells: {d:+.3} [95% CI {lo:+.3}, {hi:+.3}] — {verdict}"
-                );
-            }
-            None => {
-                let _ = writeln!(out, "  (no cells scored by both runs: no paired interval)");
-            }
-        }
+        let _ = writeln!(out, "  {}", paired_verdict(paired, run_b));
     }
     for b in mb.iter().filter(|b| !ma.iter().any(|a| a.label == b.label)) {
         let _ = writeln!(out, "\n{}: only in run {run_b}", b.label);
@@ -377,5 +374,20 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((d0, lo0, hi0), (0.0, 0.0, 0.0));
+        let line = paired_verdict(Some((d, (lo, hi), cells)), 2);
+        assert!(line.contains("run 2 is better"), "{line}");
+        // One plate: the difference, and no verdict.
+        let one = |t: &str| {
+            t.lines()
+                .filter(|l| !l.contains(",P") || l.contains(",P0,"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let single = paired_difference(one(&a).as_bytes(), one(&b).as_bytes()).unwrap();
+        let line = paired_verdict(single, 2);
+        assert!(
+            line.contains("no verdict") && !line.contains("better"),
+            "{line}"
+        );
     }
 }

@@ -24,7 +24,9 @@ pub struct CardInput<'a> {
     pub cells: usize,
     pub digests: &'a [(String, String)],
     pub metrics: &'a TrainMetrics,
-    pub exclusions: usize,
+    /// Image sets QC excluded on the training plates; `None` when no `curate` step is
+    /// upstream to say.
+    pub exclusions: Option<usize>,
     pub cell_line: Option<&'a str>,
     pub stains: Vec<String>,
     pub intended_use: Option<&'a str>,
@@ -32,8 +34,74 @@ pub struct CardInput<'a> {
     pub seed: u64,
 }
 
+/// The architecture in words, from the sidecar's JSON.
+pub fn architecture_in_words(a: &Value) -> String {
+    let n = |k: &str| a[k].as_u64().map_or("?".to_string(), |v| v.to_string());
+    match a["kind"].as_str() {
+        Some("logistic") => format!(
+            "multinomial logistic regression (a linear model) on {} standardised per-cell features",
+            n("features")
+        ),
+        Some("cnn") => {
+            let input = a["input"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" × ")
+                })
+                .unwrap_or_else(|| "?".into());
+            format!(
+                "convolutional network: {} blocks of 3×3 convolutions starting at {} channels (doubling per block, each halving the resolution), global average pooling, dropout {}, a linear layer per class; input {} (channels × height × width) single-cell crops{}",
+                n("depth"),
+                n("width"),
+                a["dropout"].as_f64().map_or("?".into(), |d| format!("{d}")),
+                input,
+                if a["test_time_augmentation"] == true {
+                    "; predictions average the 8 flips and rotations of each crop"
+                } else {
+                    ""
+                }
+            )
+        }
+        _ => a.to_string(),
+    }
+}
+
+/// A warning when the model has not shown it beats its shuffled-label control: the lower
+/// end of its interval (or, without one, its value less 0.05) is not above the control.
+pub fn control_warning(
+    score: &plateflow_contract::metrics::Estimate,
+    control: f64,
+) -> Option<String> {
+    let floor = if score.ci95_by_plate[0].is_finite() {
+        score.ci95_by_plate[0]
+    } else {
+        score.value - 0.05
+    };
+    (control.is_finite() && score.value.is_finite() && floor <= control).then(|| {
+        format!(
+            "WARNING: the model does not clearly beat its shuffled-label control (weighted F1 {} against {control:.3}): it has not shown that it learned the phenotype. Do not use it for decisions.",
+            score.show()
+        )
+    })
+}
+
 fn caveats(c: &CardInput) -> Vec<String> {
     let mut out = Vec::new();
+    if let Some(w) = control_warning(
+        &c.metrics.scores.weighted_f1,
+        c.metrics.shuffled_label_weighted_f1,
+    ) {
+        out.push(w);
+    }
+    for w in &c.metrics.suspect_wells {
+        out.push(format!(
+            "Label QC: {} {} is labelled {} but {} of its {} cells look {} to the model (a right label would give about {:.0} agreeing; p = {:.1e}). Check the plate map: a wrong label there also teaches the model wrong.",
+            w.plate, w.well, w.label, w.cells - w.agreeing, w.cells, w.predicted_mostly, w.expected_agreeing, w.p_value
+        ));
+    }
     if c.leaky {
         out.push("The split was a random split of cells (`split: random`): cells of one plate sit on both sides, so the scores overstate accuracy on new plates. Do not use them as evidence.".into());
     }
@@ -77,6 +145,9 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
             "name": c.name,
             "kind": c.model,
             "architecture": c.architecture,
+            "architecture_in_words": architecture_in_words(c.architecture),
+            "features_used": c.metrics.features_used,
+            "features_left_out": c.metrics.features_left_out,
             "classes": c.classes,
             "seed": c.seed,
             "warm_start": c.warm_start,
@@ -107,6 +178,7 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
             "groups": c.training_groups,
             "cells": c.cells,
             "qc_excluded_image_sets": c.exclusions,
+            "wells_whose_label_looks_wrong": c.metrics.suspect_wells,
             "files": c.digests.iter().map(|(f, d)| serde_json::json!({"file": f, "sha256": d})).collect::<Vec<_>>(),
         },
         "quantitative_analyses": {
@@ -126,9 +198,34 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
     let _ = writeln!(md, "## Model details\n");
     let _ = writeln!(
         md,
-        "- Kind: {}; architecture: `{}`",
-        c.model, c.architecture
+        "- Kind: {}; architecture: {}",
+        c.model,
+        architecture_in_words(c.architecture)
     );
+    if let Some(used) = c.metrics.features_used {
+        let left = &c.metrics.features_left_out;
+        let _ = writeln!(
+            md,
+            "- Features: {used} used; {} left out{}",
+            left.len(),
+            if left.is_empty() {
+                String::new()
+            } else {
+                let mut why: Vec<String> = left.iter().map(|l| l.why.clone()).collect();
+                why.sort();
+                why.dedup();
+                format!(
+                    " ({}; e.g. {}). Change with `exclude_features:` / `include_features:`",
+                    why.join("; "),
+                    left.iter()
+                        .take(3)
+                        .map(|l| l.feature.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
     let _ = writeln!(
         md,
         "- Classes ({}): {}",
@@ -212,11 +309,14 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
     let _ = writeln!(md, "\n## Training data\n");
     let _ = writeln!(
         md,
-        "- {} labelled cells from {} {}s; {} image sets excluded by QC upstream",
+        "- {} labelled cells from {} {}s; {}",
         c.cells,
         c.training_groups.len(),
         c.group_by,
-        c.exclusions
+        match c.exclusions {
+            Some(n) => format!("{n} image sets excluded by QC on these {}s", c.group_by),
+            None => "QC exclusions not known here (put the `curate` step in this step's `after:` to count them)".into(),
+        }
     );
     let _ = writeln!(md, "- Files read (SHA-256):");
     for (f, d) in c.digests {
@@ -249,23 +349,67 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
     let _ = writeln!(md, "\n## Calibration\n");
     let _ = writeln!(
         md,
-        "Temperature scaling fitted on validation {}s (never on the {}s scored), and applied only where it lowered the negative log-likelihood of {}s it was not fitted on; the saved model applies T = {:.3}.",
+        "Temperature scaling is fitted on validation {}s (never on the {}s scored) and applied only where it lowers both the negative log-likelihood and the ECE of {}s it was not fitted on; the saved model applies T = {:.3}.",
         c.group_by,
         c.group_by,
         c.group_by,
         cal.temperature
     );
-    if let (Some(fitted), Some(change)) = (cal.temperature_fitted, cal.left_out_plate_nll_change) {
-        let _ = writeln!(
-            md,
-            "(Fitted T = {fitted:.3}; on left-out {}s it changed the negative log-likelihood by {change:+.3}{}.)",
-            c.group_by,
-            if change < 0.0 { "" } else { ": it did not transfer, so it is not applied" }
-        );
+    if let (Some(fitted), Some(why)) = (cal.temperature_fitted, &cal.decision) {
+        let _ = writeln!(md, "Fitted T = {fitted:.3}, {why}.");
     }
     let _ = writeln!(md, "\n## Caveats\n");
     for cv in caveats(c) {
         let _ = writeln!(md, "- {cv}");
     }
     ctx.write_output("model_card.md", md.as_bytes())
+}
+
+/// The training card with a "Held-out evaluation" section (before the caveats): `evaluate`
+/// writes it, so the card beside a scored model carries the score on plates it never saw.
+pub fn with_held_out(card_md: &str, m: &plateflow_contract::metrics::EvaluationMetrics) -> String {
+    let mut sec = String::from("## Held-out evaluation\n\n");
+    let _ = writeln!(
+        sec,
+        "- {}: {} cells ({} labelled), model trained on {}",
+        m.what,
+        m.cells,
+        m.labelled_cells,
+        m.trained_on.join(", ")
+    );
+    match &m.scores {
+        Some(s) => {
+            let _ = writeln!(
+                sec,
+                "- Weighted F1 {}; macro F1 {}",
+                s.weighted_f1.show(),
+                s.macro_f1.show()
+            );
+            let _ = writeln!(
+                sec,
+                "- Accuracy {:.3}, balanced accuracy {:.3}; ECE {:.3} with T = {:.3} (without: {:.3})",
+                s.accuracy, s.balanced_accuracy, s.calibration.ece_after, s.calibration.temperature, s.calibration.ece_before
+            );
+            if let Some(chance) = m.chance_weighted_f1 {
+                let _ = writeln!(
+                    sec,
+                    "- The same predictions against shuffled labels: weighted F1 {chance:.3}"
+                );
+                if let Some(w) = control_warning(&s.weighted_f1, chance) {
+                    let _ = writeln!(sec, "- {w}");
+                }
+            }
+        }
+        None => {
+            let _ = writeln!(
+                sec,
+                "- No labelled cells: scores need labels on the held-out plates"
+            );
+        }
+    }
+    sec.push('\n');
+    match card_md.find("## Caveats") {
+        Some(at) => format!("{}{sec}{}", &card_md[..at], &card_md[at..]),
+        None => format!("{card_md}\n{sec}"),
+    }
 }

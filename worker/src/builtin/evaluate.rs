@@ -7,7 +7,7 @@
 //! every cell, labelled or not.
 
 use super::samples::{self, Data};
-use super::{explain, readout, scoring, Context};
+use super::{card, explain, readout, scoring, Context};
 use anyhow::Context as _;
 use plateflow_contract::metrics::{Calibration, EvaluationMetrics, ModelSidecar};
 use plateflow_contract::params::EvaluateParams;
@@ -251,6 +251,16 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
         ));
     } else {
         ctx.logln(format!("{n} cells scored; none labelled, so no metrics"));
+    }
+    // The model card, with the score on these plates added.
+    let card_path = weights.with_file_name("model_card.md");
+    if card_path.is_file() {
+        let card = std::fs::read_to_string(&card_path)
+            .with_context(|| format!("reading {}", card_path.display()))?;
+        ctx.write_output(
+            "model_card.md",
+            card::with_held_out(&card, &metrics).as_bytes(),
+        )?;
     }
     ctx.write_output(
         "metrics.json",

@@ -507,7 +507,7 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         "model.json",
         serde_json::to_string_pretty(&sidecar)?.as_bytes(),
     )?;
-    let exclusions = ctx.exclusions().map(|e| e.len()).unwrap_or(0);
+    let exclusions = training_plate_exclusions(ctx, &group_by, &plates)?;
     card::write(
         ctx,
         &card::CardInput {
@@ -580,4 +580,31 @@ fn write_coefficients(ctx: &Context, d: &Data, w: &[Vec<f32>]) -> anyhow::Result
         t.push_row(r);
     }
     ctx.write_output("coefficients.csv", &t.into_bytes())
+}
+
+/// Image sets QC excluded on the training plates, from upstream `curate` steps'
+/// `exclusions.csv`; `None` when none is upstream (the count is then unknown, not 0).
+fn training_plate_exclusions(
+    ctx: &Context,
+    group_by: &str,
+    plates: &BTreeSet<&str>,
+) -> anyhow::Result<Option<usize>> {
+    let files = ctx.upstream_files(|n| n == "exclusions.csv");
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut n = 0;
+    for (_, path) in files {
+        let mut rdr = csv::Reader::from_path(&path)?;
+        let plate_col = rdr.headers()?.iter().position(|h| h == "plate");
+        for rec in rdr.records() {
+            let rec = rec?;
+            let on_training_plate = match plate_col {
+                Some(c) if group_by == "plate" => plates.contains(rec.get(c).unwrap_or("")),
+                _ => true,
+            };
+            n += usize::from(on_training_plate);
+        }
+    }
+    Ok(Some(n))
 }
