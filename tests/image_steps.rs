@@ -201,7 +201,7 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
     // Only the dose-series row (D) is unlabelled: its cells are scored, not trained on.
     assert!(irows
         .iter()
-        .all(|r| !r[col(&ih, "label")].is_empty() || r[col(&ih, "well")].starts_with('D')));
+        .all(|r| !r[col(&ih, "label")].is_empty() || r[col(&ih, "Metadata_Well")].starts_with('D')));
 
     // Leave-plate-out model: three folds, one plate each (P4 is held out of everything); it
     // beats a shuffled-label control trained the same way. (Plate P2's batch effects make its

@@ -98,8 +98,8 @@ fn caveats(c: &CardInput) -> Vec<String> {
     }
     for w in &c.metrics.suspect_wells {
         out.push(format!(
-            "Label QC: {} {} is labelled {} but {} of its {} cells look {} to the model (a right label would give about {:.0} agreeing; p = {:.1e}). Check the plate map: a wrong label there also teaches the model wrong.",
-            w.plate, w.well, w.label, w.cells - w.agreeing, w.cells, w.predicted_mostly, w.expected_agreeing, w.p_value
+            "Label QC: {} {} is labelled {} but {} of its {} cells look {} to the model (a right label would give about {:.0} agreeing; {}). Check the plate map: a wrong label there also teaches the model wrong.",
+            w.plate, w.well, w.label, w.cells - w.agreeing, w.cells, w.predicted_mostly, w.expected_agreeing, super::readout::show_p(w.p_value)
         ));
     }
     if c.leaky {

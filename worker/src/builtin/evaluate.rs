@@ -303,5 +303,12 @@ fn write_readouts(
             ctx.logln(format!("classifier readout Z' {z:.3}  {name}"));
         }
     }
+    if dose_col.is_some() {
+        let (t, lines) = readout::dose_response(&wells, predicted, classes);
+        ctx.write_output("dose_response.csv", &t.into_bytes())?;
+        for l in lines {
+            ctx.logln(l);
+        }
+    }
     Ok(())
 }

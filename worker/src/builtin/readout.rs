@@ -8,6 +8,7 @@
 use super::{num, Table};
 use plateflow_contract::platemap::{control_of, Control, PlateMap};
 use plateflow_learn::cells::Data;
+use plateflow_learn::dose::ec50_with_interval;
 use plateflow_learn::readouts::{class_fractions, label_qc, Fraction, WellCheck};
 use std::collections::BTreeMap;
 
@@ -176,6 +177,95 @@ pub fn readout_zprime(
     Some((t, out))
 }
 
+/// The columns of `dose_response.csv`, shared with the `features` step's.
+pub const DOSE_RESPONSE_COLUMNS: [&str; 11] = [
+    "readout",
+    "Metadata_Plate",
+    "ec50",
+    "ec50_lo",
+    "ec50_hi",
+    "hill",
+    "bottom",
+    "top",
+    "wells",
+    "doses",
+    "status",
+];
+
+/// `dose_response.csv`: per plate, the fraction of cells in a class against dose, fitted with
+/// a 4-parameter logistic; the EC50's interval resamples cells within wells. With two classes
+/// only the one that rises with dose is fitted (the other mirrors it). Returns the table and
+/// one log line per fit.
+pub fn dose_response(wells: &[Well], predicted: &[usize], classes: &[String]) -> (Table, Vec<String>) {
+    let mut t = Table::new(&DOSE_RESPONSE_COLUMNS);
+    let mut log = Vec::new();
+    let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.plate.as_str()).collect();
+    for plate in plates {
+        let dosed: Vec<&Well> = wells
+            .iter()
+            .filter(|w| w.plate == plate && w.dose.is_some())
+            .collect();
+        let share = |w: &Well, k: usize| {
+            w.cells.iter().filter(|&&i| predicted[i] == k).count() as f64 / w.cells.len().max(1) as f64
+        };
+        let rising = |k: usize| {
+            let lo = dosed.iter().min_by(|a, b| a.dose.unwrap().total_cmp(&b.dose.unwrap()));
+            let hi = dosed.iter().max_by(|a, b| a.dose.unwrap().total_cmp(&b.dose.unwrap()));
+            matches!((lo, hi), (Some(l), Some(h)) if share(h, k) > share(l, k))
+        };
+        let ks: Vec<usize> = if classes.len() == 2 {
+            (0..2).filter(|&k| rising(k)).take(1).collect()
+        } else {
+            (0..classes.len()).collect()
+        };
+        for k in ks {
+            let data: Vec<(f64, Vec<f64>)> = dosed
+                .iter()
+                .map(|w| {
+                    let v = w.cells.iter().map(|&i| f64::from(u8::from(predicted[i] == k))).collect();
+                    (w.dose.expect("dosed"), v)
+                })
+                .collect();
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            let readout = format!("fraction_{}", classes[k]);
+            match ec50_with_interval(&data, &mean, 1000, 0xD05E) {
+                Ok(r) => {
+                    let c = &r.curve;
+                    log.push(format!(
+                        "{plate}: {readout} EC50 {:.4} [95 % CI {:.4}, {:.4}], Hill {:.2}, {} wells at {} doses",
+                        c.ec50, r.ec50_ci95[0], r.ec50_ci95[1], c.hill, r.wells, r.doses
+                    ));
+                    t.push_row([
+                        readout,
+                        plate.to_string(),
+                        num(c.ec50),
+                        num(r.ec50_ci95[0]),
+                        num(r.ec50_ci95[1]),
+                        num(c.hill),
+                        num(c.bottom),
+                        num(c.top),
+                        r.wells.to_string(),
+                        r.doses.to_string(),
+                        "fitted".into(),
+                    ]);
+                }
+                Err(why) => {
+                    log.push(format!("{plate}: {readout}: no dose–response fit: {why}"));
+                    let mut row = vec![readout, plate.to_string()];
+                    row.extend(std::iter::repeat_n(String::new(), 6));
+                    row.extend([
+                        data.iter().filter(|(d, _)| *d > 0.0).count().to_string(),
+                        String::new(),
+                        why,
+                    ]);
+                    t.push_row(row);
+                }
+            }
+        }
+    }
+    (t, log)
+}
+
 /// `label_qc.csv` from out-of-fold predictions of labelled cells (`cells` index `d`;
 /// `truth[j]`, `predicted[j]` belong to cell `cells[j]`). Flagged wells first.
 pub fn label_check(
@@ -215,7 +305,7 @@ pub fn label_check(
             num(c.expected_agreeing),
             d.classes[c.predicted_mostly].clone(),
             if c.p_value.is_finite() {
-                format!("{:.3e}", c.p_value)
+                format!("{:.3e}", c.p_value.max(f64::MIN_POSITIVE))
             } else {
                 String::new()
             },
@@ -223,4 +313,14 @@ pub fn label_check(
         ]);
     }
     (t, checks)
+}
+
+/// A p-value for people: `p = 3.2e-5`, or `p < 1e-16` below what the normal approximation
+/// can honestly resolve.
+pub fn show_p(p: f64) -> String {
+    if p < 1e-16 {
+        "p < 1e-16".into()
+    } else {
+        format!("p = {p:.1e}")
+    }
 }

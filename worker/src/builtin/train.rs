@@ -382,7 +382,7 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         .collect();
     for w in &suspect_wells {
         ctx.logln(format!(
-            "label QC: {} {} is labelled {} but {} of its {} cells are predicted {} (a right label would give about {:.0}; p = {:.1e})",
+            "label QC: {} {} is labelled {} but {} of its {} cells are predicted {} (a right label would give about {:.0}; {})",
             w.plate,
             w.well,
             w.label,
@@ -390,7 +390,7 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
             w.cells,
             w.predicted_mostly,
             w.expected_agreeing,
-            w.p_value
+            readout::show_p(w.p_value)
         ));
     }
     let metrics = TrainMetrics {
