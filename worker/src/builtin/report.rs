@@ -80,6 +80,7 @@ fn qc_summary(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Option<QcSumm
                     .trim_end_matches(".svg")
                     .replace('_', " "),
                 svg: std::fs::read_to_string(path)?,
+                ..SvgFigure::default()
             });
         }
     }
@@ -114,6 +115,7 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
             value: cells as f64,
             ci95: None,
             note: "no labels: predictions only".into(),
+            ..Metric::default()
         });
         return Ok(Some(s));
     };
@@ -129,15 +131,26 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
         value,
         ci95: None,
         note: note.into(),
+        ..Metric::default()
     };
-    let estimate = |name: &str, e: &Estimate, note: &str| Metric {
-        name: name.into(),
-        value: e.value,
-        ci95: {
-            let [lo, hi] = e.ci95_by_plate;
-            (lo.is_finite() && hi.is_finite()).then_some((lo, hi))
-        },
-        note: note.into(),
+    // `[null, null]` means too few plates to resample; so does a zero-width interval from
+    // fewer than 3 plates (what older runs wrote): both are shown as "no interval", never
+    // as "0.901 [0.901, 0.901]".
+    let plates = sc.per_group.len();
+    let estimate = |name: &str, e: &Estimate, note: &str| {
+        let [lo, hi] = e.ci95_by_plate;
+        let real = lo.is_finite() && hi.is_finite() && !(lo == hi && plates < 3);
+        Metric {
+            name: name.into(),
+            value: e.value,
+            ci95: real.then_some((lo, hi)),
+            no_interval: if real {
+                String::new()
+            } else {
+                "fewer than 3 plates".into()
+            },
+            note: note.into(),
+        }
     };
     s.metrics.push(estimate(
         "weighted F1",
@@ -274,6 +287,7 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
             } else {
                 "HIGH: the maps barely depend on the weights; do not read them".into()
             },
+            ..Metric::default()
         });
         for c in interp["classes"].as_array().into_iter().flatten() {
             let (class, stem) = (
