@@ -570,9 +570,26 @@ impl Page {
     pub(crate) fn tiles(&mut self, t: &TileFigure) {
         let mut html = String::new();
         if !t.columns.is_empty() {
-            html.push_str("<div class=\"tile-head\">");
+            // Column names over the tiles: as wide as a tile on the page, past the row labels.
+            let tile_w = t
+                .rows
+                .iter()
+                .flat_map(|r| &r.tiles)
+                .find_map(|tile| png_size(&tile.png))
+                .map_or(120, |(w, _)| w * 120u32.div_ceil(w.max(1)).clamp(1, 8));
+            let labelled = t.rows.iter().any(|r| !r.label.is_empty());
+            let _ = write!(
+                html,
+                "<div class=\"tile-head\" style=\"margin-left: {}px\">",
+                if labelled { 140 } else { 0 }
+            );
             for c in &t.columns {
-                let _ = write!(html, "<span>{}</span>", escape(c));
+                let _ = write!(
+                    html,
+                    "<span style=\"width: {}px\">{}</span>",
+                    tile_w + 2,
+                    escape(c)
+                );
             }
             html.push_str("</div>\n");
         }

@@ -77,7 +77,7 @@ ul.warnings li.ok { background: #eaf5ee; border-left-color: #009E73; }
 .tile { font-size: 0.78em; line-height: 1.3; }
 .tile img { display: block; border: 1px solid #ccc; }
 .tile .why { color: #555; margin: 2px 0 0; padding: 0; list-style: none; }
-.tile-head { display: flex; gap: 10px; margin-left: 140px; font-size: 0.8em; color: #555; }
+.tile-head { display: flex; gap: 10px; font-size: 0.8em; color: #555; }
 .cols { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
 tr.degenerate td { color: #777; }
 tr.flagged td { background: #fdecea; }
