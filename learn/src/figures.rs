@@ -1,5 +1,6 @@
 //! Figures as PNG bytes, for the report: crops as colour composites, importance maps as heat
-//! overlays, and montages. No text is drawn; the report's captions say what each row is.
+//! overlays, and montages. No text is drawn; the report's captions say what each row and each
+//! tile is (it cuts the tiles back out of a grid with [`decode_png`] and [`Rgb::crop`]).
 
 /// An RGB image, row-major.
 pub struct Rgb {
@@ -26,6 +27,34 @@ impl Rgb {
         }
     }
 
+    /// The `w` × `h` rectangle with its top-left corner at (x, y), clipped to the image.
+    pub fn crop(&self, x: usize, y: usize, w: usize, h: usize) -> Rgb {
+        let w = w.min(self.width.saturating_sub(x));
+        let h = h.min(self.height.saturating_sub(y));
+        let mut out = Rgb::new(w, h);
+        for ty in 0..h {
+            for tx in 0..w {
+                out.pixels[ty * w + tx] = self.pixels[(y + ty) * self.width + x + tx];
+            }
+        }
+        out
+    }
+
+    /// Enlarged `k` times by nearest neighbour: every pixel becomes a k × k square, so small
+    /// crops stay crisp instead of being blurred by a viewer's smoothing.
+    pub fn upscale(&self, k: usize) -> Rgb {
+        let k = k.max(1);
+        let (w, h) = (self.width * k, self.height * k);
+        let pixels = (0..w * h)
+            .map(|i| self.pixels[(i / w / k) * self.width + (i % w) / k])
+            .collect();
+        Rgb {
+            width: w,
+            height: h,
+            pixels,
+        }
+    }
+
     pub fn png(&self) -> anyhow::Result<Vec<u8>> {
         let mut out = Vec::new();
         let mut enc = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
@@ -37,6 +66,36 @@ impl Rgb {
         w.finish()?;
         Ok(out)
     }
+}
+
+/// An 8-bit PNG (grey, grey + alpha, RGB or RGBA; alpha dropped) as an [`Rgb`].
+pub fn decode_png(bytes: &[u8]) -> anyhow::Result<Rgb> {
+    let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
+    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = dec.read_info()?;
+    let size = reader
+        .output_buffer_size()
+        .ok_or_else(|| anyhow::anyhow!("PNG too large"))?;
+    let mut buf = vec![0; size];
+    let info = reader.next_frame(&mut buf)?;
+    let channels = info.color_type.samples();
+    let pixels = buf[..info.buffer_size()]
+        .chunks(channels)
+        .map(|p| match channels {
+            1 | 2 => [p[0], p[0], p[0]],
+            _ => [p[0], p[1], p[2]],
+        })
+        .collect();
+    Ok(Rgb {
+        width: info.width as usize,
+        height: info.height as usize,
+        pixels,
+    })
+}
+
+/// The whole factor that brings a `size`-pixel tile to about 144 pixels (1 for large tiles).
+pub fn zoom_for(size: usize) -> usize {
+    (144 / size.max(1)).clamp(1, 8)
 }
 
 /// Values mapped to [0, 1] between their 1st and 99.5th percentiles.
@@ -129,4 +188,31 @@ pub fn grid(rows: &[Vec<Rgb>], gap: usize) -> Rgb {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_come_back_out_of_a_grid_pixel_for_pixel() {
+        let tile = |v: u8| Rgb {
+            width: 3,
+            height: 2,
+            pixels: (0..6).map(|i| [v, i as u8, 255 - v]).collect(),
+        };
+        let big = tile(7).upscale(4);
+        assert_eq!((big.width, big.height), (12, 8));
+        // Nearest neighbour: each source pixel is a 4 × 4 block.
+        assert_eq!(big.pixels[0], big.pixels[3 + 3 * 12]);
+        assert_eq!(big.pixels[4], [7, 1, 248]);
+        let g = grid(&[vec![tile(1), tile(2)], vec![tile(3)]], 2);
+        let back = decode_png(&g.png().unwrap()).unwrap();
+        assert_eq!((back.width, back.height), (g.width, g.height));
+        let t = back.crop(2 + (3 + 2), 2, 3, 2);
+        assert_eq!(t.pixels, tile(2).pixels);
+        assert_eq!(back.crop(2, 2 + (2 + 2), 3, 2).pixels, tile(3).pixels);
+        assert_eq!(zoom_for(48), 3);
+        assert_eq!(zoom_for(200), 1);
+    }
 }

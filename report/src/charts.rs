@@ -582,8 +582,16 @@ pub(crate) fn group_scores(groups: &[GroupScore], overall: Option<f64>) -> Strin
 
     let mut s = String::new();
     title(&mut s, "Scores per group");
+    // Whiskers are promised only where some group has an interval to draw.
+    let any_ci = groups
+        .iter()
+        .any(|g| g.ci95.is_some_and(|(a, b)| a.is_finite() && b.is_finite()));
     let mut keys = vec![
-        (Key::DotWithBar(BLUE), "weighted F1 with 95% CI"),
+        if any_ci {
+            (Key::DotWithBar(BLUE), "weighted F1 with 95% CI")
+        } else {
+            (Key::Dot(BLUE), "weighted F1 (no per-group interval)")
+        },
         (Key::Diamond(VERMILLION), "accuracy"),
     ];
     if overall.is_some() {
@@ -618,9 +626,17 @@ pub(crate) fn group_scores(groups: &[GroupScore], overall: Option<f64>) -> Strin
     x_axis(&mut s, &x, bottom, &xa, Some("score"));
     if let Some(v) = overall {
         let ox = x.at(v);
+        // The label beside the line where centring it would run out of the chart.
+        let anchor = if ox > w - 40.0 {
+            "end"
+        } else if ox < 40.0 {
+            "start"
+        } else {
+            "middle"
+        };
         let _ = write!(
             s,
-            r#"<line x1="{ox:.1}" x2="{ox:.1}" y1="{:.1}" y2="{bottom:.1}" stroke="{INK}" stroke-width="1.3" stroke-dasharray="5 3"/><text x="{ox:.1}" y="{:.1}" text-anchor="middle" font-size="10">overall {}</text>"#,
+            r#"<line x1="{ox:.1}" x2="{ox:.1}" y1="{:.1}" y2="{bottom:.1}" stroke="{INK}" stroke-width="1.3" stroke-dasharray="5 3"/><text x="{ox:.1}" y="{:.1}" text-anchor="{anchor}" font-size="10">overall {}</text>"#,
             top - 2.0,
             top - 4.0,
             fmt3(v)
@@ -678,7 +694,7 @@ pub(crate) fn group_scores(groups: &[GroupScore], overall: Option<f64>) -> Strin
 pub(crate) fn reliability(series: &[Reliability]) -> String {
     let (plot, panel_w, inner_left) = (230.0, 300.0, 52.0);
     let w = (series.len().max(1) as f64 * panel_w + 12.0).max(420.0);
-    let (top, bottom) = (34.0, 34.0 + plot);
+    let (top, bottom) = (48.0, 48.0 + plot);
     let (hist_top, hist_bottom) = (bottom + 26.0, bottom + 70.0);
     let unit = Axis::new(0.0, 1.0, 5, 0.0);
 
@@ -687,12 +703,16 @@ pub(crate) fn reliability(series: &[Reliability]) -> String {
         let ox = 12.0 + k as f64 * panel_w;
         let x = Scale::new(&unit, ox + inner_left, ox + inner_left + plot);
         let y = Scale::new(&unit, bottom, top);
+        // The series on one line, cut to the panel's width, and its ECE on the next: the
+        // two never run into the next panel.
+        let room = ((panel_w - 16.0) / (12.0 * 0.62)) as usize;
         let _ = write!(
             s,
-            r#"<text x="{:.1}" y="18" font-size="12" font-weight="bold"><title>{}</title>{} — ECE {}</text>"#,
-            x.r0,
+            r#"<text class="panel-title" x="{:.1}" y="16" font-size="12" font-weight="bold"><title>{}</title>{}</text><text x="{:.1}" y="32" font-size="12">ECE {}</text>"#,
+            ox,
             escape(&r.label),
-            escape(&truncate(&r.label, 26)),
+            escape(&truncate(&r.label, room)),
+            ox,
             fmt3(r.ece)
         );
         y_axis(&mut s, &x, &y, &unit, "accuracy");
@@ -864,6 +884,359 @@ pub(crate) fn coefficients(coefs: &[Coefficient]) -> String {
         r#"<line x1="{x0:.1}" x2="{x0:.1}" y1="{plot_top:.1}" y2="{bottom:.1}" stroke="{INK}"/>"#
     );
     svg("coefficients", w, h, &heading, &s)
+}
+
+/// Viridis at nine stops, interpolated; `t` in 0..=1 (the plate maps' scale).
+pub(crate) fn viridis(t: f64) -> String {
+    const STOPS: [(f64, f64, f64); 9] = [
+        (68.0, 1.0, 84.0),
+        (71.0, 44.0, 122.0),
+        (59.0, 81.0, 139.0),
+        (44.0, 113.0, 142.0),
+        (33.0, 144.0, 141.0),
+        (39.0, 173.0, 129.0),
+        (92.0, 200.0, 99.0),
+        (170.0, 220.0, 50.0),
+        (253.0, 231.0, 37.0),
+    ];
+    let t = if t.is_finite() {
+        t.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let x = t * (STOPS.len() - 1) as f64;
+    let i = (x.floor() as usize).min(STOPS.len() - 2);
+    let f = x - i as f64;
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    let mix = |a: f64, b: f64| (a + (b - a) * f).round() as u8;
+    format!(
+        "#{:02x}{:02x}{:02x}",
+        mix(a.0, b.0),
+        mix(a.1, b.1),
+        mix(a.2, b.2)
+    )
+}
+
+/// A well name as (row, column), 0-based: `B03` → (1, 2); `AA1` → (26, 0).
+pub(crate) fn parse_well(w: &str) -> Option<(usize, usize)> {
+    let w = w.trim();
+    let letters: String = w.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    let digits = &w[letters.len()..];
+    if letters.is_empty() || letters.len() > 2 || digits.is_empty() {
+        return None;
+    }
+    let row = letters
+        .to_ascii_uppercase()
+        .bytes()
+        .fold(0usize, |r, b| r * 26 + (b - b'A') as usize + 1)
+        - 1;
+    let col: usize = digits.parse().ok()?;
+    (col >= 1).then_some((row, col - 1))
+}
+
+/// The letters of row `r`: 0 → A, 26 → AA.
+fn row_name(r: usize) -> String {
+    if r < 26 {
+        ((b'A' + r as u8) as char).to_string()
+    } else {
+        format!(
+            "{}{}",
+            row_name(r / 26 - 1),
+            (b'A' + (r % 26) as u8) as char
+        )
+    }
+}
+
+/// A plate of wells coloured by a fraction on a fixed 0–1 viridis scale (so plates and
+/// classes compare), grey where there is no value; rows are letters, columns numbers; each
+/// well's tooltip gives its value, interval, label and cell count. `cell`: the well's size.
+pub(crate) fn well_map(
+    title: &str,
+    wells: &[(String, f64, String)],
+    cell: f64,
+    bar_label: &str,
+) -> String {
+    let parsed: Vec<((usize, usize), f64, &str, &str)> = wells
+        .iter()
+        .filter_map(|(w, v, tip)| Some((parse_well(w)?, *v, w.as_str(), tip.as_str())))
+        .collect();
+    let rows = parsed.iter().map(|p| p.0 .0 + 1).max().unwrap_or(1);
+    let cols = parsed.iter().map(|p| p.0 .1 + 1).max().unwrap_or(1);
+    // Whole standard plates where the wells fit one.
+    let (rows, cols) = [(2, 3), (4, 6), (8, 12), (16, 24), (32, 48)]
+        .into_iter()
+        .find(|&(r, c)| rows <= r && cols <= c)
+        .unwrap_or((rows, cols));
+    let font = (cell * 0.45).clamp(8.0, 11.0);
+    let (left, top) = (8.0 + font * 1.6, 28.0 + font + 6.0);
+    let grid_w = cols as f64 * cell;
+    let bar_x = left + grid_w + 14.0;
+    let w = (bar_x + 12.0 + 40.0).max(text_width(title, 12.0) + 20.0);
+    let grid_h = rows as f64 * cell;
+    let h = top + grid_h.max(60.0) + 10.0;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<text x="8" y="17" font-size="12" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+    for c in 0..cols {
+        if cols > 24 && c % 2 == 1 {
+            continue;
+        }
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="{font:.0}">{}</text>"#,
+            left + (c as f64 + 0.5) * cell,
+            top - 4.0,
+            c + 1
+        );
+    }
+    for r in 0..rows {
+        let _ = write!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="{font:.0}">{}</text>"#,
+            left - 4.0,
+            top + (r as f64 + 0.5) * cell + font * 0.35,
+            row_name(r)
+        );
+    }
+    for r in 0..rows {
+        for c in 0..cols {
+            let _ = write!(
+                s,
+                r##"<rect x="{:.1}" y="{:.1}" width="{cell:.1}" height="{cell:.1}" fill="#d0d0d0" stroke="white"/>"##,
+                left + c as f64 * cell,
+                top + r as f64 * cell
+            );
+        }
+    }
+    for ((r, c), v, name, tip) in &parsed {
+        if *r >= rows || *c >= cols || !v.is_finite() {
+            continue;
+        }
+        let _ = write!(
+            s,
+            r#"<rect class="well" x="{:.1}" y="{:.1}" width="{cell:.1}" height="{cell:.1}" fill="{}" stroke="white"><title>{}: {}</title></rect>"#,
+            left + *c as f64 * cell,
+            top + *r as f64 * cell,
+            viridis(*v),
+            escape(name),
+            escape(tip)
+        );
+    }
+    // The colour bar, 1 at the top.
+    let bar_h = grid_h.max(60.0);
+    for i in 0..20 {
+        let t = 1.0 - (i as f64 + 0.5) / 20.0;
+        let _ = write!(
+            s,
+            r#"<rect x="{bar_x:.1}" y="{:.1}" width="12" height="{:.2}" fill="{}"/>"#,
+            top + i as f64 * bar_h / 20.0,
+            bar_h / 20.0 + 0.3,
+            viridis(t)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" font-size="10">1</text><text x="{:.1}" y="{:.1}" font-size="10">0</text><text x="{:.1}" y="{:.1}" font-size="10" transform="rotate(90 {:.1} {:.1})">{}</text>"#,
+        bar_x + 15.0,
+        top + 8.0,
+        bar_x + 15.0,
+        top + bar_h,
+        bar_x + 28.0,
+        top + 10.0,
+        bar_x + 28.0,
+        top + 10.0,
+        escape(&truncate(bar_label, (bar_h / 6.0) as usize))
+    );
+    svg("well-map", w, h, title, &s)
+}
+
+/// Log-spaced ticks (1, 10, 100 … and 3 × those where few decades) over `lo..=hi` (> 0).
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let (a, b) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let mut t = Vec::new();
+    for e in a..=b {
+        let d = 10f64.powi(e);
+        t.push(d);
+        if b - a <= 2 {
+            t.push(3.0 * d);
+        }
+    }
+    t.retain(|&v| v >= lo * 0.999 && v <= hi * 1.001);
+    t
+}
+
+/// A dose label: 0.001, 0.03, 10, 3000, 1e5.
+fn dose_label(v: f64) -> String {
+    if !(1e-3..1e5).contains(&v) {
+        format!("{v:.0e}")
+    } else if v >= 1.0 {
+        format!("{v}")
+    } else {
+        let s = format!("{v:.3}");
+        s.trim_end_matches('0').to_string()
+    }
+}
+
+/// A dose–response chart: each well's value against its dose on a log axis, with its
+/// interval as a whisker where known; the fitted four-parameter logistic curve; the EC50 as
+/// a dashed line with its interval as a band.
+pub(crate) fn dose_response(fit: &crate::DoseFit, y_label: &str) -> String {
+    let (w, plot_w, plot_h) = (460.0, 360.0, 220.0);
+    let pts: Vec<&crate::DosePoint> = fit
+        .points
+        .iter()
+        .filter(|p| p.dose > 0.0 && p.dose.is_finite() && p.value.is_finite())
+        .collect();
+    let fitted = fit.fitted() && fit.ec50 > 0.0 && fit.ec50.is_finite();
+    let doses = pts.iter().map(|p| p.dose).chain(fitted.then_some(fit.ec50));
+    let (mut lo, mut hi) = doses.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), d| {
+        (a.min(d), b.max(d))
+    });
+    if !lo.is_finite() {
+        (lo, hi) = (1.0, 10.0);
+    }
+    let (lx0, lx1) = (lo.log10() - 0.3, hi.log10() + 0.3);
+    let heading = format!(
+        "{}{}",
+        truncate(&fit.readout, 40),
+        if fit.plate.is_empty() {
+            String::new()
+        } else {
+            format!(" · {}", truncate(&fit.plate, 16))
+        }
+    );
+    let mut s = String::new();
+    title(&mut s, &heading);
+    let has_ci = pts.iter().any(|p| p.ci95.is_some());
+    let mut keys = vec![(
+        if has_ci {
+            Key::DotWithBar(BLUE)
+        } else {
+            Key::Dot(BLUE)
+        },
+        if has_ci {
+            "well, with 95% interval"
+        } else {
+            "well"
+        },
+    )];
+    if fitted {
+        keys.push((Key::Line(VERMILLION), "4PL fit"));
+        keys.push((Key::Dashed(INK), "EC50"));
+    }
+    let (markup, legend_h) = legend(12.0, 38.0, w - 24.0, &keys);
+    s.push_str(&markup);
+    let values = pts
+        .iter()
+        .flat_map(|p| {
+            let (a, b) = p.ci95.unwrap_or((p.value, p.value));
+            [p.value, a, b]
+        })
+        .chain(if fitted {
+            vec![fit.bottom, fit.top]
+        } else {
+            vec![]
+        });
+    let ya = Axis::over(values, 4);
+    let left = 30.0 + ya.label_width();
+    let top = 38.0 + legend_h + 6.0;
+    let xs = Scale {
+        d0: lx0,
+        d1: lx1,
+        r0: left,
+        r1: left + plot_w,
+    };
+    let y = Scale::new(&ya, top + plot_h, top);
+    let bottom = top + plot_h;
+    let h = bottom + 44.0;
+    y_axis(&mut s, &xs, &y, &ya, y_label);
+    let _ = write!(
+        s,
+        r#"<line x1="{:.1}" x2="{:.1}" y1="{bottom:.1}" y2="{bottom:.1}" stroke="{MUTED}"/>"#,
+        xs.r0, xs.r1
+    );
+    for t in log_ticks(10f64.powf(lx0), 10f64.powf(lx1)) {
+        let px = xs.at(t.log10());
+        let _ = write!(
+            s,
+            r#"<line x1="{px:.1}" x2="{px:.1}" y1="{bottom:.1}" y2="{:.1}" stroke="{MUTED}"/><text x="{px:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            bottom + 4.0,
+            bottom + 15.0,
+            dose_label(t)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">dose (log scale)</text>"#,
+        (xs.r0 + xs.r1) / 2.0,
+        bottom + 31.0
+    );
+    if fitted {
+        if let Some((a, b)) = fit
+            .ec50_ci95
+            .filter(|(a, b)| *a > 0.0 && *b >= *a && b.is_finite())
+        {
+            let (x0, x1) = (xs.at(a.log10().max(lx0)), xs.at(b.log10().min(lx1)));
+            let _ = write!(
+                s,
+                r##"<rect x="{x0:.1}" y="{top:.1}" width="{:.1}" height="{plot_h:.1}" fill="#999999" fill-opacity="0.18"><title>EC50 95% interval</title></rect>"##,
+                (x1 - x0).max(0.5)
+            );
+        }
+        let ex = xs.at(fit.ec50.log10());
+        let _ = write!(
+            s,
+            r#"<line x1="{ex:.1}" x2="{ex:.1}" y1="{top:.1}" y2="{bottom:.1}" stroke="{INK}" stroke-dasharray="5 3"/>"#
+        );
+        let curve = path((0..=120).map(|i| {
+            let lx = lx0 + (lx1 - lx0) * i as f64 / 120.0;
+            (xs.at(lx), y.at(fit.at(10f64.powf(lx))))
+        }));
+        let _ = write!(
+            s,
+            r#"<path d="{curve}" fill="none" stroke="{VERMILLION}" stroke-width="2"/>"#
+        );
+    }
+    for p in &pts {
+        let (px, py) = (xs.at(p.dose.log10()), y.at(p.value));
+        let tip = format!(
+            "{}: dose {}, {}{}",
+            p.well,
+            dose_label(p.dose),
+            fmt3(p.value),
+            p.ci95.map_or(String::new(), |(a, b)| format!(
+                " [{}, {}]",
+                fmt3(a),
+                fmt3(b)
+            ))
+        );
+        let _ = write!(s, "<g><title>{}</title>", escape(&tip));
+        if let Some((a, b)) = p.ci95.filter(|(a, b)| a.is_finite() && b.is_finite()) {
+            let (y0, y1) = (y.at(a), y.at(b));
+            let _ = write!(
+                s,
+                r#"<path class="whisker" d="M{:.1},{y0:.1} L{:.1},{y0:.1} M{px:.1},{y0:.1} L{px:.1},{y1:.1} M{:.1},{y1:.1} L{:.1},{y1:.1}" stroke="{BLUE}" stroke-width="1.4" fill="none"/>"#,
+                px - 3.0,
+                px + 3.0,
+                px - 3.0,
+                px + 3.0
+            );
+        }
+        let _ = write!(
+            s,
+            r#"<circle cx="{px:.1}" cy="{py:.1}" r="3.5" fill="{BLUE}" fill-opacity="0.8"/></g>"#
+        );
+    }
+    svg(
+        "dose-response",
+        w,
+        h,
+        &format!("Dose response: {heading}"),
+        &s,
+    )
 }
 
 #[cfg(test)]

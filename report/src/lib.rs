@@ -10,6 +10,7 @@
 //! event handlers or links to the network).
 
 mod charts;
+mod glance;
 mod page;
 #[cfg(test)]
 mod tests;
@@ -27,7 +28,13 @@ pub struct Report {
     pub subtitle: String,
     pub qc: Option<QcSummary>,
     pub segmentation: Option<SegmentationSection>,
+    /// Per-feature Z′ of the features step, one table per task (plate).
+    pub zprime: Vec<ZprimeTable>,
     pub models: Vec<ModelSection>,
+    /// Per-well readouts, dose–response fits and readout Z′ (from `evaluate` or `features`).
+    pub readouts: Vec<Readout>,
+    /// Wells whose label looks wrong (from `train`'s `label_qc.csv`).
+    pub label_qc: Vec<LabelQcWell>,
     /// Caveats and remarks, shown as a list at the end.
     pub notes: Vec<String>,
 }
@@ -39,8 +46,127 @@ pub struct QcSummary {
     /// Image sets checked.
     pub images: usize,
     pub excluded: Vec<Exclusion>,
-    /// Already-made SVG, e.g. plate heat maps from `plateflow_imaging::heatmap`.
+    /// Already-made SVG, e.g. plate heat maps from `plateflow_imaging::heatmap`. Maps with a
+    /// `row` (the measure) and a `column` (the plate) are laid out as a grid of thumbnails,
+    /// each of which enlarges when clicked.
     pub heatmaps: Vec<SvgFigure>,
+}
+
+/// One task's `zprime.csv`: per feature, the Z′ between positive and negative control wells.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ZprimeTable {
+    /// The task, e.g. `features[plate=P1]`.
+    pub task: String,
+    /// Column names, as in the file (the feature first, `z_prime` among them).
+    pub columns: Vec<String>,
+    /// Rows in file order (best first); degenerate ones (empty `z_prime`) are shown last.
+    pub rows: Vec<Vec<String>>,
+}
+
+/// What one step measured per well: the classifier's predicted fractions with their
+/// intervals, dose–response fits and the readout's Z′.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Readout {
+    /// The step or task, e.g. `holdout`.
+    pub name: String,
+    /// The classes, in the model's order: fractions of every class but the first are mapped.
+    pub classes: Vec<String>,
+    pub wells: Vec<WellReadout>,
+    pub dose_response: Vec<DoseFit>,
+    pub zprime: Vec<ReadoutZprime>,
+}
+
+/// One well of `well_readout.csv`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WellReadout {
+    pub plate: String,
+    pub well: String,
+    pub label: String,
+    pub dose: Option<f64>,
+    pub control: String,
+    pub cells: usize,
+    /// Per class (in [`Readout::classes`] order): the fraction of cells predicted as it, with
+    /// its 95 % bootstrap interval over cells.
+    pub fractions: Vec<Fraction>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Fraction {
+    pub value: f64,
+    pub ci95: Option<(f64, f64)>,
+}
+
+/// One row of `dose_response.csv`: a four-parameter logistic fit, and the wells behind it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DoseFit {
+    /// What was fitted: a class fraction or a feature name.
+    pub readout: String,
+    pub plate: String,
+    pub ec50: f64,
+    pub ec50_ci95: Option<(f64, f64)>,
+    pub hill: f64,
+    pub bottom: f64,
+    pub top: f64,
+    pub wells: usize,
+    pub doses: usize,
+    /// `fitted`, or why not.
+    pub status: String,
+    /// The wells' values against their dose, with intervals where known.
+    pub points: Vec<DosePoint>,
+}
+
+impl DoseFit {
+    pub fn fitted(&self) -> bool {
+        self.status == "fitted"
+    }
+
+    /// The fitted curve at dose `x` (> 0).
+    pub fn at(&self, x: f64) -> f64 {
+        self.bottom + (self.top - self.bottom) / (1.0 + (self.ec50 / x).powf(self.hill))
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DosePoint {
+    pub well: String,
+    pub dose: f64,
+    pub value: f64,
+    pub ci95: Option<(f64, f64)>,
+}
+
+/// One row of `readout_zprime.csv`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReadoutZprime {
+    pub readout: String,
+    pub z_prime: f64,
+    pub positive_wells: usize,
+    pub negative_wells: usize,
+    pub mean_positive: f64,
+    pub mean_negative: f64,
+}
+
+/// One row of `label_qc.csv`: a well whose cells the model mostly calls another class.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LabelQcWell {
+    /// The step that wrote it.
+    pub source: String,
+    pub plate: String,
+    pub well: String,
+    pub label: String,
+    pub cells: usize,
+    pub agreeing: usize,
+    pub expected_agreeing: f64,
+    pub predicted_mostly: String,
+    pub p_value: f64,
+    pub flagged: bool,
 }
 
 /// What segmentation found, per plate, and pictures to judge it by.
@@ -84,6 +210,9 @@ pub struct Exclusion {
 pub struct SvgFigure {
     pub title: String,
     pub svg: String,
+    /// In a grid of maps: the row (e.g. the measure) and the column (e.g. the plate).
+    pub row: String,
+    pub column: String,
 }
 
 /// One evaluation of one model: cross-validation, or a held-out test.
@@ -97,6 +226,11 @@ pub struct ModelSection {
     pub what: String,
     /// `cnn` or `logistic`.
     pub model: String,
+    /// Scored on plates no fitting saw (an `evaluate` step): its scores lead the summary.
+    pub held_out: bool,
+    /// The weighted F1 of learning nothing: the shuffled-label control (train) or chance
+    /// (evaluate). A model whose interval reaches it gets a warning in the summary.
+    pub control_f1: Option<f64>,
     /// Cells were split at random, so the same plates and wells sit on both sides of the
     /// split: the page shows a warning banner.
     pub leaky: bool,
@@ -115,10 +249,57 @@ pub struct ModelSection {
     pub curves: Vec<Curve>,
     /// Calibration, e.g. "before temperature scaling" and "after (T = 1.37)".
     pub reliability: Vec<Reliability>,
-    /// The linear baseline's feature importances; the page shows the 20 largest by magnitude.
+    /// The linear baseline's feature importances, every feature; the page shows the 20
+    /// largest by magnitude and says how many there are.
     pub coefficients: Vec<Coefficient>,
+    /// Top features per class by mean |SHAP| (`shap_summary.csv`).
+    pub shap: Vec<ShapFeature>,
     /// Saliency overlays, Grad-CAM, montages.
     pub figures: Vec<PngFigure>,
+    /// Figures made of single-cell tiles, each with its own caption.
+    pub tiles: Vec<TileFigure>,
+}
+
+/// One row of `shap_summary.csv`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ShapFeature {
+    pub class: String,
+    pub feature: String,
+    pub mean_abs_shap: f64,
+    pub rank: usize,
+}
+
+/// Rows of single-cell tiles (a montage, or a saliency figure with one cell per row).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TileFigure {
+    pub title: String,
+    pub caption: String,
+    /// Names over the columns (e.g. "crop", "Grad-CAM"); may be empty.
+    pub columns: Vec<String>,
+    pub rows: Vec<TileRow>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TileRow {
+    /// Shown left of (or above) the row, e.g. "most confident" or a cell's plate and well.
+    pub label: String,
+    pub tiles: Vec<Tile>,
+}
+
+/// One image tile with a caption under it (plate/well, predicted class and confidence) and,
+/// where the linear model explained the same cell, its top contributing features.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Tile {
+    #[serde(with = "base64_bytes")]
+    pub png: Vec<u8>,
+    /// Caption lines.
+    pub caption: Vec<String>,
+    /// (feature, SHAP value) pairs, largest first.
+    pub features: Vec<(String, f64)>,
 }
 
 /// A headline number with its 95 % confidence interval, if any.
@@ -128,6 +309,8 @@ pub struct Metric {
     pub name: String,
     pub value: f64,
     pub ci95: Option<(f64, f64)>,
+    /// Why there is no interval (e.g. "fewer than 3 plates"), shown in place of one.
+    pub no_interval: String,
     pub note: String,
 }
 

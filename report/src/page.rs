@@ -11,7 +11,8 @@ use base64::Engine as _;
 
 use crate::charts::{self, fmt3};
 use crate::{
-    escape, Exclusion, ModelSection, PngFigure, QcSummary, Report, SegmentationSection, SvgFigure,
+    escape, Exclusion, Metric, ModelSection, PngFigure, QcSummary, Report, SegmentationSection,
+    SvgFigure,
 };
 
 const CSS: &str = r#"
@@ -46,6 +47,40 @@ details { margin: 8px 0 16px; }
 summary { cursor: pointer; color: #0072B2; }
 code { background: #f2f2f2; padding: 0 4px; border-radius: 3px; }
 footer { margin-top: 48px; color: #777; font-size: 0.85em; }
+#summary { background: #f6f8fa; border: 1px solid #d0d7de; border-top: 4px solid #0072B2;
+  border-radius: 6px; padding: 4px 20px 12px; margin-top: 20px; }
+#summary h2 { border: 0; margin: 10px 0 4px; }
+#summary h3 { margin: 10px 0 4px; font-size: 1.05em; }
+.glance { display: flex; flex-wrap: wrap; gap: 8px 32px; align-items: flex-start; }
+.glance > div { flex: 1 1 420px; min-width: 0; }
+.glance > div.glance-map { flex: 0 1 auto; }
+.glance table { margin: 4px 0 8px; background: white; }
+ul.warnings { margin: 4px 0; padding-left: 0; list-style: none; }
+ul.warnings li { background: #fff4e5; border-left: 5px solid #D55E00; padding: 3px 10px;
+  margin: 4px 0; }
+ul.warnings li.ok { background: #eaf5ee; border-left-color: #009E73; }
+.nointerval { color: #8a4b00; font-size: 0.9em; }
+.hm-grid { overflow-x: auto; }
+.hm-grid table { margin: 0; }
+.hm-grid td { padding: 2px 4px; border: 0; }
+.hm-grid th { white-space: nowrap; font-weight: normal; background: none; }
+.hm a.open svg { width: 150px; height: auto; display: block; }
+.hm a.close { display: none; }
+.hm:target { position: fixed; top: 4vh; left: 4vw; right: 4vw; bottom: 4vh; z-index: 10;
+  background: white; border: 1px solid #888; box-shadow: 0 4px 24px rgba(0,0,0,.4);
+  padding: 12px 20px; overflow: auto; }
+.hm:target a.open svg { width: auto; max-width: 100%; }
+.hm:target a.close { display: block; margin-bottom: 8px; }
+.tile-row { display: flex; flex-wrap: wrap; gap: 6px 10px; align-items: flex-start;
+  margin: 6px 0 10px; }
+.tile-label { flex: 0 0 130px; font-size: 0.85em; color: #333; padding-top: 4px; }
+.tile { font-size: 0.78em; line-height: 1.3; }
+.tile img { display: block; border: 1px solid #ccc; }
+.tile .why { color: #555; margin: 2px 0 0; padding: 0; list-style: none; }
+.tile-head { display: flex; gap: 10px; font-size: 0.8em; color: #555; }
+.cols { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
+tr.degenerate td { color: #777; }
+tr.flagged td { background: #fdecea; }
 @media print { nav { display: none; } figure, table { break-inside: avoid; } }
 "#;
 
@@ -55,9 +90,23 @@ window.__reportErrors += 1; if (document.body) document.body.dataset.jsErrors = 
 window.__reportErrors; };";
 
 /// Counts the figures that rendered, once the page (images included) has loaded.
-const FIGURE_CHECK: &str = r#"(function () {
+const FIGURE_CHECK: &str = r##"(function () {
+  function rect(sel) {
+    var e = document.querySelector(sel);
+    if (!e) return "";
+    var r = e.getBoundingClientRect();
+    return [r.left + window.scrollX, r.top + window.scrollY, r.width, r.height]
+      .map(Math.round).join(",");
+  }
   function check() {
-    var ok = 0, total = 0;
+    var ok = 0, total = 0, overflow = 0;
+    document.querySelectorAll("svg.chart text").forEach(function (t) {
+      var svg = t.ownerSVGElement, b = t.getBoundingClientRect(), s = svg.getBoundingClientRect();
+      if (b.width > 0 && (b.left < s.left - 1 || b.right > s.right + 1)) {
+        overflow += 1;
+        if (overflow === 1) document.body.dataset.textOverflowFirst = t.textContent.slice(0, 80);
+      }
+    });
     document.querySelectorAll("img").forEach(function (img) {
       total += 1;
       if (img.complete && img.naturalWidth > 0) ok += 1;
@@ -71,10 +120,13 @@ const FIGURE_CHECK: &str = r#"(function () {
     data.figuresOk = ok;
     data.figuresTotal = total;
     data.jsErrors = window.__reportErrors || 0;
+    data.textOverflow = overflow;
+    data.summaryRect = rect("#summary");
+    data.summaryMapRect = rect("#summary svg.chart[data-chart='well-map']");
   }
   if (document.readyState === "complete") check();
   else window.addEventListener("load", check);
-})();"#;
+})();"##;
 
 /// A number to three decimals; scientific notation where that would hide it, "n/a" for NaN.
 pub(crate) fn fmt_value(v: f64) -> String {
@@ -98,10 +150,24 @@ pub(crate) fn fmt_ci(value: f64, ci95: Option<(f64, f64)>) -> String {
     }
 }
 
+/// A metric's value cell: "value [lo, hi]", or the value and why it has no interval.
+pub(crate) fn metric_value(m: &Metric) -> String {
+    match m.ci95 {
+        None if !m.no_interval.is_empty() => format!(
+            "{} <span class=\"nointerval\">(no interval: {})</span>",
+            fmt_value(m.value),
+            escape(&m.no_interval)
+        ),
+        ci => fmt_ci(m.value, ci),
+    }
+}
+
 /// The page for `report`, as one self-contained HTML document.
 pub fn render(report: &Report) -> String {
     let mut page = Page::default();
     let mut toc: Vec<(String, String)> = Vec::new();
+    page.summary(report);
+    let glance = std::mem::take(&mut page.out);
     if let Some(qc) = &report.qc {
         toc.push(("qc".into(), "Quality control".into()));
         page.qc(qc);
@@ -109,6 +175,19 @@ pub fn render(report: &Report) -> String {
     if let Some(seg) = &report.segmentation {
         toc.push(("segmentation".into(), "Segmentation".into()));
         page.segmentation(seg);
+    }
+    if !report.zprime.is_empty() {
+        toc.push(("zprime".into(), "Assay window: Z′ per feature".into()));
+        page.zprime(&report.zprime);
+    }
+    for (i, r) in report.readouts.iter().enumerate() {
+        let id = format!("readout-{}", i + 1);
+        toc.push((id.clone(), format!("Per-well readout: {}", r.name)));
+        page.readout(&id, r);
+    }
+    if !report.label_qc.is_empty() {
+        toc.push(("label-qc".into(), "Label QC".into()));
+        page.label_qc(&report.label_qc);
     }
     for (i, m) in report.models.iter().enumerate() {
         let id = section_id(i, &m.name);
@@ -151,6 +230,7 @@ pub fn render(report: &Report) -> String {
         );
     }
     html.push_str("</header>\n");
+    html.push_str(&glance);
     if toc.is_empty() {
         html.push_str(
             "<main>\n<p>Nothing to report: this run recorded no QC, models or notes.</p>\n",
@@ -201,14 +281,14 @@ fn heading(m: &ModelSection) -> String {
 
 /// The body of the page as it is built, and the number of the next figure.
 #[derive(Default)]
-struct Page {
-    out: String,
-    figures: usize,
+pub(crate) struct Page {
+    pub(crate) out: String,
+    pub(crate) figures: usize,
 }
 
 impl Page {
     /// A numbered figure: `content` is trusted markup, `caption` plain text.
-    fn figure(&mut self, content: &str, title: &str, caption: &str) {
+    pub(crate) fn figure(&mut self, content: &str, title: &str, caption: &str) {
         self.figures += 1;
         let _ = writeln!(
             self.out,
@@ -234,10 +314,17 @@ impl Page {
         if n > 0 {
             self.exclusions(&qc.excluded);
         }
-        if !qc.heatmaps.is_empty() {
+        let (grid, single): (Vec<&SvgFigure>, Vec<&SvgFigure>) = qc
+            .heatmaps
+            .iter()
+            .partition(|f| !f.row.is_empty() && !f.column.is_empty());
+        if !grid.is_empty() {
+            self.heatmap_grid(&grid);
+        }
+        if !single.is_empty() {
             self.out
                 .push_str("<h3>Plate maps</h3>\n<div class=\"row\">\n");
-            for fig in &qc.heatmaps {
+            for fig in single {
                 self.heatmap(fig);
             }
             self.out.push_str("</div>\n");
@@ -380,7 +467,9 @@ impl Page {
             && m.curves.is_empty()
             && m.reliability.is_empty()
             && m.coefficients.is_empty()
-            && m.figures.is_empty();
+            && m.shap.is_empty()
+            && m.figures.is_empty()
+            && m.tiles.is_empty();
         if empty {
             self.out
                 .push_str("<p>No results were recorded for this step.</p>\n");
@@ -394,7 +483,7 @@ impl Page {
                     self.out,
                     "<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
                     escape(&x.name),
-                    fmt_ci(x.value, x.ci95),
+                    metric_value(x),
                     escape(&x.note)
                 );
             }
@@ -451,8 +540,14 @@ impl Page {
                  biology and not an artefact such as focus, illumination or cell density.",
             );
         }
+        if !m.shap.is_empty() {
+            self.shap(&m.shap);
+        }
         for f in &m.figures {
             self.png(f);
+        }
+        for t in &m.tiles {
+            self.tiles(t);
         }
         self.out.push_str("</section>\n");
     }
@@ -516,7 +611,7 @@ impl Page {
 }
 
 /// Width and height from a PNG's header, if `bytes` start like a PNG.
-fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
+pub(crate) fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
     if bytes.len() < 24 || !bytes.starts_with(b"\x89PNG\r\n\x1a\n") || &bytes[12..16] != b"IHDR" {
         return None;
     }
@@ -528,7 +623,7 @@ fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
 /// declarations (which HTML does not need) dropped, `class="chart"` added to the root so the
 /// page's check counts it. `None` for anything else, and for SVG with scripts, event
 /// handlers, foreign content or anything that names a URL.
-fn embeddable_svg(markup: &str) -> Option<String> {
+pub(crate) fn embeddable_svg(markup: &str) -> Option<String> {
     let mut m = markup.trim();
     loop {
         if m.starts_with("<?") {

@@ -9,6 +9,7 @@ fn heatmap(title: &str) -> SvgFigure {
     SvgFigure {
         title: title.into(),
         svg: r##"<svg xmlns="http://www.w3.org/2000/svg" width="120" height="60" viewBox="0 0 120 60"><title>map</title><rect x="0" y="0" width="60" height="60" fill="#440154"/><rect x="60" y="0" width="60" height="60" fill="#fde725"/></svg>"##.into(),
+        ..SvgFigure::default()
     }
 }
 
@@ -46,12 +47,14 @@ fn sample() -> Report {
                     value: 0.81234,
                     ci95: Some((0.79, 0.835)),
                     note: HOSTILE.into(),
+                    ..Metric::default()
                 },
                 Metric {
                     name: "accuracy".into(),
                     value: 0.8,
                     ci95: None,
                     note: String::new(),
+                    ..Metric::default()
                 },
             ],
             confusion: vec![vec![50, 3, 1], vec![4, 30, 2], vec![0, 1, 9]],
@@ -114,8 +117,10 @@ fn sample() -> Report {
                 caption: HOSTILE.into(),
                 png: vec![0x89, b'P', b'N', b'G'],
             }],
+            ..ModelSection::default()
         }],
         notes: vec![HOSTILE.into()],
+        ..Report::default()
     }
 }
 
@@ -293,6 +298,7 @@ fn unsafe_svg_is_left_out() {
                 heatmaps: vec![SvgFigure {
                     title: "map".into(),
                     svg: svg.into(),
+                    ..SvgFigure::default()
                 }],
                 ..QcSummary::default()
             }),
@@ -309,6 +315,7 @@ fn unsafe_svg_is_left_out() {
             heatmaps: vec![SvgFigure {
                 title: "map".into(),
                 svg: ok.into(),
+                ..SvgFigure::default()
             }],
             ..QcSummary::default()
         }),
@@ -350,4 +357,209 @@ fn small_images_are_enlarged() {
         ..Report::default()
     };
     assert!(render(&report).contains("class=\"zoomed\" width=\"256\" height=\"128\">"));
+}
+
+mod glance_fixture {
+    use crate::*;
+    include!("../tests/common/glance.rs");
+}
+use glance_fixture::glance_fixture;
+
+/// The text between `from` and the next `to` after it.
+fn between<'a>(html: &'a str, from: &str, to: &str) -> &'a str {
+    let start = html.find(from).unwrap_or_else(|| panic!("no {from}"));
+    let rest = &html[start..];
+    &rest[..rest.find(to).unwrap_or(rest.len())]
+}
+
+#[test]
+fn the_summary_comes_first_with_scores_warnings_and_the_readout() {
+    let html = render(&glance_fixture());
+    assert_balanced(&html);
+    let summary = html
+        .find("<section id=\"summary\"")
+        .expect("a summary block");
+    for later in ["<nav>", "<section id=\"qc\">", "<section id=\"model-"] {
+        assert!(summary < html.find(later).unwrap(), "summary after {later}");
+    }
+    let block = between(&html, "<section id=\"summary\"", "</section>");
+    // Held-out scores only (the cross-validation is in its own section), with the reason
+    // there is no interval and never a zero-width one.
+    assert!(block.contains("Held-out scores"));
+    assert!(block.contains(
+        "<strong>0.901 <span class=\"nointerval\">(no interval: fewer than 3 plates)</span></strong>"
+    ));
+    assert!(!html.contains("0.901 [0.901, 0.901]"));
+    // Warnings: the CV model's interval reaches its control, the held-out score has no
+    // interval, a label looks wrong, a dose response was not fitted.
+    for w in [
+        "model: the 95% interval of weighted F1 (0.860 [0.780, 0.930]) reaches its shuffled-label control (0.810)",
+        "holdout: weighted F1 0.901 has no interval (fewer than 3 plates)",
+        "Label QC: 1 well whose label looks wrong: P2 C04 (labelled normal, mostly called translocated)",
+        "no dose–response fit for fraction_translocated on P5: fewer than 4 doses",
+    ] {
+        assert!(block.contains(w), "summary lacks the warning {w}:\n{block}");
+    }
+    // The per-well readout: one map per plate of the non-first class, wells coloured.
+    assert_eq!(block.matches("data-chart=\"well-map\"").count(), 2);
+    assert!(block.contains("P4: fraction translocated"));
+    assert_eq!(
+        between(block, "data-chart=\"well-map\"", "</svg>")
+            .matches("class=\"well\"")
+            .count(),
+        24
+    );
+    assert!(block.contains("EC50 1.020 [0.700, 1.500]"));
+}
+
+#[test]
+fn a_model_that_does_not_beat_its_control_is_called_out() {
+    let mut r = glance_fixture();
+    r.models[0].control_f1 = Some(0.9);
+    let html = render(&r);
+    assert!(
+        html.contains("model: weighted F1 0.860 does not beat its shuffled-label control (0.900)")
+    );
+    // No warnings at all: said plainly.
+    let mut r = glance_fixture();
+    r.models[0].control_f1 = Some(0.5);
+    r.models[1].metrics[0].ci95 = Some((0.85, 0.95));
+    r.label_qc.retain(|w| !w.flagged);
+    r.readouts[0].dose_response.truncate(1);
+    let html = render(&r);
+    assert!(
+        html.contains("<li class=\"ok\">None"),
+        "{}",
+        between(&html, "<section id=\"summary\"", "</section>")
+    );
+}
+
+#[test]
+fn the_readout_section_maps_tables_and_fits() {
+    let html = render(&glance_fixture());
+    let sec = between(&html, "<section id=\"readout-1\">", "</section>");
+    // Maps of the non-first class on both plates, a table of all 48 wells.
+    assert!(sec.contains("Predicted fraction of translocated per well"));
+    assert!(!sec.contains("Predicted fraction of normal per well"));
+    assert_eq!(sec.matches("data-chart=\"well-map\"").count(), 2);
+    assert!(sec.contains("<summary>All 48 wells</summary>"));
+    assert!(sec.contains("<th>fraction translocated [95% CI]</th>"));
+    // The dose response: one chart (the unfitted plate has no points), a whisker per well
+    // with a dose above zero, the fitted curve and the EC50 with its band.
+    assert_eq!(sec.matches("data-chart=\"dose-response\"").count(), 1);
+    let chart = between(sec, "data-chart=\"dose-response\"", "</svg>");
+    assert_eq!(chart.matches("class=\"whisker\"").count(), 20);
+    assert!(chart.contains("EC50 95% interval"));
+    assert!(chart.contains("dose (log scale)"));
+    assert!(
+        chart.contains(">0.01<") && chart.contains(">100<"),
+        "log ticks"
+    );
+    assert!(sec.contains("<td>fewer than 4 doses</td>"));
+    assert!(sec.contains("1.020 [0.700, 1.500]"));
+    // Readout Z′.
+    assert!(sec.contains("<strong>0.620</strong>"));
+    // The 4PL formula itself.
+    let f = &glance_fixture().readouts[0].dose_response[0];
+    assert!((f.at(f.ec50) - (f.bottom + f.top) / 2.0).abs() < 1e-12);
+}
+
+#[test]
+fn sections_for_new_files_appear_only_with_data() {
+    let html = render(&sample());
+    for absent in [
+        "id=\"summary\"",
+        "id=\"readout-",
+        "id=\"label-qc\"",
+        "id=\"zprime\"",
+        "mean |SHAP|",
+        "data-chart=\"well-map\"",
+        "data-chart=\"dose-response\"",
+    ] {
+        // The old sample has a CV model with a weighted F1: a summary, but nothing else new.
+        if absent == "id=\"summary\"" {
+            continue;
+        }
+        assert!(!html.contains(absent), "{absent} without its file");
+    }
+    assert!(!render(&Report::default()).contains("id=\"summary\""));
+}
+
+#[test]
+fn zprime_tables_count_features_and_put_degenerate_ones_last() {
+    let html = render(&glance_fixture());
+    let sec = between(&html, "<section id=\"zprime\">", "</section>");
+    assert!(sec.contains("features[plate=P4]: 14 features, 12 with a Z′, 2 degenerate"));
+    assert!(sec.contains("… 2 more features with a Z′"));
+    let last_good = sec
+        .find("Feature_11")
+        .unwrap_or(0)
+        .max(sec.find("Feature_0<").unwrap());
+    let first_bad = sec.find("<tr class=\"degenerate\">").unwrap();
+    assert!(first_bad > last_good, "degenerate rows last");
+    assert_eq!(sec.matches("<tr class=\"degenerate\">").count(), 2);
+    assert!(sec.contains("degenerate: no spread, or no difference between the controls"));
+}
+
+#[test]
+fn label_qc_lists_flagged_wells_first() {
+    let html = render(&glance_fixture());
+    let sec = between(&html, "<section id=\"label-qc\">", "</section>");
+    assert!(sec.contains("1 of 2 wells flagged"));
+    let flagged = sec.find("<tr class=\"flagged\">").unwrap();
+    assert!(flagged < sec.find("<td>A01</td>").unwrap());
+    assert!(sec.contains("<td>⚠ yes</td>"));
+}
+
+#[test]
+fn shap_features_and_tile_captions_are_shown() {
+    let html = render(&glance_fixture());
+    assert!(html.contains("Features behind each class (mean |SHAP|)"));
+    assert!(html.contains("<code>translocated_feature_1</code>"));
+    assert!(
+        !html.contains("translocated_feature_11"),
+        "top 10 per class"
+    );
+    // 12 tiles, each enlarged to at least 120 px by a whole factor, with its caption; the
+    // explained cell lists its features.
+    assert_eq!(html.matches("<div class=\"tile\">").count(), 12);
+    assert_eq!(html.matches("class=\"zoomed\"").count(), 12);
+    assert!(html.contains("width=\"144\" height=\"144\""));
+    assert!(html.contains("P4 · B01<br>translocated 0.99<br>"));
+    assert!(html.contains("<li><code>…plasm_Intensity_MeanIntensity_GFP</code> +1.250</li>"));
+    assert!(html.contains("<div class=\"tile-label\">least confident</div>"));
+}
+
+#[test]
+fn every_qc_map_is_reachable() {
+    let html = render(&glance_fixture());
+    let grid = between(&html, "<div class=\"hm-grid\"", "</table>");
+    // 3 measures × 2 plates: each a thumbnail that links to itself, opened full size by CSS.
+    for n in 1..=6 {
+        assert!(grid.contains(&format!("<div class=\"hm\" id=\"hm-{n}\">")));
+        assert!(grid.contains(&format!("href=\"#hm-{n}\"")));
+    }
+    assert!(!grid.contains("id=\"hm-7\""));
+    assert_eq!(grid.matches("<svg class=\"chart\"").count(), 6);
+    assert!(grid.contains("<th>PowerLogLogSlope DNA</th>") && grid.contains("<th>P5</th>"));
+    assert!(html.contains(".hm:target"));
+}
+
+#[test]
+fn charts_tell_the_truth_about_their_contents() {
+    let html = render(&glance_fixture());
+    // The true number of features.
+    assert!(html.contains("Top 20 of 214 features by |importance|"));
+    // Reliability titles: the series and its ECE on separate lines, never cut mid-number.
+    let rel = between(&html, "data-chart=\"reliability\"", "</svg>");
+    assert!(rel.contains(">ECE 0.081</text>") && rel.contains(">ECE 0.019</text>"));
+    assert!(!rel.contains("— ECE"));
+    // No per-plate interval: no whiskers promised.
+    let groups = between(&html, "data-chart=\"group-scores\"", "</svg>");
+    assert!(groups.contains("weighted F1 (no per-group interval)"));
+    assert!(!groups.contains("with 95% CI"));
+    let old = render(&sample());
+    assert!(
+        between(&old, "data-chart=\"group-scores\"", "</svg>").contains("weighted F1 with 95% CI")
+    );
 }

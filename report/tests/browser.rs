@@ -39,6 +39,7 @@ fn heatmap(metric: &str, flagged: &[String]) -> SvgFigure {
     SvgFigure {
         title: format!("P1: {metric}"),
         svg: plate_heatmap_svg("P1", metric, &values, 8, 12, flagged),
+        ..SvgFigure::default()
     }
 }
 
@@ -80,6 +81,7 @@ fn sample() -> Report {
         value: v,
         ci95: ci,
         note: String::new(),
+        ..Metric::default()
     };
     let bins = |shift: f64| -> Vec<ReliabilityBin> {
         (3..10)
@@ -181,6 +183,7 @@ fn sample() -> Report {
                         png: gradient_png(96, 32),
                     },
                 ],
+                ..ModelSection::default()
             },
             ModelSection {
                 name: "holdout".into(),
@@ -223,6 +226,7 @@ fn sample() -> Report {
         notes: vec![
             "Plate P3 was imaged on another day: its per-plate score is the one to watch.".into(),
         ],
+        ..Report::default()
     }
 }
 

@@ -7,17 +7,22 @@ use super::Context;
 use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
 use plateflow_learn::cells::Data;
-use plateflow_learn::figures::{composite, grid, overlay};
+use plateflow_learn::figures::{composite, grid, overlay, zoom_for};
 use plateflow_learn::interpret::{grad_cam, saliency, smoothgrad, spearman};
 use plateflow_learn::model::{seed_init, Cnn};
 use plateflow_learn::rng::Rng;
 
 /// Cells shown per class in the saliency figure and per row of a montage.
 const SAMPLES: usize = 4;
-const MONTAGE: usize = 8;
+const MONTAGE: usize = 6;
+/// White pixels between tiles.
+const GAP: usize = 4;
 
-/// Writes `figures/saliency_<k>.png` and `figures/montage_<k>.png` for each class k and
-/// returns the sanity check's summary. `probs`: each cell's calibrated out-of-fold
+/// Writes `figures/saliency_<k>.png` and `figures/montage_<k>.png` for each class k, their
+/// tiles enlarged by nearest neighbour to about 144 px, and returns the sanity check's summary
+/// with, per class, where each figure's tiles are and which cell each shows (`saliency_tiles`,
+/// `montage_tiles`: file, tile size, gap, and per row its cells' id, plate, well, label,
+/// predicted class and confidence), so the report can caption every tile. `probs`: each cell's calibrated out-of-fold
 /// probabilities (the montage ranks by them; the maps come from the final `model`).
 pub fn write_figures(
     ctx: &Context,
@@ -40,6 +45,19 @@ pub fn write_figures(
     let mut rho = Vec::new();
     let mut rng = Rng::new(seed);
     let mut classes_out = Vec::new();
+    let zoom = zoom_for(shape[1].max(shape[2]));
+    let (tile_w, tile_h) = (shape[2] * zoom, shape[1] * zoom);
+    let describe = |i: usize| {
+        let k = argmax1(&probs[i]);
+        serde_json::json!({
+            "cell": d.ids[i],
+            "plate": d.origins[i].plate,
+            "well": d.origins[i].well,
+            "truth": d.classes[labels[i]],
+            "predicted": d.classes[k],
+            "confidence": probs[i][k],
+        })
+    };
     for (k, class) in d.classes.iter().enumerate() {
         // Confidently right cells of this class: what the model takes as typical.
         let mut right: Vec<usize> = (0..labels.len())
@@ -54,43 +72,49 @@ pub fn write_figures(
             let cam = grad_cam(model, c, shape, k)?;
             rho.push(spearman(&sal, &saliency(&random, c, shape, k)?));
             rows.push(vec![
-                composite(c, shape),
-                overlay(c, shape, &sal),
-                overlay(c, shape, &sg),
-                overlay(c, shape, &cam),
+                composite(c, shape).upscale(zoom),
+                overlay(c, shape, &sal).upscale(zoom),
+                overlay(c, shape, &sg).upscale(zoom),
+                overlay(c, shape, &cam).upscale(zoom),
             ]);
         }
         let stem = file_stem(class);
+        let mut saliency_tiles = serde_json::Value::Null;
         if !rows.is_empty() {
-            ctx.write_output(
-                &format!("figures/saliency_{stem}.png"),
-                &grid(&rows, 2).png()?,
-            )?;
+            let file = format!("figures/saliency_{stem}.png");
+            ctx.write_output(&file, &grid(&rows, GAP).png()?)?;
+            saliency_tiles = serde_json::json!({
+                "file": file, "tile_width": tile_w, "tile_height": tile_h, "gap": GAP,
+                "columns": ["crop", "gradient × input", "SmoothGrad", "Grad-CAM"],
+                "rows": right.iter().take(rows.len()).map(|&i| serde_json::json!({"cell": describe(i)})).collect::<Vec<_>>(),
+            });
         }
         // Cells predicted as this class, most and least confident.
         let mut predicted: Vec<usize> = (0..labels.len())
             .filter(|&i| argmax1(&probs[i]) == k)
             .collect();
         predicted.sort_by(|&a, &b| probs[b][k].total_cmp(&probs[a][k]));
+        let mut montage_tiles = serde_json::Value::Null;
         if !predicted.is_empty() {
-            let most: Vec<_> = predicted
-                .iter()
-                .take(MONTAGE)
-                .map(|&i| composite(crop(i), shape))
-                .collect();
-            let least: Vec<_> = predicted
-                .iter()
-                .rev()
-                .take(MONTAGE)
-                .map(|&i| composite(crop(i), shape))
-                .collect();
-            ctx.write_output(
-                &format!("figures/montage_{stem}.png"),
-                &grid(&[most, least], 2).png()?,
-            )?;
+            let most: Vec<usize> = predicted.iter().take(MONTAGE).copied().collect();
+            let least: Vec<usize> = predicted.iter().rev().take(MONTAGE).copied().collect();
+            let tiles = |cells: &[usize]| -> Vec<_> {
+                cells
+                    .iter()
+                    .map(|&i| composite(crop(i), shape).upscale(zoom))
+                    .collect()
+            };
+            let file = format!("figures/montage_{stem}.png");
+            ctx.write_output(&file, &grid(&[tiles(&most), tiles(&least)], GAP).png()?)?;
+            let row = |label: &str, cells: &[usize]| serde_json::json!({"label": label, "cells": cells.iter().map(|&i| describe(i)).collect::<Vec<_>>()});
+            montage_tiles = serde_json::json!({
+                "file": file, "tile_width": tile_w, "tile_height": tile_h, "gap": GAP,
+                "rows": [row("most confident", &most), row("least confident", &least)],
+            });
         }
         classes_out.push(serde_json::json!({
-            "class": class, "file_stem": stem, "saliency_cells": rows.len(), "predicted_cells": predicted.len()
+            "class": class, "file_stem": stem, "saliency_cells": rows.len(), "predicted_cells": predicted.len(),
+            "saliency_tiles": saliency_tiles, "montage_tiles": montage_tiles,
         }));
     }
     let mean_rho = if rho.is_empty() {

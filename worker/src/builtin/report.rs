@@ -9,8 +9,10 @@ use anyhow::Context as _;
 use plateflow_contract::metrics::{Estimate, Metrics};
 use plateflow_contract::params::ReportParams;
 use plateflow_report::{
-    Coefficient, Curve, Exclusion, GroupScore, Metric, ModelSection, PlateSegmentation, PngFigure,
-    QcSummary, Reliability, ReliabilityBin, Report, SegmentationSection, SvgFigure,
+    Coefficient, Curve, DoseFit, DosePoint, Exclusion, Fraction, GroupScore, LabelQcWell, Metric,
+    ModelSection, PlateSegmentation, PngFigure, QcSummary, Readout, ReadoutZprime, Reliability,
+    ReliabilityBin, Report, SegmentationSection, ShapFeature, SvgFigure, Tile, TileFigure, TileRow,
+    WellReadout, ZprimeTable,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,7 +48,7 @@ fn json(path: &Path) -> anyhow::Result<serde_json::Value> {
 fn qc_summary(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Option<QcSummary>> {
     let mut qc = QcSummary::default();
     let mut any = false;
-    for outputs in tasks.values() {
+    for (task, outputs) in tasks {
         let Some(q) = outputs.get("qc.csv") else {
             continue;
         };
@@ -68,25 +70,365 @@ fn qc_summary(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Option<QcSumm
                 });
             }
         }
-        // One heat map per plate: focus of the first channel, where blur shows.
-        if let Some((name, path)) = outputs
-            .iter()
-            .filter(|(n, _)| n.starts_with("heatmaps/") && n.contains("_PowerLogLogSlope_"))
-            .min_by_key(|(n, _)| n.as_str())
-        {
+        // Every heat map (each plate × measure × channel), laid out as a grid: a row per
+        // measure and channel, a column per plate.
+        let plate = task_field(task, "plate");
+        for (name, path) in outputs.iter().filter(|(n, _)| n.starts_with("heatmaps/")) {
+            let stem = name
+                .trim_start_matches("heatmaps/")
+                .trim_end_matches(".svg")
+                .to_string();
+            let (column, measure) = match plate.as_deref().and_then(|p| {
+                stem.strip_prefix(p)
+                    .and_then(|r| r.strip_prefix('_'))
+                    .map(|r| (p.to_string(), r.to_string()))
+            }) {
+                Some(pm) => pm,
+                None => match stem.split_once('_') {
+                    Some((p, m)) => (p.to_string(), m.to_string()),
+                    None => (task.clone(), stem.clone()),
+                },
+            };
             qc.heatmaps.push(SvgFigure {
-                title: name
-                    .trim_start_matches("heatmaps/")
-                    .trim_end_matches(".svg")
-                    .replace('_', " "),
+                title: stem.replace('_', " "),
                 svg: std::fs::read_to_string(path)?,
+                row: measure.replace('_', " "),
+                column,
             });
         }
     }
     Ok(any.then_some(qc))
 }
 
-fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>> {
+/// The value of `field` in a task name like `qc[plate=P1]`.
+fn task_field(task: &str, field: &str) -> Option<String> {
+    let inner = task.split_once('[')?.1.strip_suffix(']')?;
+    inner.split(',').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k.trim() == field).then(|| v.trim().to_string())
+    })
+}
+
+/// A cell of a CSV row by column name ("" where absent).
+fn cell<'a>(h: &[String], r: &'a csv::StringRecord, name: &str) -> &'a str {
+    column(h, name).and_then(|c| r.get(c)).unwrap_or("")
+}
+
+fn num(h: &[String], r: &csv::StringRecord, name: &str) -> f64 {
+    cell(h, r, name).trim().parse().unwrap_or(f64::NAN)
+}
+
+/// An interval from two columns, where both are numbers.
+fn interval(h: &[String], r: &csv::StringRecord, lo: &str, hi: &str) -> Option<(f64, f64)> {
+    let (a, b) = (num(h, r, lo), num(h, r, hi));
+    (a.is_finite() && b.is_finite()).then_some((a, b))
+}
+
+/// The features step's `zprime.csv` (per feature; curate's per-plate-map one has no
+/// `feature` column and is left out).
+fn zprime_tables(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Vec<ZprimeTable>> {
+    let mut out = Vec::new();
+    for (task, outputs) in tasks {
+        let Some(p) = outputs.get("zprime.csv") else {
+            continue;
+        };
+        let (h, rows) = read_csv(p)?;
+        if h.first().map(String::as_str) != Some("feature") || column(&h, "z_prime").is_none() {
+            continue;
+        }
+        out.push(ZprimeTable {
+            task: task.clone(),
+            columns: h,
+            rows: rows
+                .iter()
+                .map(|r| r.iter().map(str::to_string).collect())
+                .collect(),
+        });
+    }
+    Ok(out)
+}
+
+/// `label_qc.csv` as `train` writes it (curate's, about the plate map, has other columns).
+fn label_qc(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Vec<LabelQcWell>> {
+    let mut out = Vec::new();
+    for (task, outputs) in tasks {
+        let Some(p) = outputs.get("label_qc.csv") else {
+            continue;
+        };
+        let (h, rows) = read_csv(p)?;
+        if column(&h, "flagged").is_none() || column(&h, "p_value").is_none() {
+            continue;
+        }
+        for r in &rows {
+            out.push(LabelQcWell {
+                source: task.clone(),
+                plate: cell(&h, r, "Metadata_Plate").to_string(),
+                well: cell(&h, r, "Metadata_Well").to_string(),
+                label: cell(&h, r, "label").to_string(),
+                cells: num(&h, r, "cells").max(0.0) as usize,
+                agreeing: num(&h, r, "agreeing").max(0.0) as usize,
+                expected_agreeing: num(&h, r, "expected_agreeing"),
+                predicted_mostly: cell(&h, r, "predicted_mostly").to_string(),
+                p_value: num(&h, r, "p_value"),
+                flagged: matches!(
+                    cell(&h, r, "flagged").trim().to_ascii_lowercase().as_str(),
+                    "true" | "1" | "yes"
+                ),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A task's per-well readout: `well_readout.csv`, `dose_response.csv` (its points from the
+/// well readout, or for a features task from `wells.csv`: the median per well against the
+/// dose column) and `readout_zprime.csv`. `None` where the task wrote none of them.
+fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
+    let mut r = Readout {
+        name: task.to_string(),
+        ..Readout::default()
+    };
+    let mut table: Option<(Vec<String>, Vec<csv::StringRecord>)> = None;
+    if let Some(p) = outputs.get("well_readout.csv") {
+        let (h, rows) = read_csv(p)?;
+        r.classes = h
+            .iter()
+            .filter_map(|c| c.strip_prefix("fraction_"))
+            .filter(|c| !c.ends_with("_lo") && !c.ends_with("_hi"))
+            .map(str::to_string)
+            .collect();
+        for row in &rows {
+            let dose = num(&h, row, "dose");
+            r.wells.push(WellReadout {
+                plate: cell(&h, row, "Metadata_Plate").to_string(),
+                well: cell(&h, row, "Metadata_Well").to_string(),
+                label: cell(&h, row, "label").to_string(),
+                dose: dose.is_finite().then_some(dose),
+                control: cell(&h, row, "control").to_string(),
+                cells: num(&h, row, "cells").max(0.0) as usize,
+                fractions: r
+                    .classes
+                    .iter()
+                    .map(|c| {
+                        let col = format!("fraction_{c}");
+                        Fraction {
+                            value: num(&h, row, &col),
+                            ci95: interval(&h, row, &format!("{col}_lo"), &format!("{col}_hi")),
+                        }
+                    })
+                    .collect(),
+            });
+        }
+        table = Some((h, rows));
+    }
+    if let Some(p) = outputs.get("dose_response.csv") {
+        let (h, rows) = read_csv(p)?;
+        // Where the points come from: the well readout, or the features step's wells.csv.
+        let wells = match &table {
+            Some(_) => None,
+            None => match outputs.get("wells.csv") {
+                Some(w) => Some(read_csv(w)?),
+                None => None,
+            },
+        };
+        for row in &rows {
+            let readout = cell(&h, row, "readout").to_string();
+            let plate = cell(&h, row, "Metadata_Plate").to_string();
+            let same_plate = |p: &str| plate.is_empty() || plate == "all" || p == plate;
+            let mut points = Vec::new();
+            if let Some((wh, wr)) = &table {
+                // `fraction_<c>` or the class name itself.
+                let col = if column(wh, &readout).is_some() {
+                    readout.clone()
+                } else {
+                    format!("fraction_{readout}")
+                };
+                for w in wr
+                    .iter()
+                    .filter(|w| same_plate(cell(wh, w, "Metadata_Plate")))
+                {
+                    points.push(DosePoint {
+                        well: format!(
+                            "{} {}",
+                            cell(wh, w, "Metadata_Plate"),
+                            cell(wh, w, "Metadata_Well")
+                        ),
+                        dose: num(wh, w, "dose"),
+                        value: num(wh, w, &col),
+                        ci95: interval(wh, w, &format!("{col}_lo"), &format!("{col}_hi")),
+                    });
+                }
+            } else if let Some((wh, wr)) = &wells {
+                let dose_col = wh
+                    .iter()
+                    .find(|c| {
+                        let l = c.to_ascii_lowercase();
+                        l.starts_with("metadata_") && (l.contains("dose") || l.contains("conc"))
+                    })
+                    .cloned();
+                if let Some(dc) = dose_col {
+                    for w in wr
+                        .iter()
+                        .filter(|w| same_plate(cell(wh, w, "Metadata_Plate")))
+                    {
+                        points.push(DosePoint {
+                            well: format!(
+                                "{} {}",
+                                cell(wh, w, "Metadata_Plate"),
+                                cell(wh, w, "Metadata_Well")
+                            ),
+                            dose: num(wh, w, &dc),
+                            value: num(wh, w, &readout),
+                            ci95: None,
+                        });
+                    }
+                }
+            }
+            r.dose_response.push(DoseFit {
+                readout,
+                plate,
+                ec50: num(&h, row, "ec50"),
+                ec50_ci95: interval(&h, row, "ec50_lo", "ec50_hi"),
+                hill: num(&h, row, "hill"),
+                bottom: num(&h, row, "bottom"),
+                top: num(&h, row, "top"),
+                wells: num(&h, row, "wells").max(0.0) as usize,
+                doses: num(&h, row, "doses").max(0.0) as usize,
+                status: cell(&h, row, "status").to_string(),
+                points,
+            });
+        }
+    }
+    if let Some(p) = outputs.get("readout_zprime.csv") {
+        let (h, rows) = read_csv(p)?;
+        for row in &rows {
+            r.zprime.push(ReadoutZprime {
+                readout: cell(&h, row, "readout").to_string(),
+                z_prime: num(&h, row, "z_prime"),
+                positive_wells: num(&h, row, "positive_wells").max(0.0) as usize,
+                negative_wells: num(&h, row, "negative_wells").max(0.0) as usize,
+                mean_positive: num(&h, row, "mean_positive"),
+                mean_negative: num(&h, row, "mean_negative"),
+            });
+        }
+    }
+    let any = !r.wells.is_empty() || !r.dose_response.is_empty() || !r.zprime.is_empty();
+    Ok(any.then_some(r))
+}
+
+/// Every `explanations.csv` upstream: cell id → its top features with their SHAP values.
+type Explanations = BTreeMap<String, Vec<(String, f64)>>;
+
+fn explanations(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Explanations> {
+    let mut out = Explanations::new();
+    for outputs in tasks.values() {
+        let Some(p) = outputs.get("explanations.csv") else {
+            continue;
+        };
+        let (h, rows) = read_csv(p)?;
+        for r in &rows {
+            let feats = (1..=3)
+                .filter_map(|k| {
+                    let f = cell(&h, r, &format!("feature_{k}"));
+                    let v = num(&h, r, &format!("shap_{k}"));
+                    (!f.is_empty() && v.is_finite()).then(|| (f.to_string(), v))
+                })
+                .collect();
+            out.insert(cell(&h, r, "cell").to_string(), feats);
+        }
+    }
+    Ok(out)
+}
+
+/// Caption lines for a cell described in `interpretation.json`: plate and well, then the
+/// predicted class with its confidence (and the label where it differs).
+fn cell_caption(c: &serde_json::Value) -> Vec<String> {
+    let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+    let mut lines = vec![format!("{} · {}", s("plate"), s("well"))];
+    let mut called = format!(
+        "{} {:.2}",
+        s("predicted"),
+        c["confidence"].as_f64().unwrap_or(f64::NAN)
+    );
+    if !s("truth").is_empty() && s("truth") != s("predicted") {
+        called.push_str(&format!(" (label {})", s("truth")));
+    }
+    lines.push(called);
+    lines
+}
+
+/// Cuts the tiles of a grid figure (as `plateflow_learn::figures::grid` lays them out) out of
+/// its PNG and captions each from `interpretation.json`'s description of the figure.
+fn tile_figure(
+    outputs: &Outputs,
+    spec: &serde_json::Value,
+    title: String,
+    caption: String,
+    why: &Explanations,
+) -> anyhow::Result<Option<TileFigure>> {
+    let Some(path) = spec["file"].as_str().and_then(|f| outputs.get(f)) else {
+        return Ok(None);
+    };
+    let img = plateflow_learn::figures::decode_png(&std::fs::read(path)?)?;
+    let (tw, th, gap) = (
+        spec["tile_width"].as_u64().unwrap_or(0) as usize,
+        spec["tile_height"].as_u64().unwrap_or(0) as usize,
+        spec["gap"].as_u64().unwrap_or(0) as usize,
+    );
+    anyhow::ensure!(tw > 0 && th > 0, "{}: no tile size", path.display());
+    let at = |r: usize, c: usize| -> anyhow::Result<Vec<u8>> {
+        img.crop(gap + c * (tw + gap), gap + r * (th + gap), tw, th)
+            .png()
+    };
+    let mut fig = TileFigure {
+        title,
+        caption,
+        columns: spec["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_string))
+            .collect(),
+        rows: Vec::new(),
+    };
+    for (r, row) in spec["rows"].as_array().into_iter().flatten().enumerate() {
+        let cells: Vec<&serde_json::Value> = match row["cells"].as_array() {
+            // A montage row: one tile per cell.
+            Some(cells) => cells.iter().collect(),
+            // A saliency row: one cell, a tile per column.
+            None => vec![&row["cell"]; fig.columns.len().max(1)],
+        };
+        let one_cell = row["cells"].as_array().is_none();
+        let mut tiles = Vec::new();
+        for (c, cellv) in cells.iter().enumerate() {
+            let id = cellv["cell"].as_str().unwrap_or("");
+            tiles.push(Tile {
+                png: at(r, c)?,
+                caption: if one_cell && c > 0 {
+                    Vec::new()
+                } else {
+                    cell_caption(cellv)
+                },
+                features: if one_cell && c > 0 {
+                    Vec::new()
+                } else {
+                    why.get(id).cloned().unwrap_or_default()
+                },
+            });
+        }
+        fig.rows.push(TileRow {
+            label: row["label"].as_str().unwrap_or("").to_string(),
+            tiles,
+        });
+    }
+    Ok(Some(fig))
+}
+
+fn section(
+    name: &str,
+    outputs: &Outputs,
+    why: &Explanations,
+) -> anyhow::Result<Option<ModelSection>> {
     let Some(path) = outputs.get("metrics.json") else {
         return Ok(None);
     };
@@ -104,6 +446,8 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
         classes: m.classes().to_vec(),
         ..ModelSection::default()
     };
+    s.held_out = matches!(m, Metrics::Evaluation(_));
+    s.control_f1 = m.control_f1().filter(|v| v.is_finite());
     let Some(sc) = m.scores() else {
         let cells = match &m {
             Metrics::Evaluation(e) => e.cells,
@@ -114,6 +458,7 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
             value: cells as f64,
             ci95: None,
             note: "no labels: predictions only".into(),
+            ..Metric::default()
         });
         return Ok(Some(s));
     };
@@ -129,15 +474,26 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
         value,
         ci95: None,
         note: note.into(),
+        ..Metric::default()
     };
-    let estimate = |name: &str, e: &Estimate, note: &str| Metric {
-        name: name.into(),
-        value: e.value,
-        ci95: {
-            let [lo, hi] = e.ci95_by_plate;
-            (lo.is_finite() && hi.is_finite()).then_some((lo, hi))
-        },
-        note: note.into(),
+    // `[null, null]` means too few plates to resample; so does a zero-width interval from
+    // fewer than 3 plates (what older runs wrote): both are shown as "no interval", never
+    // as "0.901 [0.901, 0.901]".
+    let plates = sc.per_group.len();
+    let estimate = |name: &str, e: &Estimate, note: &str| {
+        let [lo, hi] = e.ci95_by_plate;
+        let real = lo.is_finite() && hi.is_finite() && !(lo == hi && plates < 3);
+        Metric {
+            name: name.into(),
+            value: e.value,
+            ci95: real.then_some((lo, hi)),
+            no_interval: if real {
+                String::new()
+            } else {
+                "fewer than 3 plates".into()
+            },
+            note: note.into(),
+        }
     };
     s.metrics.push(estimate(
         "weighted F1",
@@ -247,7 +603,8 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
     }
     if let Some(c) = outputs.get("coefficients.csv") {
         let (h, rows) = read_csv(c)?;
-        for r in rows.iter().take(20) {
+        // Every feature: the chart shows the top 20 and says of how many.
+        for r in &rows {
             let get = |n: &str| {
                 column(&h, n)
                     .and_then(|i| r.get(i))
@@ -259,6 +616,17 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
                 family: get("family"),
                 channel: get("channel"),
                 importance: get("importance").parse().unwrap_or(f64::NAN),
+            });
+        }
+    }
+    if let Some(p) = outputs.get("shap_summary.csv") {
+        let (h, rows) = read_csv(p)?;
+        for r in &rows {
+            s.shap.push(ShapFeature {
+                class: cell(&h, r, "class").to_string(),
+                feature: cell(&h, r, "feature").to_string(),
+                mean_abs_shap: num(&h, r, "mean_abs_shap"),
+                rank: num(&h, r, "rank").max(0.0) as usize,
             });
         }
     }
@@ -274,12 +642,41 @@ fn section(name: &str, outputs: &Outputs) -> anyhow::Result<Option<ModelSection>
             } else {
                 "HIGH: the maps barely depend on the weights; do not read them".into()
             },
+            ..Metric::default()
         });
         for c in interp["classes"].as_array().into_iter().flatten() {
             let (class, stem) = (
                 c["class"].as_str().unwrap_or(""),
                 c["file_stem"].as_str().unwrap_or(""),
             );
+            // Figures described tile by tile: each cell captioned with its plate, well,
+            // class and confidence (and its top features where the linear model explained it).
+            let saliency_caption = format!("Cells of class {class} classified correctly with the highest confidence, one per row: the crop (magenta DNA, green second channel), then gradient × input, SmoothGrad and Grad-CAM; bright = pixels that raise the {class} score. Tiles enlarged with square pixels.");
+            let montage_caption = format!("Cells predicted as {class} on plates the model did not train on: top row the most confident, bottom row the least, each with its plate, well and confidence (and, where the linear model explained the same cell, its top features by SHAP). Look for artefacts or mislabelled wells among the confident ones.");
+            let mut tiled = false;
+            if let Some(f) = tile_figure(
+                outputs,
+                &c["saliency_tiles"],
+                format!("What the model looks at: {class}"),
+                saliency_caption,
+                why,
+            )? {
+                s.tiles.push(f);
+                tiled = true;
+            }
+            if let Some(f) = tile_figure(
+                outputs,
+                &c["montage_tiles"],
+                format!("Most and least confident: {class}"),
+                montage_caption,
+                why,
+            )? {
+                s.tiles.push(f);
+                tiled = true;
+            }
+            if tiled {
+                continue;
+            }
             if let Some(p) = outputs.get(&format!("figures/saliency_{stem}.png")) {
                 s.figures.push(PngFigure {
                     title: format!("What the model looks at: {class}"),
@@ -383,8 +780,20 @@ pub fn run(ctx: &mut Context, params: &ReportParams) -> anyhow::Result<()> {
         segmentation: segmentation_section(&tasks)?,
         ..Report::default()
     };
+    report.zprime = zprime_tables(&tasks)?;
+    report.label_qc = label_qc(&tasks)?;
     for (task, outputs) in &tasks {
-        if let Some(s) = section(task, outputs)? {
+        if let Some(r) = readout(task, outputs)? {
+            report.readouts.push(r);
+        }
+    }
+    // Evaluations (with a per-well readout) before the features step's dose responses.
+    report
+        .readouts
+        .sort_by_key(|r| (r.wells.is_empty(), r.name.clone()));
+    let why = explanations(&tasks)?;
+    for (task, outputs) in &tasks {
+        if let Some(s) = section(task, outputs, &why)? {
             if s.leaky {
                 report.notes.push(format!("{task}: cells were split at random (leaky): its scores overstate accuracy on new plates."));
             }
@@ -407,4 +816,103 @@ pub fn run(ctx: &mut Context, params: &ReportParams) -> anyhow::Result<()> {
         }
     ));
     ctx.write_output("report.html", plateflow_report::render(&report).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Hand-made upstream files in a scratch directory, as one task's outputs.
+    fn outputs(dir: &Path, files: &[(&str, &str)]) -> Outputs {
+        files
+            .iter()
+            .map(|(name, text)| {
+                let p = dir.join(name);
+                std::fs::write(&p, text).unwrap();
+                (name.to_string(), p)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn evaluate_files_become_a_readout_with_points_and_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = outputs(
+            dir.path(),
+            &[
+                (
+                    "well_readout.csv",
+                    "Metadata_Plate,Metadata_Well,label,dose,control,cells,fraction_normal,fraction_normal_lo,fraction_normal_hi,fraction_hit,fraction_hit_lo,fraction_hit_hi\n\
+                     P4,A01,normal,0,negative,40,0.9,0.8,0.97,0.1,0.03,0.2\n\
+                     P4,A02,hit,1,,38,0.5,0.4,0.6,0.5,0.4,0.6\n\
+                     P4,A03,hit,10,positive,35,0.1,0.05,0.2,0.9,0.8,0.95\n",
+                ),
+                (
+                    "dose_response.csv",
+                    "readout,Metadata_Plate,ec50,ec50_lo,ec50_hi,hill,bottom,top,wells,doses,status\n\
+                     fraction_hit,P4,1,0.5,2,1,0.1,0.9,3,3,fitted\n\
+                     fraction_hit,P5,,,,,,,2,1,fewer than 4 doses\n",
+                ),
+                (
+                    "readout_zprime.csv",
+                    "readout,z_prime,positive_wells,negative_wells,mean_positive,mean_negative\nfraction_hit,,1,1,0.9,0.1\n",
+                ),
+            ],
+        );
+        let r = readout("holdout", &out).unwrap().unwrap();
+        assert_eq!(r.classes, ["normal", "hit"]);
+        assert_eq!(r.wells.len(), 3);
+        assert_eq!(r.wells[0].dose, Some(0.0));
+        assert_eq!(r.wells[2].fractions[1].ci95, Some((0.8, 0.95)));
+        let fit = &r.dose_response[0];
+        assert!(fit.fitted() && fit.ec50_ci95 == Some((0.5, 2.0)));
+        assert_eq!(fit.points.len(), 3, "the plate's wells");
+        assert_eq!(fit.points[1].ci95, Some((0.4, 0.6)));
+        assert!(!r.dose_response[1].fitted() && r.dose_response[1].points.is_empty());
+        assert!(r.zprime[0].z_prime.is_nan(), "an empty Z′ is no Z′");
+        assert!(readout("model", &Outputs::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn only_trains_label_qc_and_features_zprime_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tasks = BTreeMap::new();
+        let a = dir.path().join("a");
+        let b = dir.path().join("b");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        tasks.insert(
+            "qc[plate=P1]".to_string(),
+            outputs(
+                &a,
+                &[
+                    (
+                        "label_qc.csv",
+                        "check,plate,well,detail\nclass_balance,P1,,x\n",
+                    ),
+                    (
+                        "zprime.csv",
+                        "plate,channel,metric,z_prime\nP1,DNA,Mean,0.2\n",
+                    ),
+                ],
+            ),
+        );
+        tasks.insert(
+            "model".to_string(),
+            outputs(
+                &b,
+                &[
+                    ("label_qc.csv", "Metadata_Plate,Metadata_Well,label,cells,agreeing,expected_agreeing,predicted_mostly,p_value,flagged\nP2,C04,normal,41,3,37.5,hit,1e-9,true\nP1,A01,normal,40,38,36.6,normal,0.7,false\n"),
+                    ("zprime.csv", "feature,z_prime,mean_positive\nF1,0.8,1\nF2,,1\n"),
+                ],
+            ),
+        );
+        let qc = label_qc(&tasks).unwrap();
+        assert_eq!(qc.len(), 2);
+        assert!(qc[0].flagged && !qc[1].flagged && qc[0].predicted_mostly == "hit");
+        let z = zprime_tables(&tasks).unwrap();
+        assert_eq!(z.len(), 1);
+        assert_eq!(z[0].rows.len(), 2);
+        assert_eq!(task_field("qc[plate=P1]", "plate").as_deref(), Some("P1"));
+    }
 }
