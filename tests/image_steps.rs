@@ -199,9 +199,12 @@ fn demo_curation_finds_the_planted_defects_and_segmentation_the_planted_cells() 
     assert_eq!(crops.shape(), &[irows.len(), 2, 48, 48]);
     assert!(irows.len() > 100, "{} crops", irows.len());
     // Only the dose-series row (D) is unlabelled: its cells are scored, not trained on.
-    assert!(irows
-        .iter()
-        .all(|r| !r[col(&ih, "label")].is_empty() || r[col(&ih, "Metadata_Well")].starts_with('D')));
+    assert!(
+        irows
+            .iter()
+            .all(|r| !r[col(&ih, "label")].is_empty()
+                || r[col(&ih, "Metadata_Well")].starts_with('D'))
+    );
 
     // Leave-plate-out model: three folds, one plate each (P4 is held out of everything); it
     // beats a shuffled-label control trained the same way. (Plate P2's batch effects make its
@@ -460,6 +463,17 @@ fn demo_readouts_match_the_planted_truth(dir: &Path, results: &Path) {
         assert!(
             series.first() < series.last() && series[5] > 0.8 && series[0] < 0.2,
             "{step}: {series:?}"
+        );
+        // The dose series' EC50 (planted: 0.3 µM), with an interval around it.
+        let (dh, fits) = read_csv(&results.join(format!("{step}/dose_response.csv")));
+        let fit = &fits[0];
+        assert_eq!(fit[col(&dh, "status")], "fitted", "{step}: {fit:?}");
+        let num = |c: &str| fit[col(&dh, c)].parse::<f64>().unwrap();
+        let (ec50, lo, hi) = (num("ec50"), num("ec50_lo"), num("ec50_hi"));
+        println!("{step}: EC50 {ec50:.3} µM [95 % CI {lo:.3}, {hi:.3}], planted 0.3");
+        assert!(
+            lo < ec50 && ec50 < hi && ec50 > 0.15 && ec50 < 0.6,
+            "{step}: {fit:?}"
         );
         // The classifier readout separates the controls.
         let (zh, z) = read_csv(&results.join(format!("{step}/readout_zprime.csv")));

@@ -196,10 +196,14 @@ fn render(seed: u64, size: u32, plate: usize, share: f64, defect: Option<Defect>
         (s * s / 4400.0) as usize + (rng.next() % 5) as usize
     };
     let mut tries = 0;
+    // Each cell responds with the well's share (0 or 1 in untreated and full-dose wells). The
+    // phenotype is drawn once per cell and kept while a free place is sought, so the larger
+    // translocated nuclei, rejected more often, are not under-represented.
+    let mut next: Option<bool> = None;
     while cells.len() < target && tries < 2000 {
         tries += 1;
-        // Each cell responds with the well's share (0 or 1 in untreated and full-dose wells).
-        let translocated = share >= 1.0 || (share > 0.0 && rng.unit() < share);
+        let translocated =
+            *next.get_or_insert_with(|| share >= 1.0 || (share > 0.0 && rng.unit() < share));
         let a = if translocated {
             rng.range(7.0, 9.0)
         } else {
@@ -227,6 +231,7 @@ fn render(seed: u64, size: u32, plate: usize, share: f64, defect: Option<Defect>
         });
         if ok {
             cells.push(c);
+            next = None;
         }
     }
     let mut dna = vec![0f64; n * n];

@@ -196,7 +196,11 @@ pub const DOSE_RESPONSE_COLUMNS: [&str; 11] = [
 /// a 4-parameter logistic; the EC50's interval resamples cells within wells. With two classes
 /// only the one that rises with dose is fitted (the other mirrors it). Returns the table and
 /// one log line per fit.
-pub fn dose_response(wells: &[Well], predicted: &[usize], classes: &[String]) -> (Table, Vec<String>) {
+pub fn dose_response(
+    wells: &[Well],
+    predicted: &[usize],
+    classes: &[String],
+) -> (Table, Vec<String>) {
     let mut t = Table::new(&DOSE_RESPONSE_COLUMNS);
     let mut log = Vec::new();
     let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.plate.as_str()).collect();
@@ -206,11 +210,16 @@ pub fn dose_response(wells: &[Well], predicted: &[usize], classes: &[String]) ->
             .filter(|w| w.plate == plate && w.dose.is_some())
             .collect();
         let share = |w: &Well, k: usize| {
-            w.cells.iter().filter(|&&i| predicted[i] == k).count() as f64 / w.cells.len().max(1) as f64
+            w.cells.iter().filter(|&&i| predicted[i] == k).count() as f64
+                / w.cells.len().max(1) as f64
         };
         let rising = |k: usize| {
-            let lo = dosed.iter().min_by(|a, b| a.dose.unwrap().total_cmp(&b.dose.unwrap()));
-            let hi = dosed.iter().max_by(|a, b| a.dose.unwrap().total_cmp(&b.dose.unwrap()));
+            let lo = dosed
+                .iter()
+                .min_by(|a, b| a.dose.unwrap().total_cmp(&b.dose.unwrap()));
+            let hi = dosed
+                .iter()
+                .max_by(|a, b| a.dose.unwrap().total_cmp(&b.dose.unwrap()));
             matches!((lo, hi), (Some(l), Some(h)) if share(h, k) > share(l, k))
         };
         let ks: Vec<usize> = if classes.len() == 2 {
@@ -222,7 +231,11 @@ pub fn dose_response(wells: &[Well], predicted: &[usize], classes: &[String]) ->
             let data: Vec<(f64, Vec<f64>)> = dosed
                 .iter()
                 .map(|w| {
-                    let v = w.cells.iter().map(|&i| f64::from(u8::from(predicted[i] == k))).collect();
+                    let v = w
+                        .cells
+                        .iter()
+                        .map(|&i| f64::from(u8::from(predicted[i] == k)))
+                        .collect();
                     (w.dose.expect("dosed"), v)
                 })
                 .collect();
