@@ -10,6 +10,7 @@ pub mod conv;
 mod cpu_op;
 pub mod data;
 pub mod device;
+pub mod dose;
 pub mod figures;
 pub mod fitting;
 pub mod frozen;
