@@ -262,6 +262,10 @@ fn levenberg_marquardt(u: &[f64], y: &[f64], mut p: [f64; 4]) -> Option<(f64, [f
                 cost = c2;
                 lambda = (lambda / 3.0).max(1e-12);
                 improved = true;
+                if p[3].abs() > 5.0 * MAX_HILL {
+                    // A step: the slope would grow without end; the caller says so.
+                    return Some((cost, p));
+                }
                 if gain <= 1e-12 * (cost + 1e-12) || step < 1e-10 {
                     return Some((cost, p));
                 }
@@ -586,6 +590,9 @@ mod tests {
         let (x, y) = noisy(&truth, 3, 1e-6, 4);
         let e = fit_4pl(&x, &y).unwrap_err();
         assert!(e.contains("outside the tested doses"), "{e}");
+        // One jump between two doses: no slope or midpoint between them can be told apart.
+        let e = fit_4pl(&[1.0, 2.0, 4.0, 8.0], &[1.0, 1.01, 0.99, 2.0]).unwrap_err();
+        assert!(e.contains("steps between doses 4.000 and 8.000"), "{e}");
         let e = fit_4pl(&[0.0, 1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap_err();
         assert!(e.contains("doses must be > 0"), "{e}");
     }
