@@ -271,6 +271,34 @@ impl PlateMap {
         }))
     }
 
+    /// The column with each well's dose: `explicit`, or the one column whose name contains
+    /// `dose` or `conc` (case-insensitively: `SBS_Doses`, `concentration_uM`). Several such
+    /// columns are refused: the pipeline must name one with `dose:`.
+    pub fn dose_column(&self, explicit: Option<&str>) -> anyhow::Result<Option<usize>> {
+        if let Some(name) = explicit {
+            return self.required_column(name).map(Some);
+        }
+        let found: Vec<usize> = (0..self.columns.len())
+            .filter(|&i| {
+                let c = self.columns[i].to_ascii_lowercase();
+                c.contains("dose") || c.contains("conc")
+            })
+            .collect();
+        match found[..] {
+            [] => Ok(None),
+            [one] => Ok(Some(one)),
+            _ => anyhow::bail!(
+                "plate map {} has several dose-like columns ({}): name the one to fit with `dose:`",
+                self.file,
+                found
+                    .iter()
+                    .map(|&i| self.columns[i].as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
     /// The column with the class label: `explicit`, or `label`, `phenotype`, `class`.
     pub fn label_column(&self, explicit: Option<&str>) -> anyhow::Result<Option<usize>> {
         if let Some(name) = explicit {
@@ -332,6 +360,17 @@ mod tests {
         assert_eq!(m.duplicates, vec![(4, 2)]);
         let c = m.control_column(None).unwrap().unwrap();
         assert_eq!(m.columns[c], "SBS_Controls");
+        assert_eq!(m.dose_column(None).unwrap(), Some(3));
+        assert_eq!(m.dose_column(Some("dose")).unwrap(), Some(3));
+        assert!(m.dose_column(Some("conc")).is_err());
+        let two = PlateMap::parse("two.csv", b"well,dose,Concentration_uM\nA01,1,2\n").unwrap();
+        let e = two.dose_column(None).unwrap_err().to_string();
+        assert!(
+            e.contains("several dose-like columns (dose, Concentration_uM)")
+                && e.contains("`dose:`"),
+            "{e}"
+        );
+        assert_eq!(two.dose_column(Some("concentration_um")).unwrap(), Some(2));
         assert_eq!(control_of("-1"), Some(Control::Negative));
         assert_eq!(control_of("0"), None);
     }
