@@ -272,6 +272,7 @@ const FEATURES_PARAMS: &[ParamSpec] = &[
     p("translocation", StringList, false, "channels whose nuclear/cytoplasmic ratio is measured per cell"),
     p("normalize", Str, false, "`none` (default), `controls` (robust z against the plate's negative controls) or `all` (against all wells)"),
     p("controls", Str, false, "plate-map column marking controls (default: a column named like `control`)"),
+    p("dose", Str, false, "plate-map column with each well's dose (default: the one column named like `dose` or `conc`); with one, each translocation readout's EC50 goes to dose_response.csv"),
 ];
 
 const CROPS_PARAMS: &[ParamSpec] = &[
@@ -374,7 +375,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Curate,
         name: "curate",
-        version: 1,
+        version: 2,
         summary: "image QC: blur, saturation, intensity, rough counts; robust-z flags per plate, exclusion list, heat maps, label QC, Z'",
         params: CURATE_PARAMS,
         outputs: &["qc.csv", "exclusions.csv", "heatmaps/*.svg", "label_qc.csv", "zprime.csv"],
@@ -398,10 +399,10 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Features,
         name: "features",
-        version: 1,
-        summary: "per-object shape, intensity and texture in CellProfiler column names; per-well medians, optional control normalisation, Z'",
+        version: 2,
+        summary: "per-object shape, intensity and texture in CellProfiler column names; per-well medians, optional control normalisation, Z', EC50 of translocation readouts where the plate map has doses",
         params: FEATURES_PARAMS,
-        outputs: &["cells.csv", "wells.csv", "wells_normalized.csv", "zprime.csv"],
+        outputs: &["cells.csv", "wells.csv", "wells_normalized.csv", "zprime.csv", "dose_response.csv"],
     },
     KindInfo {
         kind: StepKind::Crops,

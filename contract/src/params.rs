@@ -302,6 +302,10 @@ pub struct FeaturesParams {
     pub normalize: WellNormalize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub controls: Option<String>,
+    /// Plate-map column with each well's dose (default: the one column named like `dose` or
+    /// `conc`); with one, `dose_response.csv` gets each translocation readout's EC50.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dose: Option<String>,
 }
 
 impl Default for FeaturesParams {
@@ -314,6 +318,7 @@ impl Default for FeaturesParams {
             translocation: Vec::new(),
             normalize: WellNormalize::None,
             controls: None,
+            dose: None,
         }
     }
 }
@@ -1008,6 +1013,7 @@ impl StepParams {
             }
             StepParams::Features(p) => {
                 out.extend(p.controls.as_deref().map(|c| ("controls", c)));
+                out.extend(p.dose.as_deref().map(|c| ("dose", c)));
             }
             StepParams::Crops(p) => out.extend(p.label.as_deref().map(|c| ("label", c))),
             StepParams::Evaluate(p) => out.extend(p.label.as_deref().map(|c| ("label", c))),

@@ -271,26 +271,26 @@ impl PlateMap {
         }))
     }
 
-    /// The column of doses: `explicit`, or the one column whose name holds `dose` or `conc`
-    /// (`dose`, `Metadata_dose`, `SBS_Doses`, `concentration_uM`). Several such columns
-    /// without `explicit` is an error naming them.
+    /// The column with each well's dose: `explicit`, or the one column whose name contains
+    /// `dose` or `conc` (case-insensitively: `SBS_Doses`, `concentration_uM`). Several such
+    /// columns are refused: the pipeline must name one with `dose:`.
     pub fn dose_column(&self, explicit: Option<&str>) -> anyhow::Result<Option<usize>> {
         if let Some(name) = explicit {
             return self.required_column(name).map(Some);
         }
-        let like: Vec<usize> = (0..self.columns.len())
+        let found: Vec<usize> = (0..self.columns.len())
             .filter(|&i| {
                 let c = self.columns[i].to_ascii_lowercase();
                 c.contains("dose") || c.contains("conc")
             })
             .collect();
-        match like.as_slice() {
+        match found[..] {
             [] => Ok(None),
-            [one] => Ok(Some(*one)),
-            several => anyhow::bail!(
-                "plate map {} has several dose-like columns ({}): name one with `dose:`",
+            [one] => Ok(Some(one)),
+            _ => anyhow::bail!(
+                "plate map {} has several dose-like columns ({}): name the one to fit with `dose:`",
                 self.file,
-                several
+                found
                     .iter()
                     .map(|&i| self.columns[i].as_str())
                     .collect::<Vec<_>>()
@@ -360,29 +360,19 @@ mod tests {
         assert_eq!(m.duplicates, vec![(4, 2)]);
         let c = m.control_column(None).unwrap().unwrap();
         assert_eq!(m.columns[c], "SBS_Controls");
-        assert_eq!(control_of("-1"), Some(Control::Negative));
-        assert_eq!(control_of("0"), None);
-        assert_eq!(m.columns[m.dose_column(None).unwrap().unwrap()], "Dose");
-    }
-
-    #[test]
-    fn several_dose_like_columns_need_a_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m.csv");
-        std::fs::write(
-            &p,
-            "well,dose_uM,concentration
-A01,1,2
-",
-        )
-        .unwrap();
-        let m = PlateMap::read(&p).unwrap();
-        let e = m.dose_column(None).unwrap_err().to_string();
+        assert_eq!(m.dose_column(None).unwrap(), Some(3));
+        assert_eq!(m.dose_column(Some("dose")).unwrap(), Some(3));
+        assert!(m.dose_column(Some("conc")).is_err());
+        let two = PlateMap::parse("two.csv", b"well,dose,Concentration_uM\nA01,1,2\n").unwrap();
+        let e = two.dose_column(None).unwrap_err().to_string();
         assert!(
-            e.contains("dose_uM, concentration") && e.contains("`dose:`"),
+            e.contains("several dose-like columns (dose, Concentration_uM)")
+                && e.contains("`dose:`"),
             "{e}"
         );
-        assert_eq!(m.dose_column(Some("concentration")).unwrap(), Some(2));
+        assert_eq!(two.dose_column(Some("concentration_um")).unwrap(), Some(2));
+        assert_eq!(control_of("-1"), Some(Control::Negative));
+        assert_eq!(control_of("0"), None);
     }
 
     #[test]

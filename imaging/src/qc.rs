@@ -254,19 +254,37 @@ pub fn robust_z(values: &[f64]) -> Vec<f64> {
 }
 
 /// Z′-factor of an assay: 1 − 3(σp + σn) / |μp − μn|. Above 0 the controls separate; above 0.5
-/// is an excellent assay. `None` with fewer than two values on a side.
+/// is an excellent assay. `None` where [`z_prime_or_why`] gives a reason.
 pub fn z_prime(positive: &[f64], negative: &[f64]) -> Option<f64> {
-    fn mean_sd(v: &[f64]) -> Option<(f64, f64)> {
+    z_prime_or_why(positive, negative).ok()
+}
+
+/// Z′ as [`z_prime`], or why it is undefined: fewer than two values on a side, no spread in
+/// either control group (a constant or saturated readout would otherwise score a perfect 1), or
+/// equal control means.
+pub fn z_prime_or_why(positive: &[f64], negative: &[f64]) -> Result<f64, String> {
+    fn mean_sd(v: &[f64], side: &str) -> Result<(f64, f64), String> {
         if v.len() < 2 {
-            return None;
+            return Err(format!(
+                "{} {side} control well{}: Z' needs at least 2 on each side",
+                v.len(),
+                if v.len() == 1 { "" } else { "s" }
+            ));
         }
         let m = v.iter().sum::<f64>() / v.len() as f64;
         let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
-        Some((m, var.sqrt()))
+        Ok((m, var.sqrt()))
     }
-    let (mp, sp) = mean_sd(positive)?;
-    let (mn, sn) = mean_sd(negative)?;
-    Some(1.0 - 3.0 * (sp + sn) / (mp - mn).abs())
+    let (mp, sp) = mean_sd(positive, "positive")?;
+    let (mn, sn) = mean_sd(negative, "negative")?;
+    let scale = mp.abs().max(mn.abs());
+    if sp + sn <= 1e-12 * scale {
+        return Err("no spread in either control group: Z' is undefined".into());
+    }
+    if (mp - mn).abs() <= 1e-12 * scale {
+        return Err("control means are equal: Z' is undefined".into());
+    }
+    Ok(1.0 - 3.0 * (sp + sn) / (mp - mn).abs())
 }
 
 #[cfg(test)]
@@ -511,5 +529,22 @@ mod tests {
             "overlapping controls"
         );
         assert_eq!(z_prime(&[1.0], &[0.0, 1.0]), None);
+    }
+
+    #[test]
+    fn z_prime_is_undefined_without_spread_or_separation() {
+        // A constant readout in both groups would otherwise score a perfect 1.
+        let e = z_prime_or_why(&[5.0, 5.0, 5.0], &[0.0, 0.0]).unwrap_err();
+        assert!(e.contains("no spread"), "{e}");
+        assert_eq!(z_prime(&[5.0, 5.0], &[0.0, 0.0]), None);
+        let e = z_prime_or_why(&[1.0, 1.0], &[1.0, 1.0]).unwrap_err();
+        assert!(e.contains("no spread"), "{e}");
+        let e = z_prime_or_why(&[0.0, 2.0], &[1.0, 1.0]).unwrap_err();
+        assert!(e.contains("means are equal"), "{e}");
+        let e = z_prime_or_why(&[1.0], &[0.0, 1.0]).unwrap_err();
+        assert!(e.contains("1 positive control well"), "{e}");
+        // Spread on one side only is still a Z'.
+        let zp = z_prime(&[9.0, 11.0], &[0.0, 0.0]).unwrap();
+        assert!((zp - (1.0 - 3.0 * 2f64.sqrt() / 10.0)).abs() < 1e-12);
     }
 }

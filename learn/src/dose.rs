@@ -5,7 +5,8 @@
 //! Hill slope), started from the best few points of a grid over EC50 and Hill slope (bottom
 //! and top solved exactly for each grid point), and it refuses, in words, what it cannot fit
 //! honestly: fewer than 4 distinct doses, a response no curve explains better than a constant,
-//! an EC50 outside the tested doses, a step between two doses, or no convergence.
+//! an EC50 outside the tested doses, a step between two doses (no dose inside the curve's
+//! 10–90 % transition), or no convergence.
 
 use crate::rng::Rng;
 
@@ -42,16 +43,16 @@ pub struct DoseResponse {
     pub rounds_fitted: usize,
 }
 
-/// Above this |Hill slope| the response steps between two adjacent doses and the EC50 cannot
-/// be placed between them.
-const MAX_HILL: f64 = 10.0;
+/// Above this |Hill slope| the fit stops: the slope would grow without end (a step).
+const MAX_HILL: f64 = 50.0;
 /// A curve must explain more than a constant at this level (extra-sum-of-squares F test).
 const FLAT_P: f64 = 0.05;
 
 /// Least-squares 4PL fit on log10 dose (Levenberg–Marquardt from several starts). Doses must
 /// be > 0 and responses finite. `Err` says in plain words why no curve can be given: fewer than
 /// 4 distinct doses, a flat response (no better than a constant, F test at p < 0.05), an EC50
-/// outside the tested range, a step too steep to place the EC50, or no convergence.
+/// outside the tested range, a step between two doses (no dose inside the 10–90 % transition:
+/// nothing places the EC50 between them), or no convergence.
 pub fn fit_4pl(doses: &[f64], responses: &[f64]) -> Result<Curve, String> {
     if doses.len() != responses.len() {
         return Err(format!(
@@ -129,8 +130,20 @@ pub fn fit_4pl(doses: &[f64], responses: &[f64]) -> Result<Curve, String> {
             ));
         }
     }
-    if h.abs() > MAX_HILL {
-        let ec50 = 10f64.powf(c);
+    let ec50 = 10f64.powf(c);
+    if !(ec50.is_finite() && c >= ulo - 1e-9 && c <= uhi + 1e-9) {
+        return Err(format!(
+            "EC50 {} is outside the tested doses ({} to {}): the curve's midpoint is not in the data",
+            fmt(ec50),
+            fmt(lo),
+            fmt(hi)
+        ));
+    }
+    // A step: no dose inside the curve's 10-90 % transition (2 log10(9) / |Hill| wide in
+    // log10 dose), so nothing constrains the slope or where between two doses the midpoint is.
+    let half_width = 9f64.log10() / h.abs();
+    let in_transition = u.iter().any(|&ui| (ui - c).abs() <= half_width);
+    if h.abs() >= MAX_HILL || !in_transition {
         let below = distinct.iter().rev().find(|&&d| d <= ec50).copied();
         let above = distinct.iter().find(|&&d| d >= ec50).copied();
         return Err(match (below, above) {
@@ -141,15 +154,6 @@ pub fn fit_4pl(doses: &[f64], responses: &[f64]) -> Result<Curve, String> {
             ),
             _ => format!("the response steps too steeply to place the EC50 (Hill slope {h:.0})"),
         });
-    }
-    let ec50 = 10f64.powf(c);
-    if !(ec50.is_finite() && c >= ulo - 1e-9 && c <= uhi + 1e-9) {
-        return Err(format!(
-            "EC50 {} is outside the tested doses ({} to {}): the curve's midpoint is not in the data",
-            fmt(ec50),
-            fmt(lo),
-            fmt(hi)
-        ));
     }
     let (mut bottom, mut top, mut hill) = (mean + sd * b, mean + sd * t, h);
     if bottom > top {
@@ -262,6 +266,10 @@ fn levenberg_marquardt(u: &[f64], y: &[f64], mut p: [f64; 4]) -> Option<(f64, [f
                 cost = c2;
                 lambda = (lambda / 3.0).max(1e-12);
                 improved = true;
+                if p[3].abs() > MAX_HILL {
+                    // A step: the slope would grow without end; the caller says so.
+                    return Some((cost, p));
+                }
                 if gain <= 1e-12 * (cost + 1e-12) || step < 1e-10 {
                     return Some((cost, p));
                 }
@@ -586,6 +594,9 @@ mod tests {
         let (x, y) = noisy(&truth, 3, 1e-6, 4);
         let e = fit_4pl(&x, &y).unwrap_err();
         assert!(e.contains("outside the tested doses"), "{e}");
+        // One jump between two doses: no slope or midpoint between them can be told apart.
+        let e = fit_4pl(&[1.0, 2.0, 4.0, 8.0], &[1.0, 1.01, 0.99, 2.0]).unwrap_err();
+        assert!(e.contains("steps between doses 4.000 and 8.000"), "{e}");
         let e = fit_4pl(&[0.0, 1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap_err();
         assert!(e.contains("doses must be > 0"), "{e}");
     }

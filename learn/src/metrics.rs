@@ -178,6 +178,10 @@ pub fn nll(truth: &[usize], probs: &[Vec<f64>]) -> f64 {
 /// Probabilities with temperature `t`: softmax(log p / t), the same as dividing the logits
 /// by t (the log-sum-exp shift cancels). t > 1 softens, t < 1 sharpens; argmax is unchanged.
 pub fn apply_temperature(probs: &[Vec<f64>], t: f64) -> Vec<Vec<f64>> {
+    if t == 1.0 {
+        // Exactly the identity (the log/exp round trip would move the last bits).
+        return probs.to_vec();
+    }
     probs
         .iter()
         .map(|p| {

@@ -155,10 +155,17 @@ pub(crate) fn warnings(report: &Report) -> Vec<String> {
     }
     for r in &report.readouts {
         for z in &r.zprime {
-            if !z.z_prime.is_finite() {
+            let perfectly_separated = z.note.starts_with("controls perfectly separated");
+            if !z.z_prime.is_finite() && !perfectly_separated {
                 out.push(format!(
-                    "{}: readout {} has no Z′ (no spread between the controls, or too few control wells).",
-                    r.name, z.readout
+                    "{}: readout {} has no Z′ ({}).",
+                    r.name,
+                    z.readout,
+                    if z.note.is_empty() {
+                        "no spread between the controls, or too few control wells"
+                    } else {
+                        z.note.as_str()
+                    }
                 ));
             } else if z.z_prime < 0.5 {
                 out.push(format!(
@@ -385,18 +392,19 @@ impl Page {
         }
         if !r.zprime.is_empty() {
             self.out.push_str(
-                "<h3>Z′ of the readout</h3>\n<p>Z′ = 1 − 3(σ₊ + σ₋)/|μ₊ − μ₋| between positive and negative control wells: above 0.5 an excellent assay window, 0 to 0.5 marginal, below 0 the controls overlap.</p>\n<table>\n<tr><th>readout</th><th>Z′</th><th>positive wells</th><th>negative wells</th><th>mean positive</th><th>mean negative</th></tr>\n",
+                "<h3>Z′ of the readout</h3>\n<p>Z′ = 1 − 3(σ₊ + σ₋)/|μ₊ − μ₋| between positive and negative control wells: above 0.5 an excellent assay window, 0 to 0.5 marginal, below 0 the controls overlap.</p>\n<table>\n<tr><th>readout</th><th>Z′</th><th>positive wells</th><th>negative wells</th><th>mean positive</th><th>mean negative</th><th>note</th></tr>\n",
             );
             for z in &r.zprime {
                 let _ = writeln!(
                     self.out,
-                    "<tr><td>{}</td><td class=\"num\"><strong>{}</strong></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                    "<tr><td>{}</td><td class=\"num\"><strong>{}</strong></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
                     escape(&z.readout),
                     fmt_value(z.z_prime),
                     z.positive_wells,
                     z.negative_wells,
                     fmt_value(z.mean_positive),
-                    fmt_value(z.mean_negative)
+                    fmt_value(z.mean_negative),
+                    escape(&z.note)
                 );
             }
             self.out.push_str("</table>\n");

@@ -150,6 +150,8 @@ pub struct ReadoutZprime {
     pub negative_wells: usize,
     pub mean_positive: f64,
     pub mean_negative: f64,
+    /// Why there is no Z′, when there is none.
+    pub note: String,
 }
 
 /// One row of `label_qc.csv`: a well whose cells the model mostly calls another class.

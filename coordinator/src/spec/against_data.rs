@@ -1,5 +1,6 @@
 //! The second half of validation: what a pipeline names in its data. Plate-map columns named
-//! by `label`, `group_by` and `controls` must be in the plate map's header; a plate map for
+//! by `label`, `group_by`, `controls` and `dose` must be in the plate map's header (and a
+//! dose column, when not named, must be the only one that looks like one); a plate map for
 //! several plates needs a plate column; `holdout:` and `plates:` must name plates that exist;
 //! an `evaluate` step must have something to score. Every problem is reported at once, at its
 //! line in the pipeline file, before anything runs.
@@ -128,6 +129,9 @@ pub fn check(
         if let StepParams::Evaluate(_) = &step.params {
             c.evaluate(step);
         }
+        if let StepParams::Features(f) = &step.params {
+            c.dose_column(step, f);
+        }
     }
     c.r.finish()
 }
@@ -254,6 +258,24 @@ impl Checker<'_> {
                 }
                 Some(_) => {}
             }
+        }
+    }
+
+    /// A `features` step with translocation readouts fits them against the plate map's dose
+    /// column: with several dose-like columns and no `dose:`, it cannot tell which.
+    fn dose_column(&mut self, step: &StepSpec, f: &plateflow_contract::params::FeaturesParams) {
+        let Some(map) = self.map else { return };
+        if f.dose.is_some() || f.translocation.is_empty() {
+            return;
+        }
+        if let Err(e) = map.dose_column(None) {
+            let (mark, width) = (step.mark, step.name.chars().count());
+            self.r.error_hint(
+                mark,
+                width,
+                format!("step `{}`: {e}", step.name),
+                Some("add `dose: COLUMN` under `with:`".into()),
+            );
         }
     }
 

@@ -138,6 +138,7 @@ pub fn glance_fixture() -> Report {
             negative_wells: 8,
             mean_positive: 0.83,
             mean_negative: 0.06,
+            note: String::new(),
         }],
     };
     let metric = |name: &str, v: f64, ci: Option<(f64, f64)>, why: &str| Metric {

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use plateflow_contract::params::CurateParams;
 use plateflow_contract::platemap::{control_of, Control, PlateMap};
 use plateflow_imaging::heatmap::{plate_heatmap_svg, plate_shape};
-use plateflow_imaging::qc::{measure, median, robust_z, rough_object_count, z_prime};
+use plateflow_imaging::qc::{measure, median, robust_z, rough_object_count, z_prime_or_why};
 use plateflow_imaging::read_image;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -362,6 +362,7 @@ fn zprime_of_metrics(
         "z_prime",
         "positive_wells",
         "negative_wells",
+        "note",
     ]);
     let mut any = false;
     let groups: BTreeSet<(String, String)> = per_well
@@ -382,17 +383,25 @@ fn zprime_of_metrics(
                     None => {}
                 }
             }
-            if let Some(zp) = z_prime(&pos, &neg) {
-                any = true;
-                t.push_row([
-                    plate.clone(),
-                    ch.clone(),
-                    name.to_string(),
-                    num(zp),
-                    pos.len().to_string(),
-                    neg.len().to_string(),
-                ]);
+            if pos.is_empty() || neg.is_empty() {
+                continue;
             }
+            // A metric without spread in the controls (e.g. no saturation anywhere) has no Z′:
+            // an empty cell and the reason, not a perfect 1.
+            let (zp, note) = match z_prime_or_why(&pos, &neg) {
+                Ok(z) => (num(z), String::new()),
+                Err(why) => (String::new(), why),
+            };
+            any = true;
+            t.push_row([
+                plate.clone(),
+                ch.clone(),
+                name.to_string(),
+                zp,
+                pos.len().to_string(),
+                neg.len().to_string(),
+                note,
+            ]);
         }
     }
     if any {

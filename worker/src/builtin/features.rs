@@ -1,7 +1,8 @@
 //! `features`: per-object measurements in CellProfiler's column names (`Nuclei_AreaShape_Area`,
 //! `Cytoplasm_Intensity_MeanIntensity_GFP`), so the tables load in pycytominer and
 //! CellProfiler Analyst; per-well medians; optional robust-z normalisation against controls;
-//! Z′ of every per-well feature between positive and negative controls.
+//! Z′ of every per-well feature between positive and negative controls; where the plate map
+//! has doses, each translocation readout's dose–response curve and EC50 with its interval.
 //!
 //! Image sets are processed a few at a time and written as they finish, so memory holds one
 //! well's objects, not a plate's.
@@ -15,7 +16,7 @@ use plateflow_imaging::features::{
     haralick_features, intensity_features, shape_features, subtract_labels, HARALICK_NAMES,
     ZERNIKE_NAMES,
 };
-use plateflow_imaging::qc::{median, z_prime};
+use plateflow_imaging::qc::{median, z_prime_or_why};
 use plateflow_imaging::segment::Labels;
 use plateflow_imaging::{read_image, GrayImage};
 use std::collections::BTreeMap;
@@ -262,21 +263,6 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
         })
         .collect();
     let map = ctx.plate_map()?;
-    let map_cols: Vec<String> = map
-        .as_ref()
-        .map(|m| {
-            m.columns
-                .iter()
-                .map(|c| {
-                    if c.starts_with("Metadata_") {
-                        c.clone()
-                    } else {
-                        format!("Metadata_{c}")
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
     let features = feature_columns(&s);
     let meta_names = super::metadata_columns(&sets);
 
@@ -288,24 +274,24 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
     let mut header: Vec<String> = vec!["ImageSet".into()];
     header.extend(meta_names.iter().cloned());
     // Plate-map columns the filename already gives (plate, well) are not repeated.
-    let known = |c: &String| meta_names.iter().any(|m| m.eq_ignore_ascii_case(c));
-    header.extend(map_cols.iter().filter(|c| !known(c)).cloned());
+    let cell_map_cols = super::extra_map_columns(map.as_ref(), &meta_names);
+    header.extend(cell_map_cols.iter().map(|(_, c)| c.clone()));
     header.push("ObjectNumber".into());
     header.push("TouchesBorder".into());
     header.extend(features.iter().cloned());
-    let extra_map_cols: Vec<usize> = map_cols
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| !known(c))
-        .map(|(i, _)| i)
-        .collect();
     writeln!(cells_out, "{}", header.join(","))?;
 
     let mut wells: Vec<(String, String, usize, Vec<f64>)> = Vec::new();
+    // Per well, each translocation readout's values over the cells its medians are of: what
+    // the dose–response interval resamples.
+    let mut readout_cells: Vec<Vec<Vec<f64>>> = Vec::new();
+    let readouts = s.translocation.len();
     let mut acc: Option<WellAcc> = None;
-    let flush = |acc: &mut Option<WellAcc>, wells: &mut Vec<_>| {
+    let flush = |acc: &mut Option<WellAcc>, wells: &mut Vec<_>, cells: &mut Vec<_>| {
         if let Some(mut a) = acc.take() {
             let m = a.medians();
+            let first = a.columns.len() - readouts;
+            cells.push(a.columns.split_off(first));
             wells.push((a.plate, a.well, a.count, m));
         }
     };
@@ -327,7 +313,7 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
                 .as_ref()
                 .is_some_and(|a| a.plate != plate || a.well != well)
             {
-                flush(&mut acc, &mut wells);
+                flush(&mut acc, &mut wells, &mut readout_cells);
             }
             let a = acc.get_or_insert_with(|| WellAcc {
                 plate: plate.clone(),
@@ -346,7 +332,7 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
                 }
                 let mut line: Vec<String> = vec![set.key.clone()];
                 line.extend(set.meta.iter().map(|(_, v)| v.clone()));
-                for &c in &extra_map_cols {
+                for &(c, _) in &cell_map_cols {
                     line.push(map_row.map_or(String::new(), |r| r.values[c].clone()));
                 }
                 line.push((i + 1).to_string());
@@ -356,23 +342,21 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
             }
         }
     }
-    flush(&mut acc, &mut wells);
+    flush(&mut acc, &mut wells, &mut readout_cells);
     cells_out
         .into_inner()
         .map_err(|e| anyhow::anyhow!("writing cells.csv: {e}"))?
         .persist(&cells_path)
         .map_err(|e| anyhow::anyhow!("writing cells.csv: {}", e.error))?;
 
-    // Per-well table.
+    // Per-well table: plate and well once, then the plate map's other columns.
+    let well_map_cols = super::extra_map_columns(
+        map.as_ref(),
+        &["Metadata_Plate".into(), "Metadata_Well".into()],
+    );
     let well_header = |cols: &[String]| {
         let mut h = vec!["Metadata_Plate".to_string(), "Metadata_Well".to_string()];
-        h.extend(
-            map_cols
-                .iter()
-                .filter(|c| !h.contains(c))
-                .cloned()
-                .collect::<Vec<_>>(),
-        );
+        h.extend(well_map_cols.iter().map(|(_, c)| c.clone()));
         h.push("Count_Cells".into());
         h.extend(cols.iter().cloned());
         h
@@ -382,10 +366,8 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
         for (i, (plate, well, count, _)) in wells.iter().enumerate() {
             let mut line = vec![plate.clone(), well.clone()];
             let map_row = map.as_ref().and_then(|m| m.lookup(plate, well));
-            for (c, name) in map_cols.iter().enumerate() {
-                if name != "Metadata_Plate" && name != "Metadata_Well" {
-                    line.push(map_row.map_or(String::new(), |r| r.values[c].clone()));
-                }
+            for &(c, _) in &well_map_cols {
+                line.push(map_row.map_or(String::new(), |r| r.values[c].clone()));
             }
             line.push(count.to_string());
             line.extend(values(i).into_iter().map(num));
@@ -417,48 +399,16 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
             .collect(),
     );
     if !pos.is_empty() && !neg.is_empty() {
-        let mut z: Vec<(String, f64, f64, f64)> = features
-            .iter()
-            .enumerate()
-            .filter_map(|(f, name)| {
-                let p: Vec<f64> = pos
-                    .iter()
-                    .map(|&i| wells[i].3[f])
-                    .filter(|v| v.is_finite())
-                    .collect();
-                let n: Vec<f64> = neg
-                    .iter()
-                    .map(|&i| wells[i].3[f])
-                    .filter(|v| v.is_finite())
-                    .collect();
-                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-                z_prime(&p, &n).map(|zp| (name.clone(), zp, mean(&p), mean(&n)))
-            })
-            .collect();
-        z.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let mut t = Table::new(&[
-            "feature",
-            "z_prime",
-            "mean_positive",
-            "mean_negative",
-            "positive_wells",
-            "negative_wells",
-        ]);
-        for (name, zp, mp, mn) in &z {
-            t.push_row([
-                name.clone(),
-                num(*zp),
-                num(*mp),
-                num(*mn),
-                pos.len().to_string(),
-                neg.len().to_string(),
-            ]);
-        }
-        ctx.write_output("zprime.csv", &t.into_bytes())?;
-        for (name, zp, _, _) in z.iter().take(5) {
-            ctx.logln(format!("Z' {zp:.3}  {name}"));
-        }
+        write_z_primes(ctx, &features, &wells, &pos, &neg)?;
     }
+    dose_response(
+        ctx,
+        params,
+        map.as_ref(),
+        &features[features.len() - readouts..],
+        &wells,
+        &readout_cells,
+    )?;
     ctx.logln(format!(
         "measured {objects} objects in {} image sets ({} without labels skipped), {} wells, {} features per object",
         todo.len(),
@@ -466,6 +416,222 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
         wells.len(),
         features.len()
     ));
+    Ok(())
+}
+
+/// `zprime.csv`: Z′ of every per-well feature, best first; features whose Z′ is undefined (no
+/// spread in either control group, equal means, too few wells) last, with an empty cell and
+/// the reason in `note`, so that a constant readout cannot rank first with a "perfect" 1.
+fn write_z_primes(
+    ctx: &mut Context,
+    features: &[String],
+    wells: &[(String, String, usize, Vec<f64>)],
+    pos: &[usize],
+    neg: &[usize],
+) -> anyhow::Result<()> {
+    struct Z {
+        name: String,
+        z: Result<f64, String>,
+        means: (f64, f64),
+        wells: (usize, usize),
+    }
+    let mut z: Vec<Z> = features
+        .iter()
+        .enumerate()
+        .map(|(f, name)| {
+            let values = |side: &[usize]| -> Vec<f64> {
+                side.iter()
+                    .map(|&i| wells[i].3[f])
+                    .filter(|v| v.is_finite())
+                    .collect()
+            };
+            let (p, n) = (values(pos), values(neg));
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            Z {
+                name: name.clone(),
+                z: z_prime_or_why(&p, &n),
+                means: (mean(&p), mean(&n)),
+                wells: (p.len(), n.len()),
+            }
+        })
+        .collect();
+    // Defined values best first, then the undefined ones in feature order.
+    z.sort_by(|a, b| match (&a.z, &b.z) {
+        (Ok(x), Ok(y)) => y.total_cmp(x),
+        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+        (Err(_), Err(_)) => std::cmp::Ordering::Equal,
+    });
+    let mut t = Table::new(&[
+        "feature",
+        "z_prime",
+        "mean_positive",
+        "mean_negative",
+        "positive_wells",
+        "negative_wells",
+        "note",
+    ]);
+    for r in &z {
+        let (zp, note) = match &r.z {
+            Ok(v) => (num(*v), String::new()),
+            Err(why) => (String::new(), why.clone()),
+        };
+        t.push_row([
+            r.name.clone(),
+            zp,
+            num(r.means.0),
+            num(r.means.1),
+            r.wells.0.to_string(),
+            r.wells.1.to_string(),
+            note,
+        ]);
+    }
+    ctx.write_output("zprime.csv", &t.into_bytes())?;
+    for r in z.iter().take(5) {
+        if let Ok(zp) = r.z {
+            ctx.logln(format!("Z' {zp:.3}  {}", r.name));
+        }
+    }
+    let undefined = z.iter().filter(|r| r.z.is_err()).count();
+    if undefined > 0 {
+        ctx.logln(format!(
+            "Z' undefined for {undefined} feature(s) (listed last in zprime.csv with the reason)"
+        ));
+    }
+    Ok(())
+}
+
+/// Bootstrap rounds of the EC50 interval, and their seed (the same data give the same interval).
+const DOSE_ROUNDS: usize = 1000;
+const DOSE_SEED: u64 = 17;
+
+/// `dose_response.csv`: per plate and translocation readout, the per-well medians of the
+/// per-cell values against the plate map's dose, fitted with a 4-parameter logistic; the
+/// EC50's 95 % interval resamples cells within wells. Wells of dose 0 (vehicle) and wells
+/// without a dose are left out of the fit. Written when the plate map has a dose column.
+fn dose_response(
+    ctx: &mut Context,
+    params: &FeaturesParams,
+    map: Option<&PlateMap>,
+    readouts: &[String],
+    wells: &[(String, String, usize, Vec<f64>)],
+    cells: &[Vec<Vec<f64>>],
+) -> anyhow::Result<()> {
+    let Some(map) = map else {
+        return Ok(());
+    };
+    if readouts.is_empty() {
+        if let Some(d) = &params.dose {
+            ctx.logln(format!(
+                "`dose: {d}`: no dose-response fitted, the step measures no `translocation` readout"
+            ));
+        }
+        return Ok(());
+    }
+    let Some(dose_col) = map.dose_column(params.dose.as_deref())? else {
+        return Ok(());
+    };
+    // Each well's dose; wells the map does not list or gives no dose are left out.
+    let mut dose_of: Vec<Option<f64>> = Vec::with_capacity(wells.len());
+    let mut undosed = 0;
+    for (plate, well, _, _) in wells {
+        let raw = map
+            .lookup(plate, well)
+            .map(|r| r.values[dose_col].trim())
+            .unwrap_or("");
+        if raw.is_empty() {
+            undosed += 1;
+            dose_of.push(None);
+            continue;
+        }
+        let d: f64 = raw.parse().ok().filter(|d: &f64| d.is_finite() && *d >= 0.0).with_context(|| {
+            format!(
+                "plate {plate}, well {well}: dose `{raw}` (plate map {}, column {}) is not a number ≥ 0",
+                map.file, map.columns[dose_col]
+            )
+        })?;
+        dose_of.push(Some(d));
+    }
+    if undosed > 0 {
+        ctx.logln(format!(
+            "{undosed} well(s) without a dose in column {} left out of the dose-response fit",
+            map.columns[dose_col]
+        ));
+    }
+    let mut t = Table::new(&[
+        "readout",
+        "Metadata_Plate",
+        "ec50",
+        "ec50_lo",
+        "ec50_hi",
+        "hill",
+        "bottom",
+        "top",
+        "wells",
+        "doses",
+        "status",
+    ]);
+    let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.0.as_str()).collect();
+    for (k, readout) in readouts.iter().enumerate() {
+        for &plate in &plates {
+            let series: Vec<(f64, Vec<f64>)> = (0..wells.len())
+                .filter(|&i| wells[i].0 == plate)
+                .filter_map(|i| dose_of[i].map(|d| (d, cells[i][k].clone())))
+                .collect();
+            let dosed: Vec<f64> = series
+                .iter()
+                .filter(|(d, v)| *d > 0.0 && !v.is_empty())
+                .map(|(d, _)| *d)
+                .collect();
+            let mut distinct = dosed.clone();
+            distinct.sort_by(f64::total_cmp);
+            distinct.dedup();
+            let fit =
+                plateflow_learn::dose::ec50_with_interval(&series, &median, DOSE_ROUNDS, DOSE_SEED);
+            let row = match &fit {
+                Ok(r) => {
+                    let c = &r.curve;
+                    ctx.logln(format!(
+                        "EC50 {readout}, plate {plate}: {} [95% CI {}, {}] (Hill {:.2}, {} to {}; {} wells, {} doses; {} of {DOSE_ROUNDS} resamples of cells fitted)",
+                        num(c.ec50),
+                        num(r.ec50_ci95[0]),
+                        num(r.ec50_ci95[1]),
+                        c.hill,
+                        num(c.bottom),
+                        num(c.top),
+                        r.wells,
+                        r.doses,
+                        r.rounds_fitted
+                    ));
+                    vec![
+                        num(c.ec50),
+                        num(r.ec50_ci95[0]),
+                        num(r.ec50_ci95[1]),
+                        num(c.hill),
+                        num(c.bottom),
+                        num(c.top),
+                        r.wells.to_string(),
+                        r.doses.to_string(),
+                        "fitted".to_string(),
+                    ]
+                }
+                Err(why) => {
+                    ctx.logln(format!("EC50 {readout}, plate {plate}: not fitted: {why}"));
+                    let mut v = vec![String::new(); 6];
+                    v.extend([
+                        dosed.len().to_string(),
+                        distinct.len().to_string(),
+                        why.clone(),
+                    ]);
+                    v
+                }
+            };
+            let mut line = vec![readout.clone(), plate.to_string()];
+            line.extend(row);
+            t.push_row(line);
+        }
+    }
+    ctx.write_output("dose_response.csv", &t.into_bytes())?;
     Ok(())
 }
 

@@ -239,6 +239,42 @@ pub fn metadata_column(field: &str) -> String {
     }
 }
 
+/// A plate-map column under the same naming: `plate` → `Metadata_Plate`, `metadata_dose` →
+/// `Metadata_Dose`, `SBS_Doses` → `Metadata_SBS_Doses`.
+pub fn map_metadata_column(name: &str) -> String {
+    let bare = match name.get(..9) {
+        Some(p) if p.eq_ignore_ascii_case("metadata_") => &name[9..],
+        _ => name,
+    };
+    metadata_column(bare)
+}
+
+/// The plate-map columns a table adds beside its `taken` columns: (index in the map, name as
+/// [`map_metadata_column`] gives it), leaving out any whose name equals a taken or an earlier
+/// one case-insensitively, so that `plate` beside the file name's `Metadata_Plate` appears
+/// once (databases and pycytominer refuse duplicate columns).
+pub fn extra_map_columns(
+    map: Option<&platemap::PlateMap>,
+    taken: &[String],
+) -> Vec<(usize, String)> {
+    let mut seen: Vec<String> = taken.iter().map(|c| c.to_ascii_lowercase()).collect();
+    let mut out = Vec::new();
+    for (i, c) in map
+        .map(|m| m.columns.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let name = map_metadata_column(c);
+        let key = name.to_ascii_lowercase();
+        if !seen.contains(&key) {
+            seen.push(key);
+            out.push((i, name));
+        }
+    }
+    out
+}
+
 fn set_meta(fields: &BTreeMap<String, String>) -> Vec<(String, String)> {
     let mut meta = vec![(
         "plate".to_string(),
@@ -397,6 +433,27 @@ pub fn parallel_map<T: Sync, R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plate_map_columns_take_cellprofiler_names_once() {
+        let map = platemap::PlateMap::parse(
+            "m.csv",
+            b"plate,Well,metadata_dose,SBS_Controls,Metadata_Plate,phenotype\nP1,A01,1,0,P1,x\n",
+        )
+        .unwrap();
+        let taken = vec!["Metadata_Plate".to_string(), "Metadata_Well".to_string()];
+        let extra = extra_map_columns(Some(&map), &taken);
+        assert_eq!(
+            extra,
+            vec![
+                (2, "Metadata_Dose".to_string()),
+                (3, "Metadata_SBS_Controls".to_string()),
+                (5, "Metadata_Phenotype".to_string()),
+            ]
+        );
+        assert_eq!(map_metadata_column("é"), "Metadata_é");
+        assert!(extra_map_columns(None, &taken).is_empty());
+    }
 
     #[test]
     fn sets_group_channels_and_normalise_wells() {

@@ -154,6 +154,7 @@ pub fn readout_zprime(
         "negative_wells",
         "mean_positive",
         "mean_negative",
+        "note",
     ]);
     let mut out = Vec::new();
     for (k, c) in classes.iter().enumerate() {
@@ -161,18 +162,33 @@ pub fn readout_zprime(
             |idx: &[usize]| -> Vec<f64> { idx.iter().map(|&i| fractions[i][k].value).collect() };
         let (p, n) = (values(&pos), values(&neg));
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let z = plateflow_imaging::qc::z_prime(&p, &n).filter(|z| z.is_finite());
+        let (mp, mn) = (mean(&p), mean(&n));
+        let (z, note) = match plateflow_imaging::qc::z_prime_or_why(&p, &n) {
+            Ok(z) => (num(z), String::new()),
+            // A good classifier often calls every control cell right: no spread at all.
+            Err(_)
+                if (mp - mn).abs() > 0.5
+                    && p.iter().chain(&n).all(|v| *v == 0.0 || *v == 1.0) =>
+            {
+                (
+                    String::new(),
+                    format!("controls perfectly separated (every positive well {mp:.3}, every negative {mn:.3}): Z' needs spread to be defined"),
+                )
+            }
+            Err(why) => (String::new(), why),
+        };
+        if let Ok(v) = z.parse::<f64>() {
+            out.push((format!("fraction_{c}"), v));
+        }
         t.push_row([
             format!("fraction_{c}"),
-            z.map(num).unwrap_or_default(),
+            z,
             pos.len().to_string(),
             neg.len().to_string(),
-            num(mean(&p)),
-            num(mean(&n)),
+            num(mp),
+            num(mn),
+            note,
         ]);
-        if let Some(z) = z {
-            out.push((format!("fraction_{c}"), z));
-        }
     }
     Some((t, out))
 }

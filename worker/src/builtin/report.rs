@@ -309,6 +309,7 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
                 negative_wells: num(&h, row, "negative_wells").max(0.0) as usize,
                 mean_positive: num(&h, row, "mean_positive"),
                 mean_negative: num(&h, row, "mean_negative"),
+                note: cell(&h, row, "note").to_string(),
             });
         }
     }
