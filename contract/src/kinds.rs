@@ -426,7 +426,7 @@ static KINDS: &[KindInfo] = &[
         version: 3,
         summary: "a saved model on plates it never saw (holdout or new plates): metrics with plate-bootstrap intervals, per-plate scores, calibration, predictions; refuses training plates",
         params: EVALUATE_PARAMS,
-        outputs: &["metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "well_readout.csv", "dose_response.csv", "readout_zprime.csv", "shap_summary.csv", "explanations.csv", "model_card.md"],
+        outputs: &["metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "well_readout.csv", "treatment_readout.csv", "dose_response.csv", "readout_zprime.csv", "shap_summary.csv", "explanations.csv", "model_card.md"],
     },
     KindInfo {
         kind: StepKind::TrainSegmenter,

@@ -1016,7 +1016,10 @@ impl StepParams {
                 out.extend(p.dose.as_deref().map(|c| ("dose", c)));
             }
             StepParams::Crops(p) => out.extend(p.label.as_deref().map(|c| ("label", c))),
-            StepParams::Evaluate(p) => out.extend(p.label.as_deref().map(|c| ("label", c))),
+            StepParams::Evaluate(p) => {
+                out.extend(p.label.as_deref().map(|c| ("label", c)));
+                out.extend(p.dose.as_deref().map(|c| ("dose", c)));
+            }
             _ => {}
         }
         out

@@ -299,6 +299,22 @@ impl PlateMap {
         }
     }
 
+    /// The column naming each well's treatment, if one is called `treatment`, `compound`,
+    /// `perturbation` or `condition` (with or without `Metadata_`).
+    pub fn treatment_column(&self) -> Option<usize> {
+        find(
+            &self.columns,
+            &[
+                "treatment",
+                "compound",
+                "perturbation",
+                "condition",
+                "metadata_treatment",
+                "metadata_compound",
+            ],
+        )
+    }
+
     /// The column with the class label: `explicit`, or `label`, `phenotype`, `class`.
     pub fn label_column(&self, explicit: Option<&str>) -> anyhow::Result<Option<usize>> {
         if let Some(name) = explicit {

@@ -129,8 +129,14 @@ pub fn check(
         if let StepParams::Evaluate(_) = &step.params {
             c.evaluate(step);
         }
-        if let StepParams::Features(f) = &step.params {
-            c.dose_column(step, f);
+        match &step.params {
+            StepParams::Features(f) if !f.translocation.is_empty() => {
+                c.dose_column(step, f.dose.is_some())
+            }
+            StepParams::Evaluate(e) if step.reads_plate_map => {
+                c.dose_column(step, e.dose.is_some())
+            }
+            _ => {}
         }
     }
     c.r.finish()
@@ -261,11 +267,12 @@ impl Checker<'_> {
         }
     }
 
-    /// A `features` step with translocation readouts fits them against the plate map's dose
-    /// column: with several dose-like columns and no `dose:`, it cannot tell which.
-    fn dose_column(&mut self, step: &StepSpec, f: &plateflow_contract::params::FeaturesParams) {
+    /// A `features` step with translocation readouts, or an `evaluate` step given the plate
+    /// map, fits a dose–response against the plate map's dose column: with several dose-like
+    /// columns and no `dose:`, it cannot tell which.
+    fn dose_column(&mut self, step: &StepSpec, named: bool) {
         let Some(map) = self.map else { return };
-        if f.dose.is_some() || f.translocation.is_empty() {
+        if named {
             return;
         }
         if let Err(e) = map.dose_column(None) {

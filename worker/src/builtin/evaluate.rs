@@ -297,6 +297,10 @@ fn write_readouts(
         "per-well readout of {} wells written (class fractions with 95 % intervals over cells)",
         wells.len()
     ));
+    if map.as_ref().is_some_and(|m| m.treatment_column().is_some()) || dose_col.is_some() {
+        let t = readout::treatment_readout(&wells, &fractions, classes);
+        ctx.write_output("treatment_readout.csv", &t.into_bytes())?;
+    }
     if let Some((t, z)) = readout::readout_zprime(&wells, &fractions, classes) {
         ctx.write_output("readout_zprime.csv", &t.into_bytes())?;
         for (name, z) in z {

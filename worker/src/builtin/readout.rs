@@ -20,6 +20,8 @@ pub struct Well {
     pub label: String,
     pub dose: Option<f64>,
     pub control: Option<Control>,
+    /// The plate map's treatment (empty without a treatment column).
+    pub treatment: String,
     /// Indices into the predictions.
     pub cells: Vec<usize>,
 }
@@ -33,6 +35,7 @@ pub fn wells(
     dose_column: Option<usize>,
     control_column: Option<usize>,
 ) -> anyhow::Result<Vec<Well>> {
+    let treatment_column = map.and_then(PlateMap::treatment_column);
     let mut by: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
     for (i, o) in d.origins.iter().enumerate() {
         by.entry((o.plate.clone(), o.well.clone()))
@@ -64,6 +67,10 @@ pub fn wells(
             (Some(r), Some(c)) => control_of(&r.values[c]),
             _ => None,
         };
+        let treatment = match (row, treatment_column) {
+            (Some(r), Some(c)) => r.values[c].trim().to_string(),
+            _ => String::new(),
+        };
         let label = d.labels[cells[0]]
             .map(|l| d.classes[l].clone())
             .unwrap_or_default();
@@ -73,6 +80,7 @@ pub fn wells(
             label,
             dose,
             control,
+            treatment,
             cells,
         });
     }
@@ -129,6 +137,74 @@ pub fn well_readout(
         all.push(f);
     }
     (t, all)
+}
+
+/// `treatment_readout.csv`: per treatment and dose (as the plate map gives them), the mean
+/// over its wells of each class fraction, with a 95 % interval from resampling the wells
+/// (none from fewer than 3 wells: say so). Wells, not cells, are the replicates here.
+pub fn treatment_readout(wells: &[Well], fractions: &[Vec<Fraction>], classes: &[String]) -> Table {
+    let mut header: Vec<String> = ["treatment", "dose", "wells", "cells"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for c in classes {
+        header.extend([
+            format!("mean_fraction_{c}"),
+            format!("mean_fraction_{c}_lo"),
+            format!("mean_fraction_{c}_hi"),
+        ]);
+    }
+    header.push("note".into());
+    let mut t = Table::new(&header);
+    let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (i, w) in wells.iter().enumerate() {
+        let dose = w.dose.map(num).unwrap_or_default();
+        groups
+            .entry((w.treatment.clone(), dose))
+            .or_default()
+            .push(i);
+    }
+    for ((treatment, dose), members) in groups {
+        let cells: usize = members.iter().map(|&i| wells[i].cells.len()).sum();
+        let mut row = vec![
+            treatment,
+            dose,
+            members.len().to_string(),
+            cells.to_string(),
+        ];
+        for k in 0..classes.len() {
+            let v: Vec<f64> = members
+                .iter()
+                .map(|&i| fractions[i][k].value)
+                .filter(|x| x.is_finite())
+                .collect();
+            let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
+            let (lo, hi) = if v.len() >= 3 {
+                let f = class_mean_interval(&v);
+                (num(f.0), num(f.1))
+            } else {
+                (String::new(), String::new())
+            };
+            row.extend([num(mean), lo, hi]);
+        }
+        row.push(if members.len() < 3 {
+            "fewer than 3 wells: no interval".into()
+        } else {
+            String::new()
+        });
+        t.push_row(row);
+    }
+    t
+}
+
+/// A 95 % percentile interval of the mean of `v` from 1000 resamples of its values.
+fn class_mean_interval(v: &[f64]) -> (f64, f64) {
+    let mut rng = plateflow_learn::rng::Rng::new(0x7EA7);
+    let mut means: Vec<f64> = (0..1000)
+        .map(|_| (0..v.len()).map(|_| v[rng.below(v.len())]).sum::<f64>() / v.len() as f64)
+        .collect();
+    means.sort_by(f64::total_cmp);
+    (means[25], means[974])
 }
 
 /// `readout_zprime.csv`: Z′ of each class's per-well fraction between the positive and the
