@@ -172,7 +172,7 @@ pub fn treatment_readout(wells: &[Well], fractions: &[Vec<Fraction>], classes: &
             members.len().to_string(),
             cells.to_string(),
         ];
-        for k in 0..classes.len() {
+        for (k, _) in classes.iter().enumerate() {
             let v: Vec<f64> = members
                 .iter()
                 .map(|&i| fractions[i][k].value)
