@@ -985,20 +985,25 @@ steps:
     with: {size: 32, label: phenotype}
 "#;
     std::fs::write(dir.join("columns.yaml"), pipeline).unwrap();
-    // Two control wells a side (for Z') and a dose-like column the step finds by its name.
+    // Two control wells a side (for Z') and doses in the demo's dose column, which the step
+    // finds by its name.
     let map = std::fs::read_to_string(dir.join("platemap.csv")).unwrap();
     let mut lines = map.lines();
-    let mut text = format!("{},concentration_uM\n", lines.next().unwrap());
+    let header = lines.next().unwrap();
+    assert_eq!(header, "plate,well,phenotype,treatment,dose_uM,control");
+    let mut text = format!("{header}\n");
     for line in lines {
-        let (rest, _) = line.rsplit_once(',').unwrap();
-        let well = line.split(',').nth(1).unwrap();
-        let (ctrl, dose) = match well {
+        let f: Vec<&str> = line.split(',').collect();
+        let (ctrl, dose) = match f[1] {
             "A01" => ("negative", "1"),
             "A02" => ("negative", "2"),
             "A03" => ("positive", "4"),
             _ => ("positive", "8"),
         };
-        text.push_str(&format!("{rest},{ctrl},{dose}\n"));
+        text.push_str(&format!(
+            "{},{},{},{},{dose},{ctrl}\n",
+            f[0], f[1], f[2], f[3]
+        ));
     }
     std::fs::write(dir.join("platemap.csv"), text).unwrap();
     run_pipeline(&dir.join("columns.yaml"), 600);

@@ -421,15 +421,20 @@ fn blues(t: f64) -> String {
         (33.0, 113.0, 181.0),
         (8.0, 48.0, 107.0),
     ];
+    interpolate(&STOPS, t)
+}
+
+/// `t` in 0..=1 (clamped; NaN as 0) along evenly spaced colour stops, as `#rrggbb`.
+fn interpolate(stops: &[(f64, f64, f64)], t: f64) -> String {
     let t = if t.is_finite() {
         t.clamp(0.0, 1.0)
     } else {
         0.0
     };
-    let x = t * (STOPS.len() - 1) as f64;
-    let i = (x.floor() as usize).min(STOPS.len() - 2);
+    let x = t * (stops.len() - 1) as f64;
+    let i = (x.floor() as usize).min(stops.len() - 2);
     let f = x - i as f64;
-    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    let (a, b) = (stops[i], stops[i + 1]);
     let mix = |a: f64, b: f64| (a + (b - a) * f).round() as u8;
     format!(
         "#{:02x}{:02x}{:02x}",
@@ -899,22 +904,7 @@ pub(crate) fn viridis(t: f64) -> String {
         (170.0, 220.0, 50.0),
         (253.0, 231.0, 37.0),
     ];
-    let t = if t.is_finite() {
-        t.clamp(0.0, 1.0)
-    } else {
-        0.0
-    };
-    let x = t * (STOPS.len() - 1) as f64;
-    let i = (x.floor() as usize).min(STOPS.len() - 2);
-    let f = x - i as f64;
-    let (a, b) = (STOPS[i], STOPS[i + 1]);
-    let mix = |a: f64, b: f64| (a + (b - a) * f).round() as u8;
-    format!(
-        "#{:02x}{:02x}{:02x}",
-        mix(a.0, b.0),
-        mix(a.1, b.1),
-        mix(a.2, b.2)
-    )
+    interpolate(&STOPS, t)
 }
 
 /// A well name as (row, column), 0-based: `B03` → (1, 2); `AA1` → (26, 0).

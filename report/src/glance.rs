@@ -354,6 +354,35 @@ impl Page {
             }
             self.out.push_str("</table>\n</details>\n");
         }
+        if !r.treatments.is_empty() {
+            let _ = writeln!(
+                self.out,
+                "<h3>Per treatment and dose</h3>\n<p>The mean over a treatment's wells at each dose; the interval resamples wells (none from fewer than 3).</p>\n<table>\n<tr><th>treatment</th><th>dose</th><th>wells</th><th>cells</th>{}<th>note</th></tr>",
+                r.classes
+                    .iter()
+                    .map(|c| format!("<th>mean fraction {} [95% CI]</th>", escape(c)))
+                    .collect::<String>()
+            );
+            for t in &r.treatments {
+                let _ = write!(
+                    self.out,
+                    "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>",
+                    escape(&t.treatment),
+                    escape(&t.dose),
+                    t.wells,
+                    t.cells
+                );
+                for f in &t.fractions {
+                    let _ = write!(
+                        self.out,
+                        "<td class=\"num\">{}</td>",
+                        fmt_ci(f.value, f.ci95)
+                    );
+                }
+                let _ = writeln!(self.out, "<td>{}</td></tr>", escape(&t.note));
+            }
+            self.out.push_str("</table>\n");
+        }
         if !r.dose_response.is_empty() {
             let charts: Vec<String> = r
                 .dose_response

@@ -74,8 +74,24 @@ pub struct Readout {
     /// The classes, in the model's order: fractions of every class but the first are mapped.
     pub classes: Vec<String>,
     pub wells: Vec<WellReadout>,
+    /// `treatment_readout.csv`: per treatment and dose, the mean over wells.
+    pub treatments: Vec<TreatmentReadout>,
     pub dose_response: Vec<DoseFit>,
     pub zprime: Vec<ReadoutZprime>,
+}
+
+/// One row of `treatment_readout.csv`: the wells of one treatment at one dose.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TreatmentReadout {
+    pub treatment: String,
+    /// As the plate map writes it (empty without a dose).
+    pub dose: String,
+    pub wells: usize,
+    pub cells: usize,
+    /// Per class: the mean fraction over the wells, with a 95 % interval over wells.
+    pub fractions: Vec<Fraction>,
+    pub note: String,
 }
 
 /// One well of `well_readout.csv`.

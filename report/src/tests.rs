@@ -444,6 +444,10 @@ fn the_readout_section_maps_tables_and_fits() {
     assert_eq!(sec.matches("data-chart=\"well-map\"").count(), 2);
     assert!(sec.contains("<summary>All 48 wells</summary>"));
     assert!(sec.contains("<th>fraction translocated [95% CI]</th>"));
+    // Per treatment and dose, with intervals over wells.
+    assert!(sec.contains("<h3>Per treatment and dose</h3>"));
+    assert!(sec.contains("<th>mean fraction translocated [95% CI]</th>"));
+    assert!(sec.contains("0.800 [0.700, 0.900]"), "{sec}");
     // The dose response: one chart (the unfitted plate has no points), a whisker per well
     // with a dose above zero, the fitted curve and the EC50 with its band.
     assert_eq!(sec.matches("data-chart=\"dose-response\"").count(), 1);

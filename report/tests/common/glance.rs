@@ -109,6 +109,23 @@ pub fn glance_fixture() -> Report {
         name: "holdout".into(),
         classes: classes.clone(),
         wells,
+        treatments: vec![TreatmentReadout {
+            treatment: "drug".into(),
+            dose: "3".into(),
+            wells: 4,
+            cells: 160,
+            fractions: vec![
+                Fraction {
+                    value: 0.2,
+                    ci95: Some((0.1, 0.3)),
+                },
+                Fraction {
+                    value: 0.8,
+                    ci95: Some((0.7, 0.9)),
+                },
+            ],
+            note: String::new(),
+        }],
         dose_response: vec![
             DoseFit {
                 readout: "fraction_translocated".into(),

@@ -558,19 +558,7 @@ fn dose_response(
             map.columns[dose_col]
         ));
     }
-    let mut t = Table::new(&[
-        "readout",
-        "Metadata_Plate",
-        "ec50",
-        "ec50_lo",
-        "ec50_hi",
-        "hill",
-        "bottom",
-        "top",
-        "wells",
-        "doses",
-        "status",
-    ]);
+    let mut t = Table::new(&super::readout::DOSE_RESPONSE_COLUMNS);
     let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.0.as_str()).collect();
     for (k, readout) in readouts.iter().enumerate() {
         for &plate in &plates {
@@ -578,17 +566,9 @@ fn dose_response(
                 .filter(|&i| wells[i].0 == plate)
                 .filter_map(|i| dose_of[i].map(|d| (d, cells[i][k].clone())))
                 .collect();
-            let dosed: Vec<f64> = series
-                .iter()
-                .filter(|(d, v)| *d > 0.0 && !v.is_empty())
-                .map(|(d, _)| *d)
-                .collect();
-            let mut distinct = dosed.clone();
-            distinct.sort_by(f64::total_cmp);
-            distinct.dedup();
             let fit =
                 plateflow_learn::dose::ec50_with_interval(&series, &median, DOSE_ROUNDS, DOSE_SEED);
-            let row = match &fit {
+            match &fit {
                 Ok(r) => {
                     let c = &r.curve;
                     ctx.logln(format!(
@@ -603,29 +583,10 @@ fn dose_response(
                         r.doses,
                         r.rounds_fitted
                     ));
-                    vec![
-                        num(c.ec50),
-                        num(r.ec50_ci95[0]),
-                        num(r.ec50_ci95[1]),
-                        num(c.hill),
-                        num(c.bottom),
-                        num(c.top),
-                        r.wells.to_string(),
-                        r.doses.to_string(),
-                        "fitted".to_string(),
-                    ]
                 }
-                Err(why) => {
-                    ctx.logln(format!("EC50 {readout}, plate {plate}: not fitted: {why}"));
-                    let mut v = vec![String::new(); 6];
-                    v.extend([
-                        dosed.len().to_string(),
-                        distinct.len().to_string(),
-                        why.clone(),
-                    ]);
-                    v
-                }
-            };
+                Err(why) => ctx.logln(format!("EC50 {readout}, plate {plate}: not fitted: {why}")),
+            }
+            let row = super::readout::dose_response_row(&series, &fit);
             let mut line = vec![readout.clone(), plate.to_string()];
             line.extend(row);
             t.push_row(line);

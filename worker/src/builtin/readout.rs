@@ -8,7 +8,7 @@
 use super::{num, Table};
 use plateflow_contract::platemap::{control_of, Control, PlateMap};
 use plateflow_learn::cells::Data;
-use plateflow_learn::dose::ec50_with_interval;
+use plateflow_learn::dose::{ec50_with_interval, DoseResponse};
 use plateflow_learn::readouts::{class_fractions, label_qc, Fraction, WellCheck};
 use std::collections::BTreeMap;
 
@@ -284,6 +284,43 @@ pub const DOSE_RESPONSE_COLUMNS: [&str; 11] = [
     "status",
 ];
 
+/// The fit columns of a `dose_response.csv` row (after `readout` and the plate): the curve
+/// and its EC50 interval, or empty numbers, the wells and doses there were, and why not.
+pub fn dose_response_row(
+    series: &[(f64, Vec<f64>)],
+    fit: &Result<DoseResponse, String>,
+) -> Vec<String> {
+    match fit {
+        Ok(r) => {
+            let c = &r.curve;
+            vec![
+                num(c.ec50),
+                num(r.ec50_ci95[0]),
+                num(r.ec50_ci95[1]),
+                num(c.hill),
+                num(c.bottom),
+                num(c.top),
+                r.wells.to_string(),
+                r.doses.to_string(),
+                "fitted".into(),
+            ]
+        }
+        Err(why) => {
+            let mut dosed: Vec<f64> = series
+                .iter()
+                .filter(|(d, v)| *d > 0.0 && !v.is_empty())
+                .map(|(d, _)| *d)
+                .collect();
+            let wells = dosed.len();
+            dosed.sort_by(f64::total_cmp);
+            dosed.dedup();
+            let mut row = vec![String::new(); 6];
+            row.extend([wells.to_string(), dosed.len().to_string(), why.clone()]);
+            row
+        }
+    }
+}
+
 /// `dose_response.csv`: per plate, the fraction of cells in a class against dose, fitted with
 /// a 4-parameter logistic; the EC50's interval resamples cells within wells. With two classes
 /// only the one that rises with dose is fitted (the other mirrors it). Returns the table and
@@ -333,39 +370,17 @@ pub fn dose_response(
                 .collect();
             let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
             let readout = format!("fraction_{}", classes[k]);
-            match ec50_with_interval(&data, &mean, 1000, 0xD05E) {
-                Ok(r) => {
-                    let c = &r.curve;
-                    log.push(format!(
-                        "{plate}: {readout} EC50 {:.4} [95 % CI {:.4}, {:.4}], Hill {:.2}, {} wells at {} doses",
-                        c.ec50, r.ec50_ci95[0], r.ec50_ci95[1], c.hill, r.wells, r.doses
-                    ));
-                    t.push_row([
-                        readout,
-                        plate.to_string(),
-                        num(c.ec50),
-                        num(r.ec50_ci95[0]),
-                        num(r.ec50_ci95[1]),
-                        num(c.hill),
-                        num(c.bottom),
-                        num(c.top),
-                        r.wells.to_string(),
-                        r.doses.to_string(),
-                        "fitted".into(),
-                    ]);
-                }
-                Err(why) => {
-                    log.push(format!("{plate}: {readout}: no dose–response fit: {why}"));
-                    let mut row = vec![readout, plate.to_string()];
-                    row.extend(std::iter::repeat_n(String::new(), 6));
-                    row.extend([
-                        data.iter().filter(|(d, _)| *d > 0.0).count().to_string(),
-                        String::new(),
-                        why,
-                    ]);
-                    t.push_row(row);
-                }
-            }
+            let fit = ec50_with_interval(&data, &mean, 1000, 0xD05E);
+            log.push(match &fit {
+                Ok(r) => format!(
+                    "{plate}: {readout} EC50 {:.4} [95 % CI {:.4}, {:.4}], Hill {:.2}, {} wells at {} doses",
+                    r.curve.ec50, r.ec50_ci95[0], r.ec50_ci95[1], r.curve.hill, r.wells, r.doses
+                ),
+                Err(why) => format!("{plate}: {readout}: no dose–response fit: {why}"),
+            });
+            let mut row = vec![readout, plate.to_string()];
+            row.extend(dose_response_row(&data, &fit));
+            t.push_row(row);
         }
     }
     (t, log)

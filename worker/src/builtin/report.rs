@@ -12,7 +12,7 @@ use plateflow_report::{
     Coefficient, Curve, DoseFit, DosePoint, Exclusion, Fraction, GroupScore, LabelQcWell, Metric,
     ModelSection, PlateSegmentation, PngFigure, QcSummary, Readout, ReadoutZprime, Reliability,
     ReliabilityBin, Report, SegmentationSection, ShapFeature, SvgFigure, Tile, TileFigure, TileRow,
-    WellReadout, ZprimeTable,
+    TreatmentReadout, WellReadout, ZprimeTable,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -221,6 +221,29 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
         }
         table = Some((h, rows));
     }
+    if let Some(p) = outputs.get("treatment_readout.csv") {
+        let (h, rows) = read_csv(p)?;
+        for row in &rows {
+            r.treatments.push(TreatmentReadout {
+                treatment: cell(&h, row, "treatment").to_string(),
+                dose: cell(&h, row, "dose").to_string(),
+                wells: num(&h, row, "wells").max(0.0) as usize,
+                cells: num(&h, row, "cells").max(0.0) as usize,
+                fractions: r
+                    .classes
+                    .iter()
+                    .map(|c| {
+                        let col = format!("mean_fraction_{c}");
+                        Fraction {
+                            value: num(&h, row, &col),
+                            ci95: interval(&h, row, &format!("{col}_lo"), &format!("{col}_hi")),
+                        }
+                    })
+                    .collect(),
+                note: cell(&h, row, "note").to_string(),
+            });
+        }
+    }
     if let Some(p) = outputs.get("dose_response.csv") {
         let (h, rows) = read_csv(p)?;
         // Where the points come from: the well readout, or the features step's wells.csv.
@@ -313,7 +336,10 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
             });
         }
     }
-    let any = !r.wells.is_empty() || !r.dose_response.is_empty() || !r.zprime.is_empty();
+    let any = !r.wells.is_empty()
+        || !r.treatments.is_empty()
+        || !r.dose_response.is_empty()
+        || !r.zprime.is_empty();
     Ok(any.then_some(r))
 }
 
