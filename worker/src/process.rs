@@ -200,6 +200,11 @@ fn resolve_program(name: &str) -> PathBuf {
 /// workers of `plateflow run` do): `<scratch>/worker-<pid>/`, held by a lock for the process's
 /// life. At start, corners whose lock is free belong to workers that died (SIGKILL, power
 /// loss) and are removed with whatever their tasks left.
+///
+/// A corner is made under a private name (`.claiming-<pid>`), locked, and only then renamed
+/// to `worker-<pid>`: a worker starting at the same moment never sees a live corner without
+/// its lock, which it would take for a dead one and remove (tasks then failed with "No such
+/// file or directory" in their scratch directory).
 pub struct ScratchCorner {
     pub dir: PathBuf,
     _lock: std::fs::File,
@@ -210,30 +215,42 @@ impl ScratchCorner {
         std::fs::create_dir_all(scratch)?;
         if let Ok(entries) = std::fs::read_dir(scratch) {
             for e in entries.flatten() {
-                let name = e.file_name();
+                let name = e.file_name().to_string_lossy().into_owned();
                 let dir = e.path();
-                if !name.to_string_lossy().starts_with("worker-") || !dir.is_dir() {
+                let corner = name.starts_with("worker-");
+                if !(corner || name.starts_with(".claiming-")) || !dir.is_dir() {
                     continue;
                 }
-                if let Ok(f) = std::fs::File::open(dir.join(".lock")) {
-                    if try_lock(&f) {
+                match std::fs::File::open(dir.join(".lock")) {
+                    Ok(f) if try_lock(&f) => {
                         tracing::info!(dir = %dir.display(), "removing a dead worker's scratch");
                         let _ = std::fs::remove_dir_all(&dir);
                     }
-                } else {
-                    let _ = std::fs::remove_dir_all(&dir); // never got as far as its lock
+                    Ok(_) => {}
+                    // A corner is locked before it is named so; one being claimed may not be
+                    // locked yet, and is left alone.
+                    Err(_) if corner => {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                    Err(_) => {}
                 }
             }
         }
-        let dir = scratch.join(format!("worker-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let lock = std::fs::File::create(dir.join(".lock"))?;
+        let pid = std::process::id();
+        let claiming = scratch.join(format!(".claiming-{pid}"));
+        let _ = std::fs::remove_dir_all(&claiming);
+        std::fs::create_dir_all(&claiming)?;
+        let lock = std::fs::File::create(claiming.join(".lock"))?;
         if !try_lock(&lock) {
             return Err(std::io::Error::other(format!(
                 "{} is held by another live process",
-                dir.display()
+                claiming.display()
             )));
         }
+        let dir = scratch.join(format!("worker-{pid}"));
+        // A dead process's corner with this pid (its lock was free above) is replaced.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&claiming, &dir)?;
         Ok(ScratchCorner { dir, _lock: lock })
     }
 }
@@ -250,4 +267,35 @@ fn try_lock(f: &std::fs::File) -> bool {
     use std::os::fd::AsRawFd as _;
     // SAFETY: flock on a descriptor this process owns.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dead worker's corner (lock free) is removed; a corner being claimed by a live
+    /// worker (no lock yet) is left alone; the new corner appears only with its lock held.
+    #[test]
+    fn claiming_a_corner_removes_the_dead_and_spares_the_starting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let scratch = tmp.path();
+        let dead = scratch.join("worker-4000000001");
+        std::fs::create_dir_all(dead.join("task-a")).unwrap();
+        std::fs::File::create(dead.join(".lock")).unwrap();
+        let starting = scratch.join(".claiming-4000000002");
+        std::fs::create_dir_all(&starting).unwrap();
+        let corner = ScratchCorner::claim(scratch).unwrap();
+        assert!(!dead.exists(), "a dead worker's corner is removed");
+        assert!(starting.exists(), "a corner being claimed is spared");
+        assert!(corner.dir.join(".lock").is_file());
+        assert!(!scratch
+            .join(format!(".claiming-{}", std::process::id()))
+            .exists());
+        // Its lock is held: another opener cannot take it.
+        let other = std::fs::File::open(corner.dir.join(".lock")).unwrap();
+        assert!(!try_lock(&other));
+        let dir = corner.dir.clone();
+        drop(corner);
+        assert!(!dir.exists(), "a clean end leaves nothing behind");
+    }
 }
