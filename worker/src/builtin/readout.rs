@@ -9,6 +9,7 @@ use super::{num, Table};
 use plateflow_contract::platemap::{control_of, Control, PlateMap};
 use plateflow_learn::cells::Data;
 use plateflow_learn::dose::{ec50_with_interval, DoseResponse};
+use plateflow_learn::metrics::{bootstrap_by_group, MIN_GROUPS_FOR_INTERVAL};
 use plateflow_learn::readouts::{class_fractions, label_qc, Fraction, WellCheck};
 use std::collections::BTreeMap;
 
@@ -179,15 +180,14 @@ pub fn treatment_readout(wells: &[Well], fractions: &[Vec<Fraction>], classes: &
                 .filter(|x| x.is_finite())
                 .collect();
             let mean = v.iter().sum::<f64>() / v.len().max(1) as f64;
-            let (lo, hi) = if v.len() >= 3 {
-                let f = class_mean_interval(&v);
-                (num(f.0), num(f.1))
-            } else {
-                (String::new(), String::new())
-            };
-            row.extend([num(mean), lo, hi]);
+            // Wells are the replicates: each its own group (no interval from fewer than 3).
+            let each_well: Vec<String> = (0..v.len()).map(|i| i.to_string()).collect();
+            let (lo, hi) = bootstrap_by_group(&each_well, 1000, 0x7EA7, |idx| {
+                idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64
+            });
+            row.extend([num(mean), num(lo), num(hi)]);
         }
-        row.push(if members.len() < 3 {
+        row.push(if members.len() < MIN_GROUPS_FOR_INTERVAL {
             "fewer than 3 wells: no interval".into()
         } else {
             String::new()
@@ -195,16 +195,6 @@ pub fn treatment_readout(wells: &[Well], fractions: &[Vec<Fraction>], classes: &
         t.push_row(row);
     }
     t
-}
-
-/// A 95 % percentile interval of the mean of `v` from 1000 resamples of its values.
-fn class_mean_interval(v: &[f64]) -> (f64, f64) {
-    let mut rng = plateflow_learn::rng::Rng::new(0x7EA7);
-    let mut means: Vec<f64> = (0..1000)
-        .map(|_| (0..v.len()).map(|_| v[rng.below(v.len())]).sum::<f64>() / v.len() as f64)
-        .collect();
-    means.sort_by(f64::total_cmp);
-    (means[25], means[974])
 }
 
 /// `readout_zprime.csv`: Z′ of each class's per-well fraction between the positive and the

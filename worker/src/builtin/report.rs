@@ -180,6 +180,25 @@ fn label_qc(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Vec<LabelQcWell
     Ok(out)
 }
 
+/// Each class's `<prefix><class>` column with its `_lo`/`_hi` interval, in class order.
+fn fractions(
+    h: &[String],
+    row: &csv::StringRecord,
+    classes: &[String],
+    prefix: &str,
+) -> Vec<Fraction> {
+    classes
+        .iter()
+        .map(|c| {
+            let col = format!("{prefix}{c}");
+            Fraction {
+                value: num(h, row, &col),
+                ci95: interval(h, row, &format!("{col}_lo"), &format!("{col}_hi")),
+            }
+        })
+        .collect()
+}
+
 /// A task's per-well readout: `well_readout.csv`, `dose_response.csv` (its points from the
 /// well readout, or for a features task from `wells.csv`: the median per well against the
 /// dose column) and `readout_zprime.csv`. `None` where the task wrote none of them.
@@ -206,17 +225,7 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
                 dose: dose.is_finite().then_some(dose),
                 control: cell(&h, row, "control").to_string(),
                 cells: num(&h, row, "cells").max(0.0) as usize,
-                fractions: r
-                    .classes
-                    .iter()
-                    .map(|c| {
-                        let col = format!("fraction_{c}");
-                        Fraction {
-                            value: num(&h, row, &col),
-                            ci95: interval(&h, row, &format!("{col}_lo"), &format!("{col}_hi")),
-                        }
-                    })
-                    .collect(),
+                fractions: fractions(&h, row, &r.classes, "fraction_"),
             });
         }
         table = Some((h, rows));
@@ -229,17 +238,7 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
                 dose: cell(&h, row, "dose").to_string(),
                 wells: num(&h, row, "wells").max(0.0) as usize,
                 cells: num(&h, row, "cells").max(0.0) as usize,
-                fractions: r
-                    .classes
-                    .iter()
-                    .map(|c| {
-                        let col = format!("mean_fraction_{c}");
-                        Fraction {
-                            value: num(&h, row, &col),
-                            ci95: interval(&h, row, &format!("{col}_lo"), &format!("{col}_hi")),
-                        }
-                    })
-                    .collect(),
+                fractions: fractions(&h, row, &r.classes, "mean_fraction_"),
                 note: cell(&h, row, "note").to_string(),
             });
         }
