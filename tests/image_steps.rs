@@ -497,12 +497,17 @@ fn demo_readouts_match_the_planted_truth(dir: &Path, results: &Path) {
             m["weighted_f1"]["ci95_by_plate"],
             serde_json::json!([null, null])
         );
+        // A temperature chosen on the training plates may not transfer to a new plate (the
+        // logistic model's, fitted where plate P2's gain shift made it confidently wrong,
+        // can squash P4's right answers); where it worsens the held-out ECE, the card says so.
         let cal = &m["calibration"];
-        assert!(
-            cal["ece_after"].as_f64().unwrap() <= cal["ece_before"].as_f64().unwrap() + 1e-9,
-            "{step}: {cal}"
-        );
         let card = std::fs::read_to_string(results.join(format!("{step}/model_card.md"))).unwrap();
+        let worse = cal["ece_after"].as_f64().unwrap() > cal["ece_before"].as_f64().unwrap() + 1e-9;
+        println!("{step}: held-out calibration {cal}");
+        assert!(
+            !worse || card.contains("made calibration worse on the held-out plates"),
+            "{step}: {cal}\n{card}"
+        );
         assert!(
             card.contains("## Held-out evaluation")
                 && card.contains("no interval: fewer than 3 plates"),

@@ -229,7 +229,7 @@ pub struct IlluminationParams {
 /// (`learn/models/nuclei-unet.safetensors`; a test in `plateflow-learn` checks it). Tasks that
 /// use them carry it in their parameters, so new weights re-run exactly those tasks.
 pub const SHIPPED_SEGMENTER_SHA256: &str =
-    "95b89ee4a1fcf2289296c807fd86a3ca8973349dec7ac71519011a8a70776327";
+    "5db1e40a5be059e7c97b721882b2f09d6546cf4fcf3fc7914fef81ecf6ac9248";
 
 /// `init:` value that names the nucleus model shipped inside plateflow.
 pub const SHIPPED_INIT: &str = "shipped";

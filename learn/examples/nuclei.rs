@@ -1,12 +1,14 @@
 //! Trains and scores the learned nucleus segmenter on the DSB 2018 nuclei, and scores it on
 //! the Coelho U2OS images no training saw.
 //!
-//!   cargo run --release -p plateflow-learn --example nuclei -- train STEPS OUT.safetensors [WIDTH] [EVAL_EVERY]
-//!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho]...
+//!   cargo run --release -p plateflow-learn --example nuclei -- train STEPS OUT.safetensors [WIDTH] [EVAL_EVERY] [INIT|shipped] [LR]
+//!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho|coelho-odd|coelho-even]...
 //!   cargo run --release -p plateflow-learn --example nuclei -- sizes
 //!
 //! The DSB images are split by image id into fifths: three train, one ("tuning") chooses
-//! inference settings, one ("validation") is only ever reported. WEIGHTS `shipped` scores
+//! inference settings, one ("validation") is only ever reported. Of the Coelho images
+//! (never trained on), the even-numbered help choose inference settings, the odd are only
+//! reported. WEIGHTS `shipped` scores
 //! the weights inside plateflow.
 //!
 //! Reads `../shared/data/dsb2018-nuclei` and `../shared/data/coelho-u2os` (from the
@@ -84,6 +86,52 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Some("size-estimators") => {
+            // Ways to read the nucleus size off a quick threshold, on every DSB image outside
+            // the validation fifth (the estimate is not learned; validation is reported).
+            for (name, set) in [
+                ("training + tuning", [&train, &tuning]),
+                ("validation", [&val, &val]),
+            ] {
+                let images: Vec<&Annotated> = if name == "validation" {
+                    val.iter().collect()
+                } else {
+                    set.iter().flat_map(|s| s.iter()).collect()
+                };
+                let mut errs: [Vec<f64>; 3] = Default::default();
+                for a in images.iter().filter(|a| a.diameter > 0.0) {
+                    let Some(ds) = object_diameters(a) else {
+                        continue;
+                    };
+                    let median = |mut v: Vec<f64>| {
+                        v.sort_by(f64::total_cmp);
+                        v[v.len() / 2]
+                    };
+                    let by_area = median(ds.iter().map(|d| d.0).collect());
+                    let by_dt = median(ds.iter().map(|d| d.1).collect());
+                    for (e, est) in errs
+                        .iter_mut()
+                        .zip([by_area, by_dt, (by_area * by_dt).sqrt()])
+                    {
+                        e.push((est / a.diameter).ln().abs());
+                    }
+                }
+                for (e, what) in errs.iter_mut().zip([
+                    "median area",
+                    "median inscribed circle",
+                    "geometric mean",
+                ]) {
+                    e.sort_by(f64::total_cmp);
+                    println!(
+                        "{name}: {what}: within ±25 % on {:.0} % of {} images, median |log error| {:.3}, 90th percentile {:.3}",
+                        100.0 * e.iter().filter(|&&x| x < 1.25f64.ln()).count() as f64 / e.len() as f64,
+                        e.len(),
+                        e[e.len() / 2],
+                        e[e.len() * 9 / 10]
+                    );
+                }
+            }
+        }
         Some("classic") => {
             // plateflow's classic segmenter with its defaults, on the same held-out images.
             for (set, images) in [("tuning", &tuning), ("validation", &val)] {
@@ -136,7 +184,14 @@ fn main() -> anyhow::Result<()> {
                 prob += t.elapsed().as_secs_f64();
                 px += sw * sh;
                 let t = std::time::Instant::now();
-                let _ = plateflow_imaging::instances::from_probabilities(&i, &f, sw, sh, 8);
+                let _ = plateflow_imaging::instances::from_probabilities(
+                    &i,
+                    &f,
+                    sw,
+                    sh,
+                    model.diameter,
+                    &model.instances,
+                );
                 inst += t.elapsed().as_secs_f64();
             }
             let total: usize = val.iter().map(|a| a.width * a.height).sum();
@@ -151,15 +206,25 @@ fn main() -> anyhow::Result<()> {
             );
             let width: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(16);
             let eval_every: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(500);
+            let init = match args.get(5).map(String::as_str) {
+                None => None,
+                Some("shipped") => Some(nuclei::Weights::from_bytes(
+                    plateflow_learn::segmenter::SHIPPED,
+                    "shipped",
+                )?),
+                Some(path) => Some(nuclei::Weights::from_bytes(&std::fs::read(path)?, path)?),
+            };
             let cfg = SegTrainConfig {
                 steps,
                 net: plateflow_learn::unet::UNetConfig { width, depth: 3 },
+                lr: args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(2e-3),
                 ..Default::default()
             };
             let t1 = std::time::Instant::now();
-            let (weights, _) = nuclei::train(&train, &tuning, &cfg, None, eval_every, &|m| {
-                eprintln!("{m}")
-            })?;
+            let (weights, _) =
+                nuclei::train(&train, &tuning, &cfg, init.as_ref(), eval_every, &|m| {
+                    eprintln!("{m}")
+                })?;
             std::fs::write(&out, weights.to_bytes()?)?;
             println!(
                 "trained {steps} steps (batch {}, crops {}, width {width}, diameter {}) in {:.0} s on {} threads: {}",
@@ -184,20 +249,30 @@ fn main() -> anyhow::Result<()> {
                 vec!["tuning"]
             };
             for set in sets {
-                let coelho;
+                let coelho: Vec<Annotated>;
                 let images: &[Annotated] = match set {
                     "tuning" => &tuning,
                     "validation" => &val,
-                    "coelho" => {
+                    "coelho" | "coelho-odd" | "coelho-even" => {
                         let dir = root.join("coelho-u2os");
                         if !dir.exists() {
                             println!("{} is absent", dir.display());
                             continue;
                         }
-                        coelho = nuclei::load_pairs(&dir)?;
+                        // Even images choose inference settings; odd ones are only reported.
+                        coelho = nuclei::load_pairs(&dir)?
+                            .into_iter()
+                            .filter(|a| match set {
+                                "coelho-odd" => !nuclei::is_coelho_tuning(&a.id),
+                                "coelho-even" => nuclei::is_coelho_tuning(&a.id),
+                                _ => true,
+                            })
+                            .collect();
                         &coelho
                     }
-                    other => anyhow::bail!("unknown set {other}: tuning, validation or coelho"),
+                    other => anyhow::bail!(
+                        "unknown set {other}: tuning, validation, coelho, coelho-odd or coelho-even"
+                    ),
                 };
                 score(&model, set, images)?;
             }
@@ -232,4 +307,46 @@ fn score(model: &NucleusModel, set: &str, images: &[Annotated]) -> anyhow::Resul
         rayon::current_num_threads()
     );
     Ok(())
+}
+
+/// Per object of the quick threshold `typical_diameter` uses (9 pixels or more): the diameter
+/// of a disc of its area, and twice its largest distance to the background plus one.
+fn object_diameters(a: &Annotated) -> Option<Vec<(f64, f64)>> {
+    use plateflow_imaging::segment::{
+        connected_components, distance_transform, gaussian, otsu_clipped,
+    };
+    let img = plateflow_imaging::GrayImage {
+        width: a.width as u32,
+        height: a.height as u32,
+        bit_depth: 16,
+        data: a
+            .pixels
+            .iter()
+            .map(|&p| (p.clamp(0.0, 1.5) / 1.5 * 65535.0).round() as u16)
+            .collect(),
+    };
+    let (w, h) = (a.width, a.height);
+    let smooth = gaussian(&img, 2.0);
+    let t = otsu_clipped(&smooth);
+    let bright = smooth.iter().filter(|&&v| v > t).count();
+    let dark = bright * 2 > smooth.len();
+    let mask: Vec<bool> = smooth.iter().map(|&v| (v > t) != dark).collect();
+    let cc = connected_components(&mask, w, h);
+    let dt = distance_transform(&mask, w, h);
+    let mut area = vec![0usize; cc.count as usize + 1];
+    let mut peak = vec![0f32; cc.count as usize + 1];
+    for (i, &l) in cc.data.iter().enumerate() {
+        area[l as usize] += 1;
+        peak[l as usize] = peak[l as usize].max(dt[i]);
+    }
+    let out: Vec<(f64, f64)> = (1..area.len())
+        .filter(|&l| area[l] >= 9)
+        .map(|l| {
+            (
+                2.0 * (area[l] as f64 / std::f64::consts::PI).sqrt(),
+                2.0 * f64::from(peak[l]) + 1.0,
+            )
+        })
+        .collect();
+    (!out.is_empty()).then_some(out)
 }

@@ -1,0 +1,290 @@
+//! Inference settings of the nucleus segmenter (thresholds, neck splitting, hole filling),
+//! chosen on the two "tuning" sets only: the DSB tuning fifth and the even-numbered Coelho
+//! U2OS images. The DSB validation fifth and the odd Coelho images are reported by
+//! `nuclei score` and never seen here. Also: where the remaining errors lie.
+//!
+//!   cargo run --release -p plateflow-learn --example nuclei_variants -- [WEIGHTS|shipped] [grid|scales|enlarge]
+//!
+//! `grid` (the default) varies the instance settings; `scales` predicts at nucleus
+//! diameters below the training one (fewer pixels: faster) with the shipped settings;
+//! `enlarge` bounds how much images of small nuclei are enlarged.
+//!
+//! Reads `../shared/data/dsb2018-nuclei` and `../shared/data/coelho-u2os` (from the
+//! repository root); says so and stops where they are absent.
+
+use plateflow_imaging::instances::{from_probabilities, matches, InstanceParams, Matching};
+use plateflow_learn::nuclei::{self, Annotated};
+use plateflow_learn::segmenter::{Maps, NucleusModel};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::Path;
+
+fn main() -> anyhow::Result<()> {
+    plateflow_learn::keep_freed_memory();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let (dsb, coelho) = (root.join("dsb2018-nuclei"), root.join("coelho-u2os"));
+    for dir in [&dsb, &coelho] {
+        if !dir.exists() {
+            println!("{} is absent", dir.display());
+            return Ok(());
+        }
+    }
+    let weights = args.first().map(String::as_str).unwrap_or("shipped");
+    let mut model = if weights == "shipped" {
+        NucleusModel::shipped()?
+    } else {
+        NucleusModel::load(Path::new(weights))?
+    };
+    let sets: Vec<(&str, Vec<Annotated>)> = vec![
+        (
+            "DSB tuning fifth",
+            nuclei::load_pairs(&dsb)?
+                .into_iter()
+                .filter(|a| !nuclei::is_validation(&a.id) && nuclei::is_tuning(&a.id))
+                .collect(),
+        ),
+        (
+            "Coelho even",
+            nuclei::load_pairs(&coelho)?
+                .into_iter()
+                .filter(|a| nuclei::is_coelho_tuning(&a.id))
+                .collect(),
+        ),
+    ];
+    let mode = args.get(1).map(String::as_str).unwrap_or("grid");
+    if mode == "scales" || mode == "enlarge" {
+        let trained = model.diameter;
+        for factor in [0.7, 0.8, 0.9, 1.0] {
+            // `scales`: predict at a smaller diameter; `enlarge`: enlarge at most 1/factor
+            // times (the shipped bound is 2).
+            let cap = if mode == "enlarge" { 1.0 / factor } else { 2.0 };
+            if mode == "scales" {
+                model.diameter = trained * factor;
+            }
+            let mut line = format!(
+                "predicted at {:.1} px nuclei, enlarged at most {cap:.2}x:",
+                model.diameter
+            );
+            for (name, images) in &sets {
+                let t = std::time::Instant::now();
+                let maps: Vec<Maps> = images
+                    .iter()
+                    .map(|a| {
+                        let d = estimated(&model, a).max(model.diameter / cap);
+                        model.maps(&a.pixels, a.width, a.height, d)
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let secs = t.elapsed().as_secs_f64();
+                let px: usize = images.iter().map(|a| a.width * a.height).sum();
+                let m = score(images, &maps, &model, &model.instances);
+                line += &format!(
+                    " {name} F1 {:.3} (0.75: {:.3}), maps {:.2} MP/s;",
+                    m[0].f1(),
+                    m[1].f1(),
+                    px as f64 / 1e6 / secs
+                );
+            }
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let mut maps: Vec<Vec<Maps>> = Vec::new();
+    for (name, images) in &sets {
+        let t = std::time::Instant::now();
+        maps.push(
+            images
+                .iter()
+                .map(|a| model.maps(&a.pixels, a.width, a.height, estimated(&model, a)))
+                .collect::<anyhow::Result<_>>()?,
+        );
+        println!(
+            "{name}: {} images, maps in {:.1} s",
+            images.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    let mut best = (0f64, InstanceParams::default());
+    for split_depth in [None, Some(0.1), Some(0.15), Some(0.2), Some(0.25)] {
+        for fill_holes in [0.0, 0.5] {
+            for seed in [0.5f32, 0.6, 0.7, 0.8] {
+                let mut row = Vec::new();
+                for grow in [0.4f32, 0.5, 0.6, 0.7] {
+                    let p = InstanceParams {
+                        seed,
+                        grow,
+                        split_depth,
+                        fill_holes,
+                    };
+                    let f1: Vec<f64> = sets
+                        .iter()
+                        .zip(&maps)
+                        .map(|((_, images), maps)| score(images, maps, &model, &p)[0].f1())
+                        .collect();
+                    let mean = f1.iter().sum::<f64>() / f1.len() as f64;
+                    if mean > best.0 {
+                        best = (mean, p);
+                    }
+                    row.push(format!("grow {grow}: {:.3} {:.3}", f1[0], f1[1]));
+                }
+                println!(
+                    "split {split_depth:?} holes {fill_holes} seed {seed}: {}",
+                    row.join(" | ")
+                );
+            }
+        }
+    }
+    println!(
+        "best (mean F1 at IoU 0.5 over the two tuning sets {:.3}): {:?}",
+        best.0, best.1
+    );
+    model.instances = best.1;
+    for ((name, images), maps) in sets.iter().zip(&maps) {
+        let m = score(images, maps, &model, &best.1);
+        println!(
+            "{name}: F1 {:.3} AP {:.3} | 0.75: {:.3} | 0.9: {:.3}",
+            m[0].f1(),
+            m[0].ap(),
+            m[1].f1(),
+            m[2].f1()
+        );
+        errors(images, maps, &model);
+    }
+    Ok(())
+}
+
+fn estimated(model: &NucleusModel, a: &Annotated) -> f64 {
+    nuclei::estimate_diameter(&a.pixels, a.width, a.height).unwrap_or(model.diameter)
+}
+
+fn instances(m: &Maps, a: &Annotated, d: f64, p: &InstanceParams) -> Vec<u32> {
+    from_probabilities(&m.interior, &m.foreground, a.width, a.height, d, p).data
+}
+
+fn score(
+    images: &[Annotated],
+    maps: &[Maps],
+    model: &NucleusModel,
+    p: &InstanceParams,
+) -> [Matching; 3] {
+    let per_image: Vec<[(usize, usize, usize); 3]> = images
+        .par_iter()
+        .zip(maps)
+        .map(|(a, m)| {
+            let got = instances(m, a, model.diameter / m.scale, p);
+            nuclei::IOUS.map(|iou| matches(&got, &a.truth, iou))
+        })
+        .collect();
+    let mut out = [Matching::default(); 3];
+    for image in per_image {
+        for (o, m) in out.iter_mut().zip(image) {
+            o.add(m);
+        }
+    }
+    out
+}
+
+/// Why true nuclei go unmatched at IoU 0.5: merged into one prediction with another,
+/// split over several, missed, or found with a poor outline; and what unmatched
+/// predictions are. The worst images, with their sizes.
+fn errors(images: &[Annotated], maps: &[Maps], model: &NucleusModel) {
+    let (mut merged, mut split, mut missed, mut outline, mut fp, mut fragment) = (0, 0, 0, 0, 0, 0);
+    let mut worst: Vec<(f64, String)> = Vec::new();
+    for (a, m) in images.iter().zip(maps) {
+        let d = model.diameter / m.scale;
+        let pred = instances(m, a, d, &model.instances);
+        let mut inter: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut area_p: HashMap<u32, usize> = HashMap::new();
+        let mut area_t: HashMap<u32, usize> = HashMap::new();
+        for (&p, &t) in pred.iter().zip(&a.truth) {
+            if p > 0 {
+                *area_p.entry(p).or_default() += 1;
+            }
+            if t > 0 {
+                *area_t.entry(t).or_default() += 1;
+            }
+            if p > 0 && t > 0 {
+                *inter.entry((p, t)).or_default() += 1;
+            }
+        }
+        let iou = |p: u32, t: u32, i: usize| i as f64 / (area_p[&p] + area_t[&t] - i) as f64;
+        let matched_t: std::collections::HashSet<u32> = inter
+            .iter()
+            .filter(|(&(p, t), &i)| iou(p, t, i) > 0.5)
+            .map(|(&(_, t), _)| t)
+            .collect();
+        let matched_p: std::collections::HashSet<u32> = inter
+            .iter()
+            .filter(|(&(p, t), &i)| iou(p, t, i) > 0.5)
+            .map(|(&(p, _), _)| p)
+            .collect();
+        for (&t, &at) in &area_t {
+            if matched_t.contains(&t) {
+                continue;
+            }
+            let parts: Vec<(u32, usize)> = inter
+                .iter()
+                .filter(|(&(_, tt), _)| tt == t)
+                .map(|(&(p, _), &i)| (p, i))
+                .collect();
+            let covered: usize = parts.iter().map(|x| x.1).sum();
+            let big = parts.iter().filter(|x| x.1 * 4 > at).count();
+            // A merge: the prediction covering most of it covers most of another nucleus too.
+            let main = parts.iter().max_by_key(|x| x.1).map(|x| x.0);
+            let shares_main = main.is_some_and(|p| {
+                inter
+                    .iter()
+                    .filter(|(&(pp, tt), &i)| pp == p && tt != t && i * 2 > area_t[&tt])
+                    .count()
+                    > 0
+            });
+            if covered * 2 < at {
+                missed += 1;
+            } else if shares_main {
+                merged += 1;
+            } else if big >= 2 {
+                split += 1;
+            } else {
+                outline += 1;
+            }
+        }
+        for (&p, &ap) in &area_p {
+            if matched_p.contains(&p) {
+                continue;
+            }
+            let covered: usize = inter
+                .iter()
+                .filter(|(&(pp, _), _)| pp == p)
+                .map(|(_, &i)| i)
+                .sum();
+            if covered * 2 < ap {
+                fp += 1;
+            } else {
+                fragment += 1;
+            }
+        }
+        let mut mm = Matching::default();
+        mm.add(matches(&pred, &a.truth, 0.5));
+        worst.push((
+            mm.f1(),
+            format!(
+                "{} {}x{} truth d {:.1} est d {:.1} objects {}/{}",
+                &a.id[..12.min(a.id.len())],
+                a.width,
+                a.height,
+                a.diameter,
+                d,
+                mm.predicted,
+                mm.truth
+            ),
+        ));
+    }
+    println!(
+        "unmatched true nuclei: merged {merged}, split {split}, missed {missed}, poor outline {outline}; unmatched predictions: on background {fp}, parts of nuclei {fragment}"
+    );
+    worst.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (f1, what) in worst.iter().take(12) {
+        println!("  F1 {f1:.3} {what}");
+    }
+}
