@@ -235,7 +235,7 @@ pub fn matches(pred: &[u32], truth: &[u32], iou: f64) -> (usize, usize, usize) {
 }
 
 /// Areas of predicted and true objects and of each overlapping pair.
-pub(crate) struct Overlaps {
+pub struct Overlaps {
     pub inter: HashMap<(u32, u32), usize>,
     pub area_p: HashMap<u32, usize>,
     pub area_t: HashMap<u32, usize>,

@@ -12,11 +12,12 @@
 //! Reads `../shared/data/dsb2018-nuclei` and `../shared/data/coelho-u2os` (from the
 //! repository root); says so and stops where they are absent.
 
-use plateflow_imaging::instances::{from_probabilities, matches, InstanceParams, Matching};
+use plateflow_imaging::instances::{
+    from_probabilities, matches, InstanceParams, Matching, Overlaps,
+};
 use plateflow_learn::nuclei::{self, Annotated};
 use plateflow_learn::segmenter::{Maps, NucleusModel};
 use rayon::prelude::*;
-use std::collections::HashMap;
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
@@ -194,20 +195,11 @@ fn errors(images: &[Annotated], maps: &[Maps], model: &NucleusModel) {
     for (a, m) in images.iter().zip(maps) {
         let d = model.diameter / m.scale;
         let pred = instances(m, a, d, &model.instances);
-        let mut inter: HashMap<(u32, u32), usize> = HashMap::new();
-        let mut area_p: HashMap<u32, usize> = HashMap::new();
-        let mut area_t: HashMap<u32, usize> = HashMap::new();
-        for (&p, &t) in pred.iter().zip(&a.truth) {
-            if p > 0 {
-                *area_p.entry(p).or_default() += 1;
-            }
-            if t > 0 {
-                *area_t.entry(t).or_default() += 1;
-            }
-            if p > 0 && t > 0 {
-                *inter.entry((p, t)).or_default() += 1;
-            }
-        }
+        let Overlaps {
+            inter,
+            area_p,
+            area_t,
+        } = Overlaps::of(&pred, &a.truth);
         let iou = |p: u32, t: u32, i: usize| i as f64 / (area_p[&p] + area_t[&t] - i) as f64;
         let matched_t: std::collections::HashSet<u32> = inter
             .iter()
