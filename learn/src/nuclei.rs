@@ -23,8 +23,6 @@ pub struct Annotated {
     /// Percentile-normalised intensities (see [`normalise`]).
     pub pixels: Vec<f32>,
     pub truth: Vec<u32>,
-    /// Per-pixel classes from `truth` (background, interior, boundary).
-    pub classes: Vec<u8>,
     /// Median nucleus diameter in pixels (of a disc of the median area); 0 without nuclei.
     pub diameter: f64,
 }
@@ -73,7 +71,6 @@ pub fn annotated(id: &str, image: &GrayImage, labels: &GrayImage) -> anyhow::Res
         width: w,
         height: h,
         pixels: normalise(image),
-        classes: targets(&truth, w, h),
         diameter: median_diameter(&truth).unwrap_or(0.0),
         truth,
     })
@@ -158,6 +155,8 @@ impl Default for SegTrainConfig {
             crop: 128,
             lr: 2e-3,
             boundary_weight: 3.0,
+            // As boundaries: background pixels squeezed between two nuclei count as much as
+            // their outlines. ×10 made the network cut large nuclei apart (BENCHMARKS.md).
             contact_weight: 3.0,
             seed: 1,
             diameter: TRAINING_DIAMETER,
@@ -556,7 +555,6 @@ mod tests {
             width: w,
             height: h,
             pixels: truth.iter().map(|&l| f32::from(l > 0)).collect(),
-            classes: targets(&truth, w, h),
             diameter: 64.0,
             truth,
         };
