@@ -496,16 +496,25 @@ impl Weights {
 pub const IOUS: [f64; 3] = [0.5, 0.75, 0.9];
 
 /// Object matching summed over `images`, at each of [`IOUS`], each image segmented as a
-/// user's would be: its nucleus size estimated from the image.
+/// user's would be: its nucleus size estimated from the image. Images run side by side on
+/// the thread pool, as the `segment` step runs a plate's fields (each one's own parallel
+/// work shares the same threads).
 pub fn evaluate(model: &NucleusModel, images: &[Annotated]) -> anyhow::Result<[Matching; 3]> {
+    use rayon::prelude::*;
+    let per_image: Vec<[(usize, usize, usize); 3]> = images
+        .par_iter()
+        .map(|a| {
+            let d = estimate_diameter(&a.pixels, a.width, a.height);
+            let got = model
+                .segment_normalised(&a.pixels, a.width, a.height, d)?
+                .labels;
+            Ok(IOUS.map(|iou| matches(&got.data, &a.truth, iou)))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let mut out = [Matching::default(); 3];
-    for a in images {
-        let d = estimate_diameter(&a.pixels, a.width, a.height);
-        let got = model
-            .segment_normalised(&a.pixels, a.width, a.height, d)?
-            .labels;
-        for (m, &iou) in out.iter_mut().zip(&IOUS) {
-            m.add(matches(&got.data, &a.truth, iou));
+    for counts in per_image {
+        for (m, c) in out.iter_mut().zip(counts) {
+            m.add(c);
         }
     }
     Ok(out)

@@ -29,10 +29,16 @@ pub struct NucleusModel {
     net: FrozenUNet,
     /// Nucleus diameter (pixels) the model was trained at.
     pub diameter: f64,
+    /// Nucleus diameter (model pixels) each image is brought to before prediction:
+    /// [`PREDICT_AT`] × `diameter`.
+    pub target: f64,
     /// Where the weights came from, for messages and model cards.
     pub source: String,
     /// How its class maps become instances.
     pub instances: InstanceParams,
+    /// Mirrored context (model pixels) added at the image's own edges; rounded up to the
+    /// network's multiple so that tiles' pooling grids align with the whole image's.
+    pub border: usize,
 }
 
 /// Per-pixel probabilities of one image at its own size.
@@ -88,8 +94,10 @@ impl NucleusModel {
         Ok(NucleusModel {
             net: FrozenUNet::new(config, get)?,
             diameter,
+            target: PREDICT_AT * diameter,
             source: source.to_string(),
             instances: LEARNED_INSTANCES,
+            border: IMAGE_BORDER,
         })
     }
 
@@ -109,7 +117,7 @@ impl NucleusModel {
                     data: vec![0; img.data.len()],
                     count: 0,
                 },
-                diameter: diameter.unwrap_or(self.diameter),
+                diameter: diameter.unwrap_or(self.target),
                 scale: 1.0,
             });
         }
@@ -119,8 +127,8 @@ impl NucleusModel {
     }
 
     /// Instances of a percentile-normalised image. The image is resized so that nuclei of
-    /// `diameter` pixels (the model's own training diameter when `None`) have the training
-    /// diameter, predicted, and the class maps are resized back.
+    /// `diameter` pixels (taken to be at model scale already when `None`) are
+    /// [`Self::target`] pixels across, predicted, and the class maps are resized back.
     pub fn segment_normalised(
         &self,
         pixels: &[f32],
@@ -130,7 +138,7 @@ impl NucleusModel {
     ) -> anyhow::Result<Segmentation> {
         let d = diameter
             .filter(|d| d.is_finite() && *d > 0.0)
-            .unwrap_or(self.diameter);
+            .unwrap_or(self.target);
         let maps = self.maps(pixels, w, h, d)?;
         Ok(Segmentation {
             labels: from_probabilities(&maps.interior, &maps.foreground, w, h, d, &self.instances),
@@ -140,10 +148,10 @@ impl NucleusModel {
     }
 
     /// Class maps of a normalised image at its own size, predicted with nuclei of `d`
-    /// pixels brought to the training diameter.
+    /// pixels brought to [`Self::target`].
     pub fn maps(&self, pixels: &[f32], w: usize, h: usize, d: f64) -> anyhow::Result<Maps> {
         // Enlarging is bounded (each doubling costs 4× the time); shrinking barely so.
-        let scale = (self.diameter / d).clamp(1.0 / 16.0, MAX_ENLARGE);
+        let scale = (self.target / d).clamp(1.0 / 16.0, MAX_ENLARGE);
         let (sw, sh) = (
             ((w as f64 * scale).round() as usize).max(1),
             ((h as f64 * scale).round() as usize).max(1),
@@ -162,36 +170,46 @@ impl NucleusModel {
     }
 
     /// Class probabilities of one image at model scale: (interior, foreground). The image is
-    /// mirrored by [`MARGIN`] and cut into tiles of [`TILE`] plus that margin of context on
-    /// each side; each tile keeps its centre. A pixel's value depends only on pixels within
-    /// the network's reach (< MARGIN), so the maps equal one pass over the whole mirrored
-    /// image ([`Self::probabilities_whole`]), in bounded memory.
+    /// mirrored by [`Self::border`] at its edges and rounded up to the network's multiple;
+    /// where that is larger than [`WHOLE_PIXELS`] it is cut into tiles of [`TILE`] with up to
+    /// [`MARGIN`] of context on each side (less only where the padded image ends), each tile
+    /// keeping its centre. A pixel's value depends only on pixels within the network's reach
+    /// (< MARGIN) and on where the padded image ends, so the maps equal one pass over the
+    /// whole padded image ([`Self::probabilities_whole`]), in bounded memory.
     pub fn probabilities(
         &self,
         pixels: &[f32],
         w: usize,
         h: usize,
     ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-        if (w + 2 * MARGIN) * (h + 2 * MARGIN) <= WHOLE_PIXELS {
-            return self.probabilities_whole(pixels, w, h);
+        let (padded, pw, ph) = self.padded(pixels, w, h);
+        if pw * ph <= WHOLE_PIXELS {
+            return Ok(self.crop(&self.net.probabilities(&padded, pw, ph), pw, w, h));
         }
-        let side = TILE + 2 * MARGIN;
-        let (tx, ty) = (w.div_ceil(TILE), h.div_ceil(TILE));
-        let (pw, ph) = (tx * TILE + 2 * MARGIN, ty * TILE + 2 * MARGIN);
-        let padded = mirrored(pixels, w, h, pw, ph);
+        let b = self.aligned_border();
         let mut interior = vec![0f32; w * h];
         let mut fg = vec![0f32; w * h];
-        let mut tile = vec![0f32; side * side];
-        for j in 0..ty {
-            for i in 0..tx {
-                let (ox, oy) = (i * TILE, j * TILE);
-                for y in 0..side {
-                    tile[y * side..(y + 1) * side]
-                        .copy_from_slice(&padded[(oy + y) * pw + ox..][..side]);
+        let mut tile = Vec::new();
+        for oy in (0..h).step_by(TILE) {
+            for ox in (0..w).step_by(TILE) {
+                // The window in padded coordinates; starts stay multiples of the network's
+                // pooling (grids align with the whole image's) because b, TILE and MARGIN are.
+                let (x0, y0) = (
+                    (ox + b).saturating_sub(MARGIN),
+                    (oy + b).saturating_sub(MARGIN),
+                );
+                let (x1, y1) = (
+                    (ox + b + TILE + MARGIN).min(pw),
+                    (oy + b + TILE + MARGIN).min(ph),
+                );
+                let side = x1 - x0;
+                tile.clear();
+                for y in y0..y1 {
+                    tile.extend_from_slice(&padded[y * pw + x0..y * pw + x1]);
                 }
-                let (pi, pf) = self.net.probabilities(&tile, side, side);
+                let (pi, pf) = self.net.probabilities(&tile, side, y1 - y0);
                 for y in oy..(oy + TILE).min(h) {
-                    let from = (y - oy + MARGIN) * side + MARGIN;
+                    let from = (y + b - y0) * side + (ox + b - x0);
                     let n = (ox + TILE).min(w) - ox;
                     interior[y * w + ox..][..n].copy_from_slice(&pi[from..][..n]);
                     fg[y * w + ox..][..n].copy_from_slice(&pf[from..][..n]);
@@ -201,7 +219,7 @@ impl NucleusModel {
         Ok((interior, fg))
     }
 
-    /// The same maps as [`Self::probabilities`] from one pass over the whole mirrored image
+    /// The same maps as [`Self::probabilities`] from one pass over the whole padded image
     /// (memory grows with the image): the reference the tiles are tested against.
     pub fn probabilities_whole(
         &self,
@@ -209,20 +227,42 @@ impl NucleusModel {
         w: usize,
         h: usize,
     ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
-        let m = self.net.config.multiple();
+        let (padded, pw, ph) = self.padded(pixels, w, h);
+        Ok(self.crop(&self.net.probabilities(&padded, pw, ph), pw, w, h))
+    }
+
+    /// The image mirrored by [`Self::border`] on every side and on to a multiple of the
+    /// network's pooling: (pixels, width, height).
+    fn padded(&self, pixels: &[f32], w: usize, h: usize) -> (Vec<f32>, usize, usize) {
+        let (m, b) = (self.net.config.multiple(), self.aligned_border());
         let (pw, ph) = (
-            (w + 2 * MARGIN).div_ceil(m) * m,
-            (h + 2 * MARGIN).div_ceil(m) * m,
+            (w + 2 * b).next_multiple_of(m),
+            (h + 2 * b).next_multiple_of(m),
         );
-        let padded = mirrored(pixels, w, h, pw, ph);
-        let (pi, pf) = self.net.probabilities(&padded, pw, ph);
+        (mirrored(pixels, w, h, b, pw, ph), pw, ph)
+    }
+
+    /// [`Self::border`] rounded up to the network's multiple.
+    fn aligned_border(&self) -> usize {
+        self.border.next_multiple_of(self.net.config.multiple())
+    }
+
+    /// The image's own pixels of maps predicted on its padded form (row length `pw`).
+    fn crop(
+        &self,
+        maps: &(Vec<f32>, Vec<f32>),
+        pw: usize,
+        w: usize,
+        h: usize,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let b = self.aligned_border();
         let mut interior = Vec::with_capacity(w * h);
         let mut fg = Vec::with_capacity(w * h);
-        for y in MARGIN..MARGIN + h {
-            interior.extend_from_slice(&pi[y * pw + MARGIN..][..w]);
-            fg.extend_from_slice(&pf[y * pw + MARGIN..][..w]);
+        for y in b..b + h {
+            interior.extend_from_slice(&maps.0[y * pw + b..][..w]);
+            fg.extend_from_slice(&maps.1[y * pw + b..][..w]);
         }
-        Ok((interior, fg))
+        (interior, fg)
     }
 }
 
@@ -250,25 +290,41 @@ pub fn anything_stands_out(img: &GrayImage) -> bool {
 
 /// How the learned maps become instances: the best mean F1 at IoU 0.5 over the two tuning
 /// sets (the DSB tuning fifth and the even Coelho images; `examples/nuclei_variants.rs`)
-/// among 160 settings of thresholds, neck splitting and hole filling: 0.889 and 0.901 there
-/// with the shipped weights, against 0.871 and 0.892 with plain 0.5 thresholds. Growing
-/// only over confident foreground (0.7) keeps touching nuclei apart. Splitting seeds at
-/// necks helped the earlier weights on DSB (0.884 against 0.870) but cut Coelho's large,
+/// among 150 settings of thresholds, neck splitting and hole filling, with images at
+/// [`PREDICT_AT`]: 0.897 and 0.916 there (mean 0.9063). Six settings came within 0.001 of
+/// the best (0.9064: seed 0.6, grow 0.8); ties are broken by the mean F1 at IoU 0.75 and
+/// 0.9 on the same sets, where this one scores 0.622 against 0.530 (growing over
+/// foreground ≥ 0.8 drew Coelho's outlines too tight: F1 at 0.9 0.150 against 0.491).
+/// Confident seeds (0.8) and growth only over confident foreground keep touching nuclei
+/// apart. Splitting seeds at necks helped older weights on DSB but cut Coelho's large,
 /// textured nuclei apart; with weights trained on crop-scale boundaries it no longer pays.
 pub const LEARNED_INSTANCES: InstanceParams = InstanceParams {
-    seed: 0.5,
+    seed: 0.8,
     grow: 0.7,
     split_depth: None,
     fill_holes: 0.0,
 };
 
-/// The most an image is enlarged to bring small nuclei to the training diameter: to the
-/// smallest size training showed (its scale jitter goes down to 0.7), no further. On the
-/// two tuning sets enlarging at most 1.43× scores as enlarging up to 2× did (F1 0.889 and
-/// 0.901) at 1.4× the speed on DSB (`nuclei_variants shipped enlarge`).
-const MAX_ENLARGE: f64 = 1.0 / 0.7;
+/// Images are predicted with their nuclei at this fraction of the training diameter (11.2 px
+/// for the shipped 16 px): the smallest size training's scale jitter showed. Chosen on the
+/// two tuning sets (`nuclei_variants shipped scales`, mean F1 at IoU 0.5): 0.6-1.25 of the
+/// training diameter gave 0.895 to 0.902, highest at 0.7 (DSB tuning 0.879, Coelho even
+/// 0.925; 0.9023 against 0.8965 at 1.0), which is also among the fastest (half the pixels).
+pub const PREDICT_AT: f64 = 0.7;
 
-/// Images up to this many pixels (margins included) are predicted in one pass.
+/// The most an image is enlarged to bring small nuclei to [`PREDICT_AT`]: on the two tuning
+/// sets enlarging at most 1.43× scored as enlarging up to 2× did (F1 0.889 and 0.901, at
+/// the training diameter) at 1.4× the speed on DSB (`nuclei_variants shipped enlarge`).
+pub const MAX_ENLARGE: f64 = 1.0 / 0.7;
+
+/// Mirrored context at the image's own edges, in model pixels (a multiple of 4). Training
+/// crops had none (their convolutions pad with zeros), and each pixel of border costs time:
+/// a 256² field with 32 on each side is 1.56× the pixels. Chosen on the two tuning sets
+/// (`nuclei_variants shipped borders`): borders 32, 16, 8 and 0 gave mean F1 0.895, 0.895,
+/// 0.8965 and 0.8955, and 8 made DSB maps 1.1–1.2× as fast as 32.
+pub const IMAGE_BORDER: usize = 8;
+
+/// Images up to this many pixels (border included) are predicted in one pass.
 const WHOLE_PIXELS: usize = 640 * 640;
 /// Tiles are predicted with [`MARGIN`] pixels of context on each side.
 pub const TILE: usize = 448;
@@ -307,10 +363,9 @@ pub(crate) fn describe(tensors: &HashMap<String, Tensor>) -> anyhow::Result<(UNe
     Ok((UNetConfig { width, depth }, f64::from(diameter)))
 }
 
-/// The image mirrored by [`MARGIN`] pixels on every side (nuclei at the border see a
-/// plausible neighbourhood, not a black frame), then zero-extended right and bottom to
-/// `pw` x `ph`.
-fn mirrored(pixels: &[f32], w: usize, h: usize, pw: usize, ph: usize) -> Vec<f32> {
+/// The image mirrored by `border` pixels on every side (nuclei at the edge see a plausible
+/// neighbourhood, not a black frame) and on to `pw` x `ph`.
+fn mirrored(pixels: &[f32], w: usize, h: usize, border: usize, pw: usize, ph: usize) -> Vec<f32> {
     let reflect = |i: isize, n: usize| -> usize {
         let n = n as isize;
         let mut i = i;
@@ -325,13 +380,12 @@ fn mirrored(pixels: &[f32], w: usize, h: usize, pw: usize, ph: usize) -> Vec<f32
         }
         i.clamp(0, n - 1) as usize
     };
-    let m = MARGIN as isize;
-    let mut out = vec![0f32; pw * ph];
-    for y in 0..(h + 2 * MARGIN).min(ph) {
-        let sy = reflect(y as isize - m, h);
-        for x in 0..(w + 2 * MARGIN).min(pw) {
-            out[y * pw + x] = pixels[sy * w + reflect(x as isize - m, w)];
-        }
+    let b = border as isize;
+    let columns: Vec<usize> = (0..pw).map(|x| reflect(x as isize - b, w)).collect();
+    let mut out = Vec::with_capacity(pw * ph);
+    for y in 0..ph {
+        let row = &pixels[reflect(y as isize - b, h) * w..][..w];
+        out.extend(columns.iter().map(|&x| row[x]));
     }
     out
 }
@@ -362,7 +416,7 @@ mod tests {
     /// (an untrained but deterministic net, its BatchNorm on running statistics).
     #[test]
     fn tiles_and_the_whole_image_give_the_same_objects() {
-        let model = random_model(4);
+        let mut model = random_model(4);
         let (w, h) = (1000usize, 600usize);
         let mut rng = Rng::new(3);
         // Blobs on a noisy background.
@@ -385,19 +439,26 @@ mod tests {
         for p in &mut px {
             *p += 0.05 * rng.normal() as f32;
         }
-        let (wi, wf) = model.probabilities_whole(&px, w, h).unwrap();
-        let (ti, tf) = model.probabilities(&px, w, h).unwrap();
-        let worst = wi
-            .iter()
-            .zip(&ti)
-            .chain(wf.iter().zip(&tf))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(worst < 1e-4, "tiles differ from the whole image by {worst}");
-        let a = from_probabilities(&wi, &wf, w, h, 8.0, &model.instances);
-        let b = from_probabilities(&ti, &tf, w, h, 8.0, &model.instances);
-        assert_eq!(a.count, b.count);
-        assert_eq!(matches(&a.data, &b.data, 0.99).0, a.count as usize);
+        // With and without mirrored context at the image's edges.
+        for border in [0, 6, IMAGE_BORDER] {
+            model.border = border;
+            let (wi, wf) = model.probabilities_whole(&px, w, h).unwrap();
+            let (ti, tf) = model.probabilities(&px, w, h).unwrap();
+            let worst = wi
+                .iter()
+                .zip(&ti)
+                .chain(wf.iter().zip(&tf))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst < 1e-4,
+                "border {border}: tiles differ from the whole image by {worst}"
+            );
+            let a = from_probabilities(&wi, &wf, w, h, 8.0, &model.instances);
+            let b = from_probabilities(&ti, &tf, w, h, 8.0, &model.instances);
+            assert_eq!(a.count, b.count);
+            assert_eq!(matches(&a.data, &b.data, 0.99).0, a.count as usize);
+        }
     }
 
     /// Tasks are keyed by this digest: new weights without a new digest would leave stale
