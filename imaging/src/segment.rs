@@ -60,13 +60,8 @@ pub fn gaussian(img: &GrayImage, sigma: f64) -> Vec<f32> {
     if sigma <= 0.0 {
         return src;
     }
-    let r = (3.0 * sigma).ceil() as isize;
-    let k: Vec<f32> = (-r..=r)
-        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32)
-        .collect();
-    let norm: f32 = k.iter().sum();
-    let k: Vec<f32> = k.iter().map(|v| v / norm).collect();
-    let r = r as usize;
+    let k = gaussian_kernel(sigma);
+    let r = k.len() / 2;
     // Each tap adds one whole shifted row (or row of rows) at a time, so the loops vectorise;
     // every pixel still sums its taps in the same order, from zero, edges replicated.
     let mut tmp = vec![0f32; w * h];
@@ -91,6 +86,16 @@ pub fn gaussian(img: &GrayImage, sigma: f64) -> Vec<f32> {
         }
     }
     out
+}
+
+/// The normalised taps of a Gaussian of `sigma` pixels, out to 3 sigma each side.
+fn gaussian_kernel(sigma: f64) -> Vec<f32> {
+    let r = (3.0 * sigma).ceil() as isize;
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32)
+        .collect();
+    let norm: f32 = k.iter().sum();
+    k.iter().map(|v| v / norm).collect()
 }
 
 /// Otsu's threshold over a 256-bin histogram of the values' range.
@@ -528,12 +533,8 @@ mod tests {
                 bit_depth: 16,
                 data: data.clone(),
             };
-            let r = (3.0 * sigma).ceil() as isize;
-            let k: Vec<f32> = (-r..=r)
-                .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp() as f32)
-                .collect();
-            let norm: f32 = k.iter().sum();
-            let k: Vec<f32> = k.iter().map(|v| v / norm).collect();
+            let k = gaussian_kernel(sigma);
+            let r = (k.len() / 2) as isize;
             let at = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
             let mut tmp = vec![0f32; w * h];
             for y in 0..h {

@@ -18,7 +18,7 @@ use plateflow_imaging::instances::{
     from_probabilities, matches, InstanceParams, Matching, Overlaps,
 };
 use plateflow_learn::nuclei::{self, Annotated};
-use plateflow_learn::segmenter::{Maps, NucleusModel};
+use plateflow_learn::segmenter::{Maps, NucleusModel, MAX_ENLARGE};
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -61,25 +61,8 @@ fn main() -> anyhow::Result<()> {
         for round in 0..2 {
             for border in [32, 16, 8, 0] {
                 model.border = border;
-                let mut line = format!("round {round}, border {border}:");
-                for (name, images) in &sets {
-                    let t = std::time::Instant::now();
-                    let maps: Vec<Maps> = images
-                        .iter()
-                        .map(|a| model.maps(&a.pixels, a.width, a.height, estimated(&model, a)))
-                        .collect::<anyhow::Result<_>>()?;
-                    let secs = t.elapsed().as_secs_f64();
-                    let px: usize = images.iter().map(|a| a.width * a.height).sum();
-                    let m = score(images, &maps, &model, &model.instances);
-                    line += &format!(
-                        " {name} F1 {:.3} AP {:.3} (0.75: F1 {:.3}), maps {:.2} MP/s;",
-                        m[0].f1(),
-                        m[0].ap(),
-                        m[1].f1(),
-                        px as f64 / 1e6 / secs
-                    );
-                }
-                println!("{line}");
+                let line = scored_line(&sets, &model, MAX_ENLARGE)?;
+                println!("round {round}, border {border}:{line}");
             }
         }
         return Ok(());
@@ -92,40 +75,21 @@ fn main() -> anyhow::Result<()> {
             &[0.7, 0.8, 0.9, 1.0]
         };
         for &factor in factors {
-            // `scales`: predict at another diameter (within training's 0.7-1.4x jitter);
+            // `scales`: predict at another diameter (training showed 0.7-1.4 of it);
             // `enlarge`: enlarge at most 1/factor times.
             let cap = if mode == "enlarge" {
                 1.0 / factor
             } else {
-                plateflow_learn::segmenter::MAX_ENLARGE
+                MAX_ENLARGE
             };
             if mode == "scales" {
                 model.target = trained * factor;
             }
-            let mut line = format!(
-                "predicted at {:.1} px nuclei, enlarged at most {cap:.2}x:",
-                model.target
+            println!(
+                "predicted at {:.1} px nuclei, enlarged at most {cap:.2}x:{}",
+                model.target,
+                scored_line(&sets, &model, cap)?
             );
-            for (name, images) in &sets {
-                let t = std::time::Instant::now();
-                let maps: Vec<Maps> = images
-                    .iter()
-                    .map(|a| {
-                        let d = estimated(&model, a).max(model.target / cap);
-                        model.maps(&a.pixels, a.width, a.height, d)
-                    })
-                    .collect::<anyhow::Result<_>>()?;
-                let secs = t.elapsed().as_secs_f64();
-                let px: usize = images.iter().map(|a| a.width * a.height).sum();
-                let m = score(images, &maps, &model, &model.instances);
-                line += &format!(
-                    " {name} F1 {:.4} (0.75: {:.3}), maps {:.2} MP/s;",
-                    m[0].f1(),
-                    m[1].f1(),
-                    px as f64 / 1e6 / secs
-                );
-            }
-            println!("{line}");
         }
         return Ok(());
     }
@@ -214,6 +178,37 @@ fn main() -> anyhow::Result<()> {
         errors(images, maps, &model);
     }
     Ok(())
+}
+
+/// Per tuning set: maps (images enlarged at most `cap` times, timed), then F1 and AP at IoU
+/// 0.5 and F1 at 0.75 with the model's instance settings.
+fn scored_line(
+    sets: &[(&str, Vec<Annotated>)],
+    model: &NucleusModel,
+    cap: f64,
+) -> anyhow::Result<String> {
+    let mut line = String::new();
+    for (name, images) in sets {
+        let t = std::time::Instant::now();
+        let maps: Vec<Maps> = images
+            .iter()
+            .map(|a| {
+                let d = estimated(model, a).max(model.target / cap);
+                model.maps(&a.pixels, a.width, a.height, d)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let secs = t.elapsed().as_secs_f64();
+        let px: usize = images.iter().map(|a| a.width * a.height).sum();
+        let m = score(images, &maps, model, &model.instances);
+        line += &format!(
+            " {name} F1 {:.4} AP {:.3} (0.75: F1 {:.3}), maps {:.2} MP/s;",
+            m[0].f1(),
+            m[0].ap(),
+            m[1].f1(),
+            px as f64 / 1e6 / secs
+        );
+    }
+    Ok(line)
 }
 
 fn estimated(model: &NucleusModel, a: &Annotated) -> f64 {
