@@ -164,6 +164,10 @@ impl Default for SegTrainConfig {
     }
 }
 
+/// The range (log-uniform) of the further scaling of each training crop: its nuclei are
+/// `diameter / hi` to `diameter / lo` pixels across.
+pub const SCALE_JITTER: (f64, f64) = (0.7, 1.4);
+
 /// One augmented crop at the training scale: the image is first scaled so its nuclei have
 /// `diameter` pixels (their median in the annotation), then by a further 0.7–1.4 (the error
 /// the inference-time size estimate must survive); one of the 8 flips/rotations; gamma,
@@ -179,7 +183,8 @@ pub fn augmented_crop(
     diameter: f64,
     rng: &mut Rng,
 ) -> (Vec<f32>, Vec<u32>, Vec<u32>) {
-    let jitter = (0.7f64.ln() + rng.unit() * (1.4f64 / 0.7).ln()).exp();
+    let (lo, hi) = SCALE_JITTER;
+    let jitter = (lo.ln() + rng.unit() * (hi / lo).ln()).exp();
     let scale = a.diameter / diameter * jitter; // source pixels per crop pixel
     let span = crop as f64 * scale;
     let x0 = rng.unit() * (a.width as f64 - span).max(0.0);

@@ -6,7 +6,7 @@
 use super::{Context, ImageSet};
 use plateflow_contract::params::{TrainSegmenterParams, SHIPPED_INIT};
 use plateflow_learn::nuclei::{self, Annotated, Matching, SegTrainConfig, Weights, IOUS};
-use plateflow_learn::segmenter::{SHIPPED, SHIPPED_NAME};
+use plateflow_learn::segmenter::{PREDICT_AT, SHIPPED, SHIPPED_NAME};
 use plateflow_learn::unet::UNetConfig;
 use std::fmt::Write as _;
 
@@ -200,10 +200,15 @@ fn card(
     let _ = writeln!(
         s,
         "A U-Net (width {}, {} levels) predicting background / nucleus interior / boundary, \
-         turned into instances by growing interiors over boundaries. Images are scaled so \
-         nuclei are {:.0} px across before prediction; `segment` estimates each image's nucleus \
-         size (or takes `diameter:`).\n",
-        weights.config.width, weights.config.depth, weights.diameter
+         turned into instances by growing interiors over boundaries. Training crops show \
+         nuclei {:.1}-{:.1} px across; `segment` scales each image so its nuclei are {:.1} px \
+         across ({PREDICT_AT} of the training diameter), from the nucleus size it estimates \
+         in the image (or `diameter:`).\n",
+        weights.config.width,
+        weights.config.depth,
+        weights.diameter / nuclei::SCALE_JITTER.1,
+        weights.diameter / nuclei::SCALE_JITTER.0,
+        weights.diameter * PREDICT_AT
     );
     let _ = writeln!(s, "## Training\n");
     let _ = writeln!(
