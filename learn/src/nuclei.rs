@@ -511,7 +511,7 @@ pub fn evaluate(model: &NucleusModel, images: &[Annotated]) -> anyhow::Result<[M
         .map(|a| {
             let d = estimate_diameter(&a.pixels, a.width, a.height);
             let got = model
-                .segment_normalised(&a.pixels, a.width, a.height, d)?
+                .segment_estimated(&a.pixels, a.width, a.height, d)?
                 .labels;
             Ok(IOUS.map(|iou| matches(&got.data, &a.truth, iou)))
         })
