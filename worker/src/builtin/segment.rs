@@ -177,10 +177,12 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         SegmentMethod::Learned => {
             let m = learned_model(ctx, p)?;
             ctx.logln(format!(
-                "learned nuclei: {} (U-Net width {}, trained at nucleus diameter {:.0} px)",
+                "learned nuclei: {} (U-Net width {}, trained at nucleus diameter {:.0} px, images \
+                 rescaled so nuclei are {:.1} px across)",
                 m.source,
                 m.config().width,
-                m.diameter
+                m.diameter,
+                m.target
             ));
             Some(m)
         }
