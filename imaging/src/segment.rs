@@ -57,7 +57,7 @@ impl Labels {
 pub fn gaussian(img: &GrayImage, sigma: f64) -> Vec<f32> {
     let (w, h) = (img.width as usize, img.height as usize);
     let src: Vec<f32> = img.data.iter().map(|&v| v as f32).collect();
-    if sigma <= 0.0 {
+    if sigma <= 0.0 || w == 0 || h == 0 {
         return src;
     }
     let k = gaussian_kernel(sigma);

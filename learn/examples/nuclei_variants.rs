@@ -80,16 +80,7 @@ fn main() -> anyhow::Result<()> {
             for (a, m) in images.iter().zip(&first) {
                 let d0 = model.target / m.scale;
                 let got = instances(m, a, d0, &model.instances);
-                let mut areas = std::collections::HashMap::<u32, usize>::new();
-                for &l in got.iter().filter(|&&l| l > 0) {
-                    *areas.entry(l).or_default() += 1;
-                }
-                let mut v: Vec<usize> = areas.into_values().filter(|&n| n >= 9).collect();
-                v.sort_unstable();
-                let d1 = v
-                    .get(v.len() / 2)
-                    .map(|&n| 2.0 * (n as f64 / std::f64::consts::PI).sqrt())
-                    .unwrap_or(d0);
+                let d1 = nuclei::median_diameter(&got, 9).unwrap_or(d0);
                 refined_d.push((d0, d1));
             }
             let second: Vec<Maps> = images

@@ -27,13 +27,14 @@ pub struct Annotated {
     pub diameter: f64,
 }
 
-/// The median diameter of the objects of a label image: that of a disc of the median area.
-pub fn median_diameter(labels: &[u32]) -> Option<f64> {
+/// The median diameter of the objects of a label image of at least `min_area` pixels: that
+/// of a disc of the median area.
+pub fn median_diameter(labels: &[u32], min_area: usize) -> Option<f64> {
     let mut area: std::collections::HashMap<u32, usize> = Default::default();
     for &l in labels.iter().filter(|&&l| l > 0) {
         *area.entry(l).or_default() += 1;
     }
-    let mut areas: Vec<usize> = area.into_values().collect();
+    let mut areas: Vec<usize> = area.into_values().filter(|&a| a >= min_area).collect();
     areas.sort_unstable();
     let a = *areas.get(areas.len() / 2)?;
     Some(2.0 * (a as f64 / std::f64::consts::PI).sqrt())
@@ -71,7 +72,7 @@ pub fn annotated(id: &str, image: &GrayImage, labels: &GrayImage) -> anyhow::Res
         width: w,
         height: h,
         pixels: normalise(image),
-        diameter: median_diameter(&truth).unwrap_or(0.0),
+        diameter: median_diameter(&truth, 1).unwrap_or(0.0),
         truth,
     })
 }

@@ -142,7 +142,8 @@ impl NucleusModel {
     ) -> anyhow::Result<Segmentation> {
         let first = self.segment_normalised(pixels, w, h, estimate)?;
         let predicted_at = self.target / first.scale;
-        match median_diameter(&first.labels) {
+        // Objects under 9 pixels are specks, not a size.
+        match crate::nuclei::median_diameter(&first.labels.data, 9) {
             Some(found) if (found / predicted_at).max(predicted_at / found) > REFINE_RATIO => {
                 self.segment_normalised(pixels, w, h, Some(found))
             }
@@ -288,18 +289,6 @@ impl NucleusModel {
         }
         (interior, fg)
     }
-}
-
-/// Twice the radius of a disc of the median area of the objects of 9 pixels or more.
-fn median_diameter(labels: &Labels) -> Option<f64> {
-    let mut areas = vec![0usize; labels.count as usize + 1];
-    for &l in &labels.data {
-        areas[l as usize] += 1;
-    }
-    let mut sizes: Vec<usize> = areas[1..].iter().copied().filter(|&a| a >= 9).collect();
-    sizes.sort_unstable();
-    let median = *sizes.get(sizes.len() / 2)?;
-    Some(2.0 * (median as f64 / std::f64::consts::PI).sqrt())
 }
 
 /// Whether the brightest pixels (99.8th percentile) stand above the median by more than six
