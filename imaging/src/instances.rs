@@ -39,11 +39,6 @@ pub struct InstanceParams {
     /// Holes inside a seed (a dark nucleolus, a dim centre) smaller than this many typical
     /// nucleus areas are filled before splitting, so they do not read as necks.
     pub fill_holes: f64,
-    /// Seeds are split where the interior probability dips at least this far between two
-    /// peaks, each part holding a tenth of a typical nucleus's area or more: two touching
-    /// nuclei the network saw as two, joined at the seed threshold by a less confident
-    /// line. `None` keeps every connected seed whole.
-    pub dip: Option<f32>,
 }
 
 impl Default for InstanceParams {
@@ -54,7 +49,6 @@ impl Default for InstanceParams {
             grow: 0.5,
             split_depth: None,
             fill_holes: 0.0,
-            dip: None,
         }
     }
 }
@@ -74,11 +68,9 @@ pub fn from_probabilities(
     let typical_area = diameter * diameter * std::f64::consts::PI / 4.0;
     let mut mask: Vec<bool> = interior.iter().map(|&v| v >= p.seed).collect();
     fill_small_holes(&mut mask, w, h, (p.fill_holes * typical_area) as usize);
-    let min_area = (typical_area * 0.1).round().max(4.0) as usize;
-    let mut labels = match (p.split_depth, p.dip) {
-        (Some(depth), _) => split_at_necks(&mask, w, h, (depth * diameter) as f32),
-        (None, Some(dip)) => split_at_dips(interior, &mask, w, h, dip, min_area),
-        (None, None) => connected_components(&mask, w, h).data,
+    let mut labels = match p.split_depth {
+        Some(depth) => split_at_necks(&mask, w, h, (depth * diameter) as f32),
+        None => connected_components(&mask, w, h).data,
     };
     let mut queue: VecDeque<usize> = (0..w * h).filter(|&i| labels[i] > 0).collect();
     while let Some(i) = queue.pop_front() {
@@ -90,6 +82,7 @@ pub fn from_probabilities(
             }
         });
     }
+    let min_area = (typical_area * 0.1).round().max(4.0) as usize;
     // Drop specks and renumber 1..n.
     let mut area: HashMap<u32, usize> = HashMap::new();
     for &l in &labels {
@@ -162,33 +155,20 @@ fn fill_small_holes(mask: &mut [bool], w: usize, h: usize, max_area: usize) {
     }
 }
 
-/// The mask's 4-connected parts, further split at necks: [`split_at_dips`] over the distance
-/// transform. Two round nuclei touching along a short neck stay apart; one elongated
-/// nucleus, whose distance profile has no dip that deep, stays whole.
+/// The mask's 4-connected parts, further split at necks: pixels are added in falling order of
+/// their distance to the background, and where two growing parts meet, the one whose peak
+/// stands less than `depth` pixels above the meeting point joins the other (a
+/// persistence-based watershed on the distance transform). Two round nuclei touching along
+/// a short neck stay apart; one elongated nucleus, whose distance profile has no dip that
+/// deep, stays whole.
 fn split_at_necks(mask: &[bool], w: usize, h: usize, depth: f32) -> Vec<u32> {
-    split_at_dips(&distance_transform(mask, w, h), mask, w, h, depth, 0)
-}
-
-/// The mask's 4-connected parts, further split where `height` dips between two peaks: pixels
-/// are added in falling order of height, and where two growing parts meet, the one whose
-/// peak stands less than `depth` above the meeting point joins the other, as do two parts
-/// either of which has fewer than `min_area` pixels (a persistence-based watershed). Labels
-/// 1..n.
-fn split_at_dips(
-    height: &[f32],
-    mask: &[bool],
-    w: usize,
-    h: usize,
-    depth: f32,
-    min_area: usize,
-) -> Vec<u32> {
     const UNSEEN: u32 = u32::MAX;
+    let dt = distance_transform(mask, w, h);
     let mut order: Vec<u32> = (0..w * h).filter(|&i| mask[i]).map(|i| i as u32).collect();
-    order.sort_by(|&a, &b| height[b as usize].total_cmp(&height[a as usize]));
-    // Union-find over pixels; a root's `peak` is its part's highest value, `area` its size.
+    order.sort_by(|&a, &b| dt[b as usize].total_cmp(&dt[a as usize]));
+    // Union-find over pixels; a root's `peak` is its part's highest distance.
     let mut parent = vec![UNSEEN; w * h];
     let mut peak = vec![0f32; w * h];
-    let mut area = vec![0u32; w * h];
     fn find(parent: &mut [u32], mut i: u32) -> u32 {
         while parent[i as usize] != i {
             let up = parent[parent[i as usize] as usize];
@@ -199,7 +179,7 @@ fn split_at_dips(
     }
     let mut roots: Vec<u32> = Vec::with_capacity(4);
     for &i in &order {
-        let v = height[i as usize];
+        let v = dt[i as usize];
         roots.clear();
         neighbours4(i as usize, w, h, |j| {
             if parent[j] != UNSEEN {
@@ -217,15 +197,11 @@ fn split_at_dips(
         roots.dedup();
         parent[i as usize] = i;
         peak[i as usize] = v;
-        area[i as usize] = 1;
         if let Some(&main) = roots.first() {
             parent[i as usize] = main;
-            area[main as usize] += 1;
             for &r in &roots[1..] {
-                let smaller = area[r as usize].min(area[main as usize]) as usize;
-                if peak[r as usize] - v < depth || smaller < min_area {
+                if peak[r as usize] - v < depth {
                     parent[r as usize] = main;
-                    area[main as usize] += area[r as usize];
                 }
             }
         }
@@ -418,52 +394,5 @@ mod tests {
             .iter()
             .zip(&ellipse)
             .all(|(&l, &e)| (l > 0) == (e > 0.5)));
-    }
-
-    /// Two discs whose interior probability is 0.95 at their centres and 0.6 where they
-    /// meet: one seed at threshold 0.5, two with `dip` 0.2, one again with `dip` 0.4; a
-    /// bump in one disc's probability smaller than a tenth of a nucleus does not split it.
-    #[test]
-    fn seeds_split_where_the_interior_probability_dips() {
-        let (w, h) = (60, 30);
-        let mut prob = vec![0f32; w * h];
-        for (i, p) in prob.iter_mut().enumerate() {
-            let (x, y) = ((i % w) as f64, (i / w) as f64);
-            let d1 = ((x - 20.0).powi(2) + (y - 15.0).powi(2)).sqrt();
-            let d2 = ((x - 36.0).powi(2) + (y - 15.0).powi(2)).sqrt();
-            let d = d1.min(d2);
-            if d <= 9.0 {
-                // 0.95 at the centres, falling to 0.6 at the meeting line x = 28.
-                *p = (0.95 - 0.35 * (1.0 - (x - 28.0).abs() / 8.0).max(0.0)) as f32;
-            }
-        }
-        let seeds = |dip: Option<f32>| {
-            let params = InstanceParams {
-                dip,
-                ..Default::default()
-            };
-            from_probabilities(&prob, &prob, w, h, 18.0, &params).count
-        };
-        assert_eq!(seeds(None), 1);
-        assert_eq!(seeds(Some(0.2)), 2);
-        assert_eq!(seeds(Some(0.4)), 1, "a dip shallower than asked joins");
-        // One disc with a 2x2 bump of 0.99 beside its 0.95: a part far under a tenth of a
-        // nucleus's area (25 px) is no second seed.
-        let mut one = vec![0f32; w * h];
-        for (i, p) in one.iter_mut().enumerate() {
-            let (x, y) = ((i % w) as f64, (i / w) as f64);
-            if ((x - 20.0).powi(2) + (y - 15.0).powi(2)).sqrt() <= 9.0 {
-                *p = 0.95;
-            }
-        }
-        for (x, y) in [(24, 15), (25, 15), (24, 16), (25, 16)] {
-            one[y * w + x] = 0.99;
-        }
-        one[15 * w + 23] = 0.5;
-        let params = InstanceParams {
-            dip: Some(0.01),
-            ..Default::default()
-        };
-        assert_eq!(from_probabilities(&one, &one, w, h, 18.0, &params).count, 1);
     }
 }

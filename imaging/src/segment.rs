@@ -210,7 +210,7 @@ fn dt_1d(f: &[f64]) -> Vec<f64> {
 }
 
 /// Calls `f` with the index of each 4-connected neighbour of pixel `i` in a `w` x `h` image.
-pub fn neighbours4(i: usize, w: usize, h: usize, mut f: impl FnMut(usize)) {
+pub(crate) fn neighbours4(i: usize, w: usize, h: usize, mut f: impl FnMut(usize)) {
     let (x, y) = (i % w, i / w);
     if x > 0 {
         f(i - 1);

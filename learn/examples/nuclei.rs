@@ -228,11 +228,7 @@ fn main() -> anyhow::Result<()> {
             };
             let cfg = SegTrainConfig {
                 steps,
-                net: plateflow_learn::unet::UNetConfig {
-                    width,
-                    depth: 3,
-                    distance: args.get(7).is_some_and(|a| a == "distance"),
-                },
+                net: plateflow_learn::unet::UNetConfig { width, depth: 3 },
                 lr: args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(2e-3),
                 ..Default::default()
             };

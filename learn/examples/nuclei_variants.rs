@@ -3,12 +3,9 @@
 //! U2OS images. The DSB validation fifth and the odd Coelho images are reported by
 //! `nuclei score` and never seen here. Also: where the remaining errors lie.
 //!
-//!   cargo run --release -p plateflow-learn --example nuclei_variants -- [WEIGHTS|shipped] [grid|dips|distance|scales|enlarge|borders|refine] [interior] [pipeline]
+//!   cargo run --release -p plateflow-learn --example nuclei_variants -- [WEIGHTS|shipped] [grid|scales|enlarge|borders|refine]
 //!
-//! `grid` (the default) varies the instance settings; `dips` splits seeds where the interior
-//! probability dips between two peaks; `distance`, the same with seeds from a distance
-//! output (`interior` after the mode: seeds from the classes even so; `pipeline`: each
-//! setting scored as `segment` runs, the second pass included); `scales` predicts at nucleus
+//! `grid` (the default) varies the instance settings; `scales` predicts at nucleus
 //! diameters around the training one (fewer pixels: faster; more: finer) with the shipped
 //! settings;
 //! `enlarge` bounds how much images of small nuclei are enlarged; `borders` varies the
@@ -60,8 +57,6 @@ fn main() -> anyhow::Result<()> {
         ),
     ];
     let mode = args.get(1).map(String::as_str).unwrap_or("grid");
-    // A network with a distance output seeds from it; `interior` seeds from the classes.
-    model.seed_from_distance(!args.iter().skip(2).any(|a| a == "interior"));
     if mode == "borders" {
         // Alternating rounds: each border twice, so that machine noise shows in the speed.
         for round in 0..2 {
@@ -167,31 +162,37 @@ fn main() -> anyhow::Result<()> {
     // Per setting: mean F1 over the two tuning sets at IoU 0.5 (the rule), and at 0.75 and
     // 0.9 (the tie-break: settings within TIE of the best at 0.5 are ranked by those).
     const TIE: f64 = 0.001;
-    // `pipeline`: each setting scored as `segment` runs (the second pass included, so the
-    // maps are predicted again per setting); otherwise on the first pass's maps.
-    let pipeline = args.iter().skip(2).any(|a| a == "pipeline");
     let mut tried: Vec<(f64, f64, InstanceParams)> = Vec::new();
-    for p in candidates(mode)? {
-        let m: Vec<[Matching; 3]> = sets
-            .iter()
-            .zip(&maps)
-            .map(|((_, images), maps)| {
-                if pipeline {
-                    model.instances = p;
-                    nuclei::evaluate(&model, images)
-                } else {
-                    Ok(score(images, maps, &model, &p))
+    for split_depth in [None, Some(0.1), Some(0.2)] {
+        for fill_holes in [0.0, 0.5] {
+            for seed in [0.5f32, 0.6, 0.7, 0.8, 0.9] {
+                let mut row = Vec::new();
+                for grow in [0.5f32, 0.6, 0.7, 0.8, 0.9] {
+                    let p = InstanceParams {
+                        seed,
+                        grow,
+                        split_depth,
+                        fill_holes,
+                    };
+                    let m: Vec<[Matching; 3]> = sets
+                        .iter()
+                        .zip(&maps)
+                        .map(|((_, images), maps)| score(images, maps, &model, &p))
+                        .collect();
+                    let mean = |k: usize| m.iter().map(|s| s[k].f1()).sum::<f64>() / m.len() as f64;
+                    tried.push((mean(0), (mean(1) + mean(2)) / 2.0, p));
+                    row.push(format!(
+                        "grow {grow}: {:.3} {:.3}",
+                        m[0][0].f1(),
+                        m[1][0].f1()
+                    ));
                 }
-            })
-            .collect::<anyhow::Result<_>>()?;
-        let mean = |k: usize| m.iter().map(|s| s[k].f1()).sum::<f64>() / m.len() as f64;
-        tried.push((mean(0), (mean(1) + mean(2)) / 2.0, p));
-        println!(
-            "{p:?}: F1 {:.4} {:.4}, mean {:.4}",
-            m[0][0].f1(),
-            m[1][0].f1(),
-            mean(0)
-        );
+                println!(
+                    "split {split_depth:?} holes {fill_holes} seed {seed}: {}",
+                    row.join(" | ")
+                );
+            }
+        }
     }
     let top = tried.iter().map(|t| t.0).fold(0f64, f64::max);
     let best = tried
@@ -260,68 +261,7 @@ fn scored_line(
     Ok(line)
 }
 
-/// The instance settings a mode tries: `grid`, thresholds with neck splitting and hole
-/// filling; `dips`, thresholds with seeds split where the interior probability dips.
-fn candidates(mode: &str) -> anyhow::Result<Vec<InstanceParams>> {
-    let mut out = Vec::new();
-    match mode {
-        "grid" => {
-            for split_depth in [None, Some(0.1), Some(0.2)] {
-                for fill_holes in [0.0, 0.5] {
-                    for seed in [0.5f32, 0.6, 0.7, 0.8, 0.9] {
-                        for grow in [0.5f32, 0.6, 0.7, 0.8, 0.9] {
-                            out.push(InstanceParams {
-                                seed,
-                                grow,
-                                split_depth,
-                                fill_holes,
-                                dip: None,
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        "dips" | "distance" => {
-            // Distance seeds are cores: lower thresholds.
-            let seeds: &[f32] = if mode == "dips" {
-                &[0.5, 0.6, 0.7, 0.8]
-            } else {
-                &[0.2, 0.3, 0.4, 0.5, 0.6]
-            };
-            for dip in [
-                None,
-                Some(0.05f32),
-                Some(0.1),
-                Some(0.2),
-                Some(0.3),
-                Some(0.4),
-            ] {
-                for &seed in seeds {
-                    for grow in [0.6f32, 0.7, 0.8] {
-                        out.push(InstanceParams {
-                            seed,
-                            grow,
-                            split_depth: None,
-                            fill_holes: 0.0,
-                            dip,
-                        });
-                    }
-                }
-            }
-        }
-        other => {
-            anyhow::bail!("unknown mode {other}: grid, dips, scales, enlarge, borders or refine")
-        }
-    }
-    Ok(out)
-}
-
 fn estimated(model: &NucleusModel, a: &Annotated) -> f64 {
-    // PLATEFLOW_ORACLE_SIZE: the labelled size instead, to measure what the estimate costs.
-    if std::env::var_os("PLATEFLOW_ORACLE_SIZE").is_some() && a.diameter > 0.0 {
-        return a.diameter;
-    }
     nuclei::estimate_diameter(&a.pixels, a.width, a.height).unwrap_or(model.target)
 }
 

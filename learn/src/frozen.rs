@@ -26,12 +26,9 @@ pub struct FrozenUNet {
     pub config: UNetConfig,
     down: Vec<[FoldedConv; 2]>,
     up: Vec<[FoldedConv; 2]>,
-    /// 1×1 head: [O, C] and [O], O = [`UNetConfig::outputs`].
+    /// 1×1 head: [CLASSES, C] and [CLASSES].
     head_w: Vec<f32>,
     head_b: Vec<f32>,
-    /// Whether the seed map [`FrozenUNet::probabilities`] returns is the distance output
-    /// (where the network has one) instead of the interior probability.
-    pub seeds_from_distance: bool,
 }
 
 /// Reads one named tensor of the saved network as `f32` values.
@@ -88,10 +85,9 @@ impl FrozenUNet {
         }
         let head_w = get("head.weight")?;
         let head_b = get("head.bias")?;
-        let o = config.outputs();
         anyhow::ensure!(
-            head_w.len() == o * w && head_b.len() == o,
-            "head: weights of the wrong shape for {w} channels and {o} outputs"
+            head_w.len() == CLASSES * w && head_b.len() == CLASSES,
+            "head: weights of the wrong shape for {w} channels"
         );
         Ok(FrozenUNet {
             config,
@@ -99,13 +95,11 @@ impl FrozenUNet {
             up,
             head_w,
             head_b,
-            seeds_from_distance: config.distance,
         })
     }
 
-    /// Per pixel of a `w`×`h` image (sides multiples of [`UNetConfig::multiple`]): (seeds,
-    /// foreground), where seeds is the probability of interior, or the predicted distance
-    /// (see [`Self::seeds_from_distance`]), and foreground that of interior + boundary.
+    /// Per pixel of a `w`×`h` image (sides multiples of [`UNetConfig::multiple`]): the
+    /// probabilities of (interior, foreground = interior + boundary).
     pub fn probabilities(&self, x: &[f32], w: usize, h: usize) -> (Vec<f32>, Vec<f32>) {
         let m = self.config.multiple();
         assert!(
@@ -137,11 +131,9 @@ impl FrozenUNet {
         self.head(&cur, w * h)
     }
 
-    /// The 1×1 head and a softmax over the three classes (and a sigmoid of the distance),
-    /// per pixel.
+    /// The 1×1 head and a softmax over the three classes, per pixel.
     fn head(&self, x: &[f32], hw: usize) -> (Vec<f32>, Vec<f32>) {
         let c = self.config.width;
-        let distance = self.seeds_from_distance && self.config.distance;
         let mut interior = vec![0f32; hw];
         let mut fg = vec![0f32; hw];
         const CHUNK: usize = 4096;
@@ -164,17 +156,7 @@ impl FrozenUNet {
                     let top = z.iter().copied().fold(f32::MIN, f32::max);
                     let e = z.map(|v| (v - top).exp());
                     let sum: f32 = e.iter().sum();
-                    pi[j] = if distance {
-                        let wr = &self.head_w[CLASSES * c..(CLASSES + 1) * c];
-                        let zd = self.head_b[CLASSES]
-                            + wr.iter()
-                                .enumerate()
-                                .map(|(ci, wv)| wv * x[ci * hw + start + j])
-                                .sum::<f32>();
-                        1.0 / (1.0 + (-zd).exp())
-                    } else {
-                        e[1] / sum
-                    };
+                    pi[j] = e[1] / sum;
                     pf[j] = (e[1] + e[2]) / sum;
                 }
             });
@@ -306,11 +288,7 @@ mod tests {
     #[test]
     fn equals_the_training_graph() {
         let varmap = VarMap::new();
-        let config = UNetConfig {
-            width: 4,
-            depth: 3,
-            distance: false,
-        };
+        let config = UNetConfig { width: 4, depth: 3 };
         let net = UNet::new(
             config,
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),

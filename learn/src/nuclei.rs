@@ -5,12 +5,11 @@
 
 use crate::rng::Rng;
 use crate::segmenter::{describe, tensors_of, NucleusModel, DIAMETER_TENSOR};
-use crate::unet::{distance_loss, pixel_loss, UNet, UNetConfig};
+use crate::unet::{pixel_loss, UNet, UNetConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 pub use plateflow_imaging::instances::Matching;
 use plateflow_imaging::instances::{matches, targets};
-use plateflow_imaging::segment::{distance_transform, neighbours4};
 use plateflow_imaging::GrayImage;
 use std::collections::HashMap;
 use std::path::Path;
@@ -298,33 +297,6 @@ pub fn pixel_weights(
         .collect()
 }
 
-/// Training target of the distance output: each nucleus pixel's Euclidean distance to the
-/// nearest pixel outside its nucleus (background or another nucleus; not the crop's edge),
-/// divided by the largest in that nucleus. 0 on background, 1 at each centre.
-pub fn normalised_distance(labels: &[u32], w: usize, h: usize) -> Vec<f32> {
-    // A pixel touching another nucleus counts as outside, so contacts are distance 0 too.
-    let inside: Vec<bool> = (0..w * h)
-        .map(|i| {
-            let l = labels[i];
-            let mut alone = l != 0;
-            neighbours4(i, w, h, |j| alone &= labels[j] == l || labels[j] == 0);
-            alone
-        })
-        .collect();
-    let mut d = distance_transform(&inside, w, h);
-    let mut peak: HashMap<u32, f32> = HashMap::new();
-    for (&l, &v) in labels.iter().zip(&d) {
-        if l != 0 {
-            let p = peak.entry(l).or_default();
-            *p = p.max(v);
-        }
-    }
-    for (v, &l) in d.iter_mut().zip(labels) {
-        *v = if l == 0 { 0.0 } else { *v / peak[&l].max(1.0) };
-    }
-    d
-}
-
 /// 3×3 mean of a square image (edges averaged over the pixels that exist).
 fn box_blur3(px: &[f32], side: usize) -> Vec<f32> {
     let mut out = vec![0f32; px.len()];
@@ -363,15 +335,8 @@ pub fn train(
     anyhow::ensure!(!train.is_empty(), "no training images");
     let dev = Device::Cpu;
     let varmap = VarMap::new();
-    // Fine-tuning keeps the initial network's shape, and may add a distance output.
     let (net_cfg, diameter) = match init {
-        Some(w) => (
-            UNetConfig {
-                distance: w.config.distance || cfg.net.distance,
-                ..w.config
-            },
-            w.diameter,
-        ),
+        Some(w) => (w.config, w.diameter),
         None => (cfg.net, cfg.diameter),
     };
     let cfg = &SegTrainConfig {
@@ -407,7 +372,6 @@ pub fn train(
         let mut xs = Vec::with_capacity(cfg.batch * cfg.crop * cfg.crop);
         let mut ys = Vec::with_capacity(cfg.batch * cfg.crop * cfg.crop);
         let mut ws = Vec::with_capacity(cfg.batch * cfg.crop * cfg.crop);
-        let mut ds = Vec::new();
         for _ in 0..cfg.batch {
             let mut r = rng.unit() * total;
             let mut k = 0;
@@ -423,21 +387,13 @@ pub fn train(
                 cfg.boundary_weight,
                 cfg.contact_weight,
             ));
-            if cfg.net.distance {
-                ds.extend(normalised_distance(&labels, cfg.crop, cfg.crop));
-            }
             xs.extend(px);
             ys.extend(cls);
         }
         let x = Tensor::from_vec(xs, (cfg.batch, 1, cfg.crop, cfg.crop), &dev)?;
         let y = Tensor::from_vec(ys, cfg.batch * cfg.crop * cfg.crop, &dev)?;
         let wt = Tensor::from_vec(ws, cfg.batch * cfg.crop * cfg.crop, &dev)?;
-        let logits = net.forward(&x, true)?;
-        let mut loss = pixel_loss(&logits, &y, &wt)?;
-        if cfg.net.distance {
-            let d = Tensor::from_vec(ds, cfg.batch * cfg.crop * cfg.crop, &dev)?;
-            loss = (loss + distance_loss(&logits, &d)?)?;
-        }
+        let loss = pixel_loss(&net.forward(&x, true)?, &y, &wt)?;
         opt.backward_step(&loss)?;
         let l = loss.to_scalar::<f32>()?;
         let ap =
@@ -529,22 +485,14 @@ impl Weights {
         })
     }
 
-    /// Overwrites the variables of `varmap` (a network of the same shape, or the same with
-    /// a distance output added: that output keeps its fresh values) with these values.
+    /// Overwrites the variables of `varmap` (a network of the same shape) with these values.
     fn copy_into(&self, varmap: &VarMap) -> anyhow::Result<()> {
         for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
             let t = self
                 .tensors
                 .get(name)
-                .ok_or_else(|| anyhow::anyhow!("the initial weights have no tensor {name}"))?
-                .to_dtype(DType::F32)?;
-            let fresh = var.as_tensor();
-            if name.starts_with("head.") && t.dim(0)? < fresh.dim(0)? {
-                let rest = fresh.narrow(0, t.dim(0)?, fresh.dim(0)? - t.dim(0)?)?;
-                var.set(&Tensor::cat(&[&t, &rest], 0)?)?;
-            } else {
-                var.set(&t)?;
-            }
+                .ok_or_else(|| anyhow::anyhow!("the initial weights have no tensor {name}"))?;
+            var.set(&t.to_dtype(DType::F32)?)?;
         }
         Ok(())
     }
@@ -647,47 +595,5 @@ mod tests {
         let contact = weights.iter().filter(|&&w| w == 10.0).count();
         assert!(contact >= 2 * meeting, "{contact} contact pixels");
         assert!(weights.contains(&3.0) && weights.contains(&1.0));
-    }
-
-    /// The distance target: 1 at the centre of each of two touching discs, 0 where they meet
-    /// and on background, and a disc cut by the crop's edge is not darkened there.
-    #[test]
-    fn distance_targets_peak_at_each_centre() {
-        let (w, h) = (48usize, 24usize);
-        let labels: Vec<u32> = (0..w * h)
-            .map(|i| {
-                let (x, y) = ((i % w) as f64, (i / w) as f64);
-                let d1 = ((x - 14.0).powi(2) + (y - 12.0).powi(2)).sqrt();
-                let d2 = ((x - 30.0).powi(2) + (y - 12.0).powi(2)).sqrt();
-                match (d1 <= 9.0, d2 <= 9.0, x < 22.0) {
-                    (true, _, true) => 1,
-                    (_, true, _) => 2,
-                    (true, false, false) => 1,
-                    _ => 0,
-                }
-            })
-            .collect();
-        let d = normalised_distance(&labels, w, h);
-        let at = |x: usize, y: usize| d[y * w + x];
-        assert!((at(14, 12) - 1.0).abs() < 0.15, "{}", at(14, 12));
-        assert!((at(30, 12) - 1.0).abs() < 0.15, "{}", at(30, 12));
-        assert_eq!(at(0, 0), 0.0);
-        // Where the two meet (x = 21 | 22 on the centre row), far below either centre.
-        assert!(
-            at(21, 12) < 0.2 && at(22, 12) < 0.2,
-            "{} {}",
-            at(21, 12),
-            at(22, 12)
-        );
-        assert!(d.iter().all(|v| (0.0..=1.0).contains(v)));
-        // A disc running off the top edge: its pixels on the edge row are not its outline.
-        let cut: Vec<u32> = (0..w * h)
-            .map(|i| {
-                let (x, y) = ((i % w) as f64, (i / w) as f64);
-                u32::from((x - 24.0).powi(2) + (y + 2.0).powi(2) <= 100.0)
-            })
-            .collect();
-        let d = normalised_distance(&cut, w, h);
-        assert!(d[24] > 0.9, "{}", d[24]);
     }
 }

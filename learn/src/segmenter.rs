@@ -105,12 +105,6 @@ impl NucleusModel {
         self.net.config
     }
 
-    /// Seeds from the distance output (where the network has one) or from the interior
-    /// probability.
-    pub fn seed_from_distance(&mut self, on: bool) {
-        self.net.seeds_from_distance = on && self.net.config.distance;
-    }
-
     /// Instances of one image (8- or 16-bit). `diameter`: the nucleus diameter in pixels if
     /// known; otherwise it is estimated from the image (see [`Self::segment_normalised`]).
     pub fn segment(&self, img: &GrayImage, diameter: Option<f64>) -> anyhow::Result<Segmentation> {
@@ -334,7 +328,6 @@ pub const LEARNED_INSTANCES: InstanceParams = InstanceParams {
     grow: 0.7,
     split_depth: None,
     fill_holes: 0.0,
-    dip: None,
 };
 
 /// Images are predicted with their nuclei at this fraction of the training diameter (11.2 px
@@ -405,23 +398,7 @@ pub(crate) fn describe(tensors: &HashMap<String, Tensor>) -> anyhow::Result<(UNe
         .first()
         .copied()
         .ok_or_else(|| anyhow::anyhow!("{DIAMETER_TENSOR} is empty"))?;
-    let outputs = tensors
-        .get("head.bias")
-        .ok_or_else(|| anyhow::anyhow!("no tensor head.bias"))?
-        .elem_count();
-    let distance = match outputs {
-        3 => false,
-        4 => true,
-        n => anyhow::bail!("{n} outputs (3 classes, and a distance or not)"),
-    };
-    Ok((
-        UNetConfig {
-            width,
-            depth,
-            distance,
-        },
-        f64::from(diameter),
-    ))
+    Ok((UNetConfig { width, depth }, f64::from(diameter)))
 }
 
 /// The image mirrored by `border` pixels on every side (nuclei at the edge see a plausible
@@ -463,11 +440,7 @@ mod tests {
 
     fn random_model(width: usize) -> NucleusModel {
         let varmap = VarMap::new();
-        let config = UNetConfig {
-            width,
-            depth: 3,
-            distance: false,
-        };
+        let config = UNetConfig { width, depth: 3 };
         UNet::new(
             config,
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),

@@ -18,11 +18,6 @@ pub struct UNetConfig {
     pub width: usize,
     /// Levels, the bottleneck included (3: two pools; inputs a multiple of 4 pixels).
     pub depth: usize,
-    /// A fourth output beside the classes: each nucleus pixel's distance to its object's
-    /// edge as a fraction of the object's largest (0 on background, 1 at the centre), the
-    /// "object probability" StarDist predicts. Its peaks are nucleus centres, one per
-    /// nucleus even where two touch without a visible line between them.
-    pub distance: bool,
 }
 
 impl Default for UNetConfig {
@@ -30,7 +25,6 @@ impl Default for UNetConfig {
         UNetConfig {
             width: 16,
             depth: 3,
-            distance: false,
         }
     }
 }
@@ -39,11 +33,6 @@ impl UNetConfig {
     /// Image sides must be a multiple of this (inputs are padded to it).
     pub fn multiple(&self) -> usize {
         1 << (self.depth - 1)
-    }
-
-    /// Output channels: the class logits, then the distance logit where there is one.
-    pub fn outputs(&self) -> usize {
-        CLASSES + usize::from(self.distance)
     }
 }
 
@@ -113,7 +102,7 @@ impl UNet {
             let c = (w << (level + 1)) + (w << level);
             up.push(DoubleConv::new(c, w << level, vb.pp(format!("up{level}")))?);
         }
-        let head = conv2d(w, config.outputs(), 1, Default::default(), vb.pp("head"))?;
+        let head = conv2d(w, CLASSES, 1, Default::default(), vb.pp("head"))?;
         Ok(UNet {
             config,
             down,
@@ -122,8 +111,7 @@ impl UNet {
         })
     }
 
-    /// [B, 1, H, W] (H, W multiples of [`UNetConfig::multiple`]) → logits [B, O, H, W]: the
-    /// three classes, then the distance (see [`UNetConfig::distance`]).
+    /// [B, 1, H, W] (H, W multiples of [`UNetConfig::multiple`]) → logits [B, 3, H, W].
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut skips = Vec::new();
         let mut x = x.clone();
@@ -155,25 +143,12 @@ pub fn upsample_2x(x: &Tensor) -> Result<Tensor> {
 /// Weighted per-pixel cross-entropy: logits [B, 3, H, W], classes and weights [B·H·W]
 /// (u32 and f32, row-major per image): boundaries and contacts are rare and matter most.
 pub fn pixel_loss(logits: &Tensor, classes: &Tensor, pixel_w: &Tensor) -> Result<Tensor> {
-    let (b, _, h, w) = logits.dims4()?;
-    let c = CLASSES;
-    let flat = logits
-        .narrow(1, 0, c)?
-        .permute((0, 2, 3, 1))?
-        .reshape((b * h * w, c))?;
+    let (b, c, h, w) = logits.dims4()?;
+    let flat = logits.permute((0, 2, 3, 1))?.reshape((b * h * w, c))?;
     let logp = candle_nn::ops::log_softmax(&flat, 1)?;
     let picked = logp.gather(&classes.unsqueeze(1)?, 1)?.squeeze(1)?;
     let total = pixel_w.sum_all()?;
     (picked * pixel_w)?.sum_all()?.neg()?.broadcast_div(&total)
-}
-
-/// Binary cross-entropy of the distance output (channel [`CLASSES`] of `logits`) against
-/// soft targets in [0, 1], [B·H·W] row-major per image, averaged over pixels:
-/// softplus(z) − t·z, in a form that does not overflow.
-pub fn distance_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-    let z = logits.narrow(1, CLASSES, 1)?.flatten_all()?;
-    let softplus = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    (softplus - (z * target)?)?.mean_all()
 }
 
 #[cfg(test)]
@@ -187,15 +162,7 @@ mod tests {
         let dev = Device::Cpu;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-        let net = UNet::new(
-            UNetConfig {
-                width: 4,
-                depth: 3,
-                distance: false,
-            },
-            vb,
-        )
-        .unwrap();
+        let net = UNet::new(UNetConfig { width: 4, depth: 3 }, vb).unwrap();
         // A bright square on dark: interior inside, boundary on its edge.
         let (h, w) = (16usize, 16usize);
         let mut img = vec![0f32; h * w];

@@ -78,7 +78,6 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
         net: UNetConfig {
             width: p.width as usize,
             depth: 3,
-            distance: false,
         },
         steps: p.steps() as usize,
         diameter: p.diameter,
