@@ -145,6 +145,8 @@ pub struct SegTrainConfig {
     pub seed: u64,
     /// Nucleus diameter (pixels) every training image is scaled to.
     pub diameter: f64,
+    /// Where the network trains: the CPU, or a GPU (Candle's ops run there).
+    pub device: Device,
 }
 
 impl Default for SegTrainConfig {
@@ -161,6 +163,7 @@ impl Default for SegTrainConfig {
             contact_weight: 3.0,
             seed: 1,
             diameter: TRAINING_DIAMETER,
+            device: Device::Cpu,
         }
     }
 }
@@ -333,7 +336,7 @@ pub fn train(
     say: &dyn Fn(&str),
 ) -> anyhow::Result<(Weights, History)> {
     anyhow::ensure!(!train.is_empty(), "no training images");
-    let dev = Device::Cpu;
+    let dev = cfg.device.clone();
     let varmap = VarMap::new();
     let (net_cfg, diameter) = match init {
         Some(w) => (w.config, w.diameter),
@@ -399,7 +402,7 @@ pub fn train(
         let ap =
             (eval_every > 0 && (step % eval_every == 0 || step == cfg.steps) && !val.is_empty())
                 .then(|| {
-                    let model = Weights::of(&varmap, cfg.net, cfg.diameter).model("training")?;
+                    let model = Weights::of(&varmap, cfg.net, cfg.diameter)?.model("training")?;
                     evaluate(&model, val).map(|m| m[0].ap())
                 })
                 .transpose()?;
@@ -414,7 +417,7 @@ pub fn train(
         }
         history.push((step, l, ap));
     }
-    Ok((Weights::of(&varmap, cfg.net, cfg.diameter), history))
+    Ok((Weights::of(&varmap, cfg.net, cfg.diameter)?, history))
 }
 
 /// A trained network's tensors with what describes them: the form training produces and
@@ -426,20 +429,21 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// A copy of a training VarMap's current values.
-    pub fn of(varmap: &VarMap, config: UNetConfig, diameter: f64) -> Self {
+    /// A copy of a training VarMap's current values, on the CPU whatever the device trained
+    /// (weights are saved, and segment, from there).
+    pub fn of(varmap: &VarMap, config: UNetConfig, diameter: f64) -> anyhow::Result<Self> {
         let tensors = varmap
             .data()
             .lock()
             .expect("varmap lock")
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().copy().expect("cpu copy")))
-            .collect();
-        Weights {
+            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_device(&Device::Cpu)?.copy()?)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Weights {
             config,
             diameter,
             tensors,
-        }
+        })
     }
 
     /// A weights file's tensors (as [`Self::to_bytes`] writes them).
@@ -474,15 +478,29 @@ impl Weights {
         )?)
     }
 
-    /// The model that segments with these weights.
+    /// The model that segments with these weights, on the CPU.
     pub fn model(&self, source: &str) -> anyhow::Result<NucleusModel> {
-        NucleusModel::new(self.config, self.diameter, source, &|name| {
-            let t = self
-                .tensors
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("tensor {name} is missing"))?;
-            Ok(t.flatten_all()?.to_vec1::<f32>()?)
-        })
+        self.model_on(source, &Device::Cpu)
+    }
+
+    /// The model that segments with these weights, on `device`.
+    pub fn model_on(&self, source: &str, device: &Device) -> anyhow::Result<NucleusModel> {
+        NucleusModel::new(
+            self.config,
+            self.diameter,
+            source,
+            &|name| self.values(name),
+            device,
+        )
+    }
+
+    /// One tensor's values, flattened.
+    pub(crate) fn values(&self, name: &str) -> anyhow::Result<Vec<f32>> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| anyhow::anyhow!("tensor {name} is missing"))?;
+        Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
     }
 
     /// Overwrites the variables of `varmap` (a network of the same shape) with these values.
@@ -492,7 +510,7 @@ impl Weights {
                 .tensors
                 .get(name)
                 .ok_or_else(|| anyhow::anyhow!("the initial weights have no tensor {name}"))?;
-            var.set(&t.to_dtype(DType::F32)?)?;
+            var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
         }
         Ok(())
     }

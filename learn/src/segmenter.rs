@@ -7,8 +7,9 @@
 //! crops were scaled to.
 
 use crate::frozen::FrozenUNet;
-use crate::unet::UNetConfig;
-use candle_core::{Device, Tensor};
+use crate::unet::{Ops, UNet, UNetConfig};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 use plateflow_imaging::instances::{from_probabilities, InstanceParams};
 use plateflow_imaging::resample::resize;
 use plateflow_imaging::segment::{typical_diameter, Labels};
@@ -26,7 +27,7 @@ pub const DIAMETER_TENSOR: &str = "meta.diameter";
 
 /// A nucleus model ready to segment.
 pub struct NucleusModel {
-    net: FrozenUNet,
+    net: Backend,
     /// Nucleus diameter (pixels) the model was trained at.
     pub diameter: f64,
     /// Nucleus diameter (model pixels) each image is brought to before prediction:
@@ -59,40 +60,133 @@ pub struct Segmentation {
     pub scale: f64,
 }
 
-impl NucleusModel {
-    /// The weights shipped inside plateflow.
-    pub fn shipped() -> anyhow::Result<Self> {
-        Self::from_bytes(SHIPPED, SHIPPED_NAME)
+/// Where the network runs.
+enum Backend {
+    /// The CPU: folded, banded inference (frozen.rs).
+    Cpu(FrozenUNet),
+    /// Another device (CUDA): the training graph in evaluation mode on Candle's ops; the
+    /// VarMap owns its variables.
+    Candle { unet: UNet, _vars: VarMap },
+}
+
+impl Backend {
+    fn config(&self) -> UNetConfig {
+        match self {
+            Backend::Cpu(net) => net.config,
+            Backend::Candle { unet, .. } => unet.config,
+        }
     }
 
-    /// A weights file; errors name it and say what is wrong.
+    /// (interior, foreground) probabilities of a `w`×`h` image (sides multiples of the
+    /// network's pooling), on the CPU's memory.
+    fn probabilities(&self, x: &[f32], w: usize, h: usize) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        match self {
+            Backend::Cpu(net) => Ok(net.probabilities(x, w, h)),
+            Backend::Candle { unet, .. } => {
+                let device = unet.head_device();
+                let t = Tensor::from_slice(x, (1, 1, h, w), device)?;
+                let p = candle_nn::ops::softmax(&unet.forward(&t, false)?, 1)?
+                    .squeeze(0)?
+                    .to_device(&Device::Cpu)?;
+                let interior = p.get(1)?.flatten_all()?.to_vec1::<f32>()?;
+                let boundary = p.get(2)?.flatten_all()?.to_vec1::<f32>()?;
+                let fg = interior.iter().zip(&boundary).map(|(a, b)| a + b).collect();
+                Ok((interior, fg))
+            }
+        }
+    }
+}
+
+impl NucleusModel {
+    /// The weights shipped inside plateflow, on the CPU.
+    pub fn shipped() -> anyhow::Result<Self> {
+        Self::shipped_on(&Device::Cpu)
+    }
+
+    /// The weights shipped inside plateflow, on `device`.
+    pub fn shipped_on(device: &Device) -> anyhow::Result<Self> {
+        Self::from_bytes_on(SHIPPED, SHIPPED_NAME, device)
+    }
+
+    /// A weights file, on the CPU; errors name it and say what is wrong.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Self::load_on(path, &Device::Cpu)
+    }
+
+    /// A weights file, on `device`.
+    pub fn load_on(path: &Path, device: &Device) -> anyhow::Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| {
             anyhow::anyhow!("cannot read nucleus model weights {}: {e}", path.display())
         })?;
-        Self::from_bytes(&bytes, &path.display().to_string())
+        Self::from_bytes_on(&bytes, &path.display().to_string(), device)
     }
 
-    /// Weights in safetensors bytes, named `source` in errors.
+    /// Weights in safetensors bytes, named `source` in errors, on the CPU.
     pub fn from_bytes(bytes: &[u8], source: &str) -> anyhow::Result<Self> {
+        Self::from_bytes_on(bytes, source, &Device::Cpu)
+    }
+
+    /// Weights in safetensors bytes, on `device`.
+    pub fn from_bytes_on(bytes: &[u8], source: &str, device: &Device) -> anyhow::Result<Self> {
         crate::nuclei::Weights::from_bytes(bytes, source)?
-            .model(source)
+            .model_on(source, device)
             .map_err(|e| anyhow::anyhow!("{source}: {e}"))
     }
 
-    /// From named tensors (a training run's VarMap, or a file's).
+    /// From named tensors (a training run's VarMap, or a file's), to run on `device`: the
+    /// CPU's own fast path there, Candle's ops elsewhere.
     pub fn new(
         config: UNetConfig,
         diameter: f64,
         source: &str,
         get: &crate::frozen::Getter,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
+        Self::build(
+            config,
+            diameter,
+            source,
+            get,
+            device,
+            Ops::for_device(device),
+        )
+    }
+
+    /// [`Self::new`] with the ops chosen (tests run Candle's on the CPU).
+    fn build(
+        config: UNetConfig,
+        diameter: f64,
+        source: &str,
+        get: &crate::frozen::Getter,
+        device: &Device,
+        ops: Ops,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
             diameter.is_finite() && diameter > 0.0,
             "training diameter {diameter} is not a positive number"
         );
+        let net = match ops {
+            Ops::Plateflow => Backend::Cpu(FrozenUNet::new(config, get)?),
+            Ops::Candle => {
+                let vars = VarMap::new();
+                let mut unet =
+                    UNet::new(config, VarBuilder::from_varmap(&vars, DType::F32, device))?;
+                unet.ops = Ops::Candle;
+                for (name, var) in vars.data().lock().expect("varmap lock").iter() {
+                    let values = get(name)?;
+                    let shape = var.as_tensor().shape().clone();
+                    anyhow::ensure!(
+                        values.len() == shape.elem_count(),
+                        "{name}: {} values for shape {shape:?}",
+                        values.len()
+                    );
+                    var.set(&Tensor::from_vec(values, shape, &Device::Cpu)?.to_device(device)?)?;
+                }
+                Backend::Candle { unet, _vars: vars }
+            }
+        };
         Ok(NucleusModel {
-            net: FrozenUNet::new(config, get)?,
+            net,
             diameter,
             target: PREDICT_AT * diameter,
             source: source.to_string(),
@@ -102,7 +196,7 @@ impl NucleusModel {
     }
 
     pub fn config(&self) -> UNetConfig {
-        self.net.config
+        self.net.config()
     }
 
     /// Instances of one image (8- or 16-bit). `diameter`: the nucleus diameter in pixels if
@@ -209,7 +303,7 @@ impl NucleusModel {
     ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
         let (padded, pw, ph) = self.padded(pixels, w, h);
         if pw * ph <= WHOLE_PIXELS {
-            return Ok(self.crop(&self.net.probabilities(&padded, pw, ph), pw, w, h));
+            return Ok(self.crop(&self.net.probabilities(&padded, pw, ph)?, pw, w, h));
         }
         let b = self.aligned_border();
         let mut interior = vec![0f32; w * h];
@@ -232,7 +326,7 @@ impl NucleusModel {
                 for y in y0..y1 {
                     tile.extend_from_slice(&padded[y * pw + x0..y * pw + x1]);
                 }
-                let (pi, pf) = self.net.probabilities(&tile, side, y1 - y0);
+                let (pi, pf) = self.net.probabilities(&tile, side, y1 - y0)?;
                 for y in oy..(oy + TILE).min(h) {
                     let from = (y + b - y0) * side + (ox + b - x0);
                     let n = (ox + TILE).min(w) - ox;
@@ -253,13 +347,13 @@ impl NucleusModel {
         h: usize,
     ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
         let (padded, pw, ph) = self.padded(pixels, w, h);
-        Ok(self.crop(&self.net.probabilities(&padded, pw, ph), pw, w, h))
+        Ok(self.crop(&self.net.probabilities(&padded, pw, ph)?, pw, w, h))
     }
 
     /// The image mirrored by [`Self::border`] on every side and on to a multiple of the
     /// network's pooling: (pixels, width, height).
     fn padded(&self, pixels: &[f32], w: usize, h: usize) -> (Vec<f32>, usize, usize) {
-        let (m, b) = (self.net.config.multiple(), self.aligned_border());
+        let (m, b) = (self.net.config().multiple(), self.aligned_border());
         let (pw, ph) = (
             (w + 2 * b).next_multiple_of(m),
             (h + 2 * b).next_multiple_of(m),
@@ -269,7 +363,7 @@ impl NucleusModel {
 
     /// [`Self::border`] rounded up to the network's multiple.
     fn aligned_border(&self) -> usize {
-        self.border.next_multiple_of(self.net.config.multiple())
+        self.border.next_multiple_of(self.net.config().multiple())
     }
 
     /// The image's own pixels of maps predicted on its padded form (row length `pw`).
@@ -447,7 +541,10 @@ mod tests {
         )
         .unwrap();
         crate::model::seed_init(&varmap, 7).unwrap();
-        Weights::of(&varmap, config, 16.0).model("test").unwrap()
+        Weights::of(&varmap, config, 16.0)
+            .unwrap()
+            .model("test")
+            .unwrap()
     }
 
     /// An image larger than a tile: tiled prediction gives the same objects as one pass
@@ -497,6 +594,52 @@ mod tests {
             assert_eq!(a.count, b.count);
             assert_eq!(matches(&a.data, &b.data, 0.99).0, a.count as usize);
         }
+    }
+
+    /// The shipped network on Candle's ops (the path a GPU runs) gives the maps and objects
+    /// of the CPU's folded path, over tiles too.
+    #[test]
+    fn candle_backend_equals_the_cpu_backend() {
+        let weights = Weights::from_bytes(SHIPPED, SHIPPED_NAME).unwrap();
+        let get = |name: &str| weights.values(name);
+        let (config, d) = (weights.config, weights.diameter);
+        let cpu =
+            NucleusModel::build(config, d, "cpu", &get, &Device::Cpu, Ops::Plateflow).unwrap();
+        let candle =
+            NucleusModel::build(config, d, "candle", &get, &Device::Cpu, Ops::Candle).unwrap();
+        // Larger than one pass takes: tiled.
+        let (w, h) = (700usize, 620usize);
+        let mut rng = Rng::new(11);
+        let mut px: Vec<f32> = (0..w * h).map(|_| 0.05 * rng.normal() as f32).collect();
+        for _ in 0..150 {
+            let (cx, cy) = (rng.below(w) as f64, rng.below(h) as f64);
+            for y in (cy as usize).saturating_sub(8)..(cy as usize + 8).min(h) {
+                for x in (cx as usize).saturating_sub(8)..(cx as usize + 8).min(w) {
+                    if (x as f64 - cx).powi(2) + (y as f64 - cy).powi(2) < 49.0 {
+                        px[y * w + x] += 0.8;
+                    }
+                }
+            }
+        }
+        let (ci, cf) = cpu.probabilities(&px, w, h).unwrap();
+        let (gi, gf) = candle.probabilities(&px, w, h).unwrap();
+        let worst = ci
+            .iter()
+            .zip(&gi)
+            .chain(cf.iter().zip(&gf))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "the two paths differ by {worst}");
+        let a = cpu
+            .segment_normalised(&px, w, h, Some(14.0))
+            .unwrap()
+            .labels;
+        let b = candle
+            .segment_normalised(&px, w, h, Some(14.0))
+            .unwrap()
+            .labels;
+        assert!(a.count > 50, "{} objects", a.count);
+        assert_eq!(matches(&a.data, &b.data, 0.99).0, a.count as usize);
     }
 
     /// Tasks are keyed by this digest: new weights without a new digest would leave stale

@@ -2,14 +2,15 @@
 //! nucleus boundary — from one grey channel. Touching nuclei are kept apart by their
 //! boundaries; instances are the interiors grown back over the boundary pixels
 //! (`plateflow_imaging::instances`). Levels of two 3×3 conv + BatchNorm + ReLU, 2×2 max-pool
-//! down, nearest 2× up with a skip connection; a 1×1 head. Convs run on plateflow's own CPU
-//! op (conv.rs) and BatchNorm on fused.rs, as the crop CNN does.
+//! down, nearest 2× up with a skip connection; a 1×1 head. On the CPU convs run on
+//! plateflow's own op (conv.rs) and BatchNorm on fused.rs, as the crop CNN does; on other
+//! devices (CUDA) Candle's own ops run, on the same variables.
 
 use crate::conv::conv2d_same;
 use crate::fused::BatchNorm2d;
 use crate::model::max_pool_2x2;
 use candle_core::{Result, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{batch_norm, conv2d, BatchNorm, Conv2d, Conv2dConfig, Module, ModuleT, VarBuilder};
 
 /// Architecture, recorded beside the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +43,30 @@ pub const BACKGROUND: u8 = 0;
 pub const INTERIOR: u8 = 1;
 pub const BOUNDARY: u8 = 2;
 
-/// conv 3×3 → BatchNorm → ReLU, twice.
+/// Which implementation of the layers runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ops {
+    /// plateflow's CPU ops (conv.rs, fused.rs): the fast path on the CPU.
+    Plateflow,
+    /// Candle's composed ops: they run on any device, CUDA included.
+    Candle,
+}
+
+impl Ops {
+    /// plateflow's ops on the CPU, Candle's elsewhere.
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        if device.is_cpu() {
+            Ops::Plateflow
+        } else {
+            Ops::Candle
+        }
+    }
+}
+
+/// conv 3×3 → BatchNorm → ReLU, twice. Each BatchNorm twice over the same variables: the
+/// fused CPU op and Candle's (see [`Ops`]).
 struct DoubleConv {
-    convs: [(Conv2d, BatchNorm2d); 2],
+    convs: [(Conv2d, BatchNorm2d, BatchNorm); 2],
 }
 
 impl DoubleConv {
@@ -53,11 +75,12 @@ impl DoubleConv {
             padding: 1,
             ..Default::default()
         };
-        let one = |i: usize, c: usize| -> Result<(Conv2d, BatchNorm2d)> {
+        let one = |i: usize, c: usize| -> Result<(Conv2d, BatchNorm2d, BatchNorm)> {
             Ok((
                 conv2d(c, c_out, 3, cfg, vb.pp(format!("c{i}.conv")))?,
                 // `.bn.` in the name: `seed_init` starts it as the identity.
                 BatchNorm2d::new(c_out, 1e-5, vb.pp(format!("c{i}.bn")))?,
+                batch_norm(c_out, 1e-5, vb.pp(format!("c{i}.bn")))?,
             ))
         };
         Ok(DoubleConv {
@@ -65,12 +88,16 @@ impl DoubleConv {
         })
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, train: bool, ops: Ops) -> Result<Tensor> {
         let mut x = x.clone();
-        for (conv, bn) in &self.convs {
-            x = bn
-                .forward_t(&conv2d_same(&x, conv.weight(), conv.bias())?, train)?
-                .relu()?;
+        for (conv, bn, bn_candle) in &self.convs {
+            x = match ops {
+                Ops::Plateflow => {
+                    bn.forward_t(&conv2d_same(&x, conv.weight(), conv.bias())?, train)?
+                }
+                Ops::Candle => bn_candle.forward_t(&conv.forward(&x)?, train)?,
+            }
+            .relu()?;
         }
         Ok(x)
     }
@@ -78,6 +105,8 @@ impl DoubleConv {
 
 pub struct UNet {
     pub config: UNetConfig,
+    /// Chosen from the device the variables live on; tests set it to compare the two.
+    pub ops: Ops,
     down: Vec<DoubleConv>,
     up: Vec<DoubleConv>,
     head: Conv2d,
@@ -105,10 +134,16 @@ impl UNet {
         let head = conv2d(w, CLASSES, 1, Default::default(), vb.pp("head"))?;
         Ok(UNet {
             config,
+            ops: Ops::for_device(vb.device()),
             down,
             up,
             head,
         })
+    }
+
+    /// The device the weights live on.
+    pub fn head_device(&self) -> &candle_core::Device {
+        self.head.weight().device()
     }
 
     /// [B, 1, H, W] (H, W multiples of [`UNetConfig::multiple`]) → logits [B, 3, H, W].
@@ -119,15 +154,22 @@ impl UNet {
             if level > 0 {
                 x = max_pool_2x2(&x)?;
             }
-            x = block.forward(&x, train)?;
+            x = block.forward(&x, train, self.ops)?;
             skips.push(x.clone());
         }
         skips.pop(); // the bottleneck is `x` itself
         for block in &self.up {
             let skip = skips.pop().expect("one skip per level");
-            x = block.forward(&Tensor::cat(&[&upsample_2x(&x)?, &skip], 1)?, train)?;
+            x = block.forward(
+                &Tensor::cat(&[&upsample_2x(&x)?, &skip], 1)?,
+                train,
+                self.ops,
+            )?;
         }
-        conv2d_same(&x, self.head.weight(), self.head.bias())
+        match self.ops {
+            Ops::Plateflow => conv2d_same(&x, self.head.weight(), self.head.bias()),
+            Ops::Candle => self.head.forward(&x),
+        }
     }
 }
 
@@ -208,5 +250,88 @@ mod tests {
             up.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             [1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]
         );
+    }
+
+    /// Candle's ops (what runs on CUDA) and plateflow's CPU ops compute the same network:
+    /// evaluation logits, the training loss, every gradient and the running statistics one
+    /// training pass leaves, with BatchNorm far from the identity.
+    #[test]
+    fn candle_ops_equal_plateflow_ops() {
+        let dev = Device::Cpu;
+        let config = UNetConfig { width: 4, depth: 3 };
+        let make = |ops: Ops| {
+            let varmap = VarMap::new();
+            let mut net =
+                UNet::new(config, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
+            net.ops = ops;
+            crate::model::seed_init(&varmap, 3).unwrap();
+            let mut rng = crate::rng::Rng::new(4);
+            let mut vars: Vec<_> = varmap.data().lock().unwrap().clone().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, var) in &vars {
+                let n = var.as_tensor().elem_count();
+                let v: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let u = rng.unit() as f32;
+                        if name.ends_with("running_var") {
+                            0.5 + u
+                        } else if name.contains(".bn.") {
+                            u - 0.3
+                        } else {
+                            (u - 0.5) * 0.8
+                        }
+                    })
+                    .collect();
+                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &dev).unwrap())
+                    .unwrap();
+            }
+            (net, varmap, vars)
+        };
+        let (ours, ours_map, ours_vars) = make(Ops::Plateflow);
+        let (theirs, theirs_map, theirs_vars) = make(Ops::Candle);
+        let (b, h, w) = (2usize, 20usize, 24usize);
+        let mut rng = crate::rng::Rng::new(8);
+        let x: Vec<f32> = (0..b * h * w).map(|_| rng.unit() as f32).collect();
+        let x = Tensor::from_vec(x, (b, 1, h, w), &dev).unwrap();
+        let differ = |a: &Tensor, b: &Tensor| {
+            let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let scale = a.iter().map(|v| v.abs()).fold(1e-3f32, f32::max);
+            a.iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max)
+                / scale
+        };
+        let eval = differ(
+            &ours.forward(&x, false).unwrap(),
+            &theirs.forward(&x, false).unwrap(),
+        );
+        assert!(eval < 1e-4, "evaluation logits differ by {eval}");
+        let cls: Vec<u32> = (0..b * h * w).map(|i| (i % 7 % 3) as u32).collect();
+        let y = Tensor::from_vec(cls, b * h * w, &dev).unwrap();
+        let wt = Tensor::ones(b * h * w, DType::F32, &dev).unwrap();
+        let l1 = pixel_loss(&ours.forward(&x, true).unwrap(), &y, &wt).unwrap();
+        let l2 = pixel_loss(&theirs.forward(&x, true).unwrap(), &y, &wt).unwrap();
+        assert!(differ(&l1, &l2) < 1e-4);
+        let (g1, g2) = (l1.backward().unwrap(), l2.backward().unwrap());
+        for ((name, v1), (_, v2)) in ours_vars.iter().zip(&theirs_vars) {
+            if name.contains("running") {
+                continue;
+            }
+            let d = differ(
+                g1.get(v1.as_tensor()).unwrap(),
+                g2.get(v2.as_tensor()).unwrap(),
+            );
+            assert!(d < 1e-3, "gradient of {name} differs by {d}");
+        }
+        let (a, b) = (
+            ours_map.data().lock().unwrap(),
+            theirs_map.data().lock().unwrap(),
+        );
+        for name in a.keys().filter(|n| n.contains("running")) {
+            let d = differ(a[name].as_tensor(), b[name].as_tensor());
+            assert!(d < 1e-4, "{name} differs by {d} after a training pass");
+        }
     }
 }

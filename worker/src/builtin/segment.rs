@@ -24,16 +24,21 @@ pub struct SetResult {
 pub const MODEL_FILE: &str = "segmenter.safetensors";
 
 /// The nucleus model of a `method: learned` step: `weights:` (a file sent with the task),
-/// else an upstream `train_segmenter` step's, else the one shipped with plateflow.
-pub fn learned_model(ctx: &Context, p: &SegmentParams) -> anyhow::Result<NucleusModel> {
+/// else an upstream `train_segmenter` step's, else the one shipped with plateflow; on
+/// `device` (the task's GPU where it has one, else the CPU).
+pub fn learned_model(
+    ctx: &Context,
+    p: &SegmentParams,
+    device: &candle_core::Device,
+) -> anyhow::Result<NucleusModel> {
     if let Some(rel) = &p.weights {
-        let model = NucleusModel::load(&ctx.work.join(rel));
+        let model = NucleusModel::load_on(&ctx.work.join(rel), device);
         return model.map_err(|e| anyhow::anyhow!("`weights: {rel}`: {e}"));
     }
     let trained = ctx.upstream_files(|n| n == MODEL_FILE);
     match trained.as_slice() {
-        [] => NucleusModel::shipped(),
-        [(_, path)] => NucleusModel::load(path),
+        [] => NucleusModel::shipped_on(device),
+        [(_, path)] => NucleusModel::load_on(path, device),
         more => anyhow::bail!(
             "{} upstream steps wrote a {MODEL_FILE}; name one with `weights:` or keep one `train_segmenter` step in `after:`",
             more.len()
@@ -175,14 +180,16 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
             None
         }
         SegmentMethod::Learned => {
-            let m = learned_model(ctx, p)?;
+            let device = ctx.device();
+            let m = learned_model(ctx, p, &device)?;
             ctx.logln(format!(
                 "learned nuclei: {} (U-Net width {}, trained at nucleus diameter {:.0} px, images \
-                 rescaled so nuclei are {:.1} px across)",
+                 rescaled so nuclei are {:.1} px across), on {}",
                 m.source,
                 m.config().width,
                 m.diameter,
-                m.target
+                m.target,
+                plateflow_learn::device::describe(&device)
             ));
             Some(m)
         }

@@ -84,6 +84,8 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
         seed: p.seed,
         // Fine-tuning moves less far from weights that already work.
         lr: if init.is_some() { 5e-4 } else { 2e-3 },
+        // The task's GPU where it was given one (`gpus: 1`), else the CPU.
+        device: ctx.device(),
         ..Default::default()
     };
     ctx.logln(format!(
@@ -144,7 +146,11 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
     } else if let Some(a) = after {
         ctx.logln(format!("held-out F1 at IoU 0.5: {:.3}", a[0].f1()));
     }
-    ctx.logln(format!("trained {} steps in {secs:.0} s", cfg.steps));
+    ctx.logln(format!(
+        "trained {} steps in {secs:.0} s on {}",
+        cfg.steps,
+        plateflow_learn::device::describe(&cfg.device)
+    ));
     Ok(())
 }
 
@@ -232,8 +238,16 @@ fn card(
         s,
         "- {} steps of {} augmented {}² crops (scale, flips and rotations, gamma, contrast, \
          blur, quantisation, noise), AdamW at {} with cosine decay, seed {}: {secs:.0} s on \
-         the CPU.",
-        cfg.steps, cfg.batch, cfg.crop, cfg.lr, cfg.seed
+         {}.",
+        cfg.steps,
+        cfg.batch,
+        cfg.crop,
+        cfg.lr,
+        cfg.seed,
+        match plateflow_learn::device::describe(&cfg.device).as_str() {
+            "cpu" => "the CPU".to_string(),
+            gpu => format!("GPU {gpu}"),
+        }
     );
     let _ = writeln!(s, "\n## Held-out scores\n");
     if val.is_empty() {
