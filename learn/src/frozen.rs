@@ -294,25 +294,8 @@ mod tests {
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         )
         .unwrap();
-        crate::model::seed_init(&varmap, 5).unwrap();
+        crate::test_util::randomise_network(&varmap, 9);
         let mut rng = Rng::new(9);
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            let n = var.as_tensor().elem_count();
-            let v: Vec<f32> = (0..n)
-                .map(|_| {
-                    let u = rng.unit() as f32;
-                    if name.ends_with("running_var") {
-                        0.5 + u
-                    } else if name.contains(".bn.") {
-                        u - 0.3
-                    } else {
-                        (u - 0.5) * 0.8
-                    }
-                })
-                .collect();
-            var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &Device::Cpu).unwrap())
-                .unwrap();
-        }
         let frozen = FrozenUNet::new(config, &|name| {
             let data = varmap.data().lock().unwrap();
             Ok(data[name].as_tensor().flatten_all()?.to_vec1::<f32>()?)

@@ -100,6 +100,33 @@ mod test_util {
         }
     }
 
+    /// Every variable of a network set from `seed`: weights in [-0.4, 0.4), BatchNorm γ and
+    /// β in [-0.3, 0.7) and running variances in [0.5, 1.5), far from the identity, so that
+    /// a wrong fold or a missed statistic shows.
+    pub fn randomise_network(varmap: &candle_nn::VarMap, seed: u64) {
+        let mut rng = Rng::new(seed);
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &data[name];
+            let v: Vec<f32> = (0..var.as_tensor().elem_count())
+                .map(|_| {
+                    let u = rng.unit() as f32;
+                    if name.ends_with("running_var") {
+                        0.5 + u
+                    } else if name.contains(".bn.") {
+                        u - 0.3
+                    } else {
+                        (u - 0.5) * 0.8
+                    }
+                })
+                .collect();
+            let t = Tensor::from_vec(v, var.as_tensor().shape(), var.device()).unwrap();
+            var.set(&t).unwrap();
+        }
+    }
+
     pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         (a - b)
             .unwrap()

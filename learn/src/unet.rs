@@ -264,27 +264,9 @@ mod tests {
             let mut net =
                 UNet::new(config, VarBuilder::from_varmap(&varmap, DType::F32, &dev)).unwrap();
             net.ops = ops;
-            crate::model::seed_init(&varmap, 3).unwrap();
-            let mut rng = crate::rng::Rng::new(4);
+            crate::test_util::randomise_network(&varmap, 4);
             let mut vars: Vec<_> = varmap.data().lock().unwrap().clone().into_iter().collect();
             vars.sort_by(|a, b| a.0.cmp(&b.0));
-            for (name, var) in &vars {
-                let n = var.as_tensor().elem_count();
-                let v: Vec<f32> = (0..n)
-                    .map(|_| {
-                        let u = rng.unit() as f32;
-                        if name.ends_with("running_var") {
-                            0.5 + u
-                        } else if name.contains(".bn.") {
-                            u - 0.3
-                        } else {
-                            (u - 0.5) * 0.8
-                        }
-                    })
-                    .collect();
-                var.set(&Tensor::from_vec(v, var.as_tensor().shape(), &dev).unwrap())
-                    .unwrap();
-            }
             (net, varmap, vars)
         };
         let (ours, ours_map, ours_vars) = make(Ops::Plateflow);
