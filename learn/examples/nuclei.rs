@@ -4,6 +4,7 @@
 //!   cargo run --release -p plateflow-learn --example nuclei -- train STEPS OUT.safetensors [WIDTH] [EVAL_EVERY] [INIT|shipped] [LR]
 //!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho|coelho-odd|coelho-even]...
 //!   cargo run --release -p plateflow-learn --example nuclei -- sizes
+//!   cargo run --release -p plateflow-learn --example nuclei -- widen [WEIGHTS|shipped] OUT.safetensors
 //!
 //! The DSB images are split by image id into fifths: three train, one ("tuning") chooses
 //! inference settings, one ("validation") is only ever reported. Of the Coelho images
@@ -209,6 +210,26 @@ fn main() -> anyhow::Result<()> {
             let total: usize = val.iter().map(|a| a.width * a.height).sum();
             println!("size estimate {est:.2} s, resize + network {prob:.2} s ({:.2} model MP/s), instances {inst:.2} s; {:.2} MP of images, {:.2} MP at model scale", px as f64 / 1e6 / prob, total as f64 / 1e6, px as f64 / 1e6);
         }
+        Some("widen") => {
+            // A network of twice the width computing the same function (Net2Net: every
+            // channel twice, inputs halved), a start for training a wider network.
+            let from = args.get(1).map(String::as_str).unwrap_or("shipped");
+            let out = PathBuf::from(args.get(2).cloned().unwrap_or("widened.safetensors".into()));
+            let w = if from == "shipped" {
+                nuclei::Weights::from_bytes(plateflow_learn::segmenter::SHIPPED, "shipped")?
+            } else {
+                nuclei::Weights::from_bytes(&std::fs::read(from)?, from)?
+            };
+            let wide = widen(&w)?;
+            std::fs::write(&out, wide.to_bytes()?)?;
+            // Same function: the maps of one tuning image agree.
+            let a = &tuning[0];
+            let (m0, m1) = (w.model("narrow")?, wide.model("wide")?);
+            let (p0, _) = m0.probabilities(&a.pixels[..256 * 256], 256, 256)?;
+            let (p1, _) = m1.probabilities(&a.pixels[..256 * 256], 256, 256)?;
+            let worst = p0.iter().zip(&p1).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+            println!("widened to width {}: {} (maps differ by {worst:.2e})", wide.config.width, out.display());
+        }
         Some("train") => {
             let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
             let out = PathBuf::from(
@@ -290,7 +311,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         _ => anyhow::bail!(
-            "usage: nuclei train STEPS OUT [WIDTH] [EVAL_EVERY] | score WEIGHTS [SET]... | sizes"
+            "usage: nuclei train STEPS OUT [WIDTH] [EVAL_EVERY] | score WEIGHTS [SET]... | sizes | widen WEIGHTS OUT"
         ),
     }
     Ok(())
@@ -361,4 +382,103 @@ fn object_diameters(a: &Annotated) -> Option<Vec<(f64, f64)>> {
         })
         .collect();
     (!out.is_empty()).then_some(out)
+}
+
+/// The same network at twice the width: new channel j copies old channel j mod C, and every
+/// weight reading duplicated channels is halved, so the function is unchanged.
+fn widen(w: &nuclei::Weights) -> anyhow::Result<nuclei::Weights> {
+    use candle_core::{Device, Tensor};
+    let (c, depth) = (w.config.width, w.config.depth);
+    let mut tensors = std::collections::HashMap::new();
+    // Old input channel of each new input channel, per conv; and the old output count.
+    let mut convs: Vec<(String, Vec<usize>, usize)> = Vec::new();
+    for l in 0..depth {
+        let inputs: Vec<usize> = if l == 0 {
+            vec![0]
+        } else {
+            (0..2 * (c << (l - 1)))
+                .map(|j| j % (c << (l - 1)))
+                .collect()
+        };
+        convs.push((format!("down{l}.c0"), inputs, c << l));
+        convs.push((
+            format!("down{l}.c1"),
+            (0..2 * (c << l)).map(|j| j % (c << l)).collect(),
+            c << l,
+        ));
+    }
+    for l in (0..depth - 1).rev() {
+        let (deep, skip) = (c << (l + 1), c << l);
+        let inputs: Vec<usize> = (0..2 * deep)
+            .map(|j| j % deep)
+            .chain((0..2 * skip).map(|j| deep + j % skip))
+            .collect();
+        convs.push((format!("up{l}.c0"), inputs, skip));
+        convs.push((
+            format!("up{l}.c1"),
+            (0..2 * skip).map(|j| j % skip).collect(),
+            skip,
+        ));
+    }
+    convs.push(("head".into(), (0..2 * c).map(|j| j % c).collect(), 3));
+    let mut rng = plateflow_learn::rng::Rng::new(17);
+    for (name, inputs, o_old) in convs {
+        let (wname, bname) = if name == "head" {
+            ("head.weight".to_string(), "head.bias".to_string())
+        } else {
+            (format!("{name}.conv.weight"), format!("{name}.conv.bias"))
+        };
+        let old = w.tensors[&wname].to_vec3_like()?;
+        let k = old.1;
+        let c_old = old.2;
+        let o_new = if name == "head" { 3 } else { 2 * o_old };
+        // Inputs read twice (every input but the image's one channel) are halved.
+        let dup = if inputs.len() > c_old { 0.5f32 } else { 1.0 };
+        let mut neww = Vec::with_capacity(o_new * inputs.len() * k);
+        for o in 0..o_new {
+            for &i in &inputs {
+                for t in 0..k {
+                    // A little noise, so the two copies of a channel can drift apart.
+                    let v = old.0[((o % o_old) * c_old + i) * k + t] * dup;
+                    neww.push(v * (1.0 + 0.01 * rng.normal() as f32));
+                }
+            }
+        }
+        let side = if k == 9 { 3 } else { 1 };
+        tensors.insert(
+            wname,
+            Tensor::from_vec(neww, (o_new, inputs.len(), side, side), &Device::Cpu)?,
+        );
+        let b = w.tensors[&bname].flatten_all()?.to_vec1::<f32>()?;
+        let nb: Vec<f32> = (0..o_new).map(|o| b[o % o_old]).collect();
+        tensors.insert(bname, Tensor::from_vec(nb, o_new, &Device::Cpu)?);
+        if name != "head" {
+            for p in ["weight", "bias", "running_mean", "running_var"] {
+                let key = format!("{name}.bn.{p}");
+                let v = w.tensors[&key].flatten_all()?.to_vec1::<f32>()?;
+                let nv: Vec<f32> = (0..o_new).map(|o| v[o % o_old]).collect();
+                tensors.insert(key, Tensor::from_vec(nv, o_new, &Device::Cpu)?);
+            }
+        }
+    }
+    Ok(nuclei::Weights {
+        config: plateflow_learn::unet::UNetConfig {
+            width: 2 * c,
+            depth,
+        },
+        diameter: w.diameter,
+        tensors,
+    })
+}
+
+/// A conv weight [O, C, k, k] as (values, k², C).
+trait ToVec3Like {
+    fn to_vec3_like(&self) -> anyhow::Result<(Vec<f32>, usize, usize)>;
+}
+
+impl ToVec3Like for candle_core::Tensor {
+    fn to_vec3_like(&self) -> anyhow::Result<(Vec<f32>, usize, usize)> {
+        let (_, c, k, _) = self.dims4()?;
+        Ok((self.flatten_all()?.to_vec1::<f32>()?, k * k, c))
+    }
 }
