@@ -211,8 +211,8 @@ fn main() -> anyhow::Result<()> {
             println!("size estimate {est:.2} s, resize + network {prob:.2} s ({:.2} model MP/s), instances {inst:.2} s; {:.2} MP of images, {:.2} MP at model scale", px as f64 / 1e6 / prob, total as f64 / 1e6, px as f64 / 1e6);
         }
         Some("widen") => {
-            // A network of twice the width computing the same function (Net2Net: every
-            // channel twice, inputs halved), a start for training a wider network.
+            // A network of twice the width computing nearly the same function (Net2Net: every
+            // channel twice, inputs halved, 1 % noise), a start for training a wider network.
             let from = args.get(1).map(String::as_str).unwrap_or("shipped");
             let out = PathBuf::from(args.get(2).cloned().unwrap_or("widened.safetensors".into()));
             let w = if from == "shipped" {
@@ -222,11 +222,11 @@ fn main() -> anyhow::Result<()> {
             };
             let wide = widen(&w)?;
             std::fs::write(&out, wide.to_bytes()?)?;
-            // Same function: the maps of one tuning image agree.
+            // Nearly the same function: the maps of one tuning image differ only by the noise.
             let a = &tuning[0];
             let (m0, m1) = (w.model("narrow")?, wide.model("wide")?);
-            let (p0, _) = m0.probabilities(&a.pixels[..256 * 256], 256, 256)?;
-            let (p1, _) = m1.probabilities(&a.pixels[..256 * 256], 256, 256)?;
+            let p0 = m0.maps(&a.pixels, a.width, a.height, a.diameter)?.interior;
+            let p1 = m1.maps(&a.pixels, a.width, a.height, a.diameter)?.interior;
             let worst = p0.iter().zip(&p1).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             println!("widened to width {}: {} (maps differ by {worst:.2e})", wide.config.width, out.display());
         }
@@ -385,7 +385,8 @@ fn object_diameters(a: &Annotated) -> Option<Vec<(f64, f64)>> {
 }
 
 /// The same network at twice the width: new channel j copies old channel j mod C, and every
-/// weight reading duplicated channels is halved, so the function is unchanged.
+/// weight reading duplicated channels is halved, so the function is unchanged but for the
+/// 1 % noise that lets the two copies of a channel learn apart.
 fn widen(w: &nuclei::Weights) -> anyhow::Result<nuclei::Weights> {
     use candle_core::{Device, Tensor};
     let (c, depth) = (w.config.width, w.config.depth);
@@ -428,9 +429,10 @@ fn widen(w: &nuclei::Weights) -> anyhow::Result<nuclei::Weights> {
         } else {
             (format!("{name}.conv.weight"), format!("{name}.conv.bias"))
         };
-        let old = w.tensors[&wname].to_vec3_like()?;
-        let k = old.1;
-        let c_old = old.2;
+        let old_w = &w.tensors[&wname];
+        let (_, c_old, side, _) = old_w.dims4()?;
+        let k = side * side;
+        let old = old_w.flatten_all()?.to_vec1::<f32>()?;
         let o_new = if name == "head" { 3 } else { 2 * o_old };
         // Inputs read twice (every input but the image's one channel) are halved.
         let dup = if inputs.len() > c_old { 0.5f32 } else { 1.0 };
@@ -439,12 +441,11 @@ fn widen(w: &nuclei::Weights) -> anyhow::Result<nuclei::Weights> {
             for &i in &inputs {
                 for t in 0..k {
                     // A little noise, so the two copies of a channel can drift apart.
-                    let v = old.0[((o % o_old) * c_old + i) * k + t] * dup;
+                    let v = old[((o % o_old) * c_old + i) * k + t] * dup;
                     neww.push(v * (1.0 + 0.01 * rng.normal() as f32));
                 }
             }
         }
-        let side = if k == 9 { 3 } else { 1 };
         tensors.insert(
             wname,
             Tensor::from_vec(neww, (o_new, inputs.len(), side, side), &Device::Cpu)?,
@@ -469,16 +470,4 @@ fn widen(w: &nuclei::Weights) -> anyhow::Result<nuclei::Weights> {
         diameter: w.diameter,
         tensors,
     })
-}
-
-/// A conv weight [O, C, k, k] as (values, k², C).
-trait ToVec3Like {
-    fn to_vec3_like(&self) -> anyhow::Result<(Vec<f32>, usize, usize)>;
-}
-
-impl ToVec3Like for candle_core::Tensor {
-    fn to_vec3_like(&self) -> anyhow::Result<(Vec<f32>, usize, usize)> {
-        let (_, c, k, _) = self.dims4()?;
-        Ok((self.flatten_all()?.to_vec1::<f32>()?, k * k, c))
-    }
 }

@@ -64,16 +64,15 @@ pub struct Segmentation {
 enum Backend {
     /// The CPU: folded, banded inference (frozen.rs).
     Cpu(FrozenUNet),
-    /// Another device (CUDA): the training graph in evaluation mode on Candle's ops; the
-    /// VarMap owns its variables.
-    Candle { unet: UNet, _vars: VarMap },
+    /// Another device (CUDA): the training graph in evaluation mode on Candle's ops.
+    Candle(UNet),
 }
 
 impl Backend {
     fn config(&self) -> UNetConfig {
         match self {
             Backend::Cpu(net) => net.config,
-            Backend::Candle { unet, .. } => unet.config,
+            Backend::Candle(unet) => unet.config,
         }
     }
 
@@ -82,9 +81,8 @@ impl Backend {
     fn probabilities(&self, x: &[f32], w: usize, h: usize) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
         match self {
             Backend::Cpu(net) => Ok(net.probabilities(x, w, h)),
-            Backend::Candle { unet, .. } => {
-                let device = unet.head_device();
-                let t = Tensor::from_slice(x, (1, 1, h, w), device)?;
+            Backend::Candle(unet) => {
+                let t = Tensor::from_slice(x, (1, 1, h, w), unet.device())?;
                 let p = candle_nn::ops::softmax(&unet.forward(&t, false)?, 1)?
                     .squeeze(0)?
                     .to_device(&Device::Cpu)?;
@@ -182,7 +180,8 @@ impl NucleusModel {
                     );
                     var.set(&Tensor::from_vec(values, shape, &Device::Cpu)?.to_device(device)?)?;
                 }
-                Backend::Candle { unet, _vars: vars }
+                // The network holds its variables; the VarMap was only for naming them.
+                Backend::Candle(unet)
             }
         };
         Ok(NucleusModel {
@@ -532,6 +531,15 @@ mod tests {
     use candle_nn::{VarBuilder, VarMap};
     use plateflow_imaging::instances::matches;
 
+    /// The largest difference between two pairs of maps, (interior, foreground) each.
+    fn largest_difference(a: (&[f32], &[f32]), b: (&[f32], &[f32])) -> f32 {
+        a.0.iter()
+            .zip(b.0)
+            .chain(a.1.iter().zip(b.1))
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    }
+
     fn random_model(width: usize) -> NucleusModel {
         let varmap = VarMap::new();
         let config = UNetConfig { width, depth: 3 };
@@ -579,12 +587,7 @@ mod tests {
             model.border = border;
             let (wi, wf) = model.probabilities_whole(&px, w, h).unwrap();
             let (ti, tf) = model.probabilities(&px, w, h).unwrap();
-            let worst = wi
-                .iter()
-                .zip(&ti)
-                .chain(wf.iter().zip(&tf))
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+            let worst = largest_difference((&wi, &wf), (&ti, &tf));
             assert!(
                 worst < 1e-4,
                 "border {border}: tiles differ from the whole image by {worst}"
@@ -623,12 +626,7 @@ mod tests {
         }
         let (ci, cf) = cpu.probabilities(&px, w, h).unwrap();
         let (gi, gf) = candle.probabilities(&px, w, h).unwrap();
-        let worst = ci
-            .iter()
-            .zip(&gi)
-            .chain(cf.iter().zip(&gf))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = largest_difference((&ci, &cf), (&gi, &gf));
         assert!(worst < 1e-4, "the two paths differ by {worst}");
         let a = cpu
             .segment_normalised(&px, w, h, Some(14.0))

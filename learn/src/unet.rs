@@ -142,7 +142,7 @@ impl UNet {
     }
 
     /// The device the weights live on.
-    pub fn head_device(&self) -> &candle_core::Device {
+    pub fn device(&self) -> &candle_core::Device {
         self.head.weight().device()
     }
 
