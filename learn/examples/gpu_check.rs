@@ -305,6 +305,7 @@ fn main() -> anyhow::Result<()> {
                 id: format!("generated-{i}"),
                 width: 512,
                 height: 512,
+                image: nuclei::quantised(&pixels, 512, 512),
                 diameter: nuclei::median_diameter(&truth, 1).unwrap_or(16.0),
                 pixels,
                 truth,

@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             println!(
-                "DSB images judged empty (nothing 6 noise sigmas above the median): {quiet:?}"
+                "DSB images judged empty (nothing stands out of the noise): {quiet:?}"
             );
             for (name, set) in [
                 ("training", &train),
@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
                     .iter()
                     .filter(|a| a.diameter > 0.0)
                     .filter_map(|a| {
-                        nuclei::estimate_diameter(&a.pixels, a.width, a.height)
+                        nuclei::estimate_diameter(a)
                             .map(|e| (e / a.diameter).ln().abs())
                     })
                     .collect();
@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
             let mut px = 0usize;
             for a in &val {
                 let t = std::time::Instant::now();
-                let d = nuclei::estimate_diameter(&a.pixels, a.width, a.height);
+                let d = nuclei::estimate_diameter(a);
                 est += t.elapsed().as_secs_f64();
                 let t = std::time::Instant::now();
                 let scale = (model.target / d.unwrap_or(model.target))

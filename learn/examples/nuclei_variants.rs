@@ -122,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         let factors: &[f64] = if mode == "scales" {
             &[0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0, 1.1, 1.25, 1.4]
         } else {
-            &[0.7, 0.8, 0.9, 1.0]
+            &[0.33, 0.5, 0.7, 0.8, 0.9, 1.0]
         };
         for &factor in factors {
             // `scales`: predict at another diameter (training showed 0.7-1.4 of it);
@@ -262,7 +262,7 @@ fn scored_line(
 }
 
 fn estimated(model: &NucleusModel, a: &Annotated) -> f64 {
-    nuclei::estimate_diameter(&a.pixels, a.width, a.height).unwrap_or(model.target)
+    nuclei::estimate_diameter(a).unwrap_or(model.target)
 }
 
 fn instances(m: &Maps, a: &Annotated, d: f64, p: &InstanceParams) -> Vec<u32> {

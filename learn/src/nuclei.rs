@@ -20,6 +20,9 @@ pub struct Annotated {
     pub id: String,
     pub width: usize,
     pub height: usize,
+    /// The image as read (8- or 16-bit): what `segment` is given, so that scores are
+    /// measured on the path users run.
+    pub image: GrayImage,
     /// Percentile-normalised intensities (see [`normalise`]).
     pub pixels: Vec<f32>,
     pub truth: Vec<u32>,
@@ -71,6 +74,7 @@ pub fn annotated(id: &str, image: &GrayImage, labels: &GrayImage) -> anyhow::Res
         id: id.to_string(),
         width: w,
         height: h,
+        image: image.clone(),
         pixels: normalise(image),
         diameter: median_diameter(&truth, 1).unwrap_or(0.0),
         truth,
@@ -519,19 +523,16 @@ impl Weights {
 /// IoU thresholds reported: 0.5, 0.75, 0.9.
 pub const IOUS: [f64; 3] = [0.5, 0.75, 0.9];
 
-/// Object matching summed over `images`, at each of [`IOUS`], each image segmented as a
-/// user's would be: its nucleus size estimated from the image. Images run side by side on
-/// the thread pool, as the `segment` step runs a plate's fields (each one's own parallel
-/// work shares the same threads).
+/// Object matching summed over `images`, at each of [`IOUS`], each image segmented as
+/// `segment` does it: from the image as read, its nucleus size estimated from the image.
+/// Images run side by side on the thread pool, as the `segment` step runs a plate's fields
+/// (each one's own parallel work shares the same threads).
 pub fn evaluate(model: &NucleusModel, images: &[Annotated]) -> anyhow::Result<[Matching; 3]> {
     use rayon::prelude::*;
     let per_image: Vec<[(usize, usize, usize); 3]> = images
         .par_iter()
         .map(|a| {
-            let d = estimate_diameter(&a.pixels, a.width, a.height);
-            let got = model
-                .segment_estimated(&a.pixels, a.width, a.height, d)?
-                .labels;
+            let got = model.segment(&a.image, None)?.labels;
             Ok(IOUS.map(|iou| matches(&got.data, &a.truth, iou)))
         })
         .collect::<anyhow::Result<_>>()?;
@@ -544,10 +545,15 @@ pub fn evaluate(model: &NucleusModel, images: &[Annotated]) -> anyhow::Result<[M
     Ok(out)
 }
 
-/// The nucleus diameter of a percentile-normalised image, as `segment` estimates it from
-/// the raw image (the same quick threshold, on the normalised values).
-pub fn estimate_diameter(pixels: &[f32], w: usize, h: usize) -> Option<f64> {
-    let img = GrayImage {
+/// The nucleus diameter `segment` estimates for this image.
+pub fn estimate_diameter(a: &Annotated) -> Option<f64> {
+    plateflow_imaging::segment::typical_diameter(&a.image)
+}
+
+/// A 16-bit image of normalised intensities (0..1.5 over the full range), for images made
+/// in code rather than read.
+pub fn quantised(pixels: &[f32], w: usize, h: usize) -> GrayImage {
+    GrayImage {
         width: w as u32,
         height: h as u32,
         bit_depth: 16,
@@ -555,8 +561,7 @@ pub fn estimate_diameter(pixels: &[f32], w: usize, h: usize) -> Option<f64> {
             .iter()
             .map(|&p| (p.clamp(0.0, 1.5) / 1.5 * 65535.0).round() as u16)
             .collect(),
-    };
-    plateflow_imaging::segment::typical_diameter(&img)
+    }
 }
 
 #[cfg(test)]
@@ -587,6 +592,7 @@ mod tests {
             id: "touching".into(),
             width: w,
             height: h,
+            image: quantised(&vec![0.0; w * h], w, h),
             pixels: truth.iter().map(|&l| f32::from(l > 0)).collect(),
             diameter: 64.0,
             truth,
