@@ -385,7 +385,8 @@ impl NucleusModel {
 }
 
 /// Whether anything stands out of the camera noise: whether, in the image smoothed by 2
-/// pixels, the brightest pixels (99.8th percentile) stand above the median by more than
+/// pixels, the brightest pixels (99.8th percentile) stand above the median, or the darkest
+/// (0.2th) below it (dark nuclei on a bright field), by more than
 /// [`STANDS_OUT`] times the noise left after that smoothing. The noise is measured from
 /// differences between pixels two apart in a row of the raw image (robust to objects: most
 /// such pairs lie in the same region; two apart, not next to each other, so that noise
@@ -410,12 +411,16 @@ pub fn anything_stands_out(img: &GrayImage) -> bool {
     let mut v = plateflow_imaging::segment::gaussian(img, 2.0);
     let n = v.len();
     let median = f64::from(*v.select_nth_unstable_by(n / 2, f32::total_cmp).1);
-    let bright = f64::from(
-        *v.select_nth_unstable_by(((n - 1) as f64 * 0.998) as usize, f32::total_cmp)
-            .1,
-    );
+    let mut at = |q: f64| {
+        f64::from(
+            *v.select_nth_unstable_by(((n - 1) as f64 * q) as usize, f32::total_cmp)
+                .1,
+        )
+    };
+    // Either way: nuclei dark on a bright field (inverted or transmitted light) stand out too.
+    let (dark, bright) = (at(0.002), at(0.998));
     let smoothed_noise = noise.max(0.5) / (4.0 * std::f64::consts::PI.sqrt());
-    bright - median > STANDS_OUT * smoothed_noise
+    (bright - median).max(median - dark) > STANDS_OUT * smoothed_noise
 }
 
 /// How many sigmas of smoothed noise the brightest pixels must stand above the median (see
@@ -798,7 +803,12 @@ mod noise_tests {
                     }
                 }
             }
+            let inverted: Vec<u16> = with.iter().map(|&v| 2000 - v).collect();
             assert!(anything_stands_out(&img(with)), "nuclei {height} high");
+            assert!(
+                anything_stands_out(&img(inverted)),
+                "dark nuclei {height} deep"
+            );
         }
     }
 }
