@@ -26,14 +26,13 @@ use std::path::Path;
 fn main() -> anyhow::Result<()> {
     plateflow_learn::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    let (dsb, coelho) = (root.join("dsb2018-nuclei"), root.join("coelho-u2os"));
-    for dir in [&dsb, &coelho] {
-        if !dir.exists() {
-            println!("{} is absent", dir.display());
+    let (dsb, coelho) = match nuclei::shared_nuclei_data() {
+        Ok(dirs) => dirs,
+        Err(absent) => {
+            println!("{absent}");
             return Ok(());
         }
-    }
+    };
     let weights = args.first().map(String::as_str).unwrap_or("shipped");
     let mut model = if weights == "shipped" {
         NucleusModel::shipped()?

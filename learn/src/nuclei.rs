@@ -521,6 +521,17 @@ impl Weights {
 }
 
 /// IoU thresholds reported: 0.5, 0.75, 0.9.
+/// The DSB 2018 and Coelho U2OS folders of the shared data (`../shared/data` from the
+/// repository root), for the examples that score segmentation; `Err` says which is absent.
+pub fn shared_nuclei_data() -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let (dsb, coelho) = (root.join("dsb2018-nuclei"), root.join("coelho-u2os"));
+    if let Some(absent) = [&dsb, &coelho].into_iter().find(|dir| !dir.exists()) {
+        return Err(format!("{} is absent", absent.display()));
+    }
+    Ok((dsb, coelho))
+}
+
 pub const IOUS: [f64; 3] = [0.5, 0.75, 0.9];
 
 /// Object matching summed over `images`, at each of [`IOUS`], each image segmented as

@@ -430,20 +430,21 @@ pub fn anything_stands_out(img: &GrayImage) -> bool {
 const STANDS_OUT: f64 = 8.0;
 
 /// How the learned maps become instances: the best mean F1 at IoU 0.5 over the two tuning
-/// sets (the DSB tuning fifth and the even Coelho images; `examples/nuclei_variants.rs`)
-/// among 150 settings of thresholds, neck splitting and hole filling, with images at
-/// [`PREDICT_AT`]: 0.897 and 0.916 there (mean 0.9063). Six settings came within 0.001 of
-/// the best (0.9064: seed 0.6, grow 0.8); ties are broken by the mean F1 at IoU 0.75 and
-/// 0.9 on the same sets, where this one scores 0.622 against 0.530 (growing over
-/// foreground ≥ 0.8 drew Coelho's outlines too tight: F1 at 0.9 0.150 against 0.491).
-/// Confident seeds (0.8) and growth only over confident foreground keep touching nuclei
-/// apart. Splitting seeds at necks helped older weights on DSB but cut Coelho's large,
-/// textured nuclei apart; with weights trained on crop-scale boundaries it no longer pays.
+/// sets (the DSB tuning fifth and the even Coelho images; `examples/nuclei_variants.rs
+/// shipped grid`) among 150 settings of thresholds, neck splitting and hole filling, with
+/// images at [`PREDICT_AT`] and sized as `segment` sizes them. Chosen again on 2026-12-04
+/// after the size estimate changed: four settings came within 0.001 of the best (0.9170);
+/// ties are broken by the mean F1 at IoU 0.75 and 0.9 on the same sets, which chose seeds
+/// at 0.7, growth over foreground ≥ 0.7, seeds split at necks 0.1 diameters deep and holes
+/// in seeds filled (0.9161 on first-pass maps; with the second pass DSB tuning 0.896, Coelho
+/// even 0.937, against 0.894 and 0.933 for the setting before: seeds at 0.8, no splitting,
+/// no filling). Neck splitting had cut Coelho's large, textured nuclei apart when their
+/// size was underestimated; sized whole, they keep together.
 pub const LEARNED_INSTANCES: InstanceParams = InstanceParams {
-    seed: 0.8,
+    seed: 0.7,
     grow: 0.7,
-    split_depth: None,
-    fill_holes: 0.0,
+    split_depth: Some(0.1),
+    fill_holes: 0.5,
 };
 
 /// Images are predicted with their nuclei at this fraction of the training diameter (11.2 px
