@@ -852,8 +852,9 @@ mod second_pass_tests {
     }
 
     /// An estimate far too small (nuclei taken to be a third of their size: the network,
-    /// shown them 3× too large, cuts some apart) is corrected by the second pass at the size
-    /// of the objects found; a right estimate is left alone. (One far too large is not:
+    /// shown them 3× too large, cut some apart before seeds were split at necks; now these
+    /// discs come out whole either way) is corrected by the second pass at the size of the
+    /// objects found, and scores no worse; a right estimate is left alone. (One far too large is not:
     /// shrunk 2.5×, touching pairs merge, and the merged objects confirm the estimate.)
     #[test]
     fn a_wrong_size_estimate_is_corrected_by_the_objects_found() {
@@ -871,7 +872,7 @@ mod second_pass_tests {
             refined.diameter
         );
         assert!(
-            f1(&refined) >= 0.95 && f1(&refined) > f1(&wrong),
+            f1(&refined) >= 0.95 && f1(&refined) >= f1(&wrong),
             "F1 {:.3} after the second pass, {:.3} at the wrong size",
             f1(&refined),
             f1(&wrong)
