@@ -1,7 +1,7 @@
 //! Trains and scores the learned nucleus segmenter on the DSB 2018 nuclei, and scores it on
 //! the Coelho U2OS images no training saw.
 //!
-//!   cargo run --release -p plateflow-learn --example nuclei -- train STEPS OUT.safetensors [WIDTH] [EVAL_EVERY] [INIT|shipped] [LR]
+//!   cargo run --release -p plateflow-learn --example nuclei -- train STEPS OUT.safetensors [WIDTH] [EVAL_EVERY] [INIT|shipped|-] [LR]
 //!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho|coelho-odd|coelho-even]...
 //!   cargo run --release -p plateflow-learn --example nuclei -- sizes
 //!   cargo run --release -p plateflow-learn --example nuclei -- widen [WEIGHTS|shipped] OUT.safetensors
@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 fn main() -> anyhow::Result<()> {
     plateflow_learn::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let root = nuclei::shared_data_root();
     let dsb = root.join("dsb2018-nuclei");
     if !dsb.exists() {
         println!("{} is absent", dsb.display());
@@ -240,27 +240,45 @@ fn main() -> anyhow::Result<()> {
             let width: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(16);
             let eval_every: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(500);
             let init = match args.get(5).map(String::as_str) {
-                None => None,
+                None | Some("-") => None,
                 Some("shipped") => Some(nuclei::Weights::from_bytes(
                     plateflow_learn::segmenter::SHIPPED,
                     "shipped",
                 )?),
                 Some(path) => Some(nuclei::Weights::from_bytes(&std::fs::read(path)?, path)?),
             };
+            // For a run on a GPU node: NUCLEI_DEVICE=cuda, NUCLEI_BATCH, NUCLEI_DEPTH,
+            // NUCLEI_NOISE (largest crop noise), NUCLEI_SECONDS (wall-clock budget); the
+            // weights are written every 500 steps, so a stopped run keeps its work.
+            let env = |k: &str| std::env::var(k).ok();
+            let defaults = SegTrainConfig::default();
             let cfg = SegTrainConfig {
                 steps,
-                net: plateflow_learn::unet::UNetConfig { width, depth: 3 },
+                net: plateflow_learn::unet::UNetConfig {
+                    width,
+                    depth: env("NUCLEI_DEPTH").map(|s| s.parse()).transpose()?.unwrap_or(3),
+                },
                 lr: args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(2e-3),
-                ..Default::default()
+                batch: env("NUCLEI_BATCH").map(|s| s.parse()).transpose()?.unwrap_or(defaults.batch),
+                noise: env("NUCLEI_NOISE").map(|s| s.parse()).transpose()?.unwrap_or(defaults.noise),
+                max_seconds: env("NUCLEI_SECONDS").map(|s| s.parse()).transpose()?,
+                device: match env("NUCLEI_DEVICE").as_deref() {
+                    Some("cuda") => candle_core::Device::new_cuda(0)?,
+                    _ => candle_core::Device::Cpu,
+                },
+                checkpoint: Some(out.clone()),
+                ..defaults
             };
+            eprintln!("training on {:?}: {cfg:?}", cfg.device);
             let t1 = std::time::Instant::now();
-            let (weights, _) =
+            let (weights, history) =
                 nuclei::train(&train, &tuning, &cfg, init.as_ref(), eval_every, &|m| {
                     eprintln!("{m}")
                 })?;
             std::fs::write(&out, weights.to_bytes()?)?;
             println!(
-                "trained {steps} steps (batch {}, crops {}, width {width}, diameter {}) in {:.0} s on {} threads: {}",
+                "trained {} steps (batch {}, crops {}, width {width}, diameter {}) in {:.0} s on {} threads: {}",
+                history.last().map_or(0, |h| h.0),
                 cfg.batch,
                 cfg.crop,
                 cfg.diameter,
@@ -271,10 +289,15 @@ fn main() -> anyhow::Result<()> {
         }
         Some("score") => {
             let weights = args.get(1).map(String::as_str).unwrap_or("shipped");
+            // NUCLEI_DEVICE=cuda: the network on the GPU (Candle's ops), the rest on the CPU.
+            let device = match std::env::var("NUCLEI_DEVICE").as_deref() {
+                Ok("cuda") => candle_core::Device::new_cuda(0)?,
+                _ => candle_core::Device::Cpu,
+            };
             let model = if weights == "shipped" {
-                NucleusModel::shipped()?
+                NucleusModel::shipped_on(&device)?
             } else {
-                NucleusModel::load(Path::new(weights))?
+                NucleusModel::load_on(Path::new(weights), &device)?
             };
             let sets: Vec<&str> = if args.len() > 2 {
                 args[2..].iter().map(String::as_str).collect()

@@ -151,6 +151,14 @@ pub struct SegTrainConfig {
     pub diameter: f64,
     /// Where the network trains: the CPU, or a GPU (Candle's ops run there).
     pub device: Device,
+    /// Largest per-pixel noise (normalised units) added to a crop; each crop draws
+    /// `noise · u³` (u uniform), so most are nearly clean and a few very noisy.
+    pub noise: f32,
+    /// Wall-clock budget: training ends at `steps` or here, whichever comes first, with the
+    /// learning-rate schedule following whichever is further along (a GPU run sized in time).
+    pub max_seconds: Option<f64>,
+    /// Written (atomically) every 500 steps and at the end, so a stopped run keeps its work.
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 impl Default for SegTrainConfig {
@@ -168,6 +176,9 @@ impl Default for SegTrainConfig {
             seed: 1,
             diameter: TRAINING_DIAMETER,
             device: Device::Cpu,
+            noise: 0.05,
+            max_seconds: None,
+            checkpoint: None,
         }
     }
 }
@@ -189,6 +200,7 @@ pub fn augmented_crop(
     a: &Annotated,
     crop: usize,
     diameter: f64,
+    noise_max: f32,
     rng: &mut Rng,
 ) -> (Vec<f32>, Vec<u32>, Vec<u32>) {
     let (lo, hi) = SCALE_JITTER;
@@ -201,7 +213,7 @@ pub fn augmented_crop(
     let gamma = (0.6f64.ln() + rng.unit() * (1.6f64 / 0.6).ln()).exp() as f32;
     let contrast = (0.7 + rng.unit() * 0.6) as f32;
     let offset = ((rng.unit() - 0.5) * 0.2) as f32;
-    let noise = (rng.unit() * 0.05) as f32;
+    let noise = rng.unit().powi(3) as f32 * noise_max;
     let blur = rng.below(3) == 0;
     let levels = (rng.below(3) == 0).then(|| 32.0 + rng.unit() as f32 * 224.0);
     // Sub-samples per crop pixel and axis when shrinking (an area average), at most 4.
@@ -364,64 +376,143 @@ pub fn train(
             ..Default::default()
         },
     )?;
-    let mut rng = Rng::new(cfg.seed);
-    // Larger images give more crops: sample in proportion to area.
-    let areas: Vec<f64> = train.iter().map(|a| (a.width * a.height) as f64).collect();
-    let total: f64 = areas.iter().sum();
+    let batches = BatchMaker::new(train, cfg);
     let mut history = History::new();
     let t0 = std::time::Instant::now();
-    for step in 1..=cfg.steps {
-        // Cosine decay to a tenth.
-        let t = step as f64 / cfg.steps as f64;
-        opt.set_learning_rate(
-            cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())),
-        );
-        let mut xs = Vec::with_capacity(cfg.batch * cfg.crop * cfg.crop);
-        let mut ys = Vec::with_capacity(cfg.batch * cfg.crop * cfg.crop);
-        let mut ws = Vec::with_capacity(cfg.batch * cfg.crop * cfg.crop);
-        for _ in 0..cfg.batch {
-            let mut r = rng.unit() * total;
-            let mut k = 0;
-            while k + 1 < areas.len() && r >= areas[k] {
-                r -= areas[k];
-                k += 1;
-            }
-            let (px, cls, labels) = augmented_crop(&train[k], cfg.crop, cfg.diameter, &mut rng);
-            ws.extend(pixel_weights(
-                &cls,
-                &labels,
-                cfg.crop,
-                cfg.boundary_weight,
-                cfg.contact_weight,
-            ));
-            xs.extend(px);
-            ys.extend(cls);
+    let save = |step: usize| -> anyhow::Result<()> {
+        if let Some(path) = &cfg.checkpoint {
+            let bytes = Weights::of(&varmap, cfg.net, cfg.diameter)?.to_bytes()?;
+            let tmp = path.with_extension("partial");
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, path)?;
+            say(&format!("step {step}: checkpoint {}", path.display()));
         }
-        let x = Tensor::from_vec(xs, (cfg.batch, 1, cfg.crop, cfg.crop), &dev)?;
-        let y = Tensor::from_vec(ys, cfg.batch * cfg.crop * cfg.crop, &dev)?;
-        let wt = Tensor::from_vec(ws, cfg.batch * cfg.crop * cfg.crop, &dev)?;
-        let loss = pixel_loss(&net.forward(&x, true)?, &y, &wt)?;
-        opt.backward_step(&loss)?;
-        let l = loss.to_scalar::<f32>()?;
-        let ap =
-            (eval_every > 0 && (step % eval_every == 0 || step == cfg.steps) && !val.is_empty())
+        Ok(())
+    };
+    // The next batch is made on the CPU while the network trains on this one (on a GPU the
+    // crops would otherwise leave it idle); each batch's crops depend only on the seed and
+    // the step, so the batches are the same whatever the threads.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let maker = &batches;
+        scope.spawn(move || {
+            for step in 1..=cfg.steps {
+                if tx.send(maker.batch(step)).is_err() {
+                    break; // training ended early (time budget or error)
+                }
+            }
+        });
+        for step in 1..=cfg.steps {
+            // Cosine decay to a tenth, over steps or time, whichever is further along.
+            let mut t = step as f64 / cfg.steps as f64;
+            if let Some(budget) = cfg.max_seconds {
+                t = t.max(t0.elapsed().as_secs_f64() / budget);
+            }
+            let last = t >= 1.0 || step == cfg.steps;
+            opt.set_learning_rate(
+                cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())),
+            );
+            let (xs, ys, ws) = rx.recv()?;
+            let x = Tensor::from_vec(xs, (cfg.batch, 1, cfg.crop, cfg.crop), &dev)?;
+            let y = Tensor::from_vec(ys, cfg.batch * cfg.crop * cfg.crop, &dev)?;
+            let wt = Tensor::from_vec(ws, cfg.batch * cfg.crop * cfg.crop, &dev)?;
+            let loss = pixel_loss(&net.forward(&x, true)?, &y, &wt)?;
+            opt.backward_step(&loss)?;
+            let l = loss.to_scalar::<f32>()?;
+            let ap = (eval_every > 0 && (step % eval_every == 0 || last) && !val.is_empty())
                 .then(|| {
                     let model = Weights::of(&varmap, cfg.net, cfg.diameter)?.model("training")?;
                     evaluate(&model, val).map(|m| m[0].ap())
                 })
                 .transpose()?;
-        if step % 25 == 0 || ap.is_some() {
-            say(&format!(
-                "step {step}/{}: loss {l:.4}{} ({:.0} s)",
-                cfg.steps,
-                ap.map(|a| format!(", validation AP@0.5 {a:.3}"))
-                    .unwrap_or_default(),
-                t0.elapsed().as_secs_f64()
-            ));
+            if step % 25 == 0 || ap.is_some() || last {
+                say(&format!(
+                    "step {step}/{}: loss {l:.4}{} ({:.0} s)",
+                    cfg.steps,
+                    ap.map(|a| format!(", validation AP@0.5 {a:.3}"))
+                        .unwrap_or_default(),
+                    t0.elapsed().as_secs_f64()
+                ));
+            }
+            history.push((step, l, ap));
+            if step % 500 == 0 || last {
+                save(step)?;
+            }
+            if last {
+                break;
+            }
         }
-        history.push((step, l, ap));
-    }
+        Ok(())
+    })?;
     Ok((Weights::of(&varmap, cfg.net, cfg.diameter)?, history))
+}
+
+/// Training batches: crops drawn in proportion to image area (larger images give more
+/// crops), augmented, with their classes and loss weights.
+struct BatchMaker<'a> {
+    train: &'a [Annotated],
+    cfg: &'a SegTrainConfig,
+    areas: Vec<f64>,
+    total: f64,
+}
+
+type Batch = (Vec<f32>, Vec<u32>, Vec<f32>);
+
+impl<'a> BatchMaker<'a> {
+    fn new(train: &'a [Annotated], cfg: &'a SegTrainConfig) -> Self {
+        let areas: Vec<f64> = train.iter().map(|a| (a.width * a.height) as f64).collect();
+        let total = areas.iter().sum();
+        BatchMaker {
+            train,
+            cfg,
+            areas,
+            total,
+        }
+    }
+
+    /// Batch `step`: crop `i` draws from its own generator, seeded by (seed, step, i).
+    fn batch(&self, step: usize) -> Batch {
+        use rayon::prelude::*;
+        let cfg = self.cfg;
+        let crops: Vec<_> = (0..cfg.batch)
+            .into_par_iter()
+            .map(|i| {
+                let mut rng = Rng::new(
+                    cfg.seed
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .wrapping_add((step * cfg.batch + i) as u64),
+                );
+                let mut r = rng.unit() * self.total;
+                let mut k = 0;
+                while k + 1 < self.areas.len() && r >= self.areas[k] {
+                    r -= self.areas[k];
+                    k += 1;
+                }
+                let (px, cls, labels) =
+                    augmented_crop(&self.train[k], cfg.crop, cfg.diameter, cfg.noise, &mut rng);
+                let w = pixel_weights(
+                    &cls,
+                    &labels,
+                    cfg.crop,
+                    cfg.boundary_weight,
+                    cfg.contact_weight,
+                );
+                (px, cls, w)
+            })
+            .collect();
+        let n = cfg.batch * cfg.crop * cfg.crop;
+        let (mut xs, mut ys, mut ws) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (px, cls, w) in crops {
+            xs.extend(px);
+            ys.extend(cls);
+            ws.extend(w);
+        }
+        (xs, ys, ws)
+    }
 }
 
 /// A trained network's tensors with what describes them: the form training produces and
@@ -520,11 +611,18 @@ impl Weights {
     }
 }
 
-/// IoU thresholds reported: 0.5, 0.75, 0.9.
+/// `../shared/data` from the repository root, or `PLATEFLOW_SHARED_DATA` (a copy carried to a
+/// GPU node, where the checkout's neighbours are not).
+pub fn shared_data_root() -> std::path::PathBuf {
+    std::env::var_os("PLATEFLOW_SHARED_DATA")
+        .map(Into::into)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"))
+}
+
 /// The DSB 2018 and Coelho U2OS folders of the shared data (`../shared/data` from the
 /// repository root), for the examples that score segmentation; `Err` says which is absent.
 pub fn shared_nuclei_data() -> Result<(std::path::PathBuf, std::path::PathBuf), String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    let root = shared_data_root();
     let (dsb, coelho) = (root.join("dsb2018-nuclei"), root.join("coelho-u2os"));
     if let Some(absent) = [&dsb, &coelho].into_iter().find(|dir| !dir.exists()) {
         return Err(format!("{} is absent", absent.display()));
@@ -532,6 +630,7 @@ pub fn shared_nuclei_data() -> Result<(std::path::PathBuf, std::path::PathBuf), 
     Ok((dsb, coelho))
 }
 
+/// IoU thresholds reported: 0.5, 0.75, 0.9.
 pub const IOUS: [f64; 3] = [0.5, 0.75, 0.9];
 
 /// Object matching summed over `images`, at each of [`IOUS`], each image segmented as
@@ -610,7 +709,7 @@ mod tests {
         };
         let crop = 128;
         let mut rng = Rng::new(5);
-        let (_, cls, labels) = augmented_crop(&a, crop, 16.0, &mut rng);
+        let (_, cls, labels) = augmented_crop(&a, crop, 16.0, 0.05, &mut rng);
         // Wherever the two labels are 4-neighbours, both pixels are boundary.
         let mut meeting = 0;
         for i in 0..crop * crop {

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The nucleus U-Net on a GPU node, in one call sized for a short lease: candidate networks
+# trained side by side on the DSB training images for a fixed wall-clock budget, then the
+# CPU/CUDA parity and speed checks (gpu_check) and the shipped model's inference on the GPU
+# over the DSB validation fifth. Weights come back to be chosen on the tuning sets elsewhere.
+#
+#   bench/gpu_nuclei.sh BIN_DIR DATA_DIR OUT_DIR [SECONDS]
+#
+# BIN_DIR   the cuda builds of the examples `nuclei` and `gpu_check`
+#           (CARGO_TARGET_DIR=target/cuda cargo build --release -p plateflow-learn
+#           --features cuda --example nuclei --example gpu_check, against deploy/cuda/toolkit.sh)
+# DATA_DIR  a folder holding dsb2018-nuclei/ (a copy of ../shared/data's)
+# OUT_DIR   where the candidates' weights, their logs, gpu_check.json and score.txt go
+# SECONDS   training budget per candidate (default 400); all candidates share the GPU
+set -uo pipefail
+BIN=$(realpath "$1")
+export PLATEFLOW_SHARED_DATA=$(realpath "$2")
+OUT=$(mkdir -p "$3" && realpath "$3")
+SECS=${4:-400}
+LOGS=$(mktemp -d)
+
+# The CUDA 13 libraries: the toolkit's, else PyTorch's wheels.
+for d in /usr/local/cuda-13.0/lib64 /usr/local/cuda/lib64 \
+  "$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null)/nvidia/cu13/lib"; do
+  [ -e "$d/libcublas.so.13" ] && { export LD_LIBRARY_PATH=$d:${LD_LIBRARY_PATH:-}; break; }
+done
+nvidia-smi -L
+if ldd "$BIN/nuclei" | grep 'not found'; then echo "libraries missing (above)"; exit 1; fi
+
+# name width init lr: each trains on cuda:0 with 3 of the node's cores making its crops.
+candidates=(
+  "w8-scratch 8 - 2e-3"
+  "w8-shipped 8 shipped 1e-3"
+  "w12-scratch 12 - 2e-3"
+  "w16-scratch 16 - 2e-3"
+  "w32-scratch 32 - 2e-3"
+)
+pids=()
+for c in "${candidates[@]}"; do
+  read -r name width init lr <<<"$c"
+  args=(train 100000000 "$OUT/$name.safetensors" "$width" 0 "$init" "$lr")
+  RAYON_NUM_THREADS=3 NUCLEI_DEVICE=cuda NUCLEI_SECONDS=$SECS NUCLEI_BATCH=32 NUCLEI_NOISE=0.3 \
+    "$BIN/nuclei" "${args[@]}" >"$LOGS/$name.log" 2>&1 &
+  pids+=($!)
+done
+wait "${pids[@]}"
+for c in "${candidates[@]}"; do
+  read -r name _ <<<"$c"
+  { echo "== $name"; cat "$LOGS/$name.log"; } >>"$OUT/train.log"
+  echo "== $name"; grep -v checkpoint "$LOGS/$name.log" | tail -n 4
+done
+
+echo "== gpu_check"
+timeout 120 "$BIN/gpu_check" "$OUT/gpu_check.json" 2>&1 | tee "$OUT/score.txt"
+echo "== shipped model, network on the GPU, DSB validation (images side by side, 16 cores)"
+NUCLEI_DEVICE=cuda timeout 40 "$BIN/nuclei" score shipped validation 2>&1 | tee -a "$OUT/score.txt"
+echo "== the same on the node's CPU"
+timeout 40 "$BIN/nuclei" score shipped validation 2>&1 | tee -a "$OUT/score.txt"
