@@ -229,7 +229,7 @@ pub struct IlluminationParams {
 /// (`learn/models/nuclei-unet.safetensors`; a test in `plateflow-learn` checks it). Tasks that
 /// use them carry it in their parameters, so new weights re-run exactly those tasks.
 pub const SHIPPED_SEGMENTER_SHA256: &str =
-    "5db1e40a5be059e7c97b721882b2f09d6546cf4fcf3fc7914fef81ecf6ac9248";
+    "6323cdcb042eb79c6a8ee89c0adb829f317feca2e4560f4ac0890a4ee5ff0c8e";
 
 /// `init:` value that names the nucleus model shipped inside plateflow.
 pub const SHIPPED_INIT: &str = "shipped";

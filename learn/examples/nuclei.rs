@@ -5,6 +5,7 @@
 //!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho|coelho-odd|coelho-even]...
 //!   cargo run --release -p plateflow-learn --example nuclei -- sizes
 //!   cargo run --release -p plateflow-learn --example nuclei -- widen [WEIGHTS|shipped] OUT.safetensors
+//!   cargo run --release -p plateflow-learn --example nuclei -- average A B T OUT.safetensors
 //!
 //! The DSB images are split by image id into fifths: three train, one ("tuning") chooses
 //! inference settings, one ("validation") is only ever reported. Of the Coelho images
@@ -229,6 +230,39 @@ fn main() -> anyhow::Result<()> {
             let p1 = m1.maps(&a.pixels, a.width, a.height, a.diameter)?.interior;
             let worst = p0.iter().zip(&p1).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             println!("widened to width {}: {} (maps differ by {worst:.2e})", wide.config.width, out.display());
+        }
+        Some("average") => {
+            // Weights interpolated between two runs of the same network, A·(1−t) + B·t (as
+            // WiSE-FT interpolates between weights and their fine-tune, which keeps much of
+            // both's strengths).
+            let load = |p: &str| -> anyhow::Result<nuclei::Weights> {
+                if p == "shipped" {
+                    nuclei::Weights::from_bytes(plateflow_learn::segmenter::SHIPPED, "shipped")
+                } else {
+                    nuclei::Weights::from_bytes(&std::fs::read(p)?, p)
+                }
+            };
+            let (a, b) = (
+                load(args.get(1).map_or("shipped", String::as_str))?,
+                load(args.get(2).map_or("shipped", String::as_str))?,
+            );
+            let t: f64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(0.5);
+            let out = PathBuf::from(args.get(4).cloned().unwrap_or("averaged.safetensors".into()));
+            anyhow::ensure!(
+                a.config == b.config && a.diameter == b.diameter,
+                "the two weights are of different networks"
+            );
+            let mut tensors = std::collections::HashMap::new();
+            for (name, x) in &a.tensors {
+                let y = b
+                    .tensors
+                    .get(name)
+                    .ok_or_else(|| anyhow::anyhow!("{name} is missing from the second weights"))?;
+                tensors.insert(name.clone(), ((x * (1.0 - t))? + (y * t)?)?);
+            }
+            let mixed = nuclei::Weights { tensors, ..a };
+            std::fs::write(&out, mixed.to_bytes()?)?;
+            println!("{} = {t} of the second: {}", out.display(), out.display());
         }
         Some("train") => {
             let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
