@@ -680,6 +680,80 @@ pub fn quantised(pixels: &[f32], w: usize, h: usize) -> GrayImage {
 mod tests {
     use super::*;
 
+    /// A 128² image of four discs of 16 px, with its labels.
+    fn discs() -> Annotated {
+        let side = 128usize;
+        let centres = [(32.0, 32.0), (96.0, 32.0), (32.0, 96.0), (96.0, 96.0)];
+        let truth: Vec<u32> = (0..side * side)
+            .map(|i| {
+                let (x, y) = ((i % side) as f64, (i / side) as f64);
+                centres
+                    .iter()
+                    .position(|(cx, cy)| (x - cx).powi(2) + (y - cy).powi(2) < 64.0)
+                    .map_or(0, |k| k as u32 + 1)
+            })
+            .collect();
+        let pixels: Vec<f32> = truth
+            .iter()
+            .map(|&l| if l > 0 { 1.0 } else { 0.1 })
+            .collect();
+        Annotated {
+            id: "discs".into(),
+            width: side,
+            height: side,
+            image: quantised(&pixels, side, side),
+            pixels,
+            truth,
+            diameter: 16.0,
+        }
+    }
+
+    /// Batches depend on the seed and the step only: made on one thread or many, the same.
+    #[test]
+    fn batches_are_the_same_whatever_the_threads() {
+        let images = [discs()];
+        let cfg = SegTrainConfig::default();
+        let maker = BatchMaker::new(&images, &cfg);
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let many = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let a = one.install(|| maker.batch(7));
+        let b = many.install(|| maker.batch(7));
+        assert_eq!(a, b);
+        assert_ne!(a.0, maker.batch(8).0, "another step draws other crops");
+    }
+
+    /// A wall-clock budget ends training before its steps, and the weights written at the
+    /// end load as a model.
+    #[test]
+    fn training_stops_at_its_budget_and_leaves_a_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("plateflow-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.safetensors");
+        let cfg = SegTrainConfig {
+            net: UNetConfig { width: 4, depth: 3 },
+            steps: 1_000_000,
+            batch: 2,
+            crop: 32,
+            max_seconds: Some(1.0),
+            checkpoint: Some(path.clone()),
+            ..Default::default()
+        };
+        let (_, history) = train(&[discs()], &[], &cfg, None, 0, &|_| {}).unwrap();
+        let steps = history.last().unwrap().0;
+        assert!((1..1_000_000).contains(&steps), "{steps} steps");
+        let saved = Weights::from_bytes(&std::fs::read(&path).unwrap(), "checkpoint").unwrap();
+        assert_eq!(saved.config, cfg.net);
+        saved.model("checkpoint").unwrap();
+        assert!(!path.with_extension("partial").exists());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     /// Two large touching nuclei shrunk 4× into a crop keep a boundary line between them, and
     /// the pixels where they meet carry the contact weight.
     #[test]
