@@ -28,9 +28,11 @@ nvidia-smi -L
 if ldd "$BIN/nuclei" | grep 'not found'; then echo "libraries missing (above)"; exit 1; fi
 
 # name width init lr: each trains on cuda:0 with 3 of the node's cores making its crops.
+# Widths 10 and 12 are those whose network still fits >= 5 MP/s on 2 CPU cores (BENCHMARKS.md,
+# "the network's cost by width"); 16 and 32 say how far accuracy goes with width.
 candidates=(
-  "w8-scratch 8 - 2e-3"
   "w8-shipped 8 shipped 1e-3"
+  "w10-scratch 10 - 2e-3"
   "w12-scratch 12 - 2e-3"
   "w16-scratch 16 - 2e-3"
   "w32-scratch 32 - 2e-3"

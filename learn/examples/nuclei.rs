@@ -4,6 +4,7 @@
 //!   cargo run --release -p plateflow-learn --example nuclei -- train STEPS OUT.safetensors [WIDTH] [EVAL_EVERY] [INIT|shipped|-] [LR]
 //!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho|coelho-odd|coelho-even]...
 //!   cargo run --release -p plateflow-learn --example nuclei -- sizes
+//!   cargo run --release -p plateflow-learn --example nuclei -- profile [WEIGHTS|shipped]
 //!   cargo run --release -p plateflow-learn --example nuclei -- widen [WEIGHTS|shipped] OUT.safetensors
 //!   cargo run --release -p plateflow-learn --example nuclei -- average A B T OUT.safetensors
 //!
@@ -177,8 +178,12 @@ fn main() -> anyhow::Result<()> {
         }
         Some("profile") => {
             // Where inference time goes, on the validation images, one at a time (each on
-            // every core).
-            let model = NucleusModel::shipped()?;
+            // every core). `profile [WEIGHTS]`: another network's cost (any weights will do:
+            // the network's time does not depend on them).
+            let model = match args.get(1).map(String::as_str) {
+                None | Some("shipped") => NucleusModel::shipped()?,
+                Some(path) => NucleusModel::load(Path::new(path))?,
+            };
             let (mut est, mut prob, mut inst) = (0f64, 0f64, 0f64);
             let mut px = 0usize;
             for a in &val {
