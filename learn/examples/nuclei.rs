@@ -15,7 +15,7 @@
 //! the weights inside plateflow.
 //!
 //! Reads `../shared/data/dsb2018-nuclei` and `../shared/data/coelho-u2os` (from the
-//! repository root); says so and stops where they are absent.
+//! repository root, or under `PLATEFLOW_SHARED_DATA`); says so and stops where they are absent.
 
 use plateflow_learn::nuclei::{self, Annotated, SegTrainConfig, IOUS};
 use plateflow_learn::segmenter::NucleusModel;
@@ -221,11 +221,7 @@ fn main() -> anyhow::Result<()> {
             // channel twice, inputs halved, 1 % noise), a start for training a wider network.
             let from = args.get(1).map(String::as_str).unwrap_or("shipped");
             let out = PathBuf::from(args.get(2).cloned().unwrap_or("widened.safetensors".into()));
-            let w = if from == "shipped" {
-                nuclei::Weights::from_bytes(plateflow_learn::segmenter::SHIPPED, "shipped")?
-            } else {
-                nuclei::Weights::from_bytes(&std::fs::read(from)?, from)?
-            };
+            let w = weights_named(from)?;
             let wide = widen(&w)?;
             std::fs::write(&out, wide.to_bytes()?)?;
             // Nearly the same function: the maps of one tuning image differ only by the noise.
@@ -240,16 +236,9 @@ fn main() -> anyhow::Result<()> {
             // Weights interpolated between two runs of the same network, A·(1−t) + B·t (as
             // WiSE-FT interpolates between weights and their fine-tune, which keeps much of
             // both's strengths).
-            let load = |p: &str| -> anyhow::Result<nuclei::Weights> {
-                if p == "shipped" {
-                    nuclei::Weights::from_bytes(plateflow_learn::segmenter::SHIPPED, "shipped")
-                } else {
-                    nuclei::Weights::from_bytes(&std::fs::read(p)?, p)
-                }
-            };
             let (a, b) = (
-                load(args.get(1).map_or("shipped", String::as_str))?,
-                load(args.get(2).map_or("shipped", String::as_str))?,
+                weights_named(args.get(1).map_or("shipped", String::as_str))?,
+                weights_named(args.get(2).map_or("shipped", String::as_str))?,
             );
             let t: f64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(0.5);
             let out = PathBuf::from(args.get(4).cloned().unwrap_or("averaged.safetensors".into()));
@@ -267,7 +256,7 @@ fn main() -> anyhow::Result<()> {
             }
             let mixed = nuclei::Weights { tensors, ..a };
             std::fs::write(&out, mixed.to_bytes()?)?;
-            println!("{} = {t} of the second: {}", out.display(), out.display());
+            println!("{}: A·(1 − {t}) + B·{t}", out.display());
         }
         Some("train") => {
             let steps: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(2000);
@@ -280,11 +269,7 @@ fn main() -> anyhow::Result<()> {
             let eval_every: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(500);
             let init = match args.get(5).map(String::as_str) {
                 None | Some("-") => None,
-                Some("shipped") => Some(nuclei::Weights::from_bytes(
-                    plateflow_learn::segmenter::SHIPPED,
-                    "shipped",
-                )?),
-                Some(path) => Some(nuclei::Weights::from_bytes(&std::fs::read(path)?, path)?),
+                Some(name) => Some(weights_named(name)?),
             };
             // For a run on a GPU node: NUCLEI_DEVICE=cuda, NUCLEI_BATCH, NUCLEI_DEPTH,
             // NUCLEI_NOISE (largest crop noise), NUCLEI_SECONDS (wall-clock budget); the
@@ -301,20 +286,17 @@ fn main() -> anyhow::Result<()> {
                 batch: env("NUCLEI_BATCH").map(|s| s.parse()).transpose()?.unwrap_or(defaults.batch),
                 noise: env("NUCLEI_NOISE").map(|s| s.parse()).transpose()?.unwrap_or(defaults.noise),
                 max_seconds: env("NUCLEI_SECONDS").map(|s| s.parse()).transpose()?,
-                device: match env("NUCLEI_DEVICE").as_deref() {
-                    Some("cuda") => candle_core::Device::new_cuda(0)?,
-                    _ => candle_core::Device::Cpu,
-                },
+                device: device_from_env()?,
+                // Also written at the last step: the run's output.
                 checkpoint: Some(out.clone()),
                 ..defaults
             };
             eprintln!("training on {:?}: {cfg:?}", cfg.device);
             let t1 = std::time::Instant::now();
-            let (weights, history) =
+            let (_, history) =
                 nuclei::train(&train, &tuning, &cfg, init.as_ref(), eval_every, &|m| {
                     eprintln!("{m}")
                 })?;
-            std::fs::write(&out, weights.to_bytes()?)?;
             println!(
                 "trained {} steps (batch {}, crops {}, width {width}, diameter {}) in {:.0} s on {} threads: {}",
                 history.last().map_or(0, |h| h.0),
@@ -329,10 +311,7 @@ fn main() -> anyhow::Result<()> {
         Some("score") => {
             let weights = args.get(1).map(String::as_str).unwrap_or("shipped");
             // NUCLEI_DEVICE=cuda: the network on the GPU (Candle's ops), the rest on the CPU.
-            let device = match std::env::var("NUCLEI_DEVICE").as_deref() {
-                Ok("cuda") => candle_core::Device::new_cuda(0)?,
-                _ => candle_core::Device::Cpu,
-            };
+            let device = device_from_env()?;
             let model = if weights == "shipped" {
                 NucleusModel::shipped_on(&device)?
             } else {
@@ -377,6 +356,25 @@ fn main() -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Weights by name: `shipped` (those inside plateflow) or a safetensors file.
+fn weights_named(name: &str) -> anyhow::Result<nuclei::Weights> {
+    if name == "shipped" {
+        nuclei::Weights::from_bytes(plateflow_learn::segmenter::SHIPPED, "shipped")
+    } else {
+        let bytes =
+            std::fs::read(name).map_err(|e| anyhow::anyhow!("cannot read weights {name}: {e}"))?;
+        nuclei::Weights::from_bytes(&bytes, name)
+    }
+}
+
+/// `NUCLEI_DEVICE=cuda`: the first GPU (a `cuda` build); otherwise the CPU.
+fn device_from_env() -> anyhow::Result<candle_core::Device> {
+    Ok(match std::env::var("NUCLEI_DEVICE").as_deref() {
+        Ok("cuda") => candle_core::Device::new_cuda(0)?,
+        _ => candle_core::Device::Cpu,
+    })
 }
 
 fn score(model: &NucleusModel, set: &str, images: &[Annotated]) -> anyhow::Result<()> {
