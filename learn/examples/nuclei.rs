@@ -5,7 +5,7 @@
 //!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho|coelho-odd|coelho-even]...
 //!   cargo run --release -p plateflow-learn --example nuclei -- sizes
 //!   cargo run --release -p plateflow-learn --example nuclei -- profile [WEIGHTS|shipped]
-//!   cargo run --release -p plateflow-learn --example nuclei -- widen [WEIGHTS|shipped] OUT.safetensors
+//!   cargo run --release -p plateflow-learn --example nuclei -- widen [WEIGHTS|shipped] OUT.safetensors [WIDTH]
 //!   cargo run --release -p plateflow-learn --example nuclei -- average A B T OUT.safetensors
 //!
 //! The DSB images are split by image id into fifths: three train, one ("tuning") chooses
@@ -217,12 +217,13 @@ fn main() -> anyhow::Result<()> {
             println!("size estimate {est:.2} s, resize + network {prob:.2} s ({:.2} model MP/s), instances {inst:.2} s; {:.2} MP of images, {:.2} MP at model scale", px as f64 / 1e6 / prob, total as f64 / 1e6, px as f64 / 1e6);
         }
         Some("widen") => {
-            // A network of twice the width computing nearly the same function (Net2Net: every
-            // channel twice, inputs halved, 1 % noise), a start for training a wider network.
+            // A wider network (up to twice) computing nearly the same function (Net2Net: channels
+            // copied, each input divided among its copies, 1 % noise), a start for training a wider network.
             let from = args.get(1).map(String::as_str).unwrap_or("shipped");
             let out = PathBuf::from(args.get(2).cloned().unwrap_or("widened.safetensors".into()));
             let w = weights_named(from)?;
-            let wide = widen(&w)?;
+            let to: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(2 * w.config.width);
+            let wide = widen(&w, to)?;
             std::fs::write(&out, wide.to_bytes()?)?;
             // Nearly the same function: the maps of one tuning image differ only by the noise.
             let a = &tuning[0];
@@ -447,43 +448,48 @@ fn object_diameters(a: &Annotated) -> Option<Vec<(f64, f64)>> {
 /// The same network at twice the width: new channel j copies old channel j mod C, and every
 /// weight reading duplicated channels is halved, so the function is unchanged but for the
 /// 1 % noise that lets the two copies of a channel learn apart.
-fn widen(w: &nuclei::Weights) -> anyhow::Result<nuclei::Weights> {
+fn widen(w: &nuclei::Weights, to: usize) -> anyhow::Result<nuclei::Weights> {
     use candle_core::{Device, Tensor};
     let (c, depth) = (w.config.width, w.config.depth);
+    anyhow::ensure!(
+        to > c && to <= 2 * c,
+        "a network of width {c} widens to {}..={}, not {to}",
+        c + 1,
+        2 * c
+    );
+    // New channel j of a level of `old` channels copies old channel j % old (Net2Net).
+    let copy_of = |old: usize| (0..old * to / c).map(move |j| j % old);
     let mut tensors = std::collections::HashMap::new();
-    // Old input channel of each new input channel, per conv; and the old output count.
-    let mut convs: Vec<(String, Vec<usize>, usize)> = Vec::new();
+    // Per conv: old input channel of each new input, old inputs, new outputs' old channels.
+    let mut convs: Vec<(String, Vec<usize>, Vec<usize>)> = Vec::new();
     for l in 0..depth {
         let inputs: Vec<usize> = if l == 0 {
             vec![0]
         } else {
-            (0..2 * (c << (l - 1)))
-                .map(|j| j % (c << (l - 1)))
-                .collect()
+            copy_of(c << (l - 1)).collect()
         };
-        convs.push((format!("down{l}.c0"), inputs, c << l));
+        convs.push((format!("down{l}.c0"), inputs, copy_of(c << l).collect()));
         convs.push((
             format!("down{l}.c1"),
-            (0..2 * (c << l)).map(|j| j % (c << l)).collect(),
-            c << l,
+            copy_of(c << l).collect(),
+            copy_of(c << l).collect(),
         ));
     }
     for l in (0..depth - 1).rev() {
         let (deep, skip) = (c << (l + 1), c << l);
-        let inputs: Vec<usize> = (0..2 * deep)
-            .map(|j| j % deep)
-            .chain((0..2 * skip).map(|j| deep + j % skip))
+        let inputs: Vec<usize> = copy_of(deep)
+            .chain(copy_of(skip).map(|j| deep + j))
             .collect();
-        convs.push((format!("up{l}.c0"), inputs, skip));
+        convs.push((format!("up{l}.c0"), inputs, copy_of(skip).collect()));
         convs.push((
             format!("up{l}.c1"),
-            (0..2 * skip).map(|j| j % skip).collect(),
-            skip,
+            copy_of(skip).collect(),
+            copy_of(skip).collect(),
         ));
     }
-    convs.push(("head".into(), (0..2 * c).map(|j| j % c).collect(), 3));
+    convs.push(("head".into(), copy_of(c).collect(), vec![0, 1, 2]));
     let mut rng = plateflow_learn::rng::Rng::new(17);
-    for (name, inputs, o_old) in convs {
+    for (name, inputs, outputs) in convs {
         let (wname, bname) = if name == "head" {
             ("head.weight".to_string(), "head.bias".to_string())
         } else {
@@ -493,40 +499,43 @@ fn widen(w: &nuclei::Weights) -> anyhow::Result<nuclei::Weights> {
         let (_, c_old, side, _) = old_w.dims4()?;
         let k = side * side;
         let old = old_w.flatten_all()?.to_vec1::<f32>()?;
-        let o_new = if name == "head" { 3 } else { 2 * o_old };
-        // Inputs read twice (every input but the image's one channel) are halved.
-        let dup = if inputs.len() > c_old { 0.5f32 } else { 1.0 };
-        let mut neww = Vec::with_capacity(o_new * inputs.len() * k);
-        for o in 0..o_new {
+        // An input read by n new channels is divided by n, so the sum stays the same.
+        let mut reads = vec![0f32; c_old];
+        for &i in &inputs {
+            reads[i] += 1.0;
+        }
+        let mut neww = Vec::with_capacity(outputs.len() * inputs.len() * k);
+        for &o in &outputs {
             for &i in &inputs {
                 for t in 0..k {
                     // A little noise, so the two copies of a channel can drift apart.
-                    let v = old[((o % o_old) * c_old + i) * k + t] * dup;
+                    let v = old[(o * c_old + i) * k + t] / reads[i];
                     neww.push(v * (1.0 + 0.01 * rng.normal() as f32));
                 }
             }
         }
         tensors.insert(
             wname,
-            Tensor::from_vec(neww, (o_new, inputs.len(), side, side), &Device::Cpu)?,
+            Tensor::from_vec(
+                neww,
+                (outputs.len(), inputs.len(), side, side),
+                &Device::Cpu,
+            )?,
         );
         let b = w.tensors[&bname].flatten_all()?.to_vec1::<f32>()?;
-        let nb: Vec<f32> = (0..o_new).map(|o| b[o % o_old]).collect();
-        tensors.insert(bname, Tensor::from_vec(nb, o_new, &Device::Cpu)?);
+        let nb: Vec<f32> = outputs.iter().map(|&o| b[o]).collect();
+        tensors.insert(bname, Tensor::from_vec(nb, outputs.len(), &Device::Cpu)?);
         if name != "head" {
             for p in ["weight", "bias", "running_mean", "running_var"] {
                 let key = format!("{name}.bn.{p}");
                 let v = w.tensors[&key].flatten_all()?.to_vec1::<f32>()?;
-                let nv: Vec<f32> = (0..o_new).map(|o| v[o % o_old]).collect();
-                tensors.insert(key, Tensor::from_vec(nv, o_new, &Device::Cpu)?);
+                let nv: Vec<f32> = outputs.iter().map(|&o| v[o]).collect();
+                tensors.insert(key, Tensor::from_vec(nv, outputs.len(), &Device::Cpu)?);
             }
         }
     }
     Ok(nuclei::Weights {
-        config: plateflow_learn::unet::UNetConfig {
-            width: 2 * c,
-            depth,
-        },
+        config: plateflow_learn::unet::UNetConfig { width: to, depth },
         diameter: w.diameter,
         tensors,
     })
