@@ -25,6 +25,7 @@ pub mod rng;
 pub mod schedule;
 pub mod segmenter;
 pub mod split;
+pub mod symmetry;
 pub mod train;
 pub mod unet;
 
