@@ -25,7 +25,6 @@ pub mod rng;
 pub mod schedule;
 pub mod segmenter;
 pub mod split;
-pub mod symmetry;
 pub mod train;
 pub mod unet;
 

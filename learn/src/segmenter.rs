@@ -7,7 +7,6 @@
 //! crops were scaled to.
 
 use crate::frozen::FrozenUNet;
-use crate::symmetry::Symmetry;
 use crate::unet::{Ops, UNet, UNetConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -276,22 +275,7 @@ impl NucleusModel {
             ((h as f64 * scale).round() as usize).max(1),
         );
         let small = resize(pixels, w, h, sw, sh);
-        let (mut interior, mut foreground) = (vec![0f32; sw * sh], vec![0f32; sw * sh]);
-        let views = views_at(scale);
-        for view in Symmetry::first(views) {
-            let (turned, tw, th) = view.apply(&small, sw, sh);
-            let (pi, pf) = self.probabilities(&turned, tw, th)?;
-            for (sum, p) in [(&mut interior, pi), (&mut foreground, pf)] {
-                for (s, p) in sum.iter_mut().zip(view.undo(&p, sw, sh)) {
-                    *s += p;
-                }
-            }
-        }
-        if views > 1 {
-            for p in interior.iter_mut().chain(foreground.iter_mut()) {
-                *p /= views as f32;
-            }
-        }
+        let (mut interior, mut foreground) = self.probabilities(&small, sw, sh)?;
         if (sw, sh) != (w, h) {
             interior = resize(&interior, sw, sh, w, h);
             foreground = resize(&foreground, sw, sh, w, h);
@@ -492,25 +476,6 @@ pub const REFINE_RATIO: f64 = 1.2;
 /// changed (F1 0.894, DSB and Coelho images are rarely enlarged beyond 1.43).
 pub const MAX_ENLARGE: f64 = 2.0;
 
-/// Network pixels an image may cost per pixel of its own, spent on predicting it in more
-/// orientations ([`views_at`]). Chosen on the two tuning sets (`nuclei score shipped tuning
-/// coelho-even`, 2026-12-04): the best mean F1 at IoU 0.5 among budgets that keep the DSB
-/// tuning fifth at ≥ 5 MP/s (two alternating rounds). None: 0.917 (DSB 0.901, Coelho even
-/// 0.933; 5.1–5.3 MP/s); 0.25: 0.919 (0.900, 0.938; 5.1); 0.5: 0.9195 (4.1–4.7 MP/s);
-/// 1: 0.9205 (3.4–3.8 MP/s); all eight views on every image: 0.9215 at 1.35 MP/s. The gain
-/// is on large nuclei (Coelho's, shrunk about 4×), which get four views.
-pub const VIEW_BUDGET: f64 = 0.25;
-
-/// How many orientations ([`Symmetry::first`]) the maps of an image predicted at `scale`
-/// average over: the most of 8, 4 and 2 that keep views · scale² within [`VIEW_BUDGET`],
-/// else 1. Images shrunk to model scale (large nuclei) have time to spare.
-pub fn views_at(scale: f64) -> usize {
-    [8, 4, 2]
-        .into_iter()
-        .find(|&n| n as f64 * scale * scale <= VIEW_BUDGET)
-        .unwrap_or(1)
-}
-
 /// Mirrored context at the image's own edges, in model pixels (a multiple of 4). Training
 /// crops had none (their convolutions pad with zeros), and each pixel of border costs time:
 /// a 256² field with 32 on each side is 1.56× the pixels. Chosen on the two tuning sets
@@ -664,48 +629,6 @@ mod tests {
 
     /// The shipped network on Candle's ops (the path a GPU runs) gives the maps and objects
     /// of the CPU's folded path, over tiles too.
-    #[test]
-    fn large_nuclei_are_predicted_in_several_views_and_the_maps_turn_with_the_image() {
-        assert_eq!(
-            [1.0, 0.5, 0.36, 0.35, 0.25, 0.17].map(views_at),
-            [1, 1, 1, 2, 4, 8]
-        );
-        let model = random_model(4);
-        let (w, h) = (200usize, 160usize);
-        let mut rng = Rng::new(3);
-        let image: Vec<f32> = (0..w * h).map(|_| rng.unit() as f32).collect();
-        // Nuclei of 4.5x the model's size: shrunk 4x, so four views (the two flips).
-        let d = model.target * 4.5;
-        let maps = model.maps(&image, w, h, d).unwrap();
-        assert_eq!(views_at(maps.scale), 4);
-        for view in Symmetry::first(4).skip(1) {
-            let (turned, _, _) = view.apply(&image, w, h);
-            let of_turned = model.maps(&turned, w, h, d).unwrap();
-            let turned_maps = (
-                view.apply(&maps.interior, w, h).0,
-                view.apply(&maps.foreground, w, h).0,
-            );
-            let worst = largest_difference(
-                (&of_turned.interior, &of_turned.foreground),
-                (&turned_maps.0, &turned_maps.1),
-            );
-            assert!(worst < 1e-4, "{view:?}: maps differ by {worst}");
-        }
-        // One view only: the maps do not turn with the image (so the averaging above is real).
-        let single = model.maps(&image, w, h, model.target).unwrap();
-        assert_eq!(views_at(single.scale), 1);
-        let flip = Symmetry::first(2).nth(1).unwrap();
-        let of_flipped = model
-            .maps(&flip.apply(&image, w, h).0, w, h, model.target)
-            .unwrap();
-        let flipped = flip.apply(&single.interior, w, h).0;
-        let worst = largest_difference(
-            (&of_flipped.interior, &of_flipped.interior),
-            (&flipped, &flipped),
-        );
-        assert!(worst > 1e-5, "{worst}");
-    }
-
     #[test]
     fn candle_backend_equals_the_cpu_backend() {
         let weights = Weights::from_bytes(SHIPPED, SHIPPED_NAME).unwrap();
