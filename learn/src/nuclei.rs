@@ -383,10 +383,21 @@ pub fn train(
     let t0 = std::time::Instant::now();
     let save = |step: usize| -> anyhow::Result<()> {
         if let Some(path) = &cfg.checkpoint {
+            // Written beside the target and renamed over it (as the worker writes outputs):
+            // a run stopped mid-write keeps the last whole checkpoint.
+            use std::io::Write as _;
             let bytes = Weights::of(&varmap, cfg.net, cfg.diameter)?.to_bytes()?;
-            let tmp = path.with_extension("partial");
-            std::fs::write(&tmp, bytes)?;
-            std::fs::rename(&tmp, path)?;
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
+            tmp.write_all(&bytes)?;
+            tmp.as_file().sync_all()?;
+            tmp.persist(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot write the checkpoint {}: {}",
+                    path.display(),
+                    e.error
+                )
+            })?;
             say(&format!("step {step}: checkpoint {}", path.display()));
         }
         Ok(())
@@ -750,7 +761,12 @@ mod tests {
         let saved = Weights::from_bytes(&std::fs::read(&path).unwrap(), "checkpoint").unwrap();
         assert_eq!(saved.config, cfg.net);
         saved.model("checkpoint").unwrap();
-        assert!(!path.with_extension("partial").exists());
+        // Nothing but the checkpoint is left beside it.
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, std::slice::from_ref(&path));
         std::fs::remove_dir_all(&dir).ok();
     }
 
