@@ -803,6 +803,18 @@ fn annotated_sets(demo: &Path, dir: &Path, transform: impl Fn(u16, u16) -> u16) 
     n
 }
 
+/// A 16-bit grey PNG, as Cellpose writes its masks.
+fn write_png16(path: &Path, width: u32, height: u32, data: &[u16]) {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_be_bytes()).collect();
+    let mut enc = png::Encoder::new(std::fs::File::create(path).unwrap(), width, height);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Sixteen);
+    enc.write_header()
+        .unwrap()
+        .write_image_data(&bytes)
+        .unwrap();
+}
+
 /// A generated data set of 3 plates × 4 wells × 2 sites (not run).
 fn small_demo() -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
@@ -874,12 +886,23 @@ steps:
 }
 
 /// Masks made elsewhere (Cellpose, StarDist, ilastik, napari) replace segmentation: features
-/// measure exactly those objects. A mask of the wrong size is refused, naming the file.
+/// measure exactly those objects. Here they are 16-bit PNGs beside TIFF images, matched by the
+/// README's pattern (the extension a `{_ext}` field), numbered with gaps (objects deleted in
+/// napari), and read by a `curate` and an `illumination` step that take every channel but the
+/// masks. A mask of the wrong size is refused, naming the file.
 #[test]
 fn your_own_masks_replace_segmentation_and_a_wrong_size_is_named() {
     let tmp = small_demo();
     let dir = tmp.path();
     let n = annotated_sets(dir, dir, |v, _| v);
+    // The masks as Cellpose writes them: 16-bit PNG; labels 3, 6, 9, … instead of 1, 2, 3, ….
+    for entry in std::fs::read_dir(dir.join("seg/lab")).unwrap() {
+        let tif = entry.unwrap().path();
+        let l = plateflow_imaging::read_image(&tif).unwrap();
+        let gapped: Vec<u16> = l.data.iter().map(|&v| v * 3).collect();
+        write_png16(&tif.with_extension("png"), l.width, l.height, &gapped);
+        std::fs::remove_file(&tif).unwrap();
+    }
     // The GFP channel too, so cells grow as usual.
     for entry in std::fs::read_dir(dir.join("seg/img")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
@@ -894,9 +917,11 @@ fn your_own_masks_replace_segmentation_and_a_wrong_size_is_named() {
     let pipeline = r#"pipeline: masks
 data:
   images: seg
-  pattern: "{channel}/{plate}_{well}_{site}.tif"
+  pattern: "{channel}/{plate}_{well}_{site}.{_ext:tif|png}"
   channels: {img: DNA, gfp: GFP, lab: masks}
 steps:
+  qc: {uses: curate, for_each: plate, inputs: [images]}
+  flat: {uses: illumination, for_each: plate, inputs: [images]}
   segment:
     uses: segment
     for_each: plate
@@ -927,12 +952,23 @@ steps:
         (f1 - 1.0).abs() < 1e-9,
         "the masks were not used as given: F1 {f1}"
     );
-    let (_, cells) = read_csv(&dir.join("results/features/plate=P1/cells.csv"));
+    let (header, cells) = read_csv(&dir.join("results/features/plate=P1/cells.csv"));
     assert!(
         cells.len() > 10 * n / 2,
         "{} cells from {n} fields",
         cells.len()
     );
+    // One row per object: the gaps in the numbering made no empty rows.
+    let area = header
+        .iter()
+        .position(|h| h == "Nuclei_AreaShape_Area")
+        .unwrap();
+    assert!(cells.iter().all(|r| r[area].parse::<f64>().unwrap() > 0.0));
+    // QC judged the images, not the masks.
+    let (header, qc) = read_csv(&dir.join("results/qc/plate=P1/qc.csv"));
+    let channel = header.iter().position(|h| h == "Channel").unwrap();
+    let judged: BTreeSet<&str> = qc.iter().map(|r| r[channel].as_str()).collect();
+    assert_eq!(judged, BTreeSet::from(["DNA", "GFP"]));
     // A mask that does not fit its image.
     let bad = dir
         .join("seg/lab")
@@ -942,7 +978,8 @@ steps:
         .unwrap()
         .unwrap()
         .path();
-    plateflow_imaging::write::write_tiff_u16(&bad, 10, 10, &[1u16; 100]).unwrap();
+    let small: Vec<u16> = (0..100).map(|i| u16::from(i % 7 == 0)).collect();
+    write_png16(&bad, 10, 10, &small);
     let out = run_bounded(plateflow().arg("run").arg(dir.join("masks.yaml")), 300);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");

@@ -224,7 +224,7 @@ const SEGMENT_PARAMS: &[ParamSpec] = &[
         "masks",
         Str,
         false,
-        "your own nucleus masks instead of segmenting (`method` is then unused): the channel (in `data.channels`) of instance label images, 8/16-bit TIFF or PNG as Cellpose, StarDist, ilastik or napari write them; a binary mask is split into connected objects",
+        "your own nucleus masks instead of segmenting (`method` is then unused): the channel (in `data.channels`) of instance label images as Cellpose, StarDist, ilastik, napari or Fiji write them (8/16/32-bit or whole-number float TIFF, grey or palette PNG; one page, background 0; numbered 1..n in order); a binary mask is split into connected objects; steps reading every channel leave it out",
     ),
     p(
         "cells",

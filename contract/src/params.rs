@@ -11,7 +11,7 @@ use crate::kinds::StepKind;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A problem with one parameter (or one item of a list parameter), found before anything runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1001,6 +1001,16 @@ impl StepParams {
         }
     }
 
+    /// The channel of label images the step reads (`segment`'s `masks:`, `train_segmenter`'s
+    /// `labels:`): steps that read every channel leave it out ([`TaskParams::label_channels`]).
+    pub fn label_channel(&self) -> Option<&str> {
+        match self {
+            StepParams::Segment(p) => p.masks.as_deref(),
+            StepParams::TrainSegmenter(p) => Some(&p.labels),
+            _ => None,
+        }
+    }
+
     /// Plate-map columns the step names, with the parameter that names them: checked against
     /// the plate map's header before anything runs. (`crops`' `label` may also be a filename
     /// field; the caller knows the pattern.)
@@ -1028,7 +1038,8 @@ impl StepParams {
 
 /// What crosses the wire for a task: the step's typed parameters and the context the
 /// coordinator adds. Encoded as one flat JSON object (the parameters plus `_step` and, for
-/// image and model steps, `_channels`), which is also what the cache key hashes.
+/// image and model steps, `_channels` and, where the pipeline has label images,
+/// `_label_channels`), which is also what the cache key hashes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskParams {
     pub params: StepParams,
@@ -1036,6 +1047,11 @@ pub struct TaskParams {
     pub step: String,
     /// Channel field value → name, from `data.channels`.
     pub channels: BTreeMap<String, String>,
+    /// Channels that hold label images, not intensities ([`StepParams::label_channel`] of
+    /// every step of the pipeline): `curate`, `illumination`, `features` and `crops` leave
+    /// them out where they read every channel, since a mask measured as an image is all
+    /// saturated pixels and outliers.
+    pub label_channels: BTreeSet<String>,
 }
 
 impl TaskParams {
@@ -1050,6 +1066,10 @@ impl TaskParams {
                 .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                 .collect();
             m.insert("_channels".into(), Value::Object(ch));
+            if !self.label_channels.is_empty() {
+                let labels = self.label_channels.iter().cloned().map(Value::String);
+                m.insert("_label_channels".into(), Value::Array(labels.collect()));
+            }
         }
         if kind.describes_model() {
             m.insert("_step".into(), Value::String(self.step.clone()));
@@ -1074,6 +1094,10 @@ impl TaskParams {
             Some(v) => serde_json::from_value(v).map_err(|e| format!("`_channels`: {e}"))?,
             None => BTreeMap::new(),
         };
+        let label_channels = match m.remove("_label_channels") {
+            Some(v) => serde_json::from_value(v).map_err(|e| format!("`_label_channels`: {e}"))?,
+            None => BTreeSet::new(),
+        };
         m.remove("_step");
         m.remove("_shipped_model");
         let params = StepParams::decode(kind, m).map_err(|issues| {
@@ -1087,6 +1111,7 @@ impl TaskParams {
             params,
             step: step.to_string(),
             channels,
+            label_channels,
         })
     }
 }
@@ -1110,9 +1135,35 @@ mod tests {
             params: p.clone(),
             step: "cnn".into(),
             channels: [("1".to_string(), "DNA".to_string())].into_iter().collect(),
+            label_channels: BTreeSet::new(),
         };
         let back = TaskParams::decode(StepKind::Train, "cnn", &tp.encode()).unwrap();
         assert_eq!(back, tp);
+    }
+
+    #[test]
+    fn label_channels_cross_the_wire_only_where_there_are_some() {
+        let features = decode(StepKind::Features, json!({"nuclei": "DNA"})).unwrap();
+        let mut tp = TaskParams {
+            params: features,
+            step: "features".into(),
+            channels: BTreeMap::new(),
+            label_channels: BTreeSet::new(),
+        };
+        // Pipelines without label images keep the keys they had.
+        assert!(!tp.encode().contains("_label_channels"));
+        tp.label_channels.insert("masks".into());
+        assert!(tp.encode().contains(r#""_label_channels":["masks"]"#));
+        let back = TaskParams::decode(StepKind::Features, "features", &tp.encode()).unwrap();
+        assert_eq!(back, tp);
+        let masks = decode(
+            StepKind::Segment,
+            json!({"nuclei": "DNA", "masks": "masks"}),
+        )
+        .unwrap();
+        assert_eq!(masks.label_channel(), Some("masks"));
+        let plain = decode(StepKind::Segment, json!({"nuclei": "DNA"})).unwrap();
+        assert_eq!(plain.label_channel(), None);
     }
 
     #[test]

@@ -290,6 +290,12 @@ pub fn prepare(
         .as_ref()
         .map(|d| d.channels.clone())
         .unwrap_or_default();
+    // Label images (users' masks, training labels) are not measured as images anywhere.
+    let label_channels: std::collections::BTreeSet<String> = pipeline
+        .steps
+        .iter()
+        .filter_map(|s| s.params.label_channel().map(str::to_string))
+        .collect();
     let step_params = pipeline
         .steps
         .iter()
@@ -298,6 +304,7 @@ pub fn prepare(
                 params: s.params.clone(),
                 step: s.name.clone(),
                 channels: channels.clone(),
+                label_channels: label_channels.clone(),
             }
             .encode()
         })

@@ -8,6 +8,7 @@ pub mod features;
 pub mod heatmap;
 pub mod illumination;
 pub mod instances;
+pub mod masks;
 pub mod overlay;
 mod palette;
 pub mod qc;
@@ -36,7 +37,7 @@ pub fn max_pixels() -> u64 {
 }
 
 /// Refuses a page whose header declares more pixels than [`max_pixels`].
-fn check_size(path: &Path, width: u32, height: u32) -> Result<(), ImageError> {
+pub(crate) fn check_size(path: &Path, width: u32, height: u32) -> Result<(), ImageError> {
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels() {
         return Err(ImageError::TooLarge {
@@ -90,6 +91,8 @@ pub enum ImageError {
     },
     #[error("image {path}: {what} is not supported (plateflow reads 8/16-bit grey or palette TIFF, and grey PNG or RGB PNG with equal channels)")]
     Unsupported { path: PathBuf, what: String },
+    #[error("mask {path} cannot be used: {what}")]
+    BadMask { path: PathBuf, what: String },
     #[error("image {path} has an extension plateflow does not read (use .tif, .tiff or .png)")]
     UnknownFormat { path: PathBuf },
     #[error("cannot write image {path}: {reason}")]
@@ -153,9 +156,7 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
         let photometric: Option<u16> = dec
             .find_tag_unsigned(tiff::tags::Tag::PhotometricInterpretation)
             .map_err(corrupt)?;
-        let bits: Option<u16> = dec
-            .find_tag_unsigned(tiff::tags::Tag::BitsPerSample)
-            .map_err(corrupt)?;
+        let bits = crate::bits_per_sample(&mut dec).map_err(corrupt)?;
         let palette = match (photometric, bits) {
             (Some(3), Some(8)) => Some(grey_palette(path, &mut dec)?),
             (Some(3), b) => {
@@ -199,6 +200,16 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
         }
         dec.next_image().map_err(corrupt)?;
     }
+}
+
+/// The first sample's bits (one value per sample: RGB files list three, which reading it as
+/// one number refuses as a damaged tag).
+pub(crate) fn bits_per_sample<R: std::io::Read + std::io::Seek>(
+    dec: &mut tiff::decoder::Decoder<R>,
+) -> Result<Option<u16>, tiff::TiffError> {
+    Ok(dec
+        .find_tag_unsigned_vec::<u16>(tiff::tags::Tag::BitsPerSample)?
+        .and_then(|v| v.first().copied()))
 }
 
 /// A palette whose entries are grey maps each index to its grey level; a colour palette is

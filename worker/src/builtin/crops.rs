@@ -147,11 +147,10 @@ pub fn run(ctx: &mut Context, params: &CropsParams) -> anyhow::Result<()> {
     let size = params.size as usize;
     let whole = params.whole_image;
     let sets = ctx.image_sets()?;
-    let all: Vec<String> = sets
-        .first()
-        .map(|s| s.channels.keys().cloned().collect())
-        .unwrap_or_default();
-    let channels = params.channels.clone().unwrap_or(all);
+    let channels = params
+        .channels
+        .clone()
+        .unwrap_or_else(|| ctx.image_channels(&sets[..sets.len().min(1)]));
     let mut nuclei: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (name, path) in ctx.upstream_files(|n| n.ends_with("_nuclei.tif")) {
         let key = name

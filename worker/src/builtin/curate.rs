@@ -60,6 +60,8 @@ pub fn run(ctx: &mut Context, params: &CurateParams) -> anyhow::Result<()> {
         .iter()
         .enumerate()
         .flat_map(|(i, s)| s.channels.keys().map(move |c| (i, c.clone())))
+        // Label images (users' masks) are not images to judge: all saturated, all outliers.
+        .filter(|(_, c)| !ctx.is_label_channel(c))
         .collect();
     let measured = parallel_map(&jobs, ctx.threads, |(i, ch)| {
         measure_image(&sets[*i], ch)
@@ -293,7 +295,7 @@ pub fn run(ctx: &mut Context, params: &CurateParams) -> anyhow::Result<()> {
         // Identical image content in two places: a copy error at acquisition or export.
         let mut by_digest: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for s in &sets {
-            for (ch, path) in &s.channels {
+            for (ch, path) in s.channels.iter().filter(|(c, _)| !ctx.is_label_channel(c)) {
                 let d = plateflow_store::hash_file(path)
                     .with_context(|| format!("hashing {}", path.display()))?;
                 by_digest

@@ -222,11 +222,10 @@ impl WellAcc {
 
 pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
     let sets = ctx.image_sets()?;
-    let all_channels: Vec<String> = sets
-        .first()
-        .map(|s| s.channels.keys().cloned().collect())
-        .unwrap_or_default();
-    let channels = params.channels.clone().unwrap_or(all_channels);
+    let channels = params
+        .channels
+        .clone()
+        .unwrap_or_else(|| ctx.image_channels(&sets[..sets.len().min(1)]));
     let translocation = params.translocation.clone();
     for ch in &translocation {
         anyhow::ensure!(

@@ -20,10 +20,7 @@ pub fn run(ctx: &mut Context, p: &IlluminationParams) -> anyhow::Result<()> {
         .collect();
     let mut channels: Vec<String> = match &p.channels {
         Some(c) => c.clone(),
-        None => sets
-            .iter()
-            .flat_map(|s| s.channels.keys().cloned())
-            .collect(),
+        None => ctx.image_channels(&sets),
     };
     channels.sort();
     channels.dedup();

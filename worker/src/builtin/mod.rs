@@ -65,6 +65,22 @@ impl Context<'_> {
         &self.task.channels
     }
 
+    /// Whether `channel` holds label images (a `segment` step's `masks:`, a
+    /// `train_segmenter`'s `labels:`), which steps reading "every channel" leave out.
+    pub fn is_label_channel(&self, channel: &str) -> bool {
+        self.task.label_channels.contains(channel)
+    }
+
+    /// The intensity channels of `sets` (every channel but label images), sorted, each once.
+    pub fn image_channels(&self, sets: &[ImageSet]) -> Vec<String> {
+        let all: std::collections::BTreeSet<&String> =
+            sets.iter().flat_map(|s| s.channels.keys()).collect();
+        all.into_iter()
+            .filter(|c| !self.is_label_channel(c))
+            .cloned()
+            .collect()
+    }
+
     /// The task's images grouped into image sets, in a stable order.
     pub fn image_sets(&self) -> anyhow::Result<Vec<ImageSet>> {
         let names = self.channel_names();
@@ -214,7 +230,9 @@ impl ImageSet {
             .with_context(|| {
                 format!(
                     "image set {} has no channel `{name}` (it has: {}); name channels under \
-                 `data.channels` in the pipeline",
+                 `data.channels` in the pipeline; where a field of the filename differs \
+                 between channels but is not metadata (an extension, a suffix), name it with \
+                 a leading `_`, e.g. `{{_ext:tif|png}}`, so it does not split the image sets",
                     self.key,
                     self.channels.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
@@ -477,6 +495,7 @@ mod tests {
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
+            label_channels: Default::default(),
         };
         let ctx = Context {
             work: Path::new("/w"),

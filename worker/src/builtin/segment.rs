@@ -96,36 +96,26 @@ pub fn segment_set(
     })
 }
 
-/// The user's label image for `set`: the same size as the nucleus image; a two-valued
-/// (binary) mask is split into connected objects.
+/// The user's label image for `set` ([`plateflow_imaging::masks::read_mask`]: any integer
+/// form, one page, background 0, numbered 1..n in order; the written `labels/` image holds
+/// the numbers the tables use), the same size as the nucleus image.
 fn user_masks(
     set: &ImageSet,
     channel: &str,
     dna: &plateflow_imaging::GrayImage,
 ) -> anyhow::Result<Labels> {
     let path = set.channel(channel)?;
-    let img = plateflow_imaging::read_image(path)?;
+    let labels = plateflow_imaging::masks::read_mask(path)?;
     anyhow::ensure!(
-        (img.width, img.height) == (dna.width, dna.height),
+        (labels.width, labels.height) == (dna.width, dna.height),
         "mask {} is {}x{} but its image is {}x{}: masks must be drawn on the images themselves, unscaled",
         path.display(),
-        img.width,
-        img.height,
+        labels.width,
+        labels.height,
         dna.width,
         dna.height
     );
-    let mut values: Vec<u16> = img.data.clone();
-    values.sort_unstable();
-    values.dedup();
-    let (w, h) = (img.width as usize, img.height as usize);
-    if values.len() == 2 && values[0] == 0 {
-        // A foreground mask (0/1 or 0/255, as ilastik's simple segmentation writes).
-        let mask: Vec<bool> = img.data.iter().map(|&v| v > 0).collect();
-        return Ok(plateflow_imaging::segment::connected_components(
-            &mask, w, h,
-        ));
-    }
-    Ok(Labels::from_image(&img))
+    Ok(labels)
 }
 
 pub fn write_labels(path: &Path, labels: &Labels) -> anyhow::Result<()> {

@@ -1,0 +1,321 @@
+//! Label images users bring (Cellpose, StarDist, ilastik, napari, Fiji): read in every integer
+//! form those tools write (8/16/32-bit unsigned or signed, whole-number floats, palette
+//! indices, which Fiji's coloured label images are), checked (one page, background 0), and
+//! numbered 1..n.
+
+use crate::segment::{connected_components, Labels};
+use crate::ImageError;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+/// A user's label image: 0 background, objects 1..n in the order of their values (gaps, as
+/// deleting objects in napari leaves, closed); a two-valued mask (0/1, 0/255: a foreground
+/// mask) is split into connected objects.
+pub fn read_mask(path: &Path) -> Result<Labels, ImageError> {
+    let bad = |what: String| ImageError::BadMask {
+        path: path.to_path_buf(),
+        what,
+    };
+    let (width, height, data) = read_values(path)?;
+    let mut values = data.clone();
+    values.sort_unstable();
+    values.dedup();
+    if values.first().is_some_and(|&v| v != 0) {
+        return Err(bad(format!(
+            "no pixel is 0 (its values run {}..={}), so it has no background; masks label background 0 and objects 1, 2, …: a class map (ilastik's Simple Segmentation numbers classes from 1) needs its background class set to 0, or export object identities instead",
+            values[0],
+            values[values.len() - 1]
+        )));
+    }
+    if values.len() == 2 {
+        let mask: Vec<bool> = data.iter().map(|&v| v > 0).collect();
+        return Ok(connected_components(&mask, width as usize, height as usize));
+    }
+    // Each value becomes its rank among the values present (0 stays 0).
+    let data = data
+        .iter()
+        .map(|v| values.binary_search(v).expect("a value present") as u32)
+        .collect();
+    Ok(Labels {
+        width,
+        height,
+        data,
+        count: values.len().saturating_sub(1) as u32,
+    })
+}
+
+/// The file's one page as label values.
+fn read_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "tif" | "tiff" => read_tiff_values(path),
+        "png" => read_png_values(path),
+        _ => Err(ImageError::UnknownFormat {
+            path: path.to_path_buf(),
+        }),
+    }
+}
+
+fn open(path: &Path) -> Result<BufReader<File>, ImageError> {
+    File::open(path)
+        .map(BufReader::new)
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
+    use tiff::decoder::{Decoder, DecodingResult};
+    let corrupt = |e: tiff::TiffError| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        format: "TIFF",
+        reason: e.to_string(),
+    };
+    let bad = |what: String| ImageError::BadMask {
+        path: path.to_path_buf(),
+        what,
+    };
+    let mut limits = tiff::decoder::Limits::default();
+    let bytes = usize::try_from(crate::max_pixels().saturating_mul(8)).unwrap_or(usize::MAX);
+    limits.decoding_buffer_size = bytes;
+    limits.intermediate_buffer_size = bytes;
+    let mut dec = Decoder::new(open(path)?)
+        .map_err(corrupt)?
+        .with_limits(limits);
+    let (width, height) = dec.dimensions().map_err(corrupt)?;
+    crate::check_size(path, width, height)?;
+    let photometric: Option<u16> = dec
+        .find_tag_unsigned(tiff::tags::Tag::PhotometricInterpretation)
+        .map_err(corrupt)?;
+    let bits = crate::bits_per_sample(&mut dec).map_err(corrupt)?;
+    let data: Vec<u32> = if photometric == Some(3) {
+        // A palette image (Fiji's label images with a Glasbey table): the indices are the labels.
+        if bits != Some(8) {
+            return Err(bad(format!(
+                "a {}-bit palette TIFF; save it as a 16-bit grey label image",
+                bits.unwrap_or(0)
+            )));
+        }
+        crate::palette::read_indices(path, &mut dec, width, height)?
+            .into_iter()
+            .map(u32::from)
+            .collect()
+    } else {
+        match dec.colortype().map_err(corrupt)? {
+            tiff::ColorType::Gray(_) => {}
+            other => {
+                return Err(bad(format!(
+                    "TIFF colour type {other:?}: a mask is one grey plane of object numbers, not a coloured rendering of it"
+                )))
+            }
+        }
+        let negative =
+            || bad("it has negative values; object numbers are 0 (background) and up".into());
+        let whole = |v: f64| -> Result<u32, ImageError> {
+            if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+                Ok(v as u32)
+            } else {
+                Err(bad(format!(
+                    "it holds {v}, which is not an object number: is it a probability map? Threshold and label it first"
+                )))
+            }
+        };
+        match dec.read_image().map_err(corrupt)? {
+            DecodingResult::U8(v) => v.into_iter().map(u32::from).collect(),
+            DecodingResult::U16(v) => v.into_iter().map(u32::from).collect(),
+            DecodingResult::U32(v) => v,
+            DecodingResult::I8(v) => v
+                .into_iter()
+                .map(|x| u32::try_from(x).map_err(|_| negative()))
+                .collect::<Result<_, _>>()?,
+            DecodingResult::I16(v) => v
+                .into_iter()
+                .map(|x| u32::try_from(x).map_err(|_| negative()))
+                .collect::<Result<_, _>>()?,
+            DecodingResult::I32(v) => v
+                .into_iter()
+                .map(|x| u32::try_from(x).map_err(|_| negative()))
+                .collect::<Result<_, _>>()?,
+            DecodingResult::F32(v) => v
+                .into_iter()
+                .map(|x| whole(f64::from(x)))
+                .collect::<Result<_, _>>()?,
+            DecodingResult::F64(v) => v.into_iter().map(whole).collect::<Result<_, _>>()?,
+            _ => return Err(bad("its sample format (64-bit integers) is not read".into())),
+        }
+    };
+    if data.len() != width as usize * height as usize {
+        return Err(ImageError::Corrupt {
+            path: path.to_path_buf(),
+            format: "TIFF",
+            reason: format!("{} pixels for a {width}x{height} image", data.len()),
+        });
+    }
+    if dec.more_images() {
+        let mut pages = 1;
+        while dec.more_images() && dec.next_image().is_ok() {
+            pages += 1;
+        }
+        return Err(bad(format!(
+            "it has {pages} pages; a mask is one label image per field: save the plane that belongs to this field"
+        )));
+    }
+    Ok((width, height, data))
+}
+
+fn read_png_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
+    let corrupt = |e: png::DecodingError| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        format: "PNG",
+        reason: e.to_string(),
+    };
+    let bytes = usize::try_from(crate::max_pixels().saturating_mul(8)).unwrap_or(usize::MAX);
+    let mut dec = png::Decoder::new_with_limits(open(path)?, png::Limits { bytes });
+    let info = dec.read_header_info().map_err(corrupt)?;
+    let indexed = info.color_type == png::ColorType::Indexed;
+    if !indexed {
+        // Grey (or grey written as equal RGB): the image reader's values are the labels.
+        let img = crate::read_image(path).map_err(|e| match e {
+            ImageError::Unsupported { what, .. } => ImageError::BadMask {
+                path: path.to_path_buf(),
+                what: format!("{what}: a mask is one grey plane of object numbers, not a coloured rendering of it"),
+            },
+            e => e,
+        })?;
+        return Ok((
+            img.width,
+            img.height,
+            img.data.into_iter().map(u32::from).collect(),
+        ));
+    }
+    // A palette PNG (Fiji's label images with a colour table): the indices are the labels.
+    let dec = png::Decoder::new_with_limits(open(path)?, png::Limits { bytes });
+    let mut reader = dec.read_info().map_err(corrupt)?;
+    let (width, height) = (reader.info().width, reader.info().height);
+    crate::check_size(path, width, height)?;
+    let bits = reader.info().bit_depth as usize;
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    let frame = reader.next_frame(&mut buf).map_err(corrupt)?;
+    let stride = frame.line_size;
+    let mut data = Vec::with_capacity(width as usize * height as usize);
+    for row in buf[..frame.buffer_size()].chunks_exact(stride) {
+        // Indices of 1, 2, 4 or 8 bits, packed from the high bits of each byte.
+        for x in 0..width as usize {
+            let bit = x * bits;
+            let byte = row[bit / 8];
+            let shift = 8 - bits - bit % 8;
+            data.push(u32::from((byte >> shift) & ((1u16 << bits) - 1) as u8));
+        }
+    }
+    Ok((width, height, data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tiff::encoder::{colortype, TiffEncoder};
+
+    fn tiff<C: colortype::ColorType>(path: &Path, w: u32, h: u32, data: &[C::Inner], pages: usize)
+    where
+        [C::Inner]: tiff::encoder::TiffValue,
+    {
+        let mut enc = TiffEncoder::new(File::create(path).unwrap()).unwrap();
+        for _ in 0..pages {
+            enc.write_image::<C>(w, h, data).unwrap();
+        }
+    }
+
+    /// Labels 0, 7, 3 and 70000 in a 2x2 image.
+    const LABELS: [u32; 4] = [0, 7, 3, 70_000];
+
+    #[test]
+    fn every_integer_form_reads_as_the_same_objects_numbered_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        tiff::<colortype::Gray32>(&p("u32.tif"), 2, 2, &LABELS, 1);
+        tiff::<colortype::GrayI32>(&p("i32.tif"), 2, 2, &LABELS.map(|v| v as i32), 1);
+        tiff::<colortype::Gray32Float>(&p("f32.tif"), 2, 2, &LABELS.map(|v| v as f32), 1);
+        for name in ["u32.tif", "i32.tif", "f32.tif"] {
+            let l = read_mask(&p(name)).unwrap();
+            // Ranks: 0 → 0, 3 → 1, 7 → 2, 70000 → 3.
+            assert_eq!(
+                (l.data.as_slice(), l.count),
+                (&[0, 2, 1, 3][..], 3),
+                "{name}"
+            );
+        }
+        tiff::<colortype::Gray16>(&p("u16.tif"), 2, 2, &[0u16, 7, 3, 9], 1);
+        let l = read_mask(&p("u16.tif")).unwrap();
+        assert_eq!((l.data.as_slice(), l.count), (&[0, 2, 1, 3][..], 3));
+    }
+
+    #[test]
+    fn a_binary_mask_is_split_into_connected_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("binary.tif");
+        // Two blobs of 255 apart in a 5x1 row.
+        tiff::<colortype::Gray8>(&path, 5, 1, &[255u8, 255, 0, 255, 0], 1);
+        let l = read_mask(&path).unwrap();
+        assert_eq!((l.data.as_slice(), l.count), (&[1, 1, 0, 2, 0][..], 2));
+    }
+
+    #[test]
+    fn a_palette_png_reads_its_indices_as_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("glasbey.png");
+        let mut enc = png::Encoder::new(File::create(&path).unwrap(), 3, 1);
+        enc.set_color(png::ColorType::Indexed);
+        enc.set_depth(png::BitDepth::Eight);
+        // Index 0 black, 1 red, 2 green: colours that a grey reader would refuse.
+        enc.set_palette(vec![0, 0, 0, 255, 0, 0, 0, 255, 0]);
+        let mut w = enc.write_header().unwrap();
+        w.write_image_data(&[2, 0, 1]).unwrap();
+        drop(w);
+        let l = read_mask(&path).unwrap();
+        assert_eq!((l.data.as_slice(), l.count), (&[2, 0, 1][..], 2));
+    }
+
+    #[test]
+    fn bad_masks_are_refused_with_the_reason_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        type Write = Box<dyn Fn(&Path)>;
+        let cases: Vec<(&str, Write, &str)> = vec![
+            (
+                "pages.tif",
+                Box::new(|q| tiff::<colortype::Gray16>(q, 2, 2, &[0u16, 1, 2, 3], 3)),
+                "3 pages",
+            ),
+            (
+                "classes.tif",
+                Box::new(|q| tiff::<colortype::Gray8>(q, 2, 2, &[1u8, 1, 2, 3], 1)),
+                "no background",
+            ),
+            (
+                "negative.tif",
+                Box::new(|q| tiff::<colortype::GrayI32>(q, 2, 2, &[0i32, 1, -1, 2], 1)),
+                "negative",
+            ),
+            (
+                "probabilities.tif",
+                Box::new(|q| tiff::<colortype::Gray32Float>(q, 2, 2, &[0f32, 0.5, 1.0, 2.0], 1)),
+                "probability map",
+            ),
+            (
+                "rgb.tif",
+                Box::new(|q| tiff::<colortype::RGB8>(q, 1, 1, &[1u8, 2, 3], 1)),
+                "coloured rendering",
+            ),
+        ];
+        for (name, write, why) in cases {
+            write(&p(name));
+            let e = read_mask(&p(name)).unwrap_err().to_string();
+            assert!(e.contains(why) && e.contains(name), "{name}: {e}");
+        }
+    }
+}
