@@ -815,6 +815,42 @@ mod noise_tests {
 }
 
 #[cfg(test)]
+mod odd_images {
+    use super::*;
+
+    /// Images of a pixel, a sliver, a constant field, or one bright pixel in a tiny image give
+    /// labels of their own size and no error, with or without a given diameter.
+    #[test]
+    fn tiny_and_flat_images_segment_without_error() {
+        let model = NucleusModel::shipped().unwrap();
+        let cases: [(u32, u32, fn(usize) -> u16); 5] = [
+            (1, 1, |_| 100),
+            (3, 5, |i| (i * 997 % 4096) as u16),
+            (64, 1, |i| (i * 61 % 4096) as u16),
+            (40, 30, |_| 700),
+            (7, 7, |i| if i == 24 { 4000 } else { 10 }),
+        ];
+        for (w, h, pixel) in cases {
+            let img = GrayImage {
+                width: w,
+                height: h,
+                bit_depth: 16,
+                data: (0..(w * h) as usize).map(pixel).collect(),
+            };
+            for diameter in [None, Some(12.0)] {
+                let seg = model.segment(&img, diameter).unwrap();
+                assert_eq!(
+                    (seg.labels.width, seg.labels.height, seg.labels.data.len()),
+                    (w, h, (w * h) as usize),
+                    "{w}x{h}"
+                );
+                assert!(seg.labels.data.iter().all(|&l| l <= seg.labels.count));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod second_pass_tests {
     use super::*;
     use crate::rng::Rng;
