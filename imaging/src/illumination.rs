@@ -50,7 +50,8 @@ pub struct IlluminationField {
 /// which changes over half the field.
 ///
 /// Errors (naming the cause) when `images` is empty, sizes differ, images are empty, the
-/// smoothing is negative or not finite, or the images are blank (median field 0).
+/// smoothing is negative or not finite, or the images are blank (median field 0: nothing to
+/// divide by).
 pub fn estimate(images: &[GrayImage], smoothing: Option<f64>) -> Result<IlluminationField, String> {
     let first = images
         .first()
@@ -93,7 +94,7 @@ pub fn estimate(images: &[GrayImage], smoothing: Option<f64>) -> Result<Illumina
 
     let median = median_f32(&values);
     if median <= 0.0 || !median.is_finite() {
-        return Err("illumination: the images are blank (median field 0)".into());
+        return Err("illumination: the images' median is 0 over most of the field, so there is no background light to divide by (a channel of masks or thresholded images? leave it out with `channels:`)".into());
     }
     for v in &mut values {
         *v = (*v / median).max(MIN_FIELD);

@@ -29,6 +29,22 @@ pub fn run(ctx: &mut Context, p: &IlluminationParams) -> anyhow::Result<()> {
             .iter()
             .map(|s| read_image(s.channel(ch)?).map_err(anyhow::Error::from))
             .collect::<anyhow::Result<Vec<GrayImage>>>()?;
+        // Named by file here (the estimate knows only positions).
+        if let Some((set, img)) = kept
+            .iter()
+            .zip(&images)
+            .find(|(_, i)| (i.width, i.height) != (images[0].width, images[0].height))
+        {
+            anyhow::bail!(
+                "illumination of channel {ch}: {} is {}x{} but {} is {}x{}; one field is estimated from a plate's images, so they must share one size (camera and binning): give differently sized images a plate of their own",
+                set.channel(ch)?.display(),
+                img.width,
+                img.height,
+                kept[0].channel(ch)?.display(),
+                images[0].width,
+                images[0].height
+            );
+        }
         let field = estimate(&images, p.smoothing)
             .map_err(|e| anyhow::anyhow!("illumination of channel {ch}: {e}"))?;
         let (lo, hi) = field
