@@ -131,7 +131,7 @@ pub fn read_image(path: &Path) -> Result<GrayImage, ImageError> {
 }
 
 fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageError> {
-    use tiff::decoder::{Decoder, DecodingResult};
+    use tiff::decoder::DecodingResult;
     use tiff::ColorType;
     let corrupt = |e: tiff::TiffError| ImageError::Corrupt {
         path: path.to_path_buf(),
@@ -142,12 +142,7 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
         path: path.to_path_buf(),
         what,
     };
-    // The tiff crate's own buffers are capped at the largest image (16-bit samples).
-    let mut limits = tiff::decoder::Limits::default();
-    let bytes = usize::try_from(max_pixels().saturating_mul(2)).unwrap_or(usize::MAX);
-    limits.decoding_buffer_size = bytes;
-    limits.intermediate_buffer_size = bytes;
-    let mut dec = Decoder::new(r).map_err(corrupt)?.with_limits(limits);
+    let mut dec = tiff_decoder(path, r, 2)?;
     let mut pages = Vec::new();
     loop {
         let (width, height) = dec.dimensions().map_err(corrupt)?;
@@ -200,6 +195,25 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
         }
         dec.next_image().map_err(corrupt)?;
     }
+}
+
+/// A TIFF decoder whose own buffers are capped at the largest image ([`max_pixels`] of
+/// `bytes_per_sample`), so a header cannot make it allocate more.
+pub(crate) fn tiff_decoder(
+    path: &Path,
+    r: BufReader<File>,
+    bytes_per_sample: u64,
+) -> Result<tiff::decoder::Decoder<BufReader<File>>, ImageError> {
+    let mut limits = tiff::decoder::Limits::default();
+    let bytes = max_pixels().saturating_mul(bytes_per_sample);
+    limits.decoding_buffer_size = usize::try_from(bytes).unwrap_or(usize::MAX);
+    limits.intermediate_buffer_size = limits.decoding_buffer_size;
+    let dec = tiff::decoder::Decoder::new(r).map_err(|e| ImageError::Corrupt {
+        path: path.to_path_buf(),
+        format: "TIFF",
+        reason: e.to_string(),
+    })?;
+    Ok(dec.with_limits(limits))
 }
 
 /// The first sample's bits (one value per sample: RGB files list three, which reading it as

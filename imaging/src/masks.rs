@@ -70,7 +70,7 @@ fn open(path: &Path) -> Result<BufReader<File>, ImageError> {
 }
 
 fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
-    use tiff::decoder::{Decoder, DecodingResult};
+    use tiff::decoder::DecodingResult;
     let corrupt = |e: tiff::TiffError| ImageError::Corrupt {
         path: path.to_path_buf(),
         format: "TIFF",
@@ -80,13 +80,7 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
         path: path.to_path_buf(),
         what,
     };
-    let mut limits = tiff::decoder::Limits::default();
-    let bytes = usize::try_from(crate::max_pixels().saturating_mul(8)).unwrap_or(usize::MAX);
-    limits.decoding_buffer_size = bytes;
-    limits.intermediate_buffer_size = bytes;
-    let mut dec = Decoder::new(open(path)?)
-        .map_err(corrupt)?
-        .with_limits(limits);
+    let mut dec = crate::tiff_decoder(path, open(path)?, 8)?;
     let (width, height) = dec.dimensions().map_err(corrupt)?;
     crate::check_size(path, width, height)?;
     let photometric: Option<u16> = dec
@@ -114,6 +108,10 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
                 )))
             }
         }
+        // Signed samples: object numbers only if none is negative.
+        fn unsigned<T: TryInto<u32>>(v: Vec<T>) -> Option<Vec<u32>> {
+            v.into_iter().map(|x| x.try_into().ok()).collect()
+        }
         let negative =
             || bad("it has negative values; object numbers are 0 (background) and up".into());
         let whole = |v: f64| -> Result<u32, ImageError> {
@@ -129,18 +127,9 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
             DecodingResult::U8(v) => v.into_iter().map(u32::from).collect(),
             DecodingResult::U16(v) => v.into_iter().map(u32::from).collect(),
             DecodingResult::U32(v) => v,
-            DecodingResult::I8(v) => v
-                .into_iter()
-                .map(|x| u32::try_from(x).map_err(|_| negative()))
-                .collect::<Result<_, _>>()?,
-            DecodingResult::I16(v) => v
-                .into_iter()
-                .map(|x| u32::try_from(x).map_err(|_| negative()))
-                .collect::<Result<_, _>>()?,
-            DecodingResult::I32(v) => v
-                .into_iter()
-                .map(|x| u32::try_from(x).map_err(|_| negative()))
-                .collect::<Result<_, _>>()?,
+            DecodingResult::I8(v) => unsigned(v).ok_or_else(negative)?,
+            DecodingResult::I16(v) => unsigned(v).ok_or_else(negative)?,
+            DecodingResult::I32(v) => unsigned(v).ok_or_else(negative)?,
             DecodingResult::F32(v) => v
                 .into_iter()
                 .map(|x| whole(f64::from(x)))
