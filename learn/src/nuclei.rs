@@ -68,8 +68,18 @@ pub fn annotated(id: &str, image: &GrayImage, labels: &GrayImage) -> anyhow::Res
             labels.height
         );
     }
-    let (w, h) = (image.width as usize, image.height as usize);
     let truth: Vec<u32> = labels.data.iter().map(|&l| u32::from(l)).collect();
+    annotated_by(id, image, truth)
+}
+
+/// An image and its instance labels (`truth`, row-major, the image's size: 0 background).
+pub fn annotated_by(id: &str, image: &GrayImage, truth: Vec<u32>) -> anyhow::Result<Annotated> {
+    let (w, h) = (image.width as usize, image.height as usize);
+    anyhow::ensure!(
+        truth.len() == w * h,
+        "{id}: {} labels for a {w}x{h} image",
+        truth.len()
+    );
     Ok(Annotated {
         id: id.to_string(),
         width: w,

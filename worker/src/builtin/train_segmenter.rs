@@ -10,12 +10,13 @@ use plateflow_learn::segmenter::{PREDICT_AT, SHIPPED, SHIPPED_NAME};
 use plateflow_learn::unet::UNetConfig;
 use std::fmt::Write as _;
 
-/// One annotated image set, its label image checked against the image.
+/// One annotated image set, its label image read as users' masks are (any integer form,
+/// checked; [`plateflow_imaging::masks::read_mask`]) and checked against the image.
 fn load(p: &TrainSegmenterParams, set: &ImageSet) -> anyhow::Result<Annotated> {
     let img_path = set.channel(&p.nuclei)?;
     let lab_path = set.channel(&p.labels)?;
     let img = plateflow_imaging::read_image(img_path)?;
-    let lab = plateflow_imaging::read_image(lab_path)?;
+    let lab = plateflow_imaging::masks::read_mask(lab_path)?;
     anyhow::ensure!(
         (img.width, img.height) == (lab.width, lab.height),
         "image set {}: the label image {} is {}x{} but the image {} is {}x{}; labels must be drawn on the image itself",
@@ -27,7 +28,7 @@ fn load(p: &TrainSegmenterParams, set: &ImageSet) -> anyhow::Result<Annotated> {
         img.width,
         img.height
     );
-    nuclei::annotated(&set.key, &img, &lab)
+    nuclei::annotated_by(&set.key, &img, lab.data)
 }
 
 /// The held-out sets: a fifth by key (FNV-1a of the key, so adding images never moves
