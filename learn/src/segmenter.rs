@@ -823,7 +823,8 @@ mod odd_images {
     #[test]
     fn tiny_and_flat_images_segment_without_error() {
         let model = NucleusModel::shipped().unwrap();
-        let cases: [(u32, u32, fn(usize) -> u16); 5] = [
+        type Pixel = fn(usize) -> u16;
+        let cases: [(u32, u32, Pixel); 5] = [
             (1, 1, |_| 100),
             (3, 5, |i| (i * 997 % 4096) as u16),
             (64, 1, |i| (i * 61 % 4096) as u16),
