@@ -431,7 +431,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::TrainSegmenter,
         name: "train_segmenter",
-        version: 5,
+        version: 6,
         summary: "trains (or fine-tunes) the learned nucleus segmenter on images with instance labels; held-out fifth scored at IoU 0.5/0.75/0.9; weights and a model card",
         params: TRAIN_SEGMENTER_PARAMS,
         outputs: &["segmenter.safetensors", "segmenter_card.md", "segmenter_history.csv", "segmenter_scores.json"],

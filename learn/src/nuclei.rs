@@ -217,7 +217,13 @@ pub fn augmented_crop(
 ) -> (Vec<f32>, Vec<u32>, Vec<u32>) {
     let (lo, hi) = SCALE_JITTER;
     let jitter = (lo.ln() + rng.unit() * (hi / lo).ln()).exp();
-    let scale = a.diameter / diameter * jitter; // source pixels per crop pixel
+    // Source pixels per crop pixel; an image without nuclei (diameter 0) is taken as it is.
+    let own = if a.diameter > 0.0 {
+        a.diameter
+    } else {
+        diameter
+    };
+    let scale = own / diameter * jitter;
     let span = crop as f64 * scale;
     let x0 = rng.unit() * (a.width as f64 - span).max(0.0);
     let y0 = rng.unit() * (a.height as f64 - span).max(0.0);
@@ -726,6 +732,24 @@ mod tests {
             pixels,
             truth,
             diameter: 16.0,
+        }
+    }
+
+    /// An image without nuclei (labels all 0, diameter 0) still gives crops of its own
+    /// texture, all background: not one pixel stretched over the crop.
+    #[test]
+    fn images_without_nuclei_give_textured_background_crops() {
+        let mut empty = discs();
+        let mut rng = Rng::new(5);
+        empty.pixels = (0..empty.pixels.len()).map(|_| rng.unit() as f32).collect();
+        empty.truth.fill(0);
+        empty.diameter = 0.0;
+        for _ in 0..4 {
+            let (pixels, classes, labels) = augmented_crop(&empty, 64, 16.0, 0.0, &mut rng);
+            let distinct: std::collections::BTreeSet<u32> =
+                pixels.iter().map(|v| v.to_bits()).collect();
+            assert!(distinct.len() > 10, "{} distinct values", distinct.len());
+            assert!(classes.iter().chain(&labels).all(|&c| c == 0));
         }
     }
 

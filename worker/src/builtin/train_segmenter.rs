@@ -31,8 +31,10 @@ fn load(p: &TrainSegmenterParams, set: &ImageSet) -> anyhow::Result<Annotated> {
     nuclei::annotated_by(&set.key, &img, lab.data)
 }
 
-/// The held-out sets: a fifth by key (FNV-1a of the key, so adding images never moves
-/// another); at least one when there are two or more sets, so there is always a score.
+/// (training, held-out) sets: a fifth by key (FNV-1a of the key, so adding images never
+/// moves another); at least one held out when there are two or more sets, so there is always
+/// a score, and at least one trained on whatever the keys (a single set is trained on, with
+/// nothing held out).
 fn split(all: Vec<Annotated>) -> (Vec<Annotated>, Vec<Annotated>) {
     let (mut val, mut train): (Vec<_>, Vec<_>) =
         all.into_iter().partition(|a| nuclei::is_validation(&a.id));
@@ -42,6 +44,13 @@ fn split(all: Vec<Annotated>) -> (Vec<Annotated>, Vec<Annotated>) {
             .min_by_key(|&i| (nuclei::fifth(&train[i].id), train[i].id.clone()))
             .expect("two or more sets");
         val.push(train.remove(i));
+    }
+    if train.is_empty() {
+        // Every key fell in the held-out fifth: the last by key is trained on instead.
+        let i = (0..val.len())
+            .max_by_key(|&i| val[i].id.clone())
+            .expect("one or more sets");
+        train.push(val.remove(i));
     }
     (train, val)
 }
@@ -59,11 +68,13 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
         .map(|s| load(p, s))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let objects: usize = all.iter().map(|a| count(&a.truth)).sum();
-    let (train, val) = split(all);
     anyhow::ensure!(
-        !train.is_empty(),
-        "only one image set: nothing is left to train on once one is held out"
+        objects > 0,
+        "no nuclei in any label image of channel `{}` ({} image sets): every label image is 0 everywhere; check that `labels:` names the channel of instance labels, and that the files were exported with their objects",
+        p.labels,
+        all.len()
     );
+    let (train, val) = split(all);
     let init = match p.init.as_deref() {
         None => None,
         Some(SHIPPED_INIT) => Some(Weights::from_bytes(SHIPPED, SHIPPED_NAME)?),
@@ -302,4 +313,42 @@ fn card(
          images, labels and parameters above."
     );
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(id: &str) -> Annotated {
+        let image = plateflow_imaging::GrayImage {
+            width: 4,
+            height: 4,
+            bit_depth: 8,
+            data: vec![0; 16],
+        };
+        nuclei::annotated_by(id, &image, vec![0; 16]).unwrap()
+    }
+
+    /// Keys in and out of the held-out fifth.
+    fn keys(held_out: bool, n: usize) -> Vec<String> {
+        (0..)
+            .map(|i| format!("P1_A{i:02}_1"))
+            .filter(|k| nuclei::is_validation(k) == held_out)
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn something_is_trained_on_and_something_held_out_whatever_the_keys() {
+        for (held, other) in [(1, 0), (0, 1), (2, 0), (0, 2), (3, 1), (1, 5)] {
+            let ids: Vec<String> = keys(true, held)
+                .into_iter()
+                .chain(keys(false, other))
+                .collect();
+            let (train, val) = split(ids.iter().map(|k| set(k)).collect());
+            assert!(!train.is_empty(), "{ids:?}");
+            assert_eq!(val.is_empty(), ids.len() == 1, "{ids:?}");
+            assert_eq!(train.len() + val.len(), ids.len());
+        }
+    }
 }
