@@ -352,7 +352,8 @@ fn box_blur3(px: &[f32], side: usize) -> Vec<f32> {
     out
 }
 
-/// The nucleus diameter (pixels) plateflow trains at. TODO
+/// The nucleus diameter (pixels) training crops are scaled to (then jittered by
+/// `SCALE_JITTER`); inference brings nuclei to `segmenter::PREDICT_AT` of it.
 pub const TRAINING_DIAMETER: f64 = 16.0;
 
 /// Progress of a training run: (step, training loss, validation AP at IoU 0.5 when measured).
