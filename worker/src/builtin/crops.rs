@@ -150,7 +150,7 @@ pub fn run(ctx: &mut Context, params: &CropsParams) -> anyhow::Result<()> {
     let channels = params
         .channels
         .clone()
-        .unwrap_or_else(|| ctx.image_channels(&sets[..sets.len().min(1)]));
+        .unwrap_or_else(|| ctx.image_channels(sets.get(..1).unwrap_or(&[])));
     let mut nuclei: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (name, path) in ctx.upstream_files(|n| n.ends_with("_nuclei.tif")) {
         let key = name

@@ -225,7 +225,7 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
     let channels = params
         .channels
         .clone()
-        .unwrap_or_else(|| ctx.image_channels(&sets[..sets.len().min(1)]));
+        .unwrap_or_else(|| ctx.image_channels(sets.get(..1).unwrap_or(&[])));
     let translocation = params.translocation.clone();
     for ch in &translocation {
         anyhow::ensure!(
