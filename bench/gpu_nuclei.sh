@@ -33,15 +33,15 @@ if ldd "$BIN/nuclei" | grep 'not found'; then echo "libraries missing (above)"; 
 # name width init lr: each trains on cuda:0 with 3 of the node's cores making its crops; an
 # init that is a file in DATA_DIR starts from it. Widths 10 and 12 are those whose network
 # still fits >= 5 MP/s on 2 CPU cores (BENCHMARKS.md, "the network's cost by width"), 12 also
-# from the shipped weights widened (and from its CPU run, trained on); 16 and 32 say how far accuracy goes with width.
+# from the shipped weights widened (and from its CPU run, trained on); 16 says how far accuracy
+# goes with width. Five, because a lease returns at most 8 files (five weights, train.log,
+# gpu_check.json, score.txt) and 5 x 3 crop threads fit the node's 16 cores.
 candidates=(
   "w8-shipped 8 shipped 1e-3"
   "w12-widened 12 w12-widened.safetensors 1e-3"
   "w12-cpu 12 w12-cpu.safetensors 5e-4"
   "w10-scratch 10 - 2e-3"
-  "w12-scratch 12 - 2e-3"
   "w16-scratch 16 - 2e-3"
-  "w32-scratch 32 - 2e-3"
 )
 pids=()
 for c in "${candidates[@]}"; do
