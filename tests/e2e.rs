@@ -538,6 +538,79 @@ fn worker_killed_mid_task_run_completes_byte_identical() {
     );
 }
 
+/// A worker killed while it trains a segmenter: restarted on the same node, it takes up the
+/// training state the killed attempt left instead of starting again from step 0; the run
+/// succeeds, the model card says from which step it went on, the history has every step
+/// once, and the state is removed once the outputs are stored.
+#[test]
+fn a_killed_worker_resumes_segmenter_training_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    demo(dir, 3);
+    let sets = annotated_sets(dir, dir, |v, _| v);
+    assert!(sets >= 2, "{sets} annotated sets");
+    let steps = 300;
+    let pipeline = dir.join("tune.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"pipeline: resume
+data:
+  images: seg
+  pattern: "{{channel}}/{{set}}.tif"
+  channels: {{img: DNA, lab: nuclei}}
+steps:
+  tune:
+    uses: train_segmenter
+    inputs: [images]
+    with: {{nuclei: DNA, labels: nuclei, width: 4, steps: {steps}}}
+"#
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _coord = coordinator(dir, port, "coordinator.log");
+    let mut w = worker(dir, port, "w-one", 1);
+    let run_id = submit(dir, &pipeline, port);
+    let resume_dir = dir.join("w-one/scratch/resume");
+    let states = || -> Vec<PathBuf> {
+        std::fs::read_dir(&resume_dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "state"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_for("a training state", 120, || {
+        (!states().is_empty()).then_some(())
+    });
+    w.kill9();
+    let _w = worker(dir, port, "w-one", 1);
+    let st = wait_for("the run to finish", 300, || {
+        let st = status(dir, port, &run_id);
+        (st["state"] != "running" && !st.is_null()).then_some(st)
+    });
+    assert_eq!(st["state"], "succeeded", "{st}");
+    assert_eq!(st["tasks"][0]["attempts"], 2, "{st}");
+    let card = std::fs::read_to_string(dir.join("results/tune/segmenter_card.md")).unwrap();
+    let from: usize = card
+        .split("this attempt went on from step ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the card does not say the training resumed:\n{card}"));
+    assert!((1..steps).contains(&from), "resumed from step {from}");
+    let history = file_lines(&dir.join("results/tune/segmenter_history.csv"));
+    let numbered: Vec<usize> = history[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(numbered, (1..=steps).collect::<Vec<_>>());
+    assert!(states().is_empty(), "left behind: {:?}", states());
+}
+
 #[test]
 fn coordinator_killed_and_restarted_resumes_without_rerunning() {
     killed_coordinator_resumes(&[]);

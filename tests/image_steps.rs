@@ -771,38 +771,6 @@ fn sbs_plate_with_segmentation_defaults() {
     assert!(s.z > 0.0, "Z' {}", s.z);
 }
 
-/// A generated plate's images (plate P1, DNA channel) copied into `dir/seg` with their planted
-/// nucleus labels, as `seg/{channel}/{set}.tif` (channels `img` and `lab`), the DNA image
-/// passed through `transform` first. Returns the number of sets.
-fn annotated_sets(demo: &Path, dir: &Path, transform: impl Fn(u16, u16) -> u16) -> usize {
-    std::fs::create_dir_all(dir.join("seg/img")).unwrap();
-    std::fs::create_dir_all(dir.join("seg/lab")).unwrap();
-    let mut n = 0;
-    for entry in std::fs::read_dir(demo.join("ground_truth/labels")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let key = name.trim_end_matches("_nuclei.tif").to_string();
-        let parts: Vec<&str> = key.split('_').collect();
-        if parts[0] != "P1" {
-            continue;
-        }
-        let img_path = demo.join(format!("images/P1/{}_s{}_w1.tif", parts[1], parts[2]));
-        let img = plateflow_imaging::read_image(&img_path).unwrap();
-        let max = img.data.iter().copied().max().unwrap_or(0);
-        let data: Vec<u16> = img.data.iter().map(|&v| transform(v, max)).collect();
-        plateflow_imaging::write::write_tiff_u16(
-            &dir.join(format!("seg/img/{key}.tif")),
-            img.width,
-            img.height,
-            &data,
-        )
-        .unwrap();
-        std::fs::copy(&path, dir.join(format!("seg/lab/{key}.tif"))).unwrap();
-        n += 1;
-    }
-    n
-}
-
 /// A 16-bit grey PNG, as Cellpose writes its masks.
 fn write_png16(path: &Path, width: u32, height: u32, data: &[u16]) {
     let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_be_bytes()).collect();

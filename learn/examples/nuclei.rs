@@ -274,7 +274,8 @@ fn main() -> anyhow::Result<()> {
             };
             // For a run on a GPU node: NUCLEI_DEVICE=cuda, NUCLEI_BATCH, NUCLEI_DEPTH,
             // NUCLEI_NOISE (largest crop noise), NUCLEI_SECONDS (wall-clock budget); the
-            // weights are written every 500 steps, so a stopped run keeps its work.
+            // weights are written every 500 steps, so a stopped run keeps its work, and with
+            // NUCLEI_RESUME=FILE the whole state, so the same command continues a stopped run.
             let env = |k: &str| std::env::var(k).ok();
             let defaults = SegTrainConfig::default();
             let cfg = SegTrainConfig {
@@ -290,6 +291,7 @@ fn main() -> anyhow::Result<()> {
                 device: device_from_env()?,
                 // Also written at the last step: the run's output.
                 checkpoint: Some(out.clone()),
+                resume: env("NUCLEI_RESUME").map(PathBuf::from),
                 ..defaults
             };
             eprintln!("training on {:?}: {cfg:?}", cfg.device);

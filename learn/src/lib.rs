@@ -4,6 +4,7 @@
 //! plate-level bootstrap intervals and calibration. The engine's `train` and `evaluate` steps
 //! are thin adapters over it: they read files, call [`protocol`] and [`fitting`], and write.
 
+pub mod adamw;
 pub mod block;
 pub mod cells;
 pub mod conv;

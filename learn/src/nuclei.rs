@@ -3,11 +3,12 @@
 //! brightness, noise), training of the U-Net (unet.rs), and inference to instances.
 //! Validation is always on whole images no training crop came from.
 
+use crate::adamw::ResumableAdamW;
 use crate::rng::Rng;
 use crate::segmenter::{describe, tensors_of, NucleusModel, DIAMETER_TENSOR};
 use crate::unet::{pixel_loss, UNet, UNetConfig};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
 pub use plateflow_imaging::instances::Matching;
 use plateflow_imaging::instances::{matches, targets};
 use plateflow_imaging::GrayImage;
@@ -169,7 +170,19 @@ pub struct SegTrainConfig {
     pub max_seconds: Option<f64>,
     /// Written (atomically) every 500 steps and at the end, so a stopped run keeps its work.
     pub checkpoint: Option<std::path::PathBuf>,
+    /// The run's whole state (weights, AdamW's moments, step, losses), written atomically
+    /// every 500 steps, at least every [`RESUME_EVERY_SECONDS`] and at the end. Where it
+    /// already holds a state of this run, training continues from it: a killed worker's
+    /// task restarts where it stopped, and with a schedule by steps ends as if never stopped.
+    pub resume: Option<std::path::PathBuf>,
+    /// Ends the run after this step as if stopped there (its resume state written): a run
+    /// cut into slices, such as batch jobs with a time limit, and tests.
+    pub stop_after: Option<usize>,
 }
+
+/// How much work a killed run may lose at most. A state is ~3× the weights (0.4 MB at
+/// width 8, 6 MB at 32): written and synced in milliseconds, so often is cheap.
+pub const RESUME_EVERY_SECONDS: f64 = 10.0;
 
 impl Default for SegTrainConfig {
     fn default() -> Self {
@@ -191,6 +204,8 @@ impl Default for SegTrainConfig {
             noise: 0.3,
             max_seconds: None,
             checkpoint: None,
+            resume: None,
+            stop_after: None,
         }
     }
 }
@@ -387,33 +402,32 @@ pub fn train(
     if let Some(w) = init {
         w.copy_into(&varmap)?;
     }
-    let mut opt = AdamW::new(
-        varmap.all_vars(),
+    let mut opt = ResumableAdamW::new(
+        &varmap,
         ParamsAdamW {
             lr: cfg.lr,
             weight_decay: 1e-4,
             ..Default::default()
         },
     )?;
-    let batches = BatchMaker::new(train, cfg);
     let mut history = History::new();
+    let resumed = match &cfg.resume {
+        Some(path) => {
+            let run = run_fingerprint(cfg, train, init)?;
+            resume_from(path, &run, &varmap, &mut opt, &mut history, say)
+        }
+        None => 0,
+    };
+    let batches = BatchMaker::new(train, cfg);
     let t0 = std::time::Instant::now();
+    let mut state_saved = std::time::Instant::now();
     let save = |step: usize| -> anyhow::Result<()> {
         if let Some(path) = &cfg.checkpoint {
             // Written beside the target and renamed over it (as the worker writes outputs):
             // a run stopped mid-write keeps the last whole checkpoint.
-            use std::io::Write as _;
             let bytes = Weights::of(&varmap, cfg.net, cfg.diameter)?.to_bytes()?;
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
-            tmp.write_all(&bytes)?;
-            tmp.as_file().sync_all()?;
-            tmp.persist(path).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot write the checkpoint {}: {}",
-                    path.display(),
-                    e.error
-                )
+            write_synced(path, &bytes).map_err(|e| {
+                anyhow::anyhow!("cannot write the checkpoint {}: {e}", path.display())
             })?;
             say(&format!("step {step}: checkpoint {}", path.display()));
         }
@@ -426,19 +440,20 @@ pub fn train(
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let maker = &batches;
         scope.spawn(move || {
-            for step in 1..=cfg.steps {
+            for step in resumed + 1..=cfg.steps {
                 if tx.send(maker.batch(step)).is_err() {
                     break; // training ended early (time budget or error)
                 }
             }
         });
-        for step in 1..=cfg.steps {
+        for step in resumed + 1..=cfg.steps {
             // Cosine decay to a tenth, over steps or time, whichever is further along.
             let mut t = step as f64 / cfg.steps as f64;
             if let Some(budget) = cfg.max_seconds {
                 t = t.max(t0.elapsed().as_secs_f64() / budget);
             }
-            let last = t >= 1.0 || step == cfg.steps;
+            let stop = cfg.stop_after == Some(step);
+            let last = t >= 1.0 || step == cfg.steps || stop;
             opt.set_learning_rate(
                 cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())),
             );
@@ -468,6 +483,20 @@ pub fn train(
             if step % 500 == 0 || last {
                 save(step)?;
             }
+            if step % 500 == 0
+                || last
+                || state_saved.elapsed().as_secs_f64() >= RESUME_EVERY_SECONDS
+            {
+                if let Some(path) = &cfg.resume {
+                    // Without a state a stop costs the work since the last one, nothing more:
+                    // training goes on (a full disk fails the outputs' write, clearly).
+                    let run = run_fingerprint(cfg, train, init)?;
+                    if let Err(e) = save_state(path, step, &history, &run, &varmap, &opt) {
+                        say(&format!("{e:#}; training goes on"));
+                    }
+                }
+                state_saved = std::time::Instant::now();
+            }
             if last {
                 break;
             }
@@ -475,6 +504,177 @@ pub fn train(
         Ok(())
     })?;
     Ok((Weights::of(&varmap, cfg.net, cfg.diameter)?, history))
+}
+
+/// Names in a training state file, beside the optimizer's `adam.*`.
+const WEIGHT: &str = "w.";
+const LOSSES: &str = "train.losses";
+const STEP: &str = "train.step";
+const RUN: &str = "train.run";
+
+/// What makes a training run the one a state belongs to: every setting that shapes its
+/// path, the training images and the starting weights (SHA-256, as a tensor of 32 bytes).
+fn run_fingerprint(
+    cfg: &SegTrainConfig,
+    train: &[Annotated],
+    init: Option<&Weights>,
+) -> anyhow::Result<Tensor> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(format!(
+        "{:?} steps {} batch {} crop {} lr {} weights {} {} seed {} diameter {} noise {}\n",
+        cfg.net,
+        cfg.steps,
+        cfg.batch,
+        cfg.crop,
+        cfg.lr,
+        cfg.boundary_weight,
+        cfg.contact_weight,
+        cfg.seed,
+        cfg.diameter,
+        cfg.noise
+    ));
+    for a in train {
+        h.update(format!("{} {}x{}\n", a.id, a.width, a.height));
+    }
+    if let Some(w) = init {
+        h.update(w.to_bytes()?);
+    }
+    Ok(Tensor::new(h.finalize().as_slice(), &Device::Cpu)?)
+}
+
+/// Writes a run's whole state (see [`SegTrainConfig::resume`]).
+fn save_state(
+    path: &Path,
+    step: usize,
+    history: &History,
+    run: &Tensor,
+    varmap: &VarMap,
+    opt: &ResumableAdamW,
+) -> anyhow::Result<()> {
+    let cpu = Device::Cpu;
+    let mut all = opt.state()?;
+    for (name, var) in varmap.data().lock().expect("varmap lock").iter() {
+        all.push((format!("{WEIGHT}{name}"), var.as_tensor().to_device(&cpu)?));
+    }
+    let losses: Vec<f32> = history.iter().map(|h| h.1).collect();
+    all.push((
+        LOSSES.into(),
+        Tensor::from_vec(losses, history.len(), &cpu)?,
+    ));
+    all.push((STEP.into(), Tensor::new(&[step as i64], &cpu)?));
+    all.push((RUN.into(), run.clone()));
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let bytes = safetensors::tensor::serialize(all.iter().map(|(k, v)| (k.as_str(), v)), None)?;
+    write_synced(path, &bytes)
+        .map_err(|e| anyhow::anyhow!("cannot write the training state {}: {e}", path.display()))
+}
+
+/// Takes up the state at `path` if it is this run's: weights, moments and losses restored,
+/// the step it reached returned. A state that is absent gives 0; one unreadable or of
+/// another run is said and ignored (training starts over and overwrites it), never an error.
+fn resume_from(
+    path: &Path,
+    run: &Tensor,
+    varmap: &VarMap,
+    opt: &mut ResumableAdamW,
+    history: &mut History,
+    say: &dyn Fn(&str),
+) -> usize {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => {
+            say(&format!(
+                "cannot read the training state {}: {e}; starting from step 0",
+                path.display()
+            ));
+            return 0;
+        }
+    };
+    let mut restore = || -> anyhow::Result<usize> {
+        let saved = tensors_of(&bytes, &path.display().to_string())?;
+        let same = saved
+            .get(RUN)
+            .map(|t| t.to_vec1::<u8>())
+            .transpose()?
+            .is_some_and(|t| t == run.to_vec1::<u8>().unwrap_or_default());
+        anyhow::ensure!(
+            same,
+            "it is another run's (other settings, images or starting weights)"
+        );
+        let step = saved
+            .get(STEP)
+            .ok_or_else(|| anyhow::anyhow!("no tensor {STEP}"))?
+            .to_vec1::<i64>()?;
+        let step = usize::try_from(
+            *step
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("{STEP} is empty"))?,
+        )?;
+        let losses = saved
+            .get(LOSSES)
+            .ok_or_else(|| anyhow::anyhow!("no tensor {LOSSES}"))?
+            .to_vec1::<f32>()?;
+        anyhow::ensure!(
+            losses.len() == step,
+            "{} losses for {step} steps",
+            losses.len()
+        );
+        // Everything is checked before anything is changed: a state is taken whole or not.
+        let weights = varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(name, var)| {
+                let key = format!("{WEIGHT}{name}");
+                let t = saved
+                    .get(&key)
+                    .ok_or_else(|| anyhow::anyhow!("no tensor {key}"))?;
+                anyhow::ensure!(t.dims() == var.dims(), "{key} has shape {:?}", t.dims());
+                Ok((var.clone(), t.to_device(var.device())?))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        opt.restore(&saved)?;
+        for (var, t) in weights {
+            var.set(&t)?;
+        }
+        *history = losses
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| (i + 1, l, None))
+            .collect();
+        Ok(step)
+    };
+    match restore() {
+        Ok(step) => {
+            say(&format!(
+                "resuming from step {step}: the training state {} left by an earlier attempt",
+                path.display()
+            ));
+            step
+        }
+        Err(e) => {
+            say(&format!(
+                "the training state {} is not used ({e:#}); starting from step 0",
+                path.display()
+            ));
+            0
+        }
+    }
+}
+
+/// `bytes` into `path` through a synced temporary file beside it, renamed over it: a run
+/// stopped mid-write keeps the last whole file.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// Training batches: crops drawn in proportion to image area (larger images give more
@@ -803,6 +1003,86 @@ mod tests {
             .collect();
         assert_eq!(left, std::slice::from_ref(&path));
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// A run stopped after 3 of 7 steps and started again from its state ends with the weights
+    /// and losses of a run never stopped; a state of another run, or a damaged one, is said
+    /// and set aside (training starts over) rather than failing or being half applied.
+    #[test]
+    fn a_stopped_run_resumes_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("run.state");
+        let images = [discs()];
+        let cfg = SegTrainConfig {
+            net: UNetConfig { width: 4, depth: 3 },
+            steps: 7,
+            batch: 2,
+            crop: 32,
+            ..Default::default()
+        };
+        let quiet = |_: &str| {};
+        let (straight, straight_history) = train(&images, &[], &cfg, None, 0, &quiet).unwrap();
+        let sliced = SegTrainConfig {
+            resume: Some(state.clone()),
+            ..cfg.clone()
+        };
+        let (_, first) = train(
+            &images,
+            &[],
+            &SegTrainConfig {
+                stop_after: Some(3),
+                ..sliced.clone()
+            },
+            None,
+            0,
+            &quiet,
+        )
+        .unwrap();
+        assert_eq!(first.len(), 3);
+        let said = std::sync::Mutex::new(Vec::<String>::new());
+        let say = |m: &str| said.lock().unwrap().push(m.to_string());
+        let (resumed, history) = train(&images, &[], &sliced, None, 0, &say).unwrap();
+        assert!(
+            said.lock().unwrap()[0].starts_with("resuming from step 3"),
+            "{:?}",
+            said.lock().unwrap()
+        );
+        let losses = |h: &History| h.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>();
+        assert_eq!(losses(&history), losses(&straight_history));
+        for (name, t) in &straight.tensors {
+            let r = resumed.tensors[name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let s = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(r, s, "{name}");
+        }
+
+        // Another run's state (another seed): set aside, and this run starts from step 0.
+        said.lock().unwrap().clear();
+        let other = SegTrainConfig {
+            seed: 2,
+            stop_after: Some(1),
+            ..sliced.clone()
+        };
+        let (_, h) = train(&images, &[], &other, None, 0, &say).unwrap();
+        assert_eq!(h.len(), 1);
+        assert!(
+            said.lock().unwrap()[0].contains("another run's"),
+            "{:?}",
+            said.lock().unwrap()
+        );
+        // A damaged state: the same.
+        std::fs::write(&state, b"not a state").unwrap();
+        said.lock().unwrap().clear();
+        let (_, h) = train(&images, &[], &other, None, 0, &say).unwrap();
+        assert_eq!(h.len(), 1);
+        assert!(
+            said.lock().unwrap()[0].contains("starting from step 0"),
+            "{:?}",
+            said.lock().unwrap()
+        );
     }
 
     /// Two large touching nuclei shrunk 4× into a crop keep a boundary line between them, and

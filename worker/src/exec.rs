@@ -28,6 +28,10 @@ pub struct ExecEnv {
     /// The worker's blob store: its own cache, or the coordinator's in shared-store mode.
     pub store: BlobStore,
     pub scratch_root: PathBuf,
+    /// Where long steps keep their state across attempts (`Context::resume`): beside the
+    /// workers' corners, not in one, so a restarted worker, or another on the same
+    /// filesystem, takes up what a killed one left.
+    pub resume_root: PathBuf,
     /// Input images may be read at their coordinator-side absolute path.
     pub shared_fs: bool,
     /// Parameters already decoded, by (kind, step, JSON): a step's tasks share one decoding.
@@ -159,6 +163,36 @@ async fn place_blob<F: BlobFetcher>(
             env.store.copy_verified(digest, dest)?;
         }
         other => other?,
+    }
+    Ok(())
+}
+
+/// The file a task keeps its resumable state in, named by its cache key (which covers its
+/// parameters, inputs and kind version, so a state is only ever taken up by the same work);
+/// none for a task without a well-formed key.
+pub fn resume_path(root: &Path, cache_key: &str) -> Option<PathBuf> {
+    let well_formed =
+        (16..=128).contains(&cache_key.len()) && cache_key.bytes().all(|b| b.is_ascii_hexdigit());
+    well_formed.then(|| root.join(format!("{cache_key}.state")))
+}
+
+/// How long a state nobody took up is kept (a run abandoned, or its inputs changed).
+pub const RESUME_KEPT: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
+/// Creates the resume directory and removes what is older than `kept` in it: states of
+/// work never finished, and temporary files of writes a killed worker left.
+pub fn prune_resume_states(root: &Path, kept: std::time::Duration) -> std::io::Result<()> {
+    std::fs::create_dir_all(root)?;
+    for e in std::fs::read_dir(root)?.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > kept);
+        if old {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
     Ok(())
 }
@@ -399,8 +433,11 @@ async fn run_builtin<F: BlobFetcher>(
         .as_ref()
         .map_or(1, |r| r.cpus.max(1) as usize);
     let gpu_ids = spec.gpu_ids.clone();
+    let resume = resume_path(&env.resume_root, &spec.cache_key);
+    let resume_in_ctx = resume.clone();
     let (log, result) = tokio::task::spawn_blocking(move || {
         let mut ctx = crate::builtin::Context {
+            resume: resume_in_ctx,
             gpu_ids,
             progress,
             work: &m.work,
@@ -443,6 +480,10 @@ async fn run_builtin<F: BlobFetcher>(
                     name,
                     digest: Some((&digest).into()),
                 });
+            }
+            // The outputs are stored: the state kept for another attempt has served.
+            if let Some(state) = resume {
+                let _ = std::fs::remove_file(state);
             }
         }
         Err(e) => {
@@ -510,5 +551,40 @@ mod tests {
             label_path("seg[plate=P1,well=A01]"),
             PathBuf::from("seg/plate=P1/well=A01")
         );
+    }
+
+    /// A state is named by the task's cache key alone, and only a key that cannot climb out
+    /// of the directory (hex digits) names one.
+    #[test]
+    fn resume_states_are_named_by_well_formed_cache_keys() {
+        let root = Path::new("/s/resume");
+        let key = "0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            resume_path(root, key),
+            Some(root.join(format!("{key}.state")))
+        );
+        for bad in [
+            "",
+            "abc",
+            "../../etc/passwd",
+            &format!("{key}/x"),
+            "é0123456789abcdef",
+        ] {
+            assert_eq!(resume_path(root, bad), None, "{bad}");
+        }
+    }
+
+    /// Pruning keeps what is recent and removes what is older than the age given.
+    #[test]
+    fn stale_resume_states_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("resume");
+        prune_resume_states(&root, RESUME_KEPT).unwrap();
+        std::fs::write(root.join("a.state"), b"x").unwrap();
+        prune_resume_states(&root, RESUME_KEPT).unwrap();
+        assert!(root.join("a.state").exists());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        prune_resume_states(&root, std::time::Duration::from_millis(10)).unwrap();
+        assert!(!root.join("a.state").exists());
     }
 }

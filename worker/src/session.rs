@@ -63,9 +63,13 @@ pub async fn run_worker(
     // Its own corner of the scratch directory; what dead workers left there is removed.
     let scratch = crate::process::ScratchCorner::claim(&cfg.scratch_dir)
         .map_err(|e| anyhow::anyhow!("scratch directory {}: {e}", cfg.scratch_dir.display()))?;
+    let resume_root = cfg.scratch_dir.join("resume");
+    crate::exec::prune_resume_states(&resume_root, crate::exec::RESUME_KEPT)
+        .map_err(|e| anyhow::anyhow!("resume directory {}: {e}", resume_root.display()))?;
     let env = ExecEnv {
         store,
         scratch_root: scratch.dir.clone(),
+        resume_root,
         shared_fs: cfg.shared_fs,
         decoded: Default::default(),
     };

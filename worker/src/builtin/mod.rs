@@ -57,6 +57,9 @@ pub struct Context<'a> {
     pub log: String,
     /// Live progress for the coordinator (the log arrives only at the end).
     pub progress: Option<crate::exec::ProgressTx>,
+    /// Where a long step keeps the state of its work so that another attempt of the same
+    /// task (after a killed worker) continues it; removed once the outputs are stored.
+    pub resume: Option<PathBuf>,
 }
 
 impl Context<'_> {
@@ -509,6 +512,7 @@ mod tests {
             gpu_ids: Vec::new(),
             log: String::new(),
             progress: None,
+            resume: None,
         };
         let sets = ctx.image_sets().unwrap();
         assert_eq!(sets.len(), 1);

@@ -98,6 +98,8 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
         lr: if init.is_some() { 5e-4 } else { 2e-3 },
         // The task's GPU where it was given one (`gpus: 1`), else the CPU.
         device: ctx.device(),
+        // A killed worker's attempt continues from its last state (at most a minute lost).
+        resume: ctx.resume.clone(),
         ..Default::default()
     };
     ctx.logln(format!(
@@ -116,8 +118,18 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
     };
     let progress = ctx.progress_sink("train_segmenter");
     let t0 = std::time::Instant::now();
-    let (weights, history) =
-        nuclei::train(&train, &val, &cfg, init.as_ref(), 0, &|m| progress.say(m))?;
+    // Whether training took up an earlier attempt's state goes into the log too.
+    let resumption = std::sync::Mutex::new(None::<String>);
+    let (weights, history) = nuclei::train(&train, &val, &cfg, init.as_ref(), 0, &|m| {
+        if !m.starts_with("step ") {
+            *resumption.lock().expect("resumption") = Some(m.to_string());
+        }
+        progress.say(m)
+    })?;
+    let resumption = resumption.into_inner().expect("resumption");
+    if let Some(m) = &resumption {
+        ctx.logln(m);
+    }
     let secs = t0.elapsed().as_secs_f64();
     let after = if val.is_empty() {
         None
@@ -146,7 +158,14 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
         &weights,
         (&train, &val),
         (before, after),
-        secs,
+        (
+            secs,
+            // "resuming from step N: …" → N
+            resumption
+                .as_deref()
+                .and_then(|m| m.strip_prefix("resuming from step "))
+                .and_then(|m| m.split(':').next()),
+        ),
     );
     ctx.write_output("segmenter_card.md", card.as_bytes())?;
     if let (Some(b), Some(a)) = (before, after) {
@@ -211,7 +230,8 @@ fn card(
     weights: &Weights,
     (train, val): (&[Annotated], &[Annotated]),
     (before, after): (Option<[Matching; 3]>, Option<[Matching; 3]>),
-    secs: f64,
+    // This attempt's seconds, and the step it went on from where an earlier one stopped.
+    (secs, resumed): (f64, Option<&str>),
 ) -> String {
     let step = &ctx.task.step;
     let mut s = format!("# Nucleus segmenter `{step}`\n\n");
@@ -261,6 +281,14 @@ fn card(
             gpu => format!("GPU {gpu}"),
         }
     );
+    if let Some(step) = resumed {
+        let _ = writeln!(
+            s,
+            "- Interrupted: this attempt went on from step {step}, where an earlier one had \
+             left its training state (the time above is this attempt's). With the same \
+             batches and optimizer state, the weights are those of a run never interrupted."
+        );
+    }
     let _ = writeln!(s, "\n## Held-out scores\n");
     if val.is_empty() {
         let _ = writeln!(
