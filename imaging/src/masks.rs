@@ -269,6 +269,65 @@ mod tests {
         assert_eq!((l.data.as_slice(), l.count), (&[2, 0, 1][..], 2));
     }
 
+    /// Palette and grey PNGs of fewer than 8 bits (packed from each byte's high bits, rows
+    /// padded to whole bytes), as small label images and Fiji's binary masks are saved.
+    #[test]
+    fn pngs_of_fewer_bits_read_their_packed_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, color, depth, w: u32, h: u32, packed: &[u8]| {
+            let path = dir.path().join(name);
+            let mut enc = png::Encoder::new(File::create(&path).unwrap(), w, h);
+            enc.set_color(color);
+            enc.set_depth(depth);
+            if color == png::ColorType::Indexed {
+                enc.set_palette(
+                    (0..16u8)
+                        .flat_map(|i| [i * 16, 255 - i * 16, i])
+                        .collect::<Vec<_>>(),
+                );
+            }
+            enc.write_header()
+                .unwrap()
+                .write_image_data(packed)
+                .unwrap();
+            path
+        };
+        // 4 bits, 3x2: indices 0 5 0 / 0 0 9, each row padded to 2 bytes.
+        let p4 = write(
+            "p4.png",
+            png::ColorType::Indexed,
+            png::BitDepth::Four,
+            3,
+            2,
+            &[0x05, 0x00, 0x00, 0x90],
+        );
+        let l = read_mask(&p4).unwrap();
+        assert_eq!((l.data.as_slice(), l.count), (&[0, 1, 0, 0, 0, 2][..], 2));
+        // 1 bit, 10x1 (across a byte): index 1 at x 0-1 and x 8-9, one value for every
+        // object, so a binary mask, split into its two components.
+        let p1 = write(
+            "p1.png",
+            png::ColorType::Indexed,
+            png::BitDepth::One,
+            10,
+            1,
+            &[0b1100_0000, 0b1100_0000],
+        );
+        let l = read_mask(&p1).unwrap();
+        assert_eq!(l.data, [1, 1, 0, 0, 0, 0, 0, 0, 2, 2]);
+        // A 1-bit grey PNG (a binary mask saved by Fiji): the same objects.
+        let g1 = write(
+            "g1.png",
+            png::ColorType::Grayscale,
+            png::BitDepth::One,
+            10,
+            1,
+            &[0b1100_0000, 0b1100_0000],
+        );
+        let l = read_mask(&g1).unwrap();
+        assert_eq!(l.data, [1, 1, 0, 0, 0, 0, 0, 0, 2, 2]);
+    }
+
     #[test]
     fn bad_masks_are_refused_with_the_reason_and_the_file() {
         let dir = tempfile::tempdir().unwrap();

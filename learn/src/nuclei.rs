@@ -665,12 +665,14 @@ fn resume_from(
     }
 }
 
-/// `bytes` into `path` through a synced temporary file beside it, renamed over it: a run
-/// stopped mid-write keeps the last whole file.
+/// `bytes` into `path` (its directory made if need be) through a synced temporary file
+/// beside it, renamed over it: a run stopped mid-write keeps the last whole file.
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
+    let dir = dir.unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -179,11 +179,16 @@ pub fn resume_path(root: &Path, cache_key: &str) -> Option<PathBuf> {
 /// How long a state nobody took up is kept (a run abandoned, or its inputs changed).
 pub const RESUME_KEPT: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 
-/// Creates the resume directory and removes what is older than `kept` in it: states of
-/// work never finished, and temporary files of writes a killed worker left.
+/// Removes what is older than `kept` from the resume directory (states of work never
+/// finished, temporary files of writes a killed worker left), and the directory once empty:
+/// it is made by the first state written, and scratch stays empty without one.
 pub fn prune_resume_states(root: &Path, kept: std::time::Duration) -> std::io::Result<()> {
-    std::fs::create_dir_all(root)?;
-    for e in std::fs::read_dir(root)?.flatten() {
+    let entries = match std::fs::read_dir(root) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for e in entries.flatten() {
         let old = e
             .metadata()
             .and_then(|m| m.modified())
@@ -194,6 +199,7 @@ pub fn prune_resume_states(root: &Path, kept: std::time::Duration) -> std::io::R
             let _ = std::fs::remove_file(e.path());
         }
     }
+    let _ = std::fs::remove_dir(root); // only if empty
     Ok(())
 }
 
@@ -579,12 +585,13 @@ mod tests {
     fn stale_resume_states_are_pruned() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("resume");
-        prune_resume_states(&root, RESUME_KEPT).unwrap();
+        prune_resume_states(&root, RESUME_KEPT).unwrap(); // none yet: nothing to do
+        std::fs::create_dir(&root).unwrap();
         std::fs::write(root.join("a.state"), b"x").unwrap();
         prune_resume_states(&root, RESUME_KEPT).unwrap();
         assert!(root.join("a.state").exists());
         std::thread::sleep(std::time::Duration::from_millis(20));
         prune_resume_states(&root, std::time::Duration::from_millis(10)).unwrap();
-        assert!(!root.join("a.state").exists());
+        assert!(!root.exists(), "emptied, so removed");
     }
 }
