@@ -5,6 +5,7 @@
 //!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho|coelho-odd|coelho-even]...
 //!   cargo run --release -p plateflow-learn --example nuclei -- sizes
 //!   cargo run --release -p plateflow-learn --example nuclei -- profile [WEIGHTS|shipped]
+//!   cargo run --release -p plateflow-learn --example nuclei -- crops [BATCHES] [BATCH]
 //!   cargo run --release -p plateflow-learn --example nuclei -- widen [WEIGHTS|shipped] OUT.safetensors [WIDTH]
 //!   cargo run --release -p plateflow-learn --example nuclei -- average A B T OUT.safetensors
 //!
@@ -175,6 +176,26 @@ fn main() -> anyhow::Result<()> {
                     rayon::current_num_threads()
                 );
             }
+        }
+        Some("crops") => {
+            // How many augmented training crops the CPU makes per second (on RAYON_NUM_THREADS
+            // threads), without training: what a GPU run can be fed.
+            let batches: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
+            let cfg = SegTrainConfig {
+                batch: args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(32),
+                ..Default::default()
+            };
+            nuclei::time_batches(&train, &cfg, 1); // warm: pages, allocator
+            let secs = nuclei::time_batches(&train, &cfg, batches);
+            let crops = (batches * cfg.batch) as f64;
+            println!(
+                "{batches} batches of {} crops of {}² in {secs:.2} s on {} threads: {:.1} crops/s ({:.1} per thread)",
+                cfg.batch,
+                cfg.crop,
+                rayon::current_num_threads(),
+                crops / secs,
+                crops / secs / rayon::current_num_threads() as f64
+            );
         }
         Some("profile") => {
             // Where inference time goes, on the validation images, one at a time (each on

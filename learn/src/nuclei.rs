@@ -679,6 +679,17 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Seconds to make training batches `1..=n` of `cfg` on the current rayon threads, without
+/// training: what a GPU run's crop making can feed (a benchmark, `nuclei crops`).
+pub fn time_batches(train: &[Annotated], cfg: &SegTrainConfig, n: usize) -> f64 {
+    let maker = BatchMaker::new(train, cfg);
+    let t = std::time::Instant::now();
+    for step in 1..=n {
+        std::hint::black_box(maker.batch(step));
+    }
+    t.elapsed().as_secs_f64()
+}
+
 /// Training batches: crops drawn in proportion to image area (larger images give more
 /// crops), augmented, with their classes and loss weights.
 struct BatchMaker<'a> {

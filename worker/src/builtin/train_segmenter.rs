@@ -286,7 +286,8 @@ fn card(
             s,
             "- Interrupted: this attempt went on from step {step}, where an earlier one had \
              left its training state (the time above is this attempt's). With the same \
-             batches and optimizer state, the weights are those of a run never interrupted."
+             batches and optimizer state it is the same run: bit for bit where both attempts \
+             ran on the same kind of worker (threads and device can change rounding)."
         );
     }
     let _ = writeln!(s, "\n## Held-out scores\n");
