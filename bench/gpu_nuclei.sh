@@ -10,9 +10,9 @@
 #           (CARGO_TARGET_DIR=target/cuda cargo build --release -p plateflow-learn
 #           --features cuda --example nuclei --example gpu_check, against deploy/cuda/toolkit.sh)
 # DATA_DIR  a folder holding dsb2018-nuclei/ (a copy of ../shared/data's) and the starting
-#           weights the candidates name (w12-widened.safetensors: `nuclei widen shipped
-#           DATA_DIR/w12-widened.safetensors 12`; w12-cpu.safetensors: those widened weights
-#           after 9,564 CPU steps, BENCHMARKS.md "width 12 widened from the shipped weights")
+#           weights the candidates name (w16-gpu.safetensors: width 16 after 804 steps on an
+#           H200, BENCHMARKS.md "the nucleus U-Net on a GPU", SHA-256 dce59bc4…); a candidate
+#           whose file is absent is skipped
 # OUT_DIR   where the candidates' weights, their logs, gpu_check.json and score.txt go
 # SECONDS   training budget per candidate (default 400); all candidates share the GPU
 set -uo pipefail
@@ -31,25 +31,28 @@ nvidia-smi -L
 if ldd "$BIN/nuclei" | grep 'not found'; then echo "libraries missing (above)"; exit 1; fi
 
 # name width init lr: each trains on cuda:0 with 3 of the node's cores making its crops; an
-# init that is a file in DATA_DIR starts from it. Widths 10 and 12 are those whose network
-# still fits >= 5 MP/s on 2 CPU cores (BENCHMARKS.md, "the network's cost by width"), 12 also
-# from the shipped weights widened (and from its CPU run, trained on); 16 says how far accuracy
-# goes with width. Five, because a lease returns at most 8 files (five weights, train.log,
-# gpu_check.json, score.txt) and 5 x 3 crop threads fit the node's 16 cores.
+# init that is a file in DATA_DIR starts from it. The lease of 2026-12-04 (BENCHMARKS.md)
+# found widths 8-12 trained on from the shipped weights stuck at the shipped level, width 16
+# from scratch at it within 804 steps, and the GPU's step, not crop making, setting the pace:
+# so wider networks, larger batches (NUCLEI_BATCH, default 128), and width 16 continued from
+# that lease's weights (w16-gpu.safetensors, the `w16-scratch` it returned). At most five: a
+# lease returns at most 8 files (the weights, train.log, gpu_check.json, score.txt), and
+# 5 x 3 crop threads fit the node's 16 cores.
 candidates=(
-  "w8-shipped 8 shipped 1e-3"
-  "w12-widened 12 w12-widened.safetensors 1e-3"
-  "w12-cpu 12 w12-cpu.safetensors 5e-4"
-  "w10-scratch 10 - 2e-3"
+  "w16-gpu 16 w16-gpu.safetensors 1e-3"
+  "w12-scratch 12 - 2e-3"
   "w16-scratch 16 - 2e-3"
+  "w24-scratch 24 - 2e-3"
+  "w32-scratch 32 - 2e-3"
 )
+BATCH=${NUCLEI_BATCH:-128}
 pids=()
 for c in "${candidates[@]}"; do
   read -r name width init lr <<<"$c"
   [ -e "$PLATEFLOW_SHARED_DATA/$init" ] && init=$PLATEFLOW_SHARED_DATA/$init
   if [[ $init == *.safetensors && ! -e $init ]]; then echo "skipped $name: no $init"; continue; fi
   args=(train 100000000 "$OUT/$name.safetensors" "$width" 0 "$init" "$lr")
-  RAYON_NUM_THREADS=3 NUCLEI_DEVICE=cuda NUCLEI_SECONDS=$SECS NUCLEI_BATCH=32 NUCLEI_NOISE=0.3 \
+  RAYON_NUM_THREADS=3 NUCLEI_DEVICE=cuda NUCLEI_SECONDS=$SECS NUCLEI_BATCH=$BATCH NUCLEI_NOISE=0.3 \
     "$BIN/nuclei" "${args[@]}" >"$LOGS/$name.log" 2>&1 &
   pids+=($!)
 done
