@@ -411,12 +411,15 @@ pub fn train(
         },
     )?;
     let mut history = History::new();
-    let resumed = match &cfg.resume {
-        Some(path) => {
-            let run = run_fingerprint(cfg, train, init)?;
-            resume_from(path, &run, &varmap, &mut opt, &mut history, say)
-        }
-        None => 0,
+    // The run a state belongs to, and the step this one starts after.
+    let run = cfg
+        .resume
+        .as_ref()
+        .map(|_| run_fingerprint(cfg, train, init))
+        .transpose()?;
+    let resumed = match (&cfg.resume, &run) {
+        (Some(path), Some(run)) => resume_from(path, run, &varmap, &mut opt, &mut history, say),
+        _ => 0,
     };
     let batches = BatchMaker::new(train, cfg);
     let t0 = std::time::Instant::now();
@@ -487,11 +490,10 @@ pub fn train(
                 || last
                 || state_saved.elapsed().as_secs_f64() >= RESUME_EVERY_SECONDS
             {
-                if let Some(path) = &cfg.resume {
+                if let (Some(path), Some(run)) = (&cfg.resume, &run) {
                     // Without a state a stop costs the work since the last one, nothing more:
                     // training goes on (a full disk fails the outputs' write, clearly).
-                    let run = run_fingerprint(cfg, train, init)?;
-                    if let Err(e) = save_state(path, step, &history, &run, &varmap, &opt) {
+                    if let Err(e) = save_state(path, step, &history, run, &varmap, &opt) {
                         say(&format!("{e:#}; training goes on"));
                     }
                 }
