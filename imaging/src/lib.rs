@@ -1,5 +1,7 @@
 //! Reading microscopy images as grey images: TIFF (8/16-bit grey, palette-coded, uncompressed,
-//! LZW, PackBits or Deflate, multi-page) and PNG (grey, or RGB whose channels are equal).
+//! LZW, PackBits or Deflate, multi-page; 32-bit integer and float where their values fit 16
+//! bits by a fixed rule, see [`to_sixteen_bits`]) and PNG (grey, or RGB whose channels are
+//! equal).
 //! A file that cannot be read gives an error naming the file and the reason. No knowledge of
 //! the engine: this is a library first.
 
@@ -89,7 +91,7 @@ pub enum ImageError {
         format: &'static str,
         reason: String,
     },
-    #[error("image {path}: {what} is not supported (plateflow reads 8/16-bit grey or palette TIFF, and grey PNG or RGB PNG with equal channels)")]
+    #[error("image {path}: {what} is not supported (plateflow reads 8/16-bit grey or palette TIFF, 32-bit TIFF whose values fit 16 bits, and grey PNG or RGB PNG with equal channels)")]
     Unsupported { path: PathBuf, what: String },
     #[error("mask {path} cannot be used: {what}")]
     BadMask { path: PathBuf, what: String },
@@ -142,7 +144,8 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
         path: path.to_path_buf(),
         what,
     };
-    let mut dec = tiff_decoder(path, r, 2)?;
+    // 4 bytes a sample: 32-bit images are read too (then brought to 16 bits).
+    let mut dec = tiff_decoder(path, r, 4)?;
     let mut pages = Vec::new();
     loop {
         let (width, height) = dec.dimensions().map_err(corrupt)?;
@@ -161,7 +164,7 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
                 )))
             }
             _ => match dec.colortype().map_err(corrupt)? {
-                ColorType::Gray(8) | ColorType::Gray(16) => None,
+                ColorType::Gray(8) | ColorType::Gray(16) | ColorType::Gray(32) => None,
                 other => return Err(unsupported(format!("TIFF colour type {other:?}"))),
             },
         };
@@ -174,6 +177,14 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
             None => match dec.read_image().map_err(corrupt)? {
                 DecodingResult::U8(v) => (v.into_iter().map(u16::from).collect(), 8),
                 DecodingResult::U16(v) => (v, 16),
+                DecodingResult::U32(v) => {
+                    let v = v.into_iter().map(f64::from);
+                    (to_sixteen_bits(v, false).map_err(unsupported)?, 16)
+                }
+                DecodingResult::F32(v) => {
+                    let v = v.into_iter().map(f64::from);
+                    (to_sixteen_bits(v, true).map_err(unsupported)?, 16)
+                }
                 _ => return Err(unsupported("TIFF sample format".into())),
             },
         };
@@ -195,6 +206,46 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
         }
         dec.next_image().map_err(corrupt)?;
     }
+}
+
+/// 32-bit samples (ImageJ's "32-bit" type, deconvolution and stitching tools' output) as 16
+/// bits by one rule for every image, so intensities stay comparable across a plate: floats
+/// all within 0–1 (normalised) are scaled by 65535, values within 0–65535 are rounded;
+/// anything else (negative, larger, not a number) is refused with the range found, since
+/// any rescaling chosen per image would make one well's intensities unlike another's.
+pub fn to_sixteen_bits(
+    values: impl Iterator<Item = f64> + Clone,
+    float: bool,
+) -> Result<Vec<u16>, String> {
+    let kind = if float {
+        "32-bit float"
+    } else {
+        "32-bit integer"
+    };
+    let (mut lo, mut hi, mut bad) = (f64::INFINITY, f64::NEG_INFINITY, 0usize);
+    for v in values.clone() {
+        if v.is_finite() {
+            lo = lo.min(v);
+            hi = hi.max(v);
+        } else {
+            bad += 1;
+        }
+    }
+    if bad > 0 {
+        return Err(format!(
+            "a {kind} image with {bad} pixels that are not numbers (NaN or infinite)"
+        ));
+    }
+    let scale = if float && hi <= 1.0 { 65535.0 } else { 1.0 };
+    if lo < 0.0 || hi > 65535.0 {
+        return Err(format!(
+            "a {kind} image with values from {lo} to {hi}, outside 0-65535 (and not 0-1): \
+             convert the plate's images to 16 bits with one range for all of them (Fiji: \
+             Image > Adjust > Brightness/Contrast, Set the same minimum and maximum, then \
+             Image > Type > 16-bit)"
+        ));
+    }
+    Ok(values.map(|v| (v * scale).round() as u16).collect())
 }
 
 /// A TIFF decoder whose own buffers are capped at the largest image ([`max_pixels`] of

@@ -288,3 +288,69 @@ fn palette_tiffs_uncompressed_packbits_lzw_with_predictor() {
         "{e}"
     );
 }
+
+/// 32-bit TIFFs (ImageJ's "32-bit", deconvolution output) by one fixed rule: whole numbers
+/// and values up to 65535 as they are (rounded), floats within 0-1 scaled by 65535; values
+/// no fixed rule fits are refused with their range and what to do, naming the file.
+#[test]
+fn tiff_32bit_integer_and_float() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let write = |path: &Path, f: &dyn Fn(&mut TiffEncoder<File>)| {
+        let mut enc = TiffEncoder::new(File::create(path).unwrap()).unwrap();
+        f(&mut enc);
+    };
+    write(&p("u32.tif"), &|e| {
+        e.write_image::<colortype::Gray32>(3, 1, &[0u32, 700, 65535])
+            .unwrap();
+    });
+    let i = read_image(&p("u32.tif")).unwrap();
+    assert_eq!(
+        (i.data.as_slice(), i.bit_depth),
+        (&[0u16, 700, 65535][..], 16)
+    );
+    // An integer image of 0 and 1 is not "normalised": its values stay.
+    write(&p("u32-binary.tif"), &|e| {
+        e.write_image::<colortype::Gray32>(2, 1, &[0u32, 1])
+            .unwrap();
+    });
+    assert_eq!(read_image(&p("u32-binary.tif")).unwrap().data, [0, 1]);
+    write(&p("counts.tif"), &|e| {
+        e.write_image::<colortype::Gray32Float>(3, 1, &[100.0f32, 2047.4, 2047.6])
+            .unwrap();
+    });
+    assert_eq!(
+        read_image(&p("counts.tif")).unwrap().data,
+        [100, 2047, 2048]
+    );
+    write(&p("unit.tif"), &|e| {
+        e.write_image::<colortype::Gray32Float>(3, 1, &[0.0f32, 0.5, 1.0])
+            .unwrap();
+    });
+    assert_eq!(read_image(&p("unit.tif")).unwrap().data, [0, 32768, 65535]);
+    for (name, data, says) in [
+        ("negative.tif", [-3.0f32, 0.0, 10.0], "values from -3 to 10"),
+        ("large.tif", [0.0, 1.0, 1e6], "values from 0 to 1000000"),
+        (
+            "nan.tif",
+            [0.0, f32::NAN, 1.0],
+            "1 pixels that are not numbers",
+        ),
+    ] {
+        write(&p(name), &|e| {
+            e.write_image::<colortype::Gray32Float>(3, 1, &data)
+                .unwrap();
+        });
+        let err = read_image(&p(name)).unwrap_err().to_string();
+        assert!(err.contains(says) && err.contains(name), "{err}");
+    }
+    write(&p("u32-large.tif"), &|e| {
+        e.write_image::<colortype::Gray32>(2, 1, &[0u32, 70_000])
+            .unwrap();
+    });
+    let err = read_image(&p("u32-large.tif")).unwrap_err().to_string();
+    assert!(
+        err.contains("32-bit integer image with values from 0 to 70000"),
+        "{err}"
+    );
+}
