@@ -802,6 +802,65 @@ fn small_demo() -> tempfile::TempDir {
     tmp
 }
 
+/// A plate saved as 32-bit float (ImageJ's "32-bit" type, the same values) gives the same
+/// objects and the same measurements as the plate saved as 16-bit (the demo's 8-bit images
+/// scaled by 257 for both).
+#[test]
+fn a_plate_of_32_bit_float_images_measures_as_its_16_bit_original() {
+    use tiff::encoder::{colortype, TiffEncoder};
+    let tmp = small_demo();
+    let dir = tmp.path();
+    for d in ["orig/P1", "float/P1"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    for entry in std::fs::read_dir(dir.join("images/P1")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        let img = plateflow_imaging::read_image(&path).unwrap();
+        let sixteen: Vec<u16> = img.data.iter().map(|&v| v * 257).collect();
+        let float: Vec<f32> = sixteen.iter().map(|&v| f32::from(v)).collect();
+        let create = |d: &str| std::fs::File::create(dir.join(d).join(name)).unwrap();
+        TiffEncoder::new(create("orig/P1"))
+            .unwrap()
+            .write_image::<colortype::Gray16>(img.width, img.height, &sixteen)
+            .unwrap();
+        TiffEncoder::new(create("float/P1"))
+            .unwrap()
+            .write_image::<colortype::Gray32Float>(img.width, img.height, &float)
+            .unwrap();
+    }
+    let measure = |images: &str| {
+        let yaml = format!(
+            r#"pipeline: bits-{images}
+data:
+  images: {images}
+  pattern: "{{plate}}/{{well}}_s{{site}}_w{{channel}}.tif"
+  channels: {{"1": DNA, "2": GFP}}
+results: results-{images}
+steps:
+  segment: {{uses: segment, for_each: plate, inputs: [images], with: {{nuclei: DNA, cells: GFP}}}}
+  features:
+    uses: features
+    for_each: plate
+    after: [segment]
+    inputs: [images]
+    with: {{nuclei: DNA, channels: [DNA, GFP]}}
+"#
+        );
+        let p = dir.join(format!("{images}.yaml"));
+        std::fs::write(&p, yaml).unwrap();
+        run_pipeline(&p, 300);
+        std::fs::read(dir.join(format!("results-{images}/features/plate=P1/cells.csv"))).unwrap()
+    };
+    let (a, b) = (measure("orig"), measure("float"));
+    assert!(a.len() > 1000, "{} bytes of cells.csv", a.len());
+    if a != b {
+        let (a, b) = (String::from_utf8_lossy(&a), String::from_utf8_lossy(&b));
+        let first = a.lines().zip(b.lines()).find(|(x, y)| x != y);
+        panic!("the float plate measured otherwise; first difference:\n{first:?}");
+    }
+}
+
 /// Fine-tuning the shipped model on a few labelled images of a kind it has not seen (here:
 /// nuclei dark on a bright background, as in inverted or transmitted-light images) raises
 /// its score on held-out images of that kind, and the model card says both. (The step's
