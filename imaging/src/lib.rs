@@ -95,6 +95,8 @@ pub enum ImageError {
     Unsupported { path: PathBuf, what: String },
     #[error("mask {path} cannot be used: {what}")]
     BadMask { path: PathBuf, what: String },
+    #[error("image {path} is a stack of {pages} planes (channels, z-planes or time points), and plateflow reads one plane per file: save each channel as its own file (Fiji: Image > Stacks > Stack to Images), project a z-stack first (Image > Stacks > Z Project), then name the plane in the file name (`{{channel}}` in the pattern)")]
+    Stack { path: PathBuf, pages: usize },
     #[error("image {path} has an extension plateflow does not read (use .tif, .tiff or .png)")]
     UnknownFormat { path: PathBuf },
     #[error("cannot write image {path}: {reason}")]
@@ -119,7 +121,7 @@ pub fn read_pages(path: &Path) -> Result<Vec<GrayImage>, ImageError> {
         source,
     })?;
     match ext.as_str() {
-        "tif" | "tiff" => read_tiff(path, BufReader::new(file)),
+        "tif" | "tiff" => read_tiff(path, BufReader::new(file), true),
         "png" => read_png(path, BufReader::new(file)).map(|i| vec![i]),
         _ => Err(ImageError::UnknownFormat {
             path: path.to_path_buf(),
@@ -127,12 +129,26 @@ pub fn read_pages(path: &Path) -> Result<Vec<GrayImage>, ImageError> {
     }
 }
 
-/// The first page of an image file.
+/// An image file's one plane. A stack (several full-size pages: channels, z-planes, time
+/// points) is refused rather than read as its first plane, which would measure a channel or
+/// plane the user did not mean; reduced-resolution pages (thumbnails) do not count.
 pub fn read_image(path: &Path) -> Result<GrayImage, ImageError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if matches!(ext.as_str(), "tif" | "tiff") {
+        let file = File::open(path).map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        return Ok(read_tiff(path, BufReader::new(file), false)?.swap_remove(0));
+    }
     Ok(read_pages(path)?.swap_remove(0))
 }
 
-fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageError> {
+/// The pages of a TIFF: every one (`all`), or the first where it is the only full-size one.
+fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage>, ImageError> {
     use tiff::decoder::DecodingResult;
     use tiff::ColorType;
     let corrupt = |e: tiff::TiffError| ImageError::Corrupt {
@@ -205,7 +221,39 @@ fn read_tiff(path: &Path, r: BufReader<File>) -> Result<Vec<GrayImage>, ImageErr
             return Ok(pages);
         }
         dec.next_image().map_err(corrupt)?;
+        if !all {
+            return one_plane(path, dec, pages);
+        }
     }
+}
+
+/// `pages` (the first) where the file's other pages are all reduced-resolution copies
+/// (NewSubfileType bit 0: thumbnails, pyramid levels), else the stack error; `dec` stands at
+/// the second page.
+fn one_plane<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    mut dec: tiff::decoder::Decoder<R>,
+    pages: Vec<GrayImage>,
+) -> Result<Vec<GrayImage>, ImageError> {
+    let mut planes = 1;
+    loop {
+        let reduced = dec
+            .find_tag_unsigned::<u32>(tiff::tags::Tag::NewSubfileType)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t & 1 == 1);
+        planes += usize::from(!reduced);
+        if !dec.more_images() || dec.next_image().is_err() {
+            break;
+        }
+    }
+    if planes > 1 {
+        return Err(ImageError::Stack {
+            path: path.to_path_buf(),
+            pages: planes,
+        });
+    }
+    Ok(pages)
 }
 
 /// 32-bit samples (ImageJ's "32-bit" type, deconvolution and stitching tools' output) as 16

@@ -354,3 +354,38 @@ fn tiff_32bit_integer_and_float() {
         "{err}"
     );
 }
+
+/// A stack (channels or z-planes as pages) is refused by `read_image`, naming the file and
+/// how many planes, instead of being read as its first plane; a file whose other pages are
+/// reduced-resolution copies (a thumbnail) reads as its one plane.
+#[test]
+fn a_stack_is_refused_and_a_thumbnail_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (w, h) = (8, 4);
+    let data = ramp8(w, h);
+    let stack = dir.path().join("stack.tif");
+    write_tiff8(&stack, Compression::Uncompressed, &data, w, h, 3);
+    let err = read_image(&stack).unwrap_err().to_string();
+    assert!(
+        err.contains("stack.tif is a stack of 3 planes") && err.contains("Stack to Images"),
+        "{err}"
+    );
+    assert_eq!(
+        read_pages(&stack).unwrap().len(),
+        3,
+        "read_pages still reads them all"
+    );
+
+    let with_thumb = dir.path().join("thumb.tif");
+    let mut enc = TiffEncoder::new(File::create(&with_thumb).unwrap()).unwrap();
+    enc.write_image::<colortype::Gray8>(w, h, &data).unwrap();
+    let mut thumb = enc.new_image::<colortype::Gray8>(2, 1).unwrap();
+    thumb
+        .encoder()
+        .write_tag(tiff::tags::Tag::NewSubfileType, 1u32)
+        .unwrap();
+    thumb.write_data(&[1, 2]).unwrap();
+    let img = read_image(&with_thumb).unwrap();
+    assert_eq!((img.width, img.height), (w, h));
+    assert_eq!(img.data, data.iter().map(|&v| v as u16).collect::<Vec<_>>());
+}
