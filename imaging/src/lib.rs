@@ -193,14 +193,9 @@ fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage
             None => match dec.read_image().map_err(corrupt)? {
                 DecodingResult::U8(v) => (v.into_iter().map(u16::from).collect(), 8),
                 DecodingResult::U16(v) => (v, 16),
-                DecodingResult::U32(v) => {
-                    let v = v.into_iter().map(f64::from);
-                    (to_sixteen_bits(v, false).map_err(unsupported)?, 16)
-                }
-                DecodingResult::F32(v) => {
-                    let v = v.into_iter().map(f64::from);
-                    (to_sixteen_bits(v, true).map_err(unsupported)?, 16)
-                }
+                DecodingResult::U32(v) => (to_sixteen_bits(&v, false).map_err(unsupported)?, 16),
+                DecodingResult::I32(v) => (to_sixteen_bits(&v, false).map_err(unsupported)?, 16),
+                DecodingResult::F32(v) => (to_sixteen_bits(&v, true).map_err(unsupported)?, 16),
                 _ => return Err(unsupported("TIFF sample format".into())),
             },
         };
@@ -220,33 +215,23 @@ fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage
         if !dec.more_images() {
             return Ok(pages);
         }
-        dec.next_image().map_err(corrupt)?;
         if !all {
             return one_plane(path, dec, pages);
         }
+        dec.next_image().map_err(corrupt)?;
     }
 }
 
-/// `pages` (the first) where the file's other pages are all reduced-resolution copies
-/// (NewSubfileType bit 0: thumbnails, pyramid levels), else the stack error; `dec` stands at
-/// the second page.
+/// `pages` (the first) where the file's other pages are not planes of the same field:
+/// reduced-resolution copies (NewSubfileType bit 0: thumbnails, pyramid levels), pages of
+/// another size (a preview), or pages past one that cannot be read (only the first is
+/// needed); else the stack error. `dec` stands at the first page.
 fn one_plane<R: std::io::Read + std::io::Seek>(
     path: &Path,
     mut dec: tiff::decoder::Decoder<R>,
     pages: Vec<GrayImage>,
 ) -> Result<Vec<GrayImage>, ImageError> {
-    let mut planes = 1;
-    loop {
-        let reduced = dec
-            .find_tag_unsigned::<u32>(tiff::tags::Tag::NewSubfileType)
-            .ok()
-            .flatten()
-            .is_some_and(|t| t & 1 == 1);
-        planes += usize::from(!reduced);
-        if !dec.more_images() || dec.next_image().is_err() {
-            break;
-        }
-    }
+    let planes = 1 + more_planes(&mut dec, (pages[0].width, pages[0].height));
     if planes > 1 {
         return Err(ImageError::Stack {
             path: path.to_path_buf(),
@@ -256,44 +241,72 @@ fn one_plane<R: std::io::Read + std::io::Seek>(
     Ok(pages)
 }
 
-/// 32-bit samples (ImageJ's "32-bit" type, deconvolution and stitching tools' output) as 16
-/// bits by one rule for every image, so intensities stay comparable across a plate: floats
-/// all within 0–1 (normalised) are scaled by 65535, values within 0–65535 are rounded;
-/// anything else (negative, larger, not a number) is refused with the range found, since
-/// any rescaling chosen per image would make one well's intensities unlike another's.
-pub fn to_sixteen_bits(
-    values: impl Iterator<Item = f64> + Clone,
-    float: bool,
-) -> Result<Vec<u16>, String> {
+/// How many of the pages after the decoder's current one are further planes of a field of
+/// `size`: not reduced-resolution copies (NewSubfileType bit 0), not of another size, and
+/// before any page that cannot be read.
+pub(crate) fn more_planes<R: std::io::Read + std::io::Seek>(
+    dec: &mut tiff::decoder::Decoder<R>,
+    size: (u32, u32),
+) -> usize {
+    let mut planes = 0;
+    while dec.more_images() && dec.next_image().is_ok() {
+        let reduced = dec
+            .find_tag_unsigned::<u32>(tiff::tags::Tag::NewSubfileType)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t & 1 == 1);
+        let same_size = dec.dimensions().is_ok_and(|d| d == size);
+        planes += usize::from(!reduced && same_size);
+    }
+    planes
+}
+
+/// 32-bit samples (ImageJ's "32-bit" type, deconvolution and stitching tools' output) as
+/// 16 bits by one rule that does not depend on the image, so intensities stay comparable
+/// across a plate: values within 0–65535 are rounded. Refused, with the range found and what
+/// to do: negative or larger values, NaN, and floats with fractions that all lie within
+/// 0–255, which are normalised or rescaled intensities (0–1, say) whose scale only the plate
+/// as a whole could tell: rounding would flatten them, and a scale chosen per image would
+/// make one well's intensities unlike another's.
+pub fn to_sixteen_bits<T: Copy + Into<f64>>(values: &[T], float: bool) -> Result<Vec<u16>, String> {
     let kind = if float {
         "32-bit float"
     } else {
         "32-bit integer"
     };
-    let (mut lo, mut hi, mut bad) = (f64::INFINITY, f64::NEG_INFINITY, 0usize);
-    for v in values.clone() {
+    let (mut lo, mut hi, mut bad, mut fractions) =
+        (f64::INFINITY, f64::NEG_INFINITY, 0usize, false);
+    for &v in values {
+        let v: f64 = v.into();
         if v.is_finite() {
             lo = lo.min(v);
             hi = hi.max(v);
+            fractions |= v.fract() != 0.0;
         } else {
             bad += 1;
         }
     }
+    let convert = "convert the plate's images to 16 bits with one range for all of them (Fiji: \
+                   Image > Adjust > Brightness/Contrast, Set the same minimum and maximum for \
+                   every image, then Image > Type > 16-bit)";
     if bad > 0 {
         return Err(format!(
-            "a {kind} image with {bad} pixels that are not numbers (NaN or infinite)"
+            "a {kind} image with {bad} pixels that are not numbers (NaN or infinite): replace \
+             them (Fiji: Process > Math > Remove NaNs), or {convert}"
         ));
     }
-    let scale = if float && hi <= 1.0 { 65535.0 } else { 1.0 };
     if lo < 0.0 || hi > 65535.0 {
         return Err(format!(
-            "a {kind} image with values from {lo} to {hi}, outside 0-65535 (and not 0-1): \
-             convert the plate's images to 16 bits with one range for all of them (Fiji: \
-             Image > Adjust > Brightness/Contrast, Set the same minimum and maximum, then \
-             Image > Type > 16-bit)"
+            "a {kind} image with values from {lo} to {hi}, outside 0-65535: {convert}"
         ));
     }
-    Ok(values.map(|v| (v * scale).round() as u16).collect())
+    if fractions && hi <= 255.0 {
+        return Err(format!(
+            "a {kind} image of fractional values from {lo} to {hi}: normalised or rescaled \
+             intensities, whose scale plateflow cannot tell from one image: {convert}"
+        ));
+    }
+    Ok(values.iter().map(|&v| v.into().round() as u16).collect())
 }
 
 /// A TIFF decoder whose own buffers are capped at the largest image ([`max_pixels`] of

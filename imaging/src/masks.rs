@@ -145,13 +145,11 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
             reason: format!("{} pixels for a {width}x{height} image", data.len()),
         });
     }
-    if dec.more_images() {
-        let mut pages = 1;
-        while dec.more_images() && dec.next_image().is_ok() {
-            pages += 1;
-        }
+    // Thumbnails and previews (reduced-resolution or other-size pages) are not planes.
+    let planes = 1 + crate::more_planes(&mut dec, (width, height));
+    if planes > 1 {
         return Err(bad(format!(
-            "it has {pages} pages; a mask is one label image per field: save the plane that belongs to this field"
+            "it has {planes} pages; a mask is one label image per field: save the plane that belongs to this field"
         )));
     }
     Ok((width, height, data))

@@ -289,9 +289,10 @@ fn palette_tiffs_uncompressed_packbits_lzw_with_predictor() {
     );
 }
 
-/// 32-bit TIFFs (ImageJ's "32-bit", deconvolution output) by one fixed rule: whole numbers
-/// and values up to 65535 as they are (rounded), floats within 0-1 scaled by 65535; values
-/// no fixed rule fits are refused with their range and what to do, naming the file.
+/// 32-bit TIFFs (ImageJ's "32-bit", deconvolution output) by one rule that does not depend
+/// on the image: values within 0-65535 rounded; what no such rule fits (negative, larger,
+/// NaN, fractions all within 0-255 such as normalised 0-1 floats) is refused with the range
+/// and what to do, naming the file.
 #[test]
 fn tiff_32bit_integer_and_float() {
     let dir = tempfile::tempdir().unwrap();
@@ -323,13 +324,18 @@ fn tiff_32bit_integer_and_float() {
         read_image(&p("counts.tif")).unwrap().data,
         [100, 2047, 2048]
     );
-    write(&p("unit.tif"), &|e| {
-        e.write_image::<colortype::Gray32Float>(3, 1, &[0.0f32, 0.5, 1.0])
-            .unwrap();
-    });
-    assert_eq!(read_image(&p("unit.tif")).unwrap().data, [0, 32768, 65535]);
     for (name, data, says) in [
-        ("negative.tif", [-3.0f32, 0.0, 10.0], "values from -3 to 10"),
+        (
+            "unit.tif",
+            [0.0f32, 0.5, 1.0],
+            "fractional values from 0 to 1",
+        ),
+        (
+            "dim.tif",
+            [0.0, 12.5, 250.25],
+            "fractional values from 0 to 250.25",
+        ),
+        ("negative.tif", [-3.0, 0.0, 10.0], "values from -3 to 10"),
         ("large.tif", [0.0, 1.0, 1e6], "values from 0 to 1000000"),
         (
             "nan.tif",
@@ -353,6 +359,12 @@ fn tiff_32bit_integer_and_float() {
         err.contains("32-bit integer image with values from 0 to 70000"),
         "{err}"
     );
+    write(&p("i32.tif"), &|e| {
+        e.write_image::<colortype::GrayI32>(2, 1, &[-5i32, 100])
+            .unwrap();
+    });
+    let err = read_image(&p("i32.tif")).unwrap_err().to_string();
+    assert!(err.contains("values from -5 to 100"), "{err}");
 }
 
 /// A stack (channels or z-planes as pages) is refused by `read_image`, naming the file and
@@ -385,6 +397,8 @@ fn a_stack_is_refused_and_a_thumbnail_ignored() {
         .write_tag(tiff::tags::Tag::NewSubfileType, 1u32)
         .unwrap();
     thumb.write_data(&[1, 2]).unwrap();
+    // A preview of another size, not flagged as one: not a plane of this field either.
+    enc.write_image::<colortype::Gray8>(4, 2, &[0; 8]).unwrap();
     let img = read_image(&with_thumb).unwrap();
     assert_eq!((img.width, img.height), (w, h));
     assert_eq!(img.data, data.iter().map(|&v| v as u16).collect::<Vec<_>>());

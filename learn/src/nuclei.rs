@@ -417,12 +417,19 @@ pub fn train(
         .as_ref()
         .map(|_| run_fingerprint(cfg, train, init))
         .transpose()?;
-    let resumed = match (&cfg.resume, &run) {
+    // (The step reached and the training seconds spent before this attempt.)
+    let (resumed, seconds_before) = match (&cfg.resume, &run) {
         (Some(path), Some(run)) => resume_from(path, run, &varmap, &mut opt, &mut history, say),
-        _ => 0,
+        _ => (0, 0.0),
+    };
+    // A state left where a time budget ended the run is its end: nothing more to train.
+    let first = match cfg.max_seconds {
+        Some(budget) if seconds_before >= budget => cfg.steps + 1,
+        _ => resumed + 1,
     };
     let batches = BatchMaker::new(train, cfg);
     let t0 = std::time::Instant::now();
+    let seconds = || seconds_before + t0.elapsed().as_secs_f64();
     let mut state_saved = std::time::Instant::now();
     let save = |step: usize| -> anyhow::Result<()> {
         if let Some(path) = &cfg.checkpoint {
@@ -443,17 +450,17 @@ pub fn train(
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let maker = &batches;
         scope.spawn(move || {
-            for step in resumed + 1..=cfg.steps {
+            for step in first..=cfg.steps {
                 if tx.send(maker.batch(step)).is_err() {
                     break; // training ended early (time budget or error)
                 }
             }
         });
-        for step in resumed + 1..=cfg.steps {
+        for step in first..=cfg.steps {
             // Cosine decay to a tenth, over steps or time, whichever is further along.
             let mut t = step as f64 / cfg.steps as f64;
             if let Some(budget) = cfg.max_seconds {
-                t = t.max(t0.elapsed().as_secs_f64() / budget);
+                t = t.max(seconds() / budget);
             }
             let stop = cfg.stop_after == Some(step);
             let last = t >= 1.0 || step == cfg.steps || stop;
@@ -479,7 +486,7 @@ pub fn train(
                     cfg.steps,
                     ap.map(|a| format!(", validation AP@0.5 {a:.3}"))
                         .unwrap_or_default(),
-                    t0.elapsed().as_secs_f64()
+                    seconds()
                 ));
             }
             history.push((step, l, ap));
@@ -493,7 +500,8 @@ pub fn train(
                 if let (Some(path), Some(run)) = (&cfg.resume, &run) {
                     // Without a state a stop costs the work since the last one, nothing more:
                     // training goes on (a full disk fails the outputs' write, clearly).
-                    if let Err(e) = save_state(path, step, &history, run, &varmap, &opt) {
+                    let at = (step, seconds());
+                    if let Err(e) = save_state(path, at, &history, run, &varmap, &opt) {
                         say(&format!("{e:#}; training goes on"));
                     }
                 }
@@ -512,7 +520,12 @@ pub fn train(
 const WEIGHT: &str = "w.";
 const LOSSES: &str = "train.losses";
 const STEP: &str = "train.step";
+const SECONDS: &str = "train.seconds";
 const RUN: &str = "train.run";
+
+/// Changed whenever training's code changes what a run does (crops, loss, schedule), so a
+/// state from older code is not taken up as this run's.
+const TRAINING_CODE: u32 = 1;
 
 /// What makes a training run the one a state belongs to: every setting that shapes its
 /// path, the training images and the starting weights (SHA-256, as a tensor of 32 bytes).
@@ -524,7 +537,7 @@ fn run_fingerprint(
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     h.update(format!(
-        "{:?} steps {} batch {} crop {} lr {} weights {} {} seed {} diameter {} noise {}\n",
+        "code {TRAINING_CODE} {:?} steps {} batch {} crop {} lr {} weights {} {} seed {} diameter {} noise {}\n",
         cfg.net,
         cfg.steps,
         cfg.batch,
@@ -536,8 +549,21 @@ fn run_fingerprint(
         cfg.diameter,
         cfg.noise
     ));
+    // The images and labels themselves, not only their names.
     for a in train {
         h.update(format!("{} {}x{}\n", a.id, a.width, a.height));
+        h.update(
+            a.pixels
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
+        h.update(
+            a.truth
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
+        );
     }
     if let Some(w) = init {
         h.update(w.to_bytes()?);
@@ -548,7 +574,7 @@ fn run_fingerprint(
 /// Writes a run's whole state (see [`SegTrainConfig::resume`]).
 fn save_state(
     path: &Path,
-    step: usize,
+    (step, seconds): (usize, f64),
     history: &History,
     run: &Tensor,
     varmap: &VarMap,
@@ -565,6 +591,7 @@ fn save_state(
         Tensor::from_vec(losses, history.len(), &cpu)?,
     ));
     all.push((STEP.into(), Tensor::new(&[step as i64], &cpu)?));
+    all.push((SECONDS.into(), Tensor::new(&[seconds], &cpu)?));
     all.push((RUN.into(), run.clone()));
     all.sort_by(|a, b| a.0.cmp(&b.0));
     let bytes = safetensors::tensor::serialize(all.iter().map(|(k, v)| (k.as_str(), v)), None)?;
@@ -573,8 +600,9 @@ fn save_state(
 }
 
 /// Takes up the state at `path` if it is this run's: weights, moments and losses restored,
-/// the step it reached returned. A state that is absent gives 0; one unreadable or of
-/// another run is said and ignored (training starts over and overwrites it), never an error.
+/// the step it reached and the training seconds it had spent returned. A state that is
+/// absent gives (0, 0); one unreadable or of another run is said and ignored (training
+/// starts over and overwrites it), never an error.
 fn resume_from(
     path: &Path,
     run: &Tensor,
@@ -582,20 +610,21 @@ fn resume_from(
     opt: &mut ResumableAdamW,
     history: &mut History,
     say: &dyn Fn(&str),
-) -> usize {
+) -> (usize, f64) {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (0, 0.0),
         Err(e) => {
             say(&format!(
-                "cannot read the training state {}: {e}; starting from step 0",
+                "the training state {} is not used (cannot read it: {e}); starting from step 0",
                 path.display()
             ));
-            return 0;
+            return (0, 0.0);
         }
     };
-    let mut restore = || -> anyhow::Result<usize> {
-        let saved = tensors_of(&bytes, &path.display().to_string())?;
+    let mut restore = || -> anyhow::Result<(usize, f64)> {
+        let saved = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| anyhow::anyhow!("not a readable training state: {e}"))?;
         let same = saved
             .get(RUN)
             .map(|t| t.to_vec1::<u8>())
@@ -623,6 +652,13 @@ fn resume_from(
             "{} losses for {step} steps",
             losses.len()
         );
+        let seconds = saved
+            .get(SECONDS)
+            .ok_or_else(|| anyhow::anyhow!("no tensor {SECONDS}"))?
+            .to_vec1::<f64>()?
+            .first()
+            .copied()
+            .unwrap_or(0.0);
         // Everything is checked before anything is changed: a state is taken whole or not.
         let weights = varmap
             .data()
@@ -647,22 +683,22 @@ fn resume_from(
             .enumerate()
             .map(|(i, l)| (i + 1, l, None))
             .collect();
-        Ok(step)
+        Ok((step, seconds))
     };
     match restore() {
-        Ok(step) => {
+        Ok((step, seconds)) => {
             say(&format!(
                 "resuming from step {step}: the training state {} left by an earlier attempt",
                 path.display()
             ));
-            step
+            (step, seconds)
         }
         Err(e) => {
             say(&format!(
                 "the training state {} is not used ({e:#}); starting from step 0",
                 path.display()
             ));
-            0
+            (0, 0.0)
         }
     }
 }
@@ -1098,6 +1134,36 @@ mod tests {
             "{:?}",
             said.lock().unwrap()
         );
+    }
+
+    /// A run on a time budget keeps its clock in its state: started again after the budget
+    /// ended it, it trains nothing more (the same weights, the same history).
+    #[test]
+    fn a_run_that_spent_its_budget_is_not_trained_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = SegTrainConfig {
+            net: UNetConfig { width: 4, depth: 3 },
+            steps: 1_000_000,
+            batch: 2,
+            crop: 32,
+            max_seconds: Some(0.5),
+            resume: Some(dir.path().join("run.state")),
+            ..Default::default()
+        };
+        let images = [discs()];
+        let (first, h1) = train(&images, &[], &cfg, None, 0, &|_| {}).unwrap();
+        let (again, h2) = train(&images, &[], &cfg, None, 0, &|_| {}).unwrap();
+        assert_eq!(h1.len(), h2.len());
+        assert!((1..1_000_000).contains(&h1.len()), "{} steps", h1.len());
+        for (name, t) in &first.tensors {
+            let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = again.tensors[name]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert_eq!(a, b, "{name}");
+        }
     }
 
     /// Two large touching nuclei shrunk 4× into a crop keep a boundary line between them, and

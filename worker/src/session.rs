@@ -64,8 +64,10 @@ pub async fn run_worker(
     let scratch = crate::process::ScratchCorner::claim(&cfg.scratch_dir)
         .map_err(|e| anyhow::anyhow!("scratch directory {}: {e}", cfg.scratch_dir.display()))?;
     let resume_root = cfg.scratch_dir.join("resume");
-    crate::exec::prune_resume_states(&resume_root, crate::exec::RESUME_KEPT)
-        .map_err(|e| anyhow::anyhow!("resume directory {}: {e}", resume_root.display()))?;
+    // Old states are only clutter: a directory that cannot be pruned does not stop the worker.
+    if let Err(e) = crate::exec::prune_resume_states(&resume_root, crate::exec::RESUME_KEPT) {
+        tracing::warn!(dir = %resume_root.display(), "cannot prune old training states: {e}");
+    }
     let env = ExecEnv {
         store,
         scratch_root: scratch.dir.clone(),

@@ -98,7 +98,7 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
         lr: if init.is_some() { 5e-4 } else { 2e-3 },
         // The task's GPU where it was given one (`gpus: 1`), else the CPU.
         device: ctx.device(),
-        // A killed worker's attempt continues from its last state (at most a minute lost).
+        // A killed worker's attempt continues from its last state (at most 10 s lost).
         resume: ctx.resume.clone(),
         ..Default::default()
     };
@@ -118,11 +118,15 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
     };
     let progress = ctx.progress_sink("train_segmenter");
     let t0 = std::time::Instant::now();
-    // Whether training took up an earlier attempt's state goes into the log too.
+    // Whether training took up an earlier attempt's state (or set one aside) goes into the
+    // log and the card too: the first such message, said before training starts.
     let resumption = std::sync::Mutex::new(None::<String>);
     let (weights, history) = nuclei::train(&train, &val, &cfg, init.as_ref(), 0, &|m| {
-        if !m.starts_with("step ") {
-            *resumption.lock().expect("resumption") = Some(m.to_string());
+        let about_a_state =
+            m.starts_with("resuming from step ") || m.starts_with("the training state ");
+        let mut first = resumption.lock().expect("resumption");
+        if about_a_state && first.is_none() {
+            *first = Some(m.to_string());
         }
         progress.say(m)
     })?;
@@ -178,7 +182,7 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
         ctx.logln(format!("held-out F1 at IoU 0.5: {:.3}", a[0].f1()));
     }
     ctx.logln(format!(
-        "trained {} steps in {secs:.0} s on {}",
+        "trained {} steps (this attempt: {secs:.0} s) on {}",
         cfg.steps,
         plateflow_learn::device::describe(&cfg.device)
     ));
