@@ -301,29 +301,18 @@ mod tests {
         );
         let l = read_mask(&p4).unwrap();
         assert_eq!((l.data.as_slice(), l.count), (&[0, 1, 0, 0, 0, 2][..], 2));
-        // 1 bit, 10x1 (across a byte): index 1 at x 0-1 and x 8-9, one value for every
-        // object, so a binary mask, split into its two components.
-        let p1 = write(
-            "p1.png",
-            png::ColorType::Indexed,
-            png::BitDepth::One,
-            10,
-            1,
-            &[0b1100_0000, 0b1100_0000],
-        );
-        let l = read_mask(&p1).unwrap();
-        assert_eq!(l.data, [1, 1, 0, 0, 0, 0, 0, 0, 2, 2]);
-        // A 1-bit grey PNG (a binary mask saved by Fiji): the same objects.
-        let g1 = write(
-            "g1.png",
-            png::ColorType::Grayscale,
-            png::BitDepth::One,
-            10,
-            1,
-            &[0b1100_0000, 0b1100_0000],
-        );
-        let l = read_mask(&g1).unwrap();
-        assert_eq!(l.data, [1, 1, 0, 0, 0, 0, 0, 0, 2, 2]);
+        // 1 bit, 10x1 (across a byte): value 1 at x 0-1 and x 8-9, one value for every
+        // object, so a binary mask, split into its two components; as a palette PNG and as a
+        // grey one (a binary mask saved by Fiji).
+        for (name, color) in [
+            ("p1.png", png::ColorType::Indexed),
+            ("g1.png", png::ColorType::Grayscale),
+        ] {
+            let packed = [0b1100_0000, 0b1100_0000];
+            let path = write(name, color, png::BitDepth::One, 10, 1, &packed);
+            let l = read_mask(&path).unwrap();
+            assert_eq!(l.data, [1, 1, 0, 0, 0, 0, 0, 0, 2, 2], "{name}");
+        }
     }
 
     #[test]

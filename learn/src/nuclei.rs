@@ -1110,30 +1110,29 @@ mod tests {
             assert_eq!(r, s, "{name}");
         }
 
-        // Another run's state (another seed): set aside, and this run starts from step 0.
-        said.lock().unwrap().clear();
+        // Another run's state (another seed), then a damaged one: each set aside, and the
+        // run starts from step 0.
         let other = SegTrainConfig {
             seed: 2,
             stop_after: Some(1),
             ..sliced.clone()
         };
-        let (_, h) = train(&images, &[], &other, None, 0, &say).unwrap();
-        assert_eq!(h.len(), 1);
-        assert!(
-            said.lock().unwrap()[0].contains("another run's"),
-            "{:?}",
-            said.lock().unwrap()
-        );
-        // A damaged state: the same.
-        std::fs::write(&state, b"not a state").unwrap();
-        said.lock().unwrap().clear();
-        let (_, h) = train(&images, &[], &other, None, 0, &say).unwrap();
-        assert_eq!(h.len(), 1);
-        assert!(
-            said.lock().unwrap()[0].contains("starting from step 0"),
-            "{:?}",
-            said.lock().unwrap()
-        );
+        for (damage, says) in [
+            (false, "another run's"),
+            (true, "not a readable training state"),
+        ] {
+            if damage {
+                std::fs::write(&state, b"not a state").unwrap();
+            }
+            said.lock().unwrap().clear();
+            let (_, h) = train(&images, &[], &other, None, 0, &say).unwrap();
+            assert_eq!(h.len(), 1);
+            let first = said.lock().unwrap()[0].clone();
+            assert!(
+                first.contains(says) && first.contains("starting from step 0"),
+                "{first}"
+            );
+        }
     }
 
     /// A run on a time budget keeps its clock in its state: started again after the budget
