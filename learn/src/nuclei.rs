@@ -1025,6 +1025,16 @@ mod tests {
         assert_ne!(a.0, maker.batch(8).0, "another step draws other crops");
     }
 
+    /// A network and batches small enough for a test to train in a second.
+    fn tiny() -> SegTrainConfig {
+        SegTrainConfig {
+            net: UNetConfig { width: 4, depth: 3 },
+            batch: 2,
+            crop: 32,
+            ..Default::default()
+        }
+    }
+
     /// A wall-clock budget ends training before its steps, and the weights written at the
     /// end load as a model.
     #[test]
@@ -1033,13 +1043,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("w.safetensors");
         let cfg = SegTrainConfig {
-            net: UNetConfig { width: 4, depth: 3 },
             steps: 1_000_000,
-            batch: 2,
-            crop: 32,
             max_seconds: Some(1.0),
             checkpoint: Some(path.clone()),
-            ..Default::default()
+            ..tiny()
         };
         let (_, history) = train(&[discs()], &[], &cfg, None, 0, &|_| {}).unwrap();
         let steps = history.last().unwrap().0;
@@ -1064,13 +1071,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("run.state");
         let images = [discs()];
-        let cfg = SegTrainConfig {
-            net: UNetConfig { width: 4, depth: 3 },
-            steps: 7,
-            batch: 2,
-            crop: 32,
-            ..Default::default()
-        };
+        let cfg = SegTrainConfig { steps: 7, ..tiny() };
         let quiet = |_: &str| {};
         let (straight, straight_history) = train(&images, &[], &cfg, None, 0, &quiet).unwrap();
         let sliced = SegTrainConfig {
@@ -1141,13 +1142,10 @@ mod tests {
     fn a_run_that_spent_its_budget_is_not_trained_again() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = SegTrainConfig {
-            net: UNetConfig { width: 4, depth: 3 },
             steps: 1_000_000,
-            batch: 2,
-            crop: 32,
             max_seconds: Some(0.5),
             resume: Some(dir.path().join("run.state")),
-            ..Default::default()
+            ..tiny()
         };
         let images = [discs()];
         let (first, h1) = train(&images, &[], &cfg, None, 0, &|_| {}).unwrap();
