@@ -229,7 +229,7 @@ pub struct IlluminationParams {
 /// (`learn/models/nuclei-unet.safetensors`; a test in `plateflow-learn` checks it). Tasks that
 /// use them carry it in their parameters, so new weights re-run exactly those tasks.
 pub const SHIPPED_SEGMENTER_SHA256: &str =
-    "6323cdcb042eb79c6a8ee89c0adb829f317feca2e4560f4ac0890a4ee5ff0c8e";
+    "05b12ffd321f9c2ee03f4620d1d394e0914f6c7208a6129518f7dc03dd60d02b";
 
 /// `init:` value that names the nucleus model shipped inside plateflow.
 pub const SHIPPED_INIT: &str = "shipped";
