@@ -176,6 +176,15 @@ pub fn resume_path(root: &Path, cache_key: &str) -> Option<PathBuf> {
     well_formed.then(|| root.join(format!("{cache_key}.state")))
 }
 
+/// Removes the state a task kept for another attempt, once its result is safe: called when
+/// the outputs have reached the coordinator's store, so a worker killed before that still
+/// leaves the next attempt its (finished) state.
+pub fn forget_resume_state(env: &ExecEnv, spec: &TaskSpec) {
+    if let Some(state) = resume_path(&env.resume_root, &spec.cache_key) {
+        let _ = std::fs::remove_file(state);
+    }
+}
+
 /// How long a state nobody took up is kept (a run abandoned, or its inputs changed).
 pub const RESUME_KEPT: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 
@@ -440,10 +449,9 @@ async fn run_builtin<F: BlobFetcher>(
         .map_or(1, |r| r.cpus.max(1) as usize);
     let gpu_ids = spec.gpu_ids.clone();
     let resume = resume_path(&env.resume_root, &spec.cache_key);
-    let resume_in_ctx = resume.clone();
     let (log, result) = tokio::task::spawn_blocking(move || {
         let mut ctx = crate::builtin::Context {
-            resume: resume_in_ctx,
+            resume,
             gpu_ids,
             progress,
             work: &m.work,
@@ -486,10 +494,6 @@ async fn run_builtin<F: BlobFetcher>(
                     name,
                     digest: Some((&digest).into()),
                 });
-            }
-            // The outputs are stored: the state kept for another attempt has served.
-            if let Some(state) = resume {
-                let _ = std::fs::remove_file(state);
             }
         }
         Err(e) => {

@@ -225,6 +225,9 @@ async fn session<F: std::future::Future<Output = ()>>(
                                         result.error = format!("uploading outputs to the coordinator failed: {e:#}");
                                     }
                                 }
+                                if result.ok {
+                                    crate::exec::forget_resume_state(&env, &spec);
+                                }
                                 let _ = res_tx.send(result);
                             });
                             running.insert(key, handle);
