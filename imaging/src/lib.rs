@@ -112,6 +112,18 @@ pub enum ImageError {
 
 /// Every page of an image file (PNG files have one).
 pub fn read_pages(path: &Path) -> Result<Vec<GrayImage>, ImageError> {
+    read(path, true)
+}
+
+/// An image file's one plane. A stack (several full-size pages: channels, z-planes, time
+/// points) is refused rather than read as its first plane, which would measure a channel or
+/// plane the user did not mean; reduced-resolution pages (thumbnails) do not count.
+pub fn read_image(path: &Path) -> Result<GrayImage, ImageError> {
+    Ok(read(path, false)?.swap_remove(0))
+}
+
+/// Every page (`all`), or the one plane (see [`read_image`]).
+fn read(path: &Path, all: bool) -> Result<Vec<GrayImage>, ImageError> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -121,30 +133,12 @@ pub fn read_pages(path: &Path) -> Result<Vec<GrayImage>, ImageError> {
         source,
     })?;
     match ext.as_str() {
-        "tif" | "tiff" => read_tiff(path, BufReader::new(file), true),
+        "tif" | "tiff" => read_tiff(path, BufReader::new(file), all),
         "png" => read_png(path, BufReader::new(file)).map(|i| vec![i]),
         _ => Err(ImageError::UnknownFormat {
             path: path.to_path_buf(),
         }),
     }
-}
-
-/// An image file's one plane. A stack (several full-size pages: channels, z-planes, time
-/// points) is refused rather than read as its first plane, which would measure a channel or
-/// plane the user did not mean; reduced-resolution pages (thumbnails) do not count.
-pub fn read_image(path: &Path) -> Result<GrayImage, ImageError> {
-    let ext = path
-        .extension()
-        .map(|e| e.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    if matches!(ext.as_str(), "tif" | "tiff") {
-        let file = File::open(path).map_err(|source| ImageError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        return Ok(read_tiff(path, BufReader::new(file), false)?.swap_remove(0));
-    }
-    Ok(read_pages(path)?.swap_remove(0))
 }
 
 /// The pages of a TIFF: every one (`all`), or the first where it is the only full-size one.
