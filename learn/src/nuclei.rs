@@ -516,6 +516,11 @@ pub fn train(
     Ok((Weights::of(&varmap, cfg.net, cfg.diameter)?, history))
 }
 
+/// How `train` begins what it says about a training state: going on from it ("resuming from
+/// step N: …"), or setting it aside ("the training state … is not used …").
+pub const SAY_RESUMING: &str = "resuming from step ";
+pub const SAY_SET_ASIDE: &str = "the training state ";
+
 /// Names in a training state file, beside the optimizer's `adam.*`.
 const WEIGHT: &str = "w.";
 const LOSSES: &str = "train.losses";
@@ -616,7 +621,7 @@ fn resume_from(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (0, 0.0),
         Err(e) => {
             say(&format!(
-                "the training state {} is not used (cannot read it: {e}); starting from step 0",
+                "{SAY_SET_ASIDE}{} is not used (cannot read it: {e}); starting from step 0",
                 path.display()
             ));
             return (0, 0.0);
@@ -688,14 +693,14 @@ fn resume_from(
     match restore() {
         Ok((step, seconds)) => {
             say(&format!(
-                "resuming from step {step}: the training state {} left by an earlier attempt",
+                "{SAY_RESUMING}{step}: the training state {} left by an earlier attempt",
                 path.display()
             ));
             (step, seconds)
         }
         Err(e) => {
             say(&format!(
-                "the training state {} is not used ({e:#}); starting from step 0",
+                "{SAY_SET_ASIDE}{} is not used ({e:#}); starting from step 0",
                 path.display()
             ));
             (0, 0.0)
@@ -1063,6 +1068,15 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// Every tensor of `a` equals `b`'s, bit for bit.
+    fn assert_same_weights(a: &Weights, b: &Weights) {
+        assert_eq!(a.tensors.len(), b.tensors.len());
+        for (name, t) in &b.tensors {
+            let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(values(&a.tensors[name]), values(t), "{name}");
+        }
+    }
+
     /// A run stopped after 3 of 7 steps and started again from its state ends with the weights
     /// and losses of a run never stopped; a state of another run, or a damaged one, is said
     /// and set aside (training starts over) rather than failing or being half applied.
@@ -1101,15 +1115,7 @@ mod tests {
         );
         let losses = |h: &History| h.iter().map(|s| (s.0, s.1)).collect::<Vec<_>>();
         assert_eq!(losses(&history), losses(&straight_history));
-        for (name, t) in &straight.tensors {
-            let r = resumed.tensors[name]
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let s = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(r, s, "{name}");
-        }
+        assert_same_weights(&resumed, &straight);
 
         // Another run's state (another seed), then a damaged one: each set aside, and the
         // run starts from step 0.
@@ -1152,15 +1158,7 @@ mod tests {
         let (again, h2) = train(&images, &[], &cfg, None, 0, &|_| {}).unwrap();
         assert_eq!(h1.len(), h2.len());
         assert!((1..1_000_000).contains(&h1.len()), "{} steps", h1.len());
-        for (name, t) in &first.tensors {
-            let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let b = again.tensors[name]
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert_eq!(a, b, "{name}");
-        }
+        assert_same_weights(&again, &first);
     }
 
     /// Two large touching nuclei shrunk 4× into a crop keep a boundary line between them, and

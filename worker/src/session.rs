@@ -206,9 +206,11 @@ async fn session<F: std::future::Future<Output = ()>>(
                             let (env, fetcher, res_tx) = (env.clone(), fetcher.clone(), res_tx.clone());
                             let mut client = client.clone();
                             let shared_store = cfg.shared_store;
-                            // Only built-in steps report progress: no extra task per `noop`
-                            // or `command` (dispatch of many small tasks stays lean).
-                            let progress = (!matches!(spec.kind.as_str(), "noop" | "command"))
+                            // Only built-in steps report progress or keep a resumable state: no
+                            // extra task or file call per `noop` or `command` (dispatch of many
+                            // small tasks stays lean).
+                            let builtin = !matches!(spec.kind.as_str(), "noop" | "command");
+                            let progress = builtin
                                 .then(|| progress_forwarder(out_tx.clone(), spec.task_id, spec.attempt));
                             let handle = tokio::spawn(async move {
                                 let mut result = execute(&spec, &env, &fetcher, progress).await;
@@ -225,7 +227,7 @@ async fn session<F: std::future::Future<Output = ()>>(
                                         result.error = format!("uploading outputs to the coordinator failed: {e:#}");
                                     }
                                 }
-                                if result.ok {
+                                if result.ok && builtin {
                                     crate::exec::forget_resume_state(&env, &spec);
                                 }
                                 let _ = res_tx.send(result);

@@ -123,7 +123,7 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
     let resumption = std::sync::Mutex::new(None::<String>);
     let (weights, history) = nuclei::train(&train, &val, &cfg, init.as_ref(), 0, &|m| {
         let about_a_state =
-            m.starts_with("resuming from step ") || m.starts_with("the training state ");
+            m.starts_with(nuclei::SAY_RESUMING) || m.starts_with(nuclei::SAY_SET_ASIDE);
         let mut first = resumption.lock().expect("resumption");
         if about_a_state && first.is_none() {
             *first = Some(m.to_string());
@@ -167,7 +167,7 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
             // "resuming from step N: …" → N
             resumption
                 .as_deref()
-                .and_then(|m| m.strip_prefix("resuming from step "))
+                .and_then(|m| m.strip_prefix(nuclei::SAY_RESUMING))
                 .and_then(|m| m.split(':').next()),
         ),
     );
