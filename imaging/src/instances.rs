@@ -8,7 +8,6 @@ use std::collections::{HashMap, VecDeque};
 /// Per-pixel classes of an instance label image: 0 background, 1 interior, 2 boundary (an
 /// object pixel with a 4-neighbour outside its object, background or another object).
 pub fn targets(labels: &[u32], w: usize, h: usize) -> Vec<u8> {
-    const CONTACT_REACH: usize = 2;
     let mut out = vec![0u8; w * h];
     for y in 0..h {
         for x in 0..w {
@@ -20,16 +19,7 @@ pub fn targets(labels: &[u32], w: usize, h: usize) -> Vec<u8> {
                 || (x + 1 == w || labels[y * w + x + 1] != l)
                 || (y == 0 || labels[(y - 1) * w + x] != l)
                 || (y + 1 == h || labels[(y + 1) * w + x] != l);
-            // Where two nuclei touch, the line between their interiors is widened.
-            let near_another = || {
-                (y.saturating_sub(CONTACT_REACH)..(y + CONTACT_REACH + 1).min(h)).any(|yy| {
-                    (x.saturating_sub(CONTACT_REACH)..(x + CONTACT_REACH + 1).min(w)).any(|xx| {
-                        let o = labels[yy * w + xx];
-                        o != 0 && o != l
-                    })
-                })
-            };
-            out[y * w + x] = if edge || near_another() { 2 } else { 1 };
+            out[y * w + x] = if edge { 2 } else { 1 };
         }
     }
     out
@@ -331,7 +321,6 @@ mod tests {
             2,
             "the pixel touching the other object is boundary"
         );
-        assert_eq!(t[2 * w + 4], 2, "so is the one within 2 px of it");
         assert_eq!(t[2 * w + 3], 1);
         let interior: Vec<f32> = t.iter().map(|&c| f32::from(c == 1)).collect();
         let fg: Vec<f32> = t.iter().map(|&c| f32::from(c > 0)).collect();

@@ -530,7 +530,7 @@ const RUN: &str = "train.run";
 
 /// Changed whenever training's code changes what a run does (crops, loss, schedule), so a
 /// state from older code is not taken up as this run's.
-const TRAINING_CODE: u32 = 2;
+const TRAINING_CODE: u32 = 1;
 
 /// What makes a training run the one a state belongs to: every setting that shapes its
 /// path, the training images and the starting weights (SHA-256, as a tensor of 32 bytes).
