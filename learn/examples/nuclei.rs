@@ -3,6 +3,7 @@
 //!
 //!   cargo run --release -p plateflow-learn --example nuclei -- train STEPS OUT.safetensors [WIDTH] [EVAL_EVERY] [INIT|shipped|-] [LR]
 //!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho|coelho-odd|coelho-even]...
+//!   cargo run --release -p plateflow-learn --example nuclei -- compare A B [SET]...
 //!   cargo run --release -p plateflow-learn --example nuclei -- sizes
 //!   cargo run --release -p plateflow-learn --example nuclei -- profile [WEIGHTS|shipped]
 //!   cargo run --release -p plateflow-learn --example nuclei -- crops [BATCHES] [BATCH]
@@ -335,48 +336,31 @@ fn main() -> anyhow::Result<()> {
         Some("score") => {
             let weights = args.get(1).map(String::as_str).unwrap_or("shipped");
             // NUCLEI_DEVICE=cuda: the network on the GPU (Candle's ops), the rest on the CPU.
+            let model = model_named(weights, &device_from_env()?)?;
+            for set in sets_named(&args[2.min(args.len())..]) {
+                if let Some(images) = images_of(set, &root, &tuning, &val)? {
+                    score(&model, set, &images)?;
+                }
+            }
+        }
+        Some("compare") => {
+            // Whether B scores differently from A beyond what the images drawn decide: F1 at
+            // IoU 0.5 of each, and their difference with a 95 % interval from a paired
+            // bootstrap over images (both sets of weights on the same resampled images).
+            let (a, b) = match (args.get(1), args.get(2)) {
+                (Some(a), Some(b)) => (a.as_str(), b.as_str()),
+                _ => anyhow::bail!("usage: nuclei compare A B [SET]..."),
+            };
             let device = device_from_env()?;
-            let model = if weights == "shipped" {
-                NucleusModel::shipped_on(&device)?
-            } else {
-                NucleusModel::load_on(Path::new(weights), &device)?
-            };
-            let sets: Vec<&str> = if args.len() > 2 {
-                args[2..].iter().map(String::as_str).collect()
-            } else {
-                vec!["tuning"]
-            };
-            for set in sets {
-                let coelho: Vec<Annotated>;
-                let images: &[Annotated] = match set {
-                    "tuning" => &tuning,
-                    "validation" => &val,
-                    "coelho" | "coelho-odd" | "coelho-even" => {
-                        let dir = root.join("coelho-u2os");
-                        if !dir.exists() {
-                            println!("{} is absent", dir.display());
-                            continue;
-                        }
-                        // Even images choose inference settings; odd ones are only reported.
-                        coelho = nuclei::load_pairs(&dir)?
-                            .into_iter()
-                            .filter(|a| match set {
-                                "coelho-odd" => !nuclei::is_coelho_tuning(&a.id),
-                                "coelho-even" => nuclei::is_coelho_tuning(&a.id),
-                                _ => true,
-                            })
-                            .collect();
-                        &coelho
-                    }
-                    other => anyhow::bail!(
-                        "unknown set {other}: tuning, validation, coelho, coelho-odd or coelho-even"
-                    ),
-                };
-                score(&model, set, images)?;
+            let (ma, mb) = (model_named(a, &device)?, model_named(b, &device)?);
+            for set in sets_named(&args[3.min(args.len())..]) {
+                if let Some(images) = images_of(set, &root, &tuning, &val)? {
+                    compare(set, &images, (a, &ma), (b, &mb))?;
+                }
             }
         }
         _ => anyhow::bail!(
-            "usage: nuclei train STEPS OUT [WIDTH] [EVAL_EVERY] | score WEIGHTS [SET]... | sizes | widen WEIGHTS OUT"
+            "usage: nuclei train STEPS OUT [WIDTH] [EVAL_EVERY] | score WEIGHTS [SET]... | compare A B [SET]... | sizes | widen WEIGHTS OUT"
         ),
     }
     Ok(())
@@ -391,6 +375,106 @@ fn weights_named(name: &str) -> anyhow::Result<nuclei::Weights> {
             std::fs::read(name).map_err(|e| anyhow::anyhow!("cannot read weights {name}: {e}"))?;
         nuclei::Weights::from_bytes(&bytes, name)
     }
+}
+
+/// A model from weights named as [`weights_named`] takes them, on `device`.
+fn model_named(name: &str, device: &candle_core::Device) -> anyhow::Result<NucleusModel> {
+    if name == "shipped" {
+        NucleusModel::shipped_on(device)
+    } else {
+        NucleusModel::load_on(Path::new(name), device)
+    }
+}
+
+/// The sets named on the command line, `tuning` without any.
+fn sets_named(args: &[String]) -> Vec<&str> {
+    if args.is_empty() {
+        vec!["tuning"]
+    } else {
+        args.iter().map(String::as_str).collect()
+    }
+}
+
+/// The images of a named set; `None` (said) where the Coelho images are absent. Even Coelho
+/// images choose inference settings; odd ones are only reported.
+fn images_of(
+    set: &str,
+    root: &Path,
+    tuning: &[Annotated],
+    val: &[Annotated],
+) -> anyhow::Result<Option<Vec<Annotated>>> {
+    Ok(Some(match set {
+        "tuning" => tuning.to_vec(),
+        "validation" => val.to_vec(),
+        "coelho" | "coelho-odd" | "coelho-even" => {
+            let dir = root.join("coelho-u2os");
+            if !dir.exists() {
+                println!("{} is absent", dir.display());
+                return Ok(None);
+            }
+            nuclei::load_pairs(&dir)?
+                .into_iter()
+                .filter(|a| match set {
+                    "coelho-odd" => !nuclei::is_coelho_tuning(&a.id),
+                    "coelho-even" => nuclei::is_coelho_tuning(&a.id),
+                    _ => true,
+                })
+                .collect()
+        }
+        other => anyhow::bail!(
+            "unknown set {other}: tuning, validation, coelho, coelho-odd or coelho-even"
+        ),
+    }))
+}
+
+/// F1 at IoU 0.5 of A and B on `images`, and B − A with a 95 % paired bootstrap interval
+/// over images (2,000 resamples; each image's matches counted once per draw).
+fn compare(
+    set: &str,
+    images: &[Annotated],
+    (name_a, a): (&str, &NucleusModel),
+    (name_b, b): (&str, &NucleusModel),
+) -> anyhow::Result<()> {
+    use plateflow_imaging::instances::matches;
+    use rayon::prelude::*;
+    let counts = |m: &NucleusModel| -> anyhow::Result<Vec<(usize, usize, usize)>> {
+        images
+            .par_iter()
+            .map(|im| {
+                Ok(matches(
+                    &m.segment(&im.image, None)?.labels.data,
+                    &im.truth,
+                    0.5,
+                ))
+            })
+            .collect()
+    };
+    let (ca, cb) = (counts(a)?, counts(b)?);
+    let f1 = |c: &[(usize, usize, usize)], idx: &[usize]| {
+        let (m, p, t) = idx.iter().fold((0, 0, 0), |s, &i| {
+            (s.0 + c[i].0, s.1 + c[i].1, s.2 + c[i].2)
+        });
+        2.0 * m as f64 / (p + t).max(1) as f64
+    };
+    let all: Vec<usize> = (0..images.len()).collect();
+    let ids: Vec<String> = images.iter().map(|im| im.id.clone()).collect();
+    let interval = |metric: &dyn Fn(&[usize]) -> f64| {
+        plateflow_learn::metrics::bootstrap_by_group(&ids, 2000, 1, metric)
+    };
+    for (name, c) in [(name_a, &ca), (name_b, &cb)] {
+        let (lo, hi) = interval(&|idx: &[usize]| f1(c, idx));
+        println!(
+            "{set} ({} images): {name}: F1 at IoU 0.5 {:.4} [{lo:.4}, {hi:.4}]",
+            images.len(),
+            f1(c, &all)
+        );
+    }
+    let (lo, hi) = interval(&|idx: &[usize]| f1(&cb, idx) - f1(&ca, idx));
+    println!(
+        "{set}: {name_b} − {name_a}: {:+.4} [{lo:+.4}, {hi:+.4}] (95 %, paired bootstrap over images)",
+        f1(&cb, &all) - f1(&ca, &all)
+    );
+    Ok(())
 }
 
 /// `NUCLEI_DEVICE=cuda`: the first GPU (a `cuda` build); otherwise the CPU.
