@@ -21,6 +21,7 @@
 
 use plateflow_learn::nuclei::{self, Annotated, SegTrainConfig, IOUS};
 use plateflow_learn::segmenter::NucleusModel;
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 fn main() -> anyhow::Result<()> {
@@ -397,29 +398,31 @@ fn sets_named(args: &[String]) -> Vec<&str> {
 
 /// The images of a named set; `None` (said) where the Coelho images are absent. Even Coelho
 /// images choose inference settings; odd ones are only reported.
-fn images_of(
+fn images_of<'a>(
     set: &str,
     root: &Path,
-    tuning: &[Annotated],
-    val: &[Annotated],
-) -> anyhow::Result<Option<Vec<Annotated>>> {
+    tuning: &'a [Annotated],
+    val: &'a [Annotated],
+) -> anyhow::Result<Option<Cow<'a, [Annotated]>>> {
     Ok(Some(match set {
-        "tuning" => tuning.to_vec(),
-        "validation" => val.to_vec(),
+        "tuning" => Cow::Borrowed(tuning),
+        "validation" => Cow::Borrowed(val),
         "coelho" | "coelho-odd" | "coelho-even" => {
             let dir = root.join("coelho-u2os");
             if !dir.exists() {
                 println!("{} is absent", dir.display());
                 return Ok(None);
             }
-            nuclei::load_pairs(&dir)?
-                .into_iter()
-                .filter(|a| match set {
-                    "coelho-odd" => !nuclei::is_coelho_tuning(&a.id),
-                    "coelho-even" => nuclei::is_coelho_tuning(&a.id),
-                    _ => true,
-                })
-                .collect()
+            Cow::Owned(
+                nuclei::load_pairs(&dir)?
+                    .into_iter()
+                    .filter(|a| match set {
+                        "coelho-odd" => !nuclei::is_coelho_tuning(&a.id),
+                        "coelho-even" => nuclei::is_coelho_tuning(&a.id),
+                        _ => true,
+                    })
+                    .collect(),
+            )
         }
         other => anyhow::bail!(
             "unknown set {other}: tuning, validation, coelho, coelho-odd or coelho-even"
@@ -435,26 +438,19 @@ fn compare(
     (name_a, a): (&str, &NucleusModel),
     (name_b, b): (&str, &NucleusModel),
 ) -> anyhow::Result<()> {
-    use plateflow_imaging::instances::matches;
-    use rayon::prelude::*;
+    use plateflow_imaging::instances::Matching;
+    // Each image's counts at IoU 0.5 (the first of IOUS).
     let counts = |m: &NucleusModel| -> anyhow::Result<Vec<(usize, usize, usize)>> {
-        images
-            .par_iter()
-            .map(|im| {
-                Ok(matches(
-                    &m.segment(&im.image, None)?.labels.data,
-                    &im.truth,
-                    0.5,
-                ))
-            })
-            .collect()
+        Ok(nuclei::evaluate_per_image(m, images)?
+            .into_iter()
+            .map(|c| c[0])
+            .collect())
     };
     let (ca, cb) = (counts(a)?, counts(b)?);
     let f1 = |c: &[(usize, usize, usize)], idx: &[usize]| {
-        let (m, p, t) = idx.iter().fold((0, 0, 0), |s, &i| {
-            (s.0 + c[i].0, s.1 + c[i].1, s.2 + c[i].2)
-        });
-        2.0 * m as f64 / (p + t).max(1) as f64
+        let mut m = Matching::default();
+        idx.iter().for_each(|&i| m.add(c[i]));
+        m.f1()
     };
     let all: Vec<usize> = (0..images.len()).collect();
     let ids: Vec<String> = images.iter().map(|im| im.id.clone()).collect();

@@ -924,21 +924,29 @@ pub const IOUS: [f64; 3] = [0.5, 0.75, 0.9];
 /// Images run side by side on the thread pool, as the `segment` step runs a plate's fields
 /// (each one's own parallel work shares the same threads).
 pub fn evaluate(model: &NucleusModel, images: &[Annotated]) -> anyhow::Result<[Matching; 3]> {
-    use rayon::prelude::*;
-    let per_image: Vec<[(usize, usize, usize); 3]> = images
-        .par_iter()
-        .map(|a| {
-            let got = model.segment(&a.image, None)?.labels;
-            Ok(IOUS.map(|iou| matches(&got.data, &a.truth, iou)))
-        })
-        .collect::<anyhow::Result<_>>()?;
     let mut out = [Matching::default(); 3];
-    for counts in per_image {
+    for counts in evaluate_per_image(model, images)? {
         for (m, c) in out.iter_mut().zip(counts) {
             m.add(c);
         }
     }
     Ok(out)
+}
+
+/// What [`evaluate`] sums: each image's (matched, predicted, true) at each of [`IOUS`], in
+/// the order of `images` (for intervals over images).
+pub fn evaluate_per_image(
+    model: &NucleusModel,
+    images: &[Annotated],
+) -> anyhow::Result<Vec<[(usize, usize, usize); 3]>> {
+    use rayon::prelude::*;
+    images
+        .par_iter()
+        .map(|a| {
+            let got = model.segment(&a.image, None)?.labels;
+            Ok(IOUS.map(|iou| matches(&got.data, &a.truth, iou)))
+        })
+        .collect()
 }
 
 /// The nucleus diameter `segment` estimates for this image.
