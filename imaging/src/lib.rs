@@ -16,6 +16,7 @@ mod palette;
 pub mod qc;
 pub mod resample;
 pub mod segment;
+mod tiled;
 pub mod write;
 
 use std::fs::File;
@@ -154,8 +155,9 @@ fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage
         path: path.to_path_buf(),
         what,
     };
-    // 4 bytes a sample: 32-bit images are read too (then brought to 16 bits).
-    let mut dec = tiff_decoder(path, r, 4)?;
+    // Up to 8 bytes a pixel: 32- and 64-bit grey and 16-bit RGBA images are read too (then
+    // brought to 16 bits, one grey plane).
+    let mut dec = tiff_decoder(path, r, 8)?;
     let mut pages = Vec::new();
     loop {
         let (width, height) = dec.dimensions().map_err(corrupt)?;
@@ -173,9 +175,21 @@ fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage
                     b.unwrap_or(0)
                 )))
             }
-            _ => match dec.colortype().map_err(corrupt)? {
-                ColorType::Gray(8) | ColorType::Gray(16) | ColorType::Gray(32) => None,
-                other => return Err(unsupported(format!("TIFF colour type {other:?}"))),
+            _ => None,
+        };
+        // Samples per pixel: grey, or red-green-blue(-alpha) whose colour channels must be
+        // equal (a grey image saved as RGB, as PNG files are read too).
+        let samples = match palette {
+            Some(_) => 1,
+            None => match dec.colortype().map_err(corrupt)? {
+                ColorType::Gray(8 | 16 | 32 | 64) => 1,
+                ColorType::RGB(8 | 16) => 3,
+                ColorType::RGBA(8 | 16) => 4,
+                other => {
+                    return Err(unsupported(format!(
+                        "TIFF colour type {other:?}: plateflow reads one grey plane per file (8, 16 or 32 bits)"
+                    )))
+                }
             },
         };
         let (data, bit_depth) = match &palette {
@@ -184,14 +198,31 @@ fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage
                 let indices = palette::read_indices(path, &mut dec, width, height)?;
                 (indices.iter().map(|&i| p[i as usize]).collect(), 8)
             }
-            None => match dec.read_image().map_err(corrupt)? {
+            None => match read_samples(path, &mut dec)? {
                 DecodingResult::U8(v) => (v.into_iter().map(u16::from).collect(), 8),
                 DecodingResult::U16(v) => (v, 16),
+                // Signed 16-bit (some cameras, MATLAB's int16) and 64-bit floats (MATLAB's
+                // double) by the same rule as 32-bit samples.
+                DecodingResult::I16(v) => (to_sixteen_bits(&v, false).map_err(unsupported)?, 16),
                 DecodingResult::U32(v) => (to_sixteen_bits(&v, false).map_err(unsupported)?, 16),
                 DecodingResult::I32(v) => (to_sixteen_bits(&v, false).map_err(unsupported)?, 16),
                 DecodingResult::F32(v) => (to_sixteen_bits(&v, true).map_err(unsupported)?, 16),
-                _ => return Err(unsupported("TIFF sample format".into())),
+                DecodingResult::F64(v) => (to_sixteen_bits(&v, true).map_err(unsupported)?, 16),
+                _ => {
+                    return Err(unsupported(
+                        "TIFF sample format (8-bit signed, 16-bit float or 64-bit integer samples): save it as 8- or 16-bit unsigned integers".into(),
+                    ))
+                }
             },
+        };
+        let data = if samples == 1 {
+            data
+        } else {
+            grey_of_colour(&data, samples).ok_or_else(|| {
+                unsupported(
+                    "a colour TIFF (its red, green and blue channels differ): save each channel as its own grey image".into(),
+                )
+            })?
         };
         if data.len() != width as usize * height as usize {
             return Err(ImageError::Corrupt {
@@ -214,6 +245,31 @@ fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage
         }
         dec.next_image().map_err(corrupt)?;
     }
+}
+
+/// The current page's samples: the tiff crate's own decoding or, for the tiled LZW files it
+/// stops on, plateflow's ([`tiled`]).
+pub(crate) fn read_samples<R: std::io::Read + std::io::Seek>(
+    path: &Path,
+    dec: &mut tiff::decoder::Decoder<R>,
+) -> Result<tiff::decoder::DecodingResult, ImageError> {
+    match dec.read_image() {
+        Ok(samples) => Ok(samples),
+        Err(_) if tiled::is_tiled_lzw(dec) => tiled::read(path, dec),
+        Err(e) => Err(ImageError::Corrupt {
+            path: path.to_path_buf(),
+            format: "TIFF",
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The grey values of interleaved colour samples (`samples` per pixel, alpha last), or `None`
+/// where a pixel's red, green and blue differ.
+fn grey_of_colour(data: &[u16], samples: usize) -> Option<Vec<u16>> {
+    data.chunks_exact(samples)
+        .map(|px| (px[0] == px[1] && px[1] == px[2]).then_some(px[0]))
+        .collect()
 }
 
 /// `pages` (the first) where the file's other pages are not planes of the same field:
@@ -263,11 +319,11 @@ pub(crate) fn more_planes<R: std::io::Read + std::io::Seek>(
 /// as a whole could tell: rounding would flatten them, and a scale chosen per image would
 /// make one well's intensities unlike another's.
 pub fn to_sixteen_bits<T: Copy + Into<f64>>(values: &[T], float: bool) -> Result<Vec<u16>, String> {
-    let kind = if float {
-        "32-bit float"
-    } else {
-        "32-bit integer"
-    };
+    let kind = format!(
+        "{}-bit {}",
+        8 * std::mem::size_of::<T>(),
+        if float { "float" } else { "integer" }
+    );
     let (mut lo, mut hi, mut bad, mut fractions) =
         (f64::INFINITY, f64::NEG_INFINITY, 0usize, false);
     for &v in values {

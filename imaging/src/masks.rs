@@ -114,6 +114,12 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
         }
         let negative =
             || bad("it has negative values; object numbers are 0 (background) and up".into());
+        let too_large = || {
+            bad(format!(
+                "it has object numbers above {}; number the objects 1..n (e.g. skimage.segmentation.relabel_sequential)",
+                u32::MAX
+            ))
+        };
         let whole = |v: f64| -> Result<u32, ImageError> {
             if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
                 Ok(v as u32)
@@ -123,7 +129,7 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
                 )))
             }
         };
-        match dec.read_image().map_err(corrupt)? {
+        match crate::read_samples(path, &mut dec)? {
             DecodingResult::U8(v) => v.into_iter().map(u32::from).collect(),
             DecodingResult::U16(v) => v.into_iter().map(u32::from).collect(),
             DecodingResult::U32(v) => v,
@@ -135,7 +141,19 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
                 .map(|x| whole(f64::from(x)))
                 .collect::<Result<_, _>>()?,
             DecodingResult::F64(v) => v.into_iter().map(whole).collect::<Result<_, _>>()?,
-            _ => return Err(bad("its sample format (64-bit integers) is not read".into())),
+            DecodingResult::F16(v) => v
+                .into_iter()
+                .map(|x| whole(x.to_f64()))
+                .collect::<Result<_, _>>()?,
+            // scikit-image's `label` returns int64, and saving it as it is writes 64-bit
+            // samples: object numbers all the same, as long as they fit 32 bits.
+            DecodingResult::U64(v) => unsigned(v).ok_or_else(too_large)?,
+            DecodingResult::I64(v) => {
+                if v.iter().any(|&x| x < 0) {
+                    return Err(negative());
+                }
+                unsigned(v).ok_or_else(too_large)?
+            }
         }
     };
     if data.len() != width as usize * height as usize {
@@ -227,7 +245,10 @@ mod tests {
         tiff::<colortype::Gray32>(&p("u32.tif"), 2, 2, &LABELS, 1);
         tiff::<colortype::GrayI32>(&p("i32.tif"), 2, 2, &LABELS.map(|v| v as i32), 1);
         tiff::<colortype::Gray32Float>(&p("f32.tif"), 2, 2, &LABELS.map(|v| v as f32), 1);
-        for name in ["u32.tif", "i32.tif", "f32.tif"] {
+        // scikit-image's `label` output saved as it is (int64), and its unsigned form.
+        tiff::<colortype::GrayI64>(&p("i64.tif"), 2, 2, &LABELS.map(i64::from), 1);
+        tiff::<colortype::Gray64>(&p("u64.tif"), 2, 2, &LABELS.map(u64::from), 1);
+        for name in ["u32.tif", "i32.tif", "f32.tif", "i64.tif", "u64.tif"] {
             let l = read_mask(&p(name)).unwrap();
             // Ranks: 0 → 0, 3 → 1, 7 → 2, 70000 → 3.
             assert_eq!(
@@ -239,6 +260,23 @@ mod tests {
         tiff::<colortype::Gray16>(&p("u16.tif"), 2, 2, &[0u16, 7, 3, 9], 1);
         let l = read_mask(&p("u16.tif")).unwrap();
         assert_eq!((l.data.as_slice(), l.count), (&[0, 2, 1, 3][..], 3));
+    }
+
+    /// 64-bit labels that are negative or beyond 32 bits are refused, naming the file and
+    /// the fix.
+    #[test]
+    fn sixty_four_bit_labels_out_of_range_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        tiff::<colortype::GrayI64>(&p("neg.tif"), 2, 1, &[0i64, -1], 1);
+        let err = read_mask(&p("neg.tif")).unwrap_err().to_string();
+        assert!(err.contains("neg.tif") && err.contains("negative"), "{err}");
+        tiff::<colortype::Gray64>(&p("big.tif"), 2, 1, &[0u64, 1 << 40], 1);
+        let err = read_mask(&p("big.tif")).unwrap_err().to_string();
+        assert!(
+            err.contains("big.tif") && err.contains("relabel_sequential"),
+            "{err}"
+        );
     }
 
     #[test]

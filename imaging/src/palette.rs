@@ -105,7 +105,7 @@ pub fn read_indices<R: Read + Seek>(
 }
 
 /// LZW-decodes at most `limit` bytes; `None` when the strip holds more.
-fn lzw(src: &[u8], limit: usize) -> Result<Option<Vec<u8>>, weezl::LzwError> {
+pub(crate) fn lzw(src: &[u8], limit: usize) -> Result<Option<Vec<u8>>, weezl::LzwError> {
     let mut dec = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8);
     // One byte of room past the limit tells "exactly full" from "more to come".
     let mut out = vec![0u8; limit + 1];

@@ -367,6 +367,59 @@ fn tiff_32bit_integer_and_float() {
     assert!(err.contains("values from -5 to 100"), "{err}");
 }
 
+/// Grey images as other tools save them: as RGB(A) with equal channels (read as grey, as
+/// PNGs are), signed 16-bit (cameras, MATLAB's int16) and 64-bit floats (MATLAB's double) by
+/// the 32-bit rule; a real colour image is refused naming the file.
+#[test]
+fn tiff_grey_as_rgb_signed_16_bit_and_double() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let write = |path: &Path, f: &dyn Fn(&mut TiffEncoder<File>)| {
+        let mut enc = TiffEncoder::new(File::create(path).unwrap()).unwrap();
+        f(&mut enc);
+    };
+    write(&p("rgb.tif"), &|e| {
+        e.write_image::<colortype::RGB8>(2, 1, &[5u8, 5, 5, 200, 200, 200])
+            .unwrap();
+    });
+    let i = read_image(&p("rgb.tif")).unwrap();
+    assert_eq!((i.data.as_slice(), i.bit_depth), (&[5u16, 200][..], 8));
+    write(&p("rgba16.tif"), &|e| {
+        e.write_image::<colortype::RGBA16>(2, 1, &[9u16, 9, 9, 65535, 4000, 4000, 4000, 0])
+            .unwrap();
+    });
+    let i = read_image(&p("rgba16.tif")).unwrap();
+    assert_eq!((i.data.as_slice(), i.bit_depth), (&[9u16, 4000][..], 16));
+    write(&p("colour.tif"), &|e| {
+        e.write_image::<colortype::RGB8>(2, 1, &[5u8, 5, 5, 200, 0, 0])
+            .unwrap();
+    });
+    let err = read_image(&p("colour.tif")).unwrap_err().to_string();
+    assert!(
+        err.contains("colour.tif") && err.contains("channels differ"),
+        "{err}"
+    );
+    write(&p("i16.tif"), &|e| {
+        e.write_image::<colortype::GrayI16>(2, 1, &[0i16, 3000])
+            .unwrap();
+    });
+    assert_eq!(read_image(&p("i16.tif")).unwrap().data, [0, 3000]);
+    write(&p("i16-negative.tif"), &|e| {
+        e.write_image::<colortype::GrayI16>(2, 1, &[-5i16, 3000])
+            .unwrap();
+    });
+    let err = read_image(&p("i16-negative.tif")).unwrap_err().to_string();
+    assert!(
+        err.contains("16-bit integer image with values from -5 to 3000"),
+        "{err}"
+    );
+    write(&p("f64.tif"), &|e| {
+        e.write_image::<colortype::Gray64Float>(2, 1, &[100.0f64, 2047.6])
+            .unwrap();
+    });
+    assert_eq!(read_image(&p("f64.tif")).unwrap().data, [100, 2048]);
+}
+
 /// A stack (channels or z-planes as pages) is refused by `read_image`, naming the file and
 /// how many planes, instead of being read as its first plane; a file whose other pages are
 /// reduced-resolution copies (a thumbnail) reads as its one plane.
@@ -402,4 +455,41 @@ fn a_stack_is_refused_and_a_thumbnail_ignored() {
     let img = read_image(&with_thumb).unwrap();
     assert_eq!((img.width, img.height), (w, h));
     assert_eq!(img.data, data.iter().map(|&v| v as u16).collect::<Vec<_>>());
+}
+
+/// Tiled LZW TIFFs whose right and bottom tiles overhang the image, as tifffile, bfconvert
+/// and OME-TIFF writers make them (`tests/fixtures/make_tiled_lzw.py`): the tiff crate alone
+/// stops on them ("no lzw end code found"); plateflow reads them tile by tile, with the
+/// predictor and in either byte order, as images and as masks.
+#[test]
+fn tiled_lzw_tiffs_that_overhang_their_tiles() {
+    let fixture = |n: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(n)
+    };
+    let want16: Vec<u16> = (0..21u16)
+        .flat_map(|y| (0..37u16).map(move |x| (37 * x + 101 * y) % 4096))
+        .collect();
+    for name in [
+        "tiled-lzw-u16-predictor.tif",
+        "tiled-lzw-u16-big-endian.tif",
+        "tiled-lzw-i32.tif",
+    ] {
+        let img = read_image(&fixture(name)).unwrap();
+        assert_eq!((img.width, img.height), (37, 21), "{name}");
+        assert_eq!(img.data, want16, "{name}");
+    }
+    let img = read_image(&fixture("tiled-lzw-u8.tif")).unwrap();
+    let want8: Vec<u16> = (0..21u16)
+        .flat_map(|y| (0..37u16).map(move |x| (7 * x + 13 * y) % 256))
+        .collect();
+    assert_eq!((img.data, img.bit_depth), (want8, 8));
+    // The same file as a label image: values ranked, none lost.
+    let labels = crate::masks::read_mask(&fixture("tiled-lzw-i32.tif")).unwrap();
+    let distinct: std::collections::BTreeSet<u16> = want16.iter().copied().collect();
+    assert_eq!(
+        labels.count as usize,
+        distinct.len() - usize::from(distinct.contains(&0))
+    );
 }

@@ -449,6 +449,7 @@ async fn run_builtin<F: BlobFetcher>(
         .map_or(1, |r| r.cpus.max(1) as usize);
     let gpu_ids = spec.gpu_ids.clone();
     let resume = resume_path(&env.resume_root, &spec.cache_key);
+    let names = user_names(spec, &m.work);
     let (log, result) = tokio::task::spawn_blocking(move || {
         let mut ctx = crate::builtin::Context {
             resume,
@@ -497,13 +498,58 @@ async fn run_builtin<F: BlobFetcher>(
             }
         }
         Err(e) => {
-            let msg = format!("{e:#}");
+            let msg = in_user_names(&format!("{e:#}"), &names);
             outcome.stderr = Some(env.store.put_bytes(msg.as_bytes())?);
             outcome.stderr_tail = msg.clone();
             outcome.error = Some(msg);
         }
     }
     Ok(outcome)
+}
+
+/// Each input's path in the task's scratch directory, with the name its user knows it by:
+/// the file's path on the coordinator's machine (or in the data folder), or "output N of
+/// task T". Longest first, so that no path is replaced by a shorter one it starts with.
+fn user_names(spec: &TaskSpec, work: &Path) -> Vec<(String, String)> {
+    let mut names: Vec<(String, String)> = spec
+        .inputs
+        .iter()
+        .map(|input| {
+            let rel = match input.fields.get("_role") {
+                Some(_) => PathBuf::from(&input.rel_path),
+                None => Path::new("inputs").join(&input.rel_path),
+            };
+            let known = if input.abs_path.is_empty() {
+                input.rel_path.clone()
+            } else {
+                input.abs_path.clone()
+            };
+            (work.join(rel).display().to_string(), known)
+        })
+        .chain(spec.upstream.iter().map(|up| {
+            let rel = Path::new("upstream")
+                .join(label_path(&up.task_label))
+                .join(&up.name);
+            (
+                work.join(rel).display().to_string(),
+                format!("{} (output of {})", up.name, up.task_label),
+            )
+        }))
+        .collect();
+    names.sort_by_key(|(scratch, _)| std::cmp::Reverse(scratch.len()));
+    names
+}
+
+/// A built-in step's error with its scratch paths (a temporary directory on the worker,
+/// gone by the time anyone reads the message) replaced by the names in [`user_names`].
+fn in_user_names(msg: &str, names: &[(String, String)]) -> String {
+    let mut msg = msg.to_string();
+    for (scratch, known) in names {
+        if msg.contains(scratch.as_str()) {
+            msg = msg.replace(scratch.as_str(), known);
+        }
+    }
+    msg
 }
 
 /// Files under `dir`, as `/`-separated paths relative to `root`.
