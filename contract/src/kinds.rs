@@ -375,7 +375,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Curate,
         name: "curate",
-        version: 2,
+        version: 3,
         summary: "image QC: blur, saturation, intensity, rough counts; robust-z flags per plate, exclusion list, heat maps, label QC, Z'",
         params: CURATE_PARAMS,
         outputs: &["qc.csv", "exclusions.csv", "heatmaps/*.svg", "label_qc.csv", "zprime.csv"],
@@ -383,7 +383,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Illumination,
         name: "illumination",
-        version: 1,
+        version: 2,
         summary: "illumination correction per plate and channel: the per-pixel median of the plate's images, smoothed, as a divisor; `segment` and `features` downstream divide by it",
         params: ILLUMINATION_PARAMS,
         outputs: &["illumination/*.tif", "illumination/*.png"],
@@ -391,7 +391,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Segment,
         name: "segment",
-        version: 4,
+        version: 5,
         summary: "nuclei (classic Otsu + distance watershed, or the learned U-Net; size adapted to the image) and cells; 16-bit label TIFFs and an object table",
         params: SEGMENT_PARAMS,
         outputs: &["objects.csv", "labels/*_nuclei.tif", "labels/*_cells.tif", "outlines/*.png", "segmentation.json"],
@@ -399,7 +399,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Features,
         name: "features",
-        version: 2,
+        version: 3,
         summary: "per-object shape, intensity and texture in CellProfiler column names; per-well medians, optional control normalisation, Z', EC50 of translocation readouts where the plate map has doses",
         params: FEATURES_PARAMS,
         outputs: &["cells.csv", "wells.csv", "wells_normalized.csv", "zprime.csv", "dose_response.csv"],
@@ -407,7 +407,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Crops,
         name: "crops",
-        version: 2,
+        version: 3,
         summary: "fixed-size single-cell crops of all channels, one safetensors file per task, with an index table",
         params: CROPS_PARAMS,
         outputs: &["crops.safetensors", "crops.csv", "cells.csv"],
@@ -431,7 +431,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::TrainSegmenter,
         name: "train_segmenter",
-        version: 6,
+        version: 7,
         summary: "trains (or fine-tunes) the learned nucleus segmenter on images with instance labels; held-out fifth scored at IoU 0.5/0.75/0.9; weights and a model card",
         params: TRAIN_SEGMENTER_PARAMS,
         outputs: &["segmenter.safetensors", "segmenter_card.md", "segmenter_history.csv", "segmenter_scores.json"],
