@@ -176,15 +176,6 @@ pub fn resume_path(root: &Path, cache_key: &str) -> Option<PathBuf> {
     well_formed.then(|| root.join(format!("{cache_key}.state")))
 }
 
-/// Removes the state a task kept for another attempt, once its result is safe: called when
-/// the outputs have reached the coordinator's store, so a worker killed before that still
-/// leaves the next attempt its (finished) state.
-pub fn forget_resume_state(env: &ExecEnv, spec: &TaskSpec) {
-    if let Some(state) = resume_path(&env.resume_root, &spec.cache_key) {
-        let _ = std::fs::remove_file(state);
-    }
-}
-
 /// How long a state nobody took up is kept (a run abandoned, or its inputs changed).
 pub const RESUME_KEPT: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
 

@@ -183,7 +183,9 @@ async fn session<F: std::future::Future<Output = ()>>(
         tokio::time::interval(Duration::from_millis(welcome.heartbeat_ms.max(50) as u64));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    let (res_tx, mut res_rx) = mpsc::unbounded_channel::<TaskResult>();
+    // Results, each with the resumable state to remove once it has gone out.
+    let (res_tx, mut res_rx) =
+        mpsc::unbounded_channel::<(TaskResult, Option<std::path::PathBuf>)>();
     let mut running: HashMap<(u64, u32), JoinHandle<()>> = HashMap::new();
     let fetcher = GrpcFetcher {
         client: client.clone(),
@@ -227,10 +229,13 @@ async fn session<F: std::future::Future<Output = ()>>(
                                         result.error = format!("uploading outputs to the coordinator failed: {e:#}");
                                     }
                                 }
-                                if result.ok && builtin {
-                                    crate::exec::forget_resume_state(&env, &spec);
-                                }
-                                let _ = res_tx.send(result);
+                                // The state a finished step kept for another attempt goes once
+                                // its result has gone out (below): a worker killed before then
+                                // leaves the next attempt here the finished state, not step 0.
+                                let state = (result.ok && builtin)
+                                    .then(|| crate::exec::resume_path(&env.resume_root, &spec.cache_key))
+                                    .flatten();
+                                let _ = res_tx.send((result, state));
                             });
                             running.insert(key, handle);
                         }
@@ -247,13 +252,15 @@ async fn session<F: std::future::Future<Output = ()>>(
             }
             Some(first) = res_rx.recv() => {
                 // Batch whatever else is ready: one message for many fast tasks.
-                let mut results = vec![first];
-                while results.len() < 4096 {
+                let mut finished = vec![first];
+                while finished.len() < 4096 {
                     match res_rx.try_recv() {
-                        Ok(r) => results.push(r),
+                        Ok(r) => finished.push(r),
                         Err(_) => break,
                     }
                 }
+                let (results, states): (Vec<TaskResult>, Vec<Option<std::path::PathBuf>>) =
+                    finished.into_iter().unzip();
                 for r in &results {
                     running.remove(&(r.task_id, r.attempt));
                 }
@@ -263,6 +270,9 @@ async fn session<F: std::future::Future<Output = ()>>(
                 let msg = WorkerMessage { body: Some(worker_message::Body::Results(TaskResults { results })) };
                 if out_tx.send(msg).await.is_err() {
                     break Err(anyhow::anyhow!("session closed while sending results"));
+                }
+                for state in states.into_iter().flatten() {
+                    let _ = std::fs::remove_file(state);
                 }
             }
             _ = &mut shutdown => {

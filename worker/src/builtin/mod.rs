@@ -58,7 +58,7 @@ pub struct Context<'a> {
     /// Live progress for the coordinator (the log arrives only at the end).
     pub progress: Option<crate::exec::ProgressTx>,
     /// Where a long step keeps the state of its work so that another attempt of the same
-    /// task (after a killed worker) continues it; removed once the outputs reach the coordinator.
+    /// task (after a killed worker) continues it; removed once the task's result has been sent.
     pub resume: Option<PathBuf>,
 }
 
