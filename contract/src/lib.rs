@@ -13,6 +13,7 @@ pub mod labels;
 pub mod metrics;
 pub mod params;
 pub mod placeholders;
+pub mod plate_layout;
 pub mod platemap;
 pub mod units;
 pub mod wells;

@@ -1,7 +1,8 @@
 //! The plate map: a CSV that gives each (plate, well) its labels, treatments, doses and
 //! control flags. Column names vary between labs, so the plate and well columns are found by
 //! name (`plate`/`Metadata_Plate`, `well`/`Metadata_Well`, or `row` + `column`), and well names
-//! are normalised (`A-01`, `a1`, `A01` are the same well).
+//! are normalised (`A-01`, `a1`, `A01` are the same well). Encodings, separators and grid
+//! layouts are made into one long table first ([`crate::plate_layout`]).
 
 use crate::wells::{parse_well, well_name};
 use anyhow::Context as _;
@@ -29,6 +30,8 @@ pub struct PlateMap {
     pub duplicates: Vec<(usize, usize)>,
     /// Every row as read, duplicates included (what a task's slice is cut from).
     all_rows: Vec<Row>,
+    /// Drawn as one grid layout for every plate (no plate column, on purpose).
+    pub every_plate: bool,
 }
 
 /// A control well's role.
@@ -55,11 +58,19 @@ pub fn normalize_well(s: &str) -> Option<String> {
     parse_well(s).map(|(r, c)| well_name(r, c))
 }
 
+/// The first column whose name is one of `names`, compared by letters and digits only,
+/// case-insensitively: `Well Position`, `well_position` and `WellPosition` are one name.
 fn find(columns: &[String], names: &[&str]) -> Option<usize> {
-    columns.iter().position(|c| {
-        let c = c.trim().to_ascii_lowercase();
-        names.iter().any(|n| c == *n)
-    })
+    let names: Vec<String> = names.iter().map(|n| bare_name(n)).collect();
+    columns.iter().position(|c| names.contains(&bare_name(c)))
+}
+
+/// A column name's letters and digits, lower-case.
+fn bare_name(name: &str) -> String {
+    name.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
 }
 
 impl PlateMap {
@@ -76,25 +87,55 @@ impl PlateMap {
     /// Reads plate-map text; `file` names it in messages.
     pub fn parse(file: &str, bytes: &[u8]) -> anyhow::Result<Self> {
         let file = file.to_string();
+        // Any encoding, separator or grid layout, as one long comma-separated table.
+        let long = crate::plate_layout::long_table(&file, bytes)?;
         let mut rdr = csv::ReaderBuilder::new()
             .flexible(false)
             .trim(csv::Trim::All)
-            .from_reader(bytes);
+            .from_reader(long.text.as_bytes());
         let columns: Vec<String> = rdr
             .headers()
             .with_context(|| format!("plate map {file}: no header line"))?
             .iter()
             .map(str::to_string)
             .collect();
+        // Names as labs, instruments and public screens (JUMP's `well_position`,
+        // `Metadata_Plate`) write them; a layout's name (`plate_map_name`) is not a plate.
         let plate_col = find(
             &columns,
-            &["plate", "metadata_plate", "plate_id", "barcode"],
+            &[
+                "plate",
+                "metadata_plate",
+                "plate_id",
+                "plate_name",
+                "barcode",
+                "plate_barcode",
+                "assay_plate_barcode",
+                "metadata_assay_plate_barcode",
+                "metadata_barcode",
+            ],
         );
-        let well_col = find(&columns, &["well", "metadata_well", "well_id", "wellname"]);
-        let row_col = find(&columns, &["row", "metadata_row"]);
+        let well_col = find(
+            &columns,
+            &[
+                "well",
+                "metadata_well",
+                "well_id",
+                "wellname",
+                "well_position",
+                "metadata_well_position",
+            ],
+        );
+        let row_col = find(&columns, &["row", "metadata_row", "well_row"]);
         let col_col = find(
             &columns,
-            &["column", "col", "metadata_column", "metadata_col"],
+            &[
+                "column",
+                "col",
+                "metadata_column",
+                "metadata_col",
+                "well_column",
+            ],
         );
         if well_col.is_none() && (row_col.is_none() || col_col.is_none()) {
             anyhow::bail!(
@@ -106,10 +147,11 @@ impl PlateMap {
         let mut map = PlateMap {
             file: file.clone(),
             columns,
+            every_plate: long.every_plate,
             ..Default::default()
         };
         for (i, rec) in rdr.records().enumerate() {
-            let line = i + 2;
+            let line = long.lines.get(i).copied().unwrap_or(i + 2);
             let rec = rec.with_context(|| format!("plate map {file}, line {line}"))?;
             let raw_well = match (well_col, row_col, col_col) {
                 (Some(w), _, _) => rec.get(w).unwrap_or("").to_string(),
@@ -263,11 +305,11 @@ impl PlateMap {
             return self.required_column(name).map(Some);
         }
         Ok(self.columns.iter().position(|c| {
-            let c = c.to_ascii_lowercase();
+            let c = bare_name(c);
             matches!(
                 c.as_str(),
-                "control" | "controls" | "control_type" | "metadata_control_type"
-            ) || c.ends_with("_controls")
+                "control" | "controls" | "controltype" | "metadatacontroltype"
+            ) || (c.ends_with("controls") && c.len() > "controls".len())
         }))
     }
 
@@ -333,15 +375,16 @@ impl PlateMap {
     }
 }
 
-/// Reads a control flag: `positive`/`pos`/`+1`/`1`… or `negative`/`neg`/`-1`/`dmso`….
+/// Reads a control flag: `positive`/`pos`/`+1`/`1`… or `negative`/`neg`/`-1`/`dmso`…; JUMP's
+/// `negcon` and `poscon_*` too.
 pub fn control_of(value: &str) -> Option<Control> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "positive" | "pos" | "+1" | "1" | "p" | "positive_control" | "ctrl+" => {
-            Some(Control::Positive)
-        }
-        "negative" | "neg" | "-1" | "n" | "negative_control" | "ctrl-" | "dmso" => {
-            Some(Control::Negative)
-        }
+    let v = value.trim().to_ascii_lowercase().replace(' ', "_");
+    match v.as_str() {
+        "positive" | "pos" | "+1" | "1" | "p" | "positive_control" | "ctrl+" | "pos_ctrl"
+        | "posctrl" => Some(Control::Positive),
+        "negative" | "neg" | "-1" | "n" | "negative_control" | "ctrl-" | "dmso" | "negcon"
+        | "neg_ctrl" | "negctrl" | "vehicle" | "mock" => Some(Control::Negative),
+        _ if v.starts_with("poscon") => Some(Control::Positive),
         _ => None,
     }
 }
@@ -437,5 +480,52 @@ mod tests {
             e.contains("no well column") && e.contains("plate, dose"),
             "{e}"
         );
+    }
+
+    /// Column names as instruments and public screens write them: JUMP's plate maps
+    /// (`well_position`, `control_type` of `negcon`/`poscon_cp`), spaced and capitalised
+    /// names; the layout's name (`plate_map_name`) is not taken for the plate.
+    #[test]
+    fn columns_are_found_by_their_letters_whatever_the_spelling() {
+        let jump = "plate_map_name,well_position,broad_sample,control_type\n\
+                    L1,A01,BRD-1,negcon\n\
+                    L1,A02,BRD-2,poscon_cp\n\
+                    L1,A03,BRD-3,trt\n";
+        let m = PlateMap::parse("jump.csv", jump.as_bytes()).unwrap();
+        assert!(!m.has_plate_column());
+        let c = m.control_column(None).unwrap().unwrap();
+        let roles: Vec<Option<Control>> = ["A01", "A02", "A03"]
+            .iter()
+            .map(|w| control_of(&m.lookup("any", w).unwrap().values[c]))
+            .collect();
+        assert_eq!(
+            roles,
+            [Some(Control::Negative), Some(Control::Positive), None]
+        );
+        let spaced = "Plate Barcode;Well Position;Compound;Concentration (µM);Control Type\n\
+                      B1;A1;DMSO;0;Negative Control\n\
+                      B1;A2;X;0,25;\n";
+        let m = PlateMap::parse("spaced.csv", spaced.as_bytes()).unwrap();
+        assert!(m.has_plate_column());
+        let row = m.lookup("B1", "A02").unwrap();
+        assert_eq!(row.values[3], "0.25");
+        assert_eq!(m.dose_column(None).unwrap(), Some(3));
+        assert_eq!(m.treatment_column(), Some(2));
+        let c = m.control_column(None).unwrap().unwrap();
+        assert_eq!(
+            control_of(&m.lookup("B1", "A01").unwrap().values[c]),
+            Some(Control::Negative)
+        );
+    }
+
+    /// A grid drawn once is every plate's; its rows carry the lines of the grid.
+    #[test]
+    fn a_grid_layout_is_every_plates_map() {
+        let grid = "treatment,1,2\nA,DMSO,drug\n\ncontrol,1,2\nA,negative,\n";
+        let m = PlateMap::parse("grid.csv", grid.as_bytes()).unwrap();
+        assert!(m.every_plate && !m.has_plate_column());
+        assert_eq!(m.columns, ["well", "treatment", "control"]);
+        let a2 = m.lookup("P7", "A2").unwrap();
+        assert_eq!((a2.values[1].as_str(), a2.line), ("drug", 2));
     }
 }

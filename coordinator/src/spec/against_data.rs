@@ -163,7 +163,8 @@ impl Checker<'_> {
             .field_values
             .get("plate")
             .map_or(0, BTreeSet::len);
-        if plates < 2 || map.has_plate_column() {
+        // A grid drawn once without `plate` lines is meant for every plate.
+        if plates < 2 || map.has_plate_column() || map.every_plate {
             return;
         }
         // A letter or two off `plate` (`plaat`, `Plates`, `plate_`): a typo of it.
@@ -443,5 +444,34 @@ mod tests {
         let gpu_box = LocalOffer { gpus: 1, ..laptop };
         let e = fits_local_workers(&p, &gpu_box).unwrap_err();
         assert!(e.0[0].message.contains("without CUDA"), "{e}");
+    }
+
+    /// A long map without a plate column for images of several plates is refused; a grid
+    /// drawn once (no `plate` lines) is meant for every plate and passes.
+    #[test]
+    fn a_map_for_several_plates_needs_plates_unless_it_is_one_grid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::create_dir(dir.path().join("img")).unwrap();
+        std::fs::write(dir.path().join("map.csv"), "").unwrap();
+        let p = crate::spec::parse(
+            &path,
+            "data:\n  images: img\n  pattern: \"{plate}/{well}.tif\"\n  plate_map: map.csv\nsteps:\n  a: {uses: noop}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let facts = DataFacts {
+            field_values: BTreeMap::from([(
+                "plate".to_string(),
+                BTreeSet::from(["P1".to_string(), "P2".to_string()]),
+            )]),
+        };
+        let long = PlateMap::parse("map.csv", b"well,treatment\nA01,DMSO\n").unwrap();
+        let e = check(&p, &facts, Some(&long)).unwrap_err();
+        assert!(
+            e.0[0].message.contains("has no plate column") && e.0[0].mark.line == 4,
+            "{e}"
+        );
+        let grid = PlateMap::parse("map.csv", b"treatment,1,2\nA,DMSO,drug\n").unwrap();
+        check(&p, &facts, Some(&grid)).unwrap();
     }
 }

@@ -1,0 +1,443 @@
+//! How plate maps arrive, made into one long comma-separated table (a header, then a row per
+//! well) before [`crate::platemap::PlateMap`] reads it:
+//! - text: UTF-8 with or without a byte-order mark, UTF-16 (Excel's "Unicode text"), or
+//!   Windows-1252 (Excel's CSV on Windows, where `µM` is one byte);
+//! - separators: comma, semicolon (Excel in locales with decimal commas, whose `0,5` is then
+//!   read as 0.5) or tab;
+//! - layouts: long (a row per well) or grid blocks as plates are drawn, one block per
+//!   variable in the layout of the `plater` R package: the variable's name in the top-left
+//!   cell, column numbers across, row letters down, blocks apart by a blank line. A line
+//!   `plate,P1` makes the blocks below it P1's; without one, the layout is every plate's.
+
+use crate::wells::{parse_well, well_name};
+use anyhow::{bail, Context as _};
+
+/// A plate map as one long comma-separated text, and for each of its data rows the line of
+/// the file it came from (for messages).
+pub struct LongTable {
+    pub text: String,
+    pub lines: Vec<usize>,
+    pub delimiter: u8,
+    /// A grid without `plate` lines: one layout, drawn once, for every plate.
+    pub every_plate: bool,
+}
+
+/// `bytes` as a long table; `file` names the plate map in messages.
+pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
+    let text = decode(bytes);
+    let delimiter = sniff_delimiter(&text);
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut records: Vec<(usize, Vec<String>)> = Vec::new();
+    // (bytes counted, newlines in them)
+    let mut counted = (0usize, 0usize);
+    for rec in rdr.records() {
+        let rec = rec.with_context(|| format!("plate map {file}"))?;
+        // From the byte offset: the csv crate's own line count skips blank lines and CRLF
+        // line ends, and its offset may point at the end of the line before, so that end is
+        // counted with the newlines before it.
+        // Counted on from the record before: maps of many plates have 100,000 rows.
+        let upto = rec
+            .position()
+            .map_or(counted.0, |p| (p.byte() as usize + 1).min(text.len()));
+        if upto > counted.0 {
+            counted.1 += text.as_bytes()[counted.0..upto]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            counted.0 = upto;
+        }
+        let line = 1 + counted.1;
+        let mut cells: Vec<String> = rec.iter().map(str::to_string).collect();
+        if delimiter != b',' {
+            for c in &mut cells {
+                if let Some(point) = decimal_comma(c) {
+                    *c = point;
+                }
+            }
+        }
+        records.push((line, cells));
+    }
+    if records.iter().take_while(|(_, c)| is_blank(c)).count() < records.len() {
+        let first = records.iter().position(|(_, c)| !is_blank(c)).unwrap_or(0);
+        let grid_at = if plate_line(&records[first].1).is_some() {
+            records[first + 1..]
+                .iter()
+                .find(|(_, c)| !is_blank(c))
+                .map(|(_, c)| c)
+        } else {
+            Some(&records[first].1)
+        };
+        if grid_at.is_some_and(|c| grid_columns(c).is_some()) {
+            return grid_to_long(file, &records[first..]).map(|(text, lines, every_plate)| {
+                LongTable {
+                    text,
+                    lines,
+                    delimiter,
+                    every_plate,
+                }
+            });
+        }
+    }
+    // Long: the header, then every row with something in it (Excel leaves rows of empty
+    // cells, `;;;;`, below the table).
+    // Empty cells past the header's last name (Excel's stray columns) are dropped, so rows
+    // are as wide as the header wherever nothing was lost.
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut lines = Vec::new();
+    let mut header_width: Option<usize> = None;
+    for (line, cells) in records.iter().filter(|(_, c)| !is_blank(c)) {
+        let named = cells
+            .iter()
+            .rposition(|c| !c.is_empty())
+            .map_or(0, |i| i + 1);
+        match header_width {
+            None => header_width = Some(named),
+            Some(_) => lines.push(*line),
+        }
+        let keep = header_width.unwrap_or(named).max(named).min(cells.len());
+        w.write_record(&cells[..keep])?;
+    }
+    let text = String::from_utf8(w.into_inner()?).context("plate map text")?;
+    Ok(LongTable {
+        text,
+        lines,
+        delimiter,
+        every_plate: false,
+    })
+}
+
+/// The text of the file: UTF-8 (a byte-order mark dropped), UTF-16 with its mark, else
+/// Windows-1252, which every byte sequence is.
+fn decode(bytes: &[u8]) -> String {
+    if let Some((enc, bom)) = encoding_rs::Encoding::for_bom(bytes) {
+        return enc
+            .decode_without_bom_handling(&bytes[bom..])
+            .0
+            .into_owned();
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => encoding_rs::WINDOWS_1252
+            .decode_without_bom_handling(bytes)
+            .0
+            .into_owned(),
+    }
+}
+
+/// The separator of the first line with any: the most frequent of comma, semicolon and tab
+/// outside quotes (comma on a tie or none).
+fn sniff_delimiter(text: &str) -> u8 {
+    let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let mut counts = [0usize; 3];
+    let mut quoted = false;
+    for ch in first.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ',' if !quoted => counts[0] += 1,
+            ';' if !quoted => counts[1] += 1,
+            '\t' if !quoted => counts[2] += 1,
+            _ => {}
+        }
+    }
+    let best = (0..3)
+        .max_by_key(|&i| (counts[i], std::cmp::Reverse(i)))
+        .unwrap_or(0);
+    if counts[best] == 0 {
+        b','
+    } else {
+        [b',', b';', b'\t'][best]
+    }
+}
+
+/// `0,5` or `-1,25e-3` (a number with a decimal comma) with a point; `None` for anything else.
+fn decimal_comma(cell: &str) -> Option<String> {
+    let (int, frac) = cell.split_once(',')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let int_ok = digits(int.strip_prefix(['-', '+']).unwrap_or(int));
+    let mantissa = frac.split(['e', 'E']).next().unwrap_or("");
+    let point = format!("{int}.{frac}");
+    (int_ok && digits(mantissa) && point.parse::<f64>().is_ok()).then_some(point)
+}
+
+fn is_blank(cells: &[String]) -> bool {
+    cells.iter().all(|c| c.is_empty())
+}
+
+/// A grid block's header: a name (or nothing) in the first cell, then the column numbers
+/// 1, 2, …, n (n ≥ 2; empty cells after them allowed). Returns n.
+fn grid_columns(cells: &[String]) -> Option<usize> {
+    let numbers: Vec<&String> = cells[1..].iter().take_while(|c| !c.is_empty()).collect();
+    let rest_empty = cells[1 + numbers.len()..].iter().all(|c| c.is_empty());
+    let consecutive = numbers
+        .iter()
+        .enumerate()
+        .all(|(i, c)| c.parse::<usize>().ok() == Some(i + 1));
+    (numbers.len() >= 2 && consecutive && rest_empty).then_some(numbers.len())
+}
+
+/// `plate,P1` (a line naming the plate the grid blocks below it are drawn for): `P1`.
+fn plate_line(cells: &[String]) -> Option<&str> {
+    let named = cells
+        .first()?
+        .trim_end_matches(':')
+        .eq_ignore_ascii_case("plate");
+    let value = cells.get(1).filter(|v| !v.is_empty())?;
+    (named && cells[2..].iter().all(|c| c.is_empty())).then_some(value.as_str())
+}
+
+/// Grid blocks as a long table: (`plate`), `well` and one column per block name, a row per
+/// plate and well with any value, in row-major order; each row's line is that of its plate
+/// row in the first block. Blocks below a `plate,P1` line are P1's; without such lines the
+/// one layout is every plate's (the third value).
+fn grid_to_long(
+    file: &str,
+    records: &[(usize, Vec<String>)],
+) -> anyhow::Result<(String, Vec<usize>, bool)> {
+    // Block names in order of appearance; per (plate, row, column) the line and values by
+    // block name.
+    type Cell = (usize, std::collections::BTreeMap<String, String>);
+    let mut names: Vec<String> = Vec::new();
+    let mut wells: std::collections::BTreeMap<(Option<String>, usize, usize), Cell> =
+        std::collections::BTreeMap::new();
+    let mut plate: Option<String> = None;
+    // Block names already drawn for the current plate.
+    let mut drawn: Vec<String> = Vec::new();
+    let mut block = String::new();
+    let mut columns = 0;
+    for (line, cells) in records {
+        if is_blank(cells) {
+            columns = 0; // the block ended
+            continue;
+        }
+        if let Some(p) = plate_line(cells) {
+            if plate.is_none() && !names.is_empty() {
+                bail!(
+                    "plate map {file}, line {line}: `plate` lines must come before every grid                      block (the blocks above name no plate)"
+                );
+            }
+            if wells.keys().any(|(q, _, _)| q.as_deref() == Some(p)) {
+                bail!("plate map {file}, line {line}: plate {p} is drawn twice");
+            }
+            plate = Some(p.to_string());
+            drawn.clear();
+            columns = 0;
+            continue;
+        }
+        if let Some(n) = grid_columns(cells) {
+            let name = cells[0].clone();
+            if name.is_empty() {
+                bail!(
+                    "plate map {file}, line {line}: a grid block without a name: write what its \
+                     cells hold (e.g. `treatment`, `dose_uM`, `control`) in its top-left cell"
+                );
+            }
+            if drawn.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+                bail!("plate map {file}, line {line}: a second grid block named `{name}`");
+            }
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
+                names.push(name.clone());
+            }
+            drawn.push(name.clone());
+            block = name;
+            columns = n;
+            continue;
+        }
+        if columns == 0 {
+            bail!(
+                "plate map {file}, line {line}: a grid row outside a block: each block starts \
+                 with a line holding its name and the column numbers 1, 2, …"
+            );
+        }
+        let row = cells[0].trim();
+        let letters = row.chars().all(|c| c.is_ascii_alphabetic());
+        let Some((r, _)) = parse_well(&format!("{row}1")).filter(|_| letters) else {
+            bail!(
+                "plate map {file}, line {line}: `{row}` is not a plate row letter (A, B, …) in \
+                 grid block `{block}`"
+            );
+        };
+        if cells.len() > columns + 1 && !cells[columns + 1..].iter().all(|c| c.is_empty()) {
+            bail!(
+                "plate map {file}, line {line}: row {row} has values beyond column {columns} of \
+                 grid block `{block}`"
+            );
+        }
+        for c in 0..columns {
+            let value = cells.get(c + 1).cloned().unwrap_or_default();
+            let entry = wells
+                .entry((plate.clone(), r, c))
+                .or_insert_with(|| (*line, Default::default()));
+            if entry.1.insert(block.clone(), value).is_some() {
+                bail!("plate map {file}, line {line}: row {row} appears twice in grid block `{block}`");
+            }
+        }
+    }
+    if names.is_empty() {
+        bail!("plate map {file}: no grid block");
+    }
+    let every_plate = plate.is_none();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let header = ["plate", "well"][usize::from(every_plate)..]
+        .iter()
+        .copied()
+        .chain(names.iter().map(String::as_str));
+    w.write_record(header)?;
+    let mut lines = Vec::new();
+    for ((p, r, c), (line, by_name)) in &wells {
+        let values: Vec<&str> = names
+            .iter()
+            .map(|n| by_name.get(n).map_or("", String::as_str))
+            .collect();
+        if values.iter().all(|v| v.is_empty()) {
+            continue; // an empty well is not on the map
+        }
+        let well = well_name(*r, *c);
+        let keys = p
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(well.as_str()));
+        w.write_record(keys.chain(values))?;
+        lines.push(*line);
+    }
+    let text = String::from_utf8(w.into_inner()?).context("plate map text")?;
+    Ok((text, lines, every_plate))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(t: &LongTable) -> Vec<Vec<String>> {
+        csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(t.text.as_bytes())
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect())
+            .collect()
+    }
+
+    #[test]
+    fn excel_csv_in_a_decimal_comma_locale_reads_as_the_comma_csv() {
+        let comma = "plate,well,dose_uM\nP1,A01,0.5\nP1,A02,10\n";
+        // Semicolons, a byte-order mark, CRLF, decimal commas and the empty rows Excel leaves.
+        let excel = "\u{feff}plate;well;dose_uM\r\nP1;A01;0,5\r\nP1;A02;10\r\n;;\r\n;;\r\n";
+        let want = rows(&long_table("c.csv", comma.as_bytes()).unwrap());
+        let got = long_table("e.csv", excel.as_bytes()).unwrap();
+        assert_eq!(rows(&got), want);
+        assert_eq!(got.lines, [2, 3]);
+        // Tab-separated, as UTF-16 ("Unicode text"), with µ in a header.
+        let tsv = "plate\twell\tdose_µM\nP1\tA01\t0,5\n";
+        let mut utf16 = vec![0xFF, 0xFE];
+        utf16.extend(tsv.encode_utf16().flat_map(u16::to_le_bytes));
+        let got = rows(&long_table("u.txt", &utf16).unwrap());
+        assert_eq!(got[0][2], "dose_µM");
+        assert_eq!(got[1][2], "0.5");
+        // Windows-1252: µ is the one byte 0xB5.
+        let mut latin = b"plate,well,dose_".to_vec();
+        latin.push(0xB5);
+        latin.extend(b"M\nP1,A01,1\n");
+        assert_eq!(rows(&long_table("w.csv", &latin).unwrap())[0][2], "dose_µM");
+        // A comma file keeps its values as they are (`1,5` there is two cells).
+        let got = rows(&long_table("q.csv", b"well,name\nA01,\"1,5\"\n").unwrap());
+        assert_eq!(got[1][1], "1,5");
+    }
+
+    #[test]
+    fn grid_blocks_become_a_row_per_well() {
+        let grid = "treatment,1,2,3\n\
+                    A,DMSO,drug,\n\
+                    B,DMSO,drug,drug\n\
+                    \n\
+                    dose_uM,1,2,3\n\
+                    A,0,10,\n\
+                    B,0,30,100\n";
+        let t = long_table("grid.csv", grid.as_bytes()).unwrap();
+        assert_eq!(
+            rows(&t),
+            [
+                vec!["well", "treatment", "dose_uM"],
+                vec!["A01", "DMSO", "0"],
+                vec!["A02", "drug", "10"],
+                vec!["B01", "DMSO", "0"],
+                vec!["B02", "drug", "30"],
+                vec!["B03", "drug", "100"],
+            ]
+        );
+        // Each well's line is its row's line in the first block.
+        assert_eq!(t.lines, [2, 2, 3, 3, 3]);
+        // A semicolon grid with decimal commas, as European Excel saves it.
+        let t = long_table("g.csv", "dose;1;2\nA;0,5;1\n".as_bytes()).unwrap();
+        assert_eq!(rows(&t)[1], ["A01", "0.5"]);
+    }
+
+    #[test]
+    fn grid_blocks_under_plate_lines_are_each_plates_own() {
+        let grid = "plate,P1\n\
+                    treatment,1,2\n\
+                    A,DMSO,drug\n\
+                    \n\
+                    plate,P2\n\
+                    treatment,1,2\n\
+                    A,drug,DMSO\n";
+        let t = long_table("plates.csv", grid.as_bytes()).unwrap();
+        assert!(!t.every_plate);
+        assert_eq!(
+            rows(&t),
+            [
+                vec!["plate", "well", "treatment"],
+                vec!["P1", "A01", "DMSO"],
+                vec!["P1", "A02", "drug"],
+                vec!["P2", "A01", "drug"],
+                vec!["P2", "A02", "DMSO"],
+            ]
+        );
+        assert_eq!(t.lines, [3, 3, 7, 7]);
+        assert!(
+            long_table("one.csv", b"t,1,2\nA,x,y\n")
+                .unwrap()
+                .every_plate
+        );
+    }
+
+    #[test]
+    fn grid_mistakes_are_named_with_their_line() {
+        for (grid, says) in [
+            (",1,2\nA,x,y\n", "line 1: a grid block without a name"),
+            (
+                "t,1,2\nA,x,y\nQ9,x,y\n",
+                "line 3: `Q9` is not a plate row letter",
+            ),
+            (
+                "t,1,2\nA,x,y,z\n",
+                "line 2: row A has values beyond column 2",
+            ),
+            (
+                "t,1,2\nA,x,y\n\nt,1,2\nA,x,y\n",
+                "line 4: a second grid block named `t`",
+            ),
+            ("t,1,2\nA,x,y\nA,x,y\n", "line 3: row A appears twice"),
+            (
+                "t,1,2\nA,x,y\nplate,P1\nt,1,2\nA,x,y\n",
+                "line 3: `plate` lines must come before",
+            ),
+            (
+                "plate,P1\nt,1,2\nA,x,y\nplate,P1\n",
+                "line 4: plate P1 is drawn twice",
+            ),
+        ] {
+            let err = long_table("g.csv", grid.as_bytes())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains(says) && err.contains("g.csv"),
+                "{grid:?}: {err}"
+            );
+        }
+    }
+}
