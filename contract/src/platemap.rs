@@ -32,6 +32,10 @@ pub struct PlateMap {
     all_rows: Vec<Row>,
     /// Drawn as one grid layout for every plate (no plate column, on purpose).
     pub every_plate: bool,
+    /// The columns that name the plate and the well (`None` where the well is made of a
+    /// row and a column).
+    pub plate_column: Option<usize>,
+    pub well_column: Option<usize>,
 }
 
 /// A control well's role.
@@ -148,6 +152,8 @@ impl PlateMap {
             file: file.clone(),
             columns,
             every_plate: long.every_plate,
+            plate_column: plate_col,
+            well_column: well_col,
             ..Default::default()
         };
         for (i, rec) in rdr.records().enumerate() {

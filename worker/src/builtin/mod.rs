@@ -262,31 +262,45 @@ pub fn metadata_column(field: &str) -> String {
 }
 
 /// A plate-map column under the same naming: `plate` → `Metadata_Plate`, `metadata_dose` →
-/// `Metadata_Dose`, `SBS_Doses` → `Metadata_SBS_Doses`.
+/// `Metadata_Dose`, `SBS_Doses` → `Metadata_SBS_Doses`, `Concentration (µM)` →
+/// `Metadata_Concentration_µM` (spaces and punctuation as one `_`, so that R, pandas and SQL
+/// take the name as it is).
 pub fn map_metadata_column(name: &str) -> String {
     let bare = match name.get(..9) {
         Some(p) if p.eq_ignore_ascii_case("metadata_") => &name[9..],
         _ => name,
     };
-    metadata_column(bare)
+    let words: Vec<&str> = bare
+        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    metadata_column(&words.join("_"))
 }
 
 /// The plate-map columns a table adds beside its `taken` columns: (index in the map, name as
-/// [`map_metadata_column`] gives it), leaving out any whose name equals a taken or an earlier
-/// one case-insensitively, so that `plate` beside the file name's `Metadata_Plate` appears
-/// once (databases and pycytominer refuse duplicate columns).
+/// [`map_metadata_column`] gives it), leaving out the map's plate and well columns and any
+/// whose name equals a taken or an earlier one case-insensitively, so that plate and well
+/// appear once (databases and pycytominer refuse duplicate columns).
 pub fn extra_map_columns(
     map: Option<&platemap::PlateMap>,
     taken: &[String],
 ) -> Vec<(usize, String)> {
     let mut seen: Vec<String> = taken.iter().map(|c| c.to_ascii_lowercase()).collect();
     let mut out = Vec::new();
+    // The map's own plate and well columns, whatever their names (`Plate Barcode`,
+    // `well_position`): the table has its plate and well already.
+    let keys = map.map_or(vec![], |m| {
+        m.plate_column.into_iter().chain(m.well_column).collect()
+    });
     for (i, c) in map
         .map(|m| m.columns.as_slice())
         .unwrap_or_default()
         .iter()
         .enumerate()
     {
+        if keys.contains(&i) {
+            continue;
+        }
         let name = map_metadata_column(c);
         let key = name.to_ascii_lowercase();
         if !seen.contains(&key) {
@@ -475,6 +489,21 @@ mod tests {
         );
         assert_eq!(map_metadata_column("é"), "Metadata_é");
         assert!(extra_map_columns(None, &taken).is_empty());
+        // Plate and well columns of other names are the table's plate and well; spaces and
+        // punctuation become one `_`.
+        let map = platemap::PlateMap::parse(
+            "m.csv",
+            "Plate Barcode,Well Position,Concentration (µM),Control Type\nB1,A01,1,negcon\n"
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            extra_map_columns(Some(&map), &taken),
+            vec![
+                (2, "Metadata_Concentration_µM".to_string()),
+                (3, "Metadata_Control_Type".to_string()),
+            ]
+        );
     }
 
     #[test]
