@@ -205,6 +205,8 @@ fn grid_to_long(
     let mut wells: std::collections::BTreeMap<(Option<String>, usize, usize), Cell> =
         std::collections::BTreeMap::new();
     let mut plate: Option<String> = None;
+    // A set, not a search of `wells`: maps of hundreds of plates made that quadratic.
+    let mut plates_seen = std::collections::HashSet::new();
     // Block names already drawn for the current plate.
     let mut drawn: Vec<String> = Vec::new();
     let mut block = String::new();
@@ -217,10 +219,11 @@ fn grid_to_long(
         if let Some(p) = plate_line(cells) {
             if plate.is_none() && !names.is_empty() {
                 bail!(
-                    "plate map {file}, line {line}: `plate` lines must come before every grid                      block (the blocks above name no plate)"
+                    "plate map {file}, line {line}: `plate` lines must come before every grid \
+                     block (the blocks above name no plate)"
                 );
             }
-            if wells.keys().any(|(q, _, _)| q.as_deref() == Some(p)) {
+            if !plates_seen.insert(p.to_string()) {
                 bail!("plate map {file}, line {line}: plate {p} is drawn twice");
             }
             plate = Some(p.to_string());
@@ -423,7 +426,7 @@ mod tests {
             ("t,1,2\nA,x,y\nA,x,y\n", "line 3: row A appears twice"),
             (
                 "t,1,2\nA,x,y\nplate,P1\nt,1,2\nA,x,y\n",
-                "line 3: `plate` lines must come before",
+                "line 3: `plate` lines must come before every grid block (the blocks above name no plate)",
             ),
             (
                 "plate,P1\nt,1,2\nA,x,y\nplate,P1\n",

@@ -30,6 +30,9 @@ pub struct PlateMap {
     pub duplicates: Vec<(usize, usize)>,
     /// Every row as read, duplicates included (what a task's slice is cut from).
     all_rows: Vec<Row>,
+    /// Each plate's rows in `all_rows`, so that cutting one slice per plate (or per well)
+    /// does not read every row each time: that was quadratic in the map's size.
+    plate_rows: HashMap<String, Vec<usize>>,
     /// Drawn as one grid layout for every plate (no plate column, on purpose).
     pub every_plate: bool,
     /// The columns that name the plate and the well (`None` where the well is made of a
@@ -174,6 +177,10 @@ impl PlateMap {
             })?;
             let plate = plate_col.map(|p| rec.get(p).unwrap_or("").to_string());
             let key = (plate.clone(), well.clone());
+            if let Some(p) = &plate {
+                let at = map.all_rows.len();
+                map.plate_rows.entry(p.clone()).or_default().push(at);
+            }
             map.all_rows.push(Row {
                 plate: plate.clone(),
                 well: well.clone(),
@@ -201,13 +208,15 @@ impl PlateMap {
     /// is what a task's cache key holds, so appending a plate's rows re-runs only that plate.
     pub fn canonical_slice(&self, plate: Option<&str>, well: Option<&str>) -> Vec<u8> {
         let well = well.map(|w| normalize_well(w).unwrap_or_else(|| w.to_string()));
-        let mut rows: Vec<&Row> = self
-            .all_rows
-            .iter()
-            .filter(|r| match (&r.plate, plate) {
-                (Some(rp), Some(p)) => rp == p,
-                _ => true,
-            })
+        // A map with a plate column gives a plate its own rows; one without gives it all.
+        let candidates: Vec<&Row> = match (plate, self.plate_column) {
+            (Some(p), Some(_)) => self.plate_rows.get(p).map_or_else(Vec::new, |at| {
+                at.iter().map(|&i| &self.all_rows[i]).collect()
+            }),
+            _ => self.all_rows.iter().collect(),
+        };
+        let mut rows: Vec<&Row> = candidates
+            .into_iter()
             .filter(|r| well.as_ref().is_none_or(|w| &r.well == w))
             .collect();
         rows.sort_by(|a, b| (&a.plate, &a.well, &a.values).cmp(&(&b.plate, &b.well, &b.values)));

@@ -22,7 +22,12 @@
 //!   `hash_with_cache`, `plan::expand`), then the engine's start-up read of the action cache
 //!   (`Db::load_action_cache`) and the lock file's `render`, `read` and `write_if_changed`.
 //!
-//! Environment: PLATES, WELLS, KEYS, HASH_MB, HASH_FILES, HASH_THREADS (default 2), RERUN_FILES.
+//! - `platemap`: a plate map of MAP_PLATES x 384 rows (default 300 plates) parsed as a comma
+//!   CSV, as Excel writes it with decimal commas, and as per-plate grid blocks; then one
+//!   canonical slice per plate.
+//!
+//! Environment: PLATES, WELLS, KEYS, HASH_MB, HASH_FILES, HASH_THREADS (default 2), RERUN_FILES,
+//! MAP_PLATES.
 
 use plateflow_coordinator::dataset::{hash_with_cache, Dataset, Image};
 use plateflow_coordinator::db::{CachedAction, Db};
@@ -592,6 +597,90 @@ fn bench_rerun() {
     );
 }
 
+/// `platemap`: a plate map of MAP_PLATES plates x 384 wells read as the comma CSV, as Excel
+/// saves it in a decimal-comma locale (BOM, semicolons, CRLF, `0,5`) and as per-plate grid
+/// blocks (`plate,P1` lines, one block per variable), then cut into one canonical slice per
+/// plate (what each per-plate task's key holds).
+fn bench_platemap() {
+    use plateflow_contract::platemap::PlateMap;
+    let plates = env_usize("MAP_PLATES", 300);
+    let (rows, cols) = (16u8, 24usize);
+    let mut comma = String::from("plate,well,treatment,dose_uM,control\n");
+    let mut excel = String::from("\u{feff}plate;well;treatment;dose_uM;control\r\n");
+    let mut grid = String::new();
+    let value = |p: usize, r: u8, c: usize| {
+        let dose = ((p + r as usize * cols + c) % 12) as f64 * 0.25;
+        let control = match c {
+            0 => "negative",
+            23 => "positive",
+            _ => "",
+        };
+        (
+            format!("cpd{}", (r as usize * cols + c) % 37),
+            dose,
+            control,
+        )
+    };
+    for p in 0..plates {
+        grid += &format!("plate,P{p}\n");
+        let header = (1..=cols)
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut blocks =
+            ["treatment", "dose_uM", "control"].map(|name| format!("{name},{header}\n"));
+        for r in 0..rows {
+            let letter = (b'A' + r) as char;
+            let mut cells: [Vec<String>; 3] = Default::default();
+            for c in 0..cols {
+                let (t, d, k) = value(p, r, c);
+                comma += &format!("P{p},{letter}{:02},{t},{d},{k}\n", c + 1);
+                let d_comma = d.to_string().replace('.', ",");
+                excel += &format!("P{p};{letter}{:02};{t};{d_comma};{k}\r\n", c + 1);
+                cells[0].push(t);
+                cells[1].push(d.to_string());
+                cells[2].push(k.to_string());
+            }
+            for (block, row) in blocks.iter_mut().zip(&cells) {
+                *block += &format!("{letter},{}\n", row.join(","));
+            }
+        }
+        for b in &blocks {
+            grid += b;
+            grid += "\n";
+        }
+    }
+    let n = plates * rows as usize * cols;
+    println!("## platemap: {plates} plates x 384 wells = {n} rows");
+    let mut maps = Vec::new();
+    for (form, text) in [
+        ("comma CSV", &comma),
+        ("Excel, decimal commas", &excel),
+        ("grid blocks", &grid),
+    ] {
+        let t = Instant::now();
+        let map = PlateMap::parse("bench.csv", text.as_bytes()).expect("bench map parses");
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(map.rows.len(), n, "{form}");
+        println!(
+            "parse {form:<22} {:>6.1} MB  {:>7.1} ms  {:>5.2} M rows/s",
+            text.len() as f64 / 1e6,
+            secs * 1e3,
+            n as f64 / secs / 1e6
+        );
+        maps.push(map);
+    }
+    let t = Instant::now();
+    let bytes: usize = (0..plates)
+        .map(|p| maps[0].canonical_slice(Some(&format!("P{p}")), None).len())
+        .sum();
+    println!(
+        "canonical slices, one per plate: {:.1} ms ({:.1} MB)",
+        t.elapsed().as_secs_f64() * 1e3,
+        bytes as f64 / 1e6
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; other arguments pick sections.
     let wanted: Vec<String> = std::env::args()
@@ -619,5 +708,8 @@ fn main() {
     }
     if on("rerun") {
         bench_rerun();
+    }
+    if on("platemap") {
+        bench_platemap();
     }
 }
