@@ -37,13 +37,18 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
     let mut counted = (0usize, 0usize);
     for rec in rdr.records() {
         let rec = rec.with_context(|| format!("plate map {file}"))?;
-        // From the byte offset: the csv crate's own line count skips blank lines and CRLF
-        // line ends, and its offset may point at the end of the line before, so that end is
-        // counted with the newlines before it.
+        // From the byte offset, not the csv crate's line count (which skips blank lines and
+        // CRLF line ends). The offset is taken before the reader skips the blank lines and
+        // the `\n` of a CRLF ahead of the record, so those are stepped over to its first byte.
         // Counted on from the record before: maps of many plates have 100,000 rows.
-        let upto = rec
-            .position()
-            .map_or(counted.0, |p| (p.byte() as usize + 1).min(text.len()));
+        let upto = rec.position().map_or(counted.0, |p| {
+            let bytes = text.as_bytes();
+            let mut at = (p.byte() as usize).min(bytes.len());
+            while at < bytes.len() && matches!(bytes[at], b'\r' | b'\n') {
+                at += 1;
+            }
+            at
+        });
         if upto > counted.0 {
             counted.1 += text.as_bytes()[counted.0..upto]
                 .iter()
@@ -52,15 +57,19 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
             counted.0 = upto;
         }
         let line = 1 + counted.1;
-        let mut cells: Vec<String> = rec.iter().map(str::to_string).collect();
-        if delimiter != b',' {
-            for c in &mut cells {
+        records.push((line, rec.iter().map(str::to_string).collect()));
+    }
+    let commas = commas_in_numbers(file, delimiter, &records)?;
+    for c in records.iter_mut().flat_map(|(_, cells)| cells.iter_mut()) {
+        match commas {
+            Commas::Decimal => {
                 if let Some(point) = decimal_comma(c) {
                     *c = point;
                 }
             }
+            Commas::Thousands if thousands(c) => *c = c.replace(',', ""),
+            _ => {}
         }
-        records.push((line, cells));
     }
     if records.iter().take_while(|(_, c)| is_blank(c)).count() < records.len() {
         let first = records.iter().position(|(_, c)| !is_blank(c)).unwrap_or(0);
@@ -87,6 +96,8 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
     // cells, `;;;;`, below the table).
     // Empty cells past the header's last name (Excel's stray columns) are dropped, so rows
     // are as wide as the header wherever nothing was lost.
+    // Rows shorter than the header (Excel leaves out trailing empty cells in some rows) are
+    // padded with empty cells.
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut lines = Vec::new();
     let mut header_width: Option<usize> = None;
@@ -95,12 +106,23 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
             .iter()
             .rposition(|c| !c.is_empty())
             .map_or(0, |i| i + 1);
-        match header_width {
-            None => header_width = Some(named),
-            Some(_) => lines.push(*line),
-        }
-        let keep = header_width.unwrap_or(named).max(named).min(cells.len());
-        w.write_record(&cells[..keep])?;
+        let width = match header_width {
+            None => *header_width.insert(named),
+            Some(width) => {
+                if named > width {
+                    bail!(
+                        "plate map {file}, line {line}: a value in column {named}, past the \
+                         header's {width} column names: name that column in the header line, or \
+                         remove the value"
+                    );
+                }
+                lines.push(*line);
+                width
+            }
+        };
+        let mut row: Vec<&str> = cells.iter().take(width).map(String::as_str).collect();
+        row.resize(width, "");
+        w.write_record(&row)?;
     }
     let text = String::from_utf8(w.into_inner()?).context("plate map text")?;
     Ok(LongTable {
@@ -152,6 +174,70 @@ fn sniff_delimiter(text: &str) -> u8 {
     } else {
         [b',', b';', b'\t'][best]
     }
+}
+
+/// What a comma inside a number is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commas {
+    /// `0,5` is a half.
+    Decimal,
+    /// `1,000` is a thousand (`1,000.5` too).
+    Thousands,
+    /// Not read as part of a number (comma-separated files quote such cells as text).
+    Text,
+}
+
+/// What the commas in a plate map's numbers mean. Semicolons are Excel's separator where
+/// the comma is the decimal mark. Tabs are Excel's "Unicode text" in any locale: decimal
+/// marks where some number can only be read so (`0,5`, `2,25`) and none has a decimal point;
+/// thousands separators where numbers have decimal points; a file whose only comma numbers
+/// read either way (`1,000`: a thousand, or one) is refused rather than guessed at.
+fn commas_in_numbers(
+    file: &str,
+    delimiter: u8,
+    records: &[(usize, Vec<String>)],
+) -> anyhow::Result<Commas> {
+    match delimiter {
+        b';' => return Ok(Commas::Decimal),
+        b'\t' => {}
+        _ => return Ok(Commas::Text),
+    }
+    let cells = || {
+        records
+            .iter()
+            .flat_map(|(l, c)| c.iter().map(move |c| (*l, c)))
+    };
+    if cells().any(|(_, c)| c.contains('.') && c.replace(',', "").parse::<f64>().is_ok()) {
+        return Ok(Commas::Thousands);
+    }
+    if cells().any(|(_, c)| decimal_comma(c).is_some() && !thousands(c)) {
+        return Ok(Commas::Decimal);
+    }
+    match cells().find(|(_, c)| thousands(c)) {
+        Some((line, c)) => bail!(
+            "plate map {file}, line {line}: `{c}` in a tab-separated file could be a thousand or \
+             one with a decimal comma: write it without a thousands separator (`1000`), or save \
+             the file as CSV"
+        ),
+        None => Ok(Commas::Text),
+    }
+}
+
+/// `1,000`, `-12,500`, `1,234,567.5`: commas between groups of three digits, as a number
+/// with thousands separators is written.
+fn thousands(cell: &str) -> bool {
+    let unsigned = cell.strip_prefix(['-', '+']).unwrap_or(cell);
+    let (whole, frac) = unsigned.split_once('.').unwrap_or((unsigned, "0"));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut groups = whole.split(',');
+    let first = groups.next().unwrap_or("");
+    let rest: Vec<&str> = groups.collect();
+    digits(frac)
+        && digits(first)
+        && first.len() <= 3
+        && first != "0"
+        && !rest.is_empty()
+        && rest.iter().all(|g| g.len() == 3 && digits(g))
 }
 
 /// `0,5` or `-1,25e-3` (a number with a decimal comma) with a point; `None` for anything else.
@@ -242,9 +328,15 @@ fn grid_to_long(
             if drawn.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
                 bail!("plate map {file}, line {line}: a second grid block named `{name}`");
             }
-            if !names.iter().any(|n| n.eq_ignore_ascii_case(&name)) {
-                names.push(name.clone());
-            }
+            // Values are kept under the name's first spelling: `Treatment` on P1 and
+            // `treatment` on P2 are one column.
+            let name = match names.iter().find(|n| n.eq_ignore_ascii_case(&name)) {
+                Some(first) => first.clone(),
+                None => {
+                    names.push(name.clone());
+                    name
+                }
+            };
             drawn.push(name.clone());
             block = name;
             columns = n;
@@ -322,6 +414,87 @@ mod tests {
             .records()
             .map(|r| r.unwrap().iter().map(str::to_string).collect())
             .collect()
+    }
+
+    /// Lines are the file's own after blank lines (one, several, leading) and CRLF ends.
+    #[test]
+    fn line_numbers_survive_blank_lines_and_crlf() {
+        for (text, want) in [
+            ("plate,well\nP1,A01\n\n\nP1,A02\n", vec![2, 5]),
+            ("\n\nplate,well\nP1,A01\n", vec![4]),
+            ("plate,well\r\nP1,A01\r\n\r\n\r\nP1,A02\r\n", vec![2, 5]),
+            ("plate;well\r\n;\r\nP1;A01\r\n", vec![3]),
+        ] {
+            assert_eq!(
+                long_table("m.csv", text.as_bytes()).unwrap().lines,
+                want,
+                "{text:?}"
+            );
+        }
+        let err = long_table("g.csv", b"t,1,2\r\nA,x,y\r\n\r\nt,1,2\r\nA,x,y\r\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("line 4: a second grid block"), "{err}");
+    }
+
+    /// Excel leaves out the trailing empty cells of some rows: they are padded; a value past
+    /// the header's columns is refused with its line.
+    #[test]
+    fn short_rows_are_padded_and_overlong_ones_named() {
+        let t = long_table(
+            "m.csv",
+            b"plate,well,dose,control\nP1,A01,1,neg\nP1,A02,2\n",
+        )
+        .unwrap();
+        assert_eq!(rows(&t)[2], ["P1", "A02", "2", ""]);
+        assert_eq!(t.lines, [2, 3]);
+        let err = long_table("m.csv", b"plate,well,dose\nP1,A01,1\nP1,A02,2,oops\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("m.csv, line 3: a value in column 4, past the header's 3"),
+            "{err}"
+        );
+    }
+
+    /// Tab-separated text from Excel in any locale: commas are decimal marks only where the
+    /// numbers say so, thousands separators beside decimal points, and refused where a
+    /// number reads both ways.
+    #[test]
+    fn commas_in_tab_separated_numbers_are_read_as_their_locale_writes_them() {
+        let cells = |text: &str| rows(&long_table("m.txt", text.as_bytes()).unwrap());
+        assert_eq!(cells("well\tdose\nA01\t0,5\nA02\t1,000\n")[2][1], "1.000");
+        assert_eq!(cells("well\tdose\nA01\t0.5\nA02\t1,000\n")[2][1], "1000");
+        assert_eq!(
+            cells("well\tdose\nA01\t2.5\nA02\t1,234,567.5\n")[2][1],
+            "1234567.5"
+        );
+        let err = long_table("m.txt", b"well\tdose\nA01\t5\nA02\t1,000\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("m.txt, line 3: `1,000` in a tab-separated file could be"),
+            "{err}"
+        );
+        // Semicolons are a decimal-comma locale's: `1,000` is one.
+        assert_eq!(cells("well;dose\nA01;1,000\n")[1][1], "1.000");
+    }
+
+    /// A block's name spelled differently on another plate is the same column.
+    #[test]
+    fn grid_block_names_match_whatever_their_case() {
+        let t = long_table(
+            "g.csv",
+            b"plate,P1\nTreatment,1,2\nA,DMSO,drug\n\nplate,P2\ntreatment,1,2\nA,drug,DMSO\n",
+        )
+        .unwrap();
+        let r = rows(&t);
+        assert_eq!(r[0], ["plate", "well", "Treatment"]);
+        assert_eq!(r.len(), 5, "two wells on each plate: {r:?}");
+        assert_eq!(r[3], ["P2", "A01", "drug"]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Reading microscopy images as grey images: TIFF (8/16-bit grey, palette-coded, uncompressed,
-//! LZW, PackBits or Deflate, multi-page; 32-bit integer and float where their values fit 16
-//! bits by a fixed rule, see [`to_sixteen_bits`]) and PNG (grey, or RGB whose channels are
-//! equal).
+//! Reading microscopy images as grey images: TIFF (8/16-bit grey, signed or not, grey saved
+//! as RGB(A), palette-coded; uncompressed, LZW, PackBits, Deflate, JPEG or Zstandard, in
+//! strips or tiles (palette-coded ones in strips); one page; 32- and 64-bit integer and float
+//! where their values fit 16 bits by a fixed rule, see [`to_sixteen_bits`]) and PNG (grey, or
+//! RGB whose channels are equal).
 //! A file that cannot be read gives an error naming the file and the reason. No knowledge of
 //! the engine: this is a library first.
 
@@ -92,7 +93,7 @@ pub enum ImageError {
         format: &'static str,
         reason: String,
     },
-    #[error("image {path}: {what} is not supported (plateflow reads 8/16-bit grey or palette TIFF, 32-bit TIFF whose values fit 16 bits, and grey PNG or RGB PNG with equal channels)")]
+    #[error("image {path}: {what} is not supported (plateflow reads grey TIFF of 8 to 64 bits whose values fit 16 bits, grey palette TIFF, grey saved as RGB TIFF, and grey PNG or RGB PNG with equal channels)")]
     Unsupported { path: PathBuf, what: String },
     #[error("mask {path} cannot be used: {what}")]
     BadMask { path: PathBuf, what: String },
@@ -187,7 +188,7 @@ fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage
                 ColorType::RGBA(8 | 16) => 4,
                 other => {
                     return Err(unsupported(format!(
-                        "TIFF colour type {other:?}: plateflow reads one grey plane per file (8, 16 or 32 bits)"
+                        "TIFF colour type {other:?}: plateflow reads one grey plane per file (8 to 64 bits)"
                     )))
                 }
             },
@@ -255,7 +256,10 @@ pub(crate) fn read_samples<R: std::io::Read + std::io::Seek>(
 ) -> Result<tiff::decoder::DecodingResult, ImageError> {
     match dec.read_image() {
         Ok(samples) => Ok(samples),
-        Err(_) if tiled::is_tiled_lzw(dec) => tiled::read(path, dec),
+        // Only a decoding failure falls back: an image over the size limit stays refused.
+        Err(e) if !matches!(e, tiff::TiffError::LimitsExceeded) && tiled::is_tiled_lzw(dec) => {
+            tiled::read(path, dec)
+        }
         Err(e) => Err(ImageError::Corrupt {
             path: path.to_path_buf(),
             format: "TIFF",
@@ -311,7 +315,7 @@ pub(crate) fn more_planes<R: std::io::Read + std::io::Seek>(
     planes
 }
 
-/// 32-bit samples (ImageJ's "32-bit" type, deconvolution and stitching tools' output) as
+/// 32- and 64-bit samples (ImageJ's "32-bit" type, deconvolution and stitching tools' output) as
 /// 16 bits by one rule that does not depend on the image, so intensities stay comparable
 /// across a plate: values within 0–65535 are rounded. Refused, with the range found and what
 /// to do: negative or larger values, NaN, and floats with fractions that all lie within

@@ -1,5 +1,5 @@
 //! Label images users bring (Cellpose, StarDist, ilastik, napari, Fiji): read in every integer
-//! form those tools write (8/16/32-bit unsigned or signed, whole-number floats, palette
+//! form those tools write (8/16/32/64-bit unsigned or signed, whole-number floats of 16 to 64 bits, palette
 //! indices, which Fiji's coloured label images are), checked (one page, background 0), and
 //! numbered 1..n.
 

@@ -493,3 +493,44 @@ fn tiled_lzw_tiffs_that_overhang_their_tiles() {
         distinct.len() - usize::from(distinct.contains(&0))
     );
 }
+
+/// A tiled LZW TIFF whose header declares tiles of 65535×65535 pixels (a damaged file) is
+/// refused as corrupt, naming the file, instead of allocating gigabytes for one tile.
+#[test]
+fn a_tile_size_from_a_damaged_header_is_refused_not_allocated() {
+    // Little-endian TIFF, one IFD of 10 entries at byte 8; the tile's 4 bytes follow it.
+    let entries: [(u16, u16, u32); 10] = [
+        (256, 3, 64),                  // ImageWidth
+        (257, 3, 64),                  // ImageLength
+        (258, 3, 8),                   // BitsPerSample
+        (259, 3, 5),                   // Compression: LZW
+        (262, 3, 1),                   // PhotometricInterpretation: black is zero
+        (277, 3, 1),                   // SamplesPerPixel
+        (322, 3, 65535),               // TileWidth
+        (323, 3, 65535),               // TileLength
+        (324, 4, 8 + 2 + 10 * 12 + 4), // TileOffsets: just after the IFD
+        (325, 4, 4),                   // TileByteCounts
+    ];
+    let mut b = b"II*\0".to_vec();
+    b.extend(8u32.to_le_bytes());
+    b.extend((entries.len() as u16).to_le_bytes());
+    for (tag, ty, value) in entries {
+        b.extend(tag.to_le_bytes());
+        b.extend(ty.to_le_bytes());
+        b.extend(1u32.to_le_bytes());
+        if ty == 3 {
+            b.extend((value as u16).to_le_bytes());
+            b.extend([0, 0]);
+        } else {
+            b.extend(value.to_le_bytes());
+        }
+    }
+    b.extend(0u32.to_le_bytes()); // no next IFD
+    b.extend([0x80, 0x00, 0x20, 0x00]); // LZW: clear code, a zero, then nothing useful
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.tif");
+    std::fs::write(&path, &b).unwrap();
+    let err = read_image(&path).unwrap_err().to_string();
+    assert!(err.contains("damaged.tif"), "{err}");
+    assert!(err.contains("tiles of 65535×65535 pixels"), "{err}");
+}

@@ -10,6 +10,9 @@ use std::path::Path;
 use tiff::decoder::DecodingResult;
 use tiff::tags::Tag;
 
+/// The most one decoded tile may take.
+const MAX_TILE_BYTES: usize = 256 << 20;
+
 /// Whether the decoder's current image is tiled and LZW-compressed.
 pub(crate) fn is_tiled_lzw<R: Read + Seek>(dec: &mut tiff::decoder::Decoder<R>) -> bool {
     let tiled = dec.find_tag(Tag::TileOffsets).ok().flatten().is_some();
@@ -47,9 +50,11 @@ pub(crate) fn read<R: Read + Seek>(
             .unwrap_or(1),
     );
     let bits = crate::bits_per_sample(dec).map_err(tag_err)?.unwrap_or(1);
+    // One value per sample in RGB(A) files (tifffile writes the list); all are equal here.
     let format: u16 = dec
-        .find_tag_unsigned(Tag::SampleFormat)
+        .find_tag_unsigned_vec::<u16>(Tag::SampleFormat)
         .map_err(tag_err)?
+        .and_then(|v| v.first().copied())
         .unwrap_or(1);
     let predictor: u16 = dec
         .find_tag_unsigned(Tag::Predictor)
@@ -68,7 +73,8 @@ pub(crate) fn read<R: Read + Seek>(
         return Err(corrupt("tiles of zero pixels".into()));
     }
     let (across, down) = (width.div_ceil(tile_w), height.div_ceil(tile_h));
-    if offsets.len() != counts.len() || offsets.len() != (across * down) as usize {
+    if offsets.len() != counts.len() || offsets.len() as u64 != u64::from(across) * u64::from(down)
+    {
         return Err(corrupt(format!(
             "{} tile offsets and {} byte counts for {across}×{down} tiles",
             offsets.len(),
@@ -78,7 +84,17 @@ pub(crate) fn read<R: Read + Seek>(
     let size = usize::from(bits / 8);
     let pixel = samples * size;
     let (tw, th) = (tile_w as usize, tile_h as usize);
-    let tile_bytes = tw * th * pixel;
+    // Tile sizes come from the file: a damaged header must not ask for terabytes (the tiff
+    // crate's own limit on a decoded image is 256 MiB; no tile needs more).
+    let tile_bytes = tw
+        .checked_mul(th)
+        .and_then(|n| n.checked_mul(pixel))
+        .filter(|&n| n <= MAX_TILE_BYTES)
+        .ok_or_else(|| {
+            corrupt(format!(
+                "tiles of {tile_w}×{tile_h} pixels, larger than any image"
+            ))
+        })?;
     let row_bytes = width as usize * pixel;
     let swap = dec.byte_order() != tiff::tags::ByteOrder::native();
     let mut out = vec![0u8; row_bytes * height as usize];

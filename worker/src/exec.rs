@@ -217,6 +217,22 @@ pub struct Materialised {
     pub upstream: Vec<(String, String, String)>,
 }
 
+/// Where an input sits in the task's work directory: step files and the plate map (which
+/// have a `_role`) at the top, images under `inputs/`.
+fn scratch_path_of_input(input: &plateflow_proto::InputFile) -> PathBuf {
+    match input.fields.get("_role") {
+        Some(_) => PathBuf::from(&input.rel_path),
+        None => Path::new("inputs").join(&input.rel_path),
+    }
+}
+
+/// Where an upstream task's output sits in the task's work directory.
+fn scratch_path_of_upstream(up: &plateflow_proto::UpstreamOutput) -> PathBuf {
+    Path::new("upstream")
+        .join(label_path(&up.task_label))
+        .join(&up.name)
+}
+
 /// Creates the scratch directory and puts every input in it: images (linked in place on a
 /// shared filesystem, else fetched), step files, the plate map and upstream outputs.
 pub async fn materialise<F: BlobFetcher>(
@@ -235,10 +251,7 @@ pub async fn materialise<F: BlobFetcher>(
         let digest = plateflow_proto::digest_of(input.digest.as_ref(), &input.rel_path)?;
         // Step files and the plate map sit at the top; images under inputs/.
         let role = input.fields.get("_role").map(String::as_str);
-        let rel = match role {
-            Some(_) => PathBuf::from(&input.rel_path),
-            None => Path::new("inputs").join(&input.rel_path),
-        };
+        let rel = scratch_path_of_input(input);
         let dest = work.join(&rel);
         let shared =
             env.shared_fs && !input.abs_path.is_empty() && Path::new(&input.abs_path).is_file();
@@ -270,9 +283,7 @@ pub async fn materialise<F: BlobFetcher>(
     let mut upstream = Vec::new();
     for up in &spec.upstream {
         let digest = plateflow_proto::digest_of(up.digest.as_ref(), &up.name)?;
-        let rel = Path::new("upstream")
-            .join(label_path(&up.task_label))
-            .join(&up.name);
+        let rel = scratch_path_of_upstream(up);
         place_blob(env, fetcher, &digest, &work.join(&rel))
             .await
             .map_err(|e| {
@@ -506,10 +517,7 @@ fn user_names(spec: &TaskSpec, work: &Path) -> Vec<(String, String)> {
         .inputs
         .iter()
         .map(|input| {
-            let rel = match input.fields.get("_role") {
-                Some(_) => PathBuf::from(&input.rel_path),
-                None => Path::new("inputs").join(&input.rel_path),
-            };
+            let rel = scratch_path_of_input(input);
             let known = if input.abs_path.is_empty() {
                 input.rel_path.clone()
             } else {
@@ -518,11 +526,10 @@ fn user_names(spec: &TaskSpec, work: &Path) -> Vec<(String, String)> {
             (work.join(rel).display().to_string(), known)
         })
         .chain(spec.upstream.iter().map(|up| {
-            let rel = Path::new("upstream")
-                .join(label_path(&up.task_label))
-                .join(&up.name);
             (
-                work.join(rel).display().to_string(),
+                work.join(scratch_path_of_upstream(up))
+                    .display()
+                    .to_string(),
                 format!("{} (output of {})", up.name, up.task_label),
             )
         }))

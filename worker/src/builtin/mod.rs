@@ -279,8 +279,9 @@ pub fn map_metadata_column(name: &str) -> String {
 
 /// The plate-map columns a table adds beside its `taken` columns: (index in the map, name as
 /// [`map_metadata_column`] gives it), leaving out the map's plate and well columns and any
-/// whose name equals a taken or an earlier one case-insensitively, so that plate and well
-/// appear once (databases and pycytominer refuse duplicate columns).
+/// whose name equals a taken one case-insensitively, so that plate and well appear once
+/// (databases and pycytominer refuse duplicate columns). Two map columns that tidy to one
+/// name (`Dose (uM)`, `Dose_uM`) are both kept, the second as `…_2`.
 pub fn extra_map_columns(
     map: Option<&platemap::PlateMap>,
     taken: &[String],
@@ -301,12 +302,19 @@ pub fn extra_map_columns(
         if keys.contains(&i) {
             continue;
         }
-        let name = map_metadata_column(c);
-        let key = name.to_ascii_lowercase();
-        if !seen.contains(&key) {
-            seen.push(key);
-            out.push((i, name));
+        let tidy = map_metadata_column(c);
+        if taken.iter().any(|t| t.eq_ignore_ascii_case(&tidy)) {
+            continue;
         }
+        let name = (1..)
+            .map(|n| match n {
+                1 => tidy.clone(),
+                n => format!("{tidy}_{n}"),
+            })
+            .find(|n| !seen.contains(&n.to_ascii_lowercase()))
+            .expect("some suffix is free");
+        seen.push(name.to_ascii_lowercase());
+        out.push((i, name));
     }
     out
 }
@@ -502,6 +510,18 @@ mod tests {
             vec![
                 (2, "Metadata_Concentration_µM".to_string()),
                 (3, "Metadata_Control_Type".to_string()),
+            ]
+        );
+        // Two map columns that tidy to one name are both kept.
+        let map =
+            platemap::PlateMap::parse("m.csv", b"well,Dose (uM),Dose_uM,dose uM\nA01,1,2,3\n")
+                .unwrap();
+        assert_eq!(
+            extra_map_columns(Some(&map), &taken),
+            vec![
+                (1, "Metadata_Dose_uM".to_string()),
+                (2, "Metadata_Dose_uM_2".to_string()),
+                (3, "Metadata_Dose_uM_3".to_string()),
             ]
         );
     }
