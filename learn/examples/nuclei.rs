@@ -310,7 +310,6 @@ fn main() -> anyhow::Result<()> {
                 lr: args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(2e-3),
                 batch: env("NUCLEI_BATCH").map(|s| s.parse()).transpose()?.unwrap_or(defaults.batch),
                 noise: env("NUCLEI_NOISE").map(|s| s.parse()).transpose()?.unwrap_or(defaults.noise),
-                dice_weight: env("NUCLEI_DICE").map(|s| s.parse()).transpose()?.unwrap_or(defaults.dice_weight),
                 max_seconds: env("NUCLEI_SECONDS").map(|s| s.parse()).transpose()?,
                 device: device_from_env()?,
                 // Also written at the last step: the run's output.

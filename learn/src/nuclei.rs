@@ -6,7 +6,7 @@
 use crate::adamw::ResumableAdamW;
 use crate::rng::Rng;
 use crate::segmenter::{describe, tensors_of, NucleusModel, DIAMETER_TENSOR};
-use crate::unet::{pixel_loss_with_dice, UNet, UNetConfig};
+use crate::unet::{pixel_loss, UNet, UNetConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{ParamsAdamW, VarBuilder, VarMap};
 pub use plateflow_imaging::instances::Matching;
@@ -157,9 +157,6 @@ pub struct SegTrainConfig {
     /// Loss weight of contact pixels, where two nuclei meet (within one pixel of two
     /// different nuclei): the pixels that decide whether touching nuclei merge.
     pub contact_weight: f32,
-    /// Weight of a soft-Dice term on the interior and boundary classes beside the
-    /// cross-entropy (0: none).
-    pub dice_weight: f32,
     pub seed: u64,
     /// Nucleus diameter (pixels) every training image is scaled to.
     pub diameter: f64,
@@ -199,7 +196,6 @@ impl Default for SegTrainConfig {
             // As boundaries: background pixels squeezed between two nuclei count as much as
             // their outlines. ×10 made the network cut large nuclei apart (BENCHMARKS.md).
             contact_weight: 3.0,
-            dice_weight: 0.0,
             seed: 1,
             diameter: TRAINING_DIAMETER,
             device: Device::Cpu,
@@ -475,7 +471,7 @@ pub fn train(
             let x = Tensor::from_vec(xs, (cfg.batch, 1, cfg.crop, cfg.crop), &dev)?;
             let y = Tensor::from_vec(ys, cfg.batch * cfg.crop * cfg.crop, &dev)?;
             let wt = Tensor::from_vec(ws, cfg.batch * cfg.crop * cfg.crop, &dev)?;
-            let loss = pixel_loss_with_dice(&net.forward(&x, true)?, &y, &wt, cfg.dice_weight)?;
+            let loss = pixel_loss(&net.forward(&x, true)?, &y, &wt)?;
             opt.backward_step(&loss)?;
             let l = loss.to_scalar::<f32>()?;
             let ap = (eval_every > 0 && (step % eval_every == 0 || last) && !val.is_empty())

@@ -193,35 +193,6 @@ pub fn pixel_loss(logits: &Tensor, classes: &Tensor, pixel_w: &Tensor) -> Result
     (picked * pixel_w)?.sum_all()?.neg()?.broadcast_div(&total)
 }
 
-/// [`pixel_loss`] plus `dice` × the mean soft-Dice loss of the interior and boundary
-/// classes over the batch (1 − 2Σpy / (Σp + Σy), smoothed by 1): a loss on the overlap of
-/// whole regions rather than pixel by pixel, as nnU-Net pairs it with cross-entropy.
-pub fn pixel_loss_with_dice(
-    logits: &Tensor,
-    classes: &Tensor,
-    pixel_w: &Tensor,
-    dice: f32,
-) -> Result<Tensor> {
-    let ce = pixel_loss(logits, classes, pixel_w)?;
-    if dice == 0.0 {
-        return Ok(ce);
-    }
-    let (b, c, h, w) = logits.dims4()?;
-    let flat = logits.permute((0, 2, 3, 1))?.reshape((b * h * w, c))?;
-    let p = candle_nn::ops::softmax(&flat, 1)?;
-    let mut terms = Vec::new();
-    for class in [INTERIOR, BOUNDARY] {
-        let pc = p.narrow(1, class as usize, 1)?.squeeze(1)?;
-        let yc = classes.eq(class as u32)?.to_dtype(pc.dtype())?;
-        let inter = (&pc * &yc)?.sum_all()?;
-        let denom = (pc.sum_all()? + yc.sum_all()?)?;
-        let ratio = ((inter * 2.0)? + 1.0)?.div(&(denom + 1.0)?)?;
-        terms.push(ratio.affine(-1.0, 1.0)?);
-    }
-    let mean_dice = (terms[0].clone() + terms[1].clone())?.affine(0.5 * dice as f64, 0.0)?;
-    ce + mean_dice
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
