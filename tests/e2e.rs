@@ -541,7 +541,7 @@ fn worker_killed_mid_task_run_completes_byte_identical() {
 /// A worker killed while it trains a segmenter: restarted on the same node, it takes up the
 /// training state the killed attempt left instead of starting again from step 0; the run
 /// succeeds, the model card says from which step it went on, the history has every step
-/// once, and the state is removed once the result has been sent.
+/// once, and the state is removed once the coordinator has saved the result.
 #[test]
 fn a_killed_worker_resumes_segmenter_training_where_it_stopped() {
     let tmp = tempfile::tempdir().unwrap();
@@ -608,7 +608,7 @@ steps:
         .map(|l| l.split(',').next().unwrap().parse().unwrap())
         .collect();
     assert_eq!(numbered, (1..=steps).collect::<Vec<_>>());
-    // Removed once the result has gone out to the coordinator (just after it was sent).
+    // Removed once the coordinator says it has saved the result (just after it was sent).
     wait_for("the training state to be removed", 10, || {
         states().is_empty().then_some(())
     });

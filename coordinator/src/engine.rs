@@ -372,6 +372,8 @@ pub struct Engine {
     actions_loader:
         Option<std::thread::JoinHandle<anyhow::Result<FxHashMap<String, CachedAction>>>>,
     journal: Vec<(String, String, CachedAction)>,
+    /// The workers whose results are in `journal`, told once it is on disk ([`pb::ResultsSaved`]).
+    journal_acks: Vec<(WorkerId, pb::TaskRef)>,
     workers: BTreeMap<WorkerId, WorkerRt>,
     next_worker: u64,
     run: Option<ActiveRun>,
@@ -475,6 +477,7 @@ impl Engine {
             actions: FxHashMap::default(),
             actions_loader: None,
             journal: Vec::new(),
+            journal_acks: Vec::new(),
             workers: BTreeMap::new(),
             next_worker: 1,
             run: None,
@@ -1051,6 +1054,13 @@ impl Engine {
                 };
                 self.journal
                     .push((key.0.clone(), run.prep.label(t), action.clone()));
+                self.journal_acks.push((
+                    worker,
+                    pb::TaskRef {
+                        task_id: r.task_id,
+                        attempt: r.attempt,
+                    },
+                ));
                 self.actions.insert(key.0, action);
                 run.tasks[t as usize].outputs = outputs;
                 run.tasks[t as usize].error.clear();
@@ -1183,6 +1193,18 @@ impl Engine {
             return;
         }
         self.journal.clear();
+        // Only now may workers forget what they kept to finish these tasks again.
+        let mut saved: BTreeMap<WorkerId, Vec<pb::TaskRef>> = BTreeMap::new();
+        for (worker, task) in self.journal_acks.drain(..) {
+            saved.entry(worker).or_default().push(task);
+        }
+        for (worker, tasks) in saved {
+            if self.workers.contains_key(&worker) {
+                let body = coordinator_message::Body::Saved(pb::ResultsSaved { tasks });
+                self.comm
+                    .send(worker, CoordinatorMessage { body: Some(body) });
+            }
+        }
     }
 
     fn maybe_finish_run(&mut self) {
@@ -1629,8 +1651,10 @@ mod tests {
         engine: Engine,
         comm: RecordingComm,
         path: PathBuf,
-        /// What each worker was sent, in order.
+        /// What each worker was sent, in order (but for `saved`).
         inbox: HashMap<WorkerId, VecDeque<CoordinatorMessage>>,
+        /// The results each worker was told are saved.
+        saved: HashMap<WorkerId, Vec<pb::TaskRef>>,
     }
 
     impl Reactor {
@@ -1655,6 +1679,7 @@ mod tests {
                 comm,
                 path,
                 inbox: HashMap::new(),
+                saved: HashMap::new(),
             }
         }
 
@@ -1663,6 +1688,12 @@ mod tests {
             self.engine.react(ev);
             for sent in self.comm.take() {
                 match sent {
+                    Sent::Message(
+                        w,
+                        CoordinatorMessage {
+                            body: Some(coordinator_message::Body::Saved(s)),
+                        },
+                    ) => self.saved.entry(w).or_default().extend(s.tasks),
                     Sent::Message(w, m) => self.inbox.entry(w).or_default().push_back(m),
                     Sent::Plan { run_id, path } => {
                         // The planner's work, done here and now instead of on a thread.
@@ -1858,6 +1889,24 @@ mod tests {
         let st = h.final_status(run);
         assert_eq!(st.state, "succeeded");
         assert!(st.tasks.iter().all(|t| t.attempts == 2 && t.worker == "b"));
+    }
+
+    /// A worker is told which of its results are saved (it may then forget the state it
+    /// kept to finish them again) once they are in the database; failed ones are not.
+    #[test]
+    fn results_are_acknowledged_once_saved() {
+        let mut h = Reactor::new(1, 60_000);
+        let a = h.connect("a", 2);
+        let run = h.submit();
+        let first = h.assigned(a);
+        assert!(first.len() >= 2, "{first:?}");
+        h.fail(a, &first[0], "boom", true);
+        assert!(h.saved.get(&a).is_none_or(Vec::is_empty));
+        h.succeed(a, &first[1..]);
+        let want: Vec<(u64, u32)> = first[1..].iter().map(|t| (t.task_id, t.attempt)).collect();
+        let got: Vec<(u64, u32)> = h.saved[&a].iter().map(|t| (t.task_id, t.attempt)).collect();
+        assert_eq!(got, want);
+        assert_eq!(h.engine.db.done_in_run(run).unwrap().len(), want.len());
     }
 
     #[test]

@@ -183,10 +183,13 @@ async fn session<F: std::future::Future<Output = ()>>(
         tokio::time::interval(Duration::from_millis(welcome.heartbeat_ms.max(50) as u64));
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    // Results, each with the resumable state to remove once it has gone out.
+    // Results, each with the resumable state to remove once the coordinator has saved it.
     let (res_tx, mut res_rx) =
         mpsc::unbounded_channel::<(TaskResult, Option<std::path::PathBuf>)>();
     let mut running: HashMap<(u64, u32), JoinHandle<()>> = HashMap::new();
+    // States of results sent but not yet saved by the coordinator: a result lost on the way
+    // (the connection, or the coordinator, gone) leaves the next attempt the finished state.
+    let mut unsaved_states: HashMap<(u64, u32), std::path::PathBuf> = HashMap::new();
     let fetcher = GrpcFetcher {
         client: client.clone(),
     };
@@ -230,14 +233,22 @@ async fn session<F: std::future::Future<Output = ()>>(
                                     }
                                 }
                                 // The state a finished step kept for another attempt goes once
-                                // its result has gone out (below): a worker killed before then
-                                // leaves the next attempt here the finished state, not step 0.
+                                // the coordinator has saved its result (`Saved`, below): a
+                                // worker killed before then leaves the next attempt here the
+                                // finished state, not step 0.
                                 let state = (result.ok && builtin)
                                     .then(|| crate::exec::resume_path(&env.resume_root, &spec.cache_key))
                                     .flatten();
                                 let _ = res_tx.send((result, state));
                             });
                             running.insert(key, handle);
+                        }
+                    }
+                    Some(coordinator_message::Body::Saved(saved)) => {
+                        for t in saved.tasks {
+                            if let Some(state) = unsaved_states.remove(&(t.task_id, t.attempt)) {
+                                let _ = std::fs::remove_file(state);
+                            }
                         }
                     }
                     Some(coordinator_message::Body::Cancel(c)) => {
@@ -259,10 +270,13 @@ async fn session<F: std::future::Future<Output = ()>>(
                         Err(_) => break,
                     }
                 }
-                let (results, states): (Vec<TaskResult>, Vec<Option<std::path::PathBuf>>) =
-                    finished.into_iter().unzip();
-                for r in &results {
+                let mut results = Vec::with_capacity(finished.len());
+                for (r, state) in finished {
                     running.remove(&(r.task_id, r.attempt));
+                    if let Some(state) = state {
+                        unsaved_states.insert((r.task_id, r.attempt), state);
+                    }
+                    results.push(r);
                 }
                 if running.is_empty() {
                     idle_since = Some(tokio::time::Instant::now());
@@ -270,9 +284,6 @@ async fn session<F: std::future::Future<Output = ()>>(
                 let msg = WorkerMessage { body: Some(worker_message::Body::Results(TaskResults { results })) };
                 if out_tx.send(msg).await.is_err() {
                     break Err(anyhow::anyhow!("session closed while sending results"));
-                }
-                for state in states.into_iter().flatten() {
-                    let _ = std::fs::remove_file(state);
                 }
             }
             _ = &mut shutdown => {

@@ -58,7 +58,8 @@ pub struct Context<'a> {
     /// Live progress for the coordinator (the log arrives only at the end).
     pub progress: Option<crate::exec::ProgressTx>,
     /// Where a long step keeps the state of its work so that another attempt of the same
-    /// task (after a killed worker) continues it; removed once the task's result has been sent.
+    /// task (after a killed worker) continues it; removed once the coordinator has saved the
+    /// task's result.
     pub resume: Option<PathBuf>,
 }
 
