@@ -54,15 +54,7 @@ pub fn read_indices<R: Read + Seek>(
                  decompression bomb, or a damaged file)"
             ))
         };
-        if off.saturating_add(len) > file_len {
-            return Err(corrupt(format!(
-                "a strip of {len} bytes at byte {off} runs past the end of the {file_len}-byte file"
-            )));
-        }
-        let mut raw = vec![0u8; len as usize];
-        file.seek(SeekFrom::Start(off))
-            .and_then(|_| file.read_exact(&mut raw))
-            .map_err(|e| corrupt(format!("strip at byte {off}: {e}")))?;
+        let raw = read_chunk(&mut file, file_len, off, len, "strip").map_err(corrupt)?;
         let mut strip = match compression {
             1 => raw,
             32773 => packbits(&raw, room).ok_or_else(bomb)?,
@@ -152,6 +144,27 @@ fn packbits(src: &[u8], limit: usize) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// The `len` bytes of one strip or tile (`what`) at byte `off` of a file of `file_len` bytes;
+/// one that runs past the end of the file is refused before anything is allocated for it.
+pub(crate) fn read_chunk(
+    file: &mut std::fs::File,
+    file_len: u64,
+    off: u64,
+    len: u64,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    if off.saturating_add(len) > file_len {
+        return Err(format!(
+            "a {what} of {len} bytes at byte {off} runs past the end of the {file_len}-byte file"
+        ));
+    }
+    let mut raw = vec![0u8; len as usize];
+    file.seek(SeekFrom::Start(off))
+        .and_then(|_| file.read_exact(&mut raw))
+        .map_err(|e| format!("{what} at byte {off}: {e}"))?;
+    Ok(raw)
 }
 
 #[cfg(test)]

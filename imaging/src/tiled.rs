@@ -5,7 +5,7 @@
 //! order) and its part inside the image copied out.
 
 use crate::ImageError;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek};
 use std::path::Path;
 use tiff::decoder::DecodingResult;
 use tiff::tags::Tag;
@@ -104,15 +104,8 @@ pub(crate) fn read<R: Read + Seek>(
     })?;
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
     for (i, (&off, &len)) in offsets.iter().zip(&counts).enumerate() {
-        if off.saturating_add(len) > file_len {
-            return Err(corrupt(format!(
-                "a tile of {len} bytes at byte {off} runs past the end of the {file_len}-byte file"
-            )));
-        }
-        let mut raw = vec![0u8; len as usize];
-        file.seek(SeekFrom::Start(off))
-            .and_then(|_| file.read_exact(&mut raw))
-            .map_err(|e| corrupt(format!("tile at byte {off}: {e}")))?;
+        let raw =
+            crate::palette::read_chunk(&mut file, file_len, off, len, "tile").map_err(corrupt)?;
         // A tile may inflate to its declared size and no more (decompression bombs).
         let mut tile = crate::palette::lzw(&raw, tile_bytes)
             .map_err(|e| corrupt(format!("LZW tile: {e}")))?
