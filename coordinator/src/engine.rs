@@ -955,6 +955,9 @@ impl Engine {
     /// and its late results are discarded), and its running tasks are re-queued without
     /// using up a retry: the task did nothing wrong.
     fn on_goodbye(&mut self, worker: WorkerId, reason: &str) {
+        // Results that came with or just before the goodbye are saved and acknowledged
+        // while the worker still listens.
+        self.flush_journal();
         let Some(w) = self.workers.remove(&worker) else {
             return;
         };
@@ -1907,6 +1910,33 @@ mod tests {
         let got: Vec<(u64, u32)> = h.saved[&a].iter().map(|t| (t.task_id, t.attempt)).collect();
         assert_eq!(got, want);
         assert_eq!(h.engine.db.done_in_run(run).unwrap().len(), want.len());
+    }
+
+    /// Results that arrive in the same batch of events as the worker's goodbye are saved and
+    /// acknowledged before its stream is closed.
+    #[test]
+    fn results_just_before_a_goodbye_are_acknowledged() {
+        let mut h = Reactor::new(1, 60_000);
+        let a = h.connect("a", 2);
+        h.submit();
+        let first = h.assigned(a);
+        // One batch: the results are handled, but not yet journaled, when the goodbye comes.
+        h.engine.handle(Event::WorkerMsg {
+            worker: a,
+            body: worker_message::Body::Results(TaskResults {
+                results: first
+                    .iter()
+                    .map(|t| TaskResult {
+                        task_id: t.task_id,
+                        attempt: t.attempt,
+                        ok: true,
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        });
+        h.goodbye(a);
+        assert_eq!(h.saved.get(&a).map_or(0, Vec::len), first.len());
     }
 
     #[test]

@@ -141,6 +141,26 @@ async fn connect(addr: &str, access: &Access) -> anyhow::Result<Client> {
     )
 }
 
+/// How long an idle worker waits past its idle time for the coordinator to say its last
+/// results are saved (then it exits anyway: an older coordinator never says so).
+const SAVED_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a long-lived worker removes resumable states older than `RESUME_KEPT` (besides
+/// at start): states whose results were never acknowledged would otherwise stay.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Removes the resumable states of results the coordinator says it has saved.
+fn forget_saved(
+    unsaved: &mut HashMap<(u64, u32), std::path::PathBuf>,
+    saved: plateflow_proto::v1::ResultsSaved,
+) {
+    for t in saved.tasks {
+        if let Some(state) = unsaved.remove(&(t.task_id, t.attempt)) {
+            let _ = std::fs::remove_file(state);
+        }
+    }
+}
+
 /// One session. Running tasks belong to it: when it ends they are aborted (their processes
 /// killed), since the coordinator re-queues them as soon as it notices the loss.
 async fn session<F: std::future::Future<Output = ()>>(
@@ -195,6 +215,7 @@ async fn session<F: std::future::Future<Output = ()>>(
     };
 
     let mut idle_since = Some(tokio::time::Instant::now());
+    let mut last_prune = tokio::time::Instant::now();
     let outcome: anyhow::Result<Ended> = loop {
         tokio::select! {
             msg = inbound.message() => {
@@ -245,11 +266,7 @@ async fn session<F: std::future::Future<Output = ()>>(
                         }
                     }
                     Some(coordinator_message::Body::Saved(saved)) => {
-                        for t in saved.tasks {
-                            if let Some(state) = unsaved_states.remove(&(t.task_id, t.attempt)) {
-                                let _ = std::fs::remove_file(state);
-                            }
-                        }
+                        forget_saved(&mut unsaved_states, saved);
                     }
                     Some(coordinator_message::Body::Cancel(c)) => {
                         for t in c.tasks {
@@ -297,8 +314,18 @@ async fn session<F: std::future::Future<Output = ()>>(
             }
             _ = heartbeat.tick() => {
                 if let (Some(limit), Some(since)) = (cfg.idle_timeout, idle_since) {
-                    if running.is_empty() && since.elapsed() >= limit {
+                    // Not before the last results are saved (or a grace time has passed), so
+                    // that their states are not left behind.
+                    let waited = since.elapsed();
+                    let saved = unsaved_states.is_empty() || waited >= limit + SAVED_GRACE;
+                    if running.is_empty() && waited >= limit && saved {
                         break Ok(Ended::Idle);
+                    }
+                }
+                if last_prune.elapsed() >= PRUNE_EVERY {
+                    last_prune = tokio::time::Instant::now();
+                    if let Err(e) = crate::exec::prune_resume_states(&env.resume_root, crate::exec::RESUME_KEPT) {
+                        tracing::warn!(dir = %env.resume_root.display(), "cannot prune old training states: {e}");
                     }
                 }
                 let running_refs = running.keys().map(|&(task_id, attempt)| plateflow_proto::v1::TaskRef { task_id, attempt }).collect();
@@ -313,10 +340,15 @@ async fn session<F: std::future::Future<Output = ()>>(
         h.abort();
     }
     if matches!(outcome, Ok(Ended::Stopped)) {
-        // Let the goodbye reach the coordinator: it ends the session once it has it.
+        // Let the goodbye reach the coordinator: it ends the session once it has it, after
+        // saying which of the last results it has saved.
         drop(out_tx);
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Ok(Some(_)) = inbound.message().await {}
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(coordinator_message::Body::Saved(saved)) = m.body {
+                    forget_saved(&mut unsaved_states, saved);
+                }
+            }
         })
         .await;
     }
