@@ -50,10 +50,7 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
             at
         });
         if upto > counted.0 {
-            counted.1 += text.as_bytes()[counted.0..upto]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count();
+            counted.1 += line_ends(&text.as_bytes()[counted.0..upto]);
             counted.0 = upto;
         }
         let line = 1 + counted.1;
@@ -133,6 +130,17 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
     })
 }
 
+/// Line ends in `bytes`: `\n`, `\r\n`, or a `\r` alone (classic Mac OS, Excel's "CSV
+/// (Macintosh)").
+fn line_ends(bytes: &[u8]) -> usize {
+    let lone_cr = bytes
+        .windows(2)
+        .filter(|w| w[0] == b'\r' && w[1] != b'\n')
+        .count()
+        + usize::from(bytes.last() == Some(&b'\r'));
+    bytes.iter().filter(|&&b| b == b'\n').count() + lone_cr
+}
+
 /// The text of the file: UTF-8 (a byte-order mark dropped), UTF-16 with its mark, else
 /// Windows-1252, which every byte sequence is.
 fn decode(bytes: &[u8]) -> String {
@@ -207,11 +215,17 @@ fn commas_in_numbers(
             .iter()
             .flat_map(|(l, c)| c.iter().map(move |c| (*l, c)))
     };
-    if cells().any(|(_, c)| c.contains('.') && c.replace(',', "").parse::<f64>().is_ok()) {
-        return Ok(Commas::Thousands);
-    }
-    if cells().any(|(_, c)| decimal_comma(c).is_some() && !thousands(c)) {
-        return Ok(Commas::Decimal);
+    let point = cells().find(|(_, c)| c.contains('.') && c.replace(',', "").parse::<f64>().is_ok());
+    let comma = cells().find(|(_, c)| decimal_comma(c).is_some() && !thousands(c));
+    match (point, comma) {
+        (Some((pl, p)), Some((cl, c))) => bail!(
+            "plate map {file}: numbers with decimal points (line {pl}: `{p}`) and with decimal \
+             commas (line {cl}: `{c}`) in one tab-separated file: write every number one way, \
+             or save the file as CSV"
+        ),
+        (Some(_), None) => return Ok(Commas::Thousands),
+        (None, Some(_)) => return Ok(Commas::Decimal),
+        (None, None) => {}
     }
     match cells().find(|(_, c)| thousands(c)) {
         Some((line, c)) => bail!(
@@ -424,6 +438,8 @@ mod tests {
             ("\n\nplate,well\nP1,A01\n", vec![4]),
             ("plate,well\r\nP1,A01\r\n\r\n\r\nP1,A02\r\n", vec![2, 5]),
             ("plate;well\r\n;\r\nP1;A01\r\n", vec![3]),
+            // Excel's "CSV (Macintosh)": a carriage return alone ends each line.
+            ("plate,well\rP1,A01\r\rP1,A02\r", vec![2, 4]),
         ] {
             assert_eq!(
                 long_table("m.csv", text.as_bytes()).unwrap().lines,
@@ -481,6 +497,15 @@ mod tests {
         );
         // Semicolons are a decimal-comma locale's: `1,000` is one.
         assert_eq!(cells("well;dose\nA01;1,000\n")[1][1], "1.000");
+        // Both marks in one file: refused, naming both.
+        let err = long_table("m.txt", b"well\tdose\tbatch\nA01\t0,5\t1.2\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("(line 2: `1.2`)") && err.contains("(line 2: `0,5`)"),
+            "{err}"
+        );
     }
 
     /// A block's name spelled differently on another plate is the same column.

@@ -10,9 +10,6 @@ use std::path::Path;
 use tiff::decoder::DecodingResult;
 use tiff::tags::Tag;
 
-/// The most one decoded tile may take.
-const MAX_TILE_BYTES: usize = 256 << 20;
-
 /// Whether the decoder's current image is tiled and LZW-compressed.
 pub(crate) fn is_tiled_lzw<R: Read + Seek>(dec: &mut tiff::decoder::Decoder<R>) -> bool {
     let tiled = dec.find_tag(Tag::TileOffsets).ok().flatten().is_some();
@@ -84,15 +81,20 @@ pub(crate) fn read<R: Read + Seek>(
     let size = usize::from(bits / 8);
     let pixel = samples * size;
     let (tw, th) = (tile_w as usize, tile_h as usize);
-    // Tile sizes come from the file: a damaged header must not ask for terabytes (the tiff
-    // crate's own limit on a decoded image is 256 MiB; no tile needs more).
+    // Tile sizes come from the file: a damaged header must not ask for terabytes. A tile may
+    // overhang the image, but not by more than 4 times the image (or 4 MiB for small ones).
+    let most = (width as usize)
+        .saturating_mul(height as usize)
+        .saturating_mul(pixel)
+        .max(1 << 20)
+        .saturating_mul(4);
     let tile_bytes = tw
         .checked_mul(th)
         .and_then(|n| n.checked_mul(pixel))
-        .filter(|&n| n <= MAX_TILE_BYTES)
+        .filter(|&n| n <= most)
         .ok_or_else(|| {
             corrupt(format!(
-                "tiles of {tile_w}×{tile_h} pixels, larger than any image"
+                "tiles of {tile_w}×{tile_h} pixels for a {width}×{height} image"
             ))
         })?;
     let row_bytes = width as usize * pixel;
