@@ -1649,6 +1649,19 @@ mod tests {
     use crate::comm::{RecordingComm, Sent};
     use plateflow_proto::v1::{Resources, TaskResult, TaskResults};
 
+    /// A passing result for each of `tasks`.
+    fn succeeded(tasks: &[TaskSpec]) -> Vec<TaskResult> {
+        tasks
+            .iter()
+            .map(|t| TaskResult {
+                task_id: t.task_id,
+                attempt: t.attempt,
+                ok: true,
+                ..Default::default()
+            })
+            .collect()
+    }
+
     struct Reactor {
         _dir: tempfile::TempDir,
         engine: Engine,
@@ -1795,16 +1808,7 @@ mod tests {
         }
 
         fn succeed(&mut self, worker: WorkerId, tasks: &[TaskSpec]) {
-            let results = tasks
-                .iter()
-                .map(|t| TaskResult {
-                    task_id: t.task_id,
-                    attempt: t.attempt,
-                    ok: true,
-                    ..Default::default()
-                })
-                .collect();
-            self.results(worker, results);
+            self.results(worker, succeeded(tasks));
         }
 
         /// A failed attempt of `task`: `transient` when another attempt might pass.
@@ -1924,15 +1928,7 @@ mod tests {
         h.engine.handle(Event::WorkerMsg {
             worker: a,
             body: worker_message::Body::Results(TaskResults {
-                results: first
-                    .iter()
-                    .map(|t| TaskResult {
-                        task_id: t.task_id,
-                        attempt: t.attempt,
-                        ok: true,
-                        ..Default::default()
-                    })
-                    .collect(),
+                results: succeeded(&first),
             }),
         });
         h.goodbye(a);
