@@ -1218,17 +1218,22 @@ impl Engine {
         if !done {
             return;
         }
+        // Flushed while the run is still the active one: the journal's rows are its own.
+        self.flush_journal();
         let mut run = self.run.take().expect("checked");
         let t0 = Instant::now();
         // What could not be kept: a run is not a success unless its results, lock file and
         // journal are on disk (a full disk, `results: /dev/null`).
         let mut unkept: Vec<String> = Vec::new();
-        self.flush_journal();
         if !self.journal.is_empty() {
             unkept.push(format!(
                 "the journal of finished tasks in {} could not be written",
                 self.cfg.db_path().display()
             ));
+            // Not carried into the next run, under whose id it would be saved (a resumed
+            // forced run would then skip those tasks): they run again instead.
+            self.journal.clear();
+            self.journal_acks.clear();
         }
         let mut status = run.status(true, self.workers.len() as u32, true);
         let labels: Vec<String> = (0..run.tasks.len() as TaskIdx)
