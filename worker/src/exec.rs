@@ -451,7 +451,8 @@ async fn run_builtin<F: BlobFetcher>(
         .map_or(1, |r| r.cpus.max(1) as usize);
     let gpu_ids = spec.gpu_ids.clone();
     let resume = resume_path(&env.resume_root, &spec.cache_key);
-    let names = user_names(spec, &m.work);
+    // Only for an error's message (built there, not for every task).
+    let work = m.work.clone();
     let (log, result) = tokio::task::spawn_blocking(move || {
         let mut ctx = crate::builtin::Context {
             resume,
@@ -500,7 +501,7 @@ async fn run_builtin<F: BlobFetcher>(
             }
         }
         Err(e) => {
-            let msg = in_user_names(&format!("{e:#}"), &names);
+            let msg = in_user_names(&format!("{e:#}"), &user_names(spec, &work));
             outcome.stderr = Some(env.store.put_bytes(msg.as_bytes())?);
             outcome.stderr_tail = msg.clone();
             outcome.error = Some(msg);
