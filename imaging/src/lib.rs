@@ -268,11 +268,12 @@ pub(crate) fn read_samples<R: std::io::Read + std::io::Seek>(
     }
 }
 
-/// The grey values of interleaved colour samples (`samples` per pixel, alpha last), or `None`
-/// where a pixel's red, green and blue differ.
+/// The grey values of interleaved samples (`samples` per pixel: grey, grey + alpha, RGB or
+/// RGBA), or `None` where a colour pixel's red, green and blue differ.
 fn grey_of_colour(data: &[u16], samples: usize) -> Option<Vec<u16>> {
+    let colour = samples >= 3;
     data.chunks_exact(samples)
-        .map(|px| (px[0] == px[1] && px[1] == px[2]).then_some(px[0]))
+        .map(|px| (!colour || (px[0] == px[1] && px[1] == px[2])).then_some(px[0]))
         .collect()
 }
 
@@ -444,21 +445,12 @@ fn read_png(path: &Path, r: BufReader<File>) -> Result<GrayImage, ImageError> {
     } else {
         bytes.iter().map(|&b| u16::from(b)).collect()
     };
-    let channels = info.color_type.samples();
-    let color_channels = match info.color_type {
-        png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha => 1,
-        _ => 3,
-    };
-    let mut data = Vec::with_capacity(width as usize * height as usize);
-    for px in samples.chunks_exact(channels) {
-        if color_channels == 3 && (px[0] != px[1] || px[1] != px[2]) {
-            return Err(ImageError::Unsupported {
-                path: path.to_path_buf(),
-                what: "a colour PNG (its red, green and blue channels differ)".into(),
-            });
+    let data = grey_of_colour(&samples, info.color_type.samples()).ok_or_else(|| {
+        ImageError::Unsupported {
+            path: path.to_path_buf(),
+            what: "a colour PNG (its red, green and blue channels differ)".into(),
         }
-        data.push(px[0]);
-    }
+    })?;
     Ok(GrayImage {
         width,
         height,
