@@ -17,7 +17,6 @@ use anyhow::{bail, Context as _};
 pub struct LongTable {
     pub text: String,
     pub lines: Vec<usize>,
-    pub delimiter: u8,
     /// A grid without `plate` lines: one layout, drawn once, for every plate.
     pub every_plate: bool,
 }
@@ -68,8 +67,7 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
             _ => {}
         }
     }
-    if records.iter().take_while(|(_, c)| is_blank(c)).count() < records.len() {
-        let first = records.iter().position(|(_, c)| !is_blank(c)).unwrap_or(0);
+    if let Some(first) = records.iter().position(|(_, c)| !is_blank(c)) {
         let grid_at = if plate_line(&records[first].1).is_some() {
             records[first + 1..]
                 .iter()
@@ -83,7 +81,6 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
                 LongTable {
                     text,
                     lines,
-                    delimiter,
                     every_plate,
                 }
             });
@@ -125,7 +122,6 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
     Ok(LongTable {
         text,
         lines,
-        delimiter,
         every_plate: false,
     })
 }
