@@ -272,9 +272,10 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
     );
     let mut header: Vec<String> = vec!["ImageSet".into()];
     header.extend(meta_names.iter().cloned());
-    // Plate-map columns the filename already gives (plate, well) are not repeated.
-    let cell_map_cols = super::extra_map_columns(map.as_ref(), &meta_names);
-    header.extend(cell_map_cols.iter().map(|(_, c)| c.clone()));
+    // Plate-map columns the filename already gives (plate, well) are not repeated; the same
+    // names serve the per-well table, so that the two tables join on them.
+    let map_cols = super::extra_map_columns(map.as_ref(), &meta_names);
+    header.extend(map_cols.iter().map(|(_, c)| c.clone()));
     header.push("ObjectNumber".into());
     header.push("TouchesBorder".into());
     header.extend(features.iter().cloned());
@@ -331,7 +332,7 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
                 }
                 let mut line: Vec<String> = vec![set.key.clone()];
                 line.extend(set.meta.iter().map(|(_, v)| v.clone()));
-                for &(c, _) in &cell_map_cols {
+                for &(c, _) in &map_cols {
                     line.push(map_row.map_or(String::new(), |r| r.values[c].clone()));
                 }
                 line.push((i + 1).to_string());
@@ -349,13 +350,9 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("writing cells.csv: {}", e.error))?;
 
     // Per-well table: plate and well once, then the plate map's other columns.
-    let well_map_cols = super::extra_map_columns(
-        map.as_ref(),
-        &["Metadata_Plate".into(), "Metadata_Well".into()],
-    );
     let well_header = |cols: &[String]| {
         let mut h = vec!["Metadata_Plate".to_string(), "Metadata_Well".to_string()];
-        h.extend(well_map_cols.iter().map(|(_, c)| c.clone()));
+        h.extend(map_cols.iter().map(|(_, c)| c.clone()));
         h.push("Count_Cells".into());
         h.extend(cols.iter().cloned());
         h
@@ -365,7 +362,7 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
         for (i, (plate, well, count, _)) in wells.iter().enumerate() {
             let mut line = vec![plate.clone(), well.clone()];
             let map_row = map.as_ref().and_then(|m| m.lookup(plate, well));
-            for &(c, _) in &well_map_cols {
+            for &(c, _) in &map_cols {
                 line.push(map_row.map_or(String::new(), |r| r.values[c].clone()));
             }
             line.push(count.to_string());

@@ -278,16 +278,22 @@ pub fn map_metadata_column(name: &str) -> String {
     metadata_column(&words.join("_"))
 }
 
-/// The plate-map columns a table adds beside its `taken` columns: (index in the map, name as
-/// [`map_metadata_column`] gives it), leaving out the map's plate and well columns and any
-/// whose name equals a taken one case-insensitively, so that plate and well appear once
-/// (databases and pycytominer refuse duplicate columns). Two map columns that tidy to one
-/// name (`Dose (uM)`, `Dose_uM`) are both kept, the second as `…_2`.
+/// The plate-map columns a table adds beside its `taken` columns (the filename's fields):
+/// (index in the map, name as [`map_metadata_column`] gives it). The map's plate and well
+/// columns, and any other named plate or well, are left out: the table has its plate and
+/// well already, and databases and pycytominer refuse duplicate columns. Any other map
+/// column is kept, under a free name: one that tidies to a taken name or to an earlier map
+/// column's (`Site` beside a filename's `{site}`; `Dose (uM)` beside `Dose_uM`) becomes
+/// `…_2`. Every table of a step passes the same `taken`, so a map column has one name in all.
 pub fn extra_map_columns(
     map: Option<&platemap::PlateMap>,
     taken: &[String],
 ) -> Vec<(usize, String)> {
-    let mut seen: Vec<String> = taken.iter().map(|c| c.to_ascii_lowercase()).collect();
+    let mut seen: Vec<String> = taken
+        .iter()
+        .map(|c| c.to_ascii_lowercase())
+        .chain(["metadata_plate".to_string(), "metadata_well".to_string()])
+        .collect();
     let mut out = Vec::new();
     // The map's own plate and well columns, whatever their names (`Plate Barcode`,
     // `well_position`): the table has its plate and well already.
@@ -304,7 +310,10 @@ pub fn extra_map_columns(
             continue;
         }
         let tidy = map_metadata_column(c);
-        if taken.iter().any(|t| t.eq_ignore_ascii_case(&tidy)) {
+        if ["Metadata_Plate", "Metadata_Well"]
+            .iter()
+            .any(|key| key.eq_ignore_ascii_case(&tidy))
+        {
             continue;
         }
         let name = (1..)
@@ -524,6 +533,24 @@ mod tests {
                 (2, "Metadata_Dose_uM_2".to_string()),
                 (3, "Metadata_Dose_uM_3".to_string()),
             ]
+        );
+        // A map column named like one of the filename's fields is kept, not dropped: the
+        // map's `Site` may be another thing than the filename's `{site}`.
+        let map = platemap::PlateMap::parse("m.csv", b"well,Site,Metadata_Well\nA01,Boston,A01\n")
+            .unwrap();
+        let taken_with_site = vec![
+            "Metadata_Plate".to_string(),
+            "Metadata_Well".to_string(),
+            "Metadata_Site".to_string(),
+        ];
+        assert_eq!(
+            extra_map_columns(Some(&map), &taken_with_site),
+            vec![(1, "Metadata_Site_2".to_string())]
+        );
+        // Plate and well are never repeated, whatever a table passes as taken.
+        assert_eq!(
+            extra_map_columns(Some(&map), &[]),
+            vec![(1, "Metadata_Site".to_string())]
         );
     }
 
