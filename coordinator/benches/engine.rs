@@ -558,7 +558,7 @@ fn bench_rerun() {
         t.elapsed().as_secs_f64(),
         String::new(),
     );
-    db.save_actions(1, &actions).expect("save actions");
+    db.save_actions(None, &actions).expect("save actions");
     let t = Instant::now();
     let loaded = db.load_action_cache().expect("actions");
     line(

@@ -87,7 +87,11 @@ pub enum Sent {
     Joined(WorkerId),
     Left(WorkerId),
     Message(WorkerId, CoordinatorMessage),
-    Plan { run_id: u64, path: PathBuf },
+    Plan {
+        run_id: u64,
+        path: PathBuf,
+        force: Vec<String>,
+    },
 }
 
 /// Records what the engine sends; shares its log with the test that made it.
@@ -116,10 +120,11 @@ impl Comm for RecordingComm {
             .expect("log")
             .push(Sent::Message(worker, msg));
     }
-    fn plan(&mut self, run_id: u64, path: PathBuf, _yaml: String, _force: Vec<String>) {
-        self.log
-            .lock()
-            .expect("log")
-            .push(Sent::Plan { run_id, path });
+    fn plan(&mut self, run_id: u64, path: PathBuf, _yaml: String, force: Vec<String>) {
+        self.log.lock().expect("log").push(Sent::Plan {
+            run_id,
+            path,
+            force,
+        });
     }
 }

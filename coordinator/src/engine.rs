@@ -1190,8 +1190,12 @@ impl Engine {
             return;
         }
         // The journal only ever holds the active run's tasks (it is flushed before a run ends).
-        let run_id = self.run.as_ref().map_or(0, |r| r.prep.id);
-        if let Err(e) = self.db.save_actions(run_id, &self.journal) {
+        let forced_run = self
+            .run
+            .as_ref()
+            .filter(|r| !r.prep.force.is_empty())
+            .map(|r| r.prep.id);
+        if let Err(e) = self.db.save_actions(forced_run, &self.journal) {
             tracing::error!("cannot journal finished tasks: {e:#}");
             return;
         }
@@ -1716,12 +1720,16 @@ mod tests {
                         },
                     ) => self.saved.entry(w).or_default().extend(s.tasks),
                     Sent::Message(w, m) => self.inbox.entry(w).or_default().push_back(m),
-                    Sent::Plan { run_id, path } => {
+                    Sent::Plan {
+                        run_id,
+                        path,
+                        force,
+                    } => {
                         // The planner's work, done here and now instead of on a thread.
                         let yaml = std::fs::read_to_string(&path).unwrap();
                         let mut db = Db::open(&self.engine.cfg.db_path()).unwrap();
                         let result =
-                            crate::run::prepare(run_id, &path, &yaml, vec![], &mut db, 1, &[])
+                            crate::run::prepare(run_id, &path, &yaml, force, &mut db, 1, &[])
                                 .map_err(|e| format!("{e:#}"));
                         self.send(Event::Prepared {
                             run_id,
@@ -1779,11 +1787,15 @@ mod tests {
         }
 
         fn submit(&mut self) -> u64 {
+            self.submit_forcing(vec![])
+        }
+
+        fn submit_forcing(&mut self, force: Vec<String>) -> u64 {
             let (reply, mut rx) = oneshot::channel();
             self.send(Event::Submit {
                 path: self.path.clone(),
                 yaml: std::fs::read_to_string(&self.path).unwrap(),
-                force: vec![],
+                force,
                 reply,
             });
             rx.try_recv().expect("answered").expect("accepted").0
@@ -1918,7 +1930,25 @@ mod tests {
         let want: Vec<(u64, u32)> = first[1..].iter().map(|t| (t.task_id, t.attempt)).collect();
         let got: Vec<(u64, u32)> = h.saved[&a].iter().map(|t| (t.task_id, t.attempt)).collect();
         assert_eq!(got, want);
-        assert_eq!(h.engine.db.done_in_run(run).unwrap().len(), want.len());
+        assert_eq!(h.engine.db.load_action_cache().unwrap().len(), want.len());
+        // An unforced run keeps no list of its done tasks: the cache is that list.
+        assert!(h.engine.db.done_in_run(run).unwrap().is_empty());
+    }
+
+    /// A forced run records which tasks it has run (so that, resumed after a crash, it does
+    /// not force them again) until it ends; then the record is dropped.
+    #[test]
+    fn a_forced_run_keeps_its_done_tasks_until_it_ends() {
+        let mut h = Reactor::new(1, 60_000);
+        let a = h.connect("a", 64);
+        let run = h.submit_forcing(vec!["all".into()]);
+        let first = h.assigned(a);
+        assert!(first.len() >= 2, "{first:?}");
+        h.succeed(a, &first[..1]);
+        assert_eq!(h.engine.db.done_in_run(run).unwrap().len(), 1);
+        h.succeed(a, &first[1..]);
+        assert_eq!(h.final_status(run).state, "succeeded");
+        assert!(h.engine.db.done_in_run(run).unwrap().is_empty());
     }
 
     /// Results that arrive in the same batch of events as the worker's goodbye are saved and
