@@ -30,7 +30,7 @@ pub mod train_segmenter;
 
 use anyhow::Context as _;
 use plateflow_contract::params::{StepParams, TaskParams};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -89,29 +89,47 @@ impl Context<'_> {
     /// The task's images grouped into image sets, in a stable order.
     pub fn image_sets(&self) -> anyhow::Result<Vec<ImageSet>> {
         let names = self.channel_names();
-        let mut sets: BTreeMap<String, ImageSet> = BTreeMap::new();
+        // Grouped by the field values themselves, not by the file-name-safe key: `LPS+` and
+        // `LPS-` are two conditions though both keys would read `LPS-`.
+        let mut by_meta: BTreeMap<Vec<(String, String)>, BTreeMap<String, PathBuf>> =
+            BTreeMap::new();
         for (rel, fields) in self.images {
             let meta = set_meta(fields);
-            let key = set_key(&meta);
             let channel = match fields.get("channel") {
                 Some(c) => names.get(c).cloned().unwrap_or_else(|| c.clone()),
                 None => "image".to_string(),
             };
-            let set = sets.entry(key.clone()).or_insert_with(|| ImageSet {
-                key,
-                meta,
-                channels: BTreeMap::new(),
-            });
-            if let Some(prev) = set.channels.insert(channel.clone(), self.work.join(rel)) {
+            let channels = by_meta.entry(meta).or_default();
+            if let Some(prev) = channels.insert(channel.clone(), self.work.join(rel)) {
                 anyhow::bail!(
-                    "two images for channel {channel} of image set {}: {} and {rel}; \
+                    "two images for channel {channel} of one image set: {} and {rel}; \
                      the filename pattern must tell them apart",
-                    set.key,
                     prev.display()
                 );
             }
         }
-        Ok(sets.into_values().collect())
+        let mut sets: Vec<ImageSet> = by_meta
+            .into_iter()
+            .map(|(meta, channels)| ImageSet {
+                key: set_key(&meta),
+                meta,
+                channels,
+            })
+            .collect();
+        // Where two sets' values give one key, each takes a suffix from its own values, so
+        // that every step of the same images names a set alike; other keys stay as they were
+        // (cached results name their sets by them).
+        let mut uses: HashMap<String, usize> = HashMap::new();
+        for set in &sets {
+            *uses.entry(set.key.clone()).or_default() += 1;
+        }
+        for set in &mut sets {
+            if uses[&set.key] > 1 {
+                set.key = format!("{}-{}", set.key, values_digest(&set.meta));
+            }
+        }
+        sets.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(sets)
     }
 
     /// Upstream outputs whose name matches `pred`, with their paths.
@@ -365,6 +383,21 @@ fn set_meta(fields: &BTreeMap<String, String>) -> Vec<(String, String)> {
     meta
 }
 
+/// Eight hex digits of the SHA-256 of a set's field values: tells apart sets whose values
+/// differ only in characters a file name cannot keep.
+fn values_digest(meta: &[(String, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (_, v) in meta {
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn set_key(meta: &[(String, String)]) -> String {
     meta.iter()
         .map(|(_, v)| {
@@ -601,6 +634,38 @@ mod tests {
         );
         let e = sets[0].channel("Actin").unwrap_err().to_string();
         assert!(e.contains("has: DNA, GFP"), "{e}");
+
+        // Conditions that differ only in characters a file name cannot keep are two sets,
+        // each under a key of its own; a key no other set shares is left as it was.
+        let images: Vec<(String, BTreeMap<String, String>)> = ["LPS+", "LPS-", "LPS 1"]
+            .iter()
+            .map(|cond| {
+                let f: BTreeMap<String, String> = [
+                    ("well".to_string(), "A01".to_string()),
+                    ("condition".to_string(), cond.to_string()),
+                ]
+                .into_iter()
+                .collect();
+                (format!("inputs/{cond}.tif"), f)
+            })
+            .collect();
+        let ctx = Context {
+            images: &images,
+            log: String::new(),
+            ..ctx
+        };
+        let sets = ctx.image_sets().unwrap();
+        let keys: Vec<&str> = sets.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys.len(), 3, "{keys:?}");
+        assert_eq!(keys[2], "plate_A01_LPS-1");
+        for k in &keys[..2] {
+            assert!(
+                k.starts_with("plate_A01_LPS--") && k.len() == 23,
+                "{keys:?}"
+            );
+        }
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(sets[0].get("condition"), sets[1].get("condition"));
     }
 
     #[test]
