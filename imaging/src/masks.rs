@@ -3,7 +3,7 @@
 //! indices, which Fiji's coloured label images are), checked (one page, background 0), and
 //! numbered 1..n.
 
-use crate::segment::{connected_components, Labels};
+use crate::segment::{connected_components_8, Labels};
 use crate::ImageError;
 use std::fs::File;
 use std::io::BufReader;
@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// A user's label image: 0 background, objects 1..n in the order of their values (gaps, as
 /// deleting objects in napari leaves, closed); a two-valued mask (0/1, 0/255: a foreground
-/// mask) is split into connected objects.
+/// mask) is split into 8-connected objects.
 pub fn read_mask(path: &Path) -> Result<Labels, ImageError> {
     let bad = |what: String| ImageError::BadMask {
         path: path.to_path_buf(),
@@ -30,7 +30,12 @@ pub fn read_mask(path: &Path) -> Result<Labels, ImageError> {
     }
     if values.len() == 2 {
         let mask: Vec<bool> = data.iter().map(|&v| v > 0).collect();
-        return Ok(connected_components(&mask, width as usize, height as usize));
+        // Corners join, as in the tools that draw such masks (Fiji, scikit-image).
+        return Ok(connected_components_8(
+            &mask,
+            width as usize,
+            height as usize,
+        ));
     }
     // Each value becomes its rank among the values present (0 stays 0).
     let data = data
@@ -287,6 +292,11 @@ mod tests {
         tiff::<colortype::Gray8>(&path, 5, 1, &[255u8, 255, 0, 255, 0], 1);
         let l = read_mask(&path).unwrap();
         assert_eq!((l.data.as_slice(), l.count), (&[1, 1, 0, 2, 0][..], 2));
+        // Pixels that touch at a corner are one object, as Fiji and scikit-image read them.
+        let path = dir.path().join("diagonal.tif");
+        tiff::<colortype::Gray8>(&path, 3, 3, &[255u8, 0, 0, 0, 255, 0, 0, 0, 255], 1);
+        let l = read_mask(&path).unwrap();
+        assert_eq!(l.count, 1, "{:?}", l.data);
     }
 
     #[test]

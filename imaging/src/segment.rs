@@ -228,6 +228,27 @@ pub(crate) fn neighbours4(i: usize, w: usize, h: usize, mut f: impl FnMut(usize)
 
 /// 4-connected components of a mask.
 pub fn connected_components(mask: &[bool], w: usize, h: usize) -> Labels {
+    components::<false>(mask, w, h)
+}
+
+/// 8-connected components (corners touch): how Fiji's particle analysis and scikit-image's
+/// `label` read a binary mask, so a user's 0/255 mask means the objects its tool made.
+pub fn connected_components_8(mask: &[bool], w: usize, h: usize) -> Labels {
+    components::<true>(mask, w, h)
+}
+
+fn neighbours8(i: usize, w: usize, h: usize, mut f: impl FnMut(usize)) {
+    let (x, y) = (i % w, i / w);
+    for ny in y.saturating_sub(1)..(y + 2).min(h) {
+        for nx in x.saturating_sub(1)..(x + 2).min(w) {
+            if (nx, ny) != (x, y) {
+                f(ny * w + nx);
+            }
+        }
+    }
+}
+
+fn components<const EIGHT: bool>(mask: &[bool], w: usize, h: usize) -> Labels {
     let mut data = vec![0u32; w * h];
     let mut count = 0;
     let mut stack = Vec::new();
@@ -239,12 +260,17 @@ pub fn connected_components(mask: &[bool], w: usize, h: usize) -> Labels {
         data[start] = count;
         stack.push(start);
         while let Some(i) = stack.pop() {
-            neighbours4(i, w, h, |j| {
+            let mut visit = |j: usize| {
                 if mask[j] && data[j] == 0 {
                     data[j] = count;
                     stack.push(j);
                 }
-            });
+            };
+            if EIGHT {
+                neighbours8(i, w, h, &mut visit);
+            } else {
+                neighbours4(i, w, h, &mut visit);
+            }
         }
     }
     Labels {

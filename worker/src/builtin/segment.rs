@@ -4,6 +4,7 @@
 
 use super::illumination::Corrections;
 use super::{num, parallel_map, Context, ImageSet, Table};
+use anyhow::Context as _;
 use plateflow_contract::params::{self as contract, SegmentMethod, SegmentParams};
 use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
 use plateflow_imaging::overlay::{outlines_png, summarise, Quantiles};
@@ -121,7 +122,8 @@ fn user_masks(
 pub fn write_labels(path: &Path, labels: &Labels) -> anyhow::Result<()> {
     anyhow::ensure!(
         labels.count <= u16::MAX as u32,
-        "{} objects do not fit a 16-bit label image",
+        "{} objects do not fit a 16-bit label image (at most 65,535 per field); a field \
+         with this many is likely a mask of noise, or a mosaic of many fields to be split",
         labels.count
     );
     let data: Vec<u16> = labels.data.iter().map(|&l| l as u16).collect();
@@ -199,8 +201,11 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
             write_labels(
                 &out.join(format!("labels/{}_nuclei.tif", set.key)),
                 &r.nuclei,
-            )?;
-            write_labels(&out.join(format!("labels/{}_cells.tif", set.key)), &r.cells)?;
+            )
+            .and_then(|()| {
+                write_labels(&out.join(format!("labels/{}_cells.tif", set.key)), &r.cells)
+            })
+            .with_context(|| format!("image set {}", set.key))?;
         }
         if let Some(why) = shown.get(&set.key) {
             let png = outlines_png(&r.image, &r.nuclei, Some(&r.cells), 512)
