@@ -824,6 +824,20 @@ impl Validator<'_> {
                     excused.push(f);
                     continue;
                 }
+                // A field is estimated from all of a plate's images, and applied by plate:
+                // per-well or per-site tasks would each make one, and one would win.
+                if f != "plate" && kind.is_some_and(|k| k.kind == kinds::StepKind::Illumination) {
+                    self.r.error_hint(
+                        item.mark,
+                        item.width(),
+                        format!(
+                            "{ctx} fans out over `{f}`, but an illumination field is a robust \
+                             average of all of a plate's images"
+                        ),
+                        Some("write `for_each: plate`".into()),
+                    );
+                    continue;
+                }
                 // A well lives in a plate: fanning out by well means by (plate, well).
                 if f == "well"
                     && fields.iter().any(|x| x == "plate")

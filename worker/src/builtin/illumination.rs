@@ -89,7 +89,17 @@ impl Corrections {
                 .to_string();
             let path = ctx.work.join(rel);
             let field = IlluminationField::from_tiff(&path).map_err(|e| anyhow::anyhow!(e))?;
-            fields.insert((plate, ch.to_string()), field);
+            let key = (plate, ch.to_string());
+            // Fields are per plate (the pipeline check refuses another fan-out); two for one
+            // plate would leave which one applies to chance.
+            anyhow::ensure!(
+                !fields.contains_key(&key),
+                "two illumination fields for plate `{}`, channel {}: the illumination step \
+                 must fan out by plate only (`for_each: plate`)",
+                key.0,
+                key.1
+            );
+            fields.insert(key, field);
         }
         Ok(Corrections(fields))
     }
