@@ -1017,6 +1017,33 @@ steps:
         "{stderr}"
     );
     assert!(!stderr.contains("scratch"), "{stderr}");
+    // Masks missing for some images (a tool skipped them): all named at once, by the user's
+    // image files, before any segmenting.
+    let mut masks: Vec<_> = dir
+        .join("seg/lab")
+        .read_dir()
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("P1_"))
+        .collect();
+    masks.sort();
+    for gone in &masks[..2] {
+        std::fs::remove_file(gone).unwrap();
+    }
+    let out = run_bounded(plateflow().arg("run").arg(dir.join("masks.yaml")), 300);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let image_of = |mask: &Path| {
+        dir.join("seg/img")
+            .join(mask.with_extension("tif").file_name().unwrap())
+    };
+    assert!(
+        stderr.contains("2 of ")
+            && stderr.contains("have no mask (channel `masks`)")
+            && stderr.contains(&image_of(&masks[0]).display().to_string()),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("scratch"), "{stderr}");
 }
 
 /// Every CSV a generated plate's image steps write has unique column names, also ignoring

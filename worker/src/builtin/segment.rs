@@ -97,6 +97,38 @@ pub fn segment_set(
     })
 }
 
+/// Every image set without a mask, named at once before any work: a tool that skipped a few
+/// images (Cellpose leaves out files it could not read) is found in one go.
+fn missing_masks(sets: &[&ImageSet], channel: &str, nuclei: &str) -> anyhow::Result<()> {
+    let missing: Vec<String> = sets
+        .iter()
+        .filter(|s| !s.channels.contains_key(channel))
+        .map(|s| match s.channels.get(nuclei) {
+            Some(image) => format!("{} ({})", s.key, image.display()),
+            None => s.key.clone(),
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let shown = missing
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let more = match missing.len() {
+        n if n > 5 => format!(" and {} more", n - 5),
+        _ => String::new(),
+    };
+    anyhow::bail!(
+        "{} of {} image sets have no mask (channel `{channel}`): {shown}{more}; make the \
+         missing masks, or curate those images out, so that each image has its label image",
+        missing.len(),
+        sets.len()
+    )
+}
+
 /// The user's label image for `set` ([`plateflow_imaging::masks::read_mask`]: any integer
 /// form, one page, background 0, numbered 1..n in order; the written `labels/` image holds
 /// the numbers the tables use), the same size as the nucleus image.
@@ -163,6 +195,9 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         .iter()
         .filter(|s| !excluded.contains_key(&s.key))
         .collect();
+    if let Some(channel) = &p.masks {
+        missing_masks(&todo, channel, &p.nuclei)?;
+    }
     let model = match p.method {
         _ if p.masks.is_some() => {
             ctx.logln(format!(
