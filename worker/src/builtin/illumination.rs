@@ -60,9 +60,20 @@ pub fn run(ctx: &mut Context, p: &IlluminationParams) -> anyhow::Result<()> {
             images.len(),
             sets.len() - kept.len()
         ));
+        if images.len() < FEW_IMAGES {
+            ctx.logln(format!(
+                "warning: {ch}: a field from only {} images still holds their cells' own \
+                 pattern, so dividing by it also flattens real differences between fields; \
+                 estimate it from a whole plate (tens of images or more)",
+                images.len()
+            ));
+        }
     }
     Ok(())
 }
+
+/// Below this many images a plate's median image is still mostly cells, not illumination.
+const FEW_IMAGES: usize = 10;
 
 /// The fields of upstream `illumination` tasks, by plate (as it appears in the task label;
 /// "" for a task over every plate) and channel name.
