@@ -38,16 +38,66 @@ pub fn read_mask(path: &Path) -> Result<Labels, ImageError> {
         ));
     }
     // Each value becomes its rank among the values present (0 stays 0).
-    let data = data
+    let data: Vec<u32> = data
         .iter()
         .map(|v| values.binary_search(v).expect("a value present") as u32)
         .collect();
+    let labels = values.len() - 1;
+    let pieces = pieces_per_label(&data, width as usize, height as usize, labels);
+    let scattered = pieces.iter().filter(|&&n| n >= SCATTERED).count();
+    if scattered * 2 > labels {
+        let (worst, n) = pieces
+            .iter()
+            .enumerate()
+            .max_by_key(|&(_, n)| *n)
+            .expect("a label");
+        return Err(bad(format!(
+            "{scattered} of its {labels} label values are each {SCATTERED} or more separate \
+             pieces (value {} is {n}), so a value is not one object: this looks like a class \
+             map (0 background, 1 nucleus, 2 border, …) or labels reused across tiles; export \
+             object labels (each object its own number), or a 0/255 foreground mask, which \
+             plateflow splits into objects",
+            values[worst + 1]
+        )));
+    }
     Ok(Labels {
         width,
         height,
         data,
         count: values.len().saturating_sub(1) as u32,
     })
+}
+
+/// A label value in this many separate pieces or more is not one object.
+const SCATTERED: usize = 3;
+
+/// For each label 1..=labels, how many 8-connected pieces it is made of.
+fn pieces_per_label(data: &[u32], w: usize, h: usize, labels: usize) -> Vec<usize> {
+    let mut pieces = vec![0usize; labels];
+    let mut seen = vec![false; data.len()];
+    let mut stack = Vec::new();
+    for start in 0..data.len() {
+        let label = data[start];
+        if label == 0 || seen[start] {
+            continue;
+        }
+        pieces[label as usize - 1] += 1;
+        seen[start] = true;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            for ny in y.saturating_sub(1)..(y + 2).min(h) {
+                for nx in x.saturating_sub(1)..(x + 2).min(w) {
+                    let j = ny * w + nx;
+                    if !seen[j] && data[j] == label {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+    }
+    pieces
 }
 
 /// The file's one page as label values.
@@ -292,6 +342,18 @@ mod tests {
         tiff::<colortype::Gray8>(&path, 5, 1, &[255u8, 255, 0, 255, 0], 1);
         let l = read_mask(&path).unwrap();
         assert_eq!((l.data.as_slice(), l.count), (&[1, 1, 0, 2, 0][..], 2));
+        // A class map (0 background, 1 nucleus, 2 border) is refused: each value is many
+        // objects.
+        let path = dir.path().join("classes.tif");
+        let mut classes = vec![0u8; 12 * 3];
+        for blob in 0..4 {
+            classes[blob * 3] = 1;
+            classes[blob * 3 + 1] = 2;
+            classes[24 + blob * 3] = 1;
+        }
+        tiff::<colortype::Gray8>(&path, 12, 3, &classes, 1);
+        let e = read_mask(&path).unwrap_err().to_string();
+        assert!(e.contains("class map") && e.contains("classes.tif"), "{e}");
         // Pixels that touch at a corner are one object, as Fiji and scikit-image read them.
         let path = dir.path().join("diagonal.tif");
         tiff::<colortype::Gray8>(&path, 3, 3, &[255u8, 0, 0, 0, 255, 0, 0, 0, 255], 1);
