@@ -112,12 +112,6 @@ impl Db {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
         )?;
         conn.execute_batch(SCHEMA)?;
-        // Done keys are only kept while their run may be resumed; databases written before
-        // they were dropped at a run's end still hold every finished run's.
-        conn.execute(
-            "DELETE FROM run_done WHERE run_id NOT IN (SELECT id FROM runs WHERE state = 'running')",
-            [],
-        )?;
         Ok(Self { conn })
     }
 
@@ -322,6 +316,17 @@ impl Db {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Drops the done keys of runs that will not be resumed: databases written before keys
+    /// were dropped at a run's end still hold every finished run's. Called once, when the
+    /// coordinator starts.
+    pub fn drop_done_keys_of_ended_runs(&mut self) -> anyhow::Result<()> {
+        self.conn.execute(
+            "DELETE FROM run_done WHERE run_id NOT IN (SELECT id FROM runs WHERE state = 'running')",
+            [],
+        )?;
+        Ok(())
     }
 
     /// Marks runs left `running` by a killed process as interrupted.

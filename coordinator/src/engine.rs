@@ -423,6 +423,7 @@ impl Engine {
             db.interrupt_unfinished_runs()?;
             Vec::new()
         };
+        db.drop_done_keys_of_ended_runs()?;
         let comm = Box::new(LiveComm {
             workers: HashMap::new(),
             events: tx.clone(),

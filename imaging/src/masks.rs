@@ -3,7 +3,7 @@
 //! indices, which Fiji's coloured label images are), checked (one page, background 0), and
 //! numbered 1..n.
 
-use crate::segment::{connected_components_8, Labels};
+use crate::segment::{connected_components_8, neighbours8, Labels};
 use crate::ImageError;
 use std::fs::File;
 use std::io::BufReader;
@@ -85,16 +85,12 @@ fn pieces_per_label(data: &[u32], w: usize, h: usize, labels: usize) -> Vec<usiz
         seen[start] = true;
         stack.push(start);
         while let Some(i) = stack.pop() {
-            let (x, y) = (i % w, i / w);
-            for ny in y.saturating_sub(1)..(y + 2).min(h) {
-                for nx in x.saturating_sub(1)..(x + 2).min(w) {
-                    let j = ny * w + nx;
-                    if !seen[j] && data[j] == label {
-                        seen[j] = true;
-                        stack.push(j);
-                    }
+            neighbours8(i, w, h, |j| {
+                if !seen[j] && data[j] == label {
+                    seen[j] = true;
+                    stack.push(j);
                 }
-            }
+            });
         }
     }
     pieces

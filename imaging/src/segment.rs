@@ -237,7 +237,7 @@ pub fn connected_components_8(mask: &[bool], w: usize, h: usize) -> Labels {
     components::<true>(mask, w, h)
 }
 
-fn neighbours8(i: usize, w: usize, h: usize, mut f: impl FnMut(usize)) {
+pub(crate) fn neighbours8(i: usize, w: usize, h: usize, mut f: impl FnMut(usize)) {
     let (x, y) = (i % w, i / w);
     for ny in y.saturating_sub(1)..(y + 2).min(h) {
         for nx in x.saturating_sub(1)..(x + 2).min(w) {

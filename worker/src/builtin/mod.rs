@@ -307,10 +307,13 @@ pub fn extra_map_columns(
     map: Option<&platemap::PlateMap>,
     taken: &[String],
 ) -> Vec<(usize, String)> {
+    // Every table has these; no map column repeats them.
+    const TABLE_KEYS: [&str; 2] = ["Metadata_Plate", "Metadata_Well"];
     let mut seen: Vec<String> = taken
         .iter()
-        .map(|c| c.to_ascii_lowercase())
-        .chain(["metadata_plate".to_string(), "metadata_well".to_string()])
+        .map(String::as_str)
+        .chain(TABLE_KEYS)
+        .map(str::to_ascii_lowercase)
         .collect();
     let mut out = Vec::new();
     // The map's own plate and well columns, whatever their names (`Plate Barcode`,
@@ -328,10 +331,7 @@ pub fn extra_map_columns(
             continue;
         }
         let tidy = map_metadata_column(c);
-        if ["Metadata_Plate", "Metadata_Well"]
-            .iter()
-            .any(|key| key.eq_ignore_ascii_case(&tidy))
-        {
+        if TABLE_KEYS.iter().any(|key| key.eq_ignore_ascii_case(&tidy)) {
             continue;
         }
         let name = (1..)
@@ -386,16 +386,12 @@ fn set_meta(fields: &BTreeMap<String, String>) -> Vec<(String, String)> {
 /// Eight hex digits of the SHA-256 of a set's field values: tells apart sets whose values
 /// differ only in characters a file name cannot keep.
 fn values_digest(meta: &[(String, String)]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
+    let mut h = plateflow_store::Sha256Writer::default();
     for (_, v) in meta {
         h.update(v.as_bytes());
-        h.update([0]);
+        h.update(&[0]);
     }
-    h.finalize()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    h.finish().hex()[..8].to_string()
 }
 
 fn set_key(meta: &[(String, String)]) -> String {
