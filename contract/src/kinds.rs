@@ -391,7 +391,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Segment,
         name: "segment",
-        version: 6,
+        version: 7,
         summary: "nuclei (classic Otsu + distance watershed, or the learned U-Net; size adapted to the image) and cells; 16-bit label TIFFs and an object table",
         params: SEGMENT_PARAMS,
         outputs: &["objects.csv", "labels/*_nuclei.tif", "labels/*_cells.tif", "outlines/*.png", "segmentation.json"],
@@ -399,7 +399,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Features,
         name: "features",
-        version: 3,
+        version: 4,
         summary: "per-object shape, intensity and texture in CellProfiler column names; per-well medians, optional control normalisation, Z', EC50 of translocation readouts where the plate map has doses",
         params: FEATURES_PARAMS,
         outputs: &["cells.csv", "wells.csv", "wells_normalized.csv", "zprime.csv", "dose_response.csv"],

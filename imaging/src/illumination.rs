@@ -106,8 +106,16 @@ pub fn estimate(images: &[GrayImage], smoothing: Option<f64>) -> Result<Illumina
     })
 }
 
-/// `img` divided by the field, rounded and clamped to its bit depth's range (a corner boosted
-/// past saturation saturates); same size and bit depth. Errors when the sizes differ.
+/// `img` divided by the field, rounded; same size and bit depth. Errors when the sizes differ.
+///
+/// Values are *not* clamped to the bit depth's top: a bright nucleus in a dim corner of an
+/// 8-bit image (raw 200, field 0.6) becomes 333, which the `u16` storage holds, and intensity
+/// features (scaled by the bit depth, as CellProfiler does) read it as 1.31 instead of a
+/// saturated 1.0 that would erase the difference between it and a brighter one. This is
+/// CellProfiler's CorrectIlluminationApply with "set values greater than 1 to 1" off; its
+/// default keeps them by dividing by a field rescaled to ≥ 1, which dims the whole image
+/// instead. Only a 16-bit image pushed past 65,535 saturates (a 12- or 14-bit camera in a
+/// 16-bit file never is: the field boosts at most 20-fold).
 pub fn apply(img: &GrayImage, field: &IlluminationField) -> Result<GrayImage, String> {
     let n = img.width as usize * img.height as usize;
     if (img.width, img.height) != (field.width, field.height)
@@ -119,12 +127,11 @@ pub fn apply(img: &GrayImage, field: &IlluminationField) -> Result<GrayImage, St
             img.width, img.height, field.width, field.height
         ));
     }
-    let max = f32::from(img.max_value());
     let data = img
         .data
         .iter()
         .zip(&field.values)
-        .map(|(&v, &f)| (f32::from(v) / f).round().clamp(0.0, max) as u16)
+        .map(|(&v, &f)| (f32::from(v) / f).round().clamp(0.0, f32::from(u16::MAX)) as u16)
         .collect();
     Ok(GrayImage { data, ..*img })
 }
@@ -443,16 +450,14 @@ mod tests {
         let field = estimate(&[img(10, 10)], None).unwrap();
         assert!(field.values.iter().all(|&v| (v - 1.0).abs() < 1e-5));
         assert!(apply(&img(10, 12), &field).unwrap_err().contains("10x12"));
-        // An 8-bit image boosted past 255 saturates.
+        // An 8-bit image boosted past 255 keeps its values (and its bit depth): 100 / 0.2.
         let dim = IlluminationField {
             values: vec![0.2; 100],
             ..field
         };
-        assert!(apply(&img(10, 10), &dim)
-            .unwrap()
-            .data
-            .iter()
-            .all(|&v| v == 255));
+        let boosted = apply(&img(10, 10), &dim).unwrap();
+        assert_eq!(boosted.bit_depth, 8);
+        assert!(boosted.data.iter().all(|&v| v == 500));
     }
 
     #[test]

@@ -736,6 +736,31 @@ fn intensity_scales_sixteen_bit_and_edges_between_objects() {
 }
 
 #[test]
+fn corrected_eight_bit_values_above_the_top_keep_their_order() {
+    // Illumination correction leaves an 8-bit image with values past 255 (a bright nucleus in a
+    // dim corner): intensities read above 1 and stay apart; texture puts them at the top level.
+    let labels = labels_from(8, 4, |x, _| if x < 4 { 1 } else { 2 });
+    let image = image_from(8, 4, 8, |x, y| match (x < 4, (x + y) % 2) {
+        (true, _) => 300,
+        (false, 0) => 510,
+        (false, _) => 255,
+    });
+    let s = intensity_features(&labels, &image);
+    assert!(close(s[0].mean, 300.0 / 255.0, 1e-12), "{}", s[0].mean);
+    assert!(close(s[1].max, 2.0, 1e-12), "{}", s[1].max);
+    let t = haralick_features(&labels, &image, 1, 256);
+    assert!(
+        close(t[0][5], 510.0, 1e-9),
+        "sum average at the top level: {}",
+        t[0][5]
+    );
+    assert_eq!(
+        t[1][1], 0.0,
+        "255 and 510 both read as the top level: no contrast"
+    );
+}
+
+#[test]
 fn cytoplasm_is_cell_minus_nucleus() {
     let cells = labels_from(5, 1, |x, _| if x < 3 { 1 } else { 2 });
     let nuclei = labels_from(5, 1, |x, _| u32::from(x == 1 || x >= 3));
