@@ -375,7 +375,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Curate,
         name: "curate",
-        version: 3,
+        version: 4,
         summary: "image QC: blur, saturation, intensity, rough counts; robust-z flags per plate, exclusion list, heat maps, label QC, Z'",
         params: CURATE_PARAMS,
         outputs: &["qc.csv", "exclusions.csv", "heatmaps/*.svg", "label_qc.csv", "zprime.csv"],
@@ -383,7 +383,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Illumination,
         name: "illumination",
-        version: 2,
+        version: 3,
         summary: "illumination correction per plate and channel: the per-pixel median of the plate's images, smoothed, as a divisor; `segment` and `features` downstream divide by it",
         params: ILLUMINATION_PARAMS,
         outputs: &["illumination/*.tif", "illumination/*.png"],
@@ -407,7 +407,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Crops,
         name: "crops",
-        version: 3,
+        version: 4,
         summary: "fixed-size single-cell crops of all channels, one safetensors file per task, with an index table",
         params: CROPS_PARAMS,
         outputs: &["crops.safetensors", "crops.csv", "cells.csv"],
@@ -431,7 +431,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::TrainSegmenter,
         name: "train_segmenter",
-        version: 8,
+        version: 9,
         summary: "trains (or fine-tunes) the learned nucleus segmenter on images with instance labels; held-out fifth scored at IoU 0.5/0.75/0.9; weights and a model card",
         params: TRAIN_SEGMENTER_PARAMS,
         outputs: &["segmenter.safetensors", "segmenter_card.md", "segmenter_history.csv", "segmenter_scores.json"],

@@ -168,21 +168,26 @@ fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage
             .find_tag_unsigned(tiff::tags::Tag::PhotometricInterpretation)
             .map_err(corrupt)?;
         let bits = crate::bits_per_sample(&mut dec).map_err(corrupt)?;
+        // A palette only says how to show the image: the indices are the measured values, as
+        // ImageJ, tifffile and CellProfiler read them. ImageJ writes a palette for any LUT that
+        // is not plain grey: an inverted LUT (its binary masks, unless "black background" is
+        // set) or a channel shown green or "Fire"; mapping through it would turn masks and
+        // intensities inside out.
         let palette = match (photometric, bits) {
-            (Some(3), Some(8)) => Some(grey_palette(path, &mut dec)?),
+            (Some(3), Some(8)) => true,
             (Some(3), b) => {
                 return Err(unsupported(format!(
                     "a {}-bit palette TIFF",
                     b.unwrap_or(0)
                 )))
             }
-            _ => None,
+            _ => false,
         };
         // Samples per pixel: grey, or red-green-blue(-alpha) whose colour channels must be
         // equal (a grey image saved as RGB, as PNG files are read too).
         let samples = match palette {
-            Some(_) => 1,
-            None => match dec.colortype().map_err(corrupt)? {
+            true => 1,
+            false => match dec.colortype().map_err(corrupt)? {
                 ColorType::Gray(8 | 16 | 32 | 64) => 1,
                 ColorType::RGB(8 | 16) => 3,
                 ColorType::RGBA(8 | 16) => 4,
@@ -193,13 +198,13 @@ fn read_tiff(path: &Path, r: BufReader<File>, all: bool) -> Result<Vec<GrayImage
                 }
             },
         };
-        let (data, bit_depth) = match &palette {
+        let (data, bit_depth) = match palette {
             // The tiff crate does not decode palette images: read their strips here.
-            Some(p) => {
+            true => {
                 let indices = palette::read_indices(path, &mut dec, width, height)?;
-                (indices.iter().map(|&i| p[i as usize]).collect(), 8)
+                (indices.into_iter().map(u16::from).collect(), 8)
             }
-            None => match read_samples(path, &mut dec)? {
+            false => match read_samples(path, &mut dec)? {
                 DecodingResult::U8(v) => (v.into_iter().map(u16::from).collect(), 8),
                 DecodingResult::U16(v) => (v, 16),
                 // Signed 16-bit (some cameras, MATLAB's int16) and 64-bit floats (MATLAB's
@@ -391,32 +396,6 @@ pub(crate) fn bits_per_sample<R: std::io::Read + std::io::Seek>(
     Ok(dec
         .find_tag_unsigned_vec::<u16>(tiff::tags::Tag::BitsPerSample)?
         .and_then(|v| v.first().copied()))
-}
-
-/// A palette whose entries are grey maps each index to its grey level; a colour palette is
-/// refused rather than guessed at.
-fn grey_palette<R: std::io::Read + std::io::Seek>(
-    path: &Path,
-    dec: &mut tiff::decoder::Decoder<R>,
-) -> Result<Vec<u16>, ImageError> {
-    let map = dec
-        .get_tag_u16_vec(tiff::tags::Tag::ColorMap)
-        .map_err(|e| ImageError::Corrupt {
-            path: path.to_path_buf(),
-            format: "TIFF",
-            reason: format!("palette image without a usable colour map: {e}"),
-        })?;
-    let n = map.len() / 3;
-    let (r, g, b) = (&map[..n], &map[n..2 * n], &map[2 * n..3 * n]);
-    if r != g || g != b {
-        return Err(ImageError::Unsupported {
-            path: path.to_path_buf(),
-            what: "a colour (non-grey) palette".into(),
-        });
-    }
-    let mut lut: Vec<u16> = r.iter().map(|&v| v >> 8).collect();
-    lut.resize(256, 0);
-    Ok(lut)
 }
 
 fn read_png(path: &Path, r: BufReader<File>) -> Result<GrayImage, ImageError> {

@@ -191,7 +191,17 @@ fn real_coelho_pngs() {
     assert!(labels.data.iter().any(|&v| v > 0));
 }
 
-/// A minimal little-endian palette TIFF: one strip, a grey ramp palette scaled by `scale`.
+/// How [`palette_tiff`]'s colour map shows the indices.
+#[derive(Clone, Copy)]
+enum Lut {
+    Grey,
+    /// ImageJ's inverted LUT (its binary masks unless "black background" is set).
+    Inverted,
+    /// ImageJ's "Green": red and blue 0.
+    Green,
+}
+
+/// A minimal little-endian palette TIFF: one strip, a colour map as `lut` says.
 fn palette_tiff(
     path: &Path,
     w: u16,
@@ -199,17 +209,17 @@ fn palette_tiff(
     strip: &[u8],
     compression: u16,
     predictor: u16,
-    colour: bool,
+    lut: Lut,
 ) {
     let mut d: Vec<u8> = b"II*\0".to_vec();
     let cmap_off = 8u32;
     let mut cmap = Vec::new();
     for ch in 0..3 {
         for i in 0..256u32 {
-            let v = if colour && ch == 0 {
-                0
-            } else {
-                (i * 257) as u16
+            let v = match lut {
+                Lut::Green if ch != 1 => 0,
+                Lut::Inverted => ((255 - i) * 257) as u16,
+                _ => (i * 257) as u16,
             };
             cmap.extend_from_slice(&v.to_le_bytes());
         }
@@ -253,7 +263,7 @@ fn palette_tiffs_uncompressed_packbits_lzw_with_predictor() {
     let want: Vec<u16> = indices.iter().map(|&i| i as u16).collect();
 
     let p = dir.path().join("plain.tif");
-    palette_tiff(&p, w, h, &indices, 1, 1, false);
+    palette_tiff(&p, w, h, &indices, 1, 1, Lut::Grey);
     assert_eq!(read_image(&p).unwrap().data, want);
 
     // PackBits as literal runs of one row each.
@@ -263,7 +273,7 @@ fn palette_tiffs_uncompressed_packbits_lzw_with_predictor() {
         packed.extend_from_slice(row);
     }
     let p = dir.path().join("packbits.tif");
-    palette_tiff(&p, w, h, &packed, 32773, 1, false);
+    palette_tiff(&p, w, h, &packed, 32773, 1, Lut::Grey);
     assert_eq!(read_image(&p).unwrap().data, want);
 
     // LZW with horizontal differencing.
@@ -277,16 +287,16 @@ fn palette_tiffs_uncompressed_packbits_lzw_with_predictor() {
         .encode(&diffed)
         .unwrap();
     let p = dir.path().join("lzw.tif");
-    palette_tiff(&p, w, h, &lzw, 5, 2, false);
+    palette_tiff(&p, w, h, &lzw, 5, 2, Lut::Grey);
     assert_eq!(read_image(&p).unwrap().data, want);
 
-    let p = dir.path().join("colour.tif");
-    palette_tiff(&p, w, h, &indices, 1, 1, true);
-    let e = read_image(&p).unwrap_err();
-    assert!(
-        e.to_string().contains("colour.tif") && e.to_string().contains("palette"),
-        "{e}"
-    );
+    // The palette only shows the image: an inverted or green LUT leaves the indices as the
+    // values, as ImageJ measures them (mapped through, an ImageJ mask read inside out).
+    for lut in [Lut::Inverted, Lut::Green] {
+        let p = dir.path().join("shown.tif");
+        palette_tiff(&p, w, h, &indices, 1, 1, lut);
+        assert_eq!(read_image(&p).unwrap().data, want);
+    }
 }
 
 /// 32-bit TIFFs (ImageJ's "32-bit", deconvolution output) by one rule that does not depend
