@@ -47,10 +47,15 @@ pub fn median_diameter(labels: &[u32], min_area: usize) -> Option<f64> {
 /// Intensities mapped so the 1st percentile is 0 and the 99.8th is 1 (8- or 16-bit alike;
 /// values beyond stay, a little, so saturation remains visible).
 pub fn normalise(img: &GrayImage) -> Vec<f32> {
+    normalise_to(img, None)
+}
+
+/// As [`normalise`], with `top` (when given) mapped to 1 instead of the 99.8th percentile.
+pub fn normalise_to(img: &GrayImage, top: Option<u16>) -> Vec<f32> {
     let mut sorted: Vec<u16> = img.data.clone();
     sorted.sort_unstable();
     let at = |q: f64| f32::from(sorted[((sorted.len() - 1) as f64 * q).round() as usize]);
-    let (lo, hi) = (at(0.01), at(0.998));
+    let (lo, hi) = (at(0.01), top.map_or_else(|| at(0.998), f32::from));
     let span = (hi - lo).max(1.0);
     img.data
         .iter()

@@ -201,7 +201,8 @@ impl NucleusModel {
     /// Instances of one image (8- or 16-bit). `diameter`: the nucleus diameter in pixels if
     /// known; otherwise it is estimated from the image (see [`Self::segment_normalised`]).
     pub fn segment(&self, img: &GrayImage, diameter: Option<f64>) -> anyhow::Result<Segmentation> {
-        if !anything_stands_out(img) {
+        let contrast = contrast(img);
+        if contrast == Contrast::Nothing {
             // Percentile normalisation would stretch pure noise into "nuclei".
             return Ok(Segmentation {
                 labels: Labels {
@@ -214,11 +215,24 @@ impl NucleusModel {
                 scale: 1.0,
             });
         }
-        let pixels = crate::nuclei::normalise(img);
+        let pixels = match contrast {
+            // A few nuclei in a wide field: the 99.8th percentile is background, and stretching
+            // to it would make the noise look like nuclei; the nuclei set the top instead.
+            Contrast::Sparse { top } => crate::nuclei::normalise_to(img, Some(top)),
+            _ => crate::nuclei::normalise(img),
+        };
         let (w, h) = (img.width as usize, img.height as usize);
-        match diameter {
-            Some(d) => self.segment_normalised(&pixels, w, h, Some(d)),
-            None => self.segment_estimated(&pixels, w, h, typical_diameter(img)),
+        match (diameter, contrast) {
+            (Some(d), _) => self.segment_normalised(&pixels, w, h, Some(d)),
+            // The quick threshold's Otsu split falls inside the noise when nuclei are a
+            // sliver of the histogram; halfway up to the nuclei's own level it does not.
+            (None, Contrast::Sparse { .. }) => {
+                let mask: Vec<bool> = pixels.iter().map(|&v| v > 0.5).collect();
+                let labels = plateflow_imaging::segment::connected_components_8(&mask, w, h);
+                let estimate = crate::nuclei::median_diameter(&labels.data, 9);
+                self.segment_estimated(&pixels, w, h, estimate)
+            }
+            (None, _) => self.segment_estimated(&pixels, w, h, typical_diameter(img)),
         }
     }
 
@@ -384,30 +398,63 @@ impl NucleusModel {
     }
 }
 
+/// Whether anything stands out of the camera noise (see [`contrast`]).
+pub fn anything_stands_out(img: &GrayImage) -> bool {
+    contrast(img) != Contrast::Nothing
+}
+
+/// What [`contrast`] finds in an image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Contrast {
+    /// Camera noise (and hot pixels) only: nothing to segment.
+    Nothing,
+    /// Objects over more than 0.2 % of the field: percentile normalisation holds.
+    Objects,
+    /// A few bright objects (under 0.2 % of the field, such as the nuclei left in a toxic
+    /// well): normalise to `top`, a value inside them, not to the 99.8th percentile.
+    Sparse { top: u16 },
+}
+
 /// Whether anything stands out of the camera noise: whether, in the image smoothed by 2
 /// pixels, the brightest pixels (99.8th percentile) stand above the median, or the darkest
-/// (0.2th) below it (dark nuclei on a bright field), by more than
-/// [`STANDS_OUT`] times the noise left after that smoothing. The noise is measured from
-/// differences between pixels two apart in a row of the raw image (robust to objects: most
-/// such pairs lie in the same region; two apart, not next to each other, so that noise
-/// shared by neighbours, as binned or demosaiced cameras make it, is not missed) and scaled
-/// by what a 2-pixel Gaussian leaves of white noise (1 / (2·2·√π) = 0.141). Smoothed pure noise reaches about 3 of its sigmas at
-/// the 99.8th percentile, so an empty field fails; nuclei of a few pixels' radius keep
-/// their height. Until 2026-12-04 the test ran on the raw pixels at 6 noise sigmas, which
-/// also turned away fields of plainly visible nuclei at a per-pixel signal to noise under
-/// about 6 (`examples/nuclei_stress.rs`, "low signal to noise").
-pub fn anything_stands_out(img: &GrayImage) -> bool {
+/// (0.2th) below it (dark nuclei on a bright field), by more than [`STANDS_OUT`] times the
+/// noise left after that smoothing; failing that, whether the [`SPARSE_PIXELS`]-th brightest
+/// pixel does, in the image freed of hot pixels by a 3×3 median before smoothing (a field of
+/// one to a few nuclei, which the percentile misses).
+///
+/// The noise is measured from differences between pixels two apart in a row of the raw image
+/// (robust to objects: most such pairs lie in the same region; two apart, not next to each
+/// other, so that noise shared by neighbours, as binned or demosaiced cameras make it, is not
+/// missed), leaving out pairs both at the image's lowest value (a camera clipped at its
+/// offset: where most pixels are 0, the median difference is 0 and any speck stood out), and
+/// scaled by what a 2-pixel Gaussian leaves of white noise (1 / (2·2·√π) = 0.141). Smoothed
+/// pure noise reaches about 3 of its sigmas at the 99.8th percentile, so an empty field
+/// fails; nuclei of a few pixels' radius keep their height. Until 2026-12-04 the test ran on
+/// the raw pixels at 6 noise sigmas, which also turned away fields of plainly visible nuclei
+/// at a per-pixel signal to noise under about 6 (`examples/nuclei_stress.rs`, "low signal to
+/// noise").
+pub fn contrast(img: &GrayImage) -> Contrast {
     let w = img.width as usize;
     if img.data.len() < 4 || w < 3 {
-        return false;
+        return Contrast::Nothing;
     }
+    let floor = img.data.iter().copied().min().unwrap_or(0);
     let mut diffs: Vec<u16> = img
         .data
         .chunks(w)
-        .flat_map(|row| row.windows(3).map(|p| p[0].abs_diff(p[2])))
+        .flat_map(|row| {
+            row.windows(3)
+                .filter(|p| p[0] != floor || p[2] != floor)
+                .map(|p| p[0].abs_diff(p[2]))
+        })
         .collect();
+    if diffs.is_empty() {
+        return Contrast::Nothing;
+    }
     let mid = diffs.len() / 2;
     let noise = f64::from(*diffs.select_nth_unstable(mid).1) / (0.6745 * std::f64::consts::SQRT_2);
+    let smoothed_noise = noise.max(0.5) / (4.0 * std::f64::consts::PI.sqrt());
+    let threshold = STANDS_OUT * smoothed_noise;
     let mut v = plateflow_imaging::segment::gaussian(img, 2.0);
     let n = v.len();
     let median = f64::from(*v.select_nth_unstable_by(n / 2, f32::total_cmp).1);
@@ -419,8 +466,74 @@ pub fn anything_stands_out(img: &GrayImage) -> bool {
     };
     // Either way: nuclei dark on a bright field (inverted or transmitted light) stand out too.
     let (dark, bright) = (at(0.002), at(0.998));
-    let smoothed_noise = noise.max(0.5) / (4.0 * std::f64::consts::PI.sqrt());
-    (bright - median).max(median - dark) > STANDS_OUT * smoothed_noise
+    let dense = (bright - median).max(median - dark) > threshold;
+    if n <= 4 * SPARSE_PIXELS {
+        return if dense {
+            Contrast::Objects
+        } else {
+            Contrast::Nothing
+        };
+    }
+    // Bright objects over so few pixels that the 99.8th percentile of the raw image is still
+    // background (smoothing spreads them over more): go on to the sparse test.
+    let standing = v
+        .iter()
+        .filter(|&&x| f64::from(x) - median > threshold)
+        .count();
+    if dense && standing as f64 > SPARSE_SHARE * n as f64 {
+        return Contrast::Objects;
+    }
+    let cleaned = median3x3(img);
+    let mut v = plateflow_imaging::segment::gaussian(&cleaned, 2.0);
+    let median = f64::from(*v.select_nth_unstable_by(n / 2, f32::total_cmp).1);
+    let peak = f64::from(
+        *v.select_nth_unstable_by(n - SPARSE_PIXELS, f32::total_cmp)
+            .1,
+    );
+    if peak - median <= threshold {
+        return if dense {
+            Contrast::Objects
+        } else {
+            Contrast::Nothing
+        };
+    }
+    // The top of the range: the same rank among the cleaned raw pixels, inside the nuclei.
+    let mut raw = cleaned.data;
+    let top = *raw.select_nth_unstable(n - SPARSE_PIXELS).1;
+    Contrast::Sparse { top }
+}
+
+/// Below this share of smoothed pixels standing out, a field's objects are too few for
+/// percentile normalisation ([`Contrast::Sparse`]): twice the 0.2 % that the 99.8th
+/// percentile needs, for the spread that smoothing adds around each object.
+const SPARSE_SHARE: f64 = 0.004;
+
+/// The number of pixels a small nucleus covers (6 px across), for [`contrast`]'s test of a
+/// field holding only a few nuclei: a rank, not a share of the field, so one nucleus in a
+/// 2048² field is found as in a 256² one.
+const SPARSE_PIXELS: usize = 30;
+
+/// The 3×3 median of each pixel (edges replicated): takes out hot pixels and pairs of them,
+/// which a rank as small as [`SPARSE_PIXELS`] would otherwise take for an object.
+fn median3x3(img: &GrayImage) -> GrayImage {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let at = |x: isize, y: isize| {
+        img.data[y.clamp(0, h as isize - 1) as usize * w + x.clamp(0, w as isize - 1) as usize]
+    };
+    let mut data = Vec::with_capacity(w * h);
+    for y in 0..h as isize {
+        for x in 0..w as isize {
+            let mut win = [0u16; 9];
+            for (k, (dy, dx)) in (-1..=1)
+                .flat_map(|dy| (-1..=1).map(move |dx| (dy, dx)))
+                .enumerate()
+            {
+                win[k] = at(x + dx, y + dy);
+            }
+            data.push(*win.select_nth_unstable(4).1);
+        }
+    }
+    GrayImage { data, ..*img }
 }
 
 /// How many sigmas of smoothed noise the brightest pixels must stand above the median (see
@@ -848,6 +961,76 @@ mod odd_images {
                 assert!(seg.labels.data.iter().all(|&l| l <= seg.labels.count));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod sparse_fields {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// A 900×900 field of camera noise holding `count` nuclei 20 px across, 20 noise sigmas
+    /// bright, 150 px apart.
+    fn field(count: usize, clip_at_zero: bool) -> GrayImage {
+        let (w, h) = (900usize, 900usize);
+        let mut rng = Rng::new(9);
+        let base = if clip_at_zero { -6.0 } else { 200.0 };
+        let mut px: Vec<f64> = (0..w * h).map(|_| base + 10.0 * rng.normal()).collect();
+        for k in 0..count {
+            let (cx, cy) = (100 + 150 * (k % 5), 100 + 150 * (k / 5));
+            for y in cy - 12..cy + 12 {
+                for x in cx - 12..cx + 12 {
+                    if (x as f64 - cx as f64).powi(2) + (y as f64 - cy as f64).powi(2) < 100.0 {
+                        px[y * w + x] += 200.0;
+                    }
+                }
+            }
+        }
+        GrayImage {
+            width: w as u32,
+            height: h as u32,
+            bit_depth: 16,
+            data: px
+                .iter()
+                .map(|v| v.round().clamp(0.0, 65535.0) as u16)
+                .collect(),
+        }
+    }
+
+    /// A field of one to three nuclei (under 0.2 % of its pixels: a toxic well) is segmented,
+    /// not passed over as empty: its nuclei are found, each once.
+    #[test]
+    fn a_field_of_a_few_nuclei_is_not_taken_for_an_empty_one() {
+        let model = NucleusModel::shipped().unwrap();
+        for count in [1, 3] {
+            for clip in [false, true] {
+                let img = field(count, clip);
+                assert!(anything_stands_out(&img), "{count} nuclei, clipped {clip}");
+                let seg = model.segment(&img, None).unwrap();
+                assert_eq!(
+                    seg.labels.count as usize, count,
+                    "{count} nuclei, clipped {clip}: diameter {} scale {}",
+                    seg.diameter, seg.scale
+                );
+            }
+        }
+    }
+
+    /// Camera noise clipped at 0 (an offset-subtracted camera: most pixels 0) is still noise.
+    #[test]
+    fn noise_clipped_at_zero_does_not_stand_out() {
+        let img = field(0, true);
+        assert!(img.data.iter().filter(|&&v| v == 0).count() > img.data.len() / 2);
+        assert!(!anything_stands_out(&img));
+        assert_eq!(
+            NucleusModel::shipped()
+                .unwrap()
+                .segment(&img, None)
+                .unwrap()
+                .labels
+                .count,
+            0
+        );
     }
 }
 
