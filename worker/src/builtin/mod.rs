@@ -116,15 +116,15 @@ impl Context<'_> {
                 channels,
             })
             .collect();
-        // Where two sets' values give one key, each takes a suffix from its own values, so
-        // that every step of the same images names a set alike; other keys stay as they were
-        // (cached results name their sets by them).
+        // Keys differing only in case name one file on macOS and Windows: both take a suffix
+        // from their own values. (Keys whose values a file name could not keep already carry
+        // one, so they are alike in every task; see `set_key`.)
         let mut uses: HashMap<String, usize> = HashMap::new();
         for set in &sets {
-            *uses.entry(set.key.clone()).or_default() += 1;
+            *uses.entry(set.key.to_lowercase()).or_default() += 1;
         }
         for set in &mut sets {
-            if uses[&set.key] > 1 {
+            if uses[&set.key.to_lowercase()] > 1 {
                 set.key = format!("{}-{}", set.key, values_digest(&set.meta));
             }
         }
@@ -394,22 +394,40 @@ fn values_digest(meta: &[(String, String)]) -> String {
     h.finish().hex()[..8].to_string()
 }
 
+/// A file-name-safe name for an image set: its values joined by `_`, each character other
+/// than ASCII letters, digits, `-` and `.` written as `-`. Where that changed a value (`P 1`
+/// and `P_1` would both read `P-1`; `LPS+` and `LPS-` both `LPS-`), or the name would pass
+/// [`MAX_KEY`] bytes, it ends in 8 hex digits of the values' SHA-256 instead. A key depends on
+/// its own set's values only, so a task over every plate and one over a single plate name
+/// a set alike (exclusions and QC ranks are looked up by key).
 fn set_key(meta: &[(String, String)]) -> String {
-    meta.iter()
+    let mut changed = false;
+    let key = meta
+        .iter()
         .map(|(_, v)| {
             v.chars()
                 .map(|c| {
                     if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
                         c
                     } else {
+                        changed = true;
                         '-'
                     }
                 })
                 .collect::<String>()
         })
         .collect::<Vec<_>>()
-        .join("_")
+        .join("_");
+    if !changed && key.len() <= MAX_KEY {
+        return key;
+    }
+    let kept: String = key.chars().take(MAX_KEY - 9).collect();
+    format!("{kept}-{}", values_digest(meta))
 }
+
+/// The longest set key: file names hold the key and a suffix (`_nuclei.tif`, and a temporary
+/// name's `.pid.seq.tmp` while written) within the 255 bytes most file systems allow.
+const MAX_KEY: usize = 120;
 
 /// A CSV table built in memory and written once (tables here are per plate: small).
 pub struct Table {
@@ -632,19 +650,30 @@ mod tests {
         assert!(e.contains("has: DNA, GFP"), "{e}");
 
         // Conditions that differ only in characters a file name cannot keep are two sets,
-        // each under a key of its own; a key no other set shares is left as it was.
-        let images: Vec<(String, BTreeMap<String, String>)> = ["LPS+", "LPS-", "LPS 1"]
-            .iter()
-            .map(|cond| {
-                let f: BTreeMap<String, String> = [
-                    ("well".to_string(), "A01".to_string()),
-                    ("condition".to_string(), cond.to_string()),
-                ]
-                .into_iter()
-                .collect();
-                (format!("inputs/{cond}.tif"), f)
-            })
+        // each under a key of its own, ending in a digest of its values whether or not another
+        // set is there to collide (tasks over one plate and over all must agree); keys that
+        // differ only in case take one too (one file on macOS); very long keys are cut.
+        let long = "x".repeat(300);
+        let images: Vec<(String, BTreeMap<String, String>)> = [
+            "LPS+",
+            "LPS-",
+            "LPS 1",
+            "Dmso",
+            "dmso",
+            "plain",
+            long.as_str(),
+        ]
+        .iter()
+        .map(|cond| {
+            let f: BTreeMap<String, String> = [
+                ("well".to_string(), "A01".to_string()),
+                ("condition".to_string(), cond.to_string()),
+            ]
+            .into_iter()
             .collect();
+            (format!("inputs/{cond}.tif"), f)
+        })
+        .collect();
         let ctx = Context {
             images: &images,
             log: String::new(),
@@ -652,16 +681,40 @@ mod tests {
         };
         let sets = ctx.image_sets().unwrap();
         let keys: Vec<&str> = sets.iter().map(|s| s.key.as_str()).collect();
-        assert_eq!(keys.len(), 3, "{keys:?}");
-        assert_eq!(keys[2], "plate_A01_LPS-1");
-        for k in &keys[..2] {
-            assert!(
-                k.starts_with("plate_A01_LPS--") && k.len() == 23,
-                "{keys:?}"
-            );
-        }
-        assert_ne!(keys[0], keys[1]);
-        assert_ne!(sets[0].get("condition"), sets[1].get("condition"));
+        assert_eq!(keys.len(), 7, "{keys:?}");
+        let key_of = |cond: &str| {
+            sets.iter()
+                .find(|s| s.get("condition") == cond)
+                .unwrap()
+                .key
+                .clone()
+        };
+        let digest = |k: &str, stem: &str| {
+            k.len() == stem.len() + 9
+                && k.starts_with(stem)
+                && k[stem.len()..].starts_with('-')
+                && k[stem.len() + 1..].chars().all(|c| c.is_ascii_hexdigit())
+        };
+        assert!(digest(&key_of("LPS 1"), "plate_A01_LPS-1"), "{keys:?}");
+        assert!(digest(&key_of("LPS+"), "plate_A01_LPS-"), "{keys:?}");
+        assert_eq!(
+            key_of("LPS-"),
+            "plate_A01_LPS-",
+            "nothing changed: no digest"
+        );
+        assert_ne!(key_of("LPS+"), key_of("LPS-"));
+        assert!(digest(&key_of("Dmso"), "plate_A01_Dmso"), "{keys:?}");
+        assert!(digest(&key_of("dmso"), "plate_A01_dmso"), "{keys:?}");
+        assert_eq!(key_of("plain"), "plate_A01_plain");
+        assert_eq!(key_of(&long).len(), MAX_KEY);
+        // Alone in a task, a set keeps its key: `LPS 1`'s does not depend on the others.
+        let alone = images[2..3].to_vec();
+        let ctx = Context {
+            images: &alone,
+            log: String::new(),
+            ..ctx
+        };
+        assert_eq!(ctx.image_sets().unwrap()[0].key, key_of("LPS 1"));
     }
 
     #[test]
