@@ -53,33 +53,51 @@ pub struct IlluminationField {
 /// smoothing is negative or not finite, or the images are blank (median field 0: nothing to
 /// divide by).
 pub fn estimate(images: &[GrayImage], smoothing: Option<f64>) -> Result<IlluminationField, String> {
-    let first = images
-        .first()
-        .ok_or("illumination: no images to estimate a field from")?;
+    estimate_by(images.len(), |i| Ok(images[i].clone()), smoothing)
+}
+
+/// [`estimate`] from `count` images that `load` reads one at a time: at most one group of
+/// [`GROUP_MAX_IMAGES`] is held at once, so a plate of thousands of camera images (12 GB for
+/// 1,536 of 2048² at 16 bits) costs the memory of 64. `load`'s error (naming the file) is
+/// returned as is; an image whose size differs from the first is an error naming both
+/// positions (the caller, knowing the files, can check sizes as it loads).
+pub fn estimate_by(
+    count: usize,
+    mut load: impl FnMut(usize) -> Result<GrayImage, String>,
+    smoothing: Option<f64>,
+) -> Result<IlluminationField, String> {
+    if count == 0 {
+        return Err("illumination: no images to estimate a field from".into());
+    }
+    let first = load(0)?;
     let (width, height) = (first.width, first.height);
     let (w, h) = (width as usize, height as usize);
     if w == 0 || h == 0 {
         return Err(format!("illumination: images are {width}x{height}"));
     }
-    if let Some((i, img)) = images
-        .iter()
-        .enumerate()
-        .find(|(_, img)| (img.width, img.height) != (width, height) || img.data.len() != w * h)
-    {
-        return Err(format!(
-            "illumination: image {i} is {}x{} ({} values), image 0 is {width}x{height}",
-            img.width,
-            img.height,
-            img.data.len()
-        ));
-    }
+    let mut first = Some(first);
+    let mut load_checked = |i: usize| -> Result<GrayImage, String> {
+        let img = match (i, first.take()) {
+            (0, Some(img)) => img,
+            _ => load(i)?,
+        };
+        if (img.width, img.height) != (width, height) || img.data.len() != w * h {
+            return Err(format!(
+                "illumination: image {i} is {}x{} ({} values), image 0 is {width}x{height}",
+                img.width,
+                img.height,
+                img.data.len()
+            ));
+        }
+        Ok(img)
+    };
     let short = w.min(h) as f64;
     let sigma = smoothing.unwrap_or(short / 20.0);
     if !sigma.is_finite() || sigma < 0.0 {
         return Err(format!("illumination: smoothing sigma {sigma} is not ≥ 0"));
     }
 
-    let average = robust_average(images, w * h);
+    let average = robust_average(count, w * h, &mut load_checked)?;
 
     let scale = (GRID_SHORT_SIDE as f64 / short).min(1.0);
     let (sw, sh) = (
@@ -211,12 +229,18 @@ impl IlluminationField {
 /// (each image clipped at its 99th percentile) follows the objects as well: with 80 images of
 /// nuclei covering 6 % of the field it missed this module's test field by 20 % at the corners
 /// (clipping cannot remove objects covering more than 1 % of an image), where this is < 3 %.
-fn robust_average(images: &[GrayImage], n: usize) -> Vec<f32> {
-    let groups = images.len().div_ceil(GROUP_MAX_IMAGES);
+fn robust_average(
+    count: usize,
+    n: usize,
+    load: &mut dyn FnMut(usize) -> Result<GrayImage, String>,
+) -> Result<Vec<f32>, String> {
+    let groups = count.div_ceil(GROUP_MAX_IMAGES);
     let mut sum = vec![0f32; n];
     let mut buf = Vec::with_capacity(GROUP_MAX_IMAGES);
     for g in 0..groups {
-        let group = &images[g * images.len() / groups..(g + 1) * images.len() / groups];
+        let group = (g * count / groups..(g + 1) * count / groups)
+            .map(&mut *load)
+            .collect::<Result<Vec<GrayImage>, String>>()?;
         let k = group.len();
         for (i, s) in sum.iter_mut().enumerate() {
             buf.clear();
@@ -232,7 +256,7 @@ fn robust_average(images: &[GrayImage], n: usize) -> Vec<f32> {
         }
     }
     sum.iter_mut().for_each(|s| *s /= groups as f32);
-    sum
+    Ok(sum)
 }
 
 /// The median of `values` (upper middle for an even count: the field is smooth, so the two
