@@ -479,6 +479,11 @@ pub fn train(
             let loss = pixel_loss(&net.forward(&x, true)?, &y, &wt)?;
             opt.backward_step(&loss)?;
             let l = loss.to_scalar::<f32>()?;
+            // Diverged: every step from here would write broken weights over good ones.
+            anyhow::ensure!(
+                l.is_finite(),
+                "training diverged at step {step} (loss {l}): no weights written from it; lower the learning rate or check the labels"
+            );
             let ap = (eval_every > 0 && (step % eval_every == 0 || last) && !val.is_empty())
                 .then(|| {
                     let model = Weights::of(&varmap, cfg.net, cfg.diameter)?.model("training")?;
@@ -839,6 +844,19 @@ impl Weights {
             anyhow::anyhow!("{source} is not a plateflow nucleus model ({e}); retrain it with a `train_segmenter` step")
         })?;
         tensors.remove(DIAMETER_TENSOR);
+        // A NaN weight (a run that diverged) makes every probability NaN: no error and no
+        // objects in any image, so it is refused here, by name.
+        for (name, t) in &tensors {
+            let values = t.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+                anyhow::bail!(
+                    "{source}: tensor `{name}` holds {v}: the weights are broken (a training run that diverged?); retrain, or use the shipped ones"
+                );
+            }
+            if name.ends_with("running_var") && values.iter().any(|&v| v < 0.0) {
+                anyhow::bail!("{source}: tensor `{name}` holds a negative variance: the weights are broken; retrain, or use the shipped ones");
+            }
+        }
         Ok(Weights {
             config,
             diameter,

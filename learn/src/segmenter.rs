@@ -623,7 +623,11 @@ pub(crate) fn describe(tensors: &HashMap<String, Tensor>) -> anyhow::Result<(UNe
     let depth = (0..)
         .take_while(|l| tensors.contains_key(&format!("down{l}.c0.conv.weight")))
         .count();
-    anyhow::ensure!((2..=6).contains(&depth), "{depth} levels");
+    // Tiles overlap by MARGIN, the reach of three levels: a deeper network would see seams.
+    anyhow::ensure!(
+        depth == 3,
+        "{depth} levels, where plateflow's tiled prediction is made for 3"
+    );
     let diameter = tensors
         .get(DIAMETER_TENSOR)
         .ok_or_else(|| anyhow::anyhow!("no tensor {DIAMETER_TENSOR}"))?
@@ -823,6 +827,21 @@ mod tests {
         let e = NucleusModel::load(&other).err().unwrap().to_string();
         assert!(
             e.contains("other.safetensors") && e.contains("not a plateflow nucleus model"),
+            "{e}"
+        );
+        // The shipped weights with one NaN (a diverged run): refused by file and tensor.
+        let mut broken = Weights::from_bytes(SHIPPED, SHIPPED_NAME).unwrap();
+        let name = broken.tensors.keys().next().unwrap().clone();
+        let t = &broken.tensors[&name];
+        let mut values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[0] = f32::NAN;
+        let nan = Tensor::from_vec(values, t.shape(), &Device::Cpu).unwrap();
+        broken.tensors.insert(name.clone(), nan);
+        let path = dir.path().join("diverged.safetensors");
+        std::fs::write(&path, broken.to_bytes().unwrap()).unwrap();
+        let e = NucleusModel::load(&path).err().unwrap().to_string();
+        assert!(
+            e.contains("diverged.safetensors") && e.contains(&name) && e.contains("NaN"),
             "{e}"
         );
     }

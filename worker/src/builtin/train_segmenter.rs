@@ -52,6 +52,16 @@ fn split(all: Vec<Annotated>) -> (Vec<Annotated>, Vec<Annotated>) {
             .expect("one or more sets");
         train.push(val.remove(i));
     }
+    if train.iter().all(|a| count(&a.truth) == 0) {
+        // The labelled sets all fell in the held-out part: training on background alone would
+        // wipe out what `init:` knew, so the held-out set with the most nuclei trains instead.
+        if let Some(i) = (0..val.len())
+            .filter(|&i| count(&val[i].truth) > 0)
+            .max_by_key(|&i| (count(&val[i].truth), val[i].id.clone()))
+        {
+            train.push(val.remove(i));
+        }
+    }
     (train, val)
 }
 
@@ -383,5 +393,32 @@ mod tests {
             assert_eq!(val.is_empty(), ids.len() == 1, "{ids:?}");
             assert_eq!(train.len() + val.len(), ids.len());
         }
+    }
+
+    /// Where only the held-out sets hold nuclei (one labelled image beside empty fields), one
+    /// of them is trained on: training on background alone wiped out a fine-tune's start.
+    #[test]
+    fn training_always_sees_nuclei_where_any_set_has_them() {
+        let labelled = |id: &str| {
+            let image = plateflow_imaging::GrayImage {
+                width: 4,
+                height: 4,
+                bit_depth: 8,
+                data: vec![0; 16],
+            };
+            let mut truth = vec![0; 16];
+            truth[5] = 1;
+            nuclei::annotated_by(id, &image, truth).unwrap()
+        };
+        let held = keys(true, 1);
+        let others = keys(false, 3);
+        let mut all = vec![labelled(&held[0])];
+        all.extend(others.iter().map(|k| set(k)));
+        let (train, val) = split(all);
+        assert!(
+            train.iter().any(|a| a.id == held[0]),
+            "labelled set not trained on"
+        );
+        assert_eq!(train.len() + val.len(), 4);
     }
 }
