@@ -45,7 +45,12 @@ pub fn outlines_png(
             ));
         }
     }
-    let (lo, hi) = percentiles(&img.data);
+    let (lo, mut hi) = percentiles(&img.data);
+    if hi <= lo {
+        // Nearly all pixels at one value (a sparse 16-bit field): stretch to the brightest
+        // instead of turning every other pixel white.
+        hi = img.data.iter().copied().max().unwrap_or(lo);
+    }
     let scale = 255.0 / (hi - lo).max(1) as f64;
     let grey: Vec<u8> = img
         .data
@@ -150,10 +155,17 @@ pub struct Quantiles {
 }
 
 impl Quantiles {
-    /// Linear interpolation between closest ranks (numpy's default); all zero when empty.
+    /// Linear interpolation between closest ranks (numpy's default); all NaN when empty (a
+    /// plate without objects has no area to report: JSON writes `null`, not a size of 0).
     fn of(mut v: Vec<f64>) -> Quantiles {
         if v.is_empty() {
-            return Quantiles::default();
+            return Quantiles {
+                min: f64::NAN,
+                p25: f64::NAN,
+                median: f64::NAN,
+                p75: f64::NAN,
+                max: f64::NAN,
+            };
         }
         v.sort_by(f64::total_cmp);
         let q = |p: f64| {
@@ -179,7 +191,7 @@ pub struct SegmentationSummary {
     pub objects_per_field: Quantiles,
     /// Object areas in pixels, over all fields.
     pub area: Quantiles,
-    /// Objects with a pixel on the field's edge, over all objects (0 when there are none).
+    /// Objects with a pixel on the field's edge, over all objects (NaN when there are none).
     pub touching_border_fraction: f64,
 }
 
@@ -205,7 +217,7 @@ pub fn summarise(per_field: &[&Labels]) -> SegmentationSummary {
         fields: per_field.len(),
         objects_per_field: Quantiles::of(per),
         touching_border_fraction: if areas.is_empty() {
-            0.0
+            f64::NAN
         } else {
             touching as f64 / areas.len() as f64
         },
@@ -344,9 +356,14 @@ mod tests {
         };
         assert_eq!(s.area, area);
         assert!((s.touching_border_fraction - 2.0 / 3.0).abs() < 1e-12);
+        // No fields, or fields without objects: no sizes (NaN, `null` in JSON), not 0.
         let empty = summarise(&[]);
         assert_eq!(empty.fields, 0);
-        assert_eq!(empty.area, Quantiles::default());
-        assert_eq!(empty.touching_border_fraction, 0.0);
+        assert!(empty.area.median.is_nan() && empty.objects_per_field.median.is_nan());
+        assert!(empty.touching_border_fraction.is_nan());
+        let blank = labels(3, 2, vec![0; 6]);
+        let none = summarise(&[&blank, &blank]);
+        assert_eq!(none.objects_per_field.median, 0.0);
+        assert!(none.area.median.is_nan() && none.touching_border_fraction.is_nan());
     }
 }

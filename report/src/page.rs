@@ -340,24 +340,34 @@ impl Page {
                 "<table>\n<tr><th>task</th><th>method</th><th>fields</th><th>nuclei per field (25%, median, 75%)</th><th>nucleus area, px (25%, median, 75%)</th><th>touching the border</th></tr>\n",
             );
             for p in &seg.plates {
-                let three =
-                    |v: &[f64; 3]| format!("{:.0} · <b>{:.0}</b> · {:.0}", v[0], v[1], v[2]);
+                // No objects (or no fields): nothing to summarise, not a size of 0.
+                let three = |v: &[f64; 3]| {
+                    if v.iter().all(|x| x.is_finite()) {
+                        format!("{:.0} · <b>{:.0}</b> · {:.0}", v[0], v[1], v[2])
+                    } else {
+                        "—".to_string()
+                    }
+                };
+                let share = if p.touching_border_fraction.is_finite() {
+                    format!("{:.1}%", 100.0 * p.touching_border_fraction)
+                } else {
+                    "—".to_string()
+                };
                 let _ = writeln!(
                     self.out,
-                    "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{:.1}%</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{share}</td></tr>",
                     escape(&p.task),
                     escape(&p.method),
                     p.fields,
                     three(&p.objects_per_field),
                     three(&p.area),
-                    100.0 * p.touching_border_fraction
                 );
             }
             self.out.push_str("</table>\n");
         }
         if !seg.outlines.is_empty() {
             self.out.push_str(
-                "<h3>Outlines</h3>\n<p>Nuclei in yellow, cells in magenta, over the nucleus channel; per plate the fields QC ranks worst among those segmented, and a typical one.</p>\n<div class=\"row\">\n",
+                "<h3>Outlines</h3>\n<p>Nuclei in yellow, cells in magenta, over the nucleus channel; per plate the fields QC ranks worst among those segmented and a typical one (without a QC step: a few of the plate's fields).</p>\n<div class=\"row\">\n",
             );
             for f in &seg.outlines {
                 self.png(f);

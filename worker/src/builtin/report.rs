@@ -727,6 +727,7 @@ fn segmentation_section(
     tasks: &BTreeMap<String, Outputs>,
 ) -> anyhow::Result<Option<SegmentationSection>> {
     let mut seg = SegmentationSection::default();
+    let mut outlines: Vec<(String, String, PathBuf)> = Vec::new();
     for (task, outputs) in tasks {
         if let Some(path) = outputs.get("segmentation.json") {
             let j = json(path)?;
@@ -752,15 +753,7 @@ fn segmentation_section(
                 .strip_prefix("outlines/")
                 .and_then(|n| n.strip_suffix(".png"))
             {
-                seg.outlines.push(PngFigure {
-                    title: format!("{task}: {stem}"),
-                    caption: if stem.contains("qc-worst") {
-                        "Among the fields QC ranks worst that were still segmented: check the outlines hold here.".into()
-                    } else {
-                        "A typical field.".into()
-                    },
-                    png: std::fs::read(path)?,
-                });
+                outlines.push((task.clone(), stem.to_string(), path.clone()));
             }
             if let Some(ch) = name
                 .strip_prefix("illumination/")
@@ -775,8 +768,57 @@ fn segmentation_section(
             }
         }
     }
+    // Per step and plate, the three outlines that say most: QC's worst, then the typical
+    // field; tasks per well without QC upstream each drew their own, one per well.
+    outlines.sort_by_key(|(task, stem, _)| (step_and_plate(task), outline_rank(stem)));
+    let mut per_plate: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for (task, stem, path) in outlines {
+        let n = per_plate.entry(step_and_plate(&task)).or_default();
+        if *n == OUTLINES_PER_PLATE {
+            continue;
+        }
+        *n += 1;
+        seg.outlines.push(PngFigure {
+            title: format!("{task}: {stem}"),
+            caption: match outline_rank(&stem) {
+                0 | 1 => "Among the fields QC ranks worst that were still segmented: check the outlines hold here.",
+                2 => "A typical field: the middle of QC's ranking.",
+                _ => "A field of this task (no `curate` step upstream to rank the fields).",
+            }
+            .into(),
+            png: std::fs::read(path)?,
+        });
+    }
     let any = !seg.plates.is_empty() || !seg.illumination.is_empty();
     Ok(any.then_some(seg))
+}
+
+/// Outline figures kept per step and plate.
+const OUTLINES_PER_PLATE: usize = 3;
+
+/// An outline file's place among its plate's: `<set>_qc-worst-1` first, then `qc-worst-2`,
+/// `typical`, and the rest (first, middle, last).
+fn outline_rank(stem: &str) -> u8 {
+    if stem.ends_with("_qc-worst-1") {
+        0
+    } else if stem.ends_with("_qc-worst-2") {
+        1
+    } else if stem.ends_with("_typical") {
+        2
+    } else {
+        3
+    }
+}
+
+/// `segment[plate=P1,well=A01]` → (`segment`, `P1`); a task over every plate has plate "".
+fn step_and_plate(task: &str) -> (String, String) {
+    let (step, rest) = task.split_once('[').unwrap_or((task, ""));
+    let plate = rest
+        .trim_end_matches(']')
+        .split(',')
+        .find_map(|part| part.strip_prefix("plate="))
+        .unwrap_or("");
+    (step.to_string(), plate.to_string())
 }
 
 pub fn run(ctx: &mut Context, params: &ReportParams) -> anyhow::Result<()> {

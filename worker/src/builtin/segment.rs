@@ -319,38 +319,51 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fields whose outlines are drawn, with why: the two that upstream QC ranks worst among
-/// those segmented (largest robust z of any measure; `qc-worst-N`), and a typical one. Without
-/// a `curate` step upstream: the first, middle and last.
+/// The fields whose outlines are drawn, with why: per plate, the two that upstream QC ranks
+/// worst among those segmented (largest robust z of any measure, above 0; `qc-worst-N`), and
+/// the median of the rest (`typical`). The ranking spans the plate's whole QC table, so tasks
+/// per well draw only the plate's own three, not one each. Without a `curate` step upstream:
+/// the task's first, middle and last (the report keeps three per plate).
 fn fields_to_show(ctx: &Context, todo: &[&ImageSet]) -> anyhow::Result<BTreeMap<String, String>> {
     let keys: BTreeSet<&str> = todo.iter().map(|s| s.key.as_str()).collect();
-    let mut worst: BTreeMap<String, f64> = BTreeMap::new();
+    let plates: BTreeSet<&str> = todo.iter().map(|s| s.plate()).collect();
+    let excluded = ctx.exclusions()?;
+    // Every field of this task's plates that QC judged and curation kept: key → (plate, z).
+    let mut judged: BTreeMap<String, (String, f64)> = BTreeMap::new();
     for (_, path) in ctx.upstream_files(|n| n == "qc.csv") {
         let mut rdr = csv::Reader::from_path(&path)?;
         let header = rdr.headers()?.clone();
         let set_col = header.iter().position(|h| h == "ImageSet");
+        let plate_col = header.iter().position(|h| h == "Metadata_Plate");
         let z_cols: Vec<usize> = (0..header.len())
             .filter(|&i| header[i].starts_with("RobustZ_"))
             .collect();
         for rec in rdr.records() {
             let rec = rec?;
-            let Some(key) = set_col
-                .and_then(|c| rec.get(c))
-                .filter(|k| keys.contains(k))
-            else {
+            let Some(key) = set_col.and_then(|c| rec.get(c)) else {
                 continue;
             };
+            let plate = plate_col.and_then(|c| rec.get(c));
+            let ours = match plate {
+                Some(p) => plates.contains(p),
+                None => keys.contains(key),
+            };
+            if !ours || excluded.contains_key(key) {
+                continue;
+            }
             let z = z_cols
                 .iter()
                 .filter_map(|&c| rec.get(c)?.parse::<f64>().ok())
                 .map(f64::abs)
                 .fold(0.0, f64::max);
-            let e = worst.entry(key.to_string()).or_insert(0.0);
-            *e = e.max(z);
+            let e = judged
+                .entry(key.to_string())
+                .or_insert_with(|| (plate.unwrap_or("").to_string(), 0.0));
+            e.1 = e.1.max(z);
         }
     }
     let mut shown = BTreeMap::new();
-    if worst.is_empty() {
+    if judged.is_empty() {
         for (i, why) in [
             (0, "first"),
             (todo.len() / 2, "middle"),
@@ -364,15 +377,111 @@ fn fields_to_show(ctx: &Context, todo: &[&ImageSet]) -> anyhow::Result<BTreeMap<
         }
         return Ok(shown);
     }
-    let mut ranked: Vec<(String, f64)> = worst.into_iter().collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    for (i, (key, _)) in ranked.iter().take(2).enumerate() {
-        shown.insert(key.clone(), format!("qc-worst-{}", i + 1));
+    let mut by_plate: BTreeMap<String, Vec<(String, f64)>> = BTreeMap::new();
+    for (key, (plate, z)) in judged {
+        by_plate.entry(plate).or_default().push((key, z));
     }
-    if let Some((key, _)) = ranked.get(ranked.len() / 2) {
-        shown
-            .entry(key.clone())
-            .or_insert_with(|| "typical".to_string());
+    for ranked in by_plate.values_mut() {
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // A field QC found nothing odd in (z 0: one image per plate and channel) is no worst.
+        let worst = ranked.iter().take(2).take_while(|(_, z)| *z > 0.0).count();
+        let mut chosen: Vec<(&str, String)> = ranked[..worst]
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _))| (key.as_str(), format!("qc-worst-{}", i + 1)))
+            .collect();
+        let rest = &ranked[worst..];
+        if let Some((key, _)) = rest.get(rest.len() / 2) {
+            chosen.push((key.as_str(), "typical".to_string()));
+        }
+        for (key, why) in chosen {
+            if keys.contains(key) {
+                shown.insert(key.to_string(), why);
+            }
+        }
     }
     Ok(shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plateflow_contract::params::{StepParams, TaskParams};
+    use std::path::Path;
+
+    fn image(well: &str) -> (String, BTreeMap<String, String>) {
+        let fields = [("plate", "P1"), ("well", well)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        (format!("in/{well}.tif"), fields)
+    }
+
+    /// Outlines are chosen per plate from QC's whole table: a task of one well draws its
+    /// field only where it is one of the plate's three; a field QC found nothing odd in is
+    /// not called worst; the typical field is not one of the worst.
+    #[test]
+    fn outline_fields_are_the_plates_not_each_tasks() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        std::fs::create_dir_all(work.join("qc")).unwrap();
+        // Robust z per well: A03 worst, then A05; the rest ordinary or 0.
+        let z = [
+            ("A01", 0.5),
+            ("A02", 1.0),
+            ("A03", 9.0),
+            ("A04", 0.0),
+            ("A05", 4.0),
+        ];
+        let mut csv =
+            String::from("ImageSet,Metadata_Plate,Metadata_Well,Channel,RobustZ_FocusScore\n");
+        for (w, v) in z {
+            csv.push_str(&format!("P1_{w},P1,{w},DNA,{v}\n"));
+            csv.push_str(&format!("P2_{w},P2,{w},DNA,{}\n", 20.0 + v));
+        }
+        std::fs::write(work.join("qc/qc.csv"), csv).unwrap();
+        let upstream = [(
+            "qc[plate=P1]".to_string(),
+            "qc.csv".to_string(),
+            "qc/qc.csv".to_string(),
+        )];
+        let task = TaskParams {
+            params: StepParams::Noop(Default::default()),
+            step: "segment".into(),
+            channels: Default::default(),
+            label_channels: Default::default(),
+        };
+        let shown_for = |wells: &[&str]| {
+            let images: Vec<_> = wells.iter().map(|w| image(w)).collect();
+            let ctx = Context {
+                work: Path::new(work),
+                out: work.join("out"),
+                task: &task,
+                images: &images,
+                plate_map: None,
+                upstream: &upstream,
+                threads: 1,
+                gpu_ids: Vec::new(),
+                log: String::new(),
+                progress: None,
+                resume: None,
+            };
+            let sets = ctx.image_sets().unwrap();
+            let todo: Vec<&ImageSet> = sets.iter().collect();
+            fields_to_show(&ctx, &todo).unwrap()
+        };
+        let all = shown_for(&["A01", "A02", "A03", "A04", "A05"]);
+        assert_eq!(
+            all,
+            BTreeMap::from([
+                ("P1_A03".to_string(), "qc-worst-1".to_string()),
+                ("P1_A05".to_string(), "qc-worst-2".to_string()),
+                ("P1_A01".to_string(), "typical".to_string()),
+            ])
+        );
+        // One task per well: only the plate's chosen wells draw, under the same names.
+        assert_eq!(shown_for(&["A03"])["P1_A03"], "qc-worst-1");
+        assert!(shown_for(&["A02"]).is_empty());
+        assert!(shown_for(&["A04"]).is_empty());
+    }
 }
