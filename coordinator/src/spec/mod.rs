@@ -488,6 +488,20 @@ impl Validator<'_> {
                         self.string(ck, "a channel"),
                         self.string(cv, "a channel name"),
                     ) {
+                        // Channel names become file names (`illumination/DNA.tif`) and
+                        // column names: a path in one would write outside the results.
+                        if b.is_empty()
+                            || b == "."
+                            || b == ".."
+                            || b.chars().any(|c| c == '/' || c == '\\' || c.is_control())
+                        {
+                            self.r.error_hint(
+                                cv.mark,
+                                cv.width(),
+                                format!("channel name `{b}` cannot name a file"),
+                                Some("name the channel with letters, digits, `-` or `_`, such as `DNA`".into()),
+                            );
+                        }
                         channels.insert(a, b);
                     }
                 }
