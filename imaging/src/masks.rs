@@ -17,7 +17,7 @@ pub fn read_mask(path: &Path) -> Result<Labels, ImageError> {
         path: path.to_path_buf(),
         what,
     };
-    let (width, height, data) = read_values(path)?;
+    let (width, height, data, eight_bit) = read_values(path)?;
     let mut values = data.clone();
     values.sort_unstable();
     values.dedup();
@@ -35,6 +35,16 @@ pub fn read_mask(path: &Path) -> Result<Labels, ImageError> {
             &mask,
             width as usize,
             height as usize,
+        ));
+    }
+    // 8 bits hold 255 objects: a tool that wrote more wrapped them around (object 256 became
+    // background, 257 became 1), so every value in use is the sign of it.
+    if eight_bit && values.len() == 256 {
+        return Err(bad(
+            "an 8-bit label image using every value 1..255, the most 8 bits hold: with more \
+             objects than that, their numbers wrapped around (object 256 became background, \
+             257 joined object 1); export the labels as 16-bit"
+                .into(),
         ));
     }
     // Each value becomes its rank among the values present (0 stays 0).
@@ -97,7 +107,8 @@ fn pieces_per_label(data: &[u32], w: usize, h: usize, labels: usize) -> Vec<usiz
 }
 
 /// The file's one page as label values.
-fn read_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
+/// Width, height, the values, and whether the file stores 8 bits a pixel.
+fn read_values(path: &Path) -> Result<(u32, u32, Vec<u32>, bool), ImageError> {
     let ext = path
         .extension()
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
@@ -120,7 +131,7 @@ fn open(path: &Path) -> Result<BufReader<File>, ImageError> {
         })
 }
 
-fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
+fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>, bool), ImageError> {
     use tiff::decoder::DecodingResult;
     let corrupt = |e: tiff::TiffError| ImageError::Corrupt {
         path: path.to_path_buf(),
@@ -221,10 +232,10 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
             "it has {planes} pages; a mask is one label image per field: save the plane that belongs to this field"
         )));
     }
-    Ok((width, height, data))
+    Ok((width, height, data, bits == Some(8)))
 }
 
-fn read_png_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
+fn read_png_values(path: &Path) -> Result<(u32, u32, Vec<u32>, bool), ImageError> {
     let corrupt = |e: png::DecodingError| ImageError::Corrupt {
         path: path.to_path_buf(),
         format: "PNG",
@@ -247,6 +258,7 @@ fn read_png_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
             img.width,
             img.height,
             img.data.into_iter().map(u32::from).collect(),
+            img.bit_depth == 8,
         ));
     }
     // A palette PNG (Fiji's label images with a colour table): the indices are the labels.
@@ -268,7 +280,7 @@ fn read_png_values(path: &Path) -> Result<(u32, u32, Vec<u32>), ImageError> {
             data.push(u32::from((byte >> shift) & ((1u16 << bits) - 1) as u8));
         }
     }
-    Ok((width, height, data))
+    Ok((width, height, data, bits <= 8))
 }
 
 #[cfg(test)]
@@ -458,5 +470,25 @@ mod tests {
             let e = read_mask(&p(name)).unwrap_err().to_string();
             assert!(e.contains(why) && e.contains(name), "{name}: {e}");
         }
+    }
+
+    /// 300 objects written to an 8-bit file wrap around (every value 1..255 in use): refused,
+    /// saying to export 16 bits; the same 255 values in a 16-bit file are 255 objects.
+    #[test]
+    fn eight_bit_labels_that_wrapped_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let wrapped: Vec<u8> = (0..400u32)
+            .map(|i| if i < 300 { ((i + 1) % 256) as u8 } else { 0 })
+            .collect();
+        let p = dir.path().join("wrapped.tif");
+        tiff::<colortype::Gray8>(&p, 20, 20, &wrapped, 1);
+        let e = read_mask(&p).unwrap_err().to_string();
+        assert!(e.contains("wrapped.tif") && e.contains("16-bit"), "{e}");
+        let sixteen: Vec<u16> = (0..400u32)
+            .map(|i| if i < 255 { (i + 1) as u16 } else { 0 })
+            .collect();
+        let p = dir.path().join("sixteen.tif");
+        tiff::<colortype::Gray16>(&p, 20, 20, &sixteen, 1);
+        assert_eq!(read_mask(&p).unwrap().count, 255);
     }
 }

@@ -247,7 +247,15 @@ impl NucleusModel {
         h: usize,
         estimate: Option<f64>,
     ) -> anyhow::Result<Segmentation> {
-        let first = self.segment_normalised(pixels, w, h, estimate)?;
+        let mut first = self.segment_normalised(pixels, w, h, estimate)?;
+        if first.labels.count == 0 {
+            if let Some(d) = estimate.filter(|&d| d > 2.0 * self.target) {
+                // Nothing as large as estimated (heavy smoothing melted a clump into one
+                // "nucleus", and objects under a tenth of its area were dropped as specks):
+                // look again at a quarter of the size, and let the objects found say the rest.
+                first = self.segment_normalised(pixels, w, h, Some(d / 4.0))?;
+            }
+        }
         let predicted_at = self.target / first.scale;
         // Objects under 9 pixels are specks, not a size.
         match crate::nuclei::median_diameter(&first.labels.data, 9) {
@@ -282,8 +290,9 @@ impl NucleusModel {
     /// Class maps of a normalised image at its own size, predicted with nuclei of `d`
     /// pixels brought to [`Self::target`].
     pub fn maps(&self, pixels: &[f32], w: usize, h: usize, d: f64) -> anyhow::Result<Maps> {
-        // Enlarging is bounded (each doubling costs 4× the time); shrinking barely so.
-        let scale = (self.target / d).clamp(1.0 / 16.0, MAX_ENLARGE);
+        // Enlarging is bounded (each doubling costs 4× the time); shrinking barely so (at
+        // 1/16, nuclei over 179 px, as a 100× objective shows them, stayed too large).
+        let scale = (self.target / d).clamp(1.0 / 128.0, MAX_ENLARGE);
         let (sw, sh) = (
             ((w as f64 * scale).round() as usize).max(1),
             ((h as f64 * scale).round() as usize).max(1),
@@ -1122,5 +1131,14 @@ mod second_pass_tests {
             "a right estimate needs no second pass"
         );
         assert!(f1(&right) >= 0.95, "F1 {:.3} at the right size", f1(&right));
+        // Five times too large: every disc falls under a tenth of the area expected and the
+        // first pass is empty; a look at a quarter of the size finds them.
+        let huge = model.segment_estimated(&px, w, h, Some(120.0)).unwrap();
+        assert!(
+            f1(&huge) >= 0.95,
+            "F1 {:.3} from an estimate of 120 px (at {:.1})",
+            f1(&huge),
+            huge.diameter
+        );
     }
 }
