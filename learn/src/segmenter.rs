@@ -201,7 +201,9 @@ impl NucleusModel {
     /// Instances of one image (8- or 16-bit). `diameter`: the nucleus diameter in pixels if
     /// known; otherwise it is estimated from the image (see [`Self::segment_normalised`]).
     pub fn segment(&self, img: &GrayImage, diameter: Option<f64>) -> anyhow::Result<Segmentation> {
-        let contrast = contrast(img);
+        // The network knows bright nuclei: dark ones are shown to it turned over.
+        let (img, contrast) = bright_objects(img);
+        let img = img.as_ref();
         if contrast == Contrast::Nothing {
             // Percentile normalisation would stretch pure noise into "nuclei".
             return Ok(Segmentation {
@@ -407,6 +409,24 @@ impl NucleusModel {
     }
 }
 
+/// The image with its objects bright, and what [`contrast`] finds in it: dark objects on a
+/// bright field ([`Contrast::Dark`]) are turned over (the brightest value minus each), for the
+/// learned network and for Otsu's split alike, which both look for bright nuclei.
+pub fn bright_objects(img: &GrayImage) -> (std::borrow::Cow<'_, GrayImage>, Contrast) {
+    match contrast(img) {
+        Contrast::Dark => {
+            let top = img.data.iter().copied().max().unwrap_or(0);
+            let turned = GrayImage {
+                data: img.data.iter().map(|&v| top - v).collect(),
+                ..*img
+            };
+            let c = contrast(&turned);
+            (std::borrow::Cow::Owned(turned), c)
+        }
+        c => (std::borrow::Cow::Borrowed(img), c),
+    }
+}
+
 /// Whether anything stands out of the camera noise (see [`contrast`]).
 pub fn anything_stands_out(img: &GrayImage) -> bool {
     contrast(img) != Contrast::Nothing
@@ -422,6 +442,9 @@ pub enum Contrast {
     /// A few bright objects (under 0.2 % of the field, such as the nuclei left in a toxic
     /// well): normalise to `top`, a value inside them, not to the 99.8th percentile.
     Sparse { top: u16 },
+    /// Only dark objects on a brighter field (an absorbance stain, an image saved inverted):
+    /// segment the image turned over.
+    Dark,
 }
 
 /// Whether anything stands out of the camera noise: whether, in the image smoothed by 2
@@ -429,7 +452,8 @@ pub enum Contrast {
 /// (0.2th) below it (dark nuclei on a bright field), by more than [`STANDS_OUT`] times the
 /// noise left after that smoothing; failing that, whether the [`SPARSE_PIXELS`]-th brightest
 /// pixel does, in the image freed of hot pixels by a 3×3 median before smoothing (a field of
-/// one to a few nuclei, which the percentile misses).
+/// one to a few nuclei, which the percentile misses). Where only the darkest stand out, the
+/// objects are dark ([`Contrast::Dark`]).
 ///
 /// The noise is measured from differences between pixels two apart in a row of the raw image
 /// (robust to objects: most such pairs lie in the same region; two apart, not next to each
@@ -475,13 +499,20 @@ pub fn contrast(img: &GrayImage) -> Contrast {
     };
     // Either way: nuclei dark on a bright field (inverted or transmitted light) stand out too.
     let (dark, bright) = (at(0.002), at(0.998));
-    let dense = (bright - median).max(median - dark) > threshold;
+    let (dense, dense_dark) = (bright - median > threshold, median - dark > threshold);
+    // Dark objects on a bright field: the dark side reaches far further from the median than
+    // the bright one, and the field around them (the image's edge, mostly) is the bright
+    // class. Either alone also fits fluorescence whose nuclei cover most of the field.
+    if dense_dark && median - dark > 3.0 * (bright - median).max(0.0) && edge_is_bright(img) {
+        return Contrast::Dark;
+    }
+    let otherwise = if dense_dark {
+        Contrast::Objects
+    } else {
+        Contrast::Nothing
+    };
     if n <= 4 * SPARSE_PIXELS {
-        return if dense {
-            Contrast::Objects
-        } else {
-            Contrast::Nothing
-        };
+        return if dense { Contrast::Objects } else { otherwise };
     }
     // Bright objects over so few pixels that the 99.8th percentile of the raw image is still
     // background (smoothing spreads them over more): go on to the sparse test.
@@ -500,16 +531,25 @@ pub fn contrast(img: &GrayImage) -> Contrast {
             .1,
     );
     if peak - median <= threshold {
-        return if dense {
-            Contrast::Objects
-        } else {
-            Contrast::Nothing
-        };
+        return if dense { Contrast::Objects } else { otherwise };
     }
     // The top of the range: the same rank among the cleaned raw pixels, inside the nuclei.
     let mut raw = cleaned.data;
     let top = *raw.select_nth_unstable(n - SPARSE_PIXELS).1;
     Contrast::Sparse { top }
+}
+
+/// Whether most of the image's edge lies above Otsu's threshold of the smoothed image: the
+/// field that surrounds the objects is the bright class.
+fn edge_is_bright(img: &GrayImage) -> bool {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let smooth = plateflow_imaging::segment::gaussian(img, 2.0);
+    let t = plateflow_imaging::segment::otsu(&smooth);
+    let edge: Vec<f32> = (0..w)
+        .flat_map(|x| [smooth[x], smooth[(h - 1) * w + x]])
+        .chain((0..h).flat_map(|y| [smooth[y * w], smooth[y * w + w - 1]]))
+        .collect();
+    edge.iter().filter(|&&v| v > t).count() * 2 > edge.len()
 }
 
 /// Below this share of smoothed pixels standing out, a field's objects are too few for
@@ -1097,6 +1137,34 @@ mod second_pass_tests {
             }
         }
         (px, truth, w, h)
+    }
+
+    /// Nuclei dark on a bright field (an absorbance stain, an image saved inverted) are
+    /// segmented as their bright twin is: the image is turned over before normalising.
+    #[test]
+    fn dark_nuclei_on_a_bright_field_are_found() {
+        let model = NucleusModel::shipped().unwrap();
+        let (px, truth, w, h) = discs();
+        let image = |dark: bool| GrayImage {
+            width: w as u32,
+            height: h as u32,
+            bit_depth: 16,
+            data: px
+                .iter()
+                .map(|&v| {
+                    let v = 1000.0 + 2000.0 * v;
+                    (if dark { 4000.0 - v } else { v }).round() as u16
+                })
+                .collect(),
+        };
+        let f1 = |img: &GrayImage| {
+            let s = model.segment(img, None).unwrap();
+            let (m, p, t) = matches(&s.labels.data, &truth, 0.5);
+            2.0 * m as f64 / (p + t) as f64
+        };
+        let (bright, dark) = (f1(&image(false)), f1(&image(true)));
+        assert!(bright >= 0.95, "bright nuclei F1 {bright:.3}");
+        assert!(dark >= 0.95, "dark nuclei F1 {dark:.3}");
     }
 
     /// An estimate far too small (nuclei taken to be a third of their size: the network,

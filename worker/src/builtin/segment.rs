@@ -10,7 +10,7 @@ use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
 use plateflow_imaging::overlay::{outlines_png, summarise, Quantiles};
 use plateflow_imaging::segment::{segment_nuclei, Labels};
 use plateflow_imaging::write::write_tiff_u16;
-use plateflow_learn::segmenter::NucleusModel;
+use plateflow_learn::segmenter::{bright_objects, NucleusModel};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -64,7 +64,8 @@ pub fn segment_set(
                 radius: p.diameter.map(|d| d / 2.0),
                 ..Default::default()
             };
-            segment_nuclei(&dna, &params)
+            // Otsu's split finds bright objects: dark nuclei are turned over first.
+            segment_nuclei(&bright_objects(&dna).0, &params)
         }
     };
     let cell_img = match &p.cells {
