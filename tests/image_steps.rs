@@ -862,15 +862,25 @@ steps:
 }
 
 /// Fine-tuning the shipped model on a few labelled images of a kind it has not seen (here:
-/// nuclei dark on a bright background, as in inverted or transmitted-light images) raises
-/// its score on held-out images of that kind, and the model card says both. (The step's
-/// default length with `init:`, 300 steps.)
+/// each value folded about half the brightest, so the brightest nuclei dim from their rims
+/// inwards) raises its held-out score, the mean F1 at IoU 0.5, 0.75 and 0.9, and the model
+/// card says both. Measured on 2026-12-05: the shipped model finds every nucleus (F1 1.0 at
+/// 0.5) but outlines them its own way (0.42 at 0.9); fine-tuned, 1.0 at all three: it
+/// learns the annotation's outlines. (The step's default length with `init:`, 300 steps.)
+/// Dark nuclei on a bright field no longer serve: `segment` turns them over itself.
 #[test]
 fn fine_tuning_on_a_few_images_raises_the_held_out_score() {
     let tmp = small_demo();
     let dir = tmp.path();
-    let n = annotated_sets(dir, dir, |v, max| max - v);
-    assert!(n >= 6, "{n} annotated sets");
+    let n = annotated_sets(dir, dir, |v, max| max - v.abs_diff(max - v));
+    assert!(n >= 7, "{n} annotated sets");
+    // One image left unlabelled, as users label a few of many: it is left out, not an error.
+    let mut labels: Vec<_> = std::fs::read_dir(dir.join("seg/lab"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    labels.sort();
+    std::fs::remove_file(&labels[0]).unwrap();
     std::fs::write(
         dir.join("tune.yaml"),
         r#"pipeline: tune
@@ -891,9 +901,15 @@ steps:
         &std::fs::read(dir.join("results/tune/segmenter_scores.json")).unwrap(),
     )
     .unwrap();
-    let f1 = |when: &str| scores[when][0]["f1"].as_f64().unwrap();
+    // Mean F1 over the three IoU thresholds.
+    let f1 = |when: &str| {
+        (0..3)
+            .map(|i| scores[when][i]["f1"].as_f64().unwrap())
+            .sum::<f64>()
+            / 3.0
+    };
     println!(
-        "held out {}: F1 at IoU 0.5 {:.3} before, {:.3} after",
+        "held out {}: mean F1 at IoU 0.5-0.9 {:.3} before, {:.3} after",
         scores["held_out_sets"],
         f1("before"),
         f1("after")
@@ -905,6 +921,10 @@ steps:
     let card = std::fs::read_to_string(dir.join("results/tune/segmenter_card.md")).unwrap();
     assert!(
         card.contains("Before fine-tuning") && card.contains("After fine-tuning"),
+        "{card}"
+    );
+    assert!(
+        card.contains(&format!("Data: {} image sets", n - 1)),
         "{card}"
     );
     // The weights load as a nucleus model.

@@ -59,13 +59,17 @@ impl StepKind {
     pub fn describes_model(self) -> bool {
         matches!(
             self,
-            StepKind::Train | StepKind::Evaluate | StepKind::Report
+            StepKind::Train | StepKind::Evaluate | StepKind::Report | StepKind::TrainSegmenter
         )
     }
 
-    /// Kinds whose GPUs are for Candle: only a worker built with `cuda` can use them.
+    /// Kinds whose GPUs are for Candle: only a worker built with `cuda` can use them (the
+    /// others would hold the GPU and run on the CPU).
     pub fn gpus_need_cuda_build(self) -> bool {
-        matches!(self, StepKind::Train | StepKind::Evaluate)
+        matches!(
+            self,
+            StepKind::Train | StepKind::Evaluate | StepKind::TrainSegmenter | StepKind::Segment
+        )
     }
 }
 

@@ -24,7 +24,8 @@ pub struct Annotated {
     /// The image as read (8- or 16-bit): what `segment` is given, so that scores are
     /// measured on the path users run.
     pub image: GrayImage,
-    /// Percentile-normalised intensities (see [`normalise`]).
+    /// The network's input: percentile-normalised intensities, dark nuclei turned over
+    /// (see [`crate::segmenter::network_input`]).
     pub pixels: Vec<f32>,
     pub truth: Vec<u32>,
     /// Median nucleus diameter in pixels (of a disc of the median area); 0 without nuclei.
@@ -86,12 +87,15 @@ pub fn annotated_by(id: &str, image: &GrayImage, truth: Vec<u32>) -> anyhow::Res
         "{id}: {} labels for a {w}x{h} image",
         truth.len()
     );
+    // As `segment` shows images to the network (dark nuclei turned over, a few nuclei
+    // stretched to their own level), so that training and inference see alike.
+    let (upright, contrast) = crate::segmenter::bright_objects(image);
     Ok(Annotated {
         id: id.to_string(),
         width: w,
         height: h,
         image: image.clone(),
-        pixels: normalise(image),
+        pixels: crate::segmenter::network_input(&upright, contrast),
         diameter: median_diameter(&truth, 1).unwrap_or(0.0),
         truth,
     })

@@ -217,12 +217,7 @@ impl NucleusModel {
                 scale: 1.0,
             });
         }
-        let pixels = match contrast {
-            // A few nuclei in a wide field: the 99.8th percentile is background, and stretching
-            // to it would make the noise look like nuclei; the nuclei set the top instead.
-            Contrast::Sparse { top } => crate::nuclei::normalise_to(img, Some(top)),
-            _ => crate::nuclei::normalise(img),
-        };
+        let pixels = network_input(img, contrast);
         let (w, h) = (img.width as usize, img.height as usize);
         match (diameter, contrast) {
             (Some(d), _) => self.segment_normalised(&pixels, w, h, Some(d)),
@@ -424,6 +419,17 @@ pub fn bright_objects(img: &GrayImage) -> (std::borrow::Cow<'_, GrayImage>, Cont
             (std::borrow::Cow::Owned(turned), c)
         }
         c => (std::borrow::Cow::Borrowed(img), c),
+    }
+}
+
+/// The network's input from an image [`bright_objects`] gave with its contrast: training
+/// crops are cut from it too, so the network learns from what it is shown.
+pub fn network_input(img: &GrayImage, contrast: Contrast) -> Vec<f32> {
+    match contrast {
+        // A few nuclei in a wide field: the 99.8th percentile is background, and stretching
+        // to it would make the noise look like nuclei; the nuclei set the top instead.
+        Contrast::Sparse { top } => crate::nuclei::normalise_to(img, Some(top)),
+        _ => crate::nuclei::normalise(img),
     }
 }
 

@@ -1084,7 +1084,14 @@ impl Validator<'_> {
         // Kind-specific checks that need locations.
         if kind.kind.uses_channels() {
             if let Some(names) = self.channel_names.clone() {
-                for pname in ["nuclei", "cells", "channels", "translocation"] {
+                for pname in [
+                    "nuclei",
+                    "cells",
+                    "channels",
+                    "translocation",
+                    "masks",
+                    "labels",
+                ] {
                     let Some((_, v)) = given.get(pname) else {
                         continue;
                     };

@@ -32,16 +32,16 @@ pub fn learned_model(
     p: &SegmentParams,
     device: &candle_core::Device,
 ) -> anyhow::Result<NucleusModel> {
+    let trained = ctx.upstream_files(|n| n == MODEL_FILE);
     if let Some(rel) = &p.weights {
         let model = NucleusModel::load_on(&ctx.work.join(rel), device);
         return model.map_err(|e| anyhow::anyhow!("`weights: {rel}`: {e}"));
     }
-    let trained = ctx.upstream_files(|n| n == MODEL_FILE);
     match trained.as_slice() {
         [] => NucleusModel::shipped_on(device),
         [(_, path)] => NucleusModel::load_on(path, device),
         more => anyhow::bail!(
-            "{} upstream steps wrote a {MODEL_FILE}; name one with `weights:` or keep one `train_segmenter` step in `after:`",
+            "{} upstream steps wrote a {MODEL_FILE}; keep one `train_segmenter` step in this step's `after:`",
             more.len()
         ),
     }
@@ -198,6 +198,20 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         .collect();
     if let Some(channel) = &p.masks {
         missing_masks(&todo, channel, &p.nuclei)?;
+    }
+    // Said, not silent: a user who put a `train_segmenter` step in `after:` expects its model.
+    if !ctx.upstream_files(|n| n == MODEL_FILE).is_empty() {
+        let used = match (&p.masks, p.method, &p.weights) {
+            (Some(_), _, _) => Some("your masks".to_string()),
+            (None, SegmentMethod::Classic, _) => Some("`method: classic`".to_string()),
+            (None, SegmentMethod::Learned, Some(rel)) => Some(format!("`weights: {rel}`")),
+            (None, SegmentMethod::Learned, None) => None,
+        };
+        if let Some(used) = used {
+            ctx.logln(format!(
+                "warning: the {MODEL_FILE} of the `train_segmenter` step in `after:` is not used: {used} is"
+            ));
+        }
     }
     let model = match p.method {
         _ if p.masks.is_some() => {

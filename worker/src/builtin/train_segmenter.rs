@@ -28,7 +28,20 @@ fn load(p: &TrainSegmenterParams, set: &ImageSet) -> anyhow::Result<Annotated> {
         img.width,
         img.height
     );
-    nuclei::annotated_by(&set.key, &img, lab.data)
+    nuclei::annotated_by(&split_id(set), &img, lab.data)
+}
+
+/// What a set is held out by: its field values joined by `_`, without the default plate of
+/// a pattern that names none. For the DSB images (`{channel}/{id}.png`) that is the image id,
+/// on which the shipped weights' fifths were drawn, so the sets held out here were never
+/// trained on by `init: shipped` either (held out by the key `plate_<id>`, 37 of 73 had been).
+fn split_id(set: &ImageSet) -> String {
+    set.meta
+        .iter()
+        .filter(|(k, v)| !(k == "plate" && v == super::DEFAULT_PLATE))
+        .map(|(_, v)| v.as_str())
+        .collect::<Vec<_>>()
+        .join("_")
 }
 
 /// (training, held-out) sets: a fifth by key (FNV-1a of the key, so adding images never
@@ -73,7 +86,34 @@ pub fn run(ctx: &mut Context, p: &TrainSegmenterParams) -> anyhow::Result<()> {
         p.nuclei,
         p.labels
     );
-    let all = sets
+    // Labels for some images only (5 of a plate's 100 drawn in napari) is how fine-tuning
+    // is done: the others are left out here and segmented downstream.
+    let (labelled, unlabelled): (Vec<&ImageSet>, Vec<&ImageSet>) = sets
+        .iter()
+        .partition(|s| s.channels.contains_key(&p.labels));
+    anyhow::ensure!(
+        !labelled.is_empty(),
+        "no image set has a label image (channel `{}`) among its {} sets; check `labels:` and \
+         the filename pattern that tells label files from images",
+        p.labels,
+        sets.len()
+    );
+    if !unlabelled.is_empty() {
+        ctx.logln(format!(
+            "{} of {} image sets have no label image (channel `{}`) and are not trained on: {}{}",
+            unlabelled.len(),
+            sets.len(),
+            p.labels,
+            unlabelled
+                .iter()
+                .take(5)
+                .map(|s| s.key.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            if unlabelled.len() > 5 { ", …" } else { "" }
+        ));
+    }
+    let all = labelled
         .iter()
         .map(|s| load(p, s))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -308,7 +348,13 @@ fn card(
     if val.is_empty() {
         let _ = writeln!(
             s,
-            "None: with one image set nothing could be held out. Add images."
+            "{}",
+            if train.len() == 1 {
+                "None: with one image set nothing could be held out. Add images."
+            } else {
+                "None: only one image set has nuclei in its labels, and it was trained on. \
+                 Label the nuclei of at least one more image."
+            }
         );
     } else {
         let _ = writeln!(
