@@ -132,10 +132,19 @@ fn measure_set(
     let n = nuclei.count as usize;
     let mut rows: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut border = vec![false; n];
-    let mut nuc_mean: Vec<Vec<f64>> = Vec::new();
-    let mut cyto_mean: Vec<Vec<f64>> = Vec::new();
+    // Per `translocation` channel, in its order (not the channels' order): the nuclear and
+    // cytoplasmic means of each object.
+    let mut nuc_mean: Vec<Vec<f64>> = vec![Vec::new(); s.translocation.len()];
+    let mut cyto_mean: Vec<Vec<f64>> = vec![Vec::new(); s.translocation.len()];
     for (ci, labels) in [&nuclei, &cells, &cyto].into_iter().enumerate() {
         let shapes = shape_features(labels);
+        // A compartment without pixels (a cell no larger than its nucleus has no cytoplasm)
+        // has area 0 and no other measure: NaN, left empty in the table and out of medians,
+        // not a shape and intensity of 0.
+        let empty: Vec<bool> = (0..n)
+            .map(|i| shapes.get(i).is_none_or(|sh| sh.area == 0.0))
+            .collect();
+        let start = rows.first().map_or(0, Vec::len);
         for (i, sh) in shapes.iter().take(n).enumerate() {
             if ci < 2 {
                 border[i] |= sh.touches_border;
@@ -177,20 +186,28 @@ fn measure_set(
                 ]);
                 rows[i].extend(tex[i].iter().copied());
             }
-            if s.translocation.contains(&s.channels[k]) {
-                let means: Vec<f64> = int.iter().take(n).map(|st| st.mean).collect();
+            if let Some(t) = s.translocation.iter().position(|c| c == &s.channels[k]) {
+                let means: Vec<f64> = (0..n)
+                    .map(|i| if empty[i] { f64::NAN } else { int[i].mean })
+                    .collect();
                 match ci {
-                    0 => nuc_mean.push(means),
-                    2 => cyto_mean.push(means),
+                    0 => nuc_mean[t] = means,
+                    2 => cyto_mean[t] = means,
                     _ => {}
                 }
             }
         }
+        for (i, row) in rows.iter_mut().enumerate() {
+            if empty[i] {
+                // Everything this compartment added after its area.
+                row[start + 1..].iter_mut().for_each(|v| *v = f64::NAN);
+            }
+        }
     }
-    for (k, _) in s.translocation.iter().enumerate() {
-        for i in 0..n {
+    for k in 0..s.translocation.len() {
+        for (i, row) in rows.iter_mut().enumerate() {
             let (a, b) = (nuc_mean[k][i], cyto_mean[k][i]);
-            rows[i].push(if b > 0.0 { a / b } else { f64::NAN });
+            row.push(if b > 0.0 { a / b } else { f64::NAN });
         }
     }
     Ok(rows.into_iter().zip(border).collect())
@@ -226,7 +243,10 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
         .channels
         .clone()
         .unwrap_or_else(|| ctx.image_channels(sets.get(..1).unwrap_or(&[])));
-    let translocation = params.translocation.clone();
+    // Each once: a channel named twice would be one column read twice.
+    let mut translocation = params.translocation.clone();
+    let mut seen = std::collections::BTreeSet::new();
+    translocation.retain(|c| seen.insert(c.clone()));
     for ch in &translocation {
         anyhow::ensure!(
             channels.contains(ch),
@@ -254,13 +274,22 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
         !labels.is_empty() || sets.is_empty(),
         "no label images from upstream: put the `segment` step in `after:` (with `save_labels` on)"
     );
-    let todo: Vec<(&ImageSet, PathBuf, PathBuf)> = sets
+    // Sets curation excluded are not measured (where `segment` ran without them, their
+    // labels are still there).
+    let excluded = ctx.exclusions()?;
+    let mut todo: Vec<(&ImageSet, PathBuf, PathBuf)> = sets
         .iter()
+        .filter(|set| !excluded.contains_key(&set.key))
         .filter_map(|set| match labels.get(&set.key) {
             Some((Some(n), Some(c))) => Some((set, n.clone(), c.clone())),
             _ => None,
         })
         .collect();
+    // A well's sets one after another (its medians are taken as they end), whatever their
+    // keys: plates whose keys differ only in a digest interleave by key.
+    todo.sort_by(|a, b| {
+        (a.0.plate(), a.0.well(), &a.0.key).cmp(&(b.0.plate(), b.0.well(), &b.0.key))
+    });
     let map = ctx.plate_map()?;
     let features = feature_columns(&s);
     let meta_names = super::metadata_columns(&sets);
@@ -279,7 +308,7 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
     header.push("ObjectNumber".into());
     header.push("TouchesBorder".into());
     header.extend(features.iter().cloned());
-    writeln!(cells_out, "{}", header.join(","))?;
+    writeln!(cells_out, "{}", super::csv_line(&header))?;
 
     let mut wells: Vec<(String, String, usize, Vec<f64>)> = Vec::new();
     // Per well, each translocation readout's values over the cells its medians are of: what
@@ -338,7 +367,7 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
                 line.push((i + 1).to_string());
                 line.push((*border as u8).to_string());
                 line.extend(row.iter().map(|&v| num(v)));
-                writeln!(cells_out, "{}", line.join(","))?;
+                writeln!(cells_out, "{}", super::csv_line(&line))?;
             }
         }
     }
@@ -653,4 +682,123 @@ fn normalize(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plateflow_contract::params::{StepParams, TaskParams};
+
+    /// Two objects: 1 a 6×6 nucleus in a 12×12 cell, 2 a cell no larger than its nucleus.
+    /// GFP is twice as bright in nucleus 1 as in its cytoplasm, NFkB a quarter: each ratio
+    /// lands in its own column though `translocation` names them in another order than the
+    /// channels; object 2's cytoplasm has no pixels, so its measures are NaN, not 0.
+    #[test]
+    fn translocation_columns_follow_their_channels_and_empty_cytoplasm_is_nan() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        let (w, h) = (30u32, 16u32);
+        let nucleus1 = |x: u32, y: u32| (3..9).contains(&x) && (4..10).contains(&y);
+        let cell1 = |x: u32, y: u32| (1..13).contains(&x) && (2..14).contains(&y);
+        let object2 = |x: u32, y: u32| (18..24).contains(&x) && (5..11).contains(&y);
+        let write = |name: &str, f: &dyn Fn(u32, u32) -> u16| {
+            let data: Vec<u16> = (0..w * h).map(|i| f(i % w, i / w)).collect();
+            let path = work.join(name);
+            plateflow_imaging::write::write_tiff_u16(&path, w, h, &data).unwrap();
+            path
+        };
+        let by_part = |nuc: u16, cyto: u16| {
+            move |x: u32, y: u32| {
+                if nucleus1(x, y) || object2(x, y) {
+                    nuc
+                } else if cell1(x, y) {
+                    cyto
+                } else {
+                    10
+                }
+            }
+        };
+        write("DNA.tif", &by_part(1000, 20));
+        write("GFP.tif", &by_part(200, 100));
+        write("NFkB.tif", &by_part(50, 200));
+        let nuclei = write("nuclei.tif", &|x, y| {
+            if nucleus1(x, y) {
+                1
+            } else if object2(x, y) {
+                2
+            } else {
+                0
+            }
+        });
+        let cells = write("cells.tif", &|x, y| {
+            if cell1(x, y) {
+                1
+            } else if object2(x, y) {
+                2
+            } else {
+                0
+            }
+        });
+        let images: Vec<(String, BTreeMap<String, String>)> = ["DNA", "GFP", "NFkB"]
+            .iter()
+            .map(|ch| {
+                let fields = [("well", "A01"), ("channel", ch)]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (format!("{ch}.tif"), fields)
+            })
+            .collect();
+        let task = TaskParams {
+            params: StepParams::Noop(Default::default()),
+            step: "features".into(),
+            channels: Default::default(),
+            label_channels: Default::default(),
+        };
+        let ctx = Context {
+            work,
+            out: work.join("out"),
+            task: &task,
+            images: &images,
+            plate_map: None,
+            upstream: &[],
+            threads: 1,
+            gpu_ids: Vec::new(),
+            log: String::new(),
+            progress: None,
+            resume: None,
+        };
+        let sets = ctx.image_sets().unwrap();
+        let s = Settings {
+            channels: vec!["DNA".into(), "GFP".into(), "NFkB".into()],
+            scale: 3,
+            levels: 256,
+            translocation: vec!["NFkB".into(), "GFP".into()],
+        };
+        let rows = measure_set(&s, &Corrections::default(), &sets[0], &nuclei, &cells).unwrap();
+        let cols = feature_columns(&s);
+        let at = |obj: usize, name: &str| rows[obj].0[cols.iter().position(|c| c == name).unwrap()];
+        assert!((at(0, "Cells_Translocation_NucCytoRatio_GFP") - 2.0).abs() < 1e-9);
+        assert!((at(0, "Cells_Translocation_NucCytoRatio_NFkB") - 0.25).abs() < 1e-9);
+        assert_eq!(at(1, "Cytoplasm_AreaShape_Area"), 0.0);
+        for name in [
+            "Cytoplasm_Intensity_MeanIntensity_GFP",
+            "Cytoplasm_AreaShape_Eccentricity",
+            "Cells_Translocation_NucCytoRatio_GFP",
+        ] {
+            assert!(at(1, name).is_nan(), "{name}: {}", at(1, name));
+        }
+        // Object 2's nucleus and cell are measured as usual.
+        assert!((at(1, "Nuclei_Intensity_MeanIntensity_GFP") - 200.0 / 65535.0).abs() < 1e-12);
+        assert_eq!(rows[0].0.len(), cols.len());
+    }
+
+    /// Fields with commas or quotes (a plate map's `2,4-dinitrophenol`) are quoted.
+    #[test]
+    fn csv_lines_quote_what_needs_it() {
+        assert_eq!(
+            super::super::csv_line(&["a", "2,4-DNP", "say \"hi\"", "x"]),
+            r#"a,"2,4-DNP","say ""hi""",x"#
+        );
+    }
 }

@@ -31,7 +31,6 @@ pub mod train_segmenter;
 use anyhow::Context as _;
 use plateflow_contract::params::{StepParams, TaskParams};
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// The plate of a data set whose filename pattern names no plate.
@@ -429,6 +428,25 @@ fn set_key(meta: &[(String, String)]) -> String {
 /// name's `.pid.seq.tmp` while written) within the 255 bytes most file systems allow.
 const MAX_KEY: usize = 120;
 
+/// A CSV field as RFC 4180 writes it: quoted (inner quotes doubled) where it holds a comma,
+/// a quote or a line break (a plate map's `2,4-dinitrophenol`, a note with a newline).
+pub fn csv_field(c: &str) -> std::borrow::Cow<'_, str> {
+    if c.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", c.replace('"', "\"\"")).into()
+    } else {
+        c.into()
+    }
+}
+
+/// One CSV line (no line end) of `fields`, each as [`csv_field`] writes it.
+pub fn csv_line<S: AsRef<str>>(fields: &[S]) -> String {
+    fields
+        .iter()
+        .map(|f| csv_field(f.as_ref()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// A CSV table built in memory and written once (tables here are per plate: small).
 pub struct Table {
     text: String,
@@ -450,11 +468,7 @@ impl Table {
             if i > 0 {
                 self.text.push(',');
             }
-            if c.contains([',', '"', '\n']) {
-                let _ = write!(self.text, "\"{}\"", c.replace('"', "\"\""));
-            } else {
-                self.text.push_str(&c);
-            }
+            self.text.push_str(&csv_field(&c));
             n += 1;
         }
         debug_assert_eq!(n, self.columns, "row width differs from the header");
