@@ -29,12 +29,24 @@ struct Cut {
     pixels: Vec<u16>,
 }
 
+/// The factor that brings a channel of `bits` to a crop of `depth` bits: 257 for an 8-bit
+/// channel beside a 16-bit one (255 → 65,535), so that each channel still spans 0..1 once the
+/// crop is divided by its depth's top; an 8-bit plane left as 0..255 in a 16-bit crop read
+/// as 0..0.004, all but blank to the network.
+fn widening(bits: u8, depth: u8) -> u16 {
+    if depth >= 16 && bits <= 8 {
+        257
+    } else {
+        1
+    }
+}
+
 fn cut_set(
     set: &ImageSet,
     nuclei: &Path,
     channels: &[String],
     size: usize,
-) -> anyhow::Result<(Vec<Cut>, u8)> {
+) -> anyhow::Result<(Vec<Cut>, u8, usize)> {
     let labels = read_image(nuclei)?;
     let (w, h) = (labels.width as usize, labels.height as usize);
     let images = channels
@@ -65,8 +77,14 @@ fn cut_set(
     }
     let half = size / 2;
     let mut cuts = Vec::new();
+    // Objects cut by the field's edge, or whose crop would pass it: counted, not cropped.
+    let mut uncut = 0usize;
     for (l, &(sx, sy, area, border)) in acc.iter().enumerate().skip(1) {
-        if area == 0 || border {
+        if area == 0 {
+            continue;
+        }
+        if border {
+            uncut += 1;
             continue;
         }
         let (cx, cy) = (sx / area as f64, sy / area as f64);
@@ -75,13 +93,15 @@ fn cut_set(
             cy.round() as isize - half as isize,
         );
         if x0 < 0 || y0 < 0 || x0 as usize + size > w || y0 as usize + size > h {
+            uncut += 1;
             continue;
         }
         let mut pixels = Vec::with_capacity(channels.len() * size * size);
         for img in &images {
+            let widen = widening(img.bit_depth, depth);
             for y in y0 as usize..y0 as usize + size {
                 let row = &img.data[y * w + x0 as usize..y * w + x0 as usize + size];
-                pixels.extend_from_slice(row);
+                pixels.extend(row.iter().map(|&v| v * widen));
             }
         }
         cuts.push(Cut {
@@ -91,17 +111,20 @@ fn cut_set(
             pixels,
         });
     }
-    Ok((cuts, depth))
+    Ok((cuts, depth, uncut))
 }
 
 /// An image set that is one cell: each channel centred into `size` × `size` (cropped at the
 /// centre if larger, zero-padded if smaller).
 fn whole_set(set: &ImageSet, channels: &[String], size: usize) -> anyhow::Result<(Cut, u8)> {
     let mut pixels = vec![0u16; channels.len() * size * size];
-    let mut depth = 8;
-    for (k, c) in channels.iter().enumerate() {
-        let img = read_image(set.channel(c)?)?;
-        depth = depth.max(img.bit_depth);
+    let images = channels
+        .iter()
+        .map(|c| Ok(read_image(set.channel(c)?)?))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let depth = images.iter().map(|i| i.bit_depth).max().unwrap_or(8);
+    for (k, img) in images.iter().enumerate() {
+        let widen = widening(img.bit_depth, depth);
         let (w, h) = (img.width as usize, img.height as usize);
         let plane = &mut pixels[k * size * size..(k + 1) * size * size];
         for y in 0..size {
@@ -110,7 +133,7 @@ fn whole_set(set: &ImageSet, channels: &[String], size: usize) -> anyhow::Result
                 let sx = x as isize + (w as isize - size as isize) / 2;
                 let sy = y as isize + (h as isize - size as isize) / 2;
                 if sx >= 0 && sy >= 0 && (sx as usize) < w && (sy as usize) < h {
-                    plane[y * size + x] = img.data[sy as usize * w + sx as usize];
+                    plane[y * size + x] = img.data[sy as usize * w + sx as usize] * widen;
                 }
             }
         }
@@ -222,20 +245,22 @@ pub fn run(ctx: &mut Context, params: &CropsParams) -> anyhow::Result<()> {
     let mut count = 0usize;
     let mut depth = 8u8;
     let mut wide: Option<bool> = None;
+    let mut uncut = 0usize;
     for batch in todo.chunks((ctx.threads * 2).max(1)) {
         let results = parallel_map(batch, ctx.threads, |(set, path)| {
             if whole {
                 whole_set(set, &channels, size).map(|(cut, d)| {
                     let feats = crop_feature_row(&cut, &channels, size, d);
-                    (vec![cut], d, vec![feats])
+                    (vec![cut], d, vec![feats], 0)
                 })
             } else {
-                cut_set(set, path, &channels, size).map(|(cuts, d)| (cuts, d, Vec::new()))
+                cut_set(set, path, &channels, size).map(|(cuts, d, n)| (cuts, d, Vec::new(), n))
             }
             .with_context(|| format!("image set {}", set.key))
         });
         for ((set, _), r) in batch.iter().zip(results) {
-            let (cuts, d, features) = r?;
+            let (cuts, d, features, n) = r?;
+            uncut += n;
             // All crops in one tensor share a dtype: fixed by the first image set.
             let is_wide = *wide.get_or_insert(d > 8);
             anyhow::ensure!(
@@ -306,6 +331,18 @@ pub fn run(ctx: &mut Context, params: &CropsParams) -> anyhow::Result<()> {
         channels.join(", "),
         todo.len()
     ));
+    if uncut > 0 {
+        ctx.logln(format!(
+            "{uncut} objects not cropped: they touch their field's edge, or lie within {} px of \
+             it (half the crop){}",
+            size / 2,
+            if count == 0 {
+                "; no crop at all: is `size` larger than the objects' fields allow?"
+            } else {
+                ""
+            }
+        ));
+    }
     Ok(())
 }
 
@@ -348,4 +385,74 @@ fn write_safetensors(
     tmp.persist(path)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plateflow_contract::params::{StepParams, TaskParams};
+
+    /// An 8-bit channel beside a 16-bit one is widened to span the crop's 16 bits, in cut
+    /// crops and in whole-image crops alike.
+    #[test]
+    fn an_eight_bit_channel_in_a_sixteen_bit_crop_keeps_its_range() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        let (w, h) = (20u32, 20u32);
+        let inside = |i: u32| (6..14).contains(&(i % w)) && (6..14).contains(&(i / w));
+        let dna: Vec<u16> = (0..w * h)
+            .map(|i| if inside(i) { 40_000 } else { 100 })
+            .collect();
+        let gfp: Vec<u8> = (0..w * h)
+            .map(|i| if inside(i) { 200 } else { 2 })
+            .collect();
+        let labels: Vec<u16> = (0..w * h).map(|i| u16::from(inside(i))).collect();
+        plateflow_imaging::write::write_tiff_u16(&work.join("DNA.tif"), w, h, &dna).unwrap();
+        plateflow_imaging::write::write_tiff_u8(&work.join("GFP.tif"), w, h, &gfp).unwrap();
+        plateflow_imaging::write::write_tiff_u16(&work.join("nuclei.tif"), w, h, &labels).unwrap();
+        let images: Vec<(String, BTreeMap<String, String>)> = ["DNA", "GFP"]
+            .iter()
+            .map(|ch| {
+                let fields = [("well", "A01"), ("channel", ch)]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (format!("{ch}.tif"), fields)
+            })
+            .collect();
+        let task = TaskParams {
+            params: StepParams::Noop(Default::default()),
+            step: "crops".into(),
+            channels: Default::default(),
+            label_channels: Default::default(),
+        };
+        let ctx = Context {
+            work,
+            out: work.join("out"),
+            task: &task,
+            images: &images,
+            plate_map: None,
+            upstream: &[],
+            threads: 1,
+            gpu_ids: Vec::new(),
+            log: String::new(),
+            progress: None,
+            resume: None,
+        };
+        let sets = ctx.image_sets().unwrap();
+        let channels = ["DNA".to_string(), "GFP".to_string()];
+        let (cuts, depth, uncut) =
+            cut_set(&sets[0], &work.join("nuclei.tif"), &channels, 8).unwrap();
+        assert_eq!((cuts.len(), depth, uncut), (1, 16, 0));
+        let centre = 4 * 8 + 4;
+        assert_eq!(cuts[0].pixels[centre], 40_000);
+        assert_eq!(cuts[0].pixels[64 + centre], 200 * 257);
+        // A crop larger than the field leaves the object uncut, and says so in the count.
+        let (none, _, uncut) = cut_set(&sets[0], &work.join("nuclei.tif"), &channels, 32).unwrap();
+        assert_eq!((none.len(), uncut), (0, 1));
+        let (whole, depth) = whole_set(&sets[0], &channels, 20).unwrap();
+        assert_eq!(depth, 16);
+        assert_eq!(whole.pixels[400 + 10 * 20 + 10], 200 * 257);
+        assert_eq!(whole.pixels[400], 2 * 257);
+    }
 }
