@@ -291,6 +291,7 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
         (a.0.plate(), a.0.well(), &a.0.key).cmp(&(b.0.plate(), b.0.well(), &b.0.key))
     });
     let map = ctx.plate_map()?;
+    check_plate_map_first(params, map.as_ref(), &todo, s.translocation.len())?;
     let features = feature_columns(&s);
     let meta_names = super::metadata_columns(&sets);
 
@@ -408,7 +409,19 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
     let controls = control_wells(params.controls.as_deref(), map.as_ref(), &wells)?;
     if params.normalize != WellNormalize::None {
         let against_controls = params.normalize == WellNormalize::Controls;
-        let normalized = normalize(&wells, &controls, against_controls)?;
+        let (normalized, blank) = normalize(&wells, &controls, against_controls)?;
+        for (plate, n, refs) in blank {
+            ctx.logln(format!(
+                "warning: plate {plate}: {n} of {} features left empty in wells_normalized.csv: \
+                 their {refs} reference well(s) do not vary (MAD 0){}",
+                features.len(),
+                if refs < 3 {
+                    "; robust z needs 3 or more reference wells"
+                } else {
+                    ""
+                }
+            ));
+        }
         ctx.write_output(
             "wells_normalized.csv",
             &well_rows(&|i| normalized[i].clone()).into_bytes(),
@@ -564,18 +577,16 @@ fn dose_response(
             .lookup(plate, well)
             .map(|r| r.values[dose_col].trim())
             .unwrap_or("");
-        if raw.is_empty() {
-            undosed += 1;
-            dose_of.push(None);
-            continue;
-        }
-        let d: f64 = raw.parse().ok().filter(|d: &f64| d.is_finite() && *d >= 0.0).with_context(|| {
+        let d = parse_dose(raw).with_context(|| {
             format!(
                 "plate {plate}, well {well}: dose `{raw}` (plate map {}, column {}) is not a number ≥ 0",
                 map.file, map.columns[dose_col]
             )
         })?;
-        dose_of.push(Some(d));
+        if d.is_none() {
+            undosed += 1;
+        }
+        dose_of.push(d);
     }
     if undosed > 0 {
         ctx.logln(format!(
@@ -641,12 +652,92 @@ fn control_wells(
 
 /// Robust z per plate: (x − median_ref) / (1.4826 · MAD_ref), the reference being the plate's
 /// negative controls (`by_controls`) or all its wells.
+/// A plate map's dose: a number ≥ 0, or none where the cell is empty or says so (`NA`,
+/// `N/A`, `nan`, `-`, `none`, as spreadsheets leave untreated wells); `None` outside.
+fn parse_dose(raw: &str) -> Option<Option<f64>> {
+    let raw = raw.trim();
+    if raw.is_empty()
+        || ["na", "n/a", "nan", "-", "none"].contains(&raw.to_ascii_lowercase().as_str())
+    {
+        return Some(None);
+    }
+    raw.parse::<f64>()
+        .ok()
+        .filter(|d| d.is_finite() && *d >= 0.0)
+        .map(Some)
+}
+
+/// The plate-map questions the tables after measuring will ask, asked before it: a map that
+/// cannot answer them (no negative control on a plate to normalise against, a dose that is
+/// not a number, two columns that could be the dose) fails in seconds, naming every problem,
+/// instead of after every image of the task is measured.
+fn check_plate_map_first(
+    params: &FeaturesParams,
+    map: Option<&PlateMap>,
+    todo: &[(&ImageSet, PathBuf, PathBuf)],
+    readouts: usize,
+) -> anyhow::Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    let wells: Vec<(String, String, usize, Vec<f64>)> = todo
+        .iter()
+        .map(|(s, _, _)| (s.plate().to_string(), s.well().to_string()))
+        .filter(|pw| seen.insert(pw.clone()))
+        .map(|(p, w)| (p, w, 0, Vec::new()))
+        .collect();
+    let controls = control_wells(params.controls.as_deref(), map, &wells)?;
+    if params.normalize == WellNormalize::Controls {
+        let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.0.as_str()).collect();
+        let without: Vec<&str> = plates
+            .into_iter()
+            .filter(|&p| {
+                !(0..wells.len()).any(|i| wells[i].0 == p && controls[i] == Some(Control::Negative))
+            })
+            .collect();
+        anyhow::ensure!(
+            without.is_empty(),
+            "plate(s) {} have no negative control wells to normalise against: mark them in the \
+             plate map's control column, or use `normalize: all`",
+            without.join(", ")
+        );
+    }
+    if let (Some(map), true) = (map, readouts > 0) {
+        if let Some(col) = map.dose_column(params.dose.as_deref())? {
+            let bad: Vec<String> = wells
+                .iter()
+                .filter_map(|(plate, well, _, _)| {
+                    let raw = map.lookup(plate, well)?.values[col].trim();
+                    parse_dose(raw)
+                        .is_none()
+                        .then(|| format!("{plate} {well} `{raw}`"))
+                })
+                .collect();
+            anyhow::ensure!(
+                bad.is_empty(),
+                "{} dose(s) in column {} of {} are not a number ≥ 0: {}{}; write the dose as a \
+                 number, or leave the cell empty (or NA) for wells without one",
+                bad.len(),
+                map.columns[col],
+                map.file,
+                bad.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                if bad.len() > 5 { ", …" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Robust z of each well's features against its plate's reference wells (negative controls,
+/// or all wells), and per plate the features left empty because their reference wells do not
+/// vary (MAD 0: one control well, or a feature equal in most of them), with the number of
+/// reference wells.
+#[allow(clippy::type_complexity)]
 fn normalize(
     wells: &[(String, String, usize, Vec<f64>)],
     controls: &[Option<Control>],
     by_controls: bool,
-) -> anyhow::Result<Vec<Vec<f64>>> {
+) -> anyhow::Result<(Vec<Vec<f64>>, Vec<(String, usize, usize)>)> {
     let mut out = vec![Vec::new(); wells.len()];
+    let mut blank = Vec::new();
     let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.0.as_str()).collect();
     for plate in plates {
         let members: Vec<usize> = (0..wells.len()).filter(|&i| wells[i].0 == plate).collect();
@@ -661,6 +752,7 @@ fn normalize(
              the plate map's control column, or use `normalize: all`"
         );
         let nf = wells[members[0]].3.len();
+        let mut flat = 0;
         for f in 0..nf {
             let r: Vec<f64> = reference
                 .iter()
@@ -675,13 +767,19 @@ fn normalize(
                 (m, median(&dev))
             };
             let scale = 1.4826 * mad;
+            if scale.is_nan() || scale <= 0.0 {
+                flat += 1;
+            }
             for &i in &members {
                 let v = (wells[i].3[f] - m) / scale;
                 out[i].push(if v.is_finite() { v } else { f64::NAN });
             }
         }
+        if flat > 0 {
+            blank.push((plate.to_string(), flat, reference.len()));
+        }
     }
-    Ok(out)
+    Ok((out, blank))
 }
 
 #[cfg(test)]
@@ -791,6 +889,74 @@ mod tests {
         // Object 2's nucleus and cell are measured as usual.
         assert!((at(1, "Nuclei_Intensity_MeanIntensity_GFP") - 200.0 / 65535.0).abs() < 1e-12);
         assert_eq!(rows[0].0.len(), cols.len());
+    }
+
+    /// A plate map that cannot answer what the tables will ask fails before measuring, naming
+    /// every problem; `NA` and `-` are wells without a dose, not errors.
+    #[test]
+    fn plate_map_problems_are_found_before_measuring() {
+        assert_eq!(parse_dose(" NA "), Some(None));
+        assert_eq!(parse_dose("-"), Some(None));
+        assert_eq!(parse_dose("0.5"), Some(Some(0.5)));
+        assert_eq!(parse_dose("DMSO"), None);
+        assert_eq!(parse_dose("-1"), None);
+        let map = PlateMap::parse(
+            "map.csv",
+            b"plate,well,dose,control\nP1,A01,1,negative\nP1,A02,DMSO,\nP1,A03,NA,\nP2,A01,2,\n",
+        )
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let images: Vec<(String, BTreeMap<String, String>)> =
+            [("P1", "A01"), ("P1", "A02"), ("P1", "A03"), ("P2", "A01")]
+                .iter()
+                .map(|(p, w)| {
+                    let fields = [("plate", *p), ("well", *w), ("channel", "DNA")]
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect();
+                    (format!("{p}_{w}.tif"), fields)
+                })
+                .collect();
+        let task = TaskParams {
+            params: StepParams::Noop(Default::default()),
+            step: "features".into(),
+            channels: Default::default(),
+            label_channels: Default::default(),
+        };
+        let ctx = Context {
+            work: tmp.path(),
+            out: tmp.path().join("out"),
+            task: &task,
+            images: &images,
+            plate_map: None,
+            upstream: &[],
+            threads: 1,
+            gpu_ids: Vec::new(),
+            log: String::new(),
+            progress: None,
+            resume: None,
+        };
+        let sets = ctx.image_sets().unwrap();
+        let todo: Vec<(&ImageSet, PathBuf, PathBuf)> = sets
+            .iter()
+            .map(|s| (s, PathBuf::new(), PathBuf::new()))
+            .collect();
+        let params = |normalize: WellNormalize| FeaturesParams {
+            normalize,
+            ..Default::default()
+        };
+        let e = check_plate_map_first(&params(WellNormalize::Controls), Some(&map), &todo, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("P2") && !e.contains("P1"), "{e}");
+        let e = check_plate_map_first(&params(WellNormalize::None), Some(&map), &todo, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 dose(s)") && e.contains("P1 A02 `DMSO`"),
+            "{e}"
+        );
+        check_plate_map_first(&params(WellNormalize::None), Some(&map), &todo, 0).unwrap();
     }
 
     /// Fields with commas or quotes (a plate map's `2,4-dinitrophenol`) are quoted.
