@@ -170,10 +170,18 @@ pub fn run(ctx: &mut Context, params: &CropsParams) -> anyhow::Result<()> {
     let size = params.size as usize;
     let whole = params.whole_image;
     let sets = ctx.image_sets()?;
+    // Every set's channels: taken from the first set alone, a channel it lacked was never
+    // measured, silently; now a set that lacks one is named when it is read.
     let channels = params
         .channels
         .clone()
-        .unwrap_or_else(|| ctx.image_channels(sets.get(..1).unwrap_or(&[])));
+        .unwrap_or_else(|| ctx.image_channels(&sets));
+    if let Some(ch) = channels.iter().find(|c| ctx.is_label_channel(c)) {
+        anyhow::bail!(
+            "`channels` names {ch}, which holds label images (a `masks:` or `labels:` channel), \
+             not intensities: leave it out"
+        );
+    }
     let mut nuclei: BTreeMap<String, PathBuf> = BTreeMap::new();
     for (name, path) in ctx.upstream_files(|n| n.ends_with("_nuclei.tif")) {
         let key = name

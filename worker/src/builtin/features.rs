@@ -239,10 +239,18 @@ impl WellAcc {
 
 pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
     let sets = ctx.image_sets()?;
+    // Every set's channels: taken from the first set alone, a channel it lacked was never
+    // measured, silently; now a set that lacks one is named when it is read.
     let channels = params
         .channels
         .clone()
-        .unwrap_or_else(|| ctx.image_channels(sets.get(..1).unwrap_or(&[])));
+        .unwrap_or_else(|| ctx.image_channels(&sets));
+    if let Some(ch) = channels.iter().find(|c| ctx.is_label_channel(c)) {
+        anyhow::bail!(
+            "`channels` names {ch}, which holds label images (a `masks:` or `labels:` channel), \
+             not intensities: leave it out"
+        );
+    }
     // Each once: a channel named twice would be one column read twice.
     let mut translocation = params.translocation.clone();
     let mut seen = std::collections::BTreeSet::new();
@@ -957,6 +965,47 @@ mod tests {
             "{e}"
         );
         check_plate_map_first(&params(WellNormalize::None), Some(&map), &todo, 0).unwrap();
+    }
+
+    /// A label channel named among the channels to measure is refused, by name.
+    #[test]
+    fn label_channels_are_not_measured_as_intensities() {
+        let tmp = tempfile::tempdir().unwrap();
+        let images: Vec<(String, BTreeMap<String, String>)> = ["DNA", "masks"]
+            .iter()
+            .map(|ch| {
+                let fields = [("well", "A01"), ("channel", ch)]
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (format!("{ch}.tif"), fields)
+            })
+            .collect();
+        let task = TaskParams {
+            params: StepParams::Noop(Default::default()),
+            step: "features".into(),
+            channels: Default::default(),
+            label_channels: ["masks".to_string()].into_iter().collect(),
+        };
+        let mut ctx = Context {
+            work: tmp.path(),
+            out: tmp.path().join("out"),
+            task: &task,
+            images: &images,
+            plate_map: None,
+            upstream: &[],
+            threads: 1,
+            gpu_ids: Vec::new(),
+            log: String::new(),
+            progress: None,
+            resume: None,
+        };
+        let params = FeaturesParams {
+            channels: Some(vec!["DNA".into(), "masks".into()]),
+            ..Default::default()
+        };
+        let e = run(&mut ctx, &params).unwrap_err().to_string();
+        assert!(e.contains("masks") && e.contains("label images"), "{e}");
     }
 
     /// Fields with commas or quotes (a plate map's `2,4-dinitrophenol`) are quoted.

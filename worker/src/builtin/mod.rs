@@ -75,7 +75,6 @@ impl Context<'_> {
     }
 
     /// The intensity channels of `sets` (every channel but label images), sorted, each once.
-    /// `features` and `crops` pass the first set only, as they always took its channels.
     pub fn image_channels(&self, sets: &[ImageSet]) -> Vec<String> {
         let all: std::collections::BTreeSet<&String> =
             sets.iter().flat_map(|s| s.channels.keys()).collect();
