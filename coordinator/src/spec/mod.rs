@@ -1118,6 +1118,29 @@ impl Validator<'_> {
                 }
             }
         }
+        // Plate-level statistics need a plate's wells in one task: fanned out finer, every
+        // task holds one well, has no controls to normalise against, and failed at run time.
+        if kind.kind == kinds::StepKind::Features {
+            if let Some(f) = for_each.iter().find(|f| *f != "plate") {
+                for pname in ["normalize", "dose", "controls"] {
+                    let Some((_, v)) = given.get(pname) else {
+                        continue;
+                    };
+                    if pname == "normalize" && v.as_str() == Some("none") {
+                        continue;
+                    }
+                    self.r.error_hint(
+                        v.mark,
+                        v.width(),
+                        format!(
+                            "`{pname}` compares a plate's wells, but {ctx} fans out over `{f}`: each task would see only its own"
+                        ),
+                        Some("write `for_each: plate`".into()),
+                    );
+                    ok = false;
+                }
+            }
+        }
         // Files beside the pipeline that a step reads (any kind that takes `files`).
         if let Some((_, v)) = given.get("files") {
             if let Value::Seq(items) = &v.value {
