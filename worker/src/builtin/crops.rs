@@ -397,8 +397,8 @@ fn write_safetensors(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing;
     use super::*;
-    use plateflow_contract::params::{StepParams, TaskParams};
 
     /// An 8-bit channel beside a 16-bit one is widened to span the crop's 16 bits, in cut
     /// crops and in whole-image crops alike.
@@ -418,35 +418,9 @@ mod tests {
         plateflow_imaging::write::write_tiff_u16(&work.join("DNA.tif"), w, h, &dna).unwrap();
         plateflow_imaging::write::write_tiff_u8(&work.join("GFP.tif"), w, h, &gfp).unwrap();
         plateflow_imaging::write::write_tiff_u16(&work.join("nuclei.tif"), w, h, &labels).unwrap();
-        let images: Vec<(String, BTreeMap<String, String>)> = ["DNA", "GFP"]
-            .iter()
-            .map(|ch| {
-                let fields = [("well", "A01"), ("channel", ch)]
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                (format!("{ch}.tif"), fields)
-            })
-            .collect();
-        let task = TaskParams {
-            params: StepParams::Noop(Default::default()),
-            step: "crops".into(),
-            channels: Default::default(),
-            label_channels: Default::default(),
-        };
-        let ctx = Context {
-            work,
-            out: work.join("out"),
-            task: &task,
-            images: &images,
-            plate_map: None,
-            upstream: &[],
-            threads: 1,
-            gpu_ids: Vec::new(),
-            log: String::new(),
-            progress: None,
-            resume: None,
-        };
+        let images = testing::one_well(&["DNA", "GFP"]);
+        let task = testing::task("crops", &[]);
+        let ctx = testing::context(work, &task, &images, &[]);
         let sets = ctx.image_sets().unwrap();
         let channels = ["DNA".to_string(), "GFP".to_string()];
         let (cuts, depth, uncut) =

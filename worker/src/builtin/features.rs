@@ -792,8 +792,8 @@ fn normalize(
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing;
     use super::*;
-    use plateflow_contract::params::{StepParams, TaskParams};
 
     /// Two objects: 1 a 6×6 nucleus in a 12×12 cell, 2 a cell no larger than its nucleus.
     /// GFP is twice as bright in nucleus 1 as in its cytoplasm, NFkB a quarter: each ratio
@@ -845,35 +845,9 @@ mod tests {
                 0
             }
         });
-        let images: Vec<(String, BTreeMap<String, String>)> = ["DNA", "GFP", "NFkB"]
-            .iter()
-            .map(|ch| {
-                let fields = [("well", "A01"), ("channel", ch)]
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                (format!("{ch}.tif"), fields)
-            })
-            .collect();
-        let task = TaskParams {
-            params: StepParams::Noop(Default::default()),
-            step: "features".into(),
-            channels: Default::default(),
-            label_channels: Default::default(),
-        };
-        let ctx = Context {
-            work,
-            out: work.join("out"),
-            task: &task,
-            images: &images,
-            plate_map: None,
-            upstream: &[],
-            threads: 1,
-            gpu_ids: Vec::new(),
-            log: String::new(),
-            progress: None,
-            resume: None,
-        };
+        let images = testing::one_well(&["DNA", "GFP", "NFkB"]);
+        let task = testing::task("features", &[]);
+        let ctx = testing::context(work, &task, &images, &[]);
         let sets = ctx.image_sets().unwrap();
         let s = Settings {
             channels: vec!["DNA".into(), "GFP".into(), "NFkB".into()],
@@ -925,25 +899,8 @@ mod tests {
                     (format!("{p}_{w}.tif"), fields)
                 })
                 .collect();
-        let task = TaskParams {
-            params: StepParams::Noop(Default::default()),
-            step: "features".into(),
-            channels: Default::default(),
-            label_channels: Default::default(),
-        };
-        let ctx = Context {
-            work: tmp.path(),
-            out: tmp.path().join("out"),
-            task: &task,
-            images: &images,
-            plate_map: None,
-            upstream: &[],
-            threads: 1,
-            gpu_ids: Vec::new(),
-            log: String::new(),
-            progress: None,
-            resume: None,
-        };
+        let task = testing::task("features", &[]);
+        let ctx = testing::context(tmp.path(), &task, &images, &[]);
         let sets = ctx.image_sets().unwrap();
         let todo: Vec<(&ImageSet, PathBuf, PathBuf)> = sets
             .iter()
@@ -971,35 +928,9 @@ mod tests {
     #[test]
     fn label_channels_are_not_measured_as_intensities() {
         let tmp = tempfile::tempdir().unwrap();
-        let images: Vec<(String, BTreeMap<String, String>)> = ["DNA", "masks"]
-            .iter()
-            .map(|ch| {
-                let fields = [("well", "A01"), ("channel", ch)]
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                (format!("{ch}.tif"), fields)
-            })
-            .collect();
-        let task = TaskParams {
-            params: StepParams::Noop(Default::default()),
-            step: "features".into(),
-            channels: Default::default(),
-            label_channels: ["masks".to_string()].into_iter().collect(),
-        };
-        let mut ctx = Context {
-            work: tmp.path(),
-            out: tmp.path().join("out"),
-            task: &task,
-            images: &images,
-            plate_map: None,
-            upstream: &[],
-            threads: 1,
-            gpu_ids: Vec::new(),
-            log: String::new(),
-            progress: None,
-            resume: None,
-        };
+        let images = testing::one_well(&["DNA", "masks"]);
+        let task = testing::task("features", &["masks"]);
+        let mut ctx = testing::context(tmp.path(), &task, &images, &[]);
         let params = FeaturesParams {
             channels: Some(vec!["DNA".into(), "masks".into()]),
             ..Default::default()

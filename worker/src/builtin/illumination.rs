@@ -175,30 +175,10 @@ impl Corrections {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::context;
     use super::*;
     use plateflow_contract::params::{StepParams, TaskParams};
     use std::path::Path;
-
-    fn context<'a>(
-        work: &'a Path,
-        task: &'a TaskParams,
-        images: &'a [(String, BTreeMap<String, String>)],
-        upstream: &'a [(String, String, String)],
-    ) -> Context<'a> {
-        Context {
-            work,
-            out: work.join("out"),
-            task,
-            images,
-            plate_map: None,
-            upstream,
-            threads: 1,
-            gpu_ids: Vec::new(),
-            log: String::new(),
-            progress: None,
-            resume: None,
-        }
-    }
 
     /// Twelve wells of two channels, as real TIFF files; well A12 has no GFP image.
     fn plate(work: &Path) -> Vec<(String, BTreeMap<String, String>)> {

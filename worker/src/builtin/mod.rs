@@ -544,6 +544,71 @@ pub fn parallel_map<T: Sync, R: Send>(
         .collect()
 }
 
+/// What the steps' unit tests share: a task context over image files in a folder.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use plateflow_contract::params::{StepParams, TaskParams};
+
+    /// A task of step `step` (parameters unused: each test calls its step's `run` or parts
+    /// of it with its own), whose label channels are `labels`.
+    pub fn task(step: &str, labels: &[&str]) -> TaskParams {
+        TaskParams {
+            params: StepParams::Noop(Default::default()),
+            step: step.into(),
+            channels: Default::default(),
+            label_channels: labels.iter().map(|l| l.to_string()).collect(),
+        }
+    }
+
+    /// Images as the coordinator lists them: `path` and its pattern fields.
+    pub fn images(
+        entries: &[(String, Vec<(&str, &str)>)],
+    ) -> Vec<(String, BTreeMap<String, String>)> {
+        entries
+            .iter()
+            .map(|(path, fields)| {
+                let fields = fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (path.clone(), fields)
+            })
+            .collect()
+    }
+
+    /// One image set of well A01: `{channel}.tif` for each of `channels`.
+    pub fn one_well(channels: &[&str]) -> Vec<(String, BTreeMap<String, String>)> {
+        let entries: Vec<(String, Vec<(&str, &str)>)> = channels
+            .iter()
+            .map(|ch| (format!("{ch}.tif"), vec![("well", "A01"), ("channel", *ch)]))
+            .collect();
+        images(&entries)
+    }
+
+    /// The context of `task` over `images` under `work` (outputs in `work/out`), one thread.
+    pub fn context<'a>(
+        work: &'a Path,
+        task: &'a TaskParams,
+        images: &'a [(String, BTreeMap<String, String>)],
+        upstream: &'a [(String, String, String)],
+    ) -> Context<'a> {
+        Context {
+            work,
+            out: work.join("out"),
+            task,
+            images,
+            plate_map: None,
+            upstream,
+            threads: 1,
+            gpu_ids: Vec::new(),
+            log: String::new(),
+            progress: None,
+            resume: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -420,17 +420,8 @@ fn fields_to_show(ctx: &Context, todo: &[&ImageSet]) -> anyhow::Result<BTreeMap<
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing;
     use super::*;
-    use plateflow_contract::params::{StepParams, TaskParams};
-    use std::path::Path;
-
-    fn image(well: &str) -> (String, BTreeMap<String, String>) {
-        let fields = [("plate", "P1"), ("well", well)]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        (format!("in/{well}.tif"), fields)
-    }
 
     /// Outlines are chosen per plate from QC's whole table: a task of one well draws its
     /// field only where it is one of the plate's three; a field QC found nothing odd in is
@@ -460,27 +451,14 @@ mod tests {
             "qc.csv".to_string(),
             "qc/qc.csv".to_string(),
         )];
-        let task = TaskParams {
-            params: StepParams::Noop(Default::default()),
-            step: "segment".into(),
-            channels: Default::default(),
-            label_channels: Default::default(),
-        };
+        let task = testing::task("segment", &[]);
         let shown_for = |wells: &[&str]| {
-            let images: Vec<_> = wells.iter().map(|w| image(w)).collect();
-            let ctx = Context {
-                work: Path::new(work),
-                out: work.join("out"),
-                task: &task,
-                images: &images,
-                plate_map: None,
-                upstream: &upstream,
-                threads: 1,
-                gpu_ids: Vec::new(),
-                log: String::new(),
-                progress: None,
-                resume: None,
-            };
+            let entries: Vec<(String, Vec<(&str, &str)>)> = wells
+                .iter()
+                .map(|w| (format!("in/{w}.tif"), vec![("plate", "P1"), ("well", *w)]))
+                .collect();
+            let images = testing::images(&entries);
+            let ctx = testing::context(work, &task, &images, &upstream);
             let sets = ctx.image_sets().unwrap();
             let todo: Vec<&ImageSet> = sets.iter().collect();
             fields_to_show(&ctx, &todo).unwrap()
