@@ -477,37 +477,53 @@ fn write_z_primes(
 ) -> anyhow::Result<()> {
     struct Z {
         name: String,
+        plate: String,
         z: Result<f64, String>,
         means: (f64, f64),
         wells: (usize, usize),
     }
-    let mut z: Vec<Z> = features
-        .iter()
-        .enumerate()
-        .map(|(f, name)| {
-            let values = |side: &[usize]| -> Vec<f64> {
-                side.iter()
-                    .map(|&i| wells[i].3[f])
-                    .filter(|v| v.is_finite())
-                    .collect()
-            };
-            let (p, n) = (values(pos), values(neg));
-            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-            Z {
-                name: name.clone(),
-                z: z_prime_or_why(&p, &n),
-                means: (mean(&p), mean(&n)),
-                wells: (p.len(), n.len()),
-            }
-        })
-        .collect();
-    // Defined values best first, then the undefined ones in feature order.
-    z.sort_by(|a, b| match (&a.z, &b.z) {
-        (Ok(x), Ok(y)) => y.total_cmp(x),
-        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
-        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
-        (Err(_), Err(_)) => std::cmp::Ordering::Equal,
-    });
+    // Per plate: pooled over plates, a plate effect would count as control spread (or hide
+    // a plate whose controls do not separate).
+    let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.0.as_str()).collect();
+    let mut z: Vec<Z> = Vec::new();
+    for plate in plates {
+        let on = |side: &[usize]| -> Vec<usize> {
+            side.iter()
+                .copied()
+                .filter(|&i| wells[i].0 == plate)
+                .collect()
+        };
+        let (pos, neg) = (on(pos), on(neg));
+        let mut per: Vec<Z> = features
+            .iter()
+            .enumerate()
+            .map(|(f, name)| {
+                let values = |side: &[usize]| -> Vec<f64> {
+                    side.iter()
+                        .map(|&i| wells[i].3[f])
+                        .filter(|v| v.is_finite())
+                        .collect()
+                };
+                let (p, n) = (values(&pos), values(&neg));
+                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+                Z {
+                    name: name.clone(),
+                    plate: plate.to_string(),
+                    z: z_prime_or_why(&p, &n),
+                    means: (mean(&p), mean(&n)),
+                    wells: (p.len(), n.len()),
+                }
+            })
+            .collect();
+        // Defined values best first, then the undefined ones in feature order.
+        per.sort_by(|a, b| match (&a.z, &b.z) {
+            (Ok(x), Ok(y)) => y.total_cmp(x),
+            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+            (Err(_), Err(_)) => std::cmp::Ordering::Equal,
+        });
+        z.extend(per);
+    }
     let mut t = Table::new(&[
         "feature",
         "z_prime",
@@ -516,6 +532,7 @@ fn write_z_primes(
         "positive_wells",
         "negative_wells",
         "note",
+        "Metadata_Plate",
     ]);
     for r in &z {
         let (zp, note) = match &r.z {
@@ -530,12 +547,16 @@ fn write_z_primes(
             r.wells.0.to_string(),
             r.wells.1.to_string(),
             note,
+            r.plate.clone(),
         ]);
     }
     ctx.write_output("zprime.csv", &t.into_bytes())?;
-    for r in z.iter().take(5) {
-        if let Ok(zp) = r.z {
-            ctx.logln(format!("Z' {zp:.3}  {}", r.name));
+    let mut logged: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &z {
+        let n = logged.entry(r.plate.as_str()).or_default();
+        if let (Ok(zp), true) = (&r.z, *n < 5) {
+            ctx.logln(format!("Z' {zp:.3}  {}  (plate {})", r.name, r.plate));
+            *n += 1;
         }
     }
     let undefined = z.iter().filter(|r| r.z.is_err()).count();
@@ -937,6 +958,32 @@ mod tests {
         };
         let e = run(&mut ctx, &params).unwrap_err().to_string();
         assert!(e.contains("masks") && e.contains("label images"), "{e}");
+    }
+
+    /// Z′ is per plate: two plates whose controls separate well, but sit 100 apart, each
+    /// keep a high Z′ (pooled, the plate shift counted as control spread: Z′ below 0).
+    #[test]
+    fn z_prime_is_per_plate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let task = testing::task("features", &[]);
+        let mut ctx = testing::context(tmp.path(), &task, &[], &[]);
+        let mut wells = Vec::new();
+        for (plate, shift) in [("P1", 0.0), ("P2", 100.0)] {
+            for (k, v) in [10.0, 10.1, 9.9, 0.0, 0.1, -0.1].iter().enumerate() {
+                wells.push((plate.to_string(), format!("A{k:02}"), 1, vec![v + shift]));
+            }
+        }
+        let pos: Vec<usize> = [0, 1, 2, 6, 7, 8].into();
+        let neg: Vec<usize> = [3, 4, 5, 9, 10, 11].into();
+        write_z_primes(&mut ctx, &["F".to_string()], &wells, &pos, &neg).unwrap();
+        let text = std::fs::read_to_string(tmp.path().join("out/zprime.csv")).unwrap();
+        let rows: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        for (row, plate) in rows.iter().zip(["P1", "P2"]) {
+            let f: Vec<&str> = row.split(',').collect();
+            assert_eq!(f[7], plate, "{text}");
+            assert!(f[1].parse::<f64>().unwrap() > 0.5, "{text}");
+        }
     }
 
     /// Fields with commas or quotes (a plate map's `2,4-dinitrophenol`) are quoted.
