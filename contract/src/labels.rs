@@ -36,6 +36,18 @@ pub fn label_path(label: &str) -> PathBuf {
     p
 }
 
+/// A label's step and the value (escaped, as [`escape_value`] writes it) of its fan-out
+/// field `field`: `seg[plate=P1,well=A01]`, `plate` → (`seg`, `Some("P1")`); a task that does
+/// not fan out over `field` gives `None`.
+pub fn label_field<'a>(label: &'a str, field: &str) -> (&'a str, Option<&'a str>) {
+    let (step, rest) = label.split_once('[').unwrap_or((label, ""));
+    let value = rest.trim_end_matches(']').split(',').find_map(|part| {
+        part.strip_prefix(field)
+            .and_then(|after| after.strip_prefix('='))
+    });
+    (step, value)
+}
+
 /// A fan-out value as it appears in a label and a results directory name.
 pub fn escape_value(v: &str) -> std::borrow::Cow<'_, str> {
     let special = |c: char| matches!(c, '%' | ',' | '[' | ']' | '/' | '\\') || c.is_control();
@@ -58,6 +70,15 @@ pub fn escape_value(v: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_label_gives_its_step_and_fields() {
+        let label = super::task_label("seg", [("plate", "P,1"), ("well", "A01")]);
+        assert_eq!(super::label_field(&label, "plate"), ("seg", Some("P%2C1")));
+        assert_eq!(super::label_field(&label, "well"), ("seg", Some("A01")));
+        assert_eq!(super::label_field(&label, "site"), ("seg", None));
+        assert_eq!(super::label_field("report", "plate"), ("report", None));
+    }
+
     use super::*;
 
     #[test]

@@ -512,13 +512,14 @@ pub fn contrast(img: &GrayImage) -> Contrast {
     if dense_dark && median - dark > 3.0 * (bright - median).max(0.0) && edge_is_bright(img) {
         return Contrast::Dark;
     }
-    let otherwise = if dense_dark {
+    // Where no sparse bright objects are found below: what the percentiles said.
+    let otherwise = if dense || dense_dark {
         Contrast::Objects
     } else {
         Contrast::Nothing
     };
     if n <= 4 * SPARSE_PIXELS {
-        return if dense { Contrast::Objects } else { otherwise };
+        return otherwise;
     }
     // Bright objects over so few pixels that the 99.8th percentile of the raw image is still
     // background (smoothing spreads them over more): go on to the sparse test.
@@ -537,7 +538,7 @@ pub fn contrast(img: &GrayImage) -> Contrast {
             .1,
     );
     if peak - median <= threshold {
-        return if dense { Contrast::Objects } else { otherwise };
+        return otherwise;
     }
     // The top of the range: the same rank among the cleaned raw pixels, inside the nuclei.
     let mut raw = cleaned.data;

@@ -909,17 +909,15 @@ mod tests {
         )
         .unwrap();
         let tmp = tempfile::tempdir().unwrap();
-        let images: Vec<(String, BTreeMap<String, String>)> =
+        let entries: Vec<(String, Vec<(&str, &str)>)> =
             [("P1", "A01"), ("P1", "A02"), ("P1", "A03"), ("P2", "A01")]
                 .iter()
                 .map(|(p, w)| {
-                    let fields = [("plate", *p), ("well", *w), ("channel", "DNA")]
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect();
+                    let fields = vec![("plate", *p), ("well", *w), ("channel", "DNA")];
                     (format!("{p}_{w}.tif"), fields)
                 })
                 .collect();
+        let images = testing::images(&entries);
         let task = testing::task("features", &[]);
         let ctx = testing::context(tmp.path(), &task, &images, &[]);
         let sets = ctx.image_sets().unwrap();

@@ -5,7 +5,7 @@
 //! [`Corrections`]; `curate` keeps judging the raw images.
 
 use super::{Context, ImageSet};
-use plateflow_contract::labels::escape_value;
+use plateflow_contract::labels::{escape_value, label_field};
 use plateflow_contract::params::IlluminationParams;
 use plateflow_imaging::illumination::{apply, estimate_by, IlluminationField};
 use plateflow_imaging::{read_image, GrayImage};
@@ -127,14 +127,7 @@ impl Corrections {
             else {
                 continue;
             };
-            let plate = label
-                .split_once('[')
-                .map(|(_, rest)| rest.trim_end_matches(']'))
-                .into_iter()
-                .flat_map(|r| r.split(','))
-                .find_map(|part| part.strip_prefix("plate="))
-                .unwrap_or("")
-                .to_string();
+            let plate = label_field(label, "plate").1.unwrap_or("").to_string();
             let path = ctx.work.join(rel);
             let field = IlluminationField::from_tiff(&path).map_err(|e| anyhow::anyhow!(e))?;
             let key = (plate, ch.to_string());

@@ -681,19 +681,14 @@ mod tests {
 
     #[test]
     fn sets_group_channels_and_normalise_wells() {
-        let images: Vec<(String, BTreeMap<String, String>)> = ["1", "2"]
+        let entries: Vec<(String, Vec<(&str, &str)>)> = ["1", "2"]
             .iter()
             .map(|c| {
-                let f: BTreeMap<String, String> = [
-                    ("well".to_string(), "A-01".to_string()),
-                    ("n".to_string(), "01".to_string()),
-                    ("channel".to_string(), c.to_string()),
-                ]
-                .into_iter()
-                .collect();
-                (format!("inputs/Channel{c}-01-A-01.tif"), f)
+                let fields = vec![("well", "A-01"), ("n", "01"), ("channel", *c)];
+                (format!("inputs/Channel{c}-01-A-01.tif"), fields)
             })
             .collect();
+        let images = testing::images(&entries);
         let task = TaskParams {
             params: StepParams::Noop(Default::default()),
             step: "s".into(),
@@ -732,7 +727,7 @@ mod tests {
         // set is there to collide (tasks over one plate and over all must agree); keys that
         // differ only in case take one too (one file on macOS); very long keys are cut.
         let long = "x".repeat(300);
-        let images: Vec<(String, BTreeMap<String, String>)> = [
+        let entries: Vec<(String, Vec<(&str, &str)>)> = [
             "LPS+",
             "LPS-",
             "LPS 1",
@@ -743,15 +738,11 @@ mod tests {
         ]
         .iter()
         .map(|cond| {
-            let f: BTreeMap<String, String> = [
-                ("well".to_string(), "A01".to_string()),
-                ("condition".to_string(), cond.to_string()),
-            ]
-            .into_iter()
-            .collect();
-            (format!("inputs/{cond}.tif"), f)
+            let fields = vec![("well", "A01"), ("condition", *cond)];
+            (format!("inputs/{cond}.tif"), fields)
         })
         .collect();
+        let images = testing::images(&entries);
         let ctx = Context {
             images: &images,
             log: String::new(),

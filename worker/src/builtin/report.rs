@@ -812,13 +812,8 @@ fn outline_rank(stem: &str) -> u8 {
 
 /// `segment[plate=P1,well=A01]` → (`segment`, `P1`); a task over every plate has plate "".
 fn step_and_plate(task: &str) -> (String, String) {
-    let (step, rest) = task.split_once('[').unwrap_or((task, ""));
-    let plate = rest
-        .trim_end_matches(']')
-        .split(',')
-        .find_map(|part| part.strip_prefix("plate="))
-        .unwrap_or("");
-    (step.to_string(), plate.to_string())
+    let (step, plate) = plateflow_contract::labels::label_field(task, "plate");
+    (step.to_string(), plate.unwrap_or("").to_string())
 }
 
 pub fn run(ctx: &mut Context, params: &ReportParams) -> anyhow::Result<()> {

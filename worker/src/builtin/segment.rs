@@ -32,11 +32,11 @@ pub fn learned_model(
     p: &SegmentParams,
     device: &candle_core::Device,
 ) -> anyhow::Result<NucleusModel> {
-    let trained = ctx.upstream_files(|n| n == MODEL_FILE);
     if let Some(rel) = &p.weights {
         let model = NucleusModel::load_on(&ctx.work.join(rel), device);
         return model.map_err(|e| anyhow::anyhow!("`weights: {rel}`: {e}"));
     }
+    let trained = ctx.upstream_files(|n| n == MODEL_FILE);
     match trained.as_slice() {
         [] => NucleusModel::shipped_on(device),
         [(_, path)] => NucleusModel::load_on(path, device),
@@ -241,7 +241,7 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
     if !corrections.is_empty() {
         ctx.logln("images divided by the upstream illumination fields");
     }
-    let shown = fields_to_show(ctx, &todo)?;
+    let shown = fields_to_show(ctx, &todo, &excluded)?;
     let save = p.save_labels;
     let out = ctx.out.clone();
     let shared: &Context = ctx;
@@ -339,10 +339,14 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
 /// the median of the rest (`typical`). The ranking spans the plate's whole QC table, so tasks
 /// per well draw only the plate's own three, not one each. Without a `curate` step upstream:
 /// the task's first, middle and last (the report keeps three per plate).
-fn fields_to_show(ctx: &Context, todo: &[&ImageSet]) -> anyhow::Result<BTreeMap<String, String>> {
+/// `excluded`: the sets curation left out ([`Context::exclusions`]).
+fn fields_to_show(
+    ctx: &Context,
+    todo: &[&ImageSet],
+    excluded: &BTreeMap<String, String>,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let keys: BTreeSet<&str> = todo.iter().map(|s| s.key.as_str()).collect();
     let plates: BTreeSet<&str> = todo.iter().map(|s| s.plate()).collect();
-    let excluded = ctx.exclusions()?;
     // Every field of this task's plates that QC judged and curation kept: key → (plate, z).
     let mut judged: BTreeMap<String, (String, f64)> = BTreeMap::new();
     for (_, path) in ctx.upstream_files(|n| n == "qc.csv") {
@@ -461,7 +465,7 @@ mod tests {
             let ctx = testing::context(work, &task, &images, &upstream);
             let sets = ctx.image_sets().unwrap();
             let todo: Vec<&ImageSet> = sets.iter().collect();
-            fields_to_show(&ctx, &todo).unwrap()
+            fields_to_show(&ctx, &todo, &BTreeMap::new()).unwrap()
         };
         let all = shown_for(&["A01", "A02", "A03", "A04", "A05"]);
         assert_eq!(
