@@ -204,7 +204,10 @@ fn resolve_program(name: &str) -> PathBuf {
 /// A corner is made under a private name (`.claiming-<pid>`), locked, and only then renamed
 /// to `worker-<pid>`: a worker starting at the same moment never sees a live corner without
 /// its lock, which it would take for a dead one and remove (tasks then failed with "No such
-/// file or directory" in their scratch directory).
+/// file or directory" in their scratch directory). The lock file itself is created as
+/// `.lock.claiming` and renamed to `.lock` once held: a `.lock` that existed unlocked for a
+/// moment was taken by a neighbour for a dead claim and its directory removed (the worker
+/// then failed to start, "scratch directory …: No such file or directory").
 pub struct ScratchCorner {
     pub dir: PathBuf,
     _lock: std::fs::File,
@@ -212,6 +215,11 @@ pub struct ScratchCorner {
 
 impl ScratchCorner {
     pub fn claim(scratch: &Path) -> std::io::Result<ScratchCorner> {
+        Self::claim_as(scratch, std::process::id())
+    }
+
+    /// `claim` under a given id (the process id; tests race several ids in one process).
+    fn claim_as(scratch: &Path, id: u32) -> std::io::Result<ScratchCorner> {
         std::fs::create_dir_all(scratch)?;
         if let Ok(entries) = std::fs::read_dir(scratch) {
             for e in entries.flatten() {
@@ -236,18 +244,19 @@ impl ScratchCorner {
                 }
             }
         }
-        let pid = std::process::id();
-        let claiming = scratch.join(format!(".claiming-{pid}"));
+        let claiming = scratch.join(format!(".claiming-{id}"));
         let _ = std::fs::remove_dir_all(&claiming);
         std::fs::create_dir_all(&claiming)?;
-        let lock = std::fs::File::create(claiming.join(".lock"))?;
+        let unheld = claiming.join(".lock.claiming");
+        let lock = std::fs::File::create(&unheld)?;
         if !try_lock(&lock) {
             return Err(std::io::Error::other(format!(
                 "{} is held by another live process",
                 claiming.display()
             )));
         }
-        let dir = scratch.join(format!("worker-{pid}"));
+        std::fs::rename(&unheld, claiming.join(".lock"))?;
+        let dir = scratch.join(format!("worker-{id}"));
         // A dead process's corner with this pid (its lock was free above) is replaced.
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&claiming, &dir)?;
@@ -297,5 +306,28 @@ mod tests {
         let dir = corner.dir.clone();
         drop(corner);
         assert!(!dir.exists(), "a clean end leaves nothing behind");
+    }
+
+    /// Workers starting together each get their corner: none takes a neighbour's claim,
+    /// caught between creating its lock file and locking it, for a dead one.
+    #[test]
+    fn workers_claiming_at_once_all_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let scratch = tmp.path().to_path_buf();
+        for round in 0..40u32 {
+            let claims: Vec<_> = (0..6u32)
+                .map(|i| {
+                    let scratch = scratch.clone();
+                    std::thread::spawn(move || {
+                        ScratchCorner::claim_as(&scratch, 4_000_000_000 + round * 10 + i)
+                    })
+                })
+                .collect();
+            let corners: Vec<ScratchCorner> = claims
+                .into_iter()
+                .map(|t| t.join().unwrap().expect("every claim succeeds"))
+                .collect();
+            assert!(corners.iter().all(|c| c.dir.join(".lock").is_file()));
+        }
     }
 }
