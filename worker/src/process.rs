@@ -197,17 +197,22 @@ fn resolve_program(name: &str) -> PathBuf {
 }
 
 /// A worker's own corner of a scratch directory that several workers may share (the local
-/// workers of `plateflow run` do): `<scratch>/worker-<pid>/`, held by a lock for the process's
-/// life. At start, corners whose lock is free belong to workers that died (SIGKILL, power
-/// loss) and are removed with whatever their tasks left.
+/// workers of `plateflow run` do, and Slurm workers on several nodes do over a shared file
+/// system): `<scratch>/worker-<pid>-<nonce>@<host>/`, held by a lock for the process's life.
+/// At start, this host's corners whose lock is free belong to workers that died (SIGKILL,
+/// power loss) and are removed with whatever their tasks left. Other hosts' corners are never
+/// judged: `flock` on a shared file system is often local to each node (BeeGFS, Lustre's
+/// `localflock`, NFS `local_lock`), so a live neighbour's lock looks free from here; and two
+/// nodes' workers can have the same pid.
 ///
-/// A corner is made under a private name (`.claiming-<pid>`), locked, and only then renamed
-/// to `worker-<pid>`: a worker starting at the same moment never sees a live corner without
-/// its lock, which it would take for a dead one and remove (tasks then failed with "No such
-/// file or directory" in their scratch directory). The lock file itself is created as
+/// A corner is made under a private name (`.claiming-…`), locked, and only then renamed to
+/// `worker-…`: a worker starting at the same moment never sees a live corner without its
+/// lock, which it would take for a dead one and remove (tasks then failed with "No such file
+/// or directory" in their scratch directory). The lock file itself is created as
 /// `.lock.claiming` and renamed to `.lock` once held: a `.lock` that existed unlocked for a
 /// moment was taken by a neighbour for a dead claim and its directory removed (the worker
-/// then failed to start, "scratch directory …: No such file or directory").
+/// then failed to start, "scratch directory …: No such file or directory"). A claim left by a
+/// process that died while claiming is removed once its pid is gone from this host.
 pub struct ScratchCorner {
     pub dir: PathBuf,
     _lock: std::fs::File,
@@ -215,53 +220,114 @@ pub struct ScratchCorner {
 
 impl ScratchCorner {
     pub fn claim(scratch: &Path) -> std::io::Result<ScratchCorner> {
-        Self::claim_as(scratch, std::process::id())
+        Self::claim_as(scratch, &host_for_names(), std::process::id())
     }
 
-    /// `claim` under a given id (the process id; tests race several ids in one process).
-    fn claim_as(scratch: &Path, id: u32) -> std::io::Result<ScratchCorner> {
+    /// `claim` as process `pid` of `host` (tests race several claims in one process, and
+    /// play a second host).
+    fn claim_as(scratch: &Path, host: &str, pid: u32) -> std::io::Result<ScratchCorner> {
         std::fs::create_dir_all(scratch)?;
         if let Ok(entries) = std::fs::read_dir(scratch) {
             for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let dir = e.path();
-                let corner = name.starts_with("worker-");
-                if !(corner || name.starts_with(".claiming-")) || !dir.is_dir() {
-                    continue;
-                }
-                match std::fs::File::open(dir.join(".lock")) {
-                    Ok(f) if try_lock(&f) => {
-                        tracing::info!(dir = %dir.display(), "removing a dead worker's scratch");
-                        let _ = std::fs::remove_dir_all(&dir);
-                    }
-                    Ok(_) => {}
-                    // A corner is locked before it is named so; one being claimed may not be
-                    // locked yet, and is left alone.
-                    Err(_) if corner => {
-                        let _ = std::fs::remove_dir_all(&dir);
-                    }
-                    Err(_) => {}
-                }
+                remove_if_dead(&e.path(), &e.file_name().to_string_lossy(), host);
             }
         }
-        let claiming = scratch.join(format!(".claiming-{id}"));
-        let _ = std::fs::remove_dir_all(&claiming);
-        std::fs::create_dir_all(&claiming)?;
+        // The nonce makes the name unique even where pids repeat (containers sharing a host
+        // name), so no live corner is ever replaced by name.
+        static CLAIMS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = CLAIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{pid}-{n}-{nonce:09}@{host}");
+        let claiming = scratch.join(format!(".claiming-{name}"));
+        std::fs::create_dir(&claiming)?;
         let unheld = claiming.join(".lock.claiming");
         let lock = std::fs::File::create(&unheld)?;
-        if !try_lock(&lock) {
-            return Err(std::io::Error::other(format!(
-                "{} is held by another live process",
-                claiming.display()
-            )));
+        match try_lock(&lock) {
+            Lock::Held => {}
+            Lock::Busy => {
+                return Err(std::io::Error::other(format!(
+                    "{} is held by another live process",
+                    claiming.display()
+                )))
+            }
+            // Lustre mounted `noflock`: the corner is still this worker's by its unique name;
+            // only dead workers' corners cannot be told from live ones there, and stay.
+            Lock::Unsupported(e) => tracing::warn!(
+                dir = %scratch.display(),
+                "scratch cannot be locked ({e}); dead workers' scratch there is not cleaned up"
+            ),
         }
         std::fs::rename(&unheld, claiming.join(".lock"))?;
-        let dir = scratch.join(format!("worker-{id}"));
-        // A dead process's corner with this pid (its lock was free above) is replaced.
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch.join(format!("worker-{name}"));
         std::fs::rename(&claiming, &dir)?;
         Ok(ScratchCorner { dir, _lock: lock })
     }
+}
+
+/// Removes `dir` (named `name` in the scratch directory) if it is a corner, or a claim, of a
+/// dead worker on `host`; anything else is left alone.
+fn remove_if_dead(dir: &Path, name: &str, host: &str) {
+    let Some((kind, rest)) = name
+        .strip_prefix("worker-")
+        .map(|r| (true, r))
+        .or_else(|| name.strip_prefix(".claiming-").map(|r| (false, r)))
+    else {
+        return;
+    };
+    let Some((pid, owner)) = rest.rsplit_once('@') else {
+        return;
+    };
+    if owner != host || !dir.is_dir() {
+        return;
+    }
+    let dead = if kind {
+        // A corner is locked before it is named so: a free lock, or none, is a dead worker's.
+        match std::fs::File::open(dir.join(".lock")) {
+            Ok(f) => matches!(try_lock(&f), Lock::Held),
+            Err(_) => true,
+        }
+    } else {
+        // A claim may not be locked yet: it is dead only once its process is gone.
+        pid.split('-')
+            .next()
+            .and_then(|p| p.parse::<i32>().ok())
+            .is_some_and(|p| p > 0 && !process_alive(p))
+    };
+    if dead {
+        tracing::info!(dir = %dir.display(), "removing a dead worker's scratch");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// This host's name as it can stand in a file name.
+fn host_for_names() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if host.is_empty() {
+        "localhost".into()
+    } else {
+        host
+    }
+}
+
+/// Whether process `pid` exists on this host (a process of another user counts).
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let found = unsafe { libc::kill(pid, 0) } == 0;
+    found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 impl Drop for ScratchCorner {
@@ -271,41 +337,87 @@ impl Drop for ScratchCorner {
     }
 }
 
+enum Lock {
+    Held,
+    Busy,
+    /// The file system refuses locks altogether.
+    Unsupported(std::io::Error),
+}
+
 /// An exclusive advisory lock, released when the process ends however it ends.
-fn try_lock(f: &std::fs::File) -> bool {
+fn try_lock(f: &std::fs::File) -> Lock {
     use std::os::fd::AsRawFd as _;
     // SAFETY: flock on a descriptor this process owns.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Lock::Held;
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Lock::Busy
+    } else {
+        Lock::Unsupported(e)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A dead worker's corner (lock free) is removed; a corner being claimed by a live
-    /// worker (no lock yet) is left alone; the new corner appears only with its lock held.
+    /// A pid no process has now (a child that has ended and been reaped).
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    /// On this host, a dead worker's corner (lock free) is removed and so is a claim whose
+    /// process is gone; a claim by a live process is left alone, as is everything of another
+    /// host (its locks cannot be judged from here). The new corner appears only with its
+    /// lock held, and a clean end removes it.
     #[test]
-    fn claiming_a_corner_removes_the_dead_and_spares_the_starting() {
+    fn claiming_a_corner_removes_this_hosts_dead_and_spares_the_rest() {
         let tmp = tempfile::tempdir().unwrap();
         let scratch = tmp.path();
-        let dead = scratch.join("worker-4000000001");
-        std::fs::create_dir_all(dead.join("task-a")).unwrap();
-        std::fs::File::create(dead.join(".lock")).unwrap();
-        let starting = scratch.join(".claiming-4000000002");
-        std::fs::create_dir_all(&starting).unwrap();
-        let corner = ScratchCorner::claim(scratch).unwrap();
+        let dir = |name: &str, lock: bool| {
+            let d = scratch.join(name);
+            std::fs::create_dir_all(d.join("task-a")).unwrap();
+            if lock {
+                std::fs::File::create(d.join(".lock")).unwrap();
+            }
+            d
+        };
+        let me = std::process::id();
+        let dead = dir("worker-17-0-5@here", true);
+        let dead_claim = dir(&format!(".claiming-{}-0-5@here", dead_pid()), false);
+        let live_claim = dir(&format!(".claiming-{me}-9-5@here"), false);
+        let elsewhere = dir("worker-17-0-5@there", true);
+        let elsewhere_claim = dir(&format!(".claiming-{}-0-5@there", dead_pid()), false);
+        let unknown = dir("worker-17", true);
+        let corner = ScratchCorner::claim_as(scratch, "here", me).unwrap();
         assert!(!dead.exists(), "a dead worker's corner is removed");
-        assert!(starting.exists(), "a corner being claimed is spared");
+        assert!(!dead_claim.exists(), "a dead process's claim is removed");
+        assert!(live_claim.exists(), "a live process's claim is spared");
+        assert!(
+            elsewhere.exists() && elsewhere_claim.exists(),
+            "another host's are spared"
+        );
+        assert!(unknown.exists(), "names not of this scheme are not touched");
         assert!(corner.dir.join(".lock").is_file());
-        assert!(!scratch
-            .join(format!(".claiming-{}", std::process::id()))
-            .exists());
-        // Its lock is held: another opener cannot take it.
+        assert!(corner
+            .dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("@here"));
+        // Its lock is held: another opener cannot take it, and a second claim spares it.
         let other = std::fs::File::open(corner.dir.join(".lock")).unwrap();
-        assert!(!try_lock(&other));
-        let dir = corner.dir.clone();
+        assert!(matches!(try_lock(&other), Lock::Busy));
+        let second = ScratchCorner::claim_as(scratch, "here", me).unwrap();
+        assert!(corner.dir.exists() && second.dir != corner.dir);
+        let gone = corner.dir.clone();
         drop(corner);
-        assert!(!dir.exists(), "a clean end leaves nothing behind");
+        assert!(!gone.exists(), "a clean end leaves nothing behind");
     }
 
     /// Workers starting together each get their corner: none takes a neighbour's claim,
@@ -314,13 +426,12 @@ mod tests {
     fn workers_claiming_at_once_all_start() {
         let tmp = tempfile::tempdir().unwrap();
         let scratch = tmp.path().to_path_buf();
-        for round in 0..40u32 {
-            let claims: Vec<_> = (0..6u32)
-                .map(|i| {
+        let me = std::process::id();
+        for _ in 0..40 {
+            let claims: Vec<_> = (0..6)
+                .map(|_| {
                     let scratch = scratch.clone();
-                    std::thread::spawn(move || {
-                        ScratchCorner::claim_as(&scratch, 4_000_000_000 + round * 10 + i)
-                    })
+                    std::thread::spawn(move || ScratchCorner::claim_as(&scratch, "here", me))
                 })
                 .collect();
             let corners: Vec<ScratchCorner> = claims
