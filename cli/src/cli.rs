@@ -347,18 +347,27 @@ pub struct WorkerArgs {
     pub access: AccessArgs,
 }
 
-/// Ctrl-C or SIGTERM (what `kill`, Slurm and container runtimes send).
-async fn shutdown_signal() {
+/// Ctrl-C or SIGTERM (what `kill`, Slurm and container runtimes send). The handlers are
+/// installed when this is called, not when the future is first polled: a signal that came
+/// while the process was still starting (a worker claiming its scratch) killed it by the
+/// default action, leaving its scratch behind and saying no goodbye.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+    let interrupt = signal(SignalKind::interrupt());
+    let terminate = signal(SignalKind::terminate());
+    async move {
+        match (interrupt, terminate) {
+            (Ok(mut i), Ok(mut t)) => {
+                tokio::select! {
+                    _ = i.recv() => {}
+                    _ = t.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            (Ok(mut only), Err(_)) | (Err(_), Ok(mut only)) => {
+                only.recv().await;
+            }
+            // No handler could be installed: the default actions stop the process.
+            (Err(_), Err(_)) => std::future::pending().await,
         }
     }
 }
@@ -540,10 +549,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                      this user can"
                 );
             }
+            // The state directory's lock first: a second coordinator started on it at the
+            // same moment stops there, before it could write over the token or TLS identity
+            // the first one's workers were given.
+            let engine = Engine::start(cfg)?;
             let security = coordinator_security(&args)?;
             // What Slurm workers pin, from the identity just read (not read again).
             let tls_fingerprint = security.tls.as_ref().map(|t| t.fingerprint.clone());
-            let engine = Engine::start(cfg)?;
             let listener = server::bind(args.listen).await?;
             eprintln!(
                 "plateflow coordinator listening on {} (state in {})",
@@ -561,9 +573,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 tokio::spawn(plateflow_coordinator::monitor::serve(
                     engine.clone(),
                     http,
-                    async {
-                        shutdown_signal().await;
-                    },
+                    shutdown_signal(),
                 ));
             }
             let allocator = match &args.slurm.slurm_partition {
@@ -580,10 +590,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 handshake: Duration::from_secs(args.handshake_timeout_s.max(1)),
                 idle: Duration::from_secs(args.idle_timeout_s.max(15)),
             };
-            server::serve(engine, listener, security, limits, async {
-                shutdown_signal().await;
-            })
-            .await?;
+            server::serve(engine, listener, security, limits, shutdown_signal()).await?;
             if let Some(a) = allocator {
                 // It cancels its allocations when it sees the shutdown.
                 let _ = tokio::time::timeout(Duration::from_secs(30), a).await;
@@ -621,10 +628,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 idle_timeout: args.idle_timeout_s.map(Duration::from_secs),
                 allocation: std::env::var("SLURM_JOB_ID").unwrap_or_default(),
             };
-            run_worker(cfg, async {
-                shutdown_signal().await;
-            })
-            .await?;
+            run_worker(cfg, shutdown_signal()).await?;
             Ok(0)
         }
         Command::Submit {
@@ -835,9 +839,7 @@ fn start_allocator(
         engine,
         db,
     );
-    Ok(allocator.run(async {
-        shutdown_signal().await;
-    }))
+    Ok(allocator.run(shutdown_signal()))
 }
 
 /// The token and TLS identity of a standalone coordinator, announced on stderr (the token's
