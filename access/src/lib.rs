@@ -87,9 +87,14 @@ impl Token {
         std::fs::create_dir_all(dir)?;
         let tmp = tempfile::NamedTempFile::new_in(dir)?; // created 0600
         std::fs::write(tmp.path(), format!("{}\n", token.0))?;
-        tmp.persist(path)
-            .with_context(|| format!("writing the cluster token file {}", path.display()))?;
-        Ok(token)
+        // Never over another's: a process that made the file first since the check above
+        // keeps it, and this one reads it (workers given that token keep working).
+        match tmp.persist_noclobber(path) {
+            Ok(_) => Ok(token),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Token::read(path),
+            Err(e) => Err(anyhow::Error::from(e.error))
+                .with_context(|| format!("writing the cluster token file {}", path.display())),
+        }
     }
 
     /// The secret itself, to hand to a child process (never to a log).

@@ -545,9 +545,13 @@ impl Engine {
                 with_tasks,
                 reply,
             } => {
+                // A task reported done is journaled first: a coordinator killed right after
+                // this answer does not run it again.
+                self.flush_journal();
                 let _ = reply.send(self.status(run_id, with_tasks));
             }
             Event::Watch { run_id, tx } => {
+                self.flush_journal();
                 if let Some(done) = self.finished_runs.get(&run_id) {
                     let _ = tx.try_send(Ok(done.clone()));
                 } else {
