@@ -379,7 +379,7 @@ steps:
     retries: 2
     with:
       run: |
-        echo {{plate}} >> {started}
+        echo {{plate}} "$(pwd)" >> {started}
         sleep {secs}
         cksum {{inputs}} > sums.txt
         echo {{plate}} >> {finished}
@@ -511,9 +511,14 @@ fn worker_killed_mid_task_run_completes_byte_identical() {
     let mut w1 = worker(tmp.path(), port, "w-one", 1);
     let _w2 = worker(tmp.path(), port, "w-two", 1);
     let run_id = submit(tmp.path(), &p, port);
-    // Both workers busy, then one dies mid-task.
-    wait_for("two tasks to start", 60, || {
-        (lines(&tmp.path().join("started.log")).len() >= 2).then_some(())
+    // One dies mid-task: it is killed once a task has started in its scratch directory
+    // (two started tasks alone were not enough: one worker joining 1.5 s late meant the
+    // other had started both, and the killed one held none).
+    wait_for("a task to start on w-one", 60, || {
+        lines(&tmp.path().join("started.log"))
+            .iter()
+            .any(|l| l.contains("w-one"))
+            .then_some(())
     });
     w1.kill9();
     let st = wait_for("the run to finish", 120, || {

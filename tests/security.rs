@@ -459,7 +459,7 @@ fn a_flood_of_silent_connections_does_not_lock_anyone_out() {
     // Let the worker join before the flood.
     wait_for("the worker to join", 30, || {
         let log = std::fs::read_to_string(c.dir.path().join("coordinator.log")).unwrap();
-        log.contains("w1").then_some(())
+        log.contains("worker connected").then_some(())
     });
     let t0 = std::time::Instant::now();
     let flood: Vec<std::net::TcpStream> = (0..200)

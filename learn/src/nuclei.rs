@@ -1079,8 +1079,8 @@ mod tests {
     /// end load as a model.
     #[test]
     fn training_stops_at_its_budget_and_leaves_a_checkpoint() {
-        let dir = std::env::temp_dir().join(format!("plateflow-ckpt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("w.safetensors");
         let cfg = SegTrainConfig {
             steps: 1_000_000,
@@ -1095,12 +1095,11 @@ mod tests {
         assert_eq!(saved.config, cfg.net);
         saved.model("checkpoint").unwrap();
         // Nothing but the checkpoint is left beside it.
-        let left: Vec<_> = std::fs::read_dir(&dir)
+        let left: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
             .collect();
         assert_eq!(left, std::slice::from_ref(&path));
-        std::fs::remove_dir_all(&dir).ok();
     }
 
     /// Every tensor of `a` equals `b`'s, bit for bit.
