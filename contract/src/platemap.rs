@@ -49,6 +49,14 @@ pub enum Control {
 }
 
 /// `A-01`, `a1`, `A01`, `r01c01` → `A01`; `None` when it is not a well name.
+/// Whether a plate-map cell says "no value": empty, or what R (`NA`), pandas (`nan`) and
+/// spreadsheets (`-`, `n/a`, `none`) write for it. Such a well is undosed or unlabelled,
+/// never a dose or a class called "NA".
+pub fn is_missing_value(raw: &str) -> bool {
+    let raw = raw.trim();
+    raw.is_empty() || ["na", "n/a", "nan", "-", "none"].contains(&raw.to_ascii_lowercase().as_str())
+}
+
 pub fn normalize_well(s: &str) -> Option<String> {
     // Opera/Operetta style r01c01.
     let lower = s.trim().to_ascii_lowercase();

@@ -85,11 +85,25 @@ impl Data {
 fn label_index(classes: &mut Vec<String>, value: &str, fixed: bool) -> anyhow::Result<usize> {
     match classes.iter().position(|c| c == value) {
         Some(i) => Ok(i),
-        None if fixed => anyhow::bail!(
-            "label `{value}` is not one of the model's classes ({})",
-            classes.join(", ")
-        ),
+        // `DMSO` on one plate and `dmso` on another are one treatment spelled two ways: as
+        // two classes, each lived on one plate and cross-plate validation scored nonsense.
         None => {
+            if let Some(c) = classes.iter().find(|c| c.eq_ignore_ascii_case(value)) {
+                let trained = if fixed {
+                    format!(" (the model was trained on `{c}`)")
+                } else {
+                    String::new()
+                };
+                anyhow::bail!(
+                    "label `{value}` differs from `{c}` only in case; spell them the same in \
+                     the plate map{trained}"
+                );
+            }
+            anyhow::ensure!(
+                !fixed,
+                "label `{value}` is not one of the model's classes ({})",
+                classes.join(", ")
+            );
             classes.push(value.to_string());
             Ok(classes.len() - 1)
         }

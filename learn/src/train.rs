@@ -469,10 +469,20 @@ impl Standardizer {
             }
         }
         let mean: Vec<f64> = mean.iter().map(|m| m / n).collect();
+        // A feature that does not vary over the fitted cells (saturated, a constant column)
+        // gets spread 0 and is read as 0 everywhere: floored at 1e-6, a new plate where it
+        // does vary read it as z ≈ 1e6, and its untrained random weight decided the class.
         let std = sq
             .iter()
             .zip(&mean)
-            .map(|(s, m)| ((s / n - m * m).max(0.0).sqrt()).max(1e-6) as f32)
+            .map(|(s, m)| {
+                let sd = (s / n - m * m).max(0.0).sqrt();
+                if sd <= 1e-6 * m.abs().max(1.0) {
+                    0.0
+                } else {
+                    sd as f32
+                }
+            })
             .collect();
         Standardizer {
             mean: mean.iter().map(|&m| m as f32).collect(),
@@ -484,7 +494,11 @@ impl Standardizer {
         x.iter()
             .enumerate()
             .map(|(i, &v)| {
-                let v = (v - self.mean[i % dim]) / self.std[i % dim];
+                let sd = self.std[i % dim];
+                if sd == 0.0 {
+                    return 0.0;
+                }
+                let v = (v - self.mean[i % dim]) / sd;
                 if v.is_finite() {
                     v
                 } else {
@@ -557,5 +571,24 @@ mod augment_tests {
             z[0] > 2.0 * s[0] && z[15] < 2.0 * s[15],
             "corners move towards the centre"
         );
+    }
+}
+
+#[cfg(test)]
+mod standardizer_tests {
+    use super::Standardizer;
+
+    /// A feature constant over the fitted cells (a saturated maximum) reads 0 on any plate,
+    /// however it varies there; a varying one is an ordinary z-score.
+    #[test]
+    fn a_feature_constant_in_training_reads_zero_elsewhere() {
+        // Two features per cell: the first varies, the second is 4095 throughout.
+        let fit: Vec<f32> = [1.0, 4095.0, 3.0, 4095.0, 5.0, 4095.0].to_vec();
+        let st = Standardizer::fit(&fit, 2, &[0, 1, 2]);
+        let z = st.apply(&[3.0, 100.0, 7.0, 4095.0]);
+        assert_eq!(z[1], 0.0);
+        assert_eq!(z[3], 0.0);
+        assert!(z[0].abs() < 1e-6);
+        assert!((z[2] - 4.0 / (8.0f32 / 3.0).sqrt()).abs() < 1e-4, "{z:?}");
     }
 }

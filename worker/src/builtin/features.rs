@@ -684,13 +684,11 @@ fn control_wells(
 /// A plate map's dose: a number ≥ 0, or none where the cell is empty or says so (`NA`,
 /// `N/A`, `nan`, `-`, `none`, as spreadsheets leave untreated wells); `None` outside.
 fn parse_dose(raw: &str) -> Option<Option<f64>> {
-    let raw = raw.trim();
-    if raw.is_empty()
-        || ["na", "n/a", "nan", "-", "none"].contains(&raw.to_ascii_lowercase().as_str())
-    {
+    if plateflow_contract::platemap::is_missing_value(raw) {
         return Some(None);
     }
-    raw.parse::<f64>()
+    raw.trim()
+        .parse::<f64>()
         .ok()
         .filter(|d| d.is_finite() && *d >= 0.0)
         .map(Some)

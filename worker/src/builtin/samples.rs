@@ -3,7 +3,7 @@
 //! each with its label, plate (or other group), well and image set, and the digests of the
 //! files they came from (recorded in the model card).
 
-use super::Context;
+use super::{map_metadata_column, Context};
 use anyhow::Context as _;
 pub use plateflow_learn::cells::{per_crop_z, per_group_robust_z, Data};
 use plateflow_learn::split::Origin;
@@ -41,7 +41,7 @@ fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
 /// `classes` (a saved model's), labels must be among them; cells without one are kept
 /// unlabelled when `keep_unlabelled`.
 pub fn from_features(
-    ctx: &Context,
+    ctx: &mut Context,
     label: &str,
     group_by: &str,
     classes: Option<&[String]>,
@@ -53,21 +53,25 @@ pub fn from_features(
         classes: classes.map(<[String]>::to_vec).unwrap_or_default(),
         ..Data::default()
     };
+    let mut said_missing = 0usize;
     for (_, path) in files {
         d.digests.push((rel_name(ctx, &path), sha256_file(&path)?));
         let mut rdr =
             csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
         let h: Vec<String> = rdr.headers()?.iter().map(str::to_string).collect();
         let col = |name: &str| h.iter().position(|c| c.eq_ignore_ascii_case(name));
-        let lc = col(&format!("Metadata_{label}")).with_context(|| {
+        // Named as `features` names plate-map columns (`MoA class` → `Metadata_MoA_class`,
+        // `Metadata_Phenotype` stays so).
+        let (label_col, group_col) = (map_metadata_column(label), map_metadata_column(group_by));
+        let lc = col(&label_col).with_context(|| {
             format!(
-                "{}: no column Metadata_{label}; name the plate-map column with `label:`",
+                "{}: no column {label_col}; name the plate-map column with `label:`",
                 path.display()
             )
         })?;
-        let gc = col(&format!("Metadata_{group_by}")).with_context(|| {
+        let gc = col(&group_col).with_context(|| {
             format!(
-                "{}: no column Metadata_{group_by} to group folds by",
+                "{}: no column {group_col} to group folds by",
                 path.display()
             )
         })?;
@@ -91,12 +95,12 @@ pub fn from_features(
             );
         }
         for rec in rdr.records() {
-            let rec = rec?;
-            let lab = rec.get(lc).unwrap_or("");
+            let rec = rec.with_context(|| format!("reading {}", path.display()))?;
+            let lab = label_of(&rec, lc, &mut said_missing);
             if lab.is_empty() && !keep_unlabelled {
                 continue;
             }
-            d.push_label(lab, classes.is_some())?;
+            push_label(&mut d, lab, classes.is_some(), &path, &rec, gc, wc)?;
             d.x.extend(feats.iter().map(|&i| {
                 rec.get(i)
                     .and_then(|v| v.parse::<f32>().ok())
@@ -108,12 +112,13 @@ pub fn from_features(
         }
     }
     d.shape = vec![d.feature_names.len()];
+    log_missing(ctx, said_missing);
     Ok(d)
 }
 
 /// Crops from `crops.safetensors` + `crops.csv` pairs (labels as in [`from_features`]).
 pub fn from_crops(
-    ctx: &Context,
+    ctx: &mut Context,
     group_by: &str,
     classes: Option<&[String]>,
     keep_unlabelled: bool,
@@ -144,6 +149,7 @@ pub fn from_crops(
         classes: classes.map(<[String]>::to_vec).unwrap_or_default(),
         ..Data::default()
     };
+    let mut said_missing = 0usize;
     for (tpath, ipath) in tensors.iter().zip(&indexes) {
         d.digests.push((rel_name(ctx, tpath), sha256_file(tpath)?));
         let t = candle_core::safetensors::load(tpath, &candle_core::Device::Cpu)
@@ -170,26 +176,77 @@ pub fn from_crops(
             tpath.display()
         );
         let per: usize = d.shape.iter().product();
-        let mut rdr = csv::Reader::from_path(ipath)?;
-        let h: Vec<String> = rdr.headers()?.iter().map(str::to_string).collect();
+        let mut rdr = csv::Reader::from_path(ipath)
+            .with_context(|| format!("reading {}", ipath.display()))?;
+        let h: Vec<String> = rdr
+            .headers()
+            .with_context(|| format!("reading {}", ipath.display()))?
+            .iter()
+            .map(str::to_string)
+            .collect();
         let col = |name: &str| h.iter().position(|c| c.eq_ignore_ascii_case(name));
-        let lc = col("label").context("crops.csv without a label column")?;
-        let gc = col(&format!("Metadata_{group_by}"))
-            .with_context(|| format!("{}: no column Metadata_{group_by}", ipath.display()))?;
+        let lc =
+            col("label").with_context(|| format!("{} has no `label` column", ipath.display()))?;
+        let group_col = map_metadata_column(group_by);
+        let gc = col(&group_col)
+            .with_context(|| format!("{}: no column {group_col}", ipath.display()))?;
         let (wc, sc, oc) = (col("Metadata_Well"), col("ImageSet"), col("ObjectNumber"));
         for (row, rec) in rdr.records().enumerate() {
-            let rec = rec?;
-            let lab = rec.get(lc).unwrap_or("");
+            let rec = rec.with_context(|| format!("reading {}", ipath.display()))?;
+            let lab = label_of(&rec, lc, &mut said_missing);
             if lab.is_empty() && !keep_unlabelled {
                 continue;
             }
-            d.push_label(lab, classes.is_some())?;
+            push_label(&mut d, lab, classes.is_some(), ipath, &rec, gc, wc)?;
             d.x.extend(values[row * per..(row + 1) * per].iter().map(|v| v / scale));
             push_origin(&mut d, &rec, gc, wc, sc, oc);
             d.file_of.push(d.digests.len() - 1);
         }
     }
+    log_missing(ctx, said_missing);
     Ok(d)
+}
+
+/// A cell's label, trimmed; "" (unlabelled) where the plate map says "no value" (`NA`, `-`,
+/// `nan`, …: R's `write.csv` writes untreated wells as `NA`, which became a class), counted
+/// in `said_missing` when written out.
+fn label_of<'r>(rec: &'r csv::StringRecord, lc: usize, said_missing: &mut usize) -> &'r str {
+    let raw = rec.get(lc).unwrap_or("");
+    if plateflow_contract::platemap::is_missing_value(raw) {
+        *said_missing += usize::from(!raw.trim().is_empty());
+        ""
+    } else {
+        raw.trim()
+    }
+}
+
+/// Adds a cell's label, an error naming the file, plate and well where it cannot be.
+fn push_label(
+    d: &mut Data,
+    label: &str,
+    fixed: bool,
+    path: &std::path::Path,
+    rec: &csv::StringRecord,
+    gc: usize,
+    wc: Option<usize>,
+) -> anyhow::Result<()> {
+    d.push_label(label, fixed).with_context(|| {
+        let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("");
+        format!(
+            "{} (plate {}, well {})",
+            path.display(),
+            get(Some(gc)),
+            get(wc)
+        )
+    })
+}
+
+fn log_missing(ctx: &mut Context, cells: usize) {
+    if cells > 0 {
+        ctx.logln(format!(
+            "{cells} cells whose label reads as \"no value\" (NA, n/a, nan, -, none) are left unlabelled"
+        ));
+    }
 }
 
 /// A file's path relative to the task's work directory (as upstream outputs are named there).
@@ -198,4 +255,115 @@ fn rel_name(ctx: &Context, path: &std::path::Path) -> String {
         .unwrap_or(path)
         .display()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtin::testing;
+
+    /// Writes `rows` (plate, well, label, feature) as a `features` step's `cells.csv` named
+    /// `rel` under `work`, with the label under `label_col`.
+    fn cells_csv(
+        work: &std::path::Path,
+        rel: &str,
+        label_col: &str,
+        rows: &[(&str, &str, &str, f64)],
+    ) {
+        let mut text =
+            format!("ImageSet,Metadata_Plate,Metadata_Well,{label_col},ObjectNumber,Nuclei_F\n");
+        for (i, (plate, well, label, f)) in rows.iter().enumerate() {
+            text.push_str(&format!("{plate}_{well},{plate},{well},{label},{i},{f}\n"));
+        }
+        let path = work.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Plate-map spellings of "no value" leave a cell unlabelled (R writes untreated wells
+    /// `NA`, which became a class), labels are trimmed, and a map column named with its
+    /// `Metadata_` prefix or with spaces is found as `features` named it.
+    #[test]
+    fn labels_as_plate_maps_write_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rows = [
+            ("P1", "A01", "DMSO", 1.0),
+            ("P1", "A02", "NA", 2.0),
+            ("P1", "A03", " taxol ", 3.0),
+            ("P1", "A04", "-", 4.0),
+            ("P1", "A05", "", 5.0),
+        ];
+        cells_csv(tmp.path(), "f/cells.csv", "Metadata_MoA_class", &rows);
+        let task = testing::task("train", &[]);
+        let upstream = vec![(
+            "f".to_string(),
+            "cells.csv".to_string(),
+            "f/cells.csv".to_string(),
+        )];
+        for label in ["MoA class", "Metadata_MoA_class"] {
+            let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
+            let d = from_features(&mut ctx, label, "plate", None, false).unwrap();
+            assert_eq!(d.classes, ["DMSO", "taxol"]);
+            assert_eq!(d.len(), 2);
+            assert!(
+                ctx.log
+                    .contains("2 cells whose label reads as \"no value\""),
+                "{}",
+                ctx.log
+            );
+            let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
+            let d = from_features(&mut ctx, label, "plate", None, true).unwrap();
+            assert_eq!(d.labels, [Some(0), None, Some(1), None, None]);
+        }
+    }
+
+    /// `DMSO` on one plate and `dmso` on another are refused, naming the file, plate and
+    /// well and both spellings; so is a model's class spelled another way when evaluating.
+    #[test]
+    fn labels_differing_only_in_case_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        cells_csv(
+            tmp.path(),
+            "a/cells.csv",
+            "Metadata_Phenotype",
+            &[("P1", "A01", "DMSO", 1.0)],
+        );
+        cells_csv(
+            tmp.path(),
+            "b/cells.csv",
+            "Metadata_Phenotype",
+            &[("P2", "B03", "dmso", 1.0)],
+        );
+        let task = testing::task("train", &[]);
+        let upstream = vec![
+            (
+                "a".to_string(),
+                "cells.csv".to_string(),
+                "a/cells.csv".to_string(),
+            ),
+            (
+                "b".to_string(),
+                "cells.csv".to_string(),
+                "b/cells.csv".to_string(),
+            ),
+        ];
+        let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
+        let e = match from_features(&mut ctx, "phenotype", "plate", None, false) {
+            Err(e) => format!("{e:#}"),
+            Ok(_) => panic!("two spellings were taken as two classes"),
+        };
+        assert!(
+            e.contains("b/cells.csv (plate P2, well B03)")
+                && e.contains("`dmso` differs from `DMSO` only in case"),
+            "{e}"
+        );
+        let upstream = &upstream[1..];
+        let mut ctx = testing::context(tmp.path(), &task, &[], upstream);
+        let classes = ["DMSO".to_string(), "taxol".to_string()];
+        let e = match from_features(&mut ctx, "phenotype", "plate", Some(&classes), true) {
+            Err(e) => format!("{e:#}"),
+            Ok(_) => panic!("a label spelled otherwise than the model's class was taken"),
+        };
+        assert!(e.contains("the model was trained on `DMSO`"), "{e}");
+    }
 }

@@ -91,9 +91,13 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         "fitting on {}",
         plateflow_learn::device::describe(&settings.device)
     ));
+    // Per-plate normalisation centres each plate on all its cells, as `evaluate` does: on the
+    // labelled ones alone (often only the controls), training and prediction saw features
+    // shifted differently, and cross-validation could not show it.
+    let whole_plates = params.normalize() == TrainNormalize::Plate;
     let mut d = match params.model {
-        ModelKind::Logistic => samples::from_features(ctx, &label, &group_by, None, false)?,
-        ModelKind::Cnn => samples::from_crops(ctx, &group_by, None, false)?,
+        ModelKind::Logistic => samples::from_features(ctx, &label, &group_by, None, whole_plates)?,
+        ModelKind::Cnn => samples::from_crops(ctx, &group_by, None, whole_plates)?,
     };
     // Nuisance columns (position, numbering, metadata) and `exclude_features:` are left out.
     let mut left_out = Vec::new();
@@ -158,7 +162,10 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
             })
             .collect();
     }
-    let all_groups: BTreeSet<String> = d.groups.iter().cloned().collect();
+    let all_groups: BTreeSet<String> = (0..d.len())
+        .filter(|&i| d.labels[i].is_some())
+        .map(|i| d.groups[i].clone())
+        .collect();
     for h in &holdout {
         anyhow::ensure!(
             all_groups.contains(h),
@@ -183,6 +190,8 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         TrainNormalize::None => "none",
     }
     .to_string();
+    let labelled = d.labels.clone();
+    d.retain(|i| labelled[i].is_some());
     let labels: Vec<usize> = d.labels.iter().map(|l| l.expect("labelled")).collect();
     let n = labels.len();
     let nc = d.classes.len();
@@ -190,6 +199,21 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
         nc >= 2,
         "only one class ({}) among the labelled cells: nothing to learn",
         d.classes.join(", ")
+    );
+    // A class seen only on held-out plates has no cell to learn from: its F1 of 0 in the
+    // card would say nothing of why.
+    let trained: BTreeSet<usize> = labels.iter().copied().collect();
+    let untrained: Vec<&str> = (0..nc)
+        .filter(|c| !trained.contains(c))
+        .map(|c| d.classes[c].as_str())
+        .collect();
+    anyhow::ensure!(
+        untrained.is_empty(),
+        "class(es) {} are labelled only on `holdout` {group_by}s ({}): the model would have \
+         no cell of them to learn from; hold out another {group_by}, or label them on a \
+         training {group_by} too",
+        untrained.join(", "),
+        holdout.join(", ")
     );
     let plates: BTreeSet<&str> = d.groups.iter().map(String::as_str).collect();
     let k = params.folds as usize;
@@ -607,4 +631,138 @@ fn training_plate_exclusions(
         }
     }
     Ok(Some(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtin::testing;
+
+    /// A `cells.csv` of four plates, each shifted as a whole (stain, illumination): controls
+    /// labelled `pos` (F ≈ 10 above the plate) and `neg` (F ≈ 0), in mixes that differ by
+    /// plate (10:30 or 30:10), and 100 unlabelled compound cells (F 3..7) per plate.
+    fn screen(work: &std::path::Path) -> Vec<(String, String, String)> {
+        let mut text = String::from(
+            "ImageSet,Metadata_Plate,Metadata_Well,Metadata_Phenotype,ObjectNumber,Nuclei_F\n",
+        );
+        let mut rng = plateflow_learn::rng::Rng::new(7);
+        for (p, shift) in [(1, 0.0), (2, 50.0), (3, -30.0), (4, 80.0)] {
+            let (pos, neg) = if p % 2 == 1 { (10, 30) } else { (30, 10) };
+            let cells = std::iter::repeat_n(("pos", 10.0), pos)
+                .chain(std::iter::repeat_n(("neg", 0.0), neg))
+                .chain(std::iter::repeat_n(("", 5.0), 100));
+            for (i, (label, f)) in cells.enumerate() {
+                let spread = if label.is_empty() { 4.0 } else { 1.0 };
+                let v = shift + f + (rng.unit() - 0.5) * spread;
+                text.push_str(&format!("P{p}_A01,P{p},A01,{label},{i},{v}\n"));
+            }
+        }
+        std::fs::create_dir_all(work.join("f")).unwrap();
+        std::fs::write(work.join("f/cells.csv"), text).unwrap();
+        vec![("f".into(), "cells.csv".into(), "f/cells.csv".into())]
+    }
+
+    /// Each fold's accuracy from `cv.csv`.
+    fn fold_accuracies(out: &std::path::Path) -> Vec<f64> {
+        let mut rdr = csv::Reader::from_path(out.join("cv.csv")).unwrap();
+        let col = rdr
+            .headers()
+            .unwrap()
+            .iter()
+            .position(|h| h == "accuracy")
+            .unwrap();
+        rdr.records()
+            .map(|r| r.unwrap()[col].parse().unwrap())
+            .collect()
+    }
+
+    /// Plates are centred on all their cells, as `evaluate` centres a new plate: centred on
+    /// the labelled controls alone, a plate of mostly `neg` was centred on `neg` and one of
+    /// mostly `pos` on `pos`, so held-out plates were called the wrong way round.
+    #[test]
+    fn plates_are_normalised_on_all_their_cells() {
+        let tmp = tempfile::tempdir().unwrap();
+        let upstream = screen(tmp.path());
+        let task = testing::task("train", &[]);
+        let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
+        let params = TrainParams {
+            folds: 2,
+            ..TrainParams::default()
+        };
+        run(&mut ctx, &params).unwrap();
+        let acc = fold_accuracies(&tmp.path().join("out"));
+        assert!(acc.len() == 2 && acc.iter().all(|&a| a > 0.95), "{acc:?}");
+    }
+
+    /// A class labelled only on `holdout` plates is refused by name: no cell of it could be
+    /// learned from.
+    #[test]
+    fn a_class_only_on_held_out_plates_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut upstream = screen(tmp.path());
+        let text = std::fs::read_to_string(tmp.path().join("f/cells.csv")).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("P4_") && l.contains(",pos,") {
+                    l.replace(",pos,", ",taxol,")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(tmp.path().join("f/cells.csv"), text + "\n").unwrap();
+        upstream.truncate(1);
+        let task = testing::task("train", &[]);
+        let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
+        let params = TrainParams {
+            folds: 2,
+            holdout: vec!["P4".into()],
+            ..TrainParams::default()
+        };
+        let e = format!("{:#}", run(&mut ctx, &params).unwrap_err());
+        assert!(
+            e.contains("taxol") && e.contains("only on `holdout` plates (P4)"),
+            "{e}"
+        );
+    }
+
+    /// A model trained with a plate held out evaluates that plate from the same `cells.csv`
+    /// (a `features` step over all plates writes one): that file was trained on for the
+    /// other plates, which is no leak, and the held-out cells are called right.
+    #[test]
+    fn a_held_out_plate_evaluates_from_the_table_trained_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut upstream = screen(tmp.path());
+        let task = testing::task("train", &[]);
+        let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
+        let params = TrainParams {
+            folds: 2,
+            holdout: vec!["P4".into()],
+            ..TrainParams::default()
+        };
+        run(&mut ctx, &params).unwrap();
+        for name in ["model.safetensors", "model.json"] {
+            upstream.push(("train".into(), name.into(), format!("out/{name}")));
+        }
+        let task = testing::task("score", &[]);
+        let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
+        super::super::evaluate::run(&mut ctx, &Default::default()).unwrap();
+        let mut rdr = csv::Reader::from_path(tmp.path().join("out/predictions.csv")).unwrap();
+        let h = rdr.headers().unwrap().clone();
+        let at = |n: &str| h.iter().position(|c| c == n).unwrap();
+        let (truth, predicted) = (at("truth"), at("predicted"));
+        let rows: Vec<csv::StringRecord> = rdr
+            .records()
+            .map(|r| r.unwrap())
+            .filter(|r| !r[truth].is_empty())
+            .collect();
+        let right = rows.iter().filter(|r| r[truth] == r[predicted]).count();
+        assert!(
+            rows.len() == 40 && right >= 38,
+            "{right} of {} right",
+            rows.len()
+        );
+    }
 }
