@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 /// What the batch system says of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {
-    Pending,
+    /// Queued, or held; `reason` as the batch system gives it (Slurm's `%r`: `Priority`,
+    /// `Resources`, `PartitionTimeLimit`, `JobHeldUser`, …).
+    Pending {
+        reason: String,
+    },
     Running,
     /// No longer in the queue: completed, cancelled, timed out, pre-empted or failed.
     Gone,
@@ -55,6 +59,8 @@ pub struct Allocation {
     /// Workers of this allocation connected now, and ever.
     pub workers_now: u32,
     pub workers_seen: u32,
+    /// Whether any of its workers was ever given a task.
+    pub did_work: bool,
     pub note: String,
     /// Its end is in the database: nothing more to write.
     pub end_recorded: bool,
@@ -92,8 +98,11 @@ pub fn decide(
         .iter()
         .filter(|a| a.state != JobState::Gone)
         .collect();
-    if let Some(a) = alive.iter().find(|a| a.state == JobState::Pending) {
-        return Decision::Wait(format!("allocation {} is pending", a.id));
+    if let Some((a, reason)) = alive.iter().find_map(|a| match &a.state {
+        JobState::Pending { reason } => Some((a, reason)),
+        _ => None,
+    }) {
+        return Decision::Wait(format!("allocation {} is pending ({reason})", a.id));
     }
     if let Some(a) = alive.iter().find(|a| {
         a.workers_seen == 0
@@ -111,6 +120,28 @@ pub fn decide(
     Decision::Submit
 }
 
+/// Why an allocation that has ended did no work, if it did none: its workers never
+/// connected (the worker binary missing on the compute nodes, a wrong token, the coordinator
+/// unreachable from them), or connected and were given nothing (the waiting tasks ask for
+/// more than the allocation offers). Each such one in a row backs submission off further;
+/// [`GIVE_UP_AFTER`] in a row stop it, instead of a new job every few seconds all night.
+pub fn wasted(a: &Allocation) -> Option<&'static str> {
+    if a.workers_seen == 0 {
+        Some("ended before any worker connected (check its Slurm output)")
+    } else if !a.did_work {
+        Some(
+            "its workers connected but were given no task: the waiting tasks ask for more \
+             than one allocation offers (compare the steps' `resources:` with --slurm-cpus, \
+             --slurm-gpus and --slurm-mem)",
+        )
+    } else {
+        None
+    }
+}
+
+/// Allocations in a row that did no work (see [`wasted`]) after which none is submitted.
+pub const GIVE_UP_AFTER: u32 = 5;
+
 /// Backoff after `failures` consecutive failed submissions: 5 s doubling to 5 min.
 pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(5u64.saturating_mul(1 << failures.min(6).saturating_sub(1)))
@@ -119,7 +150,7 @@ pub fn backoff(failures: u32) -> Duration {
 
 fn state_name(a: &Allocation) -> &'static str {
     match a.state {
-        JobState::Pending => "pending",
+        JobState::Pending { .. } => "pending",
         JobState::Running => "running",
         JobState::Gone => "ended",
     }
@@ -133,6 +164,10 @@ pub struct Allocator<B: Backend> {
     allocs: Vec<Allocation>,
     backlog_rounds: u32,
     failures: u32,
+    /// Allocations in a row that ended without doing any work.
+    wasted_in_row: u32,
+    /// Set once [`GIVE_UP_AFTER`] allocations in a row were wasted: why none is submitted.
+    gave_up: Option<String>,
     backoff_until: Option<Instant>,
     last_wait: String,
 }
@@ -147,6 +182,8 @@ impl<B: Backend> Allocator<B> {
             allocs: Vec::new(),
             backlog_rounds: 0,
             failures: 0,
+            wasted_in_row: 0,
+            gave_up: None,
             backoff_until: None,
             last_wait: String::new(),
         }
@@ -193,13 +230,17 @@ impl<B: Backend> Allocator<B> {
             0
         };
         let now = Instant::now();
-        match decide(
-            self.backlog_rounds,
-            &self.allocs,
-            &self.limits,
-            self.backoff_until,
-            now,
-        ) {
+        let decision = match &self.gave_up {
+            Some(why) => Decision::Wait(why.clone()),
+            None => decide(
+                self.backlog_rounds,
+                &self.allocs,
+                &self.limits,
+                self.backoff_until,
+                now,
+            ),
+        };
+        match decision {
             Decision::Submit => match self.backend.submit().await {
                 Ok(id) => {
                     tracing::info!(job = %id, backlog = snap.queued, "submitted a worker allocation");
@@ -207,12 +248,15 @@ impl<B: Backend> Allocator<B> {
                     self.backoff_until = None;
                     self.allocs.push(Allocation {
                         id,
-                        state: JobState::Pending,
+                        state: JobState::Pending {
+                            reason: "submitted".into(),
+                        },
                         submitted: now,
                         submitted_epoch: Db::now(),
                         running_since: None,
                         workers_now: 0,
                         workers_seen: 0,
+                        did_work: false,
                         note: format!("{} tasks waiting", snap.queued),
                         end_recorded: false,
                     });
@@ -233,6 +277,7 @@ impl<B: Backend> Allocator<B> {
                         running_since: None,
                         workers_now: 0,
                         workers_seen: 0,
+                        did_work: false,
                         note: format!("submission failed: {e:#}"),
                         end_recorded: false,
                     });
@@ -240,7 +285,14 @@ impl<B: Backend> Allocator<B> {
             },
             Decision::Wait(why) => {
                 if why != self.last_wait {
-                    tracing::debug!("allocator waits: {why}");
+                    // A job held in the queue for a reason that may never clear (a time
+                    // limit above the partition's, a QOS limit, a hold) is said, not only
+                    // logged at debug: the run would otherwise wait in silence.
+                    if why.contains("is pending") && !pending_is_routine(&why) {
+                        tracing::warn!("allocator waits: {why}");
+                    } else {
+                        tracing::debug!("allocator waits: {why}");
+                    }
                     self.last_wait = why;
                 }
             }
@@ -252,6 +304,7 @@ impl<B: Backend> Allocator<B> {
     /// Job states from the batch system, worker counts from the engine. A failed query
     /// keeps the last known states (and is retried next round).
     async fn refresh(&mut self, snap: &Snapshot) {
+        let mut ended = Vec::new();
         let ids: Vec<String> = self
             .allocs
             .iter()
@@ -270,13 +323,11 @@ impl<B: Backend> Allocator<B> {
                         if st == JobState::Running && a.running_since.is_none() {
                             a.running_since = Some(Instant::now());
                         }
+                        if let JobState::Pending { reason } = &st {
+                            a.note = format!("pending: {reason}");
+                        }
                         if st == JobState::Gone && a.state != JobState::Gone {
-                            a.note = if a.workers_seen == 0 {
-                                "ended before any worker connected (check its Slurm output)".into()
-                            } else {
-                                "ended (workers idle, time limit, pre-emption or cancellation)"
-                                    .into()
-                            };
+                            ended.push(a.id.clone());
                         }
                         a.state = st;
                     }
@@ -285,8 +336,42 @@ impl<B: Backend> Allocator<B> {
             }
         }
         for a in &mut self.allocs {
-            a.workers_now = snap.workers.iter().filter(|w| w.allocation == a.id).count() as u32;
+            let mine = || snap.workers.iter().filter(|w| w.allocation == a.id);
+            a.workers_now = mine().count() as u32;
             a.workers_seen = a.workers_seen.max(a.workers_now);
+            a.did_work |= mine().any(|w| w.assigned > 0);
+        }
+        for id in ended {
+            let a = self.allocs.iter_mut().find(|a| a.id == id).expect("listed");
+            match wasted(a) {
+                None => {
+                    a.note = "ended (workers idle, time limit, pre-emption or cancellation)".into();
+                    self.wasted_in_row = 0;
+                }
+                Some(why) => {
+                    a.note = why.into();
+                    self.wasted_in_row += 1;
+                    let wait = backoff(self.wasted_in_row);
+                    let until = Instant::now() + wait;
+                    self.backoff_until = Some(self.backoff_until.map_or(until, |t| t.max(until)));
+                    if self.wasted_in_row >= GIVE_UP_AFTER {
+                        let stop = format!(
+                            "{} allocations in a row did no work (the last: {why}); no more are \
+                             submitted until the coordinator is restarted",
+                            self.wasted_in_row
+                        );
+                        tracing::error!("allocator: {stop}");
+                        a.note = stop.clone();
+                        self.gave_up = Some(stop);
+                    } else {
+                        tracing::warn!(
+                            job = %a.id,
+                            "allocation {why}; {} in a row, the next in {wait:?} at the earliest",
+                            self.wasted_in_row
+                        );
+                    }
+                }
+            }
         }
     }
 
@@ -324,6 +409,20 @@ impl<B: Backend> Allocator<B> {
             self.allocs.retain(|a| a.state != JobState::Gone);
         }
     }
+}
+
+/// Whether a wait on a pending job is the queue's ordinary one (waiting its turn or for
+/// nodes), not a reason that may never clear by itself.
+fn pending_is_routine(why: &str) -> bool {
+    [
+        "(submitted)",
+        "(Priority)",
+        "(Resources)",
+        "(None)",
+        "(BeginTime)",
+    ]
+    .iter()
+    .any(|r| why.ends_with(r))
 }
 
 /// `plateflow alloc list`: one line per allocation.
@@ -370,9 +469,46 @@ mod tests {
             running_since: running_for.map(|s| now - Duration::from_secs(s)),
             workers_now: workers_seen,
             workers_seen,
+            did_work: workers_seen > 0,
             note: String::new(),
             end_recorded: false,
         }
+    }
+
+    fn pending(reason: &str) -> JobState {
+        JobState::Pending {
+            reason: reason.into(),
+        }
+    }
+
+    /// An allocation whose workers never came, or came and were given nothing, did no work;
+    /// one whose workers ran tasks did.
+    #[test]
+    fn allocations_that_did_no_work_are_told_apart() {
+        let never = alloc("1", JobState::Gone, 0, Some(5));
+        assert!(wasted(&never)
+            .unwrap()
+            .contains("before any worker connected"));
+        let idle = Allocation {
+            did_work: false,
+            ..alloc("2", JobState::Gone, 2, Some(90))
+        };
+        assert!(wasted(&idle).unwrap().contains("--slurm-gpus"));
+        assert_eq!(wasted(&alloc("3", JobState::Gone, 2, Some(90))), None);
+    }
+
+    /// A pending job's reason is in the wait; the queue's routine reasons are told from
+    /// those that may never clear.
+    #[test]
+    fn a_pending_jobs_reason_is_said() {
+        let now = Instant::now();
+        let held = [alloc("7", pending("PartitionTimeLimit"), 0, None)];
+        let Decision::Wait(why) = decide(9, &held, &limits(), None, now) else {
+            panic!("submitted beside a pending job");
+        };
+        assert_eq!(why, "allocation 7 is pending (PartitionTimeLimit)");
+        assert!(!pending_is_routine(&why));
+        assert!(pending_is_routine("allocation 7 is pending (Priority)"));
     }
 
     #[test]
@@ -392,7 +528,7 @@ mod tests {
     #[test]
     fn one_allocation_serves_the_backlog_while_it_starts() {
         let now = Instant::now();
-        let pending = [alloc("1", JobState::Pending, 0, None)];
+        let pending = [alloc("1", pending("Priority"), 0, None)];
         assert!(
             matches!(decide(9, &pending, &limits(), None, now), Decision::Wait(w) if w.contains("pending"))
         );

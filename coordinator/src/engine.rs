@@ -358,6 +358,8 @@ struct WorkerRt {
     capacity: Capacity,
     last_seen: Instant,
     running: HashSet<TaskIdx>,
+    /// Tasks ever given to it (the allocator tells allocations that did work from idle ones).
+    assigned: u64,
     /// The batch allocation (Slurm job) it runs in, if any.
     allocation: String,
 }
@@ -606,6 +608,7 @@ impl Engine {
                     cpus: w.capacity.total_cpus,
                     gpus: w.capacity.total_gpus,
                     running: w.running.len(),
+                    assigned: w.assigned,
                     last_seen_s: w.last_seen.elapsed().as_secs_f64(),
                     allocation: w.allocation.clone(),
                 })
@@ -858,6 +861,7 @@ impl Engine {
                 .get_mut(&a.worker)
                 .expect("assigned to a live worker");
             worker.running.insert(t);
+            worker.assigned += 1;
             let rt = &mut run.tasks[t as usize];
             rt.attempt += 1;
             rt.worker_name = worker.name.clone();
@@ -922,6 +926,7 @@ impl Engine {
                     total_gpus: hello.gpu_ids.len() as u32,
                     cuda_build: hello.cuda_build,
                 },
+                assigned: 0,
                 last_seen: self.now(),
                 running: HashSet::new(),
                 allocation: hello.allocation.clone(),

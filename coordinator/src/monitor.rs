@@ -39,6 +39,8 @@ pub struct WorkerView {
     pub cpus: u32,
     pub gpus: u32,
     pub running: usize,
+    /// Tasks ever given to it.
+    pub assigned: u64,
     pub last_seen_s: f64,
     /// Its batch allocation (Slurm job id), empty outside one.
     pub allocation: String,
@@ -427,6 +429,7 @@ mod tests {
                 cpus: 8,
                 gpus: 1,
                 running: 1,
+                assigned: 3,
                 last_seen_s: 0.4,
                 allocation: String::new(),
             }],

@@ -101,19 +101,41 @@ async fn slurm_cmd(program: &str, args: &[String], timeout: Duration) -> anyhow:
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `squeue -o "%i %T"` lines → the state of each of `ids` (absent: gone).
+/// `squeue -o "%i %T %r"` lines → the state of each of `ids` (absent: gone). A job still
+/// listed in a state not known here (REQUEUE_HOLD, SPECIAL_EXIT, STOPPED, one a later Slurm
+/// adds) is taken as pending, not gone: taken as gone, it was never looked at again, and its
+/// workers, when it ran, belonged to no allocation.
 pub fn parse_squeue(text: &str, ids: &[String]) -> Vec<JobState> {
-    let seen: std::collections::HashMap<&str, &str> = text
+    let seen: std::collections::HashMap<&str, (&str, &str)> = text
         .lines()
-        .filter_map(|l| l.trim().split_once(' '))
+        .filter_map(|l| {
+            let mut parts = l.trim().splitn(3, ' ');
+            let id = parts.next().filter(|s| !s.is_empty())?;
+            let state = parts.next()?;
+            Some((id, (state, parts.next().unwrap_or("").trim())))
+        })
         .collect();
     ids.iter()
-        .map(|id| match seen.get(id.as_str()).map(|s| s.trim()) {
-            Some("PENDING") | Some("CONFIGURING") | Some("REQUEUED") | Some("RESIZING") => {
-                JobState::Pending
-            }
-            Some("RUNNING") | Some("COMPLETING") | Some("SUSPENDED") => JobState::Running,
-            _ => JobState::Gone,
+        .map(|id| match seen.get(id.as_str()) {
+            None => JobState::Gone,
+            Some(&(state, reason)) => match state {
+                "RUNNING" | "COMPLETING" | "SUSPENDED" | "STAGE_OUT" | "SIGNALING" => {
+                    JobState::Running
+                }
+                // Finished, still listed for a while (MinJobAge).
+                "COMPLETED" | "CANCELLED" | "FAILED" | "TIMEOUT" | "NODE_FAIL" | "PREEMPTED"
+                | "BOOT_FAIL" | "DEADLINE" | "OUT_OF_MEMORY" | "REVOKED" => JobState::Gone,
+                "PENDING" => JobState::Pending {
+                    reason: if reason.is_empty() { "None" } else { reason }.to_string(),
+                },
+                other => JobState::Pending {
+                    reason: if reason.is_empty() || reason == "None" {
+                        other.to_string()
+                    } else {
+                        format!("{other}: {reason}")
+                    },
+                },
+            },
         })
         .collect()
 }
@@ -150,7 +172,7 @@ impl Backend for Slurm {
             &[
                 "-h".into(),
                 "-o".into(),
-                "%i %T".into(),
+                "%i %T %r".into(),
                 "-j".into(),
                 ids.join(","),
             ],
@@ -178,17 +200,28 @@ impl Backend for Slurm {
 mod tests {
     use super::*;
 
+    /// States with their reasons (which may hold spaces); a held or unknown state stays
+    /// pending, a finished one still listed is gone, an absent one is gone.
     #[test]
     fn squeue_states_and_vanished_jobs() {
-        let text = "101 PENDING\n102 RUNNING\n103 COMPLETING\n";
-        let ids: Vec<String> = ["101", "102", "103", "104"].map(String::from).to_vec();
+        let text = "101 PENDING Priority\n102 RUNNING None\n103 COMPLETING None\n\
+                    105 PENDING ReqNodeNotAvail, UnavailableNodes:n[1-2]\n\
+                    106 REQUEUE_HOLD JobHeldAdmin\n107 TIMEOUT None\n108 STOPPED None\n";
+        let ids: Vec<String> = ["101", "102", "103", "104", "105", "106", "107", "108"]
+            .map(String::from)
+            .to_vec();
+        let pending = |r: &str| JobState::Pending { reason: r.into() };
         assert_eq!(
             parse_squeue(text, &ids),
             [
-                JobState::Pending,
+                pending("Priority"),
                 JobState::Running,
                 JobState::Running,
-                JobState::Gone
+                JobState::Gone,
+                pending("ReqNodeNotAvail, UnavailableNodes:n[1-2]"),
+                pending("REQUEUE_HOLD: JobHeldAdmin"),
+                JobState::Gone,
+                pending("STOPPED"),
             ]
         );
     }
