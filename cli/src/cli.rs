@@ -917,10 +917,7 @@ fn slurm_memory() -> Option<u64> {
 
 /// GPU ids from CUDA_VISIBLE_DEVICES (set by Slurm's `--gres=gpu` and by users).
 fn visible_gpus() -> Vec<u32> {
-    std::env::var("CUDA_VISIBLE_DEVICES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
-        .unwrap_or_default()
+    plateflow_learn::device::offered_gpus()
 }
 
 fn hostname() -> String {

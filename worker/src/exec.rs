@@ -374,7 +374,11 @@ async fn run_command<F: BlobFetcher>(
         task_env.push((format!("PLATEFLOW_{}", k.to_uppercase()), v.clone()));
     }
     if !spec.gpu_ids.is_empty() {
-        let ids: Vec<String> = spec.gpu_ids.iter().map(u32::to_string).collect();
+        let ids: Vec<String> = spec
+            .gpu_ids
+            .iter()
+            .map(|&id| plateflow_learn::device::child_visible(id))
+            .collect();
         task_env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
     }
     let mut process = TaskProcess::spawn(Launch {
