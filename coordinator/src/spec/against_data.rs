@@ -91,6 +91,31 @@ pub fn fits_local_workers(pipeline: &Pipeline, offer: &LocalOffer) -> Result<(),
     r.finish()
 }
 
+/// Whether two plate names are one plate spelled two ways: equal once case, punctuation and
+/// leading zeros of numbers are set aside (`P01` = `p1`, `Plate_5` = `plate5`; `P1` ≠ `P2`).
+fn same_plate(a: &str, b: &str) -> bool {
+    fn canonical(s: &str) -> String {
+        let mut out = String::new();
+        let mut digits = String::new();
+        for c in s.chars().chain(std::iter::once(' ')) {
+            if c.is_ascii_digit() {
+                digits.push(c);
+                continue;
+            }
+            if !digits.is_empty() {
+                let trimmed = digits.trim_start_matches('0');
+                out.push_str(if trimmed.is_empty() { "0" } else { trimmed });
+                digits.clear();
+            }
+            if c.is_alphanumeric() {
+                out.extend(c.to_lowercase());
+            }
+        }
+        out
+    }
+    a != b && canonical(a) == canonical(b)
+}
+
 /// "the plates are: P1, P2, P3", led by a guess where the name is long enough for a typo to
 /// be told apart from another plate (`P9` is no misspelt `P1`).
 fn one_of(word: &str, known: &[&str], what: &str) -> String {
@@ -121,6 +146,7 @@ pub fn check(
         map,
     };
     c.plate_column();
+    c.plate_names();
     for step in &pipeline.steps {
         c.columns(step);
         if let StepParams::Train(t) = &step.params {
@@ -194,6 +220,78 @@ impl Checker<'_> {
             ),
             Some(hint),
         );
+    }
+
+    /// The map's plates as the file names spell them. A plate the images have and the map
+    /// spells otherwise (`P01` and `P1`, `Plate_5` and `plate5`) got no row: its wells had no
+    /// label, dose or control, and `train` left the whole plate out in silence. Refused where
+    /// the spellings differ only in case, punctuation or leading zeros, or where no image
+    /// plate is in the map at all; a map that leaves some plates out on purpose passes.
+    fn plate_names(&mut self) {
+        let Some(map) = self.map else { return };
+        if !map.has_plate_column() {
+            return;
+        }
+        let images = self.values("plate");
+        let in_map: BTreeSet<&str> = map.rows.iter().filter_map(|r| r.plate.as_deref()).collect();
+        let missing: Vec<&String> = images
+            .iter()
+            .filter(|p| !in_map.contains(p.as_str()))
+            .collect();
+        if missing.is_empty() || in_map.is_empty() {
+            return;
+        }
+        let unused: Vec<&str> = in_map
+            .iter()
+            .copied()
+            .filter(|m| !images.iter().any(|p| p == m))
+            .collect();
+        let respelt: Vec<(&String, &str)> = missing
+            .iter()
+            .filter_map(|&p| unused.iter().find(|m| same_plate(p, m)).map(|&m| (p, m)))
+            .collect();
+        let (mark, width) = self
+            .p
+            .data
+            .as_ref()
+            .map_or((Mark::default(), 1), |d| d.plate_map_mark);
+        if !respelt.is_empty() {
+            let pairs: Vec<String> = respelt
+                .iter()
+                .map(|(p, m)| format!("`{p}` (images) / `{m}` (map)"))
+                .collect();
+            self.r.error_hint(
+                mark,
+                width,
+                format!(
+                    "plate map `{}` spells {} plate(s) otherwise than the file names: {};                      their wells would get no row (no label, dose or control)",
+                    map.file,
+                    respelt.len(),
+                    pairs.join(", ")
+                ),
+                Some("write the map's plate column as the file names spell the plates".into()),
+            );
+        } else if missing.len() == images.len() {
+            let shown = |v: Vec<&str>| {
+                let more = v.len().saturating_sub(5);
+                let mut s = v.into_iter().take(5).collect::<Vec<_>>().join(", ");
+                if more > 0 {
+                    s.push_str(&format!(" and {more} more"));
+                }
+                s
+            };
+            self.r.error_hint(
+                mark,
+                width,
+                format!(
+                    "none of the image plates ({}) is in plate map `{}`, whose plates are {}",
+                    shown(images.iter().map(String::as_str).collect()),
+                    map.file,
+                    shown(in_map.iter().copied().collect())
+                ),
+                Some("the map's plate column must hold the plate names the file names give".into()),
+            );
+        }
     }
 
     fn values(&self, field: &str) -> Vec<String> {
@@ -473,5 +571,50 @@ mod tests {
         );
         let grid = PlateMap::parse("map.csv", b"treatment,1,2\nA,DMSO,drug\n").unwrap();
         check(&p, &facts, Some(&grid)).unwrap();
+    }
+
+    /// Plates the map spells otherwise than the file names are refused, naming both
+    /// spellings; a map with none of the image plates is refused; a map that leaves a plate
+    /// out, or names more plates, passes.
+    #[test]
+    fn map_plates_are_spelt_as_the_file_names_spell_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        std::fs::create_dir(dir.path().join("img")).unwrap();
+        std::fs::write(dir.path().join("map.csv"), "").unwrap();
+        let p = crate::spec::parse(
+            &path,
+            "data:\n  images: img\n  pattern: \"{plate}/{well}.tif\"\n  plate_map: map.csv\nsteps:\n  a: {uses: noop}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let facts = |plates: &[&str]| DataFacts {
+            field_values: BTreeMap::from([(
+                "plate".to_string(),
+                plates.iter().map(|p| p.to_string()).collect(),
+            )]),
+        };
+        let map = PlateMap::parse(
+            "map.csv",
+            b"plate,well,phenotype\nP1,A01,DMSO\nP2,A01,DMSO\nPlate_03,A01,DMSO\n",
+        )
+        .unwrap();
+        let e = check(&p, &facts(&["P1", "P2", "plate3"]), Some(&map)).unwrap_err();
+        assert!(
+            e.0[0]
+                .message
+                .contains("`plate3` (images) / `Plate_03` (map)")
+                && e.0[0].mark.line == 4,
+            "{e}"
+        );
+        let e = check(&p, &facts(&["BR1", "BR2"]), Some(&map)).unwrap_err();
+        assert!(
+            e.0[0]
+                .message
+                .contains("none of the image plates (BR1, BR2)"),
+            "{e}"
+        );
+        check(&p, &facts(&["P1", "P2", "P4"]), Some(&map)).unwrap();
+        check(&p, &facts(&["P1"]), Some(&map)).unwrap();
+        assert!(same_plate("P01", "p1") && !same_plate("P1", "P2") && !same_plate("P10", "P1"));
     }
 }
