@@ -120,6 +120,29 @@ pub fn decide(
     Decision::Submit
 }
 
+/// The allocations of `backend` in the database that never ended: tracked again, as pending
+/// until the batch system says otherwise.
+pub fn adopt(rows: &[AllocationRow], backend: &str) -> Vec<Allocation> {
+    let now = Instant::now();
+    rows.iter()
+        .filter(|r| r.ended.is_none() && r.backend == backend && !r.id.starts_with("failed-"))
+        .map(|r| Allocation {
+            id: r.id.clone(),
+            state: JobState::Pending {
+                reason: "submitted before the coordinator restarted".into(),
+            },
+            submitted: now,
+            submitted_epoch: r.submitted,
+            running_since: None,
+            workers_now: 0,
+            workers_seen: r.workers,
+            did_work: r.workers > 0,
+            note: "taken over after a coordinator restart".into(),
+            end_recorded: false,
+        })
+        .collect()
+}
+
 /// Why an allocation that has ended did no work, if it did none: its workers never
 /// connected (the worker binary missing on the compute nodes, a wrong token, the coordinator
 /// unreachable from them), or connected and were given nothing (the waiting tasks ask for
@@ -174,12 +197,26 @@ pub struct Allocator<B: Backend> {
 
 impl<B: Backend> Allocator<B> {
     pub fn new(backend: B, limits: Limits, engine: EngineHandle, db: Db) -> Self {
+        // Jobs a coordinator before this one submitted and never saw end are taken over:
+        // left alone, they ran untracked, were never cancelled, and their rows stayed
+        // "pending" for ever.
+        let allocs = match db.allocations() {
+            Ok(rows) => adopt(&rows, backend.name()),
+            Err(e) => {
+                tracing::warn!("reading earlier allocations: {e:#}");
+                Vec::new()
+            }
+        };
+        if !allocs.is_empty() {
+            let ids: Vec<&str> = allocs.iter().map(|a| a.id.as_str()).collect();
+            tracing::info!(jobs = ?ids, "taking over the allocations of the coordinator before");
+        }
         Allocator {
             backend,
             limits,
             engine,
             db,
-            allocs: Vec::new(),
+            allocs,
             backlog_rounds: 0,
             failures: 0,
             wasted_in_row: 0,
@@ -270,7 +307,8 @@ impl<B: Backend> Allocator<B> {
                         self.failures
                     );
                     self.allocs.push(Allocation {
-                        id: format!("failed-{}", self.allocs.len() + 1),
+                        // Unique across restarts (a count restarted at 1 overwrote old rows).
+                        id: format!("failed-{:.0}", Db::now() * 1000.0),
                         state: JobState::Gone,
                         submitted: now,
                         submitted_epoch: Db::now(),
@@ -479,6 +517,31 @@ mod tests {
         JobState::Pending {
             reason: reason.into(),
         }
+    }
+
+    /// Allocations a killed coordinator left unended are tracked again; ended ones, failed
+    /// submissions and another backend's are not.
+    #[test]
+    fn a_restarted_coordinator_takes_over_unended_allocations() {
+        let row = |id: &str, backend: &str, ended: Option<f64>| AllocationRow {
+            id: id.into(),
+            backend: backend.into(),
+            state: "pending".into(),
+            submitted: 1.0,
+            ended,
+            workers: 0,
+            note: String::new(),
+        };
+        let rows = [
+            row("41", "slurm", None),
+            row("40", "slurm", Some(2.0)),
+            row("failed-3", "slurm", None),
+            row("7", "pbs", None),
+        ];
+        let adopted = adopt(&rows, "slurm");
+        assert_eq!(adopted.len(), 1);
+        assert_eq!(adopted[0].id, "41");
+        assert!(matches!(adopted[0].state, JobState::Pending { .. }));
     }
 
     /// An allocation whose workers never came, or came and were given nothing, did no work;

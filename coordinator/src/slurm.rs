@@ -45,20 +45,23 @@ impl SlurmConfig {
             s.push_str(&format!("#SBATCH --mem={m}\n"));
         }
         s.push_str(&format!("#SBATCH --time={}\n", self.time));
-        s.push_str(&format!(
-            "#SBATCH --output={}/slurm-%j.out\n",
-            self.dir.display()
-        ));
+        // `--output` is given on sbatch's command line (a state directory with a space cut
+        // the `#SBATCH` line short); to rerun this by hand, give it there too.
+        s.push_str("# sbatch --output=<state>/alloc/slurm-%j.out <this file>\n");
         for e in &self.extra {
             s.push_str(&format!("#SBATCH {e}\n"));
         }
         s.push_str("set -eu\n");
-        let mut cmd = vec![
-            "srun".to_string(),
-            "--ntasks-per-node=1".into(),
+        let mut cmd = vec!["srun".to_string(), "--ntasks-per-node=1".into()];
+        // srun does not take the job's --cpus-per-task from sbatch in every Slurm version
+        // (22.05–23.02): without it a worker counting the job's CPUs ran in a one-CPU set.
+        if let Some(c) = self.cpus_per_node {
+            cmd.push(format!("--cpus-per-task={c}"));
+        }
+        cmd.extend([
             shell_quote(&self.worker_exe.display().to_string()),
             "worker".into(),
-        ];
+        ]);
         cmd.extend(self.worker_args.iter().map(|a| shell_quote(a)));
         s.push_str(&cmd.join(" "));
         s.push('\n');
@@ -153,7 +156,14 @@ impl Backend for Slurm {
         tmp.persist(&script)?;
         let out = slurm_cmd(
             "sbatch",
-            &["--parsable".into(), script.display().to_string()],
+            &[
+                "--parsable".into(),
+                format!(
+                    "--output={}",
+                    self.config.dir.join("slurm-%j.out").display()
+                ),
+                script.display().to_string(),
+            ],
             self.config.command_timeout,
         )
         .await?;
@@ -247,8 +257,7 @@ mod tests {
             "#SBATCH --cpus-per-task=8",
             "#SBATCH --mem=16G",
             "#SBATCH --gres=gpu:1",
-            "#SBATCH --output=/state/alloc/slurm-%j.out",
-            "srun --ntasks-per-node=1 '/opt/plateflow bin/plateflow' worker --coordinator head:7700",
+            "srun --ntasks-per-node=1 --cpus-per-task=8 '/opt/plateflow bin/plateflow' worker --coordinator head:7700",
         ] {
             assert!(s.contains(want), "{want} missing:\n{s}");
         }
