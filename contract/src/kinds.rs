@@ -443,7 +443,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Report,
         name: "report",
-        version: 1,
+        version: 2,
         summary: "one self-contained HTML page from the upstream curate, train and evaluate steps: QC, metrics with intervals, confusion, per-plate scores, learning curves, reliability, coefficients, saliency, montages",
         params: REPORT_PARAMS,
         outputs: &["report.html"],

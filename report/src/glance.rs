@@ -679,8 +679,14 @@ impl Page {
     }
 
     /// Every QC heat map, as a grid of thumbnails (a row per measure, a column per plate);
-    /// a thumbnail opens full size over the page, and closes with its link.
-    pub(crate) fn heatmap_grid(&mut self, maps: &[&SvgFigure]) {
+    /// a thumbnail opens full size over the page, and closes with its link. Past
+    /// [`GRID_PLATES`] plates, only the plates with the most excluded image sets are shown
+    /// (each map is inline SVG of ~50 kB: a screen of 100 plates made a page of ~100 MB).
+    pub(crate) fn heatmap_grid(
+        &mut self,
+        maps: &[&SvgFigure],
+        excluded_per_plate: &std::collections::BTreeMap<String, usize>,
+    ) {
         let mut rows: Vec<&str> = Vec::new();
         let mut cols: Vec<&str> = Vec::new();
         for m in maps {
@@ -691,6 +697,20 @@ impl Page {
                 cols.push(&m.column);
             }
         }
+        let all_plates = cols.len();
+        if all_plates > GRID_PLATES {
+            let excluded = |c: &str| excluded_per_plate.get(c).copied().unwrap_or(0);
+            let mut ranked = cols.clone();
+            // Most exclusions first; among equals, the order the plates came in.
+            ranked.sort_by_key(|c| std::cmp::Reverse(excluded(c)));
+            ranked.truncate(GRID_PLATES);
+            cols.retain(|c| ranked.contains(c));
+        }
+        let maps: Vec<&SvgFigure> = maps
+            .iter()
+            .copied()
+            .filter(|m| cols.contains(&m.column.as_str()))
+            .collect();
         let mut html =
             String::from("<div class=\"hm-grid\" id=\"qc-maps\">\n<table>\n<tr><th></th>");
         for c in &cols {
@@ -727,11 +747,20 @@ impl Page {
             html.push_str("</tr>\n");
         }
         html.push_str("</table>\n</div>");
-        let _ = writeln!(
-            self.out,
-            "<h3>Plate maps</h3>\n<p>Every measure QC computed, on every plate ({} maps): click a map to see it full size.</p>",
-            maps.len()
-        );
+        if all_plates > GRID_PLATES {
+            let _ = writeln!(
+                self.out,
+                "<h3>Plate maps</h3>\n<p>Every measure QC computed on the {} plates (of {all_plates}) with the most excluded image sets ({} maps): click a map to see it full size. Every plate's maps are in the QC step's <code>heatmaps/</code> folders.</p>",
+                cols.len(),
+                maps.len()
+            );
+        } else {
+            let _ = writeln!(
+                self.out,
+                "<h3>Plate maps</h3>\n<p>Every measure QC computed, on every plate ({} maps): click a map to see it full size.</p>",
+                maps.len()
+            );
+        }
         self.figure(
             &html,
             "QC plate maps, a row per measure and a column per plate",
@@ -741,6 +770,9 @@ impl Page {
         );
     }
 }
+
+/// The most plates whose QC maps the report shows inline.
+pub(crate) const GRID_PLATES: usize = 12;
 
 /// A feature name short enough for a tile's caption.
 fn charts_short(f: &str) -> String {

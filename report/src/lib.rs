@@ -50,6 +50,9 @@ pub struct QcSummary {
     /// `row` (the measure) and a `column` (the plate) are laid out as a grid of thumbnails,
     /// each of which enlarges when clicked.
     pub heatmaps: Vec<SvgFigure>,
+    /// Image sets excluded per plate (the heat maps' columns), to choose which plates' maps
+    /// a screen of many plates shows.
+    pub excluded_per_plate: std::collections::BTreeMap<String, usize>,
 }
 
 /// One task's `zprime.csv`: per feature, the Z′ between positive and negative control wells.

@@ -319,7 +319,7 @@ impl Page {
             .iter()
             .partition(|f| !f.row.is_empty() && !f.column.is_empty());
         if !grid.is_empty() {
-            self.heatmap_grid(&grid);
+            self.heatmap_grid(&grid, &qc.excluded_per_plate);
         }
         if !single.is_empty() {
             self.out
@@ -657,17 +657,34 @@ pub(crate) fn embeddable_svg(markup: &str) -> Option<String> {
     let m = m
         .replace(" xmlns=\"http://www.w3.org/2000/svg\"", "")
         .replace(" xmlns:xlink=\"http://www.w3.org/1999/xlink\"", "");
-    let lower = m.to_ascii_lowercase();
+    // Checked as a browser reads it: numeric character references decoded (`&#106;avascript:`
+    // is `javascript:`), then anything that runs, leaves the figure or names a URL refused.
+    let lower = decode_numeric_references(&m).to_ascii_lowercase();
     let banned = [
         "<script",
         "<foreignobject",
         "<iframe",
+        "<embed",
+        "<object",
+        "<img",
+        "<image",
+        "<a ",
+        "<a>",
+        "<a\n",
+        "<link",
+        "<meta",
+        "<audio",
+        "<video",
         "<!entity",
+        "@import",
         "javascript:",
         "http://",
         "https://",
     ];
-    if banned.iter().any(|b| lower.contains(b)) || has_event_attribute(&lower) {
+    if banned.iter().any(|b| lower.contains(b))
+        || has_event_attribute(&lower)
+        || names_a_resource(&lower)
+    {
         return None;
     }
     let root_end = m.find('>')?;
@@ -678,19 +695,23 @@ pub(crate) fn embeddable_svg(markup: &str) -> Option<String> {
     Some(out)
 }
 
-/// Whether lower-case markup has an attribute like ` onload=` (whitespace, `on`, letters,
-/// optional whitespace, `=`).
+/// Whether lower-case markup has an attribute like `onload=`: `on` and letters after any
+/// character that cannot be inside an attribute name (whitespace, `/`, a closing quote:
+/// `<rect/onclick=…>` and `x="1"onclick=…` count), optional whitespace, `=`.
 fn has_event_attribute(lower: &str) -> bool {
     let b = lower.as_bytes();
-    (0..b.len()).any(|i| {
-        if !b[i].is_ascii_whitespace() || !b[i + 1..].starts_with(b"on") {
+    (1..b.len()).any(|i| {
+        let before = b[i - 1];
+        let name_char =
+            before.is_ascii_alphanumeric() || matches!(before, b'-' | b'_' | b':' | b'.');
+        if name_char || !b[i..].starts_with(b"on") {
             return false;
         }
-        let mut j = i + 3;
+        let mut j = i + 2;
         while j < b.len() && b[j].is_ascii_lowercase() {
             j += 1;
         }
-        if j == i + 3 {
+        if j == i + 2 {
             return false;
         }
         while j < b.len() && b[j].is_ascii_whitespace() {
@@ -698,4 +719,65 @@ fn has_event_attribute(lower: &str) -> bool {
         }
         j < b.len() && b[j] == b'='
     })
+}
+
+/// Whether lower-case markup points anywhere but inside itself: an `href` or `src` value,
+/// or a CSS `url(…)`, that does not start with `#` (`//host/x` fetches from a page opened
+/// from disk, over SMB on Windows).
+fn names_a_resource(lower: &str) -> bool {
+    let value_after = |from: usize| -> Option<u8> {
+        lower.as_bytes()[from..]
+            .iter()
+            .copied()
+            .find(|c| !c.is_ascii_whitespace() && !matches!(c, b'"' | b'\'' | b'='))
+    };
+    let attributes = ["href", "src"].iter().any(|name| {
+        lower.match_indices(name).any(|(i, _)| {
+            let rest = lower[i + name.len()..].trim_start();
+            rest.starts_with('=') && value_after(lower.len() - rest.len()) != Some(b'#')
+        })
+    });
+    attributes
+        || lower
+            .match_indices("url(")
+            .any(|(i, _)| value_after(i + 4) != Some(b'#'))
+}
+
+/// `&#106;` and `&#x6a;` as the characters they stand for; other text unchanged.
+fn decode_numeric_references(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(p) = rest.find("&#") {
+        out.push_str(&rest[..p]);
+        let after = &rest[p + 2..];
+        let (hex, digits) = match after.strip_prefix(['x', 'X']) {
+            Some(h) => (true, h),
+            None => (false, after),
+        };
+        let len = digits
+            .bytes()
+            .take_while(|c| {
+                if hex {
+                    c.is_ascii_hexdigit()
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
+            .count();
+        let code = u32::from_str_radix(&digits[..len], if hex { 16 } else { 10 }).ok();
+        match code.and_then(char::from_u32) {
+            Some(c) if len > 0 => {
+                out.push(c);
+                let consumed = digits.len() - digits[len..].len();
+                let tail = &digits[consumed..];
+                rest = tail.strip_prefix(';').unwrap_or(tail);
+            }
+            _ => {
+                out.push_str("&#");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }

@@ -127,6 +127,7 @@ fn sample() -> Report {
                 heatmap("cells per field", &["B03".into()]),
                 heatmap("mean DNA intensity", &[]),
             ],
+            ..QcSummary::default()
         }),
         models: vec![
             ModelSection {

@@ -200,6 +200,7 @@ pub fn glance_fixture() -> Report {
                         .map(move |(k, m)| qc_map(p, m, k))
                 })
                 .collect(),
+            ..QcSummary::default()
         }),
         zprime: vec![ZprimeTable {
             task: "features[plate=P4]".into(),

@@ -63,6 +63,9 @@ fn qc_summary(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Option<QcSumm
         if let Some(e) = outputs.get("exclusions.csv") {
             let (h, rows) = read_csv(e)?;
             let (s, r) = (column(&h, "set"), column(&h, "reason"));
+            if let Some(p) = task_field(task, "plate") {
+                *qc.excluded_per_plate.entry(p).or_default() += rows.len();
+            }
             for row in rows {
                 qc.excluded.push(Exclusion {
                     image_set: s.and_then(|c| row.get(c)).unwrap_or("").to_string(),
