@@ -50,6 +50,9 @@ impl Estimate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassScore {
     pub class: String,
+    /// Cells of this class scored (the F1 of 2 cells reads like that of 2,000 otherwise).
+    #[serde(default)]
+    pub cells: usize,
     #[serde(deserialize_with = "nan_from_null")]
     pub precision: f64,
     #[serde(deserialize_with = "nan_from_null")]

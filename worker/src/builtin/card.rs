@@ -88,6 +88,9 @@ pub fn control_warning(
     })
 }
 
+/// Below this many labelled cells a class's scores are called anecdotal in the card.
+const FEW_CELLS: usize = 20;
+
 fn caveats(c: &CardInput) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(w) = control_warning(
@@ -112,6 +115,21 @@ fn caveats(c: &CardInput) -> Vec<String> {
     let s = c.metrics.shuffled_label_weighted_f1;
     if s.is_finite() {
         out.push(format!("A model trained the same way on shuffled labels scores weighted F1 {s:.3}: the level reached by learning nothing about the phenotype."));
+    }
+    // A class of a handful of cells: its scores are anecdotes, whatever they read.
+    let few: Vec<String> = c
+        .metrics
+        .scores
+        .per_class
+        .iter()
+        .filter(|k| k.cells > 0 && k.cells < FEW_CELLS)
+        .map(|k| format!("{} ({} cells)", k.class, k.cells))
+        .collect();
+    if !few.is_empty() {
+        out.push(format!(
+            "Classes with fewer than {FEW_CELLS} labelled cells: {}. Their precision, recall and F1 rest on too few cells to mean much; label more before relying on them.",
+            few.join(", ")
+        ));
     }
     // Sentences written by `train` (metrics.json), at most five.
     out.extend(
@@ -337,13 +355,13 @@ pub fn write(ctx: &Context, c: &CardInput) -> anyhow::Result<()> {
     }
     let _ = writeln!(
         md,
-        "\nPer class:\n\n| class | precision | recall | F1 |\n|---|---|---|---|"
+        "\nPer class:\n\n| class | cells | precision | recall | F1 |\n|---|---|---|---|---|"
     );
     for k in &m.per_class {
         let _ = writeln!(
             md,
-            "| {} | {:.3} | {:.3} | {:.3} |",
-            k.class, k.precision, k.recall, k.f1
+            "| {} | {} | {:.3} | {:.3} | {:.3} |",
+            k.class, k.cells, k.precision, k.recall, k.f1
         );
     }
     let _ = writeln!(md, "\n## Calibration\n");

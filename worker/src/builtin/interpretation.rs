@@ -143,16 +143,42 @@ fn argmax1(p: &[f64]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-/// A class name as a file-name stem: letters, digits, `-` and `_`.
+/// A class name as a file-name stem: letters, digits, `-` and `_`; where other characters
+/// were replaced (`α-tubulin` and `β-tubulin` both read `_-tubulin`, and one figure
+/// overwrote the other) or the name is long, 8 hex digits of the name's SHA-256 follow.
 pub fn file_stem(class: &str) -> String {
-    class
+    let mut changed = false;
+    let stem: String = class
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
                 c
             } else {
+                changed = true;
                 '_'
             }
         })
-        .collect()
+        .take(80)
+        .collect();
+    if !changed && stem.len() == class.len() {
+        return stem;
+    }
+    let mut h = plateflow_store::Sha256Writer::default();
+    h.update(class.as_bytes());
+    format!("{stem}-{}", &h.finish().hex()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_stem;
+
+    /// Names that would read the same as file names get their own.
+    #[test]
+    fn class_names_become_distinct_file_names() {
+        assert_eq!(file_stem("mitosis"), "mitosis");
+        let (a, b) = (file_stem("α-tubulin"), file_stem("β-tubulin"));
+        assert!(a.starts_with("_-tubulin-") && b.starts_with("_-tubulin-") && a != b);
+        assert_ne!(file_stem("G1/S"), file_stem("G1_S"));
+        assert!(file_stem(&"x".repeat(300)).len() < 100);
+    }
 }

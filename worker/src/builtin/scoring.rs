@@ -66,6 +66,7 @@ pub fn per_class(c: &Confusion, classes: &[String]) -> Vec<ClassScore> {
     (0..classes.len())
         .map(|k| ClassScore {
             class: classes[k].clone(),
+            cells: c.matrix[k].iter().sum(),
             precision: c.precision(k),
             recall: c.recall(k),
             f1: c.f1(k),
