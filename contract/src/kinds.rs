@@ -379,7 +379,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Curate,
         name: "curate",
-        version: 4,
+        version: 5,
         summary: "image QC: blur, saturation, intensity, rough counts; robust-z flags per plate, exclusion list, heat maps, label QC, Z'",
         params: CURATE_PARAMS,
         outputs: &["qc.csv", "exclusions.csv", "heatmaps/*.svg", "label_qc.csv", "zprime.csv"],

@@ -17,7 +17,8 @@ pub struct ImageQuality {
     pub focus_score: f64,
     /// Variance of the 4-neighbour Laplacian: sharp edges give large values.
     pub laplacian_variance: f64,
-    /// Percent of pixels at the bit depth's maximum (saturated).
+    /// Percent of pixels at the camera's ceiling (saturated): the bit depth's maximum, or,
+    /// in a 16-bit file, 2ⁿ − 1 of a 10- to 15-bit camera where the image reaches it.
     pub percent_max: f64,
     /// Percent of pixels at zero.
     pub percent_min: f64,
@@ -31,17 +32,17 @@ pub fn measure(img: &GrayImage) -> ImageQuality {
     let n = img.data.len().max(1) as f64;
     let (mut sum, mut sum2) = (0f64, 0f64);
     let (mut min, mut max) = (u16::MAX, 0u16);
-    let (mut at_max, mut at_min) = (0usize, 0usize);
-    let top = img.max_value();
+    let mut at_min = 0usize;
     for &v in &img.data {
         let f = v as f64;
         sum += f;
         sum2 += f * f;
         min = min.min(v);
         max = max.max(v);
-        at_max += usize::from(v == top);
         at_min += usize::from(v == 0);
     }
+    let top = camera_ceiling(img, max);
+    let at_max = img.data.iter().filter(|&&v| v == top).count();
     let mean = sum / n;
     let var = (sum2 / n - mean * mean).max(0.0);
     ImageQuality {
@@ -58,6 +59,20 @@ pub fn measure(img: &GrayImage) -> ImageQuality {
         } else {
             power_log_log_slope(img)
         },
+    }
+}
+
+/// The value a saturated pixel holds. 12- and 14-bit cameras write 16-bit files whose
+/// pixels stop at 4,095 or 16,383: taken as 65,535, no field of theirs was ever called
+/// saturated. Where a 16-bit image's brightest value is 2ⁿ − 1 for a 10- to 15-bit camera,
+/// that is its ceiling (an image below its ceiling has few pixels at its maximum, so a
+/// ceiling guessed this way flags nothing it should not).
+fn camera_ceiling(img: &GrayImage, max: u16) -> u16 {
+    let bits = img.max_value();
+    if bits == u16::MAX && (10..16).any(|n| u32::from(max) == (1u32 << n) - 1) {
+        max
+    } else {
+        bits
     }
 }
 
@@ -358,6 +373,24 @@ mod tests {
         assert_eq!((q.min, q.max), (0, 255));
         assert!((q.percent_max - 20.0).abs() < 1e-9 && (q.percent_min - 10.0).abs() < 1e-9);
         assert!((q.mean - (2.0 * 255.0 + 7.0 * 100.0) / 10.0).abs() < 1e-9);
+    }
+
+    /// A 12-bit camera's 16-bit file saturates at 4,095, a 14-bit one at 16,383: those
+    /// pixels count as saturated; an image below any ceiling has none.
+    #[test]
+    fn saturation_of_12_and_14_bit_cameras_in_16_bit_files() {
+        for top in [4095u16, 16383] {
+            let img = GrayImage {
+                bit_depth: 16,
+                ..image(10, 10, |x, _| if x < 1 { top } else { 900 })
+            };
+            assert!((measure(&img).percent_max - 10.0).abs() < 1e-9, "{top}");
+        }
+        let below = GrayImage {
+            bit_depth: 16,
+            ..image(10, 10, |x, _| if x < 1 { 4000 } else { 900 })
+        };
+        assert_eq!(measure(&below).percent_max, 0.0);
     }
 
     /// A small deterministic generator (xorshift64*) so tests need no RNG crate.

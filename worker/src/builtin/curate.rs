@@ -78,17 +78,28 @@ pub fn run(ctx: &mut Context, params: &CurateParams) -> anyhow::Result<()> {
         });
     }
 
-    // Robust z of every metric within (plate, channel).
+    // Robust z of every metric within (plate, channel, time point and z-plane): judged
+    // across time points, photobleaching made late frames "intensity outliers"; across
+    // planes, every plane off focus was "blurred".
     let mut z = vec![[0f64; 9]; rows.len()];
-    let mut groups: BTreeMap<(&str, &str), Vec<usize>> = BTreeMap::new();
+    let group_of = |row| group_key(&sets, row);
+    let mut groups: BTreeMap<(&str, &str, String), Vec<usize>> = BTreeMap::new();
     for (r, row) in rows.iter().enumerate() {
-        groups
-            .entry((sets[row.set].plate(), row.channel.as_str()))
-            .or_default()
-            .push(r);
+        groups.entry(group_of(row)).or_default().push(r);
     }
-    let mut plate_median_count: BTreeMap<(String, String), f64> = BTreeMap::new();
-    for ((plate, ch), members) in &groups {
+    let mut plate_median_count: BTreeMap<(&str, &str, String), f64> = BTreeMap::new();
+    let mut unjudged = Vec::new();
+    for (key, members) in &groups {
+        // Fewer than this, a robust z cannot reach the threshold (two images are always
+        // ±0.67 apart): say so, rather than pass a black field in silence.
+        if members.len() < MIN_TO_JUDGE {
+            let frame = if key.2.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", key.2)
+            };
+            unjudged.push(format!("{} {}{frame}: {}", key.0, key.1, members.len()));
+        }
         for (m, _) in METRICS.iter().enumerate() {
             let v: Vec<f64> = members.iter().map(|&r| rows[r].values[m]).collect();
             for (&r, zv) in members.iter().zip(robust_z(&v)) {
@@ -96,15 +107,23 @@ pub fn run(ctx: &mut Context, params: &CurateParams) -> anyhow::Result<()> {
             }
         }
         let counts: Vec<f64> = members.iter().map(|&r| rows[r].values[8]).collect();
-        plate_median_count.insert((plate.to_string(), ch.to_string()), median(&counts));
+        plate_median_count.insert(key.clone(), median(&counts));
+    }
+
+    if !unjudged.is_empty() {
+        ctx.logln(format!(
+            "warning: too few images to judge against each other (blur, intensity, empty \
+             fields need {MIN_TO_JUDGE} or more per plate and channel; only saturation is \
+             checked): {}",
+            unjudged.join("; ")
+        ));
     }
 
     // Flags, each with its reason.
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); rows.len()];
     for (r, row) in rows.iter().enumerate() {
         let v = &row.values;
-        let plate = sets[row.set].plate().to_string();
-        let typical = plate_median_count[&(plate, row.channel.clone())];
+        let typical = plate_median_count[&group_of(row)];
         let why = &mut reasons[r];
         if v[7] > sat_limit {
             why.push(format!(
@@ -410,4 +429,111 @@ fn zprime_of_metrics(
         ctx.write_output("zprime.csv", &t.into_bytes())?;
     }
     Ok(())
+}
+
+/// The images a row is judged among: its plate, channel and frame (time point, z-plane).
+fn group_key<'a>(sets: &'a [ImageSet], row: &'a ImageRow) -> (&'a str, &'a str, String) {
+    let set = &sets[row.set];
+    let frame: Vec<&str> = set
+        .meta
+        .iter()
+        .filter(|(k, _)| is_frame_field(k))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    (set.plate(), row.channel.as_str(), frame.join("/"))
+}
+
+/// Images per plate and channel below which robust z-scores judge nothing.
+const MIN_TO_JUDGE: usize = 5;
+
+/// A filename field that numbers time points or z-planes (`{t}`, `{timepoint}`, `{z}`,
+/// `{plane}`, …): images of one well differ along it by design, not by a defect.
+fn is_frame_field(name: &str) -> bool {
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "t" | "time"
+            | "timepoint"
+            | "time_point"
+            | "tp"
+            | "frame"
+            | "z"
+            | "plane"
+            | "zplane"
+            | "z_plane"
+            | "slice"
+            | "zslice"
+            | "stack"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builtin::testing;
+
+    /// A time-lapse whose last frame has bleached to a tenth: each time point is judged
+    /// among itself, so no frame is an "outlier" of the plate for being late.
+    #[test]
+    fn time_points_are_judged_among_themselves() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut entries = Vec::new();
+        for w in 0..6u32 {
+            for t in 1..=10u32 {
+                let gain = if t == 10 {
+                    0.1
+                } else {
+                    1.0 + 0.01 * f64::from(w + t)
+                };
+                let data: Vec<u16> = (0..64u32 * 64)
+                    .map(|i| {
+                        let (x, y) = (i % 64, i / 64);
+                        let blob = if (x / 8 + y / 8) % 3 == 0 {
+                            3000.0
+                        } else {
+                            400.0
+                        };
+                        (gain * (blob + f64::from((x * 7 + y * 13) % 50))) as u16
+                    })
+                    .collect();
+                let name = format!("A0{w}_t{t}.tif");
+                plateflow_imaging::write::write_tiff_u16(&tmp.path().join(&name), 64, 64, &data)
+                    .unwrap();
+                entries.push((
+                    name,
+                    vec![
+                        ("plate", "P1"),
+                        (
+                            "well",
+                            ["A01", "A02", "A03", "A04", "A05", "A06"][w as usize],
+                        ),
+                        (
+                            "t",
+                            ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"][t as usize - 1],
+                        ),
+                        ("channel", "DNA"),
+                    ],
+                ));
+            }
+        }
+        let images = testing::images(&entries);
+        let task = testing::task("qc", &[]);
+        let mut ctx = testing::context(tmp.path(), &task, &images, &[]);
+        run(&mut ctx, &CurateParams::default()).unwrap();
+        let ex = std::fs::read_to_string(tmp.path().join("out/exclusions.csv")).unwrap();
+        assert_eq!(
+            ex.lines().count(),
+            1,
+            "frames flagged for their time point:\n{ex}"
+        );
+        assert!(!ctx.log.contains("too few images"), "{}", ctx.log);
+        // Two time points of one well: too few to judge, and the log says so.
+        let images = testing::images(&entries[..2]);
+        let mut ctx = testing::context(tmp.path(), &task, &images, &[]);
+        run(&mut ctx, &CurateParams::default()).unwrap();
+        assert!(
+            ctx.log.contains("too few images to judge") && ctx.log.contains("P1 DNA (1): 1"),
+            "{}",
+            ctx.log
+        );
+    }
 }
