@@ -708,3 +708,43 @@ fn decompression_bombs_are_refused_within_their_declared_size() {
         "{st}"
     );
 }
+
+/// A script edited while its step runs: the tasks that start after the edit fail, saying
+/// the file changed after the run started, instead of running the new code and storing its
+/// results under the old script's digest; the next run reruns every task with the new one.
+#[test]
+fn a_script_edited_during_a_run_is_not_mixed_into_its_results() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("count.sh");
+    std::fs::write(&script, "echo v1 > n.txt\n").unwrap();
+    // The first task edits the script it was started with (as a user saving it would).
+    let run = format!(
+        "sh count.sh && echo 'echo v2 > n.txt' > {}",
+        script.display()
+    );
+    let p = per_plate_pipeline(tmp.path(), "edited", &["P1", "P2"], &run, &["n.txt"]);
+    let yaml = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("    with:\n", "    with:\n      files: [count.sh]\n");
+    std::fs::write(&p, yaml).unwrap();
+    // One task at a time, so the second starts after the first has edited the script.
+    let one = ["--workers", "1", "--cpus", "1"];
+    let (st, out) = run_json(&p, &one);
+    assert_eq!(st["state"], "failed", "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("changed after the run started"),
+        "{}",
+        stderr(&out)
+    );
+    // The next run plans with the edited script: both plates run it.
+    let (st, out) = run_json(&p, &one);
+    assert_eq!(st["state"], "succeeded", "{}", stderr(&out));
+    for plate in ["P1", "P2"] {
+        let n = std::fs::read_to_string(
+            tmp.path()
+                .join(format!("results/count/plate={plate}/n.txt")),
+        )
+        .unwrap();
+        assert_eq!(n, "v2\n", "{plate}");
+    }
+}

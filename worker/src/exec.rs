@@ -217,6 +217,9 @@ pub struct Materialised {
     pub upstream: Vec<(String, String, String)>,
 }
 
+/// Step files up to this size are copied into a task's scratch and checked (see above).
+const COPIED_STEP_FILE: u64 = 64 << 20;
+
 /// Where an input sits in the task's work directory: step files and the plate map (which
 /// have a `_role`) at the top, images under `inputs/`.
 fn scratch_path_of_input(input: &plateflow_proto::InputFile) -> PathBuf {
@@ -255,7 +258,27 @@ pub async fn materialise<F: BlobFetcher>(
         let dest = work.join(&rel);
         let shared =
             env.shared_fs && !input.abs_path.is_empty() && Path::new(&input.abs_path).is_file();
-        if shared {
+        let small = |p: &str| std::fs::metadata(p).is_ok_and(|m| m.len() <= COPIED_STEP_FILE);
+        if shared && role == Some("file") && small(&input.abs_path) {
+            // A step's own files (scripts) are copied and checked against the digest the run
+            // planned with: linked, a script edited during the run ran as the new code in
+            // later tasks whose results were stored under the old digest. (Large ones, data
+            // rather than code, are still linked: a copy per task would cost too much.)
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::copy(&input.abs_path, &dest)
+                .map_err(|e| anyhow::anyhow!("step file {}: {e}", input.abs_path))?;
+            let now = plateflow_store::hash_file(&dest)?;
+            anyhow::ensure!(
+                now == digest,
+                "step file {} changed after the run started (SHA-256 now {}, planned with {}): \
+                 run again, and the steps that use it rerun with it",
+                input.abs_path,
+                &now.hex()[..12],
+                &digest.hex()[..12]
+            );
+        } else if shared {
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -399,10 +422,7 @@ async fn run_command<F: BlobFetcher>(
         ..Default::default()
     };
     if !status.success() {
-        let how = match status.code() {
-            Some(c) => format!("exit status {c}"),
-            None => "killed by a signal".to_string(),
-        };
+        let how = exit_how(&status);
         out.error = Some(format!("command failed ({how}): {}", shown()));
         // The user's program: plateflow cannot tell a flaky failure from a lasting one, so
         // the step's `retries:` apply.
@@ -588,13 +608,48 @@ fn store_log(store: &BlobStore, path: &Path) -> anyhow::Result<Digest> {
     Ok(store.put_file(path)?)
 }
 
-/// The last `lines` lines of a log, at most `max_bytes`, for error messages.
+/// How a command ended, in words: its exit status, or the signal that killed it by name
+/// (SIGKILL is what the out-of-memory killer sends; SIGSEGV a crash).
+fn exit_how(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(sig)) => {
+            let (name, note) = match sig {
+                libc::SIGKILL => ("SIGKILL", ": often the out-of-memory killer; ask for more `memory:` in the step's `resources:`"),
+                libc::SIGSEGV => ("SIGSEGV", ": the program crashed"),
+                libc::SIGABRT => ("SIGABRT", ": the program aborted"),
+                libc::SIGTERM => ("SIGTERM", ""),
+                libc::SIGINT => ("SIGINT", ""),
+                libc::SIGBUS => ("SIGBUS", ": the program crashed"),
+                _ => ("", ""),
+            };
+            if name.is_empty() {
+                format!("killed by signal {sig}")
+            } else {
+                format!("killed by {name}{note}")
+            }
+        }
+        (None, None) => "ended without an exit status".to_string(),
+    }
+}
+
+/// The last `lines` lines of a log, at most `max_bytes`, for error messages. Only its end
+/// is read: a program that wrote gigabytes of output cost that much memory.
 fn tail_of(path: &Path, lines: usize, max_bytes: usize) -> String {
-    let Ok(bytes) = std::fs::read(path) else {
+    use std::io::{Read as _, Seek as _};
+    let Ok(mut f) = std::fs::File::open(path) else {
         return String::new();
     };
-    let start = bytes.len().saturating_sub(max_bytes);
-    let text = String::from_utf8_lossy(&bytes[start..]);
+    let len = f.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(max_bytes as u64);
+    let mut bytes = Vec::with_capacity(max_bytes.min(len as usize));
+    if f.seek(std::io::SeekFrom::Start(start)).is_err()
+        || f.take(max_bytes as u64).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -602,6 +657,24 @@ fn tail_of(path: &Path, lines: usize, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A command killed by a signal is said to be, by name, with what it usually means;
+    /// a log's tail is read from its end.
+    #[test]
+    fn how_a_command_ended_and_its_logs_tail() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let killed = std::process::ExitStatus::from_raw(libc::SIGKILL);
+        assert!(exit_how(&killed).contains("SIGKILL: often the out-of-memory killer"));
+        assert_eq!(
+            exit_how(&std::process::ExitStatus::from_raw(3 << 8)),
+            "exit status 3"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("stderr");
+        let text: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, text).unwrap();
+        assert_eq!(tail_of(&log, 2, 4000), "line 9998\nline 9999");
+    }
 
     #[test]
     fn label_paths_are_nested_directories() {

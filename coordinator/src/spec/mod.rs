@@ -1178,6 +1178,17 @@ impl Validator<'_> {
                             );
                             ok = false;
                         }
+                        // Each output is one file the step writes: a pattern or a folder
+                        // passed here and failed at run time as "did not write" it.
+                        if o.contains(['*', '?', '[']) || o.ends_with('/') {
+                            self.r.error_hint(
+                                item.mark,
+                                item.width(),
+                                format!("output `{o}` is a pattern or a folder; outputs name files, one per entry"),
+                                Some("list each file the step writes (`plots/a.svg`, `plots/b.svg`), or have it pack a folder into one file (`tar czf plots.tar.gz plots`)".into()),
+                            );
+                            ok = false;
+                        }
                         if seen.contains(&o) {
                             self.r.error_hint(
                                 item.mark,
@@ -1194,6 +1205,7 @@ impl Validator<'_> {
             if let Some((_, v)) = given.get("run") {
                 if let Some(text) = v.as_str() {
                     ok &= self.check_placeholders(v, text, for_each, deps, excused);
+                    ok &= self.check_scripts(v, text, &files);
                 }
             }
         }
@@ -1265,6 +1277,73 @@ impl Validator<'_> {
 
     /// `deps`: the steps in `after:`; `excused`: placeholders not to report because an error
     /// about their cause is already reported.
+    /// A script that `run` names must be among the step's `files:`: only those are in the
+    /// cache key, so a script run from elsewhere (`python ~/count.py`, or one beside the
+    /// pipeline but not listed) could be edited and the next run would return the old
+    /// results from the cache.
+    fn check_scripts(&mut self, node: &Node, text: &str, files: &[(String, PathBuf)]) -> bool {
+        const SCRIPTS: [&str; 14] = [
+            "py", "r", "sh", "bash", "jl", "m", "ijm", "pl", "rb", "js", "groovy", "bsh", "cppipe",
+            "cpproj",
+        ];
+        let listed: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|(_, p)| std::fs::canonicalize(p).ok())
+            .collect();
+        let mut ok = true;
+        let words = text
+            .split(|c: char| c.is_whitespace() || ";|&()<>".contains(c))
+            .map(|w| w.trim_matches(|c| c == '"' || c == '\''))
+            .filter(|w| !w.is_empty() && !w.contains('{') && !w.contains('$'));
+        for word in words {
+            let is_script = Path::new(word)
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| SCRIPTS.contains(&e.to_ascii_lowercase().as_str()));
+            if !is_script {
+                continue;
+            }
+            let path = match word.strip_prefix("~/") {
+                Some(rest) => match std::env::var_os("HOME") {
+                    Some(home) => PathBuf::from(home).join(rest),
+                    None => continue,
+                },
+                None => self.dir.join(word),
+            };
+            let Ok(real) = std::fs::canonicalize(&path) else {
+                continue;
+            };
+            if !real.is_file() || listed.contains(&real) {
+                continue;
+            }
+            let beside = real
+                .strip_prefix(&self.dir)
+                .ok()
+                .map(Path::to_path_buf)
+                .or_else(|| {
+                    std::fs::canonicalize(&self.dir)
+                        .ok()
+                        .and_then(|d| real.strip_prefix(d).ok().map(Path::to_path_buf))
+                });
+            let hint = match beside {
+                Some(rel) => format!("add `files: [{}]` to the step", rel.display()),
+                None => "copy it beside the pipeline (e.g. `scripts/`), name it relative to the pipeline in `run`, and list it in `files:`".into(),
+            };
+            let offset = text.find(word).unwrap_or(0);
+            let mark = self.locate_in_scalar(node, text, offset);
+            self.r.error_hint(
+                mark,
+                word.chars().count(),
+                format!(
+                    "`run` uses the script `{word}`, which is not among the step's `files:`: an edit to it would not re-run the step (its old results would come from the cache)"
+                ),
+                Some(hint),
+            );
+            ok = false;
+        }
+        ok
+    }
+
     fn check_placeholders(
         &mut self,
         node: &Node,
@@ -1455,5 +1534,58 @@ mod tests {
         let p = parse(Path::new("x.yaml"), src).unwrap();
         assert_eq!(p.steps[0].name, "a");
         assert_eq!(p.steps[1].after, vec![0]);
+    }
+
+    /// A script `run` names is refused unless `files:` lists it (an edit to it would not
+    /// re-run the step), with the fix: list it, or copy it beside the pipeline; listed, or a
+    /// word that names no file, it passes.
+    #[test]
+    fn scripts_run_names_must_be_step_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("scripts")).unwrap();
+        std::fs::write(dir.path().join("scripts/count.py"), "print(1)\n").unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let far = elsewhere.path().join("plot.R");
+        std::fs::write(&far, "1\n").unwrap();
+        let path = dir.path().join("p.yaml");
+        let step = |run: &str, files: &str| {
+            format!("steps:\n  c:\n    uses: command\n    with:\n      run: {run}\n      outputs: [o.txt]{files}\n")
+        };
+        let e = parse(&path, &step("python scripts/count.py > o.txt", "")).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains(
+                "`run` uses the script `scripts/count.py`, which is not among the step's `files:`"
+            ) && text.contains("add `files: [scripts/count.py]`")
+                && text.contains(":5:"),
+            "{text}"
+        );
+        let e = parse(
+            &path,
+            &step(&format!("Rscript '{}' > o.txt", far.display()), ""),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("copy it beside the pipeline"), "{e}");
+        parse(
+            &path,
+            &step(
+                "python scripts/count.py > o.txt",
+                "\n      files: [scripts/count.py]",
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        parse(&path, &step("python absent.py > o.txt", "")).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Outputs are files: a glob or a folder is refused when the pipeline is read.
+    #[test]
+    fn outputs_are_files_not_patterns_or_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        for bad in ["\"plots/*.svg\"", "plots/"] {
+            let src = format!("steps:\n  c:\n    uses: command\n    with:\n      run: make\n      outputs: [{bad}]\n");
+            let e = parse(&path, &src).unwrap_err().to_string();
+            assert!(e.contains("is a pattern or a folder"), "{e}");
+        }
     }
 }
