@@ -748,3 +748,26 @@ fn a_script_edited_during_a_run_is_not_mixed_into_its_results() {
         assert_eq!(n, "v2\n", "{plate}");
     }
 }
+
+/// A plate of thousands of files handed to a shell command as `{inputs}` (a 384-well plate
+/// of 9 fields and 4 channels is 13,824): the script outgrew the 128 KiB one argument may
+/// hold and the task failed to start with "Argument list too long"; now it runs.
+#[test]
+fn a_plate_of_thousands_of_inputs_reaches_a_shell_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = per_plate_pipeline(
+        tmp.path(),
+        "many",
+        &["P1"],
+        "cat {inputs} | wc -l > n.txt",
+        &["n.txt"],
+    );
+    let d = tmp.path().join("data/P1");
+    for i in 0..6000 {
+        std::fs::write(d.join(format!("A{i:05}_s1_w1.txt")), "x\n").unwrap();
+    }
+    let (st, out) = run_json(&p, &[]);
+    assert_eq!(st["state"], "succeeded", "{}", stderr(&out));
+    let n = std::fs::read_to_string(tmp.path().join("results/count/plate=P1/n.txt")).unwrap();
+    assert_eq!(n.trim(), "6001");
+}

@@ -217,6 +217,9 @@ pub struct Materialised {
     pub upstream: Vec<(String, String, String)>,
 }
 
+/// Characters of a command shown in messages.
+const SHOWN_COMMAND: usize = 600;
+
 /// Step files up to this size are copied into a task's scratch and checked (see above).
 const COPIED_STEP_FILE: u64 = 64 << 20;
 
@@ -376,7 +379,16 @@ async fn run_command<F: BlobFetcher>(
                 )
             })
             .collect();
-        expand(template, &quoted).unwrap_or_else(|_| template.to_string())
+        let full = expand(template, &quoted).unwrap_or_else(|_| template.to_string());
+        // A plate's {inputs} can be thousands of paths: messages show the start of it.
+        match full.char_indices().nth(SHOWN_COMMAND) {
+            Some((cut, _)) => format!(
+                "{}… ({} characters in all)",
+                &full[..cut],
+                full.chars().count()
+            ),
+            None => full,
+        }
     };
     let prepared = match prepare(template, &vars) {
         Ok(p) => p,
@@ -411,7 +423,22 @@ async fn run_command<F: BlobFetcher>(
         stderr: std::fs::File::create(&stderr_path)?,
         env: task_env,
     })
-    .map_err(|e| anyhow::anyhow!("could not start the command `{}`: {e}", shown()))?;
+    .map_err(|e| {
+        let hint = if e.raw_os_error() == Some(libc::E2BIG) {
+            let (n, bytes) = vars.values().fold((0, 0), |(n, b), v| {
+                (n + v.len(), b + v.iter().map(String::len).sum::<usize>())
+            });
+            format!(
+                "; its {n} values ({} kB) are more than the system lets one command be given: \
+                 fan the step out finer (`for_each: [plate, well]`), or have the script read \
+                 the files under `inputs/` itself",
+                bytes / 1000
+            )
+        } else {
+            String::new()
+        };
+        anyhow::anyhow!("could not start the command `{}`: {e}{hint}", shown())
+    })?;
     let status = process.wait().await?;
     drop(process);
 

@@ -70,6 +70,10 @@ fn tell_reaper(line: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Scripts this long or longer run from a file rather than `sh -c` (Linux caps one
+/// argument at 128 KiB).
+const LONG_SCRIPT: usize = 64 << 10;
+
 /// A started task process group, killed whole when dropped.
 pub struct TaskProcess {
     child: tokio::process::Child,
@@ -98,7 +102,16 @@ impl TaskProcess {
             }
             Prepared::Shell { script, env } => {
                 let mut c = tokio::process::Command::new("sh");
-                c.args(["-c", script]);
+                if script.len() < LONG_SCRIPT {
+                    c.args(["-c", script]);
+                } else {
+                    // One argument may hold at most 128 KiB on Linux: a plate's {inputs}
+                    // (a word per image) passed that, and the task failed to start with
+                    // "Argument list too long". A long script goes in a file.
+                    let file = l.work.join(".plateflow-command.sh");
+                    std::fs::write(&file, script)?;
+                    c.arg(&file);
+                }
                 c.envs(env.iter().map(|(k, v)| (k, v)));
                 c
             }
