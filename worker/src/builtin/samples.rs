@@ -105,7 +105,7 @@ pub fn from_features(
                 rec.get(i)
                     .and_then(|v| v.parse::<f32>().ok())
                     .filter(|v| v.is_finite())
-                    .unwrap_or(0.0)
+                    .unwrap_or(f32::NAN)
             }));
             push_origin(&mut d, &rec, gc, wc, sc, oc);
             d.file_of.push(d.digests.len() - 1);
@@ -113,7 +113,60 @@ pub fn from_features(
     }
     d.shape = vec![d.feature_names.len()];
     log_missing(ctx, said_missing);
+    let filled = fill_missing_by_group(&mut d);
+    if filled > 0 {
+        ctx.logln(format!(
+            "{filled} missing or non-finite feature values (an empty compartment, a failed \
+             measurement) read as their plate's median for that feature"
+        ));
+    }
     Ok(d)
+}
+
+/// Each missing (NaN) feature value as the median of that feature over its group's (plate's)
+/// cells; 0 where the whole group lacks it. Returns how many were filled. Read as a raw 0,
+/// a missing value lay far out of a feature's range and became an extreme z-score.
+pub fn fill_missing_by_group(d: &mut Data) -> usize {
+    let dim = d.feature_names.len();
+    if dim == 0 || !d.x.iter().any(|v| v.is_nan()) {
+        return 0;
+    }
+    let mut members: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, g) in d.groups.iter().enumerate() {
+        members.entry(g.as_str()).or_default().push(i);
+    }
+    let mut filled = 0;
+    for cells in members.values() {
+        for f in 0..dim {
+            let mut present: Vec<f32> = cells
+                .iter()
+                .map(|&i| d.x[i * dim + f])
+                .filter(|v| !v.is_nan())
+                .collect();
+            if present.len() == cells.len() {
+                continue;
+            }
+            present.sort_by(f32::total_cmp);
+            let fill = if present.is_empty() {
+                0.0
+            } else {
+                let m = present.len() / 2;
+                if present.len() % 2 == 1 {
+                    present[m]
+                } else {
+                    0.5 * (present[m - 1] + present[m])
+                }
+            };
+            for &i in cells {
+                let v = &mut d.x[i * dim + f];
+                if v.is_nan() {
+                    *v = fill;
+                    filled += 1;
+                }
+            }
+        }
+    }
+    filled
 }
 
 /// Crops from `crops.safetensors` + `crops.csv` pairs (labels as in [`from_features`]).
@@ -315,6 +368,39 @@ mod tests {
             let d = from_features(&mut ctx, label, "plate", None, true).unwrap();
             assert_eq!(d.labels, [Some(0), None, Some(1), None, None]);
         }
+    }
+
+    /// A missing feature value reads as its plate's median for that feature (a raw 0 was an
+    /// extreme value once plates were z-scored), counted in the log.
+    #[test]
+    fn missing_values_read_as_their_plates_median() {
+        let tmp = tempfile::tempdir().unwrap();
+        cells_csv(
+            tmp.path(),
+            "f/cells.csv",
+            "Metadata_Phenotype",
+            &[
+                ("P1", "A01", "a", 100.0),
+                ("P1", "A02", "a", 200.0),
+                ("P1", "A03", "b", 300.0),
+                ("P1", "A04", "b", f64::NAN),
+                ("P2", "A01", "a", 7.0),
+            ],
+        );
+        let task = testing::task("train", &[]);
+        let upstream = vec![(
+            "f".to_string(),
+            "cells.csv".to_string(),
+            "f/cells.csv".to_string(),
+        )];
+        let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
+        let d = from_features(&mut ctx, "phenotype", "plate", None, false).unwrap();
+        assert_eq!(d.x, [100.0, 200.0, 300.0, 200.0, 7.0]);
+        assert!(
+            ctx.log.contains("1 missing or non-finite feature values"),
+            "{}",
+            ctx.log
+        );
     }
 
     /// `DMSO` on one plate and `dmso` on another are refused, naming the file, plate and
