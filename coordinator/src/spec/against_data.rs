@@ -544,10 +544,9 @@ mod tests {
         assert!(e.0[0].message.contains("without CUDA"), "{e}");
     }
 
-    /// A long map without a plate column for images of several plates is refused; a grid
-    /// drawn once (no `plate` lines) is meant for every plate and passes.
-    #[test]
-    fn a_map_for_several_plates_needs_plates_unless_it_is_one_grid() {
+    /// A pipeline of images `{plate}/{well}.tif` with a plate map (its folder kept alive by
+    /// the returned guard).
+    fn with_plate_map() -> (tempfile::TempDir, Pipeline) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.yaml");
         std::fs::create_dir(dir.path().join("img")).unwrap();
@@ -557,6 +556,14 @@ mod tests {
             "data:\n  images: img\n  pattern: \"{plate}/{well}.tif\"\n  plate_map: map.csv\nsteps:\n  a: {uses: noop}\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        (dir, p)
+    }
+
+    /// A long map without a plate column for images of several plates is refused; a grid
+    /// drawn once (no `plate` lines) is meant for every plate and passes.
+    #[test]
+    fn a_map_for_several_plates_needs_plates_unless_it_is_one_grid() {
+        let (_dir, p) = with_plate_map();
         let facts = DataFacts {
             field_values: BTreeMap::from([(
                 "plate".to_string(),
@@ -578,15 +585,7 @@ mod tests {
     /// out, or names more plates, passes.
     #[test]
     fn map_plates_are_spelt_as_the_file_names_spell_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.yaml");
-        std::fs::create_dir(dir.path().join("img")).unwrap();
-        std::fs::write(dir.path().join("map.csv"), "").unwrap();
-        let p = crate::spec::parse(
-            &path,
-            "data:\n  images: img\n  pattern: \"{plate}/{well}.tif\"\n  plate_map: map.csv\nsteps:\n  a: {uses: noop}\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+        let (_dir, p) = with_plate_map();
         let facts = |plates: &[&str]| DataFacts {
             field_values: BTreeMap::from([(
                 "plate".to_string(),

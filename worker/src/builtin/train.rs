@@ -662,6 +662,15 @@ mod tests {
         vec![("f".into(), "cells.csv".into(), "f/cells.csv".into())]
     }
 
+    /// Two folds, plate P4 held out for `evaluate`.
+    fn holding_out_p4() -> TrainParams {
+        TrainParams {
+            folds: 2,
+            holdout: vec!["P4".into()],
+            ..TrainParams::default()
+        }
+    }
+
     /// Each fold's accuracy from `cv.csv`.
     fn fold_accuracies(out: &std::path::Path) -> Vec<f64> {
         let mut rdr = csv::Reader::from_path(out.join("cv.csv")).unwrap();
@@ -716,11 +725,7 @@ mod tests {
         upstream.truncate(1);
         let task = testing::task("train", &[]);
         let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
-        let params = TrainParams {
-            folds: 2,
-            holdout: vec!["P4".into()],
-            ..TrainParams::default()
-        };
+        let params = holding_out_p4();
         let e = format!("{:#}", run(&mut ctx, &params).unwrap_err());
         assert!(
             e.contains("taxol") && e.contains("only on `holdout` plates (P4)"),
@@ -737,11 +742,7 @@ mod tests {
         let mut upstream = screen(tmp.path());
         let task = testing::task("train", &[]);
         let mut ctx = testing::context(tmp.path(), &task, &[], &upstream);
-        let params = TrainParams {
-            folds: 2,
-            holdout: vec!["P4".into()],
-            ..TrainParams::default()
-        };
+        let params = holding_out_p4();
         run(&mut ctx, &params).unwrap();
         for name in ["model.safetensors", "model.json"] {
             upstream.push(("train".into(), name.into(), format!("out/{name}")));
