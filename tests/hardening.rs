@@ -771,3 +771,30 @@ fn a_plate_of_thousands_of_inputs_reaches_a_shell_command() {
     let n = std::fs::read_to_string(tmp.path().join("results/count/plate=P1/n.txt")).unwrap();
     assert_eq!(n.trim(), "6001");
 }
+
+/// A script that hangs is stopped at the step's `timeout:`, its whole process group with
+/// it, and the run fails saying so (a hung script held its worker for ever).
+#[test]
+fn a_hung_command_is_stopped_at_its_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let late = tmp.path().join("late");
+    let run = format!("sleep 10 && touch {}", late.display());
+    let p = per_plate_pipeline(tmp.path(), "hung", &["P1"], &run, &["n.txt"]);
+    let yaml = std::fs::read_to_string(&p).unwrap().replace(
+        "    with:\n",
+        "    timeout: 1s\n    retries: 0\n    with:\n",
+    );
+    std::fs::write(&p, yaml).unwrap();
+    let t0 = std::time::Instant::now();
+    let (st, out) = run_json(&p, &[]);
+    assert_eq!(st["state"], "failed", "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ran longer than the step's `timeout: 1s` and was stopped"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(t0.elapsed().as_secs() < 8, "{:?}", t0.elapsed());
+    // Its group was stopped with it: nothing is left to finish the script later.
+    std::thread::sleep(std::time::Duration::from_secs(11).saturating_sub(t0.elapsed()));
+    assert!(!late.exists(), "the timed-out script went on running");
+}

@@ -1,4 +1,5 @@
-//! Amounts of memory as people write them (`512M`, `4G`, `16GB`, `1.5T`).
+//! Amounts of memory as people write them (`512M`, `4G`, `16GB`, `1.5T`), and spans of time
+//! (`90s`, `30m`, `2h`, `1h30m`, `1d`).
 
 /// Bytes in an amount of memory; `None` when it is not one or does not fit in 64 bits.
 pub fn parse_bytes(text: &str) -> Option<u64> {
@@ -37,9 +38,72 @@ pub fn show_bytes(b: u64) -> String {
     }
 }
 
+/// Seconds in a span of time written as `90`, `90s`, `30m`, `2h`, `1h30m` or `1d` (parts in
+/// decreasing units); `None` when it is not one.
+pub fn parse_seconds(text: &str) -> Option<u64> {
+    let t = text.trim().to_ascii_lowercase();
+    if t.is_empty() {
+        return None;
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return Some(n);
+    }
+    let (mut total, mut number, mut last_unit) = (0u64, String::new(), u64::MAX);
+    for c in t.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        if number.is_empty() || unit >= last_unit {
+            return None;
+        }
+        total = total.checked_add(number.parse::<u64>().ok()?.checked_mul(unit)?)?;
+        number.clear();
+        last_unit = unit;
+    }
+    number.is_empty().then_some(total)
+}
+
+/// `1h30m`-style display of seconds.
+pub fn show_seconds(s: u64) -> String {
+    let mut out = String::new();
+    let (d, h, m, sec) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);
+    for (v, name) in [(d, "d"), (h, "h"), (m, "m"), (sec, "s")] {
+        if v > 0 {
+            out.push_str(&format!("{v}{name}"));
+        }
+    }
+    if out.is_empty() {
+        "0s".into()
+    } else {
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_of_time() {
+        assert_eq!(parse_seconds("90"), Some(90));
+        assert_eq!(parse_seconds("90s"), Some(90));
+        assert_eq!(parse_seconds("30m"), Some(1800));
+        assert_eq!(parse_seconds("1h30m"), Some(5400));
+        assert_eq!(parse_seconds("2D"), Some(172_800));
+        for bad in ["", "m", "30x", "30m1h", "1h1h", "1.5h"] {
+            assert_eq!(parse_seconds(bad), None, "{bad}");
+        }
+        assert_eq!(show_seconds(5400), "1h30m");
+        assert_eq!(show_seconds(0), "0s");
+    }
 
     #[test]
     fn memory_amounts() {

@@ -1656,6 +1656,7 @@ fn task_spec(run: &ActiveRun, t: TaskIdx, gpu_ids: Vec<u32>) -> TaskSpec {
         }),
         gpu_ids,
         cache_key: rt.key.as_ref().map(|k| k.0.clone()).unwrap_or_default(),
+        timeout_s: step.timeout_s.unwrap_or(0),
     }
 }
 

@@ -439,7 +439,16 @@ async fn run_command<F: BlobFetcher>(
         };
         anyhow::anyhow!("could not start the command `{}`: {e}{hint}", shown())
     })?;
-    let status = process.wait().await?;
+    let status = if spec.timeout_s == 0 {
+        Some(process.wait().await?)
+    } else {
+        let limit = std::time::Duration::from_secs(spec.timeout_s);
+        match tokio::time::timeout(limit, process.wait()).await {
+            Ok(status) => Some(status?),
+            // Dropping the process kills its whole group.
+            Err(_) => None,
+        }
+    };
     drop(process);
 
     let mut out = CommandOutcome {
@@ -447,6 +456,15 @@ async fn run_command<F: BlobFetcher>(
         stderr: Some(store_log(&env.store, &stderr_path)?),
         stderr_tail: tail_of(&stderr_path, 20, 4000),
         ..Default::default()
+    };
+    let Some(status) = status else {
+        out.error = Some(format!(
+            "command ran longer than the step's `timeout: {}` and was stopped: {}",
+            plateflow_contract::units::show_seconds(spec.timeout_s),
+            shown()
+        ));
+        out.transient = true;
+        return Ok(out);
     };
     if !status.success() {
         let how = exit_how(&status);

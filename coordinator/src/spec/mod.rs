@@ -75,6 +75,8 @@ pub struct StepSpec {
     pub resources_mark: (Mark, usize),
     /// Extra attempts after a failure or a lost worker.
     pub retries: u32,
+    /// A `command` step's limit on each attempt's run time, in seconds (`timeout: 2h`).
+    pub timeout_s: Option<u64>,
     pub reads_images: bool,
     pub reads_plate_map: bool,
     /// Files beside the pipeline hashed into the key and copied into the scratch directory.
@@ -108,6 +110,7 @@ const STEP_KEYS: &[&str] = &[
     "for_each",
     "resources",
     "retries",
+    "timeout",
     "inputs",
 ];
 /// Bounds on what a step may ask for: beyond them a number is a typo (and would not fit the
@@ -922,6 +925,45 @@ impl Validator<'_> {
             Some((_, n)) => self.uint(n, "`retries`", 0).map(|v| v.min(100) as u32),
             None => Some(1),
         };
+        // A hung script held its worker for ever: `timeout:` ends an attempt that runs
+        // longer. Built-in steps show their progress and are not cut short.
+        let timeout = match k.get("timeout") {
+            None => Some(None),
+            Some((tk, n)) => {
+                let text = self.string(n, "`timeout`");
+                match text
+                    .as_deref()
+                    .map(plateflow_contract::units::parse_seconds)
+                {
+                    Some(Some(secs)) if secs > 0 => {
+                        if kind.is_some_and(|k| k.kind != kinds::StepKind::Command) {
+                            self.r.error_hint(
+                                tk.mark,
+                                tk.width(),
+                                format!("{ctx}: `timeout` applies to `command` steps"),
+                                Some("remove it: built-in steps show their progress and are not cut short".into()),
+                            );
+                            None
+                        } else {
+                            Some(Some(secs))
+                        }
+                    }
+                    Some(_) => {
+                        self.r.error_hint(
+                            n.mark,
+                            n.width(),
+                            format!(
+                                "`timeout` must be a span of time, found `{}`",
+                                text.unwrap_or_default()
+                            ),
+                            Some("write it like `90s`, `30m`, `2h` or `1h30m`".into()),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+        };
 
         let (params, files, param_marks) = match kind.or(guessed_kind) {
             Some(check_as) => {
@@ -953,6 +995,7 @@ impl Validator<'_> {
                     .get("resources")
                     .map_or((key.mark, key.width()), |(_, n)| (n.mark, n.width())),
                 retries: retries?,
+                timeout_s: timeout?,
                 reads_images,
                 reads_plate_map,
                 files,
@@ -1575,6 +1618,33 @@ mod tests {
         )
         .unwrap_or_else(|e| panic!("{e}"));
         parse(&path, &step("python absent.py > o.txt", "")).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `timeout:` takes spans of time on `command` steps; a malformed one, or one on a
+    /// built-in step, is refused at its line.
+    #[test]
+    fn timeouts_are_spans_of_time_on_command_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.yaml");
+        let step = |kind: &str, timeout: &str| {
+            let with = if kind == "command" {
+                "    with: {run: make, outputs: [o.txt]}\n"
+            } else {
+                ""
+            };
+            format!("steps:\n  s:\n    uses: {kind}\n    timeout: {timeout}\n{with}")
+        };
+        let p = parse(&path, &step("command", "1h30m")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.steps[0].timeout_s, Some(5400));
+        let e = parse(&path, &step("command", "soon"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("must be a span of time, found `soon`") && e.contains(":4:"),
+            "{e}"
+        );
+        let e = parse(&path, &step("noop", "2h")).unwrap_err().to_string();
+        assert!(e.contains("`timeout` applies to `command` steps"), "{e}");
     }
 
     /// Outputs are files: a glob or a folder is refused when the pipeline is read.
