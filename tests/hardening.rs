@@ -798,3 +798,32 @@ fn a_hung_command_is_stopped_at_its_timeout() {
     std::thread::sleep(std::time::Duration::from_secs(11).saturating_sub(t0.elapsed()));
     assert!(!late.exists(), "the timed-out script went on running");
 }
+
+/// A setting changed and changed back: the third run takes the first run's results from
+/// the cache, and `results/` holds them again (it kept the second setting's files, under
+/// the first setting's lock and lineage). A hand-edited result is put right the same way.
+#[test]
+fn results_match_the_run_even_when_it_came_from_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = per_plate_pipeline(tmp.path(), "back", &["P1"], "echo one > n.txt", &["n.txt"]);
+    let result = tmp.path().join("results/count/plate=P1/n.txt");
+    let run_with = |word: &str| {
+        let yaml = std::fs::read_to_string(&p).unwrap();
+        let yaml = yaml
+            .replace("echo one", &format!("echo {word}"))
+            .replace("echo two", &format!("echo {word}"));
+        std::fs::write(&p, yaml).unwrap();
+        let (st, out) = run_json(&p, &[]);
+        assert_eq!(st["state"], "succeeded", "{}", stderr(&out));
+        std::fs::read_to_string(&result).unwrap()
+    };
+    assert_eq!(run_with("one"), "one\n");
+    assert_eq!(run_with("two"), "two\n");
+    assert_eq!(
+        run_with("one"),
+        "one\n",
+        "the cached result was not copied back"
+    );
+    std::fs::write(&result, "edited by hand\n").unwrap();
+    assert_eq!(run_with("one"), "one\n");
+}

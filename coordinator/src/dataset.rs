@@ -66,7 +66,7 @@ impl Dataset {
     /// problem naming its exact bytes: only the tasks that would read it fail.
     pub fn scan(data: &DataSpec) -> anyhow::Result<Self> {
         let mut files = Vec::new();
-        walk(&data.images_root, &data.images_root, &mut files).map_err(|e| {
+        walk_images(&data.images_root, &mut files).map_err(|e| {
             anyhow::anyhow!(
                 "cannot list images under {}: {e}",
                 data.images_root.display()
@@ -245,17 +245,21 @@ pub fn hash_each_with_cache(
     ))
 }
 
+/// What identifies `path`'s content without reading it.
+pub fn stat_key(path: &Path) -> Result<StatKey, String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(StatKey {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.size(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+    })
+}
+
 /// `stat` of every path, spread over threads (a plate of small files is syscall-bound).
 fn stat_all(paths: &[PathBuf], threads: usize) -> Vec<Result<StatKey, String>> {
-    let stat = |p: &PathBuf| -> Result<StatKey, String> {
-        let meta = std::fs::metadata(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        Ok(StatKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-        })
-    };
+    let stat = |p: &PathBuf| stat_key(p);
     let chunk = paths.len().div_ceil(threads.max(1)).max(1024);
     std::thread::scope(|s| {
         let parts: Vec<_> = paths
@@ -270,7 +274,22 @@ fn stat_all(paths: &[PathBuf], threads: usize) -> Vec<Result<StatKey, String>> {
     })
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Every file under `root` (relative to it), following links to folders: a plate linked in
+/// from the microscope's share (`ln -s /mnt/scope/P4 images/P4`) was skipped in silence, and
+/// the run went on without it. Each folder is entered once (a link back up is no loop). A
+/// broken link is listed, so that reading it fails naming it.
+fn walk_images(root: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let meta = std::fs::metadata(root)?;
+    let mut seen = std::collections::HashSet::from([(meta.dev(), meta.ino())]);
+    walk(root, root, out, &mut seen)
+}
+
+fn walk(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
@@ -279,9 +298,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> 
         }
         let ft = entry.file_type()?;
         let path = entry.path();
-        if ft.is_dir() {
-            walk(root, &path, out)?;
-        } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
+        if ft.is_dir() || (ft.is_symlink() && path.is_dir()) {
+            let meta = std::fs::metadata(&path)?;
+            if seen.insert((meta.dev(), meta.ino())) {
+                walk(root, &path, out, seen)?;
+            }
+        } else if ft.is_file() || ft.is_symlink() {
             let rel = path.strip_prefix(root).expect("under root");
             out.push(rel.to_path_buf());
         }
@@ -299,6 +321,27 @@ mod tests {
         let f = std::fs::File::options().write(true).open(p).unwrap();
         f.set_modified(SystemTime::now() - Duration::from_secs(3600))
             .unwrap();
+    }
+
+    /// A plate folder linked in from elsewhere is listed; a link back up does not loop; a
+    /// broken link is listed (reading it then fails naming it).
+    #[test]
+    fn linked_plate_folders_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("images");
+        std::fs::create_dir_all(root.join("P1")).unwrap();
+        std::fs::write(root.join("P1/A01.tif"), "x").unwrap();
+        let share = dir.path().join("scope/P4");
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::write(share.join("A01.tif"), "x").unwrap();
+        std::os::unix::fs::symlink(&share, root.join("P4")).unwrap();
+        std::os::unix::fs::symlink(&root, root.join("P1/up")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone.tif"), root.join("P1/A02.tif")).unwrap();
+        let mut files = Vec::new();
+        walk_images(&root, &mut files).unwrap();
+        files.sort();
+        let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(names, ["P1/A01.tif", "P1/A02.tif", "P4/A01.tif"]);
     }
 
     #[test]

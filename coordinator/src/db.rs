@@ -141,6 +141,24 @@ impl Db {
         Ok(out)
     }
 
+    /// What the stat cache knows of one path.
+    pub fn stat_entry(&self, path: &str) -> anyhow::Result<Option<(StatKey, Digest)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT dev, ino, size, mtime_ns, digest FROM stat_cache WHERE path = ?1",
+        )?;
+        let mut rows = stmt.query(params![path])?;
+        let Some(r) = rows.next()? else {
+            return Ok(None);
+        };
+        let key = StatKey {
+            dev: r.get::<_, i64>(0)? as u64,
+            ino: r.get::<_, i64>(1)? as u64,
+            size: r.get::<_, i64>(2)? as u64,
+            mtime_ns: r.get(3)?,
+        };
+        Ok(r.get::<_, String>(4)?.parse().ok().map(|d| (key, d)))
+    }
+
     pub fn save_stat_cache(&mut self, rows: &[(String, StatKey, Digest)]) -> anyhow::Result<()> {
         let tx = self.conn.transaction()?;
         {

@@ -1254,6 +1254,7 @@ impl Engine {
             .map(|t| run.prep.label(t))
             .collect();
         let mut records = Vec::new();
+        let mut written = Vec::new();
         for (t, label) in labels.iter().enumerate() {
             let rt = &run.tasks[t];
             if rt.state != (TaskState::Done { ran: false }) {
@@ -1273,14 +1274,35 @@ impl Engine {
                     .join(plateflow_contract::labels::label_path(label));
                 for (name, d) in &rt.outputs {
                     let dest = dir.join(name);
-                    if ran || !dest.exists() {
-                        if let Err(e) = self.store.copy_out(d, &dest) {
+                    // A cached task's result is copied out again unless the file there is
+                    // the one plateflow last wrote with this content: an earlier setting's
+                    // output (run with sigma 2, then back at 3), another pipeline's sharing
+                    // `results/`, or a hand edit would otherwise stay under this run's name.
+                    let at = dest.display().to_string();
+                    let current = !ran
+                        && crate::dataset::stat_key(&dest).is_ok_and(|now| {
+                            matches!(self.db.stat_entry(&at), Ok(Some((k, was))) if k == now && &was == d)
+                        });
+                    if current {
+                        continue;
+                    }
+                    match self.store.copy_out(d, &dest) {
+                        Ok(()) => {
+                            if let Ok(k) = crate::dataset::stat_key(&dest) {
+                                written.push((at, k, d.clone()));
+                            }
+                        }
+                        Err(e) => {
                             tracing::error!("cannot write result {}: {e}", dest.display());
                             unkept.push(format!("cannot write result {}: {e}", dest.display()));
                         }
                     }
                 }
             }
+        }
+        // What each result file is, for the next run's check above.
+        if let Err(e) = self.db.save_stat_cache(&written) {
+            tracing::warn!("cannot record the results written: {e:#}");
         }
         let models = self.model_results(&run, &labels);
         if let Err(e) = self.db.save_run_models(run.prep.id, &models) {
