@@ -1052,6 +1052,12 @@ pub struct TaskParams {
     /// them out where they read every channel, since a mask measured as an image is all
     /// saturated pixels and outliers.
     pub label_channels: BTreeSet<String>,
+    /// The filename pattern the task's images were read with, for steps that read images
+    /// (empty otherwise). Only the key needs it: a pattern corrected from
+    /// `{well}_{site}_{channel}` to `{well}_{channel}_{site}` names the same files with the
+    /// same digests, and the cached results, made with site and channel swapped, were
+    /// served.
+    pub image_pattern: String,
 }
 
 impl TaskParams {
@@ -1073,6 +1079,9 @@ impl TaskParams {
         }
         if kind.describes_model() {
             m.insert("_step".into(), Value::String(self.step.clone()));
+        }
+        if !self.image_pattern.is_empty() {
+            m.insert("_pattern".into(), Value::String(self.image_pattern.clone()));
         }
         if self.params.uses_shipped_segmenter() {
             m.insert(
@@ -1100,6 +1109,10 @@ impl TaskParams {
         };
         m.remove("_step");
         m.remove("_shipped_model");
+        let image_pattern = match m.remove("_pattern") {
+            Some(Value::String(p)) => p,
+            _ => String::new(),
+        };
         let params = StepParams::decode(kind, m).map_err(|issues| {
             issues
                 .iter()
@@ -1112,6 +1125,7 @@ impl TaskParams {
             step: step.to_string(),
             channels,
             label_channels,
+            image_pattern,
         })
     }
 }
@@ -1136,6 +1150,7 @@ mod tests {
             step: "cnn".into(),
             channels: [("1".to_string(), "DNA".to_string())].into_iter().collect(),
             label_channels: BTreeSet::new(),
+            image_pattern: "{plate}/{well}_s{site}_w{channel}.tif".into(),
         };
         let back = TaskParams::decode(StepKind::Train, "cnn", &tp.encode()).unwrap();
         assert_eq!(back, tp);
@@ -1149,6 +1164,7 @@ mod tests {
             step: "features".into(),
             channels: BTreeMap::new(),
             label_channels: BTreeSet::new(),
+            image_pattern: String::new(),
         };
         // Pipelines without label images keep the keys they had.
         assert!(!tp.encode().contains("_label_channels"));

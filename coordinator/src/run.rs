@@ -290,6 +290,12 @@ pub fn prepare(
         .as_ref()
         .map(|d| d.channels.clone())
         .unwrap_or_default();
+    // How file names were read into fields: in the key of every step that reads images.
+    let pattern = pipeline
+        .data
+        .as_ref()
+        .map(|d| d.pattern.source.clone())
+        .unwrap_or_default();
     // Label images (users' masks, training labels) are not measured as images anywhere.
     let label_channels: std::collections::BTreeSet<String> = pipeline
         .steps
@@ -305,6 +311,11 @@ pub fn prepare(
                 step: s.name.clone(),
                 channels: channels.clone(),
                 label_channels: label_channels.clone(),
+                image_pattern: if s.reads_images {
+                    pattern.clone()
+                } else {
+                    String::new()
+                },
             }
             .encode()
         })
@@ -387,6 +398,24 @@ mod tests {
             &PIPELINE.replace("with: {label: SEG}", "with:\n      label: \"SEG\""),
         );
         assert_eq!(k2, k);
+    }
+
+    /// A filename pattern corrected to read the same files' fields otherwise (site and
+    /// channel swapped) changes the keys of the steps that read images, and only theirs.
+    #[test]
+    fn a_corrected_pattern_reruns_the_steps_that_read_images() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("images/P1")).unwrap();
+        for f in ["A01_1_2", "A01_2_1"] {
+            std::fs::write(dir.path().join(format!("images/P1/{f}.tif")), f).unwrap();
+        }
+        let yaml = "data:\n  images: images\n  pattern: \"{plate}/{well}_{site}_{channel}.tif\"\nsteps:\n  read:\n    uses: noop\n    for_each: plate\n  after_it:\n    uses: noop\n    after: [read]\n";
+        let base = keys(dir.path(), yaml);
+        let k = keys(
+            dir.path(),
+            &yaml.replace("{well}_{site}_{channel}", "{well}_{channel}_{site}"),
+        );
+        assert_eq!(changed(&base, &k), vec!["read[plate=P1]"]);
     }
 
     #[test]

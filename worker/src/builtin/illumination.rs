@@ -210,6 +210,7 @@ mod tests {
             step: "flat".into(),
             channels: Default::default(),
             label_channels: Default::default(),
+            image_pattern: String::new(),
         }
     }
 

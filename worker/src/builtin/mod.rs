@@ -558,6 +558,7 @@ pub(crate) mod testing {
             step: step.into(),
             channels: Default::default(),
             label_channels: labels.iter().map(|l| l.to_string()).collect(),
+            image_pattern: String::new(),
         }
     }
 
@@ -697,6 +698,7 @@ mod tests {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
             label_channels: Default::default(),
+            image_pattern: String::new(),
         };
         let ctx = Context {
             work: Path::new("/w"),
