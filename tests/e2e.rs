@@ -64,6 +64,15 @@ fn local_demo_then_incremental_reruns() {
         "{dry}"
     );
     assert!(dry.contains("3 task(s) would run, 6 cached"), "{dry}");
+    // A step asked about by name: its counts, and the task that runs, not its first.
+    let explain = run_bounded(plateflow().arg("explain").arg(&p).arg("inventory"), 60);
+    let explain = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        explain
+            .contains("step `inventory`: 1 of its 4 tasks will run or wait on upstream, 3 cached")
+            && explain.contains("inventory[plate=P4]:\n  runs because:"),
+        "{explain}"
+    );
     let (st, _) = run_json(&p, &[]);
     assert_eq!(
         ran(&st),

@@ -146,20 +146,45 @@ pub fn render_dry_run(sim: &Simulation) -> String {
     s
 }
 
-/// `explain`: the full reasons for one task (by label; a step name explains its first task).
+/// `explain`: the full reasons for one task (by label). A step name counts the step's
+/// tasks by what they will do and explains its first that will not come from the cache
+/// (its first task was explained, which could read "cached" while others ran).
 pub fn render_explain(sim: &Simulation, target: &str) -> anyhow::Result<String> {
     let labels: Vec<String> = (0..sim.prep.plan.len() as TaskIdx)
         .map(|t| sim.prep.label(t))
         .collect();
-    let t = labels
-        .iter()
-        .position(|l| l == target)
-        .or_else(|| labels.iter().position(|l| l.split('[').next() == Some(target)))
-        .ok_or_else(|| {
-            let hint = crate::spec::diag::did_you_mean(target, labels.iter().map(String::as_str)).unwrap_or_default();
-            anyhow::anyhow!("no task `{target}` in this pipeline. {hint} (`plateflow run --dry-run` lists tasks)")
-        })?;
-    let mut s = format!("{}:\n", labels[t]);
+    let mut s = String::new();
+    let t = match labels.iter().position(|l| l == target) {
+        Some(t) => t,
+        None => {
+            let of_step: Vec<usize> = (0..labels.len())
+                .filter(|&i| labels[i].split('[').next() == Some(target))
+                .collect();
+            let Some(&first) = of_step.first() else {
+                let hint =
+                    crate::spec::diag::did_you_mean(target, labels.iter().map(String::as_str))
+                        .unwrap_or_default();
+                anyhow::bail!("no task `{target}` in this pipeline. {hint} (`plateflow run --dry-run` lists tasks)");
+            };
+            let cached = of_step
+                .iter()
+                .filter(|&&i| sim.decisions[i] == Decision::Cached)
+                .count();
+            if of_step.len() > 1 {
+                s.push_str(&format!(
+                    "step `{target}`: {} of its {} tasks will run or wait on upstream, {cached} cached\n",
+                    of_step.len() - cached,
+                    of_step.len()
+                ));
+            }
+            of_step
+                .iter()
+                .copied()
+                .find(|&i| sim.decisions[i] != Decision::Cached)
+                .unwrap_or(first)
+        }
+    };
+    s.push_str(&format!("{}:\n", labels[t]));
     match &sim.decisions[t] {
         Decision::Cached => s.push_str(
             "  cached: its key is unchanged and its outputs are stored intact; it will not run\n",
