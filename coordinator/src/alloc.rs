@@ -326,7 +326,10 @@ impl<B: Backend> Allocator<B> {
                     // A job held in the queue for a reason that may never clear (a time
                     // limit above the partition's, a QOS limit, a hold) is said, not only
                     // logged at debug: the run would otherwise wait in silence.
-                    if why.contains("is pending") && !pending_is_routine(&why) {
+                    let stuck = self.allocs.iter().any(|a| {
+                        matches!(&a.state, JobState::Pending { reason } if !pending_is_routine(reason))
+                    });
+                    if stuck {
                         tracing::warn!("allocator waits: {why}");
                     } else {
                         tracing::debug!("allocator waits: {why}");
@@ -449,18 +452,10 @@ impl<B: Backend> Allocator<B> {
     }
 }
 
-/// Whether a wait on a pending job is the queue's ordinary one (waiting its turn or for
-/// nodes), not a reason that may never clear by itself.
-fn pending_is_routine(why: &str) -> bool {
-    [
-        "(submitted)",
-        "(Priority)",
-        "(Resources)",
-        "(None)",
-        "(BeginTime)",
-    ]
-    .iter()
-    .any(|r| why.ends_with(r))
+/// Whether a pending job's reason (Slurm's `%r`) is the queue's ordinary one (waiting its
+/// turn or for nodes), not one that may never clear by itself.
+fn pending_is_routine(reason: &str) -> bool {
+    ["submitted", "Priority", "Resources", "None", "BeginTime"].contains(&reason)
 }
 
 /// `plateflow alloc list`: one line per allocation.
@@ -570,8 +565,8 @@ mod tests {
             panic!("submitted beside a pending job");
         };
         assert_eq!(why, "allocation 7 is pending (PartitionTimeLimit)");
-        assert!(!pending_is_routine(&why));
-        assert!(pending_is_routine("allocation 7 is pending (Priority)"));
+        assert!(!pending_is_routine("PartitionTimeLimit"));
+        assert!(pending_is_routine("Priority"));
     }
 
     #[test]

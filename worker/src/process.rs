@@ -316,10 +316,7 @@ fn remove_if_dead(dir: &Path, name: &str, host: &str) {
 
 /// This host's name as it can stand in a file name.
 fn host_for_names() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let host: String = host
+    let host: String = crate::session::hostname()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' || c == '.' {

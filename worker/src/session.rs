@@ -416,7 +416,7 @@ async fn upload_result_blobs(
     upload_missing(client, store, &digests).await
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
