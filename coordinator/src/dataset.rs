@@ -216,8 +216,9 @@ pub fn hash_each_with_cache(
         bytes_hashed: 0,
     };
     let mut fresh = Vec::with_capacity(todo.len());
-    // A file modified within the last seconds could change again within the same mtime tick
+    // A file modified within the last seconds could change again within the same time tick
     // without its stat changing; such files are not cached, so they are hashed next time too.
+    // The change time counts: a file rewritten with its old mtime put back is new.
     let racy_after = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64 - 2_000_000_000)
@@ -231,7 +232,7 @@ pub fn hash_each_with_cache(
             }
         };
         stats.bytes_hashed += d.size();
-        if key.mtime_ns < racy_after {
+        if key.mtime_ns.max(key.ctime_ns) < racy_after {
             fresh.push((paths[i].to_string_lossy().into_owned(), key, d.clone()));
         }
         out[i] = Some(Ok(d));
@@ -254,6 +255,7 @@ pub fn stat_key(path: &Path) -> Result<StatKey, String> {
         ino: meta.ino(),
         size: meta.size(),
         mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
     })
 }
 
@@ -352,6 +354,8 @@ mod tests {
         for p in &paths {
             write_old(p, "content");
         }
+        // Their change time is now: only files older than the racy window are remembered.
+        std::thread::sleep(Duration::from_millis(2100));
         let (d1, s1) = hash_with_cache(&paths, &mut db, 2).unwrap();
         assert_eq!(s1.hashed, 3);
         let (d2, s2) = hash_with_cache(&paths, &mut db, 2).unwrap();
@@ -362,6 +366,7 @@ mod tests {
         );
         assert_eq!(d1, d2);
         write_old(&paths[1], "changed!");
+        std::thread::sleep(Duration::from_millis(2100));
         let (d3, s3) = hash_with_cache(&paths, &mut db, 2).unwrap();
         assert_eq!(s3.hashed, 1);
         assert_ne!(d3[1], d1[1]);
@@ -371,5 +376,26 @@ mod tests {
         hash_with_cache(&paths, &mut db, 2).unwrap();
         let (_, s5) = hash_with_cache(&paths, &mut db, 2).unwrap();
         assert_eq!(s5.hashed, 1);
+    }
+
+    /// `cp -p`, `rsync --inplace -t` and `touch -r` put the old mtime back on new bytes: with
+    /// the same size too, only the change time tells.
+    #[test]
+    fn a_rewrite_with_its_old_mtime_put_back_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let path = dir.path().join("A01.tif");
+        write_old(&path, "plate one");
+        let old_mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(2100));
+        let paths = vec![path.clone()];
+        let (before, _) = hash_with_cache(&paths, &mut db, 1).unwrap();
+        std::fs::write(&path, "plate two").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(old_mtime).unwrap();
+        let (after, stats) = hash_with_cache(&paths, &mut db, 1).unwrap();
+        assert_eq!(stats.hashed, 1, "the rewritten file is read again");
+        assert_ne!(before[0], after[0]);
+        assert_eq!(&after[0], &plateflow_store::hash_bytes(b"plate two"));
     }
 }

@@ -13,6 +13,9 @@ pub struct StatKey {
     pub ino: u64,
     pub size: u64,
     pub mtime_ns: i64,
+    /// Change time: set by the kernel on every write, so a file rewritten with its old size
+    /// and its old mtime put back (`cp -p`, `rsync --inplace -t`, `touch -r`) still differs.
+    pub ctime_ns: i64,
 }
 
 /// A finished task's outputs, as remembered under its cache key.
@@ -48,7 +51,7 @@ pub struct Db {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS stat_cache (
     path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER,
-    digest TEXT NOT NULL);
+    digest TEXT NOT NULL, ctime_ns INTEGER);
 CREATE TABLE IF NOT EXISTS action_cache (
     key TEXT PRIMARY KEY, label TEXT NOT NULL, result TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -94,6 +97,22 @@ pub struct RunModel {
     pub predictions: Option<Digest>,
 }
 
+/// The change time of rows written before it was recorded: matches no file, so each such
+/// file is read once more.
+const UNKNOWN_CTIME: i64 = i64::MIN;
+
+/// Columns added since a table was first made (`CREATE TABLE IF NOT EXISTS` keeps an older
+/// table as it was).
+fn add_missing_columns(conn: &Connection) -> anyhow::Result<()> {
+    let has_ctime = conn
+        .prepare("SELECT 1 FROM pragma_table_info('stat_cache') WHERE name = 'ctime_ns'")?
+        .exists([])?;
+    if !has_ctime {
+        conn.execute_batch("ALTER TABLE stat_cache ADD COLUMN ctime_ns INTEGER")?;
+    }
+    Ok(())
+}
+
 fn now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -112,13 +131,14 @@ impl Db {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
         )?;
         conn.execute_batch(SCHEMA)?;
+        add_missing_columns(&conn)?;
         Ok(Self { conn })
     }
 
     pub fn load_stat_cache(&self) -> anyhow::Result<FxHashMap<String, (StatKey, Digest)>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT path, dev, ino, size, mtime_ns, digest FROM stat_cache")?;
+            .prepare("SELECT path, dev, ino, size, mtime_ns, digest, ctime_ns FROM stat_cache")?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -127,6 +147,7 @@ impl Db {
                     ino: r.get::<_, i64>(2)? as u64,
                     size: r.get::<_, i64>(3)? as u64,
                     mtime_ns: r.get(4)?,
+                    ctime_ns: r.get::<_, Option<i64>>(6)?.unwrap_or(UNKNOWN_CTIME),
                 },
                 r.get::<_, String>(5)?,
             ))
@@ -144,7 +165,7 @@ impl Db {
     /// What the stat cache knows of one path.
     pub fn stat_entry(&self, path: &str) -> anyhow::Result<Option<(StatKey, Digest)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT dev, ino, size, mtime_ns, digest FROM stat_cache WHERE path = ?1",
+            "SELECT dev, ino, size, mtime_ns, digest, ctime_ns FROM stat_cache WHERE path = ?1",
         )?;
         let mut rows = stmt.query(params![path])?;
         let Some(r) = rows.next()? else {
@@ -155,6 +176,7 @@ impl Db {
             ino: r.get::<_, i64>(1)? as u64,
             size: r.get::<_, i64>(2)? as u64,
             mtime_ns: r.get(3)?,
+            ctime_ns: r.get::<_, Option<i64>>(5)?.unwrap_or(UNKNOWN_CTIME),
         };
         Ok(r.get::<_, String>(4)?.parse().ok().map(|d| (key, d)))
     }
@@ -163,7 +185,7 @@ impl Db {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare(
-                "INSERT OR REPLACE INTO stat_cache (path, dev, ino, size, mtime_ns, digest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO stat_cache (path, dev, ino, size, mtime_ns, digest, ctime_ns) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (p, k, d) in rows {
                 stmt.execute(params![
@@ -172,7 +194,8 @@ impl Db {
                     k.ino as i64,
                     k.size as i64,
                     k.mtime_ns,
-                    d.to_string()
+                    d.to_string(),
+                    k.ctime_ns
                 ])?;
             }
         }
@@ -505,5 +528,42 @@ impl Db {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state directory from before the change time was recorded opens, keeps its rows, and
+    /// has each of them read once more (their change time matches no file).
+    #[test]
+    fn a_stat_cache_without_change_times_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plateflow.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE stat_cache (path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER,
+                 size INTEGER, mtime_ns INTEGER, digest TEXT NOT NULL);
+             INSERT INTO stat_cache VALUES ('a.tif', 1, 2, 3, 4,
+                 'sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855/0');",
+        )
+        .unwrap();
+        drop(old);
+        let mut db = Db::open(&path).unwrap();
+        let cache = db.load_stat_cache().unwrap();
+        let (key, _) = &cache["a.tif"];
+        assert_eq!(
+            (key.size, key.mtime_ns, key.ctime_ns),
+            (3, 4, UNKNOWN_CTIME)
+        );
+        let digest = cache["a.tif"].1.clone();
+        let key = StatKey {
+            ctime_ns: 5,
+            ..*key
+        };
+        db.save_stat_cache(&[("a.tif".into(), key, digest)])
+            .unwrap();
+        assert_eq!(db.stat_entry("a.tif").unwrap().unwrap().0.ctime_ns, 5);
     }
 }
