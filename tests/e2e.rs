@@ -439,6 +439,10 @@ fn coordinator(dir: &Path, port: u16, log: &str) -> Proc {
 }
 
 fn worker(dir: &Path, port: u16, name: &str, cpus: u32) -> Proc {
+    worker_with(dir, port, name, cpus, &[])
+}
+
+fn worker_with(dir: &Path, port: u16, name: &str, cpus: u32, extra: &[&str]) -> Proc {
     // Own store and scratch, no shared filesystem: inputs and outputs move over gRPC.
     Proc::spawn(
         name,
@@ -456,7 +460,8 @@ fn worker(dir: &Path, port: u16, name: &str, cpus: u32) -> Proc {
             ])
             .arg(dir.join(name).join("store"))
             .arg("--scratch")
-            .arg(dir.join(name).join("scratch")),
+            .arg(dir.join(name).join("scratch"))
+            .args(extra),
         &dir.join(format!("{name}.log")),
     )
 }
@@ -502,6 +507,50 @@ fn status(dir: &Path, port: u16, run: &str) -> serde_json::Value {
         return serde_json::Value::Null;
     }
     json_of(&out)[0].clone()
+}
+
+/// A worker whose time ends before a task's `timeout:` would (`--time-limit`, or its Slurm
+/// job's time left) is not given the task: the coordinator says why the task waits, and a
+/// worker with the time runs it.
+#[test]
+fn a_task_waits_for_a_worker_with_time_for_its_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = per_plate_pipeline(
+        tmp.path(),
+        "timed",
+        &["P1"],
+        "\"echo $(hostname) > where.txt\"",
+        &["where.txt"],
+    );
+    let yaml = std::fs::read_to_string(&p).unwrap().replace(
+        "    for_each: plate\n",
+        "    for_each: plate\n    timeout: 1h\n",
+    );
+    std::fs::write(&p, yaml).unwrap();
+    let port = free_port();
+    let _coord = coordinator(tmp.path(), port, "coordinator.log");
+    let _short = worker_with(
+        tmp.path(),
+        port,
+        "w-short",
+        1,
+        &["--time-limit", "00:30:00"],
+    );
+    let run_id = submit(tmp.path(), &p, port);
+    wait_for("the coordinator to say why the task waits", 60, || {
+        std::fs::read_to_string(tmp.path().join("coordinator.log"))
+            .unwrap_or_default()
+            .contains("no connected worker's batch job has that long left (the most: 29m")
+            .then_some(())
+    });
+    assert_eq!(status(tmp.path(), port, &run_id)["state"], "running");
+    let _long = worker_with(tmp.path(), port, "w-long", 1, &["--time-limit", "2h"]);
+    let st = wait_for("the run to finish", 60, || {
+        let st = status(tmp.path(), port, &run_id);
+        (st["state"] != "running" && !st.is_null()).then_some(st)
+    });
+    assert_eq!(st["state"], "succeeded", "{st}");
+    assert_eq!(st["tasks"][0]["worker"], "w-long", "{st}");
 }
 
 #[test]

@@ -339,6 +339,11 @@ pub struct WorkerArgs {
     /// when the queue drains.
     #[arg(long)]
     pub idle_timeout_s: Option<u64>,
+    /// How long this worker may run, e.g. `2h`, `01:30:00` or `none` (default: in a Slurm
+    /// job, the job's time left; elsewhere, none). It is given only tasks whose `timeout:`
+    /// ends before then.
+    #[arg(long)]
+    pub time_limit: Option<String>,
     /// The largest image (megapixels per page) this worker decodes; larger headers, and
     /// strips that inflate past their header, are refused naming the file.
     #[arg(long, default_value_t = 256)]
@@ -627,6 +632,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 access: args.access.access()?,
                 idle_timeout: args.idle_timeout_s.map(Duration::from_secs),
                 allocation: std::env::var("SLURM_JOB_ID").unwrap_or_default(),
+                ends_at: worker_time_limit(args.time_limit.as_deref())
+                    .await?
+                    .map(|s| std::time::Instant::now() + Duration::from_secs(s)),
             };
             run_worker(cfg, shutdown_signal()).await?;
             Ok(0)
@@ -773,6 +781,12 @@ fn start_allocator(
     tls_fingerprint: Option<String>,
 ) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     let sa = &args.slurm;
+    // A typo would otherwise fail every sbatch, one allocation at a time.
+    anyhow::ensure!(
+        plateflow_contract::units::parse_slurm_time(&sa.slurm_time).is_some(),
+        "--slurm-time {}: write it as Slurm's --time takes it, e.g. 01:00:00, 90 (minutes) or 1-12:00:00",
+        sa.slurm_time
+    );
     let state = std::fs::canonicalize(&args.state)?;
     let advertise = sa.advertise.clone().unwrap_or_else(|| {
         if listening.ip().is_unspecified() {
@@ -915,6 +929,51 @@ fn slurm_memory() -> Option<u64> {
         .map(|m| m << 20)
 }
 
+/// Seconds this worker has: `--time-limit` (`2h`, `01:30:00`), else its Slurm job's time
+/// left (`squeue -o %L`), else none.
+async fn worker_time_limit(given: Option<&str>) -> anyhow::Result<Option<u64>> {
+    use plateflow_contract::units::{parse_seconds, parse_slurm_time};
+    if let Some(text) = given {
+        if matches!(text.to_ascii_lowercase().as_str(), "none" | "unlimited") {
+            return Ok(None);
+        }
+        return match parse_seconds(text).or_else(|| parse_slurm_time(text)) {
+            Some(s) => Ok(Some(s)),
+            None => anyhow::bail!("--time-limit {text}: write it like 2h, 90m or 01:30:00"),
+        };
+    }
+    let Ok(job) = std::env::var("SLURM_JOB_ID") else {
+        return Ok(None);
+    };
+    let asked = tokio::process::Command::new("squeue")
+        .args(["-h", "-j", &job, "-o", "%L"])
+        .kill_on_drop(true)
+        .output();
+    let left = match tokio::time::timeout(Duration::from_secs(20), asked).await {
+        Ok(Ok(out)) if out.status.success() => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let text = text.trim();
+            if matches!(text, "UNLIMITED" | "NOT_SET") {
+                return Ok(None);
+            }
+            parse_slurm_time(text).ok_or(format!("squeue said {text:?}"))
+        }
+        Ok(Ok(out)) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("squeue did not answer in 20 s".into()),
+    };
+    match left {
+        Ok(s) => {
+            tracing::info!(job = %job, "this worker's Slurm job ends in {}", plateflow_contract::units::show_seconds(s));
+            Ok(Some(s))
+        }
+        Err(why) => {
+            tracing::warn!(job = %job, "cannot tell when this Slurm job ends ({why}): tasks are given to it whatever their `timeout:`; pass --time-limit to say");
+            Ok(None)
+        }
+    }
+}
+
 /// GPU ids from CUDA_VISIBLE_DEVICES (set by Slurm's `--gres=gpu` and by users).
 fn visible_gpus() -> Vec<u32> {
     plateflow_learn::device::offered_gpus()
@@ -1007,6 +1066,10 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
             .arg("--scratch")
             .arg(pipeline.workspace.join("scratch"))
             .args(["--reconnect-timeout-s", "30"])
+            // No other worker can join a local run: a task kept for a worker with more time
+            // than this Slurm job has left would wait for ever. It runs, and the job's end
+            // stops it if it must.
+            .args(["--time-limit", "none"])
             // The environment of a process is readable by its owner only (/proc/PID/environ).
             .env("PLATEFLOW_TOKEN", token.secret())
             .env_remove("PLATEFLOW_TOKEN_FILE")

@@ -71,6 +71,38 @@ pub fn parse_seconds(text: &str) -> Option<u64> {
     number.is_empty().then_some(total)
 }
 
+/// Seconds in a span of time as Slurm writes it (`sbatch --time`, `squeue -o %L`): `MM`,
+/// `MM:SS`, `HH:MM:SS`, `D-HH`, `D-HH:MM` or `D-HH:MM:SS`; `None` for `UNLIMITED`,
+/// `NOT_SET`, `INVALID` or anything else.
+pub fn parse_slurm_time(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (days, rest) = match t.split_once('-') {
+        Some((d, rest)) => (Some(d.parse::<u64>().ok()?), rest),
+        None => (None, t),
+    };
+    let parts: Vec<u64> = rest
+        .split(':')
+        .map(|p| {
+            (!p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| p.parse().ok())
+                .flatten()
+        })
+        .collect::<Option<_>>()?;
+    let (h, m, s) = match (days.is_some(), parts.as_slice()) {
+        (false, [m]) => (0, *m, 0),
+        (false, [m, s]) => (0, *m, *s),
+        (_, [h, m, s]) => (*h, *m, *s),
+        (true, [h]) => (*h, 0, 0),
+        (true, [h, m]) => (*h, *m, 0),
+        _ => return None,
+    };
+    days.unwrap_or(0)
+        .checked_mul(86_400)?
+        .checked_add(h.checked_mul(3_600)?)?
+        .checked_add(m.checked_mul(60)?)?
+        .checked_add(s)
+}
+
 /// `1h30m`-style display of seconds.
 pub fn show_seconds(s: u64) -> String {
     let mut out = String::new();
@@ -103,6 +135,29 @@ mod tests {
         }
         assert_eq!(show_seconds(5400), "1h30m");
         assert_eq!(show_seconds(0), "0s");
+    }
+
+    #[test]
+    fn slurm_times() {
+        assert_eq!(parse_slurm_time("30"), Some(1800));
+        assert_eq!(parse_slurm_time("59:58"), Some(3598));
+        assert_eq!(parse_slurm_time("01:00:00"), Some(3600));
+        assert_eq!(parse_slurm_time("1-02"), Some(93_600));
+        assert_eq!(parse_slurm_time("1-02:03"), Some(93_780));
+        assert_eq!(parse_slurm_time("2-00:00:05\n"), Some(172_805));
+        for bad in [
+            "",
+            "UNLIMITED",
+            "NOT_SET",
+            "INVALID",
+            "1:2:3:4",
+            "-5",
+            "1h",
+            "1-",
+            "a:b",
+        ] {
+            assert_eq!(parse_slurm_time(bad), None, "{bad}");
+        }
     }
 
     #[test]

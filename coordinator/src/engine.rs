@@ -12,7 +12,7 @@ use crate::key::{decide, refine_plate_map_reasons, summarise, CacheDecision, Cac
 use crate::lockfile::{self, LockEntry, LockFile};
 use crate::plan::TaskIdx;
 use crate::run::PreparedRun;
-use crate::scheduler::{assign, Capacity, WorkerId};
+use crate::scheduler::{assign, time_fits, Capacity, WorkerId};
 use plateflow_proto::v1::{
     self as pb, coordinator_message, worker_message, CoordinatorMessage, RunStatus, StepProgress,
     TaskAssignments, TaskSpec, TaskStatus, Welcome, WorkerHello,
@@ -362,6 +362,8 @@ struct WorkerRt {
     assigned: u64,
     /// The batch allocation (Slurm job) it runs in, if any.
     allocation: String,
+    /// When its batch job ends (by this process's clock: the worker says how long it has).
+    ends_at: Option<Instant>,
 }
 
 pub struct Engine {
@@ -807,11 +809,21 @@ impl Engine {
     }
 
     fn schedule(&mut self) {
+        let now = self.now();
         let Some(run) = self.run.as_mut() else { return };
         if run.queue.is_empty() || self.workers.is_empty() {
             return;
         }
-        let mut caps: Vec<Capacity> = self.workers.values().map(|w| w.capacity.clone()).collect();
+        let mut caps: Vec<Capacity> = self
+            .workers
+            .values()
+            .map(|w| Capacity {
+                seconds_left: w
+                    .ends_at
+                    .map(|end| end.saturating_duration_since(now).as_secs()),
+                ..w.capacity.clone()
+            })
+            .collect();
         let prep = &run.prep;
         let assignments = assign(
             &mut run.queue,
@@ -828,7 +840,29 @@ impl Engine {
                 .collect();
             for step in steps {
                 let r = &prep.pipeline.steps[step].resources;
-                if !caps.iter().any(|c| c.could_ever_fit(r)) && run.unfit_reported.insert(step) {
+                let by_size: Vec<&Capacity> = caps.iter().filter(|c| c.could_ever_fit(r)).collect();
+                if !by_size.is_empty()
+                    && !by_size
+                        .iter()
+                        .any(|c| time_fits(c.seconds_left, r.time_limit_s))
+                    && run.unfit_reported.insert(step)
+                {
+                    let most = by_size
+                        .iter()
+                        .filter_map(|c| c.seconds_left)
+                        .max()
+                        .unwrap_or(0);
+                    tracing::warn!(
+                        step = %prep.pipeline.steps[step].name,
+                        "this step's tasks may run for {} (its `timeout:`), and no connected \
+                         worker's batch job has that long left (the most: {}): they wait for \
+                         a worker with more time (raise --slurm-time or the job's --time, or \
+                         lower the timeout)",
+                        plateflow_contract::units::show_seconds(r.time_limit_s.unwrap_or(0)),
+                        plateflow_contract::units::show_seconds(most)
+                    );
+                }
+                if by_size.is_empty() && run.unfit_reported.insert(step) {
                     let cuda_missing = r.needs_cuda_build
                         && caps.iter().any(|c| c.total_gpus >= r.gpus && !c.cuda_build);
                     tracing::warn!(
@@ -925,11 +959,15 @@ impl Engine {
                     total_memory_bytes: res.memory_bytes,
                     total_gpus: hello.gpu_ids.len() as u32,
                     cuda_build: hello.cuda_build,
+                    seconds_left: hello.seconds_left,
                 },
                 assigned: 0,
                 last_seen: self.now(),
                 running: HashSet::new(),
                 allocation: hello.allocation.clone(),
+                ends_at: hello
+                    .seconds_left
+                    .map(|s| self.now() + Duration::from_secs(s)),
             },
         );
         let _ = reply.send(id);
@@ -1678,7 +1716,7 @@ fn task_spec(run: &ActiveRun, t: TaskIdx, gpu_ids: Vec<u32>) -> TaskSpec {
         }),
         gpu_ids,
         cache_key: rt.key.as_ref().map(|k| k.0.clone()).unwrap_or_default(),
-        timeout_s: step.timeout_s.unwrap_or(0),
+        timeout_s: step.resources.time_limit_s.unwrap_or(0),
     }
 }
 
@@ -1717,13 +1755,21 @@ mod tests {
 
     impl Reactor {
         fn new(retries: u32, lease_ms: u64) -> Reactor {
+            Reactor::with_steps(
+                lease_ms,
+                &format!("  s:\n    uses: noop\n    for_each: plate\n    retries: {retries}\n"),
+            )
+        }
+
+        /// A pipeline of `steps` (YAML under `steps:`) over two plates of one image each.
+        fn with_steps(lease_ms: u64, steps: &str) -> Reactor {
             let dir = tempfile::tempdir().unwrap();
             for p in ["P1", "P2"] {
                 std::fs::create_dir_all(dir.path().join("images").join(p)).unwrap();
                 std::fs::write(dir.path().join(format!("images/{p}/A01.tif")), p).unwrap();
             }
             let yaml = format!(
-                "data:\n  images: images\n  pattern: \"{{plate}}/{{well}}.tif\"\nsteps:\n  s:\n    uses: noop\n    for_each: plate\n    retries: {retries}\n"
+                "data:\n  images: images\n  pattern: \"{{plate}}/{{well}}.tif\"\nsteps:\n{steps}"
             );
             let path = dir.path().join("p.yaml");
             std::fs::write(&path, yaml).unwrap();
@@ -1775,6 +1821,11 @@ mod tests {
         }
 
         fn connect(&mut self, name: &str, cpus: u32) -> WorkerId {
+            self.connect_ending(name, cpus, None)
+        }
+
+        /// A worker whose batch job ends in `seconds_left`.
+        fn connect_ending(&mut self, name: &str, cpus: u32, seconds_left: Option<u64>) -> WorkerId {
             let (tx, _rx) = mpsc::channel(1);
             let (reply, mut id) = oneshot::channel();
             self.send(Event::WorkerHello {
@@ -1785,6 +1836,7 @@ mod tests {
                         gpus: 0,
                         memory_bytes: 0,
                     }),
+                    seconds_left,
                     ..Default::default()
                 },
                 tx,
@@ -1916,6 +1968,28 @@ mod tests {
             "{:?}",
             st.tasks
         );
+    }
+
+    /// A worker whose batch job ends before a task's `timeout:` would is not given it (the
+    /// job's end would kill it and cost an attempt); a worker with the time is.
+    #[test]
+    fn tasks_wait_for_a_worker_with_time_for_their_timeout() {
+        let mut h = Reactor::with_steps(
+            60_000,
+            "  s:\n    uses: command\n    with:\n      run: \"true\"\n    for_each: plate\n    timeout: 1h\n",
+        );
+        let short = h.connect_ending("short", 2, Some(1800));
+        let run = h.submit();
+        assert!(h.nothing_sent_to(short), "30 minutes left: no task");
+        let long = h.connect_ending("long", 1, Some(4 * 3600));
+        let first = h.assigned(long);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].timeout_s, 3600);
+        h.succeed(long, &first);
+        let second = h.assigned(long);
+        h.succeed(long, &second);
+        assert!(h.nothing_sent_to(short));
+        assert_eq!(h.final_status(run).state, "succeeded");
     }
 
     /// A goodbye closes the worker's stream (its end of it waits for that before exiting).

@@ -27,11 +27,28 @@ pub struct Capacity {
     pub total_gpus: u32,
     /// Built with the `cuda` feature: its GPUs can run Candle.
     pub cuda_build: bool,
+    /// Seconds until its batch job ends (Slurm's time limit), `None` without one.
+    pub seconds_left: Option<u64>,
+}
+
+/// Time kept free past a task's time limit on a worker whose job ends: its results are still
+/// to be uploaded and saved.
+pub const END_MARGIN_S: u64 = 60;
+
+/// Whether a task limited to `limit` seconds ends, results sent, before a job with `left`
+/// seconds to go. A task without a limit may take any worker (it is retried elsewhere if the
+/// job ends under it).
+pub fn time_fits(left: Option<u64>, limit: Option<u64>) -> bool {
+    match (left, limit) {
+        (Some(left), Some(limit)) => left >= limit.saturating_add(END_MARGIN_S),
+        _ => true,
+    }
 }
 
 impl Capacity {
     fn fits(&self, r: &ResourceSpec) -> bool {
-        (self.cuda_build || !r.needs_cuda_build)
+        time_fits(self.seconds_left, r.time_limit_s)
+            && (self.cuda_build || !r.needs_cuda_build)
             && self.cpus >= r.cpus
             && self.gpus.len() as u32 >= r.gpus
             && (r.memory_bytes == 0
@@ -39,6 +56,7 @@ impl Capacity {
                 || self.memory_bytes >= r.memory_bytes)
     }
 
+    /// By size alone: a worker short of time is replaced by a new allocation with more.
     pub fn could_ever_fit(&self, r: &ResourceSpec) -> bool {
         (self.cuda_build || !r.needs_cuda_build)
             && self.total_cpus >= r.cpus
@@ -118,6 +136,7 @@ mod tests {
             total_cpus: cpus,
             total_memory_bytes: 8 << 30,
             cuda_build: false,
+            seconds_left: None,
         }
     }
 
@@ -187,5 +206,39 @@ mod tests {
         assert_eq!((a[0].task, a[0].worker), (0, WorkerId(2)));
         assert_eq!((a[1].task, a[1].worker), (1, WorkerId(1)));
         assert!(!w[0].could_ever_fit(&train));
+    }
+
+    /// A task that may run for an hour goes only to a worker whose job has an hour (and the
+    /// margin for its results) left; tasks without a limit go anywhere.
+    #[test]
+    fn a_task_goes_only_to_a_worker_with_time_for_it() {
+        let hour = ResourceSpec {
+            time_limit_s: Some(3600),
+            ..res(1, 0)
+        };
+        let mut ending = cap(1, 8, vec![]);
+        ending.seconds_left = Some(3600 + END_MARGIN_S - 1);
+        let mut fresh = cap(2, 1, vec![]);
+        fresh.seconds_left = Some(4 * 3600);
+        let mut q: VecDeque<u32> = VecDeque::from(vec![0, 1, 2]);
+        let mut w = vec![ending, fresh];
+        let a = assign(
+            &mut q,
+            |t| if t < 2 { hour.clone() } else { res(1, 0) },
+            &mut w,
+        );
+        // Task 0 on the fresh job (one CPU); task 1 waits for it, though worker 1 is idle;
+        // task 2 has no limit and takes worker 1.
+        assert_eq!(
+            a.iter().map(|x| (x.task, x.worker)).collect::<Vec<_>>(),
+            vec![(0, WorkerId(2)), (2, WorkerId(1))]
+        );
+        assert_eq!(q, VecDeque::from(vec![1]));
+        assert!(
+            w[0].could_ever_fit(&hour),
+            "a new allocation would have the time"
+        );
+        assert!(time_fits(None, Some(3600)) && time_fits(Some(10), None));
+        assert!(time_fits(Some(3600 + END_MARGIN_S), Some(3600)));
     }
 }

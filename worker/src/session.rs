@@ -39,6 +39,9 @@ pub struct WorkerConfig {
     pub idle_timeout: Option<Duration>,
     /// The batch-system allocation this worker runs in (Slurm job id), if any.
     pub allocation: String,
+    /// When its batch job ends (the job's time limit), if it does: the coordinator gives it
+    /// only tasks whose `timeout:` ends before then.
+    pub ends_at: Option<std::time::Instant>,
 }
 
 /// How a session ended.
@@ -184,6 +187,10 @@ async fn session<F: std::future::Future<Output = ()>>(
                 shared_store: cfg.shared_store,
                 allocation: cfg.allocation.clone(),
                 cuda_build: cfg!(feature = "cuda"),
+                seconds_left: cfg.ends_at.map(|end| {
+                    end.saturating_duration_since(std::time::Instant::now())
+                        .as_secs()
+                }),
             })),
         })
         .await?;

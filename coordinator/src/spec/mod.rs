@@ -54,6 +54,9 @@ pub struct ResourceSpec {
     /// Its GPUs are for Candle (a built-in learning step): only a worker built with the
     /// `cuda` feature can use them. A `command` step's GPUs serve the user's own code.
     pub needs_cuda_build: bool,
+    /// A `command` step's limit on each attempt's run time, in seconds (`timeout: 2h`). A
+    /// worker whose batch job ends sooner is not given the step's tasks.
+    pub time_limit_s: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,8 +78,6 @@ pub struct StepSpec {
     pub resources_mark: (Mark, usize),
     /// Extra attempts after a failure or a lost worker.
     pub retries: u32,
-    /// A `command` step's limit on each attempt's run time, in seconds (`timeout: 2h`).
-    pub timeout_s: Option<u64>,
     pub reads_images: bool,
     pub reads_plate_map: bool,
     /// Files beside the pipeline hashed into the key and copied into the scratch directory.
@@ -990,12 +991,14 @@ impl Validator<'_> {
                 params: params?,
                 param_marks,
                 for_each,
-                resources: resources?,
+                resources: ResourceSpec {
+                    time_limit_s: timeout?,
+                    ..resources?
+                },
                 resources_mark: k
                     .get("resources")
                     .map_or((key.mark, key.width()), |(_, n)| (n.mark, n.width())),
                 retries: retries?,
-                timeout_s: timeout?,
                 reads_images,
                 reads_plate_map,
                 files,
@@ -1044,6 +1047,8 @@ impl Validator<'_> {
             gpus: gpus?,
             memory_bytes: memory?,
             needs_cuda_build: false,
+            // Set from the step's `timeout:`.
+            time_limit_s: None,
         })
     }
 
@@ -1635,7 +1640,7 @@ mod tests {
             format!("steps:\n  s:\n    uses: {kind}\n    timeout: {timeout}\n{with}")
         };
         let p = parse(&path, &step("command", "1h30m")).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(p.steps[0].timeout_s, Some(5400));
+        assert_eq!(p.steps[0].resources.time_limit_s, Some(5400));
         let e = parse(&path, &step("command", "soon"))
             .unwrap_err()
             .to_string();
