@@ -848,7 +848,7 @@ fn start_allocator(
     };
     let db = plateflow_coordinator::db::Db::open(&state.join("plateflow.db"))?;
     let allocator = plateflow_coordinator::alloc::Allocator::new(
-        plateflow_coordinator::slurm::Slurm { config },
+        plateflow_coordinator::slurm::Slurm::new(config),
         limits,
         engine,
         db,
@@ -1106,7 +1106,12 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
     let code = match submitted {
         Err(msg) => {
             eprintln!("{msg}");
-            2
+            // Bad input (2), or the state directory's own failure (1: the pipeline is fine).
+            if msg.starts_with("cannot record the run") {
+                1
+            } else {
+                2
+            }
         }
         Ok((run_id, _)) => {
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);

@@ -350,6 +350,11 @@ where
 /// left untouched, so adding plates to a demo keeps the others cached.
 pub fn generate(dir: &Path, l: &Layout) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
+    // What a plate's images depend on, beside its number. Images made with another layout
+    // are made again: kept, they disagreed with the ground truth and plate map written now.
+    let stamp_path = dir.join(".demo-layout");
+    let stamp = format!("wells={} sites={} size={}\n", l.wells, l.sites, l.size);
+    let same_layout = std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp);
     let defects = planted_defects(l);
     let wrong = mislabelled(l);
     let mut map = String::from("plate,well,phenotype,treatment,dose_uM,control\n");
@@ -389,7 +394,7 @@ pub fn generate(dir: &Path, l: &Layout) -> anyhow::Result<PathBuf> {
                         k + 1
                     )?;
                 }
-                if !dna_path.exists() || !labels_path.exists() {
+                if !same_layout || !dna_path.exists() || !labels_path.exists() {
                     write_tiff(&dna_path, &f.dna, l.size, l.size)?;
                     write_tiff(
                         &dir.join(format!("images/P{p}/{well}_s{site}_w2.tif")),
@@ -415,6 +420,7 @@ pub fn generate(dir: &Path, l: &Layout) -> anyhow::Result<PathBuf> {
             writeln!(map, "P{p},{well},{mapped},{treatment},{dose},{control}")?;
         }
     }
+    std::fs::write(&stamp_path, stamp)?;
     std::fs::write(dir.join("platemap.csv"), map)?;
     std::fs::create_dir_all(dir.join("ground_truth"))?;
     std::fs::write(dir.join("ground_truth/defects.csv"), truth_defects)?;
@@ -445,6 +451,31 @@ mod tests {
         let normal = render(7, 128, 1, 0.0, None);
         assert!(normal.cells.len() >= 3);
         assert!(normal.dna.iter().all(|&v| v < 255));
+    }
+
+    /// A demo made again with another image size makes its images again (kept, they were
+    /// 96 px beside a ground truth of 64 px cells); with the same layout they are kept.
+    #[test]
+    fn a_demo_made_again_with_another_layout_makes_its_images_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = |size| Layout {
+            plates: 1,
+            wells: 2,
+            sites: 1,
+            size,
+        };
+        let image = dir.path().join("images/P1/A01_s1_w1.tif");
+        generate(dir.path(), &layout(96)).unwrap();
+        let side = || plateflow_imaging::read_image(&image).unwrap().width;
+        assert_eq!(side(), 96);
+        let before = std::fs::metadata(&image).unwrap().modified().unwrap();
+        generate(dir.path(), &layout(96)).unwrap();
+        assert_eq!(
+            std::fs::metadata(&image).unwrap().modified().unwrap(),
+            before
+        );
+        generate(dir.path(), &layout(64)).unwrap();
+        assert_eq!(side(), 64);
     }
 
     #[test]

@@ -34,6 +34,66 @@ pub trait Backend: Send + Sync + 'static {
         ids: &[String],
     ) -> impl std::future::Future<Output = anyhow::Result<Vec<JobState>>> + Send;
     fn cancel(&self, ids: &[String]) -> impl std::future::Future<Output = ()> + Send;
+    /// Where a job's own output is written, for messages.
+    fn output_of(&self, id: &str) -> String;
+    /// How each of `ids` (ended jobs) ended, where the batch system can say.
+    fn how_ended(
+        &self,
+        ids: &[String],
+    ) -> impl std::future::Future<Output = Vec<Option<Ending>>> + Send;
+}
+
+/// How a batch job ended, as the batch system tells it (Slurm: the job's final state and
+/// exit code, from `sacct` or `squeue` while it is still listed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    /// `COMPLETED`, `OUT_OF_MEMORY`, `NODE_FAIL`, `TIMEOUT`, `FAILED`, `CANCELLED by 1000`, …
+    pub state: String,
+    /// `exit:signal`, e.g. `0:0` or `1:0`; empty when unknown.
+    pub exit_code: String,
+}
+
+/// What an allocation's ending tells the operator, and whether it is a failure to warn of:
+/// a job killed for memory or by a failed node took its workers' running tasks with it, and
+/// without this they read only as "worker lost". `None`: nothing beyond the usual note.
+pub fn ending_note(e: &Ending, output: &str) -> Option<(String, bool)> {
+    let state = e.state.split_whitespace().next().unwrap_or("");
+    let said = match state {
+        "OUT_OF_MEMORY" => (
+            "Slurm killed it for using more memory than it was given (OUT_OF_MEMORY): raise \
+             --slurm-mem, or give the memory-hungry steps `resources: {memory: ...}`"
+                .to_string(),
+            true,
+        ),
+        "NODE_FAIL" => ("its node failed (NODE_FAIL)".to_string(), true),
+        "BOOT_FAIL" => ("its node failed to start (BOOT_FAIL)".to_string(), true),
+        "FAILED" => (
+            format!(
+                "its job script failed (exit code {}): see {output}",
+                if e.exit_code.is_empty() {
+                    "unknown"
+                } else {
+                    &e.exit_code
+                }
+            ),
+            true,
+        ),
+        "TIMEOUT" => (
+            "it reached its time limit (--slurm-time); tasks it was running were handed back"
+                .to_string(),
+            false,
+        ),
+        "PREEMPTED" => (
+            "Slurm pre-empted it for another job (PREEMPTED)".to_string(),
+            false,
+        ),
+        "DEADLINE" => ("it passed its deadline (DEADLINE)".to_string(), false),
+        "CANCELLED" if e.state != "CANCELLED" => {
+            (format!("{} (scancel)", e.state.to_lowercase()), false)
+        }
+        _ => return None,
+    };
+    Some(said)
 }
 
 /// Limits set by the operator.
@@ -382,15 +442,40 @@ impl<B: Backend> Allocator<B> {
             a.workers_seen = a.workers_seen.max(a.workers_now);
             a.did_work |= mine().any(|w| w.assigned > 0);
         }
-        for id in ended {
+        let endings = if ended.is_empty() {
+            Vec::new()
+        } else {
+            self.backend.how_ended(&ended).await
+        };
+        for (i, id) in ended.into_iter().enumerate() {
             let a = self.allocs.iter_mut().find(|a| a.id == id).expect("listed");
+            let told = endings
+                .get(i)
+                .cloned()
+                .flatten()
+                .and_then(|e| ending_note(&e, &self.backend.output_of(&id)));
+            if let Some((note, failed)) = &told {
+                if *failed {
+                    tracing::warn!(job = %id, "allocation ended: {note}");
+                } else {
+                    tracing::info!(job = %id, "allocation ended: {note}");
+                }
+            }
             match wasted(a) {
                 None => {
-                    a.note = "ended (workers idle, time limit, pre-emption or cancellation)".into();
+                    a.note = match &told {
+                        Some((note, _)) => format!("ended: {note}"),
+                        None => {
+                            "ended (workers idle, time limit, pre-emption or cancellation)".into()
+                        }
+                    };
                     self.wasted_in_row = 0;
                 }
                 Some(why) => {
-                    a.note = why.into();
+                    a.note = match &told {
+                        Some((note, _)) => format!("{why}; {note}"),
+                        None => why.into(),
+                    };
                     self.wasted_in_row += 1;
                     let wait = backoff(self.wasted_in_row);
                     let until = Instant::now() + wait;
@@ -512,6 +597,33 @@ mod tests {
         JobState::Pending {
             reason: reason.into(),
         }
+    }
+
+    /// A job killed for memory, a failed node or a failed script is said as such, with what
+    /// to change; an ordinary end adds nothing.
+    #[test]
+    fn how_a_job_ended_is_said() {
+        let ended = |state: &str, exit: &str| Ending {
+            state: state.into(),
+            exit_code: exit.into(),
+        };
+        let (note, failed) = ending_note(&ended("OUT_OF_MEMORY", "0:125"), "o").unwrap();
+        assert!(failed && note.contains("--slurm-mem"), "{note}");
+        let (note, failed) =
+            ending_note(&ended("FAILED", "127:0"), "/s/alloc/slurm-7.out").unwrap();
+        assert!(
+            failed && note.contains("exit code 127:0") && note.contains("/s/alloc/slurm-7.out")
+        );
+        assert!(ending_note(&ended("NODE_FAIL", ""), "o").unwrap().1);
+        let (note, failed) = ending_note(&ended("TIMEOUT", "0:0"), "o").unwrap();
+        assert!(!failed && note.contains("--slurm-time"));
+        assert_eq!(
+            ending_note(&ended("CANCELLED by 1000", "0:15"), "o").map(|n| n.0),
+            Some("cancelled by 1000 (scancel)".into())
+        );
+        // Ended as workers do when idle, or by the coordinator's own scancel: nothing to add.
+        assert_eq!(ending_note(&ended("COMPLETED", "0:0"), "o"), None);
+        assert_eq!(ending_note(&ended("CANCELLED", "0:15"), "o"), None);
     }
 
     /// Allocations a killed coordinator left unended are tracked again; ended ones, failed

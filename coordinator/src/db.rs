@@ -127,11 +127,19 @@ impl Db {
         }
         let conn = Connection::open(path)
             .map_err(|e| anyhow::anyhow!("cannot open database {}: {e}", path.display()))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
-        )?;
-        conn.execute_batch(SCHEMA)?;
-        add_missing_columns(&conn)?;
+        let prepared = conn
+            .execute_batch(
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000;",
+            )
+            .and_then(|()| conn.execute_batch(SCHEMA))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| add_missing_columns(&conn));
+        prepared.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot prepare the database {}: {e:#} (if the disk is full, free space there)",
+                path.display()
+            )
+        })?;
         Ok(Self { conn })
     }
 

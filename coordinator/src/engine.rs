@@ -378,6 +378,8 @@ pub struct Engine {
     journal: Vec<(String, String, CachedAction)>,
     /// The workers whose results are in `journal`, told once it is on disk ([`pb::ResultsSaved`]).
     journal_acks: Vec<(WorkerId, pb::TaskRef)>,
+    /// The last journal write failed (said once, not on every batch).
+    journal_failing: bool,
     workers: BTreeMap<WorkerId, WorkerRt>,
     next_worker: u64,
     run: Option<ActiveRun>,
@@ -483,6 +485,7 @@ impl Engine {
             actions_loader: None,
             journal: Vec::new(),
             journal_acks: Vec::new(),
+            journal_failing: false,
             workers: BTreeMap::new(),
             next_worker: 1,
             run: None,
@@ -540,7 +543,10 @@ impl Engine {
                     self.comm.plan(id, path, yaml, force);
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(format!("cannot record the run: {e:#}")));
+                    let _ = reply.send(Err(format!(
+                        "cannot record the run in {}: {e:#} (if the disk is full, free space there)",
+                        self.cfg.db_path().display()
+                    )));
                 }
             },
             Event::Prepared { run_id, result } => self.on_prepared(run_id, *result),
@@ -1244,8 +1250,19 @@ impl Engine {
             .filter(|r| !r.prep.force.is_empty())
             .map(|r| r.prep.id);
         if let Err(e) = self.db.save_actions(forced_run, &self.journal) {
-            tracing::error!("cannot journal finished tasks: {e:#}");
+            // Said once until it works again: it is tried on every batch of events.
+            if !self.journal_failing {
+                tracing::error!(
+                    "cannot journal finished tasks in {} (kept in memory, tried again as \
+                     tasks finish; if the disk is full, free space there): {e:#}",
+                    self.cfg.db_path().display()
+                );
+                self.journal_failing = true;
+            }
             return;
+        }
+        if std::mem::take(&mut self.journal_failing) {
+            tracing::info!("finished tasks journaled again");
         }
         self.journal.clear();
         // Only now may workers forget what they kept to finish these tasks again.
@@ -1604,8 +1621,16 @@ fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
             dir.display()
         );
     }
-    file.set_len(0)?;
-    write!(file, "pid {}", std::process::id())?;
+    let wrote = file
+        .set_len(0)
+        .and_then(|()| write!(file, "pid {}", std::process::id()));
+    wrote.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot write {}: {e} (if the disk is full, free space there, or give this run \
+             another state directory)",
+            path.display()
+        )
+    })?;
     Ok(file)
 }
 

@@ -2,7 +2,7 @@
 //! per node with `srun`, `squeue` for states, `scancel` at shutdown. The job script is
 //! written to the state directory so an operator can read (and rerun) exactly what ran.
 
-use crate::alloc::{Backend, JobState};
+use crate::alloc::{Backend, Ending, JobState};
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -81,6 +81,18 @@ fn shell_quote(s: &str) -> String {
 
 pub struct Slurm {
     pub config: SlurmConfig,
+    /// Final states `squeue` listed for jobs that had just ended (it keeps them for
+    /// Slurm's MinJobAge), for [`Backend::how_ended`] where `sacct` has nothing.
+    pub last_listed: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl Slurm {
+    pub fn new(config: SlurmConfig) -> Self {
+        Slurm {
+            config,
+            last_listed: Default::default(),
+        }
+    }
 }
 
 /// Runs a Slurm command with a time bound; its stderr is the error.
@@ -104,6 +116,58 @@ async fn slurm_cmd(program: &str, args: &[String], timeout: Duration) -> anyhow:
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The final states in `squeue -o "%i %T %r"` lines, by job id.
+pub fn finished_in_squeue(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (id, state) = (parts.next()?, parts.next()?);
+            FINISHED
+                .contains(&state)
+                .then(|| (id.to_string(), state.to_string()))
+        })
+        .collect()
+}
+
+/// `sacct -n -X -P -o JobID,State,ExitCode` lines → how each of `ids` ended (`None`: not
+/// listed, or still running).
+pub fn parse_sacct(text: &str, ids: &[String]) -> Vec<Option<Ending>> {
+    let mut seen = std::collections::HashMap::new();
+    for line in text.lines() {
+        let mut parts = line.trim().split('|');
+        if let (Some(id), Some(state), exit) = (parts.next(), parts.next(), parts.next()) {
+            seen.insert(
+                id.to_string(),
+                Ending {
+                    state: state.trim().to_string(),
+                    exit_code: exit.unwrap_or("").trim().to_string(),
+                },
+            );
+        }
+    }
+    ids.iter()
+        .map(|id| {
+            seen.get(id)
+                .filter(|e| !matches!(e.state.as_str(), "RUNNING" | "PENDING" | "COMPLETING" | ""))
+                .cloned()
+        })
+        .collect()
+}
+
+/// Slurm's states of a job that has ended.
+const FINISHED: [&str; 10] = [
+    "COMPLETED",
+    "CANCELLED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "OUT_OF_MEMORY",
+    "REVOKED",
+];
+
 /// `squeue -o "%i %T %r"` lines → the state of each of `ids` (absent: gone). A job still
 /// listed in a state not known here (REQUEUE_HOLD, SPECIAL_EXIT, STOPPED, one a later Slurm
 /// adds) is taken as pending, not gone: taken as gone, it was never looked at again, and its
@@ -126,8 +190,7 @@ pub fn parse_squeue(text: &str, ids: &[String]) -> Vec<JobState> {
                     JobState::Running
                 }
                 // Finished, still listed for a while (MinJobAge).
-                "COMPLETED" | "CANCELLED" | "FAILED" | "TIMEOUT" | "NODE_FAIL" | "PREEMPTED"
-                | "BOOT_FAIL" | "DEADLINE" | "OUT_OF_MEMORY" | "REVOKED" => JobState::Gone,
+                s if FINISHED.contains(&s) => JobState::Gone,
                 "PENDING" => JobState::Pending {
                     reason: if reason.is_empty() { "None" } else { reason }.to_string(),
                 },
@@ -190,7 +253,12 @@ impl Backend for Slurm {
         )
         .await;
         match out {
-            Ok(text) => Ok(parse_squeue(&text, ids)),
+            Ok(text) => {
+                if let Ok(mut listed) = self.last_listed.lock() {
+                    listed.extend(finished_in_squeue(&text));
+                }
+                Ok(parse_squeue(&text, ids))
+            }
             // squeue refuses a list of only finished job ids ("Invalid job id specified").
             Err(e) if e.to_string().contains("Invalid job id") => {
                 Ok(vec![JobState::Gone; ids.len()])
@@ -203,6 +271,51 @@ impl Backend for Slurm {
         if let Err(e) = slurm_cmd("scancel", ids, self.config.command_timeout).await {
             tracing::warn!("scancel failed: {e:#}");
         }
+    }
+
+    fn output_of(&self, id: &str) -> String {
+        self.config
+            .dir
+            .join(format!("slurm-{id}.out"))
+            .display()
+            .to_string()
+    }
+
+    /// `sacct` where Slurm keeps accounting; else the final state `squeue` last listed.
+    async fn how_ended(&self, ids: &[String]) -> Vec<Option<Ending>> {
+        let sacct = slurm_cmd(
+            "sacct",
+            &[
+                "-n".into(),
+                "-X".into(),
+                "-P".into(),
+                "-o".into(),
+                "JobID,State,ExitCode".into(),
+                "-j".into(),
+                ids.join(","),
+            ],
+            self.config.command_timeout,
+        )
+        .await;
+        let mut out = match sacct {
+            Ok(text) => parse_sacct(&text, ids),
+            Err(e) => {
+                tracing::debug!("sacct: {e:#}");
+                vec![None; ids.len()]
+            }
+        };
+        if let Ok(mut listed) = self.last_listed.lock() {
+            for (id, ending) in ids.iter().zip(out.iter_mut()) {
+                let state = listed.remove(id);
+                if ending.is_none() {
+                    *ending = state.map(|state| Ending {
+                        state,
+                        exit_code: String::new(),
+                    });
+                }
+            }
+        }
+        out
     }
 }
 
@@ -233,6 +346,30 @@ mod tests {
                 JobState::Gone,
                 pending("STOPPED"),
             ]
+        );
+    }
+
+    /// sacct's lines (`-P`: `|`-separated; a state may hold spaces) and squeue's last sight
+    /// of a finished job.
+    #[test]
+    fn how_jobs_ended_is_read() {
+        let ids: Vec<String> = ["7", "8", "9", "10"].map(String::from).into();
+        let got = parse_sacct(
+            "7|OUT_OF_MEMORY|0:125\n8|CANCELLED by 1000|0:15\n9|RUNNING|0:0\n",
+            &ids,
+        );
+        assert_eq!(
+            got[0],
+            Some(Ending {
+                state: "OUT_OF_MEMORY".into(),
+                exit_code: "0:125".into()
+            })
+        );
+        assert_eq!(got[1].as_ref().unwrap().state, "CANCELLED by 1000");
+        assert_eq!((got[2].clone(), got[3].clone()), (None, None));
+        assert_eq!(
+            finished_in_squeue("7 NODE_FAIL None\n8 RUNNING None\n"),
+            vec![("7".to_string(), "NODE_FAIL".to_string())]
         );
     }
 

@@ -74,6 +74,7 @@ impl BlobStore {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err(&p))?;
         }
+        remove_abandoned(&root.join("tmp"), ABANDONED_AFTER);
         Ok(Self { root })
     }
 
@@ -100,7 +101,10 @@ impl BlobStore {
         }
         let actual = hash_file(&path).map_err(io_err(&path))?;
         if actual == *digest {
-            stamp(&path).map_err(io_err(&path))?;
+            // The stamp only spares the next check a read. A blob another user owns (a
+            // shared store) cannot be stamped by this one, and is intact all the same: an
+            // error here made the coordinator forget a good cached result.
+            let _ = stamp(&path);
             return Ok(BlobState::Intact);
         }
         let quarantined = self.quarantine(digest)?;
@@ -303,6 +307,33 @@ fn stamp_time() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(STAMP_MTIME_SECS)
 }
 
+/// A blob being written lives in `tmp/` until it is renamed into place, and is removed if
+/// the write fails; a process killed meanwhile (SIGKILL, the OOM killer, a job's time
+/// limit) leaves it there for ever, up to gigabytes each. Files that old are abandoned: no
+/// write takes a day, and processes sharing the store (workers on a shared filesystem)
+/// write there too, so younger ones are left alone.
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes the files in `dir` not modified for `age` (best effort: another process may be
+/// removing them too).
+fn remove_abandoned(dir: &Path, age: std::time::Duration) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let Some(before) = SystemTime::now().checked_sub(age) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < before);
+        if old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
 fn is_stamped(meta: &fs::Metadata) -> bool {
     meta.permissions().readonly() && meta.modified().ok() == Some(stamp_time())
 }
@@ -317,6 +348,24 @@ fn stamp(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write abandoned by a killed process (a day old) is removed when the store is next
+    /// opened; one that may still be going on is not.
+    #[test]
+    fn abandoned_partial_writes_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        BlobStore::open(dir.path()).unwrap();
+        let (old, fresh) = (
+            dir.path().join("tmp/.tmpOLD"),
+            dir.path().join("tmp/.tmpNEW"),
+        );
+        fs::write(&old, vec![0u8; 1024]).unwrap();
+        fs::write(&fresh, b"in progress").unwrap();
+        let two_days = SystemTime::now() - std::time::Duration::from_secs(48 * 3600);
+        filetime::set_file_mtime(&old, filetime::FileTime::from_system_time(two_days)).unwrap();
+        BlobStore::open(dir.path()).unwrap();
+        assert!(!old.exists() && fresh.exists());
+    }
 
     #[test]
     fn put_read_roundtrip_and_dedup() {

@@ -257,7 +257,13 @@ async fn session<F: std::future::Future<Output = ()>>(
                                 if !shared_store {
                                     if let Err(e) = upload_result_blobs(&mut client, &env.store, &result).await {
                                         result.ok = false;
-                                        result.error = format!("uploading outputs to the coordinator failed: {e:#}");
+                                        // The network or the coordinator's disk, not the
+                                        // task: another attempt may pass (it was failed
+                                        // for good, and its dependents skipped).
+                                        result.transient = true;
+                                        result.error = format!(
+                                            "uploading outputs to the coordinator failed (is its store's disk full?): {e:#}"
+                                        );
                                     }
                                 }
                                 // The state a finished step kept for another attempt goes once
