@@ -1124,7 +1124,7 @@ steps:
             f[0], f[1], f[2], f[3]
         ));
     }
-    std::fs::write(dir.join("platemap.csv"), text).unwrap();
+    std::fs::write(dir.join("platemap.csv"), &text).unwrap();
     run_pipeline(&dir.join("columns.yaml"), 600);
     let mut checked = 0;
     let mut stack = vec![dir.join("results")];
@@ -1158,17 +1158,51 @@ steps:
             );
         }
     }
-    // A dose column gives each plate's translocation readout a row: a curve or the reason.
+    // A dose column gives each treatment's series on a plate a row per translocation
+    // readout: a curve or the reason. The map above doses the DMSO and the drug wells alike:
+    // a series of each, with the doses the map gives them.
     let (dh, drows) = read_csv(&dir.join("results/features/plate=P1/dose_response.csv"));
     assert_eq!(
         dh.join(","),
-        "readout,Metadata_Plate,ec50,ec50_lo,ec50_hi,hill,bottom,top,wells,doses,status"
+        "readout,Metadata_Plate,Metadata_Treatment,ec50,ec50_lo,ec50_hi,hill,bottom,top,wells,doses,status"
     );
-    assert_eq!(drows.len(), 1, "{drows:?}");
-    let status = &drows[0][col(&dh, "status")];
-    println!("generated plate P1, EC50 of the ratio over 4 doses: {status}");
-    assert_eq!(drows[0][col(&dh, "doses")], "4");
-    assert!(status == "fitted" || drows[0][col(&dh, "ec50")].is_empty());
+    // The doses of each treatment's wells; a single dosed well is no series.
+    let mut doses_of: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for line in text.lines().skip(1).filter(|l| l.starts_with("P1,")) {
+        let f: Vec<&str> = line.split(',').collect();
+        doses_of
+            .entry(f[3].to_string())
+            .or_default()
+            .push(f[4].to_string());
+    }
+    doses_of.retain(|_, d| d.len() > 1);
+    let series: Vec<(String, String)> = drows
+        .iter()
+        .map(|r| {
+            (
+                r[col(&dh, "Metadata_Treatment")].to_string(),
+                r[col(&dh, "doses")].to_string(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String)> = doses_of
+        .iter()
+        .map(|(t, d)| {
+            (
+                t.clone(),
+                d.iter().collect::<BTreeSet<_>>().len().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(series, expected, "{drows:?}");
+    for r in &drows {
+        let status = &r[col(&dh, "status")];
+        println!(
+            "generated plate P1, {}: {status}",
+            &r[col(&dh, "Metadata_Treatment")]
+        );
+        assert!(status == "fitted" || r[col(&dh, "ec50")].is_empty());
+    }
     // Z': constant features (no spread in either control group) are undefined, never first.
     let (zh, zrows) = read_csv(&dir.join("results/features/plate=P1/zprime.csv"));
     let (z, note) = (col(&zh, "z_prime"), col(&zh, "note"));

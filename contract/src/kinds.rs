@@ -395,7 +395,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Segment,
         name: "segment",
-        version: 7,
+        version: 8,
         summary: "nuclei (classic Otsu + distance watershed, or the learned U-Net; size adapted to the image) and cells; 16-bit label TIFFs and an object table",
         params: SEGMENT_PARAMS,
         outputs: &["objects.csv", "labels/*_nuclei.tif", "labels/*_cells.tif", "outlines/*.png", "segmentation.json"],
@@ -403,7 +403,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Features,
         name: "features",
-        version: 4,
+        version: 5,
         summary: "per-object shape, intensity and texture in CellProfiler column names; per-well medians, optional control normalisation, Z', EC50 of translocation readouts where the plate map has doses",
         params: FEATURES_PARAMS,
         outputs: &["cells.csv", "wells.csv", "wells_normalized.csv", "zprime.csv", "dose_response.csv"],
@@ -419,7 +419,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Train,
         name: "train",
-        version: 14,
+        version: 15,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
         outputs: &["cv.csv", "curves.csv", "metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "coefficients.csv", "figures/*.png", "interpretation.json", "model.safetensors", "model.json", "model_card.md", "model_card.json", "label_qc.csv", "shap_summary.csv", "explanations.csv", "features_used.csv"],
@@ -427,7 +427,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Evaluate,
         name: "evaluate",
-        version: 4,
+        version: 5,
         summary: "a saved model on plates it never saw (holdout or new plates): metrics with plate-bootstrap intervals, per-plate scores, calibration, predictions; refuses training plates",
         params: EVALUATE_PARAMS,
         outputs: &["metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "well_readout.csv", "treatment_readout.csv", "dose_response.csv", "readout_zprime.csv", "shap_summary.csv", "explanations.csv", "model_card.md"],

@@ -155,7 +155,7 @@ pub struct ConcentratedClass {
 }
 
 /// A well whose cells the model, out of fold, mostly puts in another class than its label,
-/// beyond what its confusion on other wells explains (`label_qc.csv` has every well).
+/// beyond what its confusion on other wells explains (`label_qc.csv` has every well labelled as a whole).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SuspectWell {
     pub plate: String,

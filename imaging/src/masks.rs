@@ -192,6 +192,11 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>, bool), ImageErro
             }
         };
         match crate::read_samples(path, &mut dec)? {
+            // 1-, 2- or 4-bit samples come packed, rows padded to whole bytes (a binary
+            // mask from MATLAB's `imwrite` of a logical array, or PIL's mode "1").
+            DecodingResult::U8(v) if bits.is_some_and(|b| b < 8) => {
+                unpack_rows(&v, width, height, bits.unwrap_or(8) as usize)
+            }
             DecodingResult::U8(v) => v.into_iter().map(u32::from).collect(),
             DecodingResult::U16(v) => v.into_iter().map(u32::from).collect(),
             DecodingResult::U32(v) => v,
@@ -269,10 +274,16 @@ fn read_png_values(path: &Path) -> Result<(u32, u32, Vec<u32>, bool), ImageError
     let bits = reader.info().bit_depth as usize;
     let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
     let frame = reader.next_frame(&mut buf).map_err(corrupt)?;
-    let stride = frame.line_size;
+    let data = unpack_rows(&buf[..frame.buffer_size()], width, height, bits);
+    Ok((width, height, data, bits <= 8))
+}
+
+/// Samples of 1, 2, 4 or 8 bits, packed from the high bits of each byte, each row padded
+/// to whole bytes (PNG and TIFF alike); short data gives short output, refused by size.
+fn unpack_rows(buf: &[u8], width: u32, height: u32, bits: usize) -> Vec<u32> {
+    let stride = (width as usize * bits).div_ceil(8);
     let mut data = Vec::with_capacity(width as usize * height as usize);
-    for row in buf[..frame.buffer_size()].chunks_exact(stride) {
-        // Indices of 1, 2, 4 or 8 bits, packed from the high bits of each byte.
+    for row in buf.chunks_exact(stride.max(1)).take(height as usize) {
         for x in 0..width as usize {
             let bit = x * bits;
             let byte = row[bit / 8];
@@ -280,7 +291,7 @@ fn read_png_values(path: &Path) -> Result<(u32, u32, Vec<u32>, bool), ImageError
             data.push(u32::from((byte >> shift) & ((1u16 << bits) - 1) as u8));
         }
     }
-    Ok((width, height, data, bits <= 8))
+    data
 }
 
 #[cfg(test)]
@@ -383,6 +394,45 @@ mod tests {
         drop(w);
         let l = read_mask(&path).unwrap();
         assert_eq!((l.data.as_slice(), l.count), (&[2, 0, 1][..], 2));
+    }
+
+    /// A 1-bit TIFF (MATLAB's `imwrite` of a logical mask, PIL's mode "1"): packed rows,
+    /// read as 0/1 and split into objects (it was refused as damaged: its byte count is not
+    /// its pixel count).
+    #[test]
+    fn a_one_bit_tiff_mask_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logical.tif");
+        let (w, h, rows) = (10u16, 2u16, [0b1100_0000u8, 0b1100_0000, 0, 0]);
+        let mut t: Vec<u8> = b"II".to_vec();
+        t.extend(42u16.to_le_bytes());
+        t.extend(8u32.to_le_bytes());
+        let entries: [(u16, u16, u32); 9] = [
+            (256, 3, w.into()),
+            (257, 3, h.into()),
+            (258, 3, 1),
+            (259, 3, 1),
+            (262, 3, 1),
+            (273, 4, 8 + 2 + 9 * 12 + 4),
+            (277, 3, 1),
+            (278, 3, h.into()),
+            (279, 4, rows.len() as u32),
+        ];
+        t.extend(9u16.to_le_bytes());
+        for (tag, ty, value) in entries {
+            t.extend(tag.to_le_bytes());
+            t.extend(ty.to_le_bytes());
+            t.extend(1u32.to_le_bytes());
+            // A SHORT sits in the first two bytes of the value field.
+            t.extend(value.to_le_bytes());
+        }
+        t.extend(0u32.to_le_bytes());
+        t.extend(rows);
+        std::fs::write(&path, t).unwrap();
+        let l = read_mask(&path).unwrap();
+        assert_eq!(l.count, 2);
+        assert_eq!(&l.data[..10], &[1, 1, 0, 0, 0, 0, 0, 0, 2, 2]);
+        assert!(l.data[10..].iter().all(|&v| v == 0));
     }
 
     /// Palette and grey PNGs of fewer than 8 bits (packed from each byte's high bits, rows

@@ -41,6 +41,16 @@ pub struct Labels {
 }
 
 impl Labels {
+    /// No object.
+    pub fn empty(width: u32, height: u32) -> Labels {
+        Labels {
+            width,
+            height,
+            data: vec![0; width as usize * height as usize],
+            count: 0,
+        }
+    }
+
     /// A label image as read from a file (16-bit TIFF or PNG: 0 background, 1..n objects).
     pub fn from_image(img: &GrayImage) -> Labels {
         let data: Vec<u32> = img.data.iter().map(|&v| u32::from(v)).collect();

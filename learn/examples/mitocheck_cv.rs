@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
     let (mut p_cnn, mut p_lin, mut p_shuf, mut t_shuf) = (vec![], vec![], vec![], vec![]);
     let t0 = std::time::Instant::now();
     for (fi, f) in folds.iter().enumerate() {
-        check_no_leak(&origins, &f.train, &f.test)?;
+        check_no_leak(&origins, &set.plates, &f.train, &f.test)?;
         let train_plates: Vec<String> = f.train.iter().map(|&i| set.plates[i].clone()).collect();
         let inner = &group_kfold(&train_plates, 5)?[0];
         let fit: Vec<usize> = inner.train.iter().map(|&j| f.train[j]).collect();

@@ -112,12 +112,18 @@ fn label_index(classes: &mut Vec<String>, value: &str, fixed: bool) -> anyhow::R
 
 /// Each feature as a robust z-score within its plate: (x − median) / (1.4826 · MAD) over the
 /// plate's own cells. Labels play no part, so a held-out plate is normalised by itself alone,
-/// and plate-wide shifts (illumination, stain intensity) stop looking like phenotypes.
-pub fn per_group_robust_z(d: &mut Data) {
+/// and plate-wide shifts (illumination, stain intensity) stop looking like phenotypes. The
+/// plate is the cells' own, whatever folds are grouped by.
+///
+/// Where more than half a plate's cells share one value (a saturated maximum, a count that is
+/// mostly 0), the MAD is 0: the spread is then taken from the mean absolute deviation
+/// (× 1.2533, the normal's ratio), and a feature constant on the plate reads 0 there. Left in
+/// raw units, it was on another scale on that plate than on the others.
+pub fn per_plate_robust_z(d: &mut Data) {
     let dim = d.shape[0];
     let mut members: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
-    for (i, g) in d.groups.iter().enumerate() {
-        members.entry(g.as_str()).or_default().push(i);
+    for (i, o) in d.origins.iter().enumerate() {
+        members.entry(o.plate.as_str()).or_default().push(i);
     }
     let median = |v: &mut Vec<f32>| {
         v.sort_by(f32::total_cmp);
@@ -132,11 +138,26 @@ pub fn per_group_robust_z(d: &mut Data) {
             let mut v: Vec<f32> = rows.iter().map(|&i| d.x[i * dim + f]).collect();
             let m = median(&mut v);
             let mut dev: Vec<f32> = v.iter().map(|x| (x - m).abs()).collect();
+            let finite: Vec<f64> = dev
+                .iter()
+                .filter(|x| x.is_finite())
+                .map(|&x| x as f64)
+                .collect();
+            let mean_dev = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
             let mad = median(&mut dev) * 1.4826;
-            let scale = if mad > 1e-9 { mad } else { 1.0 };
+            let scale = if mad > 1e-9 {
+                mad
+            } else {
+                (mean_dev * 1.2533) as f32
+            };
             for &i in rows {
                 let x = &mut d.x[i * dim + f];
-                *x = (*x - m) / scale;
+                // NaN (a missing value) stays NaN, to be filled later.
+                *x = if scale > 1e-9 {
+                    (*x - m) / scale
+                } else {
+                    (*x - m) * 0.0
+                };
             }
         }
     }
@@ -159,5 +180,57 @@ pub fn per_crop_z(d: &mut Data) {
         for v in plane.iter_mut() {
             *v = ((*v as f64 - mean) / sd) as f32;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::split::Origin;
+
+    fn cells(plates: &[(&str, Vec<f32>)]) -> Data {
+        let mut d = Data {
+            shape: vec![1],
+            ..Data::default()
+        };
+        for (plate, values) in plates {
+            for &v in values {
+                d.x.push(v);
+                d.labels.push(None);
+                // Folds grouped by something else than the plate.
+                d.groups.push("treatment-a".into());
+                d.origins.push(Origin {
+                    plate: plate.to_string(),
+                    well: "A01".into(),
+                    image_digest: String::new(),
+                });
+            }
+        }
+        d
+    }
+
+    /// Each plate is centred and scaled on its own cells, whatever the folds' groups; a plate
+    /// where most cells share one value (MAD 0) is still scaled, and a constant one reads 0.
+    #[test]
+    fn features_are_robust_z_scores_within_each_plate() {
+        let mut d = cells(&[
+            ("P1", vec![10.0, 11.0, 12.0, 13.0, 14.0]),
+            ("P2", vec![4095.0, 4095.0, 4095.0, 1000.0, 3000.0]),
+            ("P3", vec![7.0; 4]),
+        ]);
+        per_plate_robust_z(&mut d);
+        let z = &d.x;
+        assert!(
+            (z[2]).abs() < 1e-6 && (z[4] - 2.0 / 1.4826).abs() < 1e-4,
+            "{z:?}"
+        );
+        // P2: median 4095, MAD 0; mean absolute deviation (3095 + 1095) / 5 = 838.
+        let scale = 838.0 * 1.2533;
+        assert!((z[8] - (1000.0 - 4095.0) / scale).abs() < 1e-3, "{z:?}");
+        assert!(
+            z[5..10].iter().all(|v| v.abs() < 3.0),
+            "raw units left: {z:?}"
+        );
+        assert_eq!(&z[10..], &[0.0; 4]);
     }
 }

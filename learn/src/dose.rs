@@ -81,6 +81,14 @@ pub fn fit_4pl(doses: &[f64], responses: &[f64]) -> Result<Curve, String> {
     }
     let (lo, hi) = (distinct[0], distinct[distinct.len() - 1]);
     let n = responses.len();
+    // Four parameters pass through any four points: the test against a flat line below has
+    // no degrees of freedom left, and noise would get an EC50.
+    if n <= 4 {
+        return Err(format!(
+            "only {n} wells: a 4-parameter curve fits any 4 points, so it cannot be told from \
+             a flat line; use at least 5 (more doses, or replicate wells)"
+        ));
+    }
     let mean = responses.iter().sum::<f64>() / n as f64;
     let sse0: f64 = responses.iter().map(|y| (y - mean).powi(2)).sum();
     let sd = (sse0 / n as f64).sqrt();
@@ -595,8 +603,15 @@ mod tests {
         let e = fit_4pl(&x, &y).unwrap_err();
         assert!(e.contains("outside the tested doses"), "{e}");
         // One jump between two doses: no slope or midpoint between them can be told apart.
-        let e = fit_4pl(&[1.0, 2.0, 4.0, 8.0], &[1.0, 1.01, 0.99, 2.0]).unwrap_err();
+        let e = fit_4pl(
+            &[1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0],
+            &[1.0, 1.01, 1.01, 0.99, 0.99, 1.0, 2.0, 2.01],
+        )
+        .unwrap_err();
         assert!(e.contains("steps between doses 4.000 and 8.000"), "{e}");
+        // Four wells of noise: any curve fits them, so none is reported.
+        let e = fit_4pl(&[1.0, 2.0, 4.0, 8.0], &[0.10, 0.11, 0.13, 0.12]).unwrap_err();
+        assert!(e.contains("only 4 wells"), "{e}");
         let e = fit_4pl(&[0.0, 1.0, 2.0, 3.0, 4.0], &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap_err();
         assert!(e.contains("doses must be > 0"), "{e}");
     }

@@ -165,7 +165,8 @@ pub fn cross_validate(
     let mut out = Vec::with_capacity(folds.len());
     for (fi, f) in folds.iter().enumerate() {
         if !leaky {
-            check_no_leak(&d.origins, &f.train, &f.test).with_context(|| format!("fold {fi}"))?;
+            check_no_leak(&d.origins, &d.groups, &f.train, &f.test)
+                .with_context(|| format!("fold {fi}"))?;
         }
         let of = format!("fold {}/{}", fi + 1, folds.len());
         let s = Settings {

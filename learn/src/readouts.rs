@@ -99,6 +99,10 @@ pub const LABEL_QC_MIN_CELLS: usize = 5;
 /// most of its cells are predicted as another class: then its cells look like another class,
 /// not like a weak member of their own.
 ///
+/// It judges a label given to a whole well (a plate map's): a well whose cells carry more
+/// than one label (labels per cell, from file names or a cell table) has none to judge and
+/// is left out; judged by its first cell's label, its other cells read as disagreeing.
+///
 /// `wells[i]`, `labels[i]`, `predicted[i]` describe cell i.
 pub fn label_qc(
     wells: &[(String, String)],
@@ -107,15 +111,16 @@ pub fn label_qc(
     classes: usize,
     alpha: f64,
 ) -> Vec<WellCheck> {
-    // Cells per well: (label, predictions).
-    let mut by_well: BTreeMap<&(String, String), (usize, Vec<usize>)> = BTreeMap::new();
+    // Cells per well: (label, predictions, whether its cells' labels differ).
+    let mut by_well: BTreeMap<&(String, String), (usize, Vec<usize>, bool)> = BTreeMap::new();
     for i in 0..wells.len() {
-        by_well
+        let well = by_well
             .entry(&wells[i])
-            .or_insert_with(|| (labels[i], Vec::new()))
-            .1
-            .push(predicted[i]);
+            .or_insert_with(|| (labels[i], Vec::new(), false));
+        well.1.push(predicted[i]);
+        well.2 |= well.0 != labels[i];
     }
+    by_well.retain(|_, (_, _, mixed)| !*mixed);
     struct W<'a> {
         key: &'a (String, String),
         label: usize,
@@ -125,7 +130,7 @@ pub fn label_qc(
     }
     let ws: Vec<W> = by_well
         .iter()
-        .map(|(key, (label, preds))| {
+        .map(|(key, (label, preds, _))| {
             let mut counts = vec![0usize; classes];
             for &p in preds {
                 counts[p] += 1;
@@ -307,6 +312,27 @@ mod tests {
         let w17 = checks.iter().find(|c| c.well.1 == "W17").unwrap();
         assert_eq!(w17.predicted_mostly, 0);
         assert!(w17.expected_agreeing > 30.0 && w17.agreeing < 12, "{w17:?}");
+    }
+
+    /// Labels per cell (MitoCheck's classes from file names): a well whose first cell is
+    /// one class and the rest another, each predicted as labelled, is not a wrong label.
+    #[test]
+    fn a_well_of_mixed_labels_is_left_out() {
+        let (mut wells, mut labels, mut pred) = (Vec::new(), Vec::new(), Vec::new());
+        for w in 0..25 {
+            for c in 0..40 {
+                let label = match w {
+                    24 => usize::from(c == 0),
+                    _ => usize::from(w >= 12),
+                };
+                wells.push(("P1".to_string(), format!("W{w:02}")));
+                labels.push(label);
+                pred.push(if c % 10 == 9 { 1 - label } else { label });
+            }
+        }
+        let checks = label_qc(&wells, &labels, &pred, 2, 0.05);
+        assert_eq!(checks.len(), 24, "{checks:#?}");
+        assert!(checks.iter().all(|c| !c.flagged && c.well.1 != "W24"));
     }
 
     #[test]

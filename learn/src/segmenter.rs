@@ -207,12 +207,7 @@ impl NucleusModel {
         if contrast == Contrast::Nothing {
             // Percentile normalisation would stretch pure noise into "nuclei".
             return Ok(Segmentation {
-                labels: Labels {
-                    width: img.width,
-                    height: img.height,
-                    data: vec![0; img.data.len()],
-                    count: 0,
-                },
+                labels: Labels::empty(img.width, img.height),
                 diameter: diameter.unwrap_or(self.target),
                 scale: 1.0,
             });

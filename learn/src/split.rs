@@ -61,10 +61,16 @@ pub struct Origin {
     pub image_digest: String,
 }
 
-/// Refuses a train/test split that shares a plate, a well or an identical image. The error
-/// names what is shared and how many samples it touches.
-pub fn check_no_leak(origins: &[Origin], train: &[usize], test: &[usize]) -> anyhow::Result<()> {
-    let plates: BTreeSet<&str> = train.iter().map(|&i| origins[i].plate.as_str()).collect();
+/// Refuses a train/test split that shares a group (what folds keep whole: the plate, or
+/// the `group_by:` field), a well or an identical image. The error names what is shared and
+/// how many samples it touches.
+pub fn check_no_leak(
+    origins: &[Origin],
+    groups: &[String],
+    train: &[usize],
+    test: &[usize],
+) -> anyhow::Result<()> {
+    let in_train: BTreeSet<&str> = train.iter().map(|&i| groups[i].as_str()).collect();
     let wells: BTreeSet<(&str, &str)> = train
         .iter()
         .map(|&i| (origins[i].plate.as_str(), origins[i].well.as_str()))
@@ -73,13 +79,13 @@ pub fn check_no_leak(origins: &[Origin], train: &[usize], test: &[usize]) -> any
         .iter()
         .map(|&i| origins[i].image_digest.as_str())
         .collect();
-    let mut shared_plates = BTreeSet::new();
+    let mut shared_groups = BTreeSet::new();
     let mut shared_images = 0;
     let mut shared_wells = 0;
     for &i in test {
         let o = &origins[i];
-        if plates.contains(o.plate.as_str()) {
-            shared_plates.insert(o.plate.as_str());
+        if in_train.contains(groups[i].as_str()) {
+            shared_groups.insert(groups[i].as_str());
         }
         if wells.contains(&(o.plate.as_str(), o.well.as_str())) {
             shared_wells += 1;
@@ -88,14 +94,14 @@ pub fn check_no_leak(origins: &[Origin], train: &[usize], test: &[usize]) -> any
             shared_images += 1;
         }
     }
-    if !shared_plates.is_empty() || shared_wells > 0 || shared_images > 0 {
+    if !shared_groups.is_empty() || shared_wells > 0 || shared_images > 0 {
         anyhow::bail!(
-            "the evaluation set leaks into training: {} plate(s) in both ({}), {shared_wells} \
+            "the evaluation set leaks into training: {} group(s) in both ({}), {shared_wells} \
              test sample(s) from wells seen in training, {shared_images} from images identical \
              to training images. Split by plate (`split: leave-plate-out`), or opt in to a \
              random split of cells with `split: random-cells` (reported as leaky)",
-            shared_plates.len(),
-            shared_plates
+            shared_groups.len(),
+            shared_groups
                 .into_iter()
                 .take(5)
                 .collect::<Vec<_>>()
@@ -194,13 +200,33 @@ mod tests {
             o("P2", "A01", "y"),
             o("P3", "B01", "x"),
         ];
-        assert!(check_no_leak(&origins, &[0], &[1]).is_ok());
-        let e = check_no_leak(&origins, &[0], &[2]).unwrap_err().to_string();
-        assert!(e.contains("1 from images identical"), "{e}");
-        let e = check_no_leak(&origins, &[0, 1], &[1])
+        let plates: Vec<String> = origins.iter().map(|o| o.plate.clone()).collect();
+        assert!(check_no_leak(&origins, &plates, &[0], &[1]).is_ok());
+        let e = check_no_leak(&origins, &plates, &[0], &[2])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("1 plate(s) in both (P2)"), "{e}");
+        assert!(e.contains("1 from images identical"), "{e}");
+        let e = check_no_leak(&origins, &plates, &[0, 1], &[1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 group(s) in both (P2)"), "{e}");
+        // Folds grouped by treatment: one plate on both sides is no leak, one well is.
+        let treatments = vec!["dmso".to_string(), "taxol".into(), "dmso".into()];
+        let same_plate = vec![
+            o("P1", "A01", "x"),
+            o("P1", "A02", "y"),
+            o("P1", "A01", "z"),
+        ];
+        assert!(check_no_leak(&same_plate, &treatments, &[0], &[1]).is_ok());
+        let e = check_no_leak(&same_plate, &treatments, &[1], &[2])
+            .map(|_| ())
+            .and_then(|_| check_no_leak(&same_plate, &treatments, &[0], &[1, 2]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 group(s) in both (dmso)") && e.contains("1 test sample(s) from wells"),
+            "{e}"
+        );
     }
 
     #[test]

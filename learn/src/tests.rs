@@ -137,7 +137,7 @@ fn mitotic_vs_interphase_across_plates() {
     let (mut t_all, mut cnn_all, mut lin_all, mut shuf_all) = (vec![], vec![], vec![], vec![]);
     let t0 = std::time::Instant::now();
     for (k, f) in folds.iter().enumerate() {
-        check_no_leak(&origins, &f.train, &f.test).unwrap();
+        check_no_leak(&origins, &set.plates, &f.train, &f.test).unwrap();
         // Validation plates for early stopping come out of the training plates.
         let train_plates: Vec<String> = f.train.iter().map(|&i| set.plates[i].clone()).collect();
         let inner = &group_kfold(&train_plates, 4).unwrap()[0];

@@ -158,9 +158,10 @@ pub(crate) fn warnings(report: &Report) -> Vec<String> {
             let perfectly_separated = z.note.starts_with("controls perfectly separated");
             if !z.z_prime.is_finite() && !perfectly_separated {
                 out.push(format!(
-                    "{}: readout {} has no Z′ ({}).",
+                    "{}: readout {}{} has no Z′ ({}).",
                     r.name,
                     z.readout,
+                    on_plate(&z.plate),
                     if z.note.is_empty() {
                         "no spread between the controls, or too few control wells"
                     } else {
@@ -169,9 +170,10 @@ pub(crate) fn warnings(report: &Report) -> Vec<String> {
                 ));
             } else if z.z_prime < 0.5 {
                 out.push(format!(
-                    "{}: readout {} has Z′ {} (below 0.5: the controls overlap, a marginal assay window).",
+                    "{}: readout {}{} has Z′ {} (below 0.5: the controls overlap, a marginal assay window).",
                     r.name,
                     z.readout,
+                    on_plate(&z.plate),
                     fmt3(z.z_prime)
                 ));
             }
@@ -421,13 +423,14 @@ impl Page {
         }
         if !r.zprime.is_empty() {
             self.out.push_str(
-                "<h3>Z′ of the readout</h3>\n<p>Z′ = 1 − 3(σ₊ + σ₋)/|μ₊ − μ₋| between positive and negative control wells: above 0.5 an excellent assay window, 0 to 0.5 marginal, below 0 the controls overlap.</p>\n<table>\n<tr><th>readout</th><th>Z′</th><th>positive wells</th><th>negative wells</th><th>mean positive</th><th>mean negative</th><th>note</th></tr>\n",
+                "<h3>Z′ of the readout</h3>\n<p>Z′ = 1 − 3(σ₊ + σ₋)/|μ₊ − μ₋| between the positive and negative control wells of each plate: above 0.5 an excellent assay window, 0 to 0.5 marginal, below 0 the controls overlap.</p>\n<table>\n<tr><th>readout</th><th>plate</th><th>Z′</th><th>positive wells</th><th>negative wells</th><th>mean positive</th><th>mean negative</th><th>note</th></tr>\n",
             );
             for z in &r.zprime {
                 let _ = writeln!(
                     self.out,
-                    "<tr><td>{}</td><td class=\"num\"><strong>{}</strong></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td class=\"num\"><strong>{}</strong></td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
                     escape(&z.readout),
+                    escape(&z.plate),
                     fmt_value(z.z_prime),
                     z.positive_wells,
                     z.negative_wells,
@@ -788,5 +791,14 @@ fn charts_short(f: &str) -> String {
             .rev()
             .collect();
         format!("…{tail}")
+    }
+}
+
+/// ` on plate P1`, or nothing where the plate is not known.
+fn on_plate(plate: &str) -> String {
+    if plate.is_empty() {
+        String::new()
+    } else {
+        format!(" on plate {plate}")
     }
 }

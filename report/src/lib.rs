@@ -164,6 +164,8 @@ pub struct DosePoint {
 #[serde(default)]
 pub struct ReadoutZprime {
     pub readout: String,
+    /// Z′ is per plate (empty in files written before it was).
+    pub plate: String,
     pub z_prime: f64,
     pub positive_wells: usize,
     pub negative_wells: usize,

@@ -150,6 +150,7 @@ pub fn glance_fixture() -> Report {
         ],
         zprime: vec![ReadoutZprime {
             readout: "fraction_translocated".into(),
+            plate: "P4".into(),
             z_prime: 0.62,
             positive_wells: 8,
             negative_wells: 8,

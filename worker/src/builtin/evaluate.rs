@@ -106,7 +106,7 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
                 .collect();
             d.keep_features(&columns);
             if sidecar.plate_normalisation == "plate" {
-                samples::per_group_robust_z(&mut d);
+                samples::per_plate_robust_z(&mut d);
             }
             d
         }

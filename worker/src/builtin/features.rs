@@ -624,20 +624,35 @@ fn dose_response(
         ));
     }
     let mut t = Table::new(&super::readout::DOSE_RESPONSE_COLUMNS);
-    let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.0.as_str()).collect();
+    // Per plate and treatment: a plate of several compounds has a series of each.
+    let treatment_of: Vec<String> = wells
+        .iter()
+        .map(|(plate, well, _, _)| {
+            map.treatment_column()
+                .and_then(|c| {
+                    map.lookup(plate, well)
+                        .map(|r| r.values[c].trim().to_string())
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let all = super::readout::dose_series(
+        (0..wells.len()).map(|i| (wells[i].0.as_str(), treatment_of[i].as_str(), dose_of[i])),
+    );
     for (k, readout) in readouts.iter().enumerate() {
-        for &plate in &plates {
-            let series: Vec<(f64, Vec<f64>)> = (0..wells.len())
-                .filter(|&i| wells[i].0 == plate)
-                .filter_map(|i| dose_of[i].map(|d| (d, cells[i][k].clone())))
+        for ((plate, treatment), members) in &all {
+            let series: Vec<(f64, Vec<f64>)> = members
+                .iter()
+                .filter_map(|&i| dose_of[i].map(|d| (d, cells[i][k].clone())))
                 .collect();
+            let label = format!("{plate}{}", super::readout::of_treatment(treatment));
             let fit =
                 plateflow_learn::dose::ec50_with_interval(&series, &median, DOSE_ROUNDS, DOSE_SEED);
             match &fit {
                 Ok(r) => {
                     let c = &r.curve;
                     ctx.logln(format!(
-                        "EC50 {readout}, plate {plate}: {} [95% CI {}, {}] (Hill {:.2}, {} to {}; {} wells, {} doses; {} of {DOSE_ROUNDS} resamples of cells fitted)",
+                        "EC50 {readout}, plate {label}: {} [95% CI {}, {}] (Hill {:.2}, {} to {}; {} wells, {} doses; {} of {DOSE_ROUNDS} resamples of cells fitted)",
                         num(c.ec50),
                         num(r.ec50_ci95[0]),
                         num(r.ec50_ci95[1]),
@@ -649,10 +664,10 @@ fn dose_response(
                         r.rounds_fitted
                     ));
                 }
-                Err(why) => ctx.logln(format!("EC50 {readout}, plate {plate}: not fitted: {why}")),
+                Err(why) => ctx.logln(format!("EC50 {readout}, plate {label}: not fitted: {why}")),
             }
             let row = super::readout::dose_response_row(&series, &fit);
-            let mut line = vec![readout.clone(), plate.to_string()];
+            let mut line = vec![readout.clone(), plate.clone(), treatment.clone()];
             line.extend(row);
             t.push_row(line);
         }

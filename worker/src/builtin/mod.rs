@@ -476,6 +476,10 @@ impl Table {
     pub fn into_bytes(self) -> Vec<u8> {
         self.text.into_bytes()
     }
+    /// No row below the header.
+    pub fn is_empty(&self) -> bool {
+        self.text.lines().nth(1).is_none()
+    }
 }
 
 /// A number for a CSV cell: empty for NaN (pandas reads it as missing), compact otherwise.

@@ -99,6 +99,7 @@ pub fn well_readout(
     let mut header: Vec<String> = [
         "Metadata_Plate",
         "Metadata_Well",
+        "Metadata_Treatment",
         "label",
         "dose",
         "control",
@@ -122,6 +123,7 @@ pub fn well_readout(
         let mut row = vec![
             w.plate.clone(),
             w.well.clone(),
+            w.treatment.clone(),
             w.label.clone(),
             w.dose.map(num).unwrap_or_default(),
             match w.control {
@@ -197,24 +199,18 @@ pub fn treatment_readout(wells: &[Well], fractions: &[Vec<Fraction>], classes: &
     t
 }
 
-/// `readout_zprime.csv`: Z′ of each class's per-well fraction between the positive and the
-/// negative control wells; `None` without at least two control wells on each side.
+/// `readout_zprime.csv`: per plate, Z′ of each class's per-well fraction between the
+/// positive and the negative control wells; `None` where no plate has at least two control
+/// wells on each side. Per plate, as the `features` step's: pooled over plates, a plate
+/// effect counted as control spread, and one good plate hid a failed one.
 pub fn readout_zprime(
     wells: &[Well],
     fractions: &[Vec<Fraction>],
     classes: &[String],
 ) -> Option<(Table, Vec<(String, f64)>)> {
-    let side = |c: Control| -> Vec<usize> {
-        (0..wells.len())
-            .filter(|&i| wells[i].control == Some(c) && !fractions[i][0].value.is_nan())
-            .collect()
-    };
-    let (pos, neg) = (side(Control::Positive), side(Control::Negative));
-    if pos.len() < 2 || neg.len() < 2 {
-        return None;
-    }
     let mut t = Table::new(&[
         "readout",
+        "Metadata_Plate",
         "z_prime",
         "positive_wells",
         "negative_wells",
@@ -223,46 +219,65 @@ pub fn readout_zprime(
         "note",
     ]);
     let mut out = Vec::new();
-    for (k, c) in classes.iter().enumerate() {
-        let values =
-            |idx: &[usize]| -> Vec<f64> { idx.iter().map(|&i| fractions[i][k].value).collect() };
-        let (p, n) = (values(&pos), values(&neg));
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let (mp, mn) = (mean(&p), mean(&n));
-        let (z, note) = match plateflow_imaging::qc::z_prime_or_why(&p, &n) {
-            Ok(z) => (num(z), String::new()),
-            // A good classifier often calls every control cell right: no spread at all.
-            Err(_)
-                if (mp - mn).abs() > 0.5
-                    && p.iter().chain(&n).all(|v| *v == 0.0 || *v == 1.0) =>
-            {
-                (
-                    String::new(),
-                    format!("controls perfectly separated (every positive well {mp:.3}, every negative {mn:.3}): Z' needs spread to be defined"),
-                )
-            }
-            Err(why) => (String::new(), why),
+    let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.plate.as_str()).collect();
+    for plate in plates {
+        let side = |c: Control| -> Vec<usize> {
+            (0..wells.len())
+                .filter(|&i| {
+                    wells[i].plate == plate
+                        && wells[i].control == Some(c)
+                        && !fractions[i][0].value.is_nan()
+                })
+                .collect()
         };
-        if let Ok(v) = z.parse::<f64>() {
-            out.push((format!("fraction_{c}"), v));
+        let (pos, neg) = (side(Control::Positive), side(Control::Negative));
+        if pos.len() < 2 || neg.len() < 2 {
+            continue;
         }
-        t.push_row([
-            format!("fraction_{c}"),
-            z,
-            pos.len().to_string(),
-            neg.len().to_string(),
-            num(mp),
-            num(mn),
-            note,
-        ]);
+        for (k, c) in classes.iter().enumerate() {
+            let values = |idx: &[usize]| -> Vec<f64> {
+                idx.iter().map(|&i| fractions[i][k].value).collect()
+            };
+            let (p, n) = (values(&pos), values(&neg));
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            let (mp, mn) = (mean(&p), mean(&n));
+            let (z, note) = match plateflow_imaging::qc::z_prime_or_why(&p, &n) {
+                Ok(z) => (num(z), String::new()),
+                // A good classifier often calls every control cell right: no spread at all.
+                Err(_)
+                    if (mp - mn).abs() > 0.5
+                        && p.iter().chain(&n).all(|v| *v == 0.0 || *v == 1.0) =>
+                {
+                    (
+                        String::new(),
+                        format!("controls perfectly separated (every positive well {mp:.3}, every negative {mn:.3}): Z' needs spread to be defined"),
+                    )
+                }
+                Err(why) => (String::new(), why),
+            };
+            if let Ok(v) = z.parse::<f64>() {
+                out.push((format!("fraction_{c} (plate {plate})"), v));
+            }
+            t.push_row([
+                format!("fraction_{c}"),
+                plate.to_string(),
+                z,
+                pos.len().to_string(),
+                neg.len().to_string(),
+                num(mp),
+                num(mn),
+                note,
+            ]);
+        }
     }
-    Some((t, out))
+    (!t.is_empty()).then_some((t, out))
 }
 
 /// The columns of `dose_response.csv`, shared with the `features` step's.
-pub const DOSE_RESPONSE_COLUMNS: [&str; 11] = [
+pub const DOSE_RESPONSE_COLUMNS: [&str; 12] = [
     "readout",
     "Metadata_Plate",
+    "Metadata_Treatment",
     "ec50",
     "ec50_lo",
     "ec50_hi",
@@ -311,10 +326,39 @@ pub fn dose_response_row(
     }
 }
 
-/// `dose_response.csv`: per plate, the fraction of cells in a class against dose, fitted with
-/// a 4-parameter logistic; the EC50's interval resamples cells within wells. With two classes
-/// only the one that rises with dose is fitted (the other mirrors it). Returns the table and
-/// one log line per fit.
+/// The dilution series of a plate: per (plate, treatment), the indices of its wells with a
+/// dose > 0, in plate, treatment order. A plate of several compounds holds a series of each
+/// (pooled, their wells made one curve and one EC50 of them all); without a treatment column
+/// the treatment is empty, and the plate one series. Series of a single well are left out
+/// (a control given a dose is not a curve).
+pub fn dose_series<'a>(
+    plate_treatment_dose: impl Iterator<Item = (&'a str, &'a str, Option<f64>)>,
+) -> Vec<((String, String), Vec<usize>)> {
+    let mut series: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (i, (plate, treatment, dose)) in plate_treatment_dose.enumerate() {
+        if dose.is_some_and(|d| d > 0.0) {
+            series
+                .entry((plate.to_string(), treatment.to_string()))
+                .or_default()
+                .push(i);
+        }
+    }
+    series.into_iter().filter(|(_, w)| w.len() > 1).collect()
+}
+
+/// ` (treatment)`, or nothing without one: for log lines.
+pub fn of_treatment(t: &str) -> String {
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!(" ({t})")
+    }
+}
+
+/// `dose_response.csv`: per plate and treatment, the fraction of cells in a class against
+/// dose, fitted with a 4-parameter logistic; the EC50's interval resamples cells within
+/// wells. With two classes only the one that rises with dose is fitted (the other mirrors
+/// it). Returns the table and one log line per fit.
 pub fn dose_response(
     wells: &[Well],
     predicted: &[usize],
@@ -322,12 +366,13 @@ pub fn dose_response(
 ) -> (Table, Vec<String>) {
     let mut t = Table::new(&DOSE_RESPONSE_COLUMNS);
     let mut log = Vec::new();
-    let plates: std::collections::BTreeSet<&str> = wells.iter().map(|w| w.plate.as_str()).collect();
-    for plate in plates {
-        let dosed: Vec<&Well> = wells
+    let all = dose_series(
+        wells
             .iter()
-            .filter(|w| w.plate == plate && w.dose.is_some())
-            .collect();
+            .map(|w| (w.plate.as_str(), w.treatment.as_str(), w.dose)),
+    );
+    for ((plate, treatment), members) in all {
+        let dosed: Vec<&Well> = members.iter().map(|&i| &wells[i]).collect();
         let share = |w: &Well, k: usize| {
             w.cells.iter().filter(|&&i| predicted[i] == k).count() as f64
                 / w.cells.len().max(1) as f64
@@ -363,12 +408,12 @@ pub fn dose_response(
             let fit = ec50_with_interval(&data, &mean, 1000, 0xD05E);
             log.push(match &fit {
                 Ok(r) => format!(
-                    "{plate}: {readout} EC50 {:.4} [95 % CI {:.4}, {:.4}], Hill {:.2}, {} wells at {} doses",
-                    r.curve.ec50, r.ec50_ci95[0], r.ec50_ci95[1], r.curve.hill, r.wells, r.doses
+                    "{plate}{}: {readout} EC50 {:.4} [95 % CI {:.4}, {:.4}], Hill {:.2}, {} wells at {} doses",
+                    of_treatment(&treatment), r.curve.ec50, r.ec50_ci95[0], r.ec50_ci95[1], r.curve.hill, r.wells, r.doses
                 ),
-                Err(why) => format!("{plate}: {readout}: no dose–response fit: {why}"),
+                Err(why) => format!("{plate}{}: {readout}: no dose–response fit: {why}", of_treatment(&treatment)),
             });
-            let mut row = vec![readout, plate.to_string()];
+            let mut row = vec![readout, plate.clone(), treatment.clone()];
             row.extend(dose_response_row(&data, &fit));
             t.push_row(row);
         }
@@ -432,5 +477,84 @@ pub fn show_p(p: f64) -> String {
         "p < 1e-16".into()
     } else {
         format!("p = {p:.1e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plate of two compounds' dilutions, vehicle wells and one dosed positive control:
+    /// one series per compound (they were one curve of both), none of the control alone.
+    #[test]
+    fn each_compound_on_a_plate_is_its_own_dose_series() {
+        let wells = [
+            ("P1", "cmpd-A", Some(0.1)),
+            ("P1", "cmpd-B", Some(0.1)),
+            ("P1", "cmpd-A", Some(1.0)),
+            ("P1", "DMSO", Some(0.0)),
+            ("P1", "cmpd-B", Some(1.0)),
+            ("P1", "staurosporine", Some(5.0)),
+            ("P2", "cmpd-A", Some(0.1)),
+            ("P2", "cmpd-A", Some(1.0)),
+            ("P2", "cmpd-A", None),
+        ];
+        let series = dose_series(wells.iter().map(|&(p, t, d)| (p, t, d)));
+        let named: Vec<(&str, &str, Vec<usize>)> = series
+            .iter()
+            .map(|((p, t), w)| (p.as_str(), t.as_str(), w.clone()))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                ("P1", "cmpd-A", vec![0, 2]),
+                ("P1", "cmpd-B", vec![1, 4]),
+                ("P2", "cmpd-A", vec![6, 7]),
+            ]
+        );
+    }
+
+    /// Two plates whose controls each separate well, at different levels: Z′ per plate is
+    /// high on both (pooled, the plate effect read as control spread: Z′ about −0.2).
+    #[test]
+    fn the_readouts_z_prime_is_per_plate() {
+        let mut wells = Vec::new();
+        let mut fractions = Vec::new();
+        for (plate, pos) in [("P1", 0.9), ("P2", 0.6)] {
+            for (i, (control, value)) in [
+                (Control::Positive, pos),
+                (Control::Positive, pos + 0.02),
+                (Control::Negative, 0.10),
+                (Control::Negative, 0.12),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                wells.push(Well {
+                    plate: plate.into(),
+                    well: format!("A0{}", i + 1),
+                    label: String::new(),
+                    dose: None,
+                    control: Some(control),
+                    treatment: String::new(),
+                    cells: vec![],
+                });
+                let f = |value: f64| Fraction {
+                    value,
+                    lo: value,
+                    hi: value,
+                };
+                fractions.push(vec![f(value), f(1.0 - value)]);
+            }
+        }
+        let classes = ["hit".to_string(), "normal".to_string()];
+        let (_, z) = readout_zprime(&wells, &fractions, &classes).unwrap();
+        let hit: Vec<&(String, f64)> = z
+            .iter()
+            .filter(|(n, _)| n.starts_with("fraction_hit"))
+            .collect();
+        assert_eq!(hit.len(), 2, "{z:?}");
+        assert!(hit.iter().all(|(_, v)| *v > 0.5), "{z:?}");
+        assert!(hit[1].0.ends_with("(plate P2)"));
     }
 }

@@ -202,6 +202,16 @@ fn fractions(
         .collect()
 }
 
+/// The column of a wells table that holds each well's treatment: `Metadata_Treatment`, or
+/// a plate-map column named as `PlateMap::treatment_column` finds it.
+fn treatment_column(header: &[String]) -> Option<usize> {
+    header.iter().position(|c| {
+        let l = c.to_ascii_lowercase();
+        let l = l.strip_prefix("metadata_").unwrap_or(&l);
+        ["treatment", "compound", "perturbation", "condition"].contains(&l)
+    })
+}
+
 /// A task's per-well readout: `well_readout.csv`, `dose_response.csv` (its points from the
 /// well readout, or for a features task from `wells.csv`: the median per well against the
 /// dose column) and `readout_zprime.csv`. `None` where the task wrote none of them.
@@ -259,7 +269,15 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
         for row in &rows {
             let readout = cell(&h, row, "readout").to_string();
             let plate = cell(&h, row, "Metadata_Plate").to_string();
+            let treatment = cell(&h, row, "Metadata_Treatment").to_string();
             let same_plate = |p: &str| plate.is_empty() || plate == "all" || p == plate;
+            // A fit per plate and treatment draws only its treatment's wells.
+            let same_series = |wh: &[String], w: &csv::StringRecord| {
+                same_plate(cell(wh, w, "Metadata_Plate"))
+                    && (treatment.is_empty()
+                        || treatment_column(wh)
+                            .is_some_and(|c| w.get(c).map(str::trim) == Some(&treatment)))
+            };
             let mut points = Vec::new();
             if let Some((wh, wr)) = &table {
                 // `fraction_<c>` or the class name itself.
@@ -268,10 +286,7 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
                 } else {
                     format!("fraction_{readout}")
                 };
-                for w in wr
-                    .iter()
-                    .filter(|w| same_plate(cell(wh, w, "Metadata_Plate")))
-                {
+                for w in wr.iter().filter(|w| same_series(wh, w)) {
                     points.push(DosePoint {
                         well: format!(
                             "{} {}",
@@ -292,10 +307,7 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
                     })
                     .cloned();
                 if let Some(dc) = dose_col {
-                    for w in wr
-                        .iter()
-                        .filter(|w| same_plate(cell(wh, w, "Metadata_Plate")))
-                    {
+                    for w in wr.iter().filter(|w| same_series(wh, w)) {
                         points.push(DosePoint {
                             well: format!(
                                 "{} {}",
@@ -311,7 +323,13 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
             }
             r.dose_response.push(DoseFit {
                 readout,
-                plate,
+                // Shown as the series: the plate, and the treatment where fits are per
+                // treatment.
+                plate: if treatment.is_empty() {
+                    plate
+                } else {
+                    format!("{plate}, {treatment}")
+                },
                 ec50: num(&h, row, "ec50"),
                 ec50_ci95: interval(&h, row, "ec50_lo", "ec50_hi"),
                 hill: num(&h, row, "hill"),
@@ -329,6 +347,7 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
         for row in &rows {
             r.zprime.push(ReadoutZprime {
                 readout: cell(&h, row, "readout").to_string(),
+                plate: cell(&h, row, "Metadata_Plate").to_string(),
                 z_prime: num(&h, row, "z_prime"),
                 positive_wells: num(&h, row, "positive_wells").max(0.0) as usize,
                 negative_wells: num(&h, row, "negative_wells").max(0.0) as usize,

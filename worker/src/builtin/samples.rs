@@ -5,29 +5,51 @@
 
 use super::{map_metadata_column, Context};
 use anyhow::Context as _;
-pub use plateflow_learn::cells::{per_crop_z, per_group_robust_z, Data};
+pub use plateflow_learn::cells::{per_crop_z, per_plate_robust_z, Data};
 use plateflow_learn::split::Origin;
 use sha2::{Digest as _, Sha256};
 
-/// A cell's group, origin (for the leakage guard) and id, from its table row. `gc`: the
-/// group column; `wc`, `sc`, `oc`: well, image set and object number, when present.
-fn push_origin(
-    d: &mut Data,
-    rec: &csv::StringRecord,
-    gc: usize,
-    wc: Option<usize>,
-    sc: Option<usize>,
-    oc: Option<usize>,
-) {
+/// The columns a cell's origin is read from.
+struct OriginColumns {
+    /// What folds are grouped by (`group_by:`).
+    group: usize,
+    plate: Option<usize>,
+    well: Option<usize>,
+    set: Option<usize>,
+    object: Option<usize>,
+}
+
+impl OriginColumns {
+    fn of(col: impl Fn(&str) -> Option<usize>, group: usize) -> Self {
+        OriginColumns {
+            group,
+            plate: col("Metadata_Plate"),
+            well: col("Metadata_Well"),
+            set: col("ImageSet"),
+            object: col("ObjectNumber"),
+        }
+    }
+}
+
+/// A cell's group, origin (for the leakage guard, per-plate normalisation and plate-map
+/// lookups) and id, from its table row. Its plate is its plate, whatever folds are grouped
+/// by (with `group_by: treatment` it was the treatment: each compound's cells were centred on
+/// themselves, and wells of one name on two plates were taken for one); without a plate
+/// column, its group.
+fn push_origin(d: &mut Data, rec: &csv::StringRecord, c: &OriginColumns) {
     let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("").to_string();
-    let set = get(sc);
-    d.groups.push(get(Some(gc)));
+    let set = get(c.set);
+    let group = get(Some(c.group));
     d.origins.push(Origin {
-        plate: get(Some(gc)),
-        well: get(wc),
+        plate: match c.plate {
+            Some(_) => get(c.plate),
+            None => group.clone(),
+        },
+        well: get(c.well),
         image_digest: set.clone(),
     });
-    d.ids.push(format!("{set}#{}", get(oc)));
+    d.groups.push(group);
+    d.ids.push(format!("{set}#{}", get(c.object)));
 }
 
 fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
@@ -75,9 +97,7 @@ pub fn from_features(
                 path.display()
             )
         })?;
-        let wc = col("Metadata_Well");
-        let sc = col("ImageSet");
-        let oc = col("ObjectNumber");
+        let oc = OriginColumns::of(col, gc);
         let feats: Vec<usize> = (0..h.len())
             .filter(|&i| {
                 !h[i].starts_with("Metadata_")
@@ -100,14 +120,14 @@ pub fn from_features(
             if lab.is_empty() && !keep_unlabelled {
                 continue;
             }
-            push_label(&mut d, lab, classes.is_some(), &path, &rec, gc, wc)?;
+            push_label(&mut d, lab, classes.is_some(), &path, &rec, &oc)?;
             d.x.extend(feats.iter().map(|&i| {
                 rec.get(i)
                     .and_then(|v| v.parse::<f32>().ok())
                     .filter(|v| v.is_finite())
                     .unwrap_or(f32::NAN)
             }));
-            push_origin(&mut d, &rec, gc, wc, sc, oc);
+            push_origin(&mut d, &rec, &oc);
             d.file_of.push(d.digests.len() - 1);
         }
     }
@@ -243,16 +263,16 @@ pub fn from_crops(
         let group_col = map_metadata_column(group_by);
         let gc = col(&group_col)
             .with_context(|| format!("{}: no column {group_col}", ipath.display()))?;
-        let (wc, sc, oc) = (col("Metadata_Well"), col("ImageSet"), col("ObjectNumber"));
+        let oc = OriginColumns::of(col, gc);
         for (row, rec) in rdr.records().enumerate() {
             let rec = rec.with_context(|| format!("reading {}", ipath.display()))?;
             let lab = label_of(&rec, lc, &mut said_missing);
             if lab.is_empty() && !keep_unlabelled {
                 continue;
             }
-            push_label(&mut d, lab, classes.is_some(), ipath, &rec, gc, wc)?;
+            push_label(&mut d, lab, classes.is_some(), ipath, &rec, &oc)?;
             d.x.extend(values[row * per..(row + 1) * per].iter().map(|v| v / scale));
-            push_origin(&mut d, &rec, gc, wc, sc, oc);
+            push_origin(&mut d, &rec, &oc);
             d.file_of.push(d.digests.len() - 1);
         }
     }
@@ -280,16 +300,15 @@ fn push_label(
     fixed: bool,
     path: &std::path::Path,
     rec: &csv::StringRecord,
-    gc: usize,
-    wc: Option<usize>,
+    c: &OriginColumns,
 ) -> anyhow::Result<()> {
     d.push_label(label, fixed).with_context(|| {
         let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).unwrap_or("");
         format!(
             "{} (plate {}, well {})",
             path.display(),
-            get(Some(gc)),
-            get(wc)
+            get(c.plate.or(Some(c.group))),
+            get(c.well)
         )
     })
 }

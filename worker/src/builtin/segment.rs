@@ -10,7 +10,7 @@ use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
 use plateflow_imaging::overlay::{outlines_png, summarise, Quantiles};
 use plateflow_imaging::segment::{segment_nuclei, Labels};
 use plateflow_imaging::write::write_tiff_u16;
-use plateflow_learn::segmenter::{bright_objects, NucleusModel};
+use plateflow_learn::segmenter::{bright_objects, Contrast, NucleusModel};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -47,6 +47,22 @@ pub fn learned_model(
     }
 }
 
+/// `method: classic`: Otsu's split and a distance watershed. Otsu's split finds bright
+/// objects, so dark nuclei are turned over first; and it always splits, noise too, so a
+/// field with nothing standing out of its camera noise (an empty well, a toxic compound's)
+/// has no nuclei: it got dozens, one per blob of noise.
+fn classic_nuclei(dna: &plateflow_imaging::GrayImage, sigma: f64, diameter: Option<f64>) -> Labels {
+    let params = plateflow_imaging::segment::SegmentParams {
+        sigma: Some(sigma),
+        radius: diameter.map(|d| d / 2.0),
+        ..Default::default()
+    };
+    match bright_objects(dna) {
+        (_, Contrast::Nothing) => Labels::empty(dna.width, dna.height),
+        (img, _) => segment_nuclei(&img, &params),
+    }
+}
+
 /// The library call with the step's parameters: nuclei, then cells.
 pub fn segment_set(
     p: &SegmentParams,
@@ -58,15 +74,7 @@ pub fn segment_set(
     let nuclei = match (model, &p.masks) {
         (_, Some(channel)) => user_masks(set, channel, &dna)?,
         (Some(model), None) => model.segment(&dna, p.diameter)?.labels,
-        (None, None) => {
-            let params = plateflow_imaging::segment::SegmentParams {
-                sigma: Some(p.sigma),
-                radius: p.diameter.map(|d| d / 2.0),
-                ..Default::default()
-            };
-            // Otsu's split finds bright objects: dark nuclei are turned over first.
-            segment_nuclei(&bright_objects(&dna).0, &params)
-        }
+        (None, None) => classic_nuclei(&dna, p.sigma, p.diameter),
     };
     let cell_img = match &p.cells {
         Some(ch) => Some(corrections.read(set, ch)?),
@@ -426,6 +434,46 @@ fn fields_to_show(
 mod tests {
     use super::super::testing;
     use super::*;
+
+    /// An empty field (camera noise around 100 counts) has no nuclei; the same field with
+    /// nuclei in it has them.
+    #[test]
+    fn classic_segmentation_finds_nothing_in_an_empty_field() {
+        let (w, h) = (256usize, 256usize);
+        let mut state = 12345u64;
+        let mut noise = || {
+            // A sum of uniforms: near-normal camera noise, sd about 5 counts.
+            (0..4)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (state >> 33) as f64 / (1u64 << 31) as f64
+                })
+                .sum::<f64>()
+                * 8.66
+                - 17.3
+        };
+        let mut data: Vec<u16> = (0..w * h).map(|_| (100.0 + noise()) as u16).collect();
+        let empty = plateflow_imaging::GrayImage {
+            width: w as u32,
+            height: h as u32,
+            bit_depth: 16,
+            data: data.clone(),
+        };
+        assert_eq!(classic_nuclei(&empty, 1.0, None).count, 0);
+        for (cx, cy) in [(60.0, 60.0), (150.0, 80.0), (90.0, 190.0), (200.0, 200.0)] {
+            for y in 0..h {
+                for x in 0..w {
+                    if ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < 10.0 {
+                        data[y * w + x] += 800;
+                    }
+                }
+            }
+        }
+        let nuclei = plateflow_imaging::GrayImage { data, ..empty };
+        assert_eq!(classic_nuclei(&nuclei, 1.0, None).count, 4);
+    }
 
     /// Outlines are chosen per plate from QC's whole table: a task of one well draws its
     /// field only where it is one of the plate's three; a field QC found nothing odd in is

@@ -180,7 +180,7 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
     // or per crop (CNN pixels); standardisation fitted on training cells comes later.
     let normalize = match params.normalize() {
         TrainNormalize::Plate => {
-            samples::per_group_robust_z(&mut d);
+            samples::per_plate_robust_z(&mut d);
             "plate"
         }
         TrainNormalize::Crop => {
