@@ -667,7 +667,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<i32> {
                 Ok(r) => r.into_inner(),
                 Err(s) => {
                     eprintln!("{}", s.message());
-                    return Ok(2);
+                    // As `plateflow run`: 1 where the coordinator could not record the run
+                    // (its own failure, not the pipeline's), else 2.
+                    return Ok(if s.code() == tonic::Code::Internal {
+                        1
+                    } else {
+                        2
+                    });
                 }
             };
             eprintln!("submitted run {} ({} tasks)", resp.run_id, resp.tasks);
@@ -945,22 +951,21 @@ async fn worker_time_limit(given: Option<&str>) -> anyhow::Result<Option<u64>> {
     let Ok(job) = std::env::var("SLURM_JOB_ID") else {
         return Ok(None);
     };
-    let asked = tokio::process::Command::new("squeue")
-        .args(["-h", "-j", &job, "-o", "%L"])
-        .kill_on_drop(true)
-        .output();
-    let left = match tokio::time::timeout(Duration::from_secs(20), asked).await {
-        Ok(Ok(out)) if out.status.success() => {
-            let text = String::from_utf8_lossy(&out.stdout);
+    let asked = plateflow_coordinator::slurm::slurm_cmd(
+        "squeue",
+        &["-h", "-j", &job, "-o", "%L"].map(String::from),
+        Duration::from_secs(20),
+    )
+    .await;
+    let left = match asked {
+        Ok(text) => {
             let text = text.trim();
             if matches!(text, "UNLIMITED" | "NOT_SET") {
                 return Ok(None);
             }
             parse_slurm_time(text).ok_or(format!("squeue said {text:?}"))
         }
-        Ok(Ok(out)) => Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("squeue did not answer in 20 s".into()),
+        Err(e) => Err(format!("{e:#}")),
     };
     match left {
         Ok(s) => {
@@ -1104,13 +1109,12 @@ pub async fn run_local(args: RunArgs) -> anyhow::Result<i32> {
     let submitted = rx.await?;
     planning.finish_and_clear();
     let code = match submitted {
-        Err(msg) => {
-            eprintln!("{msg}");
+        Err(e) => {
+            eprintln!("{e}");
             // Bad input (2), or the state directory's own failure (1: the pipeline is fine).
-            if msg.starts_with("cannot record the run") {
-                1
-            } else {
-                2
+            match e {
+                plateflow_coordinator::engine::SubmitError::Refused(_) => 2,
+                plateflow_coordinator::engine::SubmitError::State(_) => 1,
             }
         }
         Ok((run_id, _)) => {

@@ -80,6 +80,25 @@ fn find(columns: &[String], names: &[&str]) -> Option<usize> {
     columns.iter().position(|c| names.contains(&bare_name(c)))
 }
 
+/// The column of `columns` that holds each well's treatment: in a plate map, or in a table
+/// that carries its columns as `features` names them (`Metadata_Treatment`,
+/// `Metadata_compound`).
+pub fn treatment_column_of(columns: &[String]) -> Option<usize> {
+    find(
+        columns,
+        &[
+            "treatment",
+            "compound",
+            "perturbation",
+            "condition",
+            "metadata_treatment",
+            "metadata_compound",
+            "metadata_perturbation",
+            "metadata_condition",
+        ],
+    )
+}
+
 /// A column name's letters and digits, lower-case.
 fn bare_name(name: &str) -> String {
     name.chars()
@@ -367,17 +386,7 @@ impl PlateMap {
     /// The column naming each well's treatment, if one is called `treatment`, `compound`,
     /// `perturbation` or `condition` (with or without `Metadata_`).
     pub fn treatment_column(&self) -> Option<usize> {
-        find(
-            &self.columns,
-            &[
-                "treatment",
-                "compound",
-                "perturbation",
-                "condition",
-                "metadata_treatment",
-                "metadata_compound",
-            ],
-        )
+        treatment_column_of(&self.columns)
     }
 
     /// The column with the class label: `explicit`, or `label`, `phenotype`, `class`.

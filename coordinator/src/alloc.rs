@@ -621,7 +621,8 @@ mod tests {
             ending_note(&ended("CANCELLED by 1000", "0:15"), "o").map(|n| n.0),
             Some("cancelled by 1000 (scancel)".into())
         );
-        // Ended as workers do when idle, or by the coordinator's own scancel: nothing to add.
+        // Ended as workers do when idle, or plainly cancelled (squeue's state, without who
+        // cancelled it): nothing to add.
         assert_eq!(ending_note(&ended("COMPLETED", "0:0"), "o"), None);
         assert_eq!(ending_note(&ended("CANCELLED", "0:15"), "o"), None);
     }

@@ -27,7 +27,25 @@ use tokio::sync::{mpsc, oneshot};
 
 pub type WorkerTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
 /// Answers a submission with (run id, task count) or the validation errors.
-pub type SubmitReply = oneshot::Sender<Result<(u64, u64), String>>;
+pub type SubmitReply = oneshot::Sender<Result<(u64, u64), SubmitError>>;
+
+/// Why a submitted run did not start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The pipeline or its data is refused: the user's to fix.
+    Refused(String),
+    /// The coordinator could not record the run (its state directory's disk full): not the
+    /// pipeline's fault.
+    State(String),
+}
+
+impl std::fmt::Display for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubmitError::Refused(m) | SubmitError::State(m) => f.write_str(m),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -543,10 +561,10 @@ impl Engine {
                     self.comm.plan(id, path, yaml, force);
                 }
                 Err(e) => {
-                    let _ = reply.send(Err(format!(
+                    let _ = reply.send(Err(SubmitError::State(format!(
                         "cannot record the run in {}: {e:#} (if the disk is full, free space there)",
                         self.cfg.db_path().display()
-                    )));
+                    ))));
                 }
             },
             Event::Prepared { run_id, result } => self.on_prepared(run_id, *result),
@@ -650,7 +668,7 @@ impl Engine {
             Err(msg) => {
                 let _ = self.db.finish_run(run_id, "invalid", &msg, &[]);
                 if let Some(r) = reply {
-                    let _ = r.send(Err(msg.clone()));
+                    let _ = r.send(Err(SubmitError::Refused(msg.clone())));
                 }
                 let status = RunStatus {
                     run_id,
@@ -965,7 +983,8 @@ impl Engine {
                     total_memory_bytes: res.memory_bytes,
                     total_gpus: hello.gpu_ids.len() as u32,
                     cuda_build: hello.cuda_build,
-                    seconds_left: hello.seconds_left,
+                    // Counted down from `ends_at` at each scheduling.
+                    seconds_left: None,
                 },
                 assigned: 0,
                 last_seen: self.now(),

@@ -1,7 +1,7 @@
 //! The gRPC edge of the coordinator: each call becomes an engine event, blobs are served from
 //! the store (or from input files, by digest). No decisions are made here.
 
-use crate::engine::{EngineHandle, Event};
+use crate::engine::{EngineHandle, Event, SubmitError};
 use plateflow_proto::v1::{
     coordinator_server::{Coordinator, CoordinatorServer},
     worker_message, BlobChunk, CoordinatorMessage, DownloadBlobRequest, FindMissingBlobsRequest,
@@ -200,7 +200,8 @@ impl Coordinator for CoordinatorService {
             .map_err(|_| Status::unavailable("coordinator is shutting down"))?
         {
             Ok((run_id, tasks)) => Ok(Response::new(SubmitResponse { run_id, tasks })),
-            Err(msg) => Err(Status::invalid_argument(msg)),
+            Err(SubmitError::Refused(msg)) => Err(Status::invalid_argument(msg)),
+            Err(SubmitError::State(msg)) => Err(Status::internal(msg)),
         }
     }
 

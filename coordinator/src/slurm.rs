@@ -83,7 +83,7 @@ pub struct Slurm {
     pub config: SlurmConfig,
     /// Final states `squeue` listed for jobs that had just ended (it keeps them for
     /// Slurm's MinJobAge), for [`Backend::how_ended`] where `sacct` has nothing.
-    pub last_listed: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    last_listed: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Slurm {
@@ -96,7 +96,11 @@ impl Slurm {
 }
 
 /// Runs a Slurm command with a time bound; its stderr is the error.
-async fn slurm_cmd(program: &str, args: &[String], timeout: Duration) -> anyhow::Result<String> {
+pub async fn slurm_cmd(
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+) -> anyhow::Result<String> {
     let run = tokio::process::Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())

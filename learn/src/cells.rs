@@ -138,17 +138,16 @@ pub fn per_plate_robust_z(d: &mut Data) {
             let mut v: Vec<f32> = rows.iter().map(|&i| d.x[i * dim + f]).collect();
             let m = median(&mut v);
             let mut dev: Vec<f32> = v.iter().map(|x| (x - m).abs()).collect();
-            let finite: Vec<f64> = dev
-                .iter()
-                .filter(|x| x.is_finite())
-                .map(|&x| x as f64)
-                .collect();
-            let mean_dev = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
             let mad = median(&mut dev) * 1.4826;
             let scale = if mad > 1e-9 {
                 mad
             } else {
-                (mean_dev * 1.2533) as f32
+                // Missing values (NaN) take no part in the spread.
+                let (sum, n) = dev
+                    .iter()
+                    .filter(|x| x.is_finite())
+                    .fold((0.0f64, 0usize), |(s, n), &x| (s + x as f64, n + 1));
+                (sum / n.max(1) as f64 * 1.2533) as f32
             };
             for &i in rows {
                 let x = &mut d.x[i * dim + f];

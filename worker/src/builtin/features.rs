@@ -625,10 +625,11 @@ fn dose_response(
     }
     let mut t = Table::new(&super::readout::DOSE_RESPONSE_COLUMNS);
     // Per plate and treatment: a plate of several compounds has a series of each.
+    let treatment_col = map.treatment_column();
     let treatment_of: Vec<String> = wells
         .iter()
         .map(|(plate, well, _, _)| {
-            map.treatment_column()
+            treatment_col
                 .and_then(|c| {
                     map.lookup(plate, well)
                         .map(|r| r.values[c].trim().to_string())

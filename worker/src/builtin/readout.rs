@@ -515,7 +515,7 @@ mod tests {
     }
 
     /// Two plates whose controls each separate well, at different levels: Z′ per plate is
-    /// high on both (pooled, the plate effect read as control spread: Z′ about −0.2).
+    /// high on both (pooled, the plate effect read as control spread: Z′ about 0.15).
     #[test]
     fn the_readouts_z_prime_is_per_plate() {
         let mut wells = Vec::new();

@@ -202,16 +202,6 @@ fn fractions(
         .collect()
 }
 
-/// The column of a wells table that holds each well's treatment: `Metadata_Treatment`, or
-/// a plate-map column named as `PlateMap::treatment_column` finds it.
-fn treatment_column(header: &[String]) -> Option<usize> {
-    header.iter().position(|c| {
-        let l = c.to_ascii_lowercase();
-        let l = l.strip_prefix("metadata_").unwrap_or(&l);
-        ["treatment", "compound", "perturbation", "condition"].contains(&l)
-    })
-}
-
 /// A task's per-well readout: `well_readout.csv`, `dose_response.csv` (its points from the
 /// well readout, or for a features task from `wells.csv`: the median per well against the
 /// dose column) and `readout_zprime.csv`. `None` where the task wrote none of them.
@@ -275,7 +265,7 @@ fn readout(task: &str, outputs: &Outputs) -> anyhow::Result<Option<Readout>> {
             let same_series = |wh: &[String], w: &csv::StringRecord| {
                 same_plate(cell(wh, w, "Metadata_Plate"))
                     && (treatment.is_empty()
-                        || treatment_column(wh)
+                        || plateflow_contract::platemap::treatment_column_of(wh)
                             .is_some_and(|c| w.get(c).map(str::trim) == Some(&treatment)))
             };
             let mut points = Vec::new();
