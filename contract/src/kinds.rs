@@ -273,6 +273,7 @@ const FEATURES_PARAMS: &[ParamSpec] = &[
     p("channels", StringList, false, "channels to measure intensity and texture in (default: all)"),
     p("texture_scale", Int, false, "Haralick co-occurrence distance in pixels (default 3)"),
     p("texture_levels", Int, false, "grey levels for texture (default 32)"),
+    p("texture_max", Int, false, "the value given the top texture grey level, e.g. 4095 for a 12-bit camera (default: per channel, the task's brightest pixel rounded up to 8, 10, 12, 14 or 16 bits)"),
     p("translocation", StringList, false, "channels whose nuclear/cytoplasmic ratio is measured per cell"),
     p("normalize", Str, false, "`none` (default), `controls` (robust z against the plate's negative controls) or `all` (against all wells)"),
     p("controls", Str, false, "plate-map column marking controls (default: a column named like `control`)"),
@@ -379,7 +380,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Curate,
         name: "curate",
-        version: 5,
+        version: 6,
         summary: "image QC: blur, saturation, intensity, rough counts; robust-z flags per plate, exclusion list, heat maps, label QC, Z'",
         params: CURATE_PARAMS,
         outputs: &["qc.csv", "exclusions.csv", "heatmaps/*.svg", "label_qc.csv", "zprime.csv"],
@@ -387,7 +388,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Illumination,
         name: "illumination",
-        version: 3,
+        version: 4,
         summary: "illumination correction per plate and channel: the per-pixel median of the plate's images, smoothed, as a divisor; `segment` and `features` downstream divide by it",
         params: ILLUMINATION_PARAMS,
         outputs: &["illumination/*.tif", "illumination/*.png"],
@@ -395,7 +396,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Segment,
         name: "segment",
-        version: 8,
+        version: 9,
         summary: "nuclei (classic Otsu + distance watershed, or the learned U-Net; size adapted to the image) and cells; 16-bit label TIFFs and an object table",
         params: SEGMENT_PARAMS,
         outputs: &["objects.csv", "labels/*_nuclei.tif", "labels/*_cells.tif", "outlines/*.png", "segmentation.json"],
@@ -403,7 +404,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Features,
         name: "features",
-        version: 5,
+        version: 6,
         summary: "per-object shape, intensity and texture in CellProfiler column names; per-well medians, optional control normalisation, Z', EC50 of translocation readouts where the plate map has doses",
         params: FEATURES_PARAMS,
         outputs: &["cells.csv", "wells.csv", "wells_normalized.csv", "zprime.csv", "dose_response.csv"],
@@ -411,7 +412,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Crops,
         name: "crops",
-        version: 4,
+        version: 5,
         summary: "fixed-size single-cell crops of all channels, one safetensors file per task, with an index table",
         params: CROPS_PARAMS,
         outputs: &["crops.safetensors", "crops.csv", "cells.csv"],
@@ -435,7 +436,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::TrainSegmenter,
         name: "train_segmenter",
-        version: 9,
+        version: 10,
         summary: "trains (or fine-tunes) the learned nucleus segmenter on images with instance labels; held-out fifth scored at IoU 0.5/0.75/0.9; weights and a model card",
         params: TRAIN_SEGMENTER_PARAMS,
         outputs: &["segmenter.safetensors", "segmenter_card.md", "segmenter_history.csv", "segmenter_scores.json"],

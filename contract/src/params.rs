@@ -298,6 +298,11 @@ pub struct FeaturesParams {
     pub channels: Option<Vec<String>>,
     pub texture_scale: u32,
     pub texture_levels: u32,
+    /// The value given the top texture grey level (CellProfiler's intensity range). Default:
+    /// per channel, the brightest pixel of the task's images rounded up to a camera depth
+    /// (255, 1023, 4095, 16383 or 65535), so a 12-bit camera's 16-bit files keep their texture.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub texture_max: Option<u32>,
     pub translocation: Vec<String>,
     pub normalize: WellNormalize,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -315,6 +320,7 @@ impl Default for FeaturesParams {
             channels: None,
             texture_scale: 3,
             texture_levels: 32,
+            texture_max: None,
             translocation: Vec::new(),
             normalize: WellNormalize::None,
             controls: None,
@@ -861,6 +867,15 @@ impl StepParams {
                     256,
                     "grey levels for texture, e.g. 32",
                 );
+                if let Some(top) = p.texture_max {
+                    c.range_u(
+                        "texture_max",
+                        top.into(),
+                        1,
+                        65535,
+                        "the camera's largest value, e.g. 4095 for 12 bits",
+                    );
+                }
             }
             StepParams::Crops(p) => {
                 c.range_u(

@@ -1,8 +1,8 @@
 //! Reading microscopy images as grey images: TIFF (8/16-bit grey, signed or not, grey saved
 //! as RGB(A), palette-coded; uncompressed, LZW, PackBits, Deflate, JPEG or Zstandard, in
 //! strips or tiles (palette-coded ones in strips); one page; 32- and 64-bit integer and float
-//! where their values fit 16 bits by a fixed rule, see [`to_sixteen_bits`]) and PNG (grey, or
-//! RGB whose channels are equal).
+//! where their values fit 16 bits by a fixed rule, see [`to_sixteen_bits`]) and PNG (grey, RGB
+//! whose channels are equal, or palette-coded: its indices, as for TIFF).
 //! A file that cannot be read gives an error naming the file and the reason. No knowledge of
 //! the engine: this is a library first.
 
@@ -93,7 +93,7 @@ pub enum ImageError {
         format: &'static str,
         reason: String,
     },
-    #[error("image {path}: {what} is not supported (plateflow reads grey TIFF of 8 to 64 bits whose values fit 16 bits, grey palette TIFF, grey saved as RGB TIFF, and grey PNG or RGB PNG with equal channels)")]
+    #[error("image {path}: {what} is not supported (plateflow reads grey TIFF of 8 to 64 bits whose values fit 16 bits, palette TIFF, grey saved as RGB TIFF, and grey, palette or RGB PNG with equal channels)")]
     Unsupported { path: PathBuf, what: String },
     #[error("mask {path} cannot be used: {what}")]
     BadMask { path: PathBuf, what: String },
@@ -407,14 +407,37 @@ fn read_png(path: &Path, r: BufReader<File>) -> Result<GrayImage, ImageError> {
     // At most the largest image's RGBA 16-bit samples.
     let bytes = usize::try_from(max_pixels().saturating_mul(8)).unwrap_or(usize::MAX);
     let mut dec = png::Decoder::new_with_limits(r, png::Limits { bytes });
-    // Palettes become RGB and low bit depths become 8-bit; 16-bit stays 16-bit.
-    dec.set_transformations(png::Transformations::EXPAND);
+    // A palette only says how to show the image: its indices are the measured values, as for
+    // palette TIFFs (Fiji writes one for an inverted or coloured LUT; read through it, an
+    // inverted LUT would invert the intensities). Low grey bit depths become 8-bit, 16-bit
+    // stays 16-bit.
+    let indexed = dec.read_header_info().map_err(corrupt)?.color_type == png::ColorType::Indexed;
+    if !indexed {
+        dec.set_transformations(png::Transformations::EXPAND);
+    }
     let mut reader = dec.read_info().map_err(corrupt)?;
     check_size(path, reader.info().width, reader.info().height)?;
     let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
     let info = reader.next_frame(&mut buf).map_err(corrupt)?;
     let (width, height) = (info.width, info.height);
     let bytes = &buf[..info.buffer_size()];
+    if indexed {
+        let bits = info.bit_depth as usize;
+        let data = palette::unpack_rows(bytes, width, height, bits);
+        if data.len() != width as usize * height as usize {
+            return Err(ImageError::Corrupt {
+                path: path.to_path_buf(),
+                format: "PNG",
+                reason: format!("{} pixels for a {width}x{height} image", data.len()),
+            });
+        }
+        return Ok(GrayImage {
+            width,
+            height,
+            bit_depth: 8,
+            data: data.into_iter().map(|v| v as u16).collect(),
+        });
+    }
     let sixteen = info.bit_depth == png::BitDepth::Sixteen;
     let samples: Vec<u16> = if sixteen {
         bytes

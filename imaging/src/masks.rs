@@ -195,7 +195,7 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>, bool), ImageErro
             // 1-, 2- or 4-bit samples come packed, rows padded to whole bytes (a binary
             // mask from MATLAB's `imwrite` of a logical array, or PIL's mode "1").
             DecodingResult::U8(v) if bits.is_some_and(|b| b < 8) => {
-                unpack_rows(&v, width, height, bits.unwrap_or(8) as usize)
+                crate::palette::unpack_rows(&v, width, height, bits.unwrap_or(8) as usize)
             }
             DecodingResult::U8(v) => v.into_iter().map(u32::from).collect(),
             DecodingResult::U16(v) => v.into_iter().map(u32::from).collect(),
@@ -241,57 +241,21 @@ fn read_tiff_values(path: &Path) -> Result<(u32, u32, Vec<u32>, bool), ImageErro
 }
 
 fn read_png_values(path: &Path) -> Result<(u32, u32, Vec<u32>, bool), ImageError> {
-    let corrupt = |e: png::DecodingError| ImageError::Corrupt {
-        path: path.to_path_buf(),
-        format: "PNG",
-        reason: e.to_string(),
-    };
-    let bytes = usize::try_from(crate::max_pixels().saturating_mul(8)).unwrap_or(usize::MAX);
-    let mut dec = png::Decoder::new_with_limits(open(path)?, png::Limits { bytes });
-    let info = dec.read_header_info().map_err(corrupt)?;
-    let indexed = info.color_type == png::ColorType::Indexed;
-    if !indexed {
-        // Grey (or grey written as equal RGB): the image reader's values are the labels.
-        let img = crate::read_image(path).map_err(|e| match e {
-            ImageError::Unsupported { what, .. } => ImageError::BadMask {
-                path: path.to_path_buf(),
-                what: format!("{what}: a mask is one grey plane of object numbers, not a coloured rendering of it"),
-            },
-            e => e,
-        })?;
-        return Ok((
-            img.width,
-            img.height,
-            img.data.into_iter().map(u32::from).collect(),
-            img.bit_depth == 8,
-        ));
-    }
-    // A palette PNG (Fiji's label images with a colour table): the indices are the labels.
-    let dec = png::Decoder::new_with_limits(open(path)?, png::Limits { bytes });
-    let mut reader = dec.read_info().map_err(corrupt)?;
-    let (width, height) = (reader.info().width, reader.info().height);
-    crate::check_size(path, width, height)?;
-    let bits = reader.info().bit_depth as usize;
-    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
-    let frame = reader.next_frame(&mut buf).map_err(corrupt)?;
-    let data = unpack_rows(&buf[..frame.buffer_size()], width, height, bits);
-    Ok((width, height, data, bits <= 8))
-}
-
-/// Samples of 1, 2, 4 or 8 bits, packed from the high bits of each byte, each row padded
-/// to whole bytes (PNG and TIFF alike); short data gives short output, refused by size.
-fn unpack_rows(buf: &[u8], width: u32, height: u32, bits: usize) -> Vec<u32> {
-    let stride = (width as usize * bits).div_ceil(8);
-    let mut data = Vec::with_capacity(width as usize * height as usize);
-    for row in buf.chunks_exact(stride.max(1)).take(height as usize) {
-        for x in 0..width as usize {
-            let bit = x * bits;
-            let byte = row[bit / 8];
-            let shift = 8 - bits - bit % 8;
-            data.push(u32::from((byte >> shift) & ((1u16 << bits) - 1) as u8));
-        }
-    }
-    data
+    // Grey (or grey written as equal RGB) values, or a palette PNG's indices (Fiji's label
+    // images with a colour table): the image reader's values are the labels.
+    let img = crate::read_image(path).map_err(|e| match e {
+        ImageError::Unsupported { what, .. } => ImageError::BadMask {
+            path: path.to_path_buf(),
+            what: format!("{what}: a mask is one grey plane of object numbers, not a coloured rendering of it"),
+        },
+        e => e,
+    })?;
+    Ok((
+        img.width,
+        img.height,
+        img.data.into_iter().map(u32::from).collect(),
+        img.bit_depth == 8,
+    ))
 }
 
 #[cfg(test)]

@@ -1,10 +1,27 @@
 //! 8-bit palette-coded TIFF strips (the tiff crate refuses `RGBPalette`): uncompressed,
-//! PackBits, LZW or Deflate, with or without the horizontal predictor.
+//! PackBits, LZW or Deflate, with or without the horizontal predictor; and the packed
+//! samples of 1–8 bits that palette PNGs and bilevel TIFFs hold.
 
 use crate::ImageError;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use tiff::tags::Tag;
+
+/// Samples of 1, 2, 4 or 8 bits, packed from the high bits of each byte, each row padded
+/// to whole bytes (PNG and TIFF alike); short data gives short output, refused by size.
+pub(crate) fn unpack_rows(buf: &[u8], width: u32, height: u32, bits: usize) -> Vec<u32> {
+    let stride = (width as usize * bits).div_ceil(8);
+    let mut data = Vec::with_capacity(width as usize * height as usize);
+    for row in buf.chunks_exact(stride.max(1)).take(height as usize) {
+        for x in 0..width as usize {
+            let bit = x * bits;
+            let byte = row[bit / 8];
+            let shift = 8 - bits - bit % 8;
+            data.push(u32::from((byte >> shift) & ((1u16 << bits) - 1) as u8));
+        }
+    }
+    data
+}
 
 pub fn read_indices<R: Read + Seek>(
     path: &Path,

@@ -113,6 +113,45 @@ fn png_grey_rgb_and_colour() {
     assert_eq!((img.bit_depth, img.get(3, 1)), (16, 7000));
 }
 
+/// A palette PNG's indices are its values, as for palette TIFFs: Fiji saves an image shown
+/// with an inverted LUT as an inverted grey palette, and read through it the intensities came
+/// out inverted; a coloured LUT ("Fire") was refused as a colour image.
+#[test]
+fn palette_pngs_read_their_indices() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, depth: png::BitDepth, palette: Vec<u8>, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(File::create(&p).unwrap()), 4, 2);
+        enc.set_color(png::ColorType::Indexed);
+        enc.set_depth(depth);
+        enc.set_palette(palette);
+        enc.write_header().unwrap().write_image_data(bytes).unwrap();
+        p
+    };
+    let inverted: Vec<u8> = (0..=255u8).flat_map(|i| [255 - i; 3]).collect();
+    let img = read_image(&write(
+        "inverted.png",
+        png::BitDepth::Eight,
+        inverted,
+        &[0, 10, 20, 30, 40, 50, 60, 250],
+    ))
+    .unwrap();
+    assert_eq!(img.data, vec![0, 10, 20, 30, 40, 50, 60, 250]);
+    assert_eq!(img.bit_depth, 8);
+    // 4-bit indices into a coloured table, two pixels a byte.
+    let fire: Vec<u8> = (0..16u8)
+        .flat_map(|i| [i * 16, i * 4, 255 - i * 16])
+        .collect();
+    let img = read_image(&write(
+        "fire.png",
+        png::BitDepth::Four,
+        fire,
+        &[0x01, 0x23, 0x45, 0x6f],
+    ))
+    .unwrap();
+    assert_eq!(img.data, vec![0, 1, 2, 3, 4, 5, 6, 15]);
+}
+
 #[test]
 fn bad_files_name_the_file_and_the_reason() {
     let dir = tempfile::tempdir().unwrap();

@@ -521,7 +521,9 @@ fn haralick_matches_mahotas_as_cellprofiler_calls_it() {
     let labels = notched();
     let image = textured(labels.width, labels.height);
     for (levels, scale, obj, expected) in MAHOTAS {
-        let got = &haralick_features_directions(&labels, &image, *scale, *levels)[obj - 1];
+        let got =
+            &haralick_features_directions(&labels, &image, *scale, *levels, image.max_value())
+                [obj - 1];
         for d in 0..4 {
             for k in 0..13 {
                 let (g, e) = (got[d][k], expected[d][k]);
@@ -795,7 +797,7 @@ fn haralick_checkerboard() {
         u32::from((1..11).contains(&x) && (1..11).contains(&y))
     });
     let image = image_from(12, 12, 8, |x, y| if (x + y) % 2 == 0 { 100 } else { 200 });
-    let dirs = &haralick_features_directions(&labels, &image, 1, 256)[0];
+    let dirs = &haralick_features_directions(&labels, &image, 1, 256, 255)[0];
     let fm1: f64 = 201.0;
     for (d, f) in dirs.iter().enumerate() {
         let straight = d % 2 == 0; // right, down: always the other colour
@@ -850,15 +852,43 @@ fn haralick_keeps_objects_apart_and_drops_thin_ones() {
 #[test]
 fn grey_levels_match_cellprofiler_rounding() {
     // 16-bit: img_as_ubyte rounds v/257; checked against scikit-image for all v.
-    let img16 = image_from(1, 1, 16, |_, _| 0);
-    let lut = grey_levels(&img16, 256);
+    let lut = grey_levels(u16::MAX, 256);
     assert_eq!(
         (lut[128], lut[129], lut[385], lut[386], lut[65535]),
         (0, 1, 1, 2, 255)
     );
-    let img8 = image_from(1, 1, 8, |_, _| 0);
-    let lut = grey_levels(&img8, 8);
+    let lut = grey_levels(255, 8);
     assert_eq!((lut[36], lut[37], lut[255]), (0, 1, 7));
+}
+
+#[test]
+fn camera_range_rounds_up_to_a_camera_depth() {
+    assert_eq!(camera_range(0), 255);
+    assert_eq!(camera_range(255), 255);
+    assert_eq!(camera_range(256), 1023);
+    assert_eq!(camera_range(3871), 4095);
+    assert_eq!(camera_range(4095), 4095);
+    assert_eq!(camera_range(4096), 16383);
+    assert_eq!(camera_range(16384), 65535);
+    assert_eq!(camera_range(65535), 65535);
+}
+
+/// 12-bit data in a 16-bit file: over the bit depth's 32 levels a nucleus of 500–2,000
+/// counts is one or two grey levels and its texture vanishes; over the camera's 0..4095 the
+/// same nucleus has texture.
+#[test]
+fn texture_of_12_bit_data_needs_the_camera_range() {
+    let labels = labels_from(20, 20, |x, y| {
+        u32::from((2..18).contains(&x) && (2..18).contains(&y))
+    });
+    let image = image_from(20, 20, 16, |x, y| {
+        500 + ((x * 37 + y * 91 + x * y * 13) % 1500) as u16
+    });
+    let file_depth = &haralick_features(&labels, &image, 1, 32)[0];
+    let camera = &haralick_features_spanning(&labels, &image, 1, 32, camera_range(2000))[0];
+    // Contrast and Entropy: none or hardly any over the file's depth, plenty over the camera's.
+    assert!(file_depth[1] < 0.5 && file_depth[8] < 1.0, "{file_depth:?}");
+    assert!(camera[1] > 10.0 && camera[8] > 4.0, "{camera:?}");
 }
 
 /// Timing on the 48 Coelho U2OS images (hand-made nucleus labels): `cargo test --release

@@ -26,17 +26,32 @@ pub const HARALICK_NAMES: &[&str] = &[
 /// down-left. Diagonals step `scale` pixels on both axes.
 pub const HARALICK_DIRECTIONS: [(i32, i32); 4] = [(0, 1), (1, 1), (1, 0), (1, -1)];
 
-/// Grey level of each raw value, as CellProfiler computes it: the image scaled to 0..1 by the
-/// bit depth, converted to 8 bits with rounding (scikit-image `img_as_ubyte`), then to
-/// `levels` by `rescale_intensity(in 0..255, out 0..levels-1)` truncated to an integer.
-pub(super) fn grey_levels(image: &GrayImage, levels: u32) -> Vec<u16> {
-    let maxv = image.max_value() as u64;
+/// Grey level of each raw value, as CellProfiler computes it: the image scaled to 0..1 by
+/// `top` (CellProfiler: the bit depth's largest value), converted to 8 bits with rounding
+/// (scikit-image `img_as_ubyte`), then to `levels` by `rescale_intensity(in 0..255, out
+/// 0..levels-1)` truncated to an integer. Values above `top` take the top level.
+pub(super) fn grey_levels(top: u16, levels: u32) -> Vec<u16> {
+    let maxv = top.max(1) as u64;
     (0..=maxv)
         .map(|v| {
             let byte = (2 * v * 255 + maxv) / (2 * maxv);
             (byte * (levels as u64 - 1) / 255) as u16
         })
         .collect()
+}
+
+/// The largest value of the camera depth (8, 10, 12, 14 or 16 bits) that holds `brightest`.
+///
+/// Cameras of 10, 12 or 14 bits write 16-bit files: grey levels spread over 0..65535 put their
+/// nuclei (500–2,000 counts of 4,095) into one or two of 32 levels, and every Haralick value
+/// is 0. Rounding the brightest value seen up to a camera depth (rather than using it as is)
+/// keeps the levels the same over plates of one camera unless a plate is 4× dimmer.
+pub fn camera_range(brightest: u16) -> u16 {
+    [8u32, 10, 12, 14, 16]
+        .into_iter()
+        .map(|bits| ((1u32 << bits) - 1) as u16)
+        .find(|&top| brightest <= top)
+        .unwrap_or(u16::MAX)
 }
 
 /// Haralick features per object and direction (CellProfiler MeasureTexture, which calls
@@ -54,11 +69,16 @@ pub(super) fn grey_levels(image: &GrayImage, levels: u32) -> Vec<u16> {
 ///
 /// When some direction has no pair (objects thinner than `scale`), mahotas refuses the
 /// object and CellProfiler stores 0 for all its texture columns: all 0 here too.
+///
+/// `top` is the value given the top grey level (CellProfiler's "intensity range"):
+/// `image.max_value()` is its default, the file's bit depth; see [`camera_range`] for data
+/// that fill only part of it.
 pub fn haralick_features_directions(
     labels: &Labels,
     image: &GrayImage,
     scale: u32,
     levels: u32,
+    top: u16,
 ) -> Vec<[[f64; 13]; 4]> {
     let (w, h) = (labels.width as usize, labels.height as usize);
     assert_eq!(
@@ -72,7 +92,7 @@ pub fn haralick_features_directions(
     );
     assert!(scale >= 1, "Haralick scale must be at least 1");
     let n_obj = labels.count as usize;
-    let lut = grey_levels(image, levels);
+    let lut = grey_levels(top, levels);
     let top = lut.len() - 1;
 
     // Bounding boxes: each object is then read once from its own box.
@@ -256,14 +276,26 @@ fn haralick_from_cooccurrence(
 
 /// Haralick features per object averaged over the four directions (the usual single value
 /// per feature; CellProfiler itself stores the four directions as separate columns, see
-/// [`haralick_features_directions`]). Objects without pixels, or too thin for `scale`, give 0.
+/// [`haralick_features_directions`]), grey levels spanning the file's bit depth as in
+/// CellProfiler. Objects without pixels, or too thin for `scale`, give 0.
 pub fn haralick_features(
     labels: &Labels,
     image: &GrayImage,
     scale: u32,
     levels: u32,
 ) -> Vec<[f64; 13]> {
-    haralick_features_directions(labels, image, scale, levels)
+    haralick_features_spanning(labels, image, scale, levels, image.max_value())
+}
+
+/// [`haralick_features`] with grey levels spanning `0..=top` instead of the bit depth.
+pub fn haralick_features_spanning(
+    labels: &Labels,
+    image: &GrayImage,
+    scale: u32,
+    levels: u32,
+    top: u16,
+) -> Vec<[f64; 13]> {
+    haralick_features_directions(labels, image, scale, levels, top)
         .into_iter()
         .map(|dirs| {
             let mut mean = [0f64; 13];

@@ -13,8 +13,8 @@ use anyhow::Context as _;
 use plateflow_contract::params::{FeaturesParams, WellNormalize};
 use plateflow_contract::platemap::{control_of, Control, PlateMap};
 use plateflow_imaging::features::{
-    haralick_features, intensity_features, shape_features, subtract_labels, HARALICK_NAMES,
-    ZERNIKE_NAMES,
+    camera_range, haralick_features_spanning, intensity_features, shape_features, subtract_labels,
+    HARALICK_NAMES, ZERNIKE_NAMES,
 };
 use plateflow_imaging::qc::{median, z_prime_or_why};
 use plateflow_imaging::segment::Labels;
@@ -56,7 +56,46 @@ struct Settings {
     channels: Vec<String>,
     scale: u32,
     levels: u32,
+    /// Per channel (in `channels`' order), the value given the top texture grey level.
+    texture_tops: Vec<u16>,
     translocation: Vec<String>,
+}
+
+/// Per channel, the value given the top texture grey level, and where it came from:
+/// `texture_max:` where given, else the brightest raw pixel of the sets rounded up to a
+/// camera depth ([`camera_range`]). One range for all the task's images (a plate), not one
+/// per image: texture must not change with each field's brightest cell.
+fn texture_tops(
+    explicit: Option<u32>,
+    channels: &[String],
+    sets: &[&ImageSet],
+    threads: usize,
+) -> anyhow::Result<Vec<(u16, String)>> {
+    if let Some(top) = explicit {
+        let top = u16::try_from(top).unwrap_or(u16::MAX);
+        return Ok(vec![(top, "`texture_max`".to_string()); channels.len()]);
+    }
+    let per_set = parallel_map(sets, threads, |set| {
+        channels
+            .iter()
+            .map(|ch| {
+                let path = set.channel(ch)?;
+                let img = read_image(path)?;
+                Ok(img.data.iter().copied().max().unwrap_or(0))
+            })
+            .collect::<anyhow::Result<Vec<u16>>>()
+            .with_context(|| format!("image set {}", set.key))
+    });
+    let mut brightest = vec![0u16; channels.len()];
+    for r in per_set {
+        for (b, v) in brightest.iter_mut().zip(r?) {
+            *b = (*b).max(v);
+        }
+    }
+    Ok(brightest
+        .into_iter()
+        .map(|b| (camera_range(b), format!("brightest pixel {b}")))
+        .collect())
 }
 
 /// The feature columns, in the order [`measure_set`] fills them.
@@ -168,7 +207,7 @@ fn measure_set(
         }
         for (k, img) in images.iter().enumerate() {
             let int = intensity_features(labels, img);
-            let tex = haralick_features(labels, img, s.scale, s.levels);
+            let tex = haralick_features_spanning(labels, img, s.scale, s.levels, s.texture_tops[k]);
             for i in 0..n {
                 let st = &int[i];
                 rows[i].extend([
@@ -262,10 +301,11 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
             channels.join(", ")
         );
     }
-    let s = Settings {
+    let mut s = Settings {
         channels,
         scale: params.texture_scale,
         levels: params.texture_levels,
+        texture_tops: Vec::new(),
         translocation,
     };
     // Label images from the upstream `segment` tasks, by image set.
@@ -333,6 +373,24 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
             wells.push((a.plate, a.well, a.count, m));
         }
     };
+    let sets_measured: Vec<&ImageSet> = todo.iter().map(|(set, _, _)| *set).collect();
+    let scan = std::time::Instant::now();
+    let tops = texture_tops(params.texture_max, &s.channels, &sets_measured, ctx.threads)?;
+    for (ch, (top, from)) in s.channels.iter().zip(&tops) {
+        ctx.logln(format!(
+            "texture of {ch}: {} grey levels over 0..{top} ({from}; set `texture_max:` to fix it)",
+            s.levels
+        ));
+    }
+    if params.texture_max.is_none() {
+        ctx.logln(format!(
+            "texture range: {} image sets read in {:.1} s",
+            sets_measured.len(),
+            scan.elapsed().as_secs_f64()
+        ));
+    }
+    s.texture_tops = tops.into_iter().map(|(top, _)| top).collect();
+    let s = s;
     let mut objects = 0usize;
     let corrections = Corrections::from_upstream(ctx)?;
     if !corrections.is_empty() {
@@ -888,6 +946,7 @@ mod tests {
             channels: vec!["DNA".into(), "GFP".into(), "NFkB".into()],
             scale: 3,
             levels: 256,
+            texture_tops: vec![u16::MAX; 3],
             translocation: vec!["NFkB".into(), "GFP".into()],
         };
         let rows = measure_set(&s, &Corrections::default(), &sets[0], &nuclei, &cells).unwrap();
@@ -906,6 +965,43 @@ mod tests {
         // Object 2's nucleus and cell are measured as usual.
         assert!((at(1, "Nuclei_Intensity_MeanIntensity_GFP") - 200.0 / 65535.0).abs() < 1e-12);
         assert_eq!(rows[0].0.len(), cols.len());
+    }
+
+    /// A 12-bit camera's 16-bit files: texture grey levels span 0..4095 by default (over
+    /// 0..65535 its nuclei fall into one or two levels and lose their texture), one range for
+    /// all the task's sets whatever each one's brightest pixel; `texture_max:` wins.
+    #[test]
+    fn texture_spans_the_camera_range_of_all_the_sets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        let entries: Vec<(String, Vec<(&str, &str)>)> = [("A01", "DNA"), ("A02", "DNA")]
+            .iter()
+            .map(|(w, ch)| {
+                let fields = vec![("plate", "P1"), ("well", *w), ("channel", *ch)];
+                (format!("P1_{w}_{ch}.tif"), fields)
+            })
+            .collect();
+        // A01's brightest pixel is 900 (10 bits would do), A02's 3,000: both get 12 bits.
+        for (name, top) in [("P1_A01_DNA.tif", 900u16), ("P1_A02_DNA.tif", 3000)] {
+            let data: Vec<u16> = (0..64u32)
+                .map(|i| (400 + i * u32::from(top - 400) / 63) as u16)
+                .collect();
+            plateflow_imaging::write::write_tiff_u16(&work.join(name), 8, 8, &data).unwrap();
+        }
+        let images = testing::images(&entries);
+        let task = testing::task("features", &[]);
+        let ctx = testing::context(work, &task, &images, &[]);
+        let sets = ctx.image_sets().unwrap();
+        let refs: Vec<&ImageSet> = sets.iter().collect();
+        let dna = vec!["DNA".to_string()];
+        let tops = texture_tops(None, &dna, &refs, 2).unwrap();
+        assert_eq!(tops[0].0, 4095, "{tops:?}");
+        assert!(tops[0].1.contains("3000"), "{tops:?}");
+        assert_eq!(texture_tops(Some(1000), &dna, &refs, 2).unwrap()[0].0, 1000);
+        // An unreadable image is named.
+        std::fs::write(work.join("P1_A02_DNA.tif"), b"not a tiff").unwrap();
+        let e = format!("{:#}", texture_tops(None, &dna, &refs, 1).unwrap_err());
+        assert!(e.contains("P1_A02_DNA.tif"), "{e}");
     }
 
     /// A plate map that cannot answer what the tables will ask fails before measuring, naming
