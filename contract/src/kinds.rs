@@ -420,7 +420,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Train,
         name: "train",
-        version: 15,
+        version: 16,
         summary: "leave-plate-out cross-validation (leakage-guarded) and a final model: logistic on features or a CNN on crops; metrics with plate-bootstrap intervals, shuffled-label control, predictions, safetensors + sidecar",
         params: TRAIN_PARAMS,
         outputs: &["cv.csv", "curves.csv", "metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "coefficients.csv", "figures/*.png", "interpretation.json", "model.safetensors", "model.json", "model_card.md", "model_card.json", "label_qc.csv", "shap_summary.csv", "explanations.csv", "features_used.csv"],
@@ -428,7 +428,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Evaluate,
         name: "evaluate",
-        version: 5,
+        version: 6,
         summary: "a saved model on plates it never saw (holdout or new plates): metrics with plate-bootstrap intervals, per-plate scores, calibration, predictions; refuses training plates",
         params: EVALUATE_PARAMS,
         outputs: &["metrics.json", "per_group.csv", "reliability.csv", "predictions.csv", "well_readout.csv", "treatment_readout.csv", "dose_response.csv", "readout_zprime.csv", "shap_summary.csv", "explanations.csv", "model_card.md"],

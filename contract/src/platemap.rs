@@ -54,7 +54,28 @@ pub enum Control {
 /// never a dose or a class called "NA".
 pub fn is_missing_value(raw: &str) -> bool {
     let raw = raw.trim();
-    raw.is_empty() || ["na", "n/a", "nan", "-", "none"].contains(&raw.to_ascii_lowercase().as_str())
+    // Excel's error values (`#N/A` from a failed VLOOKUP, `#VALUE!`, ...), SQL's `NULL` and
+    // pandas's `<NA>` too: a class called "#N/A" would be trained and scored.
+    const MISSING: &[&str] = &[
+        "na", "n/a", "nan", "-", "none", "null", "<na>", "#n/a", "#na", "#value!", "#ref!",
+        "#div/0!", "#num!", "#name?", "#null!",
+    ];
+    raw.is_empty() || MISSING.contains(&raw.to_ascii_lowercase().as_str())
+}
+
+/// The plate name a task's images get when the file-name pattern has no `{plate}`.
+pub const UNNAMED_PLATE: &str = "plate";
+
+/// Two rows of one well that disagree in a column: (plate and well as written in messages,
+/// first line, other line, column name, first value, other value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub well: String,
+    pub first_line: usize,
+    pub line: usize,
+    pub column: String,
+    pub first: String,
+    pub other: String,
 }
 
 pub fn normalize_well(s: &str) -> Option<String> {
@@ -192,7 +213,13 @@ impl PlateMap {
             let raw_well = match (well_col, row_col, col_col) {
                 (Some(w), _, _) => rec.get(w).unwrap_or("").to_string(),
                 (None, Some(r), Some(c)) => {
-                    format!("{}{}", rec.get(r).unwrap_or(""), rec.get(c).unwrap_or(""))
+                    let (r, c) = (rec.get(r).unwrap_or(""), rec.get(c).unwrap_or(""));
+                    // Harmony and Columbus number rows too (`Row 2, Column 3` is B03).
+                    if !r.is_empty() && r.chars().all(|ch| ch.is_ascii_digit()) {
+                        format!("r{r}c{c}")
+                    } else {
+                        format!("{r}{c}")
+                    }
                 }
                 _ => unreachable!("checked above"),
             };
@@ -203,6 +230,17 @@ impl PlateMap {
                 )
             })?;
             let plate = plate_col.map(|p| rec.get(p).unwrap_or("").to_string());
+            // A plate written once per block (or in merged cells) leaves the rest blank:
+            // their wells would match no plate, and their labels and doses be lost.
+            if plate.as_deref() == Some("") {
+                anyhow::bail!(
+                    "plate map {file}, line {line}: well {well} has no plate (its `{}` cell \
+                     is empty): write the plate on every row (a plate written once per block, \
+                     or merged cells, leave the others blank), or drop the plate column if \
+                     the rows are for every plate",
+                    map.columns[plate_col.expect("plate is Some")]
+                );
+            }
             let key = (plate.clone(), well.clone());
             if let Some(p) = &plate {
                 let at = map.all_rows.len();
@@ -315,13 +353,62 @@ impl PlateMap {
     }
 
     /// The row for a plate's well: by (plate, well), or by well alone when the map has no
-    /// plate column.
+    /// plate column. Images whose names give no plate ([`UNNAMED_PLATE`]) take the rows of a
+    /// map of one plate (validation refuses a map of several for them).
     pub fn lookup(&self, plate: &str, well: &str) -> Option<&Row> {
         let well = normalize_well(well)?;
+        let only_plate = || match (plate == UNNAMED_PLATE, self.plate_rows.len()) {
+            (true, 1) => self.plate_rows.keys().next().cloned(),
+            _ => None,
+        };
         self.index
             .get(&(Some(plate.to_string()), well.clone()))
-            .or_else(|| self.index.get(&(None, well)))
+            .or_else(|| self.index.get(&(None, well.clone())))
+            .or_else(|| self.index.get(&(Some(only_plate()?), well)))
             .map(|&i| &self.rows[i])
+    }
+
+    /// The distinct plates the map names (none without a plate column).
+    pub fn plates(&self) -> Vec<&str> {
+        let mut p: Vec<&str> = self.plate_rows.keys().map(String::as_str).collect();
+        p.sort_unstable();
+        p
+    }
+
+    /// Rows that repeat a well with other values in `columns`, in file order. Rows of one
+    /// well may differ elsewhere (a map of images lists a well once per field, with its
+    /// `ImageNumber`); in a column a step reads, the step could only pick one.
+    pub fn conflicts(&self, columns: &[usize]) -> Vec<Conflict> {
+        let mut out = Vec::new();
+        for r in &self.all_rows {
+            let Some(&first) = self.index.get(&(r.plate.clone(), r.well.clone())) else {
+                continue;
+            };
+            let f = &self.rows[first];
+            if f.line == r.line {
+                continue;
+            }
+            for &c in columns {
+                let (a, b) = (
+                    f.values.get(c).map_or("", |v| v.as_str()),
+                    r.values.get(c).map_or("", |v| v.as_str()),
+                );
+                if a != b {
+                    out.push(Conflict {
+                        well: match &r.plate {
+                            Some(p) => format!("{p} {}", r.well),
+                            None => r.well.clone(),
+                        },
+                        first_line: f.line,
+                        line: r.line,
+                        column: self.columns.get(c).cloned().unwrap_or_default(),
+                        first: a.to_string(),
+                        other: b.to_string(),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// A column by name, case-insensitively.
@@ -464,6 +551,41 @@ mod tests {
         assert_eq!(two.dose_column(Some("concentration_um")).unwrap(), Some(2));
         assert_eq!(control_of("-1"), Some(Control::Negative));
         assert_eq!(control_of("0"), None);
+    }
+
+    /// Harmony/Columbus maps number their rows: `Row 2, Column 3` is B03, as in file names.
+    #[test]
+    fn numbered_rows_and_columns_are_wells() {
+        let m = PlateMap::parse("m.csv", b"Row,Column,compound\n2,3,DMSO\n16,24,Taxol\n").unwrap();
+        assert_eq!(m.lookup("any", "B03").unwrap().values[2], "DMSO");
+        assert_eq!(m.lookup("any", "P24").unwrap().values[2], "Taxol");
+    }
+
+    /// A plate written once per block leaves the other rows' plate blank: refused, naming
+    /// the line (those wells matched no plate and lost their labels in silence).
+    #[test]
+    fn a_blank_plate_cell_is_refused_with_its_line() {
+        let e = PlateMap::parse(
+            "m.csv",
+            b"plate,well,phenotype\nP1,A01,normal\n,A02,mutant\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("m.csv, line 3") && e.contains("well A02 has no plate"),
+            "{e}"
+        );
+    }
+
+    /// What spreadsheets and databases write for "no value" is no value, not a class.
+    #[test]
+    fn spreadsheet_errors_and_nulls_are_missing_values() {
+        for v in ["#N/A", "NULL", "<NA>", "#VALUE!", "#DIV/0!", " na ", ""] {
+            assert!(is_missing_value(v), "{v}");
+        }
+        for v in ["DMSO", "0", "normal", "N"] {
+            assert!(!is_missing_value(v), "{v}");
+        }
     }
 
     #[test]

@@ -202,6 +202,21 @@ pub fn read_plate_map(pipeline: &Pipeline) -> anyhow::Result<Option<PlateMap>> {
 }
 
 /// Validates and plans a pipeline. Slow parts (hashing) use `threads` threads.
+/// The unmatched files that are images by their extension (not the plate map, notes or an
+/// instrument's XML beside them).
+fn unmatched_images(unmatched: &[String]) -> Vec<&String> {
+    const IMAGE_EXTENSIONS: [&str; 5] = ["tif", "tiff", "png", "jpg", "jpeg"];
+    unmatched
+        .iter()
+        .filter(|name| {
+            Path::new(name.as_str())
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        })
+        .collect()
+}
+
 pub fn prepare(
     id: u64,
     pipeline_path: &Path,
@@ -234,6 +249,19 @@ pub fn prepare(
                             seen.join(", ")
                         )
                     }
+                );
+            }
+            // Image files the pattern leaves out, beside others it takes: a plate exported as
+            // `.TIF`, single-site wells without `_s1`. Left out in silence, their wells were
+            // simply missing from every table.
+            let left_out = unmatched_images(&ds.unmatched);
+            if !left_out.is_empty() {
+                tracing::warn!(
+                    "{} image file(s) under {} do not match the pattern `{}` and are left out, e.g. {}: change the pattern if they belong to the screen",
+                    left_out.len(),
+                    data.images_root.display(),
+                    data.pattern.source,
+                    left_out.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
                 );
             }
             // Files are listed through links: each must resolve under the allowed roots too.
@@ -338,6 +366,25 @@ pub fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unmatched_images_are_told_apart_from_other_files() {
+        let names: Vec<String> = [
+            "P1/A01_s1_w1.TIF",
+            "platemap.csv",
+            "Index.idx.xml",
+            "P1/A02_w1.tif",
+            ".DS_Store",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let got: Vec<&str> = unmatched_images(&names)
+            .into_iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(got, ["P1/A01_s1_w1.TIF", "P1/A02_w1.tif"]);
+    }
     use plateflow_store::hash_bytes;
 
     const PIPELINE: &str = "data:\n  images: images\n  pattern: \"{plate}/{well}.tif\"\nsteps:\n  seg:\n    uses: noop\n    for_each: well\n    with: {label: SEG}\n  feat:\n    uses: noop\n    for_each: plate\n    after: [seg]\n    with: {label: FEAT}\n  report:\n    uses: noop\n    after: [feat]\n";

@@ -147,6 +147,8 @@ pub fn check(
     };
     c.plate_column();
     c.plate_names();
+    c.unnamed_plates();
+    c.conflicting_rows();
     for step in &pipeline.steps {
         c.columns(step);
         if let StepParams::Train(t) = &step.params {
@@ -292,6 +294,108 @@ impl Checker<'_> {
                 Some("the map's plate column must hold the plate names the file names give".into()),
             );
         }
+    }
+
+    /// File names without `{plate}` and a map of several plates: which plate's rows are
+    /// the images'? (Every lookup missed, and every map column was left empty, in silence.)
+    /// A map of one plate is the images' plate.
+    fn unnamed_plates(&mut self) {
+        let Some(map) = self.map else { return };
+        let plates = map.plates();
+        if self.facts.field_values.contains_key("plate") || plates.len() < 2 {
+            return;
+        }
+        let (mark, width) = self
+            .p
+            .data
+            .as_ref()
+            .map_or((Mark::default(), 1), |d| d.plate_map_mark);
+        let more = plates.len().saturating_sub(5);
+        let mut shown = plates
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if more > 0 {
+            shown.push_str(&format!(" and {more} more"));
+        }
+        self.r.error_hint(
+            mark,
+            width,
+            format!(
+                "the file names give no plate (the pattern has no `{{plate}}`), but plate map `{}` has {} plates ({shown}): which rows are the images' is unknown",
+                map.file,
+                plates.len()
+            ),
+            Some("add `{plate}` to the pattern (as a folder: `{plate}/...`), or keep only the imaged plate's rows in the map".into()),
+        );
+    }
+
+    /// Two rows of one well that disagree in a column a step reads (its label, dose,
+    /// control or treatment): a step could only use one of them, and which one would
+    /// depend on the order a slice is sorted in.
+    fn conflicting_rows(&mut self) {
+        let Some(map) = self.map else { return };
+        if map.duplicates.is_empty() {
+            return;
+        }
+        let mut used: BTreeSet<usize> = BTreeSet::new();
+        for step in &self.p.steps {
+            for (_, c) in step.params.plate_map_columns() {
+                used.extend(map.column(c));
+            }
+            if let StepParams::Train(t) = &step.params {
+                used.extend(map.column(&t.label));
+                used.extend(map.column(&t.group_by));
+            }
+        }
+        used.extend(map.dose_column(None).ok().flatten());
+        used.extend(map.control_column(None).ok().flatten());
+        used.extend(map.label_column(None).ok().flatten());
+        used.extend(plateflow_contract::platemap::treatment_column_of(
+            &map.columns,
+        ));
+        let used: Vec<usize> = used.into_iter().collect();
+        let conflicts = map.conflicts(&used);
+        if conflicts.is_empty() {
+            return;
+        }
+        let (mark, width) = self
+            .p
+            .data
+            .as_ref()
+            .map_or((Mark::default(), 1), |d| d.plate_map_mark);
+        let shown: Vec<String> = conflicts
+            .iter()
+            .take(3)
+            .map(|c| {
+                format!(
+                    "{} `{}`: `{}` (line {}) and `{}` (line {})",
+                    c.well, c.column, c.first, c.first_line, c.other, c.line
+                )
+            })
+            .collect();
+        let more = conflicts.len().saturating_sub(3);
+        self.r.error_hint(
+            mark,
+            width,
+            format!(
+                "plate map `{}` gives {} well value(s) twice, differently: {}{}",
+                map.file,
+                conflicts.len(),
+                shown.join("; "),
+                if more > 0 {
+                    format!("; and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
+            Some(
+                "keep one row per well (two treatments of one well are one row, e.g. `Taxol+DMSO`)"
+                    .into(),
+            ),
+        );
     }
 
     fn values(&self, field: &str) -> Vec<String> {
@@ -615,5 +719,61 @@ mod tests {
         check(&p, &facts(&["P1", "P2", "P4"]), Some(&map)).unwrap();
         check(&p, &facts(&["P1"]), Some(&map)).unwrap();
         assert!(same_plate("P01", "p1") && !same_plate("P1", "P2") && !same_plate("P10", "P1"));
+    }
+
+    /// File names without a plate and a map of several plates are refused (every lookup
+    /// missed in silence); a map of one plate is the images'.
+    #[test]
+    fn images_without_plates_need_a_map_of_one_plate() {
+        let (_dir, p) = with_plate_map();
+        let no_plate = DataFacts {
+            field_values: BTreeMap::from([(
+                "well".to_string(),
+                BTreeSet::from(["A01".to_string()]),
+            )]),
+        };
+        let two =
+            PlateMap::parse("map.csv", b"plate,well,phenotype\nBR1,A01,x\nBR2,A01,y\n").unwrap();
+        let e = check(&p, &no_plate, Some(&two)).unwrap_err();
+        assert!(
+            e.0[0].message.contains("the file names give no plate")
+                && e.0[0].message.contains("BR1, BR2"),
+            "{e}"
+        );
+        let one = PlateMap::parse("map.csv", b"plate,well,phenotype\nBR1,A01,x\n").unwrap();
+        check(&p, &no_plate, Some(&one)).unwrap();
+        assert_eq!(one.lookup("plate", "A01").unwrap().values[2], "x");
+        assert!(one.lookup("P7", "A01").is_none());
+    }
+
+    /// Two rows of a well that disagree in a column a step reads are refused, naming the
+    /// lines; rows that differ only elsewhere (a map of images, one row per field) pass.
+    #[test]
+    fn a_well_given_two_treatments_is_refused() {
+        let (_dir, p) = with_plate_map();
+        let facts = DataFacts {
+            field_values: BTreeMap::from([(
+                "plate".to_string(),
+                BTreeSet::from(["P1".to_string()]),
+            )]),
+        };
+        let map = PlateMap::parse(
+            "map.csv",
+            b"plate,well,compound,ImageNumber\nP1,A01,Taxol,1\nP1,A02,DMSO,2\nP1,A01,DMSO,3\n",
+        )
+        .unwrap();
+        let e = check(&p, &facts, Some(&map)).unwrap_err();
+        assert!(
+            e.0[0]
+                .message
+                .contains("P1 A01 `compound`: `Taxol` (line 2) and `DMSO` (line 4)"),
+            "{e}"
+        );
+        let per_field = PlateMap::parse(
+            "map.csv",
+            b"plate,well,compound,ImageNumber\nP1,A01,Taxol,1\nP1,A01,Taxol,2\n",
+        )
+        .unwrap();
+        check(&p, &facts, Some(&per_field)).unwrap();
     }
 }

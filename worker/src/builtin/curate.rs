@@ -302,12 +302,18 @@ pub fn run(ctx: &mut Context, params: &CurateParams) -> anyhow::Result<()> {
                 label_notes += 1;
             }
         }
-        for (line, first) in &map.duplicates {
+        // Named by well: the task reads its plate's slice of the map, whose line numbers
+        // are not the file's. (Rows that disagree in a column a step reads were refused
+        // before the run.)
+        for (_, first) in &map.duplicates {
+            let Some(row) = map.rows.iter().find(|r| r.line == *first) else {
+                continue;
+            };
             lq.push_row([
                 "duplicate_plate_map_row".into(),
-                String::new(),
-                String::new(),
-                format!("{} line {line} repeats line {first}", map.file),
+                row.plate.clone().unwrap_or_default(),
+                row.well.clone(),
+                format!("{} has more than one row for this well", map.file),
             ]);
             label_notes += 1;
         }

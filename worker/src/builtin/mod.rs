@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// The plate of a data set whose filename pattern names no plate.
-pub const DEFAULT_PLATE: &str = "plate";
+pub const DEFAULT_PLATE: &str = platemap::UNNAMED_PLATE;
 
 /// What a built-in step sees of its task.
 pub struct Context<'a> {
