@@ -59,6 +59,9 @@ pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
     for c in records.iter_mut().flat_map(|(_, cells)| cells.iter_mut()) {
         match commas {
             Commas::Decimal => {
+                if dot_grouped(c) {
+                    *c = c.replace('.', "");
+                }
                 if let Some(point) = decimal_comma(c) {
                     *c = point;
                 }
@@ -201,16 +204,16 @@ fn commas_in_numbers(
     delimiter: u8,
     records: &[(usize, Vec<String>)],
 ) -> anyhow::Result<Commas> {
-    match delimiter {
-        b';' => return Ok(Commas::Decimal),
-        b'\t' => {}
-        _ => return Ok(Commas::Text),
-    }
     let cells = || {
         records
             .iter()
             .flat_map(|(l, c)| c.iter().map(move |c| (*l, c)))
     };
+    match delimiter {
+        b';' => return semicolon_commas(file, records),
+        b'\t' => {}
+        _ => return Ok(Commas::Text),
+    }
     let point = cells().find(|(_, c)| c.contains('.') && c.replace(',', "").parse::<f64>().is_ok());
     let comma = cells().find(|(_, c)| decimal_comma(c).is_some() && !thousands(c));
     match (point, comma) {
@@ -231,6 +234,54 @@ fn commas_in_numbers(
         ),
         None => Ok(Commas::Text),
     }
+}
+
+/// Semicolons are Excel's separator where the comma is the decimal mark and the dot groups
+/// thousands (`1.000` is a thousand; read as one, an EC50 came out 1000× off); pandas's
+/// `sep=";"` keeps decimal points. Decimal commas: dots group thousands. Decimal points
+/// (`0.5`) and no comma: the file is pandas's. Both: refused. Only `1.000`-like numbers: a
+/// thousand or one, refused rather than guessed at.
+fn semicolon_commas(file: &str, records: &[(usize, Vec<String>)]) -> anyhow::Result<Commas> {
+    let cells = || {
+        records
+            .iter()
+            .flat_map(|(l, c)| c.iter().map(move |c| (*l, c)))
+    };
+    let comma = cells().find(|(_, c)| {
+        decimal_comma(&c.replace('.', "")).is_some() && (!c.contains('.') || dot_grouped(c))
+    });
+    let point =
+        cells().find(|(_, c)| c.contains('.') && !dot_grouped(c) && c.parse::<f64>().is_ok());
+    let grouped = cells().find(|(_, c)| dot_grouped(c) && !c.contains(','));
+    match (comma, point, grouped) {
+        (Some((cl, c)), Some((pl, p)), _) => bail!(
+            "plate map {file}: numbers with decimal commas (line {cl}: `{c}`) and with decimal \
+             points (line {pl}: `{p}`) in one semicolon-separated file: write every number one \
+             way"
+        ),
+        (None, Some(_), _) => Ok(Commas::Text),
+        (None, None, Some((line, c))) => bail!(
+            "plate map {file}, line {line}: `{c}` in a semicolon-separated file could be a \
+             thousand or one with a decimal point: write it without a thousands separator \
+             (`1000`)"
+        ),
+        _ => Ok(Commas::Decimal),
+    }
+}
+
+/// `1.000`, `-12.500`, `1.234.567,5`: dots between groups of three digits, as a number with
+/// thousands separators is written where the comma is the decimal mark.
+fn dot_grouped(cell: &str) -> bool {
+    let unsigned = cell.strip_prefix(['-', '+']).unwrap_or(cell);
+    let whole = unsigned.split_once(',').map_or(unsigned, |(w, _)| w);
+    let mut groups = whole.split('.');
+    let first = groups.next().unwrap_or("");
+    let rest: Vec<&str> = groups.collect();
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    !rest.is_empty()
+        && (1..=3).contains(&first.len())
+        && digits(first)
+        && rest.iter().all(|g| g.len() == 3 && digits(g))
 }
 
 /// `1,000`, `-12,500`, `1,234,567.5`: commas between groups of three digits, as a number
@@ -468,6 +519,45 @@ mod tests {
         assert!(
             err.contains("m.csv, line 3: a value in column 4, past the header's 3"),
             "{err}"
+        );
+    }
+
+    /// Semicolon files: Excel's where the comma is the decimal mark (dots group thousands:
+    /// `1.000` is a thousand, it was read as one) or pandas's `sep=";"` (decimal points);
+    /// both in one file, or only `1.000`-like numbers, are refused.
+    #[test]
+    fn dots_in_semicolon_separated_numbers_are_read_as_their_locale_writes_them() {
+        let cells = |text: &str| rows(&long_table("m.csv", text.as_bytes()).unwrap());
+        let excel = cells("well;dose\nA01;0,5\nA02;1.000\nA03;1.234.567,5\nA04;12\n");
+        assert_eq!(
+            (
+                excel[1][1].as_str(),
+                excel[2][1].as_str(),
+                excel[3][1].as_str(),
+                excel[4][1].as_str()
+            ),
+            ("0.5", "1000", "1234567.5", "12")
+        );
+        let pandas = cells("well;dose\nA01;0.5\nA02;1.000\n");
+        assert_eq!(
+            (pandas[1][1].as_str(), pandas[2][1].as_str()),
+            ("0.5", "1.000")
+        );
+        let err = |text: &str| {
+            long_table("m.csv", text.as_bytes())
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let e = err("well;dose\nA01;0,5\nA02;0.25\n");
+        assert!(
+            e.contains("decimal commas (line 2: `0,5`) and with decimal points (line 3: `0.25`)"),
+            "{e}"
+        );
+        let e = err("well;dose\nA01;1.000\nA02;10\n");
+        assert!(
+            e.contains("line 2: `1.000`") && e.contains("a thousand or one"),
+            "{e}"
         );
     }
 
