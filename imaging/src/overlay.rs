@@ -198,20 +198,33 @@ pub struct SegmentationSummary {
 /// Summarises the label images of a plate's fields. Objects are the labels that occur (gaps in
 /// the numbering and `count` are ignored), so filtered label images count right.
 pub fn summarise(per_field: &[&Labels]) -> SegmentationSummary {
+    let fields: Vec<Vec<(usize, bool)>> = per_field
+        .iter()
+        .map(|l| {
+            let (w, h) = (l.width as usize, l.height as usize);
+            let top = l.data.iter().copied().max().unwrap_or(0) as usize;
+            let (mut area, mut edge) = (vec![0usize; top + 1], vec![false; top + 1]);
+            for (i, &v) in l.data.iter().enumerate() {
+                let (x, y) = (i % w.max(1), i / w.max(1));
+                area[v as usize] += 1;
+                edge[v as usize] |= x == 0 || y == 0 || x + 1 == w || y + 1 == h;
+            }
+            (1..=top).map(|i| (area[i], edge[i])).collect()
+        })
+        .collect();
+    summarise_objects(&fields)
+}
+
+/// [`summarise`] from each field's objects, (area in pixels, whether it touches the
+/// border), so that a task need not keep every field's label image until it ends (a
+/// 384-well plate of 9 large fields held tens of GB). Objects of area 0 are not objects.
+pub fn summarise_objects(per_field: &[Vec<(usize, bool)>]) -> SegmentationSummary {
     let (mut per, mut areas, mut touching) = (Vec::new(), Vec::new(), 0usize);
-    for l in per_field {
-        let (w, h) = (l.width as usize, l.height as usize);
-        let top = l.data.iter().copied().max().unwrap_or(0) as usize;
-        let (mut area, mut edge) = (vec![0u64; top + 1], vec![false; top + 1]);
-        for (i, &v) in l.data.iter().enumerate() {
-            let (x, y) = (i % w.max(1), i / w.max(1));
-            area[v as usize] += 1;
-            edge[v as usize] |= x == 0 || y == 0 || x + 1 == w || y + 1 == h;
-        }
-        let objects: Vec<usize> = (1..=top).filter(|&i| area[i] > 0).collect();
-        per.push(objects.len() as f64);
-        touching += objects.iter().filter(|&&i| edge[i]).count();
-        areas.extend(objects.iter().map(|&i| area[i] as f64));
+    for objects in per_field {
+        let present = objects.iter().filter(|(a, _)| *a > 0);
+        per.push(present.clone().count() as f64);
+        touching += present.clone().filter(|(_, edge)| *edge).count();
+        areas.extend(present.map(|(a, _)| *a as f64));
     }
     SegmentationSummary {
         fields: per_field.len(),

@@ -16,6 +16,11 @@ pub struct SegmentParams {
     pub radius: Option<f64>,
     /// Objects smaller than this fraction of the typical nucleus area are dropped.
     pub min_area_fraction: f64,
+    /// Where Otsu's histogram is clipped; `None`: at its 99.5th percentile (see
+    /// [`otsu_clipped`]). A field of a few nuclei (under 0.5 % of it) needs a value inside
+    /// them: clipped at the percentile, which is background there, Otsu split the camera noise
+    /// and found hundreds of "nuclei".
+    pub threshold_cap: Option<f32>,
 }
 
 impl Default for SegmentParams {
@@ -27,6 +32,7 @@ impl Default for SegmentParams {
             sigma: Some(3.0),
             radius: None,
             min_area_fraction: 0.15,
+            threshold_cap: None,
         }
     }
 }
@@ -320,9 +326,13 @@ fn threshold_objects(
     w: usize,
     h: usize,
     sigma: f64,
+    cap: Option<f32>,
 ) -> (Vec<bool>, Labels, Vec<usize>, f64) {
     let smooth = gaussian(img, sigma);
-    let t = otsu_clipped(&smooth);
+    let t = match cap {
+        Some(cap) => otsu(&smooth.iter().map(|&v| v.min(cap)).collect::<Vec<_>>()),
+        None => otsu_clipped(&smooth),
+    };
     let mask: Vec<bool> = smooth.iter().map(|&v| v > t).collect();
     let (components, areas, median) = objects_of(&mask, w, h);
     (mask, components, areas, median.unwrap_or(50) as f64)
@@ -439,11 +449,12 @@ pub fn segment_nuclei(img: &GrayImage, p: &SegmentParams) -> Labels {
     let sigma = match p.sigma {
         Some(s) => s,
         None => {
-            let (_, _, _, area) = threshold_objects(img, w, h, 2.0);
+            let (_, _, _, area) = threshold_objects(img, w, h, 2.0, p.threshold_cap);
             ((area / std::f64::consts::PI).sqrt() / 5.0).clamp(2.0, 4.0)
         }
     };
-    let (mask, components, areas, typical_area) = threshold_objects(img, w, h, sigma);
+    let (mask, components, areas, typical_area) =
+        threshold_objects(img, w, h, sigma, p.threshold_cap);
     let radius = p
         .radius
         .unwrap_or_else(|| (typical_area / std::f64::consts::PI).sqrt());

@@ -7,10 +7,10 @@ use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
 use plateflow_contract::params::{self as contract, SegmentMethod, SegmentParams};
 use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
-use plateflow_imaging::overlay::{outlines_png, summarise, Quantiles};
+use plateflow_imaging::overlay::{outlines_png, summarise_objects, Quantiles};
 use plateflow_imaging::segment::{segment_nuclei, Labels};
 use plateflow_imaging::write::write_tiff_u16;
-use plateflow_learn::segmenter::{bright_objects, Contrast, NucleusModel};
+use plateflow_learn::segmenter::{bright_objects, contrast, Contrast, NucleusModel};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -19,6 +19,8 @@ pub struct SetResult {
     pub nuclei: Labels,
     pub cells: Labels,
     pub image: plateflow_imaging::GrayImage,
+    /// The cell channel showed nothing above its camera noise: cells are rings instead.
+    pub faint_cell_stain: bool,
 }
 
 /// The file a `train_segmenter` step writes its model to.
@@ -59,6 +61,15 @@ fn classic_nuclei(dna: &plateflow_imaging::GrayImage, sigma: f64, diameter: Opti
     };
     match bright_objects(dna) {
         (_, Contrast::Nothing) => Labels::empty(dna.width, dna.height),
+        // A few nuclei in a wide field: Otsu's histogram is clipped inside them, not at a
+        // percentile that is background there (the noise was split into hundreds of blobs).
+        (img, Contrast::Sparse { top }) => {
+            let params = plateflow_imaging::segment::SegmentParams {
+                threshold_cap: Some(f32::from(top)),
+                ..params
+            };
+            segment_nuclei(&img, &params)
+        }
         (img, _) => segment_nuclei(&img, &params),
     }
 }
@@ -91,9 +102,16 @@ pub fn segment_set(
             dna.height
         );
     }
+    // A cell stain that shows nothing above its camera noise (failed, or too dim): Otsu
+    // still split it, and every cell grew over the noise to its full reach, its area and
+    // cytoplasm measures meaningless. Rings there instead, and the task says how many.
+    let faint_cell_stain = p.cell_method() == contract::CellMethod::Propagate
+        && cell_img
+            .as_ref()
+            .is_some_and(|c| matches!(contrast(c), Contrast::Nothing));
     // Without a cell channel, or when asked, the cytoplasm is a ring around the nucleus.
     let method = match (p.cell_method(), &cell_img) {
-        (contract::CellMethod::Propagate, Some(_)) => CellMethod::default(),
+        (contract::CellMethod::Propagate, Some(_)) if !faint_cell_stain => CellMethod::default(),
         _ => CellMethod::Ring {
             width: p.ring_width.unwrap_or_else(|| typical_radius(&nuclei)),
         },
@@ -103,6 +121,7 @@ pub fn segment_set(
         nuclei,
         cells,
         image: dna,
+        faint_cell_stain,
     })
 }
 
@@ -270,7 +289,7 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("outlines of {}: {e}", set.key))?;
             super::write_atomic(&out.join(format!("outlines/{}_{why}.png", set.key)), &png)?;
         }
-        anyhow::Ok((objects(&r.nuclei), objects(&r.cells), r.nuclei))
+        anyhow::Ok((objects(&r.nuclei), objects(&r.cells), r.faint_cell_stain))
     });
     let meta_names = super::metadata_columns(&sets);
     let mut header = vec!["ImageSet".to_string()];
@@ -289,10 +308,12 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
     );
     let mut table = Table::new(&header);
     let mut total = 0usize;
-    let mut all_nuclei = Vec::new();
+    let mut per_field = Vec::new();
+    let mut faint = 0usize;
     for (set, r) in todo.iter().zip(results) {
-        let (nuc, cells, labels) = r?;
-        all_nuclei.push(labels);
+        let (nuc, cells, faint_cells) = r?;
+        faint += usize::from(faint_cells);
+        per_field.push(nuc.iter().map(|n| (n.0, n.3)).collect::<Vec<_>>());
         total += nuc.len();
         for (i, (n, c)) in nuc.iter().zip(&cells).enumerate() {
             let mut row = vec![set.key.clone()];
@@ -310,7 +331,7 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         }
     }
     ctx.write_output("objects.csv", &table.into_bytes())?;
-    let summary = summarise(&all_nuclei.iter().collect::<Vec<_>>());
+    let summary = summarise_objects(&per_field);
     let q = |q: &Quantiles| serde_json::json!({"min": q.min, "p25": q.p25, "median": q.median, "p75": q.p75, "max": q.max});
     let json = serde_json::json!({
         "method": match (p.method, &p.masks) {
@@ -324,6 +345,7 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         "nucleus_area_px": q(&summary.area),
         "touching_border_fraction": summary.touching_border_fraction,
         "outlines": shown,
+        "cells_as_rings_faint_stain": faint,
     });
     ctx.write_output(
         "segmentation.json",
@@ -334,6 +356,15 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         todo.len(),
         sets.len() - todo.len()
     ));
+    if faint > 0 {
+        ctx.logln(format!(
+            "warning: in {faint} of {} image sets the cell channel {} shows nothing above its \
+             camera noise (a failed or dim stain?): their cells are rings of the nucleus \
+             radius, not grown into the stain",
+            todo.len(),
+            p.cells.as_deref().unwrap_or("")
+        ));
+    }
     for (k, why) in &excluded {
         if sets.iter().any(|s| &s.key == k) {
             ctx.logln(format!("  skipped {k}: {why}"));
@@ -473,6 +504,120 @@ mod tests {
         }
         let nuclei = plateflow_imaging::GrayImage { data, ..empty };
         assert_eq!(classic_nuclei(&nuclei, 1.0, None).count, 4);
+    }
+
+    /// A cell stain that shows nothing above its camera noise (failed, or too dim): cells
+    /// grew over the noise to four nucleus radii; they are rings of one radius now, and the
+    /// set says so. A real stain around the nuclei still grows cells into it.
+    #[test]
+    fn a_failed_cell_stain_gives_rings_not_cells_grown_over_noise() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        let (w, h) = (160usize, 160usize);
+        let mut state = 99u64;
+        let mut noise = move || {
+            (0..4)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (state >> 33) as f64 / (1u64 << 31) as f64
+                })
+                .sum::<f64>()
+                * 8.66
+                - 17.3
+        };
+        let centres = [(40.0, 40.0), (120.0, 45.0), (45.0, 120.0), (115.0, 115.0)];
+        let within = |x: usize, y: usize, r: f64| {
+            centres
+                .iter()
+                .any(|(cx, cy)| ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < r)
+        };
+        let mut dna = Vec::with_capacity(w * h);
+        let mut failed = Vec::with_capacity(w * h);
+        let mut stained = Vec::with_capacity(w * h);
+        for y in 0..h {
+            for x in 0..w {
+                let n = noise();
+                dna.push((100.0 + n + if within(x, y, 8.0) { 900.0 } else { 0.0 }) as u16);
+                failed.push((100.0 + noise()) as u16);
+                stained.push((100.0 + n + if within(x, y, 20.0) { 600.0 } else { 0.0 }) as u16);
+            }
+        }
+        for (name, data) in [
+            ("DNA.tif", &dna),
+            ("GFP.tif", &failed),
+            ("RFP.tif", &stained),
+        ] {
+            write_tiff_u16(&work.join(name), w as u32, h as u32, data).unwrap();
+        }
+        let images = testing::one_well(&["DNA", "GFP", "RFP"]);
+        let task = testing::task("segment", &[]);
+        let ctx = testing::context(work, &task, &images, &[]);
+        let sets = ctx.image_sets().unwrap();
+        let params = |cells: &str| SegmentParams {
+            nuclei: "DNA".into(),
+            method: SegmentMethod::Classic,
+            cells: Some(cells.into()),
+            ..Default::default()
+        };
+        let area = |l: &Labels| l.data.iter().filter(|&&v| v != 0).count() as f64 / 4.0;
+        let r = segment_set(&params("GFP"), None, &Corrections::default(), &sets[0]).unwrap();
+        assert!(r.faint_cell_stain);
+        assert_eq!(r.nuclei.count, 4);
+        // A ring of one radius (8 px): a disc of 16 px across, about 800 px, not 4 radii.
+        assert!(area(&r.cells) < 1000.0, "{}", area(&r.cells));
+        let r = segment_set(&params("RFP"), None, &Corrections::default(), &sets[0]).unwrap();
+        assert!(!r.faint_cell_stain);
+        assert!(
+            (1000.0..1500.0).contains(&area(&r.cells)),
+            "{}",
+            area(&r.cells)
+        );
+    }
+
+    /// A toxic well's field: two nuclei over 0.1 % of a 600² field of camera noise (bias
+    /// 100). Clipped at its 99.5th percentile (background), Otsu split the noise and found
+    /// hundreds of "nuclei"; both methods find the two.
+    #[test]
+    fn a_field_of_two_nuclei_has_two() {
+        let (w, h) = (600usize, 600usize);
+        let mut state = 777u64;
+        let mut noise = || {
+            (0..4)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (state >> 33) as f64 / (1u64 << 31) as f64
+                })
+                .sum::<f64>()
+                * 8.66
+                - 17.3
+        };
+        let mut data: Vec<u16> = (0..w * h).map(|_| (100.0 + noise()) as u16).collect();
+        for (cx, cy) in [(150.0, 200.0), (420.0, 380.0)] {
+            for y in 0..h {
+                for x in 0..w {
+                    if ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)).sqrt() < 7.0 {
+                        data[y * w + x] += 1400;
+                    }
+                }
+            }
+        }
+        let field = plateflow_imaging::GrayImage {
+            width: w as u32,
+            height: h as u32,
+            bit_depth: 16,
+            data,
+        };
+        assert!(matches!(bright_objects(&field).1, Contrast::Sparse { .. }));
+        assert_eq!(classic_nuclei(&field, 3.0, None).count, 2);
+        let learned = NucleusModel::shipped()
+            .unwrap()
+            .segment(&field, None)
+            .unwrap();
+        assert_eq!(learned.labels.count, 2);
     }
 
     /// Outlines are chosen per plate from QC's whole table: a task of one well draws its
