@@ -23,8 +23,15 @@ pub struct LongTable {
 
 /// `bytes` as a long table; `file` names the plate map in messages.
 pub fn long_table(file: &str, bytes: &[u8]) -> anyhow::Result<LongTable> {
-    let text = decode(bytes);
-    let delimiter = sniff_delimiter(&text);
+    let mut text = decode(bytes);
+    // Excel's "sep=;" line says the separator and is no header; emptied, it keeps its line.
+    let delimiter = match declared_separator(&text) {
+        Some((sep, range)) => {
+            text.replace_range(range, "");
+            sep
+        }
+        None => sniff_delimiter(&text),
+    };
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
@@ -155,6 +162,21 @@ fn decode(bytes: &[u8]) -> String {
             .decode_without_bom_handling(bytes)
             .0
             .into_owned(),
+    }
+}
+
+/// `sep=;` (or `sep=,`, `sep=<tab>`) as the first line, as Excel writes and reads it: the
+/// separator and the line's byte range.
+fn declared_separator(text: &str) -> Option<(u8, std::ops::Range<usize>)> {
+    let start = text.len() - text.trim_start_matches(['\r', '\n']).len();
+    let line = text[start..].split(['\r', '\n']).next()?;
+    let sep = line
+        .strip_prefix("sep=")
+        .or_else(|| line.strip_prefix("SEP="))?;
+    let sep = sep.trim_matches(['"', ' ']);
+    match sep.as_bytes() {
+        [b @ (b',' | b';' | b'\t' | b'|')] => Some((*b, start..start + line.len())),
+        _ => None,
     }
 }
 
@@ -520,6 +542,14 @@ mod tests {
             err.contains("m.csv, line 3: a value in column 4, past the header's 3"),
             "{err}"
         );
+    }
+
+    /// Excel's `sep=;` first line names the separator and is not the header.
+    #[test]
+    fn an_excel_separator_line_is_obeyed_not_read_as_the_header() {
+        let t = long_table("m.csv", b"sep=;\r\nplate;well;dose\r\nP1;A01;0,5\r\n").unwrap();
+        assert_eq!(rows(&t), [["plate", "well", "dose"], ["P1", "A01", "0.5"]]);
+        assert_eq!(t.lines, [3]);
     }
 
     /// Semicolon files: Excel's where the comma is the decimal mark (dots group thousands:

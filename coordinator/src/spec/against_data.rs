@@ -149,6 +149,7 @@ pub fn check(
     c.plate_names();
     c.unnamed_plates();
     c.conflicting_rows();
+    c.channel_values();
     for step in &pipeline.steps {
         c.columns(step);
         if let StepParams::Train(t) = &step.params {
@@ -329,6 +330,41 @@ impl Checker<'_> {
                 plates.len()
             ),
             Some("add `{plate}` to the pattern (as a folder: `{plate}/...`), or keep only the imaged plate's rows in the map".into()),
+        );
+    }
+
+    /// `channels:` maps the file names' channel values to names: a key no file name gives
+    /// (`w1: DNA` where the pattern's `_w{channel}` reads `1`) passed validation, every image
+    /// was hashed, and then every task failed "no channel `DNA`".
+    fn channel_values(&mut self) {
+        let Some(data) = &self.p.data else { return };
+        let Some(values) = self.facts.field_values.get("channel") else {
+            return;
+        };
+        let unknown: Vec<String> = data
+            .channels
+            .iter()
+            .filter(|(k, _)| !values.contains(*k))
+            .map(|(k, v)| format!("`{k}` ({v})"))
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        let given: Vec<&str> = values.iter().take(8).map(String::as_str).collect();
+        let (mark, width) = data.channels_mark;
+        self.r.error_hint(
+            mark,
+            width,
+            format!(
+                "`channels` names {} that no file name gives: the file names give channel {}",
+                unknown.join(", "),
+                given.join(", ")
+            ),
+            Some(format!(
+                "key each channel by its value in the file names, e.g. `{}: {}`",
+                given.first().copied().unwrap_or("1"),
+                data.channels.values().next().map_or("DNA", String::as_str)
+            )),
         );
     }
 
@@ -775,5 +811,33 @@ mod tests {
         )
         .unwrap();
         check(&p, &facts, Some(&per_field)).unwrap();
+    }
+
+    /// A `channels:` key that no file name gives is refused at its line, before any image
+    /// is hashed, with the values the file names do give.
+    #[test]
+    fn channel_keys_must_be_values_the_file_names_give() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("img")).unwrap();
+        let p = crate::spec::parse(
+            &dir.path().join("p.yaml"),
+            "data:\n  images: img\n  pattern: \"{well}_w{channel}.tif\"\n  channels: {w1: DNA, \"2\": GFP}\nsteps:\n  a: {uses: noop}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let facts = DataFacts {
+            field_values: BTreeMap::from([(
+                "channel".to_string(),
+                BTreeSet::from(["1".to_string(), "2".to_string()]),
+            )]),
+        };
+        let e = check(&p, &facts, None).unwrap_err();
+        assert!(
+            e.0[0]
+                .message
+                .contains("`w1` (DNA) that no file name gives")
+                && e.0[0].message.contains("give channel 1, 2")
+                && e.0[0].mark.line == 4,
+            "{e}"
+        );
     }
 }

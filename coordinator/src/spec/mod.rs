@@ -44,6 +44,8 @@ pub struct DataSpec {
     pub channels: BTreeMap<String, String>,
     /// Where `plate_map:` is written (for problems found in the plate map).
     pub plate_map_mark: (Mark, usize),
+    /// Where `channels:` is written (for channels no file name gives).
+    pub channels_mark: (Mark, usize),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -480,6 +482,9 @@ impl Validator<'_> {
         let plate_map_mark = k
             .get("plate_map")
             .map_or((key.mark, key.width()), |(_, n)| (n.mark, n.width()));
+        let channels_mark = k
+            .get("channels")
+            .map_or((key.mark, key.width()), |(ck, _)| (ck.mark, ck.width()));
         let mut channels = BTreeMap::new();
         if let Some((_, n)) = k.get("channels") {
             if self.expect_map(
@@ -519,6 +524,7 @@ impl Validator<'_> {
                 plate_map: plate_map?,
                 channels,
                 plate_map_mark,
+                channels_mark,
             })
         })();
         (spec, fields)
