@@ -466,14 +466,10 @@ mod tests {
     use super::super::testing;
     use super::*;
 
-    /// An empty field (camera noise around 100 counts) has no nuclei; the same field with
-    /// nuclei in it has them.
-    #[test]
-    fn classic_segmentation_finds_nothing_in_an_empty_field() {
-        let (w, h) = (256usize, 256usize);
-        let mut state = 12345u64;
-        let mut noise = || {
-            // A sum of uniforms: near-normal camera noise, sd about 5 counts.
+    /// Near-normal camera noise of sd about 5 counts (a sum of four uniforms), from `seed`.
+    fn camera_noise(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
             (0..4)
                 .map(|_| {
                     state = state
@@ -484,7 +480,15 @@ mod tests {
                 .sum::<f64>()
                 * 8.66
                 - 17.3
-        };
+        }
+    }
+
+    /// An empty field (camera noise around 100 counts) has no nuclei; the same field with
+    /// nuclei in it has them.
+    #[test]
+    fn classic_segmentation_finds_nothing_in_an_empty_field() {
+        let (w, h) = (256usize, 256usize);
+        let mut noise = camera_noise(12345);
         let mut data: Vec<u16> = (0..w * h).map(|_| (100.0 + noise()) as u16).collect();
         let empty = plateflow_imaging::GrayImage {
             width: w as u32,
@@ -514,19 +518,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path();
         let (w, h) = (160usize, 160usize);
-        let mut state = 99u64;
-        let mut noise = move || {
-            (0..4)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (state >> 33) as f64 / (1u64 << 31) as f64
-                })
-                .sum::<f64>()
-                * 8.66
-                - 17.3
-        };
+        let mut noise = camera_noise(99);
         let centres = [(40.0, 40.0), (120.0, 45.0), (45.0, 120.0), (115.0, 115.0)];
         let within = |x: usize, y: usize, r: f64| {
             centres
@@ -582,19 +574,7 @@ mod tests {
     #[test]
     fn a_field_of_two_nuclei_has_two() {
         let (w, h) = (600usize, 600usize);
-        let mut state = 777u64;
-        let mut noise = || {
-            (0..4)
-                .map(|_| {
-                    state = state
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    (state >> 33) as f64 / (1u64 << 31) as f64
-                })
-                .sum::<f64>()
-                * 8.66
-                - 17.3
-        };
+        let mut noise = camera_noise(777);
         let mut data: Vec<u16> = (0..w * h).map(|_| (100.0 + noise()) as u16).collect();
         for (cx, cy) in [(150.0, 200.0), (420.0, 380.0)] {
             for y in 0..h {
