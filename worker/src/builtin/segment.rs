@@ -74,6 +74,34 @@ fn classic_nuclei(dna: &plateflow_imaging::GrayImage, sigma: f64, diameter: Opti
     }
 }
 
+/// `img` binned 2×2 (each pixel the mean of four): a stain that stands out of the noise
+/// stands out further when binned, at a quarter of the cost of judging every pixel (the
+/// check on every set's cell channel cost the demo 6 % of its time).
+fn binned(img: &plateflow_imaging::GrayImage) -> plateflow_imaging::GrayImage {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let (bw, bh) = (w / 2, h / 2);
+    if bw < 3 || bh < 3 {
+        return img.clone();
+    }
+    let mut data = Vec::with_capacity(bw * bh);
+    for y in 0..bh {
+        let (r0, r1) = (&img.data[2 * y * w..], &img.data[(2 * y + 1) * w..]);
+        for x in 0..bw {
+            let sum = u32::from(r0[2 * x])
+                + u32::from(r0[2 * x + 1])
+                + u32::from(r1[2 * x])
+                + u32::from(r1[2 * x + 1]);
+            data.push(((sum + 2) / 4) as u16);
+        }
+    }
+    plateflow_imaging::GrayImage {
+        width: bw as u32,
+        height: bh as u32,
+        bit_depth: img.bit_depth,
+        data,
+    }
+}
+
 /// The library call with the step's parameters: nuclei, then cells.
 pub fn segment_set(
     p: &SegmentParams,
@@ -108,7 +136,7 @@ pub fn segment_set(
     let faint_cell_stain = p.cell_method() == contract::CellMethod::Propagate
         && cell_img
             .as_ref()
-            .is_some_and(|c| matches!(contrast(c), Contrast::Nothing));
+            .is_some_and(|c| matches!(contrast(&binned(c)), Contrast::Nothing));
     // Without a cell channel, or when asked, the cytoplasm is a ring around the nucleus.
     let method = match (p.cell_method(), &cell_img) {
         (contract::CellMethod::Propagate, Some(_)) if !faint_cell_stain => CellMethod::default(),
