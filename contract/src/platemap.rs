@@ -232,13 +232,13 @@ impl PlateMap {
             let plate = plate_col.map(|p| rec.get(p).unwrap_or("").to_string());
             // A plate written once per block (or in merged cells) leaves the rest blank:
             // their wells would match no plate, and their labels and doses be lost.
-            if plate.as_deref() == Some("") {
+            if let (Some(p), Some("")) = (plate_col, plate.as_deref()) {
                 anyhow::bail!(
                     "plate map {file}, line {line}: well {well} has no plate (its `{}` cell \
                      is empty): write the plate on every row (a plate written once per block, \
                      or merged cells, leave the others blank), or drop the plate column if \
                      the rows are for every plate",
-                    map.columns[plate_col.expect("plate is Some")]
+                    map.columns[p]
                 );
             }
             let key = (plate.clone(), well.clone());

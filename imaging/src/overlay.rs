@@ -195,30 +195,37 @@ pub struct SegmentationSummary {
     pub touching_border_fraction: f64,
 }
 
-/// Summarises the label images of a plate's fields. Objects are the labels that occur (gaps in
-/// the numbering and `count` are ignored), so filtered label images count right.
-pub fn summarise(per_field: &[&Labels]) -> SegmentationSummary {
-    let fields: Vec<Vec<(usize, bool)>> = per_field
-        .iter()
-        .map(|l| {
-            let (w, h) = (l.width as usize, l.height as usize);
-            let top = l.data.iter().copied().max().unwrap_or(0) as usize;
-            let (mut area, mut edge) = (vec![0usize; top + 1], vec![false; top + 1]);
-            for (i, &v) in l.data.iter().enumerate() {
-                let (x, y) = (i % w.max(1), i / w.max(1));
-                area[v as usize] += 1;
-                edge[v as usize] |= x == 0 || y == 0 || x + 1 == w || y + 1 == h;
-            }
-            (1..=top).map(|i| (area[i], edge[i])).collect()
+/// Per object of a label image (1..=count): its area, centre and whether it touches the
+/// image border.
+pub fn objects(labels: &Labels) -> Vec<(usize, f64, f64, bool)> {
+    let w = labels.width as usize;
+    let h = labels.height as usize;
+    let mut acc = vec![(0usize, 0f64, 0f64, false); labels.count as usize + 1];
+    for (i, &l) in labels.data.iter().enumerate() {
+        if l == 0 {
+            continue;
+        }
+        let (x, y) = (i % w, i / w);
+        let a = &mut acc[l as usize];
+        a.0 += 1;
+        a.1 += x as f64;
+        a.2 += y as f64;
+        a.3 |= x == 0 || y == 0 || x + 1 == w || y + 1 == h;
+    }
+    acc.into_iter()
+        .skip(1)
+        .map(|(n, sx, sy, b)| {
+            let n1 = n.max(1) as f64;
+            (n, sx / n1, sy / n1, b)
         })
-        .collect();
-    summarise_objects(&fields)
+        .collect()
 }
 
-/// [`summarise`] from each field's objects, (area in pixels, whether it touches the
-/// border), so that a task need not keep every field's label image until it ends (a
-/// 384-well plate of 9 large fields held tens of GB). Objects of area 0 are not objects.
-pub fn summarise_objects(per_field: &[Vec<(usize, bool)>]) -> SegmentationSummary {
+/// Summarises a plate's fields from each field's objects, (area in pixels, whether it
+/// touches the border), as [`objects`] gives them: a task need not keep every field's label
+/// image until it ends (a 384-well plate of 9 large fields held tens of GB). Objects of area
+/// 0 (gaps in the numbering) are not objects.
+pub fn summarise(per_field: &[Vec<(usize, bool)>]) -> SegmentationSummary {
     let (mut per, mut areas, mut touching) = (Vec::new(), Vec::new(), 0usize);
     for objects in per_field {
         let present = objects.iter().filter(|(a, _)| *a > 0);
@@ -350,7 +357,12 @@ mod tests {
         ]);
         let b = labels(4, 4, vec![0; 16]);
         let c = labels(4, 4, vec![5; 16]);
-        let s = summarise(&[&a, &b, &c]);
+        let fields = |ls: &[&Labels]| -> Vec<Vec<(usize, bool)>> {
+            ls.iter()
+                .map(|l| objects(l).into_iter().map(|o| (o.0, o.3)).collect())
+                .collect()
+        };
+        let s = summarise(&fields(&[&a, &b, &c]));
         assert_eq!(s.fields, 3);
         let per = Quantiles {
             min: 0.0,
@@ -375,7 +387,7 @@ mod tests {
         assert!(empty.area.median.is_nan() && empty.objects_per_field.median.is_nan());
         assert!(empty.touching_border_fraction.is_nan());
         let blank = labels(3, 2, vec![0; 6]);
-        let none = summarise(&[&blank, &blank]);
+        let none = summarise(&fields(&[&blank, &blank]));
         assert_eq!(none.objects_per_field.median, 0.0);
         assert!(none.area.median.is_nan() && none.touching_border_fraction.is_nan());
     }

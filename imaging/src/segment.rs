@@ -159,9 +159,12 @@ pub fn otsu_clipped(values: &[f32]) -> f32 {
     let mut sorted = values.to_vec();
     let k = ((sorted.len() - 1) as f64 * 0.995) as usize;
     let (_, &mut cap, _) = sorted.select_nth_unstable_by(k, f32::total_cmp);
-    sorted.clear();
-    sorted.extend(values.iter().map(|&v| v.min(cap)));
-    otsu(&sorted)
+    otsu_clipped_at(values, cap)
+}
+
+/// Otsu's threshold of the values clipped at `cap`.
+pub fn otsu_clipped_at(values: &[f32], cap: f32) -> f32 {
+    otsu(&values.iter().map(|&v| v.min(cap)).collect::<Vec<_>>())
 }
 
 /// Exact Euclidean distance of every foreground pixel to the background (Felzenszwalb).
@@ -330,7 +333,7 @@ fn threshold_objects(
 ) -> (Vec<bool>, Labels, Vec<usize>, f64) {
     let smooth = gaussian(img, sigma);
     let t = match cap {
-        Some(cap) => otsu(&smooth.iter().map(|&v| v.min(cap)).collect::<Vec<_>>()),
+        Some(cap) => otsu_clipped_at(&smooth, cap),
         None => otsu_clipped(&smooth),
     };
     let mask: Vec<bool> = smooth.iter().map(|&v| v > t).collect();

@@ -116,6 +116,17 @@ fn same_plate(a: &str, b: &str) -> bool {
     a != b && canonical(a) == canonical(b)
 }
 
+/// The first `most` items joined by `sep`, and how many more there are.
+fn first_few<S: AsRef<str>>(items: impl IntoIterator<Item = S>, most: usize, sep: &str) -> String {
+    let items: Vec<S> = items.into_iter().collect();
+    let shown: Vec<&str> = items.iter().take(most).map(AsRef::as_ref).collect();
+    let mut s = shown.join(sep);
+    if items.len() > most {
+        s.push_str(&format!("{sep}and {} more", items.len() - most));
+    }
+    s
+}
+
 /// "the plates are: P1, P2, P3", led by a guess where the name is long enough for a typo to
 /// be told apart from another plate (`P9` is no misspelt `P1`).
 fn one_of(word: &str, known: &[&str], what: &str) -> String {
@@ -180,6 +191,14 @@ impl Checker<'_> {
         }
     }
 
+    /// Where `plate_map:` is written: problems found in the map are reported there.
+    fn map_mark(&self) -> (Mark, usize) {
+        self.p
+            .data
+            .as_ref()
+            .map_or((Mark::default(), 1), |d| d.plate_map_mark)
+    }
+
     fn map_name(&self) -> String {
         self.map.map(|m| m.file.clone()).unwrap_or_default()
     }
@@ -208,11 +227,7 @@ impl Checker<'_> {
                 self.values("plate").join(", ")
             ),
         };
-        let (mark, width) = self
-            .p
-            .data
-            .as_ref()
-            .map_or((Mark::default(), 1), |d| d.plate_map_mark);
+        let (mark, width) = self.map_mark();
         self.r.error_hint(
             mark,
             width,
@@ -253,11 +268,7 @@ impl Checker<'_> {
             .iter()
             .filter_map(|&p| unused.iter().find(|m| same_plate(p, m)).map(|&m| (p, m)))
             .collect();
-        let (mark, width) = self
-            .p
-            .data
-            .as_ref()
-            .map_or((Mark::default(), 1), |d| d.plate_map_mark);
+        let (mark, width) = self.map_mark();
         if !respelt.is_empty() {
             let pairs: Vec<String> = respelt
                 .iter()
@@ -275,22 +286,14 @@ impl Checker<'_> {
                 Some("write the map's plate column as the file names spell the plates".into()),
             );
         } else if missing.len() == images.len() {
-            let shown = |v: Vec<&str>| {
-                let more = v.len().saturating_sub(5);
-                let mut s = v.into_iter().take(5).collect::<Vec<_>>().join(", ");
-                if more > 0 {
-                    s.push_str(&format!(" and {more} more"));
-                }
-                s
-            };
             self.r.error_hint(
                 mark,
                 width,
                 format!(
                     "none of the image plates ({}) is in plate map `{}`, whose plates are {}",
-                    shown(images.iter().map(String::as_str).collect()),
+                    first_few(images.iter().map(String::as_str), 5, ", "),
                     map.file,
-                    shown(in_map.iter().copied().collect())
+                    first_few(in_map.iter().copied(), 5, ", ")
                 ),
                 Some("the map's plate column must hold the plate names the file names give".into()),
             );
@@ -306,21 +309,8 @@ impl Checker<'_> {
         if self.facts.field_values.contains_key("plate") || plates.len() < 2 {
             return;
         }
-        let (mark, width) = self
-            .p
-            .data
-            .as_ref()
-            .map_or((Mark::default(), 1), |d| d.plate_map_mark);
-        let more = plates.len().saturating_sub(5);
-        let mut shown = plates
-            .iter()
-            .take(5)
-            .copied()
-            .collect::<Vec<_>>()
-            .join(", ");
-        if more > 0 {
-            shown.push_str(&format!(" and {more} more"));
-        }
+        let (mark, width) = self.map_mark();
+        let shown = first_few(plates.iter().copied(), 5, ", ");
         self.r.error_hint(
             mark,
             width,
@@ -397,35 +387,24 @@ impl Checker<'_> {
         if conflicts.is_empty() {
             return;
         }
-        let (mark, width) = self
-            .p
-            .data
-            .as_ref()
-            .map_or((Mark::default(), 1), |d| d.plate_map_mark);
-        let shown: Vec<String> = conflicts
-            .iter()
-            .take(3)
-            .map(|c| {
+        let (mark, width) = self.map_mark();
+        let shown = first_few(
+            conflicts.iter().map(|c| {
                 format!(
                     "{} `{}`: `{}` (line {}) and `{}` (line {})",
                     c.well, c.column, c.first, c.first_line, c.other, c.line
                 )
-            })
-            .collect();
-        let more = conflicts.len().saturating_sub(3);
+            }),
+            3,
+            "; ",
+        );
         self.r.error_hint(
             mark,
             width,
             format!(
-                "plate map `{}` gives {} well value(s) twice, differently: {}{}",
+                "plate map `{}` gives {} well value(s) twice, differently: {shown}",
                 map.file,
                 conflicts.len(),
-                shown.join("; "),
-                if more > 0 {
-                    format!("; and {more} more")
-                } else {
-                    String::new()
-                }
             ),
             Some(
                 "keep one row per well (two treatments of one well are one row, e.g. `Taxol+DMSO`)"

@@ -305,10 +305,9 @@ pub fn run(ctx: &mut Context, params: &CurateParams) -> anyhow::Result<()> {
         // Named by well: the task reads its plate's slice of the map, whose line numbers
         // are not the file's. (Rows that disagree in a column a step reads were refused
         // before the run.)
-        for (_, first) in &map.duplicates {
-            let Some(row) = map.rows.iter().find(|r| r.line == *first) else {
-                continue;
-            };
+        // Once per well (a map of images repeats each well once per field), not per row.
+        let repeated: BTreeSet<usize> = map.duplicates.iter().map(|&(_, first)| first).collect();
+        for row in map.rows.iter().filter(|r| repeated.contains(&r.line)) {
             lq.push_row([
                 "duplicate_plate_map_row".into(),
                 row.plate.clone().unwrap_or_default(),

@@ -33,9 +33,6 @@ use plateflow_contract::params::{StepParams, TaskParams};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-/// The plate of a data set whose filename pattern names no plate.
-pub const DEFAULT_PLATE: &str = platemap::UNNAMED_PLATE;
-
 /// What a built-in step sees of its task.
 pub struct Context<'a> {
     pub work: &'a Path,
@@ -224,7 +221,7 @@ pub struct ImageSet {
     /// `P1_A01_1`: field values in [`set_meta`] order, safe as a file name.
     pub key: String,
     /// Pattern fields but `channel`: plate, well, site first, then the others by name. The
-    /// well is normalised (`A-01` → `A01`) and a missing plate is [`DEFAULT_PLATE`].
+    /// well is normalised (`A-01` → `A01`) and a missing plate is [`platemap::UNNAMED_PLATE`].
     pub meta: Vec<(String, String)>,
     /// Channel name → image path.
     pub channels: BTreeMap<String, PathBuf>,
@@ -351,7 +348,7 @@ fn set_meta(fields: &BTreeMap<String, String>) -> Vec<(String, String)> {
         fields
             .get("plate")
             .cloned()
-            .unwrap_or_else(|| DEFAULT_PLATE.to_string()),
+            .unwrap_or_else(|| platemap::UNNAMED_PLATE.to_string()),
     )];
     // The well, or one made of row and column fields (`r{row}c{col}` in Opera/Operetta names).
     let col = fields.get("col").or_else(|| fields.get("column"));

@@ -7,7 +7,7 @@ use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
 use plateflow_contract::params::{self as contract, SegmentMethod, SegmentParams};
 use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
-use plateflow_imaging::overlay::{outlines_png, summarise_objects, Quantiles};
+use plateflow_imaging::overlay::{objects, outlines_png, summarise, Quantiles};
 use plateflow_imaging::segment::{segment_nuclei, Labels};
 use plateflow_imaging::write::write_tiff_u16;
 use plateflow_learn::segmenter::{bright_objects, contrast, Contrast, NucleusModel};
@@ -219,31 +219,6 @@ pub fn write_labels(path: &Path, labels: &Labels) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Per object: area, centre and whether it touches the image border.
-fn objects(labels: &Labels) -> Vec<(usize, f64, f64, bool)> {
-    let w = labels.width as usize;
-    let h = labels.height as usize;
-    let mut acc = vec![(0usize, 0f64, 0f64, false); labels.count as usize + 1];
-    for (i, &l) in labels.data.iter().enumerate() {
-        if l == 0 {
-            continue;
-        }
-        let (x, y) = (i % w, i / w);
-        let a = &mut acc[l as usize];
-        a.0 += 1;
-        a.1 += x as f64;
-        a.2 += y as f64;
-        a.3 |= x == 0 || y == 0 || x + 1 == w || y + 1 == h;
-    }
-    acc.into_iter()
-        .skip(1)
-        .map(|(n, sx, sy, b)| {
-            let n1 = n.max(1) as f64;
-            (n, sx / n1, sy / n1, b)
-        })
-        .collect()
-}
-
 pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
     let sets = ctx.image_sets()?;
     let excluded = ctx.exclusions()?;
@@ -359,7 +334,7 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         }
     }
     ctx.write_output("objects.csv", &table.into_bytes())?;
-    let summary = summarise_objects(&per_field);
+    let summary = summarise(&per_field);
     let q = |q: &Quantiles| serde_json::json!({"min": q.min, "p25": q.p25, "median": q.median, "p75": q.p75, "max": q.max});
     let json = serde_json::json!({
         "method": match (p.method, &p.masks) {

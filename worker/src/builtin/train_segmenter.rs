@@ -38,7 +38,7 @@ fn load(p: &TrainSegmenterParams, set: &ImageSet) -> anyhow::Result<Annotated> {
 fn split_id(set: &ImageSet) -> String {
     set.meta
         .iter()
-        .filter(|(k, v)| !(k == "plate" && v == super::DEFAULT_PLATE))
+        .filter(|(k, v)| !(k == "plate" && v == plateflow_contract::platemap::UNNAMED_PLATE))
         .map(|(_, v)| v.as_str())
         .collect::<Vec<_>>()
         .join("_")
