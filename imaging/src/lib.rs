@@ -17,6 +17,7 @@ mod palette;
 pub mod qc;
 pub mod resample;
 pub mod segment;
+pub mod specks;
 mod tiled;
 pub mod write;
 
