@@ -58,6 +58,8 @@ pub struct Segmentation {
     pub diameter: f64,
     /// Model pixels per image pixel.
     pub scale: f64,
+    /// Pixels of bright specks lowered before segmenting (see [`bright_objects`]).
+    pub specks_lowered: usize,
 }
 
 /// Where the network runs.
@@ -202,7 +204,7 @@ impl NucleusModel {
     /// known; otherwise it is estimated from the image (see [`Self::segment_normalised`]).
     pub fn segment(&self, img: &GrayImage, diameter: Option<f64>) -> anyhow::Result<Segmentation> {
         // The network knows bright nuclei: dark ones are shown to it turned over.
-        let (img, contrast) = bright_objects(img);
+        let (img, contrast, specks_lowered) = bright_objects_counted(img);
         let img = img.as_ref();
         if contrast == Contrast::Nothing {
             // Percentile normalisation would stretch pure noise into "nuclei".
@@ -210,11 +212,12 @@ impl NucleusModel {
                 labels: Labels::empty(img.width, img.height),
                 diameter: diameter.unwrap_or(self.target),
                 scale: 1.0,
+                specks_lowered,
             });
         }
         let pixels = network_input(img, contrast);
         let (w, h) = (img.width as usize, img.height as usize);
-        match (diameter, contrast) {
+        let segmented = match (diameter, contrast) {
             (Some(d), _) => self.segment_normalised(&pixels, w, h, Some(d)),
             // The quick threshold's Otsu split falls inside the noise when nuclei are a
             // sliver of the histogram; halfway up to the nuclei's own level it does not.
@@ -225,7 +228,11 @@ impl NucleusModel {
                 self.segment_estimated(&pixels, w, h, estimate)
             }
             (None, _) => self.segment_estimated(&pixels, w, h, typical_diameter(img)),
-        }
+        };
+        segmented.map(|s| Segmentation {
+            specks_lowered,
+            ..s
+        })
     }
 
     /// Instances of a normalised image whose nucleus size was estimated from the image
@@ -276,6 +283,7 @@ impl NucleusModel {
             labels: from_probabilities(&maps.interior, &maps.foreground, w, h, d, &self.instances),
             diameter: d,
             scale: maps.scale,
+            specks_lowered: 0,
         })
     }
 
@@ -407,12 +415,24 @@ impl NucleusModel {
 /// (`plateflow_imaging::specks`): over 0.2 % of a field they took the top of the histogram
 /// that normalisation and Otsu's split read, and nearly every nucleus was lost.
 pub fn bright_objects(img: &GrayImage) -> (std::borrow::Cow<'_, GrayImage>, Contrast) {
+    let (upright, contrast, _) = bright_objects_counted(img);
+    (upright, contrast)
+}
+
+/// [`bright_objects`], and how many pixels of specks were lowered (0 where none), for the
+/// task to say so.
+pub fn bright_objects_counted(
+    img: &GrayImage,
+) -> (std::borrow::Cow<'_, GrayImage>, Contrast, usize) {
     match plateflow_imaging::specks::lower_specks(img) {
-        Some((lowered, _)) => {
+        Some((lowered, count)) => {
             let (turned, c) = upright(&lowered);
-            (std::borrow::Cow::Owned(turned.into_owned()), c)
+            (std::borrow::Cow::Owned(turned.into_owned()), c, count)
         }
-        None => upright(img),
+        None => {
+            let (same, c) = upright(img);
+            (same, c, 0)
+        }
     }
 }
 

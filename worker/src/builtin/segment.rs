@@ -10,7 +10,7 @@ use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
 use plateflow_imaging::overlay::{objects, outlines_png, summarise, Quantiles};
 use plateflow_imaging::segment::{segment_nuclei, Labels};
 use plateflow_imaging::write::write_tiff_u16;
-use plateflow_learn::segmenter::{bright_objects, contrast, Contrast, NucleusModel};
+use plateflow_learn::segmenter::{bright_objects_counted, contrast, Contrast, NucleusModel};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -21,6 +21,8 @@ pub struct SetResult {
     pub image: plateflow_imaging::GrayImage,
     /// The cell channel showed nothing above its camera noise: cells are rings instead.
     pub faint_cell_stain: bool,
+    /// Pixels of bright specks (dust, precipitate) lowered before segmenting the nuclei.
+    pub specks_lowered: usize,
 }
 
 /// The file a `train_segmenter` step writes its model to.
@@ -53,13 +55,19 @@ pub fn learned_model(
 /// objects, so dark nuclei are turned over first; and it always splits, noise too, so a
 /// field with nothing standing out of its camera noise (an empty well, a toxic compound's)
 /// has no nuclei: it got dozens, one per blob of noise.
-fn classic_nuclei(dna: &plateflow_imaging::GrayImage, sigma: f64, diameter: Option<f64>) -> Labels {
+/// Returns the nuclei and the pixels of bright specks lowered first.
+fn classic_nuclei(
+    dna: &plateflow_imaging::GrayImage,
+    sigma: f64,
+    diameter: Option<f64>,
+) -> (Labels, usize) {
     let params = plateflow_imaging::segment::SegmentParams {
         sigma: Some(sigma),
         radius: diameter.map(|d| d / 2.0),
         ..Default::default()
     };
-    match bright_objects(dna) {
+    let (img, contrast, specks) = bright_objects_counted(dna);
+    let labels = match (img, contrast) {
         (_, Contrast::Nothing) => Labels::empty(dna.width, dna.height),
         // A few nuclei in a wide field: Otsu's histogram is clipped inside them, not at a
         // percentile that is background there (the noise was split into hundreds of blobs).
@@ -71,7 +79,8 @@ fn classic_nuclei(dna: &plateflow_imaging::GrayImage, sigma: f64, diameter: Opti
             segment_nuclei(&img, &params)
         }
         (img, _) => segment_nuclei(&img, &params),
-    }
+    };
+    (labels, specks)
 }
 
 /// `img` binned 2×2 (each pixel the mean of four): a stain that stands out of the noise
@@ -110,9 +119,12 @@ pub fn segment_set(
     set: &ImageSet,
 ) -> anyhow::Result<SetResult> {
     let dna = corrections.read(set, &p.nuclei)?;
-    let nuclei = match (model, &p.masks) {
-        (_, Some(channel)) => user_masks(set, channel, &dna)?,
-        (Some(model), None) => model.segment(&dna, p.diameter)?.labels,
+    let (nuclei, specks_lowered) = match (model, &p.masks) {
+        (_, Some(channel)) => (user_masks(set, channel, &dna)?, 0),
+        (Some(model), None) => {
+            let s = model.segment(&dna, p.diameter)?;
+            (s.labels, s.specks_lowered)
+        }
         (None, None) => classic_nuclei(&dna, p.sigma, p.diameter),
     };
     let cell_img = match &p.cells {
@@ -150,6 +162,7 @@ pub fn segment_set(
         cells,
         image: dna,
         faint_cell_stain,
+        specks_lowered,
     })
 }
 
@@ -292,7 +305,12 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("outlines of {}: {e}", set.key))?;
             super::write_atomic(&out.join(format!("outlines/{}_{why}.png", set.key)), &png)?;
         }
-        anyhow::Ok((objects(&r.nuclei), objects(&r.cells), r.faint_cell_stain))
+        anyhow::Ok((
+            objects(&r.nuclei),
+            objects(&r.cells),
+            r.faint_cell_stain,
+            r.specks_lowered,
+        ))
     });
     let meta_names = super::metadata_columns(&sets);
     let mut header = vec!["ImageSet".to_string()];
@@ -313,9 +331,13 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
     let mut total = 0usize;
     let mut per_field = Vec::new();
     let mut faint = 0usize;
+    let mut specks: Vec<&str> = Vec::new();
     for (set, r) in todo.iter().zip(results) {
-        let (nuc, cells, faint_cells) = r?;
+        let (nuc, cells, faint_cells, specks_lowered) = r?;
         faint += usize::from(faint_cells);
+        if specks_lowered > 0 {
+            specks.push(&set.key);
+        }
         per_field.push(nuc.iter().map(|n| (n.0, n.3)).collect::<Vec<_>>());
         total += nuc.len();
         for (i, (n, c)) in nuc.iter().zip(&cells).enumerate() {
@@ -349,6 +371,7 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         "touching_border_fraction": summary.touching_border_fraction,
         "outlines": shown,
         "cells_as_rings_faint_stain": faint,
+        "sets_with_specks_lowered": specks.len(),
     });
     ctx.write_output(
         "segmentation.json",
@@ -366,6 +389,23 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
              radius, not grown into the stain",
             todo.len(),
             p.cells.as_deref().unwrap_or("")
+        ));
+    }
+    if !specks.is_empty() {
+        let more = specks.len().saturating_sub(3);
+        ctx.logln(format!(
+            "warning: in {} of {} image sets the nuclei channel {} holds bright specks (dust, \
+             precipitate, saturated objects) far above the nuclei; they were lowered for \
+             segmentation only (measurement reads the image as it is): {}{}",
+            specks.len(),
+            todo.len(),
+            p.nuclei,
+            specks[..specks.len().min(3)].join(", "),
+            if more > 0 {
+                format!(", and {more} more")
+            } else {
+                String::new()
+            }
         ));
     }
     for (k, why) in &excluded {
@@ -468,6 +508,7 @@ fn fields_to_show(
 mod tests {
     use super::super::testing;
     use super::*;
+    use plateflow_learn::segmenter::bright_objects;
 
     /// Near-normal camera noise of sd about 5 counts (a sum of four uniforms), from `seed`.
     fn camera_noise(seed: u64) -> impl FnMut() -> f64 {
@@ -499,7 +540,7 @@ mod tests {
             bit_depth: 16,
             data: data.clone(),
         };
-        assert_eq!(classic_nuclei(&empty, 1.0, None).count, 0);
+        assert_eq!(classic_nuclei(&empty, 1.0, None).0.count, 0);
         for (cx, cy) in [(60.0, 60.0), (150.0, 80.0), (90.0, 190.0), (200.0, 200.0)] {
             for y in 0..h {
                 for x in 0..w {
@@ -510,7 +551,7 @@ mod tests {
             }
         }
         let nuclei = plateflow_imaging::GrayImage { data, ..empty };
-        assert_eq!(classic_nuclei(&nuclei, 1.0, None).count, 4);
+        assert_eq!(classic_nuclei(&nuclei, 1.0, None).0.count, 4);
     }
 
     /// A cell stain that shows nothing above its camera noise (failed, or too dim): cells
@@ -571,6 +612,76 @@ mod tests {
         );
     }
 
+    /// Saturated specks over 0.3 % of the field: both methods find the four nuclei (specks
+    /// took the normalisation's top and Otsu's split), and the set says how many pixels were
+    /// lowered, so the task can warn; the same field without specks lowers none. (Classic
+    /// sizes the nuclei itself; see the learned path's `diameter:` below.)
+    #[test]
+    fn specks_are_lowered_and_the_set_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        let (w, h) = (160usize, 160usize);
+        let mut noise = camera_noise(5);
+        let centres = [(40.0, 40.0), (120.0, 45.0), (45.0, 120.0), (115.0, 115.0)];
+        let mut clean = Vec::with_capacity(w * h);
+        for y in 0..h {
+            for x in 0..w {
+                let inside = centres
+                    .iter()
+                    .any(|(cx, cy)| ((x as f64 - cx).powi(2) + (y as f64 - cy).powi(2)) < 100.0);
+                clean.push((100.0 + noise() + if inside { 900.0 } else { 0.0 }) as u16);
+            }
+        }
+        // Six specks of radius 2 (13 px each, 0.3 % of the field) between the nuclei.
+        let mut specked = clean.clone();
+        for (cx, cy) in [
+            (80, 20),
+            (80, 80),
+            (80, 140),
+            (20, 80),
+            (140, 80),
+            (20, 150),
+        ] {
+            for y in cy - 2..=cy + 2 {
+                for x in cx - 2..=cx + 2 {
+                    if (x as i64 - cx as i64).pow(2) + (y as i64 - cy as i64).pow(2) <= 4 {
+                        specked[y * w + x] = 65_535;
+                    }
+                }
+            }
+        }
+        write_tiff_u16(&work.join("DNA.tif"), w as u32, h as u32, &clean).unwrap();
+        write_tiff_u16(&work.join("DUST.tif"), w as u32, h as u32, &specked).unwrap();
+        let images = testing::one_well(&["DNA", "DUST"]);
+        let task = testing::task("segment", &[]);
+        let ctx = testing::context(work, &task, &images, &[]);
+        let sets = ctx.image_sets().unwrap();
+        let model = NucleusModel::shipped().unwrap();
+        for method in [SegmentMethod::Classic, SegmentMethod::Learned] {
+            let model = (method == SegmentMethod::Learned).then_some(&model);
+            // The nuclei's size given: here the specks outnumber the nuclei, and the learned
+            // path's size estimate (a median over objects) takes theirs (19 objects at 5 px).
+            let params = |nuclei: &str| SegmentParams {
+                nuclei: nuclei.into(),
+                method,
+                diameter: (method == SegmentMethod::Learned).then_some(20.0),
+                ..Default::default()
+            };
+            let dust = segment_set(&params("DUST"), model, &Corrections::default(), &sets[0]);
+            let dust = dust.unwrap();
+            assert_eq!(dust.nuclei.count, 4, "{method:?} among specks");
+            assert!(
+                dust.specks_lowered >= 60,
+                "{method:?}: {}",
+                dust.specks_lowered
+            );
+            let clean = segment_set(&params("DNA"), model, &Corrections::default(), &sets[0]);
+            let clean = clean.unwrap();
+            assert_eq!(clean.nuclei.count, 4, "{method:?} without specks");
+            assert_eq!(clean.specks_lowered, 0, "{method:?} without specks");
+        }
+    }
+
     /// A toxic well's field: two nuclei over 0.1 % of a 600² field of camera noise (bias
     /// 100). Clipped at its 99.5th percentile (background), Otsu split the noise and found
     /// hundreds of "nuclei"; both methods find the two.
@@ -595,7 +706,7 @@ mod tests {
             data,
         };
         assert!(matches!(bright_objects(&field).1, Contrast::Sparse { .. }));
-        assert_eq!(classic_nuclei(&field, 3.0, None).count, 2);
+        assert_eq!(classic_nuclei(&field, 3.0, None).0.count, 2);
         let learned = NucleusModel::shipped()
             .unwrap()
             .segment(&field, None)
