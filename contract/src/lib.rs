@@ -10,6 +10,7 @@
 pub mod columns;
 pub mod kinds;
 pub mod labels;
+pub mod listing;
 pub mod metrics;
 pub mod params;
 pub mod placeholders;

@@ -336,15 +336,10 @@ impl PlateMap {
         for k in old_rows.keys().filter(|k| !new_rows.contains_key(*k)) {
             changes.push(format!("{k} removed"));
         }
-        let n = changes.len();
-        if n > 3 {
-            changes.truncate(3);
-            changes.push(format!("and {} more", n - 3));
-        }
         if changes.is_empty() {
             "duplicate rows changed".into()
         } else {
-            changes.join("; ")
+            crate::listing::first_few(&changes, 3, "; ")
         }
     }
 

@@ -1392,15 +1392,10 @@ impl Engine {
         }
         if !unkept.is_empty() {
             status.state = "failed".into();
-            let n = unkept.len();
-            if n > 3 {
-                unkept.truncate(3);
-                unkept.push(format!("and {} more", n - 3));
-            }
             status.error = format!(
                 "{}; free space (or fix the path) and run again: finished tasks are kept and \
                  will not run again",
-                unkept.join("; ")
+                plateflow_contract::listing::first_few(&unkept, 3, "; ")
             );
         }
         let summary = serde_json::to_string(

@@ -251,12 +251,7 @@ pub fn decide(
 
 /// One line for progress and status: the first reasons, and how many more.
 pub fn summarise(reasons: &[Reason]) -> String {
-    const SHOWN: usize = 3;
-    let mut s: Vec<String> = reasons.iter().take(SHOWN).map(|r| r.to_string()).collect();
-    if reasons.len() > SHOWN {
-        s.push(format!("and {} more", reasons.len() - SHOWN));
-    }
-    s.join("; ")
+    plateflow_contract::listing::first_few(reasons.iter().map(Reason::to_string), 3, "; ")
 }
 
 #[cfg(test)]

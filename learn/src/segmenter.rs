@@ -13,6 +13,7 @@ use candle_nn::{VarBuilder, VarMap};
 use plateflow_imaging::instances::{from_probabilities, InstanceParams};
 use plateflow_imaging::resample::resize;
 use plateflow_imaging::segment::{typical_diameter, Labels};
+use plateflow_imaging::specks::{lower_specks, Smoothed};
 use plateflow_imaging::GrayImage;
 use std::collections::HashMap;
 use std::path::Path;
@@ -424,21 +425,23 @@ pub fn bright_objects(img: &GrayImage) -> (std::borrow::Cow<'_, GrayImage>, Cont
 pub fn bright_objects_counted(
     img: &GrayImage,
 ) -> (std::borrow::Cow<'_, GrayImage>, Contrast, usize) {
-    match plateflow_imaging::specks::lower_specks(img) {
+    let smoothed = Smoothed::of(img);
+    match lower_specks(img, &smoothed) {
         Some((lowered, count)) => {
-            let (turned, c) = upright(&lowered);
+            let (turned, c) = upright(&lowered, Smoothed::of(&lowered));
             (std::borrow::Cow::Owned(turned.into_owned()), c, count)
         }
         None => {
-            let (same, c) = upright(img);
+            let (same, c) = upright(img, smoothed);
             (same, c, 0)
         }
     }
 }
 
-/// The image with its objects bright, and its contrast (see [`bright_objects`]).
-fn upright(img: &GrayImage) -> (std::borrow::Cow<'_, GrayImage>, Contrast) {
-    match contrast(img) {
+/// The image with its objects bright, and its contrast (see [`bright_objects`]); `smoothed`
+/// is [`Smoothed::of`] `img`.
+fn upright(img: &GrayImage, smoothed: Smoothed) -> (std::borrow::Cow<'_, GrayImage>, Contrast) {
+    match contrast_of(img, smoothed) {
         Contrast::Dark => {
             let top = img.data.iter().copied().max().unwrap_or(0);
             let turned = GrayImage {
@@ -499,15 +502,23 @@ pub enum Contrast {
 /// at a per-pixel signal to noise under about 6 (`examples/nuclei_stress.rs`, "low signal to
 /// noise").
 pub fn contrast(img: &GrayImage) -> Contrast {
+    contrast_of(img, Smoothed::of(img))
+}
+
+/// [`contrast`] from the noise and smoothing measured already.
+fn contrast_of(img: &GrayImage, smoothed: Smoothed) -> Contrast {
     if img.data.len() < 4 {
         return Contrast::Nothing;
     }
-    let Some(noise) = plateflow_imaging::specks::camera_noise(img) else {
+    let Smoothed {
+        noise: Some(noise),
+        pixels: mut v,
+    } = smoothed
+    else {
         return Contrast::Nothing;
     };
     let smoothed_noise = noise.max(0.5) / (4.0 * std::f64::consts::PI.sqrt());
     let threshold = STANDS_OUT * smoothed_noise;
-    let mut v = plateflow_imaging::segment::gaussian(img, 2.0);
     let n = v.len();
     let median = f64::from(*v.select_nth_unstable_by(n / 2, f32::total_cmp).1);
     let mut at = |q: f64| {
@@ -1230,7 +1241,7 @@ mod second_pass_tests {
         };
         let specks = img.data.iter().filter(|&&x| x == 65_535).count();
         assert!(specks >= 200, "{specks} speck pixels");
-        assert!(plateflow_imaging::specks::lower_specks(&img).is_some());
+        assert!(lower_specks(&img, &Smoothed::of(&img)).is_some());
         let f1 = |labels: &[u32]| {
             let (m, p, t) = matches(labels, &truth, 0.5);
             2.0 * m as f64 / (p + t) as f64

@@ -10,6 +10,7 @@
 
 use super::diag::{did_you_mean, edit_distance, Diagnostics, Mark, Reporter};
 use super::{Pipeline, StepSpec};
+use plateflow_contract::listing::first_few;
 use plateflow_contract::params::StepParams;
 use plateflow_contract::platemap::PlateMap;
 use plateflow_contract::StepKind;
@@ -114,17 +115,6 @@ fn same_plate(a: &str, b: &str) -> bool {
         out
     }
     a != b && canonical(a) == canonical(b)
-}
-
-/// The first `most` items joined by `sep`, and how many more there are.
-fn first_few<S: AsRef<str>>(items: impl IntoIterator<Item = S>, most: usize, sep: &str) -> String {
-    let items: Vec<S> = items.into_iter().collect();
-    let shown: Vec<&str> = items.iter().take(most).map(AsRef::as_ref).collect();
-    let mut s = shown.join(sep);
-    if items.len() > most {
-        s.push_str(&format!("{sep}and {} more", items.len() - most));
-    }
-    s
 }
 
 /// "the plates are: P1, P2, P3", led by a guess where the name is long enough for a typo to

@@ -5,6 +5,7 @@
 use super::illumination::Corrections;
 use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
+use plateflow_contract::listing::first_few;
 use plateflow_contract::params::{self as contract, SegmentMethod, SegmentParams};
 use plateflow_imaging::cells::{segment_cells, typical_radius, CellMethod};
 use plateflow_imaging::overlay::{objects, outlines_png, summarise, Quantiles};
@@ -180,18 +181,9 @@ fn missing_masks(sets: &[&ImageSet], channel: &str, nuclei: &str) -> anyhow::Res
     if missing.is_empty() {
         return Ok(());
     }
-    let shown = missing
-        .iter()
-        .take(5)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(", ");
-    let more = match missing.len() {
-        n if n > 5 => format!(" and {} more", n - 5),
-        _ => String::new(),
-    };
+    let shown = first_few(&missing, 5, ", ");
     anyhow::bail!(
-        "{} of {} image sets have no mask (channel `{channel}`): {shown}{more}; make the \
+        "{} of {} image sets have no mask (channel `{channel}`): {shown}; make the \
          missing masks, or curate those images out, so that each image has its label image",
         missing.len(),
         sets.len()
@@ -392,20 +384,14 @@ pub fn run(ctx: &mut Context, p: &SegmentParams) -> anyhow::Result<()> {
         ));
     }
     if !specks.is_empty() {
-        let more = specks.len().saturating_sub(3);
         ctx.logln(format!(
             "warning: in {} of {} image sets the nuclei channel {} holds bright specks (dust, \
              precipitate, saturated objects) far above the nuclei; they were lowered for \
-             segmentation only (measurement reads the image as it is): {}{}",
+             segmentation only (measurement reads the image as it is): {}",
             specks.len(),
             todo.len(),
             p.nuclei,
-            specks[..specks.len().min(3)].join(", "),
-            if more > 0 {
-                format!(", and {more} more")
-            } else {
-                String::new()
-            }
+            first_few(&specks, 3, ", ")
         ));
     }
     for (k, why) in &excluded {
