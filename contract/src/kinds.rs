@@ -197,6 +197,12 @@ const ILLUMINATION_PARAMS: &[ParamSpec] = &[
         false,
         "Gaussian sigma of the field in pixels (default: 1/20 of the image's shorter side)",
     ),
+    p(
+        "dark",
+        Float,
+        false,
+        "the camera's offset in counts, what a pixel reads with no light (many sCMOS cameras: 100): taken off before the field is estimated and before each image is divided, so it is not boosted in dim corners (default: none)",
+    ),
 ];
 
 const SEGMENT_PARAMS: &[ParamSpec] = &[
@@ -388,10 +394,10 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Illumination,
         name: "illumination",
-        version: 4,
-        summary: "illumination correction per plate and channel: the per-pixel median of the plate's images, smoothed, as a divisor; `segment` and `features` downstream divide by it",
+        version: 5,
+        summary: "illumination correction per plate and channel: the per-pixel median of the plate's images (less the camera's offset), smoothed, as a divisor; `segment` and `features` downstream divide by it",
         params: ILLUMINATION_PARAMS,
-        outputs: &["illumination/*.tif", "illumination/*.png"],
+        outputs: &["illumination/*.tif", "illumination/*.png", "illumination/*.json"],
     },
     KindInfo {
         kind: StepKind::Segment,

@@ -223,6 +223,9 @@ pub struct IlluminationParams {
     /// Default: 1/20 of the shorter side.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smoothing: Option<f64>,
+    /// The camera's offset in counts, taken off before dividing. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dark: Option<f64>,
 }
 
 /// SHA-256 of the nucleus model weights shipped inside plateflow
@@ -761,6 +764,15 @@ impl StepParams {
                         0.0,
                         10_000.0,
                         "a sigma in pixels such as 50",
+                    );
+                }
+                if let Some(d) = p.dark {
+                    c.range_f(
+                        "dark",
+                        d,
+                        0.0,
+                        65_535.0,
+                        "the counts a pixel reads with no light, such as 100 (see the camera's sheet, or the median of an image taken with the shutter closed)",
                     );
                 }
             }

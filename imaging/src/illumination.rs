@@ -2,6 +2,11 @@
 //! CorrectIlluminationCalculate/Apply: a robust average of every image of one channel across a
 //! plate is smoothed into a multiplicative field (median 1), and each image is divided by it,
 //! so an object's intensity no longer depends on where in the field of view it sits.
+//!
+//! A camera adds an offset to every pixel (many sCMOS cameras 100 counts) that is not light,
+//! so vignetting does not dim it. Given as `dark`, it is taken off before the field is
+//! estimated and before each image is divided (as BaSiC's darkfield is); divided along with
+//! the light, it would come out of a dim corner boosted, and every object there too bright.
 
 use crate::resample::resize;
 use crate::GrayImage;
@@ -32,6 +37,12 @@ pub struct IlluminationField {
     pub height: u32,
     /// Row-major, `width * height` factors, each at least 0.05.
     pub values: Vec<f32>,
+    /// The camera's offset in counts (what a pixel reads with no light), taken off every image
+    /// before it is divided; 0 when not given.
+    pub dark: f32,
+    /// The background light where the field is 1.0, in counts above `dark`: the level the
+    /// field was normalised by (0 for a field read from a TIFF alone).
+    pub light: f32,
 }
 
 /// The illumination field of one channel on one plate, from all its images (same size).
@@ -49,11 +60,18 @@ pub struct IlluminationField {
 /// nuclei, so single cells and clumps do not imprint, yet still follows a vignetting falloff,
 /// which changes over half the field.
 ///
+/// `dark` (the camera's offset in counts, 0 if none) is taken off the average first, so the
+/// field is the light's alone.
+///
 /// Errors (naming the cause) when `images` is empty, sizes differ, images are empty, the
-/// smoothing is negative or not finite, or the images are blank (median field 0: nothing to
-/// divide by).
-pub fn estimate(images: &[GrayImage], smoothing: Option<f64>) -> Result<IlluminationField, String> {
-    estimate_by(images.len(), |i| Ok(images[i].clone()), smoothing)
+/// smoothing or `dark` is negative or not finite, or the images are blank (median field 0:
+/// nothing to divide by), or `dark` reaches the median background (no light left).
+pub fn estimate(
+    images: &[GrayImage],
+    smoothing: Option<f64>,
+    dark: f64,
+) -> Result<IlluminationField, String> {
+    estimate_by(images.len(), |i| Ok(images[i].clone()), smoothing, dark)
 }
 
 /// [`estimate`] from `count` images that `load` reads one at a time: at most one group of
@@ -65,7 +83,14 @@ pub fn estimate_by(
     count: usize,
     mut load: impl FnMut(usize) -> Result<GrayImage, String>,
     smoothing: Option<f64>,
+    dark: f64,
 ) -> Result<IlluminationField, String> {
+    if !dark.is_finite() || dark < 0.0 {
+        return Err(format!(
+            "illumination: dark {dark} is not a camera offset ≥ 0 counts"
+        ));
+    }
+    let dark = dark as f32;
     if count == 0 {
         return Err("illumination: no images to estimate a field from".into());
     }
@@ -97,7 +122,19 @@ pub fn estimate_by(
         return Err(format!("illumination: smoothing sigma {sigma} is not ≥ 0"));
     }
 
-    let average = robust_average(count, w * h, &mut load_checked)?;
+    let mut average = robust_average(count, w * h, &mut load_checked)?;
+    if dark > 0.0 {
+        let background = median_f32(&average);
+        if background <= dark {
+            return Err(format!(
+                "illumination: dark {dark} is at or above the images' median background \
+                 ({background} counts), so no light is left to estimate a field from: dark is \
+                 the camera's offset, what a pixel reads with no light (an image taken with \
+                 the shutter closed shows it)"
+            ));
+        }
+        average.iter_mut().for_each(|v| *v = (*v - dark).max(0.0));
+    }
 
     let scale = (GRID_SHORT_SIDE as f64 / short).min(1.0);
     let (sw, sh) = (
@@ -121,10 +158,13 @@ pub fn estimate_by(
         width,
         height,
         values,
+        dark,
+        light: median,
     })
 }
 
-/// `img` divided by the field, rounded; same size and bit depth. Errors when the sizes differ.
+/// `img` less the field's `dark` offset (not below 0), divided by the field, rounded; same
+/// size and bit depth. Errors when the sizes differ.
 ///
 /// Values are *not* clamped to the bit depth's top: a bright nucleus in a dim corner of an
 /// 8-bit image (raw 200, field 0.6) becomes 333, which the `u16` storage holds, and intensity
@@ -149,7 +189,10 @@ pub fn apply(img: &GrayImage, field: &IlluminationField) -> Result<GrayImage, St
         .data
         .iter()
         .zip(&field.values)
-        .map(|(&v, &f)| (f32::from(v) / f).round().clamp(0.0, f32::from(u16::MAX)) as u16)
+        .map(|(&v, &f)| {
+            let light = (f32::from(v) - field.dark).max(0.0);
+            (light / f).round().clamp(0.0, f32::from(u16::MAX)) as u16
+        })
         .collect();
     Ok(GrayImage { data, ..*img })
 }
@@ -168,7 +211,8 @@ impl IlluminationField {
     }
 
     /// Reads a field written by [`Self::to_tiff`]; values are clamped to ≥ 0.05 so a hand-edited
-    /// file cannot make [`apply`] divide by zero. Errors name the file.
+    /// file cannot make [`apply`] divide by zero. The TIFF holds the factors only: `dark` and
+    /// `light` are 0 (the caller sets `dark` from where it kept it). Errors name the file.
     pub fn from_tiff(path: &Path) -> Result<Self, String> {
         let img = crate::read_image(path).map_err(|e| e.to_string())?;
         if img.bit_depth != 16 {
@@ -186,6 +230,8 @@ impl IlluminationField {
                 .iter()
                 .map(|&v| (f32::from(v) / TIFF_SCALE).max(MIN_FIELD))
                 .collect(),
+            dark: 0.0,
+            light: 0.0,
         })
     }
 
@@ -377,13 +423,18 @@ mod tests {
     /// Background 200 plus discs of +1000 at `blobs` (x, y, radius), times the vignette, plus
     /// ±10 noise.
     fn image(blobs: &[(f32, f32, f32)], rng: &mut Rng) -> GrayImage {
+        image_with_offset(blobs, rng, 0.0)
+    }
+
+    /// [`image`] from a camera that adds `offset` counts to every pixel, lit or not.
+    fn image_with_offset(blobs: &[(f32, f32, f32)], rng: &mut Rng, offset: f32) -> GrayImage {
         let data = (0..W * H)
             .map(|i| {
                 let (x, y) = (i % W, i / W);
                 let inside = blobs
                     .iter()
                     .any(|&(bx, by, r)| (x as f32 - bx).powi(2) + (y as f32 - by).powi(2) <= r * r);
-                let v = if inside { 1200.0 } else { 200.0 } * vignette(x, y);
+                let v = if inside { 1200.0 } else { 200.0 } * vignette(x, y) + offset;
                 (v + 20.0 * rng.next() - 10.0).round() as u16
             })
             .collect();
@@ -423,7 +474,10 @@ mod tests {
         // Within a few % of the true field, up to a constant (both to median 1).
         let truth: Vec<f32> = (0..W * H).map(|i| vignette(i % W, i / W)).collect();
         let m_true = median_f32(&truth);
-        for field in [estimate(&images, None), estimate(&images[..12], None)] {
+        for field in [
+            estimate(&images, None, 0.0),
+            estimate(&images[..12], None, 0.0),
+        ] {
             let field = field.unwrap();
             assert_eq!((field.width, field.height), (W as u32, H as u32));
             let m_est = median_f32(&field.values);
@@ -436,7 +490,7 @@ mod tests {
                 .fold(0f32, f32::max);
             assert!(worst < 0.05, "worst relative error {worst}");
         }
-        let field = estimate(&images[..12], None).unwrap();
+        let field = estimate(&images[..12], None, 0.0).unwrap();
 
         // A nucleus in the corner is half as bright as one in the centre; corrected, equal.
         let centre = (100.0, 75.0, 6.0);
@@ -459,6 +513,43 @@ mod tests {
         }
     }
 
+    /// A camera offset divided along with the light comes out of a dim corner boosted: a
+    /// nucleus there reads 20 % too bright. Taken off first, both read the same.
+    #[test]
+    fn a_camera_offset_is_taken_off_not_divided() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let images: Vec<GrayImage> = (0..24)
+            .map(|_| {
+                let blobs: Vec<_> = (0..15)
+                    .map(|_| {
+                        let x = rng.next() * (W + 16) as f32 - 8.0;
+                        let y = rng.next() * (H + 16) as f32 - 8.0;
+                        (x, y, 4.0 + 4.0 * rng.next())
+                    })
+                    .collect();
+                image_with_offset(&blobs, &mut rng, 100.0)
+            })
+            .collect();
+        let centre = (100.0, 75.0, 6.0);
+        let corner = (10.0, 10.0, 6.0);
+        let img = image_with_offset(&[centre, corner], &mut rng, 100.0);
+        let ratio = |fixed: &GrayImage| disc_mean(fixed, centre) / disc_mean(fixed, corner);
+
+        let ignored = estimate(&images, None, 0.0).unwrap();
+        let off = ratio(&apply(&img, &ignored).unwrap());
+        assert!(off > 1.12, "without the offset taken off: {off}");
+
+        let field = estimate(&images, None, 100.0).unwrap();
+        assert_eq!(field.dark, 100.0);
+        // The light at the field's median: 200 × the vignette's median (about 0.77).
+        assert!((140.0..175.0).contains(&field.light), "{}", field.light);
+        let fixed = apply(&img, &field).unwrap();
+        assert!((ratio(&fixed) - 1.0).abs() < 0.05, "{}", ratio(&fixed));
+        // The offset is gone from the background too: 200 × vignette / field ≈ the light.
+        let background = f32::from(fixed.data[W * 40 + 40]);
+        assert!((background - field.light).abs() < 25.0, "{background}");
+    }
+
     #[test]
     fn illumination_refuses_empty_and_mismatched_inputs() {
         let img = |w: u32, h: u32| GrayImage {
@@ -467,11 +558,15 @@ mod tests {
             bit_depth: 8,
             data: vec![100; (w * h) as usize],
         };
-        assert!(estimate(&[], None).unwrap_err().contains("no images"));
-        let err = estimate(&[img(10, 10), img(10, 12)], None).unwrap_err();
+        assert!(estimate(&[], None, 0.0).unwrap_err().contains("no images"));
+        let err = estimate(&[img(10, 10), img(10, 12)], None, 0.0).unwrap_err();
         assert!(err.contains("10x12"), "{err}");
-        assert!(estimate(&[img(10, 10)], Some(-1.0)).is_err());
-        let field = estimate(&[img(10, 10)], None).unwrap();
+        assert!(estimate(&[img(10, 10)], Some(-1.0), 0.0).is_err());
+        assert!(estimate(&[img(10, 10)], None, -1.0).is_err());
+        // An offset as bright as the background leaves no light to estimate from.
+        let err = estimate(&[img(10, 10)], None, 100.0).unwrap_err();
+        assert!(err.contains("dark 100") && err.contains("shutter"), "{err}");
+        let field = estimate(&[img(10, 10)], None, 0.0).unwrap();
         assert!(field.values.iter().all(|&v| (v - 1.0).abs() < 1e-5));
         assert!(apply(&img(10, 12), &field).unwrap_err().contains("10x12"));
         // An 8-bit image boosted past 255 keeps its values (and its bit depth): 100 / 0.2.
@@ -494,6 +589,8 @@ mod tests {
             width: w,
             height: h,
             values,
+            dark: 0.0,
+            light: 0.0,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("illum.tif");

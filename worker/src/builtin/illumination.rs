@@ -1,6 +1,7 @@
 //! `illumination`: one illumination field per plate and channel (the per-pixel median of the
 //! plate's images, smoothed, normalised to 1: `plateflow_imaging::illumination`), written as
-//! a 16-bit TIFF (value × 10000, opens in Fiji) and a PNG preview for the report. Steps
+//! a 16-bit TIFF (value × 10000, opens in Fiji), a PNG preview for the report, and a JSON of
+//! what the TIFF cannot hold (the camera offset taken off, the background's light). Steps
 //! downstream (`segment`, `features`) divide each image by its plate's field through
 //! [`Corrections`]; `curate` keeps judging the raw images.
 
@@ -82,6 +83,7 @@ pub fn run(ctx: &mut Context, p: &IlluminationParams) -> anyhow::Result<()> {
                 Ok(img)
             },
             p.smoothing,
+            p.dark.unwrap_or(0.0),
         )
         .map_err(|e| anyhow::anyhow!("illumination of channel {ch}: {e}"))?;
         let (lo, hi) = field
@@ -92,11 +94,37 @@ pub fn run(ctx: &mut Context, p: &IlluminationParams) -> anyhow::Result<()> {
             .to_tiff(&ctx.out.join(format!("illumination/{ch}.tif")))
             .map_err(|e| anyhow::anyhow!(e))?;
         ctx.write_output(&format!("illumination/{ch}.png"), &field.to_png_preview())?;
+        let levels = FieldLevels {
+            dark: field.dark,
+            light: field.light,
+            images: with.len(),
+            lowest: lo,
+            highest: hi,
+        };
+        ctx.write_output(
+            &format!("illumination/{ch}.json"),
+            &serde_json::to_vec_pretty(&levels)?,
+        )?;
         ctx.logln(format!(
-            "{ch}: field from {} images ({} excluded by curation), {lo:.2}–{hi:.2} of the median",
+            "{ch}: field from {} images ({} excluded by curation), {lo:.2}–{hi:.2} of the median; \
+             background light {:.0}–{:.0} counts above a camera offset of {}",
             with.len(),
-            sets.len() - kept.len()
+            sets.len() - kept.len(),
+            field.light * lo,
+            field.light * hi,
+            field.dark
         ));
+        if p.dark.is_none() && lo < UNEVEN {
+            // The offset cannot be told from light in the images themselves (the background's
+            // own glow is lit like the nuclei), so this can only ask.
+            ctx.logln(format!(
+                "note: {ch}: no `dark:` given, so all of the background is taken for light. If \
+                 the camera adds an offset (many sCMOS cameras add 100 counts; an image taken \
+                 with the shutter closed shows it), set `dark:` to it: divided by this field, \
+                 the offset would be boosted up to {:.1}-fold where the field is dimmest",
+                1.0 / lo
+            ));
+        }
         if with.len() < FEW_IMAGES {
             ctx.logln(format!(
                 "warning: {ch}: a field from only {} images still holds their cells' own \
@@ -112,6 +140,39 @@ pub fn run(ctx: &mut Context, p: &IlluminationParams) -> anyhow::Result<()> {
 /// Below this many images a plate's median image is still mostly cells, not illumination.
 const FEW_IMAGES: usize = 10;
 
+/// A field dimmer than this somewhere (of its median) is uneven enough that a camera offset
+/// divided along with the light would skew intensities there by a share worth asking about.
+const UNEVEN: f32 = 0.8;
+
+/// What an illumination field's TIFF cannot hold, kept beside it as `illumination/<ch>.json`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FieldLevels {
+    /// The camera offset in counts taken off each image before dividing.
+    dark: f32,
+    /// The background light where the field is 1.0, in counts above `dark`.
+    light: f32,
+    /// Images the field was estimated from.
+    images: usize,
+    /// The field's lowest and highest factors (of its median).
+    lowest: f32,
+    highest: f32,
+}
+
+/// The report's caption for a field's preview, from its levels file (`illumination/<ch>.json`).
+pub fn preview_caption(levels_json: &[u8]) -> Option<String> {
+    let l: FieldLevels = serde_json::from_slice(levels_json).ok()?;
+    let offset = if l.dark > 0.0 {
+        format!("; a camera offset of {} counts was taken off first", l.dark)
+    } else {
+        "; no camera offset was given".to_string()
+    };
+    Some(format!(
+        "Illumination field from {} images: black is its dimmest ({:.2} of the median), white \
+         its brightest ({:.2}); background light {:.0} counts at the median{offset}.",
+        l.images, l.lowest, l.highest, l.light
+    ))
+}
+
 /// The fields of upstream `illumination` tasks, by plate (as it appears in the task label;
 /// "" for a task over every plate) and channel name.
 #[derive(Default)]
@@ -120,6 +181,12 @@ pub struct Corrections(BTreeMap<(String, String), IlluminationField>);
 impl Corrections {
     pub fn from_upstream(ctx: &Context) -> anyhow::Result<Self> {
         let mut fields = BTreeMap::new();
+        let field_file = |label: &str, ch: &str, ext: &str| {
+            ctx.upstream
+                .iter()
+                .find(|(l, n, _)| l == label && *n == format!("illumination/{ch}.{ext}"))
+                .map(|(_, _, rel)| ctx.work.join(rel))
+        };
         for (label, name, rel) in ctx.upstream {
             let Some(ch) = name
                 .strip_prefix("illumination/")
@@ -129,7 +196,27 @@ impl Corrections {
             };
             let plate = label_field(label, "plate").1.unwrap_or("").to_string();
             let path = ctx.work.join(rel);
-            let field = IlluminationField::from_tiff(&path).map_err(|e| anyhow::anyhow!(e))?;
+            let mut field = IlluminationField::from_tiff(&path).map_err(|e| anyhow::anyhow!(e))?;
+            // The offset to take off lives beside the factors; without it the image would be
+            // divided with its offset in (an output set cut short: say so, not guess 0).
+            let levels_path = field_file(label, ch, "json").ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the illumination field {} of {label} has no illumination/{ch}.json beside \
+                     it (the camera offset to take off): run the illumination step again",
+                    path.display()
+                )
+            })?;
+            let levels: FieldLevels = std::fs::read(&levels_path)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice(&b)?))
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "illumination levels {} of {label}: {e}",
+                        levels_path.display()
+                    )
+                })?;
+            field.dark = levels.dark;
+            field.light = levels.light;
             let key = (plate, ch.to_string());
             // Fields are per plate (the pipeline check refuses another fan-out); two for one
             // plate would leave which one applies to chance.
@@ -202,10 +289,15 @@ mod tests {
     }
 
     fn task(channels: Option<Vec<String>>) -> TaskParams {
+        task_with_dark(channels, None)
+    }
+
+    fn task_with_dark(channels: Option<Vec<String>>, dark: Option<f64>) -> TaskParams {
         TaskParams {
             params: StepParams::Illumination(IlluminationParams {
                 channels,
                 smoothing: None,
+                dark,
             }),
             step: "flat".into(),
             channels: Default::default(),
@@ -272,6 +364,87 @@ mod tests {
         let e = run(&mut ctx, p).unwrap_err().to_string();
         assert!(
             e.contains("no channel `Actin`") && e.contains("DNA, GFP"),
+            "{e}"
+        );
+    }
+
+    /// `dark:` reaches the images `segment` and `features` read: the offset is taken off, not
+    /// divided, and the level is kept beside the field (a field without it is refused, not
+    /// read as no offset). Without `dark:`, a field this uneven asks about an offset.
+    #[test]
+    fn the_camera_offset_is_kept_with_the_field_and_taken_off_downstream() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        // Twelve fields of background only: light 200 at the left edge to 400 at the right,
+        // on a camera offset of 100.
+        let mut images = Vec::new();
+        for col in 1..=12 {
+            let rel = format!("in/A{col:02}_DNA.tif");
+            let data: Vec<u16> = (0..40 * 30)
+                .map(|i| 100 + 200 + ((i % 40) as u16 * 200) / 39)
+                .collect();
+            std::fs::create_dir_all(work.join("in")).unwrap();
+            plateflow_imaging::write::write_tiff_u16(&work.join(&rel), 40, 30, &data).unwrap();
+            let fields: BTreeMap<String, String> = [
+                ("plate", "P1"),
+                ("well", &format!("A{col:02}")),
+                ("channel", "DNA"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            images.push((rel, fields));
+        }
+        let run_with = |dark: Option<f64>| {
+            let _ = std::fs::remove_dir_all(work.join("out"));
+            let t = task_with_dark(None, dark);
+            let StepParams::Illumination(p) = &t.params else {
+                unreachable!()
+            };
+            let mut ctx = context(work, &t, &images, &[]);
+            run(&mut ctx, p).unwrap();
+            ctx.log
+        };
+        let log = run_with(None);
+        assert!(log.contains("no `dark:` given"), "{log}");
+        let log = run_with(Some(100.0));
+        assert!(!log.contains("no `dark:` given"), "{log}");
+        assert!(log.contains("camera offset of 100"), "{log}");
+        let levels = std::fs::read(work.join("out/illumination/DNA.json")).unwrap();
+        let caption = preview_caption(&levels).unwrap();
+        assert!(
+            caption.contains("from 12 images") && caption.contains("offset of 100 counts"),
+            "{caption}"
+        );
+
+        let upstream: Vec<(String, String, String)> = ["tif", "json"]
+            .iter()
+            .map(|ext| {
+                (
+                    "flat[plate=P1]".to_string(),
+                    format!("illumination/DNA.{ext}"),
+                    format!("out/illumination/DNA.{ext}"),
+                )
+            })
+            .collect();
+        let t = task(None);
+        let ctx = context(work, &t, &images, &upstream);
+        let corrections = Corrections::from_upstream(&ctx).unwrap();
+        let sets = ctx.image_sets().unwrap();
+        let fixed = corrections.read(&sets[0], "DNA").unwrap();
+        // Light alone, evened out: about 300 everywhere (with the offset divided in, the
+        // whole field would read about 400, and dim edges more than their share).
+        let (lo, hi) = fixed
+            .data
+            .iter()
+            .fold((u16::MAX, 0), |(a, b), &v| (a.min(v), b.max(v)));
+        assert!(lo >= 290 && hi <= 310, "{lo}..{hi}");
+
+        // The levels' file left out: refused, naming what is missing.
+        let ctx = context(work, &t, &images, &upstream[..1]);
+        let e = Corrections::from_upstream(&ctx).err().unwrap().to_string();
+        assert!(
+            e.contains("illumination/DNA.json") && e.contains("run the illumination step again"),
             "{e}"
         );
     }

@@ -771,10 +771,17 @@ fn segmentation_section(
                 .strip_prefix("illumination/")
                 .and_then(|n| n.strip_suffix(".png"))
             {
+                // The levels beside it give the caption its numbers (absent in older results).
+                let caption = outputs
+                    .get(&format!("illumination/{ch}.json"))
+                    .and_then(|p| std::fs::read(p).ok())
+                    .and_then(|b| super::illumination::preview_caption(&b))
+                    .unwrap_or_else(|| {
+                        "Illumination field (stretched from its minimum to its maximum).".into()
+                    });
                 seg.illumination.push(PngFigure {
                     title: format!("{task}: {ch}"),
-                    caption: "Illumination field (stretched from its minimum to its maximum)."
-                        .into(),
+                    caption,
                     png: std::fs::read(path)?,
                 });
             }
