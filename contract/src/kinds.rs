@@ -402,7 +402,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::Segment,
         name: "segment",
-        version: 10,
+        version: 11,
         summary: "nuclei (classic Otsu + distance watershed, or the learned U-Net; size adapted to the image) and cells; 16-bit label TIFFs and an object table",
         params: SEGMENT_PARAMS,
         outputs: &["objects.csv", "labels/*_nuclei.tif", "labels/*_cells.tif", "outlines/*.png", "segmentation.json"],
@@ -442,7 +442,7 @@ static KINDS: &[KindInfo] = &[
     KindInfo {
         kind: StepKind::TrainSegmenter,
         name: "train_segmenter",
-        version: 11,
+        version: 12,
         summary: "trains (or fine-tunes) the learned nucleus segmenter on images with instance labels; held-out fifth scored at IoU 0.5/0.75/0.9; weights and a model card",
         params: TRAIN_SEGMENTER_PARAMS,
         outputs: &["segmenter.safetensors", "segmenter_card.md", "segmenter_history.csv", "segmenter_scores.json"],

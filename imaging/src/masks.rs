@@ -53,13 +53,14 @@ pub fn read_mask(path: &Path) -> Result<Labels, ImageError> {
         .map(|v| values.binary_search(v).expect("a value present") as u32)
         .collect();
     let labels = values.len() - 1;
-    let pieces = pieces_per_label(&data, width as usize, height as usize, labels);
-    let scattered = pieces.iter().filter(|&&n| n >= SCATTERED).count();
+    let pieces = pieces_of_labels(&data, width as usize, height as usize, labels);
+    let scattered = pieces.iter().filter(|p| p.len() >= SCATTERED).count();
     if scattered * 2 > labels {
         let (worst, n) = pieces
             .iter()
             .enumerate()
-            .max_by_key(|&(_, n)| *n)
+            .map(|(i, p)| (i, p.len()))
+            .max_by_key(|&(_, n)| n)
             .expect("a label");
         return Err(bad(format!(
             "{scattered} of its {labels} label values are each {SCATTERED} or more separate \
@@ -68,6 +69,31 @@ pub fn read_mask(path: &Path) -> Result<Labels, ImageError> {
              object labels (each object its own number), or a 0/255 foreground mask, which \
              plateflow splits into objects",
             values[worst + 1]
+        )));
+    }
+    // One number on two objects far apart (tiles labelled 1..n each and stitched, an object
+    // painted twice with one number) would be measured as one object of both: refused, since
+    // which pieces belong together cannot be guessed. Fragments beside their object pass.
+    let reused: Vec<(usize, &Piece, &Piece)> = pieces
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| apart(p).map(|(a, b)| (i, a, b)))
+        .collect();
+    if let Some(&(first, a, b)) = reused.first() {
+        return Err(bad(format!(
+            "{} of its {labels} label values each mark two objects far apart (value {}: {} px \
+             around x {}, y {} and {} px around x {}, y {}), so one number would be measured \
+             as one object of both: labels reused across tiles, or an object painted twice \
+             with one number; give each object its own number (scikit-image: \
+             skimage.measure.label(labels, background=0) numbers each connected piece anew)",
+            reused.len(),
+            values[first + 1],
+            a.area,
+            a.centre().0,
+            a.centre().1,
+            b.area,
+            b.centre().0,
+            b.centre().1,
         )));
     }
     Ok(Labels {
@@ -81,9 +107,60 @@ pub fn read_mask(path: &Path) -> Result<Labels, ImageError> {
 /// A label value in this many separate pieces or more is not one object.
 const SCATTERED: usize = 3;
 
-/// For each label 1..=labels, how many 8-connected pieces it is made of.
-fn pieces_per_label(data: &[u32], w: usize, h: usize, labels: usize) -> Vec<usize> {
-    let mut pieces = vec![0usize; labels];
+/// A piece at least this share of its label's largest piece is an object, not a fragment.
+const WHOLE_SHARE: usize = 4;
+
+/// One 8-connected piece of a label: its area and bounding box (inclusive).
+struct Piece {
+    area: usize,
+    x0: usize,
+    y0: usize,
+    x1: usize,
+    y1: usize,
+}
+
+impl Piece {
+    fn centre(&self) -> (usize, usize) {
+        ((self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2)
+    }
+
+    /// Empty pixels between the two boxes along the axis that separates them most.
+    fn gap(&self, other: &Piece) -> usize {
+        let gx = self
+            .x0
+            .saturating_sub(other.x1 + 1)
+            .max(other.x0.saturating_sub(self.x1 + 1));
+        let gy = self
+            .y0
+            .saturating_sub(other.y1 + 1)
+            .max(other.y0.saturating_sub(self.y1 + 1));
+        gx.max(gy)
+    }
+}
+
+/// Two pieces of one label that are two objects, in reading order: the largest (the first of
+/// equals), and another at least a quarter its size lying further from it than the largest's
+/// own diameter. None for one object and its fragments.
+fn apart(pieces: &[Piece]) -> Option<(&Piece, &Piece)> {
+    let (at, largest) = pieces
+        .iter()
+        .enumerate()
+        .rev()
+        .max_by_key(|(_, p)| p.area)?;
+    let diameter = (4.0 * largest.area as f64 / std::f64::consts::PI).sqrt();
+    let (other_at, other) = pieces.iter().enumerate().find(|&(i, p)| {
+        i != at && p.area * WHOLE_SHARE >= largest.area && p.gap(largest) as f64 > diameter
+    })?;
+    Some(if other_at < at {
+        (other, largest)
+    } else {
+        (largest, other)
+    })
+}
+
+/// For each label 1..=labels, its 8-connected pieces.
+fn pieces_of_labels(data: &[u32], w: usize, h: usize, labels: usize) -> Vec<Vec<Piece>> {
+    let mut pieces: Vec<Vec<Piece>> = (0..labels).map(|_| Vec::new()).collect();
     let mut seen = vec![false; data.len()];
     let mut stack = Vec::new();
     for start in 0..data.len() {
@@ -91,10 +168,22 @@ fn pieces_per_label(data: &[u32], w: usize, h: usize, labels: usize) -> Vec<usiz
         if label == 0 || seen[start] {
             continue;
         }
-        pieces[label as usize - 1] += 1;
+        let mut piece = Piece {
+            area: 0,
+            x0: start % w,
+            y0: start / w,
+            x1: start % w,
+            y1: start / w,
+        };
         seen[start] = true;
         stack.push(start);
         while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            piece.area += 1;
+            piece.x0 = piece.x0.min(x);
+            piece.x1 = piece.x1.max(x);
+            piece.y0 = piece.y0.min(y);
+            piece.y1 = piece.y1.max(y);
             neighbours8(i, w, h, |j| {
                 if !seen[j] && data[j] == label {
                     seen[j] = true;
@@ -102,6 +191,7 @@ fn pieces_per_label(data: &[u32], w: usize, h: usize, labels: usize) -> Vec<usiz
                 }
             });
         }
+        pieces[label as usize - 1].push(piece);
     }
     pieces
 }
@@ -504,5 +594,71 @@ mod tests {
         let p = dir.path().join("sixteen.tif");
         tiff::<colortype::Gray16>(&p, 20, 20, &sixteen, 1);
         assert_eq!(read_mask(&p).unwrap().count, 255);
+    }
+
+    /// A 40x20 label image with `squares` (label, x, y, side) painted in.
+    fn painted(squares: &[(u16, usize, usize, usize)]) -> Vec<u16> {
+        let mut data = vec![0u16; 40 * 20];
+        for &(label, x, y, side) in squares {
+            for yy in y..y + side {
+                for xx in x..x + side {
+                    data[yy * 40 + xx] = label;
+                }
+            }
+        }
+        data
+    }
+
+    /// One number on two objects far apart is refused, naming the value and where both
+    /// lie; an object with a fragment beside it, or cut in two by a thin gap, is one object.
+    #[test]
+    fn a_label_on_two_objects_far_apart_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+
+        // Two tiles of 20x20, each labelled 1..3 on its own, stitched side by side.
+        let tile = [(1, 2, 2, 5), (2, 10, 3, 6), (3, 4, 12, 5)];
+        let stitched: Vec<_> = tile
+            .iter()
+            .chain(
+                tile.iter()
+                    .map(|&(l, x, y, s)| (l, x + 20, y, s))
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )
+            .copied()
+            .collect();
+        tiff::<colortype::Gray16>(&p("stitched.tif"), 40, 20, &painted(&stitched), 1);
+        let e = read_mask(&p("stitched.tif")).unwrap_err().to_string();
+        assert!(
+            e.contains("stitched.tif")
+                && e.contains("3 of its 3 label values")
+                && e.contains("value 1: 25 px around x 4, y 4 and 25 px around x 24, y 4")
+                && e.contains("skimage.measure.label"),
+            "{e}"
+        );
+
+        // One object of five painted a second time with its number, far away.
+        let twice = [
+            (1, 2, 2, 4),
+            (2, 10, 2, 4),
+            (3, 18, 2, 4),
+            (4, 26, 2, 4),
+            (5, 2, 12, 4),
+            (3, 30, 12, 4),
+        ];
+        tiff::<colortype::Gray16>(&p("twice.tif"), 40, 20, &painted(&twice), 1);
+        let e = read_mask(&p("twice.tif")).unwrap_err().to_string();
+        assert!(
+            e.contains("1 of its 5 label values") && e.contains("value 3"),
+            "{e}"
+        );
+
+        // A fragment of 4 px two pixels from its 36 px object; an object cut in two halves
+        // by a one-pixel gap: each is one object.
+        let fragments = [(1, 2, 2, 6), (1, 10, 4, 2), (2, 20, 2, 4), (2, 25, 2, 4)];
+        tiff::<colortype::Gray16>(&p("fragments.tif"), 40, 20, &painted(&fragments), 1);
+        let l = read_mask(&p("fragments.tif")).unwrap();
+        assert_eq!(l.count, 2);
     }
 }
