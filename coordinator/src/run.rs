@@ -186,7 +186,11 @@ pub fn validate(path: &Path) -> anyhow::Result<Pipeline> {
     let map = read_plate_map(&pipeline)?;
     if let Some(data) = &pipeline.data {
         let ds = Dataset::scan(data)?;
-        spec::against_data::check(&pipeline, &DataFacts::of(&ds), map.as_ref())?;
+        let facts = DataFacts::of(&ds);
+        spec::against_data::check(&pipeline, &facts, map.as_ref())?;
+        for w in spec::against_data::warnings(&facts, map.as_ref()) {
+            tracing::warn!("{}: {w}", path.display());
+        }
     }
     Ok(pipeline)
 }
@@ -275,7 +279,11 @@ pub fn prepare(
             }
             let listed = t0.elapsed();
             // What the pipeline names in its data, before any file is read.
-            spec::against_data::check(&pipeline, &DataFacts::of(&ds), plate_map.as_ref())?;
+            let facts = DataFacts::of(&ds);
+            spec::against_data::check(&pipeline, &facts, plate_map.as_ref())?;
+            for w in spec::against_data::warnings(&facts, plate_map.as_ref()) {
+                tracing::warn!("{}: {w}", pipeline_path.display());
+            }
             let stats = ds.hash(db, threads)?;
             tracing::info!(
                 files = ds.images.len(),

@@ -134,6 +134,46 @@ struct Checker<'a> {
     map: Option<&'a PlateMap>,
 }
 
+/// The images' plates that a plate map with a plate column has no row for.
+fn plates_without_rows<'f>(facts: &'f DataFacts, map: &PlateMap) -> Vec<&'f str> {
+    if !map.has_plate_column() {
+        return Vec::new();
+    }
+    let in_map: BTreeSet<&str> = map.rows.iter().filter_map(|r| r.plate.as_deref()).collect();
+    facts
+        .field_values
+        .get("plate")
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|p| !in_map.contains(p))
+        .collect()
+}
+
+/// What `check` lets pass but the user should hear, for the log: image plates that a plate
+/// map has no row for while it has rows for others. A map may leave plates out on purpose
+/// (a plate of controls only), so this is not refused; but those wells have no label, dose or
+/// control, so `train` and the readouts leave them out, and a plate spelt past recognition
+/// (`Plate 7` against `20241105_p07`) would otherwise go unnoticed.
+pub fn warnings(facts: &DataFacts, map: Option<&PlateMap>) -> Vec<String> {
+    let Some(map) = map else { return Vec::new() };
+    let missing = plates_without_rows(facts, map);
+    let images = facts.field_values.get("plate").map_or(0, BTreeSet::len);
+    if missing.is_empty() || missing.len() == images {
+        // None missing, or none in the map: `check` refuses the latter.
+        return Vec::new();
+    }
+    vec![format!(
+        "{} of the images' {images} plates have no row in plate map `{}`: {}; their wells get \
+         no label, dose or control, so training and readouts leave them out (the map's \
+         plates: {}). Add their rows, or spell the map's plate column as the file names do",
+        missing.len(),
+        map.file,
+        first_few(missing.iter().copied(), 5, ", "),
+        first_few(map.plates().into_iter(), 5, ", "),
+    )]
+}
+
 /// Checks `pipeline` against its data; `map` is its plate map, already read.
 pub fn check(
     pipeline: &Pipeline,
@@ -242,10 +282,7 @@ impl Checker<'_> {
         }
         let images = self.values("plate");
         let in_map: BTreeSet<&str> = map.rows.iter().filter_map(|r| r.plate.as_deref()).collect();
-        let missing: Vec<&String> = images
-            .iter()
-            .filter(|p| !in_map.contains(p.as_str()))
-            .collect();
+        let missing = plates_without_rows(self.facts, map);
         if missing.is_empty() || in_map.is_empty() {
             return;
         }
@@ -254,7 +291,7 @@ impl Checker<'_> {
             .copied()
             .filter(|m| !images.iter().any(|p| p == m))
             .collect();
-        let respelt: Vec<(&String, &str)> = missing
+        let respelt: Vec<(&str, &str)> = missing
             .iter()
             .filter_map(|&p| unused.iter().find(|m| same_plate(p, m)).map(|&m| (p, m)))
             .collect();
@@ -721,8 +758,20 @@ mod tests {
                 .contains("none of the image plates (BR1, BR2)"),
             "{e}"
         );
-        check(&p, &facts(&["P1", "P2", "P4"]), Some(&map)).unwrap();
-        check(&p, &facts(&["P1"]), Some(&map)).unwrap();
+        // A plate the map leaves out, spelt past recognition or on purpose: it passes, and
+        // the run's log names it with the map's plates.
+        let (some, all) = (facts(&["P1", "P2", "P4"]), facts(&["P1"]));
+        check(&p, &some, Some(&map)).unwrap();
+        let w = warnings(&some, Some(&map));
+        assert!(
+            w.len() == 1
+                && w[0]
+                    .contains("1 of the images' 3 plates have no row in plate map `map.csv`: P4;")
+                && w[0].contains("the map's plates: P1, P2, Plate_03"),
+            "{w:?}"
+        );
+        check(&p, &all, Some(&map)).unwrap();
+        assert!(warnings(&all, Some(&map)).is_empty());
         assert!(same_plate("P01", "p1") && !same_plate("P1", "P2") && !same_plate("P10", "P1"));
     }
 
