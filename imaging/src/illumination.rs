@@ -173,7 +173,8 @@ pub fn estimate_by(
 /// CellProfiler's CorrectIlluminationApply with "set values greater than 1 to 1" off; its
 /// default keeps them by dividing by a field rescaled to ≥ 1, which dims the whole image
 /// instead. Only a 16-bit image pushed past 65,535 saturates (a 12- or 14-bit camera in a
-/// 16-bit file never is: the field boosts at most 20-fold).
+/// 16-bit file never is: the field boosts at most 20-fold); the `illumination` step counts
+/// where that happens on a plate.
 pub fn apply(img: &GrayImage, field: &IlluminationField) -> Result<GrayImage, String> {
     let n = img.width as usize * img.height as usize;
     if (img.width, img.height) != (field.width, field.height)

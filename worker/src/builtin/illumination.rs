@@ -62,6 +62,9 @@ pub fn run(ctx: &mut Context, p: &IlluminationParams) -> anyhow::Result<()> {
         }
         let first = with[0].channel(ch)?;
         let mut size = None;
+        // Each pixel's brightest value over the plate, to say where correction would pass the
+        // 16-bit top (it is clipped there).
+        let mut brightest: Vec<u16> = Vec::new();
         // Read one group at a time (see `estimate_by`); a size that differs is named by file.
         let field = estimate_by(
             with.len(),
@@ -79,6 +82,14 @@ pub fn run(ctx: &mut Context, p: &IlluminationParams) -> anyhow::Result<()> {
                         img.height,
                         first.display(),
                     ));
+                }
+                if brightest.len() == img.data.len() {
+                    brightest
+                        .iter_mut()
+                        .zip(&img.data)
+                        .for_each(|(b, &v)| *b = (*b).max(v));
+                } else {
+                    brightest.clone_from(&img.data);
                 }
                 Ok(img)
             },
@@ -123,6 +134,19 @@ pub fn run(ctx: &mut Context, p: &IlluminationParams) -> anyhow::Result<()> {
                  with the shutter closed shows it), set `dark:` to it: divided by this field, \
                  the offset would be boosted up to {:.1}-fold where the field is dimmest",
                 1.0 / lo
+            ));
+        }
+        let clipped = brightest
+            .iter()
+            .zip(&field.values)
+            .filter(|&(&v, &f)| (f32::from(v) - field.dark) / f > f32::from(u16::MAX))
+            .count();
+        if clipped > 0 {
+            ctx.logln(format!(
+                "warning: {ch}: divided by the field, {clipped} pixel position(s) pass 65,535 \
+                 (the 16-bit top) in at least one image and are clipped there, so the \
+                 brightest objects in the field's dim parts read too dim; these images are near \
+                 the camera's top already (lower the exposure for the next plates)"
             ));
         }
         if with.len() < FEW_IMAGES {
@@ -446,6 +470,48 @@ mod tests {
         assert!(
             e.contains("illumination/DNA.json") && e.contains("run the illumination step again"),
             "{e}"
+        );
+    }
+
+    /// Where dividing by the field passes the 16-bit top somewhere on the plate, the log says
+    /// how many pixel positions are clipped (they were clipped in silence).
+    #[test]
+    fn values_divided_past_the_16_bit_top_are_counted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        // Light 30,000 at the left edge to 60,000 at the right; one field has a 3-pixel-wide
+        // stripe at 65,000 along its dim left edge.
+        let mut images = Vec::new();
+        for col in 1..=12u16 {
+            let rel = format!("in/A{col:02}_DNA.tif");
+            let data: Vec<u16> = (0..40 * 30)
+                .map(|i| match (col, i % 40) {
+                    (1, 0..3) => 65_000,
+                    (_, x) => (30_000 + (x as u32 * 30_000) / 39) as u16,
+                })
+                .collect();
+            std::fs::create_dir_all(work.join("in")).unwrap();
+            plateflow_imaging::write::write_tiff_u16(&work.join(&rel), 40, 30, &data).unwrap();
+            let fields: BTreeMap<String, String> = [
+                ("plate", "P1"),
+                ("well", &format!("A{col:02}")),
+                ("channel", "DNA"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            images.push((rel, fields));
+        }
+        let t = task(None);
+        let StepParams::Illumination(p) = &t.params else {
+            unreachable!()
+        };
+        let mut ctx = context(work, &t, &images, &[]);
+        run(&mut ctx, p).unwrap();
+        assert!(
+            ctx.log.contains("90 pixel position(s) pass 65,535"),
+            "{}",
+            ctx.log
         );
     }
 }
