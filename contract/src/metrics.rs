@@ -6,6 +6,7 @@
 //! are written as `null` and read back as NaN.
 
 use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
 
 fn nan_from_null<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
@@ -294,6 +295,83 @@ pub struct ModelSidecar {
     pub training: TrainingData,
     pub cross_validation: TrainMetrics,
     pub software: Software,
+    /// Channel → the top grey level of the texture features the model reads (none for a
+    /// model without texture features, or one saved before this was kept).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub texture_tops: BTreeMap<String, u32>,
+}
+
+/// `texture.json` of a `features` task: the grey-level range each channel's Haralick
+/// features were quantised over. Taken from each plate's brightest pixel unless
+/// `texture_max:` is given, so two plates can differ; features of different ranges are not
+/// comparable, which `train` and `evaluate` check with [`TextureQuantisation::common`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct TextureQuantisation {
+    /// Pixels averaged per step (the `_3_` in the column names).
+    pub scale: u32,
+    /// Grey levels (the last number in the column names).
+    pub levels: u32,
+    /// Channel → the value given the top grey level.
+    pub tops: BTreeMap<String, u32>,
+    /// Channel → where the top came from (`texture_max`, or the brightest pixel).
+    pub from: BTreeMap<String, String>,
+}
+
+impl TextureQuantisation {
+    /// Whether `column` is one of this task's texture columns of `channel`
+    /// (`Nuclei_Texture_Contrast_DNA_3_avg_8`).
+    pub fn is_texture_of(&self, column: &str, channel: &str) -> bool {
+        column.contains("_Texture_")
+            && column.ends_with(&format!("_{channel}_{}_avg_{}", self.scale, self.levels))
+    }
+
+    /// The one range per channel whose texture columns are among `used`, over the tasks
+    /// `(name, quantisation)`; an error naming the tasks of each range where they differ.
+    pub fn common(
+        tasks: &[(String, TextureQuantisation)],
+        used: &[String],
+    ) -> Result<BTreeMap<String, u32>, String> {
+        let mut by_channel: BTreeMap<&str, BTreeMap<u32, Vec<&str>>> = BTreeMap::new();
+        for (task, q) in tasks {
+            for (ch, &top) in &q.tops {
+                if used.iter().any(|c| q.is_texture_of(c, ch)) {
+                    by_channel
+                        .entry(ch)
+                        .or_default()
+                        .entry(top)
+                        .or_default()
+                        .push(task);
+                }
+            }
+        }
+        let mut common = BTreeMap::new();
+        for (ch, tops) in by_channel {
+            if tops.len() > 1 {
+                let ranges: Vec<String> = tops
+                    .iter()
+                    .map(|(top, tasks)| {
+                        format!(
+                            "0..{top} in {}",
+                            crate::listing::first_few(tasks.iter().copied(), 3, ", ")
+                        )
+                    })
+                    .collect();
+                let highest = tops.keys().last().copied().unwrap_or_default();
+                return Err(format!(
+                    "the texture of {ch} was quantised over different ranges: {} (each plate's \
+                     range comes from its brightest pixel), so one plate's Haralick features \
+                     cannot be compared with another's; set `texture_max: {highest}` (your \
+                     camera's top) in the features step, or leave {ch}'s texture out with \
+                     `exclude_features: [\"*_Texture_*_{ch}_*\"]`",
+                    ranges.join("; ")
+                ));
+            }
+            if let Some((&top, _)) = tops.iter().next() {
+                common.insert(ch.to_string(), top);
+            }
+        }
+        Ok(common)
+    }
 }
 
 impl ModelSidecar {
@@ -306,6 +384,48 @@ impl ModelSidecar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Plates whose texture ranges differ are refused with the ranges, their tasks and the
+    /// fix, but only where that channel's texture columns are used.
+    #[test]
+    fn texture_ranges_must_agree_where_texture_is_used() {
+        let q = |dna: u32, gfp: u32| TextureQuantisation {
+            scale: 3,
+            levels: 8,
+            tops: BTreeMap::from([("DNA".to_string(), dna), ("GFP".to_string(), gfp)]),
+            from: BTreeMap::new(),
+        };
+        let tasks = vec![
+            ("features[plate=P1]".to_string(), q(16383, 4095)),
+            ("features[plate=P2]".to_string(), q(16383, 4095)),
+            ("features[plate=P3]".to_string(), q(4095, 4095)),
+        ];
+        let used = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let e = TextureQuantisation::common(
+            &tasks,
+            &used(&[
+                "Nuclei_Texture_Contrast_DNA_3_avg_8",
+                "Nuclei_Intensity_MeanIntensity_GFP",
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("texture of DNA")
+                && e.contains("0..4095 in features[plate=P3]; 0..16383 in features[plate=P1], features[plate=P2]")
+                && e.contains("texture_max: 16383"),
+            "{e}"
+        );
+        // Only GFP's texture is used: it agrees.
+        let common = TextureQuantisation::common(
+            &tasks,
+            &used(&["Cells_Texture_Entropy_GFP_3_avg_8", "Nuclei_AreaShape_Area"]),
+        )
+        .unwrap();
+        assert_eq!(common, BTreeMap::from([("GFP".to_string(), 4095)]));
+        // A channel whose name ends another's (`DNA` in `mtDNA`) is told apart.
+        assert!(!q(1, 1).is_texture_of("Nuclei_Texture_Contrast_mtDNA_3_avg_8", "DNA"));
+        assert!(q(1, 1).is_texture_of("Nuclei_Texture_Contrast_DNA_3_avg_8", "DNA"));
+    }
 
     fn scores() -> Scores {
         Scores {

@@ -105,6 +105,20 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
                 })
                 .collect();
             d.keep_features(&columns);
+            // The plates scored must quantise texture as the training plates did.
+            for (task, q) in samples::texture_quantisations(ctx)? {
+                for (ch, &top) in &sidecar.texture_tops {
+                    if let Some(&theirs) = q.tops.get(ch).filter(|&&t| t != top) {
+                        anyhow::bail!(
+                            "the model read the texture of {ch} quantised over 0..{top}, but \
+                             {task} quantised it over 0..{theirs} ({}), so its Haralick \
+                             features mean something else there; set `texture_max: {top}` in \
+                             the features step",
+                            q.from.get(ch).map_or("", String::as_str)
+                        );
+                    }
+                }
+            }
             if sidecar.plate_normalisation == "plate" {
                 samples::per_plate_robust_z(&mut d);
             }

@@ -10,6 +10,7 @@
 use super::illumination::Corrections;
 use super::{num, parallel_map, Context, ImageSet, Table};
 use anyhow::Context as _;
+use plateflow_contract::metrics::TextureQuantisation;
 use plateflow_contract::params::{FeaturesParams, WellNormalize};
 use plateflow_contract::platemap::{control_of, Control, PlateMap};
 use plateflow_imaging::features::{
@@ -389,6 +390,24 @@ pub fn run(ctx: &mut Context, params: &FeaturesParams) -> anyhow::Result<()> {
             scan.elapsed().as_secs_f64()
         ));
     }
+    // Kept with the tables, so `train` and `evaluate` can tell plates quantised differently.
+    let quantisation = TextureQuantisation {
+        scale: s.scale,
+        levels: s.levels,
+        tops: s
+            .channels
+            .iter()
+            .zip(&tops)
+            .map(|(ch, (top, _))| (ch.clone(), u32::from(*top)))
+            .collect(),
+        from: s
+            .channels
+            .iter()
+            .zip(&tops)
+            .map(|(ch, (_, from))| (ch.clone(), from.clone()))
+            .collect(),
+    };
+    ctx.write_output("texture.json", &serde_json::to_vec_pretty(&quantisation)?)?;
     s.texture_tops = tops.into_iter().map(|(top, _)| top).collect();
     let s = s;
     let mut objects = 0usize;

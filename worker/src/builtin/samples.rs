@@ -5,6 +5,7 @@
 
 use super::{map_metadata_column, Context};
 use anyhow::Context as _;
+use plateflow_contract::metrics::TextureQuantisation;
 pub use plateflow_learn::cells::{per_crop_z, per_plate_robust_z, Data};
 use plateflow_learn::split::Origin;
 use sha2::{Digest as _, Sha256};
@@ -57,6 +58,23 @@ fn sha256_file(path: &std::path::Path) -> anyhow::Result<String> {
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
     Ok(format!("{:x}", h.finalize()))
+}
+
+/// Each upstream `features` task's `texture.json` (the range its texture was quantised
+/// over), by task label. A table saved before these were kept has none and is not compared.
+pub fn texture_quantisations(ctx: &Context) -> anyhow::Result<Vec<(String, TextureQuantisation)>> {
+    ctx.upstream
+        .iter()
+        .filter(|(_, name, _)| name == "texture.json")
+        .map(|(label, _, rel)| {
+            let path = ctx.work.join(rel);
+            let q = std::fs::read(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|b| Ok(serde_json::from_slice(&b)?))
+                .with_context(|| format!("reading {} of {label}", path.display()))?;
+            Ok((label.clone(), q))
+        })
+        .collect()
 }
 
 /// Per-cell features from `cells.csv` files: numeric columns other than metadata. With

@@ -17,7 +17,7 @@ use super::{card, explain, interpretation, num, readout, scoring, Context, Table
 use plateflow_contract::columns;
 use plateflow_contract::metrics::{
     Calibration, ConcentratedClass, FileDigest, LeftOut, ModelSidecar, Software, SplitInfo,
-    SuspectWell, TrainMetrics, TrainingData,
+    SuspectWell, TextureQuantisation, TrainMetrics, TrainingData,
 };
 use plateflow_contract::params::{ModelKind, StopOn, TrainNormalize, TrainParams};
 use plateflow_learn::fitting::{self, Fitted, Settings};
@@ -29,7 +29,7 @@ use plateflow_learn::protocol::{cross_validate, fit_cnn};
 use plateflow_learn::rng::Rng;
 use plateflow_learn::split::concentrated_classes;
 use plateflow_learn::train::WarmStart;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The feature family and channel of a CellProfiler-style column name, for grouping the
 /// logistic coefficients: `Nuclei_Intensity_MeanIntensity_DNA` → (Nuclei Intensity, DNA).
@@ -101,6 +101,7 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
     };
     // Nuisance columns (position, numbering, metadata) and `exclude_features:` are left out.
     let mut left_out = Vec::new();
+    let mut texture_tops = BTreeMap::new();
     if params.model == ModelKind::Logistic {
         for (name, patterns) in [
             ("exclude_features", &params.exclude_features),
@@ -154,6 +155,11 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
             }
         ));
         d.keep_features(&kept);
+        // Texture quantised over different ranges on different plates would be a plate
+        // effect the model learns and cross-validation rewards.
+        texture_tops =
+            TextureQuantisation::common(&samples::texture_quantisations(ctx)?, &d.feature_names)
+                .map_err(anyhow::Error::msg)?;
         left_out = dropped
             .into_iter()
             .map(|x| LeftOut {
@@ -526,6 +532,7 @@ pub fn run(ctx: &mut Context, params: &TrainParams) -> anyhow::Result<()> {
             plateflow: env!("CARGO_PKG_VERSION").into(),
             candle: "0.11.1".into(),
         },
+        texture_tops,
     };
     ctx.write_output(
         "model.json",
@@ -764,6 +771,75 @@ mod tests {
             rows.len() == 40 && right >= 38,
             "{right} of {} right",
             rows.len()
+        );
+    }
+
+    /// Texture quantised over different ranges on two `features` tasks is refused by `train`
+    /// (a plate effect it would learn); agreeing, the range goes into the model's sidecar, and
+    /// `evaluate` refuses plates quantised otherwise.
+    #[test]
+    fn texture_ranges_must_agree_across_plates_and_with_the_model() {
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tmp.path();
+        let mut upstream = screen(work);
+        let text = std::fs::read_to_string(work.join("f/cells.csv")).unwrap();
+        std::fs::write(
+            work.join("f/cells.csv"),
+            text.replacen("Nuclei_F", "Nuclei_Texture_Contrast_DNA_3_avg_8", 1),
+        )
+        .unwrap();
+        let quantised = |dir: &str, top: u32| {
+            let q = TextureQuantisation {
+                scale: 3,
+                levels: 8,
+                tops: BTreeMap::from([("DNA".to_string(), top)]),
+                from: BTreeMap::from([("DNA".to_string(), format!("brightest pixel {top}"))]),
+            };
+            std::fs::create_dir_all(work.join(dir)).unwrap();
+            std::fs::write(
+                work.join(dir).join("texture.json"),
+                serde_json::to_vec(&q).unwrap(),
+            )
+            .unwrap();
+        };
+        quantised("f", 16383);
+        quantised("g", 4095);
+        for t in ["f", "g"] {
+            upstream.push((t.into(), "texture.json".into(), format!("{t}/texture.json")));
+        }
+        let task = testing::task("train", &[]);
+        let mut ctx = testing::context(work, &task, &[], &upstream);
+        let e = format!("{:#}", run(&mut ctx, &holding_out_p4()).unwrap_err());
+        assert!(
+            e.contains("0..4095 in g; 0..16383 in f") && e.contains("texture_max: 16383"),
+            "{e}"
+        );
+
+        quantised("g", 16383);
+        let mut ctx = testing::context(work, &task, &[], &upstream);
+        run(&mut ctx, &holding_out_p4()).unwrap();
+        let sidecar: ModelSidecar =
+            serde_json::from_slice(&std::fs::read(work.join("out/model.json")).unwrap()).unwrap();
+        assert_eq!(
+            sidecar.texture_tops,
+            BTreeMap::from([("DNA".to_string(), 16383)])
+        );
+
+        // The held-out plate's table quantised otherwise than the model's.
+        quantised("g", 4095);
+        for name in ["model.safetensors", "model.json"] {
+            upstream.push(("train".into(), name.into(), format!("out/{name}")));
+        }
+        let task = testing::task("score", &[]);
+        let mut ctx = testing::context(work, &task, &[], &upstream);
+        let e = format!(
+            "{:#}",
+            super::super::evaluate::run(&mut ctx, &Default::default()).unwrap_err()
+        );
+        assert!(
+            e.contains("quantised over 0..16383, but g quantised it over 0..4095")
+                && e.contains("texture_max: 16383"),
+            "{e}"
         );
     }
 }
