@@ -447,6 +447,23 @@ mod tests {
         }
     }
 
+    /// `n` fields of 15 random nuclei each, from a camera adding `offset`.
+    fn plate(n: usize, rng: &mut Rng, offset: f32) -> Vec<GrayImage> {
+        (0..n)
+            .map(|_| {
+                let blobs: Vec<_> = (0..15)
+                    .map(|_| {
+                        // Cells continue past the field of view, so their centres do too.
+                        let x = rng.next() * (W + 16) as f32 - 8.0;
+                        let y = rng.next() * (H + 16) as f32 - 8.0;
+                        (x, y, 4.0 + 4.0 * rng.next())
+                    })
+                    .collect();
+                image_with_offset(&blobs, rng, offset)
+            })
+            .collect()
+    }
+
     fn disc_mean(img: &GrayImage, (bx, by, r): (f32, f32, f32)) -> f32 {
         let vals: Vec<f32> = (0..W * H)
             .filter(|i| ((i % W) as f32 - bx).powi(2) + ((i / W) as f32 - by).powi(2) <= r * r)
@@ -459,19 +476,7 @@ mod tests {
     fn illumination_recovers_vignetting_and_evens_out_blobs() {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
         // 12 images are one median group; 80 are two.
-        let images: Vec<GrayImage> = (0..80)
-            .map(|_| {
-                let blobs: Vec<_> = (0..15)
-                    .map(|_| {
-                        // Cells continue past the field of view, so their centres do too.
-                        let x = rng.next() * (W + 16) as f32 - 8.0;
-                        let y = rng.next() * (H + 16) as f32 - 8.0;
-                        (x, y, 4.0 + 4.0 * rng.next())
-                    })
-                    .collect();
-                image(&blobs, &mut rng)
-            })
-            .collect();
+        let images = plate(80, &mut rng, 0.0);
         // Within a few % of the true field, up to a constant (both to median 1).
         let truth: Vec<f32> = (0..W * H).map(|i| vignette(i % W, i / W)).collect();
         let m_true = median_f32(&truth);
@@ -519,18 +524,7 @@ mod tests {
     #[test]
     fn a_camera_offset_is_taken_off_not_divided() {
         let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-        let images: Vec<GrayImage> = (0..24)
-            .map(|_| {
-                let blobs: Vec<_> = (0..15)
-                    .map(|_| {
-                        let x = rng.next() * (W + 16) as f32 - 8.0;
-                        let y = rng.next() * (H + 16) as f32 - 8.0;
-                        (x, y, 4.0 + 4.0 * rng.next())
-                    })
-                    .collect();
-                image_with_offset(&blobs, &mut rng, 100.0)
-            })
-            .collect();
+        let images = plate(24, &mut rng, 100.0);
         let centre = (100.0, 75.0, 6.0);
         let corner = (10.0, 10.0, 6.0);
         let img = image_with_offset(&[centre, corner], &mut rng, 100.0);

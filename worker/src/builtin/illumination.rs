@@ -392,6 +392,30 @@ mod tests {
         );
     }
 
+    /// Twelve DNA fields of 40x30 (wells A01..A12 of plate P1) as TIFFs; `value(column, x)`
+    /// gives each pixel's value.
+    fn dna_plate(
+        work: &Path,
+        value: impl Fn(u32, u32) -> u32,
+    ) -> Vec<(String, BTreeMap<String, String>)> {
+        std::fs::create_dir_all(work.join("in")).unwrap();
+        (1..=12)
+            .map(|col| {
+                let rel = format!("in/A{col:02}_DNA.tif");
+                let data: Vec<u16> = (0..40 * 30)
+                    .map(|i| value(col, i % 40).min(65_535) as u16)
+                    .collect();
+                plateflow_imaging::write::write_tiff_u16(&work.join(&rel), 40, 30, &data).unwrap();
+                let well = format!("A{col:02}");
+                let fields = [("plate", "P1"), ("well", well.as_str()), ("channel", "DNA")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (rel, fields)
+            })
+            .collect()
+    }
+
     /// `dark:` reaches the images `segment` and `features` read: the offset is taken off, not
     /// divided, and the level is kept beside the field (a field without it is refused, not
     /// read as no offset). Without `dark:`, a field this uneven asks about an offset.
@@ -401,24 +425,7 @@ mod tests {
         let work = tmp.path();
         // Twelve fields of background only: light 200 at the left edge to 400 at the right,
         // on a camera offset of 100.
-        let mut images = Vec::new();
-        for col in 1..=12 {
-            let rel = format!("in/A{col:02}_DNA.tif");
-            let data: Vec<u16> = (0..40 * 30)
-                .map(|i| 100 + 200 + ((i % 40) as u16 * 200) / 39)
-                .collect();
-            std::fs::create_dir_all(work.join("in")).unwrap();
-            plateflow_imaging::write::write_tiff_u16(&work.join(&rel), 40, 30, &data).unwrap();
-            let fields: BTreeMap<String, String> = [
-                ("plate", "P1"),
-                ("well", &format!("A{col:02}")),
-                ("channel", "DNA"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-            images.push((rel, fields));
-        }
+        let images = dna_plate(work, |_, x| 100 + 200 + (x * 200) / 39);
         let run_with = |dark: Option<f64>| {
             let _ = std::fs::remove_dir_all(work.join("out"));
             let t = task_with_dark(None, dark);
@@ -481,27 +488,10 @@ mod tests {
         let work = tmp.path();
         // Light 30,000 at the left edge to 60,000 at the right; one field has a 3-pixel-wide
         // stripe at 65,000 along its dim left edge.
-        let mut images = Vec::new();
-        for col in 1..=12u16 {
-            let rel = format!("in/A{col:02}_DNA.tif");
-            let data: Vec<u16> = (0..40 * 30)
-                .map(|i| match (col, i % 40) {
-                    (1, 0..3) => 65_000,
-                    (_, x) => (30_000 + (x as u32 * 30_000) / 39) as u16,
-                })
-                .collect();
-            std::fs::create_dir_all(work.join("in")).unwrap();
-            plateflow_imaging::write::write_tiff_u16(&work.join(&rel), 40, 30, &data).unwrap();
-            let fields: BTreeMap<String, String> = [
-                ("plate", "P1"),
-                ("well", &format!("A{col:02}")),
-                ("channel", "DNA"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-            images.push((rel, fields));
-        }
+        let images = dna_plate(work, |col, x| match (col, x) {
+            (1, 0..3) => 65_000,
+            _ => 30_000 + (x * 30_000) / 39,
+        });
         let t = task(None);
         let StepParams::Illumination(p) = &t.params else {
             unreachable!()
