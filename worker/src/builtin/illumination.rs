@@ -432,6 +432,22 @@ mod tests {
             .collect()
     }
 
+    /// The step's log over `images` (its earlier outputs removed first), with `dark`.
+    fn step_log(
+        work: &Path,
+        images: &[(String, BTreeMap<String, String>)],
+        dark: Option<f64>,
+    ) -> String {
+        let _ = std::fs::remove_dir_all(work.join("out"));
+        let t = task_with_dark(None, dark);
+        let StepParams::Illumination(p) = &t.params else {
+            unreachable!()
+        };
+        let mut ctx = context(work, &t, images, &[]);
+        run(&mut ctx, p).unwrap();
+        ctx.log
+    }
+
     /// `dark:` reaches the images `segment` and `features` read: the offset is taken off, not
     /// divided, and the level is kept beside the field (a field without it is refused, not
     /// read as no offset). Without `dark:`, a field this uneven asks about an offset.
@@ -442,19 +458,9 @@ mod tests {
         // Twelve fields of background only: light 200 at the left edge to 400 at the right,
         // on a camera offset of 100.
         let images = dna_plate(work, |_, x| 100 + 200 + (x * 200) / 39);
-        let run_with = |dark: Option<f64>| {
-            let _ = std::fs::remove_dir_all(work.join("out"));
-            let t = task_with_dark(None, dark);
-            let StepParams::Illumination(p) = &t.params else {
-                unreachable!()
-            };
-            let mut ctx = context(work, &t, &images, &[]);
-            run(&mut ctx, p).unwrap();
-            ctx.log
-        };
-        let log = run_with(None);
+        let log = step_log(work, &images, None);
         assert!(log.contains("no `dark:` given"), "{log}");
-        let log = run_with(Some(100.0));
+        let log = step_log(work, &images, Some(100.0));
         assert!(!log.contains("no `dark:` given"), "{log}");
         assert!(log.contains("camera offset of 100"), "{log}");
         let levels = std::fs::read(work.join("out/illumination/DNA.json")).unwrap();
@@ -508,17 +514,8 @@ mod tests {
             (1, 0..3) => 65_000,
             _ => 30_000 + (x * 30_000) / 39,
         });
-        let t = task(None);
-        let StepParams::Illumination(p) = &t.params else {
-            unreachable!()
-        };
-        let mut ctx = context(work, &t, &images, &[]);
-        run(&mut ctx, p).unwrap();
-        assert!(
-            ctx.log.contains("90 pixel position(s) pass 65,535"),
-            "{}",
-            ctx.log
-        );
+        let log = step_log(work, &images, None);
+        assert!(log.contains("90 pixel position(s) pass 65,535"), "{log}");
     }
 
     /// A channel whose background holds almost no light (an 8-bit export cut to black) is
@@ -527,22 +524,9 @@ mod tests {
     fn a_background_without_light_is_warned_about() {
         let tmp = tempfile::tempdir().unwrap();
         let work = tmp.path();
-        let images = dna_plate(work, |_, x| 1 + x / 20);
-        let t = task(None);
-        let StepParams::Illumination(p) = &t.params else {
-            unreachable!()
-        };
-        let mut ctx = context(work, &t, &images, &[]);
-        run(&mut ctx, p).unwrap();
-        assert!(
-            ctx.log.contains("holds only 1.6 counts of light"),
-            "{}",
-            ctx.log
-        );
-
-        let images = dna_plate(work, |_, x| 300 + x);
-        let mut ctx = context(work, &t, &images, &[]);
-        run(&mut ctx, p).unwrap();
-        assert!(!ctx.log.contains("counts of light"), "{}", ctx.log);
+        let log = step_log(work, &dna_plate(work, |_, x| 1 + x / 20), None);
+        assert!(log.contains("holds only 1.6 counts of light"), "{log}");
+        let log = step_log(work, &dna_plate(work, |_, x| 300 + x), None);
+        assert!(!log.contains("counts of light"), "{log}");
     }
 }
