@@ -372,6 +372,28 @@ impl TextureQuantisation {
         }
         Ok(common)
     }
+
+    /// The tasks `(name, quantisation)` a model is applied to quantise each channel whose
+    /// texture it reads (`model_tops`, from its sidecar) over the same range; an error naming
+    /// the first task that does not, and the fix.
+    pub fn against_model(
+        tasks: &[(String, TextureQuantisation)],
+        model_tops: &BTreeMap<String, u32>,
+    ) -> Result<(), String> {
+        for (task, q) in tasks {
+            for (ch, &top) in model_tops {
+                if let Some(&theirs) = q.tops.get(ch).filter(|&&t| t != top) {
+                    return Err(format!(
+                        "the model read the texture of {ch} quantised over 0..{top}, but {task} \
+                         quantised it over 0..{theirs} ({}), so its Haralick features mean \
+                         something else there; set `texture_max: {top}` in the features step",
+                        q.from.get(ch).map_or("", String::as_str)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ModelSidecar {
@@ -422,6 +444,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(common, BTreeMap::from([("GFP".to_string(), 4095)]));
+        // A model that read DNA's texture over 0..16383 fits P1 and P2, not P3.
+        let model = BTreeMap::from([("DNA".to_string(), 16383)]);
+        assert!(TextureQuantisation::against_model(&tasks[..2], &model).is_ok());
+        let e = TextureQuantisation::against_model(&tasks, &model).unwrap_err();
+        assert!(
+            e.contains("0..16383, but features[plate=P3] quantised it over 0..4095")
+                && e.contains("texture_max: 16383"),
+            "{e}"
+        );
         // A channel whose name ends another's (`DNA` in `mtDNA`) is told apart.
         assert!(!q(1, 1).is_texture_of("Nuclei_Texture_Contrast_mtDNA_3_avg_8", "DNA"));
         assert!(q(1, 1).is_texture_of("Nuclei_Texture_Contrast_DNA_3_avg_8", "DNA"));

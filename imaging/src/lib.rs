@@ -66,6 +66,25 @@ pub struct GrayImage {
 }
 
 impl GrayImage {
+    /// An image of `values` (row-major, `width * height`: a resampled image, a generated
+    /// field) rounded to whole counts and held within 0..=65,535.
+    pub fn from_values<T: Into<f64>>(
+        width: u32,
+        height: u32,
+        bit_depth: u8,
+        values: impl IntoIterator<Item = T>,
+    ) -> GrayImage {
+        GrayImage {
+            width,
+            height,
+            bit_depth,
+            data: values
+                .into_iter()
+                .map(|v| v.into().round().clamp(0.0, 65535.0) as u16)
+                .collect(),
+        }
+    }
+
     pub fn get(&self, x: u32, y: u32) -> u16 {
         self.data[(y * self.width + x) as usize]
     }

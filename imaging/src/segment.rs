@@ -420,15 +420,12 @@ fn diameter_at(img: &GrayImage, sigma: f64, shrink: usize) -> Option<(f64, usize
         img
     } else {
         let pixels: Vec<f32> = img.data.iter().map(|&v| f32::from(v)).collect();
-        small = GrayImage {
-            width: sw as u32,
-            height: sh as u32,
-            bit_depth: img.bit_depth,
-            data: crate::resample::resize(&pixels, w, h, sw, sh)
-                .iter()
-                .map(|&v| v.round().clamp(0.0, 65535.0) as u16)
-                .collect(),
-        };
+        small = GrayImage::from_values(
+            sw as u32,
+            sh as u32,
+            img.bit_depth,
+            crate::resample::resize(&pixels, w, h, sw, sh),
+        );
         &small
     };
     let smooth = gaussian(img, sigma / shrink as f64);

@@ -193,15 +193,7 @@ mod tests {
         for s in 0..specks {
             raise(50 + 50 * (s % 5), 50 + 50 * (s / 5 % 5), 3.0, 70_000.0);
         }
-        GrayImage {
-            width: w as u32,
-            height: h as u32,
-            bit_depth: 16,
-            data: v
-                .iter()
-                .map(|&x| x.round().clamp(0.0, 65535.0) as u16)
-                .collect(),
-        }
+        GrayImage::from_values(w as u32, h as u32, 16, v)
     }
 
     #[test]

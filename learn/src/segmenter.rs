@@ -1085,15 +1085,7 @@ mod sparse_fields {
                 }
             }
         }
-        GrayImage {
-            width: w as u32,
-            height: h as u32,
-            bit_depth: 16,
-            data: px
-                .iter()
-                .map(|v| v.round().clamp(0.0, 65535.0) as u16)
-                .collect(),
-        }
+        GrayImage::from_values(w as u32, h as u32, 16, px)
     }
 
     /// A field of one to three nuclei (under 0.2 % of its pixels: a toxic well) is segmented,
@@ -1230,15 +1222,7 @@ mod second_pass_tests {
                 }
             }
         }
-        let img = GrayImage {
-            width: w as u32,
-            height: h as u32,
-            bit_depth: 16,
-            data: v
-                .iter()
-                .map(|&x| x.round().clamp(0.0, 65535.0) as u16)
-                .collect(),
-        };
+        let img = GrayImage::from_values(w as u32, h as u32, 16, v);
         let specks = img.data.iter().filter(|&&x| x == 65_535).count();
         assert!(specks >= 200, "{specks} speck pixels");
         assert!(lower_specks(&img, &Smoothed::of(&img)).is_some());

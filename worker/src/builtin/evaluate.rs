@@ -9,7 +9,9 @@
 use super::samples::{self, Data};
 use super::{card, explain, readout, scoring, Context};
 use anyhow::Context as _;
-use plateflow_contract::metrics::{Calibration, EvaluationMetrics, ModelSidecar};
+use plateflow_contract::metrics::{
+    Calibration, EvaluationMetrics, ModelSidecar, TextureQuantisation,
+};
 use plateflow_contract::params::EvaluateParams;
 use plateflow_learn::fitting::Fitted;
 use plateflow_learn::metrics::{
@@ -106,19 +108,11 @@ pub fn run(ctx: &mut Context, params: &EvaluateParams) -> anyhow::Result<()> {
                 .collect();
             d.keep_features(&columns);
             // The plates scored must quantise texture as the training plates did.
-            for (task, q) in samples::texture_quantisations(ctx)? {
-                for (ch, &top) in &sidecar.texture_tops {
-                    if let Some(&theirs) = q.tops.get(ch).filter(|&&t| t != top) {
-                        anyhow::bail!(
-                            "the model read the texture of {ch} quantised over 0..{top}, but \
-                             {task} quantised it over 0..{theirs} ({}), so its Haralick \
-                             features mean something else there; set `texture_max: {top}` in \
-                             the features step",
-                            q.from.get(ch).map_or("", String::as_str)
-                        );
-                    }
-                }
-            }
+            TextureQuantisation::against_model(
+                &samples::texture_quantisations(ctx)?,
+                &sidecar.texture_tops,
+            )
+            .map_err(anyhow::Error::msg)?;
             if sidecar.plate_normalisation == "plate" {
                 samples::per_plate_robust_z(&mut d);
             }

@@ -6,6 +6,7 @@
 //! [`Corrections`]; `curate` keeps judging the raw images.
 
 use super::{Context, ImageSet};
+use anyhow::Context as _;
 use plateflow_contract::labels::{escape_value, label_field};
 use plateflow_contract::params::IlluminationParams;
 use plateflow_imaging::illumination::{apply, estimate_by, IlluminationField};
@@ -177,7 +178,8 @@ const FEW_IMAGES: usize = 10;
 /// Below this many counts of background light (above `dark`) a field is mostly rounding and
 /// noise: on a generated plate (vignetting to 0.4, shot and 1.5-count read noise, 12 and 48
 /// images) the worst error was 10 % at 4 counts, 16–26 % at 1.6 and 38–41 % at 0.85, and
-/// 2–4 % from 8 counts up.
+/// 2–5 % from 8 counts up (`imaging::illumination`'s test `a_field_needs_light_to_be_estimated_from`
+/// keeps the two ends of that: 5.4 % at 10 counts, 24 % at 2).
 const DIM_LIGHT: f32 = 5.0;
 
 /// A field dimmer than this somewhere (of its median) is uneven enough that a camera offset
@@ -221,10 +223,11 @@ pub struct Corrections(BTreeMap<(String, String), IlluminationField>);
 impl Corrections {
     pub fn from_upstream(ctx: &Context) -> anyhow::Result<Self> {
         let mut fields = BTreeMap::new();
-        let field_file = |label: &str, ch: &str, ext: &str| {
+        let levels_file = |label: &str, ch: &str| {
+            let name = format!("illumination/{ch}.json");
             ctx.upstream
                 .iter()
-                .find(|(l, n, _)| l == label && *n == format!("illumination/{ch}.{ext}"))
+                .find(|(l, n, _)| l == label && *n == name)
                 .map(|(_, _, rel)| ctx.work.join(rel))
         };
         for (label, name, rel) in ctx.upstream {
@@ -239,22 +242,15 @@ impl Corrections {
             let mut field = IlluminationField::from_tiff(&path).map_err(|e| anyhow::anyhow!(e))?;
             // The offset to take off lives beside the factors; without it the image would be
             // divided with its offset in (an output set cut short: say so, not guess 0).
-            let levels_path = field_file(label, ch, "json").ok_or_else(|| {
+            let levels_path = levels_file(label, ch).ok_or_else(|| {
                 anyhow::anyhow!(
                     "the illumination field {} of {label} has no illumination/{ch}.json beside \
                      it (the camera offset to take off): run the illumination step again",
                     path.display()
                 )
             })?;
-            let levels: FieldLevels = std::fs::read(&levels_path)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(serde_json::from_slice(&b)?))
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "illumination levels {} of {label}: {e}",
-                        levels_path.display()
-                    )
-                })?;
+            let levels: FieldLevels = super::read_json(&levels_path)
+                .with_context(|| format!("the illumination levels of {label}"))?;
             field.dark = levels.dark;
             field.light = levels.light;
             let key = (plate, ch.to_string());

@@ -204,6 +204,13 @@ impl Context<'_> {
     }
 }
 
+/// A JSON file read as `T`; errors name the file (unreadable, or not what `T` expects).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not the JSON expected", path.display()))
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));

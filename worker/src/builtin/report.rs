@@ -39,10 +39,7 @@ fn f(rec: &csv::StringRecord, c: Option<usize>) -> f64 {
 }
 
 fn json(path: &Path) -> anyhow::Result<serde_json::Value> {
-    serde_json::from_slice(
-        &std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
-    )
-    .with_context(|| format!("{}: not JSON", path.display()))
+    super::read_json(path)
 }
 
 fn qc_summary(tasks: &BTreeMap<String, Outputs>) -> anyhow::Result<Option<QcSummary>> {

@@ -67,11 +67,8 @@ pub fn texture_quantisations(ctx: &Context) -> anyhow::Result<Vec<(String, Textu
         .iter()
         .filter(|(_, name, _)| name == "texture.json")
         .map(|(label, _, rel)| {
-            let path = ctx.work.join(rel);
-            let q = std::fs::read(&path)
-                .map_err(anyhow::Error::from)
-                .and_then(|b| Ok(serde_json::from_slice(&b)?))
-                .with_context(|| format!("reading {} of {label}", path.display()))?;
+            let q = super::read_json(&ctx.work.join(rel))
+                .with_context(|| format!("the texture ranges of {label}"))?;
             Ok((label.clone(), q))
         })
         .collect()
