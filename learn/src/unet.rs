@@ -148,6 +148,15 @@ impl UNet {
 
     /// [B, 1, H, W] (H, W multiples of [`UNetConfig::multiple`]) → logits [B, 3, H, W].
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.features(x, train)?;
+        match self.ops {
+            Ops::Plateflow => conv2d_same(&x, self.head.weight(), self.head.bias()),
+            Ops::Candle => self.head.forward(&x),
+        }
+    }
+
+    /// The last level's features, [B, width, H, W]: what the head reads.
+    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut skips = Vec::new();
         let mut x = x.clone();
         for (level, block) in self.down.iter().enumerate() {
@@ -166,10 +175,7 @@ impl UNet {
                 self.ops,
             )?;
         }
-        match self.ops {
-            Ops::Plateflow => conv2d_same(&x, self.head.weight(), self.head.bias()),
-            Ops::Candle => self.head.forward(&x),
-        }
+        Ok(x)
     }
 }
 
