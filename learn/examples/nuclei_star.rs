@@ -23,12 +23,12 @@
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
-use plateflow_imaging::instances::{from_probabilities, matches, targets, Matching};
+use plateflow_imaging::instances::{from_probabilities, matches, targets};
 use plateflow_imaging::resample::resize;
 use plateflow_learn::conv::conv2d_same;
 use plateflow_learn::nuclei::{self, Annotated};
 use plateflow_learn::rng::Rng;
-use plateflow_learn::segmenter::{NucleusModel, LEARNED_INSTANCES, MAX_ENLARGE};
+use plateflow_learn::segmenter::{mirrored, NucleusModel, LEARNED_INSTANCES, MAX_ENLARGE};
 use plateflow_learn::unet::{UNet, UNetConfig};
 use rayon::prelude::*;
 use std::f64::consts::TAU;
@@ -204,12 +204,7 @@ fn train(
                     seed.wrapping_mul(1_000_003)
                         .wrapping_add((step * BATCH + i) as u64),
                 );
-                let mut r = rng.unit() * total;
-                let mut k = 0;
-                while k + 1 < areas.len() && r >= areas[k] {
-                    r -= areas[k];
-                    k += 1;
-                }
+                let k = nuclei::image_by_area(&areas, total, &mut rng);
                 let (px, _, labels) = nuclei::augmented_crop(
                     &images[k],
                     CROP,
@@ -263,7 +258,8 @@ struct StarMaps {
 }
 
 /// The maps of an image whose nuclei are `d` pixels across, predicted as the shipped
-/// segmenter predicts (nuclei brought to [`TARGET`], [`BORDER`] mirrored at the edges).
+/// segmenter predicts (nuclei brought to [`TARGET`], [`BORDER`] mirrored at the edges as
+/// `segment` mirrors them).
 fn predict(star: &StarNet, a: &Annotated, d: f64, device: &Device) -> anyhow::Result<StarMaps> {
     let scale = (TARGET / d).clamp(1.0 / 128.0, MAX_ENLARGE);
     let (sw, sh) = (
@@ -275,22 +271,7 @@ fn predict(star: &StarNet, a: &Annotated, d: f64, device: &Device) -> anyhow::Re
         (sw + 2 * BORDER).next_multiple_of(4),
         (sh + 2 * BORDER).next_multiple_of(4),
     );
-    let reflect = |i: usize, n: usize| -> usize {
-        let (mut i, n) = (i as isize - BORDER as isize, n as isize);
-        for _ in 0..8 {
-            if i < 0 {
-                i = -i - 1;
-            }
-            if i >= n {
-                i = 2 * n - 1 - i;
-            }
-        }
-        i.clamp(0, n - 1) as usize
-    };
-    let mut padded = Vec::with_capacity(pw * ph);
-    for y in 0..ph {
-        padded.extend((0..pw).map(|x| small[reflect(y, sh) * sw + reflect(x, sw)]));
-    }
+    let padded = mirrored(&small, sw, sh, BORDER, pw, ph);
     let out = star.forward(&Tensor::from_vec(padded, (1, 1, ph, pw), device)?, false)?;
     let v = out.flatten_all()?.to_vec1::<f32>()?;
     let plane = pw * ph;
@@ -423,17 +404,6 @@ fn instances(a: &Annotated, m: &StarMaps, threshold: f32, nms: f64) -> Vec<u32> 
     labels
 }
 
-/// Sums (matched, predicted, true) at each of [`nuclei::IOUS`].
-fn summed(per_image: impl IntoIterator<Item = [(usize, usize, usize); 3]>) -> [Matching; 3] {
-    let mut out = [Matching::default(); 3];
-    for counts in per_image {
-        for (m, c) in out.iter_mut().zip(counts) {
-            m.add(c);
-        }
-    }
-    out
-}
-
 /// The true labels of an image at model scale (nearest sample) for nuclei of `d` pixels:
 /// (labels, width, height, scale).
 fn labels_at_model_scale(a: &Annotated, d: f64) -> (Vec<u32>, usize, usize, f64) {
@@ -518,8 +488,14 @@ fn main() -> anyhow::Result<()> {
                 })
                 .collect();
             for (name, m) in [
-                ("three classes", summed(per_image.iter().map(|p| p.0))),
-                ("star polygons", summed(per_image.iter().map(|p| p.1))),
+                (
+                    "three classes",
+                    nuclei::summed(per_image.iter().map(|p| p.0)),
+                ),
+                (
+                    "star polygons",
+                    nuclei::summed(per_image.iter().map(|p| p.1)),
+                ),
             ] {
                 println!(
                     "DSB tuning, {name} from the true labels at model scale: F1 {:.4} (AP {:.4}) at IoU 0.5, {:.4} at 0.75, {:.4} at 0.9",
@@ -553,7 +529,7 @@ fn main() -> anyhow::Result<()> {
                     .map(|(a, &d)| predict(&star, a, d, &device))
                     .collect::<anyhow::Result<_>>()?;
                 eprintln!("{name}: maps in {:.1} s", t.elapsed().as_secs_f64());
-                let reference = summed(
+                let reference = nuclei::summed(
                     set.iter()
                         .zip(&sizes)
                         .map(|(a, &d)| {
@@ -581,7 +557,7 @@ fn main() -> anyhow::Result<()> {
                 for threshold in [0.4f32, 0.5, 0.6, 0.7] {
                     let mut row = String::new();
                     for nms in [0.1, 0.2, 0.3, 0.4] {
-                        let m = summed(
+                        let m = nuclei::summed(
                             set.par_iter()
                                 .zip(&maps)
                                 .map(|(a, m)| {

@@ -302,13 +302,7 @@ fn score(
             nuclei::IOUS.map(|iou| matches(&got, &a.truth, iou))
         })
         .collect();
-    let mut out = [Matching::default(); 3];
-    for image in per_image {
-        for (o, m) in out.iter_mut().zip(image) {
-            o.add(m);
-        }
-    }
-    out
+    nuclei::summed(per_image)
 }
 
 /// Why true nuclei go unmatched at IoU 0.5: merged into one prediction with another,

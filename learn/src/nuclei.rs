@@ -782,12 +782,7 @@ impl<'a> BatchMaker<'a> {
                         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                         .wrapping_add((step * cfg.batch + i) as u64),
                 );
-                let mut r = rng.unit() * self.total;
-                let mut k = 0;
-                while k + 1 < self.areas.len() && r >= self.areas[k] {
-                    r -= self.areas[k];
-                    k += 1;
-                }
+                let k = image_by_area(&self.areas, self.total, &mut rng);
                 let (px, cls, labels) =
                     augmented_crop(&self.train[k], cfg.crop, cfg.diameter, cfg.noise, &mut rng);
                 let w = pixel_weights(
@@ -813,6 +808,18 @@ impl<'a> BatchMaker<'a> {
         }
         (xs, ys, ws)
     }
+}
+
+/// The index of the image a training crop is cut from, drawn in proportion to `areas`
+/// (summing to `total`): larger images give more crops.
+pub fn image_by_area(areas: &[f64], total: f64, rng: &mut Rng) -> usize {
+    let mut r = rng.unit() * total;
+    let mut k = 0;
+    while k + 1 < areas.len() && r >= areas[k] {
+        r -= areas[k];
+        k += 1;
+    }
+    k
 }
 
 /// A trained network's tensors with what describes them: the form training produces and
@@ -951,13 +958,18 @@ pub const IOUS: [f64; 3] = [0.5, 0.75, 0.9];
 /// Images run side by side on the thread pool, as the `segment` step runs a plate's fields
 /// (each one's own parallel work shares the same threads).
 pub fn evaluate(model: &NucleusModel, images: &[Annotated]) -> anyhow::Result<[Matching; 3]> {
+    Ok(summed(evaluate_per_image(model, images)?))
+}
+
+/// Images' (matched, predicted, true) at each of [`IOUS`], summed.
+pub fn summed(per_image: impl IntoIterator<Item = [(usize, usize, usize); 3]>) -> [Matching; 3] {
     let mut out = [Matching::default(); 3];
-    for counts in evaluate_per_image(model, images)? {
+    for counts in per_image {
         for (m, c) in out.iter_mut().zip(counts) {
             m.add(c);
         }
     }
-    Ok(out)
+    out
 }
 
 /// What [`evaluate`] sums: each image's (matched, predicted, true) at each of [`IOUS`], in

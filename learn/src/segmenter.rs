@@ -721,7 +721,14 @@ pub(crate) fn describe(tensors: &HashMap<String, Tensor>) -> anyhow::Result<(UNe
 
 /// The image mirrored by `border` pixels on every side (nuclei at the edge see a plausible
 /// neighbourhood, not a black frame) and on to `pw` x `ph`.
-fn mirrored(pixels: &[f32], w: usize, h: usize, border: usize, pw: usize, ph: usize) -> Vec<f32> {
+pub fn mirrored(
+    pixels: &[f32],
+    w: usize,
+    h: usize,
+    border: usize,
+    pw: usize,
+    ph: usize,
+) -> Vec<f32> {
     let reflect = |i: isize, n: usize| -> usize {
         let n = n as isize;
         let mut i = i;
