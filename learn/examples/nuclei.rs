@@ -339,7 +339,7 @@ fn main() -> anyhow::Result<()> {
             // NUCLEI_DEVICE=cuda: the network on the GPU (Candle's ops), the rest on the CPU.
             let model = model_named(weights, &device_from_env()?)?;
             for set in sets_named(&args[2.min(args.len())..]) {
-                if let Some(images) = images_of(set, &root, &tuning, &val)? {
+                if let Some(images) = images_of(set, &root, [&train, &tuning, &val])? {
                     score(&model, set, &images)?;
                 }
             }
@@ -355,7 +355,7 @@ fn main() -> anyhow::Result<()> {
             let device = device_from_env()?;
             let (ma, mb) = (model_named(a, &device)?, model_named(b, &device)?);
             for set in sets_named(&args[3.min(args.len())..]) {
-                if let Some(images) = images_of(set, &root, &tuning, &val)? {
+                if let Some(images) = images_of(set, &root, [&train, &tuning, &val])? {
                     compare(set, &images, (a, &ma), (b, &mb))?;
                 }
             }
@@ -401,10 +401,12 @@ fn sets_named(args: &[String]) -> Vec<&str> {
 fn images_of<'a>(
     set: &str,
     root: &Path,
-    tuning: &'a [Annotated],
-    val: &'a [Annotated],
+    [train, tuning, val]: [&'a [Annotated]; 3],
 ) -> anyhow::Result<Option<Cow<'a, [Annotated]>>> {
     Ok(Some(match set {
+        // What the network was fitted on: its score there against the held-out sets tells
+        // a network too small to fit (both low) from one that fits and does not generalise.
+        "training" => Cow::Borrowed(train),
         "tuning" => Cow::Borrowed(tuning),
         "validation" => Cow::Borrowed(val),
         "coelho" | "coelho-odd" | "coelho-even" => {
@@ -425,7 +427,7 @@ fn images_of<'a>(
             )
         }
         other => anyhow::bail!(
-            "unknown set {other}: tuning, validation, coelho, coelho-odd or coelho-even"
+            "unknown set {other}: training, tuning, validation, coelho, coelho-odd or coelho-even"
         ),
     }))
 }
