@@ -57,7 +57,7 @@ macro_rules! with_k {
 /// For a tap at horizontal offset `s` (= kx − pad): the output columns `x` whose source
 /// column `x + s` lies inside a row of width `w`, as (first output column, source start, length).
 #[inline]
-fn shifted_span(s: isize, w: usize) -> (usize, usize, usize) {
+pub(crate) fn shifted_span(s: isize, w: usize) -> (usize, usize, usize) {
     let lead = (-s).max(0) as usize; // output columns left of the image
     let src = s.max(0) as usize;
     (lead.min(w), src.min(w), w.saturating_sub(s.unsigned_abs()))

@@ -197,6 +197,18 @@ impl NucleusModel {
         })
     }
 
+    /// The network alone on a `w`×`h` image (sides multiples of the network's pooling; no
+    /// mirrored border, no tiles): (interior, foreground) probabilities. For comparing the
+    /// network's speed and values with another framework's (`bench/torch_unet.py`).
+    pub fn network_probabilities(
+        &self,
+        x: &[f32],
+        w: usize,
+        h: usize,
+    ) -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        self.net.probabilities(x, w, h)
+    }
+
     pub fn config(&self) -> UNetConfig {
         self.net.config()
     }
