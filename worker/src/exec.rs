@@ -128,6 +128,25 @@ pub async fn execute<F: BlobFetcher>(
     result
 }
 
+/// Why a command could not start (the OS error, and what to do where plateflow knows), and
+/// whether another attempt might: an argument list over the system's limit (E2BIG) comes
+/// from the task's own inputs, so every attempt would fail the same way; anything else
+/// (a program missing on this node, a full process table) may pass on another attempt.
+/// `values`, `bytes`: how many values the placeholders stood for, and their length.
+fn start_failure(e: &std::io::Error, values: usize, bytes: usize) -> (String, bool) {
+    if e.raw_os_error() == Some(libc::E2BIG) {
+        let why = format!(
+            "{e}; its {values} values ({} kB) are more than the system lets one command be \
+             given: fan the step out finer (`for_each: [plate, well]`), or have the script \
+             read the files under `inputs/` itself",
+            bytes / 1000
+        );
+        (why, false)
+    } else {
+        (e.to_string(), true)
+    }
+}
+
 #[derive(Default)]
 struct CommandOutcome {
     outputs: Vec<OutputBlob>,
@@ -416,29 +435,30 @@ async fn run_command<F: BlobFetcher>(
             .collect();
         task_env.push(("CUDA_VISIBLE_DEVICES".into(), ids.join(",")));
     }
-    let mut process = TaskProcess::spawn(Launch {
+    let spawned = TaskProcess::spawn(Launch {
         command: &prepared,
         work: &work,
         stdout: std::fs::File::create(&stdout_path)?,
         stderr: std::fs::File::create(&stderr_path)?,
         env: task_env,
-    })
-    .map_err(|e| {
-        let hint = if e.raw_os_error() == Some(libc::E2BIG) {
+    });
+    let mut process = match spawned {
+        Ok(process) => process,
+        Err(e) => {
             let (n, bytes) = vars.values().fold((0, 0), |(n, b), v| {
                 (n + v.len(), b + v.iter().map(String::len).sum::<usize>())
             });
-            format!(
-                "; its {n} values ({} kB) are more than the system lets one command be given: \
-                 fan the step out finer (`for_each: [plate, well]`), or have the script read \
-                 the files under `inputs/` itself",
-                bytes / 1000
-            )
-        } else {
-            String::new()
-        };
-        anyhow::anyhow!("could not start the command `{}`: {e}{hint}", shown())
-    })?;
+            let (why, transient) = start_failure(&e, n, bytes);
+            if transient {
+                anyhow::bail!("could not start the command `{}`: {why}", shown());
+            }
+            return Ok(CommandOutcome {
+                error: Some(format!("could not start the command `{}`: {why}", shown())),
+                transient,
+                ..Default::default()
+            });
+        }
+    };
     let status = if spec.timeout_s == 0 {
         Some(process.wait().await?)
     } else {
@@ -719,6 +739,37 @@ mod tests {
         let text: String = (0..10_000).map(|i| format!("line {i}\n")).collect();
         std::fs::write(&log, text).unwrap();
         assert_eq!(tail_of(&log, 2, 4000), "line 9998\nline 9999");
+    }
+
+    /// An argument list over the system's limit is said with the fix and not retried (the
+    /// same inputs give it again); a program that could not be found may be on another node.
+    #[test]
+    fn a_command_too_long_to_start_is_not_retried() {
+        let (why, transient) = start_failure(
+            &std::io::Error::from_raw_os_error(libc::E2BIG),
+            40_000,
+            3_200_000,
+        );
+        assert!(!transient);
+        assert!(why.contains("40000 values (3200 kB)"), "{why}");
+        assert!(why.contains("for_each: [plate, well]"), "{why}");
+        let missing = std::io::Error::from_raw_os_error(libc::ENOENT);
+        let (why, transient) = start_failure(&missing, 1, 10);
+        assert!(transient);
+        assert_eq!(why, missing.to_string());
+    }
+
+    /// A real argument list over the kernel's limit for one argument (MAX_ARG_STRLEN, 128 kB)
+    /// fails to start with E2BIG, which is what `start_failure` reads.
+    #[test]
+    fn the_kernel_refuses_an_argument_over_its_limit_with_e2big() {
+        let long = "x".repeat(200_000);
+        let e = std::process::Command::new("true")
+            .arg(&long)
+            .spawn()
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::E2BIG));
+        assert!(!start_failure(&e, 1, long.len()).1);
     }
 
     #[test]
