@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 fn main() -> anyhow::Result<()> {
     plateflow_learn::keep_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("net") {
+        return network_alone(&args);
+    }
     let root = nuclei::shared_data_root();
     let dsb = root.join("dsb2018-nuclei");
     if !dsb.exists() {
@@ -238,37 +241,6 @@ fn main() -> anyhow::Result<()> {
             }
             let total: usize = val.iter().map(|a| a.width * a.height).sum();
             println!("size estimate {est:.2} s, resize + network {prob:.2} s ({:.2} model MP/s), instances {inst:.2} s; {:.2} MP of images, {:.2} MP at model scale", px as f64 / 1e6 / prob, total as f64 / 1e6, px as f64 / 1e6);
-        }
-        Some("net") => {
-            // The network alone, for `bench/torch_unet.py`: `net SIDE ROUNDS [PREFIX]` times
-            // the shipped weights on a SIDE² image (values 0..1, a fixed pattern) ROUNDS
-            // times and prints each round's model MP/s; with PREFIX it writes the input and
-            // both maps as little-endian f32 (PREFIX.in, .interior, .fg) for comparison.
-            let side: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1024);
-            let rounds: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
-            let model = NucleusModel::shipped()?;
-            let x: Vec<f32> = (0..side * side)
-                .map(|i| {
-                    let (u, v) = ((i % side) as f32, (i / side) as f32);
-                    0.5 + 0.5 * (u * 0.37).sin() * (v * 0.23).cos()
-                })
-                .collect();
-            for r in 0..rounds {
-                let t = std::time::Instant::now();
-                let maps = model.network_probabilities(&x, side, side)?;
-                let s = t.elapsed().as_secs_f64();
-                println!(
-                    "round {r}: {side}x{side} in {s:.3} s: {:.2} model MP/s on {} threads",
-                    (side * side) as f64 / 1e6 / s,
-                    rayon::current_num_threads()
-                );
-                if let (0, Some(prefix)) = (r, args.get(3)) {
-                    let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
-                    std::fs::write(format!("{prefix}.in"), bytes(&x))?;
-                    std::fs::write(format!("{prefix}.interior"), bytes(&maps.0))?;
-                    std::fs::write(format!("{prefix}.fg"), bytes(&maps.1))?;
-                }
-            }
         }
         Some("widen") => {
             // A wider network (up to twice) computing nearly the same function (Net2Net: channels
@@ -675,4 +647,37 @@ fn widen(w: &nuclei::Weights, to: usize) -> anyhow::Result<nuclei::Weights> {
         diameter: w.diameter,
         tensors,
     })
+}
+
+/// `net SIDE ROUNDS [PREFIX]`: the shipped network alone, for `bench/torch_unet.py` (needs no
+/// data). Times it on a SIDE² image (values 0..1, a fixed pattern) ROUNDS times and prints
+/// each round's model MP/s; with PREFIX it writes the input and both maps as little-endian
+/// f32 (PREFIX.in, .interior, .fg) for comparison.
+fn network_alone(args: &[String]) -> anyhow::Result<()> {
+    let side: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1024);
+    let rounds: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let model = NucleusModel::shipped()?;
+    let x: Vec<f32> = (0..side * side)
+        .map(|i| {
+            let (u, v) = ((i % side) as f32, (i / side) as f32);
+            0.5 + 0.5 * (u * 0.37).sin() * (v * 0.23).cos()
+        })
+        .collect();
+    for r in 0..rounds {
+        let t = std::time::Instant::now();
+        let maps = model.network_probabilities(&x, side, side)?;
+        let s = t.elapsed().as_secs_f64();
+        println!(
+            "round {r}: {side}x{side} in {s:.3} s: {:.2} model MP/s on {} threads",
+            (side * side) as f64 / 1e6 / s,
+            rayon::current_num_threads()
+        );
+        if let (0, Some(prefix)) = (r, args.get(3)) {
+            let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+            std::fs::write(format!("{prefix}.in"), bytes(&x))?;
+            std::fs::write(format!("{prefix}.interior"), bytes(&maps.0))?;
+            std::fs::write(format!("{prefix}.fg"), bytes(&maps.1))?;
+        }
+    }
+    Ok(())
 }
