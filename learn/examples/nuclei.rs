@@ -4,6 +4,9 @@
 //!   cargo run --release -p plateflow-learn --example nuclei -- train STEPS OUT.safetensors [WIDTH] [EVAL_EVERY] [INIT|shipped|-] [LR]
 //!   cargo run --release -p plateflow-learn --example nuclei -- score WEIGHTS.safetensors [tuning|validation|coelho|coelho-odd|coelho-even]...
 //!   cargo run --release -p plateflow-learn --example nuclei -- compare A B [SET]...
+//!   cargo run --release -p plateflow-learn --example nuclei -- perimage WEIGHTS [training|tuning|...]...
+//!     (one line per image, worst first; NUCLEI_DUMP=DIR writes outlines, predicted yellow and
+//!     true magenta; NUCLEI_ORACLE=1 gives each image its labelled size, a bound)
 //!   cargo run --release -p plateflow-learn --example nuclei -- sizes
 //!   cargo run --release -p plateflow-learn --example nuclei -- profile [WEIGHTS|shipped]
 //!   cargo run --release -p plateflow-learn --example nuclei -- crops [BATCHES] [BATCH]
@@ -347,6 +350,17 @@ fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        Some("perimage") => {
+            // Where the errors lie, image by image (training and tuning sets only: looking
+            // at validation images this way would choose on them).
+            let weights = args.get(1).map(String::as_str).unwrap_or("shipped");
+            let model = model_named(weights, &device_from_env()?)?;
+            for set in sets_named(&args[2.min(args.len())..]) {
+                if let Some(images) = images_of(set, &root, [&train, &tuning, &val])? {
+                    per_image(&model, set, &images)?;
+                }
+            }
+        }
         Some("compare") => {
             // Whether B scores differently from A beyond what the images drawn decide: F1 at
             // IoU 0.5 of each, and their difference with a 95 % interval from a paired
@@ -364,7 +378,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         _ => anyhow::bail!(
-            "usage: nuclei train STEPS OUT [WIDTH] [EVAL_EVERY] | score WEIGHTS [SET]... | compare A B [SET]... | sizes | widen WEIGHTS OUT"
+            "usage: nuclei train STEPS OUT [WIDTH] [EVAL_EVERY] | score WEIGHTS [SET]... | compare A B [SET]... | perimage WEIGHTS [SET]... | sizes | widen WEIGHTS OUT"
         ),
     }
     Ok(())
@@ -508,6 +522,55 @@ fn score(model: &NucleusModel, set: &str, images: &[Annotated]) -> anyhow::Resul
         secs,
         rayon::current_num_threads()
     );
+    Ok(())
+}
+
+/// One line per image: its id, size, labelled and used nucleus diameters, and its matches at
+/// IoU 0.5 (true, predicted, matched, errors), worst first.
+fn per_image(model: &NucleusModel, set: &str, images: &[Annotated]) -> anyhow::Result<()> {
+    use rayon::prelude::*;
+    let rows: Vec<(String, usize)> = images
+        .par_iter()
+        .map(|a| {
+            // NUCLEI_ORACLE: the labelled size in place of the estimate (a bound, not a method).
+            let given = (std::env::var_os("NUCLEI_ORACLE").is_some() && a.diameter > 0.0)
+                .then_some(a.diameter);
+            let s = model.segment(&a.image, given)?;
+            let (m, p, t) = plateflow_imaging::instances::matches(&s.labels.data, &a.truth, 0.5);
+            if let Ok(dir) = std::env::var("NUCLEI_DUMP") {
+                // Predicted outlines yellow, true ones magenta.
+                let truth = plateflow_imaging::segment::Labels {
+                    width: a.width as u32,
+                    height: a.height as u32,
+                    count: a.truth.iter().copied().max().unwrap_or(0),
+                    data: a.truth.clone(),
+                };
+                let png = plateflow_imaging::overlay::outlines_png(&a.image, &s.labels, Some(&truth), 0)
+                    .map_err(anyhow::Error::msg)?;
+                std::fs::write(Path::new(&dir).join(format!("{set}-{}.png", a.id)), png)?;
+            }
+            let errors = (p - m) + (t - m);
+            Ok((
+                format!(
+                    "{set} {} {}x{} d_true {:.1} d_used {:.1} true {t} pred {p} matched {m} fp {} fn {} f1 {:.3}",
+                    a.id,
+                    a.width,
+                    a.height,
+                    a.diameter,
+                    s.diameter,
+                    p - m,
+                    t - m,
+                    2.0 * m as f64 / (p + t).max(1) as f64
+                ),
+                errors,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut rows = rows;
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+    for (line, _) in rows {
+        println!("{line}");
+    }
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! U2OS images. The DSB validation fifth and the odd Coelho images are reported by
 //! `nuclei score` and never seen here. Also: where the remaining errors lie.
 //!
-//!   cargo run --release -p plateflow-learn --example nuclei_variants -- [WEIGHTS|shipped] [grid|scales|enlarge|borders|refine|grow]
+//!   cargo run --release -p plateflow-learn --example nuclei_variants -- [WEIGHTS|shipped] [grid|scales|segment-scales|enlarge|borders|refine|grow|probe]
 //!
 //! `grid` (the default) varies the instance settings; `scales` predicts at nucleus
 //! diameters around the training one (fewer pixels: faster; more: finer) with the shipped
@@ -11,6 +11,11 @@
 //! `enlarge` bounds how much images of small nuclei are enlarged; `borders` varies the
 //! mirrored context added at each image's edges; `refine` predicts again at the size of
 //! the objects found where it differs from the estimate by more than a ratio.
+//! `segment-scales` runs `segment`'s whole path (second pass included) at other prediction
+//! sizes; `probe` prints, per image of the DSB training and tuning fifths and the even
+//! Coelho images, what passes at 0.5–2.83 times `segment`'s own size score and say of
+//! themselves (for designing a choice among sizes offline; the training fifth is included
+//! because such a choice is not the network's).
 //!
 //! Reads `../shared/data/dsb2018-nuclei` and `../shared/data/coelho-u2os` (from the
 //! repository root); says so and stops where they are absent.
@@ -133,6 +138,97 @@ fn main() -> anyhow::Result<()> {
                     m[2].f1()
                 );
             }
+        }
+        return Ok(());
+    }
+    if mode == "probe" {
+        // Per image (DSB training + tuning fifths, Coelho even): `segment`'s own size d0,
+        // then maps at d0 × each multiplier, with what each pass says of itself, for
+        // designing a choice among sizes offline. One line per image and pass.
+        let mut images: Vec<(&str, Annotated)> = nuclei::load_pairs(&dsb)?
+            .into_iter()
+            .filter(|a| !nuclei::is_validation(&a.id))
+            .map(|a| {
+                (
+                    if nuclei::is_tuning(&a.id) {
+                        "tuning"
+                    } else {
+                        "training"
+                    },
+                    a,
+                )
+            })
+            .collect();
+        images.extend(sets[1].1.iter().cloned().map(|a| ("coelho-even", a)));
+        let lines: Vec<String> = images
+            .par_iter()
+            .map(|(set, a)| -> anyhow::Result<String> {
+                let d0 = model.segment(&a.image, None)?.diameter;
+                let mut out = String::new();
+                for m in [0.5, 0.71, 1.0, 1.41, 2.0, 2.83] {
+                    let d = d0 * m;
+                    let maps = model.maps(&a.pixels, a.width, a.height, d)?;
+                    let got = instances(&maps, a, model.target / maps.scale, &model.instances);
+                    let (hit, pred, truth) = matches(&got, &a.truth, 0.5);
+                    let found = nuclei::median_diameter(&got, 9).unwrap_or(0.0);
+                    let fg: Vec<usize> =
+                        (0..got.len()).filter(|&i| maps.foreground[i] > 0.5).collect();
+                    let n = fg.len().max(1) as f64;
+                    let decisive_interior =
+                        fg.iter().map(|&i| (2.0 * maps.interior[i] - 1.0).abs() as f64).sum::<f64>() / n;
+                    let decisive_fg = maps
+                        .foreground
+                        .iter()
+                        .map(|&f| (2.0 * f - 1.0).abs() as f64)
+                        .sum::<f64>()
+                        / got.len() as f64;
+                    let covered = fg.iter().filter(|&&i| got[i] > 0).count() as f64 / n;
+                    let interior_share =
+                        fg.iter().filter(|&&i| maps.interior[i] > 0.5).count() as f64 / n;
+                    out += &format!(
+                        "{set} {} {} {:.2} {m} {d:.2} {hit} {pred} {truth} {found:.2} {decisive_interior:.4} {decisive_fg:.4} {covered:.4} {interior_share:.4} {}\n",
+                        a.id,
+                        a.width * a.height,
+                        a.diameter,
+                        fg.len()
+                    );
+                }
+                Ok(out)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        println!(
+            "set id pixels d_true m d hit pred truth found dec_int dec_fg covered int_share fg_px"
+        );
+        for l in lines {
+            print!("{l}");
+        }
+        return Ok(());
+    }
+    if mode == "segment-scales" {
+        // The whole path `segment` runs (size estimate, second pass) at other prediction
+        // sizes: mean F1 at IoU 0.5 over the tuning sets.
+        let trained = model.diameter;
+        for &factor in &[0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0] {
+            model.target = trained * factor;
+            let mut line = format!("predicted at {:.2} px ({factor}):", model.target);
+            let mut f1s = Vec::new();
+            for (name, images) in &sets {
+                let t = std::time::Instant::now();
+                let m = nuclei::evaluate(&model, images)?;
+                let px: usize = images.iter().map(|a| a.width * a.height).sum();
+                f1s.push(m[0].f1());
+                line += &format!(
+                    " {name} F1 {:.4} (0.75: {:.3}, 0.9: {:.3}) {:.2} MP/s;",
+                    m[0].f1(),
+                    m[1].f1(),
+                    m[2].f1(),
+                    px as f64 / 1e6 / t.elapsed().as_secs_f64()
+                );
+            }
+            println!(
+                "{line} mean {:.4}",
+                f1s.iter().sum::<f64>() / f1s.len() as f64
+            );
         }
         return Ok(());
     }
