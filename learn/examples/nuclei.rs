@@ -529,15 +529,16 @@ fn score(model: &NucleusModel, set: &str, images: &[Annotated]) -> anyhow::Resul
 /// IoU 0.5 (true, predicted, matched, errors), worst first.
 fn per_image(model: &NucleusModel, set: &str, images: &[Annotated]) -> anyhow::Result<()> {
     use rayon::prelude::*;
-    let rows: Vec<(String, usize)> = images
+    // NUCLEI_ORACLE: the labelled size in place of the estimate (a bound, not a method).
+    let oracle = std::env::var_os("NUCLEI_ORACLE").is_some();
+    let dump = std::env::var("NUCLEI_DUMP").ok();
+    let mut rows: Vec<(String, usize)> = images
         .par_iter()
         .map(|a| {
-            // NUCLEI_ORACLE: the labelled size in place of the estimate (a bound, not a method).
-            let given = (std::env::var_os("NUCLEI_ORACLE").is_some() && a.diameter > 0.0)
-                .then_some(a.diameter);
+            let given = (oracle && a.diameter > 0.0).then_some(a.diameter);
             let s = model.segment(&a.image, given)?;
             let (m, p, t) = plateflow_imaging::instances::matches(&s.labels.data, &a.truth, 0.5);
-            if let Ok(dir) = std::env::var("NUCLEI_DUMP") {
+            if let Some(dir) = &dump {
                 // Predicted outlines yellow, true ones magenta.
                 let truth = plateflow_imaging::segment::Labels {
                     width: a.width as u32,
@@ -547,7 +548,7 @@ fn per_image(model: &NucleusModel, set: &str, images: &[Annotated]) -> anyhow::R
                 };
                 let png = plateflow_imaging::overlay::outlines_png(&a.image, &s.labels, Some(&truth), 0)
                     .map_err(anyhow::Error::msg)?;
-                std::fs::write(Path::new(&dir).join(format!("{set}-{}.png", a.id)), png)?;
+                std::fs::write(Path::new(dir).join(format!("{set}-{}.png", a.id)), png)?;
             }
             let errors = (p - m) + (t - m);
             Ok((
@@ -566,7 +567,6 @@ fn per_image(model: &NucleusModel, set: &str, images: &[Annotated]) -> anyhow::R
             ))
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut rows = rows;
     rows.sort_by_key(|r| std::cmp::Reverse(r.1));
     for (line, _) in rows {
         println!("{line}");

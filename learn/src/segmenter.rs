@@ -501,9 +501,10 @@ pub enum Contrast {
 /// Whether anything stands out of the camera noise: whether, in the image smoothed by 2
 /// pixels, the brightest pixels (99.8th percentile) stand above the median, or the darkest
 /// (0.2th) below it (dark nuclei on a bright field), by more than [`STANDS_OUT`] times the
-/// noise left after that smoothing and by at least [`LEAST_RISE`] counts; failing that, whether the [`SPARSE_PIXELS`]-th brightest
-/// pixel does, in the image freed of hot pixels by a 3×3 median before smoothing (a field of
-/// one to a few nuclei, which the percentile misses). Where only the darkest stand out, the
+/// noise left after that smoothing and by at least [`LEAST_RISE`] counts; failing that,
+/// whether the [`SPARSE_PIXELS`]-th brightest pixel does, in the image freed of hot pixels by
+/// a 3×3 median before smoothing (a field of one to a few nuclei, which the percentile
+/// misses). Where only the darkest stand out, the
 /// objects are dark ([`Contrast::Dark`]).
 ///
 /// The noise is the raw image's camera noise (`plateflow_imaging::specks::camera_noise`),
