@@ -326,9 +326,9 @@ impl NucleusModel {
     /// Class probabilities of one image at model scale: (interior, foreground). The image is
     /// mirrored by [`Self::border`] at its edges and rounded up to the network's multiple;
     /// where that is larger than [`WHOLE_PIXELS`] it is cut into tiles of [`TILE`] with up to
-    /// [`MARGIN`] of context on each side (less only where the padded image ends), each tile
+    /// [`margin`] of context on each side (less only where the padded image ends), each tile
     /// keeping its centre. A pixel's value depends only on pixels within the network's reach
-    /// (< MARGIN) and on where the padded image ends, so the maps equal one pass over the
+    /// (≤ the margin) and on where the padded image ends, so the maps equal one pass over the
     /// whole padded image ([`Self::probabilities_whole`]), in bounded memory.
     pub fn probabilities(
         &self,
@@ -340,21 +340,21 @@ impl NucleusModel {
         if pw * ph <= WHOLE_PIXELS {
             return Ok(self.crop(&self.net.probabilities(&padded, pw, ph)?, pw, w, h));
         }
-        let b = self.aligned_border();
+        let (b, margin) = (self.aligned_border(), margin(self.net.config()));
         let mut interior = vec![0f32; w * h];
         let mut fg = vec![0f32; w * h];
         let mut tile = Vec::new();
         for oy in (0..h).step_by(TILE) {
             for ox in (0..w).step_by(TILE) {
                 // The window in padded coordinates; starts stay multiples of the network's
-                // pooling (grids align with the whole image's) because b, TILE and MARGIN are.
+                // pooling (grids align with the whole image's) because b, TILE and margin are.
                 let (x0, y0) = (
-                    (ox + b).saturating_sub(MARGIN),
-                    (oy + b).saturating_sub(MARGIN),
+                    (ox + b).saturating_sub(margin),
+                    (oy + b).saturating_sub(margin),
                 );
                 let (x1, y1) = (
-                    (ox + b + TILE + MARGIN).min(pw),
-                    (oy + b + TILE + MARGIN).min(ph),
+                    (ox + b + TILE + margin).min(pw),
+                    (oy + b + TILE + margin).min(ph),
                 );
                 let side = x1 - x0;
                 tile.clear();
@@ -701,12 +701,21 @@ pub const IMAGE_BORDER: usize = 8;
 
 /// Images up to this many pixels (border included) are predicted in one pass.
 const WHOLE_PIXELS: usize = 640 * 640;
-/// Tiles are predicted with [`MARGIN`] pixels of context on each side.
+/// Tiles are predicted with [`margin`] pixels of context on each side.
 pub const TILE: usize = 448;
-/// Context around each tile: more than the network's reach from a pixel (two 3x3 convs per
-/// level over three levels, 2x2 pools between: 28 pixels), so a tile's kept centre sees what
-/// the whole image would have shown it, and objects are the same across seams.
-pub const MARGIN: usize = 32;
+
+/// Context around each tile: at least the network's reach from a pixel, so a tile's kept
+/// centre sees what the whole image would have shown it, and objects are the same across
+/// seams. The reach is at most 4·2^d − 6 pixels for d levels: two 3x3 convs per level down
+/// (2·(2^d − 1)) and up (2·(2^(d−1) − 1)), and where the grids of the pools and of the
+/// nearest upsamplings fall (2^(d−1) − 1 each). The margin, 4·2^d (32 pixels for three
+/// levels, 64 for four), is a multiple of the pooling, as [`TILE`] is.
+pub fn margin(config: UNetConfig) -> usize {
+    4 << config.depth
+}
+
+/// Levels the tiled prediction is tested for (its margin, the folded CPU network).
+const DEPTHS: std::ops::RangeInclusive<usize> = 2..=4;
 
 /// The tensors of a safetensors file, or an error naming `source`.
 pub fn tensors_of(bytes: &[u8], source: &str) -> anyhow::Result<HashMap<String, Tensor>> {
@@ -726,10 +735,11 @@ pub(crate) fn describe(tensors: &HashMap<String, Tensor>) -> anyhow::Result<(UNe
     let depth = (0..)
         .take_while(|l| tensors.contains_key(&format!("down{l}.c0.conv.weight")))
         .count();
-    // Tiles overlap by MARGIN, the reach of three levels: a deeper network would see seams.
     anyhow::ensure!(
-        depth == 3,
-        "{depth} levels, where plateflow's tiled prediction is made for 3"
+        DEPTHS.contains(&depth),
+        "{depth} levels, where plateflow's tiled prediction is made for {} to {}",
+        DEPTHS.start(),
+        DEPTHS.end()
     );
     let diameter = tensors
         .get(DIAMETER_TENSOR)
@@ -795,15 +805,22 @@ mod tests {
             .fold(0f32, f32::max)
     }
 
-    fn random_model(width: usize) -> NucleusModel {
+    fn random_model(width: usize, depth: usize) -> NucleusModel {
         let varmap = VarMap::new();
-        let config = UNetConfig { width, depth: 3 };
+        let config = UNetConfig { width, depth };
         UNet::new(
             config,
             VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
         )
         .unwrap();
         crate::model::seed_init(&varmap, 7).unwrap();
+        // He's scale (uniform within √(6 / fan-in)): the signal keeps its size through the
+        // levels, so what the deepest level sees reaches the maps and the tests below see it.
+        for (name, var) in varmap.data().lock().unwrap().iter() {
+            if name.ends_with("conv.weight") {
+                var.set(&(var.as_tensor() * 6f64.sqrt()).unwrap()).unwrap();
+            }
+        }
         Weights::of(&varmap, config, 16.0)
             .unwrap()
             .model("test")
@@ -811,10 +828,17 @@ mod tests {
     }
 
     /// An image larger than a tile: tiled prediction gives the same objects as one pass
-    /// (an untrained but deterministic net, its BatchNorm on running statistics).
+    /// (an untrained but deterministic net, its BatchNorm on running statistics), for every
+    /// depth the tiles' margin is made for.
     #[test]
     fn tiles_and_the_whole_image_give_the_same_objects() {
-        let mut model = random_model(4);
+        for depth in DEPTHS {
+            tiles_and_the_whole_image_agree_at(depth);
+        }
+    }
+
+    fn tiles_and_the_whole_image_agree_at(depth: usize) {
+        let mut model = random_model(4, depth);
         let (w, h) = (1000usize, 600usize);
         let mut rng = Rng::new(3);
         // Blobs on a noisy background.
@@ -845,12 +869,49 @@ mod tests {
             let worst = largest_difference((&wi, &wf), (&ti, &tf));
             assert!(
                 worst < 1e-4,
-                "border {border}: tiles differ from the whole image by {worst}"
+                "depth {depth}, border {border}: tiles differ from the whole image by {worst}"
             );
             let a = from_probabilities(&wi, &wf, w, h, 8.0, &model.instances);
             let b = from_probabilities(&ti, &tf, w, h, 8.0, &model.instances);
             assert_eq!(a.count, b.count);
             assert_eq!(matches(&a.data, &b.data, 0.99).0, a.count as usize);
+        }
+    }
+
+    /// The tiles' margin covers how far a pixel's value reaches in the maps, and the bound it
+    /// rests on is close: one pixel changed at several places against the pools' grid changes
+    /// the maps up to the bound away, never further.
+    #[test]
+    fn the_margin_covers_the_networks_reach() {
+        for depth in DEPTHS {
+            let mut model = random_model(4, depth);
+            model.border = 0;
+            let (w, h) = (256usize, 256usize);
+            let mut rng = Rng::new(5);
+            let px: Vec<f32> = (0..w * h).map(|_| rng.unit() as f32).collect();
+            let (i0, f0) = model.probabilities_whole(&px, w, h).unwrap();
+            let mut reach = 0;
+            for offset in 0..8 {
+                let (cx, cy) = (128 + offset, 128 + (offset * 3) % 8);
+                let mut moved = px.clone();
+                moved[cy * w + cx] += 1.0;
+                let (i1, f1) = model.probabilities_whole(&moved, w, h).unwrap();
+                for y in 0..h {
+                    for x in 0..w {
+                        let k = y * w + x;
+                        if i0[k] != i1[k] || f0[k] != f1[k] {
+                            reach = reach.max(x.abs_diff(cx).max(y.abs_diff(cy)));
+                        }
+                    }
+                }
+            }
+            // Measured 9, 23 and 51 pixels for two, three and four levels.
+            let bound = (4 << depth) - 6;
+            let m = margin(UNetConfig { width: 4, depth });
+            assert!(
+                reach <= bound && bound <= m && reach + 8 > bound,
+                "depth {depth}: a pixel reaches {reach} pixels, the bound is {bound}, the margin {m}"
+            );
         }
     }
 
