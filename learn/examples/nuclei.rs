@@ -719,7 +719,11 @@ fn widen(w: &nuclei::Weights, to: usize) -> anyhow::Result<nuclei::Weights> {
 fn network_alone(args: &[String]) -> anyhow::Result<()> {
     let side: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(1024);
     let rounds: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
-    let model = NucleusModel::shipped()?;
+    // `nuclei net SIDE ROUNDS [PREFIX|-] [WEIGHTS]`: the shipped weights without WEIGHTS.
+    let model = model_named(
+        args.get(4).map_or("shipped", String::as_str),
+        &candle_core::Device::Cpu,
+    )?;
     let x: Vec<f32> = (0..side * side)
         .map(|i| {
             let (u, v) = ((i % side) as f32, (i / side) as f32);
@@ -735,7 +739,7 @@ fn network_alone(args: &[String]) -> anyhow::Result<()> {
             (side * side) as f64 / 1e6 / s,
             rayon::current_num_threads()
         );
-        if let (0, Some(prefix)) = (r, args.get(3)) {
+        if let (0, Some(prefix)) = (r, args.get(3).filter(|p| *p != "-")) {
             let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
             std::fs::write(format!("{prefix}.in"), bytes(&x))?;
             std::fs::write(format!("{prefix}.interior"), bytes(&maps.0))?;
