@@ -397,9 +397,6 @@ fn weights_named(name: &str) -> anyhow::Result<nuclei::Weights> {
 
 /// A model from weights named as [`weights_named`] takes them, on `device`.
 fn model_named(name: &str, device: &candle_core::Device) -> anyhow::Result<NucleusModel> {
-    if let Some((a, b)) = name.split_once('+') {
-        return Ok(model_named(a, device)?.averaged_with(model_named(b, device)?));
-    }
     if name == "shipped" {
         NucleusModel::shipped_on(device)
     } else {

@@ -42,16 +42,10 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let weights = args.first().map(String::as_str).unwrap_or("shipped");
-    let one = |w: &str| -> anyhow::Result<NucleusModel> {
-        if w == "shipped" {
-            NucleusModel::shipped()
-        } else {
-            NucleusModel::load(Path::new(w))
-        }
-    };
-    let model = match weights.split_once('+') {
-        Some((a, b)) => one(a)?.averaged_with(one(b)?),
-        None => one(weights)?,
+    let model = if weights == "shipped" {
+        NucleusModel::shipped()?
+    } else {
+        NucleusModel::load(Path::new(weights))?
     };
     let held_out = match args.get(1).map(String::as_str).unwrap_or("tuning") {
         "tuning" => false,

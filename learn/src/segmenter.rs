@@ -69,8 +69,6 @@ enum Backend {
     Cpu(FrozenUNet),
     /// Another device (CUDA): the training graph in evaluation mode on Candle's ops.
     Candle(UNet),
-    /// EXPERIMENT: two networks' maps averaged.
-    Pair(Box<Backend>, Box<Backend>),
 }
 
 impl Backend {
@@ -78,13 +76,6 @@ impl Backend {
         match self {
             Backend::Cpu(net) => net.config,
             Backend::Candle(unet) => unet.config,
-            Backend::Pair(a, b) => {
-                if a.config().depth >= b.config().depth {
-                    a.config()
-                } else {
-                    b.config()
-                }
-            }
         }
     }
 
@@ -103,30 +94,11 @@ impl Backend {
                 let fg = interior.iter().zip(&boundary).map(|(a, b)| a + b).collect();
                 Ok((interior, fg))
             }
-            Backend::Pair(a, b) => {
-                let (mut i, mut f) = a.probabilities(x, w, h)?;
-                let (i2, f2) = b.probabilities(x, w, h)?;
-                for (p, q) in i.iter_mut().zip(&i2) {
-                    *p = 0.5 * (*p + q);
-                }
-                for (p, q) in f.iter_mut().zip(&f2) {
-                    *p = 0.5 * (*p + q);
-                }
-                Ok((i, f))
-            }
         }
     }
 }
 
 impl NucleusModel {
-    /// EXPERIMENT: this model's maps averaged with `other`'s.
-    pub fn averaged_with(self, other: NucleusModel) -> Self {
-        NucleusModel {
-            net: Backend::Pair(Box::new(self.net), Box::new(other.net)),
-            ..self
-        }
-    }
-
     /// The weights shipped inside plateflow, on the CPU.
     pub fn shipped() -> anyhow::Result<Self> {
         Self::shipped_on(&Device::Cpu)
